@@ -1,0 +1,118 @@
+package app
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"regexp"
+)
+
+// Provider names an agent CLI.
+type Provider string
+
+// The providers of PROTOCOL §3.1.
+const (
+	Claude Provider = "claude"
+	Cursor Provider = "cursor"
+	Codex  Provider = "codex"
+	Gemini Provider = "gemini"
+)
+
+// Providers lists every provider in the order replies enumerate them.
+var Providers = []Provider{Claude, Cursor, Codex, Gemini}
+
+// ProviderForCommand maps a command message type to its provider.
+func ProviderForCommand(msgType string) (Provider, bool) {
+	switch msgType {
+	case "claude-command":
+		return Claude, true
+	case "cursor-command":
+		return Cursor, true
+	case "codex-command":
+		return Codex, true
+	case "gemini-command":
+		return Gemini, true
+	}
+	return "", false
+}
+
+// State is the state of a session as stored in its hash.
+type State string
+
+// Session states. A session with no run yet is idle; a run ends in
+// completed, failed or aborted.
+const (
+	StateIdle      State = "idle"
+	StateRunning   State = "running"
+	StateCompleted State = "completed"
+	StateFailed    State = "failed"
+	StateAborted   State = "aborted"
+)
+
+// Session is one conversation with one provider, as stored in
+// `ag:session:{ID}`.
+type Session struct {
+	ID                string
+	Owner             string
+	Provider          Provider
+	ProjectPath       string
+	ProviderSessionID string
+	State             State
+	RunID             string
+	StartedAt         int64 // ms since the epoch, Redis time
+	StatusText        string
+	CanInterrupt      bool
+	Worker            string
+	LastSeq           int64
+	ExitCode          *int
+	CreatedAt         int64
+	UpdatedAt         int64
+}
+
+// Running reports whether the session has a run in progress.
+func (s Session) Running() bool { return s.State == StateRunning }
+
+// User is an authenticated caller.
+type User struct {
+	Name  string
+	Admin bool
+}
+
+// CanSee reports whether u may see or touch a session owned by owner.
+func (u User) CanSee(owner string) bool { return u.Admin || (owner != "" && owner == u.Name) }
+
+var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_.\-:]+$`)
+
+// MaxSessionIDLen bounds session ids so that a key or a log line cannot be
+// inflated by a client.
+const MaxSessionIDLen = 128
+
+// ValidSessionID reports whether id may name a session: the character set
+// the reference accepts for provider session ids, and a bounded length.
+func ValidSessionID(id string) bool {
+	return len(id) <= MaxSessionIDLen && sessionIDPattern.MatchString(id)
+}
+
+var userNamePattern = regexp.MustCompile(`^[A-Za-z0-9_.@\-]{1,64}$`)
+
+// ValidUserName reports whether name may be a user name. User names appear
+// inside Redis keys, so braces, colons and spaces are not allowed.
+func ValidUserName(name string) bool { return userNamePattern.MatchString(name) }
+
+// NewID returns a random UUID (version 4) string.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:])
+}

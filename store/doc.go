@@ -1,0 +1,7 @@
+// Package store is everything agentgate keeps in Redis: the key schema of
+// PROTOCOL §7, the Lua scripts that run the session lifecycle atomically,
+// event streams and their replay, pub/sub for live delivery, the jobs stream
+// and worker inboxes, heartbeats and leases, and the embedded miniredis used
+// when no Redis is configured. It is the only package that imports go-redis
+// and miniredis. A *Store is safe for concurrent use.
+package store

@@ -1,0 +1,105 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// JobsGroup is the consumer group of the jobs stream that workers share.
+const JobsGroup = "workers"
+
+// JobEntry is a job read from the jobs stream.
+type JobEntry struct {
+	// StreamID is the entry's id in the jobs stream, for AckJob.
+	StreamID string
+	Job      app.Job
+	// Err is set when the entry could not be decoded; ack it and move on.
+	Err error
+}
+
+// EnsureJobsGroup creates the jobs stream and its consumer group if needed.
+func (s *Store) EnsureJobsGroup(ctx context.Context) error {
+	err := s.rdb.XGroupCreateMkStream(ctx, s.k.jobs(), JobsGroup, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("store: create jobs group: %w", err)
+	}
+	return nil
+}
+
+// ReadJobs waits up to block for new jobs for consumer. block must be
+// positive: a zero BLOCK would wait forever and ignore ctx.
+func (s *Store) ReadJobs(ctx context.Context, consumer string, count int, block time.Duration) ([]JobEntry, error) {
+	if block <= 0 {
+		block = time.Second
+	}
+	streams, err := s.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: JobsGroup, Consumer: consumer, Streams: []string{s.k.jobs(), ">"},
+		Count: int64(count), Block: block,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: read jobs: %w", err)
+	}
+	var out []JobEntry
+	for _, st := range streams {
+		for _, m := range st.Messages {
+			out = append(out, decodeJob(m))
+		}
+	}
+	return out, nil
+}
+
+// ReclaimJobs takes over jobs that another consumer read but did not ack
+// within minIdle: that consumer died between reading a job and claiming its
+// run. XAUTOCLAIM enforces minIdle on both Redis and miniredis.
+func (s *Store) ReclaimJobs(ctx context.Context, consumer string, minIdle time.Duration) ([]JobEntry, error) {
+	msgs, _, err := s.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		Stream: s.k.jobs(), Group: JobsGroup, Consumer: consumer, MinIdle: minIdle, Start: "0-0", Count: 100,
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: reclaim jobs: %w", err)
+	}
+	out := make([]JobEntry, 0, len(msgs))
+	for _, m := range msgs {
+		out = append(out, decodeJob(m))
+	}
+	return out, nil
+}
+
+// AckJob acknowledges a job and deletes it, so the stream stays short.
+func (s *Store) AckJob(ctx context.Context, streamID string) error {
+	pipe := s.rdb.Pipeline()
+	pipe.XAck(ctx, s.k.jobs(), JobsGroup, streamID)
+	pipe.XDel(ctx, s.k.jobs(), streamID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("store: ack job %s: %w", streamID, err)
+	}
+	return nil
+}
+
+func decodeJob(m redis.XMessage) JobEntry {
+	e := JobEntry{StreamID: m.ID}
+	raw, _ := m.Values["job"].(string)
+	if raw == "" {
+		// On real Redis a pending entry whose body was deleted comes back
+		// without values; it must still be acked.
+		e.Err = errors.New("job entry has no body")
+		return e
+	}
+	if err := json.Unmarshal([]byte(raw), &e.Job); err != nil {
+		e.Err = fmt.Errorf("decode job %s: %w", m.ID, err)
+		return e
+	}
+	e.Job.RunID, _ = m.Values["run"].(string)
+	return e
+}

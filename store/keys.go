@@ -1,0 +1,72 @@
+package store
+
+import (
+	"strings"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// keys builds every Redis key and channel name from the configured prefix.
+// Session and user parts sit in braces (hash tags) so that one session's
+// keys share a Redis Cluster slot; the braces are literal in the key names.
+type keys struct {
+	prefix string
+}
+
+// session is the session hash `ag:session:{ID}`.
+func (k keys) session(id string) string { return k.prefix + ":session:{" + id + "}" }
+
+// events is the session's event stream `ag:session:{ID}:events`.
+func (k keys) events(id string) string { return k.session(id) + ":events" }
+
+// perms is the session's pending permissions hash `ag:session:{ID}:perms`.
+func (k keys) perms(id string) string { return k.session(id) + ":perms" }
+
+// live is the pub/sub channel of a session's events.
+func (k keys) live(id string) string { return k.session(id) + ":live" }
+
+// sessionOfLive returns the session id of a live channel name.
+func (k keys) sessionOfLive(channel string) (string, bool) {
+	rest, ok := strings.CutPrefix(channel, k.prefix+":session:{")
+	if !ok {
+		return "", false
+	}
+	return strings.CutSuffix(rest, "}:live")
+}
+
+// running is the sorted set of running session ids by startedAt.
+func (k keys) running() string { return k.prefix + ":sessions:running" }
+
+// userSessions is a user's sorted set of session ids by last activity.
+func (k keys) userSessions(user string) string { return k.prefix + ":user:{" + user + "}:sessions" }
+
+// providerSessions maps a provider's own session ids to agentgate session
+// ids, so a resume by provider id finds its session and its owner.
+func (k keys) providerSessions(p app.Provider) string {
+	return k.prefix + ":provider:{" + string(p) + "}:sessions"
+}
+
+// jobs is the stream of runs waiting for a worker (group "workers").
+func (k keys) jobs() string { return k.prefix + ":jobs" }
+
+// worker is a live worker's heartbeat hash, with a TTL.
+func (k keys) worker(id string) string { return k.prefix + ":worker:" + id }
+
+// workers is the registry of worker ids by last heartbeat, so live workers
+// can be listed without SCAN.
+func (k keys) workers() string { return k.prefix + ":workers" }
+
+// inbox is a worker's control stream (aborts, permission answers, shell input).
+func (k keys) inbox(id string) string { return k.worker(id) + ":inbox" }
+
+// lease is a named lease held by one process at a time.
+func (k keys) lease(name string) string { return k.prefix + ":lease:" + name }
+
+// plugin holds a plugin's HOST:PORT.
+func (k keys) plugin(name string) string { return k.prefix + ":plugin:" + name }
+
+// schema holds the key-schema version.
+func (k keys) schema() string { return k.prefix + ":schema" }
+
+// broadcast is the pub/sub channel of messages for every chat socket.
+func (k keys) broadcast() string { return k.prefix + ":broadcast" }

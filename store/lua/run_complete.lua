@@ -1,0 +1,40 @@
+-- run_complete.lua ends a run: the one door through which normal exit,
+-- failure, abort and worker loss all pass, so the first caller wins and
+-- every later one changes nothing. It appends any final events (error rows),
+-- the run's single complete, the terminal session-state-changed, and
+-- releases the session.
+--
+-- KEYS[1] session hash      KEYS[2] session event stream
+-- KEYS[3] running set       KEYS[4] owner's session set
+-- KEYS[5] session permissions hash
+-- ARGV[1] runId, or "" for whatever run is current (abort)
+-- ARGV[2] stream MAXLEN     ARGV[3] pub/sub channel
+-- ARGV[4] final state       ARGV[5] exit code
+-- ARGV[6] retention of the stream once finished, seconds
+-- ARGV[7] complete body     ARGV[8] session-state-changed body
+-- ARGV[9] number of events N to append before complete
+-- ARGV[10 .. 9+2N]          kind, body pairs
+--
+-- Returns {runId, worker, seq of complete}, or the error "STALE".
+local hash = KEYS[1]
+local cur = redis.call('HMGET', hash, 'runId', 'state', 'id', 'worker', 'startedAt')
+if cur[2] ~= 'running' or (ARGV[1] ~= '' and cur[1] ~= ARGV[1]) then
+  return redis.error_reply('STALE')
+end
+local runId = cur[1]
+local n = tonumber(ARGV[9])
+for i = 0, n - 1 do
+  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, ARGV[10 + 2 * i], ARGV[11 + 2 * i], '')
+end
+local seq = emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'complete', ARGV[7], '')
+local now = now_ms()
+local changed = int(now)
+redis.call('HSET', hash, 'state', ARGV[4], 'exitCode', ARGV[5], 'statusText', '',
+  'canInterrupt', 0, 'updatedAt', changed)
+redis.call('ZREM', KEYS[3], cur[3])
+redis.call('ZADD', KEYS[4], now, cur[3])
+emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'session-state-changed', ARGV[8],
+  '"startedAt":' .. (cur[5] or '0') .. ',"changedAt":' .. changed .. ',')
+redis.call('DEL', KEYS[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return {runId, cur[4] or '', seq}

@@ -1,0 +1,194 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// SubscriberHandlers receive what a Subscriber reads. They are called from
+// the Subscriber's goroutine and must not block.
+type SubscriberHandlers struct {
+	// Event receives a session event frame published on a session channel.
+	Event func(sessionID string, frame []byte)
+	// Resync is called for a session whose subscription was re-established
+	// after the connection dropped: events published meanwhile were lost
+	// and must be read from the stream.
+	Resync func(sessionID string)
+	// Broadcast receives a frame for every chat socket (projects_updated, …).
+	Broadcast func(frame []byte)
+}
+
+// unsubscribeGrace keeps a channel subscribed for a while after its last
+// local watcher left, so that a quick reconnect does not race an UNSUBSCRIBE.
+const unsubscribeGrace = 10 * time.Second
+
+// Subscriber multiplexes every session channel a gateway needs over one
+// pub/sub connection (never one blocking read per socket). Subscribe returns
+// once Redis has confirmed the subscription, so a caller that then reads
+// the stream cannot miss an event published in between.
+type Subscriber struct {
+	s        *Store
+	ps       *redis.PubSub
+	handlers SubscriberHandlers
+
+	mu       sync.Mutex
+	channels map[string]*channelSub // by channel name
+}
+
+type channelSub struct {
+	refs      int
+	ready     chan struct{} // closed on Redis' confirmation
+	confirmed bool
+	idle      *time.Timer // pending unsubscribe once refs reached 0
+}
+
+// NewSubscriber returns a Subscriber; call Run to start reading.
+func (s *Store) NewSubscriber(h SubscriberHandlers) *Subscriber {
+	return &Subscriber{s: s, ps: s.rdb.Subscribe(context.Background()), handlers: h, channels: map[string]*channelSub{}}
+}
+
+// Run reads messages until ctx ends, then closes the connection. It
+// reconnects (and re-subscribes) by itself after a connection error.
+// Runs in its own goroutine.
+func (sub *Subscriber) Run(ctx context.Context) error {
+	defer sub.ps.Close()
+	if err := sub.ps.Subscribe(ctx, sub.s.k.broadcast()); err != nil && ctx.Err() == nil {
+		sub.s.log.Warn("subscribe broadcast", "err", err)
+	}
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		msg, err := sub.ps.ReceiveTimeout(ctx, 15*time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			var netErr net.Error
+			if errors.As(err, &netErr) && netErr.Timeout() {
+				// Idle: a ping makes a dead connection show itself.
+				_ = sub.ps.Ping(ctx)
+				continue
+			}
+			sub.s.log.Warn("pub/sub receive", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		switch m := msg.(type) {
+		case *redis.Message:
+			sub.dispatch(m.Channel, m.Payload)
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				sub.confirmed(m.Channel)
+			}
+		}
+	}
+	return nil
+}
+
+func (sub *Subscriber) dispatch(channel, payload string) {
+	if channel == sub.s.k.broadcast() {
+		if sub.handlers.Broadcast != nil {
+			sub.handlers.Broadcast([]byte(payload))
+		}
+		return
+	}
+	if id, ok := sub.s.k.sessionOfLive(channel); ok && sub.handlers.Event != nil {
+		sub.handlers.Event(id, []byte(payload))
+	}
+}
+
+func (sub *Subscriber) confirmed(channel string) {
+	sub.mu.Lock()
+	c := sub.channels[channel]
+	resync := false
+	if c != nil {
+		if c.confirmed {
+			resync = true
+		} else {
+			c.confirmed = true
+			close(c.ready)
+		}
+	}
+	sub.mu.Unlock()
+	if resync && sub.handlers.Resync != nil {
+		if id, ok := sub.s.k.sessionOfLive(channel); ok {
+			sub.handlers.Resync(id)
+		}
+	}
+}
+
+// Subscribe adds a watcher of a session's events and returns once the
+// channel is subscribed. Every Subscribe needs one Unsubscribe.
+func (sub *Subscriber) Subscribe(ctx context.Context, sessionID string) error {
+	channel := sub.s.k.live(sessionID)
+	sub.mu.Lock()
+	c := sub.channels[channel]
+	if c == nil {
+		c = &channelSub{ready: make(chan struct{})}
+		sub.channels[channel] = c
+		if err := sub.ps.Subscribe(ctx, channel); err != nil {
+			delete(sub.channels, channel)
+			sub.mu.Unlock()
+			return fmt.Errorf("store: subscribe %s: %w", sessionID, err)
+		}
+	}
+	c.refs++
+	if c.idle != nil {
+		c.idle.Stop()
+		c.idle = nil
+	}
+	ready := c.ready
+	sub.mu.Unlock()
+
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		sub.Unsubscribe(sessionID)
+		return fmt.Errorf("store: subscribe %s: %w", sessionID, ctx.Err())
+	}
+}
+
+// Unsubscribe removes a watcher added by Subscribe. The channel itself is
+// unsubscribed a little later if no watcher came back meanwhile.
+func (sub *Subscriber) Unsubscribe(sessionID string) {
+	channel := sub.s.k.live(sessionID)
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	c := sub.channels[channel]
+	if c == nil || c.refs == 0 {
+		return
+	}
+	c.refs--
+	if c.refs > 0 {
+		return
+	}
+	c.idle = time.AfterFunc(unsubscribeGrace, func() {
+		sub.mu.Lock()
+		defer sub.mu.Unlock()
+		if cur := sub.channels[channel]; cur == c && c.refs == 0 {
+			delete(sub.channels, channel)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = sub.ps.Unsubscribe(ctx, channel)
+		}
+	})
+}
+
+// Broadcast publishes a frame to every chat socket of every gateway.
+func (s *Store) Broadcast(ctx context.Context, frame []byte) error {
+	if err := s.rdb.Publish(ctx, s.k.broadcast(), frame).Err(); err != nil {
+		return fmt.Errorf("store: broadcast: %w", err)
+	}
+	return nil
+}

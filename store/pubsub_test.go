@@ -1,0 +1,193 @@
+package store_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+type recorder struct {
+	mu       sync.Mutex
+	frames   map[string][]int64
+	resyncs  map[string]int
+	broadcas [][]byte
+}
+
+func newRecorder() *recorder {
+	return &recorder{frames: map[string][]int64{}, resyncs: map[string]int{}}
+}
+
+func (r *recorder) handlers() store.SubscriberHandlers {
+	return store.SubscriberHandlers{
+		Event: func(id string, frame []byte) {
+			seq, _ := app.FrameSeq(frame)
+			r.mu.Lock()
+			r.frames[id] = append(r.frames[id], seq)
+			r.mu.Unlock()
+		},
+		Resync: func(id string) {
+			r.mu.Lock()
+			r.resyncs[id]++
+			r.mu.Unlock()
+		},
+		Broadcast: func(frame []byte) {
+			r.mu.Lock()
+			r.broadcas = append(r.broadcas, frame)
+			r.mu.Unlock()
+		},
+	}
+}
+
+func (r *recorder) seqs(id string) []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int64(nil), r.frames[id]...)
+}
+
+func TestSubscriberDeliversInOrder(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		rec := newRecorder()
+		sub := st.NewSubscriber(rec.handlers())
+		go func() { _ = sub.Run(ctx) }()
+
+		sess := newSession("alice")
+		subCtx, subCancel := context.WithTimeout(ctx, 5*time.Second)
+		defer subCancel()
+		require.NoError(t, sub.Subscribe(subCtx, sess.ID))
+		res := accept(t, st, sess, true)
+		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		for i := 0; i < 50; i++ {
+			_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "x")}, nil)
+			require.NoError(t, err)
+		}
+		require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 52 }, 5*time.Second, 5*time.Millisecond)
+		for i, s := range rec.seqs(sess.ID) {
+			require.Equal(t, int64(i+1), s)
+		}
+
+		require.NoError(t, st.Broadcast(ctx, []byte(`{"type":"projects_updated"}`)))
+		require.Eventually(t, func() bool {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			return len(rec.broadcas) == 1
+		}, 5*time.Second, 5*time.Millisecond)
+	})
+}
+
+// TestSubscriberResyncsAfterConnectionLoss kills the pub/sub connection on a
+// real Redis: the subscriber must re-subscribe and report every session, so
+// the gateway can read what was published while it was away.
+func TestSubscriberResyncsAfterConnectionLoss(t *testing.T) {
+	url := storetest.Redis(t)
+	st := storetest.New(t, url)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecorder()
+	sub := st.NewSubscriber(rec.handlers())
+	go func() { _ = sub.Run(ctx) }()
+
+	sess := newSession("alice")
+	require.NoError(t, sub.Subscribe(ctx, sess.ID))
+	raw := redisClient(t, url)
+	require.NoError(t, raw.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+
+	require.Eventually(t, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.resyncs[sess.ID] == 1
+	}, 5*time.Second, 5*time.Millisecond)
+
+	res := accept(t, st, sess, true)
+	_, err := st.Append(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, []app.Event{app.Text("assistant", "x")}, nil)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 3 }, 5*time.Second, 5*time.Millisecond)
+}
+
+func TestJobsReclaimAfterConsumerDeath(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		accept(t, st, sess, true)
+		jobs, err := st.ReadJobs(ctx, "dead-worker", 10, 50*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, jobs, 1)
+
+		// Not idle long enough yet.
+		again, err := st.ReclaimJobs(ctx, "w2", time.Hour)
+		require.NoError(t, err)
+		require.Empty(t, again)
+
+		time.Sleep(20 * time.Millisecond)
+		again, err = st.ReclaimJobs(ctx, "w2", 10*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, again, 1)
+		require.Equal(t, sess.ID, again[0].Job.SessionID)
+		require.NoError(t, st.AckJob(ctx, again[0].StreamID))
+
+		time.Sleep(20 * time.Millisecond)
+		again, err = st.ReclaimJobs(ctx, "w3", 10*time.Millisecond)
+		require.NoError(t, err)
+		require.Empty(t, again)
+	})
+}
+
+func TestInbox(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		for i := 0; i < 3; i++ {
+			require.NoError(t, st.SendControl(ctx, "w1", store.Control{Type: store.ControlAbort, SessionID: "s", RunID: string(rune('a' + i))}))
+		}
+		got, err := st.ReadInbox(ctx, "w1", "0", 50*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, got, 3)
+		for i, e := range got {
+			require.NoError(t, e.Err)
+			require.Equal(t, string(rune('a'+i)), e.Control.RunID)
+		}
+		more, err := st.ReadInbox(ctx, "w1", got[2].StreamID, 50*time.Millisecond)
+		require.NoError(t, err)
+		require.Empty(t, more)
+	})
+}
+
+func TestWorkersAndLease(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", Host: "h", PID: 1, StartedAt: time.Now()}, time.Minute))
+		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w2", Host: "h", PID: 2, StartedAt: time.Now()}, time.Minute))
+		live, err := st.LiveWorkers(ctx)
+		require.NoError(t, err)
+		require.Len(t, live, 2)
+		require.NoError(t, st.RemoveWorker(ctx, "w1"))
+		alive, err := st.WorkerAlive(ctx, "w1")
+		require.NoError(t, err)
+		require.False(t, alive)
+		live, err = st.LiveWorkers(ctx)
+		require.NoError(t, err)
+		require.Len(t, live, 1)
+		require.Equal(t, "w2", live[0].ID)
+
+		ok, err := st.AcquireLease(ctx, "reaper", "a", time.Minute)
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = st.AcquireLease(ctx, "reaper", "b", time.Minute)
+		require.NoError(t, err)
+		require.False(t, ok)
+		ok, err = st.AcquireLease(ctx, "reaper", "a", time.Minute)
+		require.NoError(t, err)
+		require.True(t, ok, "the holder extends its lease")
+		require.NoError(t, st.ReleaseLease(ctx, "reaper", "a"))
+		ok, err = st.AcquireLease(ctx, "reaper", "b", time.Minute)
+		require.NoError(t, err)
+		require.True(t, ok)
+	})
+}

@@ -1,0 +1,230 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// RunRef names one run of one session. Every write of a run carries it, and
+// the scripts refuse a write whose RunID is no longer current.
+type RunRef struct {
+	SessionID string
+	RunID     string
+	Provider  app.Provider
+}
+
+// AcceptRequest is what a gateway asks of Accept.
+type AcceptRequest struct {
+	// Session holds the id, owner, provider, project path and provider
+	// session id of the session. For an existing session Owner must be the
+	// owner the caller read, so a session that changed hands is "not found".
+	Session app.Session
+	// New creates the session; it must not exist yet.
+	New bool
+	// Job is queued for the workers; Accept fills in its RunID.
+	Job app.Job
+}
+
+// AcceptResult describes an accepted run.
+type AcceptResult struct {
+	RunID     string
+	StartedAt int64
+	// PrevSeq is the session's last seq before this run's first event: a
+	// socket that follows the run from PrevSeq+1 sees all of it.
+	PrevSeq int64
+}
+
+// BusyError is returned by Accept when the session already has a run.
+type BusyError struct {
+	StartedAt   int64
+	ProjectPath string
+}
+
+func (e *BusyError) Error() string { return app.ErrSessionBusy.Error() }
+
+// Unwrap makes errors.Is(err, app.ErrSessionBusy) hold.
+func (e *BusyError) Unwrap() error { return app.ErrSessionBusy }
+
+// errSessionExists means Accept was asked to create a session id that is taken.
+var errSessionExists = errors.New("session id already exists")
+
+// Accept starts a run atomically (run_accept.lua): two gateways racing on
+// one session yield one run and one *BusyError.
+func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, error) {
+	sess := req.Session
+	mode := "existing"
+	var createdBody []byte
+	var err error
+	if req.New {
+		mode = "new"
+		created := app.SessionCreated(sess.ID, sess.ProviderSessionID)
+		if createdBody, err = s.eventBody(sess.ID, sess.Provider, created); err != nil {
+			return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
+		}
+	}
+	runningBody, err := s.eventBody(sess.ID, sess.Provider, app.StateChanged(app.StateRunning, app.ReasonCommandAccepted))
+	if err != nil {
+		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
+	}
+	job, err := json.Marshal(req.Job)
+	if err != nil {
+		return AcceptResult{}, fmt.Errorf("store: accept %s: encode job: %w", sess.ID, err)
+	}
+	keys := []string{
+		s.k.session(sess.ID), s.k.events(sess.ID), s.k.running(),
+		s.k.userSessions(sess.Owner), s.k.jobs(),
+	}
+	res, err := runAcceptScript.Run(ctx, s.rdb, keys,
+		sess.ID, sess.Owner, string(sess.Provider), sess.ProjectPath, sess.ProviderSessionID, mode,
+		job, createdBody, runningBody, s.cfg.HistoryLimit, s.k.live(sess.ID), jobsMaxLen,
+	).StringSlice()
+	if err != nil {
+		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
+	}
+	switch res[0] {
+	case "ok":
+		started, _ := strconv.ParseInt(res[1], 10, 64)
+		prev, _ := strconv.ParseInt(res[2], 10, 64)
+		return AcceptResult{RunID: res[1], StartedAt: started, PrevSeq: prev}, nil
+	case "busy":
+		started, _ := strconv.ParseInt(res[1], 10, 64)
+		return AcceptResult{}, &BusyError{StartedAt: started, ProjectPath: res[2]}
+	case "missing":
+		return AcceptResult{}, app.ErrNotFound
+	case "exists":
+		return AcceptResult{}, errSessionExists
+	}
+	return AcceptResult{}, fmt.Errorf("store: accept %s: unexpected reply %q", sess.ID, res)
+}
+
+// Append adds events of a run to its session, in order, in one atomic step
+// (run_append.lua), and sets the given session hash fields with them. It
+// returns the seq of the last event, or app.ErrStaleRun when the run is no
+// longer the session's current running run, in which case nothing changed.
+func (s *Store) Append(ctx context.Context, run RunRef, events []app.Event, set map[string]string) (int64, error) {
+	args := make([]any, 0, 4+2*len(events)+2*len(set))
+	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), len(events))
+	for _, ev := range events {
+		body, err := s.eventBody(run.SessionID, run.Provider, ev)
+		if err != nil {
+			return 0, fmt.Errorf("store: append %s: %w", run.SessionID, err)
+		}
+		args = append(args, string(ev.Kind), body)
+	}
+	for k, v := range set {
+		args = append(args, k, v)
+	}
+	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.providerSessions(run.Provider)}
+	seq, err := runAppendScript.Run(ctx, s.rdb, keys, args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("store: append %s: %w", run.SessionID, scriptError(err))
+	}
+	return seq, nil
+}
+
+// CompleteResult describes the end of a run.
+type CompleteResult struct {
+	RunID string
+	// Worker is the worker that had claimed the run ("" if none had).
+	Worker string
+	// Seq is the seq of the run's complete event.
+	Seq int64
+}
+
+// Complete ends a run (run_complete.lua): it appends the events in before
+// (error rows), then the run's single complete built from o, then the
+// terminal session-state-changed. Only the first Complete of a run takes
+// effect; later ones return app.ErrStaleRun. An empty run.RunID completes
+// whatever run is current, which is how an abort is recorded.
+func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before ...app.Event) (CompleteResult, error) {
+	completeBody, err := s.eventBody(run.SessionID, run.Provider, app.CompleteEvent(run.SessionID, o))
+	if err != nil {
+		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
+	}
+	stateBody, err := s.eventBody(run.SessionID, run.Provider, app.StateChanged(o.State(), o.StateReason()))
+	if err != nil {
+		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
+	}
+	args := make([]any, 0, 9+2*len(before))
+	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), string(o.State()),
+		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, len(before))
+	for _, ev := range before {
+		body, err := s.eventBody(run.SessionID, run.Provider, ev)
+		if err != nil {
+			return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
+		}
+		args = append(args, string(ev.Kind), body)
+	}
+	owner, err := s.rdb.HGet(ctx, s.k.session(run.SessionID), "owner").Result()
+	if err != nil {
+		if errors.Is(err, redis.Nil) {
+			return CompleteResult{}, app.ErrStaleRun
+		}
+		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
+	}
+	keys := []string{
+		s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.running(),
+		s.k.userSessions(owner), s.k.perms(run.SessionID),
+	}
+	res, err := runCompleteScript.Run(ctx, s.rdb, keys, args...).Slice()
+	if err != nil {
+		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, scriptError(err))
+	}
+	if len(res) != 3 {
+		return CompleteResult{}, fmt.Errorf("store: complete %s: unexpected reply %v", run.SessionID, res)
+	}
+	out := CompleteResult{}
+	out.RunID, _ = res[0].(string)
+	out.Worker, _ = res[1].(string)
+	out.Seq, _ = res[2].(int64)
+	return out, nil
+}
+
+// Abort records the abort of the session's current run and emits its single
+// complete{aborted:true, exitCode:0}. It returns app.ErrNoActiveRun when the
+// session has no run in progress. The caller tells the worker to stop.
+func (s *Store) Abort(ctx context.Context, sessionID string, provider app.Provider) (CompleteResult, error) {
+	res, err := s.Complete(ctx, RunRef{SessionID: sessionID, Provider: provider}, app.Outcome{Aborted: true})
+	if errors.Is(err, app.ErrStaleRun) {
+		return CompleteResult{}, app.ErrNoActiveRun
+	}
+	return res, err
+}
+
+// Claim records worker as the process running run. It returns false when the
+// run is no longer current and running, or another worker has it.
+func (s *Store) Claim(ctx context.Context, run RunRef, worker string) (bool, error) {
+	n, err := runClaimScript.Run(ctx, s.rdb, []string{s.k.session(run.SessionID)}, run.RunID, worker).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: claim %s: %w", run.SessionID, err)
+	}
+	return n == 1, nil
+}
+
+// eventBody fills the envelope fields the caller need not know and encodes ev.
+func (s *Store) eventBody(sessionID string, provider app.Provider, ev app.Event) ([]byte, error) {
+	ev.SessionID = sessionID
+	ev.Provider = provider
+	return ev.Body()
+}
+
+// scriptError maps the tokens scripts return with redis.error_reply onto
+// domain errors, by exact match.
+func scriptError(err error) error {
+	if err == nil {
+		return nil
+	}
+	// Redis (and miniredis) put "ERR " in front of a reply without a code.
+	if strings.TrimPrefix(strings.TrimSpace(err.Error()), "ERR ") == "STALE" {
+		return app.ErrStaleRun
+	}
+	return err
+}

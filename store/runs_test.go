@@ -1,0 +1,421 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// eachBackend runs f against miniredis and a real redis-server.
+func eachBackend(t *testing.T, f func(t *testing.T, st *store.Store)) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			f(t, storetest.New(t, storetest.Start(t, b)))
+		})
+	}
+}
+
+func newSession(owner string) app.Session {
+	return app.Session{ID: app.NewID(), Owner: owner, Provider: app.Claude, ProjectPath: "/tmp"}
+}
+
+func accept(t *testing.T, st *store.Store, sess app.Session, isNew bool) store.AcceptResult {
+	t.Helper()
+	res, err := st.Accept(context.Background(), store.AcceptRequest{
+		Session: sess, New: isNew,
+		Job: app.Job{SessionID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, Command: "hi"},
+	})
+	require.NoError(t, err)
+	return res
+}
+
+func decode(t *testing.T, frame []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(frame, &m), string(frame))
+	return m
+}
+
+func kinds(evs []store.StoredEvent) []string {
+	out := make([]string, len(evs))
+	for i, e := range evs {
+		out[i] = e.Kind
+	}
+	return out
+}
+
+func TestAcceptNewSession(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		require.NotEmpty(t, res.RunID)
+		require.Equal(t, int64(0), res.PrevSeq)
+
+		got, err := st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Equal(t, app.StateRunning, got.State)
+		require.Equal(t, res.RunID, got.RunID)
+		require.Equal(t, res.StartedAt, got.StartedAt)
+		require.InDelta(t, time.Now().UnixMilli(), got.StartedAt, 5000)
+		require.Equal(t, int64(2), got.LastSeq)
+		require.Equal(t, "alice", got.Owner)
+
+		evs, err := st.Events(ctx, sess.ID, 0, 100)
+		require.NoError(t, err)
+		require.Equal(t, []string{"session_created", "session-state-changed"}, kinds(evs))
+		for i, e := range evs {
+			require.Equal(t, int64(i+1), e.Seq)
+			seq, ok := app.FrameSeq(e.Data)
+			require.True(t, ok)
+			require.Equal(t, e.Seq, seq)
+			m := decode(t, e.Data)
+			require.Equal(t, res.RunID, m["runId"])
+			require.Equal(t, sess.ID, m["sessionId"])
+			require.Equal(t, "claude", m["provider"])
+		}
+		created := decode(t, evs[0].Data)
+		require.Equal(t, sess.ID, created["newSessionId"])
+		running := decode(t, evs[1].Data)
+		require.Equal(t, "running", running["state"])
+		require.Equal(t, "command-accepted", running["reason"])
+		require.EqualValues(t, res.StartedAt, running["startedAt"])
+		require.EqualValues(t, res.StartedAt, running["changedAt"])
+
+		jobs, err := st.ReadJobs(ctx, "w1", 10, 100*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, jobs, 1)
+		require.NoError(t, jobs[0].Err)
+		require.Equal(t, sess.ID, jobs[0].Job.SessionID)
+		require.Equal(t, res.RunID, jobs[0].Job.RunID)
+		require.Equal(t, "hi", jobs[0].Job.Command)
+	})
+}
+
+func TestAcceptBusyAndRace(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		first := accept(t, st, sess, true)
+
+		_, err := st.Accept(ctx, store.AcceptRequest{Session: sess})
+		var busy *store.BusyError
+		require.ErrorAs(t, err, &busy)
+		require.ErrorIs(t, err, app.ErrSessionBusy)
+		require.Equal(t, first.StartedAt, busy.StartedAt)
+
+		_, err = st.Complete(ctx, store.RunRef{SessionID: sess.ID, RunID: first.RunID, Provider: app.Claude}, app.Outcome{})
+		require.NoError(t, err)
+
+		// Many gateways racing on one idle session: exactly one run.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var ok, busyN int
+		for i := 0; i < 20; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := st.Accept(ctx, store.AcceptRequest{Session: sess})
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					ok++
+				case errors.Is(err, app.ErrSessionBusy):
+					busyN++
+				default:
+					t.Errorf("accept: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		require.Equal(t, 1, ok)
+		require.Equal(t, 19, busyN)
+	})
+}
+
+func TestAcceptForeignOwnerIsMissing(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		sess := newSession("alice")
+		accept(t, st, sess, true)
+		other := sess
+		other.Owner = "mallory"
+		_, err := st.Accept(context.Background(), store.AcceptRequest{Session: other})
+		require.ErrorIs(t, err, app.ErrNotFound)
+	})
+}
+
+func TestRunIDsGrowEvenWithinOneMillisecond(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		var prev int64
+		for i := 0; i < 5; i++ {
+			res := accept(t, st, sess, i == 0)
+			require.Greater(t, res.StartedAt, prev)
+			prev = res.StartedAt
+			_, err := st.Complete(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, app.Outcome{})
+			require.NoError(t, err)
+		}
+	})
+}
+
+func TestAppendIsGuardedByRunID(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+
+		seq, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "one"), app.Text("assistant", "two")},
+			map[string]string{"providerSessionId": "psid-1", "statusText": "Working"})
+		require.NoError(t, err)
+		require.Equal(t, int64(4), seq)
+
+		got, err := st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Equal(t, "psid-1", got.ProviderSessionID)
+		require.Equal(t, "Working", got.StatusText)
+		id, err := st.SessionByProviderID(ctx, app.Claude, "psid-1")
+		require.NoError(t, err)
+		require.Equal(t, sess.ID, id)
+
+		stale := run
+		stale.RunID = "123"
+		_, err = st.Append(ctx, stale, []app.Event{app.Text("assistant", "late")}, nil)
+		require.ErrorIs(t, err, app.ErrStaleRun)
+
+		_, err = st.Complete(ctx, run, app.Outcome{ExitCode: 0})
+		require.NoError(t, err)
+		_, err = st.Append(ctx, run, []app.Event{app.Text("assistant", "after complete")}, nil)
+		require.ErrorIs(t, err, app.ErrStaleRun)
+
+		evs, err := st.Events(ctx, sess.ID, 0, 100)
+		require.NoError(t, err)
+		require.Equal(t, []string{"session_created", "session-state-changed", "text", "text", "complete", "session-state-changed"}, kinds(evs))
+	})
+}
+
+func TestExactlyOneCompleteUnderRace(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+
+		var wg sync.WaitGroup
+		errs := make(chan error, 30)
+		for i := 0; i < 10; i++ {
+			wg.Add(3)
+			go func() { defer wg.Done(); _, err := st.Complete(ctx, run, app.Outcome{}); errs <- err }()
+			go func() {
+				defer wg.Done()
+				_, err := st.Complete(ctx, run, app.Outcome{ExitCode: 1, Reason: app.ReasonWorkerLost}, app.ErrorRow("worker lost"))
+				errs <- err
+			}()
+			go func() { defer wg.Done(); _, err := st.Abort(ctx, sess.ID, app.Claude); errs <- err }()
+		}
+		wg.Wait()
+		close(errs)
+		wins := 0
+		for err := range errs {
+			if err == nil {
+				wins++
+				continue
+			}
+			require.True(t, errors.Is(err, app.ErrStaleRun) || errors.Is(err, app.ErrNoActiveRun), err)
+		}
+		require.Equal(t, 1, wins)
+
+		evs, err := st.Events(ctx, sess.ID, 0, 100)
+		require.NoError(t, err)
+		n := 0
+		for _, e := range evs {
+			if e.Kind == "complete" {
+				n++
+			}
+		}
+		require.Equal(t, 1, n)
+		require.Equal(t, "session-state-changed", evs[len(evs)-1].Kind)
+	})
+}
+
+func TestAbort(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		_, err := st.Abort(ctx, sess.ID, app.Claude)
+		require.ErrorIs(t, err, app.ErrNoActiveRun)
+
+		res := accept(t, st, sess, true)
+		ok, err := st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, "w1")
+		require.NoError(t, err)
+		require.True(t, ok)
+
+		done, err := st.Abort(ctx, sess.ID, app.Claude)
+		require.NoError(t, err)
+		require.Equal(t, "w1", done.Worker)
+		require.Equal(t, res.RunID, done.RunID)
+
+		got, err := st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Equal(t, app.StateAborted, got.State)
+		require.NotNil(t, got.ExitCode)
+		require.Equal(t, 0, *got.ExitCode)
+
+		evs, err := st.Events(ctx, sess.ID, 2, 100)
+		require.NoError(t, err)
+		require.Equal(t, []string{"complete", "session-state-changed"}, kinds(evs))
+		c := decode(t, evs[0].Data)
+		require.Equal(t, true, c["aborted"])
+		require.Equal(t, false, c["success"])
+		require.EqualValues(t, 0, c["exitCode"])
+		require.Equal(t, sess.ID, c["actualSessionId"])
+		sc := decode(t, evs[1].Data)
+		require.Equal(t, "aborted", sc["state"])
+		require.EqualValues(t, res.StartedAt, sc["startedAt"])
+
+		_, err = st.Abort(ctx, sess.ID, app.Claude)
+		require.ErrorIs(t, err, app.ErrNoActiveRun)
+		ok, err = st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, "w2")
+		require.NoError(t, err)
+		require.False(t, ok, "an aborted run is never claimed")
+	})
+}
+
+func TestClaim(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID}
+		ok, err := st.Claim(ctx, run, "w1")
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = st.Claim(ctx, run, "w1")
+		require.NoError(t, err)
+		require.True(t, ok, "claiming twice is idempotent")
+		ok, err = st.Claim(ctx, run, "w2")
+		require.NoError(t, err)
+		require.False(t, ok)
+		ok, err = st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: "1"}, "w1")
+		require.NoError(t, err)
+		require.False(t, ok)
+	})
+}
+
+// TestSeqFormatting guards the Lua integer formatting: gopher-lua (miniredis)
+// would print 1e+06 through tostring.
+func TestSeqFormatting(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			prefix := storetest.Prefix()
+			st := storetest.New(t, url, store.Config{Prefix: prefix})
+			ctx := context.Background()
+			sess := newSession("alice")
+			res := accept(t, st, sess, true)
+			raw := redisClient(t, url)
+			require.NoError(t, raw.HSet(ctx, prefix+":session:{"+sess.ID+"}", "lastSeq", 999999).Err())
+			seq, err := st.Append(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, []app.Event{app.Text("assistant", "x")}, nil)
+			require.NoError(t, err)
+			require.Equal(t, int64(1000000), seq)
+			evs, err := st.Events(ctx, sess.ID, 999999, 10)
+			require.NoError(t, err)
+			require.Len(t, evs, 1)
+			require.True(t, strings.HasPrefix(string(evs[0].Data), `{"seq":1000000,"runId":"`+res.RunID+`",`), string(evs[0].Data))
+		})
+	}
+}
+
+func TestEventsReplayAndTrim(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			st := storetest.New(t, storetest.Start(t, b), store.Config{HistoryLimit: 100})
+			ctx := context.Background()
+			sess := newSession("alice")
+			res := accept(t, st, sess, true)
+			run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+			for i := 0; i < 500; i++ {
+				_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", fmt.Sprint(i))}, nil)
+				require.NoError(t, err)
+			}
+			got, first, err := st.SessionForReplay(ctx, sess.ID)
+			require.NoError(t, err)
+			require.Equal(t, int64(502), got.LastSeq)
+			// Approximate trimming keeps at least the limit; never the head.
+			require.Greater(t, first, int64(1))
+			require.LessOrEqual(t, first, int64(502-100+1))
+
+			evs, err := st.Events(ctx, sess.ID, 450, 1000)
+			require.NoError(t, err)
+			require.Len(t, evs, 52)
+			for i, e := range evs {
+				require.Equal(t, int64(451+i), e.Seq)
+			}
+			evs, err = st.Events(ctx, sess.ID, 0, 10)
+			require.NoError(t, err)
+			require.Equal(t, first, evs[0].Seq, "a trimmed range starts at the oldest kept event")
+		})
+	}
+}
+
+func TestCompleteSetsRetention(t *testing.T) {
+	url := storetest.Redis(t)
+	prefix := storetest.Prefix()
+	st := storetest.New(t, url, store.Config{Prefix: prefix, Retention: time.Hour})
+	ctx := context.Background()
+	sess := newSession("alice")
+	res := accept(t, st, sess, true)
+	raw := redisClient(t, url)
+	ttl, err := raw.TTL(ctx, prefix+":session:{"+sess.ID+"}:events").Result()
+	require.NoError(t, err)
+	require.Equal(t, time.Duration(-1), ttl, "a running session's stream does not expire")
+	_, err = st.Complete(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, app.Outcome{})
+	require.NoError(t, err)
+	ttl, err = raw.TTL(ctx, prefix+":session:{"+sess.ID+"}:events").Result()
+	require.NoError(t, err)
+	require.InDelta(t, time.Hour.Seconds(), ttl.Seconds(), 5)
+	// A new run makes the stream permanent again.
+	accept(t, st, sess, false)
+	ttl, err = raw.TTL(ctx, prefix+":session:{"+sess.ID+"}:events").Result()
+	require.NoError(t, err)
+	require.Equal(t, time.Duration(-1), ttl)
+}
+
+func TestListSessions(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		a1, a2, b1 := newSession("alice"), newSession("alice"), newSession("bob")
+		r1 := accept(t, st, a1, true)
+		accept(t, st, a2, true)
+		accept(t, st, b1, true)
+		_, err := st.Complete(ctx, store.RunRef{SessionID: a1.ID, RunID: r1.RunID, Provider: app.Claude}, app.Outcome{})
+		require.NoError(t, err)
+
+		all, err := st.ListSessions(ctx, store.SessionFilter{Owner: "alice"})
+		require.NoError(t, err)
+		require.Len(t, all, 2)
+		running, err := st.ListSessions(ctx, store.SessionFilter{Owner: "alice", RunningOnly: true})
+		require.NoError(t, err)
+		require.Len(t, running, 1)
+		require.Equal(t, a2.ID, running[0].ID)
+		ids, err := st.RunningSessions(ctx)
+		require.NoError(t, err)
+		require.ElementsMatch(t, []string{a2.ID, b1.ID}, ids)
+		every, err := st.AllSessions(ctx, false, 10)
+		require.NoError(t, err)
+		require.Len(t, every, 3)
+	})
+}

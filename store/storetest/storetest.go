@@ -1,0 +1,204 @@
+// Package storetest starts the Redis servers tests run against: a real
+// redis-server on a free loopback port, or an in-process miniredis.
+package storetest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/agentgate/agentgate/store"
+)
+
+// Backend names a Redis implementation tests run against.
+type Backend string
+
+// The backends.
+const (
+	Real Backend = "redis"
+	Mini Backend = "miniredis"
+)
+
+// Backends lists both backends, for table tests.
+var Backends = []Backend{Mini, Real}
+
+// Start returns the URL of a fresh server of backend b, stopped when the
+// test ends.
+func Start(t testing.TB, b Backend) string {
+	t.Helper()
+	if b == Mini {
+		return Miniredis(t)
+	}
+	return Redis(t)
+}
+
+// Miniredis starts an in-process miniredis on 127.0.0.1.
+func Miniredis(t testing.TB) string {
+	t.Helper()
+	m := miniredis.NewMiniRedis()
+	if err := m.StartAddr("127.0.0.1:0"); err != nil {
+		t.Fatalf("start miniredis: %v", err)
+	}
+	t.Cleanup(m.Close)
+	return "redis://" + m.Addr() + "/0"
+}
+
+// RedisServerPath returns the redis-server binary, or "" when there is none.
+func RedisServerPath() string {
+	if p := os.Getenv("AGENTGATE_REDIS_SERVER"); p != "" {
+		return p
+	}
+	p, err := exec.LookPath("redis-server")
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+// RequireRedisServer fails the test in CI and skips it loudly elsewhere when
+// redis-server is not installed.
+func RequireRedisServer(t testing.TB) string {
+	t.Helper()
+	p := RedisServerPath()
+	if p != "" {
+		return p
+	}
+	msg := "redis-server is not installed (apt-get install redis-server, or set AGENTGATE_REDIS_SERVER)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip("SKIPPED: " + msg)
+	return ""
+}
+
+// Server is a redis-server process started for a test.
+type Server struct {
+	URL  string
+	Addr string
+	cmd  *exec.Cmd
+}
+
+// Redis starts a real redis-server on a free loopback port, without
+// persistence, and stops it (by its PID) when the test ends.
+func Redis(t testing.TB) string {
+	t.Helper()
+	return StartServer(t).URL
+}
+
+// StartServer is Redis returning the whole Server, for tests that need to
+// stop it themselves.
+func StartServer(t testing.TB) *Server {
+	t.Helper()
+	bin := RequireRedisServer(t)
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		srv, err := startServer(bin, t.TempDir())
+		if err == nil {
+			t.Cleanup(srv.Stop)
+			return srv
+		}
+		lastErr = err
+	}
+	t.Fatalf("start redis-server: %v", lastErr)
+	return nil
+}
+
+func startServer(bin, dir string) (*Server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := exec.Command(bin,
+		"--bind", "127.0.0.1", "--port", fmt.Sprint(port), "--save", "", "--appendonly", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--protected-mode", "yes")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("run %s: %w", bin, err)
+	}
+	srv := &Server{URL: "redis://" + addr + "/0", Addr: addr, cmd: cmd}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if ping(addr) {
+			return srv, nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	srv.Stop()
+	log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+	return nil, fmt.Errorf("redis-server on %s did not answer: %s", addr, strings.TrimSpace(string(log)))
+}
+
+// Stop kills the server by its PID and waits for it.
+func (s *Server) Stop() {
+	if s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+	}
+}
+
+func ping(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "+PONG")
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+var prefixSeq atomic.Int64
+
+// Prefix returns a key prefix no other test of this process uses, so tests
+// may share one server.
+func Prefix() string {
+	return fmt.Sprintf("t%d_%d", os.Getpid(), prefixSeq.Add(1))
+}
+
+// New returns a Store on url with a fresh prefix, closed when the test ends.
+func New(t testing.TB, url string, cfg ...store.Config) *store.Store {
+	t.Helper()
+	c := store.Config{}
+	if len(cfg) > 0 {
+		c = cfg[0]
+	}
+	c.URL = url
+	if c.Prefix == "" {
+		c.Prefix = Prefix()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := store.New(ctx, c)
+	if err != nil {
+		t.Fatalf("store.New: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if err := s.EnsureJobsGroup(ctx); err != nil {
+		t.Fatalf("EnsureJobsGroup: %v", err)
+	}
+	return s
+}

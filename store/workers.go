@@ -1,0 +1,113 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// WorkerInfo is what a worker's heartbeat hash holds.
+type WorkerInfo struct {
+	ID        string
+	Host      string
+	PID       int
+	StartedAt time.Time
+	Runs      int
+}
+
+// Heartbeat refreshes a worker's heartbeat hash `ag:worker:ID` with ttl and
+// records the worker in the registry of workers.
+func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) error {
+	key := s.k.worker(w.ID)
+	pipe := s.rdb.TxPipeline()
+	pipe.HSet(ctx, key, "id", w.ID, "host", w.Host, "pid", w.PID,
+		"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs)
+	pipe.PExpire(ctx, key, ttl)
+	pipe.ZAdd(ctx, s.k.workers(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: w.ID})
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("store: heartbeat %s: %w", w.ID, err)
+	}
+	return nil
+}
+
+// RemoveWorker deletes a worker's heartbeat, registry entry and inbox: the
+// worker is gone and its runs may be reaped at once.
+func (s *Store) RemoveWorker(ctx context.Context, id string) error {
+	pipe := s.rdb.Pipeline()
+	pipe.Del(ctx, s.k.worker(id), s.k.inbox(id))
+	pipe.ZRem(ctx, s.k.workers(), id)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("store: remove worker %s: %w", id, err)
+	}
+	return nil
+}
+
+// WorkerAlive reports whether a worker's heartbeat has not expired.
+func (s *Store) WorkerAlive(ctx context.Context, id string) (bool, error) {
+	n, err := s.rdb.Exists(ctx, s.k.worker(id)).Result()
+	if err != nil {
+		return false, fmt.Errorf("store: check worker %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// LiveWorkers returns the registered workers whose heartbeat has not
+// expired, and drops from the registry those whose heartbeat has.
+func (s *Store) LiveWorkers(ctx context.Context) ([]WorkerInfo, error) {
+	ids, err := s.rdb.ZRange(ctx, s.k.workers(), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: list workers: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HGetAll(ctx, s.k.worker(id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("store: read workers: %w", err)
+	}
+	var live []WorkerInfo
+	var dead []any
+	for i, c := range cmds {
+		m := c.Val()
+		if len(m) == 0 {
+			dead = append(dead, ids[i])
+			continue
+		}
+		pid, _ := strconv.Atoi(m["pid"])
+		runs, _ := strconv.Atoi(m["runs"])
+		live = append(live, WorkerInfo{
+			ID: ids[i], Host: m["host"], PID: pid, Runs: runs,
+			StartedAt: time.UnixMilli(atoi64(m["startedAt"])),
+		})
+	}
+	if len(dead) > 0 {
+		_ = s.rdb.ZRem(ctx, s.k.workers(), dead...).Err()
+	}
+	return live, nil
+}
+
+// AcquireLease takes or extends the named lease for holder, for ttl. Only
+// one holder has a lease at a time (SET NX PX under a script).
+func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	n, err := leaseAcquireScript.Run(ctx, s.rdb, []string{s.k.lease(name)}, holder, ttl.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: acquire lease %s: %w", name, err)
+	}
+	return n == 1, nil
+}
+
+// ReleaseLease gives the lease up if holder still has it.
+func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
+	if err := leaseReleaseScript.Run(ctx, s.rdb, []string{s.k.lease(name)}, holder).Err(); err != nil {
+		return fmt.Errorf("store: release lease %s: %w", name, err)
+	}
+	return nil
+}
