@@ -10,6 +10,15 @@
 //
 // The server listens on 127.0.0.1 only and is safe for many concurrent CLI
 // processes. See CLI_FACTS.md in this folder for what the CLI sends and prints.
+//
+// Things a test has to get right when running the CLI (details in CLI_FACTS.md):
+//   - give every CLI process its own HOME (sessions live under $HOME/.claude,
+//     keyed by the working directory);
+//   - Env returns the variables that point the CLI at the mock;
+//   - errors are fast only without retries: see Turn.Retryable and
+//     CLAUDE_CODE_MAX_RETRIES;
+//   - as root, --permission-mode bypassPermissions exits 1 unless IS_SANDBOX=1
+//     is set; --allowedTools works everywhere.
 package mockanthropic
 
 import (
@@ -65,9 +74,12 @@ type Turn struct {
 
 	// Retryable, with Status, lets the CLI apply its normal retry policy.
 	// By default the mock adds the header "x-should-retry: false" to error
-	// answers, which the CLI honours, so one error turn fails one CLI run
-	// quickly. Without it a 5xx/529 is retried up to 10 times with
-	// exponential backoff (minutes); bound that with CLAUDE_CODE_MAX_RETRIES.
+	// answers, which the CLI honours for 4xx and 5xx, so one error turn
+	// fails one CLI run at once. With Retryable (and always for 529, which
+	// the CLI retries whatever the header says) the CLI retries up to 10
+	// times with exponential backoff, about three minutes in all, each retry
+	// taking the next turn; set CLAUDE_CODE_MAX_RETRIES=0 (or a small
+	// number) in the CLI's environment to keep such tests fast.
 	Retryable bool
 
 	// Hang makes the mock accept the request, send the HTTP 200 headers,
@@ -226,6 +238,18 @@ func (s *Server) Close() {
 		s.srv.CloseClientConnections()
 		s.srv.Close()
 	})
+}
+
+// Env returns the environment entries ("KEY=value") that point a CLI
+// process at this server: ANTHROPIC_BASE_URL, a dummy ANTHROPIC_API_KEY and
+// CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1. Append them to a base
+// environment that sets its own HOME.
+func (s *Server) Env() []string {
+	return []string{
+		"ANTHROPIC_BASE_URL=" + s.URL,
+		"ANTHROPIC_API_KEY=test",
+		"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1",
+	}
 }
 
 // Add appends turns to the script; safe to call while requests are served.

@@ -1,0 +1,279 @@
+package workers
+
+import (
+	"encoding/json"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// ClaudeProvider runs the Claude Code CLI in print mode with stream-json
+// output: `claude -p --output-format stream-json --verbose …`, the prompt on
+// stdin (an argument is limited to 128 KiB on Linux; stdin is not).
+type ClaudeProvider struct{}
+
+var _ Provider = ClaudeProvider{}
+
+// Name implements Provider.
+func (ClaudeProvider) Name() app.Provider { return app.Claude }
+
+// InstallHint implements Provider.
+func (ClaudeProvider) InstallHint() string {
+	return "Claude Code CLI not found. Install it with `npm install -g @anthropic-ai/claude-code`, or set AGENTGATE_CLAUDE_BIN to its path."
+}
+
+// Command implements Provider.
+func (ClaudeProvider) Command(job app.Job) ([]string, []byte) {
+	args := []string{"-p", "--output-format", "stream-json", "--verbose"}
+	if job.ProviderSessionID != "" {
+		args = append(args, "--resume", job.ProviderSessionID)
+	} else {
+		args = append(args, "--session-id", job.SessionID)
+	}
+	if job.Options.Model != "" {
+		args = append(args, "--model", job.Options.Model)
+	}
+	mode := job.Options.PermissionMode
+	if job.Options.Tools.SkipPermissions && mode != "plan" {
+		mode = "bypassPermissions"
+	}
+	if mode != "" && mode != "default" {
+		args = append(args, "--permission-mode", mode)
+	}
+	if tools := job.Options.Tools.AllowedTools; len(tools) > 0 {
+		args = append(args, "--allowedTools")
+		args = append(args, tools...)
+	}
+	if tools := job.Options.Tools.DisallowedTools; len(tools) > 0 {
+		args = append(args, "--disallowedTools")
+		args = append(args, tools...)
+	}
+	return args, []byte(job.Command)
+}
+
+// NewParser implements Provider.
+func (ClaudeProvider) NewParser(job app.Job) Parser {
+	return &claudeParser{job: job, contextWindow: contextWindow()}
+}
+
+// contextWindow is the token budget total, as the reference computes it.
+func contextWindow() int {
+	if n, err := strconv.Atoi(os.Getenv("CONTEXT_WINDOW")); err == nil && n > 0 {
+		return n
+	}
+	return 160000
+}
+
+// claudeParser maps the CLI's stream-json lines (see the CLI facts in the
+// README) to session events.
+type claudeParser struct {
+	job           app.Job
+	contextWindow int
+	// resultError is the text of a `result` line with is_error: the CLI says
+	// "subtype":"success" even for failed runs, so is_error decides.
+	resultError string
+	sawError    bool
+}
+
+type claudeLine struct {
+	Type            string          `json:"type"`
+	Subtype         string          `json:"subtype"`
+	SessionID       string          `json:"session_id"`
+	Message         *claudeMessage  `json:"message"`
+	ParentToolUseID string          `json:"parent_tool_use_id"`
+	IsError         bool            `json:"is_error"`
+	Result          json.RawMessage `json:"result"`
+	Usage           *claudeUsage    `json:"usage"`
+	Error           string          `json:"error"`
+}
+
+type claudeMessage struct {
+	Role    string          `json:"role"`
+	Content json.RawMessage `json:"content"`
+	Usage   *claudeUsage    `json:"usage"`
+}
+
+type claudeBlock struct {
+	Type      string          `json:"type"`
+	Text      string          `json:"text"`
+	Thinking  string          `json:"thinking"`
+	ID        string          `json:"id"`
+	Name      string          `json:"name"`
+	Input     json.RawMessage `json:"input"`
+	ToolUseID string          `json:"tool_use_id"`
+	Content   json.RawMessage `json:"content"`
+	IsError   bool            `json:"is_error"`
+}
+
+type claudeUsage struct {
+	InputTokens              int `json:"input_tokens"`
+	OutputTokens             int `json:"output_tokens"`
+	CacheReadInputTokens     int `json:"cache_read_input_tokens"`
+	CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
+}
+
+// Line implements Parser.
+func (p *claudeParser) Line(line []byte) Output {
+	var l claudeLine
+	if err := json.Unmarshal(line, &l); err != nil {
+		// The CLI prints only JSON on stdout; anything else is shown, not lost.
+		if s := strings.TrimSpace(string(line)); s != "" {
+			return Output{Events: []app.Event{app.ErrorRow(s)}}
+		}
+		return Output{}
+	}
+	var out Output
+	if l.SessionID != "" && l.Type == "system" && l.Subtype == "init" {
+		out.Set = map[string]string{"providerSessionId": l.SessionID}
+	}
+	switch l.Type {
+	case "assistant":
+		if l.Message != nil {
+			out.Events = p.assistant(l)
+			if l.Message.Usage != nil {
+				out.Events = append(out.Events, p.tokenBudget(*l.Message.Usage))
+			}
+		}
+	case "user":
+		if l.Message != nil {
+			out.Events = p.user(l)
+		}
+	case "result":
+		if l.IsError {
+			p.resultError = resultText(l.Result)
+			if p.resultError == "" {
+				p.resultError = "Claude CLI reported an error"
+			}
+			out.Events = append(out.Events, app.ErrorRow(p.resultError))
+			p.sawError = true
+		}
+		if l.Usage != nil {
+			out.Events = append(out.Events, p.tokenBudget(*l.Usage))
+		}
+	}
+	return out
+}
+
+func (p *claudeParser) assistant(l claudeLine) []app.Event {
+	var events []app.Event
+	for _, b := range contentBlocks(l.Message.Content) {
+		var ev app.Event
+		switch b.Type {
+		case "text":
+			if b.Text == "" {
+				continue
+			}
+			ev = app.Text("assistant", b.Text)
+		case "thinking":
+			if b.Thinking == "" {
+				continue
+			}
+			ev = app.Thinking(b.Thinking)
+		case "tool_use":
+			ev = app.ToolUse(b.ID, b.Name, rawOrEmpty(b.Input))
+		default:
+			continue
+		}
+		events = append(events, withParent(ev, l.ParentToolUseID))
+	}
+	return events
+}
+
+func (p *claudeParser) user(l claudeLine) []app.Event {
+	var events []app.Event
+	var text string
+	if json.Unmarshal(l.Message.Content, &text) == nil {
+		if text != "" {
+			events = append(events, withParent(app.Text("user", text), l.ParentToolUseID))
+		}
+		return events
+	}
+	for _, b := range contentBlocks(l.Message.Content) {
+		switch b.Type {
+		case "tool_result":
+			events = append(events, withParent(app.ToolResult(b.ToolUseID, toolResultContent(b.Content), b.IsError), l.ParentToolUseID))
+		case "text":
+			if b.Text != "" {
+				events = append(events, withParent(app.Text("user", b.Text), l.ParentToolUseID))
+			}
+		}
+	}
+	return events
+}
+
+func (p *claudeParser) tokenBudget(u claudeUsage) app.Event {
+	input := u.InputTokens + u.CacheReadInputTokens + u.CacheCreationInputTokens
+	return app.TokenBudget(map[string]any{
+		"used":                input + u.OutputTokens,
+		"total":               p.contextWindow,
+		"inputTokens":         input,
+		"outputTokens":        u.OutputTokens,
+		"cacheReadTokens":     u.CacheReadInputTokens,
+		"cacheCreationTokens": u.CacheCreationInputTokens,
+		"cacheTokens":         u.CacheReadInputTokens + u.CacheCreationInputTokens,
+		"breakdown":           map[string]int{"input": input, "output": u.OutputTokens},
+	})
+}
+
+// End implements Parser.
+func (p *claudeParser) End(code int) ([]app.Event, int) {
+	if p.sawError && code == 0 {
+		code = 1
+	}
+	return nil, code
+}
+
+func contentBlocks(raw json.RawMessage) []claudeBlock {
+	var blocks []claudeBlock
+	_ = json.Unmarshal(raw, &blocks) // a string content has no blocks
+	return blocks
+}
+
+// toolResultContent keeps a string as is and joins the text of a list of
+// blocks, the shape clients render.
+func toolResultContent(raw json.RawMessage) any {
+	if len(raw) == 0 {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var blocks []claudeBlock
+	if json.Unmarshal(raw, &blocks) == nil {
+		var parts []string
+		for _, b := range blocks {
+			if b.Type == "text" {
+				parts = append(parts, b.Text)
+			}
+		}
+		if len(parts) == len(blocks) {
+			return strings.Join(parts, "\n")
+		}
+	}
+	return raw
+}
+
+func resultText(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	return string(raw)
+}
+
+func rawOrEmpty(raw json.RawMessage) any {
+	if len(raw) == 0 {
+		return map[string]any{}
+	}
+	return raw
+}
+
+func withParent(ev app.Event, parent string) app.Event {
+	if parent != "" {
+		ev.Fields["parentToolUseId"] = parent
+	}
+	return ev
+}

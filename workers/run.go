@@ -1,0 +1,354 @@
+package workers
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+const (
+	// maxLineBytes bounds one output line (a tool result can carry a whole
+	// file); a longer line is dropped with an error row, not buffered.
+	maxLineBytes = 16 << 20
+	// maxBatch bounds the events of one append when lines arrive faster
+	// than Redis answers.
+	maxBatch = 64
+	// stderrTail is how much of stderr a failed run reports.
+	stderrTail = 4 << 10
+	// orphanGrace is how long output may keep flowing after the provider
+	// process exited, from children that still hold its pipes, before they
+	// are killed and the pipes closed.
+	orphanGrace = 2 * time.Second
+	// writeTimeout bounds one store write of a run.
+	writeTimeout = 10 * time.Second
+	// completeRetryFor is how long a run keeps trying to record its end
+	// while Redis is unreachable.
+	completeRetryFor = time.Minute
+)
+
+// stopReason says why a run was stopped from outside its process.
+type stopReason int
+
+const (
+	stopNone     stopReason = iota
+	stopAbort               // the user aborted; the gateway already completed the run
+	stopStale               // a write found the run no longer current (aborted or reaped)
+	stopShutdown            // the worker is shutting down
+	stopFailed              // the store could not be written
+)
+
+// run is one accepted run executing on this worker.
+type run struct {
+	w   *Worker
+	job app.Job
+	ref store.RunRef
+	log *slog.Logger
+
+	// sawErrorRow is set once an error row was appended (pump goroutine).
+	sawErrorRow bool
+
+	mu      sync.Mutex
+	proc    *process
+	stopped stopReason
+}
+
+func newRun(w *Worker, job app.Job) *run {
+	return &run{
+		w: w, job: job, log: w.log.With("session", job.SessionID, "run", job.RunID),
+		ref: store.RunRef{SessionID: job.SessionID, RunID: job.RunID, Provider: job.Provider},
+	}
+}
+
+// stop kills the run's process group, once, for reason.
+func (r *run) stop(reason stopReason) {
+	r.mu.Lock()
+	if r.stopped == stopNone {
+		r.stopped = reason
+	}
+	p := r.proc
+	r.mu.Unlock()
+	if p != nil {
+		go p.kill(killGrace)
+	}
+}
+
+func (r *run) stopReason() stopReason {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopped
+}
+
+// execute runs the provider to its end and records the run's single
+// complete. It returns when the process group is gone.
+func (r *run) execute() {
+	outcome, final := r.runProvider()
+	switch r.stopReason() {
+	case stopShutdown:
+		outcome = app.Outcome{ExitCode: 1, Reason: app.ReasonWorkerShutdown}
+		final = append(final, app.ErrorRow("The worker running this session shut down before the run finished."))
+	case stopAbort, stopStale:
+		// The abort (or the reaper) already wrote this run's complete; the
+		// attempt below is refused by the runId guard and changes nothing.
+	}
+	r.complete(outcome, final)
+}
+
+// runProvider starts the CLI and pumps its output into the session. It
+// returns the outcome and the events to write before complete.
+func (r *run) runProvider() (app.Outcome, []app.Event) {
+	job := r.job
+	prov := r.w.cfg.Providers[job.Provider]
+	if prov == nil {
+		return failed(fmt.Sprintf("Provider %s is not available on this worker.", job.Provider))
+	}
+	if job.ResumeDenied {
+		// Another user's conversation: fail exactly as a missing one does.
+		return failed("No conversation found with session ID: " + job.ProviderSessionID)
+	}
+	dir, err := resolveDir(r.w.cfg.Workspaces, job.ProjectPath)
+	if err != nil {
+		return failed(err.Error())
+	}
+	args, stdin := prov.Command(job)
+	cmd := exec.Command(r.w.bin(job.Provider), args...)
+	cmd.Dir = dir
+	cmd.Env = os.Environ()
+	cmd.WaitDelay = orphanGrace
+	prepareGroup(cmd)
+
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return failed("start " + string(job.Provider) + ": " + err.Error())
+	}
+	defer outR.Close()
+	var errBuf tailBuffer
+	cmd.Stdout = outW
+	cmd.Stderr = &errBuf
+	var stdinW io.WriteCloser
+	if stdin != nil {
+		if stdinW, err = cmd.StdinPipe(); err != nil {
+			outW.Close()
+			return failed("start " + string(job.Provider) + ": " + err.Error())
+		}
+	}
+	err = cmd.Start()
+	outW.Close() // the child holds its own copy
+	if err != nil {
+		if isNotFound(err) {
+			return app.Outcome{ExitCode: 127}, []app.Event{app.ErrorRow(prov.InstallHint())}
+		}
+		return failed("start " + string(job.Provider) + ": " + err.Error())
+	}
+	p := &process{cmd: cmd, exited: make(chan struct{})}
+	r.mu.Lock()
+	r.proc = p
+	already := r.stopped != stopNone
+	r.mu.Unlock()
+	if already {
+		go p.kill(killGrace)
+	}
+	if stdinW != nil {
+		go func() {
+			_, _ = stdinW.Write(stdin)
+			_ = stdinW.Close()
+		}()
+	}
+	pumped := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(p.exited)
+		// Children left behind by the provider die with their run.
+		p.kill(0)
+		select {
+		case <-pumped:
+		case <-time.After(orphanGrace):
+			// A child that left the group still holds stdout.
+			_ = outR.Close()
+		}
+	}()
+
+	parser := prov.NewParser(job)
+	r.pump(outR, parser)
+	close(pumped)
+	<-p.exited
+	final, code := parser.End(exitCode(cmd.ProcessState))
+	if code != 0 && len(final) == 0 && !r.sawErrorRow && errBuf.Len() > 0 {
+		final = append(final, app.ErrorRow(strings.TrimSpace(errBuf.String())))
+	}
+	return app.Outcome{ExitCode: code}, final
+}
+
+func failed(msg string) (app.Outcome, []app.Event) {
+	return app.Outcome{ExitCode: 1}, []app.Event{app.ErrorRow(msg)}
+}
+
+// pump reads output lines and appends their events. Lines already waiting
+// in the buffer are appended together, so a fast provider costs one round
+// trip per batch while a slow one gets each line out at once.
+func (r *run) pump(out io.Reader, parser Parser) {
+	rd := bufio.NewReaderSize(out, 64<<10)
+	var batch []app.Event
+	set := map[string]string{}
+	for {
+		line, err := readLine(rd)
+		if errors.Is(err, errLineTooLong) {
+			batch = append(batch, app.ErrorRow(fmt.Sprintf("An output line longer than %d MiB was dropped.", maxLineBytes>>20)))
+		} else if len(line) > 0 {
+			o := parser.Line(line)
+			batch = append(batch, o.Events...)
+			for k, v := range o.Set {
+				set[k] = v
+			}
+		}
+		done := err != nil && !errors.Is(err, errLineTooLong)
+		if (len(batch) > 0 || len(set) > 0) && (done || len(batch) >= maxBatch || !lineBuffered(rd)) {
+			r.flush(batch, set)
+			batch = batch[:0]
+			clear(set)
+		}
+		if done {
+			return
+		}
+	}
+}
+
+// flush appends a batch; a stale run stops, and a store that stays
+// unreachable stops the run too (its complete is retried).
+func (r *run) flush(events []app.Event, set map[string]string) {
+	if r.stopReason() != stopNone {
+		return
+	}
+	for _, ev := range events {
+		if ev.Kind == app.KindError {
+			r.sawErrorRow = true
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		_, err := r.w.st.Append(ctx, r.ref, events, set)
+		cancel()
+		if err == nil {
+			return
+		}
+		if errors.Is(err, app.ErrStaleRun) {
+			r.stop(stopStale)
+			return
+		}
+		if attempt == 3 {
+			r.log.Error("append events; stopping the run", "err", err)
+			r.stop(stopFailed)
+			return
+		}
+		time.Sleep(time.Duration(100<<attempt) * time.Millisecond)
+	}
+}
+
+// complete records the run's end, retrying while Redis is unreachable. A
+// stale answer means another door (abort, reaper) already completed it.
+func (r *run) complete(o app.Outcome, final []app.Event) {
+	deadline := time.Now().Add(completeRetryFor)
+	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		_, err := r.w.st.Complete(ctx, r.ref, o, final...)
+		cancel()
+		if err == nil || errors.Is(err, app.ErrStaleRun) {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.log.Error("complete run; leaving it to the reaper", "err", err)
+			return
+		}
+		time.Sleep(backoff)
+	}
+}
+
+var errLineTooLong = errors.New("line too long")
+
+// readLine returns the next line without its newline. A line over
+// maxLineBytes is consumed and reported as errLineTooLong.
+func readLine(rd *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := rd.ReadSlice('\n')
+		if len(line)+len(chunk) > maxLineBytes {
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = rd.ReadSlice('\n')
+			}
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				return nil, err
+			}
+			return nil, errLineTooLong
+		}
+		line = append(line, chunk...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		return line, err
+	}
+}
+
+// lineBuffered reports whether a whole line is already waiting in rd.
+func lineBuffered(rd *bufio.Reader) bool {
+	n := rd.Buffered()
+	if n == 0 {
+		return false
+	}
+	buf, _ := rd.Peek(n)
+	return bytes.IndexByte(buf, '\n') >= 0
+}
+
+// resolveDir checks a project path for a run: under a workspace root after
+// symlinks, and a directory.
+func resolveDir(ws app.Workspaces, p string) (string, error) {
+	dir, err := ws.Resolve(p, filepath.EvalSymlinks)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, p)
+	}
+	return dir, nil
+}
+
+// tailBuffer keeps the last stderrTail bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - stderrTail; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.buf)
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}

@@ -1,0 +1,296 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+// Defaults of Config fields left at their zero value.
+const (
+	DefaultHeartbeatInterval = 2 * time.Second
+	DefaultHeartbeatTTL      = 10 * time.Second
+	DefaultDrainTimeout      = 10 * time.Second
+	// reclaimIdle is how long a job may sit read but unclaimed before
+	// another worker takes it over: claiming takes milliseconds, so a job
+	// idle this long was read by a worker that died.
+	reclaimIdle = 15 * time.Second
+)
+
+// Config configures a Worker.
+type Config struct {
+	// ID names the worker in Redis. Zero means host-pid-random.
+	ID    string
+	Store *store.Store
+	// Providers are the adapters this worker runs, by provider.
+	Providers map[app.Provider]Provider
+	// Bins are the CLI binaries by provider; a missing entry means the
+	// provider's default name on PATH.
+	Bins map[app.Provider]string
+	// Workspaces bound the project paths runs may use.
+	Workspaces app.Workspaces
+	// HeartbeatInterval is how often the heartbeat is refreshed. Zero means 2s.
+	HeartbeatInterval time.Duration
+	// HeartbeatTTL is how long a heartbeat lives: a worker silent for this
+	// long is dead and its runs are reaped. Zero means 10s.
+	HeartbeatTTL time.Duration
+	// DrainTimeout is how long Shutdown lets runs finish before killing
+	// them. Zero means 10s.
+	DrainTimeout time.Duration
+	// Logger receives the worker's logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultBins are the CLI names of PROTOCOL §1.
+var DefaultBins = map[app.Provider]string{
+	app.Claude: "claude", app.Cursor: "cursor-agent", app.Codex: "codex", app.Gemini: "gemini",
+}
+
+// Worker takes runs from the jobs stream and runs their provider CLIs.
+type Worker struct {
+	cfg   Config
+	st    *store.Store
+	log   *slog.Logger
+	start time.Time
+
+	mu   sync.Mutex
+	runs map[string]*run // by session id
+
+	wg       sync.WaitGroup // one per run
+	draining chan struct{}
+	drainOne sync.Once
+
+	// pollBlock bounds each blocking read of the jobs stream and the inbox:
+	// a blocking read ignores ctx, so this is also how long Run takes to
+	// notice shutdown. Tests shorten it.
+	pollBlock time.Duration
+}
+
+// New returns a Worker; call Run to start it.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("workers: no store")
+	}
+	if len(cfg.Providers) == 0 {
+		return nil, errors.New("workers: no providers")
+	}
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		cfg.ID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), app.NewID()[:6])
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if cfg.HeartbeatTTL <= 0 {
+		cfg.HeartbeatTTL = DefaultHeartbeatTTL
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Worker{
+		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
+		runs: map[string]*run{}, draining: make(chan struct{}), pollBlock: time.Second,
+	}, nil
+}
+
+// ID is the worker's id in Redis.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Run serves jobs until ctx ends, then drains: it takes no new job, lets
+// running runs finish for DrainTimeout, kills the rest (completing them as
+// failed) and removes its heartbeat. It returns after all its goroutines.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.beat(ctx); err != nil {
+		return fmt.Errorf("workers: first heartbeat: %w", err)
+	}
+	loopCtx, stopLoops := context.WithCancel(context.Background())
+	var loops sync.WaitGroup
+	loops.Add(3)
+	go func() { defer loops.Done(); w.heartbeatLoop(loopCtx) }()
+	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
+	go func() { defer loops.Done(); w.jobLoop(ctx) }()
+
+	<-ctx.Done()
+	w.drain()
+	stopLoops()
+	loops.Wait()
+	rmCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.st.RemoveWorker(rmCtx, w.cfg.ID); err != nil {
+		w.log.Warn("remove heartbeat", "err", err)
+	}
+	return nil
+}
+
+// drain waits for running runs, then kills what is left.
+func (w *Worker) drain() {
+	w.drainOne.Do(func() { close(w.draining) })
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(w.cfg.DrainTimeout):
+	}
+	w.mu.Lock()
+	for _, r := range w.runs {
+		r.stop(stopShutdown)
+	}
+	w.mu.Unlock()
+	<-done
+}
+
+// jobLoop reads jobs until ctx ends. Runs in its own goroutine.
+func (w *Worker) jobLoop(ctx context.Context) {
+	reclaim := time.NewTicker(reclaimIdle / 3)
+	defer reclaim.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-reclaim.C:
+			entries, err := w.st.ReclaimJobs(ctx, w.cfg.ID, reclaimIdle)
+			if err != nil && ctx.Err() == nil {
+				w.log.Warn("reclaim jobs", "err", err)
+			}
+			for _, e := range entries {
+				w.take(ctx, e)
+			}
+		default:
+		}
+		entries, err := w.st.ReadJobs(ctx, w.cfg.ID, 16, w.pollBlock)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Warn("read jobs", "err", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		for _, e := range entries {
+			w.take(ctx, e)
+		}
+	}
+}
+
+// take claims the run of a job and starts it. A job whose run is no longer
+// current (aborted, reaped) is acknowledged and dropped.
+func (w *Worker) take(ctx context.Context, e store.JobEntry) {
+	if e.Err != nil {
+		w.log.Warn("drop undecodable job", "id", e.StreamID, "err", e.Err)
+		_ = w.st.AckJob(ctx, e.StreamID)
+		return
+	}
+	job := e.Job
+	ref := store.RunRef{SessionID: job.SessionID, RunID: job.RunID, Provider: job.Provider}
+	ok, err := w.st.Claim(ctx, ref, w.cfg.ID)
+	if err != nil {
+		// Left unacked: this worker or another reclaims it later.
+		w.log.Warn("claim run", "session", job.SessionID, "err", err)
+		return
+	}
+	if err := w.st.AckJob(ctx, e.StreamID); err != nil {
+		w.log.Warn("ack job", "session", job.SessionID, "err", err)
+	}
+	if !ok {
+		return
+	}
+	r := newRun(w, job)
+	w.mu.Lock()
+	w.runs[job.SessionID] = r
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		r.execute()
+		w.mu.Lock()
+		if w.runs[job.SessionID] == r {
+			delete(w.runs, job.SessionID)
+		}
+		w.mu.Unlock()
+	}()
+}
+
+// inboxLoop reads the worker's control messages until ctx ends.
+// Runs in its own goroutine.
+func (w *Worker) inboxLoop(ctx context.Context) {
+	after := "0"
+	for ctx.Err() == nil {
+		entries, err := w.st.ReadInbox(ctx, w.cfg.ID, after, w.pollBlock)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Warn("read inbox", "err", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		for _, e := range entries {
+			after = e.StreamID
+			if e.Err != nil {
+				w.log.Warn("drop undecodable control", "err", e.Err)
+				continue
+			}
+			w.control(e.Control)
+		}
+	}
+}
+
+func (w *Worker) control(c store.Control) {
+	switch c.Type {
+	case store.ControlAbort:
+		w.mu.Lock()
+		r := w.runs[c.SessionID]
+		w.mu.Unlock()
+		if r != nil && (c.RunID == "" || c.RunID == r.job.RunID) {
+			r.stop(stopAbort)
+		}
+	default:
+		w.log.Warn("unknown control", "type", c.Type)
+	}
+}
+
+// heartbeatLoop refreshes the heartbeat until ctx ends.
+// Runs in its own goroutine.
+func (w *Worker) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(w.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := w.beat(ctx); err != nil && ctx.Err() == nil {
+				w.log.Warn("heartbeat", "err", err)
+			}
+		}
+	}
+}
+
+func (w *Worker) beat(ctx context.Context) error {
+	host, _ := os.Hostname()
+	w.mu.Lock()
+	n := len(w.runs)
+	w.mu.Unlock()
+	return w.st.Heartbeat(ctx, store.WorkerInfo{ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n}, w.cfg.HeartbeatTTL)
+}
+
+func (w *Worker) bin(p app.Provider) string {
+	if b := w.cfg.Bins[p]; b != "" {
+		return b
+	}
+	return DefaultBins[p]
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

@@ -1,0 +1,373 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// scriptProvider runs `sh -c <command>`: the job's command is a shell
+// script whose stdout lines become text events. It exercises the run
+// pipeline (process group, exit codes, kills) without a provider CLI.
+type scriptProvider struct{}
+
+func (scriptProvider) Name() app.Provider       { return app.Claude }
+func (scriptProvider) InstallHint() string      { return "install sh" }
+func (scriptProvider) NewParser(app.Job) Parser { return &lineParser{} }
+func (scriptProvider) Command(job app.Job) ([]string, []byte) {
+	return []string{"-c", job.Command}, nil
+}
+
+type lineParser struct{}
+
+func (*lineParser) Line(line []byte) Output {
+	if strings.HasPrefix(string(line), "psid=") {
+		return Output{Set: map[string]string{"providerSessionId": strings.TrimPrefix(string(line), "psid=")}}
+	}
+	return Output{Events: []app.Event{app.Text("assistant", string(line))}}
+}
+func (*lineParser) End(code int) ([]app.Event, int) { return nil, code }
+
+type harness struct {
+	t      *testing.T
+	st     *store.Store
+	w      *Worker
+	dir    string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startWorker(t *testing.T, st *store.Store, bin string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	w, err := New(Config{
+		Store: st, Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:              map[app.Provider]string{app.Claude: bin},
+		Workspaces:        app.Workspaces{Roots: []string{dir}},
+		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 500 * time.Millisecond,
+		DrainTimeout: 200 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	w.pollBlock = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{t: t, st: st, w: w, dir: dir, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(h.done); _ = w.Run(ctx) }()
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) stop() {
+	h.cancel()
+	<-h.done
+}
+
+func (h *harness) submit(script string) (app.Session, store.AcceptResult) {
+	h.t.Helper()
+	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: h.dir}
+	res, err := h.st.Accept(context.Background(), store.AcceptRequest{
+		Session: sess, New: true,
+		Job: app.Job{SessionID: sess.ID, Owner: "alice", Provider: app.Claude, Command: script, ProjectPath: h.dir, NewSession: true},
+	})
+	require.NoError(h.t, err)
+	return sess, res
+}
+
+// waitDone waits for the session to leave running and returns its events.
+func (h *harness) waitDone(id string) []map[string]any {
+	h.t.Helper()
+	require.Eventually(h.t, func() bool {
+		s, err := h.st.Session(context.Background(), id)
+		return err == nil && !s.Running()
+	}, 15*time.Second, 10*time.Millisecond)
+	return h.events(id)
+}
+
+func (h *harness) events(id string) []map[string]any {
+	h.t.Helper()
+	evs, err := h.st.Events(context.Background(), id, 0, 10000)
+	require.NoError(h.t, err)
+	out := make([]map[string]any, len(evs))
+	for i, e := range evs {
+		require.NoError(h.t, json.Unmarshal(e.Data, &out[i]))
+		require.EqualValues(h.t, i+1, out[i]["seq"])
+	}
+	return out
+}
+
+func completes(evs []map[string]any) []map[string]any {
+	var out []map[string]any
+	for _, e := range evs {
+		if e["kind"] == "complete" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func texts(evs []map[string]any) []string {
+	var out []string
+	for _, e := range evs {
+		if e["kind"] == "text" {
+			out = append(out, e["content"].(string))
+		}
+	}
+	return out
+}
+
+func errorRows(evs []map[string]any) []string {
+	var out []string
+	for _, e := range evs {
+		if e["kind"] == "error" {
+			out = append(out, e["content"].(string))
+		}
+	}
+	return out
+}
+
+func TestRunOutcomes(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	cases := []struct {
+		name     string
+		script   string
+		exit     float64
+		texts    []string
+		errorHas string
+	}{
+		{name: "success", script: "echo one; echo two", exit: 0, texts: []string{"one", "two"}},
+		{name: "failure", script: "echo partial; echo boom >&2; exit 3", exit: 3, texts: []string{"partial"}, errorHas: "boom"},
+		{name: "killed by a signal counts as 1", script: "kill -9 $$", exit: 1},
+		{name: "no trailing newline", script: "printf 'last'", exit: 0, texts: []string{"last"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sess, _ := h.submit(tc.script)
+			evs := h.waitDone(sess.ID)
+			c := completes(evs)
+			require.Len(t, c, 1)
+			require.Equal(t, tc.exit, c[0]["exitCode"])
+			require.Equal(t, tc.exit == 0, c[0]["success"])
+			require.Equal(t, false, c[0]["aborted"])
+			require.Equal(t, tc.texts, texts(evs))
+			if tc.errorHas != "" {
+				require.Contains(t, strings.Join(errorRows(evs), "\n"), tc.errorHas)
+			}
+			last := evs[len(evs)-1]
+			require.Equal(t, "session-state-changed", last["kind"])
+			want := "completed"
+			if tc.exit != 0 {
+				want = "failed"
+			}
+			require.Equal(t, want, last["state"])
+		})
+	}
+}
+
+func TestRunRecordsProviderSessionID(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	sess, _ := h.submit("echo psid=abc-123; echo hi")
+	h.waitDone(sess.ID)
+	got, err := st.Session(context.Background(), sess.ID)
+	require.NoError(t, err)
+	require.Equal(t, "abc-123", got.ProviderSessionID)
+	require.Equal(t, h.w.ID(), got.Worker)
+}
+
+func TestMissingBinary(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, filepath.Join(t.TempDir(), "no-such-cli"))
+	sess, _ := h.submit("echo hi")
+	evs := h.waitDone(sess.ID)
+	c := completes(evs)
+	require.Len(t, c, 1)
+	require.EqualValues(t, 127, c[0]["exitCode"])
+	require.Equal(t, false, c[0]["success"])
+	require.Equal(t, []string{"install sh"}, errorRows(evs))
+}
+
+func TestInvalidProjectPath(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	for _, p := range []string{"/etc", filepath.Join(h.dir, "missing"), "relative"} {
+		sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: p}
+		_, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true,
+			Job: app.Job{SessionID: sess.ID, Provider: app.Claude, Command: "touch should-not-run", ProjectPath: p}})
+		require.NoError(t, err)
+		evs := h.waitDone(sess.ID)
+		require.Len(t, completes(evs), 1)
+		require.Contains(t, strings.Join(errorRows(evs), ""), "invalid project path")
+	}
+}
+
+func TestResumeDenied(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	sess := app.Session{ID: app.NewID(), Owner: "mallory", Provider: app.Claude, ProjectPath: h.dir}
+	_, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true,
+		Job: app.Job{SessionID: sess.ID, Provider: app.Claude, Command: "echo leaked", ProjectPath: h.dir,
+			ProviderSessionID: "alices-conversation", ResumeDenied: true}})
+	require.NoError(t, err)
+	evs := h.waitDone(sess.ID)
+	require.Empty(t, texts(evs))
+	require.Equal(t, []string{"No conversation found with session ID: alices-conversation"}, errorRows(evs))
+}
+
+// TestAbortKillsProcessGroup aborts a run whose script left a child behind:
+// the gateway's complete is the only one, and no process of the run survives.
+func TestAbortKillsProcessGroup(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	pidFile := filepath.Join(h.dir, "child.pid")
+	sess, _ := h.submit("trap '' TERM; sleep 60 & echo $! > " + pidFile + "; echo started; wait")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+
+	done, err := st.Abort(context.Background(), sess.ID, app.Claude)
+	require.NoError(t, err)
+	require.Equal(t, h.w.ID(), done.Worker)
+	require.NoError(t, st.SendControl(context.Background(), done.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: done.RunID}))
+
+	childPID := readPID(t, pidFile)
+	require.Eventually(t, func() bool { return !processAlive(childPID) }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		h.w.mu.Lock()
+		defer h.w.mu.Unlock()
+		return len(h.w.runs) == 0
+	}, 10*time.Second, 10*time.Millisecond)
+	c := completes(h.events(sess.ID))
+	require.Len(t, c, 1)
+	require.Equal(t, true, c[0]["aborted"])
+}
+
+// TestStaleRunStops shows the self-healing path: when the abort message is
+// lost, the worker's next write finds the run stale and kills it anyway.
+func TestStaleRunStops(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	pidFile := filepath.Join(h.dir, "sh.pid")
+	sess, _ := h.submit("echo $$ > " + pidFile + "; while true; do echo tick; sleep 0.05; done")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) > 0 }, 10*time.Second, 10*time.Millisecond)
+	_, err := st.Abort(context.Background(), sess.ID, app.Claude)
+	require.NoError(t, err)
+	pid := readPID(t, pidFile)
+	require.Eventually(t, func() bool { return !processAlive(pid) }, 10*time.Second, 20*time.Millisecond)
+	require.Len(t, completes(h.events(sess.ID)), 1)
+}
+
+func TestShutdownCompletesRunsAsFailed(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	sess, _ := h.submit("echo started; sleep 60")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+	h.stop()
+	evs := h.events(sess.ID)
+	c := completes(evs)
+	require.Len(t, c, 1)
+	require.Equal(t, false, c[0]["success"])
+	require.Contains(t, strings.Join(errorRows(evs), ""), "shut down")
+	alive, err := st.WorkerAlive(context.Background(), h.w.ID())
+	require.NoError(t, err)
+	require.False(t, alive)
+}
+
+func TestLongLineIsDroppedNotBuffered(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	sess, _ := h.submit("head -c 17000000 /dev/zero | tr '\\0' x; echo; echo after")
+	evs := h.waitDone(sess.ID)
+	require.Equal(t, []string{"after"}, texts(evs))
+	require.Contains(t, strings.Join(errorRows(evs), ""), "dropped")
+}
+
+func TestReaperCompletesRunsOfDeadWorker(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	ctx := context.Background()
+	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
+	res, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
+	require.NoError(t, err)
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "gone", StartedAt: time.Now()}, 50*time.Millisecond))
+	ok, err := st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, "gone")
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	r1, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", Interval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	r2, err := NewReaper(ReaperConfig{Store: st, Holder: "r2", Interval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, r1.Pass(ctx))
+	got, err := st.Session(ctx, sess.ID)
+	require.NoError(t, err)
+	require.True(t, got.Running(), "the worker is still alive")
+
+	// miniredis TTLs move only when told to.
+	time.Sleep(60 * time.Millisecond)
+	require.NoError(t, st.RemoveWorker(ctx, "gone"))
+	require.NoError(t, r1.Pass(ctx))
+	require.NoError(t, r2.Pass(ctx)) // holds no lease: does nothing
+	require.NoError(t, r1.Pass(ctx))
+
+	evs, err := st.Events(ctx, sess.ID, 0, 100)
+	require.NoError(t, err)
+	var kinds []string
+	for _, e := range evs {
+		kinds = append(kinds, e.Kind)
+	}
+	require.Equal(t, []string{"session_created", "session-state-changed", "error", "complete", "session-state-changed"}, kinds)
+	require.Contains(t, string(evs[2].Data), `"content":"worker lost"`)
+}
+
+func TestReaperFailsUnclaimedRuns(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	ctx := context.Background()
+	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
+	_, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
+	require.NoError(t, err)
+	r, err := NewReaper(ReaperConfig{Store: st, UnclaimedTimeout: 30 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, r.Pass(ctx))
+	got, _ := st.Session(ctx, sess.ID)
+	require.True(t, got.Running())
+	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, r.Pass(ctx))
+	got, _ = st.Session(ctx, sess.ID)
+	require.Equal(t, app.StateFailed, got.State)
+}
+
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond)
+	return pid
+}
+
+// processAlive reports whether pid runs (a zombie counts as gone).
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(b))
+	return len(fields) > 2 && fields[2] != "Z"
+}
