@@ -62,9 +62,6 @@ func (k keys) inbox(id string) string { return k.worker(id) + ":inbox" }
 // lease is a named lease held by one process at a time.
 func (k keys) lease(name string) string { return k.prefix + ":lease:" + name }
 
-// plugin holds a plugin's HOST:PORT.
-func (k keys) plugin(name string) string { return k.prefix + ":plugin:" + name }
-
 // schema holds the key-schema version.
 func (k keys) schema() string { return k.prefix + ":schema" }
 

@@ -78,9 +78,9 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]app.Sessio
 	var err error
 	switch {
 	case f.Owner != "":
-		ids, err = s.rdb.ZRevRange(ctx, s.k.userSessions(f.Owner), 0, int64(limit)*4-1).Result()
+		ids, err = s.newest(ctx, s.k.userSessions(f.Owner), int64(limit)*4)
 	default:
-		ids, err = s.rdb.ZRevRange(ctx, s.k.running(), 0, int64(limit)-1).Result()
+		ids, err = s.newest(ctx, s.k.running(), int64(limit))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: list sessions: %w", err)
@@ -116,7 +116,7 @@ func (s *Store) AllSessions(ctx context.Context, runningOnly bool, limit int) ([
 	seen := map[string]bool{}
 	iter := s.rdb.Scan(ctx, 0, s.k.prefix+":user:{*}:sessions", 200).Iterator()
 	for iter.Next(ctx) && len(out) < limit {
-		ids, err := s.rdb.ZRevRange(ctx, iter.Val(), 0, int64(limit)-1).Result()
+		ids, err := s.newest(ctx, iter.Val(), int64(limit))
 		if err != nil {
 			return nil, fmt.Errorf("store: list sessions: %w", err)
 		}
@@ -135,6 +135,11 @@ func (s *Store) AllSessions(ctx context.Context, runningOnly bool, limit int) ([
 		return nil, fmt.Errorf("store: list sessions: %w", err)
 	}
 	return out, nil
+}
+
+// newest returns up to n members of a sorted set, highest score first.
+func (s *Store) newest(ctx context.Context, key string, n int64) ([]string, error) {
+	return s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: key, Start: 0, Stop: n - 1, Rev: true}).Result()
 }
 
 // RunningSessions returns the ids of every running session.

@@ -4,9 +4,11 @@
 // The CLI is pointed at the mock with ANTHROPIC_BASE_URL=<Server.URL> and any
 // non-empty ANTHROPIC_API_KEY. Every streaming POST /v1/messages request (one
 // "model turn" of the agent loop) is answered with the next matching Turn of
-// the script, streamed as Server-Sent Events exactly like the real API does.
-// Non-streaming side requests, token counting and model listing are answered
-// with small canned responses so they never consume the script.
+// the script, streamed as Server-Sent Events in the real API's format (each
+// event flushed on its own, usage in message_start and message_delta). The
+// CLI's HEAD / connectivity probe, non-streaming side requests, token
+// counting and model listing get small canned answers and never consume the
+// script; unknown paths get an Anthropic-style 404.
 //
 // The server listens on 127.0.0.1 only and is safe for many concurrent CLI
 // processes. See CLI_FACTS.md in this folder for what the CLI sends and prints.
@@ -199,8 +201,7 @@ type Server struct {
 // the test ends. Requests beyond the script get the default turn (Text "ok").
 func New(t testing.TB, script ...Turn) *Server {
 	t.Helper()
-	s := Start(script...)
-	s.logf = t.Logf
+	s := start(t.Logf, script...)
 	t.Cleanup(s.Close)
 	return s
 }
@@ -208,10 +209,17 @@ func New(t testing.TB, script ...Turn) *Server {
 // Start starts a Server on 127.0.0.1 without a testing.TB; the caller must
 // call Close. Prefer New in tests.
 func Start(script ...Turn) *Server {
+	return start(nil, script...)
+}
+
+// start builds and starts the server; logf is set before serving begins
+// because handlers read it without the lock.
+func start(logf func(string, ...any), script ...Turn) *Server {
 	s := &Server{
 		closed:   make(chan struct{}),
 		def:      Turn{Text: "ok"},
 		sideText: "ok",
+		logf:     logf,
 	}
 	s.Add(script...)
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))

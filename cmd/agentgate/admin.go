@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/agentgate/agentgate/handlers"
+	"github.com/agentgate/agentgate/migrations"
+	"github.com/agentgate/agentgate/store"
+)
+
+// runToken prints a signed token for a user, alone on one line.
+func runToken(args []string, stdout, stderr io.Writer) error {
+	var c config
+	fs, finish := newFlags("token", stderr, &c)
+	user := fs.String("user", "", "user name (required)")
+	admin := fs.Bool("admin", false, "the user may see every session")
+	ttl := fs.String("ttl", "24h", "validity, e.g. 24h or 7d")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := finish(); err != nil {
+		return err
+	}
+	if *user == "" {
+		return errors.New("token: --user is required")
+	}
+	if c.JWTSecret == "" {
+		return errors.New("token: --jwt-secret (AGENTGATE_JWT_SECRET) is required")
+	}
+	d, err := parseDuration(*ttl)
+	if err != nil {
+		return fmt.Errorf("token: --ttl: %w", err)
+	}
+	token, err := handlers.IssueToken([]byte(c.JWTSecret), *user, *admin, d)
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	fmt.Fprintln(stdout, token)
+	return nil
+}
+
+// openStore connects to the configured Redis for an admin command.
+func openStore(ctx context.Context, name string, args []string, stderr io.Writer) (*store.Store, []string, error) {
+	var c config
+	fs, finish := newFlags(name, stderr, &c)
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if err := finish(); err != nil {
+		return nil, nil, err
+	}
+	if c.Redis == "" {
+		return nil, nil, fmt.Errorf("%s needs --redis (AGENTGATE_REDIS_URL)", name)
+	}
+	st, err := store.New(ctx, store.Config{URL: c.Redis, Prefix: c.KeyPrefix, Logger: c.logger(stderr)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, fs.Args(), nil
+}
+
+// runSessions is the admin view of sessions: ls, show ID, abort ID.
+func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("sessions: ls, show ID or abort ID")
+	}
+	sub, rest := args[0], args[1:]
+	running := false
+	if sub == "ls" && len(rest) > 0 && rest[0] == "--running" {
+		running, rest = true, rest[1:]
+	}
+	st, pos, err := openStore(ctx, "sessions "+sub, rest, stderr)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	switch sub {
+	case "ls":
+		sessions, err := st.AllSessions(ctx, running, 1000)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tOWNER\tPROVIDER\tSTATE\tLAST SEQ\tWORKER\tSTARTED\tPROJECT")
+		for _, s := range sessions {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Owner, s.Provider, s.State, s.LastSeq,
+				dash(s.Worker), when(s.StartedAt), s.ProjectPath)
+		}
+		return tw.Flush()
+	case "show":
+		if len(pos) != 1 {
+			return errors.New("sessions show: one session id")
+		}
+		s, err := st.Session(ctx, pos[0])
+		if err != nil {
+			return fmt.Errorf("sessions show %s: %w", pos[0], err)
+		}
+		fmt.Fprintf(stdout, "id:          %s\nowner:       %s\nprovider:    %s\nproject:     %s\nstate:       %s\nrun:         %s (started %s)\nworker:      %s\nlast seq:    %d\nprovider id: %s\n",
+			s.ID, s.Owner, s.Provider, s.ProjectPath, s.State, dash(s.RunID), when(s.StartedAt), dash(s.Worker), s.LastSeq, dash(s.ProviderSessionID))
+		evs, err := st.Events(ctx, s.ID, max(0, s.LastSeq-20), 20)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "last events:")
+		for _, e := range evs {
+			fmt.Fprintf(stdout, "  %s\n", e.Data)
+		}
+		return nil
+	case "abort":
+		if len(pos) != 1 {
+			return errors.New("sessions abort: one session id")
+		}
+		s, err := st.Session(ctx, pos[0])
+		if err != nil {
+			return fmt.Errorf("sessions abort %s: %w", pos[0], err)
+		}
+		res, err := st.Abort(ctx, s.ID, s.Provider)
+		if err != nil {
+			return fmt.Errorf("sessions abort %s: %w", s.ID, err)
+		}
+		if res.Worker != "" {
+			if err := st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: s.ID, RunID: res.RunID}); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(stdout, "aborted run %s of session %s\n", res.RunID, s.ID)
+		return nil
+	}
+	return fmt.Errorf("sessions: unknown subcommand %q", sub)
+}
+
+// runMigrate applies the key-schema migrations.
+func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	st, _, err := openStore(ctx, "migrate", args, stderr)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	v, err := migrations.Apply(ctx, st)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "key schema at version %d\n", v)
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func when(ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	return time.UnixMilli(ms).UTC().Format(time.RFC3339)
+}

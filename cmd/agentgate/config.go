@@ -1,0 +1,183 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// config is the configuration of PROTOCOL §1: every flag has an environment
+// variable of the same meaning; a flag given on the command line wins over
+// the variable, which wins over the default.
+type config struct {
+	Listen            string
+	Redis             string
+	JWTSecret         string
+	Auth              string
+	UserHeader        string
+	Workspaces        string
+	KeyPrefix         string
+	AllowedOrigins    string
+	LogFormat         string
+	LogLevel          string
+	Retention         time.Duration
+	HeartbeatInterval time.Duration
+	HeartbeatTTL      time.Duration
+	MaxMessageSize    int64
+	DrainTimeout      time.Duration
+	ClaudeBin         string
+	CursorBin         string
+	CodexBin          string
+	GeminiBin         string
+}
+
+// option is one row of the flag table.
+type option struct {
+	flag, env, def, usage string
+	set                   func(c *config, v string) error
+}
+
+// options is the flag table. Flag names are the contract of PROTOCOL §1.
+var options = []option{
+	{"listen", "AGENTGATE_LISTEN", "127.0.0.1:8080", "address the gateway listens on", func(c *config, v string) error { c.Listen = v; return nil }},
+	{"redis", "AGENTGATE_REDIS_URL", "", "Redis URL (redis://…); empty starts the embedded store (serve only)", func(c *config, v string) error { c.Redis = v; return nil }},
+	{"jwt-secret", "AGENTGATE_JWT_SECRET", "", "HS256 secret of the tokens; required with --redis", func(c *config, v string) error { c.JWTSecret = v; return nil }},
+	{"auth", "AGENTGATE_AUTH", "jwt", "authentication: jwt, or platform (trust the user header of a proxy)", func(c *config, v string) error { c.Auth = v; return nil }},
+	{"user-header", "AGENTGATE_USER_HEADER", "X-Forwarded-User", "header that names the user in platform mode", func(c *config, v string) error { c.UserHeader = v; return nil }},
+	{"workspaces", "AGENTGATE_WORKSPACES", "", "colon-separated roots project paths must resolve under (default: home directory)", func(c *config, v string) error { c.Workspaces = v; return nil }},
+	{"key-prefix", "AGENTGATE_KEY_PREFIX", "ag", "prefix of every Redis key", func(c *config, v string) error { c.KeyPrefix = v; return nil }},
+	{"allowed-origins", "AGENTGATE_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed on the sockets (default: same host)", func(c *config, v string) error { c.AllowedOrigins = v; return nil }},
+	{"log-format", "AGENTGATE_LOG_FORMAT", "text", "log format: text or json", func(c *config, v string) error { c.LogFormat = v; return nil }},
+	{"log-level", "AGENTGATE_LOG_LEVEL", "info", "log level: debug, info, warn, error", func(c *config, v string) error { c.LogLevel = v; return nil }},
+	{"retention", "AGENTGATE_RETENTION", "7d", "how long the event stream of a finished session is kept", durationSetter(func(c *config) *time.Duration { return &c.Retention })},
+	{"heartbeat-interval", "AGENTGATE_HEARTBEAT_INTERVAL", "2s", "how often a worker refreshes its heartbeat", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatInterval })},
+	{"heartbeat-ttl", "AGENTGATE_HEARTBEAT_TTL", "10s", "a worker silent this long is dead and its runs are reaped", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatTTL })},
+	{"drain-timeout", "AGENTGATE_DRAIN_TIMEOUT", "10s", "on shutdown, how long runs may finish before they are killed", durationSetter(func(c *config) *time.Duration { return &c.DrainTimeout })},
+	{"max-message-size", "AGENTGATE_MAX_MESSAGE_SIZE", "1048576", "largest client frame in bytes; a larger one closes the socket with 1009", func(c *config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1024 {
+			return fmt.Errorf("must be a number of bytes, at least 1024")
+		}
+		c.MaxMessageSize = n
+		return nil
+	}},
+	{"claude-bin", "AGENTGATE_CLAUDE_BIN", "claude", "Claude Code CLI", func(c *config, v string) error { c.ClaudeBin = v; return nil }},
+	{"cursor-bin", "AGENTGATE_CURSOR_BIN", "cursor-agent", "Cursor agent CLI", func(c *config, v string) error { c.CursorBin = v; return nil }},
+	{"codex-bin", "AGENTGATE_CODEX_BIN", "codex", "Codex CLI", func(c *config, v string) error { c.CodexBin = v; return nil }},
+	{"gemini-bin", "AGENTGATE_GEMINI_BIN", "gemini", "Gemini CLI", func(c *config, v string) error { c.GeminiBin = v; return nil }},
+}
+
+func durationSetter(field func(*config) *time.Duration) func(*config, string) error {
+	return func(c *config, v string) error {
+		d, err := parseDuration(v)
+		if err != nil {
+			return err
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+// parseDuration accepts Go durations and a whole number of days ("7d").
+func parseDuration(v string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n <= 0 {
+			return 0, fmt.Errorf("invalid duration %q", v)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("invalid duration %q", v)
+	}
+	return d, nil
+}
+
+// bindOptions registers the flag table on fs. The returned function applies
+// the environment and the defaults to what was not given as a flag.
+func bindOptions(fs *flag.FlagSet, c *config) func() error {
+	given := map[string]string{}
+	for _, o := range options {
+		fs.Func(o.flag, fmt.Sprintf("%s (env %s, default %q)", o.usage, o.env, o.def), func(v string) error {
+			given[o.flag] = v
+			return nil
+		})
+	}
+	return func() error {
+		for _, o := range options {
+			v, ok := given[o.flag]
+			if !ok {
+				v, ok = os.LookupEnv(o.env)
+			}
+			if !ok {
+				v = o.def
+			}
+			if err := o.set(c, v); err != nil {
+				return fmt.Errorf("--%s / %s: %w", o.flag, o.env, err)
+			}
+		}
+		switch c.Auth {
+		case "jwt", "platform":
+		default:
+			return fmt.Errorf("--auth must be jwt or platform, not %q", c.Auth)
+		}
+		return nil
+	}
+}
+
+// workspaces returns the configured roots, or the home directory.
+func (c *config) workspaces() app.Workspaces {
+	if c.Workspaces != "" {
+		return app.ParseWorkspaces(c.Workspaces)
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return app.Workspaces{}
+	}
+	return app.Workspaces{Roots: []string{home}}
+}
+
+func (c *config) origins() []string {
+	var out []string
+	for _, o := range strings.Split(c.AllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func (c *config) bins() map[app.Provider]string {
+	return map[app.Provider]string{app.Claude: c.ClaudeBin, app.Cursor: c.CursorBin, app.Codex: c.CodexBin, app.Gemini: c.GeminiBin}
+}
+
+// logger builds the slog logger of --log-format and --log-level.
+func (c *config) logger(w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// localUser is the user the embedded default logs in: the OS user when its
+// name is a valid agentgate user name.
+func localUser() string {
+	if u, err := user.Current(); err == nil && app.ValidUserName(u.Username) {
+		return u.Username
+	}
+	return "local"
+}

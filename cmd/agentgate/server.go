@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/handlers"
+	"github.com/agentgate/agentgate/migrations"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/workers"
+)
+
+// loginTTL is the life of the token printed by the embedded default.
+const loginTTL = 7 * 24 * time.Hour
+
+// runServer runs `serve`, `gateway` or `worker` until ctx ends, then shuts
+// down in order: sockets are closed with 1001 so clients move to another
+// gateway, HTTP stops, runs drain (or are killed and completed as failed).
+func runServer(ctx context.Context, mode string, args []string, stdout, stderr io.Writer) error {
+	var c config
+	fs, finish := newFlags(mode, stderr, &c)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := finish(); err != nil {
+		return err
+	}
+	log := c.logger(stderr).With("role", mode)
+	runsGateway, runsWorker := mode != "worker", mode != "gateway"
+
+	redisURL := c.Redis
+	var embedded *store.Embedded
+	if redisURL == "" {
+		if mode != "serve" {
+			return fmt.Errorf("agentgate %s needs --redis (AGENTGATE_REDIS_URL); only serve has an embedded store", mode)
+		}
+		var err error
+		if embedded, err = store.StartEmbedded(); err != nil {
+			return err
+		}
+		defer embedded.Close()
+		redisURL = embedded.URL()
+		log.Warn("using the embedded in-memory store: one machine only, and a restart forgets every session")
+	}
+	secret := []byte(c.JWTSecret)
+	if runsGateway && c.Auth == handlers.AuthJWT && len(secret) == 0 {
+		if embedded == nil {
+			return errors.New("--jwt-secret (AGENTGATE_JWT_SECRET) is required with --redis")
+		}
+		secret = randomSecret()
+	}
+
+	st, err := store.New(ctx, store.Config{URL: redisURL, Prefix: c.KeyPrefix, Retention: c.Retention, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	migrateCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	version, err := migrations.Apply(migrateCtx, st)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	// Components run on their own contexts so shutdown can stop them in order.
+	var wg sync.WaitGroup
+	background, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+
+	reaper, err := workers.NewReaper(workers.ReaperConfig{Store: st, Logger: log})
+	if err != nil {
+		return err
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = reaper.Run(background) }()
+
+	var worker *workers.Worker
+	workerCtx, stopWorker := context.WithCancel(context.Background())
+	defer stopWorker()
+	workerDone := make(chan struct{})
+	if runsWorker {
+		worker, err = workers.New(workers.Config{
+			Store:     st,
+			Providers: map[app.Provider]workers.Provider{app.Claude: workers.ClaudeProvider{}},
+			Bins:      c.bins(), Workspaces: c.workspaces(),
+			HeartbeatInterval: c.HeartbeatInterval, HeartbeatTTL: c.HeartbeatTTL, DrainTimeout: c.DrainTimeout,
+			Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		go func() { defer close(workerDone); _ = worker.Run(workerCtx) }()
+		log.Info("worker started", "worker", worker.ID(), "workspaces", c.workspaces().Roots)
+	} else {
+		close(workerDone)
+	}
+
+	var gateway *handlers.Server
+	var httpServer *http.Server
+	if runsGateway {
+		gateway, err = handlers.New(handlers.Config{
+			Store: st,
+			Auth:  &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader},
+			Workspaces: c.workspaces(), AllowedOrigins: c.origins(), MaxMessageSize: c.MaxMessageSize,
+			SchemaVersion: version, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", c.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", c.Listen, err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = gateway.Run(background) }()
+		httpServer = &http.Server{Handler: gateway.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server", "err", err)
+			}
+		}()
+		addr := ln.Addr().String()
+		log.Info("gateway listening", "addr", addr)
+		if embedded != nil && c.Auth == handlers.AuthJWT {
+			if err := printLoginURL(stdout, addr, secret); err != nil {
+				return err
+			}
+		}
+	}
+
+	<-ctx.Done()
+	log.Info("shutting down")
+	if gateway != nil {
+		gateway.Drain()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = httpServer.Shutdown(shutdownCtx)
+		cancel()
+	}
+	stopWorker()
+	<-workerDone
+	stopBackground()
+	wg.Wait()
+	return nil
+}
+
+// printLoginURL prints the URL of the bundled web client with a token of the
+// local user, for the embedded default.
+func printLoginURL(w io.Writer, addr string, secret []byte) error {
+	user := localUser()
+	token, err := handlers.IssueToken(secret, user, true, loginTTL)
+	if err != nil {
+		return err
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	u := url.URL{Scheme: "http", Host: net.JoinHostPort(host, port), Path: "/", RawQuery: "token=" + url.QueryEscape(token)}
+	fmt.Fprintf(w, "agentgate is running. Open %s\n", u.String())
+	fmt.Fprintf(w, "WebSocket clients: ws://%s/ws?token=%s (user %q, valid %s)\n", net.JoinHostPort(host, port), token, user, loginTTL)
+	return nil
+}
+
+func randomSecret() []byte {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return []byte(hex.EncodeToString(b))
+}

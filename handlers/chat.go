@@ -1,0 +1,393 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/olahol/melody"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+// requestTimeout bounds the Redis work of one client message.
+const requestTimeout = 10 * time.Second
+
+// onChatMessage handles one /ws frame. melody calls it on the socket's read
+// goroutine, one frame at a time, so a socket's messages keep their order;
+// anything slow (replays) runs on its own goroutine.
+func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
+	c := connOf(ms)
+	msg, err := app.ParseClientMessage(data)
+	if err != nil {
+		c.reply(app.NewErrorReply(err.Error()))
+		return
+	}
+	messagesIn.WithLabelValues(metricType(msg.Type)).Inc()
+	ctx, cancel := context.WithTimeout(c.ctx, requestTimeout)
+	defer cancel()
+	switch msg.Type {
+	case "claude-command", "cursor-command", "codex-command", "gemini-command":
+		s.command(ctx, c, msg)
+	case "abort-session", "cursor-abort":
+		s.abort(ctx, c, msg)
+	case "check-session-status":
+		s.checkStatus(ctx, c, msg.SessionID, app.Provider(msg.Provider), msg.LastSeq)
+	case "subscribe":
+		if len(msg.Sessions) > maxSubscribe {
+			c.reply(app.NewErrorReply(fmt.Sprintf("Too many sessions: at most %d per subscribe", maxSubscribe)))
+			return
+		}
+		for _, e := range msg.Sessions {
+			s.checkStatus(ctx, c, e.SessionID, "", e.LastSeq)
+		}
+	case "unsubscribe":
+		s.hub.detach(c, msg.SessionID)
+	case "get-pending-permissions":
+		s.pendingPermissions(ctx, c, msg.SessionID)
+	case "get-active-sessions":
+		s.activeSessions(ctx, c)
+	case "claude-permission-response":
+		// Tool permissions arrive with their own issue; like the reference,
+		// an answer to an unknown request is ignored without a reply.
+	default:
+		c.reply(app.NewErrorReply("Unknown message type: " + truncate(msg.Type, 100)))
+	}
+}
+
+// maxSubscribe bounds the sessions of one subscribe message.
+const maxSubscribe = 100
+
+// command starts a run (PROTOCOL §3.3).
+func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
+	provider, _ := app.ProviderForCommand(msg.Type)
+	fail := func(text string) {
+		c.reply(app.ErrorReply{Type: "error", Error: text, RequestID: msg.RequestID})
+	}
+	if !s.providers[provider] {
+		fail(fmt.Sprintf("Provider %s is not available on this gateway", provider))
+		return
+	}
+	opts := msg.Options
+	if err := validateOptions(opts); err != nil {
+		fail(err.Error())
+		return
+	}
+	projectPath, err := s.projectPath(opts)
+	if err != nil {
+		fail("Invalid project path: " + err.Error())
+		return
+	}
+	if !s.workerAvailable(ctx) {
+		fail("No worker available: start `agentgate worker`")
+		return
+	}
+
+	plan, err := s.planRun(ctx, c.user, provider, firstNonEmpty(msg.SessionID, opts.SessionID))
+	if err != nil {
+		fail(err.Error())
+		return
+	}
+	plan.session.ProjectPath = projectPath
+	job := app.Job{
+		SessionID: plan.session.ID, Owner: plan.session.Owner, Provider: provider,
+		Command: msg.Command, ProjectPath: projectPath, ProviderSessionID: plan.resume,
+		NewSession: plan.isNew, ResumeDenied: plan.resumeDenied,
+		Options: app.RunOptions{
+			Model: opts.Model, PermissionMode: opts.PermissionMode, Tools: opts.ToolsSettings,
+		},
+	}
+
+	w, _, err := s.hub.attach(c, plan.session.ID)
+	if err != nil {
+		s.log.Warn("subscribe", "session", plan.session.ID, "err", err)
+		fail("Gateway could not follow the session; try again")
+		return
+	}
+	res, err := s.st.Accept(ctx, store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job})
+	var busy *store.BusyError
+	switch {
+	case errors.As(err, &busy):
+		now := time.Now().UnixMilli()
+		c.reply(app.SessionBusy{
+			Type: "session-busy", Provider: provider, SessionID: plan.session.ID, RequestID: msg.RequestID,
+			RequestType: msg.Type, ProjectPath: busy.ProjectPath, IsProcessing: true,
+			Reason:  "session-already-active",
+			Message: "This session is already processing a command; wait for it to complete or abort it.",
+			ReportedAt: now, StartedAt: busy.StartedAt,
+		})
+		s.followLive(ctx, w, plan.session.ID)
+		return
+	case err != nil:
+		s.hub.detach(c, plan.session.ID)
+		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
+		fail("Could not start the run; try again")
+		return
+	}
+	runsAccepted.WithLabelValues(string(provider)).Inc()
+	c.reply(app.SessionAccepted{
+		Type: "session-accepted", Provider: provider, SessionID: plan.session.ID, RequestID: msg.RequestID,
+		RequestType: msg.Type, AcceptedAt: time.Now().UnixMilli(), StartedAt: res.StartedAt,
+		IsNewSession: plan.isNew,
+	})
+	s.hub.release(w, res.PrevSeq+1, true)
+}
+
+// followLive places a watch after the session's current last event.
+func (s *Server) followLive(ctx context.Context, w *watch, sessionID string) {
+	next := int64(1)
+	if sess, err := s.st.Session(ctx, sessionID); err == nil {
+		next = sess.LastSeq + 1
+	}
+	s.hub.release(w, next, true)
+}
+
+// runPlan is which session a command runs on.
+type runPlan struct {
+	session      app.Session
+	isNew        bool
+	resume       string // provider session id to resume
+	resumeDenied bool
+}
+
+// planRun decides, for a command's session id, whether it runs on one of the
+// caller's sessions, starts a new one, or resumes a conversation started
+// outside the gateway (PROTOCOL §3.3). Another user's session id behaves
+// exactly like an unknown id whose conversation does not exist.
+func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provider, sid string) (runPlan, error) {
+	if sid == "" {
+		id := app.NewID()
+		return runPlan{session: app.Session{ID: id, Owner: user.Name, Provider: provider}, isNew: true}, nil
+	}
+	if !app.ValidSessionID(sid) {
+		return runPlan{}, app.WireError("Invalid session ID")
+	}
+	sess, err := s.st.Session(ctx, sid)
+	if err == nil && user.CanSee(sess.Owner) {
+		return s.existing(sess, provider)
+	}
+	if err != nil && !errors.Is(err, app.ErrNotFound) {
+		return runPlan{}, app.WireError("Could not read the session; try again")
+	}
+	foreign := err == nil
+	if !foreign {
+		// The id may be the provider's id of a session the gateway knows.
+		if id, err := s.st.SessionByProviderID(ctx, provider, sid); err == nil {
+			if known, err := s.st.Session(ctx, id); err == nil {
+				if user.CanSee(known.Owner) {
+					return s.existing(known, provider)
+				}
+				foreign = true
+			}
+		}
+	}
+	plan := runPlan{
+		session: app.Session{ID: app.NewID(), Owner: user.Name, Provider: provider, ProviderSessionID: sid},
+		isNew:   true, resume: sid, resumeDenied: foreign,
+	}
+	return plan, nil
+}
+
+func (s *Server) existing(sess app.Session, provider app.Provider) (runPlan, error) {
+	if sess.Provider != provider {
+		return runPlan{}, app.WireError(fmt.Sprintf("Session %s belongs to provider %s", sess.ID, sess.Provider))
+	}
+	resume := sess.ProviderSessionID
+	if resume == "" && provider == app.Claude {
+		// Claude runs of a gateway session use the gateway's id.
+		resume = sess.ID
+	}
+	// Accept checks the owner the caller read, so keep it as stored (an
+	// admin acting on another user's session).
+	return runPlan{session: app.Session{
+		ID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, ProviderSessionID: sess.ProviderSessionID,
+	}, resume: resume}, nil
+}
+
+// projectPath resolves a command's project path under the workspaces.
+func (s *Server) projectPath(opts app.CommandOptions) (string, error) {
+	p := firstNonEmpty(opts.ProjectPath, opts.Cwd)
+	if p == "" {
+		if len(s.cfg.Workspaces.Roots) == 0 {
+			return "", errors.New("no project path and no workspace")
+		}
+		p = s.cfg.Workspaces.Roots[0]
+	}
+	dir, err := s.cfg.Workspaces.Resolve(p, filepath.EvalSymlinks)
+	if err != nil {
+		return "", err
+	}
+	if !isDir(dir) {
+		return "", fmt.Errorf("%q is not a directory", p)
+	}
+	return dir, nil
+}
+
+var (
+	modelPattern = regexp.MustCompile(`^[A-Za-z0-9._:/\[\]@-]{1,100}$`)
+	toolPattern  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:*()/ ,'"=@-]{0,199}$`)
+)
+
+// validateOptions checks the options that reach a command line: a value a
+// CLI would take for a flag, or one that could smuggle an argument, is
+// refused with a clear error.
+func validateOptions(o app.CommandOptions) error {
+	if o.Model != "" && !modelPattern.MatchString(o.Model) {
+		return app.WireError("Invalid model name")
+	}
+	if !app.ValidPermissionMode(o.PermissionMode) {
+		return app.WireError(fmt.Sprintf("Invalid permissionMode: expected one of %s", strings.Join(app.PermissionModes, ", ")))
+	}
+	tools := append(append([]string(nil), o.ToolsSettings.AllowedTools...), o.ToolsSettings.DisallowedTools...)
+	if len(tools) > 200 {
+		return app.WireError("Too many tools in toolsSettings")
+	}
+	for _, t := range tools {
+		if !toolPattern.MatchString(t) {
+			return app.WireError(fmt.Sprintf("Invalid tool name %q", truncate(t, 60)))
+		}
+	}
+	if len(o.Images) > 0 {
+		return app.WireError("Images are not supported yet")
+	}
+	return nil
+}
+
+// abort handles abort-session (PROTOCOL §3.4).
+func (s *Server) abort(ctx context.Context, c *conn, msg app.ClientMessage) {
+	noRun := app.ErrorReply{Type: "error", Error: app.ErrTextNoActiveRun, SessionID: msg.SessionID}
+	if !app.ValidSessionID(msg.SessionID) {
+		c.reply(noRun)
+		return
+	}
+	sess, err := s.st.Session(ctx, msg.SessionID)
+	if err != nil || !c.user.CanSee(sess.Owner) {
+		c.reply(noRun)
+		return
+	}
+	res, err := s.st.Abort(ctx, sess.ID, sess.Provider)
+	if errors.Is(err, app.ErrNoActiveRun) {
+		c.reply(noRun)
+		return
+	}
+	if err != nil {
+		s.log.Warn("abort", "session", sess.ID, "err", err)
+		c.reply(app.ErrorReply{Type: "error", Error: "Could not abort the run; try again", SessionID: sess.ID})
+		return
+	}
+	if res.Worker != "" {
+		err := s.st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID})
+		if err != nil {
+			// The worker also stops once its next write finds the run stale.
+			s.log.Warn("tell worker to abort", "session", sess.ID, "worker", res.Worker, "err", err)
+		}
+	}
+	if !c.watching(sess.ID) {
+		// A socket that does not follow the session still sees its complete.
+		if evs, err := s.st.Events(ctx, sess.ID, res.Seq-1, 1); err == nil && len(evs) == 1 {
+			c.send(evs[0].Data)
+		}
+	}
+}
+
+// checkStatus answers check-session-status and subscribe entries (PROTOCOL
+// §3.5): session-status first, then the replay after lastSeq, then live.
+func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, provider app.Provider, lastSeq *int64) {
+	if !app.ValidSessionID(sessionID) {
+		c.reply(app.UnknownStatus(truncate(sessionID, app.MaxSessionIDLen), provider))
+		return
+	}
+	if lastSeq != nil && *lastSeq < 0 {
+		c.reply(app.ErrorReply{Type: "error", Error: "Invalid lastSeq: must be 0 or more", SessionID: sessionID})
+		return
+	}
+	// Peek first so that a session the caller may not see costs no subscription.
+	sess, err := s.st.Session(ctx, sessionID)
+	if err != nil || !c.user.CanSee(sess.Owner) {
+		c.reply(app.UnknownStatus(sessionID, provider))
+		return
+	}
+	w, _, err := s.hub.attach(c, sessionID)
+	if err != nil {
+		s.log.Warn("subscribe", "session", sessionID, "err", err)
+		c.reply(app.ErrorReply{Type: "error", Error: "Gateway could not follow the session; try again", SessionID: sessionID})
+		return
+	}
+	sess, first, err := s.st.SessionForReplay(ctx, sessionID)
+	if err != nil {
+		s.hub.detach(c, sessionID)
+		c.reply(app.UnknownStatus(sessionID, provider))
+		return
+	}
+	status := app.StatusOf(sess)
+	next := sess.LastSeq + 1
+	if lastSeq != nil {
+		recovered := true
+		switch l := *lastSeq; {
+		case l > sess.LastSeq:
+			// A position this session never reached (another store's).
+			recovered = false
+		case l < sess.LastSeq:
+			if first == 0 || first > l+1 {
+				recovered = false
+			} else {
+				next = l + 1
+			}
+		}
+		status.Recovered = &recovered
+	}
+	c.reply(status)
+	s.hub.release(w, next, false)
+}
+
+// pendingPermissions answers get-pending-permissions from Redis.
+func (s *Server) pendingPermissions(ctx context.Context, c *conn, sessionID string) {
+	out := app.PendingPermissions{Type: "pending-permissions-response", SessionID: sessionID, Data: []json.RawMessage{}}
+	if app.ValidSessionID(sessionID) {
+		if sess, err := s.st.Session(ctx, sessionID); err == nil && c.user.CanSee(sess.Owner) {
+			if perms, err := s.st.PendingPermissions(ctx, sessionID); err == nil {
+				out.Data = perms
+			}
+		}
+	}
+	c.reply(out)
+}
+
+// activeSessions answers get-active-sessions with the caller's running
+// sessions across every gateway and worker.
+func (s *Server) activeSessions(ctx context.Context, c *conn) {
+	out := app.ActiveSessions{Type: "active-sessions", Sessions: map[app.Provider][]string{}}
+	for _, p := range app.Providers {
+		out.Sessions[p] = []string{}
+	}
+	sessions, err := s.st.ListSessions(ctx, store.SessionFilter{Owner: c.user.Name, RunningOnly: true, Limit: 1000})
+	if err != nil {
+		s.log.Warn("list active sessions", "err", err)
+	}
+	for _, sess := range sessions {
+		out.Sessions[sess.Provider] = append(out.Sessions[sess.Provider], sess.ID)
+	}
+	c.reply(out)
+}
+
+func firstNonEmpty(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,140 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// closeReason says why the gateway closed a socket; it labels logs and metrics.
+type closeReason int
+
+const (
+	closeNone closeReason = iota
+	closeSlow             // the outgoing queue was full (4008)
+	closeShutdown         // the gateway is draining (1001)
+)
+
+func (r closeReason) String() string {
+	switch r {
+	case closeSlow:
+		return "slow_consumer"
+	case closeShutdown:
+		return "shutdown"
+	}
+	return "none"
+}
+
+// conn wraps one melody session with the bounded outgoing queue PROTOCOL
+// §3.5 asks for: melody drops a frame silently when its buffer is full, so
+// conn counts frames handed to melody and not yet written, and closes the
+// socket with 4008 before melody would drop one. A client that sees 4008
+// reconnects and resumes from its lastSeq, so no event is lost silently.
+type conn struct {
+	s     *melody.Session
+	user  app.User
+	ctx   context.Context // ends when the socket closes
+	limit int64
+
+	queued atomic.Int64
+	closed atomic.Bool
+	room   chan struct{} // signalled when the queue drained to half
+
+	mu      sync.Mutex
+	watches map[string]*watch // sessions this socket follows, by id
+}
+
+func newConn(s *melody.Session, user app.User, limit int) *conn {
+	return &conn{
+		s: s, user: user, ctx: s.Request.Context(), limit: int64(limit),
+		room: make(chan struct{}, 1), watches: map[string]*watch{},
+	}
+}
+
+// send queues a frame. It returns false when the socket is closed or was
+// just closed for being slow.
+func (c *conn) send(frame []byte) bool {
+	if c.closed.Load() {
+		return false
+	}
+	if c.queued.Add(1) > c.limit {
+		c.queued.Add(-1)
+		c.closeWith(closeSlow)
+		return false
+	}
+	if err := c.s.Write(frame); err != nil {
+		c.queued.Add(-1)
+		return false
+	}
+	return true
+}
+
+// reply encodes and queues a reply frame.
+func (c *conn) reply(v any) bool {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return false
+	}
+	return c.send(b)
+}
+
+// sent is called by melody after a frame was written.
+func (c *conn) sent() {
+	if c.queued.Add(-1) <= c.limit/2 {
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// waitRoom blocks until the queue is at most half full, so a replay fills
+// it at the pace the client reads. It returns false if the socket closed.
+func (c *conn) waitRoom() bool {
+	for c.queued.Load() > c.limit/2 {
+		if c.closed.Load() {
+			return false
+		}
+		select {
+		case <-c.room:
+		case <-c.ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return !c.closed.Load()
+}
+
+// closeWith closes the socket with the code of reason, once. The close frame
+// goes through WriteControl, which gorilla allows next to melody's writer,
+// because the full queue cannot take it (melody's own Close would recurse).
+// The write happens on its own goroutine: callers hold locks, and a slow
+// consumer's TCP buffer is the one most likely to be full.
+func (c *conn) closeWith(reason closeReason) {
+	if !c.closed.CompareAndSwap(false, true) {
+		return
+	}
+	code, text := app.CloseGoingAway, "gateway shutting down"
+	if reason == closeSlow {
+		code, text = app.CloseSlowConsumer, "slow consumer"
+		slowCloses.Inc()
+	}
+	ws := c.s.WebsocketConnection()
+	go func() {
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+		_ = ws.Close()
+	}()
+}
+
+func (c *conn) watching(sessionID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watches[sessionID] != nil
+}

@@ -1,0 +1,52 @@
+package handlers
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+)
+
+// healthz answers while the process is up.
+func (s *Server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz answers 200 when Redis is reachable, the key schema is current and
+// the gateway is not draining; a load balancer stops routing otherwise.
+func (s *Server) readyz(c echo.Context) error {
+	if s.draining.Load() {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	if err := s.st.Ping(ctx); err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "redis unreachable"})
+	}
+	v, err := s.st.SchemaVersion(ctx)
+	if err != nil || v < s.cfg.SchemaVersion {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "key schema not current"})
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// httpError answers every error as {"error": "..."}.
+func (s *Server) httpError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	code, msg := http.StatusInternalServerError, "internal error"
+	if he, ok := err.(*echo.HTTPError); ok {
+		code = he.Code
+		if m, ok := he.Message.(string); ok {
+			msg = m
+		} else {
+			msg = http.StatusText(code)
+		}
+	}
+	if code == http.StatusInternalServerError {
+		s.log.Error("http", "path", c.Path(), "err", err)
+	}
+	_ = c.JSON(code, map[string]string{"error": msg})
+}

@@ -1,0 +1,184 @@
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"strconv"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+// sessionJSON is a session as the REST API shows it.
+type sessionJSON struct {
+	ID                string    `json:"id"`
+	Owner             string    `json:"owner"`
+	Provider          string    `json:"provider"`
+	ProjectPath       string    `json:"projectPath"`
+	ProviderSessionID string    `json:"providerSessionId"`
+	State             app.State `json:"state"`
+	RunID             string    `json:"runId"`
+	StartedAt         int64     `json:"startedAt"`
+	StatusText        string    `json:"statusText"`
+	CanInterrupt      bool      `json:"canInterrupt"`
+	Worker            string    `json:"worker"`
+	LastSeq           int64     `json:"lastSeq"`
+	ExitCode          *int      `json:"exitCode"`
+	CreatedAt         int64     `json:"createdAt"`
+	UpdatedAt         int64     `json:"updatedAt"`
+	IsProcessing      bool      `json:"isProcessing"`
+}
+
+func toJSON(s app.Session) sessionJSON {
+	return sessionJSON{
+		ID: s.ID, Owner: s.Owner, Provider: string(s.Provider), ProjectPath: s.ProjectPath,
+		ProviderSessionID: s.ProviderSessionID, State: s.State, RunID: s.RunID, StartedAt: s.StartedAt,
+		StatusText: s.StatusText, CanInterrupt: s.Running() && s.CanInterrupt, Worker: s.Worker,
+		LastSeq: s.LastSeq, ExitCode: s.ExitCode, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
+		IsProcessing: s.Running(),
+	}
+}
+
+const userKey = "agentgate.user"
+
+// requireUser authenticates REST calls like socket upgrades.
+func (s *Server) requireUser(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		user, err := s.cfg.Auth.Authenticate(c.Request())
+		if err != nil {
+			return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
+		}
+		c.Set(userKey, user)
+		return next(c)
+	}
+}
+
+func userOf(c echo.Context) app.User { return c.Get(userKey).(app.User) }
+
+// authUser answers GET /api/auth/user.
+func (s *Server) authUser(c echo.Context) error {
+	u := userOf(c)
+	return c.JSON(http.StatusOK, map[string]any{"user": map[string]any{"username": u.Name, "admin": u.Admin}})
+}
+
+// listSessions answers GET /api/sessions[?state=running]: the caller's
+// sessions, or every user's for an admin.
+func (s *Server) listSessions(c echo.Context) error {
+	u := userOf(c)
+	state := c.QueryParam("state")
+	if state != "" && state != string(app.StateRunning) {
+		return echo.NewHTTPError(http.StatusBadRequest, "state must be running or absent")
+	}
+	running := state == string(app.StateRunning)
+	limit, err := queryInt(c, "limit", 200, 1, 1000)
+	if err != nil {
+		return err
+	}
+	var sessions []app.Session
+	if u.Admin {
+		sessions, err = s.st.AllSessions(c.Request().Context(), running, limit)
+	} else {
+		sessions, err = s.st.ListSessions(c.Request().Context(), store.SessionFilter{Owner: u.Name, RunningOnly: running, Limit: limit})
+	}
+	if err != nil {
+		return err
+	}
+	out := make([]sessionJSON, 0, len(sessions))
+	for _, sess := range sessions {
+		out = append(out, toJSON(sess))
+	}
+	return c.JSON(http.StatusOK, map[string]any{"sessions": out})
+}
+
+// visibleSession reads the session of the :id parameter, answering 404 for
+// one the caller may not see, exactly as for one that does not exist.
+func (s *Server) visibleSession(c echo.Context) (app.Session, error) {
+	id := c.Param("id")
+	if !app.ValidSessionID(id) {
+		return app.Session{}, echo.NewHTTPError(http.StatusBadRequest, "invalid session id")
+	}
+	sess, err := s.st.Session(c.Request().Context(), id)
+	if errors.Is(err, app.ErrNotFound) || (err == nil && !userOf(c).CanSee(sess.Owner)) {
+		return app.Session{}, echo.NewHTTPError(http.StatusNotFound, "session not found")
+	}
+	return sess, err
+}
+
+// getSession answers GET /api/sessions/:id.
+func (s *Server) getSession(c echo.Context) error {
+	sess, err := s.visibleSession(c)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, toJSON(sess))
+}
+
+// sessionEvents answers GET /api/sessions/:id/events?after=SEQ&limit=N: the
+// stored events with seq > after, and whether the range was complete.
+func (s *Server) sessionEvents(c echo.Context) error {
+	sess, err := s.visibleSession(c)
+	if err != nil {
+		return err
+	}
+	after, err := queryInt(c, "after", 0, 0, 1<<62)
+	if err != nil {
+		return err
+	}
+	limit, err := queryInt(c, "limit", 100, 1, 1000)
+	if err != nil {
+		return err
+	}
+	evs, err := s.st.Events(c.Request().Context(), sess.ID, int64(after), limit)
+	if err != nil {
+		return err
+	}
+	out := make([]json.RawMessage, len(evs))
+	for i, e := range evs {
+		out[i] = e.Data
+	}
+	complete := int64(after) >= sess.LastSeq || (len(evs) > 0 && evs[0].Seq == int64(after)+1)
+	return c.JSON(http.StatusOK, map[string]any{
+		"sessionId": sess.ID, "lastSeq": sess.LastSeq, "events": out, "recovered": complete,
+	})
+}
+
+// abortSession answers POST /api/sessions/:id/abort.
+func (s *Server) abortSession(c echo.Context) error {
+	sess, err := s.visibleSession(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	res, err := s.st.Abort(ctx, sess.ID, sess.Provider)
+	if errors.Is(err, app.ErrNoActiveRun) {
+		return echo.NewHTTPError(http.StatusConflict, app.ErrTextNoActiveRun)
+	}
+	if err != nil {
+		return err
+	}
+	if res.Worker != "" {
+		_ = s.st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID})
+	}
+	return c.JSON(http.StatusOK, map[string]any{"sessionId": sess.ID, "runId": res.RunID, "aborted": true})
+}
+
+func queryInt(c echo.Context, name string, def, lo, hi int) (int, error) {
+	raw := c.QueryParam(name)
+	if raw == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < lo || n > hi {
+		return 0, echo.NewHTTPError(http.StatusBadRequest, name+" must be an integer from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
+	}
+	return n, nil
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}

@@ -1,0 +1,263 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/olahol/melody"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+// Defaults of Config fields left at their zero value.
+const (
+	DefaultMaxMessageSize = 1 << 20
+	DefaultQueueSize      = 128
+	DefaultPingPeriod     = 25 * time.Second
+	// workerCheckEvery is how long the "is any worker alive" answer is reused.
+	workerCheckEvery = time.Second
+)
+
+// Config configures a Server.
+type Config struct {
+	Store *store.Store
+	Auth  *Auth
+	// Workspaces bound the project paths commands may use; the first root
+	// is the default project.
+	Workspaces app.Workspaces
+	// AllowedOrigins lists the browser origins allowed to open sockets.
+	// Empty means the request's own host only.
+	AllowedOrigins []string
+	// Providers are the providers whose commands are accepted.
+	Providers []app.Provider
+	// MaxMessageSize is the largest client frame. Zero means 1 MiB.
+	MaxMessageSize int64
+	// QueueSize is how many frames may wait for a slow socket before it is
+	// closed with 4008. Zero means 128.
+	QueueSize int
+	// PingPeriod is the interval of WebSocket pings. Zero means 25s.
+	PingPeriod time.Duration
+	// SchemaVersion is the key-schema version /readyz requires.
+	SchemaVersion int
+	// Logger receives the gateway's logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the gateway: the HTTP routes, the chat sockets and the hub that
+// feeds them from Redis.
+type Server struct {
+	cfg       Config
+	st        *store.Store
+	log       *slog.Logger
+	echo      *echo.Echo
+	chat      *melody.Melody
+	hub       *hub
+	providers map[app.Provider]bool
+	draining  atomic.Bool
+
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+
+	workersMu      sync.Mutex
+	workersChecked time.Time
+	workersAlive   bool
+}
+
+// New builds a Server; call Run to start its hub and serve Handler.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Auth == nil {
+		return nil, errors.New("handlers: a store and an authenticator are required")
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.PingPeriod <= 0 {
+		cfg.PingPeriod = DefaultPingPeriod
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if len(cfg.Providers) == 0 {
+		cfg.Providers = []app.Provider{app.Claude}
+	}
+	s := &Server{
+		cfg: cfg, st: cfg.Store, log: cfg.Logger, conns: map[*conn]struct{}{},
+		providers: map[app.Provider]bool{},
+	}
+	for _, p := range cfg.Providers {
+		s.providers[p] = true
+	}
+	s.hub = newHub(cfg.Store, cfg.Logger, s.broadcast)
+	s.chat = s.newChatSockets()
+	s.echo = s.routes()
+	return s, nil
+}
+
+// Handler is the gateway's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Run feeds sockets from Redis until ctx ends. Runs in its own goroutine.
+func (s *Server) Run(ctx context.Context) error { return s.hub.run(ctx) }
+
+// Drain marks the gateway not ready and closes every socket with 1001, so
+// that clients reconnect to another instance and resume there.
+func (s *Server) Drain() {
+	s.draining.Store(true)
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.closeWith(closeShutdown)
+	}
+}
+
+// Connections is the number of open chat sockets.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.Use(middleware.Recover())
+	e.HTTPErrorHandler = s.httpError
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(metricsHandler()))
+	e.GET("/ws", s.serveChat)
+	api := e.Group("/api", s.requireUser)
+	api.GET("/auth/user", s.authUser)
+	api.GET("/sessions", s.listSessions)
+	api.GET("/sessions/:id", s.getSession)
+	api.GET("/sessions/:id/events", s.sessionEvents)
+	api.POST("/sessions/:id/abort", s.abortSession)
+	e.GET("/", s.webClient)
+	return e
+}
+
+func (s *Server) newChatSockets() *melody.Melody {
+	m := melody.New()
+	m.Config.MaxMessageSize = s.cfg.MaxMessageSize
+	// The conn queue closes a slow socket before melody's buffer fills;
+	// the headroom is for frames melody writes itself.
+	m.Config.MessageBufferSize = s.cfg.QueueSize + 8
+	m.Config.PingPeriod = s.cfg.PingPeriod
+	m.Config.PongWait = 2*s.cfg.PingPeriod + 10*time.Second
+	m.Upgrader.ReadBufferSize = 1024
+	m.Upgrader.WriteBufferSize = 0
+	// Idle sockets hold no write buffer: it is taken from the pool per frame.
+	m.Upgrader.WriteBufferPool = &sync.Pool{}
+	m.Upgrader.CheckOrigin = func(r *http.Request) bool { return originAllowed(r, s.cfg.AllowedOrigins) }
+	m.HandleConnect(func(ms *melody.Session) {
+		c := connOf(ms)
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		openSockets.Inc()
+	})
+	m.HandleDisconnect(func(ms *melody.Session) {
+		c := connOf(ms)
+		c.closed.Store(true)
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.hub.detachAll(c)
+		openSockets.Dec()
+	})
+	m.HandleSentMessage(func(ms *melody.Session, _ []byte) { connOf(ms).sent() })
+	m.HandleMessage(s.onChatMessage)
+	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
+		connOf(ms).reply(app.NewErrorReply(app.ErrTextInvalidPayload))
+	})
+	m.HandleError(func(ms *melody.Session, err error) {
+		if errors.Is(err, melody.ErrMessageBufferFull) {
+			// Not expected: conn closes first. Still never drop silently.
+			connOf(ms).closeWith(closeSlow)
+		}
+	})
+	return m
+}
+
+// serveChat authenticates the upgrade of /ws: 401 before any upgrade.
+func (s *Server) serveChat(c echo.Context) error {
+	if s.draining.Load() {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining")
+	}
+	user, err := s.cfg.Auth.Authenticate(c.Request())
+	if err != nil {
+		return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
+	}
+	keys := map[string]any{"user": user, "queue": s.cfg.QueueSize}
+	err = s.chat.HandleRequestWithKeys(c.Response(), c.Request(), keys)
+	if errors.Is(err, melody.ErrClosed) {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is shutting down")
+	}
+	return nil
+}
+
+// connOf returns the conn of a melody session, creating it on first use
+// (HandleConnect runs first, on the socket's own goroutine).
+func connOf(ms *melody.Session) *conn {
+	if v, ok := ms.Get("conn"); ok {
+		return v.(*conn)
+	}
+	user, _ := ms.Get("user")
+	c := newConn(ms, user.(app.User), queueSizeOf(ms))
+	ms.Set("conn", c)
+	return c
+}
+
+// queueSizeOf reads the queue size the session's melody was built with.
+func queueSizeOf(ms *melody.Session) int {
+	if v, ok := ms.Get("queue"); ok {
+		return v.(int)
+	}
+	return DefaultQueueSize
+}
+
+func (s *Server) broadcast(frame []byte) {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.send(frame)
+	}
+}
+
+// workerAvailable reports whether any worker is alive, refreshed at most
+// once a second so that commands do not each scan the registry.
+func (s *Server) workerAvailable(ctx context.Context) bool {
+	s.workersMu.Lock()
+	defer s.workersMu.Unlock()
+	if time.Since(s.workersChecked) < workerCheckEvery && s.workersAlive {
+		return true
+	}
+	live, err := s.st.LiveWorkers(ctx)
+	if err != nil {
+		s.log.Warn("list workers", "err", err)
+		return s.workersAlive
+	}
+	s.workersAlive = len(live) > 0
+	s.workersChecked = time.Now()
+	return s.workersAlive
+}
