@@ -118,8 +118,8 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		c.reply(app.SessionBusy{
 			Type: "session-busy", Provider: provider, SessionID: plan.session.ID, RequestID: msg.RequestID,
 			RequestType: msg.Type, ProjectPath: busy.ProjectPath, IsProcessing: true,
-			Reason:  "session-already-active",
-			Message: "This session is already processing a command; wait for it to complete or abort it.",
+			Reason:     "session-already-active",
+			Message:    "This session is already processing a command; wait for it to complete or abort it.",
 			ReportedAt: now, StartedAt: busy.StartedAt,
 		})
 		s.followLive(ctx, w, plan.session.ID)

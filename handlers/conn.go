@@ -17,9 +17,9 @@ import (
 type closeReason int
 
 const (
-	closeNone closeReason = iota
-	closeSlow             // the outgoing queue was full (4008)
-	closeShutdown         // the gateway is draining (1001)
+	closeNone     closeReason = iota
+	closeSlow                 // the outgoing queue was full (4008)
+	closeShutdown             // the gateway is draining (1001)
 )
 
 func (r closeReason) String() string {

@@ -71,10 +71,12 @@ func contextWindow() int {
 type claudeParser struct {
 	job           app.Job
 	contextWindow int
-	// resultError is the text of a `result` line with is_error: the CLI says
+	// sawError is set by a `result` line with is_error: the CLI says
 	// "subtype":"success" even for failed runs, so is_error decides.
-	resultError string
-	sawError    bool
+	sawError bool
+	// lastError is the last error row's text, so the result line that
+	// repeats a failed request's message is not shown twice.
+	lastError string
 }
 
 type claudeLine struct {
@@ -86,7 +88,12 @@ type claudeLine struct {
 	IsError         bool            `json:"is_error"`
 	Result          json.RawMessage `json:"result"`
 	Usage           *claudeUsage    `json:"usage"`
-	Error           string          `json:"error"`
+	// Error is set on the synthetic assistant line the CLI prints for a
+	// failed request ("authentication_failed", "server_error").
+	Error string `json:"error"`
+	// Errors explains a result of subtype error_during_execution (a
+	// --resume of a conversation that does not exist).
+	Errors []string `json:"errors"`
 }
 
 type claudeMessage struct {
@@ -130,7 +137,14 @@ func (p *claudeParser) Line(line []byte) Output {
 	}
 	switch l.Type {
 	case "assistant":
-		if l.Message != nil {
+		if l.Message != nil && l.Error != "" {
+			// A failed request: its text is the error, not an answer.
+			for _, b := range contentBlocks(l.Message.Content) {
+				if b.Type == "text" && b.Text != "" {
+					out.Events = append(out.Events, p.errorRow(b.Text))
+				}
+			}
+		} else if l.Message != nil {
 			out.Events = p.assistant(l)
 			if l.Message.Usage != nil {
 				out.Events = append(out.Events, p.tokenBudget(*l.Message.Usage))
@@ -142,18 +156,28 @@ func (p *claudeParser) Line(line []byte) Output {
 		}
 	case "result":
 		if l.IsError {
-			p.resultError = resultText(l.Result)
-			if p.resultError == "" {
-				p.resultError = "Claude CLI reported an error"
-			}
-			out.Events = append(out.Events, app.ErrorRow(p.resultError))
 			p.sawError = true
+			text := resultText(l.Result)
+			if text == "" {
+				text = strings.Join(l.Errors, "\n")
+			}
+			if text == "" {
+				text = "Claude CLI reported an error"
+			}
+			if text != p.lastError {
+				out.Events = append(out.Events, p.errorRow(text))
+			}
 		}
 		if l.Usage != nil {
 			out.Events = append(out.Events, p.tokenBudget(*l.Usage))
 		}
 	}
 	return out
+}
+
+func (p *claudeParser) errorRow(text string) app.Event {
+	p.lastError = text
+	return app.ErrorRow(text)
 }
 
 func (p *claudeParser) assistant(l claudeLine) []app.Event {

@@ -125,7 +125,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	args, stdin := prov.Command(job)
 	cmd := exec.Command(r.w.bin(job.Provider), args...)
 	cmd.Dir = dir
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), r.w.cfg.Env...)
 	cmd.WaitDelay = orphanGrace
 	prepareGroup(cmd)
 

@@ -36,6 +36,8 @@ type Config struct {
 	Bins map[app.Provider]string
 	// Workspaces bound the project paths runs may use.
 	Workspaces app.Workspaces
+	// Env is added to the worker's own environment for provider processes.
+	Env []string
 	// HeartbeatInterval is how often the heartbeat is refreshed. Zero means 2s.
 	HeartbeatInterval time.Duration
 	// HeartbeatTTL is how long a heartbeat lives: a worker silent for this

@@ -110,8 +110,8 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	var httpServer *http.Server
 	if runsGateway {
 		gateway, err = handlers.New(handlers.Config{
-			Store: st,
-			Auth:  &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader},
+			Store:      st,
+			Auth:       &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader},
 			Workspaces: c.workspaces(), AllowedOrigins: c.origins(), MaxMessageSize: c.MaxMessageSize,
 			SchemaVersion: version, Logger: log,
 		})

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -200,51 +199,6 @@ func TestHangReleasedByClose(t *testing.T) {
 // Tests against the real Claude Code CLI.
 // ---------------------------------------------------------------------------
 
-// claudeBin finds the CLI: $AGENTGATE_CLAUDE_BIN, else node_modules/.bin/claude
-// in a folder between the working directory and the module root. Without it
-// the test is skipped, except under CI where a missing CLI must fail loudly.
-func claudeBin(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("AGENTGATE_CLAUDE_BIN"); p != "" {
-		checkBin(t, p)
-		return p
-	}
-	dir, err := os.Getwd()
-	require.NoError(t, err)
-	for {
-		p := filepath.Join(dir, "node_modules", ".bin", "claude")
-		if _, err := os.Stat(p); err == nil {
-			checkBin(t, p)
-			return p
-		}
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			break
-		}
-		dir = parent
-	}
-	msg := "!!! Claude Code CLI not found: set AGENTGATE_CLAUDE_BIN or run `npm install` " +
-		"(without --ignore-scripts) next to go.mod. The real-CLI tests are NOT running. !!!"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
-
-// checkBin rejects the placeholder that `npm install --ignore-scripts` leaves
-// at bin/claude.exe: a tiny shell script that only prints an error.
-func checkBin(t *testing.T, p string) {
-	t.Helper()
-	fi, err := os.Stat(p)
-	require.NoError(t, err, "claude binary %s", p)
-	require.Greater(t, fi.Size(), int64(4096),
-		"%s is the npm placeholder stub; run `node node_modules/@anthropic-ai/claude-code/install.cjs`", p)
-}
-
 // newUUID returns a random version-4 UUID for --session-id.
 func newUUID(t *testing.T) string {
 	var b [16]byte
@@ -288,7 +242,7 @@ func (r cliRun) result(t *testing.T) map[string]any {
 // setup cannot leak into the test.
 func cliCmd(t *testing.T, ctx context.Context, s *Server, prompt string, extraEnv []string, args ...string) *exec.Cmd {
 	t.Helper()
-	bin := claudeBin(t)
+	bin := ClaudeBin(t)
 	argv := append([]string{"-p", prompt, "--output-format", "stream-json", "--verbose", "--model", "claude-sonnet-4-5"}, args...)
 	cmd := exec.CommandContext(ctx, bin, argv...)
 	cmd.Dir = t.TempDir()
@@ -504,7 +458,7 @@ func TestCLIRetriesThenSucceeds(t *testing.T) {
 
 func TestCLIConcurrentRouting(t *testing.T) {
 	t.Parallel()
-	claudeBin(t) // skip here, not only in the subtests, or Pending fails below
+	ClaudeBin(t) // skip here, not only in the subtests, or Pending fails below
 	const n = 4
 	s := New(t)
 	for i := range n {

@@ -1,0 +1,343 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/internal/mockanthropic"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+func TestClaudeCommand(t *testing.T) {
+	cases := []struct {
+		name string
+		job  app.Job
+		want []string
+	}{
+		{name: "new session", job: app.Job{SessionID: "s1"},
+			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1"}},
+		{name: "resume with model and mode", job: app.Job{SessionID: "s1", ProviderSessionID: "p1", Options: app.RunOptions{Model: "sonnet", PermissionMode: "acceptEdits"}},
+			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--resume", "p1", "--model", "sonnet", "--permission-mode", "acceptEdits"}},
+		{name: "skip permissions", job: app.Job{SessionID: "s1", Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}}},
+			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1", "--permission-mode", "bypassPermissions"}},
+		{name: "skip permissions keeps plan", job: app.Job{SessionID: "s1", Options: app.RunOptions{PermissionMode: "plan", Tools: app.ToolsSettings{SkipPermissions: true}}},
+			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1", "--permission-mode", "plan"}},
+		{name: "default mode is not passed", job: app.Job{SessionID: "s1", Options: app.RunOptions{PermissionMode: "default"}},
+			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1"}},
+		{name: "tools", job: app.Job{SessionID: "s1", Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Read", "Bash(git log:*)"}, DisallowedTools: []string{"Write"}}}},
+			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1", "--allowedTools", "Read", "Bash(git log:*)", "--disallowedTools", "Write"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.job.Command = "the prompt"
+			args, stdin := ClaudeProvider{}.Command(tc.job)
+			require.Equal(t, tc.want, args)
+			require.Equal(t, "the prompt", string(stdin), "the prompt goes on stdin, never in an argument")
+		})
+	}
+}
+
+// parsed runs lines through a Claude parser and returns what it produced.
+func parsed(lines ...string) ([]map[string]any, map[string]string, *claudeParser) {
+	p := ClaudeProvider{}.NewParser(app.Job{SessionID: "s"}).(*claudeParser)
+	var out []map[string]any
+	set := map[string]string{}
+	for _, l := range lines {
+		o := p.Line([]byte(l))
+		for _, ev := range o.Events {
+			body, err := ev.Body()
+			if err != nil {
+				panic(err)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(body, &m); err != nil {
+				panic(err)
+			}
+			out = append(out, m)
+		}
+		for k, v := range o.Set {
+			set[k] = v
+		}
+	}
+	return out, set, p
+}
+
+// The lines below are the CLI's own output shapes, trimmed (see
+// internal/mockanthropic/CLI_FACTS.md).
+func TestClaudeParser(t *testing.T) {
+	t.Run("init records the provider session id", func(t *testing.T) {
+		evs, set, _ := parsed(`{"type":"system","subtype":"init","cwd":"/w","session_id":"abc","model":"m"}`)
+		require.Empty(t, evs)
+		require.Equal(t, "abc", set["providerSessionId"])
+	})
+	t.Run("assistant blocks", func(t *testing.T) {
+		evs, _, _ := parsed(
+			`{"type":"assistant","message":{"content":[{"type":"thinking","thinking":"hmm","signature":"x"}],"usage":{"input_tokens":10,"output_tokens":2,"cache_read_input_tokens":5,"cache_creation_input_tokens":1}},"parent_tool_use_id":null,"session_id":"abc"}`,
+			`{"type":"assistant","message":{"content":[{"type":"text","text":"Running it."}]},"parent_tool_use_id":null}`,
+			`{"type":"assistant","message":{"content":[{"id":"toolu_01","input":{"command":"echo hi"},"name":"Bash","type":"tool_use"}]},"parent_tool_use_id":"toolu_parent"}`,
+		)
+		require.Len(t, evs, 4)
+		require.Equal(t, "thinking", evs[0]["kind"])
+		require.Equal(t, "hmm", evs[0]["content"])
+		require.Equal(t, "status", evs[1]["kind"])
+		require.Equal(t, "token_budget", evs[1]["text"])
+		budget := evs[1]["tokenBudget"].(map[string]any)
+		require.EqualValues(t, 18, budget["used"])
+		require.EqualValues(t, 16, budget["inputTokens"])
+		require.EqualValues(t, 160000, budget["total"])
+		require.Equal(t, map[string]any{"kind": "text", "role": "assistant", "content": "Running it."}, pick(evs[2], "kind", "role", "content"))
+		require.Equal(t, "tool_use", evs[3]["kind"])
+		require.Equal(t, "Bash", evs[3]["toolName"])
+		require.Equal(t, "toolu_01", evs[3]["toolId"])
+		require.Equal(t, map[string]any{"command": "echo hi"}, evs[3]["toolInput"])
+		require.Equal(t, "toolu_parent", evs[3]["parentToolUseId"])
+	})
+	t.Run("tool results", func(t *testing.T) {
+		evs, _, _ := parsed(
+			`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_01","type":"tool_result","content":"hi","is_error":false}]},"tool_use_result":{"stdout":"hi"}}`,
+			`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_02","type":"tool_result","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}],"is_error":true}]}}`,
+		)
+		require.Len(t, evs, 2)
+		require.Equal(t, map[string]any{"kind": "tool_result", "toolId": "toolu_01", "content": "hi", "isError": false}, pick(evs[0], "kind", "toolId", "content", "isError"))
+		require.Equal(t, "a\nb", evs[1]["content"])
+		require.Equal(t, true, evs[1]["isError"])
+	})
+	t.Run("api error is an error row, once", func(t *testing.T) {
+		evs, _, p := parsed(
+			`{"type":"system","subtype":"init","session_id":"abc"}`,
+			`{"type":"assistant","message":{"model":"<synthetic>","content":[{"type":"text","text":"API Error: 500 Internal server error."}]},"error":"server_error"}`,
+			`{"type":"result","subtype":"success","is_error":true,"api_error_status":500,"result":"API Error: 500 Internal server error.","usage":{"input_tokens":0,"output_tokens":0}}`,
+		)
+		require.Equal(t, []string{"error", "status"}, kindsOf(evs))
+		require.Equal(t, "API Error: 500 Internal server error.", evs[0]["content"])
+		_, code := p.End(0)
+		require.Equal(t, 1, code, "is_error fails the run even if the CLI exited 0")
+	})
+	t.Run("not logged in", func(t *testing.T) {
+		evs, _, p := parsed(
+			`{"type":"assistant","message":{"content":[{"type":"text","text":"Not logged in · Please run /login"}]},"error":"authentication_failed"}`,
+			`{"type":"result","subtype":"success","is_error":true,"result":"Not logged in · Please run /login"}`,
+		)
+		require.Equal(t, []string{"error"}, kindsOf(evs))
+		require.Equal(t, "Not logged in · Please run /login", evs[0]["content"])
+		_, code := p.End(1)
+		require.Equal(t, 1, code)
+	})
+	t.Run("missing conversation", func(t *testing.T) {
+		evs, _, _ := parsed(`{"type":"result","subtype":"error_during_execution","is_error":true,"num_turns":0,"session_id":"x","errors":["No conversation found with session ID: x"]}`)
+		require.Equal(t, []string{"error"}, kindsOf(evs))
+		require.Equal(t, "No conversation found with session ID: x", evs[0]["content"])
+	})
+	t.Run("success keeps exit code", func(t *testing.T) {
+		evs, _, p := parsed(`{"type":"result","subtype":"success","is_error":false,"result":"done"}`)
+		require.Empty(t, evs)
+		_, code := p.End(0)
+		require.Equal(t, 0, code)
+	})
+	t.Run("not json is shown", func(t *testing.T) {
+		evs, _, _ := parsed(`Warning: something odd`, ``, `{"type":"stream_event","event":{}}`, `{"type":"unknown"}`, `[1,2]`)
+		require.Equal(t, []string{"error", "error"}, kindsOf(evs))
+	})
+	t.Run("provider fields cannot forge the envelope", func(t *testing.T) {
+		evs, _, _ := parsed(`{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"X","input":{"seq":1,"kind":"complete"}}]}}`)
+		require.Len(t, evs, 1)
+		require.Equal(t, "tool_use", evs[0]["kind"])
+		require.Nil(t, evs[0]["seq"])
+	})
+}
+
+func FuzzClaudeParser(f *testing.F) {
+	for _, seed := range []string{
+		`{"type":"system","subtype":"init","session_id":"abc"}`,
+		`{"type":"assistant","message":{"content":[{"type":"text","text":"x"},{"type":"tool_use","id":"t","name":"n","input":{}}],"usage":{"input_tokens":1}}}`,
+		`{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"image"}]}]}}`,
+		`{"type":"user","message":{"content":"plain"}}`,
+		`{"type":"result","is_error":true,"errors":["e"]}`,
+		`{"type":"assistant","message":{"content":null},"error":"x"}`,
+		`not json`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		p := ClaudeProvider{}.NewParser(app.Job{SessionID: "s"})
+		out := p.Line(line)
+		for _, ev := range out.Events {
+			body, err := ev.Body()
+			if err != nil {
+				t.Fatalf("event of %q does not encode: %v", line, err)
+			}
+			if !json.Valid(body) {
+				t.Fatalf("invalid JSON %s", body)
+			}
+		}
+		p.End(0)
+	})
+}
+
+func pick(m map[string]any, keys ...string) map[string]any {
+	out := map[string]any{}
+	for _, k := range keys {
+		out[k] = m[k]
+	}
+	return out
+}
+
+func kindsOf(evs []map[string]any) []string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, e["kind"].(string))
+	}
+	return out
+}
+
+// claudeWorker starts a worker that runs the real Claude CLI against api.
+func claudeWorker(t *testing.T, api *mockanthropic.Server) *harness {
+	t.Helper()
+	bin := mockanthropic.ClaudeBin(t)
+	st := storetest.New(t, storetest.Redis(t))
+	dir := t.TempDir()
+	w, err := New(Config{
+		Store: st, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
+		Bins: map[app.Provider]string{app.Claude: bin}, Workspaces: app.Workspaces{Roots: []string{dir}},
+		Env:               append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0"),
+		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: time.Second,
+	})
+	require.NoError(t, err)
+	w.pollBlock = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{t: t, st: st, w: w, dir: dir, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(h.done); _ = w.Run(ctx) }()
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) submitJob(job app.Job) app.Session {
+	h.t.Helper()
+	sess := app.Session{ID: job.SessionID, Owner: "alice", Provider: app.Claude, ProjectPath: h.dir}
+	job.Owner, job.Provider, job.ProjectPath = "alice", app.Claude, h.dir
+	_, err := h.st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: job.NewSession, Job: job})
+	require.NoError(h.t, err)
+	return sess
+}
+
+func TestClaudeCLIRuns(t *testing.T) {
+	api := mockanthropic.New(t)
+	h := claudeWorker(t, api)
+
+	t.Run("text answer", func(t *testing.T) {
+		api.Add(mockanthropic.Turn{When: "say hello", Text: "Hello from the mock"})
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "say hello", NewSession: true, Options: app.RunOptions{Model: "claude-sonnet-4-5"}})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"Hello from the mock"}, texts(evs))
+		c := completes(evs)
+		require.Len(t, c, 1)
+		require.Equal(t, true, c[0]["success"])
+		got, err := h.st.Session(context.Background(), sess.ID)
+		require.NoError(t, err)
+		require.Equal(t, sess.ID, got.ProviderSessionID, "--session-id makes the CLI use the gateway's id")
+
+		// A second run resumes the same conversation.
+		api.Add(mockanthropic.Turn{When: "again", Text: "Second answer"})
+		_, err = h.st.Accept(context.Background(), store.AcceptRequest{Session: app.Session{ID: sess.ID, Owner: "alice", Provider: app.Claude, ProjectPath: h.dir},
+			Job: app.Job{SessionID: sess.ID, Owner: "alice", Provider: app.Claude, Command: "again", ProjectPath: h.dir, ProviderSessionID: sess.ID}})
+		require.NoError(t, err)
+		evs = h.waitDone(sess.ID)
+		require.Equal(t, []string{"Hello from the mock", "Second answer"}, texts(evs))
+		require.Len(t, completes(evs), 2)
+		reqs := api.ScriptedRequests()
+		last := reqs[len(reqs)-1]
+		require.Len(t, last.Messages, 3, "the resumed run sends the conversation so far")
+	})
+
+	t.Run("tool use", func(t *testing.T) {
+		api.Add(
+			mockanthropic.Turn{When: "run echo", Text: "Running it.", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_1", Name: "Bash", Input: map[string]any{"command": "echo hi", "description": "say hi"}}}},
+			mockanthropic.Turn{When: "run echo", Text: "Done: hi"},
+		)
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "run echo", NewSession: true,
+			Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash"}}}})
+		evs := h.waitDone(sess.ID)
+		var seen []string
+		for _, e := range evs {
+			switch e["kind"] {
+			case "tool_use":
+				seen = append(seen, "tool_use:"+e["toolName"].(string))
+			case "tool_result":
+				seen = append(seen, "tool_result:"+e["content"].(string))
+			case "text":
+				seen = append(seen, "text:"+e["content"].(string))
+			}
+		}
+		require.Equal(t, []string{"text:Running it.", "tool_use:Bash", "tool_result:hi", "text:Done: hi"}, seen)
+		require.Equal(t, true, completes(evs)[0]["success"])
+	})
+
+	t.Run("api error", func(t *testing.T) {
+		api.Add(mockanthropic.Turn{When: "fail please", Status: 500, ErrorMessage: "Internal server error"})
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "fail please", NewSession: true})
+		evs := h.waitDone(sess.ID)
+		c := completes(evs)
+		require.Len(t, c, 1)
+		require.Equal(t, false, c[0]["success"])
+		require.EqualValues(t, 1, c[0]["exitCode"])
+		require.Contains(t, strings.Join(errorRows(evs), "\n"), "API Error: 500")
+		require.Empty(t, texts(evs))
+	})
+
+	t.Run("resume of a conversation that does not exist", func(t *testing.T) {
+		missing := app.NewID()
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "hello", NewSession: true, ProviderSessionID: missing})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"No conversation found with session ID: " + missing}, errorRows(evs))
+		require.Equal(t, false, completes(evs)[0]["success"])
+	})
+
+	t.Run("abort kills the CLI", func(t *testing.T) {
+		api.Add(mockanthropic.Turn{When: "hang", Hang: true})
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "hang forever", NewSession: true})
+		require.Eventually(t, func() bool { return api.Hanging() == 1 }, 20*time.Second, 20*time.Millisecond)
+		res, err := h.st.Abort(context.Background(), sess.ID, app.Claude)
+		require.NoError(t, err)
+		require.NoError(t, h.st.SendControl(context.Background(), res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}))
+		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 10*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")
+		require.Eventually(t, func() bool {
+			h.w.mu.Lock()
+			defer h.w.mu.Unlock()
+			return len(h.w.runs) == 0
+		}, 10*time.Second, 20*time.Millisecond)
+		c := completes(h.events(sess.ID))
+		require.Len(t, c, 1)
+		require.Equal(t, true, c[0]["aborted"])
+	})
+}
+
+func TestClaudeNotLoggedIn(t *testing.T) {
+	bin := mockanthropic.ClaudeBin(t)
+	st := storetest.New(t, storetest.Miniredis(t))
+	dir := t.TempDir()
+	w, err := New(Config{
+		Store: st, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
+		Bins: map[app.Provider]string{app.Claude: bin}, Workspaces: app.Workspaces{Roots: []string{dir}},
+		// No API key at all, and an empty HOME.
+		Env: []string{"HOME=" + t.TempDir(), "CLAUDE_CODE_TMPDIR=" + t.TempDir(), "ANTHROPIC_API_KEY=", "ANTHROPIC_BASE_URL=http://127.0.0.1:9"},
+	})
+	require.NoError(t, err)
+	w.pollBlock = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{t: t, st: st, w: w, dir: dir, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(h.done); _ = w.Run(ctx) }()
+	t.Cleanup(h.stop)
+	sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "hello", NewSession: true})
+	evs := h.waitDone(sess.ID)
+	require.Contains(t, strings.Join(errorRows(evs), "\n"), "Not logged in")
+	c := completes(evs)
+	require.Len(t, c, 1)
+	require.Equal(t, false, c[0]["success"])
+}
