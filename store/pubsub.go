@@ -57,6 +57,9 @@ func (s *Store) NewSubscriber(h SubscriberHandlers) *Subscriber {
 // reconnects (and re-subscribes) by itself after a connection error.
 // Runs in its own goroutine.
 func (sub *Subscriber) Run(ctx context.Context) error {
+	// A blocked receive ignores ctx; closing the connection ends it.
+	stop := context.AfterFunc(ctx, func() { _ = sub.ps.Close() })
+	defer stop()
 	defer sub.ps.Close()
 	if err := sub.ps.Subscribe(ctx, sub.s.k.broadcast()); err != nil && ctx.Err() == nil {
 		sub.s.log.Warn("subscribe broadcast", "err", err)

@@ -1,0 +1,704 @@
+package handlers
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+func TestUpgradeNeedsValidToken(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini))
+	expired, err := IssueToken(testSecret, "alice", false, -time.Minute)
+	require.NoError(t, err)
+	wrongKey, err := IssueToken([]byte("other-secret"), "alice", false, time.Hour)
+	require.NoError(t, err)
+	cases := []struct {
+		name   string
+		query  string
+		header http.Header
+		origin string
+		want   int
+	}{
+		{name: "no token", want: http.StatusUnauthorized},
+		{name: "malformed", query: "?token=not-a-jwt", want: http.StatusUnauthorized},
+		{name: "expired", query: "?token=" + expired, want: http.StatusUnauthorized},
+		{name: "wrong secret", query: "?token=" + wrongKey, want: http.StatusUnauthorized},
+		{name: "bearer header", header: http.Header{"Authorization": {"Bearer " + token(t, "alice", false)}}, want: http.StatusSwitchingProtocols},
+		{name: "query token", query: "?token=" + token(t, "alice", false), want: http.StatusSwitchingProtocols},
+		{name: "foreign origin", query: "?token=" + token(t, "alice", false), origin: "http://evil.example", want: http.StatusForbidden},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.header.Clone()
+			if h == nil {
+				h = http.Header{}
+			}
+			if tc.origin != "" {
+				h.Set("Origin", tc.origin)
+			}
+			url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws" + tc.query
+			ws, resp, err := websocket.DefaultDialer.Dial(url, h)
+			if ws != nil {
+				ws.Close()
+			}
+			require.NotNil(t, resp, "dial: %v", err)
+			require.Equal(t, tc.want, resp.StatusCode)
+		})
+	}
+}
+
+func TestBadFramesGetClearErrors(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini))
+	c := g.dial("alice")
+	cases := []struct {
+		frame string
+		want  string
+	}{
+		{`not json`, "Invalid websocket payload"},
+		{`[1,2,3]`, "Invalid websocket payload"},
+		{`"a string"`, "Invalid websocket payload"},
+		{`{"type":`, "Invalid websocket payload"},
+		{`{}`, "Message type is required"},
+		{`{"type":""}`, "Message type is required"},
+		{`{"type":42}`, "Message type is required"},
+		{`{"type":"fly-to-the-moon"}`, "Unknown message type: fly-to-the-moon"},
+		{`{"type":"claude-command","command":5}`, "Invalid field command: expected string"},
+		{`{"type":"check-session-status","sessionId":"x","lastSeq":"ten"}`, "Invalid field lastSeq: expected int64"},
+		{`{"type":"claude-command","requestId":{"a":1}}`, "Invalid field requestId: expected a string or a number"},
+	}
+	for _, tc := range cases {
+		c.send(tc.frame)
+		m := c.next()
+		require.Equal(t, "error", m["type"], tc.frame)
+		require.Equal(t, tc.want, m["error"], tc.frame)
+	}
+	// Binary frames are refused too, and none of this closed the socket.
+	require.NoError(t, c.ws.WriteMessage(websocket.BinaryMessage, []byte{1, 2}))
+	require.Equal(t, "Invalid websocket payload", c.next()["error"])
+	c.send(map[string]any{"type": "get-active-sessions"})
+	require.Equal(t, "active-sessions", c.next()["type"])
+}
+
+func TestOversizeFrameClosesWith1009(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxMessageSize = 4096 })
+	c := g.dial("alice")
+	c.send(`{"type":"claude-command","command":"` + strings.Repeat("x", 5000) + `"}`)
+	require.Equal(t, websocket.CloseMessageTooBig, c.closeCode())
+	// The gateway keeps serving.
+	other := g.dial("alice")
+	other.send(map[string]any{"type": "get-active-sessions"})
+	require.Equal(t, "active-sessions", other.next()["type"])
+}
+
+func command(text string, extra map[string]any) map[string]any {
+	m := map[string]any{"type": "claude-command", "command": text, "requestId": "req-1", "options": map[string]any{}}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
+}
+
+// checkSeqs asserts that events carry consecutive seqs from first.
+func checkSeqs(t *testing.T, events []map[string]any, first int64) {
+	t.Helper()
+	for i, e := range events {
+		require.EqualValues(t, first+int64(i), e["seq"], "event %d: %v", i, e)
+	}
+}
+
+func sessionEvents(frames []map[string]any) []map[string]any {
+	var out []map[string]any
+	for _, f := range frames {
+		if f["kind"] != nil {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func TestCommandLifecycle(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			st := newStore(t, b)
+			g := startGateway(t, st)
+			w := newFakeWorker(t, st)
+			c := g.dial("alice")
+			c.send(command("hello", map[string]any{"options": map[string]any{"projectPath": g.dir, "model": "sonnet"}}))
+
+			acc := c.next()
+			require.Equal(t, "session-accepted", acc["type"], acc)
+			require.Equal(t, "claude", acc["provider"])
+			require.Equal(t, "req-1", acc["requestId"])
+			require.Equal(t, "claude-command", acc["requestType"])
+			require.Equal(t, true, acc["isNewSession"])
+			id := acc["sessionId"].(string)
+			require.True(t, app.ValidSessionID(id))
+
+			job, ref := w.take()
+			require.Equal(t, id, job.SessionID)
+			require.Equal(t, "hello", job.Command)
+			require.Equal(t, "sonnet", job.Options.Model)
+			require.True(t, job.NewSession)
+			require.Equal(t, g.dir, job.ProjectPath)
+			w.emit(ref, app.Text("assistant", "Hi"), app.Text("assistant", "there"))
+			w.finish(ref, 0)
+
+			evs := sessionEvents(c.until(func(m map[string]any) bool {
+				return m["kind"] == "session-state-changed" && m["state"] == "completed"
+			}))
+			checkSeqs(t, evs, 1)
+			var kinds []string
+			for _, e := range evs {
+				kinds = append(kinds, e["kind"].(string))
+				require.Equal(t, id, e["sessionId"])
+				require.Equal(t, ref.RunID, e["runId"])
+				require.Nil(t, e["type"], "session events carry kind, never type")
+			}
+			require.Equal(t, []string{"session_created", "session-state-changed", "text", "text", "complete", "session-state-changed"}, kinds)
+			require.Equal(t, id, evs[0]["newSessionId"])
+			require.Equal(t, "running", evs[1]["state"])
+			require.Equal(t, "command-accepted", evs[1]["reason"])
+			require.EqualValues(t, acc["startedAt"], evs[1]["startedAt"])
+			require.Equal(t, true, evs[4]["success"])
+			require.EqualValues(t, 0, evs[4]["exitCode"])
+			c.expectNothing(100 * time.Millisecond)
+
+			// A second run on the same session continues the seqs.
+			c.send(command("again", map[string]any{"sessionId": id, "options": map[string]any{"projectPath": g.dir}}))
+			acc = c.next()
+			require.Equal(t, "session-accepted", acc["type"])
+			require.Equal(t, false, acc["isNewSession"])
+			job, ref = w.take()
+			require.False(t, job.NewSession)
+			require.Equal(t, id, job.ProviderSessionID, "a Claude session resumes the gateway's id")
+			w.finish(ref, 3)
+			evs = sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "failed" }))
+			checkSeqs(t, evs, 7)
+			require.Equal(t, false, evs[1]["success"])
+			require.EqualValues(t, 3, evs[1]["exitCode"])
+		})
+	}
+}
+
+func TestCommandRejections(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	c := g.dial("alice")
+
+	// No worker alive yet.
+	c.send(command("hi", nil))
+	m := c.next()
+	require.Equal(t, "error", m["type"])
+	require.Contains(t, m["error"], "No worker")
+	require.Equal(t, "req-1", m["requestId"])
+
+	newFakeWorker(t, st)
+	cases := []struct {
+		name string
+		msg  map[string]any
+		want string
+	}{
+		{"outside workspaces", command("hi", map[string]any{"options": map[string]any{"projectPath": "/etc"}}), "Invalid project path"},
+		{"missing path", command("hi", map[string]any{"options": map[string]any{"projectPath": g.dir + "/nope"}}), "Invalid project path"},
+		{"relative path", command("hi", map[string]any{"options": map[string]any{"projectPath": "../x"}}), "Invalid project path"},
+		{"symlink escape", command("hi", map[string]any{"options": map[string]any{"projectPath": symlinkOut(t, g.dir)}}), "Invalid project path"},
+		{"bad session id", command("hi", map[string]any{"sessionId": "../../etc"}), "Invalid session ID"},
+		{"bad model", command("hi", map[string]any{"options": map[string]any{"model": "--dangerously-skip-permissions x"}}), "Invalid model name"},
+		{"bad mode", command("hi", map[string]any{"options": map[string]any{"permissionMode": "yolo"}}), "Invalid permissionMode"},
+		{"bad tool", command("hi", map[string]any{"options": map[string]any{"toolsSettings": map[string]any{"allowedTools": []string{"--help"}}}}), "Invalid tool name"},
+		{"unavailable provider", map[string]any{"type": "codex-command", "command": "hi", "requestId": 7}, "not available"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c.send(tc.msg)
+			m := c.next()
+			require.Equal(t, "error", m["type"], m)
+			require.Contains(t, m["error"], tc.want)
+			require.Equal(t, tc.msg["requestId"], normalizeNumber(m["requestId"]))
+		})
+	}
+	// Nothing was accepted.
+	ids, err := st.RunningSessions(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, ids)
+}
+
+func normalizeNumber(v any) any {
+	if f, ok := v.(float64); ok {
+		return int(f)
+	}
+	return v
+}
+
+func symlinkOut(t *testing.T, dir string) string {
+	t.Helper()
+	link := dir + "/escape"
+	require.NoError(t, symlink("/etc", link))
+	return link
+}
+
+func TestBusy(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	a, b := g.dial("alice"), g.dial("alice")
+	a.send(command("first", nil))
+	id := a.next()["sessionId"].(string)
+	w.take()
+
+	b.send(command("second", map[string]any{"sessionId": id, "requestId": "req-2"}))
+	busy := b.next()
+	require.Equal(t, "session-busy", busy["type"])
+	require.Equal(t, id, busy["sessionId"])
+	require.Equal(t, "req-2", busy["requestId"])
+	require.Equal(t, true, busy["isProcessing"])
+	require.Equal(t, "session-already-active", busy["reason"])
+	require.NotEmpty(t, busy["message"])
+	require.Equal(t, g.dir, busy["projectPath"])
+	require.NotZero(t, busy["startedAt"])
+	require.NotZero(t, busy["reportedAt"])
+}
+
+func TestAbort(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+
+	c.send(map[string]any{"type": "abort-session", "sessionId": "no-such-session"})
+	m := c.next()
+	require.Equal(t, "error", m["type"])
+	require.Equal(t, "No active run", m["error"])
+
+	c.send(command("long", nil))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+	c.send(map[string]any{"type": "abort-session", "sessionId": id, "provider": "claude"})
+	evs := sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "aborted" }))
+	var complete map[string]any
+	for _, e := range evs {
+		if e["kind"] == "complete" {
+			require.Nil(t, complete, "one complete")
+			complete = e
+		}
+	}
+	require.Equal(t, true, complete["aborted"])
+	require.Equal(t, false, complete["success"])
+	require.EqualValues(t, 0, complete["exitCode"])
+
+	// The worker was told, and its own completion changes nothing.
+	ctrl, err := st.ReadInbox(context.Background(), w.id, "0", 100*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, ctrl, 1)
+	require.Equal(t, store.ControlAbort, ctrl[0].Control.Type)
+	require.Equal(t, ref.RunID, ctrl[0].Control.RunID)
+	_, err = st.Complete(context.Background(), ref, app.Outcome{})
+	require.ErrorIs(t, err, app.ErrStaleRun)
+	c.expectNothing(100 * time.Millisecond)
+
+	// cursor-abort is the same message.
+	c.send(map[string]any{"type": "cursor-abort", "sessionId": id})
+	require.Equal(t, "No active run", c.next()["error"])
+}
+
+func TestCheckStatusReplay(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			st := newStore(t, b)
+			g := startGateway(t, st)
+			w := newFakeWorker(t, st)
+			c := g.dial("alice")
+			c.send(command("go", nil))
+			id := c.next()["sessionId"].(string)
+			_, ref := w.take()
+			for i := 0; i < 10; i++ {
+				w.emit(ref, app.Text("assistant", "x"))
+			}
+			// Events 1..12 exist; the run is still going. Each case adds a
+			// live event, so the last seq is read from the status reply.
+			for _, tc := range []struct {
+				name    string
+				lastSeq int64
+			}{{"from the beginning", 0}, {"from the middle", 7}, {"up to date", -1}} {
+				t.Run(tc.name, func(t *testing.T) {
+					cur, err := st.Session(context.Background(), id)
+					require.NoError(t, err)
+					from := tc.lastSeq
+					if from < 0 {
+						from = cur.LastSeq
+					}
+					r := g.dial("alice")
+					r.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": from})
+					status := r.next()
+					require.Equal(t, "session-status", status["type"])
+					require.Equal(t, true, status["isProcessing"])
+					require.Equal(t, "running", status["state"])
+					require.EqualValues(t, cur.LastSeq, status["lastSeq"])
+					require.Equal(t, true, status["recovered"])
+					var got []map[string]any
+					for int64(len(got)) < cur.LastSeq-from {
+						got = append(got, r.next())
+					}
+					checkSeqs(t, got, from+1)
+					// Live events follow with no gap.
+					w.emit(ref, app.Text("assistant", "live"))
+					require.EqualValues(t, cur.LastSeq+1, r.next()["seq"])
+					r.expectNothing(50 * time.Millisecond)
+				})
+			}
+		})
+	}
+}
+
+func TestCheckStatusLiveOnlyAndIdle(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	c.send(command("go", nil))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+	w.emit(ref, app.Text("assistant", "before"))
+
+	live := g.dial("alice")
+	live.send(map[string]any{"type": "check-session-status", "sessionId": id})
+	status := live.next()
+	require.Nil(t, status["recovered"], "no lastSeq: no replay, no recovered flag")
+	require.EqualValues(t, 3, status["lastSeq"])
+	w.emit(ref, app.Text("assistant", "after"))
+	m := live.next()
+	require.EqualValues(t, 4, m["seq"])
+	require.Equal(t, "after", m["content"])
+
+	// Unknown sessions and other users' sessions look the same.
+	for _, tc := range []struct{ user, id string }{{"alice", "does-not-exist"}, {"bob", id}} {
+		other := g.dial(tc.user)
+		other.send(map[string]any{"type": "check-session-status", "sessionId": tc.id, "lastSeq": 0})
+		s := other.next()
+		require.Equal(t, "session-status", s["type"])
+		require.Equal(t, false, s["isProcessing"])
+		require.Equal(t, "idle", s["state"])
+		require.EqualValues(t, 0, s["lastSeq"])
+		require.Equal(t, tc.id, s["sessionId"])
+		w.emit(ref, app.Text("assistant", "secret"))
+		other.expectNothing(200 * time.Millisecond)
+	}
+}
+
+func TestReplayTrimmedIsNotRecovered(t *testing.T) {
+	st := newStore(t, storetest.Mini, store.Config{HistoryLimit: 5})
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	c.send(command("go", nil))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+	for i := 0; i < 20; i++ {
+		w.emit(ref, app.Text("assistant", "x"))
+	}
+	r := g.dial("alice")
+	r.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": 3})
+	s := r.next()
+	require.Equal(t, false, s["recovered"])
+	require.EqualValues(t, 22, s["lastSeq"])
+	r.expectNothing(100 * time.Millisecond)
+	w.emit(ref, app.Text("assistant", "live"))
+	require.EqualValues(t, 23, r.next()["seq"], "after recovered:false, only live events")
+
+	// A position past the end (another store's) is not recovered either.
+	r.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": 999})
+	s = r.next()
+	require.Equal(t, false, s["recovered"])
+
+	r.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": -1})
+	require.Equal(t, "error", r.next()["type"])
+}
+
+// TestResumeOnAnotherGateway drops a socket mid-run and resumes on a second
+// gateway that shares the Redis: every event exactly once, in order.
+func TestResumeOnAnotherGateway(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	a, b := startGateway(t, st), startGateway(t, st)
+	b.srv.cfg.Workspaces = a.srv.cfg.Workspaces
+	w := newFakeWorker(t, st)
+	c := a.dial("alice")
+	c.send(command("go", nil))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+
+	var lastSeen int64
+	for i := 0; i < 2; i++ {
+		lastSeen = int64(c.next()["seq"].(float64))
+	}
+	c.ws.Close()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			w.emit(ref, app.Text("assistant", "x"))
+		}
+		w.finish(ref, 0)
+	}()
+	r := b.dial("alice")
+	r.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": lastSeen})
+	require.Equal(t, "session-status", r.next()["type"])
+	evs := sessionEvents(r.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "completed" }))
+	<-done
+	checkSeqs(t, evs, lastSeen+1)
+	n := 0
+	for _, e := range evs {
+		if e["kind"] == "complete" {
+			n++
+		}
+	}
+	require.Equal(t, 1, n)
+	r.expectNothing(100 * time.Millisecond)
+}
+
+func TestSubscribeSeveralAndUnsubscribe(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	var ids []string
+	refs := map[string]store.RunRef{}
+	for i := 0; i < 2; i++ {
+		c.send(command("go", nil))
+		id := c.next()["sessionId"].(string)
+		ids = append(ids, id)
+		c.next() // session_created
+		c.next() // running
+		_, ref := w.take()
+		refs[id] = ref
+	}
+	r := g.dial("alice")
+	r.send(map[string]any{"type": "subscribe", "sessions": []map[string]any{{"sessionId": ids[0], "lastSeq": 1}, {"sessionId": ids[1]}}})
+	got := map[string][]float64{}
+	statuses := 0
+	for statuses < 2 || len(got[ids[0]]) < 1 {
+		m := r.next()
+		if m["type"] == "session-status" {
+			statuses++
+			continue
+		}
+		got[m["sessionId"].(string)] = append(got[m["sessionId"].(string)], m["seq"].(float64))
+	}
+	require.Equal(t, []float64{2}, got[ids[0]])
+	r.send(map[string]any{"type": "unsubscribe", "sessionId": ids[0]})
+	r.send(map[string]any{"type": "get-active-sessions"}) // a barrier: replies come in order
+	active := r.next()
+	require.Equal(t, "active-sessions", active["type"])
+	require.ElementsMatch(t, ids, active["sessions"].(map[string]any)["claude"])
+	require.Empty(t, active["sessions"].(map[string]any)["codex"])
+	w.emit(refs[ids[0]], app.Text("assistant", "not for r"))
+	w.emit(refs[ids[1]], app.Text("assistant", "for r"))
+	m := r.next()
+	require.Equal(t, ids[1], m["sessionId"])
+	require.Equal(t, "for r", m["content"])
+}
+
+// TestSlowConsumerIsClosedAndResumes floods a socket that stops reading: it
+// is closed with 4008 instead of losing events, and resumes everything.
+func TestSlowConsumerIsClosedAndResumes(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	g := startGateway(t, st, func(c *Config) { c.QueueSize = 8 })
+	w := newFakeWorker(t, st)
+
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?token=" + token(t, "alice", false)
+	dialer := websocket.Dialer{ReadBufferSize: 1024}
+	ws, _, err := dialer.Dial(url, nil)
+	require.NoError(t, err)
+	defer ws.Close()
+	require.NoError(t, ws.WriteJSON(command("flood", nil)))
+	var acc map[string]any
+	require.NoError(t, ws.ReadJSON(&acc))
+	id := acc["sessionId"].(string)
+	_, ref := w.take()
+	big := strings.Repeat("y", 64<<10)
+	for i := 0; i < 400; i++ {
+		if _, err := st.Append(context.Background(), ref, []app.Event{app.Text("assistant", big)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.finish(ref, 0)
+	// Read everything that was sent before the close.
+	var lastSeq int64
+	var closeErr error
+	for {
+		var m map[string]any
+		if err := ws.ReadJSON(&m); err != nil {
+			closeErr = err
+			break
+		}
+		if s, ok := m["seq"].(float64); ok {
+			require.EqualValues(t, lastSeq+1, s, "no event is skipped before the close")
+			lastSeq = int64(s)
+		}
+	}
+	var ce *websocket.CloseError
+	require.ErrorAs(t, closeErr, &ce)
+	require.Equal(t, app.CloseSlowConsumer, ce.Code)
+	require.Less(t, lastSeq, int64(404))
+
+	r := g.dial("alice")
+	r.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": lastSeq})
+	require.Equal(t, true, r.next()["recovered"])
+	evs := sessionEvents(r.until(isKind("session-state-changed")))
+	for len(evs) > 0 && evs[len(evs)-1]["state"] == "running" {
+		evs = append(evs, sessionEvents(r.until(isKind("session-state-changed")))...)
+	}
+	checkSeqs(t, evs, lastSeq+1)
+	require.EqualValues(t, 404, evs[len(evs)-1]["seq"])
+}
+
+func TestUnknownAndForeignSessionIDs(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+
+	// A conversation started outside the gateway: resumed by its own id.
+	c := g.dial("alice")
+	c.send(command("continue", map[string]any{"sessionId": "outside-conversation-1"}))
+	acc := c.next()
+	require.Equal(t, "session-accepted", acc["type"])
+	require.Equal(t, true, acc["isNewSession"])
+	aliceSession := acc["sessionId"].(string)
+	created := c.next()
+	require.Equal(t, "session_created", created["kind"])
+	require.Equal(t, "outside-conversation-1", created["providerSessionId"])
+	job, ref := w.take()
+	require.Equal(t, "outside-conversation-1", job.ProviderSessionID)
+	require.False(t, job.ResumeDenied)
+	w.finish(ref, 0)
+
+	// Bob names alice's session: he gets a session of his own that cannot
+	// resume her conversation, exactly like an id that does not exist.
+	bob := g.dial("bob")
+	bob.send(command("steal", map[string]any{"sessionId": aliceSession}))
+	acc = bob.next()
+	require.Equal(t, "session-accepted", acc["type"])
+	require.NotEqual(t, aliceSession, acc["sessionId"])
+	job, _ = w.take()
+	require.True(t, job.ResumeDenied)
+	require.Equal(t, "bob", job.Owner)
+
+	// Bob cannot abort, list or read alice's session either.
+	bob.send(map[string]any{"type": "abort-session", "sessionId": aliceSession})
+	frames := bob.until(isType("error"))
+	require.Equal(t, "No active run", frames[len(frames)-1]["error"])
+	code, _ := httpGet(t, g.ts.URL+"/api/sessions/"+aliceSession, token(t, "bob", false))
+	require.Equal(t, http.StatusNotFound, code)
+	code, _ = httpGet(t, g.ts.URL+"/api/sessions/"+aliceSession+"/events", token(t, "bob", false))
+	require.Equal(t, http.StatusNotFound, code)
+	code, body := httpGet(t, g.ts.URL+"/api/sessions/"+aliceSession, token(t, "root", true))
+	require.Equal(t, http.StatusOK, code, "admins see every session")
+	require.Equal(t, "alice", body["owner"])
+}
+
+func TestREST(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	c.send(command("go", nil))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+	w.emit(ref, app.Text("assistant", "one"), app.Text("assistant", "two"))
+	alice := token(t, "alice", false)
+
+	code, body := httpGet(t, g.ts.URL+"/api/auth/user", alice)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "alice", body["user"].(map[string]any)["username"])
+
+	code, body = httpGet(t, g.ts.URL+"/api/sessions?state=running", alice)
+	require.Equal(t, http.StatusOK, code)
+	require.Len(t, body["sessions"], 1)
+
+	code, body = httpGet(t, g.ts.URL+"/api/sessions/"+id, alice)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "running", body["state"])
+	require.EqualValues(t, 4, body["lastSeq"])
+
+	code, body = httpGet(t, g.ts.URL+"/api/sessions/"+id+"/events?after=2&limit=1", alice)
+	require.Equal(t, http.StatusOK, code)
+	evs := body["events"].([]any)
+	require.Len(t, evs, 1)
+	require.EqualValues(t, 3, evs[0].(map[string]any)["seq"])
+
+	for _, bad := range []string{"?after=-1", "?after=x", "?limit=0", "?limit=100000"} {
+		code, body = httpGet(t, g.ts.URL+"/api/sessions/"+id+"/events"+bad, alice)
+		require.Equal(t, http.StatusBadRequest, code, bad)
+		require.NotEmpty(t, body["error"])
+	}
+	code, _ = httpGet(t, g.ts.URL+"/api/sessions", "")
+	require.Equal(t, http.StatusUnauthorized, code)
+	code, _ = httpGet(t, g.ts.URL+"/api/sessions/..%2F..", alice)
+	require.Equal(t, http.StatusBadRequest, code)
+
+	req, _ := http.NewRequest(http.MethodPost, g.ts.URL+"/api/sessions/"+id+"/abort", nil)
+	req.Header.Set("Authorization", "Bearer "+alice)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusConflict, resp.StatusCode)
+}
+
+func TestHealth(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.SchemaVersion = 1 })
+	code, _ := httpGet(t, g.ts.URL+"/healthz", "")
+	require.Equal(t, http.StatusOK, code)
+	code, _ = httpGet(t, g.ts.URL+"/readyz", "")
+	require.Equal(t, http.StatusServiceUnavailable, code, "schema not migrated")
+	require.NoError(t, st.SetSchemaVersion(context.Background(), 1))
+	code, _ = httpGet(t, g.ts.URL+"/readyz", "")
+	require.Equal(t, http.StatusOK, code)
+
+	c := g.dial("alice")
+	g.srv.Drain()
+	require.Equal(t, websocket.CloseGoingAway, c.closeCode())
+	code, _ = httpGet(t, g.ts.URL+"/readyz", "")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+}
+
+// TestConcurrentCommandsOneRun races commands for one session from sockets
+// on two gateways: one run, the rest busy.
+func TestConcurrentCommandsOneRun(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	a, b := startGateway(t, st), startGateway(t, st)
+	b.srv.cfg.Workspaces = a.srv.cfg.Workspaces
+	w := newFakeWorker(t, st)
+	c := a.dial("alice")
+	c.send(command("first", nil))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+	w.finish(ref, 0)
+
+	clients := []*client{a.dial("alice"), b.dial("alice"), a.dial("alice"), b.dial("alice")}
+	var wg sync.WaitGroup
+	for _, cl := range clients {
+		wg.Add(1)
+		go func(cl *client) { defer wg.Done(); cl.send(command("race", map[string]any{"sessionId": id})) }(cl)
+	}
+	wg.Wait()
+	counts := map[string]int{}
+	for _, cl := range clients {
+		counts[cl.until(func(m map[string]any) bool { return m["type"] != nil })[0]["type"].(string)]++
+	}
+	require.Equal(t, map[string]int{"session-accepted": 1, "session-busy": 3}, counts)
+}
