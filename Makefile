@@ -1,0 +1,25 @@
+# make run   - the gateway on the embedded default (agentgate serve)
+# make test  - installs what the tests need, then runs every test
+# make bench - the benchmarks reported in the README
+
+GO ?= go
+
+.PHONY: run test test-deps lint bench build
+
+build:
+	$(GO) build -o bin/agentgate ./cmd/agentgate
+
+run:
+	$(GO) run ./cmd/agentgate serve
+
+test-deps:
+	./scripts/test-deps.sh
+
+test: test-deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the tests run for real, then exits: redis-server (Debian's
+# package, when missing and apt-get can be used) and the provider CLIs pinned
+# in package.json, into ./node_modules. Safe to run again: it skips what is
+# already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'test-deps: %s\n' "$*" >&2; }
+
+if ! command -v go >/dev/null; then
+  say "Go is not installed (https://go.dev/dl/, 1.26 or newer)"; exit 1
+fi
+
+if ! command -v redis-server >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing redis-server (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    say "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
+    exit 1
+  fi
+fi
+
+if ! command -v npm >/dev/null; then
+  say "npm is missing: install Node.js 18 or newer (Debian: apt-get install nodejs npm)"; exit 1
+fi
+
+want=$(node -p 'require("./package.json").devDependencies["@anthropic-ai/claude-code"]')
+have=$(node_modules/.bin/claude --version 2>/dev/null | cut -d' ' -f1 || true)
+if [ "$have" != "$want" ]; then
+  say "installing @anthropic-ai/claude-code@$want into ./node_modules"
+  # Scripts are skipped and the one postinstall we need is run by name: it
+  # puts the platform's native binary in place of npm's placeholder.
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+  node node_modules/@anthropic-ai/claude-code/install.cjs
+  node_modules/.bin/claude --version >/dev/null
+fi
+say "ready: $(redis-server --version | cut -d' ' -f3), claude $(node_modules/.bin/claude --version | cut -d' ' -f1)"
