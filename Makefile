@@ -23,3 +23,6 @@ lint:
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+bench: test-deps
+	$(GO) test -run XXX -bench . -timeout 20m ./bench/

@@ -69,6 +69,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	useLogger(cfg.Logger)
 	s := &Store{rdb: redis.NewClient(opts), k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger}
 	if err := s.Ping(ctx); err != nil {
 		_ = s.rdb.Close()
