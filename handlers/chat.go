@@ -75,23 +75,29 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		return
 	}
 	opts := msg.Options
-	if err := validateOptions(opts); err != nil {
-		fail(err.Error())
+	if strings.TrimSpace(msg.Command) == "" {
+		fail("A command (the prompt) is required")
 		return
 	}
-	projectPath, err := s.projectPath(opts)
-	if err != nil {
-		fail("Invalid project path: " + err.Error())
+	if err := validateOptions(opts); err != nil {
+		fail(err.Error())
 		return
 	}
 	if !s.workerAvailable(ctx) {
 		fail("No worker available: start `agentgate worker`")
 		return
 	}
-
 	plan, err := s.planRun(ctx, c.user, provider, firstNonEmpty(msg.SessionID, opts.SessionID))
 	if err != nil {
 		fail(err.Error())
+		return
+	}
+	// A session keeps the project it started in: the CLIs keep their
+	// conversations per working directory, so another one could not resume.
+	requested := firstNonEmpty(plan.session.ProjectPath, opts.ProjectPath, opts.Cwd)
+	projectPath, err := s.projectPath(requested)
+	if err != nil {
+		fail("Invalid project path: " + err.Error())
 		return
 	}
 	plan.session.ProjectPath = projectPath
@@ -104,7 +110,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		},
 	}
 
-	w, _, err := s.hub.attach(c, plan.session.ID)
+	w, existed, err := s.hub.attach(c, plan.session.ID)
 	if err != nil {
 		s.log.Warn("subscribe", "session", plan.session.ID, "err", err)
 		fail("Gateway could not follow the session; try again")
@@ -125,7 +131,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		s.followLive(ctx, w, plan.session.ID)
 		return
 	case err != nil:
-		s.hub.detach(c, plan.session.ID)
+		s.hub.abandon(c, w, existed)
 		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
 		fail("Could not start the run; try again")
 		return
@@ -207,12 +213,13 @@ func (s *Server) existing(sess app.Session, provider app.Provider) (runPlan, err
 	// admin acting on another user's session).
 	return runPlan{session: app.Session{
 		ID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, ProviderSessionID: sess.ProviderSessionID,
+		ProjectPath: sess.ProjectPath,
 	}, resume: resume}, nil
 }
 
-// projectPath resolves a command's project path under the workspaces.
-func (s *Server) projectPath(opts app.CommandOptions) (string, error) {
-	p := firstNonEmpty(opts.ProjectPath, opts.Cwd)
+// projectPath resolves a project path under the workspaces; empty means the
+// first workspace.
+func (s *Server) projectPath(p string) (string, error) {
 	if p == "" {
 		if len(s.cfg.Workspaces.Roots) == 0 {
 			return "", errors.New("no project path and no workspace")
@@ -313,7 +320,7 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		c.reply(app.UnknownStatus(sessionID, provider))
 		return
 	}
-	w, _, err := s.hub.attach(c, sessionID)
+	w, existed, err := s.hub.attach(c, sessionID)
 	if err != nil {
 		s.log.Warn("subscribe", "session", sessionID, "err", err)
 		c.reply(app.ErrorReply{Type: "error", Error: "Gateway could not follow the session; try again", SessionID: sessionID})
@@ -321,7 +328,7 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	}
 	sess, first, err := s.st.SessionForReplay(ctx, sessionID)
 	if err != nil {
-		s.hub.detach(c, sessionID)
+		s.hub.abandon(c, w, existed)
 		c.reply(app.UnknownStatus(sessionID, provider))
 		return
 	}

@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -173,13 +174,17 @@ func TestCommandLifecycle(t *testing.T) {
 			require.EqualValues(t, 0, evs[4]["exitCode"])
 			c.expectNothing(100 * time.Millisecond)
 
-			// A second run on the same session continues the seqs.
-			c.send(command("again", map[string]any{"sessionId": id, "options": map[string]any{"projectPath": g.dir}}))
+			// A second run on the same session continues the seqs, in the
+			// session's own project whatever the command says.
+			other := g.dir + "/other"
+			require.NoError(t, os.Mkdir(other, 0o755))
+			c.send(command("again", map[string]any{"sessionId": id, "options": map[string]any{"projectPath": other}}))
 			acc = c.next()
 			require.Equal(t, "session-accepted", acc["type"])
 			require.Equal(t, false, acc["isNewSession"])
 			job, ref = w.take()
 			require.False(t, job.NewSession)
+			require.Equal(t, g.dir, job.ProjectPath)
 			require.Equal(t, id, job.ProviderSessionID, "a Claude session resumes the gateway's id")
 			w.finish(ref, 3)
 			evs = sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "failed" }))
@@ -217,6 +222,7 @@ func TestCommandRejections(t *testing.T) {
 		{"bad mode", command("hi", map[string]any{"options": map[string]any{"permissionMode": "yolo"}}), "Invalid permissionMode"},
 		{"bad tool", command("hi", map[string]any{"options": map[string]any{"toolsSettings": map[string]any{"allowedTools": []string{"--help"}}}}), "Invalid tool name"},
 		{"unavailable provider", map[string]any{"type": "codex-command", "command": "hi", "requestId": 7}, "not available"},
+		{"empty command", command("  ", nil), "A command (the prompt) is required"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"math"
 	"log/slog"
 	"sync"
 	"time"
@@ -129,6 +130,16 @@ func (h *hub) release(w *watch, next int64, keep bool) {
 	gen := w.gen
 	w.f.mu.Unlock()
 	go h.catchUp(w, gen)
+}
+
+// abandon undoes an attach whose request failed: a watch that existed
+// before goes on from where it was, a new one is removed.
+func (h *hub) abandon(c *conn, w *watch, existed bool) {
+	if existed {
+		h.release(w, math.MaxInt64, true)
+		return
+	}
+	h.detach(c, w.f.id)
 }
 
 // detach stops c watching a session.
