@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/handlers"
+)
+
+func TestOptionPrecedence(t *testing.T) {
+	t.Setenv("AGENTGATE_LISTEN", "127.0.0.1:9000")
+	t.Setenv("AGENTGATE_RETENTION", "2d")
+	t.Setenv("AGENTGATE_KEY_PREFIX", "fromenv")
+	var c config
+	fs, finish := newFlags("serve", io.Discard, &c)
+	require.NoError(t, fs.Parse([]string{"--key-prefix", "fromflag"}))
+	require.NoError(t, finish())
+	require.Equal(t, "127.0.0.1:9000", c.Listen, "env over default")
+	require.Equal(t, "fromflag", c.KeyPrefix, "flag over env")
+	require.Equal(t, 48*time.Hour, c.Retention)
+	require.Equal(t, 10*time.Second, c.HeartbeatTTL, "default")
+	require.Equal(t, int64(1<<20), c.MaxMessageSize)
+	require.Equal(t, "claude", c.ClaudeBin)
+}
+
+func TestOptionErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"--auth", "basic"},
+		{"--retention", "soon"},
+		{"--heartbeat-ttl", "-1s"},
+		{"--max-message-size", "12"},
+	} {
+		var c config
+		fs, finish := newFlags("serve", io.Discard, &c)
+		require.NoError(t, fs.Parse(args))
+		require.Error(t, finish(), args)
+	}
+}
+
+func TestToken(t *testing.T) {
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"token", "--user", "alice", "--admin", "--ttl", "1h", "--jwt-secret", "s3cret"}, &out, &errOut)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
+	require.Len(t, lines, 1, "the token alone on one line")
+	auth := handlers.Auth{Mode: handlers.AuthJWT, Secret: []byte("s3cret")}
+	req, _ := http.NewRequest(http.MethodGet, "/ws?token="+lines[0], nil)
+	user, err := auth.Authenticate(req)
+	require.NoError(t, err)
+	require.Equal(t, "alice", user.Name)
+	require.True(t, user.Admin)
+
+	for _, args := range [][]string{
+		{"token", "--jwt-secret", "s"},
+		{"token", "--user", "alice"},
+		{"token", "--user", "a:b", "--jwt-secret", "s"},
+		{"token", "--user", "alice", "--jwt-secret", "s", "--ttl", "forever"},
+	} {
+		require.Error(t, run(context.Background(), args, io.Discard, io.Discard), args)
+	}
+}
+
+func TestGatewayAndWorkerNeedRedis(t *testing.T) {
+	t.Setenv("AGENTGATE_REDIS_URL", "")
+	for _, cmd := range []string{"gateway", "worker", "migrate"} {
+		err := run(context.Background(), []string{cmd}, io.Discard, io.Discard)
+		require.ErrorContains(t, err, "--redis", cmd)
+	}
+	err := run(context.Background(), []string{"nonsense"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "unknown command")
+	require.ErrorIs(t, run(context.Background(), nil, io.Discard, io.Discard), flag.ErrHelp)
+}
+
+// TestServeWithNothingConfigured is the one-command default: an embedded
+// store, a random secret, and a login URL that works.
+func TestServeWithNothingConfigured(t *testing.T) {
+	for _, env := range []string{"AGENTGATE_REDIS_URL", "AGENTGATE_JWT_SECRET", "AGENTGATE_LISTEN"} {
+		t.Setenv(env, "")
+	}
+	t.Setenv("AGENTGATE_WORKSPACES", t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0"}, outW, io.Discard)
+		outW.Close()
+	}()
+
+	var login string
+	sc := bufio.NewScanner(outR)
+	for sc.Scan() {
+		if m := regexp.MustCompile(`Open (http://\S+)`).FindStringSubmatch(sc.Text()); m != nil {
+			login = m[1]
+			break
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, outR) }()
+	require.NotEmpty(t, login)
+	u, err := url.Parse(login)
+	require.NoError(t, err)
+	token := u.Query().Get("token")
+	require.NotEmpty(t, token)
+
+	resp, err := http.Get("http://" + u.Host + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+u.Host+"/api/auth/user", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the printed token logs in")
+
+	page, err := http.Get(login)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(page.Body)
+	page.Body.Close()
+	require.Contains(t, string(body), "agentgate")
+
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
