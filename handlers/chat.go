@@ -24,6 +24,13 @@ const requestTimeout = 10 * time.Second
 // anything slow (replays) runs on its own goroutine.
 func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	c := connOf(ms)
+	defer func() {
+		// A bug must not take the gateway down with every other socket.
+		if p := recover(); p != nil {
+			s.log.Error("chat message handler panicked", "panic", p, "user", c.user.Name)
+			c.reply(app.NewErrorReply("Internal error"))
+		}
+	}()
 	msg, err := app.ParseClientMessage(data)
 	if err != nil {
 		c.reply(app.NewErrorReply(err.Error()))
