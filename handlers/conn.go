@@ -112,25 +112,44 @@ func (c *conn) waitRoom() bool {
 	return !c.closed.Load()
 }
 
-// closeWith closes the socket with the code of reason, once. The close frame
-// goes through WriteControl, which gorilla allows next to melody's writer,
-// because the full queue cannot take it (melody's own Close would recurse).
-// The write happens on its own goroutine: callers hold locks, and a slow
-// consumer's TCP buffer is the one most likely to be full.
+// closeWith closes the socket with the code of reason, once, without
+// waiting: callers hold locks, and a slow consumer's TCP buffer is the one
+// most likely to be full.
 func (c *conn) closeWith(reason closeReason) {
-	if !c.closed.CompareAndSwap(false, true) {
-		return
+	if c.claimClose(reason) {
+		go c.writeClose(reason)
 	}
+}
+
+// closeNow is closeWith that returns once the close frame was written (or
+// could not be within a second): a draining gateway must not exit first.
+func (c *conn) closeNow(reason closeReason) {
+	if c.claimClose(reason) {
+		c.writeClose(reason)
+	}
+}
+
+func (c *conn) claimClose(reason closeReason) bool {
+	if !c.closed.CompareAndSwap(false, true) {
+		return false
+	}
+	if reason == closeSlow {
+		slowCloses.Inc()
+	}
+	return true
+}
+
+// writeClose sends the close frame through WriteControl, which gorilla
+// allows next to melody's writer, because the full queue cannot take it
+// (melody's own Close would recurse), then closes the connection.
+func (c *conn) writeClose(reason closeReason) {
 	code, text := app.CloseGoingAway, "gateway shutting down"
 	if reason == closeSlow {
 		code, text = app.CloseSlowConsumer, "slow consumer"
-		slowCloses.Inc()
 	}
 	ws := c.s.WebsocketConnection()
-	go func() {
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
-		_ = ws.Close()
-	}()
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+	_ = ws.Close()
 }
 
 func (c *conn) watching(sessionID string) bool {

@@ -111,7 +111,8 @@ func (s *Server) Handler() http.Handler { return s.echo }
 func (s *Server) Run(ctx context.Context) error { return s.hub.run(ctx) }
 
 // Drain marks the gateway not ready and closes every socket with 1001, so
-// that clients reconnect to another instance and resume there.
+// that clients reconnect to another instance and resume there. It returns
+// once the close frames are written.
 func (s *Server) Drain() {
 	s.draining.Store(true)
 	s.mu.Lock()
@@ -120,9 +121,12 @@ func (s *Server) Drain() {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, c := range conns {
-		c.closeWith(closeShutdown)
+		wg.Add(1)
+		go func() { defer wg.Done(); c.closeNow(closeShutdown) }()
 	}
+	wg.Wait()
 }
 
 // Connections is the number of open chat sockets.

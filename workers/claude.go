@@ -3,6 +3,7 @@ package workers
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -25,10 +26,17 @@ func (ClaudeProvider) InstallHint() string {
 }
 
 // Command implements Provider.
-func (ClaudeProvider) Command(job app.Job) ([]string, []byte) {
+func (ClaudeProvider) Command(job app.Job, env []string) ([]string, []byte) {
 	args := []string{"-p", "--output-format", "stream-json", "--verbose"}
-	if job.ProviderSessionID != "" {
-		args = append(args, "--resume", job.ProviderSessionID)
+	resume := job.ProviderSessionID
+	if resume == job.SessionID && !conversationSaved(env, resume) {
+		// The gateway's own id, but no earlier run got as far as saving the
+		// conversation (its worker died first): start it instead, or every
+		// later run would fail with "No conversation found".
+		resume = ""
+	}
+	if resume != "" {
+		args = append(args, "--resume", resume)
 	} else {
 		args = append(args, "--session-id", job.SessionID)
 	}
@@ -51,6 +59,32 @@ func (ClaudeProvider) Command(job app.Job) ([]string, []byte) {
 		args = append(args, tools...)
 	}
 	return args, []byte(job.Command)
+}
+
+// conversationSaved reports whether the CLI saved the conversation id where
+// it keeps them: $CLAUDE_CONFIG_DIR, else $HOME/.claude, in
+// projects/<project>/<id>.jsonl.
+func conversationSaved(env []string, id string) bool {
+	dir := lookupEnv(env, "CLAUDE_CONFIG_DIR")
+	if dir == "" {
+		home := lookupEnv(env, "HOME")
+		if home == "" {
+			return true // cannot tell: let the CLI decide
+		}
+		dir = filepath.Join(home, ".claude")
+	}
+	matches, _ := filepath.Glob(filepath.Join(dir, "projects", "*", id+".jsonl"))
+	return len(matches) > 0
+}
+
+// lookupEnv reads a variable the way exec does: the last assignment wins.
+func lookupEnv(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // NewParser implements Provider.

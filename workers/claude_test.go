@@ -3,6 +3,8 @@ package workers
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,33 @@ import (
 	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/store/storetest"
 )
+
+// TestClaudeResumesOnlySavedConversations: a session whose first run died
+// before the CLI saved the conversation starts it again rather than failing
+// every later run with "No conversation found".
+func TestClaudeResumesOnlySavedConversations(t *testing.T) {
+	home := t.TempDir()
+	env := []string{"HOME=/elsewhere", "HOME=" + home}
+	job := app.Job{SessionID: "6f1c0b4e-1b2a-4c3d-9e8f-001122334455", ProviderSessionID: "6f1c0b4e-1b2a-4c3d-9e8f-001122334455"}
+	args, _ := ClaudeProvider{}.Command(job, env)
+	require.Equal(t, []string{"--session-id", job.SessionID}, args[4:6])
+
+	dir := filepath.Join(home, ".claude", "projects", "-work-proj")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, job.SessionID+".jsonl"), []byte("{}\n"), 0o600))
+	args, _ = ClaudeProvider{}.Command(job, env)
+	require.Equal(t, []string{"--resume", job.SessionID}, args[4:6])
+
+	// A conversation from outside the gateway is always resumed: the CLI
+	// says so itself if it does not exist.
+	outside := app.Job{SessionID: job.SessionID, ProviderSessionID: "other"}
+	args, _ = ClaudeProvider{}.Command(outside, env)
+	require.Equal(t, []string{"--resume", "other"}, args[4:6])
+
+	cfg := t.TempDir()
+	args, _ = ClaudeProvider{}.Command(job, append(env, "CLAUDE_CONFIG_DIR="+cfg))
+	require.Equal(t, []string{"--session-id", job.SessionID}, args[4:6], "CLAUDE_CONFIG_DIR replaces ~/.claude")
+}
 
 func TestClaudeCommand(t *testing.T) {
 	cases := []struct {
@@ -37,7 +66,7 @@ func TestClaudeCommand(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.job.Command = "the prompt"
-			args, stdin := ClaudeProvider{}.Command(tc.job)
+			args, stdin := ClaudeProvider{}.Command(tc.job, nil)
 			require.Equal(t, tc.want, args)
 			require.Equal(t, "the prompt", string(stdin), "the prompt goes on stdin, never in an argument")
 		})

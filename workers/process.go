@@ -1,18 +1,21 @@
 package workers
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 )
 
-// killGrace is how long a provider gets between SIGTERM and SIGKILL.
+// killGrace is how long a provider gets between the first signal and
+// SIGKILL.
 const killGrace = 2 * time.Second
 
-// process is a provider CLI started in its own process group, so that it and
-// every child it spawns can be signalled together.
+// process is a provider CLI started in its own process group.
 type process struct {
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once Wait has returned
@@ -25,21 +28,102 @@ func prepareGroup(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 }
 
-// kill stops the whole process group: SIGTERM, then SIGKILL after grace if
-// the leader has not exited, then SIGKILL to the group again for children
-// that outlived their leader. It is safe to call more than once.
+// kill stops the provider and everything it started. Signalling the group
+// is not enough: the Claude CLI runs each tool in a session of its own, and
+// SIGTERM leaves those running, while SIGINT makes the CLI stop its tools.
+// So kill snapshots the whole tree under the leader first, then sends
+// SIGINT, SIGTERM and finally SIGKILL to the group, and SIGKILL to every
+// process of the snapshot that still runs (same start time, so a reused pid
+// is never hit). It is safe to call more than once.
 func (p *process) kill(grace time.Duration) {
 	if p.cmd.Process == nil {
 		return
 	}
 	pgid := p.cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(grace):
+	tree := descendants(pgid)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		_ = syscall.Kill(-pgid, sig)
+		select {
+		case <-p.exited:
+		case <-time.After(grace / 2):
+		}
+		tree = append(tree, descendants(pgid)...)
 	}
 	// ESRCH here means the group is already gone, which is the goal.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	for _, d := range tree {
+		if d.running() {
+			_ = syscall.Kill(-d.pid, syscall.SIGKILL) // a session leader's own group
+			_ = syscall.Kill(d.pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// proc identifies a process across pid reuse.
+type proc struct {
+	pid   int
+	start uint64 // start time in clock ticks since boot
+}
+
+func (d proc) running() bool {
+	_, start, ok := readStat(d.pid)
+	return ok && start == d.start
+}
+
+// descendants lists every process under root, whatever its group or
+// session, by walking parent links in /proc.
+func descendants(root int) []proc {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]proc{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, start, ok := readStat(pid); ok {
+			children[ppid] = append(children[ppid], proc{pid, start})
+		}
+	}
+	var out []proc
+	queue := []int{root}
+	for len(queue) > 0 {
+		next := queue[0]
+		queue = queue[1:]
+		for _, c := range children[next] {
+			out = append(out, c)
+			queue = append(queue, c.pid)
+		}
+	}
+	return out
+}
+
+// readStat reads a process' parent pid and start time from /proc/PID/stat.
+// A zombie counts as not running.
+func readStat(pid int) (ppid int, start uint64, ok bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, 0, false
+	}
+	// The command name may hold spaces and parentheses; fields follow the
+	// last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := bytes.Fields(b[i+1:])
+	// f[0] is field 3 (state), f[1] field 4 (ppid), f[19] field 22 (starttime).
+	if len(f) < 20 || string(f[0]) == "Z" {
+		return 0, 0, false
+	}
+	ppid, err1 := strconv.Atoi(string(f[1]))
+	start, err2 := strconv.ParseUint(string(f[19]), 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return ppid, start, true
 }
 
 // exitCode reads the exit code of a finished command: a signal or a missing

@@ -11,7 +11,8 @@ type Provider interface {
 	Name() app.Provider
 	// Command returns the arguments (after the binary) for a job and what
 	// to write to the process' stdin before closing it (nil for nothing).
-	Command(job app.Job) (args []string, stdin []byte)
+	// env is the environment the process will have.
+	Command(job app.Job, env []string) (args []string, stdin []byte)
 	// NewParser returns the parser of one run's output.
 	NewParser(job app.Job) Parser
 	// InstallHint tells a user how to install the CLI when it is missing.

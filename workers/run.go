@@ -122,10 +122,11 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	if err != nil {
 		return failed(err.Error())
 	}
-	args, stdin := prov.Command(job)
+	env := append(os.Environ(), r.w.cfg.Env...)
+	args, stdin := prov.Command(job, env)
 	cmd := exec.Command(r.w.bin(job.Provider), args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), r.w.cfg.Env...)
+	cmd.Env = env
 	cmd.WaitDelay = orphanGrace
 	prepareGroup(cmd)
 

@@ -26,7 +26,7 @@ type scriptProvider struct{}
 func (scriptProvider) Name() app.Provider       { return app.Claude }
 func (scriptProvider) InstallHint() string      { return "install sh" }
 func (scriptProvider) NewParser(app.Job) Parser { return &lineParser{} }
-func (scriptProvider) Command(job app.Job) ([]string, []byte) {
+func (scriptProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 	return []string{"-c", job.Command}, nil
 }
 
@@ -249,6 +249,24 @@ func TestAbortKillsProcessGroup(t *testing.T) {
 	c := completes(h.events(sess.ID))
 	require.Len(t, c, 1)
 	require.Equal(t, true, c[0]["aborted"])
+}
+
+// TestAbortKillsChildrenInOtherSessions is the Claude CLI's case: it runs
+// each tool in a session of its own, out of reach of a group signal.
+func TestAbortKillsChildrenInOtherSessions(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	pidFile := filepath.Join(h.dir, "tool.pid")
+	sess, _ := h.submit("setsid sh -c 'trap \"\" INT TERM HUP; echo $$ > " + pidFile + "; while true; do sleep 1; done' & echo started; wait")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+	toolPID := readPID(t, pidFile)
+	require.True(t, processAlive(toolPID))
+
+	done, err := st.Abort(context.Background(), sess.ID, app.Claude)
+	require.NoError(t, err)
+	require.NoError(t, st.SendControl(context.Background(), done.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: done.RunID}))
+	require.Eventually(t, func() bool { return !processAlive(toolPID) }, 10*time.Second, 20*time.Millisecond,
+		"a child in another session survived the abort")
 }
 
 // TestStaleRunStops shows the self-healing path: when the abort message is
