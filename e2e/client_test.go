@@ -185,18 +185,6 @@ func (c *wsClient) waitReplyFrom(mark int, typ string, pred func(frame) bool) fr
 	return got
 }
 
-// replies returns the reply frames (with type) received so far.
-func (c *wsClient) replies() []frame {
-	fs, _ := c.snapshot()
-	var out []frame
-	for _, f := range fs {
-		if _, ok := f.m["type"]; ok {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
 // events returns the session events of sessionID received so far, in
 // arrival order.
 func (c *wsClient) events(sessionID string) []event {

@@ -151,20 +151,6 @@ func (p *proc) signal(sig syscall.Signal) {
 	require.NoError(p.t, syscall.Kill(p.pid(), sig))
 }
 
-// terminate sends SIGTERM and waits up to timeout for the process to exit;
-// it returns the exit code.
-func (p *proc) terminate(timeout time.Duration) int {
-	p.t.Helper()
-	p.t.Logf("SIGTERM %s (pid %d)", p.name, p.pid())
-	require.NoError(p.t, syscall.Kill(p.pid(), syscall.SIGTERM))
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.t.Fatalf("%s did not exit within %s of SIGTERM", p.name, timeout)
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
-
 // waitStdout waits for a stdout line matching re and returns its submatches.
 func (p *proc) waitStdout(re *regexp.Regexp, timeout time.Duration) []string {
 	p.t.Helper()

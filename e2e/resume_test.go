@@ -68,9 +68,9 @@ func TestResumeOnOtherGateway(t *testing.T) {
 
 	c1 := cl.dial(gwA, "alice")
 	sid := startLongRun(t, cl, c1, "resume")
-	before := waitMidRun(t, c1, sid)
+	waitMidRun(t, c1, sid)
 	c1.drop()
-	before = c1.events(sid)
+	before := c1.events(sid)
 	checkPrefix(t, before)
 	seen := lastSeq(before)
 	t.Logf("dropped after seq %d", seen)

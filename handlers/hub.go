@@ -2,8 +2,8 @@ package handlers
 
 import (
 	"context"
-	"math"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
