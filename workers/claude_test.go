@@ -226,25 +226,14 @@ func kindsOf(evs []map[string]any) []string {
 	return out
 }
 
-// claudeWorker starts a worker that runs the real Claude CLI against api.
-func claudeWorker(t *testing.T, api *mockanthropic.Server) *harness {
+// claudeWorker starts a worker that runs the real Claude CLI with env.
+func claudeWorker(t *testing.T, st *store.Store, env []string) *harness {
 	t.Helper()
-	bin := mockanthropic.ClaudeBin(t)
-	st := storetest.New(t, storetest.Redis(t))
-	dir := t.TempDir()
-	w, err := New(Config{
-		Store: st, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
-		Bins: map[app.Provider]string{app.Claude: bin}, Workspaces: app.Workspaces{Roots: []string{dir}},
-		Env:               append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0"),
-		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: time.Second,
+	return runWorker(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: mockanthropic.ClaudeBin(t)},
+		Env:       env,
 	})
-	require.NoError(t, err)
-	w.pollBlock = 50 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, st: st, w: w, dir: dir, cancel: cancel, done: make(chan struct{})}
-	go func() { defer close(h.done); _ = w.Run(ctx) }()
-	t.Cleanup(h.stop)
-	return h
 }
 
 func (h *harness) submitJob(job app.Job) app.Session {
@@ -258,7 +247,7 @@ func (h *harness) submitJob(job app.Job) app.Session {
 
 func TestClaudeCLIRuns(t *testing.T) {
 	api := mockanthropic.New(t)
-	h := claudeWorker(t, api)
+	h := claudeWorker(t, storetest.New(t, storetest.Redis(t)), append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0"))
 
 	t.Run("text answer", func(t *testing.T) {
 		api.Add(mockanthropic.Turn{When: "say hello", Text: "Hello from the mock"})
@@ -348,21 +337,10 @@ func TestClaudeCLIRuns(t *testing.T) {
 }
 
 func TestClaudeNotLoggedIn(t *testing.T) {
-	bin := mockanthropic.ClaudeBin(t)
-	st := storetest.New(t, storetest.Miniredis(t))
-	dir := t.TempDir()
-	w, err := New(Config{
-		Store: st, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
-		Bins: map[app.Provider]string{app.Claude: bin}, Workspaces: app.Workspaces{Roots: []string{dir}},
-		// No API key at all, and an empty HOME.
-		Env: []string{"HOME=" + t.TempDir(), "CLAUDE_CODE_TMPDIR=" + t.TempDir(), "ANTHROPIC_API_KEY=", "ANTHROPIC_BASE_URL=http://127.0.0.1:9"},
+	// No API key at all, and an empty HOME.
+	h := claudeWorker(t, storetest.New(t, storetest.Miniredis(t)), []string{
+		"HOME=" + t.TempDir(), "CLAUDE_CODE_TMPDIR=" + t.TempDir(), "ANTHROPIC_API_KEY=", "ANTHROPIC_BASE_URL=http://127.0.0.1:9",
 	})
-	require.NoError(t, err)
-	w.pollBlock = 50 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, st: st, w: w, dir: dir, cancel: cancel, done: make(chan struct{})}
-	go func() { defer close(h.done); _ = w.Run(ctx) }()
-	t.Cleanup(h.stop)
 	sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "hello", NewSession: true})
 	evs := h.waitDone(sess.ID)
 	require.Contains(t, strings.Join(errorRows(evs), "\n"), "Not logged in")

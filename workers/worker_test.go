@@ -51,14 +51,21 @@ type harness struct {
 
 func startWorker(t *testing.T, st *store.Store, bin string) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	w, err := New(Config{
-		Store: st, Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
-		Bins:              map[app.Provider]string{app.Claude: bin},
-		Workspaces:        app.Workspaces{Roots: []string{dir}},
-		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 500 * time.Millisecond,
-		DrainTimeout: 200 * time.Millisecond,
+	return runWorker(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: bin},
 	})
+}
+
+// runWorker starts a worker with cfg, a store, a workspace of its own and
+// short timings, and stops it when the test ends.
+func runWorker(t *testing.T, st *store.Store, cfg Config) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	cfg.Store = st
+	cfg.Workspaces = app.Workspaces{Roots: []string{dir}}
+	cfg.HeartbeatInterval, cfg.HeartbeatTTL, cfg.DrainTimeout = 100*time.Millisecond, time.Second, 200*time.Millisecond
+	w, err := New(cfg)
 	require.NoError(t, err)
 	w.pollBlock = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
