@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// cpuTimes is where the 2 cores went during a round: this process (the
+// gateway, the worker and the clients), the emitter processes, redis-server;
+// and the machine's steal and total jiffies (a VM's vCPUs can be taken away
+// by the host: steal shows how much, it makes a round noisy).
+type cpuTimes struct {
+	self, children, redis time.Duration
+	steal, total          int64
+}
+
+// machineJiffies reads the steal and total jiffies of all CPUs.
+func machineJiffies() (steal, total int64) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal guest guest_nice
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i < 8 { // guest time is already in user
+			total += n
+		}
+		if i == 7 {
+			steal = n
+		}
+	}
+	return steal, total
+}
+
+func rusage(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// redisCPU reads used_cpu_user + used_cpu_sys from INFO cpu.
+func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
+	info, err := rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return time.Duration(total * float64(time.Second))
+}
+
+// liveChildrenCPU sums the CPU time of the running children of this process
+// that run exe (the emitters): the on-CPU nanoseconds of each of their
+// threads from /proc/PID/task/TID/schedstat (utime and stime in
+// /proc/PID/stat are in 10 ms ticks, too coarse for 1000 short processes).
+func liveChildrenCPU(exe string) time.Duration {
+	self := strconv.Itoa(os.Getpid())
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var ns int64
+	for _, d := range dirs {
+		stat, err := os.ReadFile(d + "/stat")
+		if err != nil {
+			continue
+		}
+		// The command name is in parentheses and may hold spaces.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			continue
+		}
+		// Field 3 is the state, field 4 the parent's pid.
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 2 || f[1] != self {
+			continue
+		}
+		if target, err := os.Readlink(d + "/exe"); err != nil || target != exe {
+			continue
+		}
+		tasks, _ := filepath.Glob(d + "/task/[0-9]*")
+		for _, t := range tasks {
+			ss, err := os.ReadFile(t + "/schedstat")
+			if err != nil {
+				continue
+			}
+			first, _, _ := strings.Cut(string(ss), " ")
+			n, _ := strconv.ParseInt(first, 10, 64)
+			ns += n
+		}
+	}
+	return time.Duration(ns)
+}
+
+// cpuMeter measures a round: mark when the emitters are released, end
+// when every event was received (the emitters still run then).
+type cpuMeter struct {
+	exe   string
+	rdb   *redis.Client
+	start cpuTimes
+	wall  time.Time
+	total cpuTimes
+	span  time.Duration
+	// prof receives a CPU profile of the measured part of a round when
+	// $BENCH_CPUPROFILE names a file (run one sub-benchmark, -benchtime 1x).
+	prof *os.File
+}
+
+func (m *cpuMeter) now() cpuTimes {
+	t := cpuTimes{self: rusage(syscall.RUSAGE_SELF), redis: redisCPU(context.Background(), m.rdb)}
+	if m.exe != "" {
+		t.children = liveChildrenCPU(m.exe)
+	}
+	t.steal, t.total = machineJiffies()
+	return t
+}
+
+func (m *cpuMeter) mark() {
+	m.start = m.now()
+	m.wall = time.Now()
+	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			m.prof = f
+		}
+	}
+}
+
+func (m *cpuMeter) end() {
+	if path := os.Getenv("BENCH_HEAPPROFILE"); path != "" {
+		// The heap at the end of the measured part of a round.
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			_ = f.Close()
+		}
+	}
+	if m.prof != nil {
+		pprof.StopCPUProfile()
+		_ = m.prof.Close()
+		m.prof = nil
+	}
+	m.span += time.Since(m.wall)
+	t := m.now()
+	m.total.self += t.self - m.start.self
+	m.total.children += t.children - m.start.children
+	m.total.redis += t.redis - m.start.redis
+	m.total.steal += t.steal - m.start.steal
+	m.total.total += t.total - m.start.total
+}
+
+// report gives each share in cores (1.0 = one core busy for the round).
+func (m *cpuMeter) report(report func(float64, string)) {
+	if m.span <= 0 {
+		return
+	}
+	s := m.span.Seconds()
+	report(m.total.self.Seconds()/s, "cpu_proc_cores")
+	report(m.total.redis.Seconds()/s, "cpu_redis_cores")
+	if m.exe != "" {
+		report(m.total.children.Seconds()/s, "cpu_emit_cores")
+	}
+	if m.total.total > 0 {
+		report(100*float64(m.total.steal)/float64(m.total.total), "steal_%")
+	}
+}
+
+// quiesce waits until this process is idle (under 10% of a core over
+// 200 ms), so that the leftovers of one sub-benchmark do not run during the
+// next, and returns how long it waited.
+func quiesce(limit time.Duration) time.Duration {
+	const window = 200 * time.Millisecond
+	t0 := time.Now()
+	for time.Since(t0) < limit {
+		c0 := rusage(syscall.RUSAGE_SELF)
+		time.Sleep(window)
+		if rusage(syscall.RUSAGE_SELF)-c0 < window/10 {
+			break
+		}
+	}
+	return time.Since(t0)
+}
