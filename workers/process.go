@@ -59,6 +59,51 @@ func (p *process) kill(grace time.Duration) {
 	}
 }
 
+// killGroup kills what is left of the group once the leader has exited.
+// The tree under the leader cannot be found any more (its children now
+// belong to init), and scanning /proc for every ended run costs seconds of
+// CPU when many end together, so only the group is signalled.
+func (p *process) killGroup() {
+	if p.cmd.Process != nil {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+// killHolders kills every process that holds one of the pipes open: after
+// the leader has exited, a child still holding its stdout or stderr is one
+// that left the group (setsid), and no process may outlive its run.
+func killHolders(pipes ...*os.File) {
+	targets := map[string]bool{}
+	for _, f := range pipes {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err == nil {
+			targets["pipe:["+strconv.FormatUint(st.Ino, 10)+"]"] = true
+		}
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil || len(targets) == 0 {
+		return
+	}
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		fds, err := os.ReadDir(filepath.Join("/proc", e.Name(), "fd"))
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			link, err := os.Readlink(filepath.Join("/proc", e.Name(), "fd", fd.Name()))
+			if err == nil && targets[link] {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				break
+			}
+		}
+	}
+}
+
 // proc identifies a process across pid reuse.
 type proc struct {
 	pid   int

@@ -29,8 +29,8 @@ const (
 	// stderrTail is how much of stderr a failed run reports.
 	stderrTail = 4 << 10
 	// orphanGrace is how long output may keep flowing after the provider
-	// process exited, from children that still hold its pipes, before they
-	// are killed and the pipes closed.
+	// process exited, from children that left its group and still hold its
+	// pipes, before they are killed and the pipes closed.
 	orphanGrace = 2 * time.Second
 	// writeTimeout bounds one store write of a run.
 	writeTimeout = 10 * time.Second
@@ -130,23 +130,32 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	cmd.WaitDelay = orphanGrace
 	prepareGroup(cmd)
 
+	// Our own pipes, read with small buffers: exec's would copy stderr
+	// through a 32 KiB buffer per run, and Wait would wait for children
+	// that keep them open.
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return failed("start " + string(job.Provider) + ": " + err.Error())
 	}
 	defer outR.Close()
-	var errBuf tailBuffer
-	cmd.Stdout = outW
-	cmd.Stderr = &errBuf
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outW.Close()
+		return failed("start " + string(job.Provider) + ": " + err.Error())
+	}
+	defer errR.Close()
+	cmd.Stdout, cmd.Stderr = outW, errW
 	var stdinW io.WriteCloser
 	if stdin != nil {
 		if stdinW, err = cmd.StdinPipe(); err != nil {
 			outW.Close()
+			errW.Close()
 			return failed("start " + string(job.Provider) + ": " + err.Error())
 		}
 	}
 	err = cmd.Start()
-	outW.Close() // the child holds its own copy
+	outW.Close() // the child holds its own copies
+	errW.Close()
 	if err != nil {
 		if isNotFound(err) {
 			return app.Outcome{ExitCode: 127}, []app.Event{app.ErrorRow(prov.InstallHint())}
@@ -167,17 +176,30 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 			_ = stdinW.Close()
 		}()
 	}
+	var errBuf tailBuffer
+	errDone := make(chan struct{})
+	go func() {
+		defer close(errDone)
+		_, _ = io.CopyBuffer(&errBuf, errR, make([]byte, 1024))
+	}()
 	pumped := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		close(p.exited)
-		// Children left behind by the provider die with their run.
-		p.kill(0)
-		select {
-		case <-pumped:
-		case <-time.After(orphanGrace):
-			// A child that left the group still holds stdout.
-			_ = outR.Close()
+		// Children left behind in the group die with their run.
+		p.killGroup()
+		// A child that left the group may still hold the pipes: give it a
+		// moment to finish writing, then kill it and stop reading.
+		grace := time.After(orphanGrace)
+		for _, done := range []chan struct{}{pumped, errDone} {
+			select {
+			case <-done:
+			case <-grace:
+				killHolders(outR, errR)
+				_ = outR.Close()
+				_ = errR.Close()
+				return
+			}
 		}
 	}()
 
@@ -185,6 +207,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	r.pump(outR, parser)
 	close(pumped)
 	<-p.exited
+	<-errDone
 	final, code := parser.End(exitCode(cmd.ProcessState))
 	if code != 0 && len(final) == 0 && !r.sawErrorRow && errBuf.Len() > 0 {
 		final = append(final, app.ErrorRow(strings.TrimSpace(errBuf.String())))
@@ -200,7 +223,9 @@ func failed(msg string) (app.Outcome, []app.Event) {
 // in the buffer are appended together, so a fast provider costs one round
 // trip per batch while a slow one gets each line out at once.
 func (r *run) pump(out io.Reader, parser Parser) {
-	rd := bufio.NewReaderSize(out, 64<<10)
+	// Small: readLine grows a line past it as needed, and a worker holds
+	// one per running run.
+	rd := bufio.NewReaderSize(out, 4<<10)
 	var batch []app.Event
 	set := map[string]string{}
 	for {

@@ -307,6 +307,21 @@ func TestShutdownCompletesRunsAsFailed(t *testing.T) {
 	require.False(t, alive)
 }
 
+// TestChildHoldingPipesDoesNotOutliveTheRun: a child that left the group
+// and keeps stdout and stderr open neither keeps the run from ending nor
+// survives it.
+func TestChildHoldingPipesDoesNotOutliveTheRun(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	pidFile := filepath.Join(h.dir, "escaped.pid")
+	sess, _ := h.submit("setsid sh -c 'echo $$ > " + pidFile + "; exec sleep 30' & while [ ! -s " + pidFile + " ]; do sleep 0.01; done; echo done")
+	evs := h.waitDone(sess.ID)
+	require.Equal(t, []string{"done"}, texts(evs))
+	require.Len(t, completes(evs), 1)
+	pid := readPID(t, pidFile)
+	require.Eventually(t, func() bool { return !processAlive(pid) }, 5*time.Second, 20*time.Millisecond, "the escaped child outlived its run")
+}
+
 func TestLongLineIsDroppedNotBuffered(t *testing.T) {
 	st := storetest.New(t, storetest.Miniredis(t))
 	h := startWorker(t, st, "/bin/sh")
