@@ -38,10 +38,11 @@ func (r closeReason) String() string {
 // socket with 4008 before melody would drop one. A client that sees 4008
 // reconnects and resumes from its lastSeq, so no event is lost silently.
 type conn struct {
-	s     *melody.Session
-	user  app.User
-	ctx   context.Context // ends when the socket closes
-	limit int64
+	s      *melody.Session
+	user   app.User
+	ctx    context.Context // ends when the socket closes
+	cancel context.CancelFunc
+	limit  int64
 
 	queued atomic.Int64
 	closed atomic.Bool
@@ -52,26 +53,50 @@ type conn struct {
 }
 
 func newConn(s *melody.Session, user app.User, limit int) *conn {
+	// Not the request's context: it ends as soon as the upgrade handler
+	// returns.
+	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{
-		s: s, user: user, ctx: s.Request.Context(), limit: int64(limit),
+		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit),
 		room: make(chan struct{}, 1), watches: map[string]*watch{},
 	}
 }
 
-// send queues a frame. It returns false when the socket is closed or was
-// just closed for being slow.
-func (c *conn) send(frame []byte) bool {
+// trySend queues a frame if the queue has room. It never blocks and never
+// closes the socket: a session event that does not fit is read back from
+// the stream by the hub.
+func (c *conn) trySend(frame []byte) bool {
 	if c.closed.Load() {
 		return false
 	}
 	if c.queued.Add(1) > c.limit {
 		c.queued.Add(-1)
-		c.closeWith(closeSlow)
 		return false
 	}
 	if err := c.s.Write(frame); err != nil {
 		c.queued.Add(-1)
 		return false
+	}
+	return true
+}
+
+// replyWait is how long a reply waits for room in a full queue before the
+// socket is closed as a slow consumer.
+const replyWait = 5 * time.Second
+
+// send queues a frame that exists nowhere else (a reply), waiting a little
+// for room; a socket that cannot take it is closed with 4008, so that the
+// client reconnects instead of missing it.
+func (c *conn) send(frame []byte) bool {
+	deadline := time.Now().Add(replyWait)
+	for !c.trySend(frame) {
+		if c.closed.Load() {
+			return false
+		}
+		if time.Now().After(deadline) || !c.waitRoom() {
+			c.closeWith(closeSlow)
+			return false
+		}
 	}
 	return true
 }

@@ -159,10 +159,6 @@ func (c *client) until(match func(map[string]any) bool) []map[string]any {
 	}
 }
 
-func isKind(k string) func(map[string]any) bool {
-	return func(m map[string]any) bool { return m["kind"] == k }
-}
-
 func isType(ty string) func(map[string]any) bool {
 	return func(m map[string]any) bool { return m["type"] == ty }
 }

@@ -12,9 +12,11 @@ import (
 )
 
 const (
-	// maxHeld bounds the live frames a socket buffers while it replays; a
-	// replay that falls this far behind closes the socket (4008).
-	maxHeld = 20000
+	// maxHeld and maxHeldBytes bound the live frames a socket keeps while it
+	// catches up. Past them the frames are dropped: every frame is in the
+	// stream before it is published, so the catch-up reads them back.
+	maxHeld      = 1024
+	maxHeldBytes = 1 << 20
 	// replayChunk is how many stored events one read fetches.
 	replayChunk = 500
 	// subscribeTimeout bounds the wait for Redis to confirm a subscription.
@@ -30,6 +32,11 @@ const (
 // socket read the hole from the stream. Replays work the same way: the
 // socket is attached first, holding live frames, then reads the stream and
 // merges the held frames by seq, so there is no gap and no duplicate.
+//
+// A socket whose queue is full falls back to the same catch-up: it reads
+// the stream at its own pace until it is live again. Nothing is lost and
+// memory stays bounded; the socket is closed (4008) only when what it still
+// needs was trimmed from the stream.
 type hub struct {
 	st  *store.Store
 	sub *store.Subscriber
@@ -56,8 +63,9 @@ type watch struct {
 	f    *feed
 	next int64 // the next seq this socket needs; 0 while not yet placed
 	// holding buffers live frames while a reply is written or a replay runs.
-	holding bool
-	held    []heldFrame
+	holding   bool
+	held      []heldFrame
+	heldBytes int
 	// gen changes whenever the watch is repositioned; a replay goroutine
 	// of an older generation stops.
 	gen int
@@ -204,25 +212,43 @@ func (h *hub) event(sessionID string, frame []byte) {
 	for _, w := range f.watches {
 		switch {
 		case w.holding:
-			if len(w.held) >= maxHeld {
-				w.c.closeWith(closeSlow)
-				continue
-			}
-			w.held = append(w.held, heldFrame{seq, frame})
+			w.hold(seq, frame)
 		case seq < w.next:
 			// Already delivered by a replay.
 		case seq == w.next:
-			if w.c.send(frame) {
+			if w.c.trySend(frame) {
 				w.next++
+				continue
 			}
+			// The socket is behind: it reads the stream from here.
+			w.holding = true
+			w.gen++
+			go h.catchUp(w, w.gen)
 		default:
 			// A publish was lost: read the hole from the stream.
 			w.holding = true
-			w.held = append(w.held, heldFrame{seq, frame})
+			w.hold(seq, frame)
 			w.gen++
 			go h.catchUp(w, w.gen)
 		}
 	}
+}
+
+// hold keeps a live frame for a catch-up, within bounds. Dropping held
+// frames is always safe: the catch-up reads them from the stream.
+// f.mu must be held.
+func (w *watch) hold(seq int64, frame []byte) {
+	if len(w.held) >= maxHeld || w.heldBytes+len(frame) > maxHeldBytes {
+		w.dropHeld()
+	}
+	w.held = append(w.held, heldFrame{seq, frame})
+	w.heldBytes += len(frame)
+}
+
+// dropHeld forgets the held frames. f.mu must be held.
+func (w *watch) dropHeld() {
+	w.held = nil
+	w.heldBytes = 0
 }
 
 // resync re-reads a session for every watching socket after the pub/sub
@@ -256,18 +282,28 @@ func (h *hub) catchUp(w *watch, gen int) {
 		}
 		// Send held frames that continue the sequence.
 		sortHeld(w.held)
-		i := 0
+		i, full := 0, false
 		for ; i < len(w.held) && w.held[i].seq <= w.next; i++ {
 			if w.held[i].seq == w.next {
-				if !w.c.send(w.held[i].frame) {
-					w.held = nil
-					f.mu.Unlock()
-					return
+				if !w.c.trySend(w.held[i].frame) {
+					full = true
+					break
 				}
 				w.next++
 			}
 		}
 		w.held = w.held[i:]
+		w.heldBytes = 0
+		for _, hf := range w.held {
+			w.heldBytes += len(hf.frame)
+		}
+		if full {
+			f.mu.Unlock()
+			if !w.c.waitRoom() {
+				return
+			}
+			continue
+		}
 		if len(w.held) == 0 {
 			// Live frames arrive in seq order from here on; whatever was
 			// stored before the first of them was sent above or is read
@@ -316,7 +352,7 @@ func (h *hub) catchUp(w *watch, gen int) {
 // deliver sends stored events in order at the socket's pace. It returns
 // false when the watch was repositioned or the socket is gone.
 func (h *hub) deliver(w *watch, gen int, evs []store.StoredEvent) bool {
-	for _, ev := range evs {
+	for i := 0; i < len(evs); {
 		if !w.c.waitRoom() {
 			return false
 		}
@@ -325,20 +361,22 @@ func (h *hub) deliver(w *watch, gen int, evs []store.StoredEvent) bool {
 			w.f.mu.Unlock()
 			return false
 		}
-		switch {
-		case ev.Seq < w.next:
-		case ev.Seq == w.next:
-			if !w.c.send(ev.Data) {
+		for ; i < len(evs); i++ {
+			ev := evs[i]
+			if ev.Seq < w.next {
+				continue
+			}
+			if ev.Seq > w.next {
+				// The stream itself skips (trimmed while we read).
 				w.f.mu.Unlock()
+				w.c.closeWith(closeSlow)
 				return false
+			}
+			if !w.c.trySend(ev.Data) {
+				break // full again: wait for room
 			}
 			w.next++
 			replayedEvents.Inc()
-		default:
-			// The stream itself skips (trimmed while we read).
-			w.f.mu.Unlock()
-			w.c.closeWith(closeSlow)
-			return false
 		}
 		w.f.mu.Unlock()
 	}

@@ -20,7 +20,7 @@ import (
 // Defaults of Config fields left at their zero value.
 const (
 	DefaultMaxMessageSize = 1 << 20
-	DefaultQueueSize      = 128
+	DefaultQueueSize      = 64
 	DefaultPingPeriod     = 25 * time.Second
 	// workerCheckEvery is how long the "is any worker alive" answer is reused.
 	workerCheckEvery = time.Second
@@ -40,8 +40,8 @@ type Config struct {
 	Providers []app.Provider
 	// MaxMessageSize is the largest client frame. Zero means 1 MiB.
 	MaxMessageSize int64
-	// QueueSize is how many frames may wait for a slow socket before it is
-	// closed with 4008. Zero means 128.
+	// QueueSize is how many frames may wait for a socket; past it the
+	// socket reads the stream at its own pace. Zero means 64.
 	QueueSize int
 	// PingPeriod is the interval of WebSocket pings. Zero means 25s.
 	PingPeriod time.Duration
@@ -175,10 +175,14 @@ func (s *Server) newChatSockets() *melody.Melody {
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
 		openSockets.Inc()
+		if v, ok := ms.Get("upgraded"); ok {
+			close(v.(chan struct{}))
+		}
 	})
 	m.HandleDisconnect(func(ms *melody.Session) {
 		c := connOf(ms)
 		c.closed.Store(true)
+		c.cancel()
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
@@ -200,6 +204,9 @@ func (s *Server) newChatSockets() *melody.Melody {
 }
 
 // serveChat authenticates the upgrade of /ws: 401 before any upgrade.
+// Once upgraded, the socket lives on its own goroutines and this handler
+// returns: net/http then drops the request's buffers and goroutine, which
+// would otherwise stay for the socket's whole life (about 16 KiB each).
 func (s *Server) serveChat(c echo.Context) error {
 	if s.draining.Load() {
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining")
@@ -208,12 +215,21 @@ func (s *Server) serveChat(c echo.Context) error {
 	if err != nil {
 		return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
 	}
-	keys := map[string]any{"user": user, "queue": s.cfg.QueueSize}
-	err = s.chat.HandleRequestWithKeys(c.Response(), c.Request(), keys)
-	if errors.Is(err, melody.ErrClosed) {
-		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is shutting down")
+	upgraded := make(chan struct{})
+	keys := map[string]any{"user": user, "queue": s.cfg.QueueSize, "upgraded": upgraded}
+	done := make(chan error, 1)
+	go func() { done <- s.chat.HandleRequestWithKeys(c.Response(), c.Request(), keys) }()
+	select {
+	case <-upgraded:
+		return nil
+	case err := <-done:
+		if errors.Is(err, melody.ErrClosed) {
+			return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is shutting down")
+		}
+		// A refused upgrade (bad origin, not a WebSocket request) has
+		// already been answered.
+		return nil
 	}
-	return nil
 }
 
 // connOf returns the conn of a melody session, creating it on first use
@@ -244,7 +260,11 @@ func (s *Server) broadcast(frame []byte) {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.send(frame)
+		if !c.trySend(frame) {
+			// A broadcast is not stored: a socket that cannot take it
+			// reconnects and reloads.
+			c.closeWith(closeSlow)
+		}
 	}
 }
 

@@ -180,7 +180,16 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	errDone := make(chan struct{})
 	go func() {
 		defer close(errDone)
-		_, _ = io.CopyBuffer(&errBuf, errR, make([]byte, 1024))
+		// A plain loop: io.Copy would take *os.File's WriteTo path and its
+		// own 32 KiB buffer, per run.
+		buf := make([]byte, 1024)
+		for {
+			n, err := errR.Read(buf)
+			_, _ = errBuf.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
 	}()
 	pumped := make(chan struct{})
 	go func() {
