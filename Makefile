@@ -25,4 +25,4 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 bench: test-deps
-	$(GO) test -run XXX -bench . -timeout 20m ./bench/
+	$(GO) test -run XXX -bench . -count 2 -timeout 30m ./bench/
