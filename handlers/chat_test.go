@@ -321,12 +321,7 @@ func TestCheckStatusReplay(t *testing.T) {
 	for _, b := range storetest.Backends {
 		t.Run(string(b), func(t *testing.T) {
 			st := newStore(t, b)
-			g := startGateway(t, st)
-			w := newFakeWorker(t, st)
-			c := g.dial("alice")
-			c.send(command("go", nil))
-			id := c.next()["sessionId"].(string)
-			_, ref := w.take()
+			g, w, _, id, ref := startRun(t, st)
 			for i := 0; i < 10; i++ {
 				w.emit(ref, app.Text("assistant", "x"))
 			}
@@ -368,12 +363,7 @@ func TestCheckStatusReplay(t *testing.T) {
 
 func TestCheckStatusLiveOnlyAndIdle(t *testing.T) {
 	st := newStore(t, storetest.Real)
-	g := startGateway(t, st)
-	w := newFakeWorker(t, st)
-	c := g.dial("alice")
-	c.send(command("go", nil))
-	id := c.next()["sessionId"].(string)
-	_, ref := w.take()
+	g, w, _, id, ref := startRun(t, st)
 	w.emit(ref, app.Text("assistant", "before"))
 
 	live := g.dial("alice")
@@ -403,12 +393,7 @@ func TestCheckStatusLiveOnlyAndIdle(t *testing.T) {
 
 func TestReplayTrimmedIsNotRecovered(t *testing.T) {
 	st := newStore(t, storetest.Mini, store.Config{HistoryLimit: 5})
-	g := startGateway(t, st)
-	w := newFakeWorker(t, st)
-	c := g.dial("alice")
-	c.send(command("go", nil))
-	id := c.next()["sessionId"].(string)
-	_, ref := w.take()
+	g, w, _, id, ref := startRun(t, st)
 	for i := 0; i < 20; i++ {
 		w.emit(ref, app.Text("assistant", "x"))
 	}
@@ -630,12 +615,7 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 
 func TestREST(t *testing.T) {
 	st := newStore(t, storetest.Mini)
-	g := startGateway(t, st)
-	w := newFakeWorker(t, st)
-	c := g.dial("alice")
-	c.send(command("go", nil))
-	id := c.next()["sessionId"].(string)
-	_, ref := w.take()
+	g, w, _, id, ref := startRun(t, st)
 	w.emit(ref, app.Text("assistant", "one"), app.Text("assistant", "two"))
 	alice := token(t, "alice", false)
 

@@ -235,6 +235,19 @@ func (w *fakeWorker) finish(ref store.RunRef, code int) {
 	require.NoError(w.t, err)
 }
 
+// startRun starts a gateway and a fake worker on st, and a run of alice's
+// that the worker has taken. c is alice's socket that sent the command.
+func startRun(t *testing.T, st *store.Store, opts ...gatewayOpt) (*gateway, *fakeWorker, *client, string, store.RunRef) {
+	t.Helper()
+	g := startGateway(t, st, opts...)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	c.send(command("go", nil))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+	return g, w, c, id, ref
+}
+
 // newStore returns a store on a fresh server of backend b.
 func newStore(t *testing.T, b storetest.Backend, cfg ...store.Config) *store.Store {
 	t.Helper()
