@@ -73,19 +73,6 @@ func ErrorRow(content string) Event {
 	return NewEvent(KindError, map[string]any{"content": content})
 }
 
-// StreamDelta is a `stream_delta` event carrying a chunk of assistant text.
-func StreamDelta(content string) Event {
-	return NewEvent(KindStreamDelta, map[string]any{"content": content})
-}
-
-// StreamEnd is a `stream_end` event.
-func StreamEnd() Event { return NewEvent(KindStreamEnd, nil) }
-
-// Status is a `status` event that updates the activity indicator.
-func Status(text string, canInterrupt bool) Event {
-	return NewEvent(KindStatus, map[string]any{"text": text, "canInterrupt": canInterrupt})
-}
-
 // TokenBudget is a `status` event with text "token_budget".
 func TokenBudget(budget map[string]any) Event {
 	return NewEvent(KindStatus, map[string]any{"text": "token_budget", "tokenBudget": budget})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -388,6 +389,11 @@ func (s *Server) activeSessions(ctx context.Context, c *conn) {
 		out.Sessions[sess.Provider] = append(out.Sessions[sess.Provider], sess.ID)
 	}
 	c.reply(out)
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }
 
 func firstNonEmpty(vals ...string) string {

@@ -41,8 +41,6 @@ type hub struct {
 	st  *store.Store
 	sub *store.Subscriber
 	log *slog.Logger
-	// broadcast sends a frame to every chat socket of this gateway.
-	broadcast func(frame []byte)
 
 	mu    sync.Mutex
 	feeds map[string]*feed
@@ -77,7 +75,7 @@ type heldFrame struct {
 }
 
 func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte)) *hub {
-	h := &hub{st: st, log: log, feeds: map[string]*feed{}, broadcast: broadcast}
+	h := &hub{st: st, log: log, feeds: map[string]*feed{}}
 	h.sub = st.NewSubscriber(store.SubscriberHandlers{Event: h.event, Resync: h.resync, Broadcast: broadcast})
 	return h
 }

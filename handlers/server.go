@@ -170,7 +170,9 @@ func (s *Server) newChatSockets() *melody.Melody {
 	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.Upgrader.CheckOrigin = func(r *http.Request) bool { return originAllowed(r, s.cfg.AllowedOrigins) }
 	m.HandleConnect(func(ms *melody.Session) {
-		c := connOf(ms)
+		user, _ := ms.Get("user")
+		c := newConn(ms, user.(app.User), s.cfg.QueueSize)
+		ms.Set("conn", c)
 		s.mu.Lock()
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
@@ -216,7 +218,7 @@ func (s *Server) serveChat(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
 	}
 	upgraded := make(chan struct{})
-	keys := map[string]any{"user": user, "queue": s.cfg.QueueSize, "upgraded": upgraded}
+	keys := map[string]any{"user": user, "upgraded": upgraded}
 	done := make(chan error, 1)
 	go func() { done <- s.chat.HandleRequestWithKeys(c.Response(), c.Request(), keys) }()
 	select {
@@ -232,24 +234,11 @@ func (s *Server) serveChat(c echo.Context) error {
 	}
 }
 
-// connOf returns the conn of a melody session, creating it on first use
-// (HandleConnect runs first, on the socket's own goroutine).
+// connOf returns the conn HandleConnect attached to a melody session;
+// melody calls HandleConnect before any other handler of the session.
 func connOf(ms *melody.Session) *conn {
-	if v, ok := ms.Get("conn"); ok {
-		return v.(*conn)
-	}
-	user, _ := ms.Get("user")
-	c := newConn(ms, user.(app.User), queueSizeOf(ms))
-	ms.Set("conn", c)
-	return c
-}
-
-// queueSizeOf reads the queue size the session's melody was built with.
-func queueSizeOf(ms *melody.Session) int {
-	if v, ok := ms.Get("queue"); ok {
-		return v.(int)
-	}
-	return DefaultQueueSize
+	v, _ := ms.Get("conn")
+	return v.(*conn)
 }
 
 func (s *Server) broadcast(frame []byte) {

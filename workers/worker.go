@@ -65,9 +65,7 @@ type Worker struct {
 	mu   sync.Mutex
 	runs map[string]*run // by session id
 
-	wg       sync.WaitGroup // one per run
-	draining chan struct{}
-	drainOne sync.Once
+	wg sync.WaitGroup // one per run
 
 	// pollBlock bounds each blocking read of the jobs stream and the inbox:
 	// a blocking read ignores ctx, so this is also how long Run takes to
@@ -101,7 +99,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	return &Worker{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
-		runs: map[string]*run{}, draining: make(chan struct{}), pollBlock: time.Second,
+		runs: map[string]*run{}, pollBlock: time.Second,
 	}, nil
 }
 
@@ -136,7 +134,6 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // drain waits for running runs, then kills what is left.
 func (w *Worker) drain() {
-	w.drainOne.Do(func() { close(w.draining) })
 	done := make(chan struct{})
 	go func() { w.wg.Wait(); close(done) }()
 	select {
