@@ -83,6 +83,12 @@ func TestBadFramesGetClearErrors(t *testing.T) {
 		require.Equal(t, "error", m["type"], tc.frame)
 		require.Equal(t, tc.want, m["error"], tc.frame)
 	}
+	many := make([]map[string]any, maxSubscribe+1)
+	for i := range many {
+		many[i] = map[string]any{"sessionId": "s"}
+	}
+	c.send(map[string]any{"type": "subscribe", "sessions": many})
+	require.Equal(t, "Too many sessions: at most 100 per subscribe", c.next()["error"])
 	// Binary frames are refused too, and none of this closed the socket.
 	require.NoError(t, c.ws.WriteMessage(websocket.BinaryMessage, []byte{1, 2}))
 	require.Equal(t, "Invalid websocket payload", c.next()["error"])

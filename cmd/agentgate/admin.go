@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -22,6 +23,9 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	ttl := fs.String("ttl", "24h", "validity, e.g. 24h or 7d")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("token: unexpected argument %q", fs.Arg(0))
 	}
 	if err := finish(); err != nil {
 		return err
@@ -44,11 +48,16 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// openStore connects to the configured Redis for an admin command.
-func openStore(ctx context.Context, name string, args []string, stderr io.Writer) (*store.Store, []string, error) {
+// openStore connects to the configured Redis for an admin command and
+// returns its positional arguments. extra registers the command's own flags.
+func openStore(ctx context.Context, name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*store.Store, []string, error) {
 	var c config
 	fs, finish := newFlags(name, stderr, &c)
-	if err := fs.Parse(args); err != nil {
+	if extra != nil {
+		extra(fs)
+	}
+	positional, err := parseInterspersed(fs, args)
+	if err != nil {
 		return nil, nil, err
 	}
 	if err := finish(); err != nil {
@@ -61,7 +70,7 @@ func openStore(ctx context.Context, name string, args []string, stderr io.Writer
 	if err != nil {
 		return nil, nil, err
 	}
-	return st, fs.Args(), nil
+	return st, positional, nil
 }
 
 // runSessions is the admin view of sessions: ls, show ID, abort ID.
@@ -70,11 +79,12 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return errors.New("sessions: ls, show ID or abort ID")
 	}
 	sub, rest := args[0], args[1:]
-	running := false
-	if sub == "ls" && len(rest) > 0 && rest[0] == "--running" {
-		running, rest = true, rest[1:]
-	}
-	st, pos, err := openStore(ctx, "sessions "+sub, rest, stderr)
+	var running bool
+	st, pos, err := openStore(ctx, "sessions "+sub, rest, stderr, func(fs *flag.FlagSet) {
+		if sub == "ls" {
+			fs.BoolVar(&running, "running", false, "only sessions with a run in progress")
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -136,7 +146,7 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 // runMigrate applies the key-schema migrations.
 func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	st, _, err := openStore(ctx, "migrate", args, stderr)
+	st, _, err := openStore(ctx, "migrate", args, stderr, nil)
 	if err != nil {
 		return err
 	}

@@ -68,6 +68,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("unknown command %q", cmd)
 }
 
+// parseInterspersed parses flags wherever they stand among the positional
+// arguments (`sessions show ID --redis URL`), which flag.Parse alone stops
+// at, and returns the positional arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
 // newFlags returns a flag set bound to the configuration table.
 func newFlags(name string, stderr io.Writer, c *config) (*flag.FlagSet, func() error) {
 	fs := flag.NewFlagSet("agentgate "+name, flag.ContinueOnError)

@@ -66,6 +66,7 @@ func TestToken(t *testing.T) {
 		{"token", "--user", "alice"},
 		{"token", "--user", "a:b", "--jwt-secret", "s"},
 		{"token", "--user", "alice", "--jwt-secret", "s", "--ttl", "forever"},
+		{"token", "--user", "alice", "--jwt-secret", "s", "extra"},
 	} {
 		require.Error(t, run(context.Background(), args, io.Discard, io.Discard), args)
 	}
@@ -77,6 +78,7 @@ func TestGatewayAndWorkerNeedRedis(t *testing.T) {
 		err := run(context.Background(), []string{cmd}, io.Discard, io.Discard)
 		require.ErrorContains(t, err, "--redis", cmd)
 	}
+	require.ErrorContains(t, run(context.Background(), []string{"serve", "--listen", "127.0.0.1:0", "oops"}, io.Discard, io.Discard), "unexpected argument")
 	err := run(context.Background(), []string{"nonsense"}, io.Discard, io.Discard)
 	require.ErrorContains(t, err, "unknown command")
 	require.ErrorIs(t, run(context.Background(), nil, io.Discard, io.Discard), flag.ErrHelp)

@@ -33,6 +33,9 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("agentgate %s: unexpected argument %q", mode, fs.Arg(0))
+	}
 	if err := finish(); err != nil {
 		return err
 	}
