@@ -3,9 +3,7 @@ package workers
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
@@ -50,8 +48,7 @@ func NewReaper(cfg ReaperConfig) (*Reaper, error) {
 		return nil, errors.New("workers: reaper without a store")
 	}
 	if cfg.Holder == "" {
-		host, _ := os.Hostname()
-		cfg.Holder = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), app.NewID()[:6])
+		cfg.Holder = instanceName()
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultReapInterval

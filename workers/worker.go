@@ -82,8 +82,7 @@ func New(cfg Config) (*Worker, error) {
 		return nil, errors.New("workers: no providers")
 	}
 	if cfg.ID == "" {
-		host, _ := os.Hostname()
-		cfg.ID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), app.NewID()[:6])
+		cfg.ID = instanceName()
 	}
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = DefaultHeartbeatInterval
@@ -285,6 +284,13 @@ func (w *Worker) bin(p app.Provider) string {
 		return b
 	}
 	return DefaultBins[p]
+}
+
+// instanceName names this process in Redis (worker ids, lease holders):
+// readable for an admin, unique across restarts.
+func instanceName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), app.NewID()[:6])
 }
 
 func sleep(ctx context.Context, d time.Duration) {
