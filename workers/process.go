@@ -69,17 +69,28 @@ func (p *process) killGroup() {
 	}
 }
 
-// killHolders kills every process that holds one of the pipes open: after
-// the leader has exited, a child still holding its stdout or stderr is one
-// that left the group (setsid), and no process may outlive its run.
-func killHolders(pipes ...*os.File) {
-	targets := map[string]bool{}
+// pipeLinks names the pipes as /proc/PID/fd links show them, for
+// killHolders. Stat rather than Fd: Fd would switch the file to blocking
+// mode under a concurrent Read.
+func pipeLinks(pipes ...*os.File) map[string]bool {
+	links := map[string]bool{}
 	for _, f := range pipes {
-		var st syscall.Stat_t
-		if err := syscall.Fstat(int(f.Fd()), &st); err == nil {
-			targets["pipe:["+strconv.FormatUint(st.Ino, 10)+"]"] = true
+		fi, err := f.Stat()
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			links["pipe:["+strconv.FormatUint(st.Ino, 10)+"]"] = true
 		}
 	}
+	return links
+}
+
+// killHolders kills every process that holds one of the pipes (named by
+// pipeLinks) open: after the leader has exited, a child still holding its
+// stdout or stderr is one that left the group (setsid), and no process may
+// outlive its run.
+func killHolders(targets map[string]bool) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil || len(targets) == 0 {
 		return

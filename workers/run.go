@@ -192,7 +192,10 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		}
 	}()
 	pumped := make(chan struct{})
+	watched := make(chan struct{})
+	holders := pipeLinks(outR, errR)
 	go func() {
+		defer close(watched)
 		_ = cmd.Wait()
 		close(p.exited)
 		// Children left behind in the group die with their run.
@@ -204,7 +207,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 			select {
 			case <-done:
 			case <-grace:
-				killHolders(outR, errR)
+				killHolders(holders)
 				_ = outR.Close()
 				_ = errR.Close()
 				return
@@ -217,6 +220,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	close(pumped)
 	<-p.exited
 	<-errDone
+	<-watched // it may still be using the pipes
 	final, code := parser.End(exitCode(cmd.ProcessState))
 	if code != 0 && len(final) == 0 && !r.sawErrorRow && errBuf.Len() > 0 {
 		final = append(final, app.ErrorRow(strings.TrimSpace(errBuf.String())))
