@@ -65,5 +65,9 @@ func (k keys) lease(name string) string { return k.prefix + ":lease:" + name }
 // schema holds the key-schema version.
 func (k keys) schema() string { return k.prefix + ":schema" }
 
+// permissions indexes every pending permission request: request id ->
+// session id, so an answer can be routed from its request id alone.
+func (k keys) permissions() string { return k.prefix + ":permissions" }
+
 // broadcast is the pub/sub channel of messages for every chat socket.
 func (k keys) broadcast() string { return k.prefix + ":broadcast" }

@@ -1,23 +1,98 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/app"
 )
 
+// AskPermission records a permission request of a run (permission_ask.lua):
+// its permission_request event, the pending request in
+// `ag:session:{ID}:perms`, and the request id in the index that routes
+// answers. It returns app.ErrStaleRun when the run is no longer current.
+func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPermission) error {
+	p.SessionID = run.SessionID
+	body, err := s.eventBody(run.SessionID, run.Provider, app.PermissionRequest(p))
+	if err != nil {
+		return fmt.Errorf("store: ask permission %s: %w", p.RequestID, err)
+	}
+	pending, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("store: ask permission %s: %w", p.RequestID, err)
+	}
+	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID), s.k.permissions()}
+	err = permissionAsk.Run(ctx, s.rdb, keys,
+		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), p.RequestID, body, pending).Err()
+	if err != nil {
+		return fmt.Errorf("store: ask permission %s: %w", p.RequestID, scriptError(err))
+	}
+	return nil
+}
+
+// SettlePermission removes a pending request (permission_settle.lua). With
+// a reason (app.PermissionTimeout, app.PermissionCancelled) it appends the
+// permission_cancelled event too; with "" (an answer) it appends nothing.
+// It reports whether the request was still pending.
+func (s *Store) SettlePermission(ctx context.Context, run RunRef, requestID, reason string) (bool, error) {
+	var body []byte
+	if reason != "" {
+		var err error
+		if body, err = s.eventBody(run.SessionID, run.Provider, app.PermissionCancelledEvent(requestID, reason)); err != nil {
+			return false, fmt.Errorf("store: settle permission %s: %w", requestID, err)
+		}
+	}
+	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID), s.k.permissions()}
+	n, err := permissionSettle.Run(ctx, s.rdb, keys,
+		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), requestID, body).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: settle permission %s: %w", requestID, err)
+	}
+	return n == 1, nil
+}
+
+// PermissionSession returns the session a pending request belongs to, or
+// app.ErrNotFound.
+func (s *Store) PermissionSession(ctx context.Context, requestID string) (string, error) {
+	id, err := s.rdb.HGet(ctx, s.k.permissions(), requestID).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", app.ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("store: find permission %s: %w", requestID, err)
+	}
+	return id, nil
+}
+
 // PendingPermissions returns the pending permission requests of a session,
-// as stored in `ag:session:{ID}:perms` (request id -> request JSON).
+// as stored in `ag:session:{ID}:perms` (request id -> request JSON), oldest
+// first.
 func (s *Store) PendingPermissions(ctx context.Context, sessionID string) ([]json.RawMessage, error) {
 	vals, err := s.rdb.HVals(ctx, s.k.perms(sessionID)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("store: read permissions of %s: %w", sessionID, err)
 	}
-	out := make([]json.RawMessage, 0, len(vals))
+	type entry struct {
+		raw json.RawMessage
+		at  int64
+	}
+	entries := make([]entry, 0, len(vals))
 	for _, v := range vals {
-		if json.Valid([]byte(v)) {
-			out = append(out, json.RawMessage(v))
+		var p app.PendingPermission
+		if json.Unmarshal([]byte(v), &p) == nil {
+			entries = append(entries, entry{json.RawMessage(v), p.ReceivedAt})
 		}
+	}
+	slices.SortStableFunc(entries, func(a, b entry) int { return cmp.Compare(a.at, b.at) })
+	out := make([]json.RawMessage, len(entries))
+	for i, e := range entries {
+		out[i] = e.raw
 	}
 	return out, nil
 }

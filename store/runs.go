@@ -153,9 +153,15 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 	if err != nil {
 		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
 	}
-	args := make([]any, 0, 9+2*len(before))
+	cancelled := app.PermissionCancelledEvent(requestPlaceholder, app.PermissionCancelled)
+	cancelled.ID = string(app.KindPermissionCancelled) + "_" + requestPlaceholder
+	cancelBody, err := s.eventBody(run.SessionID, run.Provider, cancelled)
+	if err != nil {
+		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
+	}
+	args := make([]any, 0, 10+2*len(before))
 	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), string(o.State()),
-		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, len(before))
+		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, cancelBody, len(before))
 	for _, ev := range before {
 		body, err := s.eventBody(run.SessionID, run.Provider, ev)
 		if err != nil {
@@ -172,7 +178,7 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 	}
 	keys := []string{
 		s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.running(),
-		s.k.userSessions(owner), s.k.perms(run.SessionID),
+		s.k.userSessions(owner), s.k.perms(run.SessionID), s.k.permissions(),
 	}
 	res, err := runCompleteScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
@@ -187,6 +193,10 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 	out.Seq, _ = res[2].(int64)
 	return out, nil
 }
+
+// requestPlaceholder stands for a request id in the permission_cancelled
+// body that run_complete.lua fills in for each request still pending.
+const requestPlaceholder = "@REQ@"
 
 // Abort records the abort of the session's current run and emits its single
 // complete{aborted:true, exitCode:0}. It returns app.ErrNoActiveRun when the

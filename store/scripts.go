@@ -17,6 +17,10 @@ var (
 	runAppendLua string
 	//go:embed lua/run_complete.lua
 	runCompleteLua string
+	//go:embed lua/permission_ask.lua
+	permissionAskLua string
+	//go:embed lua/permission_settle.lua
+	permissionSettleLua string
 	//go:embed lua/run_claim.lua
 	runClaimLua string
 	//go:embed lua/lease_acquire.lua
@@ -30,6 +34,8 @@ var (
 	runAppendScript    = redis.NewScript(preludeLua + runAppendLua)
 	runCompleteScript  = redis.NewScript(preludeLua + runCompleteLua)
 	runClaimScript     = redis.NewScript(runClaimLua)
+	permissionAsk      = redis.NewScript(preludeLua + permissionAskLua)
+	permissionSettle   = redis.NewScript(preludeLua + permissionSettleLua)
 	leaseAcquireScript = redis.NewScript(leaseAcquireLua)
 	leaseReleaseScript = redis.NewScript(leaseReleaseLua)
 )

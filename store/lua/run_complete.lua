@@ -1,19 +1,22 @@
 -- run_complete.lua ends a run: the one door through which normal exit,
 -- failure, abort and worker loss all pass, so the first caller wins and
 -- every later one changes nothing. It appends any final events (error rows),
--- the run's single complete, the terminal session-state-changed, and
--- releases the session.
+-- a permission_cancelled for each request still pending, the run's single
+-- complete, the terminal session-state-changed, and releases the session.
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
 -- KEYS[3] running set       KEYS[4] owner's session set
 -- KEYS[5] session permissions hash
+-- KEYS[6] permission index (hash: request id -> session id)
 -- ARGV[1] runId, or "" for whatever run is current (abort)
 -- ARGV[2] stream MAXLEN     ARGV[3] pub/sub channel
 -- ARGV[4] final state       ARGV[5] exit code
 -- ARGV[6] retention of the stream once finished, seconds
 -- ARGV[7] complete body     ARGV[8] session-state-changed body
--- ARGV[9] number of events N to append before complete
--- ARGV[10 .. 9+2N]          kind, body pairs
+-- ARGV[9] permission_cancelled body in which "@REQ@" stands for the
+--         request id (ids are plain: see app.ValidRequestID)
+-- ARGV[10] number of events N to append before complete
+-- ARGV[11 .. 10+2N]         kind, body pairs
 --
 -- Returns {runId, worker, seq of complete}, or the error "STALE".
 local hash = KEYS[1]
@@ -22,9 +25,16 @@ if cur[2] ~= 'running' or (ARGV[1] ~= '' and cur[1] ~= ARGV[1]) then
   return redis.error_reply('STALE')
 end
 local runId = cur[1]
-local n = tonumber(ARGV[9])
+local n = tonumber(ARGV[10])
 for i = 0, n - 1 do
-  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, ARGV[10 + 2 * i], ARGV[11 + 2 * i], '')
+  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, ARGV[11 + 2 * i], ARGV[12 + 2 * i], '')
+end
+local pending = redis.call('HKEYS', KEYS[5])
+table.sort(pending)
+for _, rid in ipairs(pending) do
+  local body = string.gsub(ARGV[9], '@REQ@', rid)
+  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'permission_cancelled', body, '')
+  redis.call('HDEL', KEYS[6], rid)
 end
 local seq = emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'complete', ARGV[7], '')
 local now = now_ms()

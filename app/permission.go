@@ -1,0 +1,209 @@
+package app
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Reasons of a permission_cancelled event.
+const (
+	PermissionTimeout   = "timeout"
+	PermissionCancelled = "cancelled"
+)
+
+// Deny messages the provider receives when no one answered.
+const (
+	DenyTimedOut  = "Permission request timed out"
+	DenyCancelled = "Permission request cancelled"
+	DenyByUser    = "User denied tool use"
+	DenyBySetting = "Tool disallowed by settings"
+)
+
+// DefaultPermissionTimeout is how long a tool waits for an answer
+// (PROTOCOL §3.6, AGENTGATE_PERMISSION_TIMEOUT).
+const DefaultPermissionTimeout = 55 * time.Second
+
+// interactiveTools ask the user something and are pointless to answer
+// automatically: they always wait for the user, without a timeout.
+var interactiveTools = map[string]bool{"AskUserQuestion": true, "ExitPlanMode": true}
+
+// InteractiveTool reports whether a tool is a question to the user: it is
+// always asked, whatever the settings, and never times out.
+func InteractiveTool(name string) bool { return interactiveTools[name] }
+
+var requestIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_.\-:]+$`)
+
+// ValidRequestID reports whether id can name a permission request: the
+// same alphabet and length as a session id, so it can sit in a Redis key
+// and in a JSON string without escaping.
+func ValidRequestID(id string) bool {
+	return len(id) > 0 && len(id) <= MaxSessionIDLen && requestIDPattern.MatchString(id)
+}
+
+// PendingPermission is a permission request waiting for an answer, as
+// stored in `ag:session:{ID}:perms` and sent in pending-permissions-response.
+type PendingPermission struct {
+	RequestID  string          `json:"requestId"`
+	ToolName   string          `json:"toolName"`
+	Input      json.RawMessage `json:"input"`
+	SessionID  string          `json:"sessionId"`
+	ReceivedAt int64           `json:"receivedAt"`
+}
+
+// PermissionRequest is the `permission_request` event of a pending request.
+func PermissionRequest(p PendingPermission) Event {
+	return NewEvent(KindPermissionRequest, map[string]any{
+		"requestId": p.RequestID, "toolName": p.ToolName, "input": inputOrEmpty(p.Input),
+	})
+}
+
+// PermissionCancelledEvent is the `permission_cancelled` event of a request
+// that got no answer, for reason PermissionTimeout or PermissionCancelled.
+func PermissionCancelledEvent(requestID, reason string) Event {
+	return NewEvent(KindPermissionCancelled, map[string]any{"requestId": requestID, "reason": reason})
+}
+
+func inputOrEmpty(raw json.RawMessage) any {
+	if len(raw) == 0 {
+		return map[string]any{}
+	}
+	return raw
+}
+
+// PermissionAnswer is a user's answer to a permission request
+// (claude-permission-response), as it travels to the worker.
+type PermissionAnswer struct {
+	RequestID     string          `json:"requestId"`
+	Allow         bool            `json:"allow"`
+	UpdatedInput  json.RawMessage `json:"updatedInput,omitempty"`
+	Message       string          `json:"message,omitempty"`
+	RememberEntry string          `json:"rememberEntry,omitempty"`
+}
+
+// maxRememberEntry bounds a rememberEntry: a tool name or a Bash prefix rule.
+const maxRememberEntry = 1024
+
+// AnswerOf validates a claude-permission-response frame. A malformed one is
+// answered with the returned error; an unknown request id is not an error
+// here (like the reference, it is ignored later).
+func AnswerOf(msg ClientMessage) (PermissionAnswer, error) {
+	var id string
+	if json.Unmarshal(msg.RequestID, &id) != nil || !ValidRequestID(id) {
+		return PermissionAnswer{}, WireError("claude-permission-response needs a requestId string")
+	}
+	a := PermissionAnswer{RequestID: id, Allow: msg.Allow != nil && *msg.Allow, Message: msg.Message}
+	if len(msg.UpdatedInput) > 0 && string(msg.UpdatedInput) != "null" {
+		if msg.UpdatedInput[0] != '{' {
+			return PermissionAnswer{}, WireError("updatedInput must be an object")
+		}
+		a.UpdatedInput = msg.UpdatedInput
+	}
+	if len(msg.RememberEntry) > 0 && string(msg.RememberEntry) != "null" {
+		var entry string
+		if json.Unmarshal(msg.RememberEntry, &entry) != nil || len(entry) > maxRememberEntry {
+			return PermissionAnswer{}, WireError("rememberEntry must be a tool name string")
+		}
+		a.RememberEntry = entry
+	}
+	return a, nil
+}
+
+// Decision is what the tool rules say about one tool use.
+type Decision int
+
+// Decisions of ToolRules.Decide.
+const (
+	Ask Decision = iota
+	Allow
+	Deny
+)
+
+// ToolRules decide a tool use without asking the user: the run's
+// bypassPermissions mode and its allowed and disallowed tool lists.
+type ToolRules struct {
+	Bypass     bool
+	Allowed    []string
+	Disallowed []string
+}
+
+// RulesOf returns the tool rules of a run's options, the way the reference
+// applies them: skipPermissions means bypass unless the mode is plan.
+func RulesOf(o RunOptions) ToolRules {
+	mode := o.PermissionMode
+	if o.Tools.SkipPermissions && mode != "plan" {
+		mode = "bypassPermissions"
+	}
+	return ToolRules{
+		Bypass:     mode == "bypassPermissions",
+		Allowed:    append([]string(nil), o.Tools.AllowedTools...),
+		Disallowed: append([]string(nil), o.Tools.DisallowedTools...),
+	}
+}
+
+// Decide says whether a tool use is allowed, denied or must be asked.
+// Questions to the user are always asked; then bypass allows, a disallowed
+// rule denies, an allowed rule allows.
+func (r ToolRules) Decide(tool string, input json.RawMessage) Decision {
+	switch {
+	case InteractiveTool(tool):
+		return Ask
+	case r.Bypass:
+		return Allow
+	case matchesAny(r.Disallowed, tool, input):
+		return Deny
+	case matchesAny(r.Allowed, tool, input):
+		return Allow
+	}
+	return Ask
+}
+
+// Remember allows entry for the rest of the run (rememberEntry).
+func (r *ToolRules) Remember(entry string) {
+	if entry == "" {
+		return
+	}
+	r.Disallowed = removeString(r.Disallowed, entry)
+	r.Allowed = append(removeString(r.Allowed, entry), entry)
+}
+
+func matchesAny(rules []string, tool string, input json.RawMessage) bool {
+	for _, rule := range rules {
+		if ruleMatches(rule, tool, input) {
+			return true
+		}
+	}
+	return false
+}
+
+// ruleMatches matches one rule: an exact tool name, or `Bash(prefix:*)`,
+// which matches Bash commands that start with prefix.
+func ruleMatches(rule, tool string, input json.RawMessage) bool {
+	rule = strings.TrimSpace(rule)
+	if rule == tool {
+		return true
+	}
+	name, arg, ok := strings.Cut(rule, "(")
+	if !ok || name != tool || tool != "Bash" || !strings.HasSuffix(arg, ":*)") {
+		return false
+	}
+	prefix := strings.TrimSuffix(arg, ":*)")
+	var in struct {
+		Command string `json:"command"`
+	}
+	if prefix == "" || json.Unmarshal(input, &in) != nil {
+		return false
+	}
+	return strings.HasPrefix(strings.TrimSpace(in.Command), prefix)
+}
+
+func removeString(list []string, s string) []string {
+	out := list[:0]
+	for _, v := range list {
+		if v != s {
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -1,0 +1,83 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+func TestPermissionLifecycle(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+
+		for i, id := range []string{"req-1", "req-2", "req-3"} {
+			require.NoError(t, st.AskPermission(ctx, ref, app.PendingPermission{
+				RequestID: id, ToolName: "Bash", Input: json.RawMessage(`{"command":"touch x"}`), ReceivedAt: int64(100 + i),
+			}))
+		}
+		pending, err := st.PendingPermissions(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Len(t, pending, 3)
+		first := decode(t, pending[0])
+		require.Equal(t, "req-1", first["requestId"], "oldest first")
+		require.Equal(t, sess.ID, first["sessionId"])
+		require.Equal(t, map[string]any{"command": "touch x"}, first["input"])
+
+		owner, err := st.PermissionSession(ctx, "req-2")
+		require.NoError(t, err)
+		require.Equal(t, sess.ID, owner)
+
+		// An answer settles silently, once.
+		ok, err := st.SettlePermission(ctx, ref, "req-1", "")
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = st.SettlePermission(ctx, ref, "req-1", app.PermissionTimeout)
+		require.NoError(t, err)
+		require.False(t, ok, "settled twice")
+		_, err = st.PermissionSession(ctx, "req-1")
+		require.ErrorIs(t, err, app.ErrNotFound)
+
+		// A timeout says so.
+		ok, err = st.SettlePermission(ctx, ref, "req-2", app.PermissionTimeout)
+		require.NoError(t, err)
+		require.True(t, ok)
+
+		// The end of the run cancels what is still pending, before complete.
+		_, err = st.Abort(ctx, sess.ID, app.Claude)
+		require.NoError(t, err)
+		pending, err = st.PendingPermissions(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Empty(t, pending)
+		_, err = st.PermissionSession(ctx, "req-3")
+		require.ErrorIs(t, err, app.ErrNotFound)
+
+		evs, err := st.Events(ctx, sess.ID, 0, 100)
+		require.NoError(t, err)
+		require.Equal(t, []string{"session_created", "session-state-changed",
+			"permission_request", "permission_request", "permission_request",
+			"permission_cancelled", "permission_cancelled", "complete", "session-state-changed"}, kinds(evs))
+		timeout := decode(t, evs[5].Data)
+		require.Equal(t, "req-2", timeout["requestId"])
+		require.Equal(t, "timeout", timeout["reason"])
+		cancelled := decode(t, evs[6].Data)
+		require.Equal(t, "req-3", cancelled["requestId"])
+		require.Equal(t, "cancelled", cancelled["reason"])
+		require.Equal(t, "permission_cancelled_req-3", cancelled["id"])
+		require.Equal(t, res.RunID, cancelled["runId"])
+		req := decode(t, evs[2].Data)
+		require.Equal(t, "Bash", req["toolName"])
+		require.Equal(t, "req-1", req["requestId"])
+
+		// A stale run can neither ask nor emit.
+		err = st.AskPermission(ctx, ref, app.PendingPermission{RequestID: "req-4", ToolName: "Bash"})
+		require.ErrorIs(t, err, app.ErrStaleRun)
+	})
+}
