@@ -158,6 +158,9 @@ type SessionStatus struct {
 	LastSeq      int64    `json:"lastSeq"`
 	// Recovered is false when the requested replay was no longer stored.
 	Recovered *bool `json:"recovered,omitempty"`
+	// PendingPermissions are the run's tool requests still waiting for an
+	// answer, as in pending-permissions-response.
+	PendingPermissions []json.RawMessage `json:"pendingPermissions,omitempty"`
 }
 
 // StatusOf builds the session-status reply for a session the caller may see.

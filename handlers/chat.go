@@ -62,8 +62,7 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	case "get-active-sessions":
 		s.activeSessions(ctx, c)
 	case "claude-permission-response":
-		// Tool permissions arrive with their own issue; like the reference,
-		// an answer to an unknown request is ignored without a reply.
+		s.permissionResponse(ctx, c, msg)
 	default:
 		c.reply(app.NewErrorReply("Unknown message type: " + truncate(msg.Type, 100)))
 	}
@@ -341,6 +340,11 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		return
 	}
 	status := app.StatusOf(sess)
+	if sess.Running() {
+		if perms, err := s.st.PendingPermissions(ctx, sessionID); err == nil && len(perms) > 0 {
+			status.PendingPermissions = perms
+		}
+	}
 	next := sess.LastSeq + 1
 	if lastSeq != nil {
 		recovered := true
@@ -372,6 +376,41 @@ func (s *Server) pendingPermissions(ctx context.Context, c *conn, sessionID stri
 		}
 	}
 	c.reply(out)
+}
+
+// permissionResponse forwards a user's answer to the worker running the
+// request's session, through its inbox: the answer may come from any socket
+// of the owner on any gateway. Like the reference it sends no reply, and an
+// unknown request (or another user's) is ignored; only a malformed frame is
+// answered with an error.
+func (s *Server) permissionResponse(ctx context.Context, c *conn, msg app.ClientMessage) {
+	ans, err := app.AnswerOf(msg)
+	if err != nil {
+		c.reply(app.NewErrorReply(err.Error()))
+		return
+	}
+	sessionID, err := s.st.PermissionSession(ctx, ans.RequestID)
+	if err != nil {
+		if !errors.Is(err, app.ErrNotFound) {
+			s.log.Warn("find permission request", "err", err)
+		}
+		return
+	}
+	sess, err := s.st.Session(ctx, sessionID)
+	if err != nil || !c.user.CanSee(sess.Owner) || !sess.Running() || sess.Worker == "" {
+		return
+	}
+	data, err := json.Marshal(ans)
+	if err != nil {
+		return
+	}
+	err = s.st.SendControl(ctx, sess.Worker, store.Control{
+		Type: store.ControlPermission, SessionID: sessionID, RunID: sess.RunID, Data: data,
+	})
+	if err != nil {
+		s.log.Warn("forward permission answer", "session", sessionID, "err", err)
+		c.reply(app.ErrorReply{Type: "error", Error: "Gateway could not deliver the answer; try again", SessionID: sessionID})
+	}
 }
 
 // activeSessions answers get-active-sessions with the caller's running

@@ -26,6 +26,8 @@ type Control struct {
 // Control types.
 const (
 	ControlAbort = "abort"
+	// ControlPermission carries an app.PermissionAnswer in Data.
+	ControlPermission = "permission"
 )
 
 // ControlEntry is a control message read from an inbox.

@@ -10,12 +10,18 @@ import (
 	"github.com/agentgate/agentgate/app"
 )
 
-// ClaudeProvider runs the Claude Code CLI in print mode with stream-json
-// output: `claude -p --output-format stream-json --verbose …`, the prompt on
-// stdin (an argument is limited to 128 KiB on Linux; stdin is not).
+// ClaudeProvider runs the Claude Code CLI in print mode with its stream-json
+// control channel: `claude -p --input-format stream-json --output-format
+// stream-json --verbose --permission-prompt-tool stdio …`. The prompt is the
+// first stdin line (an argument is limited to 128 KiB on Linux; stdin is
+// not); the CLI then asks on stdout whether each tool may run and reads the
+// answers on stdin, and exits once stdin is closed after its result.
 type ClaudeProvider struct{}
 
-var _ Provider = ClaudeProvider{}
+var (
+	_ Provider       = ClaudeProvider{}
+	_ Conversational = ClaudeProvider{}
+)
 
 // Name implements Provider.
 func (ClaudeProvider) Name() app.Provider { return app.Claude }
@@ -27,7 +33,8 @@ func (ClaudeProvider) InstallHint() string {
 
 // Command implements Provider.
 func (ClaudeProvider) Command(job app.Job, env []string) ([]string, []byte) {
-	args := []string{"-p", "--output-format", "stream-json", "--verbose"}
+	args := []string{"-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
+		"--permission-prompt-tool", "stdio"}
 	resume := job.ProviderSessionID
 	if resume == job.SessionID && !conversationSaved(env, resume) {
 		// The gateway's own id, but no earlier run got as far as saving the
@@ -58,7 +65,67 @@ func (ClaudeProvider) Command(job app.Job, env []string) ([]string, []byte) {
 		args = append(args, "--disallowedTools")
 		args = append(args, tools...)
 	}
-	return args, []byte(job.Command)
+	return args, claudeUserLine(job.Command)
+}
+
+// claudeUserLine is a prompt as a stream-json user message line.
+func claudeUserLine(prompt string) []byte {
+	line, _ := json.Marshal(map[string]any{
+		"type":               "user",
+		"message":            map[string]any{"role": "user", "content": prompt},
+		"parent_tool_use_id": nil,
+		"session_id":         "",
+	})
+	return append(line, '\n')
+}
+
+// Answer implements Conversational. The CLI refuses an allow without
+// updatedInput, so the original input is sent when the user changed none.
+func (ClaudeProvider) Answer(ask ToolAsk, allow bool, input json.RawMessage, message string) []byte {
+	var decision map[string]any
+	if allow {
+		if len(input) == 0 {
+			input = ask.Input
+		}
+		decision = map[string]any{"behavior": "allow", "updatedInput": rawOrEmpty(input)}
+	} else {
+		decision = map[string]any{"behavior": "deny", "message": message}
+	}
+	return claudeControlResponse(ask.ID, decision)
+}
+
+// Interrupt implements Conversational: the CLI stops its turn (a pending
+// permission request is withdrawn, a running tool is stopped) and prints
+// its result.
+func (ClaudeProvider) Interrupt() []byte {
+	line, _ := json.Marshal(map[string]any{
+		"type":       "control_request",
+		"request_id": "interrupt_" + app.NewID(),
+		"request":    map[string]any{"subtype": "interrupt"},
+	})
+	return append(line, '\n')
+}
+
+func claudeControlResponse(requestID string, response map[string]any) []byte {
+	line, _ := json.Marshal(map[string]any{
+		"type": "control_response",
+		"response": map[string]any{
+			"subtype": "success", "request_id": requestID, "response": response,
+		},
+	})
+	return append(line, '\n')
+}
+
+// claudeControlError refuses a control request the gateway does not serve,
+// so that the CLI does not wait for it.
+func claudeControlError(requestID, msg string) []byte {
+	line, _ := json.Marshal(map[string]any{
+		"type": "control_response",
+		"response": map[string]any{
+			"subtype": "error", "request_id": requestID, "error": msg,
+		},
+	})
+	return append(line, '\n')
 }
 
 // conversationSaved reports whether the CLI saved the conversation id where
@@ -128,6 +195,16 @@ type claudeLine struct {
 	// Errors explains a result of subtype error_during_execution (a
 	// --resume of a conversation that does not exist).
 	Errors []string `json:"errors"`
+	// RequestID and Request are set on control_request and
+	// control_cancel_request lines.
+	RequestID string         `json:"request_id"`
+	Request   *claudeRequest `json:"request"`
+}
+
+type claudeRequest struct {
+	Subtype  string          `json:"subtype"`
+	ToolName string          `json:"tool_name"`
+	Input    json.RawMessage `json:"input"`
 }
 
 type claudeMessage struct {
@@ -188,7 +265,22 @@ func (p *claudeParser) Line(line []byte) Output {
 		if l.Message != nil {
 			out.Events = p.user(l)
 		}
+	case "control_request":
+		switch {
+		case l.Request != nil && l.Request.Subtype == "can_use_tool" && l.RequestID != "" && l.Request.ToolName != "":
+			out.Ask = &ToolAsk{ID: l.RequestID, Tool: l.Request.ToolName, Input: l.Request.Input}
+		case l.RequestID != "":
+			subtype := ""
+			if l.Request != nil {
+				subtype = l.Request.Subtype
+			}
+			out.Reply = claudeControlError(l.RequestID, "agentgate does not serve control requests of subtype "+strconv.Quote(subtype))
+		}
+	case "control_cancel_request":
+		out.Withdrawn = l.RequestID
 	case "result":
+		// The turn is over: closing stdin lets the CLI exit.
+		out.EndInput = true
 		if l.IsError {
 			p.sawError = true
 			text := resultText(l.Result)

@@ -25,24 +25,28 @@ func TestClaudeResumesOnlySavedConversations(t *testing.T) {
 	env := []string{"HOME=/elsewhere", "HOME=" + home}
 	job := app.Job{SessionID: "6f1c0b4e-1b2a-4c3d-9e8f-001122334455", ProviderSessionID: "6f1c0b4e-1b2a-4c3d-9e8f-001122334455"}
 	args, _ := ClaudeProvider{}.Command(job, env)
-	require.Equal(t, []string{"--session-id", job.SessionID}, args[4:6])
+	require.Equal(t, []string{"--session-id", job.SessionID}, args[len(claudeBase):len(claudeBase)+2])
 
 	dir := filepath.Join(home, ".claude", "projects", "-work-proj")
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, job.SessionID+".jsonl"), []byte("{}\n"), 0o600))
 	args, _ = ClaudeProvider{}.Command(job, env)
-	require.Equal(t, []string{"--resume", job.SessionID}, args[4:6])
+	require.Equal(t, []string{"--resume", job.SessionID}, args[len(claudeBase):len(claudeBase)+2])
 
 	// A conversation from outside the gateway is always resumed: the CLI
 	// says so itself if it does not exist.
 	outside := app.Job{SessionID: job.SessionID, ProviderSessionID: "other"}
 	args, _ = ClaudeProvider{}.Command(outside, env)
-	require.Equal(t, []string{"--resume", "other"}, args[4:6])
+	require.Equal(t, []string{"--resume", "other"}, args[len(claudeBase):len(claudeBase)+2])
 
 	cfg := t.TempDir()
 	args, _ = ClaudeProvider{}.Command(job, append(env, "CLAUDE_CONFIG_DIR="+cfg))
-	require.Equal(t, []string{"--session-id", job.SessionID}, args[4:6], "CLAUDE_CONFIG_DIR replaces ~/.claude")
+	require.Equal(t, []string{"--session-id", job.SessionID}, args[len(claudeBase):len(claudeBase)+2], "CLAUDE_CONFIG_DIR replaces ~/.claude")
 }
+
+// claudeBase starts every Claude command line: print mode with the
+// stream-json control channel.
+var claudeBase = []string{"-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose", "--permission-prompt-tool", "stdio"}
 
 func TestClaudeCommand(t *testing.T) {
 	cases := []struct {
@@ -51,24 +55,26 @@ func TestClaudeCommand(t *testing.T) {
 		want []string
 	}{
 		{name: "new session", job: app.Job{SessionID: "s1"},
-			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1"}},
+			want: []string{"--session-id", "s1"}},
 		{name: "resume with model and mode", job: app.Job{SessionID: "s1", ProviderSessionID: "p1", Options: app.RunOptions{Model: "sonnet", PermissionMode: "acceptEdits"}},
-			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--resume", "p1", "--model", "sonnet", "--permission-mode", "acceptEdits"}},
+			want: []string{"--resume", "p1", "--model", "sonnet", "--permission-mode", "acceptEdits"}},
 		{name: "skip permissions", job: app.Job{SessionID: "s1", Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}}},
-			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1", "--permission-mode", "bypassPermissions"}},
+			want: []string{"--session-id", "s1", "--permission-mode", "bypassPermissions"}},
 		{name: "skip permissions keeps plan", job: app.Job{SessionID: "s1", Options: app.RunOptions{PermissionMode: "plan", Tools: app.ToolsSettings{SkipPermissions: true}}},
-			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1", "--permission-mode", "plan"}},
+			want: []string{"--session-id", "s1", "--permission-mode", "plan"}},
 		{name: "default mode is not passed", job: app.Job{SessionID: "s1", Options: app.RunOptions{PermissionMode: "default"}},
-			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1"}},
+			want: []string{"--session-id", "s1"}},
 		{name: "tools", job: app.Job{SessionID: "s1", Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Read", "Bash(git log:*)"}, DisallowedTools: []string{"Write"}}}},
-			want: []string{"-p", "--output-format", "stream-json", "--verbose", "--session-id", "s1", "--allowedTools", "Read", "Bash(git log:*)", "--disallowedTools", "Write"}},
+			want: []string{"--session-id", "s1", "--allowedTools", "Read", "Bash(git log:*)", "--disallowedTools", "Write"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.job.Command = "the prompt"
 			args, stdin := ClaudeProvider{}.Command(tc.job, nil)
-			require.Equal(t, tc.want, args)
-			require.Equal(t, "the prompt", string(stdin), "the prompt goes on stdin, never in an argument")
+			require.Equal(t, append(append([]string{}, claudeBase...), tc.want...), args)
+			require.JSONEq(t, `{"type":"user","message":{"role":"user","content":"the prompt"},"parent_tool_use_id":null,"session_id":""}`, string(stdin),
+				"the prompt goes on stdin as a user message, never in an argument")
+			require.True(t, strings.HasSuffix(string(stdin), "}\n"), "one line")
 		})
 	}
 }
@@ -174,6 +180,42 @@ func TestClaudeParser(t *testing.T) {
 		evs, _, _ := parsed(`Warning: something odd`, ``, `{"type":"stream_event","event":{}}`, `{"type":"unknown"}`, `[1,2]`)
 		require.Equal(t, []string{"error", "error"}, kindsOf(evs))
 	})
+	t.Run("control channel", func(t *testing.T) {
+		p := ClaudeProvider{}.NewParser(app.Job{SessionID: "s"})
+		o := p.Line([]byte(`{"type":"control_request","request_id":"424e9696-7cc9","request":{"subtype":"can_use_tool","tool_name":"Bash","display_name":"Bash","input":{"command":"touch x"},"permission_suggestions":[],"tool_use_id":"toolu_touch"}}`))
+		require.Empty(t, o.Events)
+		require.Equal(t, &ToolAsk{ID: "424e9696-7cc9", Tool: "Bash", Input: json.RawMessage(`{"command":"touch x"}`)}, o.Ask)
+
+		o = p.Line([]byte(`{"type":"control_cancel_request","request_id":"424e9696-7cc9"}`))
+		require.Equal(t, "424e9696-7cc9", o.Withdrawn)
+
+		o = p.Line([]byte(`{"type":"control_request","request_id":"r2","request":{"subtype":"hook_callback","callback_id":"c"}}`))
+		require.Nil(t, o.Ask)
+		require.JSONEq(t, `{"type":"control_response","response":{"subtype":"error","request_id":"r2","error":"agentgate does not serve control requests of subtype \"hook_callback\""}}`, string(o.Reply),
+			"a request nobody serves is refused, so the CLI does not wait for it")
+
+		o = p.Line([]byte(`{"type":"control_response","response":{"subtype":"success","request_id":"int1"}}`))
+		require.Equal(t, Output{}, o)
+
+		o = p.Line([]byte(`{"type":"result","subtype":"success","is_error":false,"result":"done"}`))
+		require.True(t, o.EndInput, "stdin is closed after the result, or the CLI never exits")
+	})
+	t.Run("answers", func(t *testing.T) {
+		ask := ToolAsk{ID: "r1", Tool: "Bash", Input: json.RawMessage(`{"command":"touch x"}`)}
+		require.JSONEq(t, `{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"behavior":"allow","updatedInput":{"command":"touch x"}}}}`,
+			string(ClaudeProvider{}.Answer(ask, true, nil, "")), "allow without input sends the original back")
+		require.JSONEq(t, `{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"behavior":"allow","updatedInput":{"command":"touch y"}}}}`,
+			string(ClaudeProvider{}.Answer(ask, true, json.RawMessage(`{"command":"touch y"}`), "")))
+		require.JSONEq(t, `{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"behavior":"deny","message":"no"}}}`,
+			string(ClaudeProvider{}.Answer(ask, false, nil, "no")))
+		var interrupt struct {
+			Type    string
+			Request struct{ Subtype string }
+		}
+		require.NoError(t, json.Unmarshal(ClaudeProvider{}.Interrupt(), &interrupt))
+		require.Equal(t, "control_request", interrupt.Type)
+		require.Equal(t, "interrupt", interrupt.Request.Subtype)
+	})
 	t.Run("provider fields cannot forge the envelope", func(t *testing.T) {
 		evs, _, _ := parsed(`{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"X","input":{"seq":1,"kind":"complete"}}]}}`)
 		require.Len(t, evs, 1)
@@ -190,6 +232,9 @@ func FuzzClaudeParser(f *testing.F) {
 		`{"type":"user","message":{"content":"plain"}}`,
 		`{"type":"result","is_error":true,"errors":["e"]}`,
 		`{"type":"assistant","message":{"content":null},"error":"x"}`,
+		`{"type":"control_request","request_id":"r","request":{"subtype":"can_use_tool","tool_name":"Bash","input":{"command":"ls"}}}`,
+		`{"type":"control_request","request_id":"r","request":null}`,
+		`{"type":"control_cancel_request","request_id":"r"}`,
 		`not json`,
 	} {
 		f.Add([]byte(seed))

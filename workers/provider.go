@@ -1,6 +1,8 @@
 package workers
 
 import (
+	"encoding/json"
+
 	"github.com/agentgate/agentgate/app"
 )
 
@@ -35,4 +37,33 @@ type Parser interface {
 type Output struct {
 	Events []app.Event
 	Set    map[string]string
+	// Ask is a tool the provider asks permission to use; the run decides or
+	// asks the user, and answers through the Conversational provider.
+	Ask *ToolAsk
+	// Withdrawn is the id of a request the provider stopped waiting for.
+	Withdrawn string
+	// Reply is a line to write to the provider's stdin at once (an answer
+	// to a control request the run need not decide).
+	Reply []byte
+	// EndInput says the provider has finished its turn: its stdin is
+	// closed, which lets it exit.
+	EndInput bool
+}
+
+// ToolAsk is a provider's request to use a tool.
+type ToolAsk struct {
+	// ID is the provider's own request id, echoed in the answer.
+	ID    string
+	Tool  string
+	Input json.RawMessage
+}
+
+// Conversational is a Provider whose stdin stays open for the whole run:
+// it asks there whether a tool may run, and can be interrupted there.
+type Conversational interface {
+	// Answer encodes the answer to ask as one stdin line: allow with the
+	// (possibly edited) input, or deny with a message for the model.
+	Answer(ask ToolAsk, allow bool, input json.RawMessage, message string) []byte
+	// Interrupt encodes a request to stop the current turn.
+	Interrupt() []byte
 }

@@ -34,6 +34,9 @@ const (
 	orphanGrace = 2 * time.Second
 	// writeTimeout bounds one store write of a run.
 	writeTimeout = 10 * time.Second
+	// interruptGrace is how long a provider asked to interrupt its turn
+	// gets to exit before it is killed.
+	interruptGrace = time.Second
 	// completeRetryFor is how long a run keeps trying to record its end
 	// while Redis is unreachable.
 	completeRetryFor = time.Minute
@@ -60,6 +63,13 @@ type run struct {
 	// sawErrorRow is set once an error row was appended (pump goroutine).
 	sawErrorRow bool
 
+	// input and perms are set for a Conversational provider, before the
+	// process starts.
+	input *providerInput
+	perms *permissions
+	// interrupt is the provider's line that stops its turn, if it has one.
+	interrupt []byte
+
 	mu      sync.Mutex
 	proc    *process
 	stopped stopReason
@@ -81,8 +91,30 @@ func (r *run) stop(reason stopReason) {
 	p := r.proc
 	r.mu.Unlock()
 	if p != nil {
-		go p.kill(killGrace)
+		go r.halt(p)
 	}
+}
+
+// halt stops a started process: first by asking a conversational provider
+// to interrupt its turn (it then stops its tools itself and exits once its
+// input is closed), then by killing whatever is left of its tree.
+func (r *run) halt(p *process) {
+	if r.interrupt != nil {
+		r.input.write(r.interrupt)
+		select {
+		case <-p.exited:
+		case <-time.After(interruptGrace):
+		}
+	}
+	p.kill(killGrace)
+}
+
+// permissions returns the run's permission requests, nil until its
+// conversational provider has started (or for other providers).
+func (r *run) permissions() *permissions {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.perms
 }
 
 func (r *run) stopReason() stopReason {
@@ -145,6 +177,17 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}
 	defer errR.Close()
 	cmd.Stdout, cmd.Stderr = outW, errW
+	conv, _ := prov.(Conversational)
+	if conv != nil && stdin != nil {
+		in := newProviderInput()
+		in.write(stdin) // first, before any interrupt
+		r.mu.Lock()
+		r.input, r.interrupt = in, conv.Interrupt()
+		r.perms = newPermissions(r, conv, in, r.w.cfg.PermissionTimeout)
+		r.mu.Unlock()
+	} else {
+		conv = nil
+	}
 	var stdinW io.WriteCloser
 	if stdin != nil {
 		if stdinW, err = cmd.StdinPipe(); err != nil {
@@ -168,9 +211,12 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	already := r.stopped != stopNone
 	r.mu.Unlock()
 	if already {
-		go p.kill(killGrace)
+		go r.halt(p)
 	}
-	if stdinW != nil {
+	switch {
+	case conv != nil:
+		go r.input.pump(stdinW)
+	case stdinW != nil:
 		go func() {
 			_, _ = stdinW.Write(stdin)
 			_ = stdinW.Close()
@@ -219,6 +265,10 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	r.pump(outR, parser)
 	close(pumped)
 	<-p.exited
+	if conv != nil {
+		r.input.close()
+		r.perms.close()
+	}
 	<-errDone
 	<-watched // it may still be using the pipes
 	final, code := parser.End(exitCode(cmd.ProcessState))
@@ -251,6 +301,16 @@ func (r *run) pump(out io.Reader, parser Parser) {
 			for k, v := range o.Set {
 				set[k] = v
 			}
+			if o.Ask != nil || o.Withdrawn != "" || o.Reply != nil || o.EndInput {
+				// What came before goes out first: the permission_request
+				// follows its tool_use.
+				if len(batch) > 0 || len(set) > 0 {
+					r.flush(batch, set)
+					batch = batch[:0]
+					clear(set)
+				}
+				r.control(o)
+			}
 		}
 		done := err != nil && !errors.Is(err, errLineTooLong)
 		if (len(batch) > 0 || len(set) > 0) && (done || len(batch) >= maxBatch || !lineBuffered(rd)) {
@@ -261,6 +321,26 @@ func (r *run) pump(out io.Reader, parser Parser) {
 		if done {
 			return
 		}
+	}
+}
+
+// control acts on what a line asked of the run's input. Providers that are
+// not conversational have no input left to act on.
+func (r *run) control(o Output) {
+	if r.input == nil {
+		return
+	}
+	if o.Reply != nil {
+		r.input.write(o.Reply)
+	}
+	if o.Withdrawn != "" {
+		r.perms.withdraw(o.Withdrawn)
+	}
+	if o.Ask != nil {
+		r.perms.ask(*o.Ask)
+	}
+	if o.EndInput {
+		r.input.close()
 	}
 }
 

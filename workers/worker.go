@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,9 @@ type Config struct {
 	// DrainTimeout is how long Shutdown lets runs finish before killing
 	// them. Zero means 10s.
 	DrainTimeout time.Duration
+	// PermissionTimeout is how long a tool waits for the user's answer
+	// before it is denied. Zero means app.DefaultPermissionTimeout.
+	PermissionTimeout time.Duration
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -248,6 +252,21 @@ func (w *Worker) control(c store.Control) {
 		w.mu.Unlock()
 		if r != nil && (c.RunID == "" || c.RunID == r.job.RunID) {
 			r.stop(stopAbort)
+		}
+	case store.ControlPermission:
+		var ans app.PermissionAnswer
+		if err := json.Unmarshal(c.Data, &ans); err != nil {
+			w.log.Warn("drop undecodable permission answer", "session", c.SessionID, "err", err)
+			return
+		}
+		w.mu.Lock()
+		r := w.runs[c.SessionID]
+		w.mu.Unlock()
+		if r == nil || c.RunID != r.job.RunID {
+			return
+		}
+		if p := r.permissions(); p != nil {
+			p.answer(ans)
 		}
 	default:
 		w.log.Warn("unknown control", "type", c.Type)

@@ -98,7 +98,8 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Providers: map[app.Provider]workers.Provider{app.Claude: workers.ClaudeProvider{}},
 			Bins:      c.bins(), Workspaces: c.workspaces(),
 			HeartbeatInterval: c.HeartbeatInterval, HeartbeatTTL: c.HeartbeatTTL, DrainTimeout: c.DrainTimeout,
-			Logger: log,
+			PermissionTimeout: c.PermissionTimeout,
+			Logger:            log,
 		})
 		if err != nil {
 			return err

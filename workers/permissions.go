@@ -1,0 +1,240 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// permissions decides the tool requests of one run: by the run's rules
+// when they say, else by asking the user through the session and waiting
+// for an answer that any gateway forwards to this worker's inbox.
+type permissions struct {
+	r       *run
+	prov    Conversational
+	in      *providerInput
+	timeout time.Duration
+
+	mu         sync.Mutex
+	rules      app.ToolRules
+	pending    map[string]*pendingAsk // by the request id the user sees
+	byProvider map[string]string      // provider's request id -> user's
+	closed     bool
+}
+
+type pendingAsk struct {
+	id    string
+	ask   ToolAsk
+	timer *time.Timer // nil for questions to the user, which never time out
+}
+
+func newPermissions(r *run, prov Conversational, in *providerInput, timeout time.Duration) *permissions {
+	if timeout <= 0 {
+		timeout = app.DefaultPermissionTimeout
+	}
+	return &permissions{
+		r: r, prov: prov, in: in, timeout: timeout,
+		rules:   app.RulesOf(r.job.Options),
+		pending: map[string]*pendingAsk{}, byProvider: map[string]string{},
+	}
+}
+
+// ask handles one request of the provider. It is called from the output
+// pump, after the events before it were appended, so the
+// permission_request follows the tool_use it is about.
+func (p *permissions) ask(a ToolAsk) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	decision := p.rules.Decide(a.Tool, a.Input)
+	if decision != app.Ask {
+		p.mu.Unlock()
+		if decision == app.Allow {
+			p.in.write(p.prov.Answer(a, true, a.Input, ""))
+		} else {
+			p.in.write(p.prov.Answer(a, false, nil, app.DenyBySetting))
+		}
+		return
+	}
+	id := a.ID
+	if !app.ValidRequestID(id) {
+		// The id travels in Redis keys and JSON as is: only plain ones.
+		id = app.NewID()
+	}
+	pa := &pendingAsk{id: id, ask: a}
+	// Registered before the request is visible, so a quick answer finds it.
+	p.pending[id] = pa
+	p.byProvider[a.ID] = id
+	if !app.InteractiveTool(a.Tool) {
+		pa.timer = time.AfterFunc(p.timeout, func() { p.expire(id) })
+	}
+	p.mu.Unlock()
+
+	req := app.PendingPermission{RequestID: id, ToolName: a.Tool, Input: a.Input, ReceivedAt: time.Now().UnixMilli()}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	err := p.r.w.st.AskPermission(ctx, p.r.ref, req)
+	cancel()
+	if err != nil {
+		// Nobody can answer a request that was not recorded: deny it
+		// rather than leave the tool waiting.
+		if p.take(id) != nil {
+			p.in.write(p.prov.Answer(a, false, nil, app.DenyCancelled))
+		}
+		if errors.Is(err, app.ErrStaleRun) {
+			p.r.stop(stopStale)
+			return
+		}
+		p.r.log.Warn("record permission request", "tool", a.Tool, "err", err)
+	}
+}
+
+// answer applies a user's answer. An unknown or already settled request id
+// is ignored, as in the reference: two tabs may answer the same request.
+func (p *permissions) answer(ans app.PermissionAnswer) {
+	pa := p.take(ans.RequestID)
+	if pa == nil {
+		return
+	}
+	if ans.Allow {
+		if ans.RememberEntry != "" {
+			p.mu.Lock()
+			p.rules.Remember(ans.RememberEntry)
+			p.mu.Unlock()
+		}
+		p.in.write(p.prov.Answer(pa.ask, true, ans.UpdatedInput, ""))
+	} else {
+		msg := ans.Message
+		if msg == "" {
+			msg = app.DenyByUser
+		}
+		p.in.write(p.prov.Answer(pa.ask, false, nil, msg))
+	}
+	p.settle(pa.id, "")
+}
+
+// expire denies a request nobody answered in time.
+func (p *permissions) expire(id string) {
+	pa := p.take(id)
+	if pa == nil {
+		return
+	}
+	p.in.write(p.prov.Answer(pa.ask, false, nil, app.DenyTimedOut))
+	p.settle(id, app.PermissionTimeout)
+}
+
+// withdraw settles a request the provider itself stopped waiting for (an
+// interrupt).
+func (p *permissions) withdraw(providerID string) {
+	p.mu.Lock()
+	id := p.byProvider[providerID]
+	p.mu.Unlock()
+	if pa := p.take(id); pa != nil {
+		p.settle(pa.id, app.PermissionCancelled)
+	}
+}
+
+// close cancels what is still pending once the provider has exited.
+func (p *permissions) close() {
+	p.mu.Lock()
+	p.closed = true
+	var left []*pendingAsk
+	for _, pa := range p.pending {
+		left = append(left, pa)
+	}
+	p.mu.Unlock()
+	for _, pa := range left {
+		if p.take(pa.id) != nil {
+			p.settle(pa.id, app.PermissionCancelled)
+		}
+	}
+}
+
+// take removes a pending request and stops its timer; nil if it was not
+// pending, so each request is settled by exactly one of its doors.
+func (p *permissions) take(id string) *pendingAsk {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pa := p.pending[id]
+	if pa == nil {
+		return nil
+	}
+	delete(p.pending, id)
+	delete(p.byProvider, pa.ask.ID)
+	if pa.timer != nil {
+		pa.timer.Stop()
+	}
+	return pa
+}
+
+func (p *permissions) settle(id, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	if _, err := p.r.w.st.SettlePermission(ctx, p.r.ref, id, reason); err != nil {
+		p.r.log.Warn("settle permission request", "request", id, "err", err)
+	}
+}
+
+// providerInput is a provider's stdin, written by one goroutine so that a
+// provider that stops reading never blocks the caller (the worker's inbox
+// loop answers permissions for every run).
+type providerInput struct {
+	mu     sync.Mutex
+	lines  chan []byte
+	closed bool
+}
+
+// inputQueue bounds the lines waiting for a provider that does not read.
+const inputQueue = 64
+
+func newProviderInput() *providerInput {
+	return &providerInput{lines: make(chan []byte, inputQueue)}
+}
+
+// write queues a line; after close, or when the provider has stopped
+// reading for inputQueue lines, the line is dropped.
+func (in *providerInput) write(line []byte) {
+	if len(line) == 0 {
+		return
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed {
+		return
+	}
+	select {
+	case in.lines <- line:
+	default:
+	}
+}
+
+// close ends the input once the queued lines are written.
+func (in *providerInput) close() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.closed {
+		in.closed = true
+		close(in.lines)
+	}
+}
+
+// pump writes the queued lines to w, then closes w. It returns when the
+// input is closed or w fails.
+func (in *providerInput) pump(w interface {
+	Write([]byte) (int, error)
+	Close() error
+}) {
+	defer w.Close()
+	for line := range in.lines {
+		if _, err := w.Write(line); err != nil {
+			in.close()
+			for range in.lines {
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,237 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/internal/mockanthropic"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// touchTurns scripts a model that runs `touch NAME` with Bash, then says
+// "after NAME" once it has the tool's result.
+func touchTurns(prompt, name string) []mockanthropic.Turn {
+	return []mockanthropic.Turn{
+		{When: prompt, ToolUses: []mockanthropic.ToolUse{{ID: "toolu_" + name, Name: "Bash",
+			Input: map[string]any{"command": "touch " + name, "description": "Create " + name}}}},
+		{When: prompt, Text: "after " + name},
+	}
+}
+
+// waitKind waits for the n-th event of kind in a session and returns it.
+func (h *harness) waitKind(id, kind string, n int) map[string]any {
+	h.t.Helper()
+	var found map[string]any
+	require.Eventually(h.t, func() bool {
+		seen := 0
+		for _, e := range h.events(id) {
+			if e["kind"] == kind {
+				if seen++; seen == n {
+					found = e
+					return true
+				}
+			}
+		}
+		return false
+	}, 30*time.Second, 20*time.Millisecond, "no %s #%d in session %s", kind, n, id)
+	return found
+}
+
+// answer sends a user's answer the way a gateway does: to the inbox of the
+// worker that runs the session.
+func (h *harness) answer(id string, ans app.PermissionAnswer) {
+	h.t.Helper()
+	ctx := context.Background()
+	sess, err := h.st.Session(ctx, id)
+	require.NoError(h.t, err)
+	data, err := json.Marshal(ans)
+	require.NoError(h.t, err)
+	require.NoError(h.t, h.st.SendControl(ctx, sess.Worker, store.Control{
+		Type: store.ControlPermission, SessionID: id, RunID: sess.RunID, Data: data,
+	}))
+}
+
+func kindCount(evs []map[string]any, kind string) int {
+	n := 0
+	for _, e := range evs {
+		if e["kind"] == kind {
+			n++
+		}
+	}
+	return n
+}
+
+func toolResults(evs []map[string]any) []map[string]any {
+	var out []map[string]any
+	for _, e := range evs {
+		if e["kind"] == "tool_result" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func TestClaudePermissions(t *testing.T) {
+	api := mockanthropic.New(t)
+	st := storetest.New(t, storetest.Redis(t))
+	h := runWorker(t, st, Config{
+		Providers:         map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
+		Bins:              map[app.Provider]string{app.Claude: mockanthropic.ClaudeBin(t)},
+		// As root (CI containers) the CLI refuses bypassPermissions without
+		// IS_SANDBOX=1.
+		Env:               append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0", "IS_SANDBOX=1"),
+		PermissionTimeout: 500 * time.Millisecond,
+	})
+	ctx := context.Background()
+	start := func(prompt string, opts app.RunOptions) app.Session {
+		return h.submitJob(app.Job{SessionID: app.NewID(), Command: prompt, NewSession: true, Options: opts})
+	}
+
+	t.Run("asked and allowed", func(t *testing.T) {
+		api.Add(touchTurns("allow me", "allowed")...)
+		sess := start("allow me", app.RunOptions{})
+		req := h.waitKind(sess.ID, "permission_request", 1)
+		require.Equal(t, "Bash", req["toolName"])
+		require.Equal(t, "touch allowed", req["input"].(map[string]any)["command"])
+
+		pending, err := st.PendingPermissions(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Len(t, pending, 1, "the request waits in Redis for any gateway to show it")
+		var p app.PendingPermission
+		require.NoError(t, json.Unmarshal(pending[0], &p))
+		require.Equal(t, req["requestId"], p.RequestID)
+		require.Equal(t, sess.ID, p.SessionID)
+
+		// Answered without updatedInput, as clients do: the CLI needs the
+		// original input back.
+		h.answer(sess.ID, app.PermissionAnswer{RequestID: p.RequestID, Allow: true})
+		evs := h.waitDone(sess.ID)
+		require.True(t, exists(filepath.Join(h.dir, "allowed")), "the tool ran")
+		require.Equal(t, []string{"after allowed"}, texts(evs))
+		require.Equal(t, false, toolResults(evs)[0]["isError"])
+		require.Equal(t, true, completes(evs)[0]["success"])
+		require.Zero(t, kindCount(evs, "permission_cancelled"))
+		pending, err = st.PendingPermissions(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Empty(t, pending)
+	})
+
+	t.Run("denied with a message", func(t *testing.T) {
+		api.Add(touchTurns("deny me", "denied")...)
+		sess := start("deny me", app.RunOptions{})
+		req := h.waitKind(sess.ID, "permission_request", 1)
+		h.answer(sess.ID, app.PermissionAnswer{RequestID: req["requestId"].(string), Message: "not today"})
+		evs := h.waitDone(sess.ID)
+		require.False(t, exists(filepath.Join(h.dir, "denied")))
+		res := toolResults(evs)[0]
+		require.Equal(t, true, res["isError"])
+		require.Equal(t, "not today", res["content"])
+		require.Equal(t, true, completes(evs)[0]["success"], "a denied tool does not fail the run")
+	})
+
+	t.Run("an answer for another run changes nothing", func(t *testing.T) {
+		api.Add(touchTurns("stranger", "stranger")...)
+		sess := start("stranger", app.RunOptions{})
+		req := h.waitKind(sess.ID, "permission_request", 1)
+		h.answer(sess.ID, app.PermissionAnswer{RequestID: "not-" + req["requestId"].(string), Allow: true})
+		// The timeout, not the stray answer, settles it.
+		cancelled := h.waitKind(sess.ID, "permission_cancelled", 1)
+		require.Equal(t, "timeout", cancelled["reason"])
+		require.Equal(t, req["requestId"], cancelled["requestId"])
+		evs := h.waitDone(sess.ID)
+		require.False(t, exists(filepath.Join(h.dir, "stranger")))
+		require.Equal(t, "Permission request timed out", toolResults(evs)[0]["content"])
+	})
+
+	t.Run("rules decide without asking", func(t *testing.T) {
+		api.Add(touchTurns("by prefix", "prefixed")...)
+		sess := start("by prefix", app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash(touch:*)"}}})
+		evs := h.waitDone(sess.ID)
+		require.Zero(t, kindCount(evs, "permission_request"))
+		require.True(t, exists(filepath.Join(h.dir, "prefixed")))
+
+		api.Add(touchTurns("bypass", "bypassed")...)
+		// In bypass mode the CLI does not even ask.
+		sess = start("bypass", app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}})
+		evs = h.waitDone(sess.ID)
+		require.Zero(t, kindCount(evs, "permission_request"))
+		require.True(t, exists(filepath.Join(h.dir, "bypassed")))
+	})
+
+	t.Run("rememberEntry allows the tool for the rest of the run", func(t *testing.T) {
+		api.Add(
+			mockanthropic.Turn{When: "twice", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_one", Name: "Bash", Input: map[string]any{"command": "touch one", "description": "one"}}}},
+			mockanthropic.Turn{When: "twice", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_two", Name: "Bash", Input: map[string]any{"command": "touch two", "description": "two"}}}},
+			mockanthropic.Turn{When: "twice", Text: "both"},
+		)
+		sess := start("twice", app.RunOptions{})
+		req := h.waitKind(sess.ID, "permission_request", 1)
+		h.answer(sess.ID, app.PermissionAnswer{RequestID: req["requestId"].(string), Allow: true, RememberEntry: "Bash"})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, 1, kindCount(evs, "permission_request"))
+		require.True(t, exists(filepath.Join(h.dir, "one")))
+		require.True(t, exists(filepath.Join(h.dir, "two")))
+		require.Equal(t, []string{"both"}, texts(evs))
+	})
+
+	t.Run("questions to the user never time out", func(t *testing.T) {
+		question := map[string]any{"questions": []any{map[string]any{
+			"question": "Which one?", "header": "Pick", "multiSelect": false,
+			"options": []any{map[string]any{"label": "A", "description": "first"}, map[string]any{"label": "B", "description": "second"}},
+		}}}
+		api.Add(
+			mockanthropic.Turn{When: "ask me", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_q", Name: "AskUserQuestion", Input: question}}},
+			mockanthropic.Turn{When: "ask me", Text: "thanks"},
+		)
+		sess := start("ask me", app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}})
+		req := h.waitKind(sess.ID, "permission_request", 1)
+		require.Equal(t, "AskUserQuestion", req["toolName"], "asked even in bypass mode")
+		time.Sleep(time.Second) // twice the timeout
+		require.Zero(t, kindCount(h.events(sess.ID), "permission_cancelled"))
+		answered := map[string]any{"questions": question["questions"], "answers": map[string]any{"Which one?": "B"}}
+		input, err := json.Marshal(answered)
+		require.NoError(t, err)
+		h.answer(sess.ID, app.PermissionAnswer{RequestID: req["requestId"].(string), Allow: true, UpdatedInput: input})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"thanks"}, texts(evs))
+		reqs := api.ScriptedRequests()
+		require.Contains(t, reqs[len(reqs)-1].ToolResults[0].Content, "B", "the answer reached the model")
+	})
+
+	t.Run("abort cancels a pending request and interrupts the CLI", func(t *testing.T) {
+		api.Add(touchTurns("abort me", "aborted")...)
+		sess := start("abort me", app.RunOptions{})
+		req := h.waitKind(sess.ID, "permission_request", 1)
+		res, err := st.Abort(ctx, sess.ID, app.Claude)
+		require.NoError(t, err)
+		require.NoError(t, st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}))
+		require.Eventually(t, func() bool {
+			h.w.mu.Lock()
+			defer h.w.mu.Unlock()
+			return len(h.w.runs) == 0
+		}, 10*time.Second, 20*time.Millisecond)
+		evs := h.events(sess.ID)
+		var tail []string
+		for _, e := range evs[len(evs)-3:] {
+			tail = append(tail, e["kind"].(string))
+		}
+		require.Equal(t, []string{"permission_cancelled", "complete", "session-state-changed"}, tail)
+		require.Equal(t, req["requestId"], evs[len(evs)-3]["requestId"])
+		require.Equal(t, "cancelled", evs[len(evs)-3]["reason"])
+		require.Len(t, completes(evs), 1)
+		require.False(t, exists(filepath.Join(h.dir, "aborted")))
+	})
+}
