@@ -26,14 +26,31 @@ if ! command -v npm >/dev/null; then
   say "npm is missing: install Node.js 18 or newer (Debian: apt-get install nodejs npm)"; exit 1
 fi
 
-want=$(node -p 'require("./package.json").devDependencies["@anthropic-ai/claude-code"]')
-have=$(node_modules/.bin/claude --version 2>/dev/null | cut -d' ' -f1 || true)
-if [ "$have" != "$want" ]; then
-  say "installing @anthropic-ai/claude-code@$want into ./node_modules"
+# version prints the installed version of one CLI in node_modules/.bin.
+version() {
+  case "$1" in
+    claude) node_modules/.bin/claude --version 2>/dev/null | cut -d' ' -f1 ;;
+    codex) node_modules/.bin/codex --version 2>/dev/null | cut -d' ' -f2 ;;
+    gemini) node_modules/.bin/gemini --version 2>/dev/null ;;
+  esac
+}
+pinned() { node -p "require('./package.json').devDependencies['$1']"; }
+
+stale=""
+for pair in claude:@anthropic-ai/claude-code codex:@openai/codex gemini:@google/gemini-cli; do
+  bin=${pair%%:*} pkg=${pair#*:}
+  if [ "$(version "$bin" || true)" != "$(pinned "$pkg")" ]; then stale="$stale $pkg@$(pinned "$pkg")"; fi
+done
+if [ -n "$stale" ]; then
+  say "installing$stale into ./node_modules"
   # Scripts are skipped and the one postinstall we need is run by name: it
-  # puts the platform's native binary in place of npm's placeholder.
+  # puts Claude's native binary in place of npm's placeholder. Codex ships
+  # its native binary in a platform package that npm installs as an
+  # optional dependency, and Gemini is plain JavaScript: neither needs one.
   npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
   node node_modules/@anthropic-ai/claude-code/install.cjs
-  node_modules/.bin/claude --version >/dev/null
+  for bin in claude codex gemini; do
+    if [ -z "$(version "$bin" || true)" ]; then say "node_modules/.bin/$bin does not run"; exit 1; fi
+  done
 fi
-say "ready: $(redis-server --version | cut -d' ' -f3), claude $(node_modules/.bin/claude --version | cut -d' ' -f1)"
+say "ready: $(redis-server --version | cut -d' ' -f3), claude $(version claude), codex $(version codex), gemini $(version gemini)"

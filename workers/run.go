@@ -62,6 +62,8 @@ type run struct {
 
 	// sawErrorRow is set once an error row was appended (pump goroutine).
 	sawErrorRow bool
+	// retry holds the arguments of the one retry a Retrier parser asked for.
+	retry []string
 
 	// input and perms are set for a Conversational provider, before the
 	// process starts.
@@ -156,6 +158,9 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}
 	env := append(os.Environ(), r.w.cfg.Env...)
 	args, stdin := prov.Command(job, env)
+	if r.retry != nil {
+		args = r.retry
+	}
 	cmd := exec.Command(r.w.bin(job.Provider), args...)
 	cmd.Dir = dir
 	cmd.Env = env
@@ -272,8 +277,14 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	<-errDone
 	<-watched // it may still be using the pipes
 	final, code := parser.End(exitCode(cmd.ProcessState))
+	if again, ok := retryArgs(parser, errBuf.String()); ok && r.retry == nil && r.stopReason() == stopNone {
+		r.retry = again
+		return r.runProvider()
+	}
 	if code != 0 && len(final) == 0 && !r.sawErrorRow && errBuf.Len() > 0 {
-		final = append(final, app.ErrorRow(strings.TrimSpace(errBuf.String())))
+		if text := stderrText(parser, strings.TrimSpace(errBuf.String())); text != "" {
+			final = append(final, app.ErrorRow(text))
+		}
 	}
 	return app.Outcome{ExitCode: code}, final
 }
