@@ -19,6 +19,9 @@ type Job struct {
 	// user: the worker fails the run as if the conversation did not exist.
 	ResumeDenied bool       `json:"resumeDenied,omitempty"`
 	Options      RunOptions `json:"options"`
+	// ImageFiles are the paths of Options.Images once the worker has
+	// written them to its private folder for the run; never sent.
+	ImageFiles []string `json:"-"`
 }
 
 // RunOptions are the options of a command that reach the provider.

@@ -267,8 +267,8 @@ func validateOptions(o app.CommandOptions) error {
 			return app.WireError(fmt.Sprintf("Invalid tool name %q", truncate(t, 60)))
 		}
 	}
-	if len(o.Images) > 0 {
-		return app.WireError("Images are not supported yet")
+	if err := app.CheckImages(o.Images); err != nil {
+		return err
 	}
 	return nil
 }

@@ -229,6 +229,9 @@ func TestCommandRejections(t *testing.T) {
 		{"bad tool", command("hi", map[string]any{"options": map[string]any{"toolsSettings": map[string]any{"allowedTools": []string{"--help"}}}}), "Invalid tool name"},
 		{"unavailable provider", map[string]any{"type": "codex-command", "command": "hi", "requestId": 7}, "not available"},
 		{"empty command", command("  ", nil), "A command (the prompt) is required"},
+		{"image not a data url", command("hi", map[string]any{"options": map[string]any{"images": []any{map[string]any{"data": "file:///etc/passwd"}}}}), "Image must be a data URL"},
+		{"image of another type", command("hi", map[string]any{"options": map[string]any{"images": []any{map[string]any{"data": "data:text/html;base64,PGI+"}}}}), "Unsupported image type"},
+		{"image that lies about its type", command("hi", map[string]any{"options": map[string]any{"images": []any{map[string]any{"data": "data:image/png;base64,PGI+"}}}}), "Image data is not a image/png file"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -65,7 +65,12 @@ func (ClaudeProvider) Command(job app.Job, env []string) ([]string, []byte) {
 		args = append(args, "--disallowedTools")
 		args = append(args, tools...)
 	}
-	return args, claudeUserLine(job.Command)
+	if len(job.ImageFiles) > 0 {
+		// The model reads the images with its Read tool: their folder is
+		// opened to it like the project's.
+		args = append(args, "--add-dir", filepath.Dir(job.ImageFiles[0]))
+	}
+	return args, claudeUserLine(app.PromptWithImages(job.Command, job.ImageFiles))
 }
 
 // claudeUserLine is a prompt as a stream-json user message line.

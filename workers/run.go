@@ -156,6 +156,14 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	if err != nil {
 		return failed(err.Error())
 	}
+	if len(job.Options.Images) > 0 {
+		files, cleanup, err := writeImages(job.Options.Images)
+		if err != nil {
+			return failed(err.Error())
+		}
+		defer cleanup()
+		job.ImageFiles = files
+	}
 	env := append(os.Environ(), r.w.cfg.Env...)
 	args, stdin := prov.Command(job, env)
 	if r.retry != nil {

@@ -1,0 +1,38 @@
+package workers
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// writeImages writes a run's images into a folder of their own that only
+// the worker's user can read, and returns their paths and a func that
+// removes the folder once the run has ended. The images were checked at the
+// gateway; they are decoded and checked again here, since a job is input.
+func writeImages(images []app.Image) (paths []string, cleanup func(), err error) {
+	if len(images) > app.MaxImages {
+		return nil, nil, fmt.Errorf("too many images: at most %d", app.MaxImages)
+	}
+	dir, err := os.MkdirTemp("", "agentgate-images-")
+	if err != nil {
+		return nil, nil, fmt.Errorf("write images: %w", err)
+	}
+	cleanup = func() { _ = os.RemoveAll(dir) }
+	for i, img := range images {
+		ext, data, err := app.DecodeImage(img)
+		if err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("image %d: %w", i+1, err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("image_%d.%s", i+1, ext))
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("write images: %w", err)
+		}
+		paths = append(paths, p)
+	}
+	return paths, cleanup, nil
+}
