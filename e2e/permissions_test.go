@@ -1,0 +1,56 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/internal/mockanthropic"
+)
+
+// TestPermissionAcrossGateways: the real CLI asks to run a tool; the run
+// was started through gateway A, and the user answers from a tab on
+// gateway B, which sees the pending request when it reconnects. The tool
+// runs, and the run ends with one complete.
+func TestPermissionAcrossGateways(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "",
+		mockanthropic.Turn{When: "perm-across", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_touch", Name: "Bash",
+			Input: map[string]any{"command": "touch approved", "description": "Create approved"}}}},
+		mockanthropic.Turn{When: "perm-across", Text: "created"},
+	)
+	a, b := cl.startGateway("gwA"), cl.startGateway("gwB")
+	cl.startWorker("worker1")
+
+	c := cl.dial(a, "alice")
+	cmd := cl.command("please perm-across", "", "r1")
+	cmd["options"].(map[string]any)["toolsSettings"] = map[string]any{} // ask for every tool
+	c.send(cmd)
+	accepted := c.waitReply("session-accepted", nil)
+	sid := accepted.str("sessionId")
+	evs := c.waitEvent(sid, "permission_request", 30*time.Second, func(e event) bool { return e.Kind == "permission_request" })
+	req := evs[indexOf(evs, "permission_request")]
+	requestID := req.str("requestId")
+	require.NotEmpty(t, requestID)
+	require.Equal(t, "Bash", req.str("toolName"))
+
+	tab := cl.dial(b, "alice")
+	tab.send(map[string]any{"type": "check-session-status", "sessionId": sid, "lastSeq": 0})
+	status := tab.waitReply("session-status", nil)
+	pending, _ := status.m["pendingPermissions"].([]any)
+	require.Len(t, pending, 1, "the other gateway shows the pending request: %s", status.raw)
+	require.Equal(t, requestID, pending[0].(map[string]any)["requestId"])
+
+	tab.send(map[string]any{"type": "claude-permission-response", "requestId": requestID, "allow": true})
+	evs = tab.waitEnd(sid, 1, 30*time.Second)
+	sum := checkRun(t, evs, 1)
+	requireComplete(t, sum.completes[0], 0, true, false)
+	_, err := os.Stat(filepath.Join(cl.project, "approved"))
+	require.NoError(t, err, "the approved tool ran")
+	require.Equal(t, 0, countKind(evs, "permission_cancelled"))
+	// The first tab saw the same run end.
+	c.waitEnd(sid, 1, 10*time.Second)
+}
