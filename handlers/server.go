@@ -45,6 +45,10 @@ type Config struct {
 	QueueSize int
 	// PingPeriod is the interval of WebSocket pings. Zero means 25s.
 	PingPeriod time.Duration
+	// ShellDetachTimeout is how long a terminal lives unwatched; the
+	// gateway refreshes its terminals' watch time within it. Zero means
+	// 30 minutes.
+	ShellDetachTimeout time.Duration
 	// SchemaVersion is the key-schema version /readyz requires.
 	SchemaVersion int
 	// Logger receives the gateway's logs. Nil means slog.Default().
@@ -62,6 +66,9 @@ type Server struct {
 	hub       *hub
 	providers map[app.Provider]bool
 	draining  atomic.Bool
+	// shells and shellSockets serve /shell (shell.go).
+	shells       *shellHub
+	shellSockets *melody.Melody
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -100,6 +107,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.hub = newHub(cfg.Store, cfg.Logger, s.broadcast)
 	s.chat = s.newChatSockets()
+	s.shells = newShellHub(cfg.Store, s.hub.sub, cfg.Logger, cfg.Workspaces, cfg.ShellDetachTimeout)
+	s.shellSockets = s.newShellSockets()
 	s.echo = s.routes()
 	return s, nil
 }
@@ -108,13 +117,20 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Handler() http.Handler { return s.echo }
 
 // Run feeds sockets from Redis until ctx ends. Runs in its own goroutine.
-func (s *Server) Run(ctx context.Context) error { return s.hub.run(ctx) }
+func (s *Server) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { defer close(done); s.shells.run(ctx) }()
+	err := s.hub.run(ctx)
+	<-done
+	return err
+}
 
 // Drain marks the gateway not ready and closes every socket with 1001, so
 // that clients reconnect to another instance and resume there. It returns
 // once the close frames are written.
 func (s *Server) Drain() {
 	s.draining.Store(true)
+	s.shells.closeAll()
 	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
@@ -146,6 +162,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(metricsHandler()))
 	e.GET("/ws", s.serveChat)
+	e.GET("/shell", s.serveShell)
 	api := e.Group("/api", s.requireUser)
 	api.GET("/auth/user", s.authUser)
 	api.GET("/sessions", s.listSessions)

@@ -21,6 +21,9 @@ type Control struct {
 	SessionID string          `json:"sessionId,omitempty"`
 	RunID     string          `json:"runId,omitempty"`
 	Data      json.RawMessage `json:"data,omitempty"`
+	// Shell and Gen name the terminal generation of a shell control.
+	Shell string `json:"shell,omitempty"`
+	Gen   int64  `json:"gen,omitempty"`
 }
 
 // Control types.

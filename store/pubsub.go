@@ -24,6 +24,16 @@ type SubscriberHandlers struct {
 	Broadcast func(frame []byte)
 }
 
+// ShellHandlers receive what a Subscriber reads on terminal channels, under
+// the same rules as SubscriberHandlers.
+type ShellHandlers struct {
+	// Message receives a message published on a terminal's channel
+	// (ParseShellLive decodes it).
+	Message func(key, payload string)
+	// Resync is called for a terminal whose subscription was re-established.
+	Resync func(key string)
+}
+
 // unsubscribeGrace keeps a channel subscribed for a while after its last
 // local watcher left, so that a quick reconnect does not race an UNSUBSCRIBE.
 const unsubscribeGrace = 10 * time.Second
@@ -36,6 +46,7 @@ type Subscriber struct {
 	s        *Store
 	ps       *redis.PubSub
 	handlers SubscriberHandlers
+	shell    ShellHandlers // set by HandleShell before Run
 
 	mu       sync.Mutex
 	channels map[string]*channelSub // by channel name
@@ -107,8 +118,15 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 	}
 	if id, ok := sub.s.k.sessionOfLive(channel); ok && sub.handlers.Event != nil {
 		sub.handlers.Event(id, []byte(payload))
+		return
+	}
+	if key, ok := sub.s.k.shellOfLive(channel); ok && sub.shell.Message != nil {
+		sub.shell.Message(key, payload)
 	}
 }
+
+// HandleShell sets the receivers of terminal channels; call it before Run.
+func (sub *Subscriber) HandleShell(h ShellHandlers) { sub.shell = h }
 
 func (sub *Subscriber) confirmed(channel string) {
 	sub.mu.Lock()
@@ -128,12 +146,28 @@ func (sub *Subscriber) confirmed(channel string) {
 			sub.handlers.Resync(id)
 		}
 	}
+	if resync && sub.shell.Resync != nil {
+		if key, ok := sub.s.k.shellOfLive(channel); ok {
+			sub.shell.Resync(key)
+		}
+	}
 }
 
 // Subscribe adds a watcher of a session's events and returns once the
 // channel is subscribed. Every Subscribe needs one Unsubscribe.
 func (sub *Subscriber) Subscribe(ctx context.Context, sessionID string) error {
-	channel := sub.s.k.live(sessionID)
+	return sub.subscribe(ctx, sub.s.k.live(sessionID), sessionID)
+}
+
+// SubscribeShell is Subscribe for a terminal's channel.
+func (sub *Subscriber) SubscribeShell(ctx context.Context, key string) error {
+	return sub.subscribe(ctx, sub.s.k.shellLive(key), key)
+}
+
+// UnsubscribeShell is Unsubscribe for a terminal's channel.
+func (sub *Subscriber) UnsubscribeShell(key string) { sub.unsubscribe(sub.s.k.shellLive(key)) }
+
+func (sub *Subscriber) subscribe(ctx context.Context, channel, sessionID string) error {
 	sub.mu.Lock()
 	c := sub.channels[channel]
 	if c == nil {
@@ -157,15 +191,16 @@ func (sub *Subscriber) Subscribe(ctx context.Context, sessionID string) error {
 	case <-ready:
 		return nil
 	case <-ctx.Done():
-		sub.Unsubscribe(sessionID)
+		sub.unsubscribe(channel)
 		return fmt.Errorf("store: subscribe %s: %w", sessionID, ctx.Err())
 	}
 }
 
 // Unsubscribe removes a watcher added by Subscribe. The channel itself is
 // unsubscribed a little later if no watcher came back meanwhile.
-func (sub *Subscriber) Unsubscribe(sessionID string) {
-	channel := sub.s.k.live(sessionID)
+func (sub *Subscriber) Unsubscribe(sessionID string) { sub.unsubscribe(sub.s.k.live(sessionID)) }
+
+func (sub *Subscriber) unsubscribe(channel string) {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
 	c := sub.channels[channel]

@@ -50,6 +50,9 @@ type Config struct {
 	// PermissionTimeout is how long a tool waits for the user's answer
 	// before it is denied. Zero means app.DefaultPermissionTimeout.
 	PermissionTimeout time.Duration
+	// ShellDetachTimeout is how long a terminal lives with no socket
+	// watching it. Zero means DefaultShellDetachTimeout (30 minutes).
+	ShellDetachTimeout time.Duration
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -70,6 +73,8 @@ type Worker struct {
 	runs map[string]*run // by session id
 
 	wg sync.WaitGroup // one per run
+
+	shells shellSet // terminals (shell.go)
 
 	// pollBlock bounds each blocking read of the jobs stream and the inbox:
 	// a blocking read ignores ctx, so this is also how long Run takes to
@@ -122,6 +127,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); w.heartbeatLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.jobLoop(ctx) }()
+	loops.Add(1)
+	go func() { defer loops.Done(); w.shellLoop(loopCtx) }()
 
 	<-ctx.Done()
 	w.drain()
@@ -137,6 +144,8 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // drain waits for running runs, then kills what is left.
 func (w *Worker) drain() {
+	// Terminals do not finish by themselves: they end with the worker.
+	w.killShells()
 	done := make(chan struct{})
 	go func() { w.wg.Wait(); close(done) }()
 	select {
@@ -245,6 +254,9 @@ func (w *Worker) inboxLoop(ctx context.Context) {
 }
 
 func (w *Worker) control(c store.Control) {
+	if w.shellControl(c) {
+		return
+	}
 	switch c.Type {
 	case store.ControlAbort:
 		w.mu.Lock()

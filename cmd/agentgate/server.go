@@ -98,8 +98,9 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Providers: map[app.Provider]workers.Provider{app.Claude: workers.ClaudeProvider{}},
 			Bins:      c.bins(), Workspaces: c.workspaces(),
 			HeartbeatInterval: c.HeartbeatInterval, HeartbeatTTL: c.HeartbeatTTL, DrainTimeout: c.DrainTimeout,
-			PermissionTimeout: c.PermissionTimeout,
-			Logger:            log,
+			ShellDetachTimeout: c.ShellDetach,
+			PermissionTimeout:  c.PermissionTimeout,
+			Logger:             log,
 		})
 		if err != nil {
 			return err
@@ -117,7 +118,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Store:      st,
 			Auth:       &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader},
 			Workspaces: c.workspaces(), AllowedOrigins: c.origins(), MaxMessageSize: c.MaxMessageSize,
-			SchemaVersion: version, Logger: log,
+			SchemaVersion: version, ShellDetachTimeout: c.ShellDetach, Logger: log,
 		})
 		if err != nil {
 			return err

@@ -1,0 +1,461 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+)
+
+// shellDetach is the detach timeout of the shell clusters: short, so the
+// timeout itself can be tested, and long enough for reattach tests.
+const shellDetach = "3s"
+
+// shellCluster is a cluster of two gateways and one worker for /shell
+// tests (no provider CLI is needed).
+type shellCluster struct {
+	*cluster
+	gw1, gw2, worker *proc
+}
+
+func newShellCluster(t *testing.T) *shellCluster {
+	t.Helper()
+	cl := newCluster(t, "/bin/false")
+	sc := &shellCluster{cluster: cl}
+	extra := "AGENTGATE_SHELL_DETACH_TIMEOUT=" + shellDetach
+	for i, name := range []string{"gw1", "gw2"} {
+		addr := freeAddr(t)
+		p := startProc(t, name, append(cl.baseEnv(), "AGENTGATE_LISTEN="+addr, extra), "gateway")
+		p.addr = addr
+		waitReady(t, p)
+		if i == 0 {
+			sc.gw1 = p
+		} else {
+			sc.gw2 = p
+		}
+	}
+	sc.worker = startProc(t, "worker", append(cl.workerEnv(), extra), "worker")
+	cl.waitWorker(sc.worker)
+	return sc
+}
+
+// shellClient is a /shell socket.
+type shellClient struct {
+	*wsClient
+}
+
+func (sc *shellCluster) dialShell(gw *proc, user string) *shellClient {
+	sc.t.Helper()
+	return &shellClient{dialWS(sc.t, user+"@"+gw.name+"/shell", "ws://"+gw.addr+"/shell?token="+sc.token(user))}
+}
+
+// plainInit is an init of an interactive bash in the cluster's project,
+// under shellID.
+func (sc *shellCluster) plainInit(shellID string, extra ...any) map[string]any {
+	m := map[string]any{
+		"type": "init", "projectPath": sc.project, "provider": "plain-shell", "isPlainShell": true,
+		"initialCommand": "bash --norc --noprofile -i", "shellId": shellID, "cols": 80, "rows": 24,
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		m[extra[i].(string)] = extra[i+1]
+	}
+	return m
+}
+
+// outputs returns the output frames after mark.
+func (c *shellClient) outputs(mark int) []frame {
+	fs, _ := c.snapshot()
+	var out []frame
+	for _, f := range fs[mark:] {
+		if f.str("type") == "output" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// text joins the data of the output frames after mark.
+func (c *shellClient) text(mark int) string {
+	var b strings.Builder
+	for _, f := range c.outputs(mark) {
+		b.WriteString(f.str("data"))
+	}
+	return b.String()
+}
+
+// waitText waits until the output after mark contains s.
+func (c *shellClient) waitText(mark int, s string, timeout time.Duration) {
+	c.t.Helper()
+	c.waitFor(timeout, fmt.Sprintf("output %q", s), func([]frame) bool { return strings.Contains(c.text(mark), s) })
+}
+
+// typeLine sends a command line as the keystrokes of a user.
+func (c *shellClient) typeLine(line string) {
+	c.send(map[string]any{"type": "input", "data": line + "\r"})
+}
+
+// seqs returns the seqs of the output frames after mark (notices have none).
+func (c *shellClient) seqs(mark int) []int64 {
+	var out []int64
+	for _, f := range c.outputs(mark) {
+		if v, ok := f.m["seq"].(float64); ok {
+			out = append(out, int64(v))
+		}
+	}
+	return out
+}
+
+// requireConsecutive checks that seqs run from..from+n-1 with no gap and
+// no duplicate.
+func requireConsecutive(t *testing.T, seqs []int64, from int64) {
+	t.Helper()
+	require.NotEmpty(t, seqs)
+	for i, s := range seqs {
+		require.Equal(t, from+int64(i), s, "seq %d of %v", i, seqs)
+	}
+}
+
+// waitExit waits for an exit frame after mark and returns it.
+func (c *shellClient) waitExit(mark int, timeout time.Duration) frame {
+	c.t.Helper()
+	var got frame
+	c.waitFor(timeout, "an exit frame", func(fs []frame) bool {
+		for _, f := range fs[mark:] {
+			if f.str("type") == "exit" {
+				got = f
+				return true
+			}
+		}
+		return false
+	})
+	return got
+}
+
+// shellKeys lists the shell hashes in Redis.
+func (sc *shellCluster) shellKeys() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	keys, err := sc.rdb.Keys(ctx, keyPrefix+":shell:{*}").Result()
+	require.NoError(sc.t, err)
+	return keys
+}
+
+// shellHash reads the one shell hash whose owner is user.
+func (sc *shellCluster) shellHash(user string) (string, map[string]string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, k := range sc.shellKeys() {
+		m, err := sc.rdb.HGetAll(ctx, k).Result()
+		require.NoError(sc.t, err)
+		if m["owner"] == user {
+			return k, m
+		}
+	}
+	return "", nil
+}
+
+// TestShellReattachAcrossGateways: type and read on one gateway, drop the
+// connection, reattach through the other gateway with a full replay (seq
+// 1..N, no gap, no duplicate), reattach with lastSeq for only what
+// follows, resize checked with stty size, exit code, and a fresh terminal
+// on init after exit.
+func TestShellReattachAcrossGateways(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	a := sc.dialShell(sc.gw1, "alice")
+	a.send(sc.plainInit("tab1"))
+	a.waitText(0, "Starting terminal in: "+realPath(t, sc.project), 10*time.Second)
+	a.typeLine(`echo "hel""lo-$((6*7))"`)
+	a.waitText(0, "hello-42", 10*time.Second)
+	first := a.seqs(0)
+	requireConsecutive(t, first, 1)
+	a.drop()
+
+	// The terminal lives on; the other gateway replays it all, then live.
+	b := sc.dialShell(sc.gw2, "alice")
+	b.send(sc.plainInit("tab1"))
+	b.waitText(0, "[Reconnected to existing session]", 10*time.Second)
+	b.waitText(0, "hello-42", 10*time.Second)
+	b.typeLine("echo again-$((1+1))")
+	b.waitText(0, "again-2", 10*time.Second)
+	replayed := b.seqs(0)
+	requireConsecutive(t, replayed, 1)
+	require.GreaterOrEqual(t, len(replayed), len(first))
+	require.NotContains(t, b.text(0), "Starting terminal in", "a reattach does not start a terminal")
+
+	// Two sockets watch one terminal: both see live output.
+	last := replayed[len(replayed)-1]
+	c := sc.dialShell(sc.gw1, "alice")
+	c.send(sc.plainInit("tab1", "lastSeq", last))
+	c.waitText(0, "[Reconnected to existing session]", 10*time.Second)
+	markB := b.mark()
+	c.send(map[string]any{"type": "resize", "cols": 100, "rows": 30})
+	c.typeLine("stty size")
+	c.waitText(0, "30 100", 10*time.Second)
+	b.waitText(markB, "30 100", 10*time.Second)
+	onlyNew := c.seqs(0)
+	requireConsecutive(t, onlyNew, last+1)
+	requireConsecutive(t, b.seqs(0), 1)
+	_, h := sc.shellHash("alice")
+	require.Equal(t, "100", h["cols"])
+	require.Equal(t, "30", h["rows"])
+	require.Equal(t, "2", h["attached"], "two sockets attached: %v", h)
+
+	// Exit: both sockets get the exit frame; the socket stays open.
+	mark := c.mark()
+	c.typeLine("exit 3")
+	e := c.waitExit(mark, 10*time.Second)
+	require.Equal(t, float64(3), e.m["exitCode"], string(e.raw))
+	require.Nil(t, e.m["signal"], string(e.raw))
+	require.Contains(t, c.text(mark), "Process exited with code 3")
+	eb := b.waitExit(markB, 10*time.Second)
+	require.Equal(t, float64(3), eb.m["exitCode"])
+
+	// init after exit starts a new terminal, seq from 1 again.
+	mark = c.mark()
+	c.send(sc.plainInit("tab1", "lastSeq", last))
+	c.waitText(mark, "Starting terminal in:", 10*time.Second)
+	c.typeLine("echo fresh-$((2+3))")
+	c.waitText(mark, "fresh-5", 10*time.Second)
+	requireConsecutive(t, c.seqs(mark), 1)
+	require.NotContains(t, c.text(mark), "[Reconnected")
+}
+
+// TestShellValidationAndIsolation: bad paths and ids are refused with the
+// reference's messages, bad frames get errors and leave the socket open,
+// a socket without a token is refused before the upgrade, and another user
+// sending the same init gets a terminal of their own.
+func TestShellValidationAndIsolation(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	require.Equal(t, http.StatusUnauthorized, dialStatus(t, "ws://"+sc.gw1.addr+"/shell", nil))
+	require.Equal(t, http.StatusUnauthorized, dialStatus(t, "ws://"+sc.gw1.addr+"/shell?token=nope", nil))
+
+	a := sc.dialShell(sc.gw1, "alice")
+	file := filepath.Join(sc.project, "file.txt")
+	require.NoError(t, os.WriteFile(file, []byte("x"), 0o644))
+	cases := []struct {
+		send map[string]any
+		want string
+	}{
+		{sc.plainInit("x", "projectPath", filepath.Join(sc.root, "missing")), "Invalid project path"},
+		{sc.plainInit("x", "projectPath", file), "Invalid project path"},
+		{sc.plainInit("x", "projectPath", os.TempDir()), "Invalid project path"},
+		{sc.plainInit("x", "projectPath", "relative/path"), "Invalid project path"},
+		{sc.plainInit("x", "sessionId", "bad id; rm -rf /"), "Invalid session ID"},
+		{sc.plainInit("x", "cols", 100000), "Invalid cols: must be a whole number from 1 to 1000"},
+		{sc.plainInit("x", "provider", "nope"), "Unknown provider: nope"},
+		{map[string]any{"type": "input", "data": "ls\r"}, "No terminal: send init first"},
+		{map[string]any{"type": "bogus"}, "Unknown message type: bogus"},
+		{map[string]any{"data": "x"}, "Message type is required"},
+		{map[string]any{"type": "resize", "cols": 10}, "Invalid resize message: rows is required"},
+	}
+	for _, tc := range cases {
+		mark := a.mark()
+		a.send(tc.send)
+		e := a.waitReplyFrom(mark, "error", nil)
+		require.Equal(t, tc.want, e.str("message"), string(e.raw))
+	}
+	mark := a.mark()
+	require.NoError(t, a.ws.WriteMessage(1, []byte("{not json")))
+	e := a.waitReplyFrom(mark, "error", nil)
+	require.Equal(t, "Invalid websocket payload", e.str("message"))
+	require.Empty(t, sc.shellKeys(), "no terminal was created by refused inits")
+
+	// alice's terminal; bob sends the very same init and gets his own.
+	a.send(sc.plainInit("same"))
+	a.waitText(mark, "Starting terminal in:", 10*time.Second)
+	a.typeLine("echo alice-secret-$((3*3))")
+	a.waitText(mark, "alice-secret-9", 10*time.Second)
+	b := sc.dialShell(sc.gw2, "bob")
+	b.send(sc.plainInit("same", "lastSeq", 0))
+	b.waitText(0, "Starting terminal in:", 10*time.Second)
+	b.typeLine("echo bob-$((4*4))")
+	b.waitText(0, "bob-16", 10*time.Second)
+	require.NotContains(t, b.text(0), "alice-secret")
+	require.NotContains(t, b.text(0), "[Reconnected")
+	require.NotContains(t, a.text(0), "bob-16")
+	require.Len(t, sc.shellKeys(), 2)
+	for _, k := range sc.shellKeys() {
+		require.Regexp(t, regexp.MustCompile(`^`+keyPrefix+`:shell:\{[0-9a-f]{32}\}$`), k)
+	}
+}
+
+// TestShellKillLeavesNothing: a login reset replaces the terminal and kills
+// its whole session, jobs in their own groups and jobs ignoring SIGHUP
+// included; a shell killed by a signal reports it by name; a detached
+// terminal is killed after the detach timeout.
+func TestShellKillLeavesNothing(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	a := sc.dialShell(sc.gw1, "alice")
+	login := sc.plainInit("", "initialCommand", "echo auth login please; exec bash --norc --noprofile -i")
+	a.send(login)
+	a.waitText(0, "auth login please", 10*time.Second)
+	marker := fmt.Sprintf("%d", 4000+time.Now().UnixNano()%1000)
+	a.typeLine("sleep 1" + marker + "1 & (trap '' HUP; exec sleep 1" + marker + "2) & setsid sleep 1" + marker + "3 & echo started-$((1+1))")
+	a.waitText(0, "started-2", 10*time.Second)
+	eventually(t, 5*time.Second, "background jobs running", func() bool { return len(procsWithArg("1"+marker)) == 3 })
+
+	// The same login command again: a new terminal, the old one killed.
+	mark := a.mark()
+	a.send(login)
+	a.waitText(mark, "Starting terminal in:", 10*time.Second)
+	require.NotContains(t, a.text(mark), "[Reconnected")
+	eventually(t, 5*time.Second, "old terminal's jobs killed", func() bool { return len(procsWithArg("1"+marker)) == 0 })
+
+	// Killed by a signal: exit code 128+9, signal by name.
+	a.waitText(mark, "auth login please", 10*time.Second)
+	a.typeLine("sleep 1" + marker + "4 & kill -9 $$")
+	e := a.waitExit(mark, 10*time.Second)
+	require.Equal(t, float64(137), e.m["exitCode"], string(e.raw))
+	require.Equal(t, "SIGKILL", e.m["signal"], string(e.raw))
+	eventually(t, 5*time.Second, "job of a killed shell killed", func() bool { return len(procsWithArg("1"+marker)) == 0 })
+
+	// Detach timeout: a terminal nobody watches is killed, with its jobs.
+	mark = a.mark()
+	a.send(sc.plainInit("detach"))
+	a.waitText(mark, "Starting terminal in:", 10*time.Second)
+	a.typeLine("sleep 1" + marker + "5 & echo bg-$((2+2))")
+	a.waitText(mark, "bg-4", 10*time.Second)
+	// Watched for longer than the timeout: still alive.
+	time.Sleep(4 * time.Second)
+	require.Len(t, procsWithArg("1"+marker+"5"), 1, "a watched terminal is not killed")
+	a.drop()
+	eventually(t, 15*time.Second, "detached terminal killed", func() bool { return len(procsWithArg("1"+marker+"5")) == 0 })
+	_, h := sc.shellHash("alice")
+	require.NotNil(t, h)
+	b := sc.dialShell(sc.gw2, "alice")
+	b.send(sc.plainInit("detach"))
+	b.waitText(0, "Starting terminal in:", 10*time.Second)
+}
+
+// TestShellFloodCtrlC: `yes` floods the terminal while the socket reads;
+// the stream stays at its cap, the processes' memory stays bounded, and a
+// Ctrl-C typed during the flood stops it within a second.
+func TestShellFloodCtrlC(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	// A quiet client: a flood is too much to record frame by frame.
+	ws, resp, err := dialer.Dial("ws://"+sc.gw1.addr+"/shell?token="+sc.token("alice"), nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	defer ws.Close()
+	var mu sync.Mutex
+	var tail strings.Builder
+	var frames int
+	go func() {
+		for {
+			_, data, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			var f struct {
+				Type, Data string
+			}
+			_ = json.Unmarshal(data, &f)
+			mu.Lock()
+			frames++
+			tail.WriteString(f.Data)
+			if tail.Len() > 1<<16 {
+				keep := tail.String()[tail.Len()-(1<<15):]
+				tail.Reset()
+				tail.WriteString(keep)
+			}
+			mu.Unlock()
+		}
+	}()
+	waitTail := func(s string) {
+		t.Helper()
+		eventually(t, 20*time.Second, "output "+s, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Contains(tail.String(), s)
+		})
+	}
+	send := func(v any) {
+		b, _ := json.Marshal(v)
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
+	}
+	send(sc.plainInit("flood"))
+	waitTail("Starting terminal in:")
+	send(map[string]any{"type": "input", "data": "yes flood-line-of-text\r"})
+	key, _ := sc.shellHash("alice")
+	ctx := context.Background()
+	seqOf := func() int64 {
+		v, _ := sc.rdb.HGet(ctx, key, "seq").Result()
+		n, _ := strconv.ParseInt(v, 10, 64)
+		return n
+	}
+	eventually(t, 30*time.Second, "the stream at its cap", func() bool {
+		n, err := sc.rdb.XLen(ctx, key+":out").Result()
+		return err == nil && n >= 5000
+	})
+	time.Sleep(2 * time.Second)
+	n, err := sc.rdb.XLen(ctx, key+":out").Result()
+	require.NoError(t, err)
+	require.LessOrEqual(t, n, int64(5000), "the output stream is capped")
+	for _, p := range []*proc{sc.gw1, sc.worker} {
+		rss := rssKiB(t, p.pid())
+		t.Logf("%s RSS %d KiB during the flood (seq %d)", p.name, rss, seqOf())
+		require.Less(t, rss, 300*1024, "%s memory stays bounded", p.name)
+	}
+
+	send(map[string]any{"type": "input", "data": "\x03"})
+	sent := time.Now()
+	// The flood stops: seq no longer moves (the last chunks in flight are
+	// flushed first).
+	var stoppedAt time.Time
+	prev := seqOf()
+	for time.Since(sent) < 10*time.Second {
+		time.Sleep(100 * time.Millisecond)
+		cur := seqOf()
+		if cur == prev {
+			stoppedAt = time.Now().Add(-100 * time.Millisecond)
+			break
+		}
+		prev = cur
+	}
+	require.False(t, stoppedAt.IsZero(), "the flood never stopped after Ctrl-C")
+	t.Logf("flood stopped %s after Ctrl-C", stoppedAt.Sub(sent))
+	require.Less(t, stoppedAt.Sub(sent), time.Second, "Ctrl-C stops the flood within a second")
+	send(map[string]any{"type": "input", "data": "echo after-$((5+5))\r"})
+	waitTail("after-10")
+	mu.Lock()
+	t.Logf("%d frames received", frames)
+	mu.Unlock()
+}
+
+// rssKiB reads a process' resident set size.
+func rssKiB(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			require.NoError(t, err)
+			return n
+		}
+	}
+	t.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}
+
+func realPath(t *testing.T, p string) string {
+	t.Helper()
+	r, err := filepath.EvalSymlinks(p)
+	require.NoError(t, err)
+	return r
+}

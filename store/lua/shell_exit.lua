@@ -1,0 +1,22 @@
+-- shell_exit.lua records the end of a terminal generation once and
+-- publishes "e <gen> <lastSeq> <exitCode> <signal|-> <reason>" after its
+-- output.
+-- A stale generation, or one already ended, changes nothing.
+--
+-- KEYS[1] shell hash
+-- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
+-- ARGV[4] signal name or ''   ARGV[5] reason ('exit' or 'lost')
+--
+-- Returns 1 when recorded, 0 otherwise.
+local hash = KEYS[1]
+local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq')
+if cur[1] ~= ARGV[1] or cur[2] == 'exited' then
+  return 0
+end
+redis.call('HSET', hash, 'state', 'exited', 'exitCode', ARGV[3], 'signal', ARGV[4], 'exitReason', ARGV[5])
+local sig = ARGV[4]
+if sig == '' then
+  sig = '-'
+end
+redis.call('PUBLISH', ARGV[2], 'e ' .. ARGV[1] .. ' ' .. (cur[3] or '0') .. ' ' .. ARGV[3] .. ' ' .. sig .. ' ' .. ARGV[5])
+return 1

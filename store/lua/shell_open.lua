@@ -1,0 +1,30 @@
+-- shell_open.lua starts a new terminal generation under a shell key, if the
+-- key is still at the generation the caller read: two gateways opening the
+-- same key at once start one terminal, and the loser reattaches to it. It
+-- resets the hash, drops the old output (seq starts again at 1) and queues
+-- the open control in the chosen worker's inbox, all at once, so keystrokes
+-- queued after it reach the worker after the open.
+--
+-- KEYS[1] shell hash   KEYS[2] output stream   KEYS[3] worker inbox
+-- ARGV[1] generation the caller read ('0' for none)
+-- ARGV[2] new generation   ARGV[3] worker id   ARGV[4] owner
+-- ARGV[5] projectPath      ARGV[6] provider    ARGV[7] command
+-- ARGV[8] cols             ARGV[9] rows        ARGV[10] open control JSON
+-- ARGV[11] inbox MAXLEN
+--
+-- Returns 1 when opened, 0 when the generation moved on.
+local hash = KEYS[1]
+local cur = redis.call('HGET', hash, 'gen') or '0'
+if cur ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('DEL', hash, KEYS[2])
+redis.call('HSET', hash,
+  'gen', ARGV[2], 'worker', ARGV[3], 'owner', ARGV[4], 'projectPath', ARGV[5],
+  'provider', ARGV[6], 'command', ARGV[7], 'cols', ARGV[8], 'rows', ARGV[9],
+  'state', 'starting', 'seq', '0', 'attached', '0', 'detachedAt', now,
+  'watchedAt', now, 'createdAt', now)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*', 'msg', ARGV[10])
+return 1

@@ -1,0 +1,29 @@
+-- shell_touch.lua records that sockets watch a terminal generation: delta
+-- +1 on attach, -1 on detach (detachedAt is set when none is left), 0 to
+-- refresh watchedAt while sockets stay. watchedAt is refreshed by every
+-- gateway that holds a socket, so a terminal whose gateway died stops being
+-- watched after one detach timeout, even though `attached` stays stale.
+--
+-- KEYS[1] shell hash
+-- ARGV[1] generation   ARGV[2] delta
+--
+-- Returns the number of attached sockets, or -1 for a stale generation.
+local hash = KEYS[1]
+if redis.call('HGET', hash, 'gen') ~= ARGV[1] then
+  return -1
+end
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local n = tonumber(redis.call('HGET', hash, 'attached') or '0')
+local delta = tonumber(ARGV[2])
+if delta ~= 0 then
+  n = redis.call('HINCRBY', hash, 'attached', delta)
+  if n <= 0 then
+    n = 0
+    redis.call('HSET', hash, 'attached', '0', 'detachedAt', now)
+  else
+    redis.call('HSET', hash, 'detachedAt', '')
+  end
+end
+redis.call('HSET', hash, 'watchedAt', now)
+return n

@@ -1,0 +1,333 @@
+package store
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// ShellMaxChunks caps a terminal's output stream (PROTOCOL §4).
+const ShellMaxChunks = 5000
+
+// Control types of terminals, sent to the worker that runs them. Shell and
+// Gen of the Control name the terminal generation.
+const (
+	// ControlShellOpen starts a terminal; Data is an app.ShellSpec.
+	ControlShellOpen = "shell-open"
+	// ControlShellInput writes to a terminal; Data is a JSON string.
+	ControlShellInput = "shell-input"
+	// ControlShellResize resizes a terminal; Data is ShellSize.
+	ControlShellResize = "shell-resize"
+	// ControlShellKill kills a terminal's whole process session.
+	ControlShellKill = "shell-kill"
+)
+
+// ShellSize is the Data of a resize control.
+type ShellSize struct {
+	Cols int `json:"cols"`
+	Rows int `json:"rows"`
+}
+
+// Terminal states in the shell hash.
+const (
+	ShellStarting = "starting"
+	ShellRunning  = "running"
+	ShellExited   = "exited"
+)
+
+// Reasons of a terminal's end.
+const (
+	ShellExitNormal = "exit" // the process ended or was killed on its worker
+	ShellExitLost   = "lost" // its worker died
+)
+
+// The terminal scripts, one file each under lua/.
+var (
+	//go:embed lua/shell_open.lua
+	shellOpenLua string
+	//go:embed lua/shell_append.lua
+	shellAppendLua string
+	//go:embed lua/shell_exit.lua
+	shellExitLua string
+	//go:embed lua/shell_touch.lua
+	shellTouchLua string
+	//go:embed lua/shell_idle.lua
+	shellIdleLua string
+	//go:embed lua/shell_set.lua
+	shellSetLua string
+
+	shellOpenScript   = redis.NewScript(shellOpenLua)
+	shellAppendScript = redis.NewScript(shellAppendLua)
+	shellExitScript   = redis.NewScript(shellExitLua)
+	shellTouchScript  = redis.NewScript(shellTouchLua)
+	shellIdleScript   = redis.NewScript(shellIdleLua)
+	shellSetScript    = redis.NewScript(shellSetLua)
+)
+
+// shell is a terminal's hash `ag:shell:{KEY}`.
+func (k keys) shell(key string) string { return k.prefix + ":shell:{" + key + "}" }
+
+// shellOut is a terminal's output stream `ag:shell:{KEY}:out`.
+func (k keys) shellOut(key string) string { return k.shell(key) + ":out" }
+
+// shellLive is the pub/sub channel of a terminal's output.
+func (k keys) shellLive(key string) string { return k.shell(key) + ":live" }
+
+// shellOfLive returns the shell key of a terminal channel name.
+func (k keys) shellOfLive(channel string) (string, bool) {
+	rest, ok := strings.CutPrefix(channel, k.prefix+":shell:{")
+	if !ok {
+		return "", false
+	}
+	return strings.CutSuffix(rest, "}:live")
+}
+
+// ShellInfo is what a terminal's hash holds.
+type ShellInfo struct {
+	Key         string
+	Gen         int64
+	Owner       string
+	ProjectPath string
+	Provider    string
+	Command     string
+	Worker      string
+	State       string
+	Cols, Rows  int
+	Seq         int64
+	Attached    int
+	ExitCode    int
+	Signal      string
+	ExitReason  string
+}
+
+// Shell reads a terminal's hash; ok is false when there is none.
+func (s *Store) Shell(ctx context.Context, key string) (ShellInfo, bool, error) {
+	m, err := s.rdb.HGetAll(ctx, s.k.shell(key)).Result()
+	if err != nil {
+		return ShellInfo{}, false, fmt.Errorf("store: read shell %s: %w", key, err)
+	}
+	if len(m) == 0 {
+		return ShellInfo{}, false, nil
+	}
+	num := func(f string) int { n, _ := strconv.Atoi(m[f]); return n }
+	return ShellInfo{
+		Key: key, Gen: atoi64(m["gen"]), Owner: m["owner"], ProjectPath: m["projectPath"], Provider: m["provider"],
+		Command: m["command"], Worker: m["worker"], State: m["state"], Cols: num("cols"), Rows: num("rows"),
+		Seq: atoi64(m["seq"]), Attached: num("attached"), ExitCode: num("exitCode"), Signal: m["signal"],
+		ExitReason: m["exitReason"],
+	}, true, nil
+}
+
+// ShellOpen starts generation prevGen+1 of a terminal on worker, if the key
+// is still at prevGen (0 for a key that does not exist): it resets the
+// hash and the output, and queues the open control in the worker's inbox,
+// atomically (shell_open.lua). ok is false when another caller opened the
+// key first; the caller then reads it again and reattaches.
+func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker, command string, spec app.ShellSpec) (gen int64, ok bool, err error) {
+	gen = prevGen + 1
+	data, err := json.Marshal(spec)
+	if err != nil {
+		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
+	}
+	body, err := json.Marshal(Control{Type: ControlShellOpen, Shell: key, Gen: gen, Data: data})
+	if err != nil {
+		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
+	}
+	n, err := shellOpenScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.inbox(worker)},
+		prevGen, gen, worker, spec.Owner, spec.ProjectPath, string(spec.Provider), command,
+		spec.Cols, spec.Rows, body, inboxMaxLen).Int()
+	if err != nil {
+		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
+	}
+	return gen, n == 1, nil
+}
+
+// ErrStaleShell means a terminal generation was replaced (or its key
+// deleted): its process must stop.
+var ErrStaleShell = errors.New("terminal generation replaced")
+
+// ShellAppend appends output chunks of a terminal generation and publishes
+// them, in one script call (shell_append.lua). It returns the last seq.
+func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks []string) (int64, error) {
+	args := make([]any, 0, 3+len(chunks))
+	args = append(args, gen, ShellMaxChunks, s.k.shellLive(key))
+	for _, c := range chunks {
+		args = append(args, c)
+	}
+	seq, err := shellAppendScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key)}, args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("store: append to shell %s: %w", key, err)
+	}
+	if seq < 0 {
+		return 0, ErrStaleShell
+	}
+	return seq, nil
+}
+
+// ShellSet sets hash fields of a current terminal generation.
+func (s *Store) ShellSet(ctx context.Context, key string, gen int64, fields ...string) error {
+	args := make([]any, 0, 1+len(fields))
+	args = append(args, gen)
+	for _, f := range fields {
+		args = append(args, f)
+	}
+	n, err := shellSetScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, args...).Int()
+	if err != nil {
+		return fmt.Errorf("store: update shell %s: %w", key, err)
+	}
+	if n == 0 {
+		return ErrStaleShell
+	}
+	return nil
+}
+
+// ShellExit records the end of a terminal generation once and tells its
+// watchers, after its last output. signal is a name such as "SIGKILL", or
+// "". It reports whether this call recorded the end.
+func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode int, signal, reason string) (bool, error) {
+	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, s.k.shellLive(key), exitCode, signal, reason).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: end shell %s: %w", key, err)
+	}
+	return n == 1, nil
+}
+
+// ShellTouch records sockets attaching (+1), detaching (-1) or staying (0)
+// on a terminal generation. It returns the attached count, or ErrStaleShell.
+func (s *Store) ShellTouch(ctx context.Context, key string, gen int64, delta int) (int, error) {
+	n, err := shellTouchScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, delta).Int()
+	if err != nil {
+		return 0, fmt.Errorf("store: touch shell %s: %w", key, err)
+	}
+	if n < 0 {
+		return 0, ErrStaleShell
+	}
+	return n, nil
+}
+
+// ShellIdle returns how many milliseconds a terminal generation has gone
+// unwatched, or ErrStaleShell.
+func (s *Store) ShellIdle(ctx context.Context, key string, gen int64) (int64, error) {
+	n, err := shellIdleScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("store: check shell %s: %w", key, err)
+	}
+	if n < 0 {
+		return 0, ErrStaleShell
+	}
+	return n, nil
+}
+
+// ShellChunk is one stored output chunk.
+type ShellChunk struct {
+	Seq  int64
+	Data string
+}
+
+// ShellOutput returns up to limit stored chunks with seq > after, in order.
+// Trimmed chunks are absent: compare the first seq with after+1.
+func (s *Store) ShellOutput(ctx context.Context, key string, after int64, limit int) ([]ShellChunk, error) {
+	if after < 0 {
+		after = 0
+	}
+	msgs, err := s.rdb.XRangeN(ctx, s.k.shellOut(key), strconv.FormatInt(after+1, 10)+"-0", "+", int64(limit)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: read output of shell %s: %w", key, err)
+	}
+	out := make([]ShellChunk, 0, len(msgs))
+	for _, m := range msgs {
+		data, _ := m.Values["data"].(string)
+		out = append(out, ShellChunk{Seq: entrySeq(m), Data: data})
+	}
+	return out, nil
+}
+
+// ShellOutputLen is the number of chunks a terminal's stream holds.
+func (s *Store) ShellOutputLen(ctx context.Context, key string) (int64, error) {
+	n, err := s.rdb.XLen(ctx, s.k.shellOut(key)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("store: count output of shell %s: %w", key, err)
+	}
+	return n, nil
+}
+
+// ShellLive is a message published on a terminal's channel.
+type ShellLive struct {
+	// Kind is 'o' (output chunk), 'e' (exit) or 'u' (auth URL).
+	Kind byte
+	// Gen is the terminal generation the message belongs to.
+	Gen int64
+	// Seq is the chunk's seq (o), or the last seq before the exit (e).
+	Seq  int64
+	Data string // the chunk (o) or the URL (u)
+	// ExitCode, Signal and Reason describe an exit.
+	ExitCode int
+	Signal   string
+	Reason   string
+	AutoOpen bool // u
+}
+
+// ParseShellLive decodes a terminal channel message:
+// "o GEN SEQ DATA", "e GEN SEQ CODE SIGNAL|- REASON" or "u GEN 0|1 URL".
+func ParseShellLive(payload string) (ShellLive, bool) {
+	if len(payload) < 2 || payload[1] != ' ' {
+		return ShellLive{}, false
+	}
+	num, rest, ok := strings.Cut(payload[2:], " ")
+	gen, err := strconv.ParseInt(num, 10, 64)
+	if !ok || err != nil {
+		return ShellLive{}, false
+	}
+	switch payload[0] {
+	case 'o':
+		num, data, ok := strings.Cut(rest, " ")
+		seq, err := strconv.ParseInt(num, 10, 64)
+		if !ok || err != nil {
+			return ShellLive{}, false
+		}
+		return ShellLive{Kind: 'o', Gen: gen, Seq: seq, Data: data}, true
+	case 'e':
+		f := strings.Fields(rest)
+		if len(f) != 4 {
+			return ShellLive{}, false
+		}
+		seq, err1 := strconv.ParseInt(f[0], 10, 64)
+		code, err2 := strconv.Atoi(f[1])
+		if err1 != nil || err2 != nil {
+			return ShellLive{}, false
+		}
+		sig := f[2]
+		if sig == "-" {
+			sig = ""
+		}
+		return ShellLive{Kind: 'e', Gen: gen, Seq: seq, ExitCode: code, Signal: sig, Reason: f[3]}, true
+	case 'u':
+		auto, url, ok := strings.Cut(rest, " ")
+		if !ok {
+			return ShellLive{}, false
+		}
+		return ShellLive{Kind: 'u', Gen: gen, Data: url, AutoOpen: auto == "1"}, true
+	}
+	return ShellLive{}, false
+}
+
+// ShellAuthURL tells a terminal's watchers about a login URL in its output.
+func (s *Store) ShellAuthURL(ctx context.Context, key string, gen int64, url string, autoOpen bool) error {
+	flag := "0"
+	if autoOpen {
+		flag = "1"
+	}
+	msg := "u " + strconv.FormatInt(gen, 10) + " " + flag + " " + url
+	if err := s.rdb.Publish(ctx, s.k.shellLive(key), msg).Err(); err != nil {
+		return fmt.Errorf("store: announce URL of shell %s: %w", key, err)
+	}
+	return nil
+}

@@ -1,0 +1,183 @@
+package workers
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+)
+
+// ptyConfig describes a process to start in a new pseudo-terminal.
+type ptyConfig struct {
+	Args       []string // argv; Args[0] is looked up on PATH
+	Dir        string
+	Env        []string
+	Cols, Rows int
+}
+
+// ptyProc is a process running as the leader of its own session on a new
+// PTY. Its ptmx is non-blocking, so reads honour deadlines and Close
+// interrupts them, and no OS thread is pinned per terminal.
+type ptyProc struct {
+	cmd    *exec.Cmd
+	f      *os.File      // the ptmx
+	tty    string        // the terminal's /dev/pts path, "" if unknown
+	exited chan struct{} // closed once Wait returned
+	state  *os.ProcessState
+}
+
+// startPTY starts cfg on a new PTY of the given size. The process is a
+// session leader (pid == pgid == sid) and gets SIGKILL when the worker dies.
+func startPTY(cfg ptyConfig) (*ptyProc, error) {
+	if len(cfg.Args) == 0 {
+		return nil, errors.New("start terminal: no command")
+	}
+	cmd := exec.Command(cfg.Args[0], cfg.Args[1:]...)
+	cmd.Dir = cfg.Dir
+	cmd.Env = cfg.Env
+	attrs := &syscall.SysProcAttr{Setsid: true, Setctty: true, Pdeathsig: syscall.SIGKILL}
+	f, err := pty.StartWithAttrs(cmd, &pty.Winsize{Cols: uint16(cfg.Cols), Rows: uint16(cfg.Rows)}, attrs)
+	if err != nil {
+		return nil, fmt.Errorf("start terminal: %w", err)
+	}
+	// pty hands the ptmx back in blocking mode: make it pollable.
+	if err := syscall.SetNonblock(int(f.Fd()), true); err != nil {
+		_ = cmd.Process.Kill()
+		_ = f.Close()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("start terminal: non-blocking ptmx: %w", err)
+	}
+	p := &ptyProc{cmd: cmd, f: f, exited: make(chan struct{}), tty: ptsName(f)}
+	go func() {
+		_ = cmd.Wait()
+		p.state = cmd.ProcessState
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// resize sets the terminal size through the raw fd: pty.Setsize would call
+// Fd and put the ptmx back into blocking mode.
+func (p *ptyProc) resize(cols, rows int) error {
+	rc, err := p.f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("resize terminal: %w", err)
+	}
+	var ioErr error
+	err = rc.Control(func(fd uintptr) {
+		ioErr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Col: uint16(cols), Row: uint16(rows)})
+	})
+	if err == nil {
+		err = ioErr
+	}
+	if err != nil {
+		return fmt.Errorf("resize terminal: %w", err)
+	}
+	return nil
+}
+
+// kill ends the terminal's whole session: SIGHUP to its process group (an
+// interactive bash passes it on to its jobs, which it put in groups of
+// their own), a grace period, then SIGKILL to the group and to every
+// process still in the session or under the leader (found in /proc), which
+// also catches jobs that ignore SIGHUP. Safe to call more than once.
+func (p *ptyProc) kill(grace time.Duration) {
+	sid := p.cmd.Process.Pid
+	tree := descendants(sid)
+	_ = syscall.Kill(-sid, syscall.SIGHUP)
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+	}
+	p.killSession(tree)
+}
+
+// killSession sends SIGKILL to everything left of the terminal's session,
+// and to the processes of tree (taken while the leader lived) that still
+// run, such as a child that started a session of its own.
+func (p *ptyProc) killSession(tree []proc) {
+	sid := p.cmd.Process.Pid
+	_ = syscall.Kill(-sid, syscall.SIGKILL)
+	for _, pid := range sessionMembers(sid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, d := range tree {
+		if d.running() {
+			_ = syscall.Kill(d.pid, syscall.SIGKILL)
+		}
+	}
+	// A job that left the session (setsid) and whose parent exited is in
+	// neither list, but still holds the terminal open.
+	if p.tty != "" {
+		killHolders(map[string]bool{p.tty: true})
+	}
+}
+
+// ptsName returns the path of the terminal behind a ptmx, through the raw
+// fd so that it stays non-blocking.
+func ptsName(f *os.File) string {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return ""
+	}
+	n, ioErr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { n, ioErr = unix.IoctlGetInt(int(fd), unix.TIOCGPTN) }); err != nil || ioErr != nil {
+		return ""
+	}
+	return "/dev/pts/" + strconv.Itoa(n)
+}
+
+// exitStatus reads the exit code and the name of the killing signal ("" if
+// none) of the finished process. A signal counts as 128+n, as a shell
+// reports it.
+func (p *ptyProc) exitStatus() (int, string) {
+	if p.state == nil {
+		return 1, ""
+	}
+	if ws, ok := p.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), unix.SignalName(ws.Signal())
+	}
+	return p.state.ExitCode(), ""
+}
+
+// sessionMembers lists the live processes whose session id is sid, from
+// field 6 of /proc/PID/stat.
+func sessionMembers(sid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		// f[0] is field 3 (state), f[3] field 6 (session).
+		f := bytes.Fields(b[i+1:])
+		if len(f) < 4 || string(f[0]) == "Z" {
+			continue
+		}
+		if s, err := strconv.Atoi(string(f[3])); err == nil && s == sid {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

@@ -1,0 +1,558 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/charmbracelet/x/ansi"
+	"mvdan.cc/xurls/v2"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+// DefaultShellDetachTimeout is how long a terminal lives with no socket
+// watching it (the reference's PTY_SESSION_TIMEOUT).
+const DefaultShellDetachTimeout = 30 * time.Minute
+
+const (
+	// shellChunkMax bounds one stored output chunk (a stream entry).
+	shellChunkMax = 32 << 10
+	// shellBatchMax bounds the output one script call appends.
+	shellBatchMax = 8 * shellChunkMax
+	// shellPendingMax bounds the output read from the PTY and not yet in
+	// Redis; past it the reader stops reading, so a flood blocks in the
+	// kernel instead of growing the worker's memory.
+	shellPendingMax = 1 << 20
+	// shellInputMax bounds keystrokes queued for a PTY that does not read
+	// its input; past it input is dropped (a terminal would block too).
+	shellInputMax = 1 << 20
+	// shellKillGrace is how long a terminal's jobs get between SIGHUP and
+	// SIGKILL.
+	shellKillGrace = 500 * time.Millisecond
+	// shellDrainWait is how long output left in the PTY is read after its
+	// process exited.
+	shellDrainWait = 300 * time.Millisecond
+)
+
+// shellSet holds the terminals of a worker. Its zero value is ready.
+type shellSet struct {
+	mu sync.Mutex
+	m  map[string]*shell // by shell key
+	wg sync.WaitGroup    // one per terminal
+}
+
+// shell is one terminal generation running on this worker: a PTY whose
+// output goes to Redis and whose input comes from the worker's inbox. The
+// PTY is read, the output flushed, and the input written by three
+// goroutines, so keystrokes (Ctrl-C) never wait behind output.
+type shell struct {
+	w    *Worker
+	key  string
+	gen  int64
+	spec app.ShellSpec
+	log  *slog.Logger
+	p    *ptyProc
+
+	outMu    sync.Mutex
+	outCond  *sync.Cond
+	pending  []byte
+	spare    []byte
+	readDone bool // the reader stopped; guarded by outMu
+
+	inMu    sync.Mutex
+	inQ     []shellOp
+	inBytes int
+	inWake  chan struct{}
+
+	killOnce sync.Once
+	stopped  chan struct{} // closed when the terminal ends
+
+	urls urlDetector
+}
+
+// shellOp is one input or resize, kept in arrival order.
+type shellOp struct {
+	data       []byte
+	cols, rows int
+}
+
+// shellControl handles the terminal controls of the inbox. It reports
+// whether c was one. It never blocks on a terminal.
+func (w *Worker) shellControl(c store.Control) bool {
+	switch c.Type {
+	case store.ControlShellOpen:
+		w.openShell(c)
+	case store.ControlShellInput:
+		var data string
+		if err := json.Unmarshal(c.Data, &data); err != nil {
+			w.log.Warn("drop undecodable shell input", "shell", c.Shell, "err", err)
+			return true
+		}
+		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
+			sh.enqueue(shellOp{data: []byte(data)})
+		}
+	case store.ControlShellResize:
+		var size store.ShellSize
+		if err := json.Unmarshal(c.Data, &size); err != nil || size.Cols < 1 || size.Rows < 1 {
+			w.log.Warn("drop undecodable shell resize", "shell", c.Shell, "err", err)
+			return true
+		}
+		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
+			sh.enqueue(shellOp{cols: size.Cols, rows: size.Rows})
+		}
+	case store.ControlShellKill:
+		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
+			sh.kill()
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+// shellOf returns the running terminal of key at generation gen (any
+// generation when gen is 0).
+func (w *Worker) shellOf(key string, gen int64) *shell {
+	w.shells.mu.Lock()
+	defer w.shells.mu.Unlock()
+	sh := w.shells.m[key]
+	if sh == nil || (gen != 0 && sh.gen != gen) {
+		return nil
+	}
+	return sh
+}
+
+// openShell starts the terminal of an open control. An older generation
+// of the same key still running here is killed: its key was reopened.
+func (w *Worker) openShell(c store.Control) {
+	var spec app.ShellSpec
+	if err := json.Unmarshal(c.Data, &spec); err != nil {
+		w.log.Warn("drop undecodable shell open", "shell", c.Shell, "err", err)
+		return
+	}
+	log := w.log.With("shell", c.Shell, "gen", c.Gen)
+	w.shells.mu.Lock()
+	if old := w.shells.m[c.Shell]; old != nil {
+		if old.gen >= c.Gen {
+			w.shells.mu.Unlock()
+			return
+		}
+		old.kill()
+	}
+	w.shells.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	fail := func(text string) {
+		log.Warn("terminal did not start", "err", text)
+		if _, err := w.st.ShellAppend(ctx, c.Shell, c.Gen, []string{app.ShellNotice("error", "Error: "+text)}); err != nil {
+			log.Warn("report terminal start failure", "err", err)
+		}
+		if _, err := w.st.ShellExit(ctx, c.Shell, c.Gen, 1, "", store.ShellExitNormal); err != nil {
+			log.Warn("end terminal", "err", err)
+		}
+	}
+	dir, err := w.cfg.Workspaces.Resolve(spec.ProjectPath, filepath.EvalSymlinks)
+	if err != nil || !isDir(dir) {
+		fail(app.ShellErrInvalidPath)
+		return
+	}
+	args := []string{"bash"}
+	if cmd := spec.Command(w.cfg.Bins); cmd != "" {
+		args = []string{"bash", "-c", cmd}
+	}
+	env := append(os.Environ(), w.cfg.Env...)
+	env = append(env, "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3")
+	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows})
+	if err != nil {
+		fail(err.Error())
+		return
+	}
+	sh := &shell{
+		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
+		inWake: make(chan struct{}, 1), stopped: make(chan struct{}),
+	}
+	sh.outCond = sync.NewCond(&sh.outMu)
+	w.shells.mu.Lock()
+	if w.shells.m == nil {
+		w.shells.m = map[string]*shell{}
+	}
+	w.shells.m[c.Shell] = sh
+	w.shells.wg.Add(1)
+	w.shells.mu.Unlock()
+	log.Info("terminal started", "pid", p.cmd.Process.Pid, "owner", spec.Owner, "dir", dir)
+	go func() {
+		defer w.shells.wg.Done()
+		sh.run()
+		w.shells.mu.Lock()
+		if w.shells.m[sh.key] == sh {
+			delete(w.shells.m, sh.key)
+		}
+		w.shells.mu.Unlock()
+	}()
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// run serves the terminal until its process ends, then makes sure nothing
+// of its session survives, flushes the last output and records the exit.
+// Runs in its own goroutine.
+func (sh *shell) run() {
+	ctx := context.Background()
+	if err := sh.w.st.ShellSet(ctx, sh.key, sh.gen, "state", store.ShellRunning); errors.Is(err, store.ErrStaleShell) {
+		sh.kill()
+	} else if err != nil {
+		sh.log.Warn("mark terminal running", "err", err)
+	}
+	readDone, flushDone, inputDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() { defer close(readDone); sh.readLoop() }()
+	go func() { defer close(flushDone); sh.flushLoop() }()
+	go func() { defer close(inputDone); sh.inputLoop() }()
+
+	<-sh.p.exited
+	// No process outlives its terminal: background jobs, and jobs that
+	// ignore SIGHUP, hold the PTY open and would keep running.
+	sh.p.killSession(nil)
+	// Output still in the PTY is read until EIO (every holder gone) or a
+	// short deadline.
+	_ = sh.p.f.SetReadDeadline(time.Now().Add(shellDrainWait))
+	<-readDone
+	<-flushDone
+	sh.killOnce.Do(func() {})
+	close(sh.stopped)
+	<-inputDone
+	_ = sh.p.f.Close()
+
+	code, sig := sh.p.exitStatus()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := sh.w.st.ShellExit(ctx, sh.key, sh.gen, code, sig, store.ShellExitNormal); err != nil {
+		sh.log.Warn("record terminal exit", "err", err)
+	}
+	sh.log.Info("terminal ended", "exitCode", code, "signal", sig)
+}
+
+// kill ends the terminal's whole session (once); run then records the exit.
+func (sh *shell) kill() {
+	sh.killOnce.Do(func() { go sh.p.kill(shellKillGrace) })
+}
+
+// readLoop copies PTY output into pending, stopping while pending is full.
+// Runs in its own goroutine.
+func (sh *shell) readLoop() {
+	buf := make([]byte, shellChunkMax)
+	for {
+		n, err := sh.p.f.Read(buf)
+		if n > 0 {
+			sh.outMu.Lock()
+			for len(sh.pending) >= shellPendingMax {
+				sh.outCond.Wait()
+			}
+			sh.pending = append(sh.pending, buf[:n]...)
+			sh.outCond.Broadcast()
+			sh.outMu.Unlock()
+		}
+		if err != nil {
+			// EIO once the last holder of the tty is gone (Linux's EOF),
+			// a deadline after exit, or the ptmx closed.
+			break
+		}
+	}
+	sh.outMu.Lock()
+	sh.readDone = true
+	sh.outCond.Broadcast()
+	sh.outMu.Unlock()
+}
+
+// flushLoop appends pending output to Redis as soon as there is some:
+// output that arrives during one append goes out together in the next, so
+// a keystroke's echo is sent at once and a flood is sent in large chunks.
+// Runs in its own goroutine.
+func (sh *shell) flushLoop() {
+	var carry []byte // an incomplete UTF-8 sequence at the end of a batch
+	for {
+		sh.outMu.Lock()
+		for len(sh.pending) == 0 && !sh.readDone {
+			sh.outCond.Wait()
+		}
+		if len(sh.pending) == 0 {
+			sh.outMu.Unlock()
+			break
+		}
+		var data []byte
+		if len(sh.pending) <= shellBatchMax {
+			data = sh.pending
+			sh.pending = sh.spare[:0]
+		} else {
+			data = append(sh.spare[:0], sh.pending[:shellBatchMax]...)
+			sh.pending = sh.pending[:copy(sh.pending, sh.pending[shellBatchMax:])]
+		}
+		sh.outCond.Broadcast()
+		last := sh.readDone && len(sh.pending) == 0
+		sh.outMu.Unlock()
+
+		buf := append(carry, data...)
+		chunks, rest := splitChunks(buf, last)
+		carry = append([]byte(nil), rest...)
+		sh.append(chunks)
+
+		sh.outMu.Lock()
+		if cap(data) <= 2*shellBatchMax {
+			sh.spare = data[:0]
+		}
+		sh.outMu.Unlock()
+	}
+	if len(carry) > 0 {
+		sh.append([]string{strings.ToValidUTF8(string(carry), "\uFFFD")})
+	}
+}
+
+// append stores and publishes chunks, then looks for login URLs in them.
+func (sh *shell) append(chunks []string) {
+	if len(chunks) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := sh.w.st.ShellAppend(ctx, sh.key, sh.gen, chunks)
+	if errors.Is(err, store.ErrStaleShell) {
+		// The key was reopened or deleted: nobody can see this terminal.
+		sh.kill()
+		return
+	}
+	if err != nil {
+		// Dropped: holding output while Redis is away would grow without
+		// bound, and the client can see a gap in seq.
+		sh.log.Warn("store terminal output", "err", err)
+		return
+	}
+	for _, c := range chunks {
+		for _, a := range sh.urls.scan(c) {
+			if err := sh.w.st.ShellAuthURL(ctx, sh.key, sh.gen, a.url, a.autoOpen); err != nil {
+				sh.log.Warn("announce login URL", "err", err)
+			}
+		}
+	}
+}
+
+// splitChunks cuts buf into valid UTF-8 chunks of at most shellChunkMax
+// bytes. Unless last, an incomplete character at the end is returned as
+// rest, to be completed by the next read.
+func splitChunks(buf []byte, last bool) (chunks []string, rest []byte) {
+	end := len(buf)
+	if !last {
+		for i := len(buf) - 1; i >= 0 && i >= len(buf)-utf8.UTFMax+1; i-- {
+			if utf8.RuneStart(buf[i]) {
+				if !utf8.FullRune(buf[i:]) {
+					end = i
+				}
+				break
+			}
+		}
+	}
+	rest = buf[end:]
+	b := buf[:end]
+	for len(b) > 0 {
+		n := min(len(b), shellChunkMax)
+		if n < len(b) {
+			// Cut before a character, not inside one.
+			for k := n; k > n-utf8.UTFMax && k > 0; k-- {
+				if utf8.RuneStart(b[k]) {
+					n = k
+					break
+				}
+			}
+		}
+		s := string(b[:n])
+		if !utf8.ValidString(s) {
+			s = strings.ToValidUTF8(s, "\uFFFD")
+		}
+		if strings.Contains(s, "OPEN_URL: ") {
+			s = strings.ReplaceAll(s, "OPEN_URL: ", "[INFO] Opening in browser: ")
+		}
+		chunks = append(chunks, s)
+		b = b[n:]
+	}
+	return chunks, rest
+}
+
+// enqueue adds an input or a resize to the terminal's queue.
+func (sh *shell) enqueue(op shellOp) {
+	sh.inMu.Lock()
+	if sh.inBytes+len(op.data) > shellInputMax {
+		sh.inMu.Unlock()
+		sh.log.Warn("terminal input dropped: the process does not read it")
+		return
+	}
+	sh.inQ = append(sh.inQ, op)
+	sh.inBytes += len(op.data)
+	sh.inMu.Unlock()
+	select {
+	case sh.inWake <- struct{}{}:
+	default:
+	}
+}
+
+// inputLoop writes queued input to the PTY and applies resizes, in order.
+// Runs in its own goroutine.
+func (sh *shell) inputLoop() {
+	for {
+		sh.inMu.Lock()
+		ops := sh.inQ
+		sh.inQ = nil
+		sh.inBytes = 0
+		sh.inMu.Unlock()
+		for _, op := range ops {
+			if op.data != nil {
+				if _, err := sh.p.f.Write(op.data); err != nil {
+					sh.log.Debug("write to terminal", "err", err)
+				}
+				continue
+			}
+			if err := sh.p.resize(op.cols, op.rows); err != nil {
+				sh.log.Warn("resize terminal", "err", err)
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = sh.w.st.ShellSet(ctx, sh.key, sh.gen, "cols", strconv.Itoa(op.cols), "rows", strconv.Itoa(op.rows))
+				cancel()
+			}
+		}
+		select {
+		case <-sh.inWake:
+		case <-sh.stopped:
+			return
+		}
+	}
+}
+
+// shellLoop kills terminals that no socket has watched for the detach
+// timeout, and terminals whose key was reopened elsewhere. It reads the
+// watch times from Redis, so it works whichever gateway held the sockets,
+// even one that died. Runs in its own goroutine.
+func (w *Worker) shellLoop(ctx context.Context) {
+	timeout := w.cfg.ShellDetachTimeout
+	if timeout <= 0 {
+		timeout = DefaultShellDetachTimeout
+	}
+	every := min(max(timeout/4, 100*time.Millisecond), 30*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.shells.mu.Lock()
+		list := make([]*shell, 0, len(w.shells.m))
+		for _, sh := range w.shells.m {
+			list = append(list, sh)
+		}
+		w.shells.mu.Unlock()
+		for _, sh := range list {
+			idle, err := w.st.ShellIdle(ctx, sh.key, sh.gen)
+			switch {
+			case errors.Is(err, store.ErrStaleShell):
+				sh.log.Info("terminal replaced: killing it")
+				sh.kill()
+			case err != nil:
+				if ctx.Err() == nil {
+					sh.log.Warn("check terminal", "err", err)
+				}
+			case time.Duration(idle)*time.Millisecond >= timeout:
+				sh.log.Info("terminal detached too long: killing it", "idle", time.Duration(idle)*time.Millisecond)
+				sh.kill()
+			}
+		}
+	}
+}
+
+// killShells kills every terminal and waits until each recorded its exit.
+func (w *Worker) killShells() {
+	w.shells.mu.Lock()
+	for _, sh := range w.shells.m {
+		sh.kill()
+	}
+	w.shells.mu.Unlock()
+	w.shells.wg.Wait()
+}
+
+// urlDetector finds login URLs in a terminal's output the way the
+// reference does: in ANSI-stripped text, each URL announced once, and the
+// longest one re-announced with autoOpen when the text asks the user to
+// open it.
+type urlDetector struct {
+	tail     string // the end of the previous text, for URLs cut by a chunk
+	seen     map[string]bool
+	autoSent map[string]bool
+}
+
+type urlAnnounce struct {
+	url      string
+	autoOpen bool
+}
+
+var (
+	urlPattern  = xurls.Strict()
+	openPrompts = []string{
+		"browser didn't open", "open this url", "continue in your browser", "press enter to open", "open_url:",
+	}
+)
+
+// urlTail is how much text is kept between chunks.
+const urlTail = 2048
+
+func (d *urlDetector) scan(chunk string) []urlAnnounce {
+	if !strings.Contains(chunk, "://") && !strings.Contains(d.tail, "http") {
+		// Cheap exit for the bulk of output (floods, build logs); the end
+		// is kept in case a URL starts there.
+		d.tail = chunk[max(0, len(chunk)-16):]
+		return nil
+	}
+	text := d.tail + ansi.Strip(chunk)
+	if len(text) > urlTail {
+		d.tail = text[len(text)-urlTail:]
+	} else {
+		d.tail = text
+	}
+	if d.seen == nil {
+		d.seen, d.autoSent = map[string]bool{}, map[string]bool{}
+	}
+	var out []urlAnnounce
+	longest := ""
+	for _, u := range urlPattern.FindAllString(text, -1) {
+		u = strings.TrimRight(u, ".,;:!?)]}'\"")
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			continue
+		}
+		if len(u) > len(longest) {
+			longest = u
+		}
+		if !d.seen[u] && len(d.seen) < 100 {
+			d.seen[u] = true
+			out = append(out, urlAnnounce{url: u})
+		}
+	}
+	lower := strings.ToLower(text)
+	for _, p := range openPrompts {
+		if longest != "" && strings.Contains(lower, p) && !d.autoSent[longest] {
+			d.autoSent[longest] = true
+			out = append(out, urlAnnounce{url: longest, autoOpen: true})
+			break
+		}
+	}
+	return out
+}
