@@ -50,6 +50,9 @@ type Config struct {
 	// PermissionTimeout is how long a tool waits for the user's answer
 	// before it is denied. Zero means app.DefaultPermissionTimeout.
 	PermissionTimeout time.Duration
+	// WatchInterval is how often the providers' session folders are
+	// polled for projects_updated. Zero turns the watcher off.
+	WatchInterval time.Duration
 	// ShellDetachTimeout is how long a terminal lives with no socket
 	// watching it. Zero means DefaultShellDetachTimeout (30 minutes).
 	ShellDetachTimeout time.Duration
@@ -129,6 +132,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); w.jobLoop(ctx) }()
 	loops.Add(1)
 	go func() { defer loops.Done(); w.shellLoop(loopCtx) }()
+
+	if w.cfg.WatchInterval > 0 {
+		pw := newProjectsWatcher(w, append(os.Environ(), w.cfg.Env...), w.cfg.WatchInterval)
+		loops.Add(1)
+		go func() { defer loops.Done(); pw.run(loopCtx) }()
+	}
 
 	<-ctx.Done()
 	w.drain()

@@ -35,6 +35,7 @@ type config struct {
 	DrainTimeout      time.Duration
 	ShellDetach       time.Duration
 	PermissionTimeout time.Duration
+	WatchInterval     time.Duration
 	ClaudeBin         string
 	CursorBin         string
 	CodexBin          string
@@ -64,6 +65,7 @@ var options = []option{
 	{"heartbeat-ttl", "AGENTGATE_HEARTBEAT_TTL", "10s", "a worker silent this long is dead and its runs are reaped", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatTTL })},
 	{"drain-timeout", "AGENTGATE_DRAIN_TIMEOUT", "10s", "on shutdown, how long runs may finish before they are killed", durationSetter(func(c *config) *time.Duration { return &c.DrainTimeout })},
 	{"permission-timeout", "AGENTGATE_PERMISSION_TIMEOUT", "55s", "how long a tool waits for the user's answer before it is denied (never for AskUserQuestion and ExitPlanMode)", durationSetter(func(c *config) *time.Duration { return &c.PermissionTimeout })},
+	{"watch-interval", "AGENTGATE_WATCH_INTERVAL", "3s", "how often a worker polls the providers' session folders for projects_updated (0 turns it off)", durationOrOffSetter(func(c *config) *time.Duration { return &c.WatchInterval })},
 	{"shell-detach-timeout", "AGENTGATE_SHELL_DETACH_TIMEOUT", "30m", "a terminal no socket has watched for this long is killed", durationSetter(func(c *config) *time.Duration { return &c.ShellDetach })},
 	{"max-message-size", "AGENTGATE_MAX_MESSAGE_SIZE", "1048576", "largest client frame in bytes; a larger one closes the socket with 1009", func(c *config, v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -87,6 +89,18 @@ func durationSetter(field func(*config) *time.Duration) func(*config, string) er
 		}
 		*field(c) = d
 		return nil
+	}
+}
+
+// durationOrOffSetter is durationSetter that also takes "0" for off.
+func durationOrOffSetter(field func(*config) *time.Duration) func(*config, string) error {
+	set := durationSetter(field)
+	return func(c *config, v string) error {
+		if v == "0" {
+			*field(c) = 0
+			return nil
+		}
+		return set(c, v)
 	}
 }
 

@@ -100,6 +100,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			HeartbeatInterval: c.HeartbeatInterval, HeartbeatTTL: c.HeartbeatTTL, DrainTimeout: c.DrainTimeout,
 			ShellDetachTimeout: c.ShellDetach,
 			PermissionTimeout:  c.PermissionTimeout,
+			WatchInterval:      c.WatchInterval,
 			Logger:             log,
 		})
 		if err != nil {
