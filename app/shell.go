@@ -152,7 +152,15 @@ func decodeStrict(data []byte, v any) error {
 func fieldOf(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) && te.Field != "" {
-		return fmt.Sprintf("%s must be a %s", te.Field, te.Type)
+		field := te.Field[strings.LastIndexByte(te.Field, '.')+1:]
+		kind := "number"
+		switch te.Type.Kind().String() {
+		case "string":
+			kind = "string"
+		case "bool":
+			kind = "boolean"
+		}
+		return fmt.Sprintf("%s must be a %s", field, kind)
 	}
 	return "bad field type"
 }

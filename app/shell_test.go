@@ -1,0 +1,155 @@
+package app
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseShellMessage(t *testing.T) {
+	cases := []struct {
+		in      string
+		wantErr string
+		check   func(t *testing.T, m ShellMessage)
+	}{
+		{in: ``, wantErr: ErrTextInvalidPayload},
+		{in: `[1]`, wantErr: ErrTextInvalidPayload},
+		{in: `{"type":"init"} x`, wantErr: ErrTextInvalidPayload},
+		{in: `{}`, wantErr: ErrTextTypeRequired},
+		{in: `{"type":7}`, wantErr: ErrTextTypeRequired},
+		{in: `{"type":"nope"}`, wantErr: "Unknown message type: nope"},
+		{in: `{"type":"init"}`, check: func(t *testing.T, m ShellMessage) {
+			require.Equal(t, "claude", m.Provider)
+			require.Equal(t, 80, m.Cols)
+			require.Equal(t, 24, m.Rows)
+			require.Nil(t, m.LastSeq)
+		}},
+		{in: `{"type":"init","cols":120.0,"rows":40,"lastSeq":7,"shellId":"tab-1"}`, check: func(t *testing.T, m ShellMessage) {
+			require.Equal(t, 120, m.Cols)
+			require.Equal(t, 40, m.Rows)
+			require.Equal(t, int64(7), *m.LastSeq)
+		}},
+		{in: `{"type":"init","cols":80.5}`, wantErr: "Invalid cols: must be a whole number from 1 to 1000"},
+		{in: `{"type":"init","rows":501}`, wantErr: "Invalid rows: must be a whole number from 1 to 500"},
+		{in: `{"type":"init","cols":-3}`, wantErr: "Invalid cols: must be a whole number from 1 to 1000"},
+		{in: `{"type":"init","cols":"80"}`, wantErr: "Invalid init message: cols must be a number"},
+		{in: `{"type":"init","sessionId":"a b"}`, wantErr: ShellErrInvalidSessionID},
+		{in: `{"type":"init","sessionId":"$(rm)"}`, wantErr: ShellErrInvalidSessionID},
+		{in: `{"type":"init","shellId":"x/y"}`, wantErr: ShellErrInvalidShellID},
+		{in: `{"type":"init","provider":"bash"}`, wantErr: "Unknown provider: bash"},
+		{in: `{"type":"init","lastSeq":-1}`, wantErr: "Invalid init message: lastSeq must not be negative"},
+		{in: `{"type":"init","initialCommand":"` + strings.Repeat("x", MaxShellCommand+1) + `"}`, wantErr: "initialCommand too long: at most 4096 bytes"},
+		{in: `{"type":"input"}`, wantErr: "Invalid input message: data is required"},
+		{in: `{"type":"input","data":5}`, wantErr: "Invalid input message: data must be a string"},
+		{in: `{"type":"input","data":"` + strings.Repeat("y", MaxShellInput+1) + `"}`, wantErr: "Input too large: at most 262144 bytes per frame"},
+		{in: `{"type":"input","data":"\u0003"}`, check: func(t *testing.T, m ShellMessage) { require.Equal(t, "\x03", m.Data) }},
+		{in: `{"type":"resize","cols":100}`, wantErr: "Invalid resize message: rows is required"},
+		{in: `{"type":"resize","cols":100,"rows":30}`, check: func(t *testing.T, m ShellMessage) {
+			require.Equal(t, 100, m.Cols)
+			require.Equal(t, 30, m.Rows)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(clip(tc.in, 60), func(t *testing.T) {
+			m, err := ParseShellMessage([]byte(tc.in))
+			if tc.wantErr != "" {
+				require.EqualError(t, err, tc.wantErr)
+				var w WireError
+				require.ErrorAs(t, err, &w)
+				return
+			}
+			require.NoError(t, err)
+			tc.check(t, m)
+		})
+	}
+}
+
+// FuzzParseShellMessage: no frame makes the parser panic, and an accepted
+// frame always has a known type and sizes within bounds.
+func FuzzParseShellMessage(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"init","projectPath":"/p","sessionId":"abc","provider":"codex","hasSession":true,"cols":80,"rows":24}`,
+		`{"type":"input","data":"ls\r"}`, `{"type":"resize","cols":1,"rows":1}`, `{"type":"init","lastSeq":3}`,
+		`{"type":"init","cols":1e300}`, `{"type":"resize","cols":-0,"rows":NaN}`, `null`, `{"type":""}`, "\xff",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ParseShellMessage(data)
+		if err != nil {
+			var w WireError
+			require.ErrorAs(t, err, &w)
+			return
+		}
+		require.Contains(t, []string{"init", "input", "resize"}, m.Type)
+		require.True(t, m.Cols >= 1 && m.Cols <= MaxShellCols, "cols %d", m.Cols)
+		require.True(t, m.Rows >= 1 && m.Rows <= MaxShellRows, "rows %d", m.Rows)
+		require.LessOrEqual(t, len(m.Data), MaxShellInput)
+		if m.Type == "init" {
+			require.True(t, m.SessionID == "" || ValidSessionID(m.SessionID))
+			require.True(t, validShellProvider(Provider(m.Provider)))
+		}
+	})
+}
+
+func TestShellKey(t *testing.T) {
+	base := ShellMessage{Type: "init", Provider: "claude", SessionID: "s1"}
+	k := ShellKey("alice", "/w/p", base)
+	require.Regexp(t, `^[0-9a-f]{32}$`, k)
+	require.Equal(t, k, ShellKey("alice", "/w/p", base), "stable")
+	with := func(f func(m *ShellMessage)) ShellMessage { m := base; f(&m); return m }
+	others := []string{
+		ShellKey("bob", "/w/p", base),
+		ShellKey("alice", "/w/q", base),
+		ShellKey("alice", "/w/p", with(func(m *ShellMessage) { m.SessionID = "s2" })),
+		ShellKey("alice", "/w/p", with(func(m *ShellMessage) { m.Provider = "codex" })),
+		ShellKey("alice", "/w/p", with(func(m *ShellMessage) { m.SessionID, m.ShellID = "", "tab1" })),
+		ShellKey("alice", "/w/p", with(func(m *ShellMessage) { m.SessionID, m.ShellID = "", "tab2" })),
+		ShellKey("alice", "/w/p", with(func(m *ShellMessage) { m.SessionID = ""; m.IsPlainShell = true; m.InitialCommand = "ls" })),
+		ShellKey("alice", "/w/p", with(func(m *ShellMessage) { m.SessionID = ""; m.IsPlainShell = true; m.InitialCommand = "top" })),
+		// Parts cannot be shifted into one another.
+		ShellKey("alice/w", "/p", base),
+	}
+	seen := map[string]bool{k: true}
+	for i, o := range others {
+		require.False(t, seen[o], "key %d collides", i)
+		seen[o] = true
+	}
+}
+
+func TestShellCommand(t *testing.T) {
+	bins := map[Provider]string{Claude: "/opt/my bin/claude"}
+	cases := []struct {
+		spec ShellSpec
+		want string
+	}{
+		{ShellSpec{Provider: Claude}, `'/opt/my bin/claude'`},
+		{ShellSpec{Provider: Claude, HasSession: true, SessionID: "abc-1"}, `'/opt/my bin/claude' --resume "abc-1" || '/opt/my bin/claude'`},
+		{ShellSpec{Provider: Claude, InitialCommand: "claude setup-token"}, `claude setup-token`},
+		{ShellSpec{Provider: Cursor, HasSession: true, SessionID: "c1"}, `cursor-agent --resume="c1"`},
+		{ShellSpec{Provider: Cursor}, `cursor-agent`},
+		{ShellSpec{Provider: Codex, HasSession: true, SessionID: "x"}, `codex resume "x" || codex`},
+		{ShellSpec{Provider: Gemini, HasSession: true, SessionID: "g"}, `gemini --resume "g"`},
+		{ShellSpec{Provider: PlainShell, Plain: true, InitialCommand: "npm test"}, `npm test`},
+		{ShellSpec{Provider: PlainShell, Plain: true}, ``},
+	}
+	for _, tc := range cases {
+		require.Equal(t, tc.want, tc.spec.Command(bins))
+	}
+}
+
+func TestShellPlainAndLoginReset(t *testing.T) {
+	require.True(t, ShellMessage{IsPlainShell: true}.Plain())
+	require.True(t, ShellMessage{InitialCommand: "ls"}.Plain())
+	require.False(t, ShellMessage{InitialCommand: "ls", HasSession: true, Provider: "claude"}.Plain())
+	require.True(t, ShellMessage{Provider: "plain-shell"}.Plain())
+	for _, c := range []string{"claude setup-token", "cursor-agent login", "gemini auth login"} {
+		require.True(t, ShellMessage{InitialCommand: c}.LoginReset(), c)
+	}
+	require.True(t, ShellMessage{ForceRestart: true}.LoginReset())
+	require.False(t, ShellMessage{InitialCommand: "claude"}.LoginReset())
+	require.Equal(t, "Resuming Codex session x in: /p", ShellSpec{Provider: Codex, HasSession: true, SessionID: "x", ProjectPath: "/p"}.Welcome())
+	require.Equal(t, "Starting new Claude session in: /p", ShellSpec{Provider: Claude, ProjectPath: "/p"}.Welcome())
+	require.Equal(t, "Starting terminal in: /p", ShellSpec{Plain: true, ProjectPath: "/p"}.Welcome())
+}

@@ -1,0 +1,162 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// TestShellLifecycle runs the terminal scripts on both backends: an open
+// that lost the race changes nothing, appends take consecutive seqs and
+// are published, a stale generation writes nothing, the exit is recorded
+// once, and the stream is capped.
+func TestShellLifecycle(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			ctx := context.Background()
+			rdb := redisClient(t, url)
+			prefix := st.Prefix()
+
+			var mu sync.Mutex
+			var got []store.ShellLive
+			sub := st.NewSubscriber(store.SubscriberHandlers{})
+			sub.HandleShell(store.ShellHandlers{Message: func(key, payload string) {
+				m, ok := store.ParseShellLive(payload)
+				require.True(t, ok, payload)
+				mu.Lock()
+				got = append(got, m)
+				mu.Unlock()
+			}})
+			subCtx, stop := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { defer close(done); _ = sub.Run(subCtx) }()
+			t.Cleanup(func() { stop(); <-done })
+			require.NoError(t, sub.SubscribeShell(ctx, "k1"))
+
+			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec)
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, int64(1), gen)
+			_, ok, err = st.ShellOpen(ctx, "k1", 0, "w2", "bash", spec)
+			require.NoError(t, err)
+			require.False(t, ok, "a second open from the same generation loses")
+
+			// The open control is in w1's inbox, and nothing in w2's.
+			in, err := st.ReadInbox(ctx, "w1", "0", time.Millisecond)
+			require.NoError(t, err)
+			require.Len(t, in, 1)
+			require.Equal(t, store.ControlShellOpen, in[0].Control.Type)
+			require.Equal(t, int64(1), in[0].Control.Gen)
+			var back app.ShellSpec
+			require.NoError(t, json.Unmarshal(in[0].Control.Data, &back))
+			require.Equal(t, spec, back)
+			in, err = st.ReadInbox(ctx, "w2", "0", time.Millisecond)
+			require.NoError(t, err)
+			require.Empty(t, in)
+
+			seq, err := st.ShellAppend(ctx, "k1", 1, []string{"a", "b c", "é"})
+			require.NoError(t, err)
+			require.Equal(t, int64(3), seq)
+			_, err = st.ShellAppend(ctx, "k1", 7, []string{"stale"})
+			require.ErrorIs(t, err, store.ErrStaleShell)
+			chunks, err := st.ShellOutput(ctx, "k1", 1, 10)
+			require.NoError(t, err)
+			require.Equal(t, []store.ShellChunk{{Seq: 2, Data: "b c"}, {Seq: 3, Data: "é"}}, chunks)
+			// Plain fields an admin reads with redis-cli.
+			h, err := rdb.HGetAll(ctx, prefix+":shell:{k1}").Result()
+			require.NoError(t, err)
+			require.Equal(t, "alice", h["owner"])
+			require.Equal(t, "w1", h["worker"])
+			require.Equal(t, "3", h["seq"])
+
+			n, err := st.ShellTouch(ctx, "k1", 1, +1)
+			require.NoError(t, err)
+			require.Equal(t, 1, n)
+			n, err = st.ShellTouch(ctx, "k1", 1, -1)
+			require.NoError(t, err)
+			require.Equal(t, 0, n)
+			_, err = st.ShellTouch(ctx, "k1", 2, 0)
+			require.ErrorIs(t, err, store.ErrStaleShell)
+			idle, err := st.ShellIdle(ctx, "k1", 1)
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, idle, int64(0))
+			_, err = st.ShellIdle(ctx, "k1", 2)
+			require.ErrorIs(t, err, store.ErrStaleShell)
+
+			first, err := st.ShellExit(ctx, "k1", 1, 130, "SIGINT", store.ShellExitNormal)
+			require.NoError(t, err)
+			require.True(t, first)
+			again, err := st.ShellExit(ctx, "k1", 1, 1, "", store.ShellExitLost)
+			require.NoError(t, err)
+			require.False(t, again, "the exit is recorded once")
+			info, ok, err := st.Shell(ctx, "k1")
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, store.ShellExited, info.State)
+			require.Equal(t, 130, info.ExitCode)
+			require.Equal(t, "SIGINT", info.Signal)
+
+			require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 4 }, 5*time.Second, 5*time.Millisecond)
+			mu.Lock()
+			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 1, Data: "a"}, got[0])
+			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 2, Data: "b c"}, got[1])
+			require.Equal(t, store.ShellLive{Kind: 'e', Gen: 1, Seq: 3, ExitCode: 130, Signal: "SIGINT", Reason: "exit"}, got[3])
+			mu.Unlock()
+
+			// Reopen: a new generation starts from seq 1 with no old output.
+			gen, ok, err = st.ShellOpen(ctx, "k1", 1, "w1", "bash", spec)
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, int64(2), gen)
+			chunks, err = st.ShellOutput(ctx, "k1", 0, 10)
+			require.NoError(t, err)
+			require.Empty(t, chunks)
+			_, err = st.ShellAppend(ctx, "k1", 1, []string{"old generation"})
+			require.ErrorIs(t, err, store.ErrStaleShell)
+
+			// The cap: 5000 chunks kept, the newest ones.
+			batch := make([]string, 100)
+			for i := 0; i < 52; i++ {
+				for j := range batch {
+					batch[j] = fmt.Sprintf("c%d", i*100+j+1)
+				}
+				_, err := st.ShellAppend(ctx, "k1", 2, batch)
+				require.NoError(t, err)
+			}
+			l, err := st.ShellOutputLen(ctx, "k1")
+			require.NoError(t, err)
+			require.Equal(t, int64(store.ShellMaxChunks), l)
+			chunks, err = st.ShellOutput(ctx, "k1", 0, 1)
+			require.NoError(t, err)
+			require.Equal(t, store.ShellChunk{Seq: 201, Data: "c201"}, chunks[0])
+		})
+	}
+}
+
+func TestParseShellLive(t *testing.T) {
+	for _, bad := range []string{"", "o", "o 1", "o x 1 a", "o 1 x a", "e 1 2 3", "u 1", "z 1 2 3", "o1 1 a"} {
+		_, ok := store.ParseShellLive(bad)
+		require.False(t, ok, bad)
+	}
+	m, ok := store.ParseShellLive("o 2 5 a b\r\n")
+	require.True(t, ok)
+	require.Equal(t, store.ShellLive{Kind: 'o', Gen: 2, Seq: 5, Data: "a b\r\n"}, m)
+	m, ok = store.ParseShellLive("u 1 1 https://x.test/a b")
+	require.True(t, ok)
+	require.Equal(t, store.ShellLive{Kind: 'u', Gen: 1, Data: "https://x.test/a b", AutoOpen: true}, m)
+	m, ok = store.ParseShellLive("e 3 9 0 - lost")
+	require.True(t, ok)
+	require.Equal(t, store.ShellLive{Kind: 'e', Gen: 3, Seq: 9, Reason: "lost"}, m)
+}

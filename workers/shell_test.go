@@ -1,0 +1,145 @@
+package workers
+
+import (
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestSplitChunks(t *testing.T) {
+	// A character cut by a read is kept for the next batch.
+	chunks, rest := splitChunks([]byte("ab\xc3"), false)
+	require.Equal(t, []string{"ab"}, chunks)
+	require.Equal(t, []byte("\xc3"), rest)
+	chunks, rest = splitChunks(append(rest, 0xa9, 'c'), false)
+	require.Equal(t, []string{"éc"}, chunks)
+	require.Empty(t, rest)
+	// Invalid bytes become U+FFFD: frames are valid UTF-8 JSON text.
+	chunks, rest = splitChunks([]byte("x\xffy"), false)
+	require.Equal(t, []string{"x\uFFFDy"}, chunks)
+	require.Empty(t, rest)
+	// At the end an incomplete character is flushed as is (replaced).
+	chunks, _ = splitChunks([]byte("z\xe2\x82"), true)
+	require.Equal(t, []string{"z\uFFFD"}, chunks)
+	// Large output is cut below the chunk size, between characters.
+	big := []byte(strings.Repeat("é", shellChunkMax))
+	chunks, rest = splitChunks(big, false)
+	require.Empty(t, rest)
+	total := 0
+	for _, c := range chunks {
+		require.LessOrEqual(t, len(c), shellChunkMax)
+		require.True(t, utf8.ValidString(c))
+		require.NotContains(t, c, "\uFFFD")
+		total += len(c)
+	}
+	require.Equal(t, len(big), total)
+	chunks, _ = splitChunks([]byte("OPEN_URL: https://a.test/x\r\n"), false)
+	require.Equal(t, []string{"[INFO] Opening in browser: https://a.test/x\r\n"}, chunks)
+}
+
+func TestURLDetector(t *testing.T) {
+	var d urlDetector
+	require.Empty(t, d.scan(strings.Repeat("y\r\n", 1000)))
+	got := d.scan("Visit \x1b[4mhttps://claude.ai/oauth/authorize?code=true&x=1\x1b[0m.\r\n")
+	require.Equal(t, []urlAnnounce{{url: "https://claude.ai/oauth/authorize?code=true&x=1"}}, got)
+	require.Empty(t, d.scan("again https://claude.ai/oauth/authorize?code=true&x=1\r\n"), "each URL once")
+	got = d.scan("Browser didn't open? Use the url below\r\n")
+	require.Equal(t, []urlAnnounce{{url: "https://claude.ai/oauth/authorize?code=true&x=1", autoOpen: true}}, got)
+	require.Empty(t, d.scan("browser didn't open\r\n"), "autoOpen once")
+	// A URL cut between two chunks is found once whole.
+	var d2 urlDetector
+	require.Empty(t, d2.scan("go to htt"))
+	got = d2.scan("ps://example.com/login now\r\n")
+	require.Equal(t, []urlAnnounce{{url: "https://example.com/login"}}, got)
+	require.Empty(t, d2.scan("ftp://example.com/file\r\n"), "http and https only")
+}
+
+// TestPTYKillSession: killing a terminal kills its whole session: an
+// interactive bash's jobs (each in its own process group), a job that
+// ignores SIGHUP, and a job that moved to a session of its own.
+func TestPTYKillSession(t *testing.T) {
+	p, err := startPTY(ptyConfig{Args: []string{"bash", "--norc", "--noprofile", "-i"}, Dir: t.TempDir(), Env: []string{"PATH=" + os.Getenv("PATH"), "TERM=dumb"}, Cols: 90, Rows: 33})
+	require.NoError(t, err)
+	t.Cleanup(func() { p.kill(0); _ = p.f.Close() })
+	out := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := p.f.Read(buf)
+			if n > 0 {
+				out <- string(buf[:n])
+			}
+			if err != nil {
+				close(out)
+				return
+			}
+		}
+	}()
+	var seen strings.Builder
+	waitFor := func(s string) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for !strings.Contains(seen.String(), s) {
+			select {
+			case chunk, ok := <-out:
+				require.True(t, ok, "terminal closed before %q: %q", s, seen.String())
+				seen.WriteString(chunk)
+			case <-deadline:
+				t.Fatalf("no %q in %q", s, seen.String())
+			}
+		}
+	}
+	marker := strconv.Itoa(7000 + os.Getpid()%1000)
+	_, err = p.f.Write([]byte("stty size; sleep 2" + marker + "1 & (trap '' HUP; exec sleep 2" + marker + "2) & setsid sleep 2" + marker + "3 & echo go-$((3*3))\r"))
+	require.NoError(t, err)
+	waitFor("33 90")
+	waitFor("go-9")
+	require.NoError(t, p.resize(120, 40))
+	_, err = p.f.Write([]byte("stty size\r"))
+	require.NoError(t, err)
+	waitFor("40 120")
+	require.Eventually(t, func() bool { return len(pidsWith("2"+marker)) == 3 }, 5*time.Second, 20*time.Millisecond)
+
+	p.kill(100 * time.Millisecond)
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("bash survived kill")
+	}
+	code, sig := p.exitStatus()
+	require.Equal(t, "SIGHUP", sig)
+	require.Equal(t, 128+int(syscall.SIGHUP), code)
+	require.Eventually(t, func() bool { return len(pidsWith("2"+marker)) == 0 }, 5*time.Second, 20*time.Millisecond,
+		"processes left: %v", pidsWith("2"+marker))
+	for range out {
+	}
+}
+
+// pidsWith lists live processes whose command line contains s.
+func pidsWith(s string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f, err := os.Open("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if strings.Contains(string(b), s) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
