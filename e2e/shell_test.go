@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -458,4 +459,43 @@ func realPath(t *testing.T, p string) string {
 	r, err := filepath.EvalSymlinks(p)
 	require.NoError(t, err)
 	return r
+}
+
+// TestShellWorkerLost: when the worker of a terminal dies (kill -9), its
+// processes die with it, the watching socket gets a notice and an exit,
+// and an init starts a fresh terminal on another worker; a worker that
+// shuts down kills its terminals and reports their exit.
+func TestShellWorkerLost(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	a := sc.dialShell(sc.gw1, "alice")
+	a.send(sc.plainInit("lost"))
+	a.waitText(0, "Starting terminal in:", 10*time.Second)
+	marker := fmt.Sprintf("3%d", 1000+time.Now().UnixNano()%1000)
+	a.typeLine("sleep " + marker + "1 & echo up-$((1+6))")
+	a.waitText(0, "up-7", 10*time.Second)
+	require.Len(t, procsWithArg(marker+"1"), 1)
+
+	sc.worker.kill9()
+	e := a.waitExit(0, 15*time.Second)
+	require.Contains(t, a.text(0), "[Terminal lost: its worker stopped]")
+	require.Equal(t, float64(1), e.m["exitCode"], string(e.raw))
+
+	// The shell died with its worker (Pdeathsig); its job, in a process
+	// group of its own, is found by the next worker on the host.
+	w2 := startProc(t, "worker2", append(sc.workerEnv(), "AGENTGATE_SHELL_DETACH_TIMEOUT="+shellDetach), "worker")
+	sc.waitWorker(w2)
+	eventually(t, 5*time.Second, "the dead worker's terminal processes gone", func() bool { return len(procsWithArg(marker+"1")) == 0 })
+	mark := a.mark()
+	a.send(sc.plainInit("lost"))
+	a.waitText(mark, "Starting terminal in:", 10*time.Second)
+	a.typeLine("sleep " + marker + "2 & echo again-$((2+6))")
+	a.waitText(mark, "again-8", 10*time.Second)
+	requireConsecutive(t, a.seqs(mark), 1)
+
+	// A worker shutting down ends its terminals.
+	w2.signal(syscall.SIGTERM)
+	e = a.waitExit(mark, 15*time.Second)
+	require.Equal(t, "SIGHUP", e.m["signal"], string(e.raw))
+	require.Empty(t, procsWithArg(marker+"2"))
 }

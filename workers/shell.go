@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -172,7 +174,7 @@ func (w *Worker) openShell(c store.Control) {
 		args = []string{"bash", "-c", cmd}
 	}
 	env := append(os.Environ(), w.cfg.Env...)
-	env = append(env, "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3")
+	env = append(env, "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.cfg.ID)
 	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows})
 	if err != nil {
 		fail(err.Error())
@@ -450,10 +452,16 @@ func (w *Worker) shellLoop(ctx context.Context) {
 	every := min(max(timeout/4, 100*time.Millisecond), 30*time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	sweep := time.NewTicker(orphanSweepEvery)
+	defer sweep.Stop()
+	w.sweepOrphans(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-sweep.C:
+			w.sweepOrphans(ctx)
+			continue
 		case <-t.C:
 		}
 		w.shells.mu.Lock()
@@ -475,6 +483,54 @@ func (w *Worker) shellLoop(ctx context.Context) {
 			case time.Duration(idle)*time.Millisecond >= timeout:
 				sh.log.Info("terminal detached too long: killing it", "idle", time.Duration(idle)*time.Millisecond)
 				sh.kill()
+			}
+		}
+	}
+}
+
+// shellOwnerEnv names, in the environment of every terminal process, the
+// worker that started it: what is left of a worker killed with -9 can be
+// found by the next worker on the host.
+const shellOwnerEnv = "AGENTGATE_SHELL_WORKER"
+
+// orphanSweepEvery is how often a worker looks for processes of dead
+// workers' terminals.
+const orphanSweepEvery = 30 * time.Second
+
+// sweepOrphans kills the processes of terminals whose worker is no longer
+// alive. Pdeathsig kills a terminal's shell with its worker, but the jobs
+// of an interactive shell sit in process groups of their own and survive
+// it; their environment still names the worker.
+func (w *Worker) sweepOrphans(ctx context.Context) {
+	live, err := w.st.LiveWorkers(ctx)
+	if err != nil {
+		return
+	}
+	alive := map[string]bool{w.cfg.ID: true}
+	for _, l := range live {
+		alive[l.ID] = true
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	marker := []byte(shellOwnerEnv + "=")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue // another user's process, or gone
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if id, ok := bytes.CutPrefix(kv, marker); ok {
+				if !alive[string(id)] {
+					w.log.Info("killing a process of a dead worker's terminal", "pid", pid, "deadWorker", string(id))
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+				break
 			}
 		}
 	}
