@@ -235,3 +235,32 @@ func TestClaudePermissions(t *testing.T) {
 		require.False(t, exists(filepath.Join(h.dir, "aborted")))
 	})
 }
+
+// TestClaudeAbortDuringToolLeavesNothing: an abort while the CLI runs a
+// Bash tool (in a session of its own) interrupts the CLI and leaves no
+// process behind, whether the CLI stops the tool itself or not.
+func TestClaudeAbortDuringToolLeavesNothing(t *testing.T) {
+	api := mockanthropic.New(t)
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := claudeWorker(t, st, append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0"))
+	pidFile := filepath.Join(h.dir, "tool.pid")
+	api.Add(mockanthropic.Turn{When: "long tool", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_sleep", Name: "Bash",
+		Input: map[string]any{"command": "sh -c 'echo $$ > " + pidFile + "; exec sleep 300'", "description": "wait"}}}})
+	sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "long tool", NewSession: true,
+		Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash"}}}})
+	require.Eventually(t, func() bool { return exists(pidFile) }, 30*time.Second, 20*time.Millisecond)
+	pid := readPID(t, pidFile)
+	require.True(t, processAlive(pid))
+
+	ctx := context.Background()
+	res, err := st.Abort(ctx, sess.ID, app.Claude)
+	require.NoError(t, err)
+	require.NoError(t, st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}))
+	require.Eventually(t, func() bool { return !processAlive(pid) }, 10*time.Second, 20*time.Millisecond, "the tool outlived the abort")
+	require.Eventually(t, func() bool {
+		h.w.mu.Lock()
+		defer h.w.mu.Unlock()
+		return len(h.w.runs) == 0
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Len(t, completes(h.events(sess.ID)), 1)
+}

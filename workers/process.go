@@ -36,11 +36,25 @@ func prepareGroup(cmd *exec.Cmd) {
 // process of the snapshot that still runs (same start time, so a reused pid
 // is never hit). It is safe to call more than once.
 func (p *process) kill(grace time.Duration) {
+	p.killKnown(grace, nil)
+}
+
+// tree snapshots the processes under the leader, for killKnown.
+func (p *process) tree() []proc {
+	if p.cmd.Process == nil {
+		return nil
+	}
+	return descendants(p.cmd.Process.Pid)
+}
+
+// killKnown is kill with processes seen earlier added to the snapshot: once
+// the leader has exited, the tree under it can no longer be found.
+func (p *process) killKnown(grace time.Duration, known []proc) {
 	if p.cmd.Process == nil {
 		return
 	}
 	pgid := p.cmd.Process.Pid
-	tree := descendants(pgid)
+	tree := append(known, descendants(pgid)...)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		_ = syscall.Kill(-pgid, sig)
 		select {

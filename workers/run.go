@@ -101,14 +101,19 @@ func (r *run) stop(reason stopReason) {
 // to interrupt its turn (it then stops its tools itself and exits once its
 // input is closed), then by killing whatever is left of its tree.
 func (r *run) halt(p *process) {
-	if r.interrupt != nil {
-		r.input.write(r.interrupt)
-		select {
-		case <-p.exited:
-		case <-time.After(interruptGrace):
-		}
+	if r.interrupt == nil {
+		p.kill(killGrace)
+		return
 	}
-	p.kill(killGrace)
+	// Seen before the interrupt: a tool the provider leaves behind when it
+	// exits is found by this snapshot, not under the gone leader.
+	known := p.tree()
+	r.input.write(r.interrupt)
+	select {
+	case <-p.exited:
+	case <-time.After(interruptGrace):
+	}
+	p.killKnown(killGrace, known)
 }
 
 // permissions returns the run's permission requests, nil until its
