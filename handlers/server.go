@@ -69,6 +69,8 @@ type Server struct {
 	// shells and shellSockets serve /shell (shell.go).
 	shells       *shellHub
 	shellSockets *melody.Melody
+	// plugins are the open /plugin-ws relays (plugin.go).
+	plugins pluginRelays
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -131,6 +133,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Drain() {
 	s.draining.Store(true)
 	s.shells.closeAll()
+	s.plugins.closeAll()
 	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
@@ -163,6 +166,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/metrics", echo.WrapHandler(metricsHandler()))
 	e.GET("/ws", s.serveChat)
 	e.GET("/shell", s.serveShell)
+	e.GET("/plugin-ws/:name", s.servePlugin)
 	api := e.Group("/api", s.requireUser)
 	api.GET("/auth/user", s.authUser)
 	api.GET("/sessions", s.listSessions)

@@ -69,5 +69,8 @@ func (k keys) schema() string { return k.prefix + ":schema" }
 // session id, so an answer can be routed from its request id alone.
 func (k keys) permissions() string { return k.prefix + ":permissions" }
 
+// plugin is a plugin's address `ag:plugin:NAME` (PROTOCOL §5).
+func (k keys) plugin(name string) string { return k.prefix + ":plugin:" + name }
+
 // broadcast is the pub/sub channel of messages for every chat socket.
 func (k keys) broadcast() string { return k.prefix + ":broadcast" }

@@ -23,6 +23,8 @@ Usage:
                                   print a signed token (needs only --jwt-secret)
   agentgate sessions ls [--running] | show ID | abort ID
                                   admin view of the sessions in Redis
+  agentgate plugins add NAME HOST:PORT | rm NAME | ls
+                                  the registry of /plugin-ws/NAME relays
   agentgate migrate               apply key-schema migrations
   agentgate help [COMMAND]        show the flags of a command
 
@@ -55,6 +57,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runToken(rest, stdout, stderr)
 	case "sessions":
 		return runSessions(ctx, rest, stdout, stderr)
+	case "plugins":
+		return runPlugins(ctx, rest, stdout, stderr)
 	case "migrate":
 		return runMigrate(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":

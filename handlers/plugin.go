@@ -1,0 +1,190 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/labstack/echo/v4"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// Close codes of /plugin-ws (PROTOCOL §5).
+const (
+	closeInvalidPlugin = 4400
+	closePluginMissing = 4404
+	closeUpstreamError = 4502
+)
+
+const (
+	// pluginDialTimeout bounds the connection to a plugin.
+	pluginDialTimeout = 5 * time.Second
+	// pluginMaxFrame bounds a frame from a plugin; a plugin is trusted
+	// more than a browser, but not with all of the gateway's memory.
+	pluginMaxFrame = 16 << 20
+	// closeWait is how long a relay waits for a close frame to be written.
+	closeWait = time.Second
+)
+
+// pluginRelays are the open /plugin-ws relays, closed on drain.
+type pluginRelays struct {
+	mu     sync.Mutex
+	relays map[*pluginRelay]struct{}
+}
+
+func (p *pluginRelays) add(r *pluginRelay) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.relays == nil {
+		p.relays = map[*pluginRelay]struct{}{}
+	}
+	p.relays[r] = struct{}{}
+}
+
+func (p *pluginRelays) remove(r *pluginRelay) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.relays, r)
+}
+
+// closeAll closes every relay with 1001, as a draining gateway does with
+// its chat sockets.
+func (p *pluginRelays) closeAll() {
+	p.mu.Lock()
+	relays := make([]*pluginRelay, 0, len(p.relays))
+	for r := range p.relays {
+		relays = append(relays, r)
+	}
+	p.mu.Unlock()
+	for _, r := range relays {
+		r.close(websocket.CloseGoingAway, "gateway shutting down")
+	}
+}
+
+// servePlugin relays /plugin-ws/:name to the plugin's own WebSocket at
+// ws://HOST:PORT/ws, frames both ways as they are (text stays text, binary
+// stays binary) and closes propagated. The name and the registry are
+// checked after the upgrade, because the contract answers with close codes.
+func (s *Server) servePlugin(c echo.Context) error {
+	if s.draining.Load() {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining")
+	}
+	if _, err := s.cfg.Auth.Authenticate(c.Request()); err != nil {
+		return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
+	}
+	up := websocket.Upgrader{
+		ReadBufferSize: 1024, WriteBufferSize: 1024,
+		CheckOrigin: func(r *http.Request) bool { return originAllowed(r, s.cfg.AllowedOrigins) },
+	}
+	client, err := up.Upgrade(c.Response(), c.Request(), nil)
+	if err != nil {
+		return nil // the upgrader has answered
+	}
+	client.SetReadLimit(s.cfg.MaxMessageSize)
+	name := c.Param("name")
+	if !app.ValidPluginName(name) {
+		closeConn(client, closeInvalidPlugin, "Invalid plugin name")
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), pluginDialTimeout)
+	defer cancel()
+	addr, err := s.st.Plugin(ctx, name)
+	if err != nil {
+		if errors.Is(err, app.ErrNotFound) {
+			closeConn(client, closePluginMissing, "Plugin not running")
+		} else {
+			s.log.Warn("read plugin", "plugin", name, "err", err)
+			closeConn(client, closeUpstreamError, "Upstream error")
+		}
+		return nil
+	}
+	upstream, _, err := (&websocket.Dialer{HandshakeTimeout: pluginDialTimeout}).DialContext(ctx, "ws://"+addr+"/ws", nil)
+	if err != nil {
+		s.log.Info("dial plugin", "plugin", name, "addr", addr, "err", err)
+		closeConn(client, closeUpstreamError, "Upstream error")
+		return nil
+	}
+	upstream.SetReadLimit(pluginMaxFrame)
+	r := &pluginRelay{client: client, upstream: upstream}
+	s.plugins.add(r)
+	defer s.plugins.remove(r)
+	r.run()
+	return nil
+}
+
+// pluginRelay is one browser socket joined to one plugin socket.
+type pluginRelay struct {
+	client, upstream *websocket.Conn
+	once             sync.Once
+}
+
+// run copies frames both ways until one side closes or fails, then closes
+// the other side the same way.
+func (r *pluginRelay) run() {
+	done := make(chan struct{}, 2)
+	go func() {
+		code, text := copyFrames(r.upstream, r.client)
+		// The browser left: tell the plugin why, keeping its code.
+		r.closeBoth(code, text, code, text)
+		done <- struct{}{}
+	}()
+	go func() {
+		code, text := copyFrames(r.client, r.upstream)
+		if code == websocket.CloseAbnormalClosure {
+			// The plugin vanished without a close: that is an upstream error.
+			code, text = closeUpstreamError, "Upstream error"
+		}
+		r.closeBoth(code, text, code, text)
+		done <- struct{}{}
+	}()
+	<-done
+	<-done
+}
+
+// close closes both sides with one code.
+func (r *pluginRelay) close(code int, text string) { r.closeBoth(code, text, code, text) }
+
+// closeBoth sends each side its close frame, once, then closes both.
+func (r *pluginRelay) closeBoth(clientCode int, clientText string, upCode int, upText string) {
+	r.once.Do(func() {
+		closeConn(r.client, clientCode, clientText)
+		closeConn(r.upstream, upCode, upText)
+	})
+}
+
+// copyFrames copies messages from src to dst until src ends, and returns
+// the close code and text src ended with.
+func copyFrames(dst, src *websocket.Conn) (int, string) {
+	for {
+		typ, data, err := src.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				return ce.Code, ce.Text
+			}
+			if errors.Is(err, websocket.ErrReadLimit) {
+				return websocket.CloseMessageTooBig, "message too big"
+			}
+			return websocket.CloseAbnormalClosure, ""
+		}
+		if err := dst.WriteMessage(typ, data); err != nil {
+			return websocket.CloseAbnormalClosure, ""
+		}
+	}
+}
+
+// closeConn writes a close frame (codes that may not be sent become 1000)
+// and closes the connection.
+func closeConn(c *websocket.Conn, code int, text string) {
+	switch code {
+	case websocket.CloseNoStatusReceived, websocket.CloseAbnormalClosure, websocket.CloseTLSHandshake:
+		code = websocket.CloseNormalClosure
+	}
+	msg := websocket.FormatCloseMessage(code, text)
+	_ = c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeWait))
+	_ = c.Close()
+}

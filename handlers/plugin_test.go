@@ -1,0 +1,152 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// echoPlugin is a plugin's WebSocket server: it echoes every frame with
+// its type, closes with 4123 "bye" when told "close-me", and reports the
+// close code its client ended with.
+func echoPlugin(t *testing.T) (addr string, closed chan int) {
+	closed = make(chan int, 1)
+	up := websocket.Upgrader{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			typ, data, err := c.ReadMessage()
+			if err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					closed <- ce.Code
+				}
+				return
+			}
+			if string(data) == "close-me" {
+				_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4123, "bye"), time.Now().Add(time.Second))
+				continue
+			}
+			_ = c.WriteMessage(typ, data)
+		}
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), closed
+}
+
+func (g *gateway) dialPlugin(name, tok string) (*websocket.Conn, *http.Response, error) {
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/plugin-ws/" + name
+	if tok != "" {
+		url += "?token=" + tok
+	}
+	ws, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	if ws != nil {
+		g.t.Cleanup(func() { ws.Close() })
+	}
+	return ws, resp, err
+}
+
+// closedWith reads until the socket is closed and returns its close error.
+func closedWith(t *testing.T, ws *websocket.Conn) *websocket.CloseError {
+	t.Helper()
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(5*time.Second)))
+	for {
+		_, _, err := ws.ReadMessage()
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		require.True(t, errors.As(err, &ce), "closed without a close frame: %v", err)
+		return ce
+	}
+}
+
+func TestPluginRelay(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	ctx := context.Background()
+	addr, upstreamClosed := echoPlugin(t)
+	require.NoError(t, st.SetPlugin(ctx, "echo", addr))
+	tok := token(t, "alice", false)
+
+	t.Run("needs a token", func(t *testing.T) {
+		_, resp, err := g.dialPlugin("echo", "")
+		require.Error(t, err)
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	})
+	t.Run("invalid name", func(t *testing.T) {
+		ws, _, err := g.dialPlugin("bad.name", tok)
+		require.NoError(t, err)
+		ce := closedWith(t, ws)
+		require.Equal(t, 4400, ce.Code)
+		require.Equal(t, "Invalid plugin name", ce.Text)
+	})
+	t.Run("not registered", func(t *testing.T) {
+		ws, _, err := g.dialPlugin("nobody", tok)
+		require.NoError(t, err)
+		ce := closedWith(t, ws)
+		require.Equal(t, 4404, ce.Code)
+		require.Equal(t, "Plugin not running", ce.Text)
+	})
+	t.Run("upstream down", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		down := l.Addr().String()
+		l.Close()
+		require.NoError(t, st.SetPlugin(ctx, "down", down))
+		ws, _, err := g.dialPlugin("down", tok)
+		require.NoError(t, err)
+		ce := closedWith(t, ws)
+		require.Equal(t, 4502, ce.Code)
+		require.Equal(t, "Upstream error", ce.Text)
+	})
+	t.Run("frames both ways, types kept, upstream close propagated", func(t *testing.T) {
+		ws, _, err := g.dialPlugin("echo", tok)
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, []byte(`{"hello":1}`)))
+		require.NoError(t, ws.WriteMessage(websocket.BinaryMessage, []byte{0, 1, 2, 255}))
+		typ, data, err := ws.ReadMessage()
+		require.NoError(t, err)
+		require.Equal(t, websocket.TextMessage, typ)
+		require.Equal(t, `{"hello":1}`, string(data))
+		typ, data, err = ws.ReadMessage()
+		require.NoError(t, err)
+		require.Equal(t, websocket.BinaryMessage, typ)
+		require.Equal(t, []byte{0, 1, 2, 255}, data)
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, []byte("close-me")))
+		ce := closedWith(t, ws)
+		require.Equal(t, 4123, ce.Code)
+		require.Equal(t, "bye", ce.Text)
+		<-upstreamClosed
+	})
+	t.Run("client close propagated", func(t *testing.T) {
+		ws, _, err := g.dialPlugin("echo", tok)
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, []byte("ping")))
+		_, _, err = ws.ReadMessage()
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4001, "done"), time.Now().Add(time.Second)))
+		select {
+		case code := <-upstreamClosed:
+			require.Equal(t, 4001, code)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the plugin never saw the close")
+		}
+	})
+}
