@@ -94,9 +94,12 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	workerDone := make(chan struct{})
 	if runsWorker {
 		worker, err = workers.New(workers.Config{
-			Store:     st,
-			Providers: map[app.Provider]workers.Provider{app.Claude: workers.ClaudeProvider{}},
-			Bins:      c.bins(), Workspaces: c.workspaces(),
+			Store: st,
+			Providers: map[app.Provider]workers.Provider{
+				app.Claude: workers.ClaudeProvider{}, app.Codex: workers.CodexProvider{},
+				app.Gemini: workers.GeminiProvider{}, app.Cursor: workers.CursorProvider{},
+			},
+			Bins: c.bins(), Workspaces: c.workspaces(),
 			HeartbeatInterval: c.HeartbeatInterval, HeartbeatTTL: c.HeartbeatTTL, DrainTimeout: c.DrainTimeout,
 			ShellDetachTimeout: c.ShellDetach,
 			PermissionTimeout:  c.PermissionTimeout,
@@ -119,6 +122,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Store:      st,
 			Auth:       &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader},
 			Workspaces: c.workspaces(), AllowedOrigins: c.origins(), MaxMessageSize: c.MaxMessageSize,
+			Providers:     app.Providers,
 			SchemaVersion: version, ShellDetachTimeout: c.ShellDetach, Logger: log,
 		})
 		if err != nil {
