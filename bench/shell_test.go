@@ -1,0 +1,280 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/handlers"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// shellRig is a real gateway process and a real worker process on a real
+// redis-server, for the terminal benchmark; the clients are in this process.
+type shellRig struct {
+	addr, token, project string
+	gateway, worker      *exec.Cmd
+	rdb                  *redis.Client
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// agentgateBinary builds cmd/agentgate once per benchmark run.
+func agentgateBinary(b *testing.B) string {
+	b.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "agentgate-bench-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "agentgate")
+		cmd := exec.Command("go", "build", "-o", builtBin, "../cmd/agentgate")
+		cmd.Stderr = os.Stderr
+		buildErr = cmd.Run()
+	})
+	if buildErr != nil {
+		b.Fatalf("build agentgate: %v", buildErr)
+	}
+	return builtBin
+}
+
+func newShellRig(b *testing.B) *shellRig {
+	b.Helper()
+	bin := agentgateBinary(b)
+	srv := storetest.StartServer(b)
+	root := b.TempDir()
+	r := &shellRig{addr: freeLoopback(b), project: filepath.Join(root, "p"), rdb: redis.NewClient(&redis.Options{Addr: srv.Addr})}
+	b.Cleanup(func() { _ = r.rdb.Close() })
+	if err := os.MkdirAll(r.project, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	secret := "bench-secret-0123456789"
+	env := []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + root, "AGENTGATE_REDIS_URL=" + srv.URL, "AGENTGATE_JWT_SECRET=" + secret,
+		"AGENTGATE_WORKSPACES=" + root, "AGENTGATE_KEY_PREFIX=" + storetest.Prefix(), "AGENTGATE_LOG_LEVEL=warn",
+		"AGENTGATE_LISTEN=" + r.addr, "AGENTGATE_SHELL_DETACH_TIMEOUT=5s",
+	}
+	start := func(mode string) *exec.Cmd {
+		cmd := exec.Command(bin, mode)
+		cmd.Env = env
+		cmd.Stderr = os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+		return cmd
+	}
+	r.worker = start("worker")
+	r.gateway = start("gateway")
+	var err error
+	if r.token, err = handlers.IssueToken([]byte(secret), "bench", false, time.Hour); err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, 20*time.Second, "gateway ready and a worker registered", func() bool {
+		n, _ := r.rdb.Keys(context.Background(), "*:worker:*").Result()
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+r.addr+"/shell?token="+r.token, nil)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil && len(n) > 0
+	})
+	return r
+}
+
+// termClient is a /shell client that keeps the output it has read.
+type termClient struct {
+	ws    *websocket.Conn
+	out   bytes.Buffer
+	bytes int64
+}
+
+func (r *shellRig) open(b *testing.B, shellID string) *termClient {
+	b.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+r.addr+"/shell?token="+r.token, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &termClient{ws: ws}
+	c.send(b, map[string]any{
+		"type": "init", "projectPath": r.project, "provider": "plain-shell", "isPlainShell": true,
+		"initialCommand": "bash --norc --noprofile -i", "shellId": shellID, "cols": 200, "rows": 50,
+	})
+	return c
+}
+
+func (c *termClient) send(b *testing.B, v any) {
+	data, _ := json.Marshal(v)
+	if err := c.ws.WriteMessage(websocket.TextMessage, data); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// ready waits until the shell runs commands.
+func (c *termClient) ready(b *testing.B) {
+	b.Helper()
+	c.send(b, map[string]any{"type": "input", "data": "echo READY-$((1+1))\r"})
+	c.readUntil(b, "READY-2")
+}
+
+// readUntil reads output frames until the output read since the last call
+// contains marker; it keeps only a tail of the text.
+func (c *termClient) readUntil(b *testing.B, marker string) {
+	b.Helper()
+	_ = c.ws.SetReadDeadline(time.Now().Add(60 * time.Second))
+	var f struct {
+		Type string `json:"type"`
+		Data string `json:"data"`
+	}
+	for !bytes.Contains(c.out.Bytes(), []byte(marker)) {
+		_, data, err := c.ws.ReadMessage()
+		if err != nil {
+			b.Fatalf("read: %v (waiting for %q)", err, marker)
+		}
+		f.Type, f.Data = "", ""
+		if err := json.Unmarshal(data, &f); err != nil || f.Type != "output" {
+			continue
+		}
+		c.bytes += int64(len(f.Data))
+		if c.out.Len() > 1<<16 {
+			tail := append([]byte(nil), c.out.Bytes()[c.out.Len()-256:]...)
+			c.out.Reset()
+			c.out.Write(tail)
+		}
+		c.out.WriteString(f.Data)
+	}
+	c.out.Reset()
+}
+
+// procCPU reads a process' user+system CPU time from /proc/PID/stat.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ = 100
+}
+
+// BenchmarkShell measures /shell over loopback against a gateway process
+// and a worker process on redis-server: the echo of a typed command line,
+// the throughput of 20 MB of text, the time from connect to the first
+// output, and the CPU the server processes spend per 20 MB.
+func BenchmarkShell(b *testing.B) {
+	r := newShellRig(b)
+	ctx := context.Background()
+
+	b.Run("echo", func(b *testing.B) {
+		c := r.open(b, fmt.Sprintf("echo-%d", time.Now().UnixNano()))
+		defer c.ws.Close()
+		c.ready(b)
+		var lat latencies
+		samples := make([]int64, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			// The marker is printed by the command, not by the terminal's
+			// echo of the typed line.
+			t0 := time.Now()
+			c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("echo X%d-$((%d+1))\r", i, i)})
+			c.readUntil(b, fmt.Sprintf("X%d-%d", i, i+1))
+			samples = append(samples, int64(time.Since(t0)))
+		}
+		b.StopTimer()
+		lat.add(samples)
+		b.ReportMetric(lat.quantile(0.5), "p50-ms")
+		b.ReportMetric(lat.quantile(0.99), "p99-ms")
+	})
+
+	b.Run("throughput-20MB", func(b *testing.B) {
+		c := r.open(b, fmt.Sprintf("flood-%d", time.Now().UnixNano()))
+		defer c.ws.Close()
+		c.ready(b)
+		var total int64
+		var elapsed, serverCPU, redisCPUUsed time.Duration
+		for i := 0; i < b.N; i++ {
+			c.bytes = 0
+			cpu0 := procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid)
+			red0 := redisCPU(ctx, r.rdb)
+			t0 := time.Now()
+			// 15,000,000 random bytes in base64 lines: 20 MB of text.
+			c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("head -c 15000000 /dev/urandom | base64; echo END%d-$((40+2))\r", i)})
+			c.readUntil(b, fmt.Sprintf("END%d-42", i))
+			elapsed += time.Since(t0)
+			serverCPU += procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid) - cpu0
+			redisCPUUsed += redisCPU(ctx, r.rdb) - red0
+			total += c.bytes
+		}
+		b.ReportMetric(float64(total)/1e6/elapsed.Seconds(), "MB/s")
+		perRun := float64(b.N)
+		b.ReportMetric(serverCPU.Seconds()/perRun, "server-cpu-s/run")
+		b.ReportMetric(redisCPUUsed.Seconds()/perRun, "redis-cpu-s/run")
+		b.ReportMetric(float64(total)/perRun/1e6, "MB/run")
+	})
+
+	b.Run("first-output", func(b *testing.B) {
+		var lat latencies
+		samples := make([]int64, 0, b.N)
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			c := r.open(b, fmt.Sprintf("first-%d-%d", time.Now().UnixNano(), i))
+			// The first frame is the gateway's welcome; wait for the
+			// terminal's own first chunk (the prompt).
+			for {
+				_, data, err := c.ws.ReadMessage()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if bytes.Contains(data, []byte(`"seq":`)) {
+					break
+				}
+			}
+			samples = append(samples, int64(time.Since(t0)))
+			c.send(b, map[string]any{"type": "input", "data": "exit\r"})
+			c.ws.Close()
+		}
+		lat.add(samples)
+		b.ReportMetric(lat.quantile(0.5), "p50-ms")
+		b.ReportMetric(lat.quantile(0.99), "p99-ms")
+	})
+}
+
+func freeLoopback(b *testing.B) string {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
