@@ -37,6 +37,10 @@ func (CodexProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 	if job.ProviderSessionID != "" {
 		args = append(args, "resume", job.ProviderSessionID)
 	}
+	for _, img := range job.ImageFiles {
+		// "=": --image takes several values, and would take "-" too.
+		args = append(args, "--image="+img)
+	}
 	return append(args, "-"), []byte(job.Command)
 }
 

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +33,8 @@ func TestCodexCommand(t *testing.T) {
 			want: append(base, "--dangerously-bypass-approvals-and-sandbox", "-")},
 		{name: "skip permissions", job: app.Job{Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}}},
 			want: append(base, "--dangerously-bypass-approvals-and-sandbox", "-")},
+		{name: "images", job: app.Job{ProviderSessionID: "t1", ImageFiles: []string{"/tmp/i/image_1.png", "/tmp/i/image_2.jpg"}},
+			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "resume", "t1", "--image=/tmp/i/image_1.png", "--image=/tmp/i/image_2.jpg", "-")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -181,6 +184,23 @@ func TestCodexCLIRuns(t *testing.T) {
 		evs := h.waitDone(sess.ID)
 		require.Equal(t, []string{"text:Running it.", "tool_use:Bash", "tool_result:hi\n:false", "text:Done: hi"}, conversation(evs))
 		require.Equal(t, true, completes(evs)[0]["success"])
+	})
+
+	t.Run("images reach the model", func(t *testing.T) {
+		api.Add(mockopenai.Turn{When: "what is this", Text: "a pixel"})
+		sess := h.submitAs(app.Codex, app.Job{Command: "what is this", Options: app.RunOptions{Images: []app.Image{{Data: onePixelPNG}}}})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"text:a pixel"}, conversation(evs))
+		reqs := api.ScriptedRequests()
+		require.Contains(t, string(reqs[len(reqs)-1].Body), `"type":"input_image"`, "the CLI attached the image file")
+
+		// After resume too.
+		api.Add(mockopenai.Turn{When: "and this", Text: "another pixel"})
+		h.followUp(sess, "and this", app.RunOptions{Images: []app.Image{{Data: onePixelPNG}}})
+		evs = h.waitDone(sess.ID)
+		require.Equal(t, "text:another pixel", conversation(evs)[len(conversation(evs))-1])
+		reqs = api.ScriptedRequests()
+		require.Equal(t, 2, strings.Count(string(reqs[len(reqs)-1].Body), `"type":"input_image"`), "both images are in the resumed conversation")
 	})
 
 	t.Run("api error", func(t *testing.T) {

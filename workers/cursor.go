@@ -37,7 +37,7 @@ func (CursorProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 		args = append(args, "--resume="+job.ProviderSessionID)
 	}
 	args = append(args, cursorPermissionArgs(job.Options)...)
-	return append(args, "--", job.Command), nil
+	return append(args, "--", app.PromptWithImages(job.Command, job.ImageFiles)), nil
 }
 
 // cursorPermissionArgs maps permissionMode to the CLI's flags. Print mode

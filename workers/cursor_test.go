@@ -41,6 +41,8 @@ func TestCursorCommand(t *testing.T) {
 			require.Nil(t, stdin, "the CLI takes the prompt as an argument")
 		})
 	}
+	args, _ := CursorProvider{}.Command(app.Job{Command: "look", ImageFiles: []string{"/tmp/i/image_1.png"}}, nil)
+	require.Equal(t, "look\n\n[Images provided at the following paths:]\n1. /tmp/i/image_1.png\n", args[len(args)-1], "image paths follow the prompt")
 }
 
 // The lines follow Cursor's documented stream-json (see

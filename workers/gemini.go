@@ -39,7 +39,7 @@ func (GeminiProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 	if tools := job.Options.Tools.AllowedTools; len(tools) > 0 {
 		args = append(args, "--allowed-tools", strings.Join(tools, ","))
 	}
-	return args, []byte(job.Command)
+	return args, []byte(app.PromptWithImages(job.Command, job.ImageFiles))
 }
 
 // geminiPermissionArgs maps permissionMode to the CLI's approval mode. A

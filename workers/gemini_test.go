@@ -37,6 +37,8 @@ func TestGeminiCommand(t *testing.T) {
 			require.Equal(t, "the prompt", string(stdin), "the prompt goes on stdin")
 		})
 	}
+	_, stdin := GeminiProvider{}.Command(app.Job{Command: "look", ImageFiles: []string{"/tmp/i/image_1.png"}}, nil)
+	require.Equal(t, "look\n\n[Images provided at the following paths:]\n1. /tmp/i/image_1.png\n", string(stdin), "image paths follow the prompt")
 }
 
 // The lines are the CLI's own output (see internal/mockgemini/CLI_FACTS.md).

@@ -88,8 +88,8 @@ func TestClaudePermissions(t *testing.T) {
 	api := mockanthropic.New(t)
 	st := storetest.New(t, storetest.Redis(t))
 	h := runWorker(t, st, Config{
-		Providers:         map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
-		Bins:              map[app.Provider]string{app.Claude: mockanthropic.ClaudeBin(t)},
+		Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: mockanthropic.ClaudeBin(t)},
 		// As root (CI containers) the CLI refuses bypassPermissions without
 		// IS_SANDBOX=1.
 		Env:               append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0", "IS_SANDBOX=1"),
