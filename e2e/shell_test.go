@@ -304,17 +304,17 @@ func TestShellKillLeavesNothing(t *testing.T) {
 	login := sc.plainInit("", "initialCommand", "echo auth login please; exec bash --norc --noprofile -i")
 	a.send(login)
 	a.waitText(0, "auth login please", 10*time.Second)
-	marker := fmt.Sprintf("%d", 4000+time.Now().UnixNano()%1000)
+	marker := uniqueNumber(4)
 	a.typeLine("sleep 1" + marker + "1 & (trap '' HUP; exec sleep 1" + marker + "2) & setsid sleep 1" + marker + "3 & echo started-$((1+1))")
 	a.waitText(0, "started-2", 10*time.Second)
-	eventually(t, 5*time.Second, "background jobs running", func() bool { return len(procsWithArg("1"+marker)) == 3 })
+	eventually(t, 5*time.Second, "background jobs running", func() bool { return len(sleepersFrom("1"+marker)) == 3 })
 
 	// The same login command again: a new terminal, the old one killed.
 	mark := a.mark()
 	a.send(login)
 	a.waitText(mark, "Starting terminal in:", 10*time.Second)
 	require.NotContains(t, a.text(mark), "[Reconnected")
-	eventually(t, 5*time.Second, "old terminal's jobs killed", func() bool { return len(procsWithArg("1"+marker)) == 0 })
+	eventually(t, 5*time.Second, "old terminal's jobs killed", func() bool { return len(sleepersFrom("1"+marker)) == 0 })
 
 	// Killed by a signal: exit code 128+9, signal by name.
 	a.waitText(mark, "auth login please", 10*time.Second)
@@ -322,7 +322,7 @@ func TestShellKillLeavesNothing(t *testing.T) {
 	e := a.waitExit(mark, 10*time.Second)
 	require.Equal(t, float64(137), e.m["exitCode"], string(e.raw))
 	require.Equal(t, "SIGKILL", e.m["signal"], string(e.raw))
-	eventually(t, 5*time.Second, "job of a killed shell killed", func() bool { return len(procsWithArg("1"+marker)) == 0 })
+	eventually(t, 5*time.Second, "job of a killed shell killed", func() bool { return len(sleepersFrom("1"+marker)) == 0 })
 
 	// Detach timeout: a terminal nobody watches is killed, with its jobs.
 	mark = a.mark()
@@ -332,9 +332,9 @@ func TestShellKillLeavesNothing(t *testing.T) {
 	a.waitText(mark, "bg-4", 10*time.Second)
 	// Watched for longer than the timeout: still alive.
 	time.Sleep(4 * time.Second)
-	require.Len(t, procsWithArg("1"+marker+"5"), 1, "a watched terminal is not killed")
+	require.Len(t, sleepers("1"+marker+"5"), 1, "a watched terminal is not killed")
 	a.drop()
-	eventually(t, 15*time.Second, "detached terminal killed", func() bool { return len(procsWithArg("1"+marker+"5")) == 0 })
+	eventually(t, 15*time.Second, "detached terminal killed", func() bool { return len(sleepers("1"+marker+"5")) == 0 })
 	_, h := sc.shellHash("alice")
 	require.NotNil(t, h)
 	b := sc.dialShell(sc.gw2, "alice")
@@ -438,6 +438,18 @@ func TestShellFloodCtrlC(t *testing.T) {
 	mu.Unlock()
 }
 
+// uniqueNumber is a number no other test of this run uses, for `sleep N`
+// jobs found by their exact argument.
+func uniqueNumber(lead int) string {
+	return fmt.Sprintf("%d%09d", lead, time.Now().UnixNano()%1_000_000_000)
+}
+
+// sleepers lists the live processes that have the exact argument arg.
+func sleepers(arg string) []int { return procsWithArg("\x00" + arg + "\x00") }
+
+// sleepersFrom lists the live processes with an argument starting with p.
+func sleepersFrom(p string) []int { return procsWithArg("\x00" + p) }
+
 // rssKiB reads a process' resident set size.
 func rssKiB(t *testing.T, pid int) int {
 	t.Helper()
@@ -471,10 +483,10 @@ func TestShellWorkerLost(t *testing.T) {
 	a := sc.dialShell(sc.gw1, "alice")
 	a.send(sc.plainInit("lost"))
 	a.waitText(0, "Starting terminal in:", 10*time.Second)
-	marker := fmt.Sprintf("3%d", 1000+time.Now().UnixNano()%1000)
+	marker := uniqueNumber(3)
 	a.typeLine("sleep " + marker + "1 & echo up-$((1+6))")
 	a.waitText(0, "up-7", 10*time.Second)
-	require.Len(t, procsWithArg(marker+"1"), 1)
+	eventually(t, 5*time.Second, "the job running", func() bool { return len(sleepers(marker+"1")) == 1 })
 
 	sc.worker.kill9()
 	e := a.waitExit(0, 15*time.Second)
@@ -485,7 +497,7 @@ func TestShellWorkerLost(t *testing.T) {
 	// group of its own, is found by the next worker on the host.
 	w2 := startProc(t, "worker2", append(sc.workerEnv(), "AGENTGATE_SHELL_DETACH_TIMEOUT="+shellDetach), "worker")
 	sc.waitWorker(w2)
-	eventually(t, 5*time.Second, "the dead worker's terminal processes gone", func() bool { return len(procsWithArg(marker+"1")) == 0 })
+	eventually(t, 5*time.Second, "the dead worker's terminal processes gone", func() bool { return len(sleepers(marker+"1")) == 0 })
 	mark := a.mark()
 	a.send(sc.plainInit("lost"))
 	a.waitText(mark, "Starting terminal in:", 10*time.Second)
@@ -497,5 +509,5 @@ func TestShellWorkerLost(t *testing.T) {
 	w2.signal(syscall.SIGTERM)
 	e = a.waitExit(mark, 15*time.Second)
 	require.Equal(t, "SIGHUP", e.m["signal"], string(e.raw))
-	require.Empty(t, procsWithArg(marker+"2"))
+	require.Empty(t, sleepers(marker+"2"))
 }

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -257,6 +259,18 @@ func (s *Store) ShellOutputLen(ctx context.Context, key string) (int64, error) {
 		return 0, fmt.Errorf("store: count output of shell %s: %w", key, err)
 	}
 	return n, nil
+}
+
+// Scope names the Redis database and key prefix this store works in,
+// without credentials: processes that share a scope share workers, so a
+// worker may clean up after another worker of its scope only.
+func (s *Store) Scope() string {
+	host, db := s.cfg.URL, ""
+	if opts, err := redis.ParseURL(s.cfg.URL); err == nil {
+		host, db = opts.Addr, strconv.Itoa(opts.DB)
+	}
+	sum := sha256.Sum256([]byte(host + "/" + db + "/" + s.cfg.Prefix))
+	return hex.EncodeToString(sum[:8])
 }
 
 // ShellLive is a message published on a terminal's channel.

@@ -174,7 +174,7 @@ func (w *Worker) openShell(c store.Control) {
 		args = []string{"bash", "-c", cmd}
 	}
 	env := append(os.Environ(), w.cfg.Env...)
-	env = append(env, "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.cfg.ID)
+	env = append(env, "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.st.Scope()+"/"+w.cfg.ID)
 	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows})
 	if err != nil {
 		fail(err.Error())
@@ -489,8 +489,9 @@ func (w *Worker) shellLoop(ctx context.Context) {
 }
 
 // shellOwnerEnv names, in the environment of every terminal process, the
-// worker that started it: what is left of a worker killed with -9 can be
-// found by the next worker on the host.
+// store scope and the worker that started it ("SCOPE/ID"): what is left of
+// a worker killed with -9 can be found by the next worker of the same scope
+// on the host, and workers of other scopes leave it alone.
 const shellOwnerEnv = "AGENTGATE_SHELL_WORKER"
 
 // orphanSweepEvery is how often a worker looks for processes of dead
@@ -514,7 +515,7 @@ func (w *Worker) sweepOrphans(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	marker := []byte(shellOwnerEnv + "=")
+	marker := []byte(shellOwnerEnv + "=" + w.st.Scope() + "/")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == os.Getpid() {
