@@ -360,15 +360,15 @@ func TestShellFloodCtrlC(t *testing.T) {
 		for {
 			_, data, err := ws.ReadMessage()
 			if err != nil {
+				t.Logf("flood client: %v", err)
 				return
 			}
-			var f struct {
-				Type, Data string
-			}
-			_ = json.Unmarshal(data, &f)
+			// Raw frames: the markers looked for need no JSON escaping, and
+			// decoding a flood under the race detector would make this
+			// client the bottleneck.
 			mu.Lock()
 			frames++
-			tail.WriteString(f.Data)
+			tail.Write(data)
 			if tail.Len() > 1<<16 {
 				keep := tail.String()[tail.Len()-(1<<15):]
 				tail.Reset()
@@ -379,7 +379,7 @@ func TestShellFloodCtrlC(t *testing.T) {
 	}()
 	waitTail := func(s string) {
 		t.Helper()
-		eventually(t, 20*time.Second, "output "+s, func() bool {
+		eventually(t, 60*time.Second, "output "+s, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return strings.Contains(tail.String(), s)
