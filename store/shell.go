@@ -192,10 +192,12 @@ func (s *Store) ShellSet(ctx context.Context, key string, gen int64, fields ...s
 }
 
 // ShellExit records the end of a terminal generation once and tells its
-// watchers, after its last output. signal is a name such as "SIGKILL", or
+// watchers, after its last output; its hash and output then expire after
+// the retention. signal is a name such as "SIGKILL", or
 // "". It reports whether this call recorded the end.
 func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode int, signal, reason string) (bool, error) {
-	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, s.k.shellLive(key), exitCode, signal, reason).Int()
+	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key)},
+		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.Retention.Seconds())).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}

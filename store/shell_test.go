@@ -107,6 +107,11 @@ func TestShellLifecycle(t *testing.T) {
 			require.Equal(t, store.ShellExited, info.State)
 			require.Equal(t, 130, info.ExitCode)
 			require.Equal(t, "SIGINT", info.Signal)
+			for _, key := range []string{prefix + ":shell:{k1}", prefix + ":shell:{k1}:out"} {
+				ttl, err := rdb.TTL(ctx, key).Result()
+				require.NoError(t, err)
+				require.InDelta(t, store.DefaultRetention.Seconds(), ttl.Seconds(), 5, "an ended terminal expires: %s", key)
+			}
 
 			require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 4 }, 5*time.Second, 5*time.Millisecond)
 			mu.Lock()
@@ -120,6 +125,9 @@ func TestShellLifecycle(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, ok)
 			require.Equal(t, int64(2), gen)
+			ttl, err := rdb.TTL(ctx, prefix+":shell:{k1}").Result()
+			require.NoError(t, err)
+			require.Equal(t, time.Duration(-1), ttl, "a new generation does not expire")
 			chunks, err = st.ShellOutput(ctx, "k1", 0, 10)
 			require.NoError(t, err)
 			require.Empty(t, chunks)

@@ -1,11 +1,14 @@
 -- shell_exit.lua records the end of a terminal generation once and
 -- publishes "e <gen> <lastSeq> <exitCode> <signal|-> <reason>" after its
 -- output.
--- A stale generation, or one already ended, changes nothing.
+-- A stale generation, or one already ended, changes nothing. The ended
+-- terminal's hash and output expire after the retention, as a finished
+-- session's events do; a new generation (shell_open) writes fresh keys.
 --
--- KEYS[1] shell hash
+-- KEYS[1] shell hash   KEYS[2] output stream
 -- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
 -- ARGV[4] signal name or ''   ARGV[5] reason ('exit' or 'lost')
+-- ARGV[6] retention, seconds
 --
 -- Returns 1 when recorded, 0 otherwise.
 local hash = KEYS[1]
@@ -18,5 +21,7 @@ local sig = ARGV[4]
 if sig == '' then
   sig = '-'
 end
+redis.call('EXPIRE', hash, ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('PUBLISH', ARGV[2], 'e ' .. ARGV[1] .. ' ' .. (cur[3] or '0') .. ' ' .. ARGV[3] .. ' ' .. sig .. ' ' .. ARGV[5])
 return 1
