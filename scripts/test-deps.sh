@@ -23,7 +23,11 @@ if ! command -v redis-server >/dev/null; then
 fi
 
 if ! command -v npm >/dev/null; then
-  say "npm is missing: install Node.js 18 or newer (Debian: apt-get install nodejs npm)"; exit 1
+  say "npm is missing: install Node.js 20 or newer (https://nodejs.org, or Debian 13: apt-get install nodejs npm)"; exit 1
+fi
+# The pinned Gemini CLI needs Node.js 20; Debian 12's own nodejs is 18.
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  say "Node.js $(node --version) is too old for the pinned Gemini CLI: install Node.js 20 or newer (https://nodejs.org)"; exit 1
 fi
 
 # version prints the installed version of one CLI in node_modules/.bin.
