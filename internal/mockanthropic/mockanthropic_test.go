@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -488,12 +489,15 @@ func TestCLISIGTERMWhileStreaming(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := cliCmd(t, ctx, s, "hang", nil, "--include-partial-messages")
-	var stdout bytes.Buffer
+	var stdout lockedBuffer
 	cmd.Stdout = &stdout
 	require.NoError(t, cmd.Start())
 	require.Eventually(t, func() bool { return s.Hanging() == 1 }, 30*time.Second, 20*time.Millisecond,
 		"CLI never reached the hanging turn")
-	// The partial text has been streamed but no result exists yet.
+	// The partial text has been streamed (and printed: the mock hangs once
+	// it has sent it, the CLI prints it a moment later) but no result
+	// exists yet.
+	require.Eventually(t, func() bool { return strings.Contains(stdout.String(), `"text":"partial"`) }, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	start := time.Now()
 	err := cmd.Wait()
@@ -506,4 +510,22 @@ func TestCLISIGTERMWhileStreaming(t *testing.T) {
 	require.Contains(t, stdout.String(), `"text":"partial"`)
 	require.Eventually(t, func() bool { return s.Hanging() == 0 }, 5*time.Second, 10*time.Millisecond,
 		"the mock must notice the client went away")
+}
+
+// lockedBuffer is a bytes.Buffer that a process writes while a test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
