@@ -213,6 +213,31 @@ func TestShellReattachAcrossGateways(t *testing.T) {
 	require.Equal(t, "30", h["rows"])
 	require.Equal(t, "2", h["attached"], "two sockets attached: %v", h)
 
+	// A login URL in the output reaches every watching socket as auth_url,
+	// with autoOpen when the text asks the user to open it.
+	markC := c.mark()
+	// The typed line (echoed by the terminal) holds neither the phrase nor
+	// a URL: only the command's output does.
+	c.typeLine(`printf '%s\n' "Browser $(echo didn)'t open? Use this url: $(echo https)://auth.example.com/oauth?code=$((40+2))"`)
+	for _, s := range []*shellClient{c, b} {
+		fs := s.waitFor(10*time.Second, "auth_url with autoOpen", func(fs []frame) bool {
+			for _, f := range fs {
+				if f.str("type") == "auth_url" && f.m["autoOpen"] == true {
+					return true
+				}
+			}
+			return false
+		})
+		var got []string
+		for _, f := range fs {
+			if f.str("type") == "auth_url" && f.m["autoOpen"] == true {
+				got = append(got, f.str("url"))
+			}
+		}
+		require.Equal(t, []string{"https://auth.example.com/oauth?code=42"}, got)
+	}
+	c.waitText(markC, "code=42", 10*time.Second)
+
 	// Exit: both sockets get the exit frame; the socket stays open.
 	mark := c.mark()
 	c.typeLine("exit 3")
