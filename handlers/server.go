@@ -227,10 +227,14 @@ func (s *Server) newChatSockets() *melody.Melody {
 }
 
 // serveChat authenticates the upgrade of /ws: 401 before any upgrade.
+func (s *Server) serveChat(c echo.Context) error { return s.serveUpgrade(c, s.chat) }
+
+// serveUpgrade authenticates an upgrade (401 before it) and hands the
+// socket to m, whose connect handler closes the "upgraded" key's channel.
 // Once upgraded, the socket lives on its own goroutines and this handler
 // returns: net/http then drops the request's buffers and goroutine, which
 // would otherwise stay for the socket's whole life (about 16 KiB each).
-func (s *Server) serveChat(c echo.Context) error {
+func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 	if s.draining.Load() {
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining")
 	}
@@ -241,7 +245,7 @@ func (s *Server) serveChat(c echo.Context) error {
 	upgraded := make(chan struct{})
 	keys := map[string]any{"user": user, "upgraded": upgraded}
 	done := make(chan error, 1)
-	go func() { done <- s.chat.HandleRequestWithKeys(c.Response(), c.Request(), keys) }()
+	go func() { done <- m.HandleRequestWithKeys(c.Response(), c.Request(), keys) }()
 	select {
 	case <-upgraded:
 		return nil

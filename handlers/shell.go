@@ -154,28 +154,7 @@ func shellSocketOf(ms *melody.Session) *shellSocket {
 }
 
 // serveShell authenticates the upgrade of /shell: 401 before any upgrade.
-func (s *Server) serveShell(c echo.Context) error {
-	if s.draining.Load() {
-		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining")
-	}
-	user, err := s.cfg.Auth.Authenticate(c.Request())
-	if err != nil {
-		return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
-	}
-	upgraded := make(chan struct{})
-	keys := map[string]any{"user": user, "upgraded": upgraded}
-	done := make(chan error, 1)
-	go func() { done <- s.shellSockets.HandleRequestWithKeys(c.Response(), c.Request(), keys) }()
-	select {
-	case <-upgraded:
-		return nil
-	case err := <-done:
-		if errors.Is(err, melody.ErrClosed) {
-			return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is shutting down")
-		}
-		return nil
-	}
-}
+func (s *Server) serveShell(c echo.Context) error { return s.serveUpgrade(c, s.shellSockets) }
 
 // onShellMessage handles one /shell frame, on the socket's read goroutine,
 // so a socket's frames keep their order: an init has queued its open
