@@ -32,6 +32,7 @@ func TestServeOneCommand(t *testing.T) {
 		"AGENTGATE_LISTEN="+addr,
 		"AGENTGATE_WORKSPACES="+root,
 		"AGENTGATE_CLAUDE_BIN="+claude,
+		"PATH="+os.Getenv("PATH"), // bash, for the terminal
 	)
 	srv := startProc(t, "serve", env, "serve")
 
@@ -79,4 +80,12 @@ func TestServeOneCommand(t *testing.T) {
 	}
 	require.Equal(t, []string{"Hello from the e2e mock"}, texts, "the assistant text is the mock's answer; kinds: %s", kinds(evs))
 	require.Len(t, mock.ScriptedRequests(), 1)
+
+	// A terminal on the same embedded default.
+	sh := &shellClient{dialWS(t, "serve/shell", "ws://"+u.Host+"/shell?token="+url.QueryEscape(tok))}
+	sh.send(map[string]any{"type": "init", "projectPath": project, "provider": "plain-shell", "isPlainShell": true,
+		"initialCommand": "bash --norc --noprofile -i", "shellId": "serve-tab", "cols": 80, "rows": 24})
+	sh.typeLine("echo serve-$((20+3))")
+	sh.waitText(0, "serve-23", 20*time.Second)
+	requireConsecutive(t, sh.seqs(0), 1)
 }
