@@ -105,22 +105,17 @@ func pipeLinks(pipes ...*os.File) map[string]bool {
 // stdout or stderr is one that left the group (setsid), and no process may
 // outlive its run.
 func killHolders(targets map[string]bool) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil || len(targets) == 0 {
+	if len(targets) == 0 {
 		return
 	}
-	self := os.Getpid()
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		fds, err := os.ReadDir(filepath.Join("/proc", e.Name(), "fd"))
+	for _, pid := range processes() {
+		dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+		fds, err := os.ReadDir(dir)
 		if err != nil {
 			continue
 		}
 		for _, fd := range fds {
-			link, err := os.Readlink(filepath.Join("/proc", e.Name(), "fd", fd.Name()))
+			link, err := os.Readlink(filepath.Join(dir, fd.Name()))
 			if err == nil && targets[link] {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 				break
@@ -143,16 +138,8 @@ func (d proc) running() bool {
 // descendants lists every process under root, whatever its group or
 // session, by walking parent links in /proc.
 func descendants(root int) []proc {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	children := map[int][]proc{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	for _, pid := range processes() {
 		if ppid, start, ok := readStat(pid); ok {
 			children[ppid] = append(children[ppid], proc{pid, start})
 		}
@@ -170,22 +157,48 @@ func descendants(root int) []proc {
 	return out
 }
 
-// readStat reads a process' parent pid and start time from /proc/PID/stat.
-// A zombie counts as not running.
-func readStat(pid int) (ppid int, start uint64, ok bool) {
+// processes lists the pids in /proc, except this process.
+func processes() []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	pids := make([]int, 0, len(entries))
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != self {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// statFields returns the fields of /proc/PID/stat that follow the command
+// name, so f[0] is field 3 (state); nil for a process that is gone or a
+// zombie, which counts as not running.
+func statFields(pid int) [][]byte {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return 0, 0, false
+		return nil
 	}
 	// The command name may hold spaces and parentheses; fields follow the
 	// last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, 0, false
+		return nil
 	}
 	f := bytes.Fields(b[i+1:])
-	// f[0] is field 3 (state), f[1] field 4 (ppid), f[19] field 22 (starttime).
-	if len(f) < 20 || string(f[0]) == "Z" {
+	if len(f) == 0 || string(f[0]) == "Z" {
+		return nil
+	}
+	return f
+}
+
+// readStat reads a process' parent pid and start time from /proc/PID/stat.
+func readStat(pid int) (ppid int, start uint64, ok bool) {
+	f := statFields(pid)
+	// f[1] is field 4 (ppid), f[19] field 22 (starttime).
+	if len(f) < 20 {
 		return 0, 0, false
 	}
 	ppid, err1 := strconv.Atoi(string(f[1]))

@@ -1,12 +1,10 @@
 package workers
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -151,28 +149,11 @@ func (p *ptyProc) exitStatus() (int, string) {
 // sessionMembers lists the live processes whose session id is sid, from
 // field 6 of /proc/PID/stat.
 func sessionMembers(sid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	self := os.Getpid()
 	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		// f[0] is field 3 (state), f[3] field 6 (session).
-		f := bytes.Fields(b[i+1:])
-		if len(f) < 4 || string(f[0]) == "Z" {
+	for _, pid := range processes() {
+		// f[3] is field 6 (session).
+		f := statFields(pid)
+		if len(f) < 4 {
 			continue
 		}
 		if s, err := strconv.Atoi(string(f[3])); err == nil && s == sid {

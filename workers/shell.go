@@ -511,17 +511,9 @@ func (w *Worker) sweepOrphans(ctx context.Context) {
 	for _, l := range live {
 		alive[l.ID] = true
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return
-	}
 	marker := []byte(shellOwnerEnv + "=" + w.st.Scope() + "/")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+	for _, pid := range processes() {
+		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
 		if err != nil {
 			continue // another user's process, or gone
 		}
