@@ -27,6 +27,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/agentgate/agentgate/internal/mockscript"
 	"io"
 	"net"
 	"net/http"
@@ -186,12 +187,9 @@ type Server struct {
 	closed chan struct{}
 	once   sync.Once
 
-	mu       sync.Mutex
-	script   []Turn
-	used     []bool
-	def      Turn
-	reqs     []Request
-	hanging  int
+	mu sync.Mutex
+	// Script holds the turns, takes them for requests and logs requests.
+	*mockscript.Script[Turn, Request]
 	seq      int
 	logf     func(format string, args ...any)
 	sideText string
@@ -216,8 +214,8 @@ func Start(script ...Turn) *Server {
 // because handlers read it without the lock.
 func start(logf func(string, ...any), script ...Turn) *Server {
 	s := &Server{
+		Script:   mockscript.New[Turn, Request](Turn{Text: "ok"}, func(t Turn) string { return t.When }),
 		closed:   make(chan struct{}),
-		def:      Turn{Text: "ok"},
 		sideText: "ok",
 		logf:     logf,
 	}
@@ -260,50 +258,6 @@ func (s *Server) Env() []string {
 	}
 }
 
-// Add appends turns to the script; safe to call while requests are served.
-func (s *Server) Add(turns ...Turn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.script = append(s.script, turns...)
-	s.used = append(s.used, make([]bool, len(turns))...)
-}
-
-// SetDefault sets the turn used when no scripted turn matches a request
-// (initially Turn{Text: "ok"}). Its When field is ignored.
-func (s *Server) SetDefault(t Turn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.def = t
-}
-
-// Pending returns how many scripted turns have not been consumed yet.
-func (s *Server) Pending() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, u := range s.used {
-		if !u {
-			n++
-		}
-	}
-	return n
-}
-
-// Hanging returns how many requests are currently stalled by a Hang turn;
-// poll it to know the CLI is mid-stream before signalling it.
-func (s *Server) Hanging() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.hanging
-}
-
-// Requests returns a copy of every request received so far, in arrival order.
-func (s *Server) Requests() []Request {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Request(nil), s.reqs...)
-}
-
 // ScriptedRequests returns only the streaming /v1/messages requests, i.e. the
 // model turns of the agent loop.
 func (s *Server) ScriptedRequests() []Request {
@@ -314,33 +268,6 @@ func (s *Server) ScriptedRequests() []Request {
 		}
 	}
 	return out
-}
-
-// next picks the turn for a scripted request and records it.
-func (s *Server) next(req *Request) Turn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	req.TurnIndex = -1
-	turn := s.def
-	turn.When = ""
-	for i, t := range s.script {
-		if s.used[i] || (t.When != "" && !strings.Contains(req.PromptText, t.When)) {
-			continue
-		}
-		s.used[i] = true
-		req.TurnIndex = i
-		turn = t
-		break
-	}
-	s.reqs = append(s.reqs, *req)
-	return turn
-}
-
-func (s *Server) record(req *Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	req.TurnIndex = -1
-	s.reqs = append(s.reqs, *req)
 }
 
 func (s *Server) newID(prefix string) string {
@@ -499,16 +426,7 @@ func (s *Server) serveTurn(w http.ResponseWriter, r *http.Request, model string,
 				emit("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]any{"type": "text_delta", "text": c}})
 			}
 		}
-		s.mu.Lock()
-		s.hanging++
-		s.mu.Unlock()
-		select {
-		case <-stop:
-		case <-s.closed:
-		}
-		s.mu.Lock()
-		s.hanging--
-		s.mu.Unlock()
+		s.Hang(stop, s.closed)
 		return
 	}
 
@@ -773,4 +691,18 @@ func flattenText(raw json.RawMessage) string {
 		}
 	}
 	return strings.Join(parts, "\n")
+}
+
+// next takes the turn of a scripted request and logs the request.
+func (s *Server) next(req *Request) Turn {
+	turn, i := s.Take(req.PromptText)
+	req.TurnIndex = i
+	s.Record(*req)
+	return turn
+}
+
+// record logs a request that takes no turn.
+func (s *Server) record(req *Request) {
+	req.TurnIndex = -1
+	s.Record(*req)
 }

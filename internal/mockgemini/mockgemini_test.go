@@ -71,7 +71,7 @@ func TestSideRequestsAndErrors(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&side))
 	resp.Body.Close()
 	require.Equal(t, 200, resp.StatusCode)
-	require.Equal(t, 1, len(s.script), "a side request does not consume the script")
+	require.Equal(t, 1, s.Pending(), "a side request does not consume the script")
 	resp, _ = stream(t, s, map[string]any{"contents": userContents("x")})
 	require.Equal(t, 400, resp.StatusCode)
 	r, err := http.Get(s.URL + "/v1beta/models")

@@ -16,6 +16,7 @@ package mockopenai
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/agentgate/agentgate/internal/mockscript"
 	"io"
 	"net"
 	"net/http"
@@ -113,20 +114,18 @@ type Server struct {
 	once   sync.Once
 	logf   func(string, ...any)
 
-	mu      sync.Mutex
-	script  []Turn
-	used    []bool
-	def     Turn
-	reqs    []Request
-	hanging int
-	seq     int
+	mu sync.Mutex
+	// Script holds the turns, takes them for requests and logs requests.
+	*mockscript.Script[Turn, Request]
+	seq int
 }
 
 // New starts a Server on 127.0.0.1 with the given script and closes it when
 // the test ends. Requests beyond the script get the default turn (Text "ok").
 func New(t testing.TB, script ...Turn) *Server {
 	t.Helper()
-	s := &Server{closed: make(chan struct{}), def: Turn{Text: "ok"}, logf: t.Logf}
+	s := &Server{closed: make(chan struct{}), logf: t.Logf,
+		Script: mockscript.New[Turn, Request](Turn{Text: "ok"}, func(t Turn) string { return t.When })}
 	s.Add(script...)
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -197,28 +196,6 @@ func (s *Server) CLIEnv(t testing.TB) []string {
 	return []string{"HOME=" + home, "CODEX_HOME=" + codexHome, APIKeyEnv + "=test"}
 }
 
-// Add appends turns to the script; safe while requests are served.
-func (s *Server) Add(turns ...Turn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.script = append(s.script, turns...)
-	s.used = append(s.used, make([]bool, len(turns))...)
-}
-
-// Hanging returns how many requests a Hang turn currently stalls.
-func (s *Server) Hanging() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.hanging
-}
-
-// Requests returns a copy of every request received so far.
-func (s *Server) Requests() []Request {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Request(nil), s.reqs...)
-}
-
 // ScriptedRequests returns the requests that consumed a turn.
 func (s *Server) ScriptedRequests() []Request {
 	var out []Request
@@ -228,31 +205,6 @@ func (s *Server) ScriptedRequests() []Request {
 		}
 	}
 	return out
-}
-
-func (s *Server) next(req *Request) Turn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	req.TurnIndex = -1
-	turn := s.def
-	for i, t := range s.script {
-		if s.used[i] || (t.When != "" && !strings.Contains(req.PromptText, t.When)) {
-			continue
-		}
-		s.used[i] = true
-		req.TurnIndex = i
-		turn = t
-		break
-	}
-	s.reqs = append(s.reqs, *req)
-	return turn
-}
-
-func (s *Server) record(req *Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	req.TurnIndex = -1
-	s.reqs = append(s.reqs, *req)
 }
 
 func (s *Server) newID(prefix string) string {
@@ -363,16 +315,7 @@ func (s *Server) serveTurn(w http.ResponseWriter, r *http.Request, model string,
 			}
 		}
 		if t.Hang {
-			s.mu.Lock()
-			s.hanging++
-			s.mu.Unlock()
-			select {
-			case <-stop:
-			case <-s.closed:
-			}
-			s.mu.Lock()
-			s.hanging--
-			s.mu.Unlock()
+			s.Hang(stop, s.closed)
 			return
 		}
 		part := map[string]any{"type": "output_text", "text": t.Text, "annotations": []any{}}
@@ -527,4 +470,18 @@ func decodeRequest(req *Request) {
 			req.ToolOutputs[it.CallID] = s
 		}
 	}
+}
+
+// next takes the turn of a scripted request and logs the request.
+func (s *Server) next(req *Request) Turn {
+	turn, i := s.Take(req.PromptText)
+	req.TurnIndex = i
+	s.Record(*req)
+	return turn
+}
+
+// record logs a request that takes no turn.
+func (s *Server) record(req *Request) {
+	req.TurnIndex = -1
+	s.Record(*req)
 }
