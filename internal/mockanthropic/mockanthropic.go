@@ -310,16 +310,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/messages/count_tokens":
 		decodeMessages(&req)
 		s.record(&req)
-		writeJSON(w, http.StatusOK, map[string]any{"input_tokens": 10 + len(body)/4})
+		mockscript.WriteJSON(w, http.StatusOK, map[string]any{"input_tokens": 10 + len(body)/4})
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/models":
 		s.record(&req)
-		writeJSON(w, http.StatusOK, map[string]any{
+		mockscript.WriteJSON(w, http.StatusOK, map[string]any{
 			"data":     []any{modelInfo("claude-sonnet-4-5"), modelInfo("claude-opus-4-1"), modelInfo("claude-haiku-4-5")},
 			"has_more": false, "first_id": "claude-sonnet-4-5", "last_id": "claude-haiku-4-5",
 		})
 	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/models/"):
 		s.record(&req)
-		writeJSON(w, http.StatusOK, modelInfo(strings.TrimPrefix(r.URL.Path, "/v1/models/")))
+		mockscript.WriteJSON(w, http.StatusOK, modelInfo(strings.TrimPrefix(r.URL.Path, "/v1/models/")))
 	case r.Method == http.MethodHead || (r.Method == http.MethodGet && r.URL.Path == "/"):
 		// Connectivity probes only care that something answers.
 		s.record(&req)
@@ -422,7 +422,7 @@ func (s *Server) serveTurn(w http.ResponseWriter, r *http.Request, model string,
 	if t.Hang {
 		if t.Text != "" {
 			emit("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]any{"type": "text", "text": ""}})
-			for _, c := range split(t.Text, t.Chunks) {
+			for _, c := range mockscript.Split(t.Text, t.Chunks) {
 				emit("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]any{"type": "text_delta", "text": c}})
 			}
 		}
@@ -440,7 +440,7 @@ func (s *Server) serveTurn(w http.ResponseWriter, r *http.Request, model string,
 	}
 	if t.Text != "" || (t.Thinking == "" && len(t.ToolUses) == 0) {
 		var deltas []map[string]any
-		for _, c := range split(t.Text, t.Chunks) {
+		for _, c := range mockscript.Split(t.Text, t.Chunks) {
 			deltas = append(deltas, map[string]any{"type": "text_delta", "text": c})
 		}
 		if !block(map[string]any{"type": "text", "text": ""}, deltas) {
@@ -496,7 +496,7 @@ func (s *Server) writeJSONMessage(w http.ResponseWriter, model string) {
 	text := s.sideText
 	s.mu.Unlock()
 	w.Header().Set("request-id", s.newID("req"))
-	writeJSON(w, http.StatusOK, map[string]any{
+	mockscript.WriteJSON(w, http.StatusOK, map[string]any{
 		"id": s.newID("msg"), "type": "message", "role": "assistant", "model": model,
 		"content":     []any{map[string]any{"type": "text", "text": text}},
 		"stop_reason": "end_turn", "stop_sequence": nil,
@@ -553,37 +553,11 @@ func writeError(w http.ResponseWriter, status int, typ, msg string, retryable bo
 		// backing off for minutes.
 		w.Header().Set("x-should-retry", "false")
 	}
-	writeJSON(w, status, map[string]any{
+	mockscript.WriteJSON(w, status, map[string]any{
 		"type":       "error",
 		"error":      map[string]any{"type": typ, "message": msg},
 		"request_id": "req_mock_error",
 	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(b)
-}
-
-// split cuts s into n pieces of roughly equal rune length (n<1 means 1).
-func split(s string, n int) []string {
-	r := []rune(s)
-	if n < 1 {
-		n = 1
-	}
-	if n > len(r) {
-		n = max(len(r), 1)
-	}
-	out := make([]string, 0, n)
-	for i := range n {
-		out = append(out, string(r[i*len(r)/n:(i+1)*len(r)/n]))
-	}
-	return out
 }
 
 func truncate(s string, n int) string {

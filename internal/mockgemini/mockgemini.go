@@ -220,10 +220,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveTurn(w, r, req.Model, turn)
 	case "generateContent":
 		s.record(&req)
-		writeJSON(w, http.StatusOK, sideAnswer(req))
+		mockscript.WriteJSON(w, http.StatusOK, sideAnswer(req))
 	case "countTokens":
 		s.record(&req)
-		writeJSON(w, http.StatusOK, map[string]any{"totalTokens": 10 + len(body)/4})
+		mockscript.WriteJSON(w, http.StatusOK, map[string]any{"totalTokens": 10 + len(body)/4})
 	default:
 		s.record(&req)
 		writeError(w, http.StatusNotFound, "mockgemini: unknown method "+req.APIMethod)
@@ -309,7 +309,7 @@ func (s *Server) serveTurn(w http.ResponseWriter, r *http.Request, model string,
 		chunks = append(chunks, []any{map[string]any{"text": t.Thought, "thought": true}})
 	}
 	if t.Text != "" || (t.Thought == "" && len(t.FunctionCalls) == 0) {
-		for _, c := range split(t.Text, t.Chunks) {
+		for _, c := range mockscript.Split(t.Text, t.Chunks) {
 			chunks = append(chunks, []any{map[string]any{"text": c}})
 		}
 	}
@@ -357,33 +357,7 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	if st == "" {
 		st = "UNKNOWN"
 	}
-	writeJSON(w, status, map[string]any{"error": map[string]any{"code": status, "message": msg, "status": st}})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(b)
-}
-
-// split cuts s into n pieces of roughly equal rune length (n<1 means 1).
-func split(s string, n int) []string {
-	r := []rune(s)
-	if n < 1 {
-		n = 1
-	}
-	if n > len(r) {
-		n = max(len(r), 1)
-	}
-	out := make([]string, 0, n)
-	for i := range n {
-		out = append(out, string(r[i*len(r)/n:(i+1)*len(r)/n]))
-	}
-	return out
+	mockscript.WriteJSON(w, status, map[string]any{"error": map[string]any{"code": status, "message": msg, "status": st}})
 }
 
 // contextBlock matches the tagged context the CLI sends as user text

@@ -309,7 +309,7 @@ func (s *Server) serveTurn(w http.ResponseWriter, r *http.Request, model string,
 			!emit("response.content_part.added", map[string]any{"item_id": id, "output_index": index, "content_index": 0, "part": map[string]any{"type": "output_text", "text": "", "annotations": []any{}}}) {
 			return
 		}
-		for _, c := range split(t.Text, t.Chunks) {
+		for _, c := range mockscript.Split(t.Text, t.Chunks) {
 			if !emit("response.output_text.delta", map[string]any{"item_id": id, "output_index": index, "content_index": 0, "delta": c}) {
 				return
 			}
@@ -389,22 +389,6 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
-}
-
-// split cuts s into n pieces of roughly equal rune length (n<1 means 1).
-func split(s string, n int) []string {
-	r := []rune(s)
-	if n < 1 {
-		n = 1
-	}
-	if n > len(r) {
-		n = max(len(r), 1)
-	}
-	out := make([]string, 0, n)
-	for i := range n {
-		out = append(out, string(r[i*len(r)/n:(i+1)*len(r)/n]))
-	}
-	return out
 }
 
 // contextBlock matches the tagged blocks the CLI adds to user messages

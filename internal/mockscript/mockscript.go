@@ -4,6 +4,8 @@
 package mockscript
 
 import (
+	"encoding/json"
+	"net/http"
 	"strings"
 	"sync"
 )
@@ -105,4 +107,32 @@ func (s *Script[T, R]) Hanging() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.hanging
+}
+
+// Split cuts s into n pieces of roughly equal rune length (n < 1 means 1),
+// the chunks a turn's text is streamed in.
+func Split(s string, n int) []string {
+	r := []rune(s)
+	if n < 1 {
+		n = 1
+	}
+	if n > len(r) {
+		n = max(len(r), 1)
+	}
+	out := make([]string, 0, n)
+	for i := range n {
+		out = append(out, string(r[i*len(r)/n:(i+1)*len(r)/n]))
+	}
+	return out
+}
+
+// WriteJSON answers a request with status and v as JSON.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // the mocks' own values always encode
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
 }
