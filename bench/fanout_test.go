@@ -143,7 +143,11 @@ var benchSecret = []byte("bench-secret")
 // prints them as the CLI would. (A re-executed Go test binary per session
 // was tried first: at 1000 sessions x 10 lines/s its runtime wake-ups cost
 // 0.5-0.65 of the 2 cores, starving the gateway being measured.)
-const providerScript = "#!/bin/sh\nread -r fifo\nexec cat \"$fifo\"\n"
+//
+// The prompt arrives as Claude's stream-json user message, one line:
+// {"message":{"content":"<fifo>\n","role":"user"},…}; the script cuts the
+// path out of it with parameter expansion, so no other process runs.
+const providerScript = "#!/bin/sh\nread -r line\nfifo=${line#*\\\"content\\\":\\\"}\nfifo=${fifo%%\\\\n*}\nexec cat \"$fifo\"\n"
 
 // gatewayEnv is one real redis-server, one worker running providerScript
 // as its Claude binary, and one gateway serving /ws on 127.0.0.1.
