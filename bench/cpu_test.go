@@ -18,8 +18,8 @@ import (
 // and the machine's steal and total jiffies (a VM's vCPUs can be taken away
 // by the host: steal shows how much, it makes a round noisy).
 type cpuTimes struct {
-	self, children, redis time.Duration
-	steal, total          int64
+	self, children, redis, servers time.Duration
+	steal, total                   int64
 }
 
 // machineJiffies reads the steal and total jiffies of all CPUs.
@@ -67,12 +67,12 @@ func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
 	return time.Duration(total * float64(time.Second))
 }
 
-// liveChildrenCPU sums the CPU time of the running children of this process
-// that run exe (the emitters): the on-CPU nanoseconds of each of their
+// liveChildrenCPU sums the CPU time of the running children of parent that
+// run exe (the emitters): the on-CPU nanoseconds of each of their
 // threads from /proc/PID/task/TID/schedstat (utime and stime in
 // /proc/PID/stat are in 10 ms ticks, too coarse for 1000 short processes).
-func liveChildrenCPU(exe string) time.Duration {
-	self := strconv.Itoa(os.Getpid())
+func liveChildrenCPU(exe string, parent int) time.Duration {
+	self := strconv.Itoa(parent)
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	var ns int64
 	for _, d := range dirs {
@@ -110,12 +110,16 @@ func liveChildrenCPU(exe string) time.Duration {
 // cpuMeter measures a round: mark when the emitters are released, end
 // when every event was received (the emitters still run then).
 type cpuMeter struct {
-	exe   string
-	rdb   *redis.Client
-	start cpuTimes
-	wall  time.Time
-	total cpuTimes
-	span  time.Duration
+	exe string
+	// emitParent is the process the emitters run under (0: this one).
+	emitParent int
+	// servers are agentgate processes whose CPU is reported apart.
+	servers []int
+	rdb     *redis.Client
+	start   cpuTimes
+	wall    time.Time
+	total   cpuTimes
+	span    time.Duration
 	// prof receives a CPU profile of the measured part of a round when
 	// $BENCH_CPUPROFILE names a file (run one sub-benchmark, -benchtime 1x).
 	prof *os.File
@@ -124,7 +128,14 @@ type cpuMeter struct {
 func (m *cpuMeter) now() cpuTimes {
 	t := cpuTimes{self: rusage(syscall.RUSAGE_SELF), redis: redisCPU(context.Background(), m.rdb)}
 	if m.exe != "" {
-		t.children = liveChildrenCPU(m.exe)
+		parent := m.emitParent
+		if parent == 0 {
+			parent = os.Getpid()
+		}
+		t.children = liveChildrenCPU(m.exe, parent)
+	}
+	for _, pid := range m.servers {
+		t.servers += procCPU(pid)
 	}
 	t.steal, t.total = machineJiffies()
 	return t
@@ -158,6 +169,7 @@ func (m *cpuMeter) end() {
 	m.total.self += t.self - m.start.self
 	m.total.children += t.children - m.start.children
 	m.total.redis += t.redis - m.start.redis
+	m.total.servers += t.servers - m.start.servers
 	m.total.steal += t.steal - m.start.steal
 	m.total.total += t.total - m.start.total
 }
@@ -170,6 +182,9 @@ func (m *cpuMeter) report(report func(float64, string)) {
 	s := m.span.Seconds()
 	report(m.total.self.Seconds()/s, "cpu_proc_cores")
 	report(m.total.redis.Seconds()/s, "cpu_redis_cores")
+	if len(m.servers) > 0 {
+		report(m.total.servers.Seconds()/s, "cpu_servers_cores")
+	}
 	if m.exe != "" {
 		report(m.total.children.Seconds()/s, "cpu_emit_cores")
 	}

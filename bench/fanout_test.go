@@ -109,11 +109,16 @@ func BenchmarkFanout(b *testing.B) {
 		for _, m := range modes {
 			b.Run(configName(n, m.name), func(b *testing.B) {
 				b.Run("raw", func(b *testing.B) { benchRaw(b, n, m) })
-				b.Run("gateway", func(b *testing.B) { benchGateway(b, n, m, 0) })
+				b.Run("gateway", func(b *testing.B) { benchGateway(b, n, m, inProcess(0)) })
+				if m.paced {
+					// As deployed: gateway and worker are processes of
+					// their own, only the clients and emitters are here.
+					b.Run("gateway_processes", func(b *testing.B) { benchGateway(b, n, m, startGatewayProcesses) })
+				}
 				if n == 1 && !m.paced {
 					// The default queue (128 frames) closes this socket
 					// with 4008; how fast would it go with more room?
-					b.Run("gateway_queue1024", func(b *testing.B) { benchGateway(b, n, m, 1024) })
+					b.Run("gateway_queue1024", func(b *testing.B) { benchGateway(b, n, m, inProcess(1024)) })
 				}
 			})
 		}
@@ -157,6 +162,58 @@ type gatewayEnv struct {
 	fifos  string // where the FIFOs are made
 	catExe string
 	rdb    *redis.Client // for INFO
+	// workerPID and servers are set when the worker and the gateway are
+	// processes of their own.
+	workerPID int
+	servers   []int
+}
+
+// inProcess starts the gateway and the worker in this process.
+func inProcess(queueSize int) func(*testing.B) *gatewayEnv {
+	return func(b *testing.B) *gatewayEnv { return startGatewayEnv(b, queueSize) }
+}
+
+// startGatewayProcesses runs `agentgate worker` (with providerScript as its
+// Claude) and `agentgate gateway` as processes on a real redis-server.
+func startGatewayProcesses(b *testing.B) *gatewayEnv {
+	b.Helper()
+	bin := agentgateBinary(b)
+	srv := storetest.StartServer(b)
+	dir, tmp := b.TempDir(), b.TempDir()
+	claude := filepath.Join(tmp, "claude")
+	if err := os.WriteFile(claude, []byte(providerScript), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	catExe, err := exec.LookPath("cat")
+	if err == nil {
+		catExe, err = filepath.EvalSymlinks(catExe)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := freeLoopback(b)
+	env := []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + tmp, "AGENTGATE_REDIS_URL=" + srv.URL,
+		"AGENTGATE_JWT_SECRET=" + string(benchSecret), "AGENTGATE_WORKSPACES=" + dir,
+		"AGENTGATE_KEY_PREFIX=" + storetest.Prefix(), "AGENTGATE_LOG_LEVEL=warn", "AGENTGATE_LISTEN=" + addr,
+		"AGENTGATE_CLAUDE_BIN=" + claude, "AGENTGATE_WATCH_INTERVAL=0",
+	}
+	// BENCH_WORKER_GOGC and BENCH_GATEWAY_GOGC set GOGC of each process, to
+	// see whose garbage collection makes the latency tail.
+	worker := startAgentgate(b, bin, "worker", append(env, "GOGC="+os.Getenv("BENCH_WORKER_GOGC")))
+	gateway := startAgentgate(b, bin, "gateway", append(env, "GOGC="+os.Getenv("BENCH_GATEWAY_GOGC")))
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	b.Cleanup(func() { _ = rdb.Close() })
+	waitFor(b, 20*time.Second, "gateway ready and a worker registered", func() bool {
+		n, _ := rdb.Keys(context.Background(), "*:worker:*").Result()
+		ws, err := dialWS("ws://" + addr + "/ws")
+		if err == nil {
+			ws.Close()
+		}
+		return err == nil && len(n) > 0
+	})
+	return &gatewayEnv{wsURL: "ws://" + addr + "/ws", dir: dir, fifos: tmp, catExe: catExe, rdb: rdb,
+		workerPID: worker.Process.Pid, servers: []int{worker.Process.Pid, gateway.Process.Pid}}
 }
 
 func quietLogger() *slog.Logger {
@@ -402,12 +459,12 @@ func (e *emitter) emit(sc schedule, s int) error {
 // passes one untimed warm-up event through each, then every emitter writes
 // on the same schedule while the sockets read; the round is measured until
 // the last event was received.
-func benchGateway(b *testing.B, sessions int, m mode, queueSize int) {
-	env := startGatewayEnv(b, queueSize)
+func benchGateway(b *testing.B, sessions int, m mode, start func(*testing.B) *gatewayEnv) {
+	env := start(b)
 	var lat latencies
 	var delivered, expected, closed int64
 	var span, teardown, teardownCPU time.Duration
-	cpu := &cpuMeter{exe: env.catExe, rdb: env.rdb}
+	cpu := &cpuMeter{exe: env.catExe, rdb: env.rdb, emitParent: env.workerPID, servers: env.servers}
 	quiesce(time.Minute)
 	b.ResetTimer()
 	for round := range b.N {

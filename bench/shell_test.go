@@ -57,6 +57,31 @@ func agentgateBinary(b *testing.B) string {
 	return builtBin
 }
 
+// startAgentgate starts `agentgate MODE` with env; it is stopped by its PID
+// when the benchmark ends (SIGTERM, then SIGKILL after 5 s).
+func startAgentgate(b *testing.B, bin, mode string, env []string) *exec.Cmd {
+	b.Helper()
+	cmd := exec.Command(bin, mode)
+	cmd.Env = env
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	return cmd
+}
+
 func newShellRig(b *testing.B) *shellRig {
 	b.Helper()
 	bin := agentgateBinary(b)
@@ -73,29 +98,8 @@ func newShellRig(b *testing.B) *shellRig {
 		"AGENTGATE_WORKSPACES=" + root, "AGENTGATE_KEY_PREFIX=" + storetest.Prefix(), "AGENTGATE_LOG_LEVEL=warn",
 		"AGENTGATE_LISTEN=" + r.addr, "AGENTGATE_SHELL_DETACH_TIMEOUT=5s",
 	}
-	start := func(mode string) *exec.Cmd {
-		cmd := exec.Command(bin, mode)
-		cmd.Env = env
-		cmd.Stderr = os.Stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { _ = cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		})
-		return cmd
-	}
-	r.worker = start("worker")
-	r.gateway = start("gateway")
+	r.worker = startAgentgate(b, bin, "worker", env)
+	r.gateway = startAgentgate(b, bin, "gateway", env)
 	var err error
 	if r.token, err = handlers.IssueToken([]byte(secret), "bench", false, time.Hour); err != nil {
 		b.Fatal(err)

@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"errors"
+	"io"
 	"sync"
 	"time"
 
@@ -179,21 +180,23 @@ func (p *permissions) settle(id, reason string) {
 	}
 }
 
-// providerInput is a provider's stdin, written by one goroutine so that a
-// provider that stops reading never blocks the caller (the worker's inbox
-// loop answers permissions for every run).
+// providerInput is a provider's stdin. Lines are written by a goroutine
+// that runs only while there is something to write, so that a provider that
+// stops reading never blocks the caller (the worker's inbox loop answers
+// permissions for every run), and an idle run costs no goroutine.
 type providerInput struct {
-	mu     sync.Mutex
-	lines  chan []byte
-	closed bool
+	mu      sync.Mutex
+	w       io.WriteCloser // nil until start
+	queue   [][]byte
+	writing bool // a drain goroutine runs
+	closing bool // close was called: no more lines
+	closed  bool // w is closed
 }
 
 // inputQueue bounds the lines waiting for a provider that does not read.
 const inputQueue = 64
 
-func newProviderInput() *providerInput {
-	return &providerInput{lines: make(chan []byte, inputQueue)}
-}
+func newProviderInput() *providerInput { return &providerInput{} }
 
 // write queues a line; after close, or when the provider has stopped
 // reading for inputQueue lines, the line is dropped.
@@ -203,38 +206,62 @@ func (in *providerInput) write(line []byte) {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.closed {
+	if in.closing || len(in.queue) >= inputQueue {
 		return
 	}
-	select {
-	case in.lines <- line:
-	default:
-	}
+	in.queue = append(in.queue, line)
+	in.kick()
+}
+
+// start attaches the process' stdin once it runs; lines queued before are
+// written first.
+func (in *providerInput) start(w io.WriteCloser) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.w = w
+	in.kick()
 }
 
 // close ends the input once the queued lines are written.
 func (in *providerInput) close() {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if !in.closed {
-		in.closed = true
-		close(in.lines)
-	}
+	in.closing = true
+	in.kick()
 }
 
-// pump writes the queued lines to w, then closes w. It returns when the
-// input is closed or w fails.
-func (in *providerInput) pump(w interface {
-	Write([]byte) (int, error)
-	Close() error
-}) {
-	defer w.Close()
-	for line := range in.lines {
-		if _, err := w.Write(line); err != nil {
-			in.close()
-			for range in.lines {
+// kick starts a drain goroutine when there is work and none runs. It is
+// called with mu held.
+func (in *providerInput) kick() {
+	if in.w == nil || in.writing || in.closed || (len(in.queue) == 0 && !in.closing) {
+		return
+	}
+	in.writing = true
+	go in.drain()
+}
+
+// drain writes the queue, and closes w once close was called and the queue
+// is empty or w failed.
+func (in *providerInput) drain() {
+	for {
+		in.mu.Lock()
+		if len(in.queue) == 0 {
+			in.writing = false
+			shut := in.closing && !in.closed
+			in.closed = in.closed || shut
+			in.mu.Unlock()
+			if shut {
+				_ = in.w.Close()
 			}
 			return
+		}
+		line := in.queue[0]
+		in.queue = in.queue[1:]
+		in.mu.Unlock()
+		if _, err := in.w.Write(line); err != nil {
+			in.mu.Lock()
+			in.closing, in.queue = true, nil
+			in.mu.Unlock()
 		}
 	}
 }

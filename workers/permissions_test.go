@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,4 +264,73 @@ func TestClaudeAbortDuringToolLeavesNothing(t *testing.T) {
 		return len(h.w.runs) == 0
 	}, 10*time.Second, 20*time.Millisecond)
 	require.Len(t, completes(h.events(sess.ID)), 1)
+}
+
+// recorder is a stdin that records what it is given; block holds writes.
+type recorder struct {
+	mu     sync.Mutex
+	lines  []string
+	closed bool
+	block  chan struct{}
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.block != nil {
+		<-r.block
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, string(p))
+	return len(p), nil
+}
+
+func (r *recorder) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	return nil
+}
+
+func (r *recorder) state() ([]string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.lines...), r.closed
+}
+
+func TestProviderInput(t *testing.T) {
+	t.Run("queued before start, written in order, closed after", func(t *testing.T) {
+		in := newProviderInput()
+		in.write([]byte("prompt"))
+		in.write([]byte("answer"))
+		rec := &recorder{}
+		in.start(rec)
+		in.write([]byte("later"))
+		in.close()
+		in.write([]byte("dropped"))
+		require.Eventually(t, func() bool { _, closed := rec.state(); return closed }, 5*time.Second, time.Millisecond)
+		lines, _ := rec.state()
+		require.Equal(t, []string{"prompt", "answer", "later"}, lines)
+	})
+	t.Run("a provider that stops reading never blocks the caller", func(t *testing.T) {
+		in := newProviderInput()
+		rec := &recorder{block: make(chan struct{})}
+		in.start(rec)
+		done := make(chan struct{})
+		go func() {
+			for range inputQueue * 3 {
+				in.write([]byte("x"))
+			}
+			in.close()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("write blocked")
+		}
+		close(rec.block)
+		require.Eventually(t, func() bool { _, closed := rec.state(); return closed }, 5*time.Second, time.Millisecond)
+		lines, _ := rec.state()
+		require.LessOrEqual(t, len(lines), inputQueue+1, "the queue is bounded")
+	})
 }

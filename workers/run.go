@@ -233,7 +233,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}
 	switch {
 	case conv != nil:
-		go r.input.pump(stdinW)
+		r.input.start(stdinW)
 	case stdinW != nil:
 		go func() {
 			_, _ = stdinW.Write(stdin)
