@@ -199,8 +199,10 @@ func startGatewayProcesses(b *testing.B) *gatewayEnv {
 		"AGENTGATE_CLAUDE_BIN=" + claude, "AGENTGATE_WATCH_INTERVAL=0",
 	}
 	// BENCH_WORKER_GOGC and BENCH_GATEWAY_GOGC set GOGC of each process, to
-	// see whose garbage collection makes the latency tail.
-	worker := startAgentgate(b, bin, "worker", append(env, "GOGC="+os.Getenv("BENCH_WORKER_GOGC")))
+	// see whose garbage collection makes the latency tail;
+	// BENCH_WORKER_GOMEMLIMIT sets the worker's GOMEMLIMIT.
+	worker := startAgentgate(b, bin, "worker", append(env, "GOGC="+os.Getenv("BENCH_WORKER_GOGC"),
+		"GOMEMLIMIT="+os.Getenv("BENCH_WORKER_GOMEMLIMIT")))
 	gateway := startAgentgate(b, bin, "gateway", append(env, "GOGC="+os.Getenv("BENCH_GATEWAY_GOGC")))
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	b.Cleanup(func() { _ = rdb.Close() })
