@@ -295,13 +295,6 @@ func (s *Server) abort(ctx context.Context, c *conn, msg app.ClientMessage) {
 		c.reply(app.ErrorReply{Type: "error", Error: "Could not abort the run; try again", SessionID: sess.ID})
 		return
 	}
-	if res.Worker != "" {
-		err := s.st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID})
-		if err != nil {
-			// The worker also stops once its next write finds the run stale.
-			s.log.Warn("tell worker to abort", "session", sess.ID, "worker", res.Worker, "err", err)
-		}
-	}
 	if !c.watching(sess.ID) {
 		// A socket that does not follow the session still sees its complete.
 		if evs, err := s.st.Events(ctx, sess.ID, res.Seq-1, 1); err == nil && len(evs) == 1 {

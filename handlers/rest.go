@@ -159,9 +159,6 @@ func (s *Server) abortSession(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if res.Worker != "" {
-		_ = s.st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID})
-	}
 	return c.JSON(http.StatusOK, map[string]any{"sessionId": sess.ID, "runId": res.RunID, "aborted": true})
 }
 

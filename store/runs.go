@@ -199,14 +199,22 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 const requestPlaceholder = "@REQ@"
 
 // Abort records the abort of the session's current run and emits its single
-// complete{aborted:true, exitCode:0}. It returns app.ErrNoActiveRun when the
-// session has no run in progress. The caller tells the worker to stop.
+// complete{aborted:true, exitCode:0}, then tells the worker running it to
+// stop. It returns app.ErrNoActiveRun when the session has no run in
+// progress. The abort stands even if the worker cannot be told: its next
+// write finds the run stale and it stops then.
 func (s *Store) Abort(ctx context.Context, sessionID string, provider app.Provider) (CompleteResult, error) {
 	res, err := s.Complete(ctx, RunRef{SessionID: sessionID, Provider: provider}, app.Outcome{Aborted: true})
 	if errors.Is(err, app.ErrStaleRun) {
 		return CompleteResult{}, app.ErrNoActiveRun
 	}
-	return res, err
+	if err != nil || res.Worker == "" {
+		return res, err
+	}
+	if err := s.SendControl(ctx, res.Worker, Control{Type: ControlAbort, SessionID: sessionID, RunID: res.RunID}); err != nil {
+		s.log.Warn("tell worker to abort", "session", sessionID, "worker", res.Worker, "err", err)
+	}
+	return res, nil
 }
 
 // Claim records worker as the process running run. It returns false when the

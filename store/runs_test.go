@@ -267,6 +267,10 @@ func TestAbort(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "w1", done.Worker)
 		require.Equal(t, res.RunID, done.RunID)
+		inbox, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, inbox, 1, "the worker is told to stop")
+		require.Equal(t, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}, inbox[0].Control)
 
 		got, err := st.Session(ctx, sess.ID)
 		require.NoError(t, err)

@@ -216,9 +216,8 @@ func TestClaudePermissions(t *testing.T) {
 		api.Add(touchTurns("abort me", "aborted")...)
 		sess := start("abort me", app.RunOptions{})
 		req := h.waitKind(sess.ID, "permission_request", 1)
-		res, err := st.Abort(ctx, sess.ID, app.Claude)
+		_, err := st.Abort(ctx, sess.ID, app.Claude)
 		require.NoError(t, err)
-		require.NoError(t, st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}))
 		require.Eventually(t, func() bool {
 			h.w.mu.Lock()
 			defer h.w.mu.Unlock()
@@ -254,9 +253,8 @@ func TestClaudeAbortDuringToolLeavesNothing(t *testing.T) {
 	require.True(t, processAlive(pid))
 
 	ctx := context.Background()
-	res, err := st.Abort(ctx, sess.ID, app.Claude)
+	_, err := st.Abort(ctx, sess.ID, app.Claude)
 	require.NoError(t, err)
-	require.NoError(t, st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}))
 	require.Eventually(t, func() bool { return !processAlive(pid) }, 10*time.Second, 20*time.Millisecond, "the tool outlived the abort")
 	require.Eventually(t, func() bool {
 		h.w.mu.Lock()

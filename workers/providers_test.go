@@ -132,3 +132,20 @@ func fuzzParser(t *testing.T, p Parser, line []byte) {
 	}
 	p.End(0)
 }
+
+// TestProviderMissingBinary: a CLI that is not installed gives its install
+// hint, then one complete{exitCode:127, success:false}.
+func TestProviderMissingBinary(t *testing.T) {
+	for _, prov := range []Provider{CodexProvider{}, GeminiProvider{}, CursorProvider{}} {
+		t.Run(string(prov.Name()), func(t *testing.T) {
+			h := providerWorker(t, prov, "/nonexistent/"+string(prov.Name()), nil)
+			sess := h.submitAs(prov.Name(), app.Job{Command: "hello"})
+			evs := h.waitDone(sess.ID)
+			require.Equal(t, []string{prov.InstallHint()}, errorRows(evs))
+			c := completes(evs)
+			require.Len(t, c, 1)
+			require.EqualValues(t, 127, c[0]["exitCode"])
+			require.Equal(t, false, c[0]["success"])
+		})
+	}
+}

@@ -133,11 +133,6 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return fmt.Errorf("sessions abort %s: %w", s.ID, err)
 		}
-		if res.Worker != "" {
-			if err := st.SendControl(ctx, res.Worker, store.Control{Type: store.ControlAbort, SessionID: s.ID, RunID: res.RunID}); err != nil {
-				return err
-			}
-		}
 		fmt.Fprintf(stdout, "aborted run %s of session %s\n", res.RunID, s.ID)
 		return nil
 	}
