@@ -27,7 +27,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/agentgate/agentgate/internal/mockscript"
 	"io"
 	"net"
 	"net/http"
@@ -36,6 +35,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/agentgate/agentgate/internal/mockscript"
 )
 
 // Turn is the model's answer to one streaming POST /v1/messages request.

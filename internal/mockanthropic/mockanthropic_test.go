@@ -1,7 +1,6 @@
 package mockanthropic
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -19,21 +18,17 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/internal/mockscript"
 )
 
 // ---------------------------------------------------------------------------
 // Tests of the mock alone: they run everywhere, with or without the CLI.
 // ---------------------------------------------------------------------------
 
-// sseEvent is one parsed Server-Sent Event.
-type sseEvent struct {
-	Name string
-	Data map[string]any
-}
-
 // postMessages sends a Messages API request the way the CLI does and parses
 // the SSE answer, so the wire format is checked without the CLI.
-func postMessages(t *testing.T, s *Server, body map[string]any) (*http.Response, []sseEvent) {
+func postMessages(t *testing.T, s *Server, body map[string]any) (*http.Response, []mockscript.SSEEvent) {
 	t.Helper()
 	b, err := json.Marshal(body)
 	require.NoError(t, err)
@@ -43,24 +38,12 @@ func postMessages(t *testing.T, s *Server, body map[string]any) (*http.Response,
 	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		return resp, nil
 	}
-	var events []sseEvent
-	var cur sseEvent
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "event: "):
-			cur.Name = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			require.NoError(t, json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &cur.Data))
-		case line == "":
-			require.NotEmpty(t, cur.Name, "data without event line")
-			require.Equal(t, cur.Name, cur.Data["type"], "event name and data type must agree")
-			events = append(events, cur)
-			cur = sseEvent{}
-		}
+	events, err := mockscript.ReadSSE(resp.Body)
+	require.NoError(t, err)
+	for _, e := range events {
+		require.NotEmpty(t, e.Name, "data without event line")
+		require.Equal(t, e.Name, e.Data["type"], "event name and data type must agree")
 	}
-	require.NoError(t, sc.Err())
 	return resp, events
 }
 
@@ -127,7 +110,7 @@ func TestRoutingDefaultsAndSideRequests(t *testing.T) {
 	)
 	s.SetDefault(Turn{Text: "fallback"})
 
-	textOf := func(events []sseEvent) string {
+	textOf := func(events []mockscript.SSEEvent) string {
 		var sb strings.Builder
 		for _, e := range events {
 			if d, ok := e.Data["delta"].(map[string]any); ok && d["type"] == "text_delta" {

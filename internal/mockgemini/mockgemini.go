@@ -18,7 +18,6 @@ package mockgemini
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/agentgate/agentgate/internal/mockscript"
 	"io"
 	"net"
 	"net/http"
@@ -30,6 +29,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/agentgate/agentgate/internal/mockscript"
 )
 
 // Turn is the model's answer to one streamGenerateContent request. Turns are

@@ -1,7 +1,6 @@
 package mockgemini
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"net/http"
@@ -11,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/internal/mockscript"
 )
 
 // stream sends a streamGenerateContent request the way the CLI does and
@@ -25,16 +26,12 @@ func stream(t *testing.T, s *Server, body map[string]any) (*http.Response, []map
 	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		return resp, nil
 	}
-	var chunks []map[string]any
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-			var m map[string]any
-			require.NoError(t, json.Unmarshal([]byte(data), &m))
-			chunks = append(chunks, m)
-		}
+	events, err := mockscript.ReadSSE(resp.Body)
+	require.NoError(t, err)
+	chunks := make([]map[string]any, len(events))
+	for i, e := range events {
+		chunks[i] = e.Data
 	}
-	require.NoError(t, sc.Err())
 	return resp, chunks
 }
 

@@ -16,7 +16,6 @@ package mockopenai
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/agentgate/agentgate/internal/mockscript"
 	"io"
 	"net"
 	"net/http"
@@ -28,6 +27,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/agentgate/agentgate/internal/mockscript"
 )
 
 // Turn is the model's answer to one POST /v1/responses request. Turns are

@@ -1,7 +1,6 @@
 package mockopenai
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"net/http"
@@ -11,16 +10,13 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-)
 
-type sseEvent struct {
-	Name string
-	Data map[string]any
-}
+	"github.com/agentgate/agentgate/internal/mockscript"
+)
 
 // post sends a Responses request the way the CLI does and parses the SSE
 // answer, so the wire format is checked without the CLI.
-func post(t *testing.T, s *Server, body map[string]any) (*http.Response, []sseEvent) {
+func post(t *testing.T, s *Server, body map[string]any) (*http.Response, []mockscript.SSEEvent) {
 	t.Helper()
 	b, err := json.Marshal(body)
 	require.NoError(t, err)
@@ -30,23 +26,11 @@ func post(t *testing.T, s *Server, body map[string]any) (*http.Response, []sseEv
 	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		return resp, nil
 	}
-	var events []sseEvent
-	var cur sseEvent
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "event: "):
-			cur.Name = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			require.NoError(t, json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &cur.Data))
-		case line == "":
-			require.Equal(t, cur.Name, cur.Data["type"], "event name and data type must agree")
-			events = append(events, cur)
-			cur = sseEvent{}
-		}
+	events, err := mockscript.ReadSSE(resp.Body)
+	require.NoError(t, err)
+	for _, e := range events {
+		require.Equal(t, e.Name, e.Data["type"], "event name and data type must agree")
 	}
-	require.NoError(t, sc.Err())
 	return resp, events
 }
 

@@ -4,7 +4,10 @@
 package mockscript
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -135,4 +138,36 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
+}
+
+// SSEEvent is one Server-Sent Event as the mocks' own tests read it back.
+type SSEEvent struct {
+	Name string
+	Data map[string]any
+}
+
+// ReadSSE reads a Server-Sent Events stream to its end: an event for each
+// blank-line-terminated block that has a data line.
+func ReadSSE(r io.Reader) ([]SSEEvent, error) {
+	var events []SSEEvent
+	var cur SSEEvent
+	sc := bufio.NewScanner(r)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if name, ok := strings.CutPrefix(line, "event: "); ok {
+			cur.Name = name
+		} else if data, ok := strings.CutPrefix(line, "data: "); ok {
+			if err := json.Unmarshal([]byte(data), &cur.Data); err != nil {
+				return events, fmt.Errorf("read SSE data %q: %w", data, err)
+			}
+		} else if line == "" && cur.Data != nil {
+			events = append(events, cur)
+			cur = SSEEvent{}
+		}
+	}
+	if cur.Data != nil {
+		events = append(events, cur)
+	}
+	return events, sc.Err()
 }
