@@ -68,6 +68,15 @@ func ToolResult(toolID string, content any, isError bool) Event {
 	return NewEvent(KindToolResult, map[string]any{"toolId": toolID, "content": content, "isError": isError})
 }
 
+// ObjectOrEmpty is a provider's JSON value for an event field, or {} when
+// the provider sent none, so that clients always get an object to render.
+func ObjectOrEmpty(raw json.RawMessage) any {
+	if len(raw) == 0 {
+		return map[string]any{}
+	}
+	return raw
+}
+
 // ErrorRow is an `error` event: an informational row, never the end of a run.
 func ErrorRow(content string) Event {
 	return NewEvent(KindError, map[string]any{"content": content})

@@ -55,7 +55,7 @@ type PendingPermission struct {
 // PermissionRequest is the `permission_request` event of a pending request.
 func PermissionRequest(p PendingPermission) Event {
 	return NewEvent(KindPermissionRequest, map[string]any{
-		"requestId": p.RequestID, "toolName": p.ToolName, "input": inputOrEmpty(p.Input),
+		"requestId": p.RequestID, "toolName": p.ToolName, "input": ObjectOrEmpty(p.Input),
 	})
 }
 
@@ -63,13 +63,6 @@ func PermissionRequest(p PendingPermission) Event {
 // that got no answer, for reason PermissionTimeout or PermissionCancelled.
 func PermissionCancelledEvent(requestID, reason string) Event {
 	return NewEvent(KindPermissionCancelled, map[string]any{"requestId": requestID, "reason": reason})
-}
-
-func inputOrEmpty(raw json.RawMessage) any {
-	if len(raw) == 0 {
-		return map[string]any{}
-	}
-	return raw
 }
 
 // PermissionAnswer is a user's answer to a permission request
@@ -128,15 +121,10 @@ type ToolRules struct {
 	Disallowed []string
 }
 
-// RulesOf returns the tool rules of a run's options, the way the reference
-// applies them: skipPermissions means bypass unless the mode is plan.
+// RulesOf returns the tool rules of a run's options.
 func RulesOf(o RunOptions) ToolRules {
-	mode := o.PermissionMode
-	if o.Tools.SkipPermissions && mode != "plan" {
-		mode = "bypassPermissions"
-	}
 	return ToolRules{
-		Bypass:     mode == "bypassPermissions",
+		Bypass:     o.Mode() == "bypassPermissions",
 		Allowed:    append([]string(nil), o.Tools.AllowedTools...),
 		Disallowed: append([]string(nil), o.Tools.DisallowedTools...),
 	}

@@ -45,6 +45,15 @@ type Image struct {
 	Name string `json:"name,omitempty"`
 }
 
+// Mode is the permission mode a run gets: skipPermissions means
+// bypassPermissions, except in plan mode, as in the reference.
+func (o RunOptions) Mode() string {
+	if o.Tools.SkipPermissions && o.PermissionMode != "plan" {
+		return "bypassPermissions"
+	}
+	return o.PermissionMode
+}
+
 // PermissionModes are the values of options.permissionMode the CLIs accept.
 var PermissionModes = []string{"default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"}
 

@@ -50,10 +50,7 @@ func (ClaudeProvider) Command(job app.Job, env []string) ([]string, []byte) {
 	if job.Options.Model != "" {
 		args = append(args, "--model", job.Options.Model)
 	}
-	mode := job.Options.PermissionMode
-	if job.Options.Tools.SkipPermissions && mode != "plan" {
-		mode = "bypassPermissions"
-	}
+	mode := job.Options.Mode()
 	if mode != "" && mode != "default" {
 		args = append(args, "--permission-mode", mode)
 	}
@@ -92,7 +89,7 @@ func (ClaudeProvider) Answer(ask ToolAsk, allow bool, input json.RawMessage, mes
 		if len(input) == 0 {
 			input = ask.Input
 		}
-		decision = map[string]any{"behavior": "allow", "updatedInput": rawOrEmpty(input)}
+		decision = map[string]any{"behavior": "allow", "updatedInput": app.ObjectOrEmpty(input)}
 	} else {
 		decision = map[string]any{"behavior": "deny", "message": message}
 	}
@@ -160,8 +157,8 @@ func lookupEnv(env []string, key string) string {
 }
 
 // NewParser implements Provider.
-func (ClaudeProvider) NewParser(job app.Job) Parser {
-	return &claudeParser{job: job, contextWindow: contextWindow()}
+func (ClaudeProvider) NewParser(app.Job) Parser {
+	return &claudeParser{contextWindow: contextWindow()}
 }
 
 // contextWindow is the token budget total, as the reference computes it.
@@ -175,7 +172,6 @@ func contextWindow() int {
 // claudeParser maps the CLI's stream-json lines (see the CLI facts in the
 // README) to session events.
 type claudeParser struct {
-	job           app.Job
 	contextWindow int
 	// sawError is set by a `result` line with is_error: the CLI says
 	// "subtype":"success" even for failed runs, so is_error decides.
@@ -327,7 +323,7 @@ func (p *claudeParser) assistant(l claudeLine) []app.Event {
 			}
 			ev = app.Thinking(b.Thinking)
 		case "tool_use":
-			ev = app.ToolUse(b.ID, b.Name, rawOrEmpty(b.Input))
+			ev = app.ToolUse(b.ID, b.Name, app.ObjectOrEmpty(b.Input))
 		default:
 			continue
 		}
@@ -417,13 +413,6 @@ func resultText(raw json.RawMessage) string {
 		return s
 	}
 	return string(raw)
-}
-
-func rawOrEmpty(raw json.RawMessage) any {
-	if len(raw) == 0 {
-		return map[string]any{}
-	}
-	return raw
 }
 
 func withParent(ev app.Event, parent string) app.Event {

@@ -54,11 +54,7 @@ func (CodexProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 //	plan                 read-only, never
 //	bypassPermissions    no sandbox, no approvals (also skipPermissions)
 func codexPermissionArgs(o app.RunOptions) []string {
-	mode := o.PermissionMode
-	if o.Tools.SkipPermissions && mode != "plan" {
-		mode = "bypassPermissions"
-	}
-	switch mode {
+	switch o.Mode() {
 	case "bypassPermissions":
 		return []string{"--dangerously-bypass-approvals-and-sandbox"}
 	case "acceptEdits", "dontAsk":
@@ -217,10 +213,10 @@ func (p *codexParser) itemCompleted(item codexItem) []app.Event {
 		if len(item.Error) > 0 && string(item.Error) != "null" {
 			events = append(events, app.ToolResult(p.toolID(item), codexErrorText(item.Error), true))
 		} else {
-			events = append(events, app.ToolResult(p.toolID(item), rawOrEmpty(item.Result), item.Status == "failed"))
+			events = append(events, app.ToolResult(p.toolID(item), app.ObjectOrEmpty(item.Result), item.Status == "failed"))
 		}
 	case "file_change":
-		events = append(events, app.ToolResult(p.toolID(item), rawOrEmpty(item.Changes), item.Status == "failed"))
+		events = append(events, app.ToolResult(p.toolID(item), app.ObjectOrEmpty(item.Changes), item.Status == "failed"))
 	}
 	return events
 }
@@ -232,14 +228,14 @@ func (p *codexParser) toolUse(item codexItem) app.Event {
 	case "command_execution":
 		ev = app.ToolUse(p.toolID(item), "Bash", map[string]any{"command": item.Command})
 	case "file_change":
-		ev = app.ToolUse(p.toolID(item), "FileChanges", map[string]any{"changes": rawOrEmpty(item.Changes)})
+		ev = app.ToolUse(p.toolID(item), "FileChanges", map[string]any{"changes": app.ObjectOrEmpty(item.Changes)})
 	case "mcp_tool_call":
-		ev = app.ToolUse(p.toolID(item), item.Tool, rawOrEmpty(item.Arguments))
+		ev = app.ToolUse(p.toolID(item), item.Tool, app.ObjectOrEmpty(item.Arguments))
 		ev.Fields["server"] = item.Server
 	case "web_search":
 		ev = app.ToolUse(p.toolID(item), "WebSearch", map[string]any{"query": item.Query})
 	case "todo_list":
-		ev = app.ToolUse(p.toolID(item), "TodoList", map[string]any{"items": rawOrEmpty(item.Items)})
+		ev = app.ToolUse(p.toolID(item), "TodoList", map[string]any{"items": app.ObjectOrEmpty(item.Items)})
 	default:
 		ev = app.ToolUse(p.toolID(item), item.Type, map[string]any{})
 	}

@@ -48,11 +48,7 @@ func (CursorProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 //	plan                                 --mode plan (read-only)
 //	bypassPermissions                    -f (also skipPermissions)
 func cursorPermissionArgs(o app.RunOptions) []string {
-	mode := o.PermissionMode
-	if o.Tools.SkipPermissions && mode != "plan" {
-		mode = "bypassPermissions"
-	}
-	switch mode {
+	switch o.Mode() {
 	case "bypassPermissions":
 		return []string{"-f"}
 	case "plan":
@@ -230,20 +226,20 @@ func cursorToolOf(raw json.RawMessage) (string, cursorTool, bool) {
 
 func cursorToolName(kind string, t cursorTool) (string, any) {
 	if kind == "function" {
-		return t.Name, rawOrEmpty(t.Arguments)
+		return t.Name, app.ObjectOrEmpty(t.Arguments)
 	}
 	if name, ok := cursorToolNames[kind]; ok {
-		return name, rawOrEmpty(t.Args)
+		return name, app.ObjectOrEmpty(t.Args)
 	}
 	if kind == "mcpToolCall" {
 		var a struct {
 			ToolName string `json:"toolName"`
 		}
 		if json.Unmarshal(t.Args, &a) == nil && a.ToolName != "" {
-			return a.ToolName, rawOrEmpty(t.Args)
+			return a.ToolName, app.ObjectOrEmpty(t.Args)
 		}
 	}
-	return strings.TrimSuffix(kind, "ToolCall"), rawOrEmpty(t.Args)
+	return strings.TrimSuffix(kind, "ToolCall"), app.ObjectOrEmpty(t.Args)
 }
 
 // cursorToolResult turns {"success": {…}} or {"rejected"|"failure"|"error":
@@ -295,7 +291,7 @@ func cursorToolResult(raw json.RawMessage) (any, bool) {
 	case r.Message != "" || r.Error != "":
 		return strings.TrimSpace(r.Message + " " + r.Error), isError
 	}
-	return rawOrEmpty(body), isError
+	return app.ObjectOrEmpty(body), isError
 }
 
 func cursorTokenBudget(u cursorUsage) app.Event {

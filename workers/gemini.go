@@ -51,11 +51,7 @@ func (GeminiProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 //	plan                    --approval-mode plan
 //	bypassPermissions       --yolo (also skipPermissions)
 func geminiPermissionArgs(o app.RunOptions) []string {
-	mode := o.PermissionMode
-	if o.Tools.SkipPermissions && mode != "plan" {
-		mode = "bypassPermissions"
-	}
-	switch mode {
+	switch o.Mode() {
 	case "bypassPermissions":
 		return []string{"--yolo"}
 	case "acceptEdits":
@@ -67,8 +63,8 @@ func geminiPermissionArgs(o app.RunOptions) []string {
 }
 
 // NewParser implements Provider.
-func (GeminiProvider) NewParser(job app.Job) Parser {
-	return &geminiParser{job: job}
+func (GeminiProvider) NewParser(app.Job) Parser {
+	return &geminiParser{}
 }
 
 // geminiParser maps `--output-format stream-json` lines (see
@@ -76,7 +72,6 @@ func (GeminiProvider) NewParser(job app.Job) Parser {
 // answer as message deltas; they are joined into one text event, sent when
 // something else happens or the run ends, so history holds whole messages.
 type geminiParser struct {
-	job     app.Job
 	pending strings.Builder
 	// failed is set by a result with status "error".
 	failed bool
@@ -128,7 +123,7 @@ func (p *geminiParser) Line(line []byte) Output {
 			p.pending.WriteString(l.Content)
 		}
 	case "tool_use":
-		out.Events = append(p.flush(), app.ToolUse(l.ToolID, l.ToolName, rawOrEmpty(l.Parameters)))
+		out.Events = append(p.flush(), app.ToolUse(l.ToolID, l.ToolName, app.ObjectOrEmpty(l.Parameters)))
 	case "tool_result":
 		content := ""
 		if l.Output != nil {

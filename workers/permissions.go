@@ -62,6 +62,11 @@ func (p *permissions) ask(a ToolAsk) {
 		}
 		return
 	}
+	if _, asked := p.byProvider[a.ID]; asked {
+		// The same request again: the first one's answer serves both.
+		p.mu.Unlock()
+		return
+	}
 	id := a.ID
 	if !app.ValidRequestID(id) {
 		// The id travels in Redis keys and JSON as is: only plain ones.

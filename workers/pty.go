@@ -11,6 +11,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
+
+	"github.com/agentgate/agentgate/app"
 )
 
 // ptyConfig describes a process to start in a new pseudo-terminal.
@@ -42,7 +44,8 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 	cmd.Dir = cfg.Dir
 	cmd.Env = cfg.Env
 	attrs := &syscall.SysProcAttr{Setsid: true, Setctty: true, Pdeathsig: syscall.SIGKILL}
-	f, err := pty.StartWithAttrs(cmd, &pty.Winsize{Cols: uint16(cfg.Cols), Rows: uint16(cfg.Rows)}, attrs)
+	cols, rows := termSize(cfg.Cols, cfg.Rows)
+	f, err := pty.StartWithAttrs(cmd, &pty.Winsize{Cols: cols, Rows: rows}, attrs)
 	if err != nil {
 		return nil, fmt.Errorf("start terminal: %w", err)
 	}
@@ -62,6 +65,12 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 	return p, nil
 }
 
+// termSize bounds a terminal size to what a client may ask for: the sizes
+// come from the inbox, and a uint16 would wrap a bad one silently.
+func termSize(cols, rows int) (uint16, uint16) {
+	return uint16(min(max(cols, 1), app.MaxShellCols)), uint16(min(max(rows, 1), app.MaxShellRows))
+}
+
 // resize sets the terminal size through the raw fd: pty.Setsize would call
 // Fd and put the ptmx back into blocking mode.
 func (p *ptyProc) resize(cols, rows int) error {
@@ -69,9 +78,10 @@ func (p *ptyProc) resize(cols, rows int) error {
 	if err != nil {
 		return fmt.Errorf("resize terminal: %w", err)
 	}
+	c, r := termSize(cols, rows)
 	var ioErr error
 	err = rc.Control(func(fd uintptr) {
-		ioErr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Col: uint16(cols), Row: uint16(rows)})
+		ioErr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Col: c, Row: r})
 	})
 	if err == nil {
 		err = ioErr

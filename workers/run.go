@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -92,7 +93,14 @@ func (r *run) stop(reason stopReason) {
 	}
 	p := r.proc
 	r.mu.Unlock()
-	if p != nil {
+	if p == nil {
+		return
+	}
+	select {
+	case <-p.exited:
+		// Reaped: its pid and group may already be another process's, and
+		// what it left in the group was killed when it exited.
+	default:
 		go r.halt(p)
 	}
 }
@@ -139,8 +147,8 @@ func (r *run) execute() {
 		outcome = app.Outcome{ExitCode: 1, Reason: app.ReasonWorkerShutdown}
 		final = append(final, app.ErrorRow("The worker running this session shut down before the run finished."))
 	case stopAbort, stopStale:
-		// The abort (or the reaper) already wrote this run's complete; the
-		// attempt below is refused by the runId guard and changes nothing.
+		// The abort (or the reaper) already wrote this run's complete.
+		return
 	}
 	r.complete(outcome, final)
 }
@@ -169,7 +177,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		defer cleanup()
 		job.ImageFiles = files
 	}
-	env := append(os.Environ(), r.w.cfg.Env...)
+	env := slices.Clip(r.w.env) // shared: an append must copy
 	args, stdin := prov.Command(job, env)
 	if r.retry != nil {
 		args = r.retry
@@ -177,7 +185,6 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	cmd := exec.Command(r.w.bin(job.Provider), args...)
 	cmd.Dir = dir
 	cmd.Env = env
-	cmd.WaitDelay = orphanGrace
 	prepareGroup(cmd)
 
 	// Our own pipes, read with small buffers: exec's would copy stderr
@@ -320,7 +327,7 @@ func (r *run) pump(out io.Reader, parser Parser) {
 		if errors.Is(err, errLineTooLong) {
 			batch = append(batch, app.ErrorRow(fmt.Sprintf("An output line longer than %d MiB was dropped.", maxLineBytes>>20)))
 		} else if len(line) > 0 {
-			o := parser.Line(line)
+			o := parseLine(parser, line)
 			batch = append(batch, o.Events...)
 			for k, v := range o.Set {
 				set[k] = v
@@ -346,6 +353,18 @@ func (r *run) pump(out io.Reader, parser Parser) {
 			return
 		}
 	}
+}
+
+// parseLine is parser.Line that turns a parser's panic on a line it did not
+// expect into an error row: one odd line must not take down the worker and
+// every run and terminal on it.
+func parseLine(parser Parser, line []byte) (o Output) {
+	defer func() {
+		if v := recover(); v != nil {
+			o = Output{Events: []app.Event{app.ErrorRow(fmt.Sprintf("An output line could not be read (%v).", v))}}
+		}
+	}()
+	return parser.Line(line)
 }
 
 // control acts on what a line asked of the run's input. Providers that are

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,9 +49,10 @@ const (
 
 // shellSet holds the terminals of a worker. Its zero value is ready.
 type shellSet struct {
-	mu sync.Mutex
-	m  map[string]*shell // by shell key
-	wg sync.WaitGroup    // one per terminal
+	mu      sync.Mutex
+	m       map[string]*shell // by shell key
+	wg      sync.WaitGroup    // one per terminal
+	closing bool              // the worker is shutting down: no new terminal
 }
 
 // shell is one terminal generation running on this worker: a PTY whose
@@ -144,6 +146,10 @@ func (w *Worker) openShell(c store.Control) {
 	}
 	log := w.log.With("shell", c.Shell, "gen", c.Gen)
 	w.shells.mu.Lock()
+	if w.shells.closing {
+		w.shells.mu.Unlock()
+		return // shutting down; the gateway sees the worker gone
+	}
 	if old := w.shells.m[c.Shell]; old != nil {
 		if old.gen >= c.Gen {
 			w.shells.mu.Unlock()
@@ -164,8 +170,8 @@ func (w *Worker) openShell(c store.Control) {
 			log.Warn("end terminal", "err", err)
 		}
 	}
-	dir, err := w.cfg.Workspaces.Resolve(spec.ProjectPath, filepath.EvalSymlinks)
-	if err != nil || !isDir(dir) {
+	dir, err := resolveDir(w.cfg.Workspaces, spec.ProjectPath)
+	if err != nil {
 		fail(app.ShellErrInvalidPath)
 		return
 	}
@@ -173,8 +179,7 @@ func (w *Worker) openShell(c store.Control) {
 	if cmd := spec.Command(w.cfg.Bins); cmd != "" {
 		args = []string{"bash", "-c", cmd}
 	}
-	env := append(os.Environ(), w.cfg.Env...)
-	env = append(env, "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.st.Scope()+"/"+w.cfg.ID)
+	env := append(slices.Clip(w.env), "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.st.Scope()+"/"+w.cfg.ID)
 	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows})
 	if err != nil {
 		fail(err.Error())
@@ -186,6 +191,13 @@ func (w *Worker) openShell(c store.Control) {
 	}
 	sh.outCond = sync.NewCond(&sh.outMu)
 	w.shells.mu.Lock()
+	if w.shells.closing {
+		w.shells.mu.Unlock()
+		p.kill(shellKillGrace)
+		_ = p.f.Close()
+		fail("the worker is shutting down")
+		return
+	}
 	if w.shells.m == nil {
 		w.shells.m = map[string]*shell{}
 	}
@@ -202,11 +214,6 @@ func (w *Worker) openShell(c store.Control) {
 		}
 		w.shells.mu.Unlock()
 	}()
-}
-
-func isDir(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.IsDir()
 }
 
 // run serves the terminal until its process ends, then makes sure nothing
@@ -306,7 +313,10 @@ func (sh *shell) flushLoop() {
 		last := sh.readDone && len(sh.pending) == 0
 		sh.outMu.Unlock()
 
-		buf := append(carry, data...)
+		buf := data
+		if len(carry) > 0 {
+			buf = append(carry, data...)
+		}
 		chunks, rest := splitChunks(buf, last)
 		carry = append([]byte(nil), rest...)
 		sh.append(chunks)
@@ -532,6 +542,7 @@ func (w *Worker) sweepOrphans(ctx context.Context) {
 // killShells kills every terminal and waits until each recorded its exit.
 func (w *Worker) killShells() {
 	w.shells.mu.Lock()
+	w.shells.closing = true
 	for _, sh := range w.shells.m {
 		sh.kill()
 	}
@@ -557,7 +568,7 @@ type urlAnnounce struct {
 var (
 	urlPattern  = xurls.Strict()
 	openPrompts = []string{
-		"browser didn't open", "open this url", "continue in your browser", "press enter to open", "open_url:",
+		"browser didn't open", "open this url", "continue in your browser", "press enter to open", "opening in browser:",
 	}
 )
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,6 +72,8 @@ type Worker struct {
 	st    *store.Store
 	log   *slog.Logger
 	start time.Time
+	// env is the environment of provider processes and terminals.
+	env []string
 
 	mu   sync.Mutex
 	runs map[string]*run // by session id
@@ -110,8 +113,22 @@ func New(cfg Config) (*Worker, error) {
 	}
 	return &Worker{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
-		runs: map[string]*run{}, pollBlock: time.Second,
+		env: processEnv(cfg.Env), runs: map[string]*run{}, pollBlock: time.Second,
 	}, nil
+}
+
+// processEnv is the worker's environment plus extra, for the processes it
+// starts, without a terminal marker it may have inherited (a worker started
+// from an agentgate terminal): with it, the orphan sweep would take the
+// worker's runs for a dead worker's terminal.
+func processEnv(extra []string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, shellOwnerEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
 }
 
 // ID is the worker's id in Redis.
@@ -134,7 +151,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); w.shellLoop(loopCtx) }()
 
 	if w.cfg.WatchInterval > 0 {
-		pw := newProjectsWatcher(w, append(os.Environ(), w.cfg.Env...), w.cfg.WatchInterval)
+		pw := newProjectsWatcher(w, w.env, w.cfg.WatchInterval)
 		loops.Add(1)
 		go func() { defer loops.Done(); pw.run(loopCtx) }()
 	}

@@ -33,6 +33,9 @@ func (scriptProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 type lineParser struct{}
 
 func (*lineParser) Line(line []byte) Output {
+	if string(line) == "panic" {
+		panic("a parser bug")
+	}
 	if strings.HasPrefix(string(line), "psid=") {
 		return Output{Set: map[string]string{"providerSessionId": strings.TrimPrefix(string(line), "psid=")}}
 	}
@@ -320,6 +323,19 @@ func TestChildHoldingPipesDoesNotOutliveTheRun(t *testing.T) {
 	require.Len(t, completes(evs), 1)
 	pid := readPID(t, pidFile)
 	require.Eventually(t, func() bool { return !processAlive(pid) }, 5*time.Second, 20*time.Millisecond, "the escaped child outlived its run")
+}
+
+// TestParserPanicIsAnErrorRow: a parser that panics on a line costs that
+// line, not the worker: the run goes on and ends with one complete.
+func TestParserPanicIsAnErrorRow(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	sess, _ := h.submit("echo before; echo panic; echo after")
+	evs := h.waitDone(sess.ID)
+	require.Equal(t, []string{"before", "after"}, texts(evs))
+	require.Equal(t, []string{"An output line could not be read (a parser bug)."}, errorRows(evs))
+	require.Len(t, completes(evs), 1)
+	require.Equal(t, true, completes(evs)[0]["success"])
 }
 
 func TestLongLineIsDroppedNotBuffered(t *testing.T) {
