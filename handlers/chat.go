@@ -102,9 +102,9 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 	// A session keeps the project it started in: the CLIs keep their
 	// conversations per working directory, so another one could not resume.
 	requested := firstNonEmpty(plan.session.ProjectPath, opts.ProjectPath, opts.Cwd)
-	projectPath, err := s.projectPath(requested)
+	projectPath, err := projectDir(s.cfg.Workspaces, requested)
 	if err != nil {
-		fail("Invalid project path: " + err.Error())
+		fail("Invalid project path: " + strings.TrimPrefix(err.Error(), app.ErrInvalidPath.Error()+": "))
 		return
 	}
 	plan.session.ProjectPath = projectPath
@@ -224,21 +224,22 @@ func (s *Server) existing(sess app.Session, provider app.Provider) (runPlan, err
 	}, resume: resume}, nil
 }
 
-// projectPath resolves a project path under the workspaces; empty means the
-// first workspace.
-func (s *Server) projectPath(p string) (string, error) {
+// projectDir resolves a project path of a chat or terminal under ws (empty
+// means the first workspace) to an existing directory. Its errors wrap
+// app.ErrInvalidPath.
+func projectDir(ws app.Workspaces, p string) (string, error) {
 	if p == "" {
-		if len(s.cfg.Workspaces.Roots) == 0 {
-			return "", errors.New("no project path and no workspace")
+		if len(ws.Roots) == 0 {
+			return "", fmt.Errorf("%w: none given and no workspace", app.ErrInvalidPath)
 		}
-		p = s.cfg.Workspaces.Roots[0]
+		p = ws.Roots[0]
 	}
-	dir, err := s.cfg.Workspaces.Resolve(p, filepath.EvalSymlinks)
+	dir, err := ws.Resolve(p, filepath.EvalSymlinks)
 	if err != nil {
 		return "", err
 	}
-	if !isDir(dir) {
-		return "", fmt.Errorf("%q is not a directory", p)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, p)
 	}
 	return dir, nil
 }
@@ -421,11 +422,6 @@ func (s *Server) activeSessions(ctx context.Context, c *conn) {
 		out.Sessions[sess.Provider] = append(out.Sessions[sess.Provider], sess.ID)
 	}
 	c.reply(out)
-}
-
-func isDir(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.IsDir()
 }
 
 func firstNonEmpty(vals ...string) string {

@@ -8,8 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -209,7 +207,7 @@ func (sock *shellSocket) notice(level, text string) {
 func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMessage, pick func(context.Context) (string, error)) {
 	h.detachSocket(sock)
 	user := sock.c.user.Name
-	dir, err := h.projectDir(msg.ProjectPath)
+	dir, err := projectDir(h.ws, msg.ProjectPath)
 	if err != nil {
 		sock.error(app.ShellErrInvalidPath)
 		return
@@ -270,25 +268,6 @@ func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMes
 		return
 	}
 	sock.error("Terminal is being restarted elsewhere: try again")
-}
-
-// projectDir resolves a project path under the workspaces; empty means the
-// first workspace.
-func (h *shellHub) projectDir(p string) (string, error) {
-	if p == "" {
-		if len(h.ws.Roots) == 0 {
-			return "", app.ErrInvalidPath
-		}
-		p = h.ws.Roots[0]
-	}
-	dir, err := h.ws.Resolve(p, filepath.EvalSymlinks)
-	if err != nil {
-		return "", err
-	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, p)
-	}
-	return dir, nil
 }
 
 func (h *shellHub) fail(sock *shellSocket, what string, err error) {
@@ -377,15 +356,29 @@ func (f *shellFeed) switchGenLocked(h *shellHub, gen int64) {
 func (h *shellHub) learnWorker(f *shellFeed, gen int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
+	h.workerOf(ctx, f, gen)
+}
+
+// workerOf returns the worker of generation gen of f's terminal, reading it
+// from the hash (and keeping it) while it is not known yet; "" if gen is no
+// longer the terminal's.
+func (h *shellHub) workerOf(ctx context.Context, f *shellFeed, gen int64) string {
+	f.mu.Lock()
+	worker := f.worker
+	f.mu.Unlock()
+	if worker != "" {
+		return worker
+	}
 	info, ok, err := h.st.Shell(ctx, f.key)
 	if err != nil || !ok || info.Gen != gen {
-		return
+		return ""
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.gen == gen && f.worker == "" {
 		f.worker = info.Worker
 	}
-	f.mu.Unlock()
+	return info.Worker
 }
 
 // control sends input or a resize of sock's terminal to its worker's inbox.
@@ -398,10 +391,16 @@ func (h *shellHub) control(ctx context.Context, sock *shellSocket, typ string, v
 		return
 	}
 	w.f.mu.Lock()
-	done, worker, gen := w.done, w.f.worker, w.gen
+	done, gen := w.done, w.gen
 	w.f.mu.Unlock()
-	if done || worker == "" {
+	if done {
 		return // the terminal ended: the client saw exit
+	}
+	// Right after another tab restarted the terminal, its worker may not
+	// be known here yet: read it rather than drop the keystrokes.
+	worker := h.workerOf(ctx, w.f, gen)
+	if worker == "" {
+		return // replaced again meanwhile: the socket follows the newer one
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -424,11 +423,18 @@ func (h *shellHub) detachSocket(sock *shellSocket) {
 }
 
 // removeWatch takes a watch out of its feed, drops the feed when it was the
-// last, and records the detach in Redis.
+// last, and records the detach in Redis. A watch is removed once: the exit
+// path and a detach (a new init, a closed socket) may both come here, and a
+// second unsubscribe would take another watcher's subscription.
 func (h *shellHub) removeWatch(w *shellWatch, subscribed bool) {
 	f := w.f
 	h.mu.Lock()
 	f.mu.Lock()
+	if _, ok := f.watches[w]; !ok {
+		f.mu.Unlock()
+		h.mu.Unlock()
+		return
+	}
 	w.done = true
 	w.pos++
 	delete(f.watches, w)
@@ -614,18 +620,21 @@ func (h *shellHub) catchUp(w *shellWatch, pos int) {
 				return
 			}
 			empty++
+			var skipped int64
 			if empty > shellEmptyRetries {
 				// Published but never readable: trimmed while we read.
-				w.next = f.maxSeen + 1
+				skipped, w.next = f.maxSeen+1-w.next, f.maxSeen+1
 			}
 			f.mu.Unlock()
+			if skipped > 0 && !quiet {
+				c.reply(trimNotice(skipped))
+			}
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		empty = 0
 		if first := chunks[0].Seq; first > next && !quiet {
-			c.reply(app.ShellOutput{Type: "output", Data: app.ShellNotice("warn",
-				fmt.Sprintf("[Output trimmed: %d earlier chunks are no longer stored]", first-next))})
+			c.reply(trimNotice(first - next))
 		}
 		for i := 0; i < len(chunks); {
 			if !c.waitRoom() {
@@ -649,6 +658,13 @@ func (h *shellHub) catchUp(w *shellWatch, pos int) {
 			f.mu.Unlock()
 		}
 	}
+}
+
+// trimNotice tells a socket that n chunks it should have had are no longer
+// stored (PROTOCOL §4: a notice, then what remains).
+func trimNotice(n int64) app.ShellOutput {
+	return app.ShellOutput{Type: "output", Data: app.ShellNotice("warn",
+		fmt.Sprintf("[Output trimmed: %d earlier chunks are no longer stored]", n))}
 }
 
 // noticeFrame encodes a gateway notice (an output frame without seq).
