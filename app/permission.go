@@ -2,7 +2,6 @@ package app
 
 import (
 	"encoding/json"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -33,14 +32,10 @@ var interactiveTools = map[string]bool{"AskUserQuestion": true, "ExitPlanMode": 
 // always asked, whatever the settings, and never times out.
 func InteractiveTool(name string) bool { return interactiveTools[name] }
 
-var requestIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_.\-:]+$`)
-
-// ValidRequestID reports whether id can name a permission request: the
-// same alphabet and length as a session id, so it can sit in a Redis key
-// and in a JSON string without escaping.
-func ValidRequestID(id string) bool {
-	return len(id) > 0 && len(id) <= MaxSessionIDLen && requestIDPattern.MatchString(id)
-}
+// ValidPermissionID reports whether id can name a permission request: the
+// alphabet and length of a session id, so it can sit in a Redis key and in
+// a JSON string without escaping.
+func ValidPermissionID(id string) bool { return ValidSessionID(id) }
 
 // PendingPermission is a permission request waiting for an answer, as
 // stored in `ag:session:{ID}:perms` and sent in pending-permissions-response.
@@ -83,7 +78,7 @@ const maxRememberEntry = 1024
 // here (like the reference, it is ignored later).
 func AnswerOf(msg ClientMessage) (PermissionAnswer, error) {
 	var id string
-	if json.Unmarshal(msg.RequestID, &id) != nil || !ValidRequestID(id) {
+	if json.Unmarshal(msg.RequestID, &id) != nil || !ValidPermissionID(id) {
 		return PermissionAnswer{}, WireError("claude-permission-response needs a requestId string")
 	}
 	a := PermissionAnswer{RequestID: id, Allow: msg.Allow != nil && *msg.Allow, Message: msg.Message}

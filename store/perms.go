@@ -18,6 +18,10 @@ import (
 // `ag:session:{ID}:perms`, and the request id in the index that routes
 // answers. It returns app.ErrStaleRun when the run is no longer current.
 func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPermission) error {
+	if !app.ValidPermissionID(p.RequestID) {
+		// run_complete.lua splices pending ids into JSON as they are.
+		return fmt.Errorf("store: ask permission: invalid request id %q", p.RequestID)
+	}
 	p.SessionID = run.SessionID
 	body, err := s.eventBody(run.SessionID, run.Provider, app.PermissionRequest(p))
 	if err != nil {

@@ -81,3 +81,44 @@ func TestPermissionLifecycle(t *testing.T) {
 		require.ErrorIs(t, err, app.ErrStaleRun)
 	})
 }
+
+// TestPermissionIDsAreCheckedAndIndexPerSession: an id that could break the
+// scripts' JSON is refused, and settling a request never removes the index
+// entry of another session's request.
+func TestPermissionIDsAreCheckedAndIndexPerSession(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		a, b := newSession("alice"), newSession("bob")
+		resA, resB := accept(t, st, a, true), accept(t, st, b, true)
+		refA := store.RunRef{SessionID: a.ID, RunID: resA.RunID, Provider: app.Claude}
+		refB := store.RunRef{SessionID: b.ID, RunID: resB.RunID, Provider: app.Claude}
+		for _, bad := range []string{"", `a"b`, "50%", "a b"} {
+			require.Error(t, st.AskPermission(ctx, refA, app.PendingPermission{RequestID: bad, ToolName: "Bash"}), bad)
+		}
+
+		require.NoError(t, st.AskPermission(ctx, refA, app.PendingPermission{RequestID: "same", ToolName: "Bash"}))
+		require.NoError(t, st.AskPermission(ctx, refB, app.PendingPermission{RequestID: "same", ToolName: "Bash"}))
+		// A settle in A's session leaves the index to B, which asked last.
+		ok, err := st.SettlePermission(ctx, refA, "same", "")
+		require.NoError(t, err)
+		require.True(t, ok)
+		owner, err := st.PermissionSession(ctx, "same")
+		require.NoError(t, err)
+		require.Equal(t, b.ID, owner)
+		// The end of A's run, with a request of the same id pending in
+		// both, does not drop B's entry either.
+		require.NoError(t, st.AskPermission(ctx, refA, app.PendingPermission{RequestID: "twice", ToolName: "Bash"}))
+		require.NoError(t, st.AskPermission(ctx, refB, app.PendingPermission{RequestID: "twice", ToolName: "Bash"}))
+		_, err = st.Abort(ctx, a.ID, app.Claude)
+		require.NoError(t, err)
+		for _, id := range []string{"same", "twice"} {
+			owner, err = st.PermissionSession(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, b.ID, owner, "A's end does not drop B's entry %s", id)
+		}
+		_, err = st.Abort(ctx, b.ID, app.Claude)
+		require.NoError(t, err)
+		_, err = st.PermissionSession(ctx, "same")
+		require.ErrorIs(t, err, app.ErrNotFound)
+	})
+}

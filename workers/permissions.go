@@ -67,11 +67,10 @@ func (p *permissions) ask(a ToolAsk) {
 		p.mu.Unlock()
 		return
 	}
-	id := a.ID
-	if !app.ValidRequestID(id) {
-		// The id travels in Redis keys and JSON as is: only plain ones.
-		id = app.NewID()
-	}
+	// The id users see is minted here, not the provider's: provider ids
+	// are unique only within one process, and an answer is routed by id
+	// across every session (ag:permissions).
+	id := app.NewID()
 	pa := &pendingAsk{id: id, ask: a}
 	// Registered before the request is visible, so a quick answer finds it.
 	p.pending[id] = pa

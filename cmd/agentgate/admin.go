@@ -66,7 +66,7 @@ func openStore(ctx context.Context, name string, args []string, stderr io.Writer
 	if c.Redis == "" {
 		return nil, nil, fmt.Errorf("%s needs --redis (AGENTGATE_REDIS_URL)", name)
 	}
-	st, err := store.New(ctx, store.Config{URL: c.Redis, Prefix: c.KeyPrefix, Logger: c.logger(stderr)})
+	st, err := store.New(ctx, c.storeConfig(c.Redis, c.logger(stderr)))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -79,6 +79,9 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return errors.New("sessions: ls, show ID or abort ID")
 	}
 	sub, rest := args[0], args[1:]
+	if sub != "ls" && sub != "show" && sub != "abort" {
+		return fmt.Errorf("sessions: unknown subcommand %q", sub)
+	}
 	var running bool
 	st, pos, err := openStore(ctx, "sessions "+sub, rest, stderr, func(fs *flag.FlagSet) {
 		if sub == "ls" {

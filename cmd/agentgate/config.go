@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
 )
 
 // config is the configuration of PROTOCOL §1: every flag has an environment
@@ -176,6 +177,12 @@ func (c *config) origins() []string {
 
 func (c *config) bins() map[app.Provider]string {
 	return map[app.Provider]string{app.Claude: c.ClaudeBin, app.Cursor: c.CursorBin, app.Codex: c.CodexBin, app.Gemini: c.GeminiBin}
+}
+
+// storeConfig is the store of every command: the same prefix and
+// retention whether a server or an admin command writes.
+func (c *config) storeConfig(url string, log *slog.Logger) store.Config {
+	return store.Config{URL: url, Prefix: c.KeyPrefix, Retention: c.Retention, Logger: log}
 }
 
 // logger builds the slog logger of --log-format and --log-level.

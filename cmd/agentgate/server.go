@@ -64,7 +64,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		secret = randomSecret()
 	}
 
-	st, err := store.New(ctx, store.Config{URL: redisURL, Prefix: c.KeyPrefix, Retention: c.Retention, Logger: log})
+	st, err := store.New(ctx, c.storeConfig(redisURL, log))
 	if err != nil {
 		return err
 	}
@@ -76,8 +76,10 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		return err
 	}
 
-	// Components run on their own contexts so shutdown can stop them in order.
+	// Components run on their own contexts so shutdown can stop them in
+	// order; one that fails by itself stops the process.
 	var wg sync.WaitGroup
+	failed := make(chan error, 2)
 	background, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
 
@@ -109,7 +111,12 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		if err != nil {
 			return err
 		}
-		go func() { defer close(workerDone); _ = worker.Run(workerCtx) }()
+		go func() {
+			defer close(workerDone)
+			if err := worker.Run(workerCtx); err != nil {
+				failed <- err
+			}
+		}()
 		log.Info("worker started", "worker", worker.ID(), "workspaces", c.workspaces().Roots)
 	} else {
 		close(workerDone)
@@ -133,7 +140,12 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			return fmt.Errorf("listen on %s: %w", c.Listen, err)
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); _ = gateway.Run(background) }()
+		go func() {
+			defer wg.Done()
+			if err := gateway.Run(background); err != nil && background.Err() == nil {
+				failed <- err
+			}
+		}()
 		httpServer = &http.Server{Handler: gateway.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		wg.Add(1)
 		go func() {
@@ -151,7 +163,12 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		}
 	}
 
-	<-ctx.Done()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-failed:
+		log.Error("a component stopped", "err", runErr)
+	}
 	log.Info("shutting down")
 	if gateway != nil {
 		gateway.Drain()
@@ -163,7 +180,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	<-workerDone
 	stopBackground()
 	wg.Wait()
-	return nil
+	return runErr
 }
 
 // printLoginURL prints the URL of the bundled web client with a token of the

@@ -5,7 +5,9 @@ import (
 	"context"
 	"io"
 	"testing"
+	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -23,7 +25,7 @@ func TestSessionsAdmin(t *testing.T) {
 	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/work/p"}
 	_, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
 	require.NoError(t, err)
-	flags := []string{"--redis", url, "--key-prefix", prefix}
+	flags := []string{"--redis", url, "--key-prefix", prefix, "--retention", "1h"}
 	admin := func(args ...string) (string, error) {
 		var out bytes.Buffer
 		err := run(ctx, append(append([]string{"sessions"}, args...), flags...), &out, io.Discard)
@@ -47,11 +49,18 @@ func TestSessionsAdmin(t *testing.T) {
 	got, err := st.Session(ctx, sess.ID)
 	require.NoError(t, err)
 	require.Equal(t, app.StateAborted, got.State)
+	opts, err := redis.ParseURL(url)
+	require.NoError(t, err)
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	ttl, err := rdb.TTL(ctx, prefix+":session:{"+sess.ID+"}:events").Result()
+	require.NoError(t, err)
+	require.InDelta(t, time.Hour.Seconds(), ttl.Seconds(), 5, "the admin's abort applies --retention")
 
 	_, err = admin("abort", sess.ID)
 	require.ErrorIs(t, err, app.ErrNoActiveRun)
 	_, err = admin("show", "no-such-session")
 	require.ErrorIs(t, err, app.ErrNotFound)
 	_, err = admin("frobnicate")
-	require.Error(t, err)
+	require.EqualError(t, err, `sessions: unknown subcommand "frobnicate"`)
 }

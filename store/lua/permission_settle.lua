@@ -12,11 +12,13 @@
 --
 -- Returns 1 if the request was pending, else 0.
 local removed = redis.call('HDEL', KEYS[3], ARGV[4])
-redis.call('HDEL', KEYS[4], ARGV[4])
 if removed == 0 then
   return 0
 end
-local cur = redis.call('HMGET', KEYS[1], 'runId', 'state')
+local cur = redis.call('HMGET', KEYS[1], 'runId', 'state', 'id')
+if redis.call('HGET', KEYS[4], ARGV[4]) == cur[3] then
+  redis.call('HDEL', KEYS[4], ARGV[4])
+end
 if ARGV[5] ~= '' and cur[1] == ARGV[1] and cur[2] == 'running' then
   emit(KEYS[1], KEYS[2], ARGV[3], ARGV[2], ARGV[1], 'permission_cancelled', ARGV[5], '')
 end

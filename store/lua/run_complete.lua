@@ -34,7 +34,9 @@ table.sort(pending)
 for _, rid in ipairs(pending) do
   local body = string.gsub(ARGV[9], '@REQ@', rid)
   emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'permission_cancelled', body, '')
-  redis.call('HDEL', KEYS[6], rid)
+  if redis.call('HGET', KEYS[6], rid) == cur[3] then
+    redis.call('HDEL', KEYS[6], rid)
+  end
 end
 local seq = emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'complete', ARGV[7], '')
 local now = now_ms()
