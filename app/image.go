@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"encoding/base64"
 	"fmt"
 	"strings"
@@ -35,7 +36,7 @@ func DecodeImage(img Image) (ext string, data []byte, err error) {
 	mediaType = strings.ToLower(mediaType)
 	ext, known := imageTypes[mediaType]
 	if !known {
-		return "", nil, WireError(fmt.Sprintf("Unsupported image type %q: use PNG, JPEG, GIF or WebP", truncateText(mediaType, 40)))
+		return "", nil, WireError(fmt.Sprintf("Unsupported image type %q: use PNG, JPEG, GIF or WebP", Clip(mediaType, 40)))
 	}
 	if base64.StdEncoding.DecodedLen(len(payload)) > MaxImageBytes+3 {
 		return "", nil, WireError(fmt.Sprintf("Image too large: at most %d MiB", MaxImageBytes>>20))
@@ -69,11 +70,11 @@ func CheckImages(images []Image) error {
 func hasMagic(mediaType string, b []byte) bool {
 	switch mediaType {
 	case "image/png":
-		return strings.HasPrefix(string(b), "\x89PNG\r\n\x1a\n")
+		return bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n"))
 	case "image/jpeg":
 		return len(b) >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF
 	case "image/gif":
-		return strings.HasPrefix(string(b), "GIF87a") || strings.HasPrefix(string(b), "GIF89a")
+		return bytes.HasPrefix(b, []byte("GIF87a")) || bytes.HasPrefix(b, []byte("GIF89a"))
 	case "image/webp":
 		return len(b) >= 12 && string(b[:4]) == "RIFF" && string(b[8:12]) == "WEBP"
 	}
@@ -93,11 +94,4 @@ func PromptWithImages(prompt string, paths []string) string {
 		fmt.Fprintf(&b, "%d. %s\n", i+1, p)
 	}
 	return b.String()
-}
-
-func truncateText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

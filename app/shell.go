@@ -79,7 +79,7 @@ func ParseShellMessage(data []byte) (ShellMessage, error) {
 	switch typ {
 	case "init", "input", "resize":
 	default:
-		return ShellMessage{}, WireError("Unknown message type: " + clip(typ, 100))
+		return ShellMessage{}, WireError("Unknown message type: " + Clip(typ, 100))
 	}
 	// Numbers may arrive as floats from JavaScript (cols: 80.0); anything
 	// that is not a whole number is refused below.
@@ -115,7 +115,7 @@ func ParseShellMessage(data []byte) (ShellMessage, error) {
 			m.Provider = string(Claude)
 		}
 		if !validShellProvider(Provider(m.Provider)) {
-			return ShellMessage{}, WireError("Unknown provider: " + clip(m.Provider, 100))
+			return ShellMessage{}, WireError("Unknown provider: " + Clip(m.Provider, 100))
 		}
 		if len(m.InitialCommand) > MaxShellCommand {
 			return ShellMessage{}, WireError(fmt.Sprintf("initialCommand too long: at most %d bytes", MaxShellCommand))
@@ -189,7 +189,9 @@ func validShellProvider(p Provider) bool {
 	return false
 }
 
-func clip(s string, n int) string {
+// Clip cuts s to at most n bytes, for echoing bad input in an error
+// without echoing all of it.
+func Clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

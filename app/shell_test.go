@@ -51,7 +51,7 @@ func TestParseShellMessage(t *testing.T) {
 		}},
 	}
 	for _, tc := range cases {
-		t.Run(clip(tc.in, 60), func(t *testing.T) {
+		t.Run(Clip(tc.in, 60), func(t *testing.T) {
 			m, err := ParseShellMessage([]byte(tc.in))
 			if tc.wantErr != "" {
 				require.EqualError(t, err, tc.wantErr)

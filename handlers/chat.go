@@ -64,7 +64,7 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	case "claude-permission-response":
 		s.permissionResponse(ctx, c, msg)
 	default:
-		c.reply(app.NewErrorReply("Unknown message type: " + truncate(msg.Type, 100)))
+		c.reply(app.NewErrorReply("Unknown message type: " + app.Clip(msg.Type, 100)))
 	}
 }
 
@@ -265,7 +265,7 @@ func validateOptions(o app.CommandOptions) error {
 	}
 	for _, t := range tools {
 		if !toolPattern.MatchString(t) {
-			return app.WireError(fmt.Sprintf("Invalid tool name %q", truncate(t, 60)))
+			return app.WireError(fmt.Sprintf("Invalid tool name %q", app.Clip(t, 60)))
 		}
 	}
 	if err := app.CheckImages(o.Images); err != nil {
@@ -308,7 +308,7 @@ func (s *Server) abort(ctx context.Context, c *conn, msg app.ClientMessage) {
 // §3.5): session-status first, then the replay after lastSeq, then live.
 func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, provider app.Provider, lastSeq *int64) {
 	if !app.ValidSessionID(sessionID) {
-		c.reply(app.UnknownStatus(truncate(sessionID, app.MaxSessionIDLen), provider))
+		c.reply(app.UnknownStatus(app.Clip(sessionID, app.MaxSessionIDLen), provider))
 		return
 	}
 	if lastSeq != nil && *lastSeq < 0 {
@@ -431,11 +431,4 @@ func firstNonEmpty(vals ...string) string {
 		}
 	}
 	return ""
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

@@ -129,7 +129,7 @@ func (r *pluginRelay) run() {
 	go func() {
 		code, text := copyFrames(r.upstream, r.client)
 		// The browser left: tell the plugin why, keeping its code.
-		r.closeBoth(code, text, code, text)
+		r.close(code, text)
 		done <- struct{}{}
 	}()
 	go func() {
@@ -138,21 +138,18 @@ func (r *pluginRelay) run() {
 			// The plugin vanished without a close: that is an upstream error.
 			code, text = closeUpstreamError, "Upstream error"
 		}
-		r.closeBoth(code, text, code, text)
+		r.close(code, text)
 		done <- struct{}{}
 	}()
 	<-done
 	<-done
 }
 
-// close closes both sides with one code.
-func (r *pluginRelay) close(code int, text string) { r.closeBoth(code, text, code, text) }
-
-// closeBoth sends each side its close frame, once, then closes both.
-func (r *pluginRelay) closeBoth(clientCode int, clientText string, upCode int, upText string) {
+// close sends both sides the same close frame, once, then closes them.
+func (r *pluginRelay) close(code int, text string) {
 	r.once.Do(func() {
-		closeConn(r.client, clientCode, clientText)
-		closeConn(r.upstream, upCode, upText)
+		closeConn(r.client, code, text)
+		closeConn(r.upstream, code, text)
 	})
 }
 

@@ -191,9 +191,8 @@ type Server struct {
 	mu sync.Mutex
 	// Script holds the turns, takes them for requests and logs requests.
 	*mockscript.Script[Turn, Request]
-	seq      int
-	logf     func(format string, args ...any)
-	sideText string
+	seq  int
+	logf func(format string, args ...any)
 }
 
 // New starts a Server on 127.0.0.1 with the given script and closes it when
@@ -215,10 +214,9 @@ func Start(script ...Turn) *Server {
 // because handlers read it without the lock.
 func start(logf func(string, ...any), script ...Turn) *Server {
 	s := &Server{
-		Script:   mockscript.New[Turn, Request](Turn{Text: "ok"}, func(t Turn) string { return t.When }),
-		closed:   make(chan struct{}),
-		sideText: "ok",
-		logf:     logf,
+		Script: mockscript.New[Turn, Request](Turn{Text: "ok"}, func(t Turn) string { return t.When }),
+		closed: make(chan struct{}),
+		logf:   logf,
 	}
 	s.Add(script...)
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
@@ -328,7 +326,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.record(&req)
 		s.log("unhandled %s %s", r.Method, r.URL.Path)
-		writeError(w, http.StatusNotFound, "", fmt.Sprintf("mockanthropic: no route for %s %s", r.Method, r.URL.Path), false)
+		writeError(w, http.StatusNotFound, fmt.Sprintf("mockanthropic: no route for %s %s", r.Method, r.URL.Path), false)
 	}
 }
 
@@ -340,7 +338,7 @@ func modelInfo(id string) map[string]any {
 func (s *Server) serveTurn(w http.ResponseWriter, r *http.Request, model string, t Turn) {
 	if t.Status != 0 && t.Status != http.StatusOK {
 		time.Sleep(t.Delay)
-		writeError(w, t.Status, "", t.ErrorMessage, t.Retryable)
+		writeError(w, t.Status, t.ErrorMessage, t.Retryable)
 		return
 	}
 	if model == "" {
@@ -493,27 +491,16 @@ func (s *Server) writeJSONMessage(w http.ResponseWriter, model string) {
 	if model == "" {
 		model = "claude-haiku-4-5"
 	}
-	s.mu.Lock()
-	text := s.sideText
-	s.mu.Unlock()
 	w.Header().Set("request-id", s.newID("req"))
 	mockscript.WriteJSON(w, http.StatusOK, map[string]any{
 		"id": s.newID("msg"), "type": "message", "role": "assistant", "model": model,
-		"content":     []any{map[string]any{"type": "text", "text": text}},
+		"content":     []any{map[string]any{"type": "text", "text": "ok"}},
 		"stop_reason": "end_turn", "stop_sequence": nil,
 		"usage": map[string]any{
 			"input_tokens": 10, "output_tokens": 1,
 			"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
 		},
 	})
-}
-
-// SetSideText sets the text of the answer to non-streaming /v1/messages side
-// requests (initially "ok").
-func (s *Server) SetSideText(text string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.sideText = text
 }
 
 // errorTypes maps HTTP statuses to the error types the real API uses.
@@ -536,12 +523,10 @@ var errorMessages = map[int]string{
 }
 
 // writeError sends an Anthropic-style error body.
-func writeError(w http.ResponseWriter, status int, typ, msg string, retryable bool) {
+func writeError(w http.ResponseWriter, status int, msg string, retryable bool) {
+	typ := errorTypes[status]
 	if typ == "" {
-		typ = errorTypes[status]
-		if typ == "" {
-			typ = "api_error"
-		}
+		typ = "api_error"
 	}
 	if msg == "" {
 		msg = errorMessages[status]
