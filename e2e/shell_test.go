@@ -176,6 +176,12 @@ func TestShellReattachAcrossGateways(t *testing.T) {
 	sc := newShellCluster(t)
 	a := sc.dialShell(sc.gw1, "alice")
 	a.send(sc.plainInit("tab1"))
+	// Typed before the terminal is ready: kept, in order.
+	a.typeLine("echo early-$((0+1))")
+	a.typeLine("echo early-$((1+1))")
+	a.waitText(0, "early-2", 10*time.Second)
+	out := a.text(0)
+	require.Less(t, strings.Index(out, "early-1"), strings.Index(out, "early-2"), "keystrokes keep their order: %q", out)
 	a.waitText(0, "Starting terminal in: "+realPath(t, sc.project), 10*time.Second)
 	a.typeLine(`echo "hel""lo-$((6*7))"`)
 	a.waitText(0, "hello-42", 10*time.Second)

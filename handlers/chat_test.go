@@ -624,7 +624,7 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 
 func TestREST(t *testing.T) {
 	st := newStore(t, storetest.Mini)
-	g, w, _, id, ref := startRun(t, st)
+	g, w, c, id, ref := startRun(t, st)
 	w.emit(ref, app.Text("assistant", "one"), app.Text("assistant", "two"))
 	alice := token(t, "alice", false)
 
@@ -658,11 +658,31 @@ func TestREST(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, code)
 
 	req, _ := http.NewRequest(http.MethodPost, g.ts.URL+"/api/sessions/"+id+"/abort", nil)
-	req.Header.Set("Authorization", "Bearer "+alice)
+	req.Header.Set("Authorization", "Bearer "+token(t, "bob", false))
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "another user's session does not exist")
+
+	req.Header.Set("Authorization", "Bearer "+alice)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+	// The socket that follows the session sees the one complete, and the
+	// worker is told once.
+	evs = nil
+	for _, e := range sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "aborted" })) {
+		if e["kind"] == "complete" {
+			evs = append(evs, e)
+		}
+	}
+	require.Len(t, evs, 1)
+	require.Equal(t, true, evs[0].(map[string]any)["aborted"])
+	ctrl, err := st.ReadInbox(context.Background(), w.id, "0", 100*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, ctrl, 1)
+	require.Equal(t, store.ControlAbort, ctrl[0].Control.Type)
 	resp, err = http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
