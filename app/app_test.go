@@ -145,6 +145,33 @@ func TestFrameSeq(t *testing.T) {
 	}
 }
 
+// FuzzValidSessionID: an id that passes can never be read as a flag, nor
+// leave the double quotes it is typed in by a terminal, nor inflate a key.
+func FuzzValidSessionID(f *testing.F) {
+	for _, s := range []string{"6f1c0b4e-1b2a-4c3d-9e8f-001122334455", "--continue", "-c", " -x", "\u2014c", "a-", "a\"b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		if !ValidSessionID(id) {
+			return
+		}
+		if id == "" || len(id) > MaxSessionIDLen {
+			t.Fatalf("length %d accepted", len(id))
+		}
+		if c := id[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			t.Fatalf("%q accepted: it does not start with a letter or digit", id)
+		}
+		if strings.ContainsAny(id, "\"$`\\!' \t\n{}/") {
+			t.Fatalf("%q accepted: a shell or a key would read it as more than an id", id)
+		}
+		for _, r := range id {
+			if r > 0x7f {
+				t.Fatalf("%q accepted: not ASCII", id)
+			}
+		}
+	})
+}
+
 func FuzzFrameSeq(f *testing.F) {
 	f.Add([]byte(`{"seq":42,"runId":"1"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -156,10 +183,23 @@ func FuzzFrameSeq(f *testing.F) {
 
 func TestValidNames(t *testing.T) {
 	for id, ok := range map[string]bool{
-		"6f1c0b4e-1b2a-4c3d-9e8f-001122334455": true, "a.b_c-d:e": true,
+		"6f1c0b4e-1b2a-4c3d-9e8f-001122334455": true, "a.b_c-d:e": true, strings.Repeat("a", 128): true,
+		// The providers' ids: Claude and Gemini UUIDs, a Codex thread (UUIDv7),
+		// a Cursor chat, and a Claude Code UI shell tab.
+		"3300763d-ebec-4148-9370-44f315111828": true, "01a20141-0000-7000-8000-000000000000": true,
+		"tab-1": true, "0": true,
 		"": false, "a b": false, "a/b": false, "{x}": false, "../x": false, strings.Repeat("a", 129): false,
+		// Ids a CLI would read as a flag, whatever follows.
+		"--continue": false, "-c": false, "--version": false, "--yolo": false, "--last": false,
+		"-": false, "--": false, "--resume=x": false,
+		// Leading blanks, other first characters, and dashes that are not
+		// ASCII (no CLI takes them for a flag; refused by the character set).
+		" -x": false, "\t--x": false, "\n-x": false, "_x": false, ".x": false, ":x": false, "..": false,
+		"\u2014continue": false, "\u2212c": false, "\u2010x": false, "a\u2014b": false,
+		// Quotes and expansions that would break out of a terminal's "ID".
+		`a"b`: false, "a$b": false, "a`b`": false, `a\b`: false, "a!b": false,
 	} {
-		require.Equal(t, ok, ValidSessionID(id), id)
+		require.Equal(t, ok, ValidSessionID(id), "%q", id)
 	}
 	for name, ok := range map[string]bool{"alice": true, "a.b@c-d_e": true, "": false, "a:b": false, "{a}": false, "a b": false} {
 		require.Equal(t, ok, ValidUserName(name), name)

@@ -17,8 +17,12 @@ type Job struct {
 	NewSession bool `json:"newSession"`
 	// ResumeDenied marks a resume of a conversation that belongs to another
 	// user: the worker fails the run as if the conversation did not exist.
-	ResumeDenied bool       `json:"resumeDenied,omitempty"`
-	Options      RunOptions `json:"options"`
+	ResumeDenied bool `json:"resumeDenied,omitempty"`
+	// ResumeUnrecorded marks a resume of a conversation id agentgate has
+	// not recorded for anyone: only a worker whose users cannot see each
+	// other's conversations (per-user accounts, or a single user) runs it.
+	ResumeUnrecorded bool       `json:"resumeUnrecorded,omitempty"`
+	Options          RunOptions `json:"options"`
 	// ImageFiles are the paths of Options.Images once the worker has
 	// written them to its private folder for the run; never sent.
 	ImageFiles []string `json:"-"`

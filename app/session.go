@@ -80,14 +80,22 @@ type User struct {
 // CanSee reports whether u may see or touch a session owned by owner.
 func (u User) CanSee(owner string) bool { return u.Admin || (owner != "" && owner == u.Name) }
 
-var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9_.\-:]+$`)
+// sessionIDPattern is the reference's character set for provider session
+// ids, narrowed to start with a letter or digit: an id reaches a CLI's
+// argument list (`--resume=ID`) and a terminal's command line, and one
+// starting with '-' (`--continue`, `-c`) would be read as a flag by a CLI
+// that takes it as an argument of its own. Every provider's ids (UUIDs) and
+// the gateway's own start with a hex digit.
+var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-:]*$`)
 
 // MaxSessionIDLen bounds session ids so that a key or a log line cannot be
 // inflated by a client.
 const MaxSessionIDLen = 128
 
-// ValidSessionID reports whether id may name a session: the character set
-// the reference accepts for provider session ids, and a bounded length.
+// ValidSessionID reports whether id may name a session (also a shell or a
+// permission request): letters, digits and "_.-:", a letter or digit
+// first, and a bounded length. Such an id can be neither read as a flag nor
+// break out of double quotes in a shell.
 func ValidSessionID(id string) bool {
 	return len(id) <= MaxSessionIDLen && sessionIDPattern.MatchString(id)
 }

@@ -272,7 +272,10 @@ func (m ShellMessage) Spec(owner, projectPath string) ShellSpec {
 
 // Command is the bash command line of a terminal (run as `bash -c`), with
 // the provider CLIs named by bins; "" means an interactive bash. Session ids
-// were checked against the id pattern, so they cannot break the quoting.
+// were checked by ValidSessionID, so they can neither break the quoting nor
+// start with '-'; they are passed as `--resume="ID"` all the same, and to
+// Codex, whose id is a positional argument, after `--`, so that no CLI
+// could read one as a flag.
 func (s ShellSpec) Command(bins map[Provider]string) string {
 	if s.Plain {
 		return s.InitialCommand
@@ -292,7 +295,7 @@ func (s ShellSpec) Command(bins map[Provider]string) string {
 		return bin(Cursor, "cursor-agent")
 	case Codex:
 		if resume {
-			return fmt.Sprintf(`%[1]s resume "%[2]s" || %[1]s`, bin(Codex, "codex"), s.SessionID)
+			return fmt.Sprintf(`%[1]s resume -- "%[2]s" || %[1]s`, bin(Codex, "codex"), s.SessionID)
 		}
 		return bin(Codex, "codex")
 	case Gemini:
@@ -301,12 +304,12 @@ func (s ShellSpec) Command(bins map[Provider]string) string {
 			base = bin(Gemini, "gemini")
 		}
 		if resume {
-			return fmt.Sprintf(`%s --resume "%s"`, base, s.SessionID)
+			return fmt.Sprintf(`%s --resume="%s"`, base, s.SessionID)
 		}
 		return base
 	default:
 		if resume {
-			return fmt.Sprintf(`%[1]s --resume "%[2]s" || %[1]s`, bin(Claude, "claude"), s.SessionID)
+			return fmt.Sprintf(`%[1]s --resume="%[2]s" || %[1]s`, bin(Claude, "claude"), s.SessionID)
 		}
 		if s.InitialCommand != "" {
 			return s.InitialCommand

@@ -198,6 +198,7 @@ func startGatewayProcesses(b *testing.B) *gatewayEnv {
 		"AGENTGATE_KEY_PREFIX=" + storetest.Prefix(), "AGENTGATE_LOG_LEVEL=warn", "AGENTGATE_LISTEN=" + addr,
 		"AGENTGATE_CLAUDE_BIN=" + claude, "AGENTGATE_WATCH_INTERVAL=0",
 	}
+	env = append(env, benchLimitEnv...)
 	// BENCH_WORKER_GOGC and BENCH_GATEWAY_GOGC set GOGC of each process, to
 	// see whose garbage collection makes the latency tail;
 	// BENCH_WORKER_GOMEMLIMIT sets the worker's GOMEMLIMIT.
@@ -247,6 +248,7 @@ func startGatewayEnv(b *testing.B, queueSize int) *gatewayEnv {
 		Providers:  map[app.Provider]workers.Provider{app.Claude: workers.ClaudeProvider{}},
 		Bins:       map[app.Provider]string{app.Claude: bin},
 		Workspaces: app.Workspaces{Roots: []string{dir}},
+		MaxRuns:    benchLimit,
 		Logger:     quietLogger(),
 	})
 	if err != nil {
@@ -279,6 +281,7 @@ func startGateway(b *testing.B, st *store.Store, workspace string, queueSize int
 	gw, err := handlers.New(handlers.Config{
 		Store: st, Auth: &handlers.Auth{Mode: handlers.AuthJWT, Secret: benchSecret},
 		Workspaces: app.Workspaces{Roots: []string{workspace}}, QueueSize: queueSize, Logger: quietLogger(),
+		MaxSocketsPerUser: benchLimit, MaxFrameRate: benchLimit, MaxRunsPerUser: benchLimit,
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -145,6 +145,7 @@ func startGatewayProcess(b *testing.B, redisURL string) *gatewayProcess {
 	}
 	cmd := exec.Command(bin, "gateway", "--redis", redisURL, "--jwt-secret", string(benchSecret),
 		"--listen", addr, "--workspaces", b.TempDir(), "--log-level", "warn")
+	cmd.Env = append(os.Environ(), benchLimitEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

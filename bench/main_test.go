@@ -60,6 +60,21 @@ func waitFor(b *testing.B, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
+// benchLimit lifts the gateway's per-user and connection caps: every
+// benchmark socket is one user's, and it opens thousands and sends fast.
+const benchLimit = 1_000_000
+
+// benchLimitEnv is benchLimit for a gateway process.
+var benchLimitEnv = []string{
+	fmt.Sprintf("AGENTGATE_MAX_CONNECTIONS=%d", benchLimit),
+	fmt.Sprintf("AGENTGATE_MAX_SOCKETS_PER_USER=%d", benchLimit),
+	fmt.Sprintf("AGENTGATE_MAX_FRAME_RATE=%d", benchLimit),
+	fmt.Sprintf("AGENTGATE_MAX_RUNS_PER_USER=%d", benchLimit),
+	fmt.Sprintf("AGENTGATE_MAX_TERMINALS_PER_USER=%d", benchLimit),
+	fmt.Sprintf("AGENTGATE_MAX_RUNS=%d", benchLimit),
+	fmt.Sprintf("AGENTGATE_MAX_TERMINALS=%d", benchLimit),
+}
+
 func configName(sessions int, mode string) string {
 	return fmt.Sprintf("sessions=%d/%s", sessions, mode)
 }

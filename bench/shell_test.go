@@ -98,6 +98,7 @@ func newShellRig(b *testing.B) *shellRig {
 		"AGENTGATE_WORKSPACES=" + root, "AGENTGATE_KEY_PREFIX=" + storetest.Prefix(), "AGENTGATE_LOG_LEVEL=warn",
 		"AGENTGATE_LISTEN=" + r.addr, "AGENTGATE_SHELL_DETACH_TIMEOUT=5s",
 	}
+	env = append(env, benchLimitEnv...)
 	r.worker = startAgentgate(b, bin, "worker", env)
 	r.gateway = startAgentgate(b, bin, "gateway", env)
 	var err error

@@ -36,6 +36,8 @@ type cluster struct {
 	tmp     string // CLAUDE_CODE_TMPDIR
 	root    string // the workspace root
 	project string // a project folder under root
+	// gatewayEnv is added to the environment of the gateways started next.
+	gatewayEnv []string
 }
 
 // newCluster starts redis-server and the mock; gateways and workers are
@@ -78,7 +80,7 @@ func (c *cluster) startGateway(name string) *proc {
 
 func (c *cluster) startGatewayAt(name, addr string) *proc {
 	c.t.Helper()
-	env := append(c.baseEnv(), "AGENTGATE_LISTEN="+addr)
+	env := append(append(c.baseEnv(), c.gatewayEnv...), "AGENTGATE_LISTEN="+addr)
 	p := startProc(c.t, name, env, "gateway")
 	p.addr = addr
 	waitReady(c.t, p)

@@ -12,6 +12,7 @@ import (
 	"github.com/agentgate/agentgate/internal/mockgemini"
 	"github.com/agentgate/agentgate/internal/mockopenai"
 	"github.com/agentgate/agentgate/internal/npmbin"
+	"github.com/agentgate/agentgate/workers"
 )
 
 // TestOtherProviders runs a Codex, a Gemini and a Cursor conversation
@@ -46,6 +47,8 @@ func TestOtherProviders(t *testing.T) {
 		"AGENTGATE_CODEX_BIN="+codexBin, "CODEX_HOME="+codexHome, mockopenai.APIKeyEnv+"=test",
 		"AGENTGATE_GEMINI_BIN="+geminiBin, "TMPDIR="+t.TempDir(),
 		"AGENTGATE_CURSOR_BIN="+cursorBin,
+		// The mock's key variable is not one the CLIs' defaults pass.
+		"AGENTGATE_PROVIDER_ENV="+strings.Join(workers.DefaultPassEnv, ",")+","+mockopenai.APIKeyEnv,
 	)
 	env = append(env, gemini.Env()...)
 	worker := startProc(t, "worker", env, "worker")

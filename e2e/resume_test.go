@@ -254,6 +254,8 @@ func TestGracefulGatewayStop(t *testing.T) {
 func TestGatewayStopClosesEverySocketWith1001(t *testing.T) {
 	t.Parallel()
 	cl := newCluster(t, "/nonexistent/claude") // no run here: the CLI is not needed
+	// More sockets of one user than the default cap, each checking status.
+	cl.gatewayEnv = []string{"AGENTGATE_MAX_SOCKETS_PER_USER=200", "AGENTGATE_MAX_FRAME_RATE=1000"}
 	first := cl.startGateway("gw0")
 	cl.startWorker("worker")
 	c0 := cl.dial(first, "alice")

@@ -3,12 +3,15 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/labstack/echo/v4"
 
 	"github.com/agentgate/agentgate/app"
 )
@@ -25,6 +28,20 @@ const DefaultUserHeader = "X-Forwarded-User"
 // errUnauthorized is what every failed authentication answers: a client
 // learns nothing about why its token was refused.
 var errUnauthorized = errors.New("unauthorized")
+
+// errAmbiguousUser refuses a platform-mode request that names its user more
+// than once: behind a proxy that appends its header to the client's instead
+// of replacing it, the first value would be the one the client chose.
+var errAmbiguousUser = errors.New("ambiguous user: the user header must appear once, with one name (a proxy must replace it, not append to it)")
+
+// authFailure is the HTTP answer to a failed authentication: 401, saying why
+// only when the request is malformed rather than its credentials wrong.
+func authFailure(err error) error {
+	if errors.Is(err, errAmbiguousUser) {
+		return echo.NewHTTPError(http.StatusUnauthorized, err.Error())
+	}
+	return echo.NewHTTPError(http.StatusUnauthorized, errUnauthorized.Error())
+}
 
 // Auth authenticates requests: JWT HS256 bearer tokens, or in platform mode
 // the user name a trusted proxy put in a header.
@@ -55,12 +72,17 @@ func IssueToken(secret []byte, user string, admin bool, ttl time.Duration) (stri
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
 }
 
-// Authenticate returns the caller of r or errUnauthorized.
+// Authenticate returns the caller of r, or errUnauthorized (errAmbiguousUser
+// for a repeated platform-mode header).
 func (a *Auth) Authenticate(r *http.Request) (app.User, error) {
 	if a.Mode == AuthPlatform {
 		header := a.UserHeader
 		if header == "" {
 			header = DefaultUserHeader
+		}
+		names := r.Header.Values(header)
+		if len(names) > 1 || (len(names) == 1 && strings.Contains(names[0], ",")) {
+			return app.User{}, errAmbiguousUser
 		}
 		name := r.Header.Get(header)
 		if !app.ValidUserName(name) {
@@ -97,22 +119,110 @@ func requestToken(r *http.Request) string {
 	return ""
 }
 
-// originAllowed applies PROTOCOL §2: a request without Origin (a CLI, a
-// server) passes; a browser's Origin must be listed, or by default match the
-// request's own host.
-func originAllowed(r *http.Request, allowed []string) bool {
+// originPolicy decides which browser origins may open sockets (PROTOCOL
+// §2). It protects browsers, which cannot lie about Origin; any other client
+// sends whatever Origin it likes, so a request without one passes.
+type originPolicy struct {
+	anyOrigin bool
+	allowed   map[string]bool // scheme://host[:port], as normalOrigin writes it
+	hosts     map[string]bool // names the gateway is reached by, lower case
+}
+
+// hostNamePattern is a DNS name in lower case.
+var hostNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+
+// newOriginPolicy checks and normalizes the configured origins and public
+// host names.
+func newOriginPolicy(allowed, publicHosts []string) (originPolicy, error) {
+	p := originPolicy{allowed: map[string]bool{}, hosts: map[string]bool{"localhost": true}}
+	for _, a := range allowed {
+		if a == "*" {
+			p.anyOrigin = true
+			continue
+		}
+		o, ok := normalOrigin(a)
+		if !ok {
+			return p, fmt.Errorf("handlers: allowed origin %q is not scheme://host[:port] with http or https", a)
+		}
+		p.allowed[o] = true
+	}
+	for _, h := range publicHosts {
+		h = strings.ToLower(h)
+		if !hostNamePattern.MatchString(h) && net.ParseIP(h) == nil {
+			return p, fmt.Errorf("handlers: public host %q is not a host name", h)
+		}
+		p.hosts[h] = true
+	}
+	return p, nil
+}
+
+// allows reports whether r may open a socket. With origins configured, the
+// Origin's scheme, host and port must be one of them. Without, the Origin
+// must be the request's own (scheme and Host) on a host the gateway is
+// known by: a loopback name, an IP address, or a configured name. The host
+// check is what stops DNS rebinding: a page of rebind.evil.example whose
+// name now points at the gateway sends that name as both Origin and Host,
+// and no one configured it. An IP address cannot be rebound: a page whose
+// origin is the gateway's own address and port was served by the gateway.
+func (p originPolicy) allows(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
-	if len(allowed) == 0 {
-		u, err := url.Parse(origin)
-		return err == nil && strings.EqualFold(u.Host, r.Host)
+	if p.anyOrigin {
+		return true
 	}
-	for _, a := range allowed {
-		if a == "*" || strings.EqualFold(strings.TrimSuffix(a, "/"), origin) {
-			return true
-		}
+	o, ok := normalOrigin(origin)
+	if !ok {
+		return false
 	}
-	return false
+	if len(p.allowed) > 0 {
+		return p.allowed[o]
+	}
+	self, ok := normalOrigin(requestScheme(r) + "://" + r.Host)
+	if !ok || o != self {
+		return false
+	}
+	u, _ := url.Parse(self)
+	host := u.Hostname()
+	return p.hosts[host] || net.ParseIP(host) != nil
+}
+
+// requestScheme is the scheme the browser used: https on TLS, or when the
+// TLS-terminating proxy in front says so in X-Forwarded-Proto. Trusting that
+// header here is safe: a browser's WebSocket cannot set it, and a client
+// that can is not what an origin check protects against.
+func requestScheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	proto, _, _ := strings.Cut(r.Header.Get("X-Forwarded-Proto"), ",")
+	if strings.EqualFold(strings.TrimSpace(proto), "https") {
+		return "https"
+	}
+	return "http"
+}
+
+// normalOrigin returns an http or https origin as lower-case
+// scheme://host[:port] without its default port, or false if s is not one.
+func normalOrigin(s string) (string, bool) {
+	u, err := url.Parse(strings.TrimSuffix(s, "/"))
+	if err != nil || u.Host == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+		return "", false
+	}
+	scheme := strings.ToLower(u.Scheme)
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if host == "" || (scheme != "http" && scheme != "https") {
+		return "", false
+	}
+	if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
+		port = ""
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if port != "" {
+		host += ":" + port
+	}
+	return scheme + "://" + host, true
 }

@@ -32,6 +32,9 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 			c.reply(app.NewErrorReply("Internal error"))
 		}
 	}()
+	if !c.admit(1) {
+		return
+	}
 	msg, err := app.ParseClientMessage(data)
 	if err != nil {
 		c.reply(app.NewErrorReply(err.Error()))
@@ -50,6 +53,10 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	case "subscribe":
 		if len(msg.Sessions) > maxSubscribe {
 			c.reply(app.NewErrorReply(fmt.Sprintf("Too many sessions: at most %d per subscribe", maxSubscribe)))
+			return
+		}
+		// A subscribe costs a frame per session; the frame paid for one.
+		if !c.admit(len(msg.Sessions) - 1) {
 			return
 		}
 		for _, e := range msg.Sessions {
@@ -102,7 +109,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 	// A session keeps the project it started in: the CLIs keep their
 	// conversations per working directory, so another one could not resume.
 	requested := firstNonEmpty(plan.session.ProjectPath, opts.ProjectPath, opts.Cwd)
-	projectPath, err := projectDir(s.cfg.Workspaces, requested)
+	projectPath, err := userProjectDir(s.cfg.Workspaces, plan.session.Owner, requested)
 	if err != nil {
 		fail("Invalid project path: " + strings.TrimPrefix(err.Error(), app.ErrInvalidPath.Error()+": "))
 		return
@@ -111,7 +118,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 	job := app.Job{
 		SessionID: plan.session.ID, Owner: plan.session.Owner, Provider: provider,
 		Command: msg.Command, ProjectPath: projectPath, ProviderSessionID: plan.resume,
-		NewSession: plan.isNew, ResumeDenied: plan.resumeDenied,
+		NewSession: plan.isNew, ResumeDenied: plan.resumeDenied, ResumeUnrecorded: plan.resumeUnrecorded,
 		Options: app.RunOptions{
 			Model: opts.Model, PermissionMode: opts.PermissionMode, Tools: opts.ToolsSettings,
 		},
@@ -123,9 +130,18 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		fail("Gateway could not follow the session; try again")
 		return
 	}
-	res, err := s.st.Accept(ctx, store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job})
+	res, err := s.st.Accept(ctx, store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser})
 	var busy *store.BusyError
+	var limit *app.LimitError
 	switch {
+	case errors.As(err, &limit):
+		fail(limit.Error())
+		if plan.isNew {
+			s.hub.abandon(c, w, existed)
+		} else {
+			s.followLive(ctx, w, plan.session.ID)
+		}
+		return
 	case errors.As(err, &busy):
 		now := time.Now().UnixMilli()
 		c.reply(app.SessionBusy{
@@ -167,6 +183,9 @@ type runPlan struct {
 	isNew        bool
 	resume       string // provider session id to resume
 	resumeDenied bool
+	// resumeUnrecorded: the id is no conversation agentgate knows; the
+	// worker decides (app.Job.ResumeUnrecorded).
+	resumeUnrecorded bool
 }
 
 // planRun decides, for a command's session id, whether it runs on one of the
@@ -202,7 +221,7 @@ func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provid
 	}
 	plan := runPlan{
 		session: app.Session{ID: app.NewID(), Owner: user.Name, Provider: provider, ProviderSessionID: sid},
-		isNew:   true, resume: sid, resumeDenied: foreign,
+		isNew:   true, resume: sid, resumeDenied: foreign, resumeUnrecorded: !foreign,
 	}
 	return plan, nil
 }
@@ -244,8 +263,38 @@ func projectDir(ws app.Workspaces, p string) (string, error) {
 	return dir, nil
 }
 
+// userProjectDir is projectDir with the roots as they apply to user
+// (app.Workspaces.For). A per-user root that does not exist yet passes when
+// the path names exactly it: the worker makes a user's home the first time
+// it runs something for them.
+func userProjectDir(ws app.Workspaces, user, p string) (string, error) {
+	mine := ws.For(user)
+	dir, err := projectDir(mine, p)
+	if err == nil || !ws.PerUser() {
+		return dir, err
+	}
+	if p == "" && len(mine.Roots) > 0 {
+		p = mine.Roots[0]
+	}
+	for _, root := range ws.Roots {
+		if !strings.Contains(root, app.UserPlaceholder) {
+			continue
+		}
+		own := app.Workspaces{Roots: []string{root}}.For(user)
+		if len(own.Roots) == 1 && filepath.Clean(p) == own.Roots[0] {
+			if _, statErr := os.Lstat(p); errors.Is(statErr, os.ErrNotExist) {
+				return own.Roots[0], nil
+			}
+		}
+	}
+	return dir, err
+}
+
+// The values of options that reach a CLI's argument list start with a
+// letter or digit (a tool name also with '_'), so that none can be read as a
+// flag (`--yolo`, `--version`), whichever CLI and argument form gets it.
 var (
-	modelPattern = regexp.MustCompile(`^[A-Za-z0-9._:/\[\]@-]{1,100}$`)
+	modelPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/\[\]@-]{0,99}$`)
 	toolPattern  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:*()/ ,'"=@-]{0,199}$`)
 )
 
@@ -253,6 +302,10 @@ var (
 // CLI would take for a flag, or one that could smuggle an argument, is
 // refused with a clear error.
 func validateOptions(o app.CommandOptions) error {
+	if o.SessionID != "" && !app.ValidSessionID(o.SessionID) {
+		// Checked even when the message's own sessionId wins over it.
+		return app.WireError("Invalid session ID")
+	}
 	if o.Model != "" && !modelPattern.MatchString(o.Model) {
 		return app.WireError("Invalid model name")
 	}

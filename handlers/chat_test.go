@@ -248,6 +248,92 @@ func TestCommandRejections(t *testing.T) {
 	require.Empty(t, ids)
 }
 
+// TestFlagLikeValuesRefused: a session id, model or tool that a CLI could
+// read as a flag (the attacks `sessionId:"--continue"`, `model:"--yolo"`)
+// is answered with an error and starts no run; the next valid command is
+// the first job a worker sees.
+func TestFlagLikeValuesRefused(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.Providers = []app.Provider{app.Claude, app.Gemini} })
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	opts := func(o map[string]any) map[string]any { return map[string]any{"options": o} }
+	gemini := func(extra map[string]any) map[string]any {
+		m := command("hi", extra)
+		m["type"] = "gemini-command"
+		return m
+	}
+	cases := []struct {
+		name string
+		msg  map[string]any
+		want string
+	}{
+		{"sessionId --continue", command("hi", map[string]any{"sessionId": "--continue"}), "Invalid session ID"},
+		{"sessionId -c", command("hi", map[string]any{"sessionId": "-c"}), "Invalid session ID"},
+		{"sessionId --version", command("hi", map[string]any{"sessionId": "--version"}), "Invalid session ID"},
+		{"sessionId -", command("hi", map[string]any{"sessionId": "-"}), "Invalid session ID"},
+		{"sessionId --", command("hi", map[string]any{"sessionId": "--"}), "Invalid session ID"},
+		{"sessionId with a blank first", command("hi", map[string]any{"sessionId": " -x"}), "Invalid session ID"},
+		{"sessionId with a tab first", command("hi", map[string]any{"sessionId": "\t--x"}), "Invalid session ID"},
+		{"sessionId with an em dash", command("hi", map[string]any{"sessionId": "\u2014continue"}), "Invalid session ID"},
+		{"options.sessionId -c", command("hi", opts(map[string]any{"sessionId": "-c"})), "Invalid session ID"},
+		{"options.sessionId behind a valid one", command("hi", map[string]any{"sessionId": app.NewID(), "options": map[string]any{"sessionId": "--continue"}}), "Invalid session ID"},
+		{"model --version", command("hi", opts(map[string]any{"model": "--version"})), "Invalid model name"},
+		{"model -m", command("hi", opts(map[string]any{"model": "-m"})), "Invalid model name"},
+		{"model with a minus sign", command("hi", opts(map[string]any{"model": "\u2212c"})), "Invalid model name"},
+		{"tool -c", command("hi", opts(map[string]any{"toolsSettings": map[string]any{"disallowedTools": []string{"-c"}}})), `Invalid tool name "-c"`},
+		{"gemini model --yolo", gemini(opts(map[string]any{"model": "--yolo"})), "Invalid model name"},
+		{"gemini sessionId --yolo", gemini(map[string]any{"sessionId": "--yolo"}), "Invalid session ID"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c.send(tc.msg)
+			m := c.next()
+			require.Equal(t, "error", m["type"], m)
+			require.Equal(t, tc.want, m["error"])
+			require.Equal(t, "req-1", m["requestId"])
+		})
+	}
+	ids, err := st.RunningSessions(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, ids, "no run was started")
+
+	c.send(command("valid", opts(map[string]any{"model": "claude-sonnet-4-5"})))
+	require.Equal(t, "session-accepted", c.next()["type"])
+	job, _ := w.take()
+	require.Equal(t, "valid", job.Command, "the refused commands queued no job")
+	require.Equal(t, "claude-sonnet-4-5", job.Options.Model)
+}
+
+// FuzzValidateOptions: options that pass hold no value a CLI could read as
+// a flag: the session id, the model and every tool start with a letter, a
+// digit (or '_' for a tool), never with '-', a blank or a non-ASCII dash.
+func FuzzValidateOptions(f *testing.F) {
+	f.Add("6f1c0b4e-1b2a-4c3d-9e8f-001122334455", "claude-sonnet-4-5", "Bash(git log:*)")
+	f.Add("--continue", "--yolo", "-c")
+	f.Add("a", "\u2014version", " -x")
+	f.Fuzz(func(t *testing.T, sid, model, tool string) {
+		o := app.CommandOptions{SessionID: sid, Model: model, ToolsSettings: app.ToolsSettings{AllowedTools: []string{tool}}}
+		if validateOptions(o) != nil {
+			return
+		}
+		for _, v := range []string{sid, model, tool} {
+			if v == "" {
+				continue
+			}
+			if c := v[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+				t.Fatalf("%q accepted: it starts with %q", v, c)
+			}
+		}
+		if sid != "" && !app.ValidSessionID(sid) {
+			t.Fatalf("session id %q accepted", sid)
+		}
+		if tool == "" || model != "" && len(model) > 100 {
+			t.Fatalf("model %q or tool %q accepted", model, tool)
+		}
+	})
+}
+
 func normalizeNumber(v any) any {
 	if f, ok := v.(float64); ok {
 		return int(f)
@@ -596,6 +682,7 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 	job, ref := w.take()
 	require.Equal(t, "outside-conversation-1", job.ProviderSessionID)
 	require.False(t, job.ResumeDenied)
+	require.True(t, job.ResumeUnrecorded, "the worker decides whether an unrecorded id may be resumed")
 	w.finish(ref, 0)
 
 	// Bob names alice's session: he gets a session of his own that cannot
@@ -732,4 +819,49 @@ func TestConcurrentCommandsOneRun(t *testing.T) {
 		counts[cl.until(func(m map[string]any) bool { return m["type"] != nil })[0]["type"].(string)]++
 	}
 	require.Equal(t, map[string]int{"session-accepted": 1, "session-busy": 3}, counts)
+}
+
+// TestProjectPathErrorsHideTheHost: on /ws and /shell, a project path
+// outside the workspaces is refused with the same words whether it exists
+// or not, so that users cannot probe the host's files.
+func TestProjectPathErrorsHideTheHost(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	newFakeWorker(t, st)
+	outside := t.TempDir()
+	require.NoError(t, os.WriteFile(outside+"/shadow", []byte("x"), 0o600))
+	require.NoError(t, symlink(outside+"/shadow", g.dir+"/to-shadow"))
+	require.NoError(t, symlink(outside+"/nonexistent", g.dir+"/to-nothing"))
+	c := g.dial("alice")
+	shell, _, err := g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	require.NoError(t, shell.SetReadDeadline(time.Now().Add(10*time.Second)))
+
+	cases := []struct {
+		name     string
+		exists   string // a path that exists
+		missing  string // its twin that does not
+		wsError  string // the /ws error, PATH for the path
+		shellErr string
+	}{
+		{"outside", outside + "/shadow", outside + "/nonexistent",
+			`Invalid project path: "PATH" does not exist or is outside the workspaces`, app.ShellErrInvalidPath},
+		{"a system file", "/etc/passwd", "/etc/nonexistent",
+			`Invalid project path: "PATH" does not exist or is outside the workspaces`, app.ShellErrInvalidPath},
+		{"through symlinks inside", g.dir + "/to-shadow", g.dir + "/to-nothing",
+			`Invalid project path: "PATH" does not exist or is outside the workspaces`, app.ShellErrInvalidPath},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, p := range []string{tc.exists, tc.missing} {
+				c.send(command("hi", map[string]any{"options": map[string]any{"projectPath": p}}))
+				require.Equal(t, strings.Replace(tc.wsError, "PATH", p, 1), c.next()["error"], p)
+
+				require.NoError(t, shell.WriteJSON(map[string]any{"type": "init", "projectPath": p}))
+				var m map[string]any
+				require.NoError(t, shell.ReadJSON(&m))
+				require.Equal(t, map[string]any{"type": "error", "message": tc.shellErr}, m, p)
+			}
+		})
+	}
 }

@@ -50,6 +50,13 @@ type conn struct {
 
 	mu      sync.Mutex
 	watches map[string]*watch // sessions this socket follows, by id
+
+	// quota is the user's share of the gateway, refusal the frame that
+	// answers a frame over its rate, and refusedAt when it was last sent
+	// (read goroutine only).
+	quota     *userQuota
+	refusal   []byte
+	refusedAt time.Time
 }
 
 func newConn(s *melody.Session, user app.User, limit int) *conn {

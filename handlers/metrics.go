@@ -25,6 +25,9 @@ var (
 	slowCloses = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "agentgate_slow_consumer_closes_total", Help: "Sockets closed with 4008 because their queue was full.",
 	})
+	limitRefusals = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "agentgate_limit_refusals_total", Help: "Upgrades (sockets) and client frames (frames) refused by a per-user limit.",
+	}, []string{"limit"})
 )
 
 // metricType keeps the type label bounded: clients choose the type.

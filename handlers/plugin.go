@@ -73,13 +73,16 @@ func (s *Server) servePlugin(c echo.Context) error {
 	if s.draining.Load() {
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining")
 	}
-	if _, err := s.cfg.Auth.Authenticate(c.Request()); err != nil {
-		return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
+	user, err := s.cfg.Auth.Authenticate(c.Request())
+	if err != nil {
+		return authFailure(err)
 	}
-	up := websocket.Upgrader{
-		ReadBufferSize: 1024, WriteBufferSize: 1024,
-		CheckOrigin: func(r *http.Request) bool { return originAllowed(r, s.cfg.AllowedOrigins) },
+	quota := s.quotas.acquire(user.Name)
+	if quota == nil {
+		return s.quotas.tooManySockets()
 	}
+	defer s.quotas.release(quota)
+	up := websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024, CheckOrigin: s.origins.allows}
 	client, err := up.Upgrade(c.Response(), c.Request(), nil)
 	if err != nil {
 		return nil // the upgrader has answered

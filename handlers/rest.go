@@ -49,7 +49,7 @@ func (s *Server) requireUser(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		user, err := s.cfg.Auth.Authenticate(c.Request())
 		if err != nil {
-			return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
+			return authFailure(err)
 		}
 		c.Set(userKey, user)
 		return next(c)

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -33,13 +34,24 @@ type Config struct {
 	// Workspaces bound the project paths commands may use; the first root
 	// is the default project.
 	Workspaces app.Workspaces
-	// AllowedOrigins lists the browser origins allowed to open sockets.
-	// Empty means the request's own host only.
+	// AllowedOrigins lists the browser origins (scheme://host[:port], or
+	// "*") allowed to open sockets. Empty means the request's own origin,
+	// on a loopback name, an IP address or one of PublicHosts.
 	AllowedOrigins []string
+	// PublicHosts are the host names browsers reach the gateway by (its
+	// name behind a load balancer), for the default origin check.
+	PublicHosts []string
 	// Providers are the providers whose commands are accepted.
 	Providers []app.Provider
 	// MaxMessageSize is the largest client frame. Zero means 1 MiB.
 	MaxMessageSize int64
+	// MaxSocketsPerUser caps the sockets one user holds open on this
+	// gateway, /ws, /shell and /plugin-ws together. Zero means 64.
+	MaxSocketsPerUser int
+	// MaxFrameRate caps the frames per second that one user's /ws and
+	// /shell sockets send to this gateway together, with a burst of four
+	// seconds' worth. Zero means 50.
+	MaxFrameRate int
 	// QueueSize is how many frames may wait for a socket; past it the
 	// socket reads the stream at its own pace. Zero means 64.
 	QueueSize int
@@ -49,6 +61,12 @@ type Config struct {
 	// gateway refreshes its terminals' watch time within it. Zero means
 	// 30 minutes.
 	ShellDetachTimeout time.Duration
+	// MaxRunsPerUser bounds the runs one user has running at once, across
+	// every gateway. Zero means no limit.
+	MaxRunsPerUser int
+	// MaxTerminalsPerUser bounds the terminals one user has open at once,
+	// across every gateway. Zero means no limit.
+	MaxTerminalsPerUser int
 	// SchemaVersion is the key-schema version /readyz requires.
 	SchemaVersion int
 	// Logger receives the gateway's logs. Nil means slog.Default().
@@ -71,6 +89,12 @@ type Server struct {
 	shellSockets *melody.Melody
 	// plugins are the open /plugin-ws relays (plugin.go).
 	plugins pluginRelays
+	// origins and quotas guard the upgrades (auth.go, limits.go);
+	// chatRefusal and shellRefusal answer a frame over the rate.
+	origins      originPolicy
+	quotas       *userQuotas
+	chatRefusal  []byte
+	shellRefusal []byte
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -94,6 +118,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PingPeriod <= 0 {
 		cfg.PingPeriod = DefaultPingPeriod
 	}
+	if cfg.MaxSocketsPerUser <= 0 {
+		cfg.MaxSocketsPerUser = DefaultMaxSocketsPerUser
+	}
+	if cfg.MaxFrameRate <= 0 {
+		cfg.MaxFrameRate = DefaultMaxFrameRate
+	}
+	origins, err := newOriginPolicy(cfg.AllowedOrigins, cfg.PublicHosts)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -102,14 +136,19 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger, conns: map[*conn]struct{}{},
-		providers: map[app.Provider]bool{},
+		providers: map[app.Provider]bool{}, origins: origins,
+		quotas: newUserQuotas(cfg.MaxSocketsPerUser, cfg.MaxFrameRate),
 	}
+	text := s.quotas.rateLimitText()
+	s.chatRefusal, _ = json.Marshal(app.NewErrorReply(text))
+	s.shellRefusal, _ = json.Marshal(app.ShellError{Type: "error", Message: text})
 	for _, p := range cfg.Providers {
 		s.providers[p] = true
 	}
 	s.hub = newHub(cfg.Store, cfg.Logger, s.broadcast)
 	s.chat = s.newChatSockets()
 	s.shells = newShellHub(cfg.Store, s.hub.sub, cfg.Logger, cfg.Workspaces, cfg.ShellDetachTimeout)
+	s.shells.maxOpen = cfg.MaxTerminalsPerUser
 	s.shellSockets = s.newShellSockets()
 	s.echo = s.routes()
 	return s, nil
@@ -189,10 +228,11 @@ func (s *Server) newChatSockets() *melody.Melody {
 	m.Upgrader.WriteBufferSize = 0
 	// Idle sockets hold no write buffer: it is taken from the pool per frame.
 	m.Upgrader.WriteBufferPool = &sync.Pool{}
-	m.Upgrader.CheckOrigin = func(r *http.Request) bool { return originAllowed(r, s.cfg.AllowedOrigins) }
+	m.Upgrader.CheckOrigin = s.origins.allows
 	m.HandleConnect(func(ms *melody.Session) {
 		user, _ := ms.Get("user")
 		c := newConn(ms, user.(app.User), s.cfg.QueueSize)
+		c.quota, c.refusal = quotaOf(ms), s.chatRefusal
 		ms.Set("conn", c)
 		s.mu.Lock()
 		s.conns[c] = struct{}{}
@@ -215,7 +255,9 @@ func (s *Server) newChatSockets() *melody.Melody {
 	m.HandleSentMessage(func(ms *melody.Session, _ []byte) { connOf(ms).sent() })
 	m.HandleMessage(s.onChatMessage)
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
-		connOf(ms).reply(app.NewErrorReply(app.ErrTextInvalidPayload))
+		if c := connOf(ms); c.admit(1) {
+			c.reply(app.NewErrorReply(app.ErrTextInvalidPayload))
+		}
 	})
 	m.HandleError(func(ms *melody.Session, err error) {
 		if errors.Is(err, melody.ErrMessageBufferFull) {
@@ -229,8 +271,9 @@ func (s *Server) newChatSockets() *melody.Melody {
 // serveChat authenticates the upgrade of /ws: 401 before any upgrade.
 func (s *Server) serveChat(c echo.Context) error { return s.serveUpgrade(c, s.chat) }
 
-// serveUpgrade authenticates an upgrade (401 before it) and hands the
-// socket to m, whose connect handler closes the "upgraded" key's channel.
+// serveUpgrade authenticates an upgrade (401 before it), takes one of the
+// user's sockets (429 before it), and hands the socket to m, whose connect
+// handler closes the "upgraded" key's channel.
 // Once upgraded, the socket lives on its own goroutines and this handler
 // returns: net/http then drops the request's buffers and goroutine, which
 // would otherwise stay for the socket's whole life (about 16 KiB each).
@@ -240,12 +283,21 @@ func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 	}
 	user, err := s.cfg.Auth.Authenticate(c.Request())
 	if err != nil {
-		return echo.NewHTTPError(http.StatusUnauthorized, "unauthorized")
+		return authFailure(err)
+	}
+	quota := s.quotas.acquire(user.Name)
+	if quota == nil {
+		return s.quotas.tooManySockets()
 	}
 	upgraded := make(chan struct{})
-	keys := map[string]any{"user": user, "upgraded": upgraded}
+	keys := map[string]any{"user": user, "upgraded": upgraded, "quota": quota}
 	done := make(chan error, 1)
-	go func() { done <- m.HandleRequestWithKeys(c.Response(), c.Request(), keys) }()
+	go func() {
+		err := m.HandleRequestWithKeys(c.Response(), c.Request(), keys)
+		// It returns once the socket closed, or failed to open.
+		s.quotas.release(quota)
+		done <- err
+	}()
 	select {
 	case <-upgraded:
 		return nil
@@ -257,6 +309,13 @@ func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 		// already been answered.
 		return nil
 	}
+}
+
+// quotaOf returns the user's quota serveUpgrade took for a melody session.
+func quotaOf(ms *melody.Session) *userQuota {
+	v, _ := ms.Get("quota")
+	q, _ := v.(*userQuota)
+	return q
 }
 
 // connOf returns the conn HandleConnect attached to a melody session;

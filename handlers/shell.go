@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -50,6 +49,8 @@ type shellHub struct {
 	log     *slog.Logger
 	refresh time.Duration
 	ws      app.Workspaces
+	// maxOpen bounds the terminals one user has open (0: no limit).
+	maxOpen int
 
 	mu    sync.Mutex
 	feeds map[string]*shellFeed // by shell key
@@ -112,10 +113,11 @@ func (s *Server) newShellSockets() *melody.Melody {
 	m.Config.PongWait = 2*s.cfg.PingPeriod + 10*time.Second
 	m.Upgrader.ReadBufferSize = 1024
 	m.Upgrader.WriteBufferPool = &sync.Pool{}
-	m.Upgrader.CheckOrigin = func(r *http.Request) bool { return originAllowed(r, s.cfg.AllowedOrigins) }
+	m.Upgrader.CheckOrigin = s.origins.allows
 	m.HandleConnect(func(ms *melody.Session) {
 		user, _ := ms.Get("user")
 		sock := &shellSocket{c: newConn(ms, user.(app.User), s.cfg.QueueSize)}
+		sock.c.quota, sock.c.refusal = quotaOf(ms), s.shellRefusal
 		ms.Set("shell", sock)
 		s.shells.mu.Lock()
 		s.shells.socks[sock] = struct{}{}
@@ -136,7 +138,9 @@ func (s *Server) newShellSockets() *melody.Melody {
 	m.HandleSentMessage(func(ms *melody.Session, _ []byte) { shellSocketOf(ms).c.sent() })
 	m.HandleMessage(s.onShellMessage)
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
-		shellSocketOf(ms).c.reply(app.ShellError{Type: "error", Message: app.ErrTextInvalidPayload})
+		if c := shellSocketOf(ms).c; c.admit(1) {
+			c.reply(app.ShellError{Type: "error", Message: app.ErrTextInvalidPayload})
+		}
 	})
 	m.HandleError(func(ms *melody.Session, err error) {
 		if errors.Is(err, melody.ErrMessageBufferFull) {
@@ -165,6 +169,9 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 			sock.notice("error", "Error: internal error")
 		}
 	}()
+	if !sock.c.admit(1) {
+		return
+	}
 	msg, err := app.ParseShellMessage(data)
 	if err != nil {
 		sock.error(err.Error())
@@ -207,7 +214,7 @@ func (sock *shellSocket) notice(level, text string) {
 func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMessage, pick func(context.Context) (string, error)) {
 	h.detachSocket(sock)
 	user := sock.c.user.Name
-	dir, err := projectDir(h.ws, msg.ProjectPath)
+	dir, err := userProjectDir(h.ws, user, msg.ProjectPath)
 	if err != nil {
 		sock.error(app.ShellErrInvalidPath)
 		return
@@ -255,7 +262,12 @@ func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMes
 			h.fail(sock, "list workers", err)
 			return
 		}
-		gen, opened, err := h.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec)
+		gen, opened, err := h.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec, h.maxOpen)
+		var limit *app.LimitError
+		if errors.As(err, &limit) {
+			sock.error(limit.Error())
+			return
+		}
 		if err != nil {
 			h.fail(sock, "open terminal", err)
 			return

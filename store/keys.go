@@ -40,6 +40,14 @@ func (k keys) running() string { return k.prefix + ":sessions:running" }
 // userSessions is a user's sorted set of session ids by last activity.
 func (k keys) userSessions(user string) string { return k.prefix + ":user:{" + user + "}:sessions" }
 
+// userRunning is a user's sorted set of running session ids by startedAt,
+// which bounds how many runs a user has at once.
+func (k keys) userRunning(user string) string { return k.prefix + ":user:{" + user + "}:running" }
+
+// userShells is a user's sorted set of open terminal keys by opening time,
+// which bounds how many terminals a user has at once.
+func (k keys) userShells(user string) string { return k.prefix + ":user:{" + user + "}:shells" }
+
 // providerSessions maps a provider's own session ids to agentgate session
 // ids, so a resume by provider id finds its session and its owner.
 func (k keys) providerSessions(p app.Provider) string {
@@ -71,6 +79,10 @@ func (k keys) permissions() string { return k.prefix + ":permissions" }
 
 // plugin is a plugin's address `ag:plugin:NAME` (PROTOCOL §5).
 func (k keys) plugin(name string) string { return k.prefix + ":plugin:" + name }
+
+// accounts maps users to the uids of their OS accounts on worker hosts
+// `ag:{accounts}` (hash user -> uid), beside its counter `ag:{accounts}:next`.
+func (k keys) accounts() string { return k.prefix + ":{accounts}" }
 
 // broadcast is the pub/sub channel of messages for every chat socket.
 func (k keys) broadcast() string { return k.prefix + ":broadcast" }

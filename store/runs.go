@@ -31,6 +31,10 @@ type AcceptRequest struct {
 	New bool
 	// Job is queued for the workers; Accept fills in its RunID.
 	Job app.Job
+	// MaxRunning is how many runs the owner may have running at once,
+	// this one included; past it Accept returns an *app.LimitError. Zero
+	// means no limit.
+	MaxRunning int
 }
 
 // AcceptResult describes an accepted run.
@@ -80,11 +84,11 @@ func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, er
 	}
 	keys := []string{
 		s.k.session(sess.ID), s.k.events(sess.ID), s.k.running(),
-		s.k.userSessions(sess.Owner), s.k.jobs(),
+		s.k.userSessions(sess.Owner), s.k.jobs(), s.k.userRunning(sess.Owner),
 	}
 	res, err := runAcceptScript.Run(ctx, s.rdb, keys,
 		sess.ID, sess.Owner, string(sess.Provider), sess.ProjectPath, sess.ProviderSessionID, mode,
-		job, createdBody, runningBody, s.cfg.HistoryLimit, s.k.live(sess.ID), jobsMaxLen,
+		job, createdBody, runningBody, s.cfg.HistoryLimit, s.k.live(sess.ID), jobsMaxLen, req.MaxRunning,
 	).StringSlice()
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
@@ -101,6 +105,8 @@ func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, er
 		return AcceptResult{}, app.ErrNotFound
 	case "exists":
 		return AcceptResult{}, errSessionExists
+	case "limit":
+		return AcceptResult{}, &app.LimitError{Limit: app.LimitRunsPerUser, Max: req.MaxRunning}
 	}
 	return AcceptResult{}, fmt.Errorf("store: accept %s: unexpected reply %q", sess.ID, res)
 }
@@ -178,7 +184,7 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 	}
 	keys := []string{
 		s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.running(),
-		s.k.userSessions(owner), s.k.perms(run.SessionID), s.k.permissions(),
+		s.k.userSessions(owner), s.k.perms(run.SessionID), s.k.permissions(), s.k.userRunning(owner),
 	}
 	res, err := runCompleteScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {

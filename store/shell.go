@@ -133,7 +133,11 @@ func (s *Store) Shell(ctx context.Context, key string) (ShellInfo, bool, error) 
 // hash and the output, and queues the open control in the worker's inbox,
 // atomically (shell_open.lua). ok is false when another caller opened the
 // key first; the caller then reads it again and reattaches.
-func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker, command string, spec app.ShellSpec) (gen int64, ok bool, err error) {
+//
+// maxOpen bounds the terminals the owner has open at once (0: no limit):
+// past it ShellOpen returns an *app.LimitError, and reopening a key the
+// owner has open always passes.
+func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker, command string, spec app.ShellSpec, maxOpen int) (gen int64, ok bool, err error) {
 	gen = prevGen + 1
 	data, err := json.Marshal(spec)
 	if err != nil {
@@ -143,11 +147,15 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 	if err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
 	}
-	n, err := shellOpenScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.inbox(worker)},
+	n, err := shellOpenScript.Run(ctx, s.rdb,
+		[]string{s.k.shell(key), s.k.shellOut(key), s.k.inbox(worker), s.k.userShells(spec.Owner)},
 		prevGen, gen, worker, spec.Owner, spec.ProjectPath, string(spec.Provider), command,
-		spec.Cols, spec.Rows, body, inboxMaxLen).Int()
+		spec.Cols, spec.Rows, body, inboxMaxLen, key, maxOpen).Int()
 	if err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
+	}
+	if n < 0 {
+		return 0, false, &app.LimitError{Limit: app.LimitTerminalsPerUser, Max: maxOpen}
 	}
 	return gen, n == 1, nil
 }
@@ -196,8 +204,15 @@ func (s *Store) ShellSet(ctx context.Context, key string, gen int64, fields ...s
 // the retention. signal is a name such as "SIGKILL", or
 // "". It reports whether this call recorded the end.
 func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode int, signal, reason string) (bool, error) {
-	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key)},
-		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.Retention.Seconds())).Int()
+	owner, err := s.rdb.HGet(ctx, s.k.shell(key), "owner").Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil // gone: nothing to record
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: end shell %s: %w", key, err)
+	}
+	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.userShells(owner)},
+		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.Retention.Seconds()), key).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}

@@ -45,11 +45,11 @@ func TestShellLifecycle(t *testing.T) {
 			require.NoError(t, sub.SubscribeShell(ctx, "k1"))
 
 			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
-			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec)
+			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
 			require.NoError(t, err)
 			require.True(t, ok)
 			require.Equal(t, int64(1), gen)
-			_, ok, err = st.ShellOpen(ctx, "k1", 0, "w2", "bash", spec)
+			_, ok, err = st.ShellOpen(ctx, "k1", 0, "w2", "bash", spec, 0)
 			require.NoError(t, err)
 			require.False(t, ok, "a second open from the same generation loses")
 
@@ -121,7 +121,7 @@ func TestShellLifecycle(t *testing.T) {
 			mu.Unlock()
 
 			// Reopen: a new generation starts from seq 1 with no old output.
-			gen, ok, err = st.ShellOpen(ctx, "k1", 1, "w1", "bash", spec)
+			gen, ok, err = st.ShellOpen(ctx, "k1", 1, "w1", "bash", spec, 0)
 			require.NoError(t, err)
 			require.True(t, ok)
 			require.Equal(t, int64(2), gen)

@@ -31,7 +31,9 @@ func (ClaudeProvider) InstallHint() string {
 	return "Claude Code CLI not found. Install it with `npm install -g @anthropic-ai/claude-code`, or set AGENTGATE_CLAUDE_BIN to its path."
 }
 
-// Command implements Provider.
+// Command implements Provider. Every value from a job goes in the CLI's
+// `--flag=value` form: as an argument of its own after `--resume` (whose
+// value is optional) an id like `--continue` would be read as a flag.
 func (ClaudeProvider) Command(job app.Job, env []string) ([]string, []byte) {
 	args := []string{"-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
 		"--permission-prompt-tool", "stdio"}
@@ -43,29 +45,29 @@ func (ClaudeProvider) Command(job app.Job, env []string) ([]string, []byte) {
 		resume = ""
 	}
 	if resume != "" {
-		args = append(args, "--resume", resume)
+		args = append(args, "--resume="+resume)
 	} else {
-		args = append(args, "--session-id", job.SessionID)
+		args = append(args, "--session-id="+job.SessionID)
 	}
 	if job.Options.Model != "" {
-		args = append(args, "--model", job.Options.Model)
+		args = append(args, "--model="+job.Options.Model)
 	}
 	mode := job.Options.Mode()
 	if mode != "" && mode != "default" {
-		args = append(args, "--permission-mode", mode)
+		args = append(args, "--permission-mode="+mode)
 	}
-	if tools := job.Options.Tools.AllowedTools; len(tools) > 0 {
-		args = append(args, "--allowedTools")
-		args = append(args, tools...)
+	// One flag a tool: the list flags take every following argument that
+	// does not look like a flag, and repeating them adds to the list.
+	for _, tool := range job.Options.Tools.AllowedTools {
+		args = append(args, "--allowedTools="+tool)
 	}
-	if tools := job.Options.Tools.DisallowedTools; len(tools) > 0 {
-		args = append(args, "--disallowedTools")
-		args = append(args, tools...)
+	for _, tool := range job.Options.Tools.DisallowedTools {
+		args = append(args, "--disallowedTools="+tool)
 	}
 	if len(job.ImageFiles) > 0 {
 		// The model reads the images with its Read tool: their folder is
 		// opened to it like the project's.
-		args = append(args, "--add-dir", filepath.Dir(job.ImageFiles[0]))
+		args = append(args, "--add-dir="+filepath.Dir(job.ImageFiles[0]))
 	}
 	return args, claudeUserLine(app.PromptWithImages(job.Command, job.ImageFiles))
 }
@@ -245,7 +247,7 @@ func (p *claudeParser) Line(line []byte) Output {
 	}
 	var out Output
 	if l.SessionID != "" && l.Type == "system" && l.Subtype == "init" {
-		out.Set = map[string]string{"providerSessionId": l.SessionID}
+		out.Set = providerSession(l.SessionID)
 	}
 	switch l.Type {
 	case "assistant":

@@ -25,23 +25,23 @@ func TestClaudeResumesOnlySavedConversations(t *testing.T) {
 	env := []string{"HOME=/elsewhere", "HOME=" + home}
 	job := app.Job{SessionID: "6f1c0b4e-1b2a-4c3d-9e8f-001122334455", ProviderSessionID: "6f1c0b4e-1b2a-4c3d-9e8f-001122334455"}
 	args, _ := ClaudeProvider{}.Command(job, env)
-	require.Equal(t, []string{"--session-id", job.SessionID}, args[len(claudeBase):len(claudeBase)+2])
+	require.Equal(t, "--session-id="+job.SessionID, args[len(claudeBase)])
 
 	dir := filepath.Join(home, ".claude", "projects", "-work-proj")
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, job.SessionID+".jsonl"), []byte("{}\n"), 0o600))
 	args, _ = ClaudeProvider{}.Command(job, env)
-	require.Equal(t, []string{"--resume", job.SessionID}, args[len(claudeBase):len(claudeBase)+2])
+	require.Equal(t, "--resume="+job.SessionID, args[len(claudeBase)])
 
 	// A conversation from outside the gateway is always resumed: the CLI
 	// says so itself if it does not exist.
 	outside := app.Job{SessionID: job.SessionID, ProviderSessionID: "other"}
 	args, _ = ClaudeProvider{}.Command(outside, env)
-	require.Equal(t, []string{"--resume", "other"}, args[len(claudeBase):len(claudeBase)+2])
+	require.Equal(t, "--resume=other", args[len(claudeBase)])
 
 	cfg := t.TempDir()
 	args, _ = ClaudeProvider{}.Command(job, append(env, "CLAUDE_CONFIG_DIR="+cfg))
-	require.Equal(t, []string{"--session-id", job.SessionID}, args[len(claudeBase):len(claudeBase)+2], "CLAUDE_CONFIG_DIR replaces ~/.claude")
+	require.Equal(t, "--session-id="+job.SessionID, args[len(claudeBase)], "CLAUDE_CONFIG_DIR replaces ~/.claude")
 }
 
 // claudeBase starts every Claude command line: print mode with the
@@ -55,17 +55,21 @@ func TestClaudeCommand(t *testing.T) {
 		want []string
 	}{
 		{name: "new session", job: app.Job{SessionID: "s1"},
-			want: []string{"--session-id", "s1"}},
+			want: []string{"--session-id=s1"}},
 		{name: "resume with model and mode", job: app.Job{SessionID: "s1", ProviderSessionID: "p1", Options: app.RunOptions{Model: "sonnet", PermissionMode: "acceptEdits"}},
-			want: []string{"--resume", "p1", "--model", "sonnet", "--permission-mode", "acceptEdits"}},
+			want: []string{"--resume=p1", "--model=sonnet", "--permission-mode=acceptEdits"}},
 		{name: "skip permissions", job: app.Job{SessionID: "s1", Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}}},
-			want: []string{"--session-id", "s1", "--permission-mode", "bypassPermissions"}},
+			want: []string{"--session-id=s1", "--permission-mode=bypassPermissions"}},
 		{name: "skip permissions keeps plan", job: app.Job{SessionID: "s1", Options: app.RunOptions{PermissionMode: "plan", Tools: app.ToolsSettings{SkipPermissions: true}}},
-			want: []string{"--session-id", "s1", "--permission-mode", "plan"}},
+			want: []string{"--session-id=s1", "--permission-mode=plan"}},
 		{name: "default mode is not passed", job: app.Job{SessionID: "s1", Options: app.RunOptions{PermissionMode: "default"}},
-			want: []string{"--session-id", "s1"}},
+			want: []string{"--session-id=s1"}},
 		{name: "tools", job: app.Job{SessionID: "s1", Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Read", "Bash(git log:*)"}, DisallowedTools: []string{"Write"}}}},
-			want: []string{"--session-id", "s1", "--allowedTools", "Read", "Bash(git log:*)", "--disallowedTools", "Write"}},
+			want: []string{"--session-id=s1", "--allowedTools=Read", "--allowedTools=Bash(git log:*)", "--disallowedTools=Write"}},
+		// Values no gateway accepts, as a job from the queue could still
+		// hold them: each stays the value of its flag.
+		{name: "flag-like values", job: app.Job{SessionID: "s1", ProviderSessionID: "--continue", Options: app.RunOptions{Model: "--version", Tools: app.ToolsSettings{AllowedTools: []string{"-c"}}}},
+			want: []string{"--resume=--continue", "--model=--version", "--allowedTools=-c"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +81,8 @@ func TestClaudeCommand(t *testing.T) {
 			require.True(t, strings.HasSuffix(string(stdin), "}\n"), "one line")
 		})
 	}
+	args, _ := ClaudeProvider{}.Command(app.Job{SessionID: "s1", Command: "look", ImageFiles: []string{"/tmp/i/image_1.png"}}, nil)
+	require.Equal(t, "--add-dir=/tmp/i", args[len(args)-1], "the images' folder is opened to the model")
 }
 
 // parsed runs lines through a Claude parser and returns what it produced.
@@ -304,7 +310,9 @@ func TestClaudeCLIRuns(t *testing.T) {
 		require.Equal(t, true, c[0]["success"])
 		got, err := h.st.Session(context.Background(), sess.ID)
 		require.NoError(t, err)
-		require.Equal(t, sess.ID, got.ProviderSessionID, "--session-id makes the CLI use the gateway's id")
+		require.Equal(t, sess.ID, got.ProviderSessionID, "--session-id= makes the CLI use the gateway's id")
+		reqs := api.ScriptedRequests()
+		require.Equal(t, "claude-sonnet-4-5", reqs[len(reqs)-1].Model, "--model=")
 
 		// A second run resumes the same conversation.
 		api.Add(mockanthropic.Turn{When: "again", Text: "Second answer"})
@@ -314,9 +322,36 @@ func TestClaudeCLIRuns(t *testing.T) {
 		evs = h.waitDone(sess.ID)
 		require.Equal(t, []string{"Hello from the mock", "Second answer"}, texts(evs))
 		require.Len(t, completes(evs), 2)
-		reqs := api.ScriptedRequests()
+		reqs = api.ScriptedRequests()
 		last := reqs[len(reqs)-1]
 		require.Len(t, last.Messages, 3, "the resumed run sends the conversation so far")
+	})
+
+	// The gateway refuses values that look like flags; a job that holds
+	// them anyway (a job is input) still cannot turn them into flags.
+	t.Run("an id that looks like a flag stays an id", func(t *testing.T) {
+		// A conversation exists in this folder (above): `--resume
+		// --continue` would continue it.
+		before := len(api.ScriptedRequests())
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "hello", NewSession: true, ProviderSessionID: "--continue"})
+		evs := h.waitDone(sess.ID)
+		require.Contains(t, strings.Join(errorRows(evs), "\n"), `Provided value "--continue" is not a UUID`)
+		require.Equal(t, false, completes(evs)[0]["success"])
+		require.Len(t, api.ScriptedRequests(), before, "nothing reached the model")
+	})
+
+	t.Run("a model and tools that look like flags stay values", func(t *testing.T) {
+		api.Add(mockanthropic.Turn{When: "which tools", Text: "These"})
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "which tools", NewSession: true,
+			Options: app.RunOptions{Model: "--version", Tools: app.ToolsSettings{DisallowedTools: []string{"Bash", "-c", "Read"}}}})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"These"}, texts(evs))
+		reqs := api.ScriptedRequests()
+		last := reqs[len(reqs)-1]
+		require.Equal(t, "--version", last.Model)
+		require.Contains(t, last.Tools, "Write")
+		require.NotContains(t, last.Tools, "Bash", "each --disallowedTools= adds to the list")
+		require.NotContains(t, last.Tools, "Read")
 	})
 
 	t.Run("tool use", func(t *testing.T) {
@@ -324,12 +359,16 @@ func TestClaudeCLIRuns(t *testing.T) {
 			mockanthropic.Turn{When: "run echo", Text: "Running it.", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_1", Name: "Bash", Input: map[string]any{"command": "echo hi", "description": "say hi"}}}},
 			mockanthropic.Turn{When: "run echo", Text: "Done: hi"},
 		)
+		// Bash first: only if every --allowedTools= adds to the list is it
+		// allowed without asking.
 		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "run echo", NewSession: true,
-			Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash"}}}})
+			Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash", "Read"}}}})
 		evs := h.waitDone(sess.ID)
 		var seen []string
 		for _, e := range evs {
 			switch e["kind"] {
+			case "permission_request":
+				seen = append(seen, "permission_request")
 			case "tool_use":
 				seen = append(seen, "tool_use:"+e["toolName"].(string))
 			case "tool_result":

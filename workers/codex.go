@@ -8,8 +8,8 @@ import (
 )
 
 // CodexProvider runs the OpenAI Codex CLI non-interactively with JSON
-// events: `codex exec --json --skip-git-repo-check [sandbox flags] [-m M]
-// [resume ID] -`, the prompt on stdin (`-`).
+// events: `codex exec --json --skip-git-repo-check [sandbox flags]
+// [--model=M] [resume] [--image=P…] -- [ID] -`, the prompt on stdin (`-`).
 type CodexProvider struct{}
 
 var _ Provider = CodexProvider{}
@@ -27,19 +27,27 @@ func (CodexProvider) InstallHint() string {
 }
 
 // Command implements Provider. Options go before `resume`: the resume
-// subcommand does not take --sandbox.
+// subcommand does not take --sandbox. Values from a job go in the
+// `--flag=value` form, and the thread id, a positional argument of
+// `resume`, after `--`: the CLI's parser would read an id like `--last` (the
+// newest thread in the folder) as a flag, and has no `=` form for a
+// positional. "-" after `--` is still the prompt read from stdin.
 func (CodexProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 	args := []string{"exec", "--json", "--skip-git-repo-check"}
 	args = append(args, codexPermissionArgs(job.Options)...)
 	if job.Options.Model != "" {
-		args = append(args, "--model", job.Options.Model)
+		args = append(args, "--model="+job.Options.Model)
 	}
 	if job.ProviderSessionID != "" {
-		args = append(args, "resume", job.ProviderSessionID)
+		args = append(args, "resume")
 	}
 	for _, img := range job.ImageFiles {
 		// "=": --image takes several values, and would take "-" too.
 		args = append(args, "--image="+img)
+	}
+	args = append(args, "--")
+	if job.ProviderSessionID != "" {
+		args = append(args, job.ProviderSessionID)
 	}
 	return append(args, "-"), []byte(job.Command)
 }
@@ -132,7 +140,7 @@ func (p *codexParser) Line(line []byte) Output {
 	switch l.Type {
 	case "thread.started":
 		if l.ThreadID != "" {
-			out.Set = map[string]string{"providerSessionId": l.ThreadID}
+			out.Set = providerSession(l.ThreadID)
 		}
 	case "item.started":
 		if l.Item != nil {

@@ -21,19 +21,25 @@ func TestCodexCommand(t *testing.T) {
 		want []string
 	}{
 		{name: "new session", job: app.Job{SessionID: "s1"},
-			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "-")},
+			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "--", "-")},
 		{name: "resume with model", job: app.Job{SessionID: "s1", ProviderSessionID: "t1", Options: app.RunOptions{Model: "gpt-5"}},
-			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "--model", "gpt-5", "resume", "t1", "-")},
+			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "--model=gpt-5", "resume", "--", "t1", "-")},
 		{name: "accept edits", job: app.Job{Options: app.RunOptions{PermissionMode: "acceptEdits"}},
-			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="never"`, "-")},
+			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="never"`, "--", "-")},
 		{name: "plan is read-only", job: app.Job{Options: app.RunOptions{PermissionMode: "plan", Tools: app.ToolsSettings{SkipPermissions: true}}},
-			want: append(base, "--sandbox", "read-only", "--config", `approval_policy="never"`, "-")},
+			want: append(base, "--sandbox", "read-only", "--config", `approval_policy="never"`, "--", "-")},
 		{name: "bypass", job: app.Job{Options: app.RunOptions{PermissionMode: "bypassPermissions"}},
-			want: append(base, "--dangerously-bypass-approvals-and-sandbox", "-")},
+			want: append(base, "--dangerously-bypass-approvals-and-sandbox", "--", "-")},
 		{name: "skip permissions", job: app.Job{Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}}},
-			want: append(base, "--dangerously-bypass-approvals-and-sandbox", "-")},
+			want: append(base, "--dangerously-bypass-approvals-and-sandbox", "--", "-")},
 		{name: "images", job: app.Job{ProviderSessionID: "t1", ImageFiles: []string{"/tmp/i/image_1.png", "/tmp/i/image_2.jpg"}},
-			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "resume", "t1", "--image=/tmp/i/image_1.png", "--image=/tmp/i/image_2.jpg", "-")},
+			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "resume", "--image=/tmp/i/image_1.png", "--image=/tmp/i/image_2.jpg", "--", "t1", "-")},
+		{name: "images of a new thread", job: app.Job{ImageFiles: []string{"/tmp/i/image_1.png"}},
+			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "--image=/tmp/i/image_1.png", "--", "-")},
+		// Values no gateway accepts, as a job from the queue could still
+		// hold them: the model stays --model's value, the id a positional.
+		{name: "flag-like values", job: app.Job{ProviderSessionID: "--last", Options: app.RunOptions{Model: "--version"}},
+			want: append(base, "--sandbox", "workspace-write", "--config", `approval_policy="on-request"`, "--model=--version", "resume", "--", "--last", "-")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -220,6 +226,23 @@ func TestCodexCLIRuns(t *testing.T) {
 		require.Equal(t, []string{"thread/resume: thread/resume failed: no rollout found for thread id 01a20141-0000-7000-8000-000000000000 (code -32600)"}, errorRows(evs),
 			"the CLI's error line, without its warnings and backtrace")
 		require.Equal(t, false, completes(evs)[0]["success"])
+	})
+
+	// The gateway refuses values that look like flags; a job that holds
+	// them anyway (a job is input) still cannot turn them into flags.
+	t.Run("a model and a thread id that look like flags stay values", func(t *testing.T) {
+		// Threads exist in this folder (above): `resume --last` would
+		// continue the newest. After `--` it is a thread name, and a name
+		// that names no thread starts a new one.
+		api.Add(mockopenai.Turn{When: "fresh start", Text: "Fresh answer"})
+		sess := h.submitAs(app.Codex, app.Job{Command: "fresh start", ProviderSessionID: "--last", Options: app.RunOptions{Model: "--version"}})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"text:Fresh answer"}, conversation(evs))
+		reqs := api.ScriptedRequests()
+		last := reqs[len(reqs)-1]
+		require.Equal(t, "--version", last.Model, "--model=")
+		require.Equal(t, 1, last.Messages, "a new thread: the newest one was not resumed")
+		require.NotEqual(t, "--last", h.providerSessionID(sess.ID))
 	})
 
 	t.Run("abort kills the CLI", func(t *testing.T) {

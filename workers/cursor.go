@@ -10,7 +10,7 @@ import (
 )
 
 // CursorProvider runs Cursor's agent CLI headless with stream-json output:
-// `cursor-agent -p --output-format stream-json [--model M] [--resume=ID]
+// `cursor-agent -p --output-format stream-json [--model=M] [--resume=ID]
 // [-f | --mode plan] -- PROMPT`. The CLI takes the prompt as an argument
 // only. In a folder it was never told to trust it refuses to run; the run
 // is then retried once with --trust.
@@ -27,11 +27,13 @@ func (CursorProvider) InstallHint() string {
 }
 
 // Command implements Provider. The prompt follows `--`, so a prompt that
-// starts with a dash is not taken for an option.
+// starts with a dash is not taken for an option; other values from a job go
+// in the `--flag=value` form, so a model or an id like `--yolo` is not
+// either.
 func (CursorProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 	args := []string{"-p", "--output-format", "stream-json"}
 	if job.Options.Model != "" {
-		args = append(args, "--model", job.Options.Model)
+		args = append(args, "--model="+job.Options.Model)
 	}
 	if job.ProviderSessionID != "" {
 		args = append(args, "--resume="+job.ProviderSessionID)
@@ -143,7 +145,7 @@ func (p *cursorParser) Line(line []byte) Output {
 	switch l.Type {
 	case "system":
 		if l.Subtype == "init" && l.SessionID != "" {
-			out.Set = map[string]string{"providerSessionId": l.SessionID}
+			out.Set = providerSession(l.SessionID)
 		}
 	case "assistant":
 		if l.Message != nil {

@@ -22,7 +22,11 @@ func TestCursorCommand(t *testing.T) {
 	}{
 		{name: "new session", job: app.Job{}, want: []string{"-p", "--output-format", "stream-json", "--", "the prompt"}},
 		{name: "resume with model", job: app.Job{ProviderSessionID: "c1", Options: app.RunOptions{Model: "sonnet-4"}},
-			want: []string{"-p", "--output-format", "stream-json", "--model", "sonnet-4", "--resume=c1", "--", "the prompt"}},
+			want: []string{"-p", "--output-format", "stream-json", "--model=sonnet-4", "--resume=c1", "--", "the prompt"}},
+		// Values no gateway accepts, as a job from the queue could still
+		// hold them: each stays the value of its flag.
+		{name: "flag-like values", job: app.Job{ProviderSessionID: "--yolo", Options: app.RunOptions{Model: "-f"}},
+			want: []string{"-p", "--output-format", "stream-json", "--model=-f", "--resume=--yolo", "--", "the prompt"}},
 		{name: "bypass", job: app.Job{Options: app.RunOptions{PermissionMode: "bypassPermissions"}},
 			want: []string{"-p", "--output-format", "stream-json", "-f", "--", "the prompt"}},
 		{name: "skip permissions", job: app.Job{Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}}},
@@ -206,6 +210,25 @@ func TestCursorStandInRuns(t *testing.T) {
 		require.Len(t, c, 1)
 		require.Equal(t, false, c[0]["success"])
 		require.EqualValues(t, 1, c[0]["exitCode"])
+	})
+
+	// The gateway refuses values that look like flags; a job that holds
+	// them anyway (a job is input) still cannot turn them into flags.
+	t.Run("a model and an id that look like flags stay values", func(t *testing.T) {
+		// `--model --yolo` would be a model "--yolo"; `--model=-f` is one
+		// too, and allows no shell command.
+		sess := h.submitAs(app.Cursor, app.Job{Command: "run: touch x", Options: app.RunOptions{Model: "-f"}})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"text:Running it.", "tool_use:Bash", "tool_result:The command was rejected (run with bypassPermissions to allow shell commands).:true", "text:Done."}, conversation(evs))
+		require.NoFileExists(t, filepath.Join(h.dir, "x"))
+
+		// Chats exist in this folder (above): a bare `--resume` resumes the
+		// newest, and `--resume --yolo` would also allow shell commands.
+		sess = h.submitAs(app.Cursor, app.Job{Command: "run: touch y", ProviderSessionID: "--yolo"})
+		evs = h.waitDone(sess.ID)
+		require.Equal(t, []string{"Error: chat --yolo not found"}, errorRows(evs))
+		require.Empty(t, conversation(evs))
+		require.NoFileExists(t, filepath.Join(h.dir, "y"))
 	})
 
 	t.Run("a prompt that looks like an option stays a prompt", func(t *testing.T) {

@@ -9,9 +9,9 @@ import (
 )
 
 // GeminiProvider runs the Gemini CLI headless with streamed JSON events:
-// `gemini -p "" --output-format stream-json --skip-trust [--model M]
-// [--resume ID] [approval flags]`, the prompt on stdin (the CLI appends
-// -p's text to what stdin holds).
+// `gemini -p "" --output-format stream-json --skip-trust [--model=M]
+// [--resume=ID] [approval flags] [--allowed-tools=a,b]`, the prompt on
+// stdin (the CLI appends -p's text to what stdin holds).
 type GeminiProvider struct{}
 
 var _ Provider = GeminiProvider{}
@@ -26,18 +26,20 @@ func (GeminiProvider) InstallHint() string {
 
 // Command implements Provider. --skip-trust because the worker has already
 // checked the project path against its workspaces; without it a headless
-// run in a folder the CLI was never told to trust exits 55.
+// run in a folder the CLI was never told to trust exits 55. Values from a
+// job go in the `--flag=value` form: as an argument of their own, the CLI's
+// parser reads a model or an id like `--yolo` as that flag.
 func (GeminiProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 	args := []string{"-p", "", "--output-format", "stream-json", "--skip-trust"}
 	if job.Options.Model != "" {
-		args = append(args, "--model", job.Options.Model)
+		args = append(args, "--model="+job.Options.Model)
 	}
 	if job.ProviderSessionID != "" {
-		args = append(args, "--resume", job.ProviderSessionID)
+		args = append(args, "--resume="+job.ProviderSessionID)
 	}
 	args = append(args, geminiPermissionArgs(job.Options)...)
 	if tools := job.Options.Tools.AllowedTools; len(tools) > 0 {
-		args = append(args, "--allowed-tools", strings.Join(tools, ","))
+		args = append(args, "--allowed-tools="+strings.Join(tools, ","))
 	}
 	return args, []byte(app.PromptWithImages(job.Command, job.ImageFiles))
 }
@@ -116,7 +118,7 @@ func (p *geminiParser) Line(line []byte) Output {
 	switch l.Type {
 	case "init":
 		if l.SessionID != "" {
-			out.Set = map[string]string{"providerSessionId": l.SessionID}
+			out.Set = providerSession(l.SessionID)
 		}
 	case "message":
 		if l.Role == "assistant" {

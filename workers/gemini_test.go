@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,12 +22,16 @@ func TestGeminiCommand(t *testing.T) {
 	}{
 		{name: "new session", job: app.Job{}, want: base},
 		{name: "resume with model", job: app.Job{ProviderSessionID: "g1", Options: app.RunOptions{Model: "gemini-2.5-flash"}},
-			want: append(base, "--model", "gemini-2.5-flash", "--resume", "g1")},
+			want: append(base, "--model=gemini-2.5-flash", "--resume=g1")},
 		{name: "accept edits", job: app.Job{Options: app.RunOptions{PermissionMode: "acceptEdits"}}, want: append(base, "--approval-mode", "auto_edit")},
 		{name: "plan", job: app.Job{Options: app.RunOptions{PermissionMode: "plan", Tools: app.ToolsSettings{SkipPermissions: true}}}, want: append(base, "--approval-mode", "plan")},
 		{name: "bypass", job: app.Job{Options: app.RunOptions{PermissionMode: "bypassPermissions"}}, want: append(base, "--yolo")},
 		{name: "skip permissions and allowed tools", job: app.Job{Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true, AllowedTools: []string{"read_file", "glob"}}}},
-			want: append(base, "--yolo", "--allowed-tools", "read_file,glob")},
+			want: append(base, "--yolo", "--allowed-tools=read_file,glob")},
+		// Values no gateway accepts, as a job from the queue could still
+		// hold them: each stays the value of its flag.
+		{name: "flag-like values", job: app.Job{ProviderSessionID: "--yolo", Options: app.RunOptions{Model: "--version", Tools: app.ToolsSettings{AllowedTools: []string{"--yolo"}}}},
+			want: append(base, "--model=--version", "--resume=--yolo", "--allowed-tools=--yolo")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -170,7 +175,32 @@ func TestGeminiCLIRuns(t *testing.T) {
 		require.Equal(t, true, completes(evs)[1]["success"])
 		require.Equal(t, id, h.providerSessionID(sess.ID))
 		reqs := api.ScriptedRequests()
-		require.Equal(t, 3, reqs[len(reqs)-1].Contents, "the resumed run sends the conversation so far")
+		require.Equal(t, 3, reqs[len(reqs)-1].Contents, "the resumed run sends the conversation so far (--resume=)")
+		require.Equal(t, "gemini-2.5-flash", reqs[len(reqs)-1].Model, "--model=")
+	})
+
+	// The gateway refuses values that look like flags; a job that holds
+	// them anyway (a job is input) still cannot turn them into flags.
+	t.Run("a model and an id that look like flags stay values", func(t *testing.T) {
+		api.Add(mockgemini.Turn{When: "which tools", Text: "These"})
+		sess := h.submitAs(app.Gemini, app.Job{Command: "which tools", Options: app.RunOptions{Model: "--yolo",
+			Tools: app.ToolsSettings{AllowedTools: []string{"write_file", "--yolo"}}}})
+		evs := h.waitDone(sess.ID)
+		require.Equal(t, []string{"text:These"}, conversation(evs))
+		reqs := api.ScriptedRequests()
+		last := reqs[len(reqs)-1]
+		require.Equal(t, "--yolo", last.Model)
+		require.Contains(t, last.Tools, "write_file", "--allowed-tools= reached the CLI")
+		require.NotContains(t, last.Tools, "run_shell_command", "not in YOLO mode")
+
+		// A session exists in this folder (above): `--resume --yolo` would
+		// resume the latest in YOLO mode.
+		before := len(api.ScriptedRequests())
+		sess = h.submitAs(app.Gemini, app.Job{Command: "hello", ProviderSessionID: "--yolo", Options: model})
+		evs = h.waitDone(sess.ID)
+		require.Contains(t, strings.Join(errorRows(evs), "\n"), `Invalid session identifier "--yolo"`)
+		require.EqualValues(t, 42, completes(evs)[0]["exitCode"])
+		require.Len(t, api.ScriptedRequests(), before, "nothing reached the model")
 	})
 
 	t.Run("tool use", func(t *testing.T) {

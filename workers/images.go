@@ -9,10 +9,11 @@ import (
 )
 
 // writeImages writes a run's images into a folder of their own that only
-// the worker's user can read, and returns their paths and a func that
-// removes the folder once the run has ended. The images were checked at the
-// gateway; they are decoded and checked again here, since a job is input.
-func writeImages(images []app.Image) (paths []string, cleanup func(), err error) {
+// the run's account can read (acct, or the worker's own when nil), and
+// returns their paths and a func that removes the folder once the run has
+// ended. The images were checked at the gateway; they are decoded and
+// checked again here, since a job is input.
+func writeImages(images []app.Image, acct *account) (paths []string, cleanup func(), err error) {
 	if len(images) > app.MaxImages {
 		return nil, nil, fmt.Errorf("too many images: at most %d", app.MaxImages)
 	}
@@ -33,6 +34,10 @@ func writeImages(images []app.Image) (paths []string, cleanup func(), err error)
 			return nil, nil, fmt.Errorf("write images: %w", err)
 		}
 		paths = append(paths, p)
+	}
+	if err := acct.chown(append([]string{dir}, paths...)...); err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("write images: %w", err)
 	}
 	return paths, cleanup, nil
 }

@@ -17,7 +17,7 @@ import (
 const onePixelPNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
 func TestWriteImages(t *testing.T) {
-	paths, cleanup, err := writeImages([]app.Image{{Data: onePixelPNG}, {Data: onePixelPNG}})
+	paths, cleanup, err := writeImages([]app.Image{{Data: onePixelPNG}, {Data: onePixelPNG}}, nil)
 	require.NoError(t, err)
 	require.Len(t, paths, 2)
 	dir := filepath.Dir(paths[0])
@@ -39,7 +39,7 @@ func TestWriteImages(t *testing.T) {
 	_, err = os.Stat(dir)
 	require.True(t, os.IsNotExist(err), "removed")
 
-	_, _, err = writeImages([]app.Image{{Data: onePixelPNG}, {Data: "data:image/png;base64,AAAA"}})
+	_, _, err = writeImages([]app.Image{{Data: onePixelPNG}, {Data: "data:image/png;base64,AAAA"}}, nil)
 	require.ErrorContains(t, err, "image 2")
 }
 

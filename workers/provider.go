@@ -50,6 +50,16 @@ type Output struct {
 	EndInput bool
 }
 
+// providerSession is what a parser sets for the provider's own session id
+// printed by its CLI: nothing for an id a client could not send either, as
+// the id reaches the next run's command line.
+func providerSession(id string) map[string]string {
+	if !app.ValidSessionID(id) {
+		return nil
+	}
+	return map[string]string{"providerSessionId": id}
+}
+
 // ToolAsk is a provider's request to use a tool.
 type ToolAsk struct {
 	// ID is the provider's own request id, echoed in the answer.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -147,5 +148,104 @@ func TestProviderMissingBinary(t *testing.T) {
 			require.EqualValues(t, 127, c[0]["exitCode"])
 			require.Equal(t, false, c[0]["success"])
 		})
+	}
+}
+
+// FuzzCommandArgs: whatever a job holds (the gateway refuses flag-like
+// values, but a job is input), no value of it becomes an argument of its
+// own that a CLI could read as a flag: it is the value of a `--flag=value`,
+// or follows `--`. Each command line is compared with the one of the same
+// job whose values are replaced by plain words: both have as many
+// arguments, and where they differ, the argument is the same `--flag=` with
+// another value, or comes after `--`.
+func FuzzCommandArgs(f *testing.F) {
+	f.Add("6f1c0b4e-1b2a-4c3d-9e8f-001122334455", "--continue", "--version", "-c\nBash", "--yolo", "--help", uint8(0))
+	f.Add("s1", "s1", "-m", "", "-", "hi", uint8(0xff))
+	f.Add("-", "--", "--model", "--allowedTools", "--", "--", uint8(3))
+	f.Fuzz(func(t *testing.T, sid, resume, model, allowed, disallowed, prompt string, bits uint8) {
+		tools := func(s string) []string {
+			if s == "" {
+				return nil
+			}
+			return strings.Split(s, "\n")
+		}
+		modes := append([]string{""}, app.PermissionModes...)
+		job := app.Job{SessionID: sid, ProviderSessionID: resume, Command: prompt, Options: app.RunOptions{
+			Model: model, PermissionMode: modes[int(bits&7)%len(modes)],
+			Tools: app.ToolsSettings{AllowedTools: tools(allowed), DisallowedTools: tools(disallowed), SkipPermissions: bits&8 != 0},
+		}}
+		if bits&16 != 0 {
+			job.ImageFiles = []string{"/tmp/i/image_1.png", "/tmp/i/image_2.png"}
+		}
+		word := func(s, w string) string {
+			if s == "" {
+				return ""
+			}
+			return w
+		}
+		plain := job
+		plain.SessionID, plain.ProviderSessionID, plain.Command = word(sid, "sid"), word(resume, "resume"), word(prompt, "prompt")
+		if resume == sid {
+			plain.ProviderSessionID = plain.SessionID
+		}
+		plain.Options.Model = word(model, "model")
+		plain.Options.Tools.AllowedTools, plain.Options.Tools.DisallowedTools = nil, nil
+		for _, s := range job.Options.Tools.AllowedTools {
+			plain.Options.Tools.AllowedTools = append(plain.Options.Tools.AllowedTools, word(s, "tool"))
+		}
+		for _, s := range job.Options.Tools.DisallowedTools {
+			plain.Options.Tools.DisallowedTools = append(plain.Options.Tools.DisallowedTools, word(s, "tool"))
+		}
+		for _, prov := range []Provider{ClaudeProvider{}, CodexProvider{}, GeminiProvider{}, CursorProvider{}} {
+			got, _ := prov.Command(job, nil)
+			want, _ := prov.Command(plain, nil)
+			checkArgsOf(t, prov.Name(), got, want)
+		}
+		retry := func(j app.Job) []string {
+			args, _ := (&cursorParser{job: j, trust: true, code: 1}).Retry("")
+			return args
+		}
+		checkArgsOf(t, "cursor retry", retry(job), retry(plain))
+	})
+}
+
+// checkArgsOf checks a command line got against want, the same command
+// line with plain words for the values (see FuzzCommandArgs).
+func checkArgsOf(t *testing.T, name app.Provider, got, want []string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: a value changed the number of arguments:\n got %q\nwant %q", name, got, want)
+	}
+	afterDashes := false
+	for i := range got {
+		if got[i] != want[i] && !afterDashes {
+			flag, _, ok := strings.Cut(want[i], "=")
+			if !ok || !strings.HasPrefix(flag, "--") || !strings.HasPrefix(got[i], flag+"=") {
+				t.Fatalf("%s: argument %d %q is a value of its own before --:\n got %q\nwant %q", name, i, got[i], got, want)
+			}
+		}
+		if want[i] == "--" && got[i] == "--" {
+			afterDashes = true
+		}
+	}
+}
+
+// TestProviderSessionIDsAreChecked: a provider session id printed by a CLI
+// is recorded only if a client could have sent it, as it reaches the next
+// run's command line.
+func TestProviderSessionIDsAreChecked(t *testing.T) {
+	lines := map[Provider]string{
+		ClaudeProvider{}: `{"type":"system","subtype":"init","session_id":"%s"}`,
+		CodexProvider{}:  `{"type":"thread.started","thread_id":"%s"}`,
+		GeminiProvider{}: `{"type":"init","session_id":"%s"}`,
+		CursorProvider{}: `{"type":"system","subtype":"init","session_id":"%s"}`,
+	}
+	for prov, line := range lines {
+		_, set := parseLines(t, prov.NewParser(app.Job{}), fmt.Sprintf(line, "3300763d-ebec-4148-9370-44f315111828"))
+		require.Equal(t, "3300763d-ebec-4148-9370-44f315111828", set["providerSessionId"], prov.Name())
+		for _, bad := range []string{"--continue", "-c", "a b"} {
+			_, set := parseLines(t, prov.NewParser(app.Job{}), fmt.Sprintf(line, bad))
+			require.NotContains(t, set, "providerSessionId", "%s: %q", prov.Name(), bad)
+		}
 	}
 }

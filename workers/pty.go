@@ -21,6 +21,8 @@ type ptyConfig struct {
 	Dir        string
 	Env        []string
 	Cols, Rows int
+	// Credential is the account the process runs as; nil for the worker's.
+	Credential *syscall.Credential
 }
 
 // ptyProc is a process running as the leader of its own session on a new
@@ -43,10 +45,28 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 	cmd := exec.Command(cfg.Args[0], cfg.Args[1:]...)
 	cmd.Dir = cfg.Dir
 	cmd.Env = cfg.Env
-	attrs := &syscall.SysProcAttr{Setsid: true, Setctty: true, Pdeathsig: syscall.SIGKILL}
 	cols, rows := termSize(cfg.Cols, cfg.Rows)
-	f, err := pty.StartWithAttrs(cmd, &pty.Winsize{Cols: cols, Rows: rows}, attrs)
+	f, tty, err := pty.Open()
 	if err != nil {
+		return nil, fmt.Errorf("start terminal: %w", err)
+	}
+	defer tty.Close() // the child holds its own copies
+	if err := pty.Setsize(f, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("start terminal: size: %w", err)
+	}
+	if c := cfg.Credential; c != nil {
+		// The account's own terminal, as a login gives it: a program that
+		// opens /dev/tty again (a password prompt) must be able to.
+		if err := tty.Chown(int(c.Uid), int(c.Gid)); err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("start terminal: hand it to the account: %w", err)
+		}
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Pdeathsig: syscall.SIGKILL, Credential: cfg.Credential}
+	if err := cmd.Start(); err != nil {
+		_ = f.Close()
 		return nil, fmt.Errorf("start terminal: %w", err)
 	}
 	// pty hands the ptmx back in blocking mode: make it pollable.

@@ -161,23 +161,31 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	if prov == nil {
 		return failed(fmt.Sprintf("Provider %s is not available on this worker.", job.Provider))
 	}
-	if job.ResumeDenied {
-		// Another user's conversation: fail exactly as a missing one does.
+	if job.ResumeDenied || (job.ResumeUnrecorded && !r.w.cfg.SingleUser && r.w.cfg.Accounts == nil) {
+		// Another user's conversation, or one agentgate never saw, in an
+		// account that every user shares: fail exactly as a missing one does.
 		return failed("No conversation found with session ID: " + job.ProviderSessionID)
 	}
-	dir, err := resolveDir(r.w.cfg.Workspaces, job.ProjectPath)
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	acct, err := r.w.accounts.lookup(ctx, job.Owner)
+	cancel()
+	if err != nil {
+		r.log.Error("no account for the run", "err", err)
+		return failed("The worker could not prepare this user's account; try again or ask the operator.")
+	}
+	dir, err := resolveDir(r.w.cfg.Workspaces.For(job.Owner), job.ProjectPath)
 	if err != nil {
 		return failed(err.Error())
 	}
 	if len(job.Options.Images) > 0 {
-		files, cleanup, err := writeImages(job.Options.Images)
+		files, cleanup, err := writeImages(job.Options.Images, acct)
 		if err != nil {
 			return failed(err.Error())
 		}
 		defer cleanup()
 		job.ImageFiles = files
 	}
-	env := slices.Clip(r.w.env) // shared: an append must copy
+	env := acct.env(slices.Clip(r.w.env)) // shared: an append must copy
 	args, stdin := prov.Command(job, env)
 	if r.retry != nil {
 		args = r.retry
@@ -186,6 +194,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	cmd.Dir = dir
 	cmd.Env = env
 	prepareGroup(cmd)
+	cmd.SysProcAttr.Credential = acct.credential()
 
 	// Our own pipes, read with small buffers: exec's would copy stderr
 	// through a 32 KiB buffer per run, and Wait would wait for children

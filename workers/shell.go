@@ -5,10 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,6 +124,13 @@ func (w *Worker) shellControl(c store.Control) bool {
 	return true
 }
 
+// shellCount is the number of terminals running on this worker.
+func (w *Worker) shellCount() int {
+	w.shells.mu.Lock()
+	defer w.shells.mu.Unlock()
+	return len(w.shells.m)
+}
+
 // shellOf returns the running terminal of key at generation gen (any
 // generation when gen is 0).
 func (w *Worker) shellOf(key string, gen int64) *shell {
@@ -170,7 +177,17 @@ func (w *Worker) openShell(c store.Control) {
 			log.Warn("end terminal", "err", err)
 		}
 	}
-	dir, err := resolveDir(w.cfg.Workspaces, spec.ProjectPath)
+	if n := w.shellCount(); n >= w.cfg.MaxTerminals {
+		fail(fmt.Sprintf("this worker already runs its maximum of %d terminals; try again later", w.cfg.MaxTerminals))
+		return
+	}
+	acct, err := w.accounts.lookup(ctx, spec.Owner)
+	if err != nil {
+		log.Error("no account for the terminal", "err", err)
+		fail("the worker could not prepare this user's account")
+		return
+	}
+	dir, err := resolveDir(w.cfg.Workspaces.For(spec.Owner), spec.ProjectPath)
 	if err != nil {
 		fail(app.ShellErrInvalidPath)
 		return
@@ -179,8 +196,8 @@ func (w *Worker) openShell(c store.Control) {
 	if cmd := spec.Command(w.cfg.Bins); cmd != "" {
 		args = []string{"bash", "-c", cmd}
 	}
-	env := append(slices.Clip(w.env), "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.st.Scope()+"/"+w.cfg.ID)
-	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows})
+	env := withVars(acct.env(w.env), "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.st.Scope()+"/"+w.cfg.ID)
+	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows, Credential: acct.credential()})
 	if err != nil {
 		fail(err.Error())
 		return
@@ -502,7 +519,7 @@ func (w *Worker) shellLoop(ctx context.Context) {
 // store scope and the worker that started it ("SCOPE/ID"): what is left of
 // a worker killed with -9 can be found by the next worker of the same scope
 // on the host, and workers of other scopes leave it alone.
-const shellOwnerEnv = "AGENTGATE_SHELL_WORKER"
+const shellOwnerEnv = "AG_TERMINAL_OWNER"
 
 // orphanSweepEvery is how often a worker looks for processes of dead
 // workers' terminals.

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -20,6 +20,8 @@ const (
 	DefaultHeartbeatInterval = 2 * time.Second
 	DefaultHeartbeatTTL      = 10 * time.Second
 	DefaultDrainTimeout      = 10 * time.Second
+	DefaultMaxRuns           = 32
+	DefaultMaxTerminals      = 64
 	// reclaimIdle is how long a job may sit read but unclaimed before
 	// another worker takes it over: claiming takes milliseconds, so a job
 	// idle this long was read by a worker that died.
@@ -38,8 +40,28 @@ type Config struct {
 	Bins map[app.Provider]string
 	// Workspaces bound the project paths runs may use.
 	Workspaces app.Workspaces
-	// Env is added to the worker's own environment for provider processes.
+	// PassEnv names the variables of the worker's environment that provider
+	// CLIs and terminals get, besides PATH, locale and TZ: exact names or
+	// patterns such as ANTHROPIC_*. Nil means DefaultPassEnv. AGENTGATE_*
+	// never passes.
+	PassEnv []string
+	// Env is set for provider CLIs and terminals (NAME=VALUE), after PassEnv.
 	Env []string
+	// Accounts, when set, runs each user's processes under an OS account and
+	// home of their own. Nil runs them as the worker, with its home.
+	Accounts *Accounts
+	// SingleUser says every user of this worker is the person who started
+	// it (`agentgate serve`): a provider conversation id agentgate never
+	// recorded may then be resumed, as it can only be that person's own. In
+	// a multi-user deployment it can be only with Accounts, where the CLI
+	// finds the user's own conversations and no one else's.
+	SingleUser bool
+	// MaxRuns bounds the runs this worker runs at once; further jobs wait in
+	// the stream for this worker or another. Zero means DefaultMaxRuns.
+	MaxRuns int
+	// MaxTerminals bounds the terminals open on this worker. Zero means
+	// DefaultMaxTerminals.
+	MaxTerminals int
 	// HeartbeatInterval is how often the heartbeat is refreshed. Zero means 2s.
 	HeartbeatInterval time.Duration
 	// HeartbeatTTL is how long a heartbeat lives: a worker silent for this
@@ -72,8 +94,11 @@ type Worker struct {
 	st    *store.Store
 	log   *slog.Logger
 	start time.Time
-	// env is the environment of provider processes and terminals.
+	// env is the environment of provider processes and terminals, before
+	// an account's identity is set (account.env).
 	env []string
+	// accounts maps users to the OS accounts their processes run under.
+	accounts accountSet
 
 	mu   sync.Mutex
 	runs map[string]*run // by session id
@@ -108,27 +133,32 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
+	if cfg.MaxRuns <= 0 {
+		cfg.MaxRuns = DefaultMaxRuns
+	}
+	if cfg.MaxTerminals <= 0 {
+		cfg.MaxTerminals = DefaultMaxTerminals
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Worker{
-		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
-		env: processEnv(cfg.Env), runs: map[string]*run{}, pollBlock: time.Second,
-	}, nil
-}
-
-// processEnv is the worker's environment plus extra, for the processes it
-// starts, without a terminal marker it may have inherited (a worker started
-// from an agentgate terminal): with it, the orphan sweep would take the
-// worker's runs for a dead worker's terminal.
-func processEnv(extra []string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, shellOwnerEnv+"=") {
-			env = append(env, kv)
+	if cfg.Accounts != nil {
+		if err := cfg.Accounts.Validate(); err != nil {
+			return nil, err
 		}
 	}
-	return append(env, extra...)
+	pass := cfg.PassEnv
+	if pass == nil {
+		pass = DefaultPassEnv
+	}
+	if cfg.Accounts == nil {
+		pass = append(slices.Clip(pass), sharedAccountEnv...)
+	}
+	return &Worker{
+		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
+		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
+		runs: map[string]*run{}, pollBlock: time.Second,
+	}, nil
 }
 
 // ID is the worker's id in Redis.
@@ -192,6 +222,13 @@ func (w *Worker) jobLoop(ctx context.Context) {
 	reclaim := time.NewTicker(reclaimIdle / 3)
 	defer reclaim.Stop()
 	for ctx.Err() == nil {
+		free := w.freeSlots()
+		if free <= 0 {
+			// At capacity: the jobs wait in the stream, where another worker
+			// with room may take them.
+			sleep(ctx, 50*time.Millisecond)
+			continue
+		}
 		select {
 		case <-reclaim.C:
 			entries, err := w.st.ReclaimJobs(ctx, w.cfg.ID, reclaimIdle)
@@ -203,7 +240,7 @@ func (w *Worker) jobLoop(ctx context.Context) {
 			}
 		default:
 		}
-		entries, err := w.st.ReadJobs(ctx, w.cfg.ID, 16, w.pollBlock)
+		entries, err := w.st.ReadJobs(ctx, w.cfg.ID, min(16, free), w.pollBlock)
 		if err != nil {
 			if ctx.Err() == nil {
 				w.log.Warn("read jobs", "err", err)
@@ -215,6 +252,13 @@ func (w *Worker) jobLoop(ctx context.Context) {
 			w.take(ctx, e)
 		}
 	}
+}
+
+// freeSlots is how many more runs this worker may start (Config.MaxRuns).
+func (w *Worker) freeSlots() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cfg.MaxRuns - len(w.runs)
 }
 
 // take claims the run of a job and starts it. A job whose run is no longer

@@ -66,7 +66,9 @@ func runWorker(t *testing.T, st *store.Store, cfg Config) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	cfg.Store = st
-	cfg.Workspaces = app.Workspaces{Roots: []string{dir}}
+	if len(cfg.Workspaces.Roots) == 0 {
+		cfg.Workspaces = app.Workspaces{Roots: []string{dir}}
+	}
 	cfg.HeartbeatInterval, cfg.HeartbeatTTL, cfg.DrainTimeout = 100*time.Millisecond, time.Second, 200*time.Millisecond
 	w, err := New(cfg)
 	require.NoError(t, err)

@@ -5,14 +5,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/user"
+	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/workers"
 )
 
 // config is the configuration of PROTOCOL §1: every flag has an environment
@@ -33,6 +37,10 @@ type config struct {
 	HeartbeatInterval time.Duration
 	HeartbeatTTL      time.Duration
 	MaxMessageSize    int64
+	MaxConnections    int
+	MaxSocketsPerUser int
+	MaxFrameRate      int
+	PublicHosts       string
 	DrainTimeout      time.Duration
 	ShellDetach       time.Duration
 	PermissionTimeout time.Duration
@@ -41,6 +49,13 @@ type config struct {
 	CursorBin         string
 	CodexBin          string
 	GeminiBin         string
+	ProviderEnv       []string
+	UserUIDs          [2]int // first and last; zero: users' processes run as the worker
+	UserHomes         string
+	MaxRunsPerUser    int
+	MaxTermsPerUser   int
+	MaxRuns           int
+	MaxTerminals      int
 }
 
 // option is one row of the flag table.
@@ -76,10 +91,58 @@ var options = []option{
 		c.MaxMessageSize = n
 		return nil
 	}},
+	{"max-connections", "AGENTGATE_MAX_CONNECTIONS", "10000", "most connections the gateway holds open at once, sockets included; more wait in the kernel's backlog", countSetter(func(c *config) *int { return &c.MaxConnections })},
+	{"max-sockets-per-user", "AGENTGATE_MAX_SOCKETS_PER_USER", "64", "most sockets one user holds open on a gateway; one more is refused with 429", countSetter(func(c *config) *int { return &c.MaxSocketsPerUser })},
+	{"max-frame-rate", "AGENTGATE_MAX_FRAME_RATE", "50", "frames per second one user's sockets may send to a gateway together (burst: 4 seconds' worth)", countSetter(func(c *config) *int { return &c.MaxFrameRate })},
+	{"public-hosts", "AGENTGATE_PUBLIC_HOSTS", "", "comma-separated host names browsers reach the gateway by, for the default origin check", func(c *config, v string) error { c.PublicHosts = v; return nil }},
 	{"claude-bin", "AGENTGATE_CLAUDE_BIN", "claude", "Claude Code CLI", func(c *config, v string) error { c.ClaudeBin = v; return nil }},
 	{"cursor-bin", "AGENTGATE_CURSOR_BIN", "cursor-agent", "Cursor agent CLI", func(c *config, v string) error { c.CursorBin = v; return nil }},
 	{"codex-bin", "AGENTGATE_CODEX_BIN", "codex", "Codex CLI", func(c *config, v string) error { c.CodexBin = v; return nil }},
 	{"gemini-bin", "AGENTGATE_GEMINI_BIN", "gemini", "Gemini CLI", func(c *config, v string) error { c.GeminiBin = v; return nil }},
+	{"provider-env", "AGENTGATE_PROVIDER_ENV", strings.Join(workers.DefaultPassEnv, ","), "comma-separated variables of the worker's environment (names, or patterns such as ANTHROPIC_*) that provider CLIs and terminals get besides PATH, locale and TZ; AGENTGATE_* never passes", func(c *config, v string) error {
+		c.ProviderEnv = []string{}
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name == "" {
+				continue
+			}
+			if _, err := path.Match(name, ""); err != nil || strings.ContainsAny(name, "= ") {
+				return fmt.Errorf("%q is not a variable name or pattern", name)
+			}
+			c.ProviderEnv = append(c.ProviderEnv, name)
+		}
+		return nil
+	}},
+	{"user-uids", "AGENTGATE_USER_UIDS", "", "FIRST-LAST: run each user's CLIs and terminals under a uid of this range, with a home of their own (worker; needs root); empty runs them as the worker", func(c *config, v string) error {
+		c.UserUIDs = [2]int{}
+		if v == "" {
+			return nil
+		}
+		first, last, ok := strings.Cut(v, "-")
+		a, err1 := strconv.Atoi(first)
+		b, err2 := strconv.Atoi(last)
+		if !ok || err1 != nil || err2 != nil || a < 1000 || b < a {
+			return fmt.Errorf("want FIRST-LAST with 1000 <= FIRST <= LAST, not %q", v)
+		}
+		c.UserUIDs = [2]int{a, b}
+		return nil
+	}},
+	{"user-homes", "AGENTGATE_USER_HOMES", "/var/lib/agentgate/home", "folder of the users' homes (NAME inside) with --user-uids", func(c *config, v string) error { c.UserHomes = v; return nil }},
+	{"max-runs-per-user", "AGENTGATE_MAX_RUNS_PER_USER", "8", "most runs one user has running at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxRunsPerUser })},
+	{"max-terminals-per-user", "AGENTGATE_MAX_TERMINALS_PER_USER", "8", "most terminals one user has open at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxTermsPerUser })},
+	{"max-runs", "AGENTGATE_MAX_RUNS", "32", "most runs one worker runs at once; more wait for a worker with room", intSetter(func(c *config) *int { return &c.MaxRuns })},
+	{"max-terminals", "AGENTGATE_MAX_TERMINALS", "64", "most terminals one worker has open", intSetter(func(c *config) *int { return &c.MaxTerminals })},
+}
+
+// intSetter parses a whole number, 0 or more.
+func intSetter(field func(*config) *int) func(*config, string) error {
+	return func(c *config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a whole number, 0 or more, not %q", v)
+		}
+		*field(c) = n
+		return nil
+	}
 }
 
 func durationSetter(field func(*config) *time.Duration) func(*config, string) error {
@@ -89,6 +152,18 @@ func durationSetter(field func(*config) *time.Duration) func(*config, string) er
 			return err
 		}
 		*field(c) = d
+		return nil
+	}
+}
+
+// countSetter parses a positive whole number.
+func countSetter(field func(*config) *int) func(*config, string) error {
+	return func(c *config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("must be a whole number, at least 1")
+		}
+		*field(c) = n
 		return nil
 	}
 }
@@ -158,6 +233,10 @@ func (c *config) workspaces() app.Workspaces {
 	if c.Workspaces != "" {
 		return app.ParseWorkspaces(c.Workspaces)
 	}
+	if a := c.accounts(); a != nil {
+		// Each user works in their own home.
+		return app.Workspaces{Roots: []string{filepath.Join(a.Homes, app.UserPlaceholder)}}
+	}
 	home, err := os.UserHomeDir()
 	if err != nil {
 		return app.Workspaces{}
@@ -165,14 +244,35 @@ func (c *config) workspaces() app.Workspaces {
 	return app.Workspaces{Roots: []string{home}}
 }
 
-func (c *config) origins() []string {
+func (c *config) origins() []string { return splitList(c.AllowedOrigins) }
+
+// publicHosts are the host names of --public-hosts and the one --listen
+// names, if it names one rather than an address.
+func (c *config) publicHosts() []string {
+	hosts := splitList(c.PublicHosts)
+	if host, _, err := net.SplitHostPort(c.Listen); err == nil && host != "" && net.ParseIP(host) == nil {
+		hosts = append(hosts, host)
+	}
+	return hosts
+}
+
+// splitList splits a comma-separated list, dropping blanks.
+func splitList(list string) []string {
 	var out []string
-	for _, o := range strings.Split(c.AllowedOrigins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			out = append(out, o)
+	for _, v := range strings.Split(list, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
 		}
 	}
 	return out
+}
+
+// accounts is the worker's per-user accounts of --user-uids, nil without.
+func (c *config) accounts() *workers.Accounts {
+	if c.UserUIDs[0] == 0 {
+		return nil
+	}
+	return &workers.Accounts{FirstUID: c.UserUIDs[0], LastUID: c.UserUIDs[1], Homes: c.UserHomes}
 }
 
 func (c *config) bins() map[app.Provider]string {

@@ -31,6 +31,9 @@ func TestOptionPrecedence(t *testing.T) {
 	require.Equal(t, 48*time.Hour, c.Retention)
 	require.Equal(t, 10*time.Second, c.HeartbeatTTL, "default")
 	require.Equal(t, int64(1<<20), c.MaxMessageSize)
+	require.Equal(t, 10000, c.MaxConnections)
+	require.Equal(t, 64, c.MaxSocketsPerUser)
+	require.Equal(t, 50, c.MaxFrameRate)
 	require.Equal(t, "claude", c.ClaudeBin)
 }
 
@@ -40,6 +43,9 @@ func TestOptionErrors(t *testing.T) {
 		{"--retention", "soon"},
 		{"--heartbeat-ttl", "-1s"},
 		{"--max-message-size", "12"},
+		{"--max-connections", "0"},
+		{"--max-sockets-per-user", "many"},
+		{"--max-frame-rate", "-5"},
 	} {
 		var c config
 		fs, finish := newFlags("serve", io.Discard, &c)

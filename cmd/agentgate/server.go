@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"golang.org/x/net/netutil"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/handlers"
@@ -41,6 +44,11 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	}
 	log := c.logger(stderr).With("role", mode)
 	runsGateway, runsWorker := mode != "worker", mode != "gateway"
+	if runsWorker && c.accounts() != nil {
+		if err := checkIsolation(fs, c); err != nil {
+			return err
+		}
+	}
 
 	redisURL := c.Redis
 	var embedded *store.Embedded
@@ -106,6 +114,11 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			ShellDetachTimeout: c.ShellDetach,
 			PermissionTimeout:  c.PermissionTimeout,
 			WatchInterval:      c.WatchInterval,
+			PassEnv:            c.ProviderEnv,
+			Accounts:           c.accounts(),
+			SingleUser:         mode == "serve" && c.accounts() == nil,
+			MaxRuns:            c.MaxRuns,
+			MaxTerminals:       c.MaxTerminals,
 			Logger:             log,
 		})
 		if err != nil {
@@ -129,8 +142,10 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Store:      st,
 			Auth:       &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader},
 			Workspaces: c.workspaces(), AllowedOrigins: c.origins(), MaxMessageSize: c.MaxMessageSize,
+			PublicHosts: c.publicHosts(), MaxSocketsPerUser: c.MaxSocketsPerUser, MaxFrameRate: c.MaxFrameRate,
 			Providers:     app.Providers,
 			SchemaVersion: version, ShellDetachTimeout: c.ShellDetach, Logger: log,
+			MaxRunsPerUser: c.MaxRunsPerUser, MaxTerminalsPerUser: c.MaxTermsPerUser,
 		})
 		if err != nil {
 			return err
@@ -146,11 +161,12 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 				failed <- err
 			}
 		}()
-		httpServer = &http.Server{Handler: gateway.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		var limited net.Listener
+		httpServer, limited = gatewayHTTP(gateway.Handler(), ln, c.MaxConnections, gatewayTimeouts, log)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := httpServer.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := httpServer.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("http server", "err", err)
 			}
 		}()
@@ -183,6 +199,36 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	return runErr
 }
 
+// httpTimeouts are the deadlines of the gateway's HTTP connections.
+type httpTimeouts struct {
+	readHeader, read, write, idle time.Duration
+}
+
+// gatewayTimeouts bound what a connection that sends nothing useful can
+// hold. Sockets are not subject to them: net/http clears a connection's
+// deadlines when it is hijacked, so does the WebSocket upgrader, and the
+// sockets then keep their own (pings and pongs). The idle timeout is longer
+// than the usual load balancer's (60 s): a backend that closes first makes
+// the balancer answer 502 now and then.
+var gatewayTimeouts = httpTimeouts{
+	readHeader: 10 * time.Second, read: 30 * time.Second, write: 2 * time.Minute, idle: 75 * time.Second,
+}
+
+// gatewayHTTP is the HTTP server of a gateway and the listener it must serve,
+// which holds at most maxConns connections at once, sockets included.
+func gatewayHTTP(h http.Handler, ln net.Listener, maxConns int, t httpTimeouts, log *slog.Logger) (*http.Server, net.Listener) {
+	// Over the cap a connection waits in the kernel's accept queue until
+	// one closes, rather than being accepted and closed at once: a burst of
+	// reconnects (another gateway went away) is then served late instead of
+	// turning into a retry storm. The queue is bounded by the kernel
+	// (somaxconn), which drops attempts past it, so descriptors stay bounded.
+	srv := &http.Server{
+		Handler: h, ReadHeaderTimeout: t.readHeader, ReadTimeout: t.read, WriteTimeout: t.write, IdleTimeout: t.idle,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return srv, netutil.LimitListener(ln, maxConns)
+}
+
 // printLoginURL prints the URL of the bundled web client with a token of the
 // local user, for the embedded default.
 func printLoginURL(w io.Writer, addr string, secret []byte) error {
@@ -205,4 +251,30 @@ func randomSecret() []byte {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	return []byte(hex.EncodeToString(b))
+}
+
+// checkIsolation refuses a worker with per-user accounts whose secrets its
+// users could still read: a command line is readable by every account on
+// the host (/proc/PID/cmdline), and a Redis without a password can be
+// written by any process that reaches it.
+func checkIsolation(fs *flag.FlagSet, c config) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "redis" || f.Name == "jwt-secret" {
+			err = fmt.Errorf("--user-uids: give --%s through its environment variable: a command line is readable by every account on the host", f.Name)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if c.Redis != "" {
+		u, perr := url.Parse(c.Redis)
+		if perr != nil {
+			return fmt.Errorf("--redis: %w", perr)
+		}
+		if _, ok := u.User.Password(); !ok {
+			return errors.New("--user-uids: Redis needs a password (requirepass or an ACL user) in AGENTGATE_REDIS_URL, or users' processes could write to it")
+		}
+	}
+	return nil
 }

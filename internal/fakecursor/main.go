@@ -73,6 +73,13 @@ func run(argv []string) int {
 
 	chatDir := filepath.Join(home, "chats", md5hex(cwd))
 	session := o.resume
+	if session == latestChat {
+		session = newestChat(chatDir)
+		if session == "" {
+			fmt.Fprintln(os.Stderr, "Error: no chat to resume")
+			return 1
+		}
+	}
 	var history []string
 	if session != "" {
 		b, err := os.ReadFile(filepath.Join(chatDir, session+".json"))
@@ -177,22 +184,30 @@ func shell(session, cwd, command string, force bool) {
 		"tool_call": map[string]any{"shellToolCall": map[string]any{"args": args, "result": result}}, "session_id": session})
 }
 
+// parseArgs reads argv the way cursor-agent's parser (commander.js) does:
+// an option's value is `--opt=VALUE` or the next argument; a required value
+// (`--model <model>`) is the next argument whatever it looks like, an
+// optional one (`--resume [chatId]`) only when it does not start with '-';
+// `--` ends the options.
 func parseArgs(argv []string) (options, error) {
 	o := options{format: "text"}
 	var rest []string
 	for i := 0; i < len(argv); i++ {
 		a := argv[i]
-		value := func() (string, error) {
-			if _, v, ok := strings.Cut(a, "="); ok {
-				return v, nil
+		name, inline, hasInline := strings.Cut(a, "=")
+		if !strings.HasPrefix(a, "--") {
+			name, hasInline = a, false
+		}
+		required := func() (string, error) {
+			if hasInline {
+				return inline, nil
 			}
 			if i+1 >= len(argv) {
-				return "", fmt.Errorf("option '%s' argument missing", a)
+				return "", fmt.Errorf("option '%s' argument missing", name)
 			}
 			i++
 			return argv[i], nil
 		}
-		name, _, _ := strings.Cut(a, "=")
 		var err error
 		switch name {
 		case "--":
@@ -205,13 +220,20 @@ func parseArgs(argv []string) (options, error) {
 		case "--trust":
 			o.trust = true
 		case "--output-format":
-			o.format, err = value()
+			o.format, err = required()
 		case "--model", "-m":
-			o.model, err = value()
+			o.model, err = required()
 		case "--mode":
-			o.mode, err = value()
+			o.mode, err = required()
 		case "--resume":
-			o.resume, err = value()
+			o.resume = latestChat
+			switch {
+			case hasInline:
+				o.resume = inline
+			case i+1 < len(argv) && !strings.HasPrefix(argv[i+1], "-"):
+				i++
+				o.resume = argv[i]
+			}
 		default:
 			if strings.HasPrefix(a, "-") {
 				return o, fmt.Errorf("unknown option '%s'", a)
@@ -224,6 +246,27 @@ func parseArgs(argv []string) (options, error) {
 	}
 	o.prompt = strings.Join(rest, " ")
 	return o, nil
+}
+
+// latestChat is the resume value of a bare --resume: the folder's most
+// recent chat.
+const latestChat = "\x00latest"
+
+// newestChat names the most recently written chat in dir, or "".
+func newestChat(dir string) string {
+	entries, _ := os.ReadDir(dir)
+	var name string
+	var newest time.Time
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		if info.ModTime().After(newest) {
+			name, newest = strings.TrimSuffix(e.Name(), ".json"), info.ModTime()
+		}
+	}
+	return name
 }
 
 // trustMessage is the refusal cursor-agent prints, exit 1, before any

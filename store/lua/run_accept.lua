@@ -5,7 +5,7 @@
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
 -- KEYS[3] running set       KEYS[4] owner's session set
--- KEYS[5] jobs stream
+-- KEYS[5] jobs stream       KEYS[6] owner's running set
 -- ARGV[1] session id        ARGV[2] owner (for an existing session: the
 --                                    owner the caller read; a mismatch is "missing")
 -- ARGV[3] provider          ARGV[4] project path
@@ -15,10 +15,31 @@
 -- ARGV[9] running session-state-changed body
 -- ARGV[10] stream MAXLEN    ARGV[11] pub/sub channel
 -- ARGV[12] jobs MAXLEN
+-- ARGV[13] most runs the owner may have running at once (0: no limit)
 --
 -- Returns {"ok", runId, seq before this run} | {"busy", startedAt, projectPath}
---       | {"missing"} | {"exists"}.
+--       | {"missing"} | {"exists"} | {"limit", running}.
 local hash = KEYS[1]
+-- over_limit reports the owner's running runs when they are at the limit.
+local function over_limit()
+  local limit = tonumber(ARGV[13])
+  if limit > 0 and redis.call('ZCARD', KEYS[6]) >= limit then
+    -- Forget entries whose run has ended some other way (a store restored
+    -- from an older copy), so that a stale entry never holds a slot.
+    local prefix = string.sub(hash, 1, #hash - #ARGV[1] - 1)
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+      if redis.call('HGET', prefix .. id .. '}', 'state') ~= 'running' then
+        redis.call('ZREM', KEYS[6], id)
+      end
+    end
+    local running = redis.call('ZCARD', KEYS[6])
+    if running >= limit then
+      return running
+    end
+  end
+  return nil
+end
+
 if ARGV[6] == 'existing' then
   local cur = redis.call('HMGET', hash, 'owner', 'state', 'startedAt', 'projectPath')
   if not cur[1] or cur[1] ~= ARGV[2] then
@@ -27,10 +48,18 @@ if ARGV[6] == 'existing' then
   if cur[2] == 'running' then
     return {'busy', cur[3] or '0', cur[4] or ''}
   end
+  local running = over_limit()
+  if running then
+    return {'limit', tostring(running)}
+  end
   redis.call('HSET', hash, 'projectPath', ARGV[4])
 else
   if redis.call('EXISTS', hash) == 1 then
     return {'exists'}
+  end
+  local running = over_limit()
+  if running then
+    return {'limit', tostring(running)}
   end
   local created = int(now_ms())
   redis.call('HSET', hash, 'id', ARGV[1], 'owner', ARGV[2], 'provider', ARGV[3],
@@ -50,6 +79,7 @@ redis.call('PERSIST', hash)
 redis.call('PERSIST', KEYS[2])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('ZADD', KEYS[6], now, ARGV[1])
 if ARGV[8] ~= '' then
   emit(hash, KEYS[2], ARGV[11], ARGV[10], started, 'session_created', ARGV[8], '')
 end

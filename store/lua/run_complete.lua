@@ -8,6 +8,7 @@
 -- KEYS[3] running set       KEYS[4] owner's session set
 -- KEYS[5] session permissions hash
 -- KEYS[6] permission index (hash: request id -> session id)
+-- KEYS[7] owner's running set
 -- ARGV[1] runId, or "" for whatever run is current (abort)
 -- ARGV[2] stream MAXLEN     ARGV[3] pub/sub channel
 -- ARGV[4] final state       ARGV[5] exit code
@@ -44,6 +45,7 @@ local changed = int(now)
 redis.call('HSET', hash, 'state', ARGV[4], 'exitCode', ARGV[5], 'statusText', '',
   'canInterrupt', 0, 'updatedAt', changed)
 redis.call('ZREM', KEYS[3], cur[3])
+redis.call('ZREM', KEYS[7], cur[3])
 redis.call('ZADD', KEYS[4], now, cur[3])
 emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'session-state-changed', ARGV[8],
   '"startedAt":' .. (cur[5] or '0') .. ',"changedAt":' .. changed .. ',')

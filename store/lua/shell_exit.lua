@@ -6,9 +6,10 @@
 -- session's events do; a new generation (shell_open) writes fresh keys.
 --
 -- KEYS[1] shell hash   KEYS[2] output stream
+-- KEYS[3] owner's open terminals (sorted set of shell keys)
 -- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
 -- ARGV[4] signal name or ''   ARGV[5] reason ('exit' or 'lost')
--- ARGV[6] retention, seconds
+-- ARGV[6] retention, seconds   ARGV[7] shell key
 --
 -- Returns 1 when recorded, 0 otherwise.
 local hash = KEYS[1]
@@ -21,6 +22,7 @@ local sig = ARGV[4]
 if sig == '' then
   sig = '-'
 end
+redis.call('ZREM', KEYS[3], ARGV[7])
 redis.call('EXPIRE', hash, ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('PUBLISH', ARGV[2], 'e ' .. ARGV[1] .. ' ' .. (cur[3] or '0') .. ' ' .. ARGV[3] .. ' ' .. sig .. ' ' .. ARGV[5])

@@ -100,10 +100,17 @@ func Redis(t testing.TB) string {
 // stop it themselves.
 func StartServer(t testing.TB) *Server {
 	t.Helper()
+	return StartServerWithPassword(t, "")
+}
+
+// StartServerWithPassword is StartServer for a server that requires
+// password (none when empty); its URL carries the password.
+func StartServerWithPassword(t testing.TB, password string) *Server {
+	t.Helper()
 	bin := RequireRedisServer(t)
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		srv, err := startServer(bin, t.TempDir())
+		srv, err := startServer(bin, t.TempDir(), password)
 		if err == nil {
 			t.Cleanup(srv.Stop)
 			return srv
@@ -114,23 +121,35 @@ func StartServer(t testing.TB) *Server {
 	return nil
 }
 
-func startServer(bin, dir string) (*Server, error) {
+func startServer(bin, dir, password string) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(bin,
+	args := []string{
 		"--bind", "127.0.0.1", "--port", fmt.Sprint(port), "--save", "", "--appendonly", "no",
-		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--protected-mode", "yes")
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--protected-mode", "yes",
+	}
+	url := "redis://" + addr + "/0"
+	if password != "" {
+		// From a config file, not the command line that every account reads.
+		conf := filepath.Join(dir, "redis.conf")
+		if err := os.WriteFile(conf, []byte("requirepass "+password+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		args = append([]string{conf}, args...)
+		url = "redis://:" + password + "@" + addr + "/0"
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("run %s: %w", bin, err)
 	}
-	srv := &Server{URL: "redis://" + addr + "/0", Addr: addr, cmd: cmd}
+	srv := &Server{URL: url, Addr: addr, cmd: cmd}
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if ping(addr) {
+		if ping(addr, password) {
 			return srv, nil
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -148,17 +167,27 @@ func (s *Server) Stop() {
 	}
 }
 
-func ping(addr string) bool {
+func ping(addr, password string) bool {
 	c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 	if err != nil {
 		return false
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+	cmd := "PING\r\n"
+	if password != "" {
+		cmd = "AUTH " + password + "\r\n" + cmd
+	}
+	if _, err := c.Write([]byte(cmd)); err != nil {
 		return false
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	rd := bufio.NewReader(c)
+	if password != "" {
+		if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
+			return false
+		}
+	}
+	line, err := rd.ReadString('\n')
 	return err == nil && strings.HasPrefix(line, "+PONG")
 }
 

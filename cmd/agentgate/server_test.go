@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/handlers"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+var testSecret = []byte("server-test-secret")
+
+// serveGateway serves a gateway on the embedded store through gatewayHTTP,
+// with the timeouts t and the connection cap maxConns, and returns its
+// address.
+func serveGateway(t *testing.T, maxConns int, timeouts httpTimeouts) string {
+	t.Helper()
+	st := storetest.New(t, storetest.Start(t, storetest.Mini))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	gw, err := handlers.New(handlers.Config{
+		Store: st, Auth: &handlers.Auth{Mode: handlers.AuthJWT, Secret: testSecret},
+		Workspaces: app.Workspaces{Roots: []string{t.TempDir()}}, Logger: log,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gw.Run(ctx) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv, limited := gatewayHTTP(gw.Handler(), ln, maxConns, timeouts, log)
+	go func() { _ = srv.Serve(limited) }()
+	t.Cleanup(func() {
+		gw.Drain()
+		_ = srv.Close()
+		cancel()
+		<-done
+	})
+	return ln.Addr().String()
+}
+
+// closedWithin reports whether the server closes conn within d; conn sends
+// nothing meanwhile, and whatever the server sends is read and dropped.
+func closedWithin(t *testing.T, conn net.Conn, d time.Duration) bool {
+	t.Helper()
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(d)))
+	_, err := io.Copy(io.Discard, conn)
+	if err == nil {
+		return true // EOF: the server closed it
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return true // reset by the server
+}
+
+func getHealthz(t *testing.T, conn net.Conn) {
+	t.Helper()
+	_, err := conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"))
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.False(t, resp.Close, "a keep-alive connection")
+}
+
+// TestHTTPTimeouts: a connection that sends nothing is closed after the
+// header timeout, an idle keep-alive connection after the idle timeout, and
+// a WebSocket outlives every one of them.
+func TestHTTPTimeouts(t *testing.T) {
+	short := 300 * time.Millisecond
+	addr := serveGateway(t, 100, httpTimeouts{readHeader: short, read: short, write: short, idle: short})
+	const bound = 10 * time.Second // generous: the timeouts are 0.3 s
+
+	silent, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer silent.Close()
+	idle, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer idle.Close()
+	getHealthz(t, idle)
+	require.True(t, closedWithin(t, silent, bound), "a connection that sends nothing is closed")
+	require.True(t, closedWithin(t, idle, bound), "an idle keep-alive connection is closed")
+
+	tok, err := handlers.IssueToken(testSecret, "alice", false, time.Hour)
+	require.NoError(t, err)
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?token="+tok, nil)
+	require.NoError(t, err)
+	defer ws.Close()
+	for range 3 {
+		time.Sleep(4 * short) // past every deadline of the HTTP server
+		require.NoError(t, ws.WriteJSON(map[string]any{"type": "get-active-sessions"}))
+		var reply map[string]any
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(bound)))
+		require.NoError(t, ws.ReadJSON(&reply))
+		require.Equal(t, "active-sessions", reply["type"])
+	}
+}
+
+// TestMaxConnections: past the cap a connection is not served until one
+// of the open ones closes; open sockets count.
+func TestMaxConnections(t *testing.T) {
+	addr := serveGateway(t, 2, gatewayTimeouts)
+	tok, err := handlers.IssueToken(testSecret, "alice", false, time.Hour)
+	require.NoError(t, err)
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?token="+tok, nil)
+	require.NoError(t, err)
+	defer ws.Close()
+	silent, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer silent.Close()
+
+	waiting, err := net.Dial("tcp", addr) // the kernel completes the handshake
+	require.NoError(t, err)
+	defer waiting.Close()
+	_, err = waiting.Write([]byte("GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"))
+	require.NoError(t, err)
+	require.NoError(t, waiting.SetReadDeadline(time.Now().Add(500*time.Millisecond)))
+	_, err = waiting.Read(make([]byte, 1))
+	var ne net.Error
+	require.True(t, errors.As(err, &ne) && ne.Timeout(), "not served over the cap: %v", err)
+
+	require.NoError(t, silent.Close())
+	require.NoError(t, waiting.SetReadDeadline(time.Now().Add(10*time.Second)))
+	resp, err := http.ReadResponse(bufio.NewReader(waiting), nil)
+	require.NoError(t, err, "served once a place is free")
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// TestLimitOptions: the limits reach the gateway (the cap of sockets per
+// user is seen as a 429 naming it), and --listen's host name is a public
+// host.
+func TestLimitOptions(t *testing.T) {
+	var c config
+	fs, finish := newFlags("gateway", io.Discard, &c)
+	require.NoError(t, fs.Parse([]string{"--listen", "gw.internal:8080", "--public-hosts", "a.example.com, b.example.com,"}))
+	require.NoError(t, finish())
+	require.Equal(t, []string{"a.example.com", "b.example.com", "gw.internal"}, c.publicHosts())
+	for _, listen := range []string{"0.0.0.0:8080", ":8080", "[::1]:8080"} {
+		c.Listen = listen
+		require.Equal(t, []string{"a.example.com", "b.example.com"}, c.publicHosts(), listen)
+	}
+
+	for _, env := range []string{"AGENTGATE_REDIS_URL", "AGENTGATE_JWT_SECRET", "AGENTGATE_LISTEN"} {
+		t.Setenv(env, "")
+	}
+	t.Setenv("AGENTGATE_WORKSPACES", t.TempDir())
+	t.Setenv("AGENTGATE_MAX_SOCKETS_PER_USER", "1")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--listen", addr}, outW, io.Discard)
+		outW.Close()
+	}()
+	sc := bufio.NewScanner(outR)
+	var wsURL string
+	for sc.Scan() {
+		if _, u, ok := strings.Cut(sc.Text(), "WebSocket clients: "); ok {
+			wsURL, _, _ = strings.Cut(u, " ")
+			break
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, outR) }()
+	require.NotEmpty(t, wsURL)
+	first, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	require.NoError(t, err)
+	defer first.Close()
+	_, resp, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	require.Error(t, err)
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	body, _ := io.ReadAll(resp.Body)
+	require.Contains(t, string(body), "at most 1 per gateway")
+
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}

@@ -1,0 +1,190 @@
+package handlers
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+func TestOriginPolicy(t *testing.T) {
+	cases := []struct {
+		name    string
+		allowed []string
+		public  []string
+		host    string
+		origin  string
+		proto   string // X-Forwarded-Proto
+		tls     bool
+		want    bool
+	}{
+		{name: "no origin (a CLI)", host: "rebind.evil.example", want: true},
+		{name: "loopback address", host: "127.0.0.1:8080", origin: "http://127.0.0.1:8080", want: true},
+		{name: "localhost", host: "localhost:8080", origin: "http://localhost:8080", want: true},
+		{name: "IPv6 loopback", host: "[::1]:8080", origin: "http://[::1]:8080", want: true},
+		{name: "a LAN address", host: "192.168.1.5:8080", origin: "http://192.168.1.5:8080", want: true},
+		{name: "case and default port", host: "LOCALHOST", origin: "HTTP://localhost:80", want: true},
+		{name: "DNS rebinding", host: "rebind.evil.example:8080", origin: "http://rebind.evil.example:8080", want: false},
+		{name: "DNS rebinding on the default port", host: "rebind.evil.example", origin: "http://rebind.evil.example", want: false},
+		{name: "another origin", host: "127.0.0.1:8080", origin: "http://evil.example", want: false},
+		{name: "another port", host: "127.0.0.1:8080", origin: "http://127.0.0.1:9090", want: false},
+		{name: "another scheme", host: "127.0.0.1:8080", origin: "https://127.0.0.1:8080", want: false},
+		{name: "null origin", host: "127.0.0.1:8080", origin: "null", want: false},
+		{name: "a public host", public: []string{"gw.example.com"}, host: "gw.example.com", origin: "http://gw.example.com", want: true},
+		{name: "a public host via a TLS proxy", public: []string{"gw.example.com"}, host: "gw.example.com", origin: "https://gw.example.com", proto: "https", want: true},
+		{name: "a public host on TLS", public: []string{"gw.example.com"}, host: "gw.example.com", origin: "https://gw.example.com", tls: true, want: true},
+		{name: "https origin, plain request", public: []string{"gw.example.com"}, host: "gw.example.com", origin: "https://gw.example.com", want: false},
+		{name: "http origin, TLS proxy", public: []string{"gw.example.com"}, host: "gw.example.com", origin: "http://gw.example.com", proto: "https", want: false},
+		{name: "rebinding with public hosts", public: []string{"gw.example.com"}, host: "rebind.evil.example", origin: "http://rebind.evil.example", want: false},
+		{name: "listed origin", allowed: []string{"https://app.example.com"}, host: "gw.internal:8080", origin: "https://app.example.com", want: true},
+		{name: "listed origin, written with its port", allowed: []string{"https://app.example.com:443/"}, host: "gw.internal:8080", origin: "https://app.example.com", want: true},
+		{name: "listed origin, other scheme", allowed: []string{"https://app.example.com"}, host: "gw.internal:8080", origin: "http://app.example.com", want: false},
+		{name: "listed origins replace same-origin", allowed: []string{"https://app.example.com"}, host: "127.0.0.1:8080", origin: "http://127.0.0.1:8080", want: false},
+		{name: "listed origins, rebinding", allowed: []string{"https://app.example.com"}, host: "rebind.evil.example", origin: "http://rebind.evil.example", want: false},
+		{name: "any origin", allowed: []string{"*"}, host: "rebind.evil.example", origin: "http://rebind.evil.example", want: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := newOriginPolicy(tc.allowed, tc.public)
+			require.NoError(t, err)
+			r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+			r.Host = tc.host
+			if tc.origin != "" {
+				r.Header.Set("Origin", tc.origin)
+			}
+			if tc.proto != "" {
+				r.Header.Set("X-Forwarded-Proto", tc.proto)
+			}
+			if tc.tls {
+				r.TLS = &tls.ConnectionState{}
+			}
+			require.Equal(t, tc.want, p.allows(r))
+		})
+	}
+
+	for _, bad := range [][2][]string{
+		{{"app.example.com"}, nil},
+		{{"ftp://app.example.com"}, nil},
+		{{"https://app.example.com/path"}, nil},
+		{nil, {"https://gw.example.com"}},
+		{nil, {"gw.example.com:443"}},
+	} {
+		_, err := newOriginPolicy(bad[0], bad[1])
+		require.Error(t, err, bad)
+	}
+}
+
+// TestOriginCheckedOnEveryUpgrade: the rebinding request is refused before
+// the upgrade on /ws, /shell and /plugin-ws; the gateway's own origin and
+// no origin pass.
+func TestOriginCheckedOnEveryUpgrade(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini))
+	addr := strings.TrimPrefix(g.ts.URL, "http://")
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	tok := token(t, "alice", false)
+	cases := []struct {
+		name, host, origin string
+		want               int
+	}{
+		{"no origin", "", "", http.StatusSwitchingProtocols},
+		{"own origin", "", "http://" + addr, http.StatusSwitchingProtocols},
+		{"rebinding", "rebind.evil.example:" + port, "http://rebind.evil.example:" + port, http.StatusForbidden},
+	}
+	for _, path := range []string{"/ws", "/shell", "/plugin-ws/demo"} {
+		for _, tc := range cases {
+			t.Run(path+" "+tc.name, func(t *testing.T) {
+				h := http.Header{}
+				if tc.host != "" {
+					h.Set("Host", tc.host)
+				}
+				if tc.origin != "" {
+					h.Set("Origin", tc.origin)
+				}
+				ws, resp, err := websocket.DefaultDialer.Dial("ws://"+addr+path+"?token="+tok, h)
+				if ws != nil {
+					ws.Close()
+				}
+				require.NotNil(t, resp, "dial: %v", err)
+				require.Equal(t, tc.want, resp.StatusCode)
+			})
+		}
+	}
+}
+
+func TestPlatformUserHeader(t *testing.T) {
+	a := &Auth{Mode: AuthPlatform}
+	cases := []struct {
+		name   string
+		values []string
+		want   string // the user, or the error
+	}{
+		{"one user", []string{"alice"}, "alice"},
+		{"none", nil, errUnauthorized.Error()},
+		{"empty", []string{""}, errUnauthorized.Error()},
+		{"invalid name", []string{"a b"}, errUnauthorized.Error()},
+		{"client's then proxy's", []string{"bob", "alice"}, errAmbiguousUser.Error()},
+		{"twice the same", []string{"alice", "alice"}, errAmbiguousUser.Error()},
+		{"one line, two names", []string{"bob, alice"}, errAmbiguousUser.Error()},
+		{"one line, two names, no space", []string{"bob,alice"}, errAmbiguousUser.Error()},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+			for _, v := range tc.values {
+				r.Header.Add(DefaultUserHeader, v)
+			}
+			user, err := a.Authenticate(r)
+			if err != nil {
+				require.Equal(t, tc.want, err.Error())
+				return
+			}
+			require.Equal(t, tc.want, user.Name)
+		})
+	}
+
+	// Over the wire: two header lines are refused before any upgrade, with
+	// the reason; one passes.
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.Auth = a })
+	for _, tc := range []struct {
+		path   string
+		values []string
+		want   int
+	}{
+		{"/api/auth/user", []string{"bob", "alice"}, http.StatusUnauthorized},
+		{"/ws", []string{"bob", "alice"}, http.StatusUnauthorized},
+		{"/ws", []string{"alice"}, http.StatusSwitchingProtocols},
+	} {
+		h := http.Header{DefaultUserHeader: tc.values}
+		if tc.path == "/api/auth/user" {
+			req, err := http.NewRequest(http.MethodGet, g.ts.URL+tc.path, nil)
+			require.NoError(t, err)
+			req.Header = h
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.Equal(t, tc.want, resp.StatusCode)
+			require.Contains(t, string(body), "ambiguous user")
+			continue
+		}
+		ws, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(g.ts.URL, "http")+tc.path, h)
+		if ws != nil {
+			ws.Close()
+		}
+		require.NotNil(t, resp, "dial: %v", err)
+		require.Equal(t, tc.want, resp.StatusCode, tc.values)
+		if tc.want == http.StatusUnauthorized {
+			body, _ := io.ReadAll(resp.Body)
+			require.Contains(t, string(body), "ambiguous user")
+		}
+	}
+}

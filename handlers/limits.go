@@ -1,0 +1,124 @@
+package handlers
+
+import (
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"golang.org/x/time/rate"
+)
+
+// Defaults of the per-user limits of PROTOCOL §2, for Config fields left at
+// zero.
+const (
+	DefaultMaxSocketsPerUser = 64
+	DefaultMaxFrameRate      = 50
+	// frameBurstSeconds is how many seconds' worth of frames a user may send
+	// at once: a client that reconnects sends a burst of status checks.
+	frameBurstSeconds = 4
+	// refusalEvery bounds the rate-limit errors one socket is sent, so that
+	// the refusals of a flood are not a flood of their own.
+	refusalEvery = time.Second
+	// quotaSweepEvery is how often the quotas of users without sockets are
+	// looked at for removal.
+	quotaSweepEvery = time.Minute
+)
+
+// userQuotas are the per-user limits of one gateway: how many sockets a user
+// holds open (/ws, /shell and /plugin-ws together), and the frame rate all of
+// them share.
+type userQuotas struct {
+	maxSockets int
+	rate       int
+	burst      int
+
+	mu      sync.Mutex
+	users   map[string]*userQuota
+	sweptAt time.Time
+}
+
+// userQuota is one user's share of a gateway.
+type userQuota struct {
+	sockets int // guarded by userQuotas.mu
+	frames  *rate.Limiter
+}
+
+func newUserQuotas(maxSockets, frameRate int) *userQuotas {
+	// A subscribe costs a frame per session: the burst takes the largest
+	// one, or it could never pass.
+	burst := max(frameBurstSeconds*frameRate, maxSubscribe)
+	return &userQuotas{maxSockets: maxSockets, rate: frameRate, burst: burst, users: map[string]*userQuota{}}
+}
+
+// acquire takes one of user's sockets, or returns nil when the user already
+// holds as many as it may; release gives it back.
+func (q *userQuotas) acquire(user string) *userQuota {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if now := time.Now(); now.Sub(q.sweptAt) >= quotaSweepEvery {
+		q.sweep(now)
+	}
+	u := q.users[user]
+	if u == nil {
+		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst)}
+		q.users[user] = u
+	}
+	if u.sockets >= q.maxSockets {
+		return nil
+	}
+	u.sockets++
+	return u
+}
+
+func (q *userQuotas) release(u *userQuota) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	u.sockets--
+}
+
+// sweep drops the quotas of users without sockets whose frame budget is
+// full again. A quota is kept until then, not dropped with its last socket:
+// reconnecting must not refill the budget.
+func (q *userQuotas) sweep(now time.Time) {
+	q.sweptAt = now
+	for name, u := range q.users {
+		if u.sockets == 0 && u.frames.TokensAt(now) >= float64(q.burst) {
+			delete(q.users, name)
+		}
+	}
+}
+
+// tooManySockets is the answer to an upgrade over the per-user socket cap,
+// given before the upgrade.
+func (q *userQuotas) tooManySockets() error {
+	limitRefusals.WithLabelValues("sockets").Inc()
+	return echo.NewHTTPError(http.StatusTooManyRequests,
+		fmt.Sprintf("too many sockets for this user: at most %d per gateway", q.maxSockets))
+}
+
+// rateLimitText is the error a frame over the rate is answered with.
+func (q *userQuotas) rateLimitText() string {
+	return fmt.Sprintf("Rate limit: at most %d frames per second per user", q.rate)
+}
+
+// admit reports whether n more frames of the socket may be handled now,
+// under the rate its user's sockets share. A frame over the rate is not
+// handled, and the socket is told so at most once per refusalEvery; it stays
+// open. Called on the socket's read goroutine only.
+func (c *conn) admit(n int) bool {
+	if c.quota == nil {
+		return true
+	}
+	now := time.Now()
+	if c.quota.frames.AllowN(now, n) {
+		return true
+	}
+	limitRefusals.WithLabelValues("frames").Inc()
+	if now.Sub(c.refusedAt) >= refusalEvery {
+		c.refusedAt = now
+		c.send(c.refusal)
+	}
+	return false
+}

@@ -1,0 +1,171 @@
+package handlers
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// dialPath opens a socket on path with user's token; the response is that of
+// the handshake, a refusal included.
+func (g *gateway) dialPath(path, user string) (*websocket.Conn, *http.Response, error) {
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + path + "?token=" + token(g.t, user, false)
+	ws, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	if ws != nil {
+		g.t.Cleanup(func() { ws.Close() })
+	}
+	return ws, resp, err
+}
+
+// TestSocketsPerUser: a user's sockets on /ws, /shell and /plugin-ws count
+// together; one over the cap is refused before the upgrade with 429 naming
+// the limit; other users are not affected; a closed socket frees its place.
+func TestSocketsPerUser(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxSocketsPerUser = 3 })
+	var open []*websocket.Conn
+	for _, path := range []string{"/ws", "/shell", "/ws"} {
+		ws, _, err := g.dialPath(path, "alice")
+		require.NoError(t, err, path)
+		open = append(open, ws)
+	}
+	for _, path := range []string{"/ws", "/shell", "/plugin-ws/demo"} {
+		ws, resp, err := g.dialPath(path, "alice")
+		require.Error(t, err, path)
+		require.Nil(t, ws)
+		require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, path)
+		body, _ := io.ReadAll(resp.Body)
+		require.JSONEq(t, `{"error":"too many sockets for this user: at most 3 per gateway"}`, string(body))
+	}
+	_, _, err := g.dialPath("/ws", "bob")
+	require.NoError(t, err, "another user has places of their own")
+
+	require.NoError(t, open[1].Close())
+	require.Eventually(t, func() bool {
+		ws, _, err := g.dialPath("/ws", "alice")
+		if ws != nil {
+			ws.Close()
+		}
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond, "a closed socket gives its place back")
+}
+
+// TestFrameRatePerUser: frames over the rate are not handled; the socket is
+// told the limit at most once a second and stays open. A user's sockets
+// share the rate, a subscribe costs a frame per session, and reconnecting
+// does not refill the budget.
+func TestFrameRatePerUser(t *testing.T) {
+	const rate = 5
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxFrameRate = rate })
+	want := fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)
+	burst := max(frameBurstSeconds*rate, maxSubscribe)
+
+	c := g.dial("alice")
+	start := time.Now()
+	const sent = 400
+	for range sent {
+		c.send(map[string]any{"type": "get-active-sessions"})
+	}
+	frames := c.until(isType("error"))
+	require.Equal(t, map[string]any{"type": "error", "error": want}, frames[len(frames)-1])
+	c.expectNothing(300 * time.Millisecond) // the rest of the flood: not handled, not answered
+	answered := len(frames) - 1
+	require.GreaterOrEqual(t, answered, burst)
+	require.LessOrEqual(t, float64(answered), float64(burst)+rate*time.Since(start).Seconds()+1)
+
+	// The socket is open, and handles frames again once the budget refills.
+	time.Sleep(time.Second)
+	c.send(map[string]any{"type": "get-active-sessions"})
+	require.Equal(t, "active-sessions", c.next()["type"])
+
+	// Another socket of the same user shares the spent budget, and so does
+	// one opened after the others closed; another user has a budget of
+	// their own.
+	flood := func(c *client) int {
+		for range 30 {
+			c.send(map[string]any{"type": "get-active-sessions"})
+		}
+		frames := c.until(isType("error"))
+		require.Equal(t, want, frames[len(frames)-1]["error"])
+		return len(frames) - 1
+	}
+	require.Less(t, flood(g.dial("alice")), 30)
+	require.NoError(t, c.ws.Close())
+	require.Less(t, flood(g.dial("alice")), 30, "reconnecting does not refill the budget")
+	bob := g.dial("bob")
+	for range 30 {
+		bob.send(map[string]any{"type": "get-active-sessions"})
+	}
+	for range 30 {
+		require.Equal(t, "active-sessions", bob.next()["type"])
+	}
+
+	// A subscribe of as many sessions as the burst passes on a full budget;
+	// a second one at once is refused whole.
+	carol := g.dial("carol")
+	sessions := make([]map[string]any, maxSubscribe)
+	for i := range sessions {
+		sessions[i] = map[string]any{"sessionId": fmt.Sprintf("s%d", i)}
+	}
+	carol.send(map[string]any{"type": "subscribe", "sessions": sessions})
+	for range sessions {
+		require.Equal(t, "session-status", carol.next()["type"])
+	}
+	carol.send(map[string]any{"type": "subscribe", "sessions": sessions})
+	require.Equal(t, want, carol.next()["error"])
+	carol.expectNothing(100 * time.Millisecond)
+}
+
+// TestFrameRateOnShell: /shell frames count against the same rate, and the
+// refusal has the shell's error shape.
+func TestFrameRateOnShell(t *testing.T) {
+	const rate = 5
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxFrameRate = rate })
+	burst := max(frameBurstSeconds*rate, maxSubscribe)
+	ws, _, err := g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	for range burst + 50 {
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"input","data":"x"}`)))
+	}
+	want := map[string]any{"type": "error", "message": fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)}
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	others := 0
+	for {
+		_, data, err := ws.ReadMessage()
+		require.NoError(t, err)
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(data, &m))
+		if m["message"] == want["message"] {
+			require.Equal(t, want, m)
+			break
+		}
+		others++
+	}
+	require.GreaterOrEqual(t, others, burst, "the burst was handled (each answered: no terminal)")
+	require.Less(t, others, burst+50)
+}
+
+func TestUserQuotasSweep(t *testing.T) {
+	q := newUserQuotas(2, 10)
+	a := q.acquire("alice")
+	require.NotNil(t, a)
+	require.Same(t, a, q.acquire("alice"), "one quota per user")
+	require.Nil(t, q.acquire("alice"), "over the cap")
+	require.True(t, a.frames.AllowN(time.Now(), q.burst))
+	q.release(a)
+	q.release(a)
+
+	now := time.Now()
+	q.sweep(now)
+	require.Contains(t, q.users, "alice", "kept while its budget refills")
+	q.sweep(now.Add(time.Duration(q.burst/q.rate+1) * time.Second))
+	require.NotContains(t, q.users, "alice", "dropped once a new one would be the same")
+}

@@ -1,0 +1,190 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+)
+
+// Accounts runs each user's provider CLIs and terminals under an OS account
+// of their own, with a home of their own: a user's CLI state (~/.claude,
+// ~/.codex, ~/.gemini, ~/.cursor), conversations and files are theirs alone,
+// and nothing of the worker's (its environment, its /proc entries, files
+// only it may read) is open to them. The worker needs root to switch.
+type Accounts struct {
+	// FirstUID and LastUID bound the uids handed to users, in the order
+	// users first run something; a user's gid is their uid.
+	FirstUID, LastUID int
+	// Homes holds one home per user, Homes/NAME, mode 0700, owned by the
+	// user's uid. It is created (mode 0711, so no one can list it) when
+	// missing.
+	Homes string
+}
+
+// Validate checks the range and the homes folder.
+func (a *Accounts) Validate() error {
+	if a.FirstUID < 1000 || a.LastUID < a.FirstUID || a.LastUID > 1<<31-2 {
+		return fmt.Errorf("workers: account uids %d-%d: want a range from 1000 up", a.FirstUID, a.LastUID)
+	}
+	if !filepath.IsAbs(a.Homes) {
+		return fmt.Errorf("workers: account homes %q is not an absolute path", a.Homes)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("workers: running users' processes under their own accounts needs a worker running as root")
+	}
+	return nil
+}
+
+// account is the OS identity one user's processes run under; nil means the
+// worker's own.
+type account struct {
+	name string
+	uid  int
+	home string
+}
+
+// credential is what SysProcAttr needs to start a process as the account,
+// with no supplementary group of the worker's.
+func (a *account) credential() *syscall.Credential {
+	if a == nil {
+		return nil
+	}
+	return &syscall.Credential{Uid: uint32(a.uid), Gid: uint32(a.uid), Groups: []uint32{}}
+}
+
+// env is env with the account's identity and home set: its HOME, USER and
+// LOGNAME, a shell, and no temporary folder of the worker's.
+func (a *account) env(env []string) []string {
+	if a == nil {
+		return env
+	}
+	out := make([]string, 0, len(env)+4)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "TMPDIR=") {
+			out = append(out, kv)
+		}
+	}
+	return withVars(out, "HOME="+a.home, "USER="+a.name, "LOGNAME="+a.name, "SHELL=/bin/bash")
+}
+
+// chown gives the account files the worker made for it (a run's images).
+func (a *account) chown(paths ...string) error {
+	if a == nil {
+		return nil
+	}
+	for _, p := range paths {
+		if err := os.Lchown(p, a.uid, a.uid); err != nil {
+			return fmt.Errorf("hand %s to the user's account: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// accountSet maps users to accounts, once per user and worker.
+type accountSet struct {
+	cfg *Accounts // nil: every process runs as the worker
+	st  *store.Store
+
+	mu sync.Mutex
+	m  map[string]*account
+}
+
+// lookup returns the account of user, creating their home when needed; nil
+// when the worker runs every process as itself.
+func (as *accountSet) lookup(ctx context.Context, user string) (*account, error) {
+	if as.cfg == nil {
+		return nil, nil
+	}
+	if !app.ValidUserName(user) || strings.HasPrefix(user, ".") {
+		return nil, fmt.Errorf("no account for user %q", app.Clip(user, 64))
+	}
+	as.mu.Lock()
+	a := as.m[user]
+	as.mu.Unlock()
+	if a != nil {
+		// Made again if an operator removed it meanwhile.
+		return a, ensureHome(as.cfg.Homes, a)
+	}
+	uid, err := as.st.AccountUID(ctx, user, as.cfg.FirstUID, as.cfg.LastUID)
+	if err != nil {
+		return nil, err
+	}
+	a = &account{name: user, uid: uid, home: filepath.Join(as.cfg.Homes, user)}
+	if err := checkHomeOwners(as.cfg.Homes, a); err != nil {
+		return nil, err
+	}
+	if err := ensureHome(as.cfg.Homes, a); err != nil {
+		return nil, err
+	}
+	as.mu.Lock()
+	if as.m == nil {
+		as.m = map[string]*account{}
+	}
+	as.m[user] = a
+	as.mu.Unlock()
+	return a, nil
+}
+
+// ensureHome makes the account's home, mode 0700 and owned by it, under
+// homes (mode 0711: users reach their own home without listing the others).
+// A home owned by another uid is refused rather than taken over.
+func ensureHome(homes string, a *account) error {
+	if err := os.MkdirAll(homes, 0o711); err != nil {
+		return fmt.Errorf("make the homes folder: %w", err)
+	}
+	switch err := os.Mkdir(a.home, 0o700); {
+	case err == nil:
+		if err := os.Chown(a.home, a.uid, a.uid); err != nil {
+			return fmt.Errorf("hand the home of %s to its account: %w", a.name, err)
+		}
+		return nil
+	case !errors.Is(err, os.ErrExist):
+		return fmt.Errorf("make the home of %s: %w", a.name, err)
+	}
+	fi, err := os.Lstat(a.home)
+	if err != nil {
+		return fmt.Errorf("read the home of %s: %w", a.name, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok {
+		return fmt.Errorf("the home of %s is not a folder", a.name)
+	}
+	if int(st.Uid) != a.uid {
+		return fmt.Errorf("the home of %s belongs to uid %d, not to its account %d", a.name, st.Uid, a.uid)
+	}
+	return nil
+}
+
+// checkHomeOwners refuses an account whose uid owns another user's home:
+// the uid map lives in Redis, and a store that lost it would otherwise hand
+// a new user the files of an old one.
+func checkHomeOwners(homes string, a *account) error {
+	entries, err := os.ReadDir(homes)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("read the homes folder: %w", err)
+	}
+	for _, e := range entries {
+		if e.Name() == a.name {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == a.uid {
+			return fmt.Errorf("uid %d of %s already owns the home of %s (was the account map in Redis lost?)", a.uid, a.name, e.Name())
+		}
+	}
+	return nil
+}
