@@ -167,8 +167,8 @@ var ErrStaleShell = errors.New("terminal generation replaced")
 // ShellAppend appends output chunks of a terminal generation and publishes
 // them, in one script call (shell_append.lua). It returns the last seq.
 func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks []string) (int64, error) {
-	args := make([]any, 0, 3+len(chunks))
-	args = append(args, gen, ShellMaxChunks, s.k.shellLive(key))
+	args := make([]any, 0, 4+len(chunks))
+	args = append(args, gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes)
 	for _, c := range chunks {
 		args = append(args, c)
 	}
@@ -212,7 +212,7 @@ func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode i
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}
 	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.userShells(owner)},
-		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.Retention.Seconds()), key).Int()
+		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds()), key).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -110,7 +112,7 @@ func TestShellLifecycle(t *testing.T) {
 			for _, key := range []string{prefix + ":shell:{k1}", prefix + ":shell:{k1}:out"} {
 				ttl, err := rdb.TTL(ctx, key).Result()
 				require.NoError(t, err)
-				require.InDelta(t, store.DefaultRetention.Seconds(), ttl.Seconds(), 5, "an ended terminal expires: %s", key)
+				require.InDelta(t, store.DefaultShellRetention.Seconds(), ttl.Seconds(), 5, "an ended terminal expires: %s", key)
 			}
 
 			require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 4 }, 5*time.Second, 5*time.Millisecond)
@@ -167,4 +169,82 @@ func TestParseShellLive(t *testing.T) {
 	m, ok = store.ParseShellLive("e 3 9 0 - lost")
 	require.True(t, ok)
 	require.Equal(t, store.ShellLive{Kind: 'e', Gen: 3, Seq: 9, Reason: "lost"}, m)
+}
+
+// TestShellOutputBudget: a terminal's stream holds at most the byte budget
+// (oldest chunks trimmed, the newest always kept), outBytes says what it
+// holds, and seqs go on without a gap in what remains.
+func TestShellOutputBudget(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url, store.Config{ShellOutputBytes: 10_000})
+			ctx := context.Background()
+			rdb := redisClient(t, url)
+			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			gen, _, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
+			require.NoError(t, err)
+			chunk := string(make([]byte, 3000))
+			for i := 0; i < 10; i++ {
+				_, err := st.ShellAppend(ctx, "k1", gen, []string{chunk, chunk})
+				require.NoError(t, err)
+			}
+			out := st.Prefix() + ":shell:{k1}:out"
+			entries, err := rdb.XRange(ctx, out, "-", "+").Result()
+			require.NoError(t, err)
+			require.Len(t, entries, 3, "3 chunks of 3000 bytes fit in 10000")
+			for i, e := range entries {
+				require.Equal(t, fmt.Sprint(18+i), e.Values["seq"])
+			}
+			held, err := rdb.HGet(ctx, st.Prefix()+":shell:{k1}", "outBytes").Int()
+			require.NoError(t, err)
+			require.Equal(t, 9000, held)
+
+			// One chunk over the budget alone is still kept.
+			_, err = st.ShellAppend(ctx, "k1", gen, []string{string(make([]byte, 12_000))})
+			require.NoError(t, err)
+			n, err := rdb.XLen(ctx, out).Result()
+			require.NoError(t, err)
+			require.EqualValues(t, 1, n)
+		})
+	}
+}
+
+// TestShellFloodMemoryIsBounded: 100 terminals flooded with 8 times their
+// output budget each leave Redis holding about the budgets, not the flood.
+func TestShellFloodMemoryIsBounded(t *testing.T) {
+	url := storetest.Start(t, storetest.Real)
+	const budget, terminals = 256 << 10, 100
+	st := storetest.New(t, url, store.Config{ShellOutputBytes: budget})
+	ctx := context.Background()
+	rdb := redisClient(t, url)
+	used := func() int64 {
+		info, err := rdb.Info(ctx, "memory").Result()
+		require.NoError(t, err)
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				require.NoError(t, err)
+				return n
+			}
+		}
+		t.Fatal("no used_memory")
+		return 0
+	}
+	before := used()
+	chunk := strings.Repeat("y\r\n", 32<<10/3)
+	batch := []string{chunk, chunk, chunk, chunk, chunk, chunk, chunk, chunk}
+	for i := 0; i < terminals; i++ {
+		key := fmt.Sprintf("flood%d", i)
+		spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+		gen, _, err := st.ShellOpen(ctx, key, 0, "w1", "bash", spec, 0)
+		require.NoError(t, err)
+		for j := 0; j < 8; j++ { // 8 x 256 KiB
+			_, err := st.ShellAppend(ctx, key, gen, batch)
+			require.NoError(t, err)
+		}
+	}
+	grown := used() - before
+	t.Logf("%d terminals, %d KiB appended to each: Redis grew %d KiB (budget %d KiB each)", terminals, 8*len(batch)*len(chunk)>>10, grown>>10, budget>>10)
+	require.Less(t, grown, int64(terminals*budget*3/2), "Redis holds more than the budgets")
 }

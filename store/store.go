@@ -15,6 +15,11 @@ const (
 	DefaultPrefix       = "ag"
 	DefaultRetention    = 7 * 24 * time.Hour
 	DefaultHistoryLimit = 10000
+	// DefaultShellOutputBytes bounds what a terminal's output stream holds.
+	DefaultShellOutputBytes = 4 << 20
+	// DefaultShellRetention is how long an ended terminal's output is kept,
+	// for a reattach after `exit` to show its end.
+	DefaultShellRetention = 10 * time.Minute
 	// jobsMaxLen bounds the jobs stream in case acked jobs were not deleted.
 	jobsMaxLen = 100000
 )
@@ -31,6 +36,12 @@ type Config struct {
 	// HistoryLimit is the number of events a session stream keeps (trimmed
 	// approximately). Zero means 10000.
 	HistoryLimit int
+	// ShellOutputBytes bounds the output a terminal's stream holds (the
+	// oldest chunks go first). Zero means DefaultShellOutputBytes.
+	ShellOutputBytes int
+	// ShellRetention is how long an ended terminal's hash and output are
+	// kept. Zero means DefaultShellRetention.
+	ShellRetention time.Duration
 	// PoolSize is the connection pool size. Zero means go-redis' default.
 	PoolSize int
 	// Logger receives the store's logs. Nil means slog.Default().
@@ -62,6 +73,12 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.HistoryLimit <= 0 {
 		cfg.HistoryLimit = DefaultHistoryLimit
+	}
+	if cfg.ShellOutputBytes <= 0 {
+		cfg.ShellOutputBytes = DefaultShellOutputBytes
+	}
+	if cfg.ShellRetention <= 0 {
+		cfg.ShellRetention = DefaultShellRetention
 	}
 	if cfg.PoolSize > 0 {
 		opts.PoolSize = cfg.PoolSize

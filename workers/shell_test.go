@@ -113,9 +113,11 @@ func TestPTYKillSession(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("bash survived kill")
 	}
+	// SIGHUP, or SIGKILL when a loaded machine let bash outlive the grace:
+	// which of the two won is timing; that it is reported as a signal is not.
 	code, sig := p.exitStatus()
-	require.Equal(t, "SIGHUP", sig)
-	require.Equal(t, 128+int(syscall.SIGHUP), code)
+	require.Contains(t, []string{"SIGHUP", "SIGKILL"}, sig)
+	require.Contains(t, []int{128 + int(syscall.SIGHUP), 128 + int(syscall.SIGKILL)}, code)
 	require.Eventually(t, func() bool { return len(pidsWith("2"+marker)) == 0 }, 5*time.Second, 20*time.Millisecond,
 		"processes left: %v", pidsWith("2"+marker))
 	for range out {

@@ -56,6 +56,8 @@ type config struct {
 	MaxTermsPerUser   int
 	MaxRuns           int
 	MaxTerminals      int
+	ShellHistory      int
+	ShellRetention    time.Duration
 }
 
 // option is one row of the flag table.
@@ -131,6 +133,15 @@ var options = []option{
 	{"max-terminals-per-user", "AGENTGATE_MAX_TERMINALS_PER_USER", "8", "most terminals one user has open at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxTermsPerUser })},
 	{"max-runs", "AGENTGATE_MAX_RUNS", "32", "most runs one worker runs at once; more wait for a worker with room", intSetter(func(c *config) *int { return &c.MaxRuns })},
 	{"max-terminals", "AGENTGATE_MAX_TERMINALS", "64", "most terminals one worker has open", intSetter(func(c *config) *int { return &c.MaxTerminals })},
+	{"shell-history", "AGENTGATE_SHELL_HISTORY", "4194304", "bytes of a terminal's output kept in Redis for reattaching (the oldest go first)", func(c *config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 65536 {
+			return fmt.Errorf("must be a number of bytes, at least 65536")
+		}
+		c.ShellHistory = n
+		return nil
+	}},
+	{"shell-retention", "AGENTGATE_SHELL_RETENTION", "10m", "how long an ended terminal's output is kept", durationSetter(func(c *config) *time.Duration { return &c.ShellRetention })},
 }
 
 // intSetter parses a whole number, 0 or more.
@@ -282,7 +293,10 @@ func (c *config) bins() map[app.Provider]string {
 // storeConfig is the store of every command: the same prefix and
 // retention whether a server or an admin command writes.
 func (c *config) storeConfig(url string, log *slog.Logger) store.Config {
-	return store.Config{URL: url, Prefix: c.KeyPrefix, Retention: c.Retention, Logger: log}
+	return store.Config{
+		URL: url, Prefix: c.KeyPrefix, Retention: c.Retention, Logger: log,
+		ShellOutputBytes: c.ShellHistory, ShellRetention: c.ShellRetention,
+	}
 }
 
 // logger builds the slog logger of --log-format and --log-level.
