@@ -247,6 +247,35 @@ func BenchmarkShell(b *testing.B) {
 		b.ReportMetric(float64(total)/perRun/1e6, "MB/run")
 	})
 
+	// A flood (`yes`), then Ctrl-C: how long until the shell answers again,
+	// and how much flood output still arrives after the Ctrl-C was sent.
+	b.Run("flood-ctrl-c", func(b *testing.B) {
+		c := r.open(b, fmt.Sprintf("yes-%d", time.Now().UnixNano()))
+		defer c.ws.Close()
+		c.ready(b)
+		var lat latencies
+		samples := make([]int64, 0, b.N)
+		var after int64
+		for i := 0; i < b.N; i++ {
+			c.send(b, map[string]any{"type": "input", "data": "yes\r"})
+			c.bytes = 0
+			for c.bytes < 4<<20 {
+				c.readUntil(b, "y\r\ny\r\n")
+			}
+			c.bytes = 0
+			t0 := time.Now()
+			c.send(b, map[string]any{"type": "input", "data": "\x03"})
+			c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("echo BACK%d-$((1+1))\r", i)})
+			c.readUntil(b, fmt.Sprintf("BACK%d-2", i))
+			samples = append(samples, int64(time.Since(t0)))
+			after += c.bytes
+		}
+		lat.add(samples)
+		b.ReportMetric(lat.quantile(0.5), "p50-ms")
+		b.ReportMetric(lat.quantile(0.99), "p99-ms")
+		b.ReportMetric(float64(after)/float64(b.N)/1024, "KiB-after")
+	})
+
 	b.Run("first-output", func(b *testing.B) {
 		var lat latencies
 		samples := make([]int64, 0, b.N)

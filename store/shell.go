@@ -80,6 +80,10 @@ func (k keys) shell(key string) string { return k.prefix + ":shell:{" + key + "}
 // shellOut is a terminal's output stream `ag:shell:{KEY}:out`.
 func (k keys) shellOut(key string) string { return k.shell(key) + ":out" }
 
+// shellSizes is the size of each chunk in the output stream, oldest first
+// `ag:shell:{KEY}:sizes`, for trimming to the byte budget.
+func (k keys) shellSizes(key string) string { return k.shell(key) + ":sizes" }
+
 // shellLive is the pub/sub channel of a terminal's output.
 func (k keys) shellLive(key string) string { return k.shell(key) + ":live" }
 
@@ -148,7 +152,7 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
 	}
 	n, err := shellOpenScript.Run(ctx, s.rdb,
-		[]string{s.k.shell(key), s.k.shellOut(key), s.k.inbox(worker), s.k.userShells(spec.Owner)},
+		[]string{s.k.shell(key), s.k.shellOut(key), s.k.inbox(worker), s.k.userShells(spec.Owner), s.k.shellSizes(key)},
 		prevGen, gen, worker, spec.Owner, spec.ProjectPath, string(spec.Provider), command,
 		spec.Cols, spec.Rows, body, inboxMaxLen, key, maxOpen).Int()
 	if err != nil {
@@ -172,7 +176,7 @@ func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks [
 	for _, c := range chunks {
 		args = append(args, c)
 	}
-	seq, err := shellAppendScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key)}, args...).Int64()
+	seq, err := shellAppendScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)}, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: append to shell %s: %w", key, err)
 	}
@@ -211,7 +215,7 @@ func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode i
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}
-	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.userShells(owner)},
+	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.userShells(owner), s.k.shellSizes(key)},
 		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds()), key).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)

@@ -5,10 +5,11 @@
 -- The stream is then trimmed, once per call rather than once per chunk, to
 -- at most MAXLEN chunks and at most the byte budget (the newest chunk always
 -- stays): a flood of large chunks must not hold tens of MB per terminal.
--- The hash's outBytes is the size of what the stream holds. A generation
--- that was replaced changes nothing.
+-- The hash's outBytes is the size of what the stream holds, and the sizes
+-- list the size of each chunk in it, oldest first, so that trimming never
+-- reads the chunks back. A generation that was replaced changes nothing.
 --
--- KEYS[1] shell hash   KEYS[2] output stream
+-- KEYS[1] shell hash   KEYS[2] output stream   KEYS[3] chunk sizes list
 -- ARGV[1] generation   ARGV[2] stream MAXLEN   ARGV[3] pub/sub channel
 -- ARGV[4] byte budget of the stream
 -- ARGV[5 ..] chunks
@@ -26,26 +27,27 @@ for i = 5, #ARGV do
   local s = string.format('%d', seq)
   redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'data', ARGV[i])
   redis.call('PUBLISH', ARGV[3], 'o ' .. ARGV[1] .. ' ' .. s .. ' ' .. ARGV[i])
+  redis.call('RPUSH', KEYS[3], #ARGV[i])
   bytes = bytes + #ARGV[i]
 end
 
 local maxlen, budget = tonumber(ARGV[2]), tonumber(ARGV[4])
 local n = redis.call('XLEN', KEYS[2])
-local last = nil -- seq of the newest chunk trimmed
-while n > 1 and (n > maxlen or bytes > budget) do
-  local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)
-  for _, e in ipairs(batch) do
-    if n <= 1 or (n <= maxlen and bytes <= budget) then
-      break
-    end
-    -- e[2] is {'seq', s, 'data', d}
-    bytes = bytes - #e[2][4]
-    n = n - 1
-    last = tonumber(e[2][2])
+local first = seq - n + 1 -- seq of the oldest chunk held
+local trimmed = 0
+while n - trimmed > 1 and (n - trimmed > maxlen or bytes > budget) do
+  local size = redis.call('LPOP', KEYS[3])
+  if not size then
+    break -- a terminal opened before sizes were kept: trimmed by count below
   end
-  if last then
-    redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', last + 1) .. '-0')
-  end
+  bytes = bytes - tonumber(size)
+  trimmed = trimmed + 1
+end
+if trimmed > 0 then
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', first + trimmed) .. '-0')
+end
+if n - trimmed > maxlen then
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)
 end
 redis.call('HSET', hash, 'seq', string.format('%d', seq), 'outBytes', string.format('%d', bytes))
 return seq

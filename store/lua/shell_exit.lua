@@ -7,6 +7,7 @@
 --
 -- KEYS[1] shell hash   KEYS[2] output stream
 -- KEYS[3] owner's open terminals (sorted set of shell keys)
+-- KEYS[4] output chunk sizes list
 -- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
 -- ARGV[4] signal name or ''   ARGV[5] reason ('exit' or 'lost')
 -- ARGV[6] retention, seconds   ARGV[7] shell key
@@ -25,5 +26,6 @@ end
 redis.call('ZREM', KEYS[3], ARGV[7])
 redis.call('EXPIRE', hash, ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
 redis.call('PUBLISH', ARGV[2], 'e ' .. ARGV[1] .. ' ' .. (cur[3] or '0') .. ' ' .. ARGV[3] .. ' ' .. sig .. ' ' .. ARGV[5])
 return 1

@@ -7,6 +7,7 @@
 --
 -- KEYS[1] shell hash   KEYS[2] output stream   KEYS[3] worker inbox
 -- KEYS[4] owner's open terminals (sorted set of shell keys)
+-- KEYS[5] output chunk sizes list
 -- ARGV[1] generation the caller read ('0' for none)
 -- ARGV[2] new generation   ARGV[3] worker id   ARGV[4] owner
 -- ARGV[5] projectPath      ARGV[6] provider    ARGV[7] command
@@ -40,7 +41,7 @@ if limit > 0 and not redis.call('ZSCORE', KEYS[4], ARGV[12])
 end
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('DEL', hash, KEYS[2])
+redis.call('DEL', hash, KEYS[2], KEYS[5])
 redis.call('HSET', hash,
   'gen', ARGV[2], 'worker', ARGV[3], 'owner', ARGV[4], 'projectPath', ARGV[5],
   'provider', ARGV[6], 'command', ARGV[7], 'cols', ARGV[8], 'rows', ARGV[9],
