@@ -62,6 +62,10 @@ type ShellMessage struct {
 
 	// input
 	Data string `json:"data"`
+
+	// ack: the client has rendered the output up to Seq (optional flow
+	// control; see the README's /shell section)
+	Seq *int64 `json:"seq"`
 }
 
 // ParseShellMessage decodes and checks one /shell frame. The error's text
@@ -77,6 +81,14 @@ func ParseShellMessage(data []byte) (ShellMessage, error) {
 	}
 	var m ShellMessage
 	switch typ {
+	case "ack":
+		var ack struct {
+			Seq *int64 `json:"seq"`
+		}
+		if err := json.Unmarshal(data, &ack); err != nil || ack.Seq == nil || *ack.Seq < 0 {
+			return ShellMessage{}, WireError("Invalid ack message: seq must be a whole number, 0 or more")
+		}
+		return ShellMessage{Type: typ, Seq: ack.Seq}, nil
 	case "init", "input", "resize":
 	default:
 		return ShellMessage{}, WireError("Unknown message type: " + Clip(typ, 100))

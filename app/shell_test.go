@@ -159,3 +159,15 @@ func TestShellPlainAndLoginReset(t *testing.T) {
 	require.Equal(t, "Starting new Claude session in: /p", ShellSpec{Provider: Claude, ProjectPath: "/p"}.Welcome())
 	require.Equal(t, "Starting terminal in: /p", ShellSpec{Plain: true, ProjectPath: "/p"}.Welcome())
 }
+
+func TestParseShellAck(t *testing.T) {
+	m, err := ParseShellMessage([]byte(`{"type":"ack","seq":42}`))
+	if err != nil || m.Type != "ack" || m.Seq == nil || *m.Seq != 42 {
+		t.Fatalf("ack: %+v, %v", m, err)
+	}
+	for _, bad := range []string{`{"type":"ack"}`, `{"type":"ack","seq":-1}`, `{"type":"ack","seq":"1"}`, `{"type":"ack","seq":1.5}`} {
+		if _, err := ParseShellMessage([]byte(bad)); err == nil || err.Error() != "Invalid ack message: seq must be a whole number, 0 or more" {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+}

@@ -121,6 +121,12 @@ type termClient struct {
 	ws    *websocket.Conn
 	out   bytes.Buffer
 	bytes int64
+	// pace is how long the client spends on each output frame, like a
+	// browser's terminal rendering it; zero reads as fast as it can.
+	pace time.Duration
+	// acks makes the client acknowledge each frame once handled, as a
+	// terminal does in its write callback (the /shell ack message).
+	acks bool
 }
 
 func (r *shellRig) open(b *testing.B, shellID string) *termClient {
@@ -159,17 +165,24 @@ func (c *termClient) readUntil(b *testing.B, marker string) {
 	var f struct {
 		Type string `json:"type"`
 		Data string `json:"data"`
+		Seq  int64  `json:"seq"`
 	}
 	for !bytes.Contains(c.out.Bytes(), []byte(marker)) {
 		_, data, err := c.ws.ReadMessage()
 		if err != nil {
 			b.Fatalf("read: %v (waiting for %q)", err, marker)
 		}
-		f.Type, f.Data = "", ""
+		f.Type, f.Data, f.Seq = "", "", 0
 		if err := json.Unmarshal(data, &f); err != nil || f.Type != "output" {
 			continue
 		}
 		c.bytes += int64(len(f.Data))
+		if c.pace > 0 {
+			time.Sleep(c.pace)
+		}
+		if c.acks && f.Seq > 0 {
+			c.send(b, map[string]any{"type": "ack", "seq": f.Seq})
+		}
 		if c.out.Len() > 1<<16 {
 			tail := append([]byte(nil), c.out.Bytes()[c.out.Len()-256:]...)
 			c.out.Reset()
@@ -249,32 +262,14 @@ func BenchmarkShell(b *testing.B) {
 
 	// A flood (`yes`), then Ctrl-C: how long until the shell answers again,
 	// and how much flood output still arrives after the Ctrl-C was sent.
-	b.Run("flood-ctrl-c", func(b *testing.B) {
-		c := r.open(b, fmt.Sprintf("yes-%d", time.Now().UnixNano()))
-		defer c.ws.Close()
-		c.ready(b)
-		var lat latencies
-		samples := make([]int64, 0, b.N)
-		var after int64
-		for i := 0; i < b.N; i++ {
-			c.send(b, map[string]any{"type": "input", "data": "yes\r"})
-			c.bytes = 0
-			for c.bytes < 4<<20 {
-				c.readUntil(b, "y\r\ny\r\n")
-			}
-			c.bytes = 0
-			t0 := time.Now()
-			c.send(b, map[string]any{"type": "input", "data": "\x03"})
-			c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("echo BACK%d-$((1+1))\r", i)})
-			c.readUntil(b, fmt.Sprintf("BACK%d-2", i))
-			samples = append(samples, int64(time.Since(t0)))
-			after += c.bytes
-		}
-		lat.add(samples)
-		b.ReportMetric(lat.quantile(0.5), "p50-ms")
-		b.ReportMetric(lat.quantile(0.99), "p99-ms")
-		b.ReportMetric(float64(after)/float64(b.N)/1024, "KiB-after")
-	})
+	for _, client := range []struct {
+		pace time.Duration
+		acks bool
+	}{{0, false}, {2 * time.Millisecond, false}, {2 * time.Millisecond, true}} {
+		b.Run(fmt.Sprintf("flood-ctrl-c/client-pace=%v/acks=%v", client.pace, client.acks), func(b *testing.B) {
+			floodCtrlC(b, r, client.pace, client.acks)
+		})
+	}
 
 	b.Run("first-output", func(b *testing.B) {
 		var lat latencies
@@ -311,4 +306,36 @@ func freeLoopback(b *testing.B) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// floodCtrlC runs `yes`, reads 4 MB of it, then sends Ctrl-C and a command:
+// how long until the command answers, and how much flood output the client
+// still reads after the Ctrl-C, for a client that spends pace per frame and
+// acknowledges what it handled or not.
+func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
+	c := r.open(b, fmt.Sprintf("yes-%d", time.Now().UnixNano()))
+	defer c.ws.Close()
+	c.ready(b)
+	c.pace, c.acks = pace, acks
+	var lat latencies
+	samples := make([]int64, 0, b.N)
+	var after int64
+	for i := 0; i < b.N; i++ {
+		c.send(b, map[string]any{"type": "input", "data": "yes\r"})
+		c.bytes = 0
+		for c.bytes < 4<<20 {
+			c.readUntil(b, "y\r\ny\r\n")
+		}
+		c.bytes = 0
+		t0 := time.Now()
+		c.send(b, map[string]any{"type": "input", "data": "\x03"})
+		c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("echo BACK%d-$((1+1))\r", i)})
+		c.readUntil(b, fmt.Sprintf("BACK%d-2", i))
+		samples = append(samples, int64(time.Since(t0)))
+		after += c.bytes
+	}
+	lat.add(samples)
+	b.ReportMetric(lat.quantile(0.5), "p50-ms")
+	b.ReportMetric(lat.quantile(0.99), "p99-ms")
+	b.ReportMetric(float64(after)/float64(b.N)/1024, "KiB-after")
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store"
 )
 
 // shellDetach is the detach timeout of the shell clusters: short, so the
@@ -430,14 +432,20 @@ func TestShellFloodCtrlC(t *testing.T) {
 		n, _ := strconv.ParseInt(v, 10, 64)
 		return n
 	}
+	held := func() int64 {
+		n, _ := sc.rdb.HGet(ctx, key, "outBytes").Int64()
+		return n
+	}
 	eventually(t, 30*time.Second, "the stream at its cap", func() bool {
 		n, err := sc.rdb.XLen(ctx, key+":out").Result()
-		return err == nil && n >= 5000
+		return err == nil && (n >= 5000 || held() >= store.DefaultShellOutputBytes-64<<10)
 	})
 	time.Sleep(2 * time.Second)
 	n, err := sc.rdb.XLen(ctx, key+":out").Result()
 	require.NoError(t, err)
 	require.LessOrEqual(t, n, int64(5000), "the output stream is capped")
+	require.LessOrEqual(t, held(), int64(store.DefaultShellOutputBytes), "the output stream holds at most its byte budget")
+	t.Logf("the stream holds %d chunks, %d KiB", n, held()>>10)
 	for _, p := range []*proc{sc.gw1, sc.worker} {
 		rss := rssKiB(t, p.pid())
 		t.Logf("%s RSS %d KiB during the flood (seq %d)", p.name, rss, seqOf())

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -67,6 +69,11 @@ type shellFeed struct {
 	maxSeen int64  // the highest seq published in gen
 	exit    *store.ShellLive
 	watches map[*shellWatch]struct{}
+	// written is the highest seq of gen written to a socket here, and
+	// acked the one last told to the worker (its flow control); acking is
+	// set while a goroutine tells it.
+	written, acked int64
+	acking         bool
 }
 
 // shellWatch is one socket's position in one terminal. Fields are guarded
@@ -91,6 +98,10 @@ type shellSocket struct {
 	c  *conn
 	mu sync.Mutex
 	w  *shellWatch
+	// clientAcks is set once the client sends acks: its terminal's flow
+	// then follows what it rendered, not what was written to its socket
+	// (kernel buffers hold megabytes a slow client has not read).
+	clientAcks atomic.Bool
 }
 
 func newShellHub(st *store.Store, sub *store.Subscriber, log *slog.Logger, ws app.Workspaces, detach time.Duration) *shellHub {
@@ -135,7 +146,13 @@ func (s *Server) newShellSockets() *melody.Melody {
 		s.shells.mu.Unlock()
 		s.shells.detachSocket(sock)
 	})
-	m.HandleSentMessage(func(ms *melody.Session, _ []byte) { shellSocketOf(ms).c.sent() })
+	m.HandleSentMessage(func(ms *melody.Session, frame []byte) {
+		sock := shellSocketOf(ms)
+		sock.c.sent()
+		if seq, ok := frameSeq(frame); ok && !sock.clientAcks.Load() {
+			s.shells.written(sock, seq)
+		}
+	})
 	m.HandleMessage(s.onShellMessage)
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
 		if c := shellSocketOf(ms).c; c.admit(1) {
@@ -169,10 +186,17 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 			sock.notice("error", "Error: internal error")
 		}
 	}()
+	msg, err := app.ParseShellMessage(data)
+	if err == nil && msg.Type == "ack" {
+		// Not rate limited: a rendering client acks often, and an ack
+		// costs a comparison (and at most one control in flight).
+		sock.clientAcks.Store(true)
+		s.shells.written(sock, *msg.Seq)
+		return
+	}
 	if !sock.c.admit(1) {
 		return
 	}
-	msg, err := app.ParseShellMessage(data)
 	if err != nil {
 		sock.error(err.Error())
 		return
@@ -346,6 +370,7 @@ func (h *shellHub) attach(ctx context.Context, sock *shellSocket, key string, ge
 // terminal from its first chunk. f.mu must be held.
 func (f *shellFeed) switchGenLocked(h *shellHub, gen int64) {
 	f.gen, f.maxSeen, f.exit, f.worker = gen, 0, nil, ""
+	f.written, f.acked = 0, 0
 	for w := range f.watches {
 		if w.done {
 			continue
@@ -683,6 +708,65 @@ func trimNotice(n int64) app.ShellOutput {
 func noticeFrame(level, text string) []byte {
 	b, _ := json.Marshal(app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text)})
 	return b
+}
+
+// written records that sock was written the chunk seq of its terminal,
+// and tells the terminal's worker, one ack at a time per terminal: the
+// worker reads its PTY only while the most advanced socket keeps up.
+func (h *shellHub) written(sock *shellSocket, seq int64) {
+	sock.mu.Lock()
+	w := sock.w
+	sock.mu.Unlock()
+	if w == nil {
+		return
+	}
+	f := w.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if w.gen != f.gen || seq <= f.written {
+		return
+	}
+	f.written = seq
+	if !f.acking {
+		f.acking = true
+		go h.sendAcks(f)
+	}
+}
+
+// sendAcks tells f's worker the written seq until it has the newest.
+// Runs in its own goroutine.
+func (h *shellHub) sendAcks(f *shellFeed) {
+	for {
+		f.mu.Lock()
+		seq, gen, worker := f.written, f.gen, f.worker
+		if seq <= f.acked || worker == "" {
+			f.acking = false
+			f.mu.Unlock()
+			return
+		}
+		f.acked = seq
+		f.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		err := h.st.SendControl(ctx, worker, store.Control{
+			Type: store.ControlShellAck, Shell: f.key, Gen: gen, Data: strconv.AppendInt(nil, seq, 10),
+		})
+		cancel()
+		if err != nil {
+			// The worker reads on after its stall timeout; nothing is lost.
+			h.log.Debug("ack terminal output", "shell", f.key, "err", err)
+		}
+	}
+}
+
+// frameSeq reads the seq of an output frame (outputFrame puts it last); a
+// notice or another frame has none.
+func frameSeq(frame []byte) (int64, bool) {
+	i := bytes.LastIndex(frame, []byte(`"seq":`))
+	if i < 0 || !bytes.HasSuffix(frame, []byte("}")) {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(frame[i+len(`"seq":`):len(frame)-1]), 10, 64)
+	return n, err == nil
 }
 
 // outputFrame encodes an output frame with its seq.

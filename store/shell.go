@@ -30,6 +30,9 @@ const (
 	ControlShellResize = "shell-resize"
 	// ControlShellKill kills a terminal's whole process session.
 	ControlShellKill = "shell-kill"
+	// ControlShellAck says a socket was sent the terminal's output up to
+	// the seq in Data (a JSON number): the worker's flow control.
+	ControlShellAck = "shell-ack"
 )
 
 // ShellSize is the Data of a resize control.

@@ -81,6 +81,8 @@ type shell struct {
 	killOnce sync.Once
 	stopped  chan struct{} // closed when the terminal ends
 
+	flow *shellFlow
+
 	urls urlDetector
 }
 
@@ -117,6 +119,14 @@ func (w *Worker) shellControl(c store.Control) bool {
 	case store.ControlShellKill:
 		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
 			sh.kill()
+		}
+	case store.ControlShellAck:
+		var seq int64
+		if err := json.Unmarshal(c.Data, &seq); err != nil {
+			return true
+		}
+		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
+			sh.flow.ack(seq)
 		}
 	default:
 		return false
@@ -204,7 +214,7 @@ func (w *Worker) openShell(c store.Control) {
 	}
 	sh := &shell{
 		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
-		inWake: make(chan struct{}, 1), stopped: make(chan struct{}),
+		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(),
 	}
 	sh.outCond = sync.NewCond(&sh.outMu)
 	w.shells.mu.Lock()
@@ -280,7 +290,15 @@ func (sh *shell) kill() {
 // Runs in its own goroutine.
 func (sh *shell) readLoop() {
 	buf := make([]byte, shellChunkMax)
+	pending := func() int {
+		sh.outMu.Lock()
+		defer sh.outMu.Unlock()
+		return len(sh.pending)
+	}
 	for {
+		// Not read while the sockets are a window behind: the process
+		// blocks on a full PTY, and a Ctrl-C has little left to show.
+		sh.flow.wait(pending, sh.p.exited)
 		n, err := sh.p.f.Read(buf)
 		if n > 0 {
 			sh.outMu.Lock()
@@ -356,7 +374,14 @@ func (sh *shell) append(chunks []string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := sh.w.st.ShellAppend(ctx, sh.key, sh.gen, chunks)
+	last, err := sh.w.st.ShellAppend(ctx, sh.key, sh.gen, chunks)
+	if err == nil {
+		sizes := make([]int, len(chunks))
+		for i, c := range chunks {
+			sizes[i] = len(c)
+		}
+		sh.flow.appendedChunks(last, sizes)
+	}
 	if errors.Is(err, store.ErrStaleShell) {
 		// The key was reopened or deleted: nobody can see this terminal.
 		sh.kill()

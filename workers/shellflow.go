@@ -1,0 +1,99 @@
+package workers
+
+import (
+	"sync"
+	"time"
+)
+
+const (
+	// shellWindow is how much output may be on its way to the sockets
+	// (appended to Redis, not yet written to any socket) before the worker
+	// stops reading the PTY, as ttyd stops a flood at its client's
+	// watermark: a Ctrl-C then has at most this much left to show.
+	shellWindow = 256 << 10
+	// shellFlowStall is how long the worker waits for an ack before it
+	// takes the watching sockets for gone and reads on: a terminal nobody
+	// watches keeps running into its (bounded) stored output.
+	shellFlowStall = time.Second
+	// shellFlowSeqs bounds the seq -> offset entries kept for acks.
+	shellFlowSeqs = 4096
+)
+
+// shellFlow is a terminal's flow control: the output appended to Redis
+// against what the gateways acknowledge having written to a socket (the
+// most advanced socket: one far behind reads the stream at its own pace and
+// holds nobody back). It is off until the first ack, and off again after an
+// ack stalls for shellFlowStall.
+type shellFlow struct {
+	mu       sync.Mutex
+	on       bool
+	appended int64 // bytes appended to Redis
+	acked    int64 // bytes of the most advanced ack
+	lastAck  time.Time
+	ends     []seqEnd // the appended offset after each recent seq
+	wake     chan struct{}
+}
+
+// seqEnd is the appended offset once the chunk of seq was appended.
+type seqEnd struct {
+	seq int64
+	end int64
+}
+
+func newShellFlow() *shellFlow { return &shellFlow{wake: make(chan struct{}, 1)} }
+
+// appendedChunks records chunks of sizes, the last of which got seq last.
+func (fl *shellFlow) appendedChunks(last int64, sizes []int) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	for i, n := range sizes {
+		fl.appended += int64(n)
+		fl.ends = append(fl.ends, seqEnd{seq: last - int64(len(sizes)-1-i), end: fl.appended})
+	}
+	if over := len(fl.ends) - shellFlowSeqs; over > 0 {
+		fl.ends = append(fl.ends[:0], fl.ends[over:]...)
+	}
+}
+
+// ack records that a socket was written the output up to seq.
+func (fl *shellFlow) ack(seq int64) {
+	fl.mu.Lock()
+	i := 0
+	for i < len(fl.ends) && fl.ends[i].seq <= seq {
+		fl.acked = max(fl.acked, fl.ends[i].end)
+		i++
+	}
+	fl.ends = append(fl.ends[:0], fl.ends[i:]...)
+	fl.on, fl.lastAck = true, time.Now()
+	fl.mu.Unlock()
+	select {
+	case fl.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wait blocks while more than shellWindow is on its way (pending more
+// read but not yet appended), until an ack makes room, the acks stall, or
+// stop closes.
+func (fl *shellFlow) wait(pending func() int, stop <-chan struct{}) {
+	for {
+		fl.mu.Lock()
+		if !fl.on || fl.appended+int64(pending())-fl.acked <= shellWindow {
+			fl.mu.Unlock()
+			return
+		}
+		stall := shellFlowStall - time.Since(fl.lastAck)
+		if stall <= 0 {
+			fl.on = false // nobody acknowledges: the sockets went away
+			fl.mu.Unlock()
+			return
+		}
+		fl.mu.Unlock()
+		select {
+		case <-fl.wake:
+		case <-time.After(stall):
+		case <-stop:
+			return
+		}
+	}
+}
