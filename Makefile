@@ -1,10 +1,11 @@
 # make run   - the gateway on the embedded default (agentgate serve)
 # make test  - installs what the tests need, then runs every test
 # make bench - the benchmarks reported in the README
+# make container-test - the images and deploy/compose with podman (root)
 
 GO ?= go
 
-.PHONY: run test test-deps lint bench build
+.PHONY: run test test-deps lint bench build container-test
 
 build:
 	$(GO) build -o bin/agentgate ./cmd/agentgate
@@ -26,3 +27,6 @@ lint:
 
 bench: test-deps
 	$(GO) test -run XXX -bench . -count 2 -timeout 30m ./bench/
+
+container-test:
+	./scripts/containers/test.sh

@@ -24,5 +24,6 @@ var (
 const (
 	CloseMessageTooBig = 1009 // a frame over the size limit
 	CloseGoingAway     = 1001 // the gateway is shutting down
+	CloseStoreRestart  = 1012 // Redis restarted without the socket's last events; resume from lastSeq
 	CloseSlowConsumer  = 4008 // the outgoing queue is full; resume from lastSeq
 )

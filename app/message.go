@@ -106,13 +106,21 @@ func validRequestID(raw json.RawMessage) bool {
 
 // Reply frames (PROTOCOL §3.2: replies carry `type`, never `kind`).
 
-// ErrorReply is `{type:"error", error, requestId?, sessionId?}`.
+// ErrorReply is `{type:"error", error, requestId?, sessionId?, retryable?}`.
 type ErrorReply struct {
 	Type      string          `json:"type"`
 	Error     string          `json:"error"`
 	RequestID json.RawMessage `json:"requestId,omitempty"`
 	SessionID string          `json:"sessionId,omitempty"`
+	// Retryable marks an error that says nothing about the request, only
+	// that the gateway could not answer it now (Redis down or loading): the
+	// same request may succeed later.
+	Retryable bool `json:"retryable,omitempty"`
 }
+
+// StoreUnavailableError is the text of a reply the gateway could not give
+// because Redis did not answer.
+const StoreUnavailableError = "Session store unavailable (Redis is down or restarting); try again"
 
 // NewErrorReply builds an error reply.
 func NewErrorReply(text string) ErrorReply { return ErrorReply{Type: "error", Error: text} }

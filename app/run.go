@@ -118,4 +118,7 @@ const (
 	ReasonWorkerLost      = "worker-lost"
 	ReasonNoWorker        = "no-worker"
 	ReasonWorkerShutdown  = "worker-shutdown"
+	// ReasonStoreUnavailable: the worker stopped the run because Redis
+	// could not record its output for too long.
+	ReasonStoreUnavailable = "store-unavailable"
 )

@@ -312,7 +312,7 @@ var benchToken = sync.OnceValue(func() string {
 
 // dialWS opens an authenticated /ws socket.
 func dialWS(wsURL string) (*websocket.Conn, error) {
-	ws, resp, err := dialer.Dial(wsURL+"?token="+benchToken(), nil)
+	ws, resp, err := dialer.Dial(wsURL+"?delivery=immediate&token="+benchToken(), nil)
 	if resp != nil && resp.Body != nil {
 		resp.Body.Close()
 	}

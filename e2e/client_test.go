@@ -224,15 +224,15 @@ func (c *wsClient) waitEvent(sessionID, what string, timeout time.Duration, pred
 	return eventsOf(c.t, fs, sessionID)
 }
 
-// waitEnd waits until the session's events hold n completes, each followed
-// by its terminal session-state-changed, and returns the events.
+// waitEnd waits until the session's events hold n completes, each right
+// after its terminal session-state-changed, and returns the events.
 func (c *wsClient) waitEnd(sessionID string, n int, timeout time.Duration) []event {
 	c.t.Helper()
 	fs := c.waitFor(timeout, fmt.Sprintf("%d complete(s) of %s", n, sessionID), func(fs []frame) bool {
 		evs := eventsOf(c.t, fs, sessionID)
 		count := 0
 		for i, e := range evs {
-			if e.Kind == "complete" && i+1 < len(evs) && isTerminal(evs[i+1]) {
+			if e.Kind == "complete" && i > 0 && isTerminal(evs[i-1]) {
 				count++
 			}
 		}
@@ -301,15 +301,15 @@ type runSummary struct {
 // checkRun is the check every test makes on the events one socket received
 // for one session: seq from..N with no gap and no duplicate, in order, every
 // event with the envelope (runId, sessionId, kind, no type); exactly one
-// complete per runId, immediately followed by its terminal
-// session-state-changed, and nothing of that run after it; runs do not
-// interleave.
+// complete per runId, the run's last event, right after its terminal
+// session-state-changed (PROTOCOL §3.3); runs do not interleave.
 func checkRun(t *testing.T, evs []event, from int64) runSummary {
 	t.Helper()
 	require.NotEmpty(t, evs, "no session events")
 	var sum runSummary
 	seen := map[string]bool{}
 	completes := map[string]int{}
+	terminals := map[string]int{}
 	ended := map[string]bool{}
 	current := ""
 	for i, e := range evs {
@@ -335,21 +335,23 @@ func checkRun(t *testing.T, evs []event, from int64) runSummary {
 			current = e.RunID
 			seen[e.RunID] = true
 		}
-		require.False(t, ended[e.RunID], "event of run %s after its terminal state: %s", e.RunID, e.Raw)
+		require.False(t, ended[e.RunID], "event of run %s after its complete: %s", e.RunID, e.Raw)
+		if isTerminal(e) {
+			terminals[e.RunID]++
+			require.Equal(t, 1, terminals[e.RunID], "second terminal state of run %s: %s", e.RunID, e.Raw)
+			require.Less(t, i+1, len(evs), "a terminal session-state-changed is not followed by complete: %s", e.Raw)
+			next := evs[i+1]
+			require.Equal(t, "complete", next.Kind, "the terminal session-state-changed must be followed by complete, got %s", next.Raw)
+			require.Equal(t, e.RunID, next.RunID, "complete of another run: %s", next.Raw)
+			sum.terminals = append(sum.terminals, e)
+		}
 		if e.Kind == "complete" {
 			completes[e.RunID]++
 			require.Equal(t, e.SessionID, e.str("actualSessionId"), "complete.actualSessionId: %s", e.Raw)
 			require.Equal(t, 1, completes[e.RunID], "second complete of run %s: %s", e.RunID, e.Raw)
-			require.Less(t, i+1, len(evs), "complete is not followed by a terminal session-state-changed: %s", e.Raw)
-			next := evs[i+1]
-			require.True(t, isTerminal(next), "complete must be followed by a terminal session-state-changed, got %s", next.Raw)
-			require.Equal(t, e.RunID, next.RunID, "terminal state of another run: %s", next.Raw)
-			sum.completes = append(sum.completes, e)
-		}
-		if isTerminal(e) {
-			require.Equal(t, 1, completes[e.RunID], "terminal state without a complete before it: %s", e.Raw)
+			require.Equal(t, 1, terminals[e.RunID], "complete without a terminal state right before it: %s", e.Raw)
 			ended[e.RunID] = true
-			sum.terminals = append(sum.terminals, e)
+			sum.completes = append(sum.completes, e)
 		}
 	}
 	for run := range seen {

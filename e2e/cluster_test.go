@@ -44,12 +44,18 @@ type cluster struct {
 // started with startGateway and startWorker. claudeBin "" means the real CLI.
 func newCluster(t *testing.T, claudeBin string, turns ...mockanthropic.Turn) *cluster {
 	t.Helper()
+	return newClusterOn(t, storetest.Options{}, claudeBin, turns...)
+}
+
+// newClusterOn is newCluster with a redis-server configured by opts.
+func newClusterOn(t *testing.T, opts storetest.Options, claudeBin string, turns ...mockanthropic.Turn) *cluster {
+	t.Helper()
 	if claudeBin == "" {
 		claudeBin = mockanthropic.ClaudeBin(t)
 	}
 	storetest.RequireRedisServer(t)
 	c := &cluster{t: t, claude: claudeBin, home: t.TempDir(), tmp: t.TempDir(), root: t.TempDir()}
-	c.redis = storetest.StartServer(t)
+	c.redis = storetest.StartServerWith(t, opts)
 	c.rdb = redis.NewClient(&redis.Options{Addr: c.redis.Addr})
 	t.Cleanup(func() { _ = c.rdb.Close() })
 	c.mock = mockanthropic.New(t, turns...)
@@ -184,7 +190,7 @@ func issueToken(t *testing.T, user, secret string) string {
 // dial opens a chat socket on gateway gw as user.
 func (c *cluster) dial(gw *proc, user string) *wsClient {
 	c.t.Helper()
-	return dialWS(c.t, user+"@"+gw.name, "ws://"+gw.addr+"/ws?token="+c.token(user))
+	return dialWS(c.t, user+"@"+gw.name, "ws://"+gw.addr+"/ws?delivery=immediate&token="+c.token(user))
 }
 
 // command is a claude-command frame for a project of the cluster.

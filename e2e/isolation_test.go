@@ -89,7 +89,7 @@ func TestIsolation(t *testing.T) {
 	bsum := checkRun(t, bevs, 1)
 	ok, _ := bsum.completes[0].boolean("success")
 	require.False(t, ok, bsum.completes[0].Raw)
-	require.Contains(t, bevs[indexOf(bevs, "complete")-1].Raw, "No conversation found", kinds(bevs))
+	require.Contains(t, bevs[beforeEnd(bevs)].Raw, "No conversation found", kinds(bevs))
 
 	evs := alice.waitEnd(sid, 1, 60*time.Second)
 	sum := checkRun(t, evs, 1)

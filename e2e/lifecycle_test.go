@@ -44,6 +44,10 @@ func waitHanging(t *testing.T, cl *cluster, n int) {
 }
 
 // indexOf returns the index of the first event of kind, or -1.
+// beforeEnd is the index of the last event of the first run before its end
+// (the terminal session-state-changed, then complete).
+func beforeEnd(evs []event) int { return indexOf(evs, "complete") - 2 }
+
 func indexOf(evs []event, kind string) int {
 	for i, e := range evs {
 		if e.Kind == kind {
@@ -76,10 +80,10 @@ func TestKillWorkerMidRun(t *testing.T) {
 	require.Less(t, reaped, 10*time.Second, "the run of a dead worker ends within a few seconds")
 	sum := checkRun(t, evs, 1)
 	requireComplete(t, sum.completes[0], 1, false, false)
-	i := indexOf(evs, "complete")
+	i := beforeEnd(evs)
 	require.Greater(t, i, 0)
-	require.Equal(t, "error", evs[i-1].Kind, "an error row comes before the complete: %s", kinds(evs))
-	require.Equal(t, "worker lost", evs[i-1].str("content"))
+	require.Equal(t, "error", evs[i].Kind, "an error row comes before the run's end: %s", kinds(evs))
+	require.Equal(t, "worker lost", evs[i].str("content"))
 	require.Equal(t, 1, countKind(evs, "error"), kinds(evs))
 	require.Equal(t, "failed", sum.terminals[0].str("state"))
 	eventually(t, 5*time.Second, "no CLI process of the session", func() bool { return len(procsWithArg(sid)) == 0 })
@@ -132,7 +136,7 @@ func TestWorkerLostBeforeTranscript(t *testing.T) {
 	evs := c.waitEnd(sid, 1, 20*time.Second)
 	sum := checkRun(t, evs, 1)
 	requireComplete(t, sum.completes[0], 1, false, false)
-	require.Contains(t, evs[indexOf(evs, "complete")-1].Raw, "worker lost")
+	require.Contains(t, evs[beforeEnd(evs)].Raw, "worker lost")
 	eventually(t, 5*time.Second, "no CLI process of the session", func() bool { return len(procsWithArg(sid)) == 0 })
 
 	cl.startWorker("worker2")
@@ -328,10 +332,10 @@ func TestFailuresEndWithOneComplete(t *testing.T) {
 		sum := checkRun(t, evs, 1)
 		requireComplete(t, sum.completes[0], 127, false, false)
 		require.Equal(t, "failed", sum.terminals[0].str("state"))
-		i := indexOf(evs, "complete")
-		require.Equal(t, "error", evs[i-1].Kind, kinds(evs))
-		require.Contains(t, evs[i-1].str("content"), "AGENTGATE_CLAUDE_BIN", "an install hint: %s", evs[i-1].Raw)
-		require.Contains(t, evs[i-1].str("content"), "npm install", "an install hint: %s", evs[i-1].Raw)
+		i := beforeEnd(evs)
+		require.Equal(t, "error", evs[i].Kind, kinds(evs))
+		require.Contains(t, evs[i].str("content"), "AGENTGATE_CLAUDE_BIN", "an install hint: %s", evs[i].Raw)
+		require.Contains(t, evs[i].str("content"), "npm install", "an install hint: %s", evs[i].Raw)
 	})
 	t.Run("API error 500", func(t *testing.T) {
 		t.Parallel()
@@ -431,7 +435,7 @@ func TestWorkerStopMidRun(t *testing.T) {
 	aborted, _ := sum.completes[0].boolean("aborted")
 	require.False(t, aborted, sum.completes[0].Raw)
 	require.Equal(t, "failed", sum.terminals[0].str("state"))
-	require.Equal(t, "error", evs[indexOf(evs, "complete")-1].Kind, kinds(evs))
+	require.Equal(t, "error", evs[beforeEnd(evs)].Kind, kinds(evs))
 	eventually(t, 10*time.Second, "the CLI to be gone", func() bool { return len(procsWithArg(sid)) == 0 })
 	select {
 	case <-w.done:

@@ -90,7 +90,7 @@ func TestOtherProviders(t *testing.T) {
 			sum := checkRun(t, evs, 1)
 			require.Len(t, sum.completes, 1)
 			requireComplete(t, sum.completes[0], 0, true, false)
-			require.Equal(t, "session_created", evs[0].Kind, kinds(evs))
+			require.Equal(t, "session_created", evs[1].Kind, kinds(evs))
 			require.Equal(t, []string{tc.texts[0]}, assistantTexts(evs), kinds(evs))
 			for _, e := range evs {
 				// Codex warns on every run against a provider of its own

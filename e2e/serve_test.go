@@ -64,10 +64,10 @@ func TestServeOneCommand(t *testing.T) {
 
 	evs := c.waitEnd(sid, 1, 60*time.Second)
 	sum := checkRun(t, evs, 1)
-	require.Equal(t, "session_created", evs[0].Kind)
-	require.Equal(t, sid, evs[0].str("newSessionId"))
-	require.Equal(t, "session-state-changed", evs[1].Kind)
-	require.Equal(t, "running", evs[1].str("state"))
+	require.Equal(t, "session-state-changed", evs[0].Kind)
+	require.Equal(t, "running", evs[0].str("state"))
+	require.Equal(t, "session_created", evs[1].Kind)
+	require.Equal(t, sid, evs[1].str("newSessionId"))
 	requireComplete(t, sum.completes[0], 0, true, false)
 	require.Equal(t, "completed", sum.terminals[0].str("state"))
 

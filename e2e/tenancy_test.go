@@ -239,7 +239,7 @@ func TestUnrecordedConversationNotResumed(t *testing.T) {
 	evs := alice.waitEnd(sid, 1, 30*time.Second)
 	sum := checkRun(t, evs, 1)
 	requireComplete(t, sum.completes[0], 1, false, false)
-	require.Contains(t, evs[indexOf(evs, "complete")-1].Raw, "No conversation found with session ID: 0d9e3c1a-5b7f-4c2e-9a41-6f1e2d3c4b5a")
+	require.Contains(t, evs[beforeEnd(evs)].Raw, "No conversation found with session ID: 0d9e3c1a-5b7f-4c2e-9a41-6f1e2d3c4b5a")
 	require.Empty(t, sc.mock.Requests(), "no CLI asked the model anything")
 
 	term := sc.dialShell(sc.gw1, "alice")

@@ -49,6 +49,9 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	case "abort-session", "cursor-abort":
 		s.abort(ctx, c, msg)
 	case "check-session-status":
+		if msg.LastSeq != nil {
+			c.deliverImmediately()
+		}
 		s.checkStatus(ctx, c, msg.SessionID, app.Provider(msg.Provider), msg.LastSeq)
 	case "subscribe":
 		if len(msg.Sessions) > maxSubscribe {
@@ -60,6 +63,9 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 			return
 		}
 		for _, e := range msg.Sessions {
+			if e.LastSeq != nil {
+				c.deliverImmediately()
+			}
 			s.checkStatus(ctx, c, e.SessionID, "", e.LastSeq)
 		}
 	case "unsubscribe":
@@ -121,6 +127,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		NewSession: plan.isNew, ResumeDenied: plan.resumeDenied, ResumeUnrecorded: plan.resumeUnrecorded,
 		Options: app.RunOptions{
 			Model: opts.Model, PermissionMode: opts.PermissionMode, Tools: opts.ToolsSettings,
+			Images: opts.Images,
 		},
 	}
 
@@ -368,22 +375,38 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		c.reply(app.ErrorReply{Type: "error", Error: "Invalid lastSeq: must be 0 or more", SessionID: sessionID})
 		return
 	}
+	// Only "no such session" is answered as unknown: while Redis is down or
+	// loading the answer waits (within the request's time), then says so.
+	unavailable := func(err error) {
+		s.log.Warn("check session status", "session", sessionID, "err", err)
+		c.reply(app.ErrorReply{Type: "error", Error: app.StoreUnavailableError, SessionID: sessionID, Retryable: true})
+	}
 	// Peek first so that a session the caller may not see costs no subscription.
-	sess, err := s.st.Session(ctx, sessionID)
-	if err != nil || !c.user.CanSee(sess.Owner) {
+	var sess app.Session
+	err := s.awaitStore(ctx, func() (err error) { sess, err = s.st.Session(ctx, sessionID); return err })
+	if errors.Is(err, app.ErrNotFound) || (err == nil && !c.user.CanSee(sess.Owner)) {
 		c.reply(app.UnknownStatus(sessionID, provider))
+		return
+	}
+	if err != nil {
+		unavailable(err)
 		return
 	}
 	w, existed, err := s.hub.attach(c, sessionID)
 	if err != nil {
 		s.log.Warn("subscribe", "session", sessionID, "err", err)
-		c.reply(app.ErrorReply{Type: "error", Error: "Gateway could not follow the session; try again", SessionID: sessionID})
+		c.reply(app.ErrorReply{Type: "error", Error: "Gateway could not follow the session; try again", SessionID: sessionID, Retryable: true})
 		return
 	}
-	sess, first, err := s.st.SessionForReplay(ctx, sessionID)
+	var first int64
+	err = s.awaitStore(ctx, func() (err error) { sess, first, err = s.st.SessionForReplay(ctx, sessionID); return err })
 	if err != nil {
 		s.hub.abandon(c, w, existed)
-		c.reply(app.UnknownStatus(sessionID, provider))
+		if errors.Is(err, app.ErrNotFound) {
+			c.reply(app.UnknownStatus(sessionID, provider))
+		} else {
+			unavailable(err)
+		}
 		return
 	}
 	status := app.StatusOf(sess)
@@ -410,6 +433,21 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	}
 	c.reply(status)
 	s.hub.release(w, next, false)
+}
+
+// awaitStore runs read and, while it fails because Redis is down or loading,
+// waits for Redis and runs it again, until ctx ends. It returns read's last
+// error.
+func (s *Server) awaitStore(ctx context.Context, read func() error) error {
+	for {
+		err := read()
+		if !store.Unavailable(err) || ctx.Err() != nil {
+			return err
+		}
+		if s.st.WaitAvailable(ctx) != nil {
+			return err
+		}
+	}
 }
 
 // pendingPermissions answers get-pending-permissions from Redis.

@@ -160,9 +160,7 @@ func TestCommandLifecycle(t *testing.T) {
 			w.emit(ref, app.Text("assistant", "Hi"), app.Text("assistant", "there"))
 			w.finish(ref, 0)
 
-			evs := sessionEvents(c.until(func(m map[string]any) bool {
-				return m["kind"] == "session-state-changed" && m["state"] == "completed"
-			}))
+			evs := sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "complete" }))
 			checkSeqs(t, evs, 1)
 			var kinds []string
 			for _, e := range evs {
@@ -171,13 +169,15 @@ func TestCommandLifecycle(t *testing.T) {
 				require.Equal(t, ref.RunID, e["runId"])
 				require.Nil(t, e["type"], "session events carry kind, never type")
 			}
-			require.Equal(t, []string{"session_created", "session-state-changed", "text", "text", "complete", "session-state-changed"}, kinds)
-			require.Equal(t, id, evs[0]["newSessionId"])
-			require.Equal(t, "running", evs[1]["state"])
-			require.Equal(t, "command-accepted", evs[1]["reason"])
-			require.EqualValues(t, acc["startedAt"], evs[1]["startedAt"])
-			require.Equal(t, true, evs[4]["success"])
-			require.EqualValues(t, 0, evs[4]["exitCode"])
+			// session_created and complete close their bursts (PROTOCOL §3.3).
+			require.Equal(t, []string{"session-state-changed", "session_created", "text", "text", "session-state-changed", "complete"}, kinds)
+			require.Equal(t, id, evs[1]["newSessionId"])
+			require.Equal(t, "running", evs[0]["state"])
+			require.Equal(t, "command-accepted", evs[0]["reason"])
+			require.EqualValues(t, acc["startedAt"], evs[0]["startedAt"])
+			require.Equal(t, "completed", evs[4]["state"])
+			require.Equal(t, true, evs[5]["success"])
+			require.EqualValues(t, 0, evs[5]["exitCode"])
 			c.expectNothing(100 * time.Millisecond)
 
 			// A second run on the same session continues the seqs, in the
@@ -193,10 +193,11 @@ func TestCommandLifecycle(t *testing.T) {
 			require.Equal(t, g.dir, job.ProjectPath)
 			require.Equal(t, id, job.ProviderSessionID, "a Claude session resumes the gateway's id")
 			w.finish(ref, 3)
-			evs = sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "failed" }))
+			evs = sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "complete" }))
 			checkSeqs(t, evs, 7)
-			require.Equal(t, false, evs[1]["success"])
-			require.EqualValues(t, 3, evs[1]["exitCode"])
+			require.Equal(t, "failed", evs[1]["state"])
+			require.Equal(t, false, evs[2]["success"])
+			require.EqualValues(t, 3, evs[2]["exitCode"])
 		})
 	}
 }
@@ -385,7 +386,7 @@ func TestAbort(t *testing.T) {
 	id := c.next()["sessionId"].(string)
 	_, ref := w.take()
 	c.send(map[string]any{"type": "abort-session", "sessionId": id, "provider": "claude"})
-	evs := sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "aborted" }))
+	evs := sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "complete" }))
 	var complete map[string]any
 	for _, e := range evs {
 		if e["kind"] == "complete" {
@@ -539,7 +540,7 @@ func TestResumeOnAnotherGateway(t *testing.T) {
 	r := b.dial("alice")
 	r.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": lastSeen})
 	require.Equal(t, "session-status", r.next()["type"])
-	evs := sessionEvents(r.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "completed" }))
+	evs := sessionEvents(r.until(func(m map[string]any) bool { return m["kind"] == "complete" }))
 	<-done
 	checkSeqs(t, evs, lastSeen+1)
 	n := 0
@@ -598,7 +599,7 @@ func TestSubscribeSeveralAndUnsubscribe(t *testing.T) {
 // and starts a run that the fake worker floods with big events.
 func floodClient(t *testing.T, g *gateway, w *fakeWorker, n int) (*websocket.Conn, string) {
 	t.Helper()
-	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?token=" + token(t, "alice", false)
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?delivery=immediate&token=" + token(t, "alice", false)
 	ws, _, err := (&websocket.Dialer{ReadBufferSize: 1024}).Dial(url, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { ws.Close() })
@@ -676,6 +677,7 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 	require.Equal(t, "session-accepted", acc["type"])
 	require.Equal(t, true, acc["isNewSession"])
 	aliceSession := acc["sessionId"].(string)
+	require.Equal(t, "session-state-changed", c.next()["kind"])
 	created := c.next()
 	require.Equal(t, "session_created", created["kind"])
 	require.Equal(t, "outside-conversation-1", created["providerSessionId"])
@@ -759,7 +761,7 @@ func TestREST(t *testing.T) {
 	// The socket that follows the session sees the one complete, and the
 	// worker is told once.
 	evs = nil
-	for _, e := range sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "session-state-changed" && m["state"] == "aborted" })) {
+	for _, e := range sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "complete" })) {
 		if e["kind"] == "complete" {
 			evs = append(evs, e)
 		}
@@ -864,4 +866,19 @@ func TestProjectPathErrorsHideTheHost(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCommandCarriesImages: valid images of a command reach the worker's
+// job (they were accepted and dropped before).
+func TestCommandCarriesImages(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	png := "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+	c.send(command("look", map[string]any{"options": map[string]any{"images": []any{map[string]any{"data": png}}}}))
+	require.Equal(t, "session-accepted", c.next()["type"])
+	job, _ := w.take()
+	require.Len(t, job.Options.Images, 1)
+	require.Equal(t, png, job.Options.Images[0].Data)
 }

@@ -17,9 +17,10 @@ import (
 type closeReason int
 
 const (
-	closeNone     closeReason = iota
-	closeSlow                 // the outgoing queue was full (4008)
-	closeShutdown             // the gateway is draining (1001)
+	closeNone       closeReason = iota
+	closeSlow                   // the outgoing queue was full (4008)
+	closeShutdown               // the gateway is draining (1001)
+	closeStoreReset             // Redis lost events the socket had (1012)
 )
 
 func (r closeReason) String() string {
@@ -28,6 +29,8 @@ func (r closeReason) String() string {
 		return "slow_consumer"
 	case closeShutdown:
 		return "shutdown"
+	case closeStoreReset:
+		return "store_reset"
 	}
 	return "none"
 }
@@ -51,6 +54,18 @@ type conn struct {
 	mu      sync.Mutex
 	watches map[string]*watch // sessions this socket follows, by id
 
+	// interval is the quiet time after a frame the client must see (0:
+	// never paced, as /shell); paced, pending, pacing and quietUntil are the
+	// pacer's state (pace.go), guarded by pmu. pmu may be taken while a
+	// feed's mutex is held (hub.event sends under it); no other lock is
+	// taken while pmu is held.
+	interval   time.Duration
+	pmu        sync.Mutex
+	paced      bool
+	pacing     bool
+	pending    [][]byte
+	quietUntil time.Time
+
 	// quota is the user's share of the gateway, refusal the frame that
 	// answers a frame over its rate, and refusedAt when it was last sent
 	// (read goroutine only).
@@ -59,28 +74,34 @@ type conn struct {
 	refusedAt time.Time
 }
 
-func newConn(s *melody.Session, user app.User, limit int) *conn {
+// newConn wraps a socket; a non-zero interval paces its frames (pace.go)
+// until its client shows that it handles every frame.
+func newConn(s *melody.Session, user app.User, limit int, interval time.Duration) *conn {
 	// Not the request's context: it ends as soon as the upgrade handler
 	// returns.
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{
 		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit),
 		room: make(chan struct{}, 1), watches: map[string]*watch{},
+		interval: interval, paced: interval > 0,
 	}
 }
 
 // trySend queues a frame if the queue has room. It never blocks and never
 // closes the socket: a session event that does not fit is read back from
 // the stream by the hub.
-func (c *conn) trySend(frame []byte) bool {
+func (c *conn) trySend(frame []byte) bool { return c.offer(frame, c.limit) }
+
+// offer queues a frame if fewer than limit frames wait.
+func (c *conn) offer(frame []byte, limit int64) bool {
 	if c.closed.Load() {
 		return false
 	}
-	if c.queued.Add(1) > c.limit {
+	if c.queued.Add(1) > limit {
 		c.queued.Add(-1)
 		return false
 	}
-	if err := c.s.Write(frame); err != nil {
+	if err := c.write(frame); err != nil {
 		c.queued.Add(-1)
 		return false
 	}
@@ -176,8 +197,11 @@ func (c *conn) claimClose(reason closeReason) bool {
 // (melody's own Close would recurse), then closes the connection.
 func (c *conn) writeClose(reason closeReason) {
 	code, text := app.CloseGoingAway, "gateway shutting down"
-	if reason == closeSlow {
+	switch reason {
+	case closeSlow:
 		code, text = app.CloseSlowConsumer, "slow consumer"
+	case closeStoreReset:
+		code, text = app.CloseStoreRestart, "session store restarted"
 	}
 	ws := c.s.WebsocketConnection()
 	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))

@@ -78,9 +78,16 @@ func (g *gateway) dial(user string) *client {
 	return g.dialToken(token(g.t, user, false))
 }
 
+// dialToken opens a socket with immediate delivery, as a client that
+// handles every frame does (pace_test.go dials paced ones).
 func (g *gateway) dialToken(tok string) *client {
 	g.t.Helper()
-	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?token=" + tok
+	return g.dialQuery("token=" + tok + "&delivery=immediate")
+}
+
+func (g *gateway) dialQuery(query string) *client {
+	g.t.Helper()
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?" + query
 	ws, resp, err := websocket.DefaultDialer.Dial(url, nil)
 	require.NoError(g.t, err)
 	resp.Body.Close()

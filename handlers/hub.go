@@ -262,8 +262,37 @@ func (h *hub) resync(sessionID string) {
 		if !w.holding && w.next > 0 {
 			w.holding = true
 			w.gen++
-			go h.catchUp(w, w.gen)
+			go h.resume(w, w.gen)
 		}
+	}
+}
+
+// resume is the catch-up after the pub/sub connection came back. Redis may
+// have restarted without its last writes (its AOF is fsynced every second):
+// a socket that already had events Redis no longer holds is closed (1012)
+// and resumes with recovered:false, rather than wait for seqs that will
+// carry other events. Runs in its own goroutine.
+func (h *hub) resume(w *watch, gen int) {
+	for {
+		sess, err := h.st.Session(w.c.ctx, w.f.id)
+		if store.Unavailable(err) {
+			if h.st.WaitAvailable(w.c.ctx) != nil {
+				return
+			}
+			continue
+		}
+		if err == nil {
+			w.f.mu.Lock()
+			rewound := w.gen == gen && sess.LastSeq < w.next-1
+			w.f.mu.Unlock()
+			if rewound {
+				h.log.Warn("Redis lost events a socket had; it resumes", "session", w.f.id, "lastSeq", sess.LastSeq)
+				w.c.closeWith(closeStoreReset)
+				return
+			}
+		}
+		h.catchUp(w, gen)
+		return
 	}
 }
 
@@ -310,7 +339,9 @@ func (h *hub) catchUp(w *watch, gen int) {
 			f.mu.Unlock()
 			evs, err := h.st.Events(w.c.ctx, f.id, next-1, replayChunk)
 			if err != nil {
-				h.fail(w, gen, err)
+				if h.fail(w, gen, err) {
+					continue
+				}
 				return
 			}
 			if len(evs) == 0 {
@@ -333,7 +364,9 @@ func (h *hub) catchUp(w *watch, gen int) {
 		f.mu.Unlock()
 		evs, err := h.st.Events(w.c.ctx, f.id, next-1, int(min(upTo-next, replayChunk)))
 		if err != nil {
-			h.fail(w, gen, err)
+			if h.fail(w, gen, err) {
+				continue
+			}
 			return
 		}
 		if len(evs) == 0 || evs[0].Seq != next {
@@ -381,13 +414,22 @@ func (h *hub) deliver(w *watch, gen int, evs []store.StoredEvent) bool {
 	return true
 }
 
-func (h *hub) fail(w *watch, gen int, err error) {
+// fail handles a stream read of a catch-up that failed, and reports whether
+// the catch-up should read again. Redis down or loading its data (after a
+// restart) is waited for: the watch keeps its position and held frames, and
+// reads on once Redis answers, so an outage closes no socket. Any other
+// error closes the socket; the client resumes from its lastSeq.
+func (h *hub) fail(w *watch, gen int, err error) bool {
 	if w.c.ctx.Err() != nil {
-		return
+		return false
+	}
+	if store.Unavailable(err) {
+		h.log.Debug("replay waits for Redis", "session", w.f.id, "err", err)
+		return h.st.WaitAvailable(w.c.ctx) == nil
 	}
 	h.log.Warn("replay", "session", w.f.id, "err", err)
-	// The client resumes from its lastSeq after reconnecting.
 	w.c.closeWith(closeSlow)
+	return false
 }
 
 func sortHeld(held []heldFrame) {

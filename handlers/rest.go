@@ -3,6 +3,7 @@ package handlers
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 
@@ -172,4 +173,35 @@ func queryInt(c echo.Context, name string, def, lo, hi int) (int, error) {
 		return 0, echo.NewHTTPError(http.StatusBadRequest, name+" must be an integer from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
 	}
 	return n, nil
+}
+
+// broadcastRequest is the body of POST /api/broadcast.
+type broadcastRequest struct {
+	User  string          `json:"user"`
+	Frame json.RawMessage `json:"frame"`
+}
+
+// publishBroadcast answers POST /api/broadcast (admins only): a service
+// beside agentgate, such as Claude Code UI's own projects service, hands a
+// projects_updated, loading_progress or taskmaster-… frame to every chat
+// socket of one user on every gateway (app.CheckBroadcast says which).
+func (s *Server) publishBroadcast(c echo.Context) error {
+	if !userOf(c).Admin {
+		return echo.NewHTTPError(http.StatusForbidden, "admin token required")
+	}
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, app.MaxBroadcastSize+4096))
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "could not read the body")
+	}
+	var req broadcastRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "the body must be {\"user\": NAME, \"frame\": {...}}")
+	}
+	if err := app.CheckBroadcast(req.User, req.Frame); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	if err := s.st.Broadcast(c.Request().Context(), req.User, req.Frame); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusAccepted)
 }

@@ -57,6 +57,10 @@ type Config struct {
 	QueueSize int
 	// PingPeriod is the interval of WebSocket pings. Zero means 25s.
 	PingPeriod time.Duration
+	// PaceInterval is the quiet time a paced /ws socket gets after each
+	// frame its client must see (pace.go). Zero means DefaultPaceInterval;
+	// a negative value never paces.
+	PaceInterval time.Duration
 	// ShellDetachTimeout is how long a terminal lives unwatched; the
 	// gateway refreshes its terminals' watch time within it. Zero means
 	// 30 minutes.
@@ -117,6 +121,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PingPeriod <= 0 {
 		cfg.PingPeriod = DefaultPingPeriod
+	}
+	if cfg.PaceInterval == 0 {
+		cfg.PaceInterval = DefaultPaceInterval
 	}
 	if cfg.MaxSocketsPerUser <= 0 {
 		cfg.MaxSocketsPerUser = DefaultMaxSocketsPerUser
@@ -212,7 +219,8 @@ func (s *Server) routes() *echo.Echo {
 	api.GET("/sessions/:id", s.getSession)
 	api.GET("/sessions/:id/events", s.sessionEvents)
 	api.POST("/sessions/:id/abort", s.abortSession)
-	e.GET("/", s.webClient)
+	api.POST("/broadcast", s.publishBroadcast)
+	s.webRoutes(e)
 	return e
 }
 
@@ -231,7 +239,7 @@ func (s *Server) newChatSockets() *melody.Melody {
 	m.Upgrader.CheckOrigin = s.origins.allows
 	m.HandleConnect(func(ms *melody.Session) {
 		user, _ := ms.Get("user")
-		c := newConn(ms, user.(app.User), s.cfg.QueueSize)
+		c := newConn(ms, user.(app.User), s.cfg.QueueSize, s.paceInterval(ms.Request))
 		c.quota, c.refusal = quotaOf(ms), s.chatRefusal
 		ms.Set("conn", c)
 		s.mu.Lock()
@@ -269,7 +277,24 @@ func (s *Server) newChatSockets() *melody.Melody {
 }
 
 // serveChat authenticates the upgrade of /ws: 401 before any upgrade.
-func (s *Server) serveChat(c echo.Context) error { return s.serveUpgrade(c, s.chat) }
+func (s *Server) serveChat(c echo.Context) error {
+	switch c.QueryParam("delivery") {
+	case "", deliveryPaced, deliveryImmediate:
+	default:
+		return echo.NewHTTPError(http.StatusBadRequest, "delivery must be paced or immediate")
+	}
+	return s.serveUpgrade(c, s.chat)
+}
+
+// paceInterval is the pacing of a new /ws socket: Config.PaceInterval,
+// unless its client asked for immediate delivery (?delivery=immediate).
+// Without the parameter a socket is paced until it sends a lastSeq.
+func (s *Server) paceInterval(r *http.Request) time.Duration {
+	if s.cfg.PaceInterval < 0 || r.URL.Query().Get("delivery") == deliveryImmediate {
+		return 0
+	}
+	return s.cfg.PaceInterval
+}
 
 // serveUpgrade authenticates an upgrade (401 before it), takes one of the
 // user's sockets (429 before it), and hands the socket to m, whose connect
@@ -325,15 +350,29 @@ func connOf(ms *melody.Session) *conn {
 	return v.(*conn)
 }
 
-func (s *Server) broadcast(frame []byte) {
+// broadcastHeadroom is how far past its queue limit a chat socket takes a
+// broadcast: the queue of a paced socket, or of one reading a replay, is
+// often full, and a broadcast that does not fit closes the socket.
+const broadcastHeadroom = 8
+
+// broadcast hands a frame Store.Broadcast published to this gateway's chat
+// sockets of its one user. It runs on the subscriber's goroutine.
+func (s *Server) broadcast(payload []byte) {
+	user, frame, err := store.ParseBroadcast(payload)
+	if err != nil {
+		s.log.Warn("broadcast", "err", err)
+		return
+	}
 	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
+	conns := make([]*conn, 0, 4)
 	for c := range s.conns {
-		conns = append(conns, c)
+		if c.user.Name == user {
+			conns = append(conns, c)
+		}
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		if !c.trySend(frame) {
+		if !c.offer(frame, c.limit+broadcastHeadroom) {
 			// A broadcast is not stored: a socket that cannot take it
 			// reconnects and reloads.
 			c.closeWith(closeSlow)

@@ -127,7 +127,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 	m.Upgrader.CheckOrigin = s.origins.allows
 	m.HandleConnect(func(ms *melody.Session) {
 		user, _ := ms.Get("user")
-		sock := &shellSocket{c: newConn(ms, user.(app.User), s.cfg.QueueSize)}
+		sock := &shellSocket{c: newConn(ms, user.(app.User), s.cfg.QueueSize, 0)}
 		sock.c.quota, sock.c.refusal = quotaOf(ms), s.shellRefusal
 		ms.Set("shell", sock)
 		s.shells.mu.Lock()

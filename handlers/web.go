@@ -1,18 +1,63 @@
 package handlers
 
 import (
-	_ "embed"
+	"embed"
+	"io/fs"
 	"net/http"
+	"path"
+	"strings"
 
 	"github.com/labstack/echo/v4"
 )
 
-//go:embed web/index.html
-var webClientHTML []byte
+// webFiles is the bundled web client: the page, its scripts and styles, the
+// client library (served at /agentgate.js) and the vendored xterm.js. The
+// Node tests under web/test are not served.
+//
+//go:embed web/index.html web/*.js web/*.css web/vendor
+var webFiles embed.FS
 
-// webClient serves the bundled web client: a small page that speaks the
-// /ws protocol, for trying a gateway without building a client.
-func (s *Server) webClient(c echo.Context) error {
-	c.Response().Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:")
-	return c.Blob(http.StatusOK, "text/html; charset=utf-8", webClientHTML)
+// webCSP lets the page load only its own scripts and reach only its own
+// gateway; inline styles are allowed for xterm.js, which sets them.
+const webCSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'"
+
+// webTypes are the content types of the embedded files, by extension:
+// module scripts must be served as JavaScript whatever the OS's MIME table.
+var webTypes = map[string]string{
+	".html": "text/html; charset=utf-8",
+	".js":   "text/javascript; charset=utf-8",
+	".mjs":  "text/javascript; charset=utf-8",
+	".css":  "text/css; charset=utf-8",
+}
+
+// webRoutes serves the bundled web client: the page at /, the client
+// library at /agentgate.js (for any page that wants to speak /ws), and the
+// page's files under /ui/.
+func (s *Server) webRoutes(e *echo.Echo) {
+	e.GET("/", func(c echo.Context) error { return serveWebFile(c, "index.html") })
+	e.GET("/agentgate.js", func(c echo.Context) error { return serveWebFile(c, "agentgate.js") })
+	e.GET("/ui/*", func(c echo.Context) error {
+		name := path.Clean(c.Param("*"))
+		if name == "index.html" || strings.HasPrefix(name, "..") || strings.HasPrefix(name, "/") {
+			return echo.ErrNotFound
+		}
+		return serveWebFile(c, name)
+	})
+}
+
+func serveWebFile(c echo.Context, name string) error {
+	ctype, ok := webTypes[path.Ext(name)]
+	if !ok {
+		return echo.ErrNotFound // LICENSE and VERSIONS are for the repository
+	}
+	b, err := fs.ReadFile(webFiles, "web/"+name)
+	if err != nil {
+		return echo.ErrNotFound
+	}
+	h := c.Response().Header()
+	h.Set("Content-Security-Policy", webCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+	// The files change with the binary: revalidate rather than cache blindly.
+	h.Set("Cache-Control", "no-cache")
+	return c.Blob(http.StatusOK, ctype, b)
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests run for real, then exits: redis-server (Debian's
-# package, when missing and apt-get can be used) and the provider CLIs pinned
-# in package.json, into ./node_modules. Safe to run again: it skips what is
+# Installs what the tests run for real, then exits: redis-server and
+# Chromium (Debian's packages, when missing and apt-get can be used), and the
+# npm packages pinned in package.json (the provider CLIs, playwright-core,
+# xterm.js), into ./node_modules. Safe to run again: it skips what is
 # already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,17 @@ if ! command -v redis-server >/dev/null; then
   else
     say "redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
     exit 1
+  fi
+fi
+
+# The browser tests drive Debian's Chromium with playwright-core; no browser
+# build is ever downloaded. Without it they skip (and fail in CI).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing chromium (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
+  else
+    say "chromium is missing: the browser tests will be skipped (Debian/Ubuntu: sudo apt-get install chromium)"
   fi
 fi
 
@@ -45,6 +57,12 @@ for pair in claude:@anthropic-ai/claude-code codex:@openai/codex gemini:@google/
   bin=${pair%%:*} pkg=${pair#*:}
   if [ "$(version "$bin" || true)" != "$(pinned "$pkg")" ]; then stale="$stale $pkg@$(pinned "$pkg")"; fi
 done
+# Plain JavaScript packages: the browser tests' driver and the terminal the
+# web client vendors (scripts/vendor-xterm.sh).
+for pkg in playwright-core @xterm/xterm @xterm/addon-fit; do
+  have=$(node -p "require('./node_modules/$pkg/package.json').version" 2>/dev/null || true)
+  if [ "$have" != "$(pinned "$pkg")" ]; then stale="$stale $pkg@$(pinned "$pkg")"; fi
+done
 if [ -n "$stale" ]; then
   say "installing$stale into ./node_modules"
   # Scripts are skipped and the one postinstall we need is run by name: it
@@ -57,4 +75,4 @@ if [ -n "$stale" ]; then
     if [ -z "$(version "$bin" || true)" ]; then say "node_modules/.bin/$bin does not run"; exit 1; fi
   done
 fi
-say "ready: $(redis-server --version | cut -d' ' -f3), claude $(version claude), codex $(version codex), gemini $(version gemini)"
+say "ready: $(redis-server --version | cut -d' ' -f3), claude $(version claude), codex $(version codex), gemini $(version gemini), playwright-core $(pinned playwright-core)"

@@ -84,5 +84,6 @@ func (k keys) plugin(name string) string { return k.prefix + ":plugin:" + name }
 // `ag:{accounts}` (hash user -> uid), beside its counter `ag:{accounts}:next`.
 func (k keys) accounts() string { return k.prefix + ":{accounts}" }
 
-// broadcast is the pub/sub channel of messages for every chat socket.
+// broadcast is the pub/sub channel of frames for one user's chat sockets
+// on every gateway (Store.Broadcast).
 func (k keys) broadcast() string { return k.prefix + ":broadcast" }

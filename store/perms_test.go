@@ -61,9 +61,9 @@ func TestPermissionLifecycle(t *testing.T) {
 
 		evs, err := st.Events(ctx, sess.ID, 0, 100)
 		require.NoError(t, err)
-		require.Equal(t, []string{"session_created", "session-state-changed",
+		require.Equal(t, []string{"session-state-changed", "session_created",
 			"permission_request", "permission_request", "permission_request",
-			"permission_cancelled", "permission_cancelled", "complete", "session-state-changed"}, kinds(evs))
+			"permission_cancelled", "permission_cancelled", "session-state-changed", "complete"}, kinds(evs))
 		timeout := decode(t, evs[5].Data)
 		require.Equal(t, "req-2", timeout["requestId"])
 		require.Equal(t, "timeout", timeout["reason"])

@@ -20,8 +20,9 @@ type SubscriberHandlers struct {
 	// after the connection dropped: events published meanwhile were lost
 	// and must be read from the stream.
 	Resync func(sessionID string)
-	// Broadcast receives a frame for every chat socket (projects_updated, …).
-	Broadcast func(frame []byte)
+	// Broadcast receives what Store.Broadcast published, a frame for one
+	// user's chat sockets (ParseBroadcast decodes it).
+	Broadcast func(payload []byte)
 }
 
 // ShellHandlers receive what a Subscriber reads on terminal channels, under
@@ -221,12 +222,4 @@ func (sub *Subscriber) unsubscribe(channel string) {
 			_ = sub.ps.Unsubscribe(ctx, channel)
 		}
 	})
-}
-
-// Broadcast publishes a frame to every chat socket of every gateway.
-func (s *Store) Broadcast(ctx context.Context, frame []byte) error {
-	if err := s.rdb.Publish(ctx, s.k.broadcast(), frame).Err(); err != nil {
-		return fmt.Errorf("store: broadcast: %w", err)
-	}
-	return nil
 }

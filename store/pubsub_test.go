@@ -74,12 +74,18 @@ func TestSubscriberDeliversInOrder(t *testing.T) {
 			require.Equal(t, int64(i+1), s)
 		}
 
-		require.NoError(t, st.Broadcast(ctx, []byte(`{"type":"projects_updated"}`)))
+		require.NoError(t, st.Broadcast(ctx, "alice", []byte(`{"type":"projects_updated"}`)))
 		require.Eventually(t, func() bool {
 			rec.mu.Lock()
 			defer rec.mu.Unlock()
 			return len(rec.broadcas) == 1
 		}, 5*time.Second, 5*time.Millisecond)
+		rec.mu.Lock()
+		user, frame, err := store.ParseBroadcast(rec.broadcas[0])
+		rec.mu.Unlock()
+		require.NoError(t, err)
+		require.Equal(t, "alice", user)
+		require.JSONEq(t, `{"type":"projects_updated"}`, string(frame))
 	})
 }
 

@@ -74,7 +74,7 @@ func TestAcceptNewSession(t *testing.T) {
 
 		evs, err := st.Events(ctx, sess.ID, 0, 100)
 		require.NoError(t, err)
-		require.Equal(t, []string{"session_created", "session-state-changed"}, kinds(evs))
+		require.Equal(t, []string{"session-state-changed", "session_created"}, kinds(evs))
 		for i, e := range evs {
 			require.Equal(t, int64(i+1), e.Seq)
 			seq, ok := app.FrameSeq(e.Data)
@@ -85,9 +85,9 @@ func TestAcceptNewSession(t *testing.T) {
 			require.Equal(t, sess.ID, m["sessionId"])
 			require.Equal(t, "claude", m["provider"])
 		}
-		created := decode(t, evs[0].Data)
+		created := decode(t, evs[1].Data)
 		require.Equal(t, sess.ID, created["newSessionId"])
-		running := decode(t, evs[1].Data)
+		running := decode(t, evs[0].Data)
 		require.Equal(t, "running", running["state"])
 		require.Equal(t, "command-accepted", running["reason"])
 		require.EqualValues(t, res.StartedAt, running["startedAt"])
@@ -203,7 +203,7 @@ func TestAppendIsGuardedByRunID(t *testing.T) {
 
 		evs, err := st.Events(ctx, sess.ID, 0, 100)
 		require.NoError(t, err)
-		require.Equal(t, []string{"session_created", "session-state-changed", "text", "text", "complete", "session-state-changed"}, kinds(evs))
+		require.Equal(t, []string{"session-state-changed", "session_created", "text", "text", "session-state-changed", "complete"}, kinds(evs))
 	})
 }
 
@@ -247,7 +247,8 @@ func TestExactlyOneCompleteUnderRace(t *testing.T) {
 			}
 		}
 		require.Equal(t, 1, n)
-		require.Equal(t, "session-state-changed", evs[len(evs)-1].Kind)
+		require.Equal(t, "complete", evs[len(evs)-1].Kind, "complete is the run's last event")
+		require.Equal(t, "session-state-changed", evs[len(evs)-2].Kind)
 	})
 }
 
@@ -280,13 +281,14 @@ func TestAbort(t *testing.T) {
 
 		evs, err := st.Events(ctx, sess.ID, 2, 100)
 		require.NoError(t, err)
-		require.Equal(t, []string{"complete", "session-state-changed"}, kinds(evs))
-		c := decode(t, evs[0].Data)
+		require.Equal(t, []string{"session-state-changed", "complete"}, kinds(evs))
+		require.Equal(t, done.Seq, evs[1].Seq, "Abort returns the seq of complete")
+		c := decode(t, evs[1].Data)
 		require.Equal(t, true, c["aborted"])
 		require.Equal(t, false, c["success"])
 		require.EqualValues(t, 0, c["exitCode"])
 		require.Equal(t, sess.ID, c["actualSessionId"])
-		sc := decode(t, evs[1].Data)
+		sc := decode(t, evs[0].Data)
 		require.Equal(t, "aborted", sc["state"])
 		require.EqualValues(t, res.StartedAt, sc["startedAt"])
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -54,6 +55,11 @@ type Store struct {
 	k   keys
 	cfg Config
 	log *slog.Logger
+
+	// probe is closed when Redis answers again (WaitAvailable); nil while
+	// nobody waits.
+	probeMu sync.Mutex
+	probe   chan struct{}
 }
 
 // New connects to Redis and checks that it answers.

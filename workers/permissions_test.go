@@ -228,7 +228,7 @@ func TestClaudePermissions(t *testing.T) {
 		for _, e := range evs[len(evs)-3:] {
 			tail = append(tail, e["kind"].(string))
 		}
-		require.Equal(t, []string{"permission_cancelled", "complete", "session-state-changed"}, tail)
+		require.Equal(t, []string{"permission_cancelled", "session-state-changed", "complete"}, tail)
 		require.Equal(t, req["requestId"], evs[len(evs)-3]["requestId"])
 		require.Equal(t, "cancelled", evs[len(evs)-3]["reason"])
 		require.Len(t, completes(evs), 1)

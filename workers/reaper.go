@@ -30,16 +30,30 @@ type ReaperConfig struct {
 	// (no worker alive, or every one of them gone before claiming). Zero
 	// means one minute.
 	UnclaimedTimeout time.Duration
-	Logger           *slog.Logger
+	// HeartbeatTTL is the workers' heartbeat TTL: after Redis was
+	// unreachable or restarted, nothing is reaped until the workers had
+	// this long (plus two passes) to beat again. Zero means 10s.
+	HeartbeatTTL time.Duration
+	Logger       *slog.Logger
 }
 
 // Reaper completes the runs that lost their worker: `error{worker lost}`
 // then `complete{success:false}`. Any process may run one (gateways and
 // workers both do); a lease makes one of them do the work at a time, and the
 // complete script's runId guard keeps a reaped run from completing twice.
+//
+// A Redis outage is not a dead worker: heartbeats expire while Redis is down
+// (or are gone when it restarts), so after a failed pass or a Redis restart
+// (a new INFO run_id) the reaper waits a heartbeat TTL before it reaps again.
 type Reaper struct {
 	cfg ReaperConfig
 	log *slog.Logger
+
+	// Pass state (one goroutine): the Redis last seen, whether the last
+	// pass failed to reach it, and no reaping before quietUntil.
+	runID      string
+	outage     bool
+	quietUntil time.Time
 }
 
 // NewReaper returns a Reaper; call Run to start it.
@@ -55,6 +69,9 @@ func NewReaper(cfg ReaperConfig) (*Reaper, error) {
 	}
 	if cfg.UnclaimedTimeout <= 0 {
 		cfg.UnclaimedTimeout = DefaultUnclaimedTimeout
+	}
+	if cfg.HeartbeatTTL <= 0 {
+		cfg.HeartbeatTTL = DefaultHeartbeatTTL
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -75,20 +92,30 @@ func (r *Reaper) Run(ctx context.Context) error {
 			_ = r.cfg.Store.ReleaseLease(rel, reaperLease, r.cfg.Holder)
 			return nil
 		case <-t.C:
-			if err := r.Pass(ctx); err != nil && ctx.Err() == nil {
+			// An outage is said once, not every pass.
+			wasOut := r.outage
+			if err := r.Pass(ctx); err != nil && ctx.Err() == nil && !(wasOut && store.Unavailable(err)) {
 				r.log.Warn("reap", "err", err)
 			}
 		}
 	}
 }
 
-// Pass reaps once if this process holds the lease, and returns the number
-// of runs it completed.
+// Pass reaps once if this process holds the lease and Redis has been
+// answering for long enough that live workers have beaten since.
 func (r *Reaper) Pass(ctx context.Context) error {
 	st := r.cfg.Store
+	if err := r.watchRedis(ctx); err != nil {
+		return err
+	}
 	ok, err := st.AcquireLease(ctx, reaperLease, r.cfg.Holder, 3*r.cfg.Interval)
 	if err != nil || !ok {
+		r.outage = r.outage || store.Unavailable(err)
 		return err
+	}
+	if wait := time.Until(r.quietUntil); wait > 0 {
+		r.log.Debug("waiting for workers to beat after a Redis outage", "for", wait)
+		return nil
 	}
 	ids, err := st.RunningSessions(ctx)
 	if err != nil || len(ids) == 0 {
@@ -96,6 +123,7 @@ func (r *Reaper) Pass(ctx context.Context) error {
 	}
 	live, err := st.LiveWorkers(ctx)
 	if err != nil {
+		r.outage = r.outage || store.Unavailable(err)
 		return err
 	}
 	alive := make(map[string]bool, len(live))
@@ -126,6 +154,37 @@ func (r *Reaper) Pass(ctx context.Context) error {
 		if err := st.RemoveWorker(ctx, id); err != nil {
 			r.log.Warn("remove dead worker", "worker", id, "err", err)
 		}
+	}
+	return nil
+}
+
+// watchRedis notices an outage (this reaper's own failed passes) or a Redis
+// restart (a new run id, or a server younger than the grace when first
+// seen) and then holds reaping back for a heartbeat TTL plus two passes.
+func (r *Reaper) watchRedis(ctx context.Context) error {
+	grace := r.cfg.HeartbeatTTL + 2*r.cfg.Interval
+	id, err := r.cfg.Store.Identity(ctx)
+	if store.Unavailable(err) {
+		r.outage = true
+		return err
+	}
+	// A server without INFO server (the embedded store) has no run id;
+	// its own failed passes still count.
+	now := time.Now()
+	switch {
+	case r.outage:
+		r.quietUntil = now.Add(grace)
+		r.log.Info("Redis answers again; reaping waits for heartbeats", "for", grace)
+	case err == nil && r.runID != "" && id.RunID != r.runID:
+		r.quietUntil = now.Add(grace)
+		r.log.Info("Redis restarted; reaping waits for heartbeats", "for", grace)
+	case err == nil && r.runID == "" && id.Loaded && id.Uptime < grace:
+		// Redis restarted with its data just before this process did.
+		r.quietUntil = now.Add(grace - id.Uptime)
+	}
+	r.outage = false
+	if err == nil {
+		r.runID = id.RunID
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
@@ -39,8 +40,13 @@ const (
 	// gets to exit before it is killed.
 	interruptGrace = time.Second
 	// completeRetryFor is how long a run keeps trying to record its end
-	// while Redis is unreachable.
+	// when Redis answers with an error (while Redis is unreachable or
+	// loading it keeps trying: nobody else would complete the run of a
+	// worker that is alive).
 	completeRetryFor = time.Minute
+	// outageTolerance is how long a run waits, its output held back, for
+	// Redis to come back before it is stopped (store-unavailable).
+	outageTolerance = 2 * time.Minute
 )
 
 // stopReason says why a run was stopped from outside its process.
@@ -72,6 +78,9 @@ type run struct {
 	perms *permissions
 	// interrupt is the provider's line that stops its turn, if it has one.
 	interrupt []byte
+
+	// storeWait is set while an append waits for Redis to come back.
+	storeWait atomic.Bool
 
 	mu      sync.Mutex
 	proc    *process
@@ -146,6 +155,9 @@ func (r *run) execute() {
 	case stopShutdown:
 		outcome = app.Outcome{ExitCode: 1, Reason: app.ReasonWorkerShutdown}
 		final = append(final, app.ErrorRow("The worker running this session shut down before the run finished."))
+	case stopFailed:
+		outcome = app.Outcome{ExitCode: 1, Reason: app.ReasonStoreUnavailable}
+		final = append(final, app.ErrorRow("The session store (Redis) could not record this run's output, so the run was stopped; its last output may be missing."))
 	case stopAbort, stopStale:
 		// The abort (or the reaper) already wrote this run's complete.
 		return
@@ -282,15 +294,25 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		p.killGroup()
 		// A child that left the group may still hold the pipes: give it a
 		// moment to finish writing, then kill it and stop reading.
-		grace := time.After(orphanGrace)
+		// Output held back by a Redis outage is not an orphan's: the
+		// grace starts again until the pump reads on.
+		grace := time.NewTimer(orphanGrace)
+		defer grace.Stop()
 		for _, done := range []chan struct{}{pumped, errDone} {
-			select {
-			case <-done:
-			case <-grace:
-				killHolders(holders)
-				_ = outR.Close()
-				_ = errR.Close()
-				return
+			for waiting := true; waiting; {
+				select {
+				case <-done:
+					waiting = false
+				case <-grace.C:
+					if r.storeWait.Load() {
+						grace.Reset(orphanGrace)
+						continue
+					}
+					killHolders(holders)
+					_ = outR.Close()
+					_ = errR.Close()
+					return
+				}
 			}
 		}
 	}()
@@ -407,6 +429,10 @@ func (r *run) flush(events []app.Event, set map[string]string) {
 			r.sawErrorRow = true
 		}
 	}
+	// While Redis is down or loading, the batch waits (and the provider
+	// with it, once its output pipe is full): the run goes on when Redis
+	// is back, unless that takes longer than outageTolerance.
+	giveUp := time.Now().Add(outageTolerance)
 	for attempt := 0; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 		_, err := r.w.st.Append(ctx, r.ref, events, set)
@@ -418,7 +444,18 @@ func (r *run) flush(events []app.Event, set map[string]string) {
 			r.stop(stopStale)
 			return
 		}
-		if attempt == 3 {
+		if store.Unavailable(err) && time.Now().Before(giveUp) {
+			if attempt == 0 {
+				r.log.Warn("append events: waiting for Redis", "err", err)
+			}
+			r.storeWait.Store(true)
+			wait, cancel := context.WithDeadline(context.Background(), giveUp)
+			_ = r.w.st.WaitAvailable(wait)
+			cancel()
+			r.storeWait.Store(false)
+			continue
+		}
+		if store.Unavailable(err) || attempt >= 3 {
 			r.log.Error("append events; stopping the run", "err", err)
 			r.stop(stopFailed)
 			return
@@ -437,6 +474,10 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 		cancel()
 		if err == nil || errors.Is(err, app.ErrStaleRun) {
 			return
+		}
+		if store.Unavailable(err) {
+			_ = r.w.st.WaitAvailable(context.Background())
+			continue
 		}
 		if time.Now().After(deadline) {
 			r.log.Error("complete run; leaving it to the reaper", "err", err)

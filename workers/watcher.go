@@ -1,11 +1,11 @@
 package workers
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"io/fs"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -18,7 +18,6 @@ import (
 const (
 	watchDepth    = 6
 	watchMaxFiles = 100_000
-	maxProjects   = 500
 )
 
 // watchRoot is one provider's session folder and the files in it that
@@ -59,16 +58,23 @@ type fileState struct {
 
 // watchedFile is a session file found by a scan.
 type watchedFile struct {
-	root    int // index in the watcher's roots
-	project string
+	root int // index in the watcher's roots
 	fileState
 }
 
-// projectsWatcher polls the providers' session folders and publishes
-// projects_updated to every chat socket when session files are added or
-// change; while it builds its first list it publishes loading_progress.
-// Polling, like the reference, works on every file system and needs no
-// watch per folder; a poll of a few thousand files costs milliseconds.
+// projectsWatcher polls the providers' session folders and, when session
+// files of conversations agentgate runs are added or change, tells their
+// owner's chat sockets with sessions_updated. Polling, like the reference,
+// works on every file system and needs no watch per folder; a poll of a few
+// thousand files costs milliseconds.
+//
+// It sends neither projects_updated nor loading_progress: Claude Code UI's
+// frontend replaces its whole project list with the one projects_updated
+// carries (useProjectsState.ts), and agentgate has no project list of that
+// kind (ids from that service's database, sessions, display names). Those
+// come from a projects service beside agentgate (POST /api/broadcast). Nor
+// does it name folders or conversations it cannot attribute: workers whose
+// users share one account share one HOME, and its folder list is everyone's.
 type projectsWatcher struct {
 	w        *Worker
 	roots    []watchRoot
@@ -83,7 +89,6 @@ func newProjectsWatcher(w *Worker, env []string, interval time.Duration) *projec
 // run polls until ctx ends. Runs in its own goroutine.
 func (pw *projectsWatcher) run(ctx context.Context) {
 	pw.files = pw.scan()
-	pw.publishLoading(ctx)
 	t := time.NewTicker(pw.interval)
 	defer t.Stop()
 	for {
@@ -96,7 +101,7 @@ func (pw *projectsWatcher) run(ctx context.Context) {
 		changes := diffFiles(pw.files, files, pw.roots)
 		pw.files = files
 		if len(changes) > 0 {
-			pw.publish(ctx, projectsUpdated(changes, projectList(files, pw.roots)))
+			pw.publishChanges(ctx, changes)
 		}
 	}
 }
@@ -124,11 +129,7 @@ func (pw *projectsWatcher) scan() map[string]watchedFile {
 			if err != nil {
 				return nil
 			}
-			project, _, _ := strings.Cut(rel, string(filepath.Separator))
-			if project == rel {
-				project = "" // a file at the root belongs to no project
-			}
-			files[p] = watchedFile{root: i, project: project, fileState: fileState{info.Size(), info.ModTime().UnixMilli()}}
+			files[p] = watchedFile{root: i, fileState: fileState{info.Size(), info.ModTime().UnixMilli()}}
 			return nil
 		})
 	}
@@ -159,55 +160,68 @@ func diffFiles(before, after map[string]watchedFile, roots []watchRoot) []change
 	return out
 }
 
-// sessionIDOf names a session by its file: Claude's files are named by
-// the session id.
+// sessionIDOf names a session by its file: Claude's files are named by the
+// session id, Codex's rollouts end with the thread id.
 func sessionIDOf(p string) string {
-	return strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))
+	name := strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))
+	if id := trailingUUID.FindString(name); id != "" {
+		return id
+	}
+	return name
 }
 
-// project is one entry of projects_updated's list.
-type project struct {
-	Name         string       `json:"name"`
-	Provider     app.Provider `json:"provider"`
-	SessionCount int          `json:"sessionCount"`
-	LastActivity int64        `json:"lastActivity"`
-}
+var trailingUUID = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
-// projectList lists the projects of a scan, most recently active first.
-func projectList(files map[string]watchedFile, roots []watchRoot) []project {
-	byKey := map[string]*project{}
-	for _, f := range files {
-		if f.project == "" {
+// publishChanges tells each owner of a changed conversation which of their
+// sessions changed, with agentgate's session ids. A file of a conversation
+// agentgate did not run (or no longer knows) is not announced: nothing says
+// whose it is.
+func (pw *projectsWatcher) publishChanges(ctx context.Context, changes []change) {
+	byOwner := map[string][]change{}
+	var owners []string
+	for _, c := range changes {
+		owner, id, ok := pw.ownerOf(ctx, c.provider, c.sessionID)
+		if !ok {
 			continue
 		}
-		key := string(roots[f.root].provider) + "/" + f.project
-		p := byKey[key]
-		if p == nil {
-			p = &project{Name: f.project, Provider: roots[f.root].provider}
-			byKey[key] = p
+		c.sessionID = id
+		if byOwner[owner] == nil {
+			owners = append(owners, owner)
 		}
-		p.SessionCount++
-		p.LastActivity = max(p.LastActivity, f.modTime)
+		byOwner[owner] = append(byOwner[owner], c)
 	}
-	out := make([]project, 0, len(byKey))
-	for _, p := range byKey {
-		out = append(out, *p)
+	for _, owner := range owners {
+		pw.publish(ctx, owner, sessionsUpdated(byOwner[owner]))
 	}
-	slices.SortFunc(out, func(a, b project) int {
-		if c := cmp.Compare(b.LastActivity, a.LastActivity); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
-	if len(out) > maxProjects {
-		out = out[:maxProjects]
-	}
-	return out
 }
 
-// projectsUpdated is the projects_updated frame (reference §8): the first
-// change in the singular fields, every change in the plural ones.
-func projectsUpdated(changes []change, projects []project) map[string]any {
+// ownerOf finds the agentgate session a provider's conversation id belongs
+// to: a gateway-minted Claude session uses its own id, a resumed or other
+// provider's conversation is indexed by its provider id.
+func (pw *projectsWatcher) ownerOf(ctx context.Context, p app.Provider, id string) (owner, sessionID string, ok bool) {
+	if !app.ValidSessionID(id) {
+		return "", "", false
+	}
+	rctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	if sess, err := pw.w.st.Session(rctx, id); err == nil && sess.Provider == p {
+		return sess.Owner, sess.ID, true
+	}
+	sid, err := pw.w.st.SessionByProviderID(rctx, p, id)
+	if err != nil {
+		return "", "", false
+	}
+	sess, err := pw.w.st.Session(rctx, sid)
+	if err != nil {
+		return "", "", false
+	}
+	return sess.Owner, sess.ID, true
+}
+
+// sessionsUpdated is the frame that tells a user their sessions changed on
+// disk, with the reference's change fields: the first change in the
+// singular ones, every change in the plural ones.
+func sessionsUpdated(changes []change) map[string]any {
 	types, ids, providers := []string{}, []string{}, []string{}
 	for _, c := range changes {
 		types = append(types, c.typ)
@@ -217,8 +231,7 @@ func projectsUpdated(changes []change, projects []project) map[string]any {
 		}
 	}
 	return map[string]any{
-		"type":              "projects_updated",
-		"projects":          projects,
+		"type":              "sessions_updated",
 		"timestamp":         time.Now().UTC().Format(time.RFC3339Nano),
 		"changeType":        changes[0].typ,
 		"updatedSessionId":  changes[0].sessionID,
@@ -226,35 +239,17 @@ func projectsUpdated(changes []change, projects []project) map[string]any {
 		"changeTypes":       types,
 		"updatedSessionIds": ids,
 		"watchProviders":    providers,
-		"batched":           true,
 	}
 }
 
-// loadingSteps bounds the loading_progress frames of one list.
-const loadingSteps = 20
-
-// publishLoading announces the first list as it is taken in, then its
-// completion, as the reference does while it builds its list; a long list
-// is announced in at most loadingSteps steps.
-func (pw *projectsWatcher) publishLoading(ctx context.Context) {
-	projects := projectList(pw.files, pw.roots)
-	step := max(1, (len(projects)+loadingSteps-1)/loadingSteps)
-	for i := step - 1; i < len(projects); i += step {
-		pw.publish(ctx, map[string]any{"type": "loading_progress", "phase": "loading",
-			"current": i + 1, "total": len(projects), "currentProject": projects[i].Name})
-	}
-	pw.publish(ctx, map[string]any{"type": "loading_progress", "phase": "complete",
-		"current": len(projects), "total": len(projects)})
-}
-
-func (pw *projectsWatcher) publish(ctx context.Context, frame map[string]any) {
+func (pw *projectsWatcher) publish(ctx context.Context, user string, frame map[string]any) {
 	b, err := json.Marshal(frame)
 	if err != nil {
 		return
 	}
 	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
-	if err := pw.w.st.Broadcast(wctx, b); err != nil && ctx.Err() == nil {
-		pw.w.log.Warn("publish projects", "err", err)
+	if err := pw.w.st.Broadcast(wctx, user, b); err != nil && ctx.Err() == nil {
+		pw.w.log.Warn("publish sessions_updated", "user", user, "err", err)
 	}
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
-// broadcasts collects the broadcast frames of a store.
+// broadcasts collects the broadcast frames of a store, with their users.
 type broadcasts struct {
 	mu     sync.Mutex
 	frames []map[string]any
@@ -24,9 +24,11 @@ type broadcasts struct {
 
 func listen(t *testing.T, st *store.Store) *broadcasts {
 	b := &broadcasts{}
-	sub := st.NewSubscriber(store.SubscriberHandlers{Broadcast: func(frame []byte) {
+	sub := st.NewSubscriber(store.SubscriberHandlers{Broadcast: func(payload []byte) {
+		user, frame, err := store.ParseBroadcast(payload)
 		var m map[string]any
-		if json.Unmarshal(frame, &m) == nil {
+		if err == nil && json.Unmarshal(frame, &m) == nil {
+			m["_user"] = user
 			b.mu.Lock()
 			b.frames = append(b.frames, m)
 			b.mu.Unlock()
@@ -40,18 +42,36 @@ func listen(t *testing.T, st *store.Store) *broadcasts {
 	return b
 }
 
-func (b *broadcasts) of(typ string) []map[string]any {
+// ids returns the session ids that frames of type typ told user about.
+func (b *broadcasts) ids(user, typ string) map[string]bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var out []map[string]any
+	out := map[string]bool{}
 	for _, f := range b.frames {
-		if f["type"] == typ {
-			out = append(out, f)
+		if f["type"] == typ && f["_user"] == user {
+			for _, id := range f["updatedSessionIds"].([]any) {
+				out[id.(string)] = true
+			}
 		}
 	}
 	return out
 }
 
+func (b *broadcasts) types() map[any]bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[any]bool{}
+	for _, f := range b.frames {
+		out[f["type"]] = true
+	}
+	return out
+}
+
+// TestProjectsWatcher: a change to the session file of a conversation
+// agentgate runs is told to its owner only, with agentgate's session id; a
+// file nobody can be named for is not announced; nothing the watcher sends
+// is a projects_updated or loading_progress, which Claude Code UI's
+// frontend would take for its project list.
 func TestProjectsWatcher(t *testing.T) {
 	st := storetest.New(t, storetest.Redis(t))
 	got := listen(t, st)
@@ -59,54 +79,47 @@ func TestProjectsWatcher(t *testing.T) {
 	proj := filepath.Join(home, ".claude", "projects", "-work-demo")
 	require.NoError(t, os.MkdirAll(proj, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(proj, "old.jsonl"), []byte("{}\n"), 0o600))
-	runWorker(t, st, Config{Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}}, Env: []string{"HOME=" + home}, WatchInterval: 50 * time.Millisecond})
+	h := runWorker(t, st, Config{Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}}, Env: []string{"HOME=" + home}, WatchInterval: 50 * time.Millisecond})
+	alice, _ := h.submit("exit 0")
+	bob := app.Session{ID: app.NewID(), Owner: "bob", Provider: app.Claude, ProjectPath: h.dir}
+	_, err := st.Accept(context.Background(), store.AcceptRequest{Session: bob, New: true,
+		Job: app.Job{SessionID: bob.ID, Owner: "bob", Provider: app.Claude, Command: "exit 0", ProjectPath: h.dir, NewSession: true}})
+	require.NoError(t, err)
+	h.waitDone(alice.ID)
+	h.waitDone(bob.ID)
 
-	require.Eventually(t, func() bool {
-		l := got.of("loading_progress")
-		return len(l) > 0 && l[len(l)-1]["phase"] == "complete"
-	}, 5*time.Second, 10*time.Millisecond)
-	loading := got.of("loading_progress")
-	require.Equal(t, map[string]any{"type": "loading_progress", "phase": "loading", "current": 1.0, "total": 1.0, "currentProject": "-work-demo"}, loading[0])
-	require.Empty(t, got.of("projects_updated"), "nothing changed yet")
-
-	// A new session of Claude, and one of Codex in its dated folders.
-	require.NoError(t, os.WriteFile(filepath.Join(proj, "6f1c.jsonl"), []byte("{}\n"), 0o600))
-	codex := filepath.Join(home, ".codex", "sessions", "2026", "11", "22")
-	require.NoError(t, os.MkdirAll(codex, 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(codex, "rollout-1.jsonl"), []byte("{}\n"), 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(proj, "ignored.txt"), []byte("x"), 0o600))
-	// Usually one batched frame; two if a poll fell between the writes.
-	var upd map[string]any
-	require.Eventually(t, func() bool {
-		ids := map[any]bool{}
-		for _, u := range got.of("projects_updated") {
-			for _, id := range u["updatedSessionIds"].([]any) {
-				ids[id] = true
-			}
-			upd = u
-		}
-		return ids["6f1c"] && ids["rollout-1"]
-	}, 5*time.Second, 10*time.Millisecond)
-	require.Subset(t, []any{"add", "add"}, upd["changeTypes"])
-	require.Subset(t, []any{"claude", "codex"}, upd["watchProviders"])
-	require.Equal(t, true, upd["batched"])
-	require.Equal(t, upd["updatedSessionIds"].([]any)[0], upd["updatedSessionId"])
-	projects := upd["projects"].([]any)
-	require.Len(t, projects, 2)
-	names := map[string]float64{}
-	for _, p := range projects {
-		m := p.(map[string]any)
-		names[m["provider"].(string)+"/"+m["name"].(string)] = m["sessionCount"].(float64)
+	for _, id := range []string{alice.ID, bob.ID, "unknown"} {
+		require.NoError(t, os.WriteFile(filepath.Join(proj, id+".jsonl"), []byte("{}\n"), 0o600))
 	}
-	require.Equal(t, map[string]float64{"claude/-work-demo": 2, "codex/2026": 1}, names)
+	require.Eventually(t, func() bool {
+		return got.ids("alice", "sessions_updated")[alice.ID] && got.ids("bob", "sessions_updated")[bob.ID]
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, map[string]bool{alice.ID: true}, got.ids("alice", "sessions_updated"), "alice hears of her session only")
+	require.Equal(t, map[string]bool{bob.ID: true}, got.ids("bob", "sessions_updated"))
 
 	// A change to an existing file.
-	n := len(got.of("projects_updated"))
 	later := time.Now().Add(time.Minute)
-	require.NoError(t, os.Chtimes(filepath.Join(proj, "old.jsonl"), later, later))
-	require.Eventually(t, func() bool { return len(got.of("projects_updated")) > n }, 5*time.Second, 10*time.Millisecond)
-	last := got.of("projects_updated")[n]
-	require.Equal(t, "change", last["changeType"])
-	require.Equal(t, "old", last["updatedSessionId"])
-	require.Equal(t, string(app.Claude), last["watchProvider"])
+	require.NoError(t, os.Chtimes(filepath.Join(proj, alice.ID+".jsonl"), later, later))
+	require.Eventually(t, func() bool {
+		got.mu.Lock()
+		defer got.mu.Unlock()
+		for _, f := range got.frames {
+			if f["_user"] == "alice" && f["changeType"] == "change" && f["updatedSessionId"] == alice.ID {
+				require.Equal(t, string(app.Claude), f["watchProvider"])
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, map[any]bool{"sessions_updated": true}, got.types())
+}
+
+func TestSessionIDOf(t *testing.T) {
+	for path, want := range map[string]string{
+		"/h/.claude/projects/-p/6f1c2d3e-aaaa-4bbb-8ccc-123456789abc.jsonl":                                    "6f1c2d3e-aaaa-4bbb-8ccc-123456789abc",
+		"/h/.codex/sessions/2026/11/22/rollout-2026-11-22T10-00-00-0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.jsonl": "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+		"/h/.gemini/tmp/abc/chats/session-1.json":                                                              "session-1",
+	} {
+		require.Equal(t, want, sessionIDOf(path), path)
+	}
 }

@@ -74,7 +74,7 @@ type Config struct {
 	// before it is denied. Zero means app.DefaultPermissionTimeout.
 	PermissionTimeout time.Duration
 	// WatchInterval is how often the providers' session folders are
-	// polled for projects_updated. Zero turns the watcher off.
+	// polled for sessions_updated. Zero turns the watcher off.
 	WatchInterval time.Duration
 	// ShellDetachTimeout is how long a terminal lives with no socket
 	// watching it. Zero means DefaultShellDetachTimeout (30 minutes).

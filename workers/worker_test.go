@@ -176,7 +176,8 @@ func TestRunOutcomes(t *testing.T) {
 			if tc.errorHas != "" {
 				require.Contains(t, strings.Join(errorRows(evs), "\n"), tc.errorHas)
 			}
-			last := evs[len(evs)-1]
+			require.Equal(t, "complete", evs[len(evs)-1]["kind"], "complete is the run's last event")
+			last := evs[len(evs)-2]
 			require.Equal(t, "session-state-changed", last["kind"])
 			want := "completed"
 			if tc.exit != 0 {
@@ -382,7 +383,7 @@ func TestReaperCompletesRunsOfDeadWorker(t *testing.T) {
 	for _, e := range evs {
 		kinds = append(kinds, e.Kind)
 	}
-	require.Equal(t, []string{"session_created", "session-state-changed", "error", "complete", "session-state-changed"}, kinds)
+	require.Equal(t, []string{"session-state-changed", "session_created", "error", "session-state-changed", "complete"}, kinds)
 	require.Contains(t, string(evs[2].Data), `"content":"worker lost"`)
 }
 
@@ -428,4 +429,78 @@ func processAlive(pid int) bool {
 	}
 	fields := strings.Fields(string(b))
 	return len(fields) > 2 && fields[2] != "Z"
+}
+
+// TestReaperWaitsAfterRedisOutage is issue 9: Redis was down longer than the
+// heartbeat TTL and came back (from its AOF); a reaper that failed passes
+// meanwhile, or sees a new Redis run id, gives workers a heartbeat TTL to
+// beat again before it reaps, and then reaps a worker that did not.
+func TestReaperWaitsAfterRedisOutage(t *testing.T) {
+	srv := storetest.StartServerWith(t, storetest.Options{AOF: true, Config: []string{"appendfsync always"}})
+	st := storetest.New(t, srv.URL)
+	ctx := context.Background()
+	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
+	res, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
+	require.NoError(t, err)
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, 100*time.Millisecond))
+	ok, err := st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, "w1")
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	const ttl = 300 * time.Millisecond
+	failing, err := NewReaper(ReaperConfig{Store: st, Holder: "failing", Interval: 20 * time.Millisecond, HeartbeatTTL: ttl})
+	require.NoError(t, err)
+	require.NoError(t, failing.Pass(ctx)) // sees this Redis' run id
+
+	srv.Stop()
+	time.Sleep(150 * time.Millisecond) // the heartbeat expires meanwhile
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	require.Error(t, failing.Pass(short))
+	cancel()
+	srv.Restart(t)
+	require.NoError(t, st.WaitAvailable(ctx))
+	alive, err := st.WorkerAlive(ctx, "w1")
+	require.NoError(t, err)
+	require.False(t, alive, "the heartbeat expired during the outage")
+
+	// A reaper that saw the outage, and one that saw only the new run id
+	// (it knew the old one), both wait.
+	restarted, err := NewReaper(ReaperConfig{Store: st, Holder: "restarted", Interval: 20 * time.Millisecond, HeartbeatTTL: ttl})
+	require.NoError(t, err)
+	restarted.runID = "an-earlier-redis"
+	for _, r := range []*Reaper{failing, restarted} {
+		require.NoError(t, st.ReleaseLease(ctx, reaperLease, "failing"))
+		require.NoError(t, r.Pass(ctx))
+		got, err := st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		require.True(t, got.Running(), "%s reaped a run whose worker had no time to beat", r.cfg.Holder)
+	}
+
+	// A worker that beats again keeps its run; one that does not is lost.
+	require.NoError(t, st.ReleaseLease(ctx, reaperLease, "restarted"))
+	time.Sleep(ttl + 3*20*time.Millisecond)
+	require.NoError(t, failing.Pass(ctx))
+	got, err := st.Session(ctx, sess.ID)
+	require.NoError(t, err)
+	require.Equal(t, app.StateFailed, got.State)
+	evs, err := st.Events(ctx, sess.ID, 0, 100)
+	require.NoError(t, err)
+	require.Contains(t, string(evs[len(evs)-3].Data), `"content":"worker lost"`)
+}
+
+// TestAppendWaitsForRedis: output appended while Redis is down waits for it
+// (the run goes on, nothing is lost); the run ends with one complete.
+func TestAppendWaitsForRedis(t *testing.T) {
+	srv := storetest.StartServerWith(t, storetest.Options{AOF: true, Config: []string{"appendfsync always"}})
+	st := storetest.New(t, srv.URL)
+	h := startWorker(t, st, "sh")
+	sess, _ := h.submit(`echo before; sleep 0.3; echo during; sleep 0.2; echo after`)
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) >= 1 }, 10*time.Second, 10*time.Millisecond)
+	srv.Stop()
+	time.Sleep(3 * time.Second) // longer than the orphan grace: the output is held, not dropped
+	srv.Restart(t)
+	evs := h.waitDone(sess.ID)
+	require.Equal(t, []string{"before", "during", "after"}, texts(evs))
+	require.Len(t, completes(evs), 1)
+	require.Equal(t, true, completes(evs)[0]["success"], evs)
 }

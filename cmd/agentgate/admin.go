@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -9,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/handlers"
 	"github.com/agentgate/agentgate/migrations"
 	"github.com/agentgate/agentgate/store"
@@ -169,4 +171,31 @@ func when(ms int64) string {
 		return "-"
 	}
 	return time.UnixMilli(ms).UTC().Format(time.RFC3339)
+}
+
+// runBroadcast publishes the JSON frame on stdin to every chat socket of one
+// user on every gateway: the way a projects service beside agentgate (such
+// as Claude Code UI's own server) sends projects_updated and
+// loading_progress. POST /api/broadcast does the same over HTTP.
+func runBroadcast(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) error {
+	var user string
+	st, positional, err := openStore(ctx, "broadcast", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&user, "user", "", "the user whose sockets get the frame (required)")
+	})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if len(positional) > 0 {
+		return fmt.Errorf("broadcast: unexpected argument %q; the frame is read from stdin", positional[0])
+	}
+	frame, err := io.ReadAll(io.LimitReader(stdin, app.MaxBroadcastSize+1))
+	if err != nil {
+		return fmt.Errorf("broadcast: read stdin: %w", err)
+	}
+	frame = bytes.TrimSpace(frame)
+	if err := app.CheckBroadcast(user, frame); err != nil {
+		return fmt.Errorf("broadcast: %w", err)
+	}
+	return st.Broadcast(ctx, user, frame)
 }

@@ -45,6 +45,7 @@ type config struct {
 	ShellDetach       time.Duration
 	PermissionTimeout time.Duration
 	WatchInterval     time.Duration
+	PaceInterval      time.Duration
 	ClaudeBin         string
 	CursorBin         string
 	CodexBin          string
@@ -83,7 +84,8 @@ var options = []option{
 	{"heartbeat-ttl", "AGENTGATE_HEARTBEAT_TTL", "10s", "a worker silent this long is dead and its runs are reaped", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatTTL })},
 	{"drain-timeout", "AGENTGATE_DRAIN_TIMEOUT", "10s", "on shutdown, how long runs may finish before they are killed", durationSetter(func(c *config) *time.Duration { return &c.DrainTimeout })},
 	{"permission-timeout", "AGENTGATE_PERMISSION_TIMEOUT", "55s", "how long a tool waits for the user's answer before it is denied (never for AskUserQuestion and ExitPlanMode)", durationSetter(func(c *config) *time.Duration { return &c.PermissionTimeout })},
-	{"watch-interval", "AGENTGATE_WATCH_INTERVAL", "3s", "how often a worker polls the providers' session folders for projects_updated (0 turns it off)", durationOrOffSetter(func(c *config) *time.Duration { return &c.WatchInterval })},
+	{"watch-interval", "AGENTGATE_WATCH_INTERVAL", "3s", "how often a worker polls the providers' session folders for sessions_updated (0 turns it off)", durationOrOffSetter(func(c *config) *time.Duration { return &c.WatchInterval })},
+	{"pace-interval", "AGENTGATE_PACE_INTERVAL", "50ms", "quiet time after each frame a /ws client that uses no seq must see, as Claude Code UI's frontend needs (0 turns pacing off)", durationOrOffSetter(func(c *config) *time.Duration { return &c.PaceInterval })},
 	{"shell-detach-timeout", "AGENTGATE_SHELL_DETACH_TIMEOUT", "30m", "a terminal no socket has watched for this long is killed", durationSetter(func(c *config) *time.Duration { return &c.ShellDetach })},
 	{"max-message-size", "AGENTGATE_MAX_MESSAGE_SIZE", "1048576", "largest client frame in bytes; a larger one closes the socket with 1009", func(c *config, v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -319,4 +321,13 @@ func localUser() string {
 		return u.Username
 	}
 	return "local"
+}
+
+// pace is --pace-interval as handlers.Config takes it: there zero means the
+// default and a negative value means off.
+func (c *config) pace() time.Duration {
+	if c.PaceInterval == 0 {
+		return -1
+	}
+	return c.PaceInterval
 }

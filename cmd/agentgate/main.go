@@ -26,6 +26,11 @@ Usage:
   agentgate plugins add NAME HOST:PORT | rm NAME | ls
                                   the registry of /plugin-ws/NAME relays
   agentgate migrate               apply key-schema migrations
+  agentgate broadcast --user NAME < FRAME.json
+                                  publish a projects_updated, loading_progress or taskmaster-… frame to
+                                  one user's chat sockets on every gateway
+  agentgate healthcheck [--url URL]
+                                  exit 0 when the gateway's /readyz answers 200 (for container probes)
   agentgate help [COMMAND]        show the flags of a command
 
 Every flag has an environment variable (AGENTGATE_…); run 'agentgate help serve'.
@@ -61,6 +66,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runPlugins(ctx, rest, stdout, stderr)
 	case "migrate":
 		return runMigrate(ctx, rest, stdout, stderr)
+	case "broadcast":
+		return runBroadcast(ctx, rest, os.Stdin, stderr)
+	case "healthcheck":
+		return runHealthcheck(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return run(ctx, []string{rest[0], "-h"}, stdout, stderr)

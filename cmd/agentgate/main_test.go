@@ -6,10 +6,13 @@ import (
 	"context"
 	"flag"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,5 +148,44 @@ func TestServeWithNothingConfigured(t *testing.T) {
 		require.NoError(t, err)
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not stop")
+	}
+}
+
+func TestHealthcheck(t *testing.T) {
+	var ready atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" || !ready.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(srv.Close)
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		ready bool
+		ok    bool
+	}{
+		{"listen on a wildcard probes loopback", []string{"--listen", "0.0.0.0:" + port}, true, true},
+		{"listen on loopback", []string{"--listen", "127.0.0.1:" + port}, true, true},
+		{"url", []string{"--url", srv.URL + "/readyz"}, true, true},
+		{"draining", []string{"--url", srv.URL + "/readyz"}, false, false},
+		{"nothing listens", []string{"--listen", "127.0.0.1:1", "--timeout", "1s"}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ready.Store(tc.ready)
+			var out, errOut bytes.Buffer
+			err := run(context.Background(), append([]string{"healthcheck"}, tc.args...), &out, &errOut)
+			if tc.ok {
+				require.NoError(t, err)
+				require.Contains(t, out.String(), "200 OK")
+			} else {
+				require.Error(t, err)
+			}
+		})
 	}
 }

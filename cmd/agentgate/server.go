@@ -91,7 +91,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	background, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
 
-	reaper, err := workers.NewReaper(workers.ReaperConfig{Store: st, Logger: log})
+	reaper, err := workers.NewReaper(workers.ReaperConfig{Store: st, HeartbeatTTL: c.HeartbeatTTL, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -146,6 +146,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Providers:     app.Providers,
 			SchemaVersion: version, ShellDetachTimeout: c.ShellDetach, Logger: log,
 			MaxRunsPerUser: c.MaxRunsPerUser, MaxTerminalsPerUser: c.MaxTermsPerUser,
+			PaceInterval: c.pace(),
 		})
 		if err != nil {
 			return err

@@ -1,7 +1,9 @@
 -- run_accept.lua starts a run on a session, atomically: it refuses when the
 -- session is running (busy), else creates the session when it is new, takes
--- a runId from Redis time, appends session_created (new sessions) and
--- session-state-changed{running}, and queues the job for the workers.
+-- a runId from Redis time, appends session-state-changed{running} and then
+-- session_created (new sessions), and queues the job for the workers.
+-- session_created comes last (PROTOCOL §3.3): a client that acts only on the
+-- latest of frames arriving together must see it.
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
 -- KEYS[3] running set       KEYS[4] owner's session set
@@ -80,10 +82,10 @@ redis.call('PERSIST', KEYS[2])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[6], now, ARGV[1])
+emit(hash, KEYS[2], ARGV[11], ARGV[10], started, 'session-state-changed', ARGV[9],
+  '"startedAt":' .. started .. ',"changedAt":' .. started .. ',')
 if ARGV[8] ~= '' then
   emit(hash, KEYS[2], ARGV[11], ARGV[10], started, 'session_created', ARGV[8], '')
 end
-emit(hash, KEYS[2], ARGV[11], ARGV[10], started, 'session-state-changed', ARGV[9],
-  '"startedAt":' .. started .. ',"changedAt":' .. started .. ',')
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'session', ARGV[1], 'run', started, 'job', ARGV[7])
 return {'ok', started, prevSeq}

@@ -1,8 +1,10 @@
 -- run_complete.lua ends a run: the one door through which normal exit,
 -- failure, abort and worker loss all pass, so the first caller wins and
 -- every later one changes nothing. It appends any final events (error rows),
--- a permission_cancelled for each request still pending, the run's single
--- complete, the terminal session-state-changed, and releases the session.
+-- a permission_cancelled for each request still pending, the terminal
+-- session-state-changed, the run's single complete, and releases the
+-- session. complete comes last (PROTOCOL §3.3): a client that acts only on
+-- the latest of frames arriving together must see it.
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
 -- KEYS[3] running set       KEYS[4] owner's session set
@@ -39,16 +41,16 @@ for _, rid in ipairs(pending) do
     redis.call('HDEL', KEYS[6], rid)
   end
 end
-local seq = emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'complete', ARGV[7], '')
 local now = now_ms()
 local changed = int(now)
+emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'session-state-changed', ARGV[8],
+  '"startedAt":' .. (cur[5] or '0') .. ',"changedAt":' .. changed .. ',')
+local seq = emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'complete', ARGV[7], '')
 redis.call('HSET', hash, 'state', ARGV[4], 'exitCode', ARGV[5], 'statusText', '',
   'canInterrupt', 0, 'updatedAt', changed)
 redis.call('ZREM', KEYS[3], cur[3])
 redis.call('ZREM', KEYS[7], cur[3])
 redis.call('ZADD', KEYS[4], now, cur[3])
-emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'session-state-changed', ARGV[8],
-  '"startedAt":' .. (cur[5] or '0') .. ',"changedAt":' .. changed .. ',')
 redis.call('DEL', KEYS[5])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return {runId, cur[4] or '', seq}

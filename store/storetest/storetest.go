@@ -86,7 +86,23 @@ func RequireRedisServer(t testing.TB) string {
 type Server struct {
 	URL  string
 	Addr string
-	cmd  *exec.Cmd
+	// Dir holds the server's files (its AOF in appendonlydir).
+	Dir string
+
+	bin, dir, password string
+	args               []string
+	cmd                *exec.Cmd
+}
+
+// Options configure a redis-server started by StartServerWith.
+type Options struct {
+	// Password is required of clients (none when empty); the URL carries it.
+	Password string
+	// AOF persists every write to an append-only file, fsynced every
+	// second, so that Stop and Restart act like a crash and a restart.
+	AOF bool
+	// Config holds more lines of the server's configuration file.
+	Config []string
 }
 
 // Redis starts a real redis-server on a free loopback port, without
@@ -100,17 +116,24 @@ func Redis(t testing.TB) string {
 // stop it themselves.
 func StartServer(t testing.TB) *Server {
 	t.Helper()
-	return StartServerWithPassword(t, "")
+	return StartServerWith(t, Options{})
 }
 
 // StartServerWithPassword is StartServer for a server that requires
 // password (none when empty); its URL carries the password.
 func StartServerWithPassword(t testing.TB, password string) *Server {
 	t.Helper()
+	return StartServerWith(t, Options{Password: password})
+}
+
+// StartServerWith starts a redis-server configured by o, stopped when the
+// test ends.
+func StartServerWith(t testing.TB, o Options) *Server {
+	t.Helper()
 	bin := RequireRedisServer(t)
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		srv, err := startServer(bin, t.TempDir(), password)
+		srv, err := startServer(bin, t.TempDir(), o)
 		if err == nil {
 			t.Cleanup(srv.Stop)
 			return srv
@@ -121,56 +144,87 @@ func StartServerWithPassword(t testing.TB, password string) *Server {
 	return nil
 }
 
-func startServer(bin, dir, password string) (*Server, error) {
+func startServer(bin, dir string, o Options) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	aof := "no"
+	if o.AOF {
+		aof = "yes"
+	}
 	args := []string{
-		"--bind", "127.0.0.1", "--port", fmt.Sprint(port), "--save", "", "--appendonly", "no",
+		"--bind", "127.0.0.1", "--port", fmt.Sprint(port), "--save", "", "--appendonly", aof,
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--protected-mode", "yes",
 	}
 	url := "redis://" + addr + "/0"
-	if password != "" {
+	conf := o.Config
+	if o.Password != "" {
 		// From a config file, not the command line that every account reads.
-		conf := filepath.Join(dir, "redis.conf")
-		if err := os.WriteFile(conf, []byte("requirepass "+password+"\n"), 0o600); err != nil {
+		conf = append([]string{"requirepass " + o.Password}, conf...)
+		url = "redis://:" + o.Password + "@" + addr + "/0"
+	}
+	if len(conf) > 0 {
+		path := filepath.Join(dir, "redis.conf")
+		if err := os.WriteFile(path, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
 			return nil, err
 		}
-		args = append([]string{conf}, args...)
-		url = "redis://:" + password + "@" + addr + "/0"
+		args = append([]string{path}, args...)
 	}
-	cmd := exec.Command(bin, args...)
+	srv := &Server{URL: url, Addr: addr, Dir: dir, bin: bin, dir: dir, password: o.Password, args: args}
+	if err := srv.start(false); err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
+// start runs the server and waits until it answers PING, or, with loading,
+// until it answers at all (a server loading its AOF answers LOADING).
+func (s *Server) start(loading bool) error {
+	cmd := exec.Command(s.bin, s.args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", bin, err)
+		return fmt.Errorf("run %s: %w", s.bin, err)
 	}
-	srv := &Server{URL: url, Addr: addr, cmd: cmd}
+	s.cmd = cmd
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if ping(addr, password) {
-			return srv, nil
+		if reply := ping(s.Addr, s.password); reply == "+PONG" || loading && strings.HasPrefix(reply, "-LOADING") {
+			return nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	srv.Stop()
-	log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-	return nil, fmt.Errorf("redis-server on %s did not answer: %s", addr, strings.TrimSpace(string(log)))
+	s.Stop()
+	log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	return fmt.Errorf("redis-server on %s did not answer: %s", s.Addr, strings.TrimSpace(string(log)))
 }
 
-// Stop kills the server by its PID and waits for it.
+// Stop kills the server by its PID (SIGKILL, as a crash would) and waits
+// for it.
 func (s *Server) Stop() {
-	if s.cmd.Process != nil {
+	if s.cmd != nil && s.cmd.Process != nil {
 		_ = s.cmd.Process.Kill()
 		_ = s.cmd.Wait()
 	}
 }
 
-func ping(addr, password string) bool {
+// Restart starts a stopped server again on the same port and directory
+// (with AOF, on the data it had persisted) and returns once it accepts
+// connections, possibly still loading its data.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	if err := s.start(true); err != nil {
+		t.Fatalf("restart redis-server: %v", err)
+	}
+}
+
+// ping sends PING (after AUTH with a password) and returns the first line
+// of the answer, or "" when there is none.
+func ping(addr, password string) string {
 	c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 	if err != nil {
-		return false
+		return ""
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
@@ -179,16 +233,20 @@ func ping(addr, password string) bool {
 		cmd = "AUTH " + password + "\r\n" + cmd
 	}
 	if _, err := c.Write([]byte(cmd)); err != nil {
-		return false
+		return ""
 	}
 	rd := bufio.NewReader(c)
 	if password != "" {
+		// AUTH is answered even while the server loads.
 		if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
-			return false
+			return ""
 		}
 	}
 	line, err := rd.ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(line)
 }
 
 func freePort() (int, error) {

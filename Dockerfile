@@ -1,0 +1,62 @@
+# agentgate images, from one Dockerfile:
+#
+#   docker build --target gateway -t agentgate-gateway .   # static binary on scratch, non-root
+#   docker build --target worker  -t agentgate-worker  .   # + Node.js and the pinned provider CLIs
+#
+# A plain `docker build .` builds the worker (the last stage).
+
+ARG GO_VERSION=1.26
+ARG NODE_VERSION=22
+
+FROM golang:${GO_VERSION}-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+# Static, so that the gateway needs no libc.
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/agentgate ./cmd/agentgate \
+ && mkdir -p /out/tmp && chmod 1777 /out/tmp
+
+# The gateway: sockets and nothing else. No shell, no package manager; the
+# binary probes its own /readyz.
+FROM scratch AS gateway
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /out/tmp /tmp
+COPY --from=build /out/agentgate /usr/local/bin/agentgate
+ENV AGENTGATE_LISTEN=0.0.0.0:8080 \
+    AGENTGATE_LOG_FORMAT=json
+USER 65532:65532
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/agentgate", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/agentgate"]
+CMD ["gateway"]
+
+# The worker runs the provider CLIs and terminals. It runs as root so that
+# --user-uids can give each user's processes an account of their own (see
+# the README's threat model); without --user-uids, run it as any user.
+FROM node:${NODE_VERSION}-bookworm-slim AS worker
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates git procps ripgrep tini \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/agentgate
+# The CLIs pinned in package.json, from the lock file. Install scripts are
+# skipped and the one that matters is run by name: it puts Claude's native
+# binary in place (Codex's comes in an optional platform package).
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error \
+ && node node_modules/@anthropic-ai/claude-code/install.cjs \
+ && npm cache clean --force \
+ && node_modules/.bin/claude --version && node_modules/.bin/codex --version && node_modules/.bin/gemini --version
+COPY --from=build /out/agentgate /usr/local/bin/agentgate
+ENV PATH=/opt/agentgate/node_modules/.bin:$PATH \
+    AGENTGATE_LOG_FORMAT=json \
+    AGENTGATE_USER_HOMES=/var/lib/agentgate/home
+RUN mkdir -p /var/lib/agentgate/home /workspaces
+VOLUME ["/var/lib/agentgate/home"]
+WORKDIR /var/lib/agentgate
+# tini reaps what the CLIs leave behind and passes SIGTERM on, so that the
+# worker drains its runs.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/agentgate"]
+CMD ["worker"]

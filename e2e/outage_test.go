@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// loadingRedis is a redis-server with an AOF (fsynced on every write, so
+// that a crash loses nothing and the test is exact) that takes seconds to
+// load its data after a restart, the way a large dataset does: a test hook
+// of redis-server delays each key of the snapshot, and fillForLoading gives
+// the snapshot 20,000 keys.
+var loadingRedis = storetest.Options{AOF: true, Config: []string{
+	"appendfsync always",
+	"key-load-delay 200",                         // µs per key: 20,000 keys load in about 4 s
+	"loading-process-events-interval-bytes 1024", // answer clients (LOADING) while loading
+}}
+
+// fillForLoading writes padding keys outside the cluster's prefix and
+// rewrites the AOF, so that its base snapshot holds them.
+func fillForLoading(t *testing.T, cl *cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, cl.rdb.Eval(ctx, "for i = 1, 20000 do redis.call('SET', 'pad:' .. i, i) end return 1", nil).Err())
+	require.NoError(t, cl.rdb.BgRewriteAOF(ctx).Err())
+	eventually(t, 20*time.Second, "the AOF rewrite", func() bool {
+		info, err := cl.rdb.Info(ctx, "persistence").Result()
+		return err == nil && strings.Contains(info, "aof_rewrite_in_progress:0") && strings.Contains(info, "aof_rewrite_scheduled:0")
+	})
+}
+
+// TestRedisOutageMidRun is issue 9: Redis is killed (SIGKILL) in the middle
+// of a run, stays down longer than every heartbeat TTL, and comes back from
+// its AOF, answering LOADING for seconds. Nothing may take the outage for
+// an answer: a status asked during the outage gets a retryable error (not
+// "unknown session"), one asked while Redis loads waits for it, sockets that
+// watched the run stay open (no 4008) and get every event once, in order;
+// the reaper does not take the silent heartbeats for dead workers, and the
+// run, whose output the worker held back, ends with one successful complete.
+func TestRedisOutageMidRun(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("a 30 s Redis outage")
+	}
+	const outage = 30 * time.Second
+	cl := newClusterOn(t, loadingRedis, "", longRun("outage", 4, 80*time.Millisecond)...)
+	fillForLoading(t, cl)
+	gwA, gwB := cl.startGateway("gwA"), cl.startGateway("gwB")
+	cl.startWorker("worker")
+
+	c1 := cl.dial(gwA, "alice")
+	sid := startLongRun(t, cl, c1, "outage")
+	watcher := cl.dial(gwB, "alice")
+	st := status(t, watcher, sid, ptr(0))
+	require.Equal(t, true, st.m["isProcessing"], st.raw)
+	waitMidRun(t, c1, sid)
+
+	cl.redis.Stop()
+	down := time.Now()
+	t.Logf("redis-server killed")
+
+	// Asked while Redis is down: a retryable error, not an unknown session.
+	c3 := cl.dial(gwB, "alice")
+	mark := c3.mark()
+	c3.send(map[string]any{"type": "check-session-status", "sessionId": sid, "lastSeq": 1})
+	f := c3.waitReplyFrom(mark, "error", func(f frame) bool { return f.str("sessionId") == sid })
+	require.Equal(t, true, f.m["retryable"], f.raw)
+	fs, _ := c3.snapshot()
+	for _, f := range fs[mark:] {
+		require.NotEqual(t, "session-status", f.str("type"), "no status while Redis is down: %s", f.raw)
+	}
+
+	time.Sleep(time.Until(down.Add(outage)))
+	cl.redis.Restart(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := cl.rdb.Get(ctx, "pad:1").Err()
+	cancel()
+	require.ErrorContains(t, err, "LOADING", "the restarted server must still be loading for this test to mean anything")
+	t.Logf("redis-server restarted, loading")
+
+	// Asked while Redis loads: the answer waits for it.
+	c4 := cl.dial(gwA, "alice")
+	st4 := status(t, c4, sid, ptr(1))
+	require.Equal(t, true, st4.m["recovered"], st4.raw)
+	require.Greater(t, st4.m["lastSeq"].(float64), float64(1), st4.raw)
+
+	for _, c := range []*wsClient{c1, watcher, c4} {
+		evs := c.waitEnd(sid, 1, 90*time.Second)
+		from := int64(1)
+		if c == c4 {
+			from = 2
+		}
+		sum := checkRun(t, evs, from)
+		requireComplete(t, sum.completes[0], 0, true, false)
+		for _, e := range evs {
+			require.NotContains(t, e.Raw, "worker lost", "the worker was alive all along")
+		}
+		_, err := c.snapshot()
+		require.NoError(t, err, "%s: the socket stays open through the outage", c.name)
+	}
+	all := watcher.events(sid)
+	require.Equal(t, 4, countKind(all, "tool_result"), kinds(all))
+}
+
+// TestRedisLostWrites: Redis comes back without its last writes (here: from
+// a copy of its AOF taken a few events earlier, as a crash of the host can
+// leave an AOF fsynced every second). A socket that had events Redis no
+// longer holds is closed with 1012 and, resuming with its lastSeq, is told
+// recovered:false, rather than wait silently for seqs that now carry other
+// events.
+func TestRedisLostWrites(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, storetest.Options{AOF: true, Config: []string{"appendfsync always"}}, "",
+		longRun("lost", 4, 150*time.Millisecond)...)
+	gwA := cl.startGateway("gwA")
+	cl.startWorker("worker")
+
+	c1 := cl.dial(gwA, "alice")
+	sid := startLongRun(t, cl, c1, "lost")
+	evs := waitMidRun(t, c1, sid)
+	aof := filepath.Join(cl.redis.Dir, "appendonlydir")
+	backup := filepath.Join(t.TempDir(), "appendonlydir")
+	require.NoError(t, exec.Command("cp", "-a", aof, backup).Run())
+	copied := lastSeq(evs)
+	c1.waitFor(30*time.Second, "three more events", func(fs []frame) bool {
+		return lastSeq(eventsOf(t, fs, sid)) >= copied+3
+	})
+
+	cl.redis.Stop()
+	require.NoError(t, os.RemoveAll(aof))
+	require.NoError(t, os.Rename(backup, aof))
+	cl.redis.Restart(t)
+
+	err := c1.waitClosed(30 * time.Second)
+	require.Equal(t, 1012, closeCode(err), "closed with: %v", err)
+	seen := lastSeq(c1.events(sid))
+	checkPrefix(t, c1.events(sid))
+
+	c2 := cl.dial(gwA, "alice")
+	st := status(t, c2, sid, ptr(seen))
+	require.Equal(t, false, st.m["recovered"], st.raw)
+	require.Less(t, st.m["lastSeq"].(float64), float64(seen), st.raw)
+	end := c2.waitEnd(sid, 1, 60*time.Second)
+	requireComplete(t, end[len(end)-1], 0, true, false)
+}

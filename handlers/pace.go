@@ -1,0 +1,131 @@
+package handlers
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// DefaultPaceInterval is the quiet time a paced socket gets after each frame
+// its client must see. Claude Code UI's frontend keeps only the latest frame
+// in React state and acts on it in an effect (WebSocketContext.tsx,
+// useChatRealtimeHandlers.ts at afc717e6): a frame that arrives before React
+// has rendered the previous one replaces it unseen. The render of a whole
+// chat page takes one or more display frames (16.7 ms each); 50 ms between
+// frames is what made that frontend, tried headless, pass chat, Stop and
+// reload.
+const DefaultPaceInterval = 50 * time.Millisecond
+
+// Values of the /ws query parameter "delivery".
+const (
+	// deliveryImmediate writes every frame as soon as it is there: for
+	// clients that handle every frame (they use seq).
+	deliveryImmediate = "immediate"
+	// deliveryPaced spaces the frames a client must see (the default for
+	// a socket that has not sent a lastSeq).
+	deliveryPaced = "paced"
+)
+
+// write hands a frame to melody, directly or through the pacer. The pacer
+// keeps the frames in the order trySend took them, so once any frame waits
+// every later one queues behind it, also after the socket switched to
+// immediate delivery (the pacer then drains without waiting).
+func (c *conn) write(frame []byte) error {
+	if c.interval == 0 {
+		return c.s.Write(frame)
+	}
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if !c.paced && !c.pacing {
+		return c.s.Write(frame)
+	}
+	c.pending = append(c.pending, frame)
+	if !c.pacing {
+		c.pacing = true
+		go c.pace()
+	}
+	return nil
+}
+
+// pace writes the waiting frames, each after the quiet time of the last
+// frame that must be seen. It holds no Redis reads and no more than the
+// socket's queue: a watch whose frames do not fit reads the session's stream
+// at the socket's pace (hub.catchUp), as for any slow socket. Runs in its own
+// goroutine while frames wait; it exits when none is left.
+func (c *conn) pace() {
+	for {
+		c.pmu.Lock()
+		if len(c.pending) == 0 || c.closed.Load() {
+			for range c.pending {
+				c.queued.Add(-1)
+			}
+			c.pending, c.pacing = nil, false
+			c.pmu.Unlock()
+			return
+		}
+		frame := c.pending[0]
+		c.pending[0] = nil
+		c.pending = c.pending[1:]
+		wait := time.Duration(0)
+		if c.paced {
+			wait = time.Until(c.quietUntil)
+		}
+		c.pmu.Unlock()
+
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-c.ctx.Done():
+				t.Stop()
+			}
+		}
+
+		c.pmu.Lock()
+		err := c.s.Write(frame)
+		if c.paced && mustBeSeen(frame) {
+			c.quietUntil = time.Now().Add(c.interval)
+		}
+		c.pmu.Unlock()
+		if err != nil {
+			c.queued.Add(-1)
+		}
+	}
+}
+
+// deliverImmediately ends pacing for the socket: its client handles every
+// frame (it sent a lastSeq). Frames already waiting go out at once, in order.
+func (c *conn) deliverImmediately() {
+	if c.interval == 0 {
+		return
+	}
+	c.pmu.Lock()
+	c.paced = false
+	c.pmu.Unlock()
+}
+
+// frameHead is what mustBeSeen reads of a frame.
+type frameHead struct {
+	Type string `json:"type"`
+	Kind string `json:"kind"`
+}
+
+// mustBeSeen reports whether Claude Code UI's frontend acts on a frame, so
+// that the next frame must wait for it to be rendered. Frames it ignores may
+// be overtaken at once: the lifecycle frames agentgate adds for clients that
+// use them (session-state-changed, which that frontend does not interpret,
+// and the replies session-accepted and session-busy, which it drops as
+// unknown types). That is what lets session_created and complete, which come
+// right after them (PROTOCOL §3.3), reach it without a pause in between.
+func mustBeSeen(frame []byte) bool {
+	var h frameHead
+	if err := json.Unmarshal(frame, &h); err != nil {
+		return true
+	}
+	switch {
+	case h.Kind == "session-state-changed":
+		return false
+	case h.Kind == "":
+		return h.Type != "session-accepted" && h.Type != "session-busy"
+	}
+	return true
+}

@@ -1,0 +1,190 @@
+package handlers
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+func TestMustBeSeen(t *testing.T) {
+	cases := []struct {
+		frame string
+		want  bool
+	}{
+		{`{"seq":1,"kind":"session-state-changed","state":"running"}`, false},
+		{`{"seq":2,"kind":"session_created","newSessionId":"s"}`, true},
+		{`{"seq":3,"kind":"text","content":"hi"}`, true},
+		{`{"seq":4,"kind":"status","text":"token_budget"}`, true},
+		{`{"seq":5,"kind":"complete"}`, true},
+		{`{"type":"session-accepted"}`, false},
+		{`{"type":"session-busy"}`, false},
+		{`{"type":"session-status","isProcessing":true}`, true},
+		{`{"type":"pending-permissions-response","data":[]}`, true},
+		{`{"type":"projects_updated","projects":[]}`, true},
+		{`{"type":"error","error":"x"}`, true},
+		{`not json`, true},
+	}
+	for _, tc := range cases {
+		require.Equal(t, tc.want, mustBeSeen([]byte(tc.frame)), tc.frame)
+	}
+}
+
+// timedFrame is a frame and when the test client read it.
+type timedFrame struct {
+	m  map[string]any
+	at time.Time
+}
+
+// dialTimed opens a /ws socket with the given query and returns a channel of
+// the frames it reads, each with its arrival time.
+func dialTimed(t *testing.T, g *gateway, query string) (*websocket.Conn, <-chan timedFrame) {
+	t.Helper()
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?" + query
+	ws, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	t.Cleanup(func() { ws.Close() })
+	out := make(chan timedFrame, 10000)
+	go func() {
+		defer close(out)
+		for {
+			_, data, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			f := timedFrame{at: time.Now()}
+			if json.Unmarshal(data, &f.m) != nil {
+				return
+			}
+			out <- f
+		}
+	}()
+	return ws, out
+}
+
+// readUntilComplete reads frames until a complete.
+func readUntilComplete(t *testing.T, ch <-chan timedFrame) []timedFrame {
+	t.Helper()
+	var got []timedFrame
+	for {
+		select {
+		case f, ok := <-ch:
+			require.True(t, ok, "socket closed before complete")
+			got = append(got, f)
+			if f.m["kind"] == "complete" {
+				return got
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no complete within 30s; got %d frames", len(got))
+		}
+	}
+}
+
+func name(m map[string]any) string {
+	if k, ok := m["kind"].(string); ok {
+		return k
+	}
+	return fmt.Sprint(m["type"])
+}
+
+// TestPacedDelivery: a socket that has not said it uses seq gets a quiet
+// time after every frame Claude Code UI's frontend acts on, so that a
+// client that handles only the latest of frames arriving together still
+// sees each of them; the frames it ignores (session-accepted,
+// session-state-changed) are overtaken at once. A socket that opened with
+// delivery=immediate, or sent a lastSeq, gets every frame at once.
+func TestPacedDelivery(t *testing.T) {
+	const interval = 40 * time.Millisecond
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.PaceInterval = interval })
+	w := newFakeWorker(t, st)
+	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
+	b, err := json.Marshal(command("hello", nil))
+	require.NoError(t, err)
+	require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
+	_, ref := w.take()
+	// One batch, as a worker appends the lines it has read.
+	w.emit(ref, app.Text("assistant", "one"), app.Text("assistant", "two"), app.Text("assistant", "three"))
+	w.finish(ref, 0)
+
+	got := readUntilComplete(t, frames)
+	var names []string
+	for _, f := range got {
+		names = append(names, name(f.m))
+	}
+	require.Equal(t, []string{"session-accepted", "session-state-changed", "session_created",
+		"text", "text", "text", "session-state-changed", "complete"}, names)
+	for i := 0; i+1 < len(got); i++ {
+		gap := got[i+1].at.Sub(got[i].at)
+		t.Logf("%-22s +%v", names[i], gap)
+		if mustBeSeenMap(got[i].m) {
+			// Timers never fire early; the slack is for the reads.
+			require.GreaterOrEqual(t, gap, interval/2, "%s is followed by %s after %v", names[i], names[i+1], gap)
+		}
+	}
+
+	// A socket that sends a lastSeq handles every frame: no pacing.
+	seqWS, seqFrames := dialTimed(t, g, "token="+token(t, "alice", false))
+	id := got[2].m["newSessionId"].(string)
+	b, _ = json.Marshal(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": 0})
+	require.NoError(t, seqWS.WriteMessage(websocket.TextMessage, b))
+	replayed := readUntilComplete(t, seqFrames)
+	require.Len(t, replayed, 8, "session-status and the 7 stored events")
+	took := replayed[len(replayed)-1].at.Sub(replayed[0].at)
+	require.Less(t, took, 4*interval, "a replay of 7 events to a seq client is not paced (took %v)", took)
+}
+
+func mustBeSeenMap(m map[string]any) bool {
+	b, _ := json.Marshal(m)
+	return mustBeSeen(b)
+}
+
+// TestPacedBurstIsBounded: a burst larger than the socket's queue reaches a
+// paced socket whole and in order: what does not fit is read back from the
+// session's stream at the socket's pace, as for any slow socket, so the
+// gateway holds no more than the queue.
+func TestPacedBurstIsBounded(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.PaceInterval = 2 * time.Millisecond; c.QueueSize = 16 })
+	w := newFakeWorker(t, st)
+	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
+	b, _ := json.Marshal(command("hello", nil))
+	require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
+	_, ref := w.take()
+	const n = 300
+	for i := 0; i < n; i += 50 {
+		var evs []app.Event
+		for j := i; j < i+50; j++ {
+			evs = append(evs, app.Text("assistant", fmt.Sprint(j)))
+		}
+		w.emit(ref, evs...)
+	}
+	w.finish(ref, 0)
+	got := readUntilComplete(t, frames)
+	require.Len(t, got, n+5)
+	seq := 0.0
+	for _, f := range got[1:] {
+		require.Equal(t, seq+1, f.m["seq"], "in order, none lost")
+		seq = f.m["seq"].(float64)
+	}
+}
+
+// TestDeliveryParameter: an unknown delivery value is refused before the
+// upgrade.
+func TestDeliveryParameter(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?delivery=fast&token=" + token(t, "alice", false)
+	_, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	require.Error(t, err)
+	require.Equal(t, 400, resp.StatusCode)
+	resp.Body.Close()
+}

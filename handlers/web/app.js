@@ -1,0 +1,399 @@
+// The bundled page: sessions, the viewed conversation, its activity
+// indicator and permission requests, the composer, and a terminal tab. All
+// protocol state lives in the AgentGate client; this file only renders it.
+// What the page shows about a run (indicator, Stop, Send) is derived from
+// the viewed session's processing entry alone.
+import { AgentGate, PENDING_SESSION_ID } from "/agentgate.js";
+import { openTerminal } from "./terminal.js";
+
+const $ = (id) => document.getElementById(id);
+
+// The token comes in ?token= once and is kept for later visits, out of the
+// address bar (and so out of history and screenshots).
+const params = new URLSearchParams(location.search);
+if (params.get("token")) {
+  localStorage.setItem("agentgate.token", params.get("token"));
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+}
+const token = localStorage.getItem("agentgate.token") || "";
+
+const client = new AgentGate({ token });
+window.agentgate = client; // for the console and for tests
+
+// Settings the user picks once are kept per browser.
+const kept = ["provider", "project", "permission-mode", "allowed-tools", "model"];
+for (const id of kept) {
+  const v = localStorage.getItem("agentgate." + id);
+  if (v !== null) $(id).value = v;
+  $(id).addEventListener("change", () => localStorage.setItem("agentgate." + id, $(id).value));
+}
+
+// viewed is the session on screen: an id, PENDING_SESSION_ID for a new
+// conversation not yet named, or null for an empty new chat.
+let viewed = decodeURIComponent((location.hash.match(/^#\/s\/(.+)$/) || [])[1] || "") || null;
+const loaded = new Set(); // sessions whose history was read
+
+// Prompts the user sent are not session events; they are kept here (and in
+// localStorage, for a reload and the other tabs) with the seq they followed.
+function prompts(sid) {
+  try {
+    return JSON.parse(localStorage.getItem("agentgate.prompts." + sid) || "[]");
+  } catch {
+    return [];
+  }
+}
+function addPrompt(sid, p) {
+  localStorage.setItem("agentgate.prompts." + sid, JSON.stringify([...prompts(sid), p]));
+}
+function titleOf(s) {
+  const first = prompts(s.id)[0];
+  return first ? first.text.slice(0, 60) : (s.provider || "claude") + " " + s.id.slice(0, 8);
+}
+
+function view(sid) {
+  // A session left while idle is no longer followed (a reconnect resumes
+  // only what is watched); a running one stays followed for its marker.
+  if (viewed && viewed !== sid && viewed !== PENDING_SESSION_ID && !client.isRunning(viewed)) client.unwatch(viewed);
+  viewed = sid;
+  if (sid && sid !== PENDING_SESSION_ID) {
+    history.replaceState(null, "", location.pathname + location.search + "#/s/" + encodeURIComponent(sid));
+    open(sid);
+  } else {
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  renderAll();
+}
+
+// open reads a session's history once, then follows it live.
+async function open(sid) {
+  if (!loaded.has(sid)) {
+    loaded.add(sid);
+    try {
+      await client.loadHistory(sid);
+    } catch (err) {
+      notice("Could not load the history: " + err.message);
+    }
+  }
+  client.watch(sid);
+  if (viewed === sid) renderConversation(true);
+}
+
+// ---- rendering ----
+
+function renderAll() {
+  renderSessions();
+  renderConversation(true);
+  renderPermissions();
+  renderActivity();
+}
+
+function renderSessions() {
+  const ul = $("session-list");
+  ul.textContent = "";
+  const items = client.sessions();
+  if (viewed === PENDING_SESSION_ID) items.unshift({ id: PENDING_SESSION_ID, provider: $("provider").value, pending: true });
+  for (const s of items) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.session = s.id;
+    if (s.id === viewed) b.setAttribute("aria-current", "page");
+    const title = document.createElement("span");
+    title.className = "title";
+    title.textContent = s.pending ? "New chat…" : titleOf(s);
+    b.append(title);
+    if (client.isRunning(s.id)) {
+      const mark = document.createElement("span");
+      mark.className = "running";
+      mark.textContent = "● running";
+      b.append(mark);
+    }
+    b.onclick = () => view(s.id);
+    li.append(b);
+    ul.append(li);
+  }
+}
+
+let renderedSeq = 0;
+let renderedFor = null;
+
+// renderConversation draws the viewed session's events; it appends when only
+// new events came, and redraws otherwise.
+function renderConversation(full) {
+  const log = $("conversation");
+  const sid = viewed;
+  const events = sid && sid !== PENDING_SESSION_ID ? client.events(sid) : [];
+  const ps = sid ? prompts(sid) : [];
+  if (full || renderedFor !== sid || (events.length && events[0].seq > renderedSeq + 1 && renderedSeq > 0)) {
+    log.textContent = "";
+    renderedSeq = 0;
+    renderedFor = sid;
+    for (const p of ps.filter((p) => p.afterSeq <= 0)) log.append(line("user", p.text));
+  }
+  for (const ev of events) {
+    if (ev.seq <= renderedSeq) continue;
+    const el = renderEvent(ev);
+    if (el) log.append(el);
+    renderedSeq = ev.seq;
+    for (const p of ps.filter((p) => p.afterSeq === ev.seq)) log.append(line("user", p.text));
+  }
+  if (!log.firstChild) {
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = sid ? "" : "Start a conversation: type a message below.";
+    log.append(empty);
+  }
+  log.scrollTop = log.scrollHeight;
+}
+
+function line(cls, text, seq) {
+  const d = document.createElement("div");
+  d.className = "line " + cls;
+  d.textContent = text;
+  if (seq) d.dataset.seq = seq;
+  return d;
+}
+
+function renderEvent(ev) {
+  switch (ev.kind) {
+    case "text":
+      return line(ev.role === "user" ? "user" : "assistant", ev.content, ev.seq);
+    case "thinking":
+      return line("thinking", ev.content, ev.seq);
+    case "tool_use":
+      return line("tool_use", ev.toolName + " " + JSON.stringify(ev.toolInput ?? {}), ev.seq);
+    case "tool_result":
+      return line("tool_result", typeof ev.content === "string" ? ev.content : JSON.stringify(ev.content), ev.seq);
+    case "error":
+      return line("error", ev.content, ev.seq);
+    case "complete": {
+      const outcome = ev.aborted ? "aborted" : ev.success ? "succeeded" : "failed";
+      const text = ev.aborted ? "Stopped" : ev.success ? "Done" : "Failed (exit " + ev.exitCode + ")";
+      const d = line("complete", text, ev.seq);
+      d.dataset.outcome = outcome;
+      return d;
+    }
+    default:
+      return null; // lifecycle, status and permission events show elsewhere
+  }
+}
+
+function renderPermissions() {
+  const box = $("permissions");
+  box.textContent = "";
+  if (!viewed || viewed === PENDING_SESSION_ID) return;
+  for (const p of client.permissions(viewed)) {
+    const card = document.createElement("div");
+    card.className = "permission";
+    card.setAttribute("role", "group");
+    card.setAttribute("aria-label", "Permission request: " + p.toolName);
+    card.dataset.request = p.requestId;
+    const what = document.createElement("div");
+    what.textContent = "Claude wants to use " + p.toolName;
+    const input = document.createElement("pre");
+    input.textContent = JSON.stringify(p.input ?? {}, null, 2);
+    const remember = document.createElement("label");
+    const check = document.createElement("input");
+    check.type = "checkbox";
+    remember.append(check, " Remember " + p.toolName + " for this run");
+    const allow = document.createElement("button");
+    allow.type = "button";
+    allow.textContent = "Allow";
+    allow.onclick = () => client.respond(p.requestId, { allow: true, rememberEntry: check.checked ? p.toolName : undefined });
+    const deny = document.createElement("button");
+    deny.type = "button";
+    deny.textContent = "Deny";
+    deny.onclick = () => client.respond(p.requestId, { allow: false });
+    card.append(what, input, allow, deny, remember);
+    box.append(card);
+  }
+}
+
+// The activity indicator exists only while the viewed session's entry does.
+function renderActivity() {
+  const slot = $("activity-slot");
+  const entry = viewed ? client.processing.get(viewed) : null;
+  $("send").disabled = !!entry;
+  if (!entry) {
+    slot.textContent = "";
+    return;
+  }
+  let box = slot.querySelector(".activity");
+  if (!box) {
+    box = document.createElement("div");
+    box.className = "activity";
+    const status = document.createElement("div");
+    status.setAttribute("role", "status");
+    status.className = "activity-status";
+    const spinner = document.createElement("span");
+    spinner.className = "spinner";
+    spinner.setAttribute("aria-hidden", "true");
+    const label = document.createElement("span");
+    label.className = "label";
+    const elapsed = document.createElement("span");
+    elapsed.className = "elapsed";
+    status.append(spinner, label, " ", elapsed);
+    const stop = document.createElement("button");
+    stop.type = "button";
+    stop.textContent = "Stop";
+    stop.onclick = () => client.abort(viewed);
+    box.append(status, stop);
+    slot.append(box);
+  }
+  box.querySelector(".label").textContent = entry.statusText || "Working…";
+  box.querySelector(".elapsed").textContent = elapsedText(entry.startedAt);
+  box.querySelector("button").hidden = !entry.canInterrupt;
+}
+
+function elapsedText(startedAt) {
+  const s = Math.max(0, Math.floor((Date.now() - startedAt) / 1000));
+  return s < 60 ? s + "s" : Math.floor(s / 60) + "m " + (s % 60) + "s";
+}
+setInterval(() => {
+  const el = document.querySelector(".activity .elapsed");
+  const entry = viewed && client.processing.get(viewed);
+  if (el && entry) el.textContent = elapsedText(entry.startedAt);
+}, 1000);
+
+function notice(text) {
+  const d = document.createElement("div");
+  d.className = "notice";
+  d.setAttribute("role", "alert");
+  d.textContent = text;
+  $("chat-panel").prepend(d);
+  setTimeout(() => d.remove(), 8000);
+}
+
+function celebrate(sid) {
+  const d = document.createElement("div");
+  d.className = "celebrate";
+  const s = client.sessions().find((x) => x.id === sid) ?? { id: sid };
+  d.textContent = "Run succeeded: " + titleOf(s);
+  document.body.append(d);
+  const title = document.title;
+  document.title = "✓ " + title;
+  setTimeout(() => {
+    d.remove();
+    document.title = title;
+  }, 4000);
+}
+
+// ---- client changes ----
+
+client.subscribe((c) => {
+  switch (c.type) {
+    case "connection":
+      $("connection").dataset.connected = String(c.connected);
+      $("connection").textContent = c.connected ? "connected" : "reconnecting…";
+      // Sessions may have started or ended elsewhere while this tab was away.
+      if (c.connected) client.listSessions().catch(() => {});
+      break;
+    case "processing":
+      renderSessions();
+      if (c.sessionId === viewed) renderActivity();
+      break;
+    case "event":
+      if (c.sessionId === viewed) renderConversation(c.event === null);
+      break;
+    case "permissions":
+      if (c.sessionId === viewed) renderPermissions();
+      break;
+    case "session-created": {
+      // A new conversation is named: its prompt moves to its id, and the
+      // page shows it there if it still shows the pending chat.
+      const ps = prompts(PENDING_SESSION_ID);
+      localStorage.removeItem("agentgate.prompts." + PENDING_SESSION_ID);
+      for (const p of ps) addPrompt(c.sessionId, p);
+      loaded.add(c.sessionId); // every event comes live from seq 1
+      if (viewed === PENDING_SESSION_ID) view(c.sessionId);
+      renderSessions();
+      break;
+    }
+    case "run-ended":
+      if (c.live && c.succeeded) celebrate(c.sessionId);
+      break;
+    case "sessions":
+      renderSessions();
+      break;
+    case "history-trimmed":
+      if (c.sessionId === viewed) notice("The oldest events of this session are no longer stored.");
+      break;
+    case "busy":
+      notice(c.message || "The session is busy");
+      break;
+    case "error":
+      if (!c.sessionId || c.sessionId === viewed || c.sessionId === PENDING_SESSION_ID) notice(c.error);
+      break;
+  }
+});
+
+// ---- user actions ----
+
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("message").value.trim();
+  if (!text || (viewed && client.isRunning(viewed))) return;
+  const options = {};
+  if ($("project").value.trim()) options.projectPath = $("project").value.trim();
+  if ($("model").value.trim()) options.model = $("model").value.trim();
+  if ($("permission-mode").value) options.permissionMode = $("permission-mode").value;
+  const allowed = $("allowed-tools").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (allowed.length) options.toolsSettings = { allowedTools: allowed, disallowedTools: [], skipPermissions: false };
+  const existing = viewed && viewed !== PENDING_SESSION_ID ? viewed : null;
+  const info = existing && client.sessions().find((s) => s.id === existing);
+  const provider = info?.provider || $("provider").value;
+  if (existing) {
+    addPrompt(existing, { afterSeq: client.lastSeq(existing), text });
+    client.send(text, { provider, sessionId: existing, options });
+  } else {
+    localStorage.removeItem("agentgate.prompts." + PENDING_SESSION_ID);
+    addPrompt(PENDING_SESSION_ID, { afterSeq: 0, text });
+    viewed = PENDING_SESSION_ID;
+    client.send(text, { provider, options });
+  }
+  $("message").value = "";
+  renderAll();
+});
+
+$("message").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+$("new-chat").onclick = () => view(null);
+
+// Tabs: Chat and Terminal; the terminal opens on first view.
+let terminal = null;
+function selectTab(which) {
+  for (const [tab, panel] of [["tab-chat", "chat-panel"], ["tab-terminal", "terminal-panel"]]) {
+    const on = tab === which;
+    $(tab).setAttribute("aria-selected", String(on));
+    $(tab).tabIndex = on ? 0 : -1;
+    $(panel).hidden = !on;
+  }
+  sessionStorage.setItem("agentgate.tab", which);
+  if (which === "tab-terminal") {
+    if (!terminal) terminal = openTerminal($("terminal"), { token, projectPath: () => $("project").value.trim() });
+    terminal.focus();
+  }
+}
+$("tab-chat").onclick = () => selectTab("tab-chat");
+$("tab-terminal").onclick = () => selectTab("tab-terminal");
+document.querySelector("[role=tablist]").addEventListener("keydown", (e) => {
+  if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+    const next = document.activeElement === $("tab-chat") ? "tab-terminal" : "tab-chat";
+    selectTab(next);
+    $(next).focus();
+  }
+});
+
+// ---- start ----
+
+client.connect(); // lists the sessions once connected
+if (viewed) open(viewed);
+renderAll();
+if (sessionStorage.getItem("agentgate.tab") === "tab-terminal") selectTab("tab-terminal");

@@ -1,0 +1,134 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrLoading means Redis answers INFO but is still loading its data after a
+// restart: every other command gets LOADING.
+var ErrLoading = errors.New("store: Redis is loading its data")
+
+// Unavailable reports whether err means Redis did not answer the question
+// (it is down, unreachable, still loading its data after a restart, or too
+// slow), as opposed to an answer such as "no such session". Callers wait
+// and ask again; they never take it for an answer.
+func Unavailable(err error) bool {
+	if err == nil || errors.Is(err, redis.ErrClosed) {
+		return false
+	}
+	if errors.Is(err, ErrLoading) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		for _, p := range []string{"LOADING ", "BUSY ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ", "READONLY "} {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+		return false
+	}
+	// go-redis reports a full pool and a connection it gave up on as plain
+	// errors.
+	return strings.Contains(err.Error(), "connection pool timeout") || strings.Contains(err.Error(), "i/o timeout")
+}
+
+// probeInterval bounds the pause between two probes of an unavailable Redis.
+const probeInterval = 500 * time.Millisecond
+
+// WaitAvailable blocks until Redis answers commands again (reachable and
+// done loading its data) or ctx ends. One probe serves every waiter, so a
+// gateway with thousands of sockets waiting for Redis sends it one PING at a
+// time, not one per socket.
+func (s *Store) WaitAvailable(ctx context.Context) error {
+	s.probeMu.Lock()
+	if s.probe == nil {
+		s.probe = make(chan struct{})
+		go s.runProbe(s.probe)
+	}
+	ready := s.probe
+	s.probeMu.Unlock()
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("store: wait for Redis: %w", ctx.Err())
+	}
+}
+
+// runProbe pings until Redis answers (or the Store is closed), then wakes
+// the waiters. Runs in its own goroutine, one at a time.
+func (s *Store) runProbe(ready chan struct{}) {
+	for pause := 50 * time.Millisecond; ; pause = min(pause*2, probeInterval) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := s.rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil || !Unavailable(err) {
+			break
+		}
+		time.Sleep(pause)
+	}
+	s.probeMu.Lock()
+	s.probe = nil
+	s.probeMu.Unlock()
+	close(ready)
+}
+
+// ServerIdentity is which Redis process answers, and for how long it has:
+// a new RunID means Redis restarted (and may have lost what it had not
+// persisted), and keys with a TTL, such as worker heartbeats, may have
+// expired while it was down.
+type ServerIdentity struct {
+	RunID  string
+	Uptime time.Duration
+	// Loaded says the server may have started with data of an earlier
+	// life: it persists to an AOF, or it loaded keys from a snapshot.
+	Loaded bool
+}
+
+// Identity reads the answering server's run id, uptime and persistence
+// (INFO server persistence); a server still loading its data is ErrLoading.
+func (s *Store) Identity(ctx context.Context) (ServerIdentity, error) {
+	info, err := s.rdb.Info(ctx, "server", "persistence").Result()
+	if err != nil {
+		return ServerIdentity{}, fmt.Errorf("store: read server info: %w", err)
+	}
+	var id ServerIdentity
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "run_id":
+			id.RunID = v
+		case "uptime_in_seconds":
+			n, _ := strconv.ParseInt(v, 10, 64)
+			id.Uptime = time.Duration(n) * time.Second
+		case "loading":
+			if v == "1" {
+				return ServerIdentity{}, ErrLoading
+			}
+		case "aof_enabled", "rdb_last_load_keys_loaded":
+			id.Loaded = id.Loaded || (v != "0" && v != "")
+		}
+	}
+	return id, nil
+}
