@@ -882,3 +882,18 @@ func TestCommandCarriesImages(t *testing.T) {
 	require.Len(t, job.Options.Images, 1)
 	require.Equal(t, png, job.Options.Images[0].Data)
 }
+
+// TestRESTWhileRedisIsDown: a REST call that meets a store outage gets a
+// retryable 503 that says so, never a 404 or a bare 500.
+func TestRESTWhileRedisIsDown(t *testing.T) {
+	srv := storetest.StartServer(t)
+	st := storetest.New(t, srv.URL)
+	g := startGateway(t, st)
+	alice := token(t, "alice", false)
+	srv.Stop()
+	for _, path := range []string{"/api/sessions", "/api/sessions/0d9e3c1a-5b7f-4c2e-9a41-6f1e2d3c4b5a"} {
+		code, body := httpGet(t, g.ts.URL+path, alice)
+		require.Equal(t, http.StatusServiceUnavailable, code, path)
+		require.Equal(t, app.StoreUnavailableError, body["error"], path)
+	}
+}

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
 )
 
 // healthz answers while the process is up.
@@ -37,6 +40,12 @@ func (s *Server) httpError(err error, c echo.Context) {
 		return
 	}
 	code, msg := http.StatusInternalServerError, "internal error"
+	if store.Unavailable(err) {
+		// Retryable, and said so: the same answer as on the sockets.
+		c.Response().Header().Set("Retry-After", "1")
+		_ = c.JSON(http.StatusServiceUnavailable, map[string]string{"error": app.StoreUnavailableError})
+		return
+	}
 	if he, ok := err.(*echo.HTTPError); ok {
 		code = he.Code
 		if m, ok := he.Message.(string); ok {
