@@ -153,3 +153,32 @@ func TestRedisLostWrites(t *testing.T) {
 	end := c2.waitEnd(sid, 1, 60*time.Second)
 	requireComplete(t, end[len(end)-1], 0, true, false)
 }
+
+// TestShellThroughRedisRestart: a terminal's socket lives through a Redis
+// crash and a restart that answers LOADING for seconds: its catch-up waits
+// for Redis instead of closing the socket, and the terminal answers after.
+func TestShellThroughRedisRestart(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, loadingRedis, "/bin/false")
+	fillForLoading(t, cl)
+	gw := cl.startGateway("gw")
+	sc := &shellCluster{cluster: cl, gw1: gw, gw2: gw, worker: cl.startWorker("worker")}
+	a := sc.dialShell(gw, "alice")
+	a.send(sc.plainInit("restart"))
+	a.waitText(0, "Starting terminal in:", 10*time.Second)
+	a.typeLine("echo before-$((1+1))")
+	a.waitText(0, "before-2", 10*time.Second)
+
+	cl.redis.Stop()
+	time.Sleep(2 * time.Second)
+	cl.redis.Restart(t)
+	eventually(t, 60*time.Second, "Redis loaded", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return cl.rdb.Ping(ctx).Err() == nil
+	})
+	mark := a.mark()
+	a.typeLine("echo after-$((2+2))")
+	a.waitText(mark, "after-4", 30*time.Second)
+	require.NotContains(t, a.text(0), "Terminal lost")
+}

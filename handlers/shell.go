@@ -634,6 +634,14 @@ func (h *shellHub) catchUp(w *shellWatch, pos int) {
 		f.mu.Unlock()
 
 		chunks, err := h.st.ShellOutput(c.ctx, f.key, next-1, shellReplayChunk)
+		if store.Unavailable(err) {
+			// Redis is down or loading: wait for it and read on from the
+			// same position, as chat sockets do, rather than close.
+			if h.st.WaitAvailable(c.ctx) != nil {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			if c.ctx.Err() != nil {
 				return
