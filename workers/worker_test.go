@@ -350,16 +350,24 @@ func TestLongLineIsDroppedNotBuffered(t *testing.T) {
 	require.Contains(t, strings.Join(errorRows(evs), ""), "dropped")
 }
 
-func TestReaperCompletesRunsOfDeadWorker(t *testing.T) {
-	st := storetest.New(t, storetest.Miniredis(t))
+// claimedRun accepts a run and has worker, beating with ttl, claim it.
+func claimedRun(t *testing.T, st *store.Store, worker string, ttl time.Duration) app.Session {
+	t.Helper()
 	ctx := context.Background()
 	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
 	res, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
 	require.NoError(t, err)
-	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "gone", StartedAt: time.Now()}, 50*time.Millisecond))
-	ok, err := st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, "gone")
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: worker, StartedAt: time.Now()}, ttl))
+	ok, err := st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, worker)
 	require.NoError(t, err)
 	require.True(t, ok)
+	return sess
+}
+
+func TestReaperCompletesRunsOfDeadWorker(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	ctx := context.Background()
+	sess := claimedRun(t, st, "gone", 50*time.Millisecond)
 
 	r1, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", Interval: 20 * time.Millisecond})
 	require.NoError(t, err)
@@ -439,13 +447,7 @@ func TestReaperWaitsAfterRedisOutage(t *testing.T) {
 	srv := storetest.StartServerWith(t, storetest.Options{AOF: true, Config: []string{"appendfsync always"}})
 	st := storetest.New(t, srv.URL)
 	ctx := context.Background()
-	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
-	res, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
-	require.NoError(t, err)
-	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, 100*time.Millisecond))
-	ok, err := st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, "w1")
-	require.NoError(t, err)
-	require.True(t, ok)
+	sess := claimedRun(t, st, "w1", 100*time.Millisecond)
 
 	const ttl = 300 * time.Millisecond
 	failing, err := NewReaper(ReaperConfig{Store: st, Holder: "failing", Interval: 20 * time.Millisecond, HeartbeatTTL: ttl})

@@ -142,13 +142,7 @@ func TestServeWithNothingConfigured(t *testing.T) {
 	page.Body.Close()
 	require.Contains(t, string(body), "agentgate")
 
-	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("serve did not stop")
-	}
+	stopServe(t, cancel, done)
 }
 
 func TestHealthcheck(t *testing.T) {
@@ -187,5 +181,17 @@ func TestHealthcheck(t *testing.T) {
 				require.Error(t, err)
 			}
 		})
+	}
+}
+
+// stopServe cancels a running `serve` and waits for it to return cleanly.
+func stopServe(t *testing.T, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop")
 	}
 }
