@@ -133,6 +133,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 		s.shells.mu.Lock()
 		s.shells.socks[sock] = struct{}{}
 		s.shells.mu.Unlock()
+		shellMetrics.sockets.Inc()
 		if v, ok := ms.Get("upgraded"); ok {
 			close(v.(chan struct{}))
 		}
@@ -145,10 +146,12 @@ func (s *Server) newShellSockets() *melody.Melody {
 		delete(s.shells.socks, sock)
 		s.shells.mu.Unlock()
 		s.shells.detachSocket(sock)
+		shellMetrics.sockets.Dec()
 	})
 	m.HandleSentMessage(func(ms *melody.Session, frame []byte) {
 		sock := shellSocketOf(ms)
 		sock.c.sent()
+		shellMetrics.wrote(frame)
 		if seq, ok := frameSeq(frame); ok && !sock.clientAcks.Load() {
 			s.shells.written(sock, seq)
 		}
@@ -319,6 +322,7 @@ func (h *shellHub) attach(ctx context.Context, sock *shellSocket, key string, ge
 	if f == nil {
 		f = &shellFeed{key: key, watches: map[*shellWatch]struct{}{}}
 		h.feeds[key] = f
+		watchedTerminals.Inc()
 	}
 	w := &shellWatch{sock: sock, f: f, next: from, catching: true, quietTrim: quiet}
 	f.mu.Lock()
@@ -477,6 +481,7 @@ func (h *shellHub) removeWatch(w *shellWatch, subscribed bool) {
 	delete(f.watches, w)
 	if len(f.watches) == 0 && h.feeds[f.key] == f {
 		delete(h.feeds, f.key)
+		watchedTerminals.Dec()
 	}
 	gen := w.gen
 	f.mu.Unlock()

@@ -94,6 +94,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	useLogger(cfg.Logger)
 	s := &Store{rdb: redis.NewClient(opts), k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger}
+	s.rdb.AddHook(metricsHook{})
 	if err := s.Ping(ctx); err != nil {
 		_ = s.rdb.Close()
 		return nil, err

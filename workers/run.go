@@ -82,6 +82,11 @@ type run struct {
 	// storeWait is set while an append waits for Redis to come back.
 	storeWait atomic.Bool
 
+	// accepted is when a gateway queued the run (zero if unknown);
+	// sawLine is set at the CLI's first output line (pump goroutine).
+	accepted time.Time
+	sawLine  bool
+
 	mu      sync.Mutex
 	proc    *process
 	stopped stopReason
@@ -150,8 +155,17 @@ func (r *run) stopReason() stopReason {
 // execute runs the provider to its end and records the run's single
 // complete. It returns when the process group is gone.
 func (r *run) execute() {
+	provider := providerLabel(r.job.Provider)
+	runsRunning.WithLabelValues(provider).Inc()
+	start := time.Now()
 	outcome, final := r.runProvider()
-	switch r.stopReason() {
+	reason := r.stopReason()
+	defer func() {
+		runsRunning.WithLabelValues(provider).Dec()
+		runsFinished.WithLabelValues(provider, outcomeLabel(reason, outcome)).Inc()
+		runSeconds.WithLabelValues(provider).Observe(time.Since(start).Seconds())
+	}()
+	switch reason {
 	case stopShutdown:
 		outcome = app.Outcome{ExitCode: 1, Reason: app.ReasonWorkerShutdown}
 		final = append(final, app.ErrorRow("The worker running this session shut down before the run finished."))
@@ -358,6 +372,12 @@ func (r *run) pump(out io.Reader, parser Parser) {
 		if errors.Is(err, errLineTooLong) {
 			batch = append(batch, app.ErrorRow(fmt.Sprintf("An output line longer than %d MiB was dropped.", maxLineBytes>>20)))
 		} else if len(line) > 0 {
+			if !r.sawLine {
+				r.sawLine = true
+				if !r.accepted.IsZero() {
+					firstLineSeconds.WithLabelValues(providerLabel(r.job.Provider)).Observe(time.Since(r.accepted).Seconds())
+				}
+			}
 			o := parseLine(parser, line)
 			batch = append(batch, o.Events...)
 			for k, v := range o.Set {

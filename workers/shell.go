@@ -231,9 +231,11 @@ func (w *Worker) openShell(c store.Control) {
 	w.shells.m[c.Shell] = sh
 	w.shells.wg.Add(1)
 	w.shells.mu.Unlock()
+	terminalsOpen.Inc()
 	log.Info("terminal started", "pid", p.cmd.Process.Pid, "owner", spec.Owner, "dir", dir)
 	go func() {
 		defer w.shells.wg.Done()
+		defer terminalsOpen.Dec()
 		sh.run()
 		w.shells.mu.Lock()
 		if w.shells.m[sh.key] == sh {
@@ -301,6 +303,7 @@ func (sh *shell) readLoop() {
 		sh.flow.wait(pending, sh.p.exited)
 		n, err := sh.p.f.Read(buf)
 		if n > 0 {
+			ptyOut.Add(float64(n))
 			sh.outMu.Lock()
 			for len(sh.pending) >= shellPendingMax {
 				sh.outCond.Wait()
@@ -471,6 +474,7 @@ func (sh *shell) inputLoop() {
 		sh.inMu.Unlock()
 		for _, op := range ops {
 			if op.data != nil {
+				ptyIn.Add(float64(len(op.data)))
 				if _, err := sh.p.f.Write(op.data); err != nil {
 					sh.log.Debug("write to terminal", "err", err)
 				}
