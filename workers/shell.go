@@ -30,6 +30,11 @@ const DefaultShellDetachTimeout = 30 * time.Minute
 const (
 	// shellChunkMax bounds one stored output chunk (a stream entry).
 	shellChunkMax = 32 << 10
+	// shellCoalesceFrom is the size of output that counts as a flood:
+	// after an append this large, the next one waits shellCoalesce for
+	// more output to join it when it has at least this much already.
+	shellCoalesceFrom = 2 << 10
+	shellCoalesce     = 2 * time.Millisecond
 	// shellBatchMax bounds the output one script call appends.
 	shellBatchMax = 8 * shellChunkMax
 	// shellPendingMax bounds the output read from the PTY and not yet in
@@ -329,7 +334,8 @@ func (sh *shell) readLoop() {
 // a keystroke's echo is sent at once and a flood is sent in large chunks.
 // Runs in its own goroutine.
 func (sh *shell) flushLoop() {
-	var carry []byte // an incomplete UTF-8 sequence at the end of a batch
+	var carry []byte  // an incomplete UTF-8 sequence at the end of a batch
+	flooding := false // the last append was bulk output
 	for {
 		sh.outMu.Lock()
 		for len(sh.pending) == 0 && !sh.readDone {
@@ -338,6 +344,15 @@ func (sh *shell) flushLoop() {
 		if len(sh.pending) == 0 {
 			sh.outMu.Unlock()
 			break
+		}
+		if flooding && len(sh.pending) >= shellCoalesceFrom && len(sh.pending) < shellChunkMax && !sh.readDone {
+			// A flood goes on: let a few more PTY reads join this append,
+			// so it costs one script call, one message and one frame per
+			// ~32 KiB rather than per 4 KiB read. An echo or a prompt
+			// (small output) is never held.
+			sh.outMu.Unlock()
+			time.Sleep(shellCoalesce)
+			sh.outMu.Lock()
 		}
 		var data []byte
 		if len(sh.pending) <= shellBatchMax {
@@ -358,6 +373,7 @@ func (sh *shell) flushLoop() {
 		chunks, rest := splitChunks(buf, last)
 		carry = append([]byte(nil), rest...)
 		sh.append(chunks)
+		flooding = len(data) >= shellCoalesceFrom
 
 		sh.outMu.Lock()
 		if cap(data) <= 2*shellBatchMax {

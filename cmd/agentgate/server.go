@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -44,6 +46,13 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		return err
 	}
 	log := c.logger(stderr).With("role", mode)
+	if c.CPUProfile != "" {
+		stop, err := startCPUProfile(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	runsGateway, runsWorker := mode != "worker", mode != "gateway"
 	if runsWorker && c.accounts() != nil {
 		if err := checkIsolation(fs, c); err != nil {
@@ -214,6 +223,20 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	stopBackground()
 	wg.Wait()
 	return runErr
+}
+
+// startCPUProfile profiles the process into path until the returned
+// function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // serveMetrics serves the process's Prometheus metrics and a liveness
