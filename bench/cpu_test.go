@@ -19,7 +19,9 @@ import (
 // by the host: steal shows how much, it makes a round noisy).
 type cpuTimes struct {
 	self, children, redis, servers time.Duration
-	steal, total                   int64
+	// perServer is the CPU of each of cpuMeter.servers.
+	perServer    []time.Duration
+	steal, total int64
 }
 
 // machineJiffies reads the steal and total jiffies of all CPUs.
@@ -113,8 +115,10 @@ type cpuMeter struct {
 	exe string
 	// emitParent is the process the emitters run under (0: this one).
 	emitParent int
-	// servers are agentgate processes whose CPU is reported apart.
-	servers []int
+	// servers are agentgate processes whose CPU is reported apart, and
+	// serverNames their roles, for the per-event figures.
+	servers     []int
+	serverNames []string
 	rdb     *redis.Client
 	start   cpuTimes
 	wall    time.Time
@@ -135,7 +139,9 @@ func (m *cpuMeter) now() cpuTimes {
 		t.children = liveChildrenCPU(m.exe, parent)
 	}
 	for _, pid := range m.servers {
-		t.servers += procCPU(pid)
+		c := procCPU(pid)
+		t.servers += c
+		t.perServer = append(t.perServer, c)
 	}
 	t.steal, t.total = machineJiffies()
 	return t
@@ -170,6 +176,12 @@ func (m *cpuMeter) end() {
 	m.total.children += t.children - m.start.children
 	m.total.redis += t.redis - m.start.redis
 	m.total.servers += t.servers - m.start.servers
+	if m.total.perServer == nil {
+		m.total.perServer = make([]time.Duration, len(t.perServer))
+	}
+	for i := range t.perServer {
+		m.total.perServer[i] += t.perServer[i] - m.start.perServer[i]
+	}
 	m.total.steal += t.steal - m.start.steal
 	m.total.total += t.total - m.start.total
 }
@@ -191,6 +203,22 @@ func (m *cpuMeter) report(report func(float64, string)) {
 	if m.total.total > 0 {
 		report(100*float64(m.total.steal)/float64(m.total.total), "steal_%")
 	}
+}
+
+// reportPerEvent gives the CPU of each server process and of redis-server
+// per delivered event, in µs: the figure that survives a noisy machine.
+func (m *cpuMeter) reportPerEvent(report func(float64, string), events int64) {
+	if events <= 0 || len(m.serverNames) != len(m.total.perServer) {
+		return
+	}
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(events) }
+	var all time.Duration
+	for i, name := range m.serverNames {
+		report(us(m.total.perServer[i]), "us_per_event_"+name)
+		all += m.total.perServer[i]
+	}
+	report(us(m.total.redis), "us_per_event_redis")
+	report(us(all+m.total.redis), "us_per_event_total")
 }
 
 // quiesce waits until this process is idle (under 10% of a core over

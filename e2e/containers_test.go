@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -204,7 +205,14 @@ func TestContainers(t *testing.T) {
 	}
 	for _, target := range []string{containerIP(t, other) + ":8080", containerIP(t, "worker_1") + ":9090", containerIP(t, "worker_2") + ":9090"} {
 		m := scrape(t, "http://"+target+"/metrics")
-		t.Logf("metrics of %s: %d series", target, len(m))
+		var sample []string
+		for series, v := range m {
+			if strings.HasPrefix(series, "agentgate_") && !strings.Contains(series, "_bucket") && v != 0 {
+				sample = append(sample, fmt.Sprintf("%s %g", series, v))
+			}
+		}
+		slices.Sort(sample)
+		t.Logf("metrics of %s: %d series; agentgate's that are not zero:\n%s", target, len(m), strings.Join(sample, "\n"))
 	}
 }
 
