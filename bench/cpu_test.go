@@ -119,11 +119,11 @@ type cpuMeter struct {
 	// serverNames their roles, for the per-event figures.
 	servers     []int
 	serverNames []string
-	rdb     *redis.Client
-	start   cpuTimes
-	wall    time.Time
-	total   cpuTimes
-	span    time.Duration
+	rdb         *redis.Client
+	start       cpuTimes
+	wall        time.Time
+	total       cpuTimes
+	span        time.Duration
 	// prof receives a CPU profile of the measured part of a round when
 	// $BENCH_CPUPROFILE names a file (run one sub-benchmark, -benchtime 1x).
 	prof *os.File
