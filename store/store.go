@@ -132,13 +132,16 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 		if cfg.PoolSize > 0 {
 			opts.PoolSize = cfg.PoolSize
 		}
-		rdb := redis.NewClient(opts)
-		on, err := clusterEnabled(ctx, rdb)
+		// Asked on database 0: a cluster refuses SELECT.
+		probeOpts := *opts
+		probeOpts.DB = 0
+		probe := redis.NewClient(&probeOpts)
+		on, err := clusterEnabled(ctx, probe)
+		_ = probe.Close()
 		if err != nil || !on {
 			// An error is left to Ping, which reports it as an outage.
-			return rdb, nil, nil
+			return redis.NewClient(opts), nil, nil
 		}
-		_ = rdb.Close()
 		if opts.DB != 0 {
 			return nil, nil, fmt.Errorf("store: Redis Cluster has only database 0, the URL names %d", opts.DB)
 		}

@@ -287,3 +287,44 @@ func Client(t testing.TB, url string) redis.UniversalClient {
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
+
+// WaitReplicated waits until every replica of master has received all that
+// master wrote so far, so that killing the master then loses nothing.
+func (c *Cluster) WaitReplicated(t testing.TB, master *Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rdb := redis.NewClient(&redis.Options{Addr: master.Addr, MaxRetries: -1})
+	defer rdb.Close()
+	for ctx.Err() == nil {
+		info, err := rdb.Info(ctx, "replication").Result()
+		if err == nil {
+			offset := infoField(info, "master_repl_offset")
+			behind := false
+			for _, line := range strings.Split(info, "\n") {
+				// slave0:ip=127.0.0.1,port=…,state=online,offset=N,lag=0
+				if strings.HasPrefix(line, "slave") && strings.Contains(line, "offset=") {
+					_, rest, _ := strings.Cut(line, "offset=")
+					off, _, _ := strings.Cut(rest, ",")
+					if off != offset {
+						behind = true
+					}
+				}
+			}
+			if !behind && strings.Contains(info, "connected_slaves:1") {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the replica of %s did not catch up", master.Addr)
+}
+
+func infoField(info, name string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
