@@ -331,4 +331,3 @@ func TestSubscriberOneConnectionPerMaster(t *testing.T) {
 		return total == 3
 	}, 10*time.Second, 20*time.Millisecond)
 }
-
