@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -342,6 +344,18 @@ func (s *Store) Scope() string {
 	host, db := s.cfg.URL, ""
 	if opts, err := redis.ParseURL(s.cfg.URL); err == nil {
 		host, db = opts.Addr, strconv.Itoa(opts.DB)
+	}
+	if s.cluster != nil {
+		// The seed nodes named: processes given other seeds of the same
+		// cluster get another scope, so they leave each other's terminals
+		// alone rather than take another cluster's for their own.
+		if u, err := url.Parse(s.cfg.URL); err == nil {
+			u.Path = ""
+			if opts, err := redis.ParseClusterURL(u.String()); err == nil {
+				addrs := slices.Sorted(slices.Values(opts.Addrs))
+				host, db = strings.Join(addrs, ","), "cluster"
+			}
+		}
 	}
 	sum := sha256.Sum256([]byte(host + "/" + db + "/" + s.cfg.Prefix))
 	return hex.EncodeToString(sum[:8])
