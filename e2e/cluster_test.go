@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -276,4 +277,26 @@ func longRun(marker string, n int, delay time.Duration) []mockanthropic.Turn {
 		})
 	}
 	return append(turns, mockanthropic.Turn{When: marker, Text: "Finished " + marker + ".", Chunks: 3, Delay: delay})
+}
+
+// keys lists the keys matching pattern, on every master of a Redis Cluster
+// (KEYS on a cluster client asks one node only).
+func (c *cluster) keys(ctx context.Context, pattern string) []string {
+	c.t.Helper()
+	var out []string
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			keys, err := m.Keys(ctx, pattern).Result()
+			mu.Lock()
+			out = append(out, keys...)
+			mu.Unlock()
+			return err
+		})
+		require.NoError(c.t, err)
+		return out
+	}
+	out, err := c.rdb.Keys(ctx, pattern).Result()
+	require.NoError(c.t, err)
+	return out
 }
