@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,24 +28,56 @@ const (
 // cluster is a redis-server, the Anthropic mock, and agentgate gateways and
 // workers sharing them, each a real process.
 type cluster struct {
-	t       *testing.T
-	redis   *storetest.Server
-	rdb     *redis.Client
-	mock    *mockanthropic.Server
-	claude  string // AGENTGATE_CLAUDE_BIN of the workers
-	home    string // HOME of every process (workers share it so --resume works)
-	tmp     string // CLAUDE_CODE_TMPDIR
-	root    string // the workspace root
-	project string // a project folder under root
+	t     *testing.T
+	redis *storetest.Server // nil on a Redis Cluster
+	// rcluster is the Redis Cluster the processes share, when they do
+	// (onRedisCluster); redisURL is what they are given.
+	rcluster *storetest.Cluster
+	redisURL string
+	rdb      redis.UniversalClient
+	mock     *mockanthropic.Server
+	claude   string // AGENTGATE_CLAUDE_BIN of the workers
+	home     string // HOME of every process (workers share it so --resume works)
+	tmp      string // CLAUDE_CODE_TMPDIR
+	root     string // the workspace root
+	project  string // a project folder under root
 	// gatewayEnv is added to the environment of the gateways started next.
 	gatewayEnv []string
 }
 
 // newCluster starts redis-server and the mock; gateways and workers are
 // started with startGateway and startWorker. claudeBin "" means the real CLI.
+// Under TestOnRedisCluster, or with AGENTGATE_E2E_REDIS=cluster, the
+// processes share a six-node Redis Cluster instead, named by one seed node.
 func newCluster(t *testing.T, claudeBin string, turns ...mockanthropic.Turn) *cluster {
 	t.Helper()
+	if onRedisCluster(t) {
+		return newClusterOnRedisCluster(t, claudeBin, turns...)
+	}
 	return newClusterOn(t, storetest.Options{}, claudeBin, turns...)
+}
+
+// onRedisCluster reports whether t runs its processes on a Redis Cluster:
+// it is a subtest of TestOnRedisCluster, or AGENTGATE_E2E_REDIS=cluster
+// asks it of the whole suite.
+func onRedisCluster(t *testing.T) bool {
+	return strings.HasPrefix(t.Name(), "TestOnRedisCluster/") || os.Getenv("AGENTGATE_E2E_REDIS") == "cluster"
+}
+
+// newClusterOnRedisCluster is newCluster on a fresh Redis Cluster.
+func newClusterOnRedisCluster(t *testing.T, claudeBin string, turns ...mockanthropic.Turn) *cluster {
+	t.Helper()
+	if claudeBin == "" {
+		claudeBin = mockanthropic.ClaudeBin(t)
+	}
+	c := &cluster{t: t, claude: claudeBin, home: t.TempDir(), tmp: t.TempDir(), root: t.TempDir()}
+	c.rcluster = storetest.StartCluster(t)
+	c.redisURL = c.rcluster.Seed
+	c.rdb = storetest.Client(t, c.redisURL)
+	c.mock = mockanthropic.New(t, turns...)
+	c.project = filepath.Join(c.root, "project")
+	require.NoError(t, os.MkdirAll(c.project, 0o755))
+	return c
 }
 
 // newClusterOn is newCluster with a redis-server configured by opts.
@@ -56,6 +89,7 @@ func newClusterOn(t *testing.T, opts storetest.Options, claudeBin string, turns 
 	storetest.RequireRedisServer(t)
 	c := &cluster{t: t, claude: claudeBin, home: t.TempDir(), tmp: t.TempDir(), root: t.TempDir()}
 	c.redis = storetest.StartServerWith(t, opts)
+	c.redisURL = c.redis.URL
 	c.rdb = redis.NewClient(&redis.Options{Addr: c.redis.Addr})
 	t.Cleanup(func() { _ = c.rdb.Close() })
 	c.mock = mockanthropic.New(t, turns...)
@@ -70,7 +104,7 @@ func (c *cluster) baseEnv() []string {
 	return []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + c.home,
-		"AGENTGATE_REDIS_URL=" + c.redis.URL,
+		"AGENTGATE_REDIS_URL=" + c.redisURL,
 		"AGENTGATE_JWT_SECRET=" + jwtSecret,
 		"AGENTGATE_WORKSPACES=" + c.root,
 		"AGENTGATE_KEY_PREFIX=" + keyPrefix,
@@ -243,4 +277,26 @@ func longRun(marker string, n int, delay time.Duration) []mockanthropic.Turn {
 		})
 	}
 	return append(turns, mockanthropic.Turn{When: marker, Text: "Finished " + marker + ".", Chunks: 3, Delay: delay})
+}
+
+// keys lists the keys matching pattern, on every master of a Redis Cluster
+// (KEYS on a cluster client asks one node only).
+func (c *cluster) keys(ctx context.Context, pattern string) []string {
+	c.t.Helper()
+	var out []string
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			keys, err := m.Keys(ctx, pattern).Result()
+			mu.Lock()
+			out = append(out, keys...)
+			mu.Unlock()
+			return err
+		})
+		require.NoError(c.t, err)
+		return out
+	}
+	out, err := c.rdb.Keys(ctx, pattern).Result()
+	require.NoError(c.t, err)
+	return out
 }

@@ -91,7 +91,7 @@ func checkKeys(t *testing.T, cl *cluster, sid, owner string, worker *proc, runni
 	require.NoError(t, err, "schema version %q", v)
 
 	// Every key is under the prefix; values are plain strings.
-	keys := rdb.Keys(ctx, "*").Val()
+	keys := cl.keys(ctx, "*")
 	for _, k := range keys {
 		require.True(t, strings.HasPrefix(k, p+":"), "key %q outside the prefix", k)
 		var vals []string

@@ -149,9 +149,7 @@ func (c *shellClient) waitExit(mark int, timeout time.Duration) frame {
 func (sc *shellCluster) shellKeys() []string {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	keys, err := sc.rdb.Keys(ctx, keyPrefix+":shell:{*}").Result()
-	require.NoError(sc.t, err)
-	return keys
+	return sc.keys(ctx, keyPrefix+":shell:{*}")
 }
 
 // shellHash reads the one shell hash whose owner is user.

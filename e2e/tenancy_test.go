@@ -64,7 +64,7 @@ func newTenantCluster(t *testing.T) *tenantCluster {
 	_, port, _ := strings.Cut(srv.Addr, ":")
 	homes := filepath.Join(reachableDir(t), "homes")
 	cl := newCluster(t, reachableBin(t, mockanthropic.ClaudeBin(t)), probeTurns("probe-alice", homes, port)...)
-	cl.redis = srv
+	cl.redis, cl.redisURL = srv, srv.URL
 	cl.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr, Password: password})
 	t.Cleanup(func() { _ = cl.rdb.Close() })
 

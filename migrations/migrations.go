@@ -25,6 +25,19 @@ var All = []Migration{
 	{Version: 1, Name: "jobs stream and its consumer group", Up: func(ctx context.Context, st *store.Store) error {
 		return st.EnsureJobsGroup(ctx)
 	}},
+	// Schema 2 makes every script touch one hash slot (Redis Cluster): the
+	// indexes (running set, users' sets, provider and permission indexes)
+	// and the jobs stream are written around the scripts, not in them, and
+	// a run's job is kept beside its session for a requeue. A store of
+	// schema 1 has consistent indexes, but no kept jobs: those of the runs
+	// still queued are copied from the stream, and the indexes rebuilt
+	// (which is also the repair path of schema 2).
+	{Version: 2, Name: "single-slot scripts: queued jobs kept beside their session, indexes rebuilt", Up: func(ctx context.Context, st *store.Store) error {
+		if err := st.KeepQueuedJobs(ctx); err != nil {
+			return err
+		}
+		return st.RebuildIndexes(ctx)
+	}},
 }
 
 // Current is the schema version this build writes.

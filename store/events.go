@@ -35,6 +35,9 @@ func (s *Store) Events(ctx context.Context, sessionID string, after int64, limit
 		kind, _ := m.Values["kind"].(string)
 		out = append(out, StoredEvent{Seq: entrySeq(m), Kind: kind, Data: []byte(data)})
 	}
+	if len(out) > 0 {
+		s.floors.note(sessionID, out[len(out)-1].Seq)
+	}
 	return out, nil
 }
 

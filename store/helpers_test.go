@@ -4,17 +4,13 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 // redisClient is a raw client for tests that look at keys directly, the way
-// an admin with redis-cli would.
-func redisClient(t *testing.T, url string) *redis.Client {
+// an admin with redis-cli (-c on a cluster) would.
+func redisClient(t *testing.T, url string) redis.UniversalClient {
 	t.Helper()
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(opts)
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return storetest.Client(t, url)
 }

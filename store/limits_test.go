@@ -18,7 +18,7 @@ import (
 // user is not affected; a finished run frees its slot, and so does an entry
 // whose session no longer runs (a store restored from an older copy).
 func TestAcceptRunLimit(t *testing.T) {
-	for _, b := range storetest.Backends {
+	for _, b := range storetest.AllBackends {
 		t.Run(string(b), func(t *testing.T) { testAcceptRunLimit(t, storetest.Start(t, b)) })
 	}
 }

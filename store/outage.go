@@ -105,11 +105,20 @@ type ServerIdentity struct {
 
 // Identity reads the answering server's run id, uptime and persistence
 // (INFO server persistence); a server still loading its data is ErrLoading.
+// On a cluster it describes every master at once (clusterIdentity).
 func (s *Store) Identity(ctx context.Context) (ServerIdentity, error) {
+	if s.cluster != nil {
+		return s.clusterIdentity(ctx)
+	}
 	info, err := s.rdb.Info(ctx, "server", "persistence").Result()
 	if err != nil {
 		return ServerIdentity{}, fmt.Errorf("store: read server info: %w", err)
 	}
+	return parseIdentity(info)
+}
+
+// parseIdentity reads a ServerIdentity out of INFO server persistence.
+func parseIdentity(info string) (ServerIdentity, error) {
 	var id ServerIdentity
 	for _, line := range strings.Split(info, "\n") {
 		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")

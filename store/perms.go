@@ -31,12 +31,22 @@ func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPerm
 	if err != nil {
 		return fmt.Errorf("store: ask permission %s: %w", p.RequestID, err)
 	}
-	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID), s.k.permissions()}
-	err = permissionAsk.Run(ctx, s.rdb, keys,
-		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), p.RequestID, body, pending).Err()
-	if err != nil {
-		return fmt.Errorf("store: ask permission %s: %w", p.RequestID, scriptError(err))
+	// The index is written ahead; PermissionSession trusts it only where
+	// the session holds the request as pending.
+	if err := s.rdb.HSet(ctx, s.k.permissions(), p.RequestID, run.SessionID).Err(); err != nil {
+		return fmt.Errorf("store: ask permission %s: index: %w", p.RequestID, err)
 	}
+	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID)}
+	seq, err := s.sc.permissionAsk.Run(ctx, s.rdb, keys,
+		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), p.RequestID, body, pending, s.floors.get(run.SessionID)).Int64()
+	if err != nil {
+		err = scriptError(err)
+		if errors.Is(err, app.ErrStaleRun) {
+			_ = s.unlinkPermissions(ctx, run.SessionID, p.RequestID)
+		}
+		return fmt.Errorf("store: ask permission %s: %w", p.RequestID, err)
+	}
+	s.floors.note(run.SessionID, seq)
 	return nil
 }
 
@@ -52,11 +62,14 @@ func (s *Store) SettlePermission(ctx context.Context, run RunRef, requestID, rea
 			return false, fmt.Errorf("store: settle permission %s: %w", requestID, err)
 		}
 	}
-	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID), s.k.permissions()}
-	n, err := permissionSettle.Run(ctx, s.rdb, keys,
-		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), requestID, body).Int()
+	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID)}
+	n, err := s.sc.permissionSettle.Run(ctx, s.rdb, keys,
+		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), requestID, body, s.floors.get(run.SessionID)).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: settle permission %s: %w", requestID, err)
+	}
+	if err := s.unlinkPermissions(ctx, run.SessionID, requestID); err != nil {
+		s.log.Warn("unindex permission", "request", requestID, "err", err)
 	}
 	return n == 1, nil
 }
@@ -70,6 +83,15 @@ func (s *Store) PermissionSession(ctx context.Context, requestID string) (string
 	}
 	if err != nil {
 		return "", fmt.Errorf("store: find permission %s: %w", requestID, err)
+	}
+	// The index may lag the sessions (it lives in another slot): the
+	// session's own hash says whether the request is pending.
+	pending, err := s.rdb.HExists(ctx, s.k.perms(id), requestID).Result()
+	if err != nil {
+		return "", fmt.Errorf("store: find permission %s: %w", requestID, err)
+	}
+	if !pending {
+		return "", app.ErrNotFound
 	}
 	return id, nil
 }
@@ -99,4 +121,11 @@ func (s *Store) PendingPermissions(ctx context.Context, sessionID string) ([]jso
 		out[i] = e.raw
 	}
 	return out, nil
+}
+
+// unlinkPermissions removes request ids from the permission index where
+// they still name sessionID (index_unlink.lua).
+func (s *Store) unlinkPermissions(ctx context.Context, sessionID string, requestIDs ...any) error {
+	args := append([]any{sessionID}, requestIDs...)
+	return s.sc.indexUnlink.Run(ctx, s.rdb, []string{s.k.permissions()}, args...).Err()
 }

@@ -47,19 +47,18 @@ func (s *Store) Plugin(ctx context.Context, name string) (string, error) {
 func (s *Store) Plugins(ctx context.Context) (map[string]string, error) {
 	out := map[string]string{}
 	prefix := s.k.plugin("")
-	iter := s.rdb.Scan(ctx, 0, prefix+"*", 100).Iterator()
-	for iter.Next(ctx) {
-		key := iter.Val()
+	err := s.scanKeys(ctx, prefix+"*", "", func(key string) error {
 		addr, err := s.rdb.Get(ctx, key).Result()
 		if errors.Is(err, redis.Nil) {
-			continue // removed meanwhile
+			return nil // removed meanwhile
 		}
 		if err != nil {
-			return nil, fmt.Errorf("store: list plugins: %w", err)
+			return err
 		}
 		out[strings.TrimPrefix(key, prefix)] = addr
-	}
-	if err := iter.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("store: list plugins: %w", err)
 	}
 	return out, nil

@@ -43,14 +43,24 @@ const unsubscribeGrace = 10 * time.Second
 // pub/sub connection (never one blocking read per socket). Subscribe returns
 // once Redis has confirmed the subscription, so a caller that then reads
 // the stream cannot miss an event published in between.
+//
+// On a Redis Cluster, session and terminal channels are shard channels
+// (SSUBSCRIBE): they live on the master that owns their slot, and the
+// Subscriber holds one connection per master it needs (pubsub_cluster.go);
+// broadcasts stay on one plain SUBSCRIBE connection.
 type Subscriber struct {
 	s        *Store
-	ps       *redis.PubSub
+	ps       *redis.PubSub // plain SUBSCRIBE: everything, or broadcasts on a cluster
 	handlers SubscriberHandlers
 	shell    ShellHandlers // set by HandleShell before Run
 
 	mu       sync.Mutex
 	channels map[string]*channelSub // by channel name
+	// shards are the shard-channel connections of a cluster, by master
+	// address; runCtx is Run's context once it started (nil before).
+	shards map[string]*shard
+	runCtx context.Context
+	wg     sync.WaitGroup
 }
 
 type channelSub struct {
@@ -58,14 +68,16 @@ type channelSub struct {
 	ready     chan struct{} // closed on Redis' confirmation
 	confirmed bool
 	idle      *time.Timer // pending unsubscribe once refs reached 0
+	shard     *shard      // the connection that carries it (cluster)
 }
 
 // NewSubscriber returns a Subscriber; call Run to start reading.
 func (s *Store) NewSubscriber(h SubscriberHandlers) *Subscriber {
-	return &Subscriber{s: s, ps: s.rdb.Subscribe(context.Background()), handlers: h, channels: map[string]*channelSub{}}
+	return &Subscriber{s: s, ps: s.rdb.Subscribe(context.Background()), handlers: h,
+		channels: map[string]*channelSub{}, shards: map[string]*shard{}}
 }
 
-// Run reads messages until ctx ends, then closes the connection. It
+// Run reads messages until ctx ends, then closes the connections. It
 // reconnects (and re-subscribes) by itself after a connection error.
 // Runs in its own goroutine.
 func (sub *Subscriber) Run(ctx context.Context) error {
@@ -73,23 +85,45 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = sub.ps.Close() })
 	defer stop()
 	defer sub.ps.Close()
+	if sub.s.cluster != nil {
+		sub.mu.Lock()
+		sub.runCtx = ctx
+		for _, sh := range sub.shards {
+			sub.startShardLocked(sh)
+		}
+		sub.mu.Unlock()
+		defer sub.wg.Wait()
+		defer sub.closeShards()
+	}
 	if err := sub.ps.Subscribe(ctx, sub.s.k.broadcast()); err != nil && ctx.Err() == nil {
 		sub.s.log.Warn("subscribe broadcast", "err", err)
 	}
+	sub.receive(ctx, sub.ps, nil)
+	return nil
+}
+
+// receive reads one pub/sub connection until ctx ends. With a shard it
+// returns on the first connection error instead: the shard's channels are
+// then moved to fresh connections (see shard).
+func (sub *Subscriber) receive(ctx context.Context, ps *redis.PubSub, sh *shard) {
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
-		msg, err := sub.ps.ReceiveTimeout(ctx, 15*time.Second)
+		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
 		if err != nil {
-			if ctx.Err() != nil {
-				break
+			if ctx.Err() != nil || errors.Is(err, redis.ErrClosed) && sh != nil {
+				return
 			}
 			var netErr net.Error
 			if errors.As(err, &netErr) && netErr.Timeout() {
 				// Idle: a ping makes a dead connection show itself.
-				_ = sub.ps.Ping(ctx)
+				_ = ps.Ping(ctx)
 				continue
 			}
 			sub.s.log.Warn("pub/sub receive", "err", err)
+			if sh != nil {
+				sub.shardFailed(ctx, sh)
+				return
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(backoff):
@@ -102,12 +136,16 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 		case *redis.Message:
 			sub.dispatch(m.Channel, m.Payload)
 		case *redis.Subscription:
-			if m.Kind == "subscribe" {
+			switch m.Kind {
+			case "subscribe", "ssubscribe":
 				sub.confirmed(m.Channel)
+			case "sunsubscribe":
+				if sh != nil {
+					sub.shardDropped(sh, m.Channel)
+				}
 			}
 		}
 	}
-	return nil
 }
 
 func (sub *Subscriber) dispatch(channel, payload string) {
@@ -118,6 +156,7 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 		return
 	}
 	if id, ok := sub.s.k.sessionOfLive(channel); ok && sub.handlers.Event != nil {
+		sub.s.floors.note(id, frameSeq([]byte(payload)))
 		sub.handlers.Event(id, []byte(payload))
 		return
 	}
@@ -174,7 +213,13 @@ func (sub *Subscriber) subscribe(ctx context.Context, channel, sessionID string)
 	if c == nil {
 		c = &channelSub{ready: make(chan struct{})}
 		sub.channels[channel] = c
-		if err := sub.ps.Subscribe(ctx, channel); err != nil {
+		var err error
+		if sub.s.cluster != nil {
+			err = sub.shardSubscribeLocked(ctx, channel, c)
+		} else {
+			err = sub.ps.Subscribe(ctx, channel)
+		}
+		if err != nil {
 			delete(sub.channels, channel)
 			sub.mu.Unlock()
 			return fmt.Errorf("store: subscribe %s: %w", sessionID, err)
@@ -219,6 +264,10 @@ func (sub *Subscriber) unsubscribe(channel string) {
 			delete(sub.channels, channel)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			if c.shard != nil {
+				_ = c.shard.ps.SUnsubscribe(ctx, channel)
+				return
+			}
 			_ = sub.ps.Unsubscribe(ctx, channel)
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -65,6 +66,7 @@ var errSessionExists = errors.New("session id already exists")
 func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, error) {
 	sess := req.Session
 	mode := "existing"
+	accepted := false
 	var createdBody []byte
 	var err error
 	if req.New {
@@ -82,33 +84,109 @@ func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, er
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: encode job: %w", sess.ID, err)
 	}
-	keys := []string{
-		s.k.session(sess.ID), s.k.events(sess.ID), s.k.running(),
-		s.k.userSessions(sess.Owner), s.k.jobs(), s.k.userRunning(sess.Owner),
+	if req.MaxRunning > 0 {
+		ok, added, err := s.reserve(ctx, s.k.userRunning(sess.Owner), sess.ID, req.MaxRunning, s.staleRuns)
+		if err != nil {
+			return AcceptResult{}, fmt.Errorf("store: accept %s: reserve a run of %s: %w", sess.ID, sess.Owner, err)
+		}
+		if !ok {
+			return AcceptResult{}, &app.LimitError{Limit: app.LimitRunsPerUser, Max: req.MaxRunning}
+		}
+		reserved := added
+		defer func() {
+			// A place this call took for a run that did not start goes back;
+			// a busy session keeps the place its own run holds.
+			if reserved {
+				if err := s.forget(ctx, s.k.userRunning(sess.Owner), sess.ID, math.MaxInt64); err != nil {
+					s.log.Warn("give back a run place", "session", sess.ID, "err", err)
+				}
+			}
+		}()
+		defer func() { reserved = reserved && !accepted }()
 	}
-	res, err := runAcceptScript.Run(ctx, s.rdb, keys,
+	// The running set is written ahead of the run (an entry of a session
+	// that is not running is dropped by its readers), so the reaper finds
+	// every run even if this process dies right after the accept.
+	if err := s.touch(ctx, s.k.running(), sess.ID, 0); err != nil {
+		return AcceptResult{}, fmt.Errorf("store: accept %s: index: %w", sess.ID, err)
+	}
+	res, err := s.sc.runAccept.Run(ctx, s.rdb, []string{s.k.session(sess.ID), s.k.events(sess.ID), s.k.job(sess.ID)},
 		sess.ID, sess.Owner, string(sess.Provider), sess.ProjectPath, sess.ProviderSessionID, mode,
-		job, createdBody, runningBody, s.cfg.HistoryLimit, s.k.live(sess.ID), jobsMaxLen, req.MaxRunning,
+		job, createdBody, runningBody, s.cfg.HistoryLimit, s.k.live(sess.ID), s.floors.get(sess.ID),
 	).StringSlice()
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
 	}
 	switch res[0] {
 	case "ok":
+		accepted = true
 		started, _ := strconv.ParseInt(res[1], 10, 64)
 		prev, _ := strconv.ParseInt(res[2], 10, 64)
+		s.floors.note(sess.ID, prev)
+		s.afterAccept(ctx, sess, res[1], started, job)
 		return AcceptResult{RunID: res[1], StartedAt: started, PrevSeq: prev}, nil
 	case "busy":
+		accepted = true // the place is the running run's
 		started, _ := strconv.ParseInt(res[1], 10, 64)
 		return AcceptResult{}, &BusyError{StartedAt: started, ProjectPath: res[2]}
 	case "missing":
 		return AcceptResult{}, app.ErrNotFound
 	case "exists":
 		return AcceptResult{}, errSessionExists
-	case "limit":
-		return AcceptResult{}, &app.LimitError{Limit: app.LimitRunsPerUser, Max: req.MaxRunning}
 	}
 	return AcceptResult{}, fmt.Errorf("store: accept %s: unexpected reply %q", sess.ID, res)
+}
+
+// afterAccept writes what an accepted run announces outside the session's
+// slot: its job on the jobs stream, its running-set entry scored by
+// startedAt, the owner's session list. A failure here leaves the run
+// standing: RunningSessions queues a lost job again and rebuilds lost
+// index entries, and the reaper ends a run no worker took.
+func (s *Store) afterAccept(ctx context.Context, sess app.Session, runID string, started int64, job []byte) {
+	if err := s.queueJob(ctx, sess.ID, runID, job); err != nil {
+		s.log.Warn("queue job; it is queued again later", "session", sess.ID, "err", err)
+	}
+	if err := s.touch(ctx, s.k.running(), sess.ID, started); err != nil {
+		s.log.Warn("index running session", "session", sess.ID, "err", err)
+	}
+	if err := s.touch(ctx, s.k.userSessions(sess.Owner), sess.ID, started); err != nil {
+		s.log.Warn("index session of its owner", "session", sess.ID, "err", err)
+	}
+}
+
+// queueJob adds a run's job to the jobs stream.
+func (s *Store) queueJob(ctx context.Context, sessionID, runID string, job []byte) error {
+	return s.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: s.k.jobs(), MaxLen: jobsMaxLen, Approx: true,
+		Values: []any{"session", sessionID, "run", runID, "job", job},
+	}).Err()
+}
+
+// staleRuns gives, for each session id of an owner's running set, the
+// highest score at which its entry may go (-1 while the session runs), for
+// reserve.
+func (s *Store) staleRuns(ctx context.Context, ids []string) ([]int64, error) {
+	sessions, err := s.sessionsByID(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	now, err := s.rdb.Time(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(ids))
+	for i, id := range ids {
+		sess, ok := sessions[id]
+		switch {
+		case !ok:
+			out[i] = staleAfter(now, 0)
+		case sess.Running():
+			out[i] = -1
+		default:
+			out[i] = staleAfter(now, sess.UpdatedAt)
+		}
+	}
+	return out, nil
 }
 
 // Append adds events of a run to its session, in order, in one atomic step
@@ -116,8 +194,8 @@ func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, er
 // returns the seq of the last event, or app.ErrStaleRun when the run is no
 // longer the session's current running run, in which case nothing changed.
 func (s *Store) Append(ctx context.Context, run RunRef, events []app.Event, set map[string]string) (int64, error) {
-	args := make([]any, 0, 4+2*len(events)+2*len(set))
-	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), len(events))
+	args := make([]any, 0, 5+2*len(events)+2*len(set))
+	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), len(events), s.floors.get(run.SessionID))
 	for _, ev := range events {
 		body, err := s.eventBody(run.SessionID, run.Provider, ev)
 		if err != nil {
@@ -128,11 +206,19 @@ func (s *Store) Append(ctx context.Context, run RunRef, events []app.Event, set 
 	for k, v := range set {
 		args = append(args, k, v)
 	}
-	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.providerSessions(run.Provider)}
-	seq, err := runAppendScript.Run(ctx, s.rdb, keys, args...).Int64()
+	if psid := set["providerSessionId"]; psid != "" {
+		// Written ahead: the provider's id belongs to this session from the
+		// moment its CLI printed it, even if the run turns out stale.
+		if err := s.rdb.HSetNX(ctx, s.k.providerSessions(run.Provider), psid, run.SessionID).Err(); err != nil {
+			return 0, fmt.Errorf("store: append %s: index provider session: %w", run.SessionID, err)
+		}
+	}
+	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID)}
+	seq, err := s.sc.runAppend.Run(ctx, s.rdb, keys, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: append %s: %w", run.SessionID, scriptError(err))
 	}
+	s.floors.note(run.SessionID, seq)
 	return seq, nil
 }
 
@@ -165,9 +251,10 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 	if err != nil {
 		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
 	}
-	args := make([]any, 0, 10+2*len(before))
+	args := make([]any, 0, 11+2*len(before))
 	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), string(o.State()),
-		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, cancelBody, len(before))
+		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, cancelBody,
+		s.floors.get(run.SessionID), len(before))
 	for _, ev := range before {
 		body, err := s.eventBody(run.SessionID, run.Provider, ev)
 		if err != nil {
@@ -175,29 +262,54 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 		}
 		args = append(args, string(ev.Kind), body)
 	}
-	owner, err := s.rdb.HGet(ctx, s.k.session(run.SessionID), "owner").Result()
-	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			return CompleteResult{}, app.ErrStaleRun
-		}
-		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
-	}
-	keys := []string{
-		s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.running(),
-		s.k.userSessions(owner), s.k.perms(run.SessionID), s.k.permissions(), s.k.userRunning(owner),
-	}
-	res, err := runCompleteScript.Run(ctx, s.rdb, keys, args...).Slice()
+	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID), s.k.job(run.SessionID)}
+	res, err := s.sc.runComplete.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, scriptError(err))
 	}
-	if len(res) != 3 {
+	if len(res) < 5 {
 		return CompleteResult{}, fmt.Errorf("store: complete %s: unexpected reply %v", run.SessionID, res)
 	}
 	out := CompleteResult{}
 	out.RunID, _ = res[0].(string)
 	out.Worker, _ = res[1].(string)
 	out.Seq, _ = res[2].(int64)
+	owner, _ := res[3].(string)
+	ended, _ := res[4].(string)
+	s.floors.note(run.SessionID, out.Seq)
+	s.afterComplete(ctx, run.SessionID, out.RunID, owner, atoi64(ended), res[5:])
 	return out, nil
+}
+
+// afterComplete updates what lies outside the session's slot once a run
+// ended: the running sets lose it (unless a newer run wrote them again),
+// the owner's list moves it up, the permission index forgets its pending
+// requests. A failure leaves entries that readers drop as stale.
+func (s *Store) afterComplete(ctx context.Context, sessionID, runID, owner string, ended int64, pending []any) {
+	started := atoi64(runID)
+	if err := s.forget(ctx, s.k.running(), sessionID, started); err != nil {
+		s.log.Warn("unindex running session", "session", sessionID, "err", err)
+	}
+	if owner == "" {
+		return
+	}
+	if err := s.forget(ctx, s.k.userRunning(owner), sessionID, started); err != nil {
+		s.log.Warn("give back a run place", "session", sessionID, "err", err)
+	}
+	if err := s.touch(ctx, s.k.userSessions(owner), sessionID, ended); err != nil {
+		s.log.Warn("index session of its owner", "session", sessionID, "err", err)
+	}
+	if len(pending) > 0 {
+		ids := make([]any, 0, len(pending))
+		for _, p := range pending {
+			if id, ok := p.(string); ok {
+				ids = append(ids, id)
+			}
+		}
+		if err := s.unlinkPermissions(ctx, sessionID, ids...); err != nil {
+			s.log.Warn("unindex pending permissions", "session", sessionID, "err", err)
+		}
+	}
 }
 
 // requestPlaceholder stands for a request id in the permission_cancelled
@@ -226,9 +338,17 @@ func (s *Store) Abort(ctx context.Context, sessionID string, provider app.Provid
 // Claim records worker as the process running run. It returns false when the
 // run is no longer current and running, or another worker has it.
 func (s *Store) Claim(ctx context.Context, run RunRef, worker string) (bool, error) {
-	n, err := runClaimScript.Run(ctx, s.rdb, []string{s.k.session(run.SessionID)}, run.RunID, worker).Int()
+	if !s.claimed.first(run) {
+		// This process claimed the run already: a second copy of its job.
+		return false, nil
+	}
+	n, err := s.sc.runClaim.Run(ctx, s.rdb, []string{s.k.session(run.SessionID)}, run.RunID, worker).Int()
 	if err != nil {
+		s.claimed.forget(run)
 		return false, fmt.Errorf("store: claim %s: %w", run.SessionID, err)
+	}
+	if n != 1 {
+		s.claimed.forget(run)
 	}
 	return n == 1, nil
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	_ "embed"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -27,15 +28,70 @@ var (
 	leaseAcquireLua string
 	//go:embed lua/lease_release.lua
 	leaseReleaseLua string
+	//go:embed lua/index_reserve.lua
+	indexReserveLua string
+	//go:embed lua/index_forget.lua
+	indexForgetLua string
+	//go:embed lua/index_touch.lua
+	indexTouchLua string
+	//go:embed lua/index_unlink.lua
+	indexUnlinkLua string
 )
 
+// scriptSet holds every script of a store. Each script touches the keys of
+// one hash slot only, so that it runs on a Redis Cluster too.
+type scriptSet struct {
+	runAccept, runAppend, runComplete, runClaim        *redis.Script
+	permissionAsk, permissionSettle                    *redis.Script
+	leaseAcquire, leaseRelease                         *redis.Script
+	indexReserve, indexForget, indexTouch, indexUnlink *redis.Script
+	shellOpen, shellAppend, shellExit, shellTouch      *redis.Script
+	shellIdle, shellSet, accountUID                    *redis.Script
+	publish                                            string // PUBLISH or SPUBLISH
+}
+
+// newScriptSet wraps the scripts. sharded makes them publish with SPUBLISH
+// (Redis 7 sharded pub/sub, for a cluster: the message stays on the shard
+// that owns the channel's slot) instead of PUBLISH (which a cluster copies
+// to every node, and the only one miniredis has).
+func newScriptSet(sharded bool) *scriptSet {
+	pub := "PUBLISH"
+	if sharded {
+		pub = "SPUBLISH"
+	}
+	mk := func(src string) *redis.Script {
+		if sharded {
+			src = strings.ReplaceAll(src, "redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+		}
+		return redis.NewScript(src)
+	}
+	return &scriptSet{
+		runAccept:        mk(preludeLua + runAcceptLua),
+		runAppend:        mk(preludeLua + runAppendLua),
+		runComplete:      mk(preludeLua + runCompleteLua),
+		runClaim:         mk(runClaimLua),
+		permissionAsk:    mk(preludeLua + permissionAskLua),
+		permissionSettle: mk(preludeLua + permissionSettleLua),
+		leaseAcquire:     mk(leaseAcquireLua),
+		leaseRelease:     mk(leaseReleaseLua),
+		indexReserve:     mk(indexReserveLua),
+		indexForget:      mk(indexForgetLua),
+		indexTouch:       mk(indexTouchLua),
+		indexUnlink:      mk(indexUnlinkLua),
+		shellOpen:        mk(shellOpenLua),
+		shellAppend:      mk(shellAppendLua),
+		shellExit:        mk(shellExitLua),
+		shellTouch:       mk(shellTouchLua),
+		shellIdle:        mk(shellIdleLua),
+		shellSet:         mk(shellSetLua),
+		accountUID:       mk(accountUIDLua),
+		publish:          pub,
+	}
+}
+
+// The two script sets: plain pub/sub (a single Redis, miniredis) and
+// sharded pub/sub (a Redis Cluster).
 var (
-	runAcceptScript    = redis.NewScript(preludeLua + runAcceptLua)
-	runAppendScript    = redis.NewScript(preludeLua + runAppendLua)
-	runCompleteScript  = redis.NewScript(preludeLua + runCompleteLua)
-	runClaimScript     = redis.NewScript(runClaimLua)
-	permissionAsk      = redis.NewScript(preludeLua + permissionAskLua)
-	permissionSettle   = redis.NewScript(preludeLua + permissionSettleLua)
-	leaseAcquireScript = redis.NewScript(leaseAcquireLua)
-	leaseReleaseScript = redis.NewScript(leaseReleaseLua)
+	plainScripts   = newScriptSet(false)
+	shardedScripts = newScriptSet(true)
 )

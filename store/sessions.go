@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -54,7 +56,14 @@ func (s *Store) SessionForReplay(ctx context.Context, id string) (app.Session, i
 	if msgs := first.Val(); len(msgs) > 0 {
 		firstSeq = entrySeq(msgs[0])
 	}
-	return sessionFromHash(m), firstSeq, nil
+	if lost := atoi64(m["lostUpTo"]); lost > 0 && firstSeq <= lost {
+		// Events up to lostUpTo may be missing (a failover lost them):
+		// what is held is complete only from lostUpTo+1 on.
+		firstSeq = lost + 1
+	}
+	sess := sessionFromHash(m)
+	s.floors.note(id, sess.LastSeq)
+	return sess, firstSeq, nil
 }
 
 // SessionFilter selects sessions in ListSessions.
@@ -94,6 +103,9 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]app.Sessio
 		if f.RunningOnly && !sess.Running() {
 			continue
 		}
+		if f.Owner != "" && sess.Owner != f.Owner {
+			continue // an index entry that lags (see RebuildIndexes)
+		}
 		out = append(out, sess)
 		if len(out) == limit {
 			break
@@ -114,15 +126,18 @@ func (s *Store) AllSessions(ctx context.Context, runningOnly bool, limit int) ([
 	}
 	var out []app.Session
 	seen := map[string]bool{}
-	iter := s.rdb.Scan(ctx, 0, s.k.prefix+":user:{*}:sessions", 200).Iterator()
-	for iter.Next(ctx) && len(out) < limit {
-		ids, err := s.newest(ctx, iter.Val(), int64(limit))
+	errFull := errors.New("full")
+	err := s.scanKeys(ctx, s.k.prefix+":user:{*}:sessions", "", func(key string) error {
+		if len(out) >= limit {
+			return errFull
+		}
+		ids, err := s.newest(ctx, key, int64(limit))
 		if err != nil {
-			return nil, fmt.Errorf("store: list sessions: %w", err)
+			return err
 		}
 		sessions, err := s.sessions(ctx, ids)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, sess := range sessions {
 			if !seen[sess.ID] && len(out) < limit {
@@ -130,8 +145,9 @@ func (s *Store) AllSessions(ctx context.Context, runningOnly bool, limit int) ([
 				out = append(out, sess)
 			}
 		}
-	}
-	if err := iter.Err(); err != nil {
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFull) {
 		return nil, fmt.Errorf("store: list sessions: %w", err)
 	}
 	return out, nil
@@ -142,13 +158,176 @@ func (s *Store) newest(ctx context.Context, key string, n int64) ([]string, erro
 	return s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: key, Start: 0, Stop: n - 1, Rev: true}).Result()
 }
 
-// RunningSessions returns the ids of every running session.
+// RunningSessions returns the ids of the running sessions, for the reaper.
+// The running set is written outside the sessions' atomic steps (on a
+// Redis Cluster it lies in another slot), so this is also where it is
+// kept honest: entries of sessions that no longer run are dropped, a run
+// whose job the jobs stream lost is queued again, and every
+// indexRepairInterval the indexes are rebuilt from the session hashes
+// (RebuildIndexes), which finds runs the set lost.
 func (s *Store) RunningSessions(ctx context.Context) ([]string, error) {
-	ids, err := s.rdb.ZRange(ctx, s.k.running(), 0, -1).Result()
+	s.repairMu.Lock()
+	due := time.Since(s.repairedAt) > indexRepairInterval
+	if due {
+		s.repairedAt = time.Now()
+	}
+	s.repairMu.Unlock()
+	if due {
+		if err := s.RebuildIndexes(ctx); err != nil {
+			s.log.Warn("rebuild indexes", "err", err)
+		}
+	}
+	entries, err := s.rdb.ZRangeWithScores(ctx, s.k.running(), 0, -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("store: list running sessions: %w", err)
 	}
-	return ids, nil
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i], _ = e.Member.(string)
+	}
+	sessions, err := s.sessionsByID(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("store: list running sessions: %w", err)
+	}
+	now, err := s.rdb.Time(ctx).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: list running sessions: %w", err)
+	}
+	var unclaimed []app.Session
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		sess, ok := sessions[id]
+		if !ok || !sess.Running() {
+			upTo := staleAfter(now, 0)
+			if ok {
+				upTo = staleAfter(now, sess.UpdatedAt)
+			}
+			if err := s.forget(ctx, s.k.running(), id, upTo); err != nil {
+				return nil, fmt.Errorf("store: list running sessions: %w", err)
+			}
+			continue
+		}
+		out = append(out, id)
+		if sess.Worker == "" && sess.StartedAt < now.Add(-requeueAfter).UnixMilli() {
+			unclaimed = append(unclaimed, sess)
+		}
+	}
+	if len(unclaimed) > 0 {
+		if err := s.requeueLost(ctx, unclaimed); err != nil {
+			s.log.Warn("queue lost jobs again", "err", err)
+		}
+	}
+	return out, nil
+}
+
+// indexRepairInterval is how often RunningSessions rebuilds the indexes.
+const indexRepairInterval = 2 * time.Minute
+
+// requeueAfter is how long a run may stay unclaimed before its job is
+// looked for in the jobs stream (and queued again if it is not there).
+const requeueAfter = 20 * time.Second
+
+// requeueLost queues again the jobs of unclaimed runs that the jobs stream
+// does not hold: the gateway died between the accept and the queueing, or
+// a failover of the stream's master lost the entry. The stream is read
+// before the sessions were (RunningSessions read them just before): an
+// entry stays in the stream until a worker claimed its run, so a run
+// still unclaimed whose job is not there has lost it. A copy queued twice
+// anyway is claimed once (run_claim.lua, and Claim's memory of its claims).
+func (s *Store) requeueLost(ctx context.Context, runs []app.Session) error {
+	msgs, err := s.rdb.XRangeN(ctx, s.k.jobs(), "-", "+", jobsMaxLen).Result()
+	if err != nil {
+		return err
+	}
+	queued := map[string]bool{}
+	for _, m := range msgs {
+		sid, _ := m.Values["session"].(string)
+		run, _ := m.Values["run"].(string)
+		queued[sid+"/"+run] = true
+	}
+	for _, sess := range runs {
+		if queued[sess.ID+"/"+sess.RunID] {
+			continue
+		}
+		// Read again: the run may have been claimed since.
+		cur, err := s.Session(ctx, sess.ID)
+		if err != nil || cur.RunID != sess.RunID || !cur.Running() || cur.Worker != "" {
+			continue
+		}
+		job, err := s.rdb.Get(ctx, s.k.job(sess.ID)).Result()
+		if errors.Is(err, redis.Nil) {
+			continue // a run accepted before jobs were kept: the reaper ends it
+		}
+		if err != nil {
+			return err
+		}
+		s.log.Warn("the job of a run was lost; queued again", "session", sess.ID, "run", sess.RunID)
+		if err := s.queueJob(ctx, sess.ID, sess.RunID, []byte(job)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RebuildIndexes rebuilds the indexes that live outside the sessions'
+// slots from the session hashes, scanning every master: running sessions
+// into the running set and their owner's running set, every session into
+// its owner's list, provider session ids into the provider index. Entries
+// are added, never removed (readers drop stale ones). It is the repair path
+// of indexes that may lag on a Redis Cluster, and a schema migration.
+func (s *Store) RebuildIndexes(ctx context.Context) error {
+	var ids []string
+	prefix := s.k.prefix + ":session:{"
+	err := s.scanKeys(ctx, prefix+"*}", "hash", func(key string) error {
+		id, ok := strings.CutPrefix(key, prefix)
+		if ok && strings.HasSuffix(id, "}") && !strings.Contains(id, "}:") {
+			ids = append(ids, strings.TrimSuffix(id, "}"))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: rebuild indexes: %w", err)
+	}
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), 500)]
+		ids = ids[len(batch):]
+		sessions, err := s.sessions(ctx, batch)
+		if err != nil {
+			return fmt.Errorf("store: rebuild indexes: %w", err)
+		}
+		pipe := s.rdb.Pipeline()
+		for _, sess := range sessions {
+			activity := max(sess.UpdatedAt, sess.StartedAt, sess.CreatedAt)
+			pipe.ZAddNX(ctx, s.k.userSessions(sess.Owner), redis.Z{Score: float64(activity), Member: sess.ID})
+			if sess.Running() {
+				pipe.ZAddNX(ctx, s.k.running(), redis.Z{Score: float64(sess.StartedAt), Member: sess.ID})
+				pipe.ZAddNX(ctx, s.k.userRunning(sess.Owner), redis.Z{Score: float64(sess.StartedAt), Member: sess.ID})
+			}
+			if sess.ProviderSessionID != "" {
+				pipe.HSetNX(ctx, s.k.providerSessions(sess.Provider), sess.ProviderSessionID, sess.ID)
+			}
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("store: rebuild indexes: %w", err)
+		}
+	}
+	return nil
+}
+
+// sessionsByID reads several session hashes, by id; gone ones are absent.
+func (s *Store) sessionsByID(ctx context.Context, ids []string) (map[string]app.Session, error) {
+	list, err := s.sessions(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]app.Session, len(list))
+	for _, sess := range list {
+		out[sess.ID] = sess
+	}
+	return out, nil
 }
 
 // sessions reads several session hashes in one pipeline, skipping ids whose

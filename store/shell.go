@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -68,13 +70,6 @@ var (
 	shellIdleLua string
 	//go:embed lua/shell_set.lua
 	shellSetLua string
-
-	shellOpenScript   = redis.NewScript(shellOpenLua)
-	shellAppendScript = redis.NewScript(shellAppendLua)
-	shellExitScript   = redis.NewScript(shellExitLua)
-	shellTouchScript  = redis.NewScript(shellTouchLua)
-	shellIdleScript   = redis.NewScript(shellIdleLua)
-	shellSetScript    = redis.NewScript(shellSetLua)
 )
 
 // shell is a terminal's hash `ag:shell:{KEY}`.
@@ -154,17 +149,70 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 	if err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
 	}
-	n, err := shellOpenScript.Run(ctx, s.rdb,
-		[]string{s.k.shell(key), s.k.shellOut(key), s.k.inbox(worker), s.k.userShells(spec.Owner), s.k.shellSizes(key)},
+	if maxOpen > 0 {
+		ok, _, err := s.reserve(ctx, s.k.userShells(spec.Owner), key, maxOpen, s.staleShells)
+		if err != nil {
+			return 0, false, fmt.Errorf("store: open shell %s: reserve a terminal of %s: %w", key, spec.Owner, err)
+		}
+		if !ok {
+			return 0, false, &app.LimitError{Limit: app.LimitTerminalsPerUser, Max: maxOpen}
+		}
+	} else if err := s.touch(ctx, s.k.userShells(spec.Owner), key, 0); err != nil {
+		return 0, false, fmt.Errorf("store: open shell %s: index: %w", key, err)
+	}
+	n, err := s.sc.shellOpen.Run(ctx, s.rdb,
+		[]string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)},
 		prevGen, gen, worker, spec.Owner, spec.ProjectPath, string(spec.Provider), command,
-		spec.Cols, spec.Rows, body, inboxMaxLen, key, maxOpen).Int()
+		spec.Cols, spec.Rows).Int()
 	if err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
 	}
-	if n < 0 {
-		return 0, false, &app.LimitError{Limit: app.LimitTerminalsPerUser, Max: maxOpen}
+	if n != 1 {
+		// Another caller opened it: its place is that terminal's.
+		return gen, false, nil
 	}
-	return gen, n == 1, nil
+	// The open control goes to the worker's inbox (another slot on a
+	// cluster) once the generation is the key's, before the caller sends
+	// any keystroke of it.
+	if err := s.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: s.k.inbox(worker), MaxLen: inboxMaxLen, Approx: true, Values: []any{"msg", body},
+	}).Err(); err != nil {
+		return 0, false, fmt.Errorf("store: open shell %s: tell worker %s: %w", key, worker, err)
+	}
+	return gen, true, nil
+}
+
+// staleShells gives, for each terminal key of an owner's set, the highest
+// score at which its entry may go (-1 while the terminal is open), for
+// reserve.
+func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "createdAt")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	now, err := s.rdb.Time(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(keys))
+	for i, c := range cmds {
+		v := c.Val()
+		state, _ := v[0].(string)
+		created, _ := v[1].(string)
+		switch state {
+		case "":
+			out[i] = staleAfter(now, 0)
+		case ShellExited:
+			out[i] = staleAfter(now, atoi64(created))
+		default:
+			out[i] = -1
+		}
+	}
+	return out, nil
 }
 
 // ErrStaleShell means a terminal generation was replaced (or its key
@@ -179,7 +227,7 @@ func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks [
 	for _, c := range chunks {
 		args = append(args, c)
 	}
-	seq, err := shellAppendScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)}, args...).Int64()
+	seq, err := s.sc.shellAppend.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)}, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: append to shell %s: %w", key, err)
 	}
@@ -196,7 +244,7 @@ func (s *Store) ShellSet(ctx context.Context, key string, gen int64, fields ...s
 	for _, f := range fields {
 		args = append(args, f)
 	}
-	n, err := shellSetScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, args...).Int()
+	n, err := s.sc.shellSet.Run(ctx, s.rdb, []string{s.k.shell(key)}, args...).Int()
 	if err != nil {
 		return fmt.Errorf("store: update shell %s: %w", key, err)
 	}
@@ -211,25 +259,29 @@ func (s *Store) ShellSet(ctx context.Context, key string, gen int64, fields ...s
 // the retention. signal is a name such as "SIGKILL", or
 // "". It reports whether this call recorded the end.
 func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode int, signal, reason string) (bool, error) {
-	owner, err := s.rdb.HGet(ctx, s.k.shell(key), "owner").Result()
-	if errors.Is(err, redis.Nil) {
-		return false, nil // gone: nothing to record
-	}
+	res, err := s.sc.shellExit.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)},
+		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds())).Slice()
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}
-	n, err := shellExitScript.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.userShells(owner), s.k.shellSizes(key)},
-		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds()), key).Int()
-	if err != nil {
-		return false, fmt.Errorf("store: end shell %s: %w", key, err)
+	if len(res) < 3 || res[0] != int64(1) {
+		return false, nil
 	}
-	return n == 1, nil
+	owner, _ := res[1].(string)
+	created, _ := res[2].(string)
+	if owner != "" {
+		// A later generation of the key has a later score and stays.
+		if err := s.forget(ctx, s.k.userShells(owner), key, atoi64(created)); err != nil {
+			s.log.Warn("unindex terminal", "shell", key, "err", err)
+		}
+	}
+	return true, nil
 }
 
 // ShellTouch records sockets attaching (+1), detaching (-1) or staying (0)
 // on a terminal generation. It returns the attached count, or ErrStaleShell.
 func (s *Store) ShellTouch(ctx context.Context, key string, gen int64, delta int) (int, error) {
-	n, err := shellTouchScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, delta).Int()
+	n, err := s.sc.shellTouch.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, delta).Int()
 	if err != nil {
 		return 0, fmt.Errorf("store: touch shell %s: %w", key, err)
 	}
@@ -242,7 +294,7 @@ func (s *Store) ShellTouch(ctx context.Context, key string, gen int64, delta int
 // ShellIdle returns how many milliseconds a terminal generation has gone
 // unwatched, or ErrStaleShell.
 func (s *Store) ShellIdle(ctx context.Context, key string, gen int64) (int64, error) {
-	n, err := shellIdleScript.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen).Int64()
+	n, err := s.sc.shellIdle.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: check shell %s: %w", key, err)
 	}
@@ -292,6 +344,18 @@ func (s *Store) Scope() string {
 	host, db := s.cfg.URL, ""
 	if opts, err := redis.ParseURL(s.cfg.URL); err == nil {
 		host, db = opts.Addr, strconv.Itoa(opts.DB)
+	}
+	if s.cluster != nil {
+		// The seed nodes named: processes given other seeds of the same
+		// cluster get another scope, so they leave each other's terminals
+		// alone rather than take another cluster's for their own.
+		if u, err := url.Parse(s.cfg.URL); err == nil {
+			u.Path = ""
+			if opts, err := redis.ParseClusterURL(u.String()); err == nil {
+				addrs := slices.Sorted(slices.Values(opts.Addrs))
+				host, db = strings.Join(addrs, ","), "cluster"
+			}
+		}
 	}
 	sum := sha256.Sum256([]byte(host + "/" + db + "/" + s.cfg.Prefix))
 	return hex.EncodeToString(sum[:8])
@@ -364,7 +428,7 @@ func (s *Store) ShellAuthURL(ctx context.Context, key string, gen int64, url str
 		flag = "1"
 	}
 	msg := "u " + strconv.FormatInt(gen, 10) + " " + flag + " " + url
-	if err := s.rdb.Publish(ctx, s.k.shellLive(key), msg).Err(); err != nil {
+	if err := s.publish(ctx, s.k.shellLive(key), msg); err != nil {
 		return fmt.Errorf("store: announce URL of shell %s: %w", key, err)
 	}
 	return nil

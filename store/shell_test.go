@@ -22,7 +22,7 @@ import (
 // are published, a stale generation writes nothing, the exit is recorded
 // once, and the stream is capped.
 func TestShellLifecycle(t *testing.T) {
-	for _, b := range storetest.Backends {
+	for _, b := range storetest.AllBackends {
 		t.Run(string(b), func(t *testing.T) {
 			url := storetest.Start(t, b)
 			st := storetest.New(t, url)
@@ -175,7 +175,7 @@ func TestParseShellLive(t *testing.T) {
 // (oldest chunks trimmed, the newest always kept), outBytes says what it
 // holds, and seqs go on without a gap in what remains.
 func TestShellOutputBudget(t *testing.T) {
-	for _, b := range storetest.Backends {
+	for _, b := range storetest.AllBackends {
 		t.Run(string(b), func(t *testing.T) {
 			url := storetest.Start(t, b)
 			st := storetest.New(t, url, store.Config{ShellOutputBytes: 10_000})

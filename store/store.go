@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,10 +53,19 @@ type Config struct {
 
 // Store is agentgate's view of Redis.
 type Store struct {
-	rdb *redis.Client
-	k   keys
-	cfg Config
-	log *slog.Logger
+	// rdb is a *redis.Client on a single Redis, a *redis.ClusterClient on
+	// a Redis Cluster (then cluster is set too).
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient
+	sc      *scriptSet
+	k       keys
+	cfg     Config
+	log     *slog.Logger
+	floors  seqFloors
+	claimed claims
+	// repairedAt is when RunningSessions last rebuilt the indexes.
+	repairMu   sync.Mutex
+	repairedAt time.Time
 
 	// probe is closed when Redis answers again (WaitAvailable); nil while
 	// nobody waits.
@@ -62,14 +73,12 @@ type Store struct {
 	probe   chan struct{}
 }
 
-// New connects to Redis and checks that it answers.
+// New connects to Redis and checks that it answers. A URL naming one node
+// of a Redis Cluster, or several in go-redis' cluster form
+// (redis://HOST:PORT?addr=HOST2:PORT2&…), gives a Store on the cluster.
 func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.URL == "" {
 		return nil, errors.New("store: no Redis URL")
-	}
-	opts, err := redis.ParseURL(cfg.URL)
-	if err != nil {
-		return nil, fmt.Errorf("store: parse Redis URL: %w", err)
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
@@ -86,21 +95,106 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.ShellRetention <= 0 {
 		cfg.ShellRetention = DefaultShellRetention
 	}
-	if cfg.PoolSize > 0 {
-		opts.PoolSize = cfg.PoolSize
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	useLogger(cfg.Logger)
-	s := &Store{rdb: redis.NewClient(opts), k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger}
+	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger, sc: plainScripts}
+	rdb, cluster, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.rdb, s.cluster = rdb, cluster
 	s.rdb.AddHook(metricsHook{})
+	if cluster != nil {
+		s.sc = shardedScripts
+		s.floors.on = true
+	}
 	if err := s.Ping(ctx); err != nil {
 		_ = s.rdb.Close()
 		return nil, err
 	}
 	return s, nil
 }
+
+// connect opens the client cfg.URL asks for: a cluster client when the URL
+// lists several nodes, or when the one node it names says it runs in
+// cluster mode (INFO cluster), else a plain client.
+func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.ClusterClient, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: parse Redis URL: %w", err)
+	}
+	if !u.Query().Has("addr") {
+		opts, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("store: parse Redis URL: %w", err)
+		}
+		if cfg.PoolSize > 0 {
+			opts.PoolSize = cfg.PoolSize
+		}
+		// Asked on database 0: a cluster refuses SELECT.
+		probeOpts := *opts
+		probeOpts.DB = 0
+		probe := redis.NewClient(&probeOpts)
+		on, err := clusterEnabled(ctx, probe)
+		_ = probe.Close()
+		if err != nil || !on {
+			// An error is left to Ping, which reports it as an outage.
+			return redis.NewClient(opts), nil, nil
+		}
+		if opts.DB != 0 {
+			return nil, nil, fmt.Errorf("store: Redis Cluster has only database 0, the URL names %d", opts.DB)
+		}
+		// The cluster form of the same URL, without the database.
+		u.Path = ""
+	}
+	opts, err := redis.ParseClusterURL(u.String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: parse Redis Cluster URL: %w", err)
+	}
+	if cfg.PoolSize > 0 {
+		opts.PoolSize = cfg.PoolSize
+	}
+	tuneClusterRetries(opts)
+	c := redis.NewClusterClient(opts)
+	return c, c, nil
+}
+
+// tuneClusterRetries lets a command ride out a failover: a master that
+// dies is replaced after cluster-node-timeout plus an election (about 5 s
+// with a 3 s timeout), during which its slots answer CLUSTERDOWN or do not
+// answer at all. go-redis retries those with backoff, following MOVED to the
+// promoted replica once it refreshed the slot map; the defaults (3 tries,
+// at most 1 s apart) give up too early. Callers that see an error anyway
+// (Unavailable) wait for Redis and write again.
+func tuneClusterRetries(o *redis.ClusterOptions) {
+	if o.MaxRetries == 0 {
+		o.MaxRetries = 8
+	}
+	if o.MaxRedirects == 0 {
+		o.MaxRedirects = 8
+	}
+	if o.MaxRetryBackoff == 0 {
+		o.MaxRetryBackoff = 1500 * time.Millisecond
+	}
+}
+
+// clusterEnabled asks one node whether it runs in cluster mode. A server
+// without INFO cluster (miniredis) is not a cluster.
+func clusterEnabled(ctx context.Context, rdb *redis.Client) (bool, error) {
+	info, err := rdb.Info(ctx, "cluster").Result()
+	if err != nil {
+		if Unavailable(err) {
+			return false, err
+		}
+		return false, nil
+	}
+	return strings.Contains(info, "cluster_enabled:1"), nil
+}
+
+// Cluster reports whether the store runs on a Redis Cluster.
+func (s *Store) Cluster() bool { return s.cluster != nil }
 
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error {

@@ -23,13 +23,19 @@ type WorkerInfo struct {
 // records the worker in the registry of workers.
 func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) error {
 	key := s.k.worker(w.ID)
-	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, key, "id", w.ID, "host", w.Host, "pid", w.PID,
-		"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs)
-	pipe.PExpire(ctx, key, ttl)
-	pipe.ZAdd(ctx, s.k.workers(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: w.ID})
-	if _, err := pipe.Exec(ctx); err != nil {
+	// The hash and its TTL in one transaction (one key: one slot); the
+	// registry, in another slot on a cluster, next.
+	_, err := s.rdb.TxPipelined(ctx, func(tx redis.Pipeliner) error {
+		tx.HSet(ctx, key, "id", w.ID, "host", w.Host, "pid", w.PID,
+			"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs)
+		tx.PExpire(ctx, key, ttl)
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("store: heartbeat %s: %w", w.ID, err)
+	}
+	if err := s.rdb.ZAdd(ctx, s.k.workers(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: w.ID}).Err(); err != nil {
+		return fmt.Errorf("store: heartbeat %s: register: %w", w.ID, err)
 	}
 	return nil
 }
@@ -38,7 +44,9 @@ func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) 
 // worker is gone and its runs may be reaped at once.
 func (s *Store) RemoveWorker(ctx context.Context, id string) error {
 	pipe := s.rdb.Pipeline()
-	pipe.Del(ctx, s.k.worker(id), s.k.inbox(id))
+	// One DEL a key: on a cluster they lie in different slots.
+	pipe.Del(ctx, s.k.worker(id))
+	pipe.Del(ctx, s.k.inbox(id))
 	pipe.ZRem(ctx, s.k.workers(), id)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("store: remove worker %s: %w", id, err)
@@ -97,7 +105,7 @@ func (s *Store) LiveWorkers(ctx context.Context) ([]WorkerInfo, error) {
 // AcquireLease takes or extends the named lease for holder, for ttl. Only
 // one holder has a lease at a time (SET NX PX under a script).
 func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
-	n, err := leaseAcquireScript.Run(ctx, s.rdb, []string{s.k.lease(name)}, holder, ttl.Milliseconds()).Int()
+	n, err := s.sc.leaseAcquire.Run(ctx, s.rdb, []string{s.k.lease(name)}, holder, ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: acquire lease %s: %w", name, err)
 	}
@@ -106,7 +114,7 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 
 // ReleaseLease gives the lease up if holder still has it.
 func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
-	if err := leaseReleaseScript.Run(ctx, s.rdb, []string{s.k.lease(name)}, holder).Err(); err != nil {
+	if err := s.sc.leaseRelease.Run(ctx, s.rdb, []string{s.k.lease(name)}, holder).Err(); err != nil {
 		return fmt.Errorf("store: release lease %s: %w", name, err)
 	}
 	return nil

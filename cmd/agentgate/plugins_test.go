@@ -15,7 +15,12 @@ import (
 
 // TestPluginsAdmin runs `agentgate plugins add|ls|rm` against a real Redis.
 func TestPluginsAdmin(t *testing.T) {
-	url := storetest.Redis(t)
+	t.Run("redis", func(t *testing.T) { testPluginsAdmin(t, storetest.Redis(t)) })
+	// The cluster named in go-redis' cluster URL form.
+	t.Run("cluster", func(t *testing.T) { testPluginsAdmin(t, storetest.SharedCluster(t).URL) })
+}
+
+func testPluginsAdmin(t *testing.T, url string) {
 	prefix := storetest.Prefix()
 	st := storetest.New(t, url, store.Config{Prefix: prefix})
 	ctx := context.Background()

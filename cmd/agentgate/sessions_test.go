@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -18,7 +17,12 @@ import (
 // TestSessionsAdmin runs `agentgate sessions ls|show|abort` against a real
 // Redis holding a running session.
 func TestSessionsAdmin(t *testing.T) {
-	url := storetest.Redis(t)
+	t.Run("redis", func(t *testing.T) { testSessionsAdmin(t, storetest.Redis(t)) })
+	// The cluster named in go-redis' cluster URL form.
+	t.Run("cluster", func(t *testing.T) { testSessionsAdmin(t, storetest.SharedCluster(t).URL) })
+}
+
+func testSessionsAdmin(t *testing.T, url string) {
 	prefix := storetest.Prefix()
 	st := storetest.New(t, url, store.Config{Prefix: prefix})
 	ctx := context.Background()
@@ -37,6 +41,13 @@ func TestSessionsAdmin(t *testing.T) {
 	require.Contains(t, out, sess.ID)
 	require.Contains(t, out, "alice")
 	require.Contains(t, out, "running")
+	out, err = admin("ls")
+	require.NoError(t, err)
+	require.Contains(t, out, sess.ID, "every session, found by SCAN (on every master of a cluster)")
+
+	var migrated bytes.Buffer
+	require.NoError(t, run(ctx, append([]string{"migrate"}, flags[:4]...), &migrated, io.Discard))
+	require.Contains(t, migrated.String(), "key schema at version")
 
 	out, err = admin("show", sess.ID)
 	require.NoError(t, err)
@@ -49,10 +60,7 @@ func TestSessionsAdmin(t *testing.T) {
 	got, err := st.Session(ctx, sess.ID)
 	require.NoError(t, err)
 	require.Equal(t, app.StateAborted, got.State)
-	opts, err := redis.ParseURL(url)
-	require.NoError(t, err)
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
+	rdb := storetest.Client(t, url)
 	ttl, err := rdb.TTL(ctx, prefix+":session:{"+sess.ID+"}:events").Result()
 	require.NoError(t, err)
 	require.InDelta(t, time.Hour.Seconds(), ttl.Seconds(), 5, "the admin's abort applies --retention")

@@ -1,21 +1,22 @@
 -- permission_ask.lua records a tool permission request of a run, if the run
 -- is still the session's current running run: it appends the
--- permission_request event, stores the request as pending and indexes its
--- id, so that an answer arriving at any gateway finds the session.
+-- permission_request event and stores the request as pending. The caller
+-- indexes the request id (request id -> session id) before, so that an
+-- answer arriving at any gateway finds the session.
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
 -- KEYS[3] session permissions hash (request id -> pending JSON)
--- KEYS[4] permission index (hash: request id -> session id)
 -- ARGV[1] runId             ARGV[2] stream MAXLEN
 -- ARGV[3] pub/sub channel   ARGV[4] request id
 -- ARGV[5] event body        ARGV[6] pending request JSON
+-- ARGV[7] seq floor (see raise in prelude.lua; 0 for none)
 --
 -- Returns the event's seq, or the error "STALE".
-local cur = redis.call('HMGET', KEYS[1], 'runId', 'state', 'id')
+local cur = redis.call('HMGET', KEYS[1], 'runId', 'state')
 if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then
   return redis.error_reply('STALE')
 end
+raise(KEYS[1], ARGV[7])
 local seq = emit(KEYS[1], KEYS[2], ARGV[3], ARGV[2], ARGV[1], 'permission_request', ARGV[5], '')
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[6])
-redis.call('HSET', KEYS[4], ARGV[4], cur[3])
 return seq

@@ -25,3 +25,20 @@ local function emit(hash, stream, channel, maxlen, runId, kind, body, extra)
   redis.call('PUBLISH', channel, data)
   return seq
 end
+
+-- raise moves the session's lastSeq up to floor, the highest seq the
+-- calling process has seen of this session, when Redis has less: a Redis
+-- Cluster failover can lose the last writes of a master that were not yet
+-- copied to its replica, while clients already had those events. Their
+-- seqs are then skipped, never given to other events, and lostUpTo records
+-- the hole so that a replay across it says recovered:false.
+local function raise(hash, floor)
+  local f = tonumber(floor) or 0
+  if f <= 0 then
+    return
+  end
+  local cur = tonumber(redis.call('HGET', hash, 'lastSeq') or '0') or 0
+  if cur < f then
+    redis.call('HSET', hash, 'lastSeq', int(f), 'lostUpTo', int(f))
+  end
+end

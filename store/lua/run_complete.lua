@@ -4,13 +4,12 @@
 -- a permission_cancelled for each request still pending, the terminal
 -- session-state-changed, the run's single complete, and releases the
 -- session. complete comes last (PROTOCOL §3.3): a client that acts only on
--- the latest of frames arriving together must see it.
+-- the latest of frames arriving together must see it. It touches the
+-- session's slot only: the caller updates the indexes after it.
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
--- KEYS[3] running set       KEYS[4] owner's session set
--- KEYS[5] session permissions hash
--- KEYS[6] permission index (hash: request id -> session id)
--- KEYS[7] owner's running set
+-- KEYS[3] session permissions hash
+-- KEYS[4] session job
 -- ARGV[1] runId, or "" for whatever run is current (abort)
 -- ARGV[2] stream MAXLEN     ARGV[3] pub/sub channel
 -- ARGV[4] final state       ARGV[5] exit code
@@ -18,28 +17,28 @@
 -- ARGV[7] complete body     ARGV[8] session-state-changed body
 -- ARGV[9] permission_cancelled body in which "@REQ@" stands for the
 --         request id (ids are plain: see app.ValidRequestID)
--- ARGV[10] number of events N to append before complete
--- ARGV[11 .. 10+2N]         kind, body pairs
+-- ARGV[10] seq floor (see raise in prelude.lua; 0 for none)
+-- ARGV[11] number of events N to append before complete
+-- ARGV[12 .. 11+2N]         kind, body pairs
 --
--- Returns {runId, worker, seq of complete}, or the error "STALE".
+-- Returns {runId, worker, seq of complete, owner, time of the end,
+-- request ids that were pending...}, or the error "STALE".
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'runId', 'state', 'id', 'worker', 'startedAt')
+local cur = redis.call('HMGET', hash, 'runId', 'state', 'id', 'worker', 'startedAt', 'owner')
 if cur[2] ~= 'running' or (ARGV[1] ~= '' and cur[1] ~= ARGV[1]) then
   return redis.error_reply('STALE')
 end
+raise(hash, ARGV[10])
 local runId = cur[1]
-local n = tonumber(ARGV[10])
+local n = tonumber(ARGV[11])
 for i = 0, n - 1 do
-  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, ARGV[11 + 2 * i], ARGV[12 + 2 * i], '')
+  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, ARGV[12 + 2 * i], ARGV[13 + 2 * i], '')
 end
-local pending = redis.call('HKEYS', KEYS[5])
+local pending = redis.call('HKEYS', KEYS[3])
 table.sort(pending)
 for _, rid in ipairs(pending) do
   local body = string.gsub(ARGV[9], '@REQ@', rid)
   emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'permission_cancelled', body, '')
-  if redis.call('HGET', KEYS[6], rid) == cur[3] then
-    redis.call('HDEL', KEYS[6], rid)
-  end
 end
 local now = now_ms()
 local changed = int(now)
@@ -48,9 +47,10 @@ emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'session-state-changed', ARGV[8],
 local seq = emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'complete', ARGV[7], '')
 redis.call('HSET', hash, 'state', ARGV[4], 'exitCode', ARGV[5], 'statusText', '',
   'canInterrupt', 0, 'updatedAt', changed)
-redis.call('ZREM', KEYS[3], cur[3])
-redis.call('ZREM', KEYS[7], cur[3])
-redis.call('ZADD', KEYS[4], now, cur[3])
-redis.call('DEL', KEYS[5])
+redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
-return {runId, cur[4] or '', seq}
+local out = {runId, cur[4] or '', seq, cur[6] or '', changed}
+for _, rid in ipairs(pending) do
+  out[#out + 1] = rid
+end
+return out

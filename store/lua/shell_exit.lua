@@ -3,29 +3,28 @@
 -- output.
 -- A stale generation, or one already ended, changes nothing. The ended
 -- terminal's hash and output expire after the retention, as a finished
--- session's events do; a new generation (shell_open) writes fresh keys.
+-- session's events do; a new generation (shell_open) writes fresh keys. The
+-- caller takes the terminal out of its owner's open terminals after it.
 --
 -- KEYS[1] shell hash   KEYS[2] output stream
--- KEYS[3] owner's open terminals (sorted set of shell keys)
--- KEYS[4] output chunk sizes list
+-- KEYS[3] output chunk sizes list
 -- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
 -- ARGV[4] signal name or ''   ARGV[5] reason ('exit' or 'lost')
--- ARGV[6] retention, seconds   ARGV[7] shell key
+-- ARGV[6] retention, seconds
 --
--- Returns 1 when recorded, 0 otherwise.
+-- Returns {1, owner, createdAt} when recorded, {0} otherwise.
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq')
+local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt')
 if cur[1] ~= ARGV[1] or cur[2] == 'exited' then
-  return 0
+  return {0}
 end
 redis.call('HSET', hash, 'state', 'exited', 'exitCode', ARGV[3], 'signal', ARGV[4], 'exitReason', ARGV[5])
 local sig = ARGV[4]
 if sig == '' then
   sig = '-'
 end
-redis.call('ZREM', KEYS[3], ARGV[7])
 redis.call('EXPIRE', hash, ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[4], ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('PUBLISH', ARGV[2], 'e ' .. ARGV[1] .. ' ' .. (cur[3] or '0') .. ' ' .. ARGV[3] .. ' ' .. sig .. ' ' .. ARGV[5])
-return 1
+return {1, cur[4] or '', cur[5] or '0'}

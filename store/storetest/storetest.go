@@ -28,17 +28,28 @@ type Backend string
 const (
 	Real Backend = "redis"
 	Mini Backend = "miniredis"
+	// ClusterBackend is a Redis Cluster of three masters and three replicas,
+	// shared by the tests of a process (SharedCluster), named by one seed
+	// node.
+	ClusterBackend Backend = "cluster"
 )
 
-// Backends lists both backends, for table tests.
+// Backends lists miniredis and a single redis-server, for table tests.
 var Backends = []Backend{Mini, Real}
+
+// AllBackends adds Redis Cluster to Backends, for the tests of code that
+// must also hold on a cluster.
+var AllBackends = []Backend{Mini, Real, ClusterBackend}
 
 // Start returns the URL of a fresh server of backend b, stopped when the
 // test ends.
 func Start(t testing.TB, b Backend) string {
 	t.Helper()
-	if b == Mini {
+	switch b {
+	case Mini:
 		return Miniredis(t)
+	case ClusterBackend:
+		return SharedCluster(t).Seed
 	}
 	return Redis(t)
 }
@@ -92,6 +103,7 @@ type Server struct {
 	bin, dir, password string
 	args               []string
 	cmd                *exec.Cmd
+	running            bool
 }
 
 // Options configure a redis-server started by StartServerWith.
@@ -188,6 +200,7 @@ func (s *Server) start(loading bool) error {
 		return fmt.Errorf("run %s: %w", s.bin, err)
 	}
 	s.cmd = cmd
+	s.running = true
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if reply := ping(s.Addr, s.password); reply == "+PONG" || loading && strings.HasPrefix(reply, "-LOADING") {
@@ -203,11 +216,15 @@ func (s *Server) start(loading bool) error {
 // Stop kills the server by its PID (SIGKILL, as a crash would) and waits
 // for it.
 func (s *Server) Stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
+	if s.running && s.cmd != nil && s.cmd.Process != nil {
 		_ = s.cmd.Process.Kill()
 		_ = s.cmd.Wait()
 	}
+	s.running = false
 }
+
+// Running reports whether the server was started and not stopped since.
+func (s *Server) Running() bool { return s.running }
 
 // Restart starts a stopped server again on the same port and directory
 // (with AOF, on the data it had persisted) and returns once it accepts

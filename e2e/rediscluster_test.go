@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// TestOnRedisCluster runs the core chat and kill -9 tests with gateways and
+// the worker on a six-node Redis Cluster (three masters, one replica each),
+// named to them by one seed node. AGENTGATE_E2E_REDIS=cluster runs the whole
+// suite that way.
+func TestOnRedisCluster(t *testing.T) {
+	t.Run("ResumeOnOtherGateway", TestResumeOnOtherGateway)
+	t.Run("KillGatewayMidRun", TestKillGatewayMidRun)
+	t.Run("KillWorkerMidRun", TestKillWorkerMidRun)
+	t.Run("BusyAcrossGateways", TestBusyAcrossGateways)
+	t.Run("AbortAcrossGateways", TestAbortAcrossGateways)
+}
+
+// follower keeps a client on a session across gateway closes: when its
+// socket is closed (a gateway that saw the store lose events it had sent
+// closes with 1012; a hole it cannot fill, 4008), it resumes on another
+// gateway with the last seq it saw. got holds every event received since
+// the last reported loss, in order; lossSeen counts the resumes that said
+// recovered:false.
+type follower struct {
+	t        *testing.T
+	cl       *cluster
+	gws      []*proc
+	sid      string
+	c        *wsClient
+	got      []event
+	lossSeen int
+}
+
+// waitEnd follows the session until its run's complete arrives.
+func (f *follower) waitEnd(timeout time.Duration) {
+	f.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for i := 0; ; i++ {
+		require.True(f.t, time.Now().Before(deadline), "no complete within %s", timeout)
+		fs := f.c.waitFor(time.Until(deadline), "the complete, or a close", func(fs []frame) bool {
+			if _, err := f.c.snapshot(); err != nil {
+				return true
+			}
+			return countKind(eventsOf(f.t, fs, f.sid), "complete") > 0
+		})
+		evs := eventsOf(f.t, fs, f.sid)
+		f.got = append(f.got, evs...)
+		if countKind(evs, "complete") > 0 {
+			return
+		}
+		_, err := f.c.snapshot()
+		f.t.Logf("[%s] closed with %d (%v); resuming from %d", f.c.name, closeCode(err), err, lastSeq(f.got))
+		f.c = f.cl.dial(f.gws[i%len(f.gws)], "alice")
+		st := status(f.t, f.c, f.sid, ptr(lastSeq(f.got)))
+		if st.m["recovered"] == false {
+			// A loss reported, as the protocol says: the client reloads
+			// history over REST; here it goes on with the live events.
+			f.lossSeen++
+			f.got = nil
+		}
+	}
+}
+
+// TestRedisClusterFailover kills -9 the master that owns a streaming
+// session's slot. Its replica is promoted (a few seconds with
+// cluster-node-timeout 3000); the worker retries its writes across the
+// failover, so the run goes on and ends as it would have, with exactly one
+// complete. Clients on both gateways see every seq once and in order; an
+// event the promotion lost (asynchronous replication) is reported by
+// recovered:false on resume, never skipped quietly, and no seq a client had
+// is given to another event.
+func TestRedisClusterFailover(t *testing.T) {
+	t.Parallel()
+	storeKey := func(sid string) string { return keyPrefix + ":session:{" + sid + "}" }
+	cl := newClusterOnRedisCluster(t, "", longRun("failover", 8, 300*time.Millisecond)...)
+	gwA, gwB := cl.startGateway("gwA"), cl.startGateway("gwB")
+	cl.startWorker("worker")
+
+	c1 := cl.dial(gwA, "alice")
+	sid := startLongRun(t, cl, c1, "failover")
+	watcher := cl.dial(gwB, "alice")
+	st := status(t, watcher, sid, ptr(0))
+	require.Equal(t, true, st.m["isProcessing"], st.raw)
+	before := waitMidRun(t, c1, sid)
+
+	master := cl.rcluster.MasterOf(t, storeKey(sid))
+	t.Logf("killing master %s of the session's slot at seq %d", master.Addr, lastSeq(before))
+	master.Stop()
+
+	f1 := &follower{t: t, cl: cl, gws: []*proc{gwB, gwA}, sid: sid, c: c1}
+	fw := &follower{t: t, cl: cl, gws: []*proc{gwA, gwB}, sid: sid, c: watcher}
+	f1.waitEnd(2 * time.Minute)
+	fw.waitEnd(2 * time.Minute)
+	cl.rcluster.WaitHealthy(t)
+
+	for _, f := range []*follower{f1, fw} {
+		if f.lossSeen == 0 {
+			sum := checkRun(t, f.got, 1)
+			requireComplete(t, sum.completes[0], 0, true, false)
+		} else {
+			// After a reported loss the client follows live: what it got
+			// since holds no gap and no duplicate, and ends the run once.
+			sum := checkRun(t, f.got, f.got[0].Seq)
+			requireComplete(t, sum.completes[0], 0, true, false)
+		}
+		t.Logf("%s: %d events, %d losses reported", f.c.name, len(f.got), f.lossSeen)
+	}
+	if fw.lossSeen == 0 {
+		require.Equal(t, 8, countKind(fw.got, "tool_result"), "every step ran: %s", kinds(fw.got))
+	}
+
+	// The stream: one complete, seqs strictly growing; a hole only where
+	// the session records a loss.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A client made now, from every node (the seed may be the dead one).
+	rdb := storetest.Client(t, cl.rcluster.URL)
+	msgs, err := rdb.XRange(ctx, storeKey(sid)+":events", "-", "+").Result()
+	require.NoError(t, err)
+	completes, prev := 0, int64(0)
+	for _, m := range msgs {
+		if m.Values["kind"] == "complete" {
+			completes++
+		}
+		seq := entryID(m.ID)
+		require.Greater(t, seq, prev)
+		if seq != prev+1 {
+			lost, err := rdb.HGet(ctx, storeKey(sid), "lostUpTo").Int64()
+			require.NoError(t, err, "a hole in the stream at %d without a recorded loss", seq)
+			require.GreaterOrEqual(t, lost, seq-1, "the recorded loss covers the hole")
+		}
+		prev = seq
+	}
+	require.Equal(t, 1, completes)
+}
+
+// entryID reads the seq of a stream entry id "<seq>-0".
+func entryID(id string) int64 {
+	ms, _, _ := strings.Cut(id, "-")
+	var n int64
+	for _, c := range ms {
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}

@@ -1,0 +1,333 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// TestClusterDetected: one node's URL, the ?addr= form and a password-less
+// single Redis each give the right kind of store; a database other than 0
+// is refused on a cluster.
+func TestClusterDetected(t *testing.T) {
+	c := storetest.SharedCluster(t)
+	for _, url := range []string{c.Seed, c.URL, c.Seed + "/0"} {
+		st := storetest.New(t, url)
+		require.True(t, st.Cluster(), url)
+	}
+	require.False(t, storetest.New(t, storetest.Redis(t)).Cluster())
+	require.False(t, storetest.New(t, storetest.Miniredis(t)).Cluster())
+	_, err := store.New(context.Background(), store.Config{URL: c.Seed + "/3"})
+	require.ErrorContains(t, err, "only database 0")
+}
+
+// sessionKey is any key of a session: they share its slot.
+func sessionKey(st *store.Store, id string) string {
+	return fmt.Sprintf("%s:session:{%s}", st.Prefix(), id)
+}
+
+// TestClusterLostWritesNeverReuseSeq plays a failover that lost a master's
+// last writes (the replica had not received them): Redis' lastSeq goes
+// back while clients had the events. The next write skips those seqs
+// instead of giving them to other events, and a replay across the hole
+// says recovered:false (SessionForReplay's first seq is past it). The
+// floor comes from what the process wrote (the worker) or delivered (a
+// gateway's subscriber).
+func TestClusterLostWritesNeverReuseSeq(t *testing.T) {
+	url := storetest.Start(t, storetest.ClusterBackend)
+	worker := storetest.New(t, url)
+	gateway := storetest.New(t, url, store.Config{Prefix: worker.Prefix()})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecorder()
+	sub := gateway.NewSubscriber(rec.handlers())
+	go func() { _ = sub.Run(ctx) }()
+
+	sess := newSession("alice")
+	require.NoError(t, sub.Subscribe(ctx, sess.ID))
+	res := accept(t, worker, sess, true)
+	run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+	seq, err := worker.Append(ctx, run, []app.Event{app.Text("assistant", "a"), app.Text("assistant", "b"), app.Text("assistant", "c")}, nil)
+	require.NoError(t, err)
+	require.Equal(t, int64(5), seq)
+	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 5 }, 5*time.Second, 5*time.Millisecond)
+
+	// What a failover can leave: the last two events and their seqs gone.
+	raw := redisClient(t, url)
+	require.NoError(t, raw.HSet(ctx, sessionKey(worker, sess.ID), "lastSeq", 3).Err())
+	require.NoError(t, raw.XDel(ctx, sessionKey(worker, sess.ID)+":events", "4-0", "5-0").Err())
+
+	seq, err = worker.Append(ctx, run, []app.Event{app.Text("assistant", "d")}, nil)
+	require.NoError(t, err)
+	require.Equal(t, int64(6), seq, "seqs 4 and 5 went to events clients had: never again")
+	got, first, err := gateway.SessionForReplay(ctx, sess.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(6), got.LastSeq)
+	require.Equal(t, int64(6), first, "a replay from before the hole is not complete")
+
+	// The gateway, which only saw the events live, knows the floor too.
+	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 6 }, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, raw.HSet(ctx, sessionKey(worker, sess.ID), "lastSeq", 5).Err())
+	require.NoError(t, raw.XDel(ctx, sessionKey(worker, sess.ID)+":events", "6-0").Err())
+	done, err := gateway.Abort(ctx, sess.ID, app.Claude)
+	require.NoError(t, err)
+	require.Equal(t, int64(8), done.Seq, "state change 7, complete 8: seq 6 is not reused")
+	evs, err := gateway.Events(ctx, sess.ID, 0, 100)
+	require.NoError(t, err)
+	var seqs []int64
+	for _, e := range evs {
+		seqs = append(seqs, e.Seq)
+	}
+	require.Equal(t, []int64{1, 2, 3, 7, 8}, seqs)
+}
+
+// TestClusterRequeuesLostJob: a job the jobs stream lost (the gateway died
+// before queueing it, or a failover of the stream's master) is queued again
+// once the run has waited, and the copies are claimed once.
+func TestClusterRequeuesLostJob(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			ctx := context.Background()
+			sess := newSession("alice")
+			res := accept(t, st, sess, true)
+			jobs, err := st.ReadJobs(ctx, "w1", 10, 10*time.Millisecond)
+			require.NoError(t, err)
+			require.Len(t, jobs, 1)
+			require.NoError(t, st.AckJob(ctx, jobs[0].StreamID)) // the job is gone, the run unclaimed
+
+			ids, err := st.RunningSessions(ctx)
+			require.NoError(t, err)
+			require.Equal(t, []string{sess.ID}, ids)
+			jobs, err = st.ReadJobs(ctx, "w1", 10, 10*time.Millisecond)
+			require.NoError(t, err)
+			require.Empty(t, jobs, "a run that waited a few seconds only is not requeued")
+
+			raw := redisClient(t, url)
+			old := time.Now().Add(-time.Minute).UnixMilli()
+			require.NoError(t, raw.HSet(ctx, sessionKey(st, sess.ID), "startedAt", old).Err())
+			for range 2 { // two passes: the second finds the requeued job
+				_, err = st.RunningSessions(ctx)
+				require.NoError(t, err)
+			}
+			jobs, err = st.ReadJobs(ctx, "w1", 10, 10*time.Millisecond)
+			require.NoError(t, err)
+			require.Len(t, jobs, 1, "queued again, once")
+			require.Equal(t, res.RunID, jobs[0].Job.RunID)
+			require.Equal(t, "hi", jobs[0].Job.Command)
+
+			// The same job twice: the process that claimed it starts it once.
+			ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+			ok, err := st.Claim(ctx, ref, "w1")
+			require.NoError(t, err)
+			require.True(t, ok)
+			ok, err = st.Claim(ctx, ref, "w1")
+			require.NoError(t, err)
+			require.False(t, ok)
+		})
+	}
+}
+
+// TestRebuildIndexes: the indexes outside the sessions' slots, lost, come
+// back from the session hashes; a stale running-set entry goes.
+func TestRebuildIndexes(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			ctx := context.Background()
+			running, done := newSession("alice"), newSession("alice")
+			accept(t, st, running, true)
+			res := accept(t, st, done, true)
+			_, err := st.Append(ctx, store.RunRef{SessionID: done.ID, RunID: res.RunID, Provider: app.Claude},
+				nil, map[string]string{"providerSessionId": "p-1"})
+			require.NoError(t, err)
+			_, err = st.Complete(ctx, store.RunRef{SessionID: done.ID, RunID: res.RunID, Provider: app.Claude}, app.Outcome{})
+			require.NoError(t, err)
+
+			raw := redisClient(t, url)
+			p := st.Prefix()
+			for _, k := range []string{p + ":sessions:running", p + ":user:{alice}:sessions", p + ":user:{alice}:running", p + ":provider:{claude}:sessions"} {
+				require.NoError(t, raw.Del(ctx, k).Err())
+			}
+			require.NoError(t, st.RebuildIndexes(ctx))
+			ids, err := st.RunningSessions(ctx)
+			require.NoError(t, err)
+			require.Equal(t, []string{running.ID}, ids)
+			list, err := st.ListSessions(ctx, store.SessionFilter{Owner: "alice"})
+			require.NoError(t, err)
+			require.Len(t, list, 2)
+			id, err := st.SessionByProviderID(ctx, app.Claude, "p-1")
+			require.NoError(t, err)
+			require.Equal(t, done.ID, id)
+			n, err := raw.ZCard(ctx, p+":user:{alice}:running").Result()
+			require.NoError(t, err)
+			require.Equal(t, int64(1), n)
+		})
+	}
+}
+
+// TestClusterAdminScansEveryMaster: listing every session and every plugin
+// finds keys on all three masters, not only on the node a SCAN reaches.
+func TestClusterAdminScansEveryMaster(t *testing.T) {
+	c := storetest.SharedCluster(t)
+	st := storetest.New(t, c.Seed)
+	ctx := context.Background()
+	masters := map[string]bool{}
+	var users []string
+	for i := 0; len(masters) < 3 && i < 200; i++ {
+		user := fmt.Sprintf("u%d", i)
+		addr := c.MasterOf(t, fmt.Sprintf("%s:user:{%s}:sessions", st.Prefix(), user)).Addr
+		if !masters[addr] {
+			masters[addr] = true
+			users = append(users, user)
+		}
+	}
+	require.Len(t, masters, 3)
+	for i, u := range users {
+		accept(t, st, newSession(u), true)
+		require.NoError(t, st.SetPlugin(ctx, fmt.Sprintf("p%d", i), fmt.Sprintf("127.0.0.1:%d", 9000+i)))
+	}
+	all, err := st.AllSessions(ctx, false, 100)
+	require.NoError(t, err)
+	require.Len(t, all, 3)
+	plugins, err := st.Plugins(ctx)
+	require.NoError(t, err)
+	require.Len(t, plugins, 3)
+	id, err := st.Identity(ctx)
+	require.NoError(t, err)
+	require.Len(t, strings.Split(id.RunID, ","), 3, "one run id a master")
+}
+
+// TestClusterFailover kills -9 the master that owns a streaming session's
+// slot. Writes retried across the failover go on once the replica is
+// promoted, the run ends with exactly one complete, the subscriber moves
+// the session's channel to the new master and reports a resync, and the
+// stream holds every seq once.
+func TestClusterFailover(t *testing.T) {
+	c := storetest.StartCluster(t)
+	st := storetest.New(t, c.Seed)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecorder()
+	sub := st.NewSubscriber(rec.handlers())
+	go func() { _ = sub.Run(ctx) }()
+
+	sess := newSession("alice")
+	require.NoError(t, sub.Subscribe(ctx, sess.ID))
+	res := accept(t, st, sess, true)
+	run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+	last := int64(2)
+	write := func(text string) {
+		t.Helper()
+		// As the worker does: an outage is waited out, never taken as an
+		// answer.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			seq, err := st.Append(ctx, run, []app.Event{app.Text("assistant", text)}, nil)
+			if err == nil {
+				require.Equal(t, last+1, seq, "no seq skipped or reused")
+				last = seq
+				return
+			}
+			require.True(t, store.Unavailable(err), "%v", err)
+			require.True(t, time.Now().Before(deadline), "Redis did not come back: %v", err)
+			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+			_ = st.WaitAvailable(wctx)
+			wcancel()
+		}
+	}
+	for i := range 5 {
+		write(fmt.Sprint("before ", i))
+	}
+	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 7 }, 5*time.Second, 5*time.Millisecond)
+	master := c.MasterOf(t, sessionKey(st, sess.ID))
+	c.WaitReplicated(t, master)
+	master.Stop()
+	for i := range 5 {
+		write(fmt.Sprint("after ", i))
+	}
+	c.WaitHealthy(t)
+	require.Eventually(t, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.resyncs[sess.ID] >= 1
+	}, 30*time.Second, 10*time.Millisecond, "the subscriber follows the session to the new master")
+	write("live again")
+	require.Eventually(t, func() bool {
+		s := rec.seqs(sess.ID)
+		return len(s) > 0 && s[len(s)-1] == last
+	}, 10*time.Second, 5*time.Millisecond, "events after the failover arrive live")
+
+	var done store.CompleteResult
+	for {
+		var err error
+		done, err = st.Complete(ctx, run, app.Outcome{})
+		if err == nil {
+			break
+		}
+		require.True(t, store.Unavailable(err), "%v", err)
+	}
+	_, err := st.Complete(ctx, run, app.Outcome{ExitCode: 1})
+	require.ErrorIs(t, err, app.ErrStaleRun, "one complete")
+	evs, err := st.Events(ctx, sess.ID, 0, 100)
+	require.NoError(t, err)
+	require.Len(t, evs, int(done.Seq))
+	completes := 0
+	for i, e := range evs {
+		require.Equal(t, int64(i+1), e.Seq)
+		if e.Kind == string(app.KindComplete) {
+			completes++
+		}
+	}
+	require.Equal(t, 1, completes)
+	_, first, err := st.SessionForReplay(ctx, sess.ID)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), first, "nothing was lost: the replica had it all")
+}
+
+// TestSubscriberOneConnectionPerMaster: sessions on every master are
+// followed over one shard connection per master, plus one for broadcasts.
+func TestSubscriberOneConnectionPerMaster(t *testing.T) {
+	c := storetest.StartCluster(t)
+	st := storetest.New(t, c.Seed)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecorder()
+	sub := st.NewSubscriber(rec.handlers())
+	go func() { _ = sub.Run(ctx) }()
+	masters := map[string]int{}
+	for i := 0; i < 30; i++ {
+		sess := newSession("alice")
+		require.NoError(t, sub.Subscribe(ctx, sess.ID))
+		masters[c.MasterOf(t, sessionKey(st, sess.ID)).Addr]++
+	}
+	require.Len(t, masters, 3)
+	require.Eventually(t, func() bool {
+		total := 0
+		for _, n := range c.Nodes {
+			rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
+			list, err := rdb.ClientList(ctx).Result()
+			_ = rdb.Close()
+			if err != nil {
+				return false
+			}
+			for _, line := range strings.Split(list, "\n") {
+				if strings.Contains(line, "ssub=") && !strings.Contains(line, "ssub=0") {
+					total++
+				}
+			}
+		}
+		return total == 3
+	}, 10*time.Second, 20*time.Millisecond)
+}

@@ -1,0 +1,166 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// shard is a Subscriber's connection to one master of a Redis Cluster,
+// carrying the shard channels (SSUBSCRIBE) of the slots that master owns.
+//
+// go-redis re-subscribes a broken pub/sub connection by itself, but with
+// one SSUBSCRIBE naming every channel, which a cluster refuses (CROSSSLOT)
+// as soon as the channels lie in two slots. So a shard never reconnects:
+// on a connection error (its master died, a replica is being promoted) it
+// is closed, the slot map is read again, and each of its channels is
+// subscribed anew, one command each, on the connection of the master that
+// owns it now; each confirmation reports a Resync, so the gateway reads
+// from the stream whatever was published meanwhile. A channel whose slot
+// moved to another master (resharding) gets an sunsubscribe from Redis and
+// moves the same way.
+type shard struct {
+	addr    string
+	ps      *redis.PubSub
+	started bool
+}
+
+// shardSubscribeLocked subscribes channel on the connection of the master
+// that owns its slot, opening that connection if needed. sub.mu is held.
+func (sub *Subscriber) shardSubscribeLocked(ctx context.Context, channel string, c *channelSub) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		var sh *shard
+		if sh, err = sub.shardForLocked(ctx, channel); err != nil {
+			sub.s.cluster.ReloadState(ctx)
+			continue
+		}
+		if err = sh.ps.SSubscribe(ctx, channel); err != nil {
+			sub.s.cluster.ReloadState(ctx)
+			continue
+		}
+		c.shard = sh
+		return nil
+	}
+	return err
+}
+
+// shardForLocked returns the connection to the master of channel's slot.
+// sub.mu is held.
+func (sub *Subscriber) shardForLocked(ctx context.Context, channel string) (*shard, error) {
+	master, err := sub.s.cluster.MasterForKey(ctx, channel)
+	if err != nil {
+		return nil, err
+	}
+	addr := master.Options().Addr
+	sh := sub.shards[addr]
+	if sh == nil {
+		// Empty: its connection is made by the first SSUBSCRIBE, to the
+		// master of that channel's slot.
+		sh = &shard{addr: addr, ps: sub.s.cluster.SSubscribe(context.Background())}
+		sub.shards[addr] = sh
+		if sub.runCtx != nil {
+			sub.startShardLocked(sh)
+		}
+	}
+	return sh, nil
+}
+
+// startShardLocked starts reading a shard's connection. sub.mu is held.
+func (sub *Subscriber) startShardLocked(sh *shard) {
+	if sh.started {
+		return
+	}
+	sh.started = true
+	ctx := sub.runCtx
+	sub.wg.Add(1)
+	go func() {
+		defer sub.wg.Done()
+		stop := context.AfterFunc(ctx, func() { _ = sh.ps.Close() })
+		defer stop()
+		sub.receive(ctx, sh.ps, sh)
+	}()
+}
+
+// shardFailed closes a shard whose connection broke and moves its
+// channels to the masters that own them now. Runs in the shard's goroutine.
+func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
+	_ = sh.ps.Close()
+	sub.mu.Lock()
+	if sub.shards[sh.addr] == sh {
+		delete(sub.shards, sh.addr)
+	}
+	var moved []string
+	for name, c := range sub.channels {
+		if c.shard == sh {
+			c.shard = nil
+			moved = append(moved, name)
+		}
+	}
+	sub.mu.Unlock()
+	sub.moveChannels(ctx, moved)
+}
+
+// shardDropped handles an sunsubscribe Redis sent on its own: the slot of
+// channel moved to another master.
+func (sub *Subscriber) shardDropped(sh *shard, channel string) {
+	sub.mu.Lock()
+	c := sub.channels[channel]
+	if c == nil || c.shard != sh {
+		sub.mu.Unlock()
+		return // an unsubscribe of ours
+	}
+	c.shard = nil
+	ctx := sub.runCtx
+	sub.mu.Unlock()
+	// Forget it on this connection too, so that no later resubscribe
+	// sends it there again.
+	_ = sh.ps.SUnsubscribe(ctx, channel)
+	sub.wg.Add(1)
+	go func() {
+		defer sub.wg.Done()
+		sub.moveChannels(ctx, []string{channel})
+	}()
+}
+
+// moveChannels subscribes channels again on the masters that own them,
+// reading the slot map again and retrying until each is subscribed or ctx
+// ends (a failover takes seconds).
+func (sub *Subscriber) moveChannels(ctx context.Context, channels []string) {
+	backoff := 100 * time.Millisecond
+	for len(channels) > 0 && ctx.Err() == nil {
+		sub.s.cluster.ReloadState(ctx)
+		var left []string
+		for _, name := range channels {
+			sub.mu.Lock()
+			c := sub.channels[name]
+			if c == nil || c.shard != nil {
+				sub.mu.Unlock()
+				continue // unsubscribed, or moved already
+			}
+			if err := sub.shardSubscribeLocked(ctx, name, c); err != nil {
+				left = append(left, name)
+			}
+			sub.mu.Unlock()
+		}
+		channels = left
+		if len(left) > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, time.Second)
+		}
+	}
+}
+
+// closeShards closes every shard connection (Run is ending).
+func (sub *Subscriber) closeShards() {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	for addr, sh := range sub.shards {
+		_ = sh.ps.Close()
+		delete(sub.shards, addr)
+	}
+}
