@@ -82,6 +82,10 @@ type run struct {
 	// storeWait is set while an append waits for Redis to come back.
 	storeWait atomic.Bool
 
+	// batches numbers the appends (pump goroutine), so that an append
+	// retried after a lost reply is not taken twice.
+	batches int64
+
 	// accepted is when a gateway queued the run (zero if unknown);
 	// sawLine is set at the CLI's first output line (pump goroutine).
 	accepted time.Time
@@ -453,9 +457,10 @@ func (r *run) flush(events []app.Event, set map[string]string) {
 	// with it, once its output pipe is full): the run goes on when Redis
 	// is back, unless that takes longer than outageTolerance.
 	giveUp := time.Now().Add(outageTolerance)
+	r.batches++
 	for attempt := 0; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-		_, err := r.w.st.Append(ctx, r.ref, events, set)
+		_, err := r.w.st.AppendBatch(ctx, r.ref, r.batches, events, set)
 		cancel()
 		if err == nil {
 			return

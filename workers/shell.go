@@ -87,6 +87,9 @@ type shell struct {
 	stopped  chan struct{} // closed when the terminal ends
 
 	flow *shellFlow
+	// batches numbers the output appends (flushLoop), so that one that
+	// go-redis resends after a lost reply is not stored twice.
+	batches int64
 
 	urls urlDetector
 }
@@ -393,7 +396,8 @@ func (sh *shell) append(chunks []string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	last, err := sh.w.st.ShellAppend(ctx, sh.key, sh.gen, chunks)
+	sh.batches++
+	last, err := sh.w.st.ShellAppendBatch(ctx, sh.key, sh.gen, sh.batches, chunks)
 	if err == nil {
 		sizes := make([]int, len(chunks))
 		for i, c := range chunks {
