@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 // TestAppendBatchOnce: an append retried after its reply was lost (the
@@ -90,4 +92,62 @@ func TestShellAppendBatchOnce(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, int64(1), seq, "a new generation's first batch is taken")
 	})
+}
+
+// TestAppendMany: the appends of several runs in one pipeline each land in
+// their own session as AppendBatch would: a stale run is refused alone, a
+// repeated batch adds nothing, and after SCRIPT FLUSH (a restarted Redis)
+// the script is loaded again.
+func TestAppendMany(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			ctx := context.Background()
+			var runs []store.RunRef
+			for range 5 {
+				sess := newSession("alice")
+				res := accept(t, st, sess, true)
+				runs = append(runs, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude})
+			}
+			stale := runs[4]
+			stale.RunID = "999"
+			reqs := []store.AppendReq{
+				{Run: runs[0], Batch: 1, Events: []app.Event{app.Text("assistant", "a0")}},
+				{Run: runs[1], Batch: 1, Events: []app.Event{app.Text("assistant", "a1"), app.Text("assistant", "b1")}},
+				{Run: runs[2], Events: []app.Event{app.Text("assistant", "a2")}, Set: map[string]string{"statusText": "Working"}},
+				{Run: stale, Batch: 1, Events: []app.Event{app.Text("assistant", "late")}},
+			}
+			got := st.AppendMany(ctx, reqs)
+			require.Len(t, got, 4)
+			require.NoError(t, got[0].Err)
+			require.NoError(t, got[1].Err)
+			require.NoError(t, got[2].Err)
+			require.ErrorIs(t, got[3].Err, app.ErrStaleRun)
+			// Accept wrote 2 events (the user's message, the state change).
+			require.Equal(t, []int64{3, 4, 3}, []int64{got[0].Seq, got[1].Seq, got[2].Seq})
+
+			switch c := redisClient(t, url).(type) {
+			case *redis.ClusterClient:
+				require.NoError(t, c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error { return n.ScriptFlush(ctx).Err() }))
+			default:
+				require.NoError(t, c.ScriptFlush(ctx).Err())
+			}
+			got = st.AppendMany(ctx, []store.AppendReq{
+				{Run: runs[0], Batch: 1, Events: []app.Event{app.Text("assistant", "a0")}}, // a repeat
+				{Run: runs[0], Batch: 2, Events: []app.Event{app.Text("assistant", "c0")}},
+				{Run: runs[3], Batch: 1, Events: []app.Event{app.Text("assistant", "a3")}},
+			})
+			for _, r := range got {
+				require.NoError(t, r.Err)
+			}
+			require.Equal(t, []int64{3, 4, 3}, []int64{got[0].Seq, got[1].Seq, got[2].Seq})
+			evs, err := st.Events(ctx, runs[0].SessionID, 0, 100)
+			require.NoError(t, err)
+			require.Len(t, evs, 4)
+			sess, err := st.Session(ctx, runs[2].SessionID)
+			require.NoError(t, err)
+			require.Equal(t, "Working", sess.StatusText)
+		})
+	}
 }

@@ -203,26 +203,10 @@ func (s *Store) Append(ctx context.Context, run RunRef, events []app.Event, set 
 // Redis that went down after the write) repeats no event. It then returns
 // the session's last seq. Batch 0 is Append, unnumbered.
 func (s *Store) AppendBatch(ctx context.Context, run RunRef, batch int64, events []app.Event, set map[string]string) (int64, error) {
-	args := make([]any, 0, 6+2*len(events)+2*len(set))
-	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), len(events), s.floors.get(run.SessionID), batch)
-	for _, ev := range events {
-		body, err := s.eventBody(run.SessionID, run.Provider, ev)
-		if err != nil {
-			return 0, fmt.Errorf("store: append %s: %w", run.SessionID, err)
-		}
-		args = append(args, string(ev.Kind), body)
+	keys, args, err := s.prepareAppend(ctx, AppendReq{Run: run, Batch: batch, Events: events, Set: set})
+	if err != nil {
+		return 0, err
 	}
-	for k, v := range set {
-		args = append(args, k, v)
-	}
-	if psid := set["providerSessionId"]; psid != "" {
-		// Written ahead: the provider's id belongs to this session from the
-		// moment its CLI printed it, even if the run turns out stale.
-		if err := s.rdb.HSetNX(ctx, s.k.providerSessions(run.Provider), psid, run.SessionID).Err(); err != nil {
-			return 0, fmt.Errorf("store: append %s: index provider session: %w", run.SessionID, err)
-		}
-	}
-	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID)}
 	seq, err := s.sc.runAppend.Run(ctx, s.rdb, keys, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: append %s: %w", run.SessionID, scriptError(err))

@@ -79,7 +79,8 @@ type run struct {
 	// interrupt is the provider's line that stops its turn, if it has one.
 	interrupt []byte
 
-	// storeWait is set while an append waits for Redis to come back.
+	// storeWait is set while an append is in flight or waits for Redis
+	// to come back.
 	storeWait atomic.Bool
 
 	// batches numbers the appends (pump goroutine), so that an append
@@ -460,7 +461,12 @@ func (r *run) flush(events []app.Event, set map[string]string) {
 	r.batches++
 	for attempt := 0; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-		_, err := r.w.st.AppendBatch(ctx, r.ref, r.batches, events, set)
+		// An append in flight may be one that go-redis keeps retrying
+		// through an outage: the pipe is not read meanwhile, and the
+		// process's output is not an orphan's.
+		r.storeWait.Store(true)
+		_, err := r.w.appends.append(ctx, store.AppendReq{Run: r.ref, Batch: r.batches, Events: events, Set: set})
+		r.storeWait.Store(false)
 		cancel()
 		if err == nil {
 			return

@@ -90,10 +90,12 @@ var DefaultBins = map[app.Provider]string{
 
 // Worker takes runs from the jobs stream and runs their provider CLIs.
 type Worker struct {
-	cfg   Config
-	st    *store.Store
-	log   *slog.Logger
-	start time.Time
+	cfg Config
+	st  *store.Store
+	log *slog.Logger
+	// appends sends the runs' appends to Redis in pipelines.
+	appends *appender
+	start   time.Time
 	// env is the environment of provider processes and terminals, before
 	// an account's identity is set (account.env).
 	env []string
@@ -157,7 +159,7 @@ func New(cfg Config) (*Worker, error) {
 	return &Worker{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
-		runs: map[string]*run{}, pollBlock: time.Second,
+		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store),
 	}, nil
 }
 
@@ -177,8 +179,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); w.heartbeatLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.jobLoop(ctx) }()
-	loops.Add(1)
+	loops.Add(2)
 	go func() { defer loops.Done(); w.shellLoop(loopCtx) }()
+	// Stopped with the loops, after drain: runs append until they end.
+	go func() { defer loops.Done(); w.appends.run(loopCtx) }()
 
 	if w.cfg.WatchInterval > 0 {
 		pw := newProjectsWatcher(w, w.env, w.cfg.WatchInterval)
