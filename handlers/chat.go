@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/olahol/melody"
@@ -302,8 +303,10 @@ func userProjectDir(ws app.Workspaces, user, p string) (string, error) {
 // letter or digit (a tool name also with '_'), so that none can be read as a
 // flag (`--yolo`, `--version`), whichever CLI and argument form gets it.
 var (
-	modelPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/\[\]@-]{0,99}$`)
-	toolPattern  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:*()/ ,'"=@-]{0,199}$`)
+	// Compiled on first use: their counted repetitions make large
+	// programs, which would cost every process's start.
+	modelPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/\[\]@-]{0,99}$`) })
+	toolPattern  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:*()/ ,'"=@-]{0,199}$`) })
 )
 
 // validateOptions checks the options that reach a command line: a value a
@@ -314,7 +317,7 @@ func validateOptions(o app.CommandOptions) error {
 		// Checked even when the message's own sessionId wins over it.
 		return app.WireError("Invalid session ID")
 	}
-	if o.Model != "" && !modelPattern.MatchString(o.Model) {
+	if o.Model != "" && !modelPattern().MatchString(o.Model) {
 		return app.WireError("Invalid model name")
 	}
 	if !app.ValidPermissionMode(o.PermissionMode) {
@@ -325,7 +328,7 @@ func validateOptions(o app.CommandOptions) error {
 		return app.WireError("Too many tools in toolsSettings")
 	}
 	for _, t := range tools {
-		if !toolPattern.MatchString(t) {
+		if !toolPattern().MatchString(t) {
 			return app.WireError(fmt.Sprintf("Invalid tool name %q", app.Clip(t, 60)))
 		}
 	}

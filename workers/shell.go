@@ -16,7 +16,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/charmbracelet/x/ansi"
 	"mvdan.cc/xurls/v2"
 
 	"github.com/agentgate/agentgate/app"
@@ -632,7 +631,7 @@ type urlAnnounce struct {
 }
 
 var (
-	urlPattern  = xurls.Strict()
+	urlPattern  = sync.OnceValue(xurls.Strict) // compiled on first use, not at every start
 	openPrompts = []string{
 		"browser didn't open", "open this url", "continue in your browser", "press enter to open", "opening in browser:",
 	}
@@ -648,7 +647,7 @@ func (d *urlDetector) scan(chunk string) []urlAnnounce {
 		d.tail = chunk[max(0, len(chunk)-16):]
 		return nil
 	}
-	text := d.tail + ansi.Strip(chunk)
+	text := d.tail + stripANSI(chunk)
 	if len(text) > urlTail {
 		d.tail = text[len(text)-urlTail:]
 	} else {
@@ -659,7 +658,7 @@ func (d *urlDetector) scan(chunk string) []urlAnnounce {
 	}
 	var out []urlAnnounce
 	longest := ""
-	for _, u := range urlPattern.FindAllString(text, -1) {
+	for _, u := range urlPattern().FindAllString(text, -1) {
 		u = strings.TrimRight(u, ".,;:!?)]}'\"")
 		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 			continue

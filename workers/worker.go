@@ -95,7 +95,10 @@ type Worker struct {
 	log *slog.Logger
 	// appends sends the runs' appends to Redis in pipelines.
 	appends *appender
-	start   time.Time
+	// ready is closed once the first heartbeat is in Redis: gateways
+	// accept commands for live workers only.
+	ready chan struct{}
+	start time.Time
 	// env is the environment of provider processes and terminals, before
 	// an account's identity is set (account.env).
 	env []string
@@ -159,9 +162,13 @@ func New(cfg Config) (*Worker, error) {
 	return &Worker{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
-		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store),
+		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
 	}, nil
 }
+
+// Ready is closed once Run has registered the worker in Redis, from when
+// gateways send it commands.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // ID is the worker's id in Redis.
 func (w *Worker) ID() string { return w.cfg.ID }
@@ -173,6 +180,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.beat(ctx); err != nil {
 		return fmt.Errorf("workers: first heartbeat: %w", err)
 	}
+	close(w.ready)
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
 	loops.Add(3)

@@ -141,6 +141,17 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			}
 		}()
 		log.Info("worker started", "worker", worker.ID(), "workspaces", c.workspaces().Roots)
+		if runsGateway {
+			// serve: its gateway takes commands (and prints its URL) only
+			// once its worker is registered, or the first command would
+			// find no worker.
+			select {
+			case <-worker.Ready():
+			case err := <-failed:
+				return err
+			case <-ctx.Done():
+			}
+		}
 	} else {
 		close(workerDone)
 	}

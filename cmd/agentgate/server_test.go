@@ -258,3 +258,35 @@ func TestDrainGrace(t *testing.T) {
 	require.Equal(t, websocket.CloseGoingAway, ce.Code)
 	stopServe(t, cancel, done)
 }
+
+// TestServeReadyMeansReady: a command sent the moment `agentgate serve`
+// printed its URL finds its worker (it used to answer "No worker
+// available" now and then: the URL came before the worker's first
+// heartbeat).
+func TestServeReadyMeansReady(t *testing.T) {
+	for _, env := range []string{"AGENTGATE_REDIS_URL", "AGENTGATE_JWT_SECRET", "AGENTGATE_LISTEN"} {
+		t.Setenv(env, "")
+	}
+	dir := t.TempDir()
+	t.Setenv("AGENTGATE_WORKSPACES", dir)
+	t.Setenv("AGENTGATE_CLAUDE_BIN", "/nonexistent/claude")
+	for i := range 5 {
+		wsURL, _, cancel, done := startServe(t)
+		ws, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteJSON(map[string]any{
+			"type": "claude-command", "command": "hi", "requestId": "r1", "options": map[string]any{"projectPath": dir},
+		}))
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(20*time.Second)))
+		for {
+			var f map[string]any
+			require.NoError(t, ws.ReadJSON(&f))
+			if f["requestId"] == "r1" {
+				require.Equal(t, "session-accepted", f["type"], "try %d: %v", i, f)
+				break
+			}
+		}
+		ws.Close()
+		stopServe(t, cancel, done)
+	}
+}

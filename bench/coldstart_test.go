@@ -1,0 +1,63 @@
+package bench
+
+import (
+	"net/http"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// BenchmarkColdStart measures the time from exec to the first 200 from
+// /readyz: of `agentgate gateway` on a redis-server, and of `agentgate
+// serve` on its embedded store (its /readyz answers once its worker is
+// registered, so that a first command finds it).
+func BenchmarkColdStart(b *testing.B) {
+	bin := agentgateBinary(b)
+	srv := storetest.StartServer(b)
+	home := b.TempDir()
+	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "AGENTGATE_WORKSPACES=" + home, "AGENTGATE_LOG_LEVEL=warn"}
+	for _, c := range []struct {
+		mode string
+		env  []string
+	}{
+		{"gateway", []string{"AGENTGATE_REDIS_URL=" + srv.URL, "AGENTGATE_JWT_SECRET=bench-secret-0123456789", "AGENTGATE_KEY_PREFIX=" + storetest.Prefix()}},
+		{"serve", nil},
+	} {
+		b.Run(c.mode, func(b *testing.B) {
+			var lat latencies
+			client := &http.Client{Timeout: time.Second}
+			for i := 0; i < b.N; i++ {
+				addr := freeLoopback(b)
+				cmd := exec.Command(bin, c.mode)
+				cmd.Env = append(append(append([]string(nil), base...), c.env...), "AGENTGATE_LISTEN="+addr)
+				cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+				t0 := time.Now()
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				for {
+					resp, err := client.Get("http://" + addr + "/readyz")
+					if err == nil {
+						resp.Body.Close()
+						if resp.StatusCode == http.StatusOK {
+							break
+						}
+					}
+					if time.Since(t0) > 20*time.Second {
+						b.Fatalf("%s not ready after 20 s", c.mode)
+					}
+					time.Sleep(500 * time.Microsecond)
+				}
+				lat.add([]int64{time.Since(t0).Nanoseconds()})
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				_ = cmd.Wait()
+			}
+			b.ReportMetric(lat.quantile(0.5), "p50-ms")
+			b.ReportMetric(lat.quantile(1), "max-ms")
+		})
+	}
+}
