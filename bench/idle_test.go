@@ -23,6 +23,9 @@ import (
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
+// chatSockets is the gateway's series of open /ws sockets.
+const chatSockets = `agentgate_sockets{endpoint="chat"}`
+
 const (
 	// idleSockets is the number of idle sockets opened on one gateway.
 	idleSockets = 10_000
@@ -205,7 +208,7 @@ func (p *gatewayProcess) metrics(b *testing.B) map[string]float64 {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		name, val, ok := strings.Cut(sc.Text(), " ")
-		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+		if !ok || strings.HasPrefix(name, "#") {
 			continue
 		}
 		if f, err := strconv.ParseFloat(val, 64); err == nil {
@@ -229,7 +232,7 @@ func BenchmarkIdleSockets(b *testing.B) {
 		// Warm up: one-time allocations (pools, routes, first GC cycles).
 		closeSockets(openSockets(b, wsURL, 100))
 		waitFor(b, 30*time.Second, "the warm-up sockets to close", func() bool {
-			return gw.metrics(b)["agentgate_chat_sockets"] == 0
+			return gw.metrics(b)[chatSockets] == 0
 		})
 		time.Sleep(time.Second)
 		rss0, m0 := gw.rss(b), gw.metrics(b)
@@ -242,7 +245,7 @@ func BenchmarkIdleSockets(b *testing.B) {
 		conns := openSockets(b, wsURL, n)
 		openTime := time.Since(t0)
 		waitFor(b, time.Minute, "the gateway to count every socket", func() bool {
-			return gw.metrics(b)["agentgate_chat_sockets"] == float64(n)
+			return gw.metrics(b)[chatSockets] == float64(n)
 		})
 		time.Sleep(idleSettle)
 		b.StopTimer()
