@@ -186,7 +186,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	loops.Add(3)
 	go func() { defer loops.Done(); w.heartbeatLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
-	go func() { defer loops.Done(); w.jobLoop(ctx) }()
+	jobsDone := make(chan struct{})
+	go func() { defer loops.Done(); defer close(jobsDone); w.jobLoop(ctx) }()
 	loops.Add(2)
 	go func() { defer loops.Done(); w.shellLoop(loopCtx) }()
 	// Stopped with the loops, after drain: runs append until they end.
@@ -199,6 +200,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 
 	<-ctx.Done()
+	// No run may start once drain waits for the running ones (a take in
+	// progress would Add to the WaitGroup drain waits on).
+	<-jobsDone
 	w.drain()
 	stopLoops()
 	loops.Wait()
