@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -205,14 +204,7 @@ func TestContainers(t *testing.T) {
 	}
 	for _, target := range []string{containerIP(t, other) + ":8080", containerIP(t, "worker_1") + ":9090", containerIP(t, "worker_2") + ":9090"} {
 		m := scrape(t, "http://"+target+"/metrics")
-		var sample []string
-		for series, v := range m {
-			if strings.HasPrefix(series, "agentgate_") && !strings.Contains(series, "_bucket") && v != 0 {
-				sample = append(sample, fmt.Sprintf("%s %g", series, v))
-			}
-		}
-		slices.Sort(sample)
-		t.Logf("metrics of %s: %d series; agentgate's that are not zero:\n%s", target, len(m), strings.Join(sample, "\n"))
+		t.Logf("metrics of %s: %d series; agentgate's that are not zero:\n%s", target, len(m), m.sample())
 	}
 }
 

@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,6 +56,24 @@ func TestMetrics(t *testing.T) {
 		return scrape(t, "http://"+metricsAddr+"/metrics").has(`agentgate_jobs_waiting`)
 	})
 	require.Equal(t, 0.0, scrape(t, "http://"+metricsAddr+"/metrics").value(`agentgate_jobs_waiting`))
+	for _, kind := range []string{"reply", "other", "unavailable"} {
+		series := `agentgate_redis_errors_total{kind="` + kind + `"}`
+		require.False(t, g.has(series) || m.has(series), "no Redis error in a clean run (%s)", series)
+	}
+	t.Logf("gateway metrics:\n%s\nworker metrics:\n%s", g.sample(), m.sample())
+}
+
+// sample lists agentgate's series that are not zero (histogram buckets
+// left out), sorted.
+func (m metrics) sample() string {
+	var out []string
+	for series, v := range m {
+		if strings.HasPrefix(series, "agentgate_") && !strings.Contains(series, "_bucket") && v != 0 {
+			out = append(out, fmt.Sprintf("%s %g", series, v))
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
 }
 
 // metrics is a scraped Prometheus text exposition, by series.

@@ -22,7 +22,7 @@ var (
 	}, []string{"command"})
 	commandErrors = promauto.NewCounterVec(prometheus.CounterOpts{
 		Name: "agentgate_redis_errors_total",
-		Help: "Redis commands that failed, by kind (unavailable: down, loading or unreachable; other: anything else but a missing key).",
+		Help: "Redis commands that failed, by kind (unavailable: down, loading or unreachable; reply: an error reply such as STALE, the refusal of a stale run; other: anything else).",
 	}, []string{"kind"})
 )
 
@@ -45,9 +45,20 @@ func (metricsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		start := time.Now()
 		err := next(ctx, cmds)
-		observeCommand("pipeline", start, err)
+		observeCommand(pipelineName(cmds), start, err)
 		return err
 	}
+}
+
+// pipelineName labels a pipeline: "handshake" for the commands go-redis
+// sends on a new connection, "pipeline" for the rest.
+func pipelineName(cmds []redis.Cmder) string {
+	for _, c := range cmds {
+		if n := c.Name(); n != "client" && n != "hello" {
+			return "pipeline"
+		}
+	}
+	return "handshake"
 }
 
 // commandObservers caches one histogram child per command name, so a
@@ -60,10 +71,20 @@ func observeCommand(name string, start time.Time, err error) {
 		o, _ = commandObservers.LoadOrStore(name, commandSeconds.WithLabelValues(strings.ToLower(name)))
 	}
 	o.(prometheus.Observer).Observe(time.Since(start).Seconds())
+	var reply redis.Error
 	switch {
 	case err == nil, errors.Is(err, redis.Nil), errors.Is(err, context.Canceled):
+	case name == "client" || name == "handshake":
+		// go-redis announces itself with subcommands older servers do
+		// not know, and goes on without them.
 	case Unavailable(err):
 		commandErrors.WithLabelValues("unavailable").Inc()
+	case errors.As(err, &reply):
+		// NOSCRIPT is how a script is loaded (go-redis sends it whole
+		// next), BUSYGROUP a group that exists: neither is a failure.
+		if msg := reply.Error(); !strings.HasPrefix(msg, "NOSCRIPT") && !strings.HasPrefix(msg, "BUSYGROUP") {
+			commandErrors.WithLabelValues("reply").Inc()
+		}
 	default:
 		commandErrors.WithLabelValues("other").Inc()
 	}
