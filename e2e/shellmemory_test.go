@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestShellMemoryBound: 100 terminals each print 1 MB while Redis keeps at
+// most --shell-history bytes of each (64 KiB here): Redis's memory grows
+// by about 100 × 64 KiB, not by the 100 MB printed, and every terminal's
+// stored output is within the budget.
+func TestShellMemoryBound(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("100 MB through 100 terminals")
+	}
+	const (
+		terminals = 100
+		budget    = 64 << 10
+		printed   = 1_000_000
+	)
+	cl := newCluster(t, "/bin/false")
+	limits := []string{
+		"AGENTGATE_SHELL_HISTORY=" + strconv.Itoa(budget), "AGENTGATE_MAX_TERMINALS=128",
+		"AGENTGATE_MAX_TERMINALS_PER_USER=0", "AGENTGATE_MAX_SOCKETS_PER_USER=256", "AGENTGATE_MAX_FRAME_RATE=1000",
+	}
+	addr := freeAddr(t)
+	gw := startProc(t, "gw", append(append(cl.baseEnv(), limits...), "AGENTGATE_LISTEN="+addr), "gateway")
+	gw.addr = addr
+	waitReady(t, gw)
+	w := startProc(t, "worker", append(cl.workerEnv(), limits...), "worker")
+	cl.waitWorker(w)
+
+	ctx := context.Background()
+	used := func() int64 {
+		info, err := cl.rdb.Info(ctx, "memory").Result()
+		require.NoError(t, err)
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				require.NoError(t, err)
+				return n
+			}
+		}
+		t.Fatal("no used_memory in INFO memory")
+		return 0
+	}
+	before := used()
+
+	var wg sync.WaitGroup
+	for i := range terminals {
+		ws, resp, err := dialer.Dial("ws://"+gw.addr+"/shell?token="+cl.token("alice"), nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		t.Cleanup(func() { ws.Close() })
+		require.NoError(t, ws.WriteJSON(map[string]any{
+			"type": "init", "projectPath": cl.project, "provider": "plain-shell", "isPlainShell": true,
+			"shellId": fmt.Sprintf("flood-%d", i), "cols": 100, "rows": 24,
+			"initialCommand": fmt.Sprintf("head -c %d /dev/zero | tr '\\0' a | fold -w 100; echo END-$((6*7))", printed),
+		}))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var tail string
+			_ = ws.SetReadDeadline(time.Now().Add(3 * time.Minute))
+			for !strings.Contains(tail, "END-42") {
+				_, data, err := ws.ReadMessage()
+				if err != nil {
+					t.Errorf("terminal %d: %v", i, err)
+					return
+				}
+				tail = tail[max(0, len(tail)-64):] + string(data)
+			}
+		}()
+	}
+	wg.Wait()
+
+	grown := used() - before
+	t.Logf("Redis used_memory grew by %.1f MB for %d terminals that printed %.0f MB (budget %d KiB each)",
+		float64(grown)/1e6, terminals, float64(terminals*printed)/1e6, budget>>10)
+	// Stream entries and the sizes list cost more than the bytes they
+	// hold: twice the budget per terminal, plus the keys' own overhead.
+	require.Less(t, grown, int64(terminals*(2*budget+16<<10)), "Redis keeps more than the byte budget")
+	keys, err := cl.rdb.Keys(ctx, keyPrefix+":shell:*").Result()
+	require.NoError(t, err)
+	held := 0
+	for _, k := range keys {
+		if !strings.HasSuffix(k, "}") {
+			continue // the output stream and sizes of a terminal, read through its hash
+		}
+		held++
+		outBytes, err := cl.rdb.HGet(ctx, k, "outBytes").Int64()
+		require.NoError(t, err, k)
+		require.LessOrEqual(t, outBytes, int64(budget+32<<10), "%s holds more than the budget (one chunk may pass it)", k)
+	}
+	require.Equal(t, terminals, held)
+}
