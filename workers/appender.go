@@ -3,7 +3,6 @@ package workers
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/agentgate/agentgate/store"
 )
@@ -15,89 +14,79 @@ const appendPipelineMax = 256
 // appends that arrive while one pipeline is in flight go out in the next
 // (store.AppendMany), so runs that each print a line at a time cost the
 // worker and Redis one round trip for many events instead of one per
-// event. An append that finds nothing in flight goes out at once: it waits
-// for no timer.
+// event. There is no goroutine of its own: the caller that finds no
+// pipeline in flight sends it (an append alone costs no hand-over to
+// another goroutine), and when its own append is answered it passes the
+// lead to the oldest waiting caller.
 type appender struct {
-	st      *store.Store
-	running atomic.Bool
-	wake    chan struct{}
+	st *store.Store
 
-	mu    sync.Mutex
-	queue []*appendCall
+	mu      sync.Mutex
+	leading bool // a caller is sending pipelines
+	queue   []*appendCall
 }
 
 type appendCall struct {
 	req  store.AppendReq
 	res  store.AppendResult
-	done chan struct{}
+	sent bool          // res is set
+	lead bool          // woken to lead, not answered
+	wake chan struct{} // closed when sent or lead is set
 }
 
-func newAppender(st *store.Store) *appender {
-	return &appender{st: st, wake: make(chan struct{}, 1)}
-}
+func newAppender(st *store.Store) *appender { return &appender{st: st} }
 
-// append stores one run's append and returns the seq of its last event. If
-// ctx ends first the append may still be sent: its batch number (see
-// store.AppendBatch) makes a retry safe. Without run, it appends alone.
-func (a *appender) append(ctx context.Context, req store.AppendReq) (int64, error) {
-	if !a.running.Load() {
-		return a.st.AppendBatch(ctx, req.Run, req.Batch, req.Events, req.Set)
-	}
-	c := &appendCall{req: req, done: make(chan struct{})}
+// append stores one run's append and returns the seq of its last event.
+// It waits for its pipeline, which is bounded by writeTimeout; a run that
+// retries after an error repeats nothing (store.AppendBatch).
+func (a *appender) append(_ context.Context, req store.AppendReq) (int64, error) {
+	c := &appendCall{req: req, wake: make(chan struct{})}
 	a.mu.Lock()
 	a.queue = append(a.queue, c)
-	a.mu.Unlock()
-	select {
-	case a.wake <- struct{}{}:
-	default:
+	if a.leading {
+		a.mu.Unlock()
+		<-c.wake
+		if c.sent {
+			return c.res.Seq, c.res.Err
+		}
+		// c.lead: the previous leader is done, and c is the oldest.
+	} else {
+		a.leading = true
+		a.mu.Unlock()
 	}
-	select {
-	case <-c.done:
-		return c.res.Seq, c.res.Err
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
+	a.lead(c)
+	return c.res.Seq, c.res.Err
 }
 
-// run sends queued appends until ctx ends, then answers what is left
-// with ctx's error. Runs in its own goroutine.
-func (a *appender) run(ctx context.Context) {
-	a.running.Store(true)
-	defer a.running.Store(false)
-	for {
-		select {
-		case <-ctx.Done():
-			a.mu.Lock()
-			left := a.queue
-			a.queue = nil
-			a.mu.Unlock()
-			for _, c := range left {
-				c.res.Err = ctx.Err()
-				close(c.done)
-			}
-			return
-		case <-a.wake:
+// lead sends pipelines until own is answered, then passes the lead on.
+func (a *appender) lead(own *appendCall) {
+	for !own.sent {
+		a.mu.Lock()
+		n := min(len(a.queue), appendPipelineMax)
+		calls := a.queue[:n:n]
+		a.queue = a.queue[n:]
+		a.mu.Unlock()
+		reqs := make([]store.AppendReq, n)
+		for i, c := range calls {
+			reqs[i] = c.req
 		}
-		for {
-			a.mu.Lock()
-			n := min(len(a.queue), appendPipelineMax)
-			calls := a.queue[:n:n]
-			a.queue = a.queue[n:]
-			a.mu.Unlock()
-			if n == 0 {
-				break
-			}
-			reqs := make([]store.AppendReq, n)
-			for i, c := range calls {
-				reqs[i] = c.req
-			}
-			sendCtx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-			res := a.st.AppendMany(sendCtx, reqs)
-			cancel()
-			for i, c := range calls {
-				c.res = res[i]
-				close(c.done)
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		res := a.st.AppendMany(ctx, reqs)
+		cancel()
+		for i, c := range calls {
+			c.res, c.sent = res[i], true
+			if c != own {
+				close(c.wake)
 			}
 		}
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.queue) == 0 {
+		a.leading = false
+		return
+	}
+	next := a.queue[0]
+	next.lead = true
+	close(next.wake)
 }

@@ -188,10 +188,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
 	jobsDone := make(chan struct{})
 	go func() { defer loops.Done(); defer close(jobsDone); w.jobLoop(ctx) }()
-	loops.Add(2)
+	loops.Add(1)
 	go func() { defer loops.Done(); w.shellLoop(loopCtx) }()
-	// Stopped with the loops, after drain: runs append until they end.
-	go func() { defer loops.Done(); w.appends.run(loopCtx) }()
 
 	if w.cfg.WatchInterval > 0 {
 		pw := newProjectsWatcher(w, w.env, w.cfg.WatchInterval)
