@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 // TestShellMemoryBound: 100 terminals each print 1 MB while Redis keeps at
@@ -39,19 +41,7 @@ func TestShellMemoryBound(t *testing.T) {
 	cl.waitWorker(w)
 
 	ctx := context.Background()
-	used := func() int64 {
-		info, err := cl.rdb.Info(ctx, "memory").Result()
-		require.NoError(t, err)
-		for _, line := range strings.Split(info, "\r\n") {
-			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
-				n, err := strconv.ParseInt(v, 10, 64)
-				require.NoError(t, err)
-				return n
-			}
-		}
-		t.Fatal("no used_memory in INFO memory")
-		return 0
-	}
+	used := func() int64 { return storetest.UsedMemory(t, cl.rdb) }
 	before := used()
 
 	var wg sync.WaitGroup

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -218,19 +217,7 @@ func TestShellFloodMemoryIsBounded(t *testing.T) {
 	st := storetest.New(t, url, store.Config{ShellOutputBytes: budget})
 	ctx := context.Background()
 	rdb := redisClient(t, url)
-	used := func() int64 {
-		info, err := rdb.Info(ctx, "memory").Result()
-		require.NoError(t, err)
-		for _, line := range strings.Split(info, "\r\n") {
-			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
-				n, err := strconv.ParseInt(v, 10, 64)
-				require.NoError(t, err)
-				return n
-			}
-		}
-		t.Fatal("no used_memory")
-		return 0
-	}
+	used := func() int64 { return storetest.UsedMemory(t, rdb) }
 	before := used()
 	chunk := strings.Repeat("y\r\n", 32<<10/3)
 	batch := []string{chunk, chunk, chunk, chunk, chunk, chunk, chunk, chunk}
