@@ -227,15 +227,25 @@ func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
 			_ = rdb.Close()
 			continue
 		}
-		slots, err := rdb.ClusterSlots(ctx).Result()
+		shards, err := rdb.ClusterShards(ctx).Result()
 		_ = rdb.Close()
 		if err != nil {
 			continue
 		}
-		for _, s := range slots {
-			if int64(s.Start) <= slot && slot <= int64(s.End) && len(s.Nodes) > 0 {
+		for _, sh := range shards {
+			owns := false
+			for _, r := range sh.Slots {
+				owns = owns || int64(r.Start) <= slot && slot <= int64(r.End)
+			}
+			if !owns {
+				continue
+			}
+			for _, node := range sh.Nodes {
+				if node.Role != "master" || node.Health != "online" {
+					continue
+				}
 				for _, m := range c.Nodes {
-					if m.Addr == s.Nodes[0].Addr {
+					if m.Addr == fmt.Sprintf("%s:%d", node.IP, node.Port) {
 						return m
 					}
 				}
