@@ -7,6 +7,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -50,21 +51,48 @@ func rusage(who int) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// redisCPU reads used_cpu_user + used_cpu_sys from INFO cpu.
-func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
-	info, err := rdb.Info(ctx, "cpu").Result()
-	if err != nil {
-		return 0
+// redisCPU reads used_cpu_user + used_cpu_sys from INFO cpu: of the one
+// server, or summed over every node (masters and replicas) of a cluster.
+func redisCPU(ctx context.Context, rdb redis.UniversalClient) time.Duration {
+	var total time.Duration
+	for _, d := range redisNodeCPU(ctx, rdb) {
+		total += d
 	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
+	return total
+}
+
+// redisNodeCPU reads the CPU time of each Redis node, by address.
+func redisNodeCPU(ctx context.Context, rdb redis.UniversalClient) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	read := func(ctx context.Context, c *redis.Client) time.Duration {
+		info, err := c.Info(ctx, "cpu").Result()
+		if err != nil {
+			return 0
 		}
+		var total float64
+		for _, line := range strings.Split(info, "\n") {
+			k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+			if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
+				f, _ := strconv.ParseFloat(v, 64)
+				total += f
+			}
+		}
+		return time.Duration(total * float64(time.Second))
 	}
-	return time.Duration(total * float64(time.Second))
+	switch c := rdb.(type) {
+	case *redis.Client:
+		out[c.Options().Addr] = read(ctx, c)
+	case *redis.ClusterClient:
+		var mu sync.Mutex
+		_ = c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error {
+			d := read(ctx, n)
+			mu.Lock()
+			out[n.Options().Addr] = d
+			mu.Unlock()
+			return nil
+		})
+	}
+	return out
 }
 
 // liveChildrenCPU sums the CPU time of the running children of parent that
@@ -115,8 +143,12 @@ type cpuMeter struct {
 	emitParent int
 	// servers are agentgate processes whose CPU is reported apart.
 	servers []int
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	start   cpuTimes
+	// nodes is each Redis node's CPU at mark; busiest the most one node
+	// used over the measured parts, summed.
+	nodes   map[string]time.Duration
+	busiest time.Duration
 	wall    time.Time
 	total   cpuTimes
 	span    time.Duration
@@ -143,6 +175,7 @@ func (m *cpuMeter) now() cpuTimes {
 
 func (m *cpuMeter) mark() {
 	m.start = m.now()
+	m.nodes = redisNodeCPU(context.Background(), m.rdb)
 	m.wall = time.Now()
 	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" {
 		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
@@ -166,6 +199,11 @@ func (m *cpuMeter) end() {
 	}
 	m.span += time.Since(m.wall)
 	t := m.now()
+	var busiest time.Duration
+	for addr, d := range redisNodeCPU(context.Background(), m.rdb) {
+		busiest = max(busiest, d-m.nodes[addr])
+	}
+	m.busiest += busiest
 	m.total.self += t.self - m.start.self
 	m.total.children += t.children - m.start.children
 	m.total.redis += t.redis - m.start.redis
@@ -182,6 +220,7 @@ func (m *cpuMeter) report(report func(float64, string)) {
 	s := m.span.Seconds()
 	report(m.total.self.Seconds()/s, "cpu_proc_cores")
 	report(m.total.redis.Seconds()/s, "cpu_redis_cores")
+	report(m.busiest.Seconds()/s, "cpu_redis_busiest_node_cores")
 	if len(m.servers) > 0 {
 		report(m.total.servers.Seconds()/s, "cpu_servers_cores")
 	}
@@ -207,4 +246,15 @@ func quiesce(limit time.Duration) time.Duration {
 		}
 	}
 	return time.Since(t0)
+}
+
+// perEvent reports the CPU of the measured parts (this process, Redis and
+// the agentgate server processes; not the emitters) per delivered event.
+func (m *cpuMeter) perEvent(delivered int64, report func(float64, string)) {
+	if delivered <= 0 {
+		return
+	}
+	used := m.total.self + m.total.redis + m.total.servers
+	report(float64(used.Microseconds())/float64(delivered), "cpu_us/event")
+	report(float64(m.total.redis.Microseconds())/float64(delivered), "redis_cpu_us/event")
 }
