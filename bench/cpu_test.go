@@ -20,7 +20,9 @@ import (
 // by the host: steal shows how much, it makes a round noisy).
 type cpuTimes struct {
 	self, children, redis, servers time.Duration
-	steal, total                   int64
+	// perServer is the CPU of each of cpuMeter.servers.
+	perServer    []time.Duration
+	steal, total int64
 }
 
 // machineJiffies reads the steal and total jiffies of all CPUs.
@@ -141,10 +143,12 @@ type cpuMeter struct {
 	exe string
 	// emitParent is the process the emitters run under (0: this one).
 	emitParent int
-	// servers are agentgate processes whose CPU is reported apart.
-	servers []int
-	rdb     redis.UniversalClient
-	start   cpuTimes
+	// servers are agentgate processes whose CPU is reported apart, and
+	// serverNames their roles, for the per-event figures.
+	servers     []int
+	serverNames []string
+	rdb         redis.UniversalClient
+	start       cpuTimes
 	// nodes is each Redis node's CPU at mark; busiest the most one node
 	// used over the measured parts, summed.
 	nodes   map[string]time.Duration
@@ -167,7 +171,9 @@ func (m *cpuMeter) now() cpuTimes {
 		t.children = liveChildrenCPU(m.exe, parent)
 	}
 	for _, pid := range m.servers {
-		t.servers += procCPU(pid)
+		c := procCPU(pid)
+		t.servers += c
+		t.perServer = append(t.perServer, c)
 	}
 	t.steal, t.total = machineJiffies()
 	return t
@@ -208,6 +214,12 @@ func (m *cpuMeter) end() {
 	m.total.children += t.children - m.start.children
 	m.total.redis += t.redis - m.start.redis
 	m.total.servers += t.servers - m.start.servers
+	if m.total.perServer == nil {
+		m.total.perServer = make([]time.Duration, len(t.perServer))
+	}
+	for i := range t.perServer {
+		m.total.perServer[i] += t.perServer[i] - m.start.perServer[i]
+	}
 	m.total.steal += t.steal - m.start.steal
 	m.total.total += t.total - m.start.total
 }
@@ -232,6 +244,22 @@ func (m *cpuMeter) report(report func(float64, string)) {
 	}
 }
 
+// reportPerEvent gives the CPU of each server process and of redis-server
+// per delivered event, in µs: the figure that survives a noisy machine.
+func (m *cpuMeter) reportPerEvent(report func(float64, string), events int64) {
+	if events <= 0 || len(m.serverNames) != len(m.total.perServer) {
+		return
+	}
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(events) }
+	var all time.Duration
+	for i, name := range m.serverNames {
+		report(us(m.total.perServer[i]), "us_per_event_"+name)
+		all += m.total.perServer[i]
+	}
+	report(us(m.total.redis), "us_per_event_redis")
+	report(us(all+m.total.redis), "us_per_event_total")
+}
+
 // quiesce waits until this process is idle (under 10% of a core over
 // 200 ms), so that the leftovers of one sub-benchmark do not run during the
 // next, and returns how long it waited.
@@ -248,13 +276,15 @@ func quiesce(limit time.Duration) time.Duration {
 	return time.Since(t0)
 }
 
-// perEvent reports the CPU of the measured parts (this process, Redis and
-// the agentgate server processes; not the emitters) per delivered event.
-func (m *cpuMeter) perEvent(delivered int64, report func(float64, string)) {
-	if delivered <= 0 {
+// reportPerEventInProcess is reportPerEvent when the gateway and the
+// worker run in this process (no server processes): their CPU and Redis'
+// per delivered event, in µs.
+func (m *cpuMeter) reportPerEventInProcess(report func(float64, string), events int64) {
+	if events <= 0 || len(m.servers) > 0 {
 		return
 	}
-	used := m.total.self + m.total.redis + m.total.servers
-	report(float64(used.Microseconds())/float64(delivered), "cpu_us/event")
-	report(float64(m.total.redis.Microseconds())/float64(delivered), "redis_cpu_us/event")
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(events) }
+	report(us(m.total.self), "us_per_event_proc")
+	report(us(m.total.redis), "us_per_event_redis")
+	report(us(m.total.self+m.total.redis), "us_per_event_total")
 }

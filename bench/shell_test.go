@@ -63,6 +63,12 @@ func startAgentgate(b *testing.B, bin, mode string, env []string) *exec.Cmd {
 	b.Helper()
 	cmd := exec.Command(bin, mode)
 	cmd.Env = env
+	// $BENCH_PROFILE_DIR collects a CPU profile of each agentgate process,
+	// named after the benchmark and the process's role.
+	if dir := os.Getenv("BENCH_PROFILE_DIR"); dir != "" {
+		name := strings.NewReplacer("/", "_", "=", "-").Replace(b.Name()) + "." + mode + ".pprof"
+		cmd.Env = append(cmd.Env, "AGENTGATE_CPU_PROFILE="+filepath.Join(dir, name))
+	}
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -118,9 +124,10 @@ func newShellRig(b *testing.B) *shellRig {
 
 // termClient is a /shell client that keeps the output it has read.
 type termClient struct {
-	ws    *websocket.Conn
-	out   bytes.Buffer
-	bytes int64
+	ws     *websocket.Conn
+	out    bytes.Buffer
+	bytes  int64
+	frames int64
 	// pace is how long the client spends on each output frame, like a
 	// browser's terminal rendering it; zero reads as fast as it can.
 	pace time.Duration
@@ -177,6 +184,7 @@ func (c *termClient) readUntil(b *testing.B, marker string) {
 			continue
 		}
 		c.bytes += int64(len(f.Data))
+		c.frames++
 		if c.pace > 0 {
 			time.Sleep(c.pace)
 		}
@@ -191,6 +199,59 @@ func (c *termClient) readUntil(b *testing.B, marker string) {
 		c.out.WriteString(f.Data)
 	}
 	c.out.Reset()
+}
+
+// shellThroughput runs cmd in a terminal b.N times and reports the output
+// rate, the CPU of the gateway and worker processes and of redis-server per
+// run and per MB, and the frames and Redis calls per run.
+func shellThroughput(b *testing.B, r *shellRig, cmd string) {
+	ctx := context.Background()
+	c := r.open(b, fmt.Sprintf("flood-%d", time.Now().UnixNano()))
+	defer c.ws.Close()
+	c.ready(b)
+	var total, frames int64
+	var elapsed, serverCPU, redisCPUUsed time.Duration
+	calls0 := redisCalls(ctx, r.rdb)
+	for i := 0; i < b.N; i++ {
+		c.bytes, c.frames = 0, 0
+		cpu0 := procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid)
+		red0 := redisCPU(ctx, r.rdb)
+		t0 := time.Now()
+		c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("%s; echo END%d-$((40+2))\r", cmd, i)})
+		c.readUntil(b, fmt.Sprintf("END%d-42", i))
+		elapsed += time.Since(t0)
+		serverCPU += procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid) - cpu0
+		redisCPUUsed += redisCPU(ctx, r.rdb) - red0
+		total += c.bytes
+		frames += c.frames
+	}
+	perRun, mb := float64(b.N), float64(total)/1e6
+	b.ReportMetric(mb/elapsed.Seconds(), "MB/s")
+	b.ReportMetric(serverCPU.Seconds()/perRun, "server-cpu-s/run")
+	b.ReportMetric(redisCPUUsed.Seconds()/perRun, "redis-cpu-s/run")
+	b.ReportMetric((serverCPU+redisCPUUsed).Seconds()*1e3/mb, "cpu-ms/MB")
+	b.ReportMetric(mb/perRun, "MB/run")
+	b.ReportMetric(float64(frames)/perRun, "frames/run")
+	for cmd, n := range redisCalls(ctx, r.rdb) {
+		if d := n - calls0[cmd]; d > int64(b.N) {
+			b.Logf("redis %s: %.0f calls/run", cmd, float64(d)/perRun)
+		}
+	}
+}
+
+// redisCalls reads the calls of each command from INFO commandstats.
+func redisCalls(ctx context.Context, rdb *redis.Client) map[string]int64 {
+	info, _ := rdb.Info(ctx, "commandstats").Result()
+	calls := map[string]int64{}
+	for _, line := range strings.Split(info, "\r\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(line, "cmdstat_"), ":calls=")
+		if !ok {
+			continue
+		}
+		n, _, _ := strings.Cut(rest, ",")
+		calls[name], _ = strconv.ParseInt(n, 10, 64)
+	}
+	return calls
 }
 
 // procCPU reads a process' user+system CPU time from /proc/PID/stat.
@@ -211,7 +272,6 @@ func procCPU(pid int) time.Duration {
 // output, and the CPU the server processes spend per 20 MB.
 func BenchmarkShell(b *testing.B) {
 	r := newShellRig(b)
-	ctx := context.Background()
 
 	b.Run("echo", func(b *testing.B) {
 		c := r.open(b, fmt.Sprintf("echo-%d", time.Now().UnixNano()))
@@ -234,31 +294,14 @@ func BenchmarkShell(b *testing.B) {
 		b.ReportMetric(lat.quantile(0.99), "p99-ms")
 	})
 
-	b.Run("throughput-20MB", func(b *testing.B) {
-		c := r.open(b, fmt.Sprintf("flood-%d", time.Now().UnixNano()))
-		defer c.ws.Close()
-		c.ready(b)
-		var total int64
-		var elapsed, serverCPU, redisCPUUsed time.Duration
-		for i := 0; i < b.N; i++ {
-			c.bytes = 0
-			cpu0 := procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid)
-			red0 := redisCPU(ctx, r.rdb)
-			t0 := time.Now()
-			// 15,000,000 random bytes in base64 lines: 20 MB of text.
-			c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("head -c 15000000 /dev/urandom | base64; echo END%d-$((40+2))\r", i)})
-			c.readUntil(b, fmt.Sprintf("END%d-42", i))
-			elapsed += time.Since(t0)
-			serverCPU += procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid) - cpu0
-			redisCPUUsed += redisCPU(ctx, r.rdb) - red0
-			total += c.bytes
-		}
-		b.ReportMetric(float64(total)/1e6/elapsed.Seconds(), "MB/s")
-		perRun := float64(b.N)
-		b.ReportMetric(serverCPU.Seconds()/perRun, "server-cpu-s/run")
-		b.ReportMetric(redisCPUUsed.Seconds()/perRun, "redis-cpu-s/run")
-		b.ReportMetric(float64(total)/perRun/1e6, "MB/run")
-	})
+	// The workloads of ttyd's comparison: 20 MB of 100-column lines, and
+	// seq's 14.9 MB of short lines.
+	for _, w := range []struct{ name, cmd string }{
+		{"fold-20MB", "head -c 20000000 /dev/zero | tr '\\0' a | fold -w 100"},
+		{"seq-2M", "seq 1 2000000"},
+	} {
+		b.Run("throughput/"+w.name, func(b *testing.B) { shellThroughput(b, r, w.cmd) })
+	}
 
 	// A flood (`yes`), then Ctrl-C: how long until the shell answers again,
 	// and how much flood output still arrives after the Ctrl-C was sent.

@@ -11,10 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/internal/mockanthropic"
@@ -30,6 +32,10 @@ const (
 	ctHostIP  = "10.89.77.1"
 )
 
+// ctGateways are the gateway service's replicas, as podman-compose names
+// their containers after the project.
+var ctGateways = []string{"gateway_1", "gateway_2"}
+
 // TestContainers runs deploy/compose (images built by `make container-test`)
 // with the real Claude CLI in the worker containers against the mock model
 // API: a run through nginx, a gateway container killed mid-run (the client
@@ -41,7 +47,7 @@ func TestContainers(t *testing.T) {
 			t.Fatalf("%s is not installed (make container-test installs it)", bin)
 		}
 	}
-	mock := mockanthropic.New(t, longRun("ct", 4, 300*time.Millisecond)...)
+	mock := mockanthropic.New(t, append(longRun("ct", 4, 300*time.Millisecond), longRun("drain", 6, 300*time.Millisecond)...)...)
 	// The network's bridge, and so its gateway address, exists once a
 	// container is attached: the relay to the mock listens from then on, on
 	// a port chosen now.
@@ -59,8 +65,8 @@ func TestContainers(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, c := range []string{"gateway-1", "gateway-2", "worker-1", "worker-2", "nginx", "redis"} {
-				out, _ := exec.Command("podman", "logs", "--tail", "40", ctProject+"_"+c+"_1").CombinedOutput()
+			for _, c := range []string{"gateway_1", "gateway_2", "worker_1", "worker_2", "nginx_1", "redis_1"} {
+				out, _ := exec.Command("podman", "logs", "--tail", "40", ctProject+"_"+c).CombinedOutput()
 				t.Logf("--- %s\n%s", c, out)
 			}
 		}
@@ -86,45 +92,47 @@ func TestContainers(t *testing.T) {
 
 	// Every gateway answers, and sees the workers, before the run: the
 	// network's name server may lag behind a stack that was just brought up.
-	for _, gw := range []string{"gateway-1", "gateway-2"} {
+	for _, gw := range ctGateways {
 		waitHTTP(t, "http://"+containerIP(t, gw)+":8080/readyz", time.Minute)
 	}
-	c1 := dialLB("c1")
-	var sid string
-	for attempt := 0; sid == ""; attempt++ {
-		mark := c1.mark()
-		req := fmt.Sprintf("req-ct-%d", attempt)
-		c1.send(map[string]any{
-			"type": "claude-command", "command": "run the steps ct", "requestId": req,
-			"options": map[string]any{
-				"projectPath":   "/var/lib/agentgate/home/alice",
-				"toolsSettings": map[string]any{"allowedTools": []string{"Bash"}},
-			},
-		})
-		fs := c1.waitFor(15*time.Second, "an answer to the command", func(fs []frame) bool {
+	// startRun sends a command on c until a gateway accepts it (the
+	// network's name server may lag behind a stack just brought up).
+	startRun := func(c *wsClient, prompt string) string {
+		for attempt := 0; ; attempt++ {
+			mark := c.mark()
+			req := fmt.Sprintf("req-%s-%d", strings.ReplaceAll(prompt, " ", "-"), attempt)
+			c.send(map[string]any{
+				"type": "claude-command", "command": prompt, "requestId": req,
+				"options": map[string]any{
+					"projectPath":   "/var/lib/agentgate/home/alice",
+					"toolsSettings": map[string]any{"allowedTools": []string{"Bash"}},
+				},
+			})
+			fs := c.waitFor(15*time.Second, "an answer to the command", func(fs []frame) bool {
+				for _, f := range fs[mark:] {
+					if f.str("requestId") == req {
+						return true
+					}
+				}
+				return false
+			})
 			for _, f := range fs[mark:] {
-				if f.str("requestId") == req {
-					return true
+				if f.str("requestId") == req && f.str("type") == "session-accepted" {
+					return f.str("sessionId")
 				}
 			}
-			return false
-		})
-		for _, f := range fs[mark:] {
-			if f.str("requestId") == req && f.str("type") == "session-accepted" {
-				sid = f.str("sessionId")
-			}
-		}
-		if sid == "" {
 			require.Less(t, attempt, 10, "the command is refused")
 			time.Sleep(2 * time.Second)
 		}
 	}
+	c1 := dialLB("c1")
+	sid := startRun(c1, "run the steps ct")
 	waitMidRun(t, c1, sid)
 
 	// Kill the gateway that holds c1's socket; the client resumes through
 	// nginx on the other one.
 	victim := gatewayWithSocket(t)
-	require.NoError(t, exec.Command("podman", "kill", ctProject+"_"+victim+"_1").Run())
+	require.NoError(t, exec.Command("podman", "kill", ctProject+"_"+victim).Run())
 	t.Logf("killed %s", victim)
 	_ = c1.waitClosed(10 * time.Second)
 	before := c1.events(sid)
@@ -152,6 +160,60 @@ func TestContainers(t *testing.T) {
 		}
 		return strings.Contains(out.String(), "container-42")
 	})
+	sh.drop()
+	c2.drop()
+
+	// Drain: SIGTERM to the gateway that holds a streaming client's socket.
+	// It stops taking sockets, closes this one with 1001 after its grace,
+	// and the client resumes through nginx on the other gateway.
+	for _, gw := range ctGateways {
+		if out, err := exec.Command("podman", "start", ctProject+"_"+gw).CombinedOutput(); err != nil {
+			t.Logf("start %s: %v %s", gw, err, out)
+		}
+		waitHTTP(t, "http://"+containerIP(t, gw)+":8080/readyz", time.Minute)
+	}
+	c3 := dialLB("c3")
+	sid2 := startRun(c3, "run the steps drain")
+	waitMidRun(t, c3, sid2)
+	victim = gatewayWithSocket(t)
+	stopped := make(chan error, 1)
+	stopAt := time.Now()
+	go func() { stopped <- exec.Command("podman", "stop", "-t", "15", ctProject+"_"+victim).Run() }()
+	err = c3.waitClosed(30 * time.Second)
+	closedAt := time.Now()
+	require.Equal(t, websocket.CloseGoingAway, closeCode(err), "the drained socket's close: %v", err)
+	before = c3.events(sid2)
+	checkPrefix(t, before)
+	c4 := dialLB("c4")
+	st = status(t, c4, sid2, ptr(lastSeq(before)))
+	require.Equal(t, true, st.m["recovered"], st.raw)
+	t.Logf("drain of %s: socket closed with 1001 %s after SIGTERM; resumed through nginx %s after the close; %d events before",
+		victim, closedAt.Sub(stopAt).Round(time.Millisecond), time.Since(closedAt).Round(time.Millisecond), len(before))
+	evs = c4.waitEnd(sid2, 1, 3*time.Minute)
+	sum = checkRun(t, append(append([]event(nil), before...), evs...), 1)
+	requireComplete(t, sum.completes[0], 0, true, false)
+	require.NoError(t, <-stopped, "podman stop")
+
+	// The metrics stay off the public address; each process serves its own.
+	resp, err := http.Get("http://" + base + "/metrics")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "/metrics through nginx")
+	other := ctGateways[0]
+	if victim == other {
+		other = ctGateways[1]
+	}
+	for _, target := range []string{containerIP(t, other) + ":8080", containerIP(t, "worker_1") + ":9090", containerIP(t, "worker_2") + ":9090"} {
+		m := scrape(t, "http://"+target+"/metrics")
+		var sample []string
+		for series, v := range m {
+			if strings.HasPrefix(series, "agentgate_") && !strings.Contains(series, "_bucket") && v != 0 {
+				sample = append(sample, fmt.Sprintf("%s %g", series, v))
+			}
+		}
+		slices.Sort(sample)
+		t.Logf("metrics of %s: %d series; agentgate's that are not zero:\n%s", target, len(m), strings.Join(sample, "\n"))
+	}
 }
 
 // composeDir makes the stack's network, copies deploy/compose into a
@@ -182,8 +244,14 @@ func composeDir(t *testing.T, relay string) string {
 // relayTo forwards TCP connections from listen to target until the test ends.
 func relayTo(t *testing.T, listen, target string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", listen)
-	require.NoError(t, err)
+	// The address is the network bridge's, which may appear a moment
+	// after the first container was attached.
+	var ln net.Listener
+	eventually(t, 30*time.Second, "the relay's listener on "+listen, func() bool {
+		var err error
+		ln, err = net.Listen("tcp", listen)
+		return err == nil
+	})
 	t.Cleanup(func() { _ = ln.Close() })
 	go func() {
 		for {
@@ -209,8 +277,8 @@ func relayTo(t *testing.T, listen, target string) {
 // open, from each gateway's metrics.
 func gatewayWithSocket(t *testing.T) string {
 	t.Helper()
-	re := regexp.MustCompile(`(?m)^agentgate_chat_sockets ([0-9.]+)$`)
-	for _, gw := range []string{"gateway-1", "gateway-2"} {
+	re := regexp.MustCompile(`(?m)^agentgate_sockets{endpoint="chat"} ([0-9.]+)$`)
+	for _, gw := range ctGateways {
 		resp, err := http.Get("http://" + containerIP(t, gw) + ":8080/metrics")
 		require.NoError(t, err)
 		b, _ := io.ReadAll(resp.Body)
@@ -245,10 +313,11 @@ func waitNoAardvark(t *testing.T) {
 	}
 }
 
-// containerIP is the address of a container of the stack on its network.
-func containerIP(t *testing.T, service string) string {
+// containerIP is the address of a container of the stack (gateway_1: the
+// gateway service's first replica) on its network.
+func containerIP(t *testing.T, container string) string {
 	t.Helper()
-	ip, err := exec.Command("podman", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctProject+"_"+service+"_1").Output()
+	ip, err := exec.Command("podman", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctProject+"_"+container).Output()
 	require.NoError(t, err)
 	return strings.TrimSpace(string(ip))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -430,6 +431,7 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 			}
 		}
 		status.Recovered = &recovered
+		resumes.WithLabelValues(strconv.FormatBool(recovered)).Inc()
 	}
 	c.reply(status)
 	s.hub.release(w, next, false)
@@ -439,10 +441,13 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 // waits for Redis and runs it again, until ctx ends. It returns read's last
 // error.
 func (s *Server) awaitStore(ctx context.Context, read func() error) error {
-	for {
+	for counted := false; ; counted = true {
 		err := read()
 		if !store.Unavailable(err) || ctx.Err() != nil {
 			return err
+		}
+		if !counted {
+			storeWaits.Inc()
 		}
 		if s.st.WaitAvailable(ctx) != nil {
 			return err

@@ -186,9 +186,7 @@ func (c *conn) claimClose(reason closeReason) bool {
 	if !c.closed.CompareAndSwap(false, true) {
 		return false
 	}
-	if reason == closeSlow {
-		slowCloses.Inc()
-	}
+	socketCloses.WithLabelValues(reason.String()).Inc()
 	return true
 }
 

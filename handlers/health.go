@@ -42,6 +42,7 @@ func (s *Server) httpError(err error, c echo.Context) {
 	code, msg := http.StatusInternalServerError, "internal error"
 	if store.Unavailable(err) {
 		// Retryable, and said so: the same answer as on the sockets.
+		storeWaits.Inc()
 		c.Response().Header().Set("Retry-After", "1")
 		_ = c.JSON(http.StatusServiceUnavailable, map[string]string{"error": app.StoreUnavailableError})
 		return

@@ -104,6 +104,7 @@ func (h *hub) attach(c *conn, sessionID string) (*watch, bool, error) {
 	if f == nil {
 		f = &feed{id: sessionID, watches: map[*conn]*watch{}}
 		h.feeds[sessionID] = f
+		watchedSessions.Inc()
 	}
 	w = &watch{c: c, f: f, holding: true}
 	f.mu.Lock()
@@ -185,6 +186,7 @@ func (h *hub) remove(w *watch) {
 	w.f.mu.Unlock()
 	if empty && h.feeds[w.f.id] == w.f {
 		delete(h.feeds, w.f.id)
+		watchedSessions.Dec()
 	}
 }
 

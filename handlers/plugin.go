@@ -43,12 +43,16 @@ func (p *pluginRelays) add(r *pluginRelay) {
 		p.relays = map[*pluginRelay]struct{}{}
 	}
 	p.relays[r] = struct{}{}
+	pluginMetrics.sockets.Inc()
 }
 
 func (p *pluginRelays) remove(r *pluginRelay) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.relays, r)
+	if _, ok := p.relays[r]; ok {
+		delete(p.relays, r)
+		pluginMetrics.sockets.Dec()
+	}
 }
 
 // closeAll closes every relay with 1001, as a draining gateway does with

@@ -173,6 +173,10 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
+// StopAccepting marks the gateway not ready: /readyz answers 503 and new
+// sockets are refused with 503, while open ones go on until Drain.
+func (s *Server) StopAccepting() { s.draining.Store(true) }
+
 // Drain marks the gateway not ready and closes every socket with 1001, so
 // that clients reconnect to another instance and resume there. It returns
 // once the close frames are written.
@@ -245,7 +249,7 @@ func (s *Server) newChatSockets() *melody.Melody {
 		s.mu.Lock()
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
-		openSockets.Inc()
+		chatMetrics.sockets.Inc()
 		if v, ok := ms.Get("upgraded"); ok {
 			close(v.(chan struct{}))
 		}
@@ -258,9 +262,12 @@ func (s *Server) newChatSockets() *melody.Melody {
 		delete(s.conns, c)
 		s.mu.Unlock()
 		s.hub.detachAll(c)
-		openSockets.Dec()
+		chatMetrics.sockets.Dec()
 	})
-	m.HandleSentMessage(func(ms *melody.Session, _ []byte) { connOf(ms).sent() })
+	m.HandleSentMessage(func(ms *melody.Session, frame []byte) {
+		connOf(ms).sent()
+		chatMetrics.wrote(frame)
+	})
 	m.HandleMessage(s.onChatMessage)
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
 		if c := connOf(ms); c.admit(1) {

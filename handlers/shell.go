@@ -133,6 +133,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 		s.shells.mu.Lock()
 		s.shells.socks[sock] = struct{}{}
 		s.shells.mu.Unlock()
+		shellMetrics.sockets.Inc()
 		if v, ok := ms.Get("upgraded"); ok {
 			close(v.(chan struct{}))
 		}
@@ -145,10 +146,12 @@ func (s *Server) newShellSockets() *melody.Melody {
 		delete(s.shells.socks, sock)
 		s.shells.mu.Unlock()
 		s.shells.detachSocket(sock)
+		shellMetrics.sockets.Dec()
 	})
 	m.HandleSentMessage(func(ms *melody.Session, frame []byte) {
 		sock := shellSocketOf(ms)
 		sock.c.sent()
+		shellMetrics.wrote(frame)
 		if seq, ok := frameSeq(frame); ok && !sock.clientAcks.Load() {
 			s.shells.written(sock, seq)
 		}
@@ -319,6 +322,7 @@ func (h *shellHub) attach(ctx context.Context, sock *shellSocket, key string, ge
 	if f == nil {
 		f = &shellFeed{key: key, watches: map[*shellWatch]struct{}{}}
 		h.feeds[key] = f
+		watchedTerminals.Inc()
 	}
 	w := &shellWatch{sock: sock, f: f, next: from, catching: true, quietTrim: quiet}
 	f.mu.Lock()
@@ -477,6 +481,7 @@ func (h *shellHub) removeWatch(w *shellWatch, subscribed bool) {
 	delete(f.watches, w)
 	if len(f.watches) == 0 && h.feeds[f.key] == f {
 		delete(h.feeds, f.key)
+		watchedTerminals.Dec()
 	}
 	gen := w.gen
 	f.mu.Unlock()
@@ -763,8 +768,16 @@ func (h *shellHub) sendAcks(f *shellFeed) {
 			// The worker reads on after its stall timeout; nothing is lost.
 			h.log.Debug("ack terminal output", "shell", f.key, "err", err)
 		}
+		// One ack per ackInterval at most: each is a Redis round trip for
+		// the gateway and the worker, and the window is far larger than
+		// what a terminal prints in this time.
+		time.Sleep(ackInterval)
 	}
 }
+
+// ackInterval spaces a terminal's acks: at 20 MB/s, 5 ms is 100 KB, well
+// within the worker's window (workers/shellflow.go).
+const ackInterval = 5 * time.Millisecond
 
 // frameSeq reads the seq of an output frame (outputFrame puts it last); a
 // notice or another frame has none.
@@ -777,10 +790,16 @@ func frameSeq(frame []byte) (int64, bool) {
 	return n, err == nil
 }
 
-// outputFrame encodes an output frame with its seq.
+// outputFrame encodes an output frame with its seq, as
+// json.Marshal(app.ShellOutput{…}) does but without its reflection and
+// HTML escaping: terminal output is the gateway's largest per-byte cost.
 func outputFrame(seq int64, data string) []byte {
-	b, _ := json.Marshal(app.ShellOutput{Type: "output", Data: data, Seq: &seq})
-	return b
+	b := make([]byte, 0, len(data)+len(data)/16+48)
+	b = append(b, `{"type":"output","data":`...)
+	b = appendJSONString(b, data)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendInt(b, seq, 10)
+	return append(b, '}')
 }
 
 // run refreshes the watch time of every terminal with a socket here, so

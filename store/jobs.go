@@ -103,3 +103,19 @@ func decodeJob(m redis.XMessage) JobEntry {
 	e.Job.RunID, _ = m.Values["run"].(string)
 	return e
 }
+
+// JobsWaiting is how many accepted runs no worker has read yet: the lag of
+// the workers' group on the jobs stream (Redis 7 reports it; -1 when the
+// server does not).
+func (s *Store) JobsWaiting(ctx context.Context) (int64, error) {
+	groups, err := s.rdb.XInfoGroups(ctx, s.k.jobs()).Result()
+	if err != nil {
+		return 0, fmt.Errorf("store: read the jobs group: %w", err)
+	}
+	for _, g := range groups {
+		if g.Name == JobsGroup {
+			return g.Lag, nil
+		}
+	}
+	return 0, nil
+}

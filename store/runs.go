@@ -194,8 +194,17 @@ func (s *Store) staleRuns(ctx context.Context, ids []string) ([]int64, error) {
 // returns the seq of the last event, or app.ErrStaleRun when the run is no
 // longer the session's current running run, in which case nothing changed.
 func (s *Store) Append(ctx context.Context, run RunRef, events []app.Event, set map[string]string) (int64, error) {
-	args := make([]any, 0, 5+2*len(events)+2*len(set))
-	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), len(events), s.floors.get(run.SessionID))
+	return s.AppendBatch(ctx, run, 0, events, set)
+}
+
+// AppendBatch is Append for a writer that numbers its appends to a run
+// from 1 (batch): a batch the session already took is not taken again, so a
+// call retried after its reply was lost (a timeout, a dropped connection, a
+// Redis that went down after the write) repeats no event. It then returns
+// the session's last seq. Batch 0 is Append, unnumbered.
+func (s *Store) AppendBatch(ctx context.Context, run RunRef, batch int64, events []app.Event, set map[string]string) (int64, error) {
+	args := make([]any, 0, 6+2*len(events)+2*len(set))
+	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), len(events), s.floors.get(run.SessionID), batch)
 	for _, ev := range events {
 		body, err := s.eventBody(run.SessionID, run.Provider, ev)
 		if err != nil {

@@ -222,8 +222,16 @@ var ErrStaleShell = errors.New("terminal generation replaced")
 // ShellAppend appends output chunks of a terminal generation and publishes
 // them, in one script call (shell_append.lua). It returns the last seq.
 func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks []string) (int64, error) {
-	args := make([]any, 0, 4+len(chunks))
-	args = append(args, gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes)
+	return s.ShellAppendBatch(ctx, key, gen, 0, chunks)
+}
+
+// ShellAppendBatch is ShellAppend for a writer that numbers its appends to
+// a generation from 1: a batch already taken (the call retried after its
+// reply was lost) is not taken again, and the terminal's last seq is
+// returned. Batch 0 is ShellAppend, unnumbered.
+func (s *Store) ShellAppendBatch(ctx context.Context, key string, gen, batch int64, chunks []string) (int64, error) {
+	args := make([]any, 0, 5+len(chunks))
+	args = append(args, gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes, batch)
 	for _, c := range chunks {
 		args = append(args, c)
 	}

@@ -105,6 +105,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.rdb, s.cluster = rdb, cluster
+	s.rdb.AddHook(metricsHook{})
 	if cluster != nil {
 		s.sc = shardedScripts
 		s.floors.on = true

@@ -193,6 +193,7 @@ func (r *Reaper) reap(ctx context.Context, ref store.RunRef, reason, msg string)
 	_, err := r.cfg.Store.Complete(ctx, ref, app.Outcome{ExitCode: 1, Reason: reason}, app.ErrorRow(msg))
 	switch {
 	case err == nil:
+		reaperActions.WithLabelValues(reason).Inc()
 		r.log.Info("reaped run", "session", ref.SessionID, "run", ref.RunID, "reason", reason)
 	case errors.Is(err, app.ErrStaleRun):
 	default:

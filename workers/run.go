@@ -82,6 +82,15 @@ type run struct {
 	// storeWait is set while an append waits for Redis to come back.
 	storeWait atomic.Bool
 
+	// batches numbers the appends (pump goroutine), so that an append
+	// retried after a lost reply is not taken twice.
+	batches int64
+
+	// accepted is when a gateway queued the run (zero if unknown);
+	// sawLine is set at the CLI's first output line (pump goroutine).
+	accepted time.Time
+	sawLine  bool
+
 	mu      sync.Mutex
 	proc    *process
 	stopped stopReason
@@ -150,8 +159,17 @@ func (r *run) stopReason() stopReason {
 // execute runs the provider to its end and records the run's single
 // complete. It returns when the process group is gone.
 func (r *run) execute() {
+	provider := providerLabel(r.job.Provider)
+	runsRunning.WithLabelValues(provider).Inc()
+	start := time.Now()
 	outcome, final := r.runProvider()
-	switch r.stopReason() {
+	reason := r.stopReason()
+	defer func() {
+		runsRunning.WithLabelValues(provider).Dec()
+		runsFinished.WithLabelValues(provider, outcomeLabel(reason, outcome)).Inc()
+		runSeconds.WithLabelValues(provider).Observe(time.Since(start).Seconds())
+	}()
+	switch reason {
 	case stopShutdown:
 		outcome = app.Outcome{ExitCode: 1, Reason: app.ReasonWorkerShutdown}
 		final = append(final, app.ErrorRow("The worker running this session shut down before the run finished."))
@@ -358,6 +376,12 @@ func (r *run) pump(out io.Reader, parser Parser) {
 		if errors.Is(err, errLineTooLong) {
 			batch = append(batch, app.ErrorRow(fmt.Sprintf("An output line longer than %d MiB was dropped.", maxLineBytes>>20)))
 		} else if len(line) > 0 {
+			if !r.sawLine {
+				r.sawLine = true
+				if !r.accepted.IsZero() {
+					firstLineSeconds.WithLabelValues(providerLabel(r.job.Provider)).Observe(time.Since(r.accepted).Seconds())
+				}
+			}
 			o := parseLine(parser, line)
 			batch = append(batch, o.Events...)
 			for k, v := range o.Set {
@@ -433,9 +457,10 @@ func (r *run) flush(events []app.Event, set map[string]string) {
 	// with it, once its output pipe is full): the run goes on when Redis
 	// is back, unless that takes longer than outageTolerance.
 	giveUp := time.Now().Add(outageTolerance)
+	r.batches++
 	for attempt := 0; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-		_, err := r.w.st.Append(ctx, r.ref, events, set)
+		_, err := r.w.st.AppendBatch(ctx, r.ref, r.batches, events, set)
 		cancel()
 		if err == nil {
 			return

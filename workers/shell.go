@@ -30,6 +30,11 @@ const DefaultShellDetachTimeout = 30 * time.Minute
 const (
 	// shellChunkMax bounds one stored output chunk (a stream entry).
 	shellChunkMax = 32 << 10
+	// shellCoalesceFrom is the size of output that counts as a flood:
+	// after an append this large, the next one waits shellCoalesce for
+	// more output to join it when it has at least this much already.
+	shellCoalesceFrom = 2 << 10
+	shellCoalesce     = 2 * time.Millisecond
 	// shellBatchMax bounds the output one script call appends.
 	shellBatchMax = 8 * shellChunkMax
 	// shellPendingMax bounds the output read from the PTY and not yet in
@@ -82,6 +87,9 @@ type shell struct {
 	stopped  chan struct{} // closed when the terminal ends
 
 	flow *shellFlow
+	// batches numbers the output appends (flushLoop), so that one that
+	// go-redis resends after a lost reply is not stored twice.
+	batches int64
 
 	urls urlDetector
 }
@@ -231,9 +239,11 @@ func (w *Worker) openShell(c store.Control) {
 	w.shells.m[c.Shell] = sh
 	w.shells.wg.Add(1)
 	w.shells.mu.Unlock()
+	terminalsOpen.Inc()
 	log.Info("terminal started", "pid", p.cmd.Process.Pid, "owner", spec.Owner, "dir", dir)
 	go func() {
 		defer w.shells.wg.Done()
+		defer terminalsOpen.Dec()
 		sh.run()
 		w.shells.mu.Lock()
 		if w.shells.m[sh.key] == sh {
@@ -301,6 +311,7 @@ func (sh *shell) readLoop() {
 		sh.flow.wait(pending, sh.p.exited)
 		n, err := sh.p.f.Read(buf)
 		if n > 0 {
+			ptyOut.Add(float64(n))
 			sh.outMu.Lock()
 			for len(sh.pending) >= shellPendingMax {
 				sh.outCond.Wait()
@@ -326,7 +337,8 @@ func (sh *shell) readLoop() {
 // a keystroke's echo is sent at once and a flood is sent in large chunks.
 // Runs in its own goroutine.
 func (sh *shell) flushLoop() {
-	var carry []byte // an incomplete UTF-8 sequence at the end of a batch
+	var carry []byte  // an incomplete UTF-8 sequence at the end of a batch
+	flooding := false // the last append was bulk output
 	for {
 		sh.outMu.Lock()
 		for len(sh.pending) == 0 && !sh.readDone {
@@ -335,6 +347,15 @@ func (sh *shell) flushLoop() {
 		if len(sh.pending) == 0 {
 			sh.outMu.Unlock()
 			break
+		}
+		if flooding && len(sh.pending) >= shellCoalesceFrom && len(sh.pending) < shellChunkMax && !sh.readDone {
+			// A flood goes on: let a few more PTY reads join this append,
+			// so it costs one script call, one message and one frame per
+			// ~32 KiB rather than per 4 KiB read. An echo or a prompt
+			// (small output) is never held.
+			sh.outMu.Unlock()
+			time.Sleep(shellCoalesce)
+			sh.outMu.Lock()
 		}
 		var data []byte
 		if len(sh.pending) <= shellBatchMax {
@@ -355,6 +376,7 @@ func (sh *shell) flushLoop() {
 		chunks, rest := splitChunks(buf, last)
 		carry = append([]byte(nil), rest...)
 		sh.append(chunks)
+		flooding = len(data) >= shellCoalesceFrom
 
 		sh.outMu.Lock()
 		if cap(data) <= 2*shellBatchMax {
@@ -374,7 +396,8 @@ func (sh *shell) append(chunks []string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	last, err := sh.w.st.ShellAppend(ctx, sh.key, sh.gen, chunks)
+	sh.batches++
+	last, err := sh.w.st.ShellAppendBatch(ctx, sh.key, sh.gen, sh.batches, chunks)
 	if err == nil {
 		sizes := make([]int, len(chunks))
 		for i, c := range chunks {
@@ -471,6 +494,7 @@ func (sh *shell) inputLoop() {
 		sh.inMu.Unlock()
 		for _, op := range ops {
 			if op.data != nil {
+				ptyIn.Add(float64(len(op.data)))
 				if _, err := sh.p.f.Write(op.data); err != nil {
 					sh.log.Debug("write to terminal", "err", err)
 				}

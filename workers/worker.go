@@ -284,6 +284,7 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 		return
 	}
 	r := newRun(w, job)
+	r.accepted, _ = streamIDTime(e.StreamID)
 	w.mu.Lock()
 	w.runs[job.SessionID] = r
 	w.mu.Unlock()
@@ -377,6 +378,9 @@ func (w *Worker) beat(ctx context.Context) error {
 	w.mu.Lock()
 	n := len(w.runs)
 	w.mu.Unlock()
+	if waiting, err := w.st.JobsWaiting(ctx); err == nil && waiting >= 0 {
+		jobsWaiting.Set(float64(waiting))
+	}
 	return w.st.Heartbeat(ctx, store.WorkerInfo{ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n}, w.cfg.HeartbeatTTL)
 }
 

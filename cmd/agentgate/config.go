@@ -42,6 +42,9 @@ type config struct {
 	MaxFrameRate      int
 	PublicHosts       string
 	DrainTimeout      time.Duration
+	DrainGrace        time.Duration
+	MetricsListen     string
+	CPUProfile        string
 	ShellDetach       time.Duration
 	PermissionTimeout time.Duration
 	WatchInterval     time.Duration
@@ -82,6 +85,9 @@ var options = []option{
 	{"retention", "AGENTGATE_RETENTION", "7d", "how long the event stream of a finished session is kept", durationSetter(func(c *config) *time.Duration { return &c.Retention })},
 	{"heartbeat-interval", "AGENTGATE_HEARTBEAT_INTERVAL", "2s", "how often a worker refreshes its heartbeat", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatInterval })},
 	{"heartbeat-ttl", "AGENTGATE_HEARTBEAT_TTL", "10s", "a worker silent this long is dead and its runs are reaped", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatTTL })},
+	{"drain-grace", "AGENTGATE_DRAIN_GRACE", "0", "on shutdown, how long a gateway answers /readyz with 503 and refuses new sockets before it closes its sockets with 1001 (time for a load balancer to stop routing to it; 0: close at once)", durationOrOffSetter(func(c *config) *time.Duration { return &c.DrainGrace })},
+	{"metrics-listen", "AGENTGATE_METRICS_LISTEN", "", "address a worker serves /metrics and /healthz on (a gateway serves them on --listen; empty: none)", func(c *config, v string) error { c.MetricsListen = v; return nil }},
+	{"cpu-profile", "AGENTGATE_CPU_PROFILE", "", "write a CPU profile (go tool pprof) of the process to this file until it stops (for benchmarks)", func(c *config, v string) error { c.CPUProfile = v; return nil }},
 	{"drain-timeout", "AGENTGATE_DRAIN_TIMEOUT", "10s", "on shutdown, how long runs may finish before they are killed", durationSetter(func(c *config) *time.Duration { return &c.DrainTimeout })},
 	{"permission-timeout", "AGENTGATE_PERMISSION_TIMEOUT", "55s", "how long a tool waits for the user's answer before it is denied (never for AskUserQuestion and ExitPlanMode)", durationSetter(func(c *config) *time.Duration { return &c.PermissionTimeout })},
 	{"watch-interval", "AGENTGATE_WATCH_INTERVAL", "3s", "how often a worker polls the providers' session folders for sessions_updated (0 turns it off)", durationOrOffSetter(func(c *config) *time.Duration { return &c.WatchInterval })},

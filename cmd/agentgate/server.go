@@ -12,9 +12,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"runtime/pprof"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
 
 	"github.com/agentgate/agentgate/app"
@@ -43,6 +46,13 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		return err
 	}
 	log := c.logger(stderr).With("role", mode)
+	if c.CPUProfile != "" {
+		stop, err := startCPUProfile(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	runsGateway, runsWorker := mode != "worker", mode != "gateway"
 	if runsWorker && c.accounts() != nil {
 		if err := checkIsolation(fs, c); err != nil {
@@ -135,6 +145,14 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		close(workerDone)
 	}
 
+	if c.MetricsListen != "" {
+		metricsServer, err := serveMetrics(c.MetricsListen, log)
+		if err != nil {
+			return err
+		}
+		defer metricsServer.Close()
+	}
+
 	var gateway *handlers.Server
 	var httpServer *http.Server
 	if runsGateway {
@@ -188,6 +206,13 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	}
 	log.Info("shutting down")
 	if gateway != nil {
+		if c.DrainGrace > 0 && runErr == nil {
+			// Unready first: the load balancer stops sending new sockets
+			// here while the open ones still stream.
+			gateway.StopAccepting()
+			log.Info("draining: /readyz answers 503; sockets close after the grace", "grace", c.DrainGrace)
+			time.Sleep(c.DrainGrace)
+		}
 		gateway.Drain()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = httpServer.Shutdown(shutdownCtx)
@@ -198,6 +223,41 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	stopBackground()
 	wg.Wait()
 	return runErr
+}
+
+// startCPUProfile profiles the process into path until the returned
+// function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// serveMetrics serves the process's Prometheus metrics and a liveness
+// check on addr (--metrics-listen), for a worker, which has no other
+// listener.
+func serveMetrics(addr string, log *slog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (--metrics-listen): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	srv, limited := gatewayHTTP(mux, ln, 64, gatewayTimeouts, log)
+	go func() {
+		if err := srv.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	return srv, nil
 }
 
 // httpTimeouts are the deadlines of the gateway's HTTP connections.

@@ -161,28 +161,7 @@ func TestLimitOptions(t *testing.T) {
 	}
 	t.Setenv("AGENTGATE_WORKSPACES", t.TempDir())
 	t.Setenv("AGENTGATE_MAX_SOCKETS_PER_USER", "1")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	outR, outW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"serve", "--listen", addr}, outW, io.Discard)
-		outW.Close()
-	}()
-	sc := bufio.NewScanner(outR)
-	var wsURL string
-	for sc.Scan() {
-		if _, u, ok := strings.Cut(sc.Text(), "WebSocket clients: "); ok {
-			wsURL, _, _ = strings.Cut(u, " ")
-			break
-		}
-	}
-	go func() { _, _ = io.Copy(io.Discard, outR) }()
-	require.NotEmpty(t, wsURL)
+	wsURL, _, cancel, done := startServe(t)
 	first, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
 	require.NoError(t, err)
 	defer first.Close()
@@ -192,5 +171,90 @@ func TestLimitOptions(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	require.Contains(t, string(body), "at most 1 per gateway")
 
+	stopServe(t, cancel, done)
+}
+
+// startServe runs `agentgate serve` in-process on a free port with extra
+// arguments and returns its login WebSocket URL, its address, and what
+// stopServe needs.
+func startServe(t *testing.T, args ...string) (wsURL, addr string, cancel context.CancelFunc, done chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr = ln.Addr().String()
+	require.NoError(t, ln.Close())
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	outR, outW := io.Pipe()
+	done = make(chan error, 1)
+	go func() {
+		done <- run(ctx, append([]string{"serve", "--listen", addr}, args...), outW, io.Discard)
+		outW.Close()
+	}()
+	sc := bufio.NewScanner(outR)
+	for sc.Scan() {
+		if _, u, ok := strings.Cut(sc.Text(), "WebSocket clients: "); ok {
+			wsURL, _, _ = strings.Cut(u, " ")
+			break
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, outR) }()
+	require.NotEmpty(t, wsURL)
+	return wsURL, addr, cancel, done
+}
+
+// TestDrainGrace: with --drain-grace, a gateway told to stop first answers
+// /readyz with 503 and refuses new sockets with 503 while its open sockets
+// still work, and only then closes them with 1001. The worker's
+// --metrics-listen serves /metrics meanwhile.
+func TestDrainGrace(t *testing.T) {
+	for _, env := range []string{"AGENTGATE_REDIS_URL", "AGENTGATE_JWT_SECRET", "AGENTGATE_LISTEN"} {
+		t.Setenv(env, "")
+	}
+	t.Setenv("AGENTGATE_WORKSPACES", t.TempDir())
+	metricsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	metricsAddr := metricsLn.Addr().String()
+	require.NoError(t, metricsLn.Close())
+	wsURL, addr, cancel, done := startServe(t, "--drain-grace", "3s", "--metrics-listen", metricsAddr)
+
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, string(body), `agentgate_sockets{endpoint="chat"} 0`)
+
+	ws, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	require.NoError(t, err)
+	defer ws.Close()
+	cancel()
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, 10*time.Second, 20*time.Millisecond, "/readyz turns 503 during the grace")
+	_, resp, err = websocket.DefaultDialer.Dial(wsURL, nil)
+	require.Error(t, err, "a new socket during the grace")
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+
+	// The open socket is still served: a request gets its answer.
+	require.NoError(t, ws.WriteJSON(map[string]any{"type": "check-session-status", "sessionId": "s-none"}))
+	var reply map[string]any
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(20*time.Second)))
+	require.NoError(t, ws.ReadJSON(&reply), "the answer during the grace")
+	require.Equal(t, "session-status", reply["type"])
+
+	for {
+		if _, _, err = ws.ReadMessage(); err != nil {
+			break
+		}
+	}
+	var ce *websocket.CloseError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, websocket.CloseGoingAway, ce.Code)
 	stopServe(t, cancel, done)
 }

@@ -14,7 +14,8 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/containers.conf}
 say() { printf 'base-images: %s\n' "$*" >&2; }
 have() { podman image exists "$1"; }
-build() { podman build --pull=never -q "$@" >/dev/null; }
+# A build that fails (a mirror that drops a download) is tried once more.
+build() { podman build --pull=never -q "$@" >/dev/null || { say "retrying: podman build $*"; podman build --pull=never -q "$@" >/dev/null; }; }
 
 mkdir -p "$CACHE"
 tarball=$CACHE/bookworm-minbase.tar

@@ -12,17 +12,28 @@
 -- KEYS[1] shell hash   KEYS[2] output stream   KEYS[3] chunk sizes list
 -- ARGV[1] generation   ARGV[2] stream MAXLEN   ARGV[3] pub/sub channel
 -- ARGV[4] byte budget of the stream
--- ARGV[5 ..] chunks
+-- ARGV[5] batch: the worker's number of this append in the generation (1,
+--         2, …), or 0 for none; one not above the hash's appendBatch was
+--         taken already (a retry after a lost reply) and changes nothing
+-- ARGV[6 ..] chunks
 --
--- Returns the seq of the last chunk, or -1 for a stale generation.
+-- Returns the seq of the last chunk (the terminal's, for a repeated
+-- batch), or -1 for a stale generation.
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'gen', 'seq', 'outBytes')
+local cur = redis.call('HMGET', hash, 'gen', 'seq', 'outBytes', 'appendBatch')
 if cur[1] ~= ARGV[1] then
   return -1
 end
 local seq = tonumber(cur[2] or '0')
 local bytes = tonumber(cur[3] or '0')
-for i = 5, #ARGV do
+local batch = tonumber(ARGV[5]) or 0
+if batch > 0 then
+  if tonumber(cur[4] or '0') >= batch then
+    return seq
+  end
+  redis.call('HSET', hash, 'appendBatch', ARGV[5])
+end
+for i = 6, #ARGV do
   seq = seq + 1
   local s = string.format('%d', seq)
   redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'data', ARGV[i])

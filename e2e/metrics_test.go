@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/internal/mockanthropic"
+)
+
+// TestMetrics: after one run through a gateway and a worker process, each
+// one's /metrics (the worker's on --metrics-listen) counts what happened:
+// the socket, the run by provider and outcome, its first output, the frames
+// written and the Redis round trips.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "", mockanthropic.Turn{When: "count me", Text: "Counted"})
+	gw := cl.startGateway("gw")
+	metricsAddr := freeAddr(t)
+	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_METRICS_LISTEN="+metricsAddr), "worker")
+	cl.waitWorker(w)
+	c := cl.dial(gw, "alice")
+	sid := accept(t, cl, c, "count me", "", "r1")
+	evs := c.waitEnd(sid, 1, 60*time.Second)
+	sum := checkRun(t, evs, 1)
+	requireComplete(t, sum.completes[0], 0, true, false)
+
+	g := scrape(t, "http://"+gw.addr+"/metrics")
+	require.Equal(t, 1.0, g.value(`agentgate_sockets{endpoint="chat"}`))
+	require.Equal(t, 1.0, g.value(`agentgate_runs_accepted_total{provider="claude"}`))
+	require.Equal(t, 1.0, g.value(`agentgate_watched_sessions`))
+	require.GreaterOrEqual(t, g.value(`agentgate_frames_out_total{endpoint="chat"}`), float64(len(evs)))
+	require.Greater(t, g.value(`agentgate_bytes_out_total{endpoint="chat"}`), 0.0)
+	require.Greater(t, g.value(`agentgate_redis_command_seconds_count{command="evalsha"}`), 0.0, "the accept script")
+
+	// The worker's counters are written after the complete it appended:
+	// poll rather than assume the order.
+	var m metrics
+	eventually(t, 10*time.Second, "the worker to count the run", func() bool {
+		m = scrape(t, "http://"+metricsAddr+"/metrics")
+		return m.value(`agentgate_runs_finished_total{outcome="success",provider="claude"}`) == 1
+	})
+	require.Equal(t, 0.0, m.value(`agentgate_runs_running{provider="claude"}`))
+	require.Equal(t, 1.0, m.value(`agentgate_run_first_output_seconds_count{provider="claude"}`))
+	require.Equal(t, 1.0, m.value(`agentgate_run_duration_seconds_count{provider="claude"}`))
+	require.Greater(t, m.value(`agentgate_redis_command_seconds_count{command="evalsha"}`), 0.0, "the append and complete scripts")
+	eventually(t, 10*time.Second, "a heartbeat to read the jobs stream's lag", func() bool {
+		return scrape(t, "http://"+metricsAddr+"/metrics").has(`agentgate_jobs_waiting`)
+	})
+	require.Equal(t, 0.0, scrape(t, "http://"+metricsAddr+"/metrics").value(`agentgate_jobs_waiting`))
+}
+
+// metrics is a scraped Prometheus text exposition, by series.
+type metrics map[string]float64
+
+var sampleLine = regexp.MustCompile(`(?m)^([a-z_]+(?:\{[^}]*\})?) (\S+)$`)
+
+func scrape(t *testing.T, url string) metrics {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	m := metrics{}
+	for _, s := range sampleLine.FindAllSubmatch(b, -1) {
+		v, err := strconv.ParseFloat(string(s[2]), 64)
+		require.NoError(t, err, "%s", s[0])
+		m[string(s[1])] = v
+	}
+	return m
+}
+
+func (m metrics) has(series string) bool { _, ok := m[series]; return ok }
+
+func (m metrics) value(series string) float64 {
+	v, ok := m[series]
+	if !ok {
+		return -1
+	}
+	return v
+}
