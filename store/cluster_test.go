@@ -331,3 +331,48 @@ func TestSubscriberOneConnectionPerMaster(t *testing.T) {
 		return total == 3
 	}, 10*time.Second, 20*time.Millisecond)
 }
+
+// TestClusterLostCompleteWrittenAgain plays a failover that lost a run's
+// complete (the replica had not received it): the session reads as running
+// that run again, with a worker that no longer runs it. The process that
+// wrote the complete checks it once and writes it again, past the seqs
+// clients had, so the run still ends exactly once in the stream. A complete
+// that survived is not written twice.
+func TestClusterLostCompleteWrittenAgain(t *testing.T) {
+	url := storetest.Start(t, storetest.ClusterBackend)
+	st := storetest.New(t, url)
+	ctx := context.Background()
+	lost, kept := newSession("alice"), newSession("alice")
+	res := accept(t, st, lost, true)
+	run := store.RunRef{SessionID: lost.ID, RunID: res.RunID, Provider: app.Claude}
+	_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "a")}, nil)
+	require.NoError(t, err)
+	done, err := st.Complete(ctx, run, app.Outcome{})
+	require.NoError(t, err)
+	require.Equal(t, int64(5), done.Seq)
+	resKept := accept(t, st, kept, true)
+	_, err = st.Complete(ctx, store.RunRef{SessionID: kept.ID, RunID: resKept.RunID, Provider: app.Claude}, app.Outcome{})
+	require.NoError(t, err)
+
+	raw := redisClient(t, url)
+	require.NoError(t, raw.HSet(ctx, sessionKey(st, lost.ID), "state", "running", "lastSeq", 3).Err())
+	require.NoError(t, raw.XDel(ctx, sessionKey(st, lost.ID)+":events", "4-0", "5-0").Err())
+
+	n, err := st.RecheckCompletes(ctx, 0)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the lost complete only")
+	got, err := st.Session(ctx, lost.ID)
+	require.NoError(t, err)
+	require.Equal(t, app.StateCompleted, got.State)
+	evs, err := st.Events(ctx, lost.ID, 0, 100)
+	require.NoError(t, err)
+	var seqs []int64
+	for _, e := range evs {
+		seqs = append(seqs, e.Seq)
+	}
+	require.Equal(t, []int64{1, 2, 3, 6, 7}, seqs, "seqs 4 and 5 were the lost complete's: not reused")
+	require.Equal(t, []string{"session-state-changed", "session_created", "text", "session-state-changed", "complete"}, kinds(evs))
+	n, err = st.RecheckCompletes(ctx, 0)
+	require.NoError(t, err)
+	require.Zero(t, n, "checked once")
+}
