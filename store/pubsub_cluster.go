@@ -86,7 +86,7 @@ func (sub *Subscriber) startShardLocked(sh *shard) {
 // shardFailed closes a shard whose connection broke and moves its
 // channels to the masters that own them now. Runs in the shard's goroutine.
 func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
-	_ = sh.ps.Close()
+	// Out of the map first, so that no Subscribe picks it meanwhile.
 	sub.mu.Lock()
 	if sub.shards[sh.addr] == sh {
 		delete(sub.shards, sh.addr)
@@ -99,6 +99,7 @@ func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
 		}
 	}
 	sub.mu.Unlock()
+	_ = sh.ps.Close()
 	sub.moveChannels(ctx, moved)
 }
 
