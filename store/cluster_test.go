@@ -376,3 +376,22 @@ func TestClusterLostCompleteWrittenAgain(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, n, "checked once")
 }
+
+// TestClusterWithPassword: a cluster whose nodes require a password is
+// detected and used from one node's URL or the ?addr= form, the password in
+// the URL; without it, the store refuses to start.
+func TestClusterWithPassword(t *testing.T) {
+	password := app.NewID()
+	c := storetest.StartClusterWithPassword(t, password)
+	for _, url := range []string{c.Seed, c.URL} {
+		st := storetest.New(t, url)
+		require.True(t, st.Cluster(), url)
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		done, err := st.Complete(context.Background(), store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, app.Outcome{})
+		require.NoError(t, err)
+		require.Equal(t, int64(4), done.Seq)
+	}
+	_, err := store.New(context.Background(), store.Config{URL: strings.Replace(c.Seed, ":"+password+"@", "", 1)})
+	require.Error(t, err)
+}

@@ -26,7 +26,8 @@ type Cluster struct {
 	// out by itself that it is a cluster.
 	Seed string
 
-	cleanup func()
+	password string
+	cleanup  func()
 }
 
 // clusterNodeTimeout is cluster-node-timeout in ms: a master that stops
@@ -41,8 +42,15 @@ const clusterSize = 6
 // by its PID) when the test ends.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
+	return StartClusterWithPassword(t, "")
+}
+
+// StartClusterWithPassword is StartCluster for a cluster whose nodes
+// require password (of clients and of each other); its URLs carry it.
+func StartClusterWithPassword(t testing.TB, password string) *Cluster {
+	t.Helper()
 	bin := RequireRedisServer(t)
-	c, err := startCluster(bin, t.TempDir)
+	c, err := startCluster(bin, t.TempDir, password)
 	if err != nil {
 		t.Fatalf("start Redis Cluster: %v", err)
 	}
@@ -75,7 +83,7 @@ func SharedCluster(t testing.TB) *Cluster {
 			d := filepath.Join(dir, fmt.Sprint(n))
 			_ = os.Mkdir(d, 0o700)
 			return d
-		})
+		}, "")
 		if err != nil {
 			t.Fatalf("start Redis Cluster: %v", err)
 		}
@@ -102,10 +110,10 @@ func RunMain(m *testing.M) int {
 	return m.Run()
 }
 
-func startCluster(bin string, tempDir func() string) (*Cluster, error) {
+func startCluster(bin string, tempDir func() string, password string) (*Cluster, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		c, err := tryCluster(bin, tempDir)
+		c, err := tryCluster(bin, tempDir, password)
 		if err == nil {
 			return c, nil
 		}
@@ -114,15 +122,19 @@ func startCluster(bin string, tempDir func() string) (*Cluster, error) {
 	return nil, lastErr
 }
 
-func tryCluster(bin string, tempDir func() string) (*Cluster, error) {
-	c := &Cluster{}
+func tryCluster(bin string, tempDir func() string, password string) (*Cluster, error) {
+	c := &Cluster{password: password}
 	for i := 0; i < clusterSize; i++ {
 		dir := tempDir()
-		srv, err := startServer(bin, dir, Options{Config: []string{
+		conf := []string{
 			"cluster-enabled yes",
 			"cluster-config-file " + filepath.Join(dir, "nodes.conf"),
 			fmt.Sprintf("cluster-node-timeout %d", clusterNodeTimeout),
-		}})
+		}
+		if password != "" {
+			conf = append(conf, "masterauth "+password)
+		}
+		srv, err := startServer(bin, dir, Options{Password: password, Config: conf})
 		if err != nil {
 			c.Stop()
 			return nil, err
@@ -140,7 +152,12 @@ func tryCluster(bin string, tempDir func() string) (*Cluster, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+	create := exec.CommandContext(ctx, cli, args...)
+	if password != "" {
+		// From the environment, not the command line every account reads.
+		create.Env = append(os.Environ(), "REDISCLI_AUTH="+password)
+	}
+	if out, err := create.CombinedOutput(); err != nil {
 		c.Stop()
 		return nil, fmt.Errorf("redis-cli --cluster create: %w: %s", err, out)
 	}
@@ -152,8 +169,12 @@ func tryCluster(bin string, tempDir func() string) (*Cluster, error) {
 	for _, n := range c.Nodes[1:] {
 		addrs = append(addrs, "addr="+n.Addr)
 	}
-	c.URL = "redis://" + c.Nodes[0].Addr + "?" + strings.Join(addrs, "&")
-	c.Seed = "redis://" + c.Nodes[0].Addr
+	auth := ""
+	if password != "" {
+		auth = ":" + password + "@"
+	}
+	c.URL = "redis://" + auth + c.Nodes[0].Addr + "?" + strings.Join(addrs, "&")
+	c.Seed = "redis://" + auth + c.Nodes[0].Addr
 	return c, nil
 }
 
@@ -178,7 +199,7 @@ func (c *Cluster) healthy(ctx context.Context) (bool, string) {
 		if !n.Running() {
 			continue
 		}
-		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: c.password, MaxRetries: -1})
 		info, err := rdb.ClusterInfo(ctx).Result()
 		if err != nil {
 			_ = rdb.Close()
@@ -221,7 +242,7 @@ func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
 		if !n.Running() {
 			continue
 		}
-		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: c.password, MaxRetries: -1})
 		slot, err := rdb.ClusterKeySlot(ctx, key).Result()
 		if err != nil {
 			_ = rdb.Close()
@@ -304,7 +325,7 @@ func (c *Cluster) WaitReplicated(t testing.TB, master *Server) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rdb := redis.NewClient(&redis.Options{Addr: master.Addr, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: master.Addr, Password: c.password, MaxRetries: -1})
 	defer rdb.Close()
 	for ctx.Err() == nil {
 		info, err := rdb.Info(ctx, "replication").Result()
