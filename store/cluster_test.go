@@ -395,3 +395,46 @@ func TestClusterWithPassword(t *testing.T) {
 	_, err := store.New(context.Background(), store.Config{URL: strings.Replace(c.Seed, ":"+password+"@", "", 1)})
 	require.Error(t, err)
 }
+
+// TestSubscriberFollowsAMovedSlot: a resharding moves the slot of a
+// followed session to another master. Redis tells the subscriber
+// (sunsubscribe); it subscribes the channel on the new owner and reports a
+// resync, and the session's events arrive live from there.
+func TestSubscriberFollowsAMovedSlot(t *testing.T) {
+	c := storetest.StartCluster(t)
+	st := storetest.New(t, c.Seed)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecorder()
+	sub := st.NewSubscriber(rec.handlers())
+	go func() { _ = sub.Run(ctx) }()
+
+	sess := newSession("alice")
+	require.NoError(t, sub.Subscribe(ctx, sess.ID))
+	res := accept(t, st, sess, true)
+	run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 2 }, 5*time.Second, 5*time.Millisecond)
+
+	from := c.MasterOf(t, sessionKey(st, sess.ID))
+	var to *storetest.Server
+	for _, m := range c.Masters(t) {
+		if m != from {
+			to = m
+			break
+		}
+	}
+	c.MoveSlot(t, sessionKey(st, sess.ID), to)
+	require.Eventually(t, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.resyncs[sess.ID] >= 1
+	}, 10*time.Second, 10*time.Millisecond, "the subscriber follows the slot")
+
+	seq, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "after the move")}, nil)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), seq, "the session's keys moved with their slot")
+	require.Eventually(t, func() bool {
+		s := rec.seqs(sess.ID)
+		return len(s) > 0 && s[len(s)-1] == 3
+	}, 10*time.Second, 5*time.Millisecond, "live from the new owner")
+}

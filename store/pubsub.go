@@ -119,6 +119,11 @@ func (sub *Subscriber) receive(ctx context.Context, ps *redis.PubSub, sh *shard)
 				_ = ps.Ping(ctx)
 				continue
 			}
+			if sh != nil && isMoved(err) {
+				// The answer to the SUNSUBSCRIBE of a channel whose slot
+				// moved away (shardDropped): this connection is fine.
+				continue
+			}
 			sub.s.log.Warn("pub/sub receive", "err", err)
 			if sh != nil {
 				sub.shardFailed(ctx, sh)

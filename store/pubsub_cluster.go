@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -100,7 +102,7 @@ func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
 	}
 	sub.mu.Unlock()
 	_ = sh.ps.Close()
-	sub.moveChannels(ctx, moved)
+	sub.moveChannels(ctx, moved, "")
 }
 
 // shardDropped handles an sunsubscribe Redis sent on its own: the slot of
@@ -121,19 +123,29 @@ func (sub *Subscriber) shardDropped(sh *shard, channel string) {
 	sub.wg.Add(1)
 	go func() {
 		defer sub.wg.Done()
-		sub.moveChannels(ctx, []string{channel})
+		sub.moveChannels(ctx, []string{channel}, sh.addr)
 	}()
 }
 
 // moveChannels subscribes channels again on the masters that own them,
 // reading the slot map again and retrying until each is subscribed or ctx
-// ends (a failover takes seconds).
-func (sub *Subscriber) moveChannels(ctx context.Context, channels []string) {
-	backoff := 100 * time.Millisecond
+// ends (a failover takes seconds). A channel Redis dropped from the master
+// at away (its slot moved) waits, for a while, until the slot map no longer
+// names that master: go-redis reloads its map in the background, and a
+// channel subscribed there again would only be refused (MOVED).
+func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away string) {
+	backoff := 20 * time.Millisecond
+	patience := time.Now().Add(10 * time.Second)
 	for len(channels) > 0 && ctx.Err() == nil {
 		sub.s.cluster.ReloadState(ctx)
 		var left []string
 		for _, name := range channels {
+			if away != "" && time.Now().Before(patience) {
+				if m, err := sub.s.cluster.MasterForKey(ctx, name); err != nil || m.Options().Addr == away {
+					left = append(left, name)
+					continue
+				}
+			}
 			sub.mu.Lock()
 			c := sub.channels[name]
 			if c == nil || c.shard != nil {
@@ -164,4 +176,10 @@ func (sub *Subscriber) closeShards() {
 		_ = sh.ps.Close()
 		delete(sub.shards, addr)
 	}
+}
+
+// isMoved reports whether err is a MOVED redirection answered by Redis.
+func isMoved(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "MOVED ")
 }

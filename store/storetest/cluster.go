@@ -359,3 +359,88 @@ func infoField(info, name string) string {
 	}
 	return ""
 }
+
+// MoveSlot moves the slot of key, with its keys, from the master that owns
+// it to the master to, as a resharding does (CLUSTER SETSLOT IMPORTING /
+// MIGRATING, MIGRATE, SETSLOT NODE on every master).
+func (c *Cluster) MoveSlot(t testing.TB, key string, to *Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	from := c.MasterOf(t, key)
+	if from == to {
+		t.Fatalf("the slot of %s is on %s already", key, to.Addr)
+	}
+	client := func(s *Server) *redis.Client {
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr, Password: c.password, MaxRetries: -1})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return rdb
+	}
+	src, dst := client(from), client(to)
+	slot, err := src.ClusterKeySlot(ctx, key).Result()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("move slot %d: %v", slot, err)
+		}
+	}
+	must(err)
+	fromID, err := src.Do(ctx, "CLUSTER", "MYID").Text()
+	must(err)
+	toID, err := dst.Do(ctx, "CLUSTER", "MYID").Text()
+	must(err)
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", fromID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", toID).Err())
+	host, port, _ := strings.Cut(to.Addr, ":")
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, int(slot), 100).Result()
+		must(err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000}
+		if c.password != "" {
+			args = append(args, "AUTH", c.password)
+		}
+		args = append(args, "KEYS")
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(src.Do(ctx, args...).Err())
+	}
+	// The new owner first, then the old one, then the others.
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err())
+	for _, n := range c.Nodes {
+		if n.Running() && n != from && n != to {
+			_ = client(n).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err()
+		}
+	}
+	for ctx.Err() == nil {
+		if c.MasterOf(t, key) == to {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("slot %d did not move to %s", slot, to.Addr)
+}
+
+// Masters returns the running masters.
+func (c *Cluster) Masters(t testing.TB) []*Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []*Server
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: c.password, MaxRetries: -1})
+		info, err := rdb.Info(ctx, "replication").Result()
+		_ = rdb.Close()
+		if err == nil && strings.Contains(info, "role:master") {
+			out = append(out, n)
+		}
+	}
+	return out
+}
