@@ -88,8 +88,10 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 	if sub.s.cluster != nil {
 		sub.mu.Lock()
 		sub.runCtx = ctx
-		for _, sh := range sub.shards {
-			sub.startShardLocked(sh)
+		for _, c := range sub.channels {
+			if c.shard != nil {
+				sub.startShardLocked(c.shard) // connected by its SSUBSCRIBE
+			}
 		}
 		sub.mu.Unlock()
 		defer sub.wg.Wait()
@@ -120,8 +122,8 @@ func (sub *Subscriber) receive(ctx context.Context, ps *redis.PubSub, sh *shard)
 				continue
 			}
 			if sh != nil && isMoved(err) {
-				// The answer to the SUNSUBSCRIBE of a channel whose slot
-				// moved away (shardDropped): this connection is fine.
+				// An answer, not a broken connection.
+				sub.shardMoved(sh, err)
 				continue
 			}
 			sub.s.log.Warn("pub/sub receive", "err", err)

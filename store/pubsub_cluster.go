@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,8 +24,10 @@ import (
 // moved to another master (resharding) gets an sunsubscribe from Redis and
 // moves the same way.
 type shard struct {
-	addr    string
-	ps      *redis.PubSub
+	addr string
+	ps   *redis.PubSub
+	// started says its reader runs; it starts once the first SSUBSCRIBE
+	// made the connection (a read before that would connect to any node).
 	started bool
 }
 
@@ -39,10 +42,16 @@ func (sub *Subscriber) shardSubscribeLocked(ctx context.Context, channel string,
 			continue
 		}
 		if err = sh.ps.SSubscribe(ctx, channel); err != nil {
+			// Never used again: go-redis would subscribe what it holds
+			// (this channel too) in one command on its next connection.
+			sub.dropShardLocked(sh)
 			sub.s.cluster.ReloadState(ctx)
 			continue
 		}
 		c.shard = sh
+		if sub.runCtx != nil {
+			sub.startShardLocked(sh)
+		}
 		return nil
 	}
 	return err
@@ -62,11 +71,89 @@ func (sub *Subscriber) shardForLocked(ctx context.Context, channel string) (*sha
 		// master of that channel's slot.
 		sh = &shard{addr: addr, ps: sub.s.cluster.SSubscribe(context.Background())}
 		sub.shards[addr] = sh
-		if sub.runCtx != nil {
-			sub.startShardLocked(sh)
-		}
 	}
 	return sh, nil
+}
+
+// dropShardLocked closes a shard and moves the channels it carried to the
+// masters that own them. sub.mu is held.
+func (sub *Subscriber) dropShardLocked(sh *shard) {
+	if sub.shards[sh.addr] == sh {
+		delete(sub.shards, sh.addr)
+	}
+	var moved []string
+	for name, c := range sub.channels {
+		if c.shard == sh {
+			c.shard = nil
+			moved = append(moved, name)
+		}
+	}
+	go func() { _ = sh.ps.Close() }()
+	if len(moved) > 0 && sub.runCtx != nil {
+		ctx := sub.runCtx
+		sub.wg.Add(1)
+		go func() {
+			defer sub.wg.Done()
+			sub.moveChannels(ctx, moved, "")
+		}()
+	}
+}
+
+// shardMoved handles a MOVED answer on a shard connection: an SSUBSCRIBE
+// sent there (from a slot map not yet reloaded) names a slot that master
+// no longer owns. The channels of that slot move; the answer to the
+// SUNSUBSCRIBE of a channel that moved already concerns none.
+func (sub *Subscriber) shardMoved(sh *shard, err error) {
+	f := strings.Fields(err.Error())
+	if len(f) < 2 {
+		return
+	}
+	slot, perr := strconv.Atoi(f[1])
+	if perr != nil {
+		return
+	}
+	sub.mu.Lock()
+	var moved []string
+	for name, c := range sub.channels {
+		if c.shard == sh && slotOf(name) == slot {
+			c.shard = nil
+			moved = append(moved, name)
+		}
+	}
+	ctx := sub.runCtx
+	sub.mu.Unlock()
+	for _, name := range moved {
+		_ = sh.ps.SUnsubscribe(ctx, name)
+	}
+	if len(moved) > 0 {
+		sub.wg.Add(1)
+		go func() {
+			defer sub.wg.Done()
+			sub.moveChannels(ctx, moved, sh.addr)
+		}()
+	}
+}
+
+// slotOf is the Redis Cluster hash slot of key: CRC16 (XMODEM) of its hash
+// tag, or of the whole key when it has none, modulo 16384.
+func slotOf(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
 }
 
 // startShardLocked starts reading a shard's connection. sub.mu is held.
