@@ -7,6 +7,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -52,21 +53,48 @@ func rusage(who int) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// redisCPU reads used_cpu_user + used_cpu_sys from INFO cpu.
-func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
-	info, err := rdb.Info(ctx, "cpu").Result()
-	if err != nil {
-		return 0
+// redisCPU reads used_cpu_user + used_cpu_sys from INFO cpu: of the one
+// server, or summed over every node (masters and replicas) of a cluster.
+func redisCPU(ctx context.Context, rdb redis.UniversalClient) time.Duration {
+	var total time.Duration
+	for _, d := range redisNodeCPU(ctx, rdb) {
+		total += d
 	}
-	var total float64
-	for _, line := range strings.Split(info, "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, _ := strconv.ParseFloat(v, 64)
-			total += f
+	return total
+}
+
+// redisNodeCPU reads the CPU time of each Redis node, by address.
+func redisNodeCPU(ctx context.Context, rdb redis.UniversalClient) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	read := func(ctx context.Context, c *redis.Client) time.Duration {
+		info, err := c.Info(ctx, "cpu").Result()
+		if err != nil {
+			return 0
 		}
+		var total float64
+		for _, line := range strings.Split(info, "\n") {
+			k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+			if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
+				f, _ := strconv.ParseFloat(v, 64)
+				total += f
+			}
+		}
+		return time.Duration(total * float64(time.Second))
 	}
-	return time.Duration(total * float64(time.Second))
+	switch c := rdb.(type) {
+	case *redis.Client:
+		out[c.Options().Addr] = read(ctx, c)
+	case *redis.ClusterClient:
+		var mu sync.Mutex
+		_ = c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error {
+			d := read(ctx, n)
+			mu.Lock()
+			out[n.Options().Addr] = d
+			mu.Unlock()
+			return nil
+		})
+	}
+	return out
 }
 
 // liveChildrenCPU sums the CPU time of the running children of parent that
@@ -119,11 +147,15 @@ type cpuMeter struct {
 	// serverNames their roles, for the per-event figures.
 	servers     []int
 	serverNames []string
-	rdb         *redis.Client
+	rdb         redis.UniversalClient
 	start       cpuTimes
-	wall        time.Time
-	total       cpuTimes
-	span        time.Duration
+	// nodes is each Redis node's CPU at mark; busiest the most one node
+	// used over the measured parts, summed.
+	nodes   map[string]time.Duration
+	busiest time.Duration
+	wall    time.Time
+	total   cpuTimes
+	span    time.Duration
 	// prof receives a CPU profile of the measured part of a round when
 	// $BENCH_CPUPROFILE names a file (run one sub-benchmark, -benchtime 1x).
 	prof *os.File
@@ -149,6 +181,7 @@ func (m *cpuMeter) now() cpuTimes {
 
 func (m *cpuMeter) mark() {
 	m.start = m.now()
+	m.nodes = redisNodeCPU(context.Background(), m.rdb)
 	m.wall = time.Now()
 	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" {
 		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
@@ -172,6 +205,11 @@ func (m *cpuMeter) end() {
 	}
 	m.span += time.Since(m.wall)
 	t := m.now()
+	var busiest time.Duration
+	for addr, d := range redisNodeCPU(context.Background(), m.rdb) {
+		busiest = max(busiest, d-m.nodes[addr])
+	}
+	m.busiest += busiest
 	m.total.self += t.self - m.start.self
 	m.total.children += t.children - m.start.children
 	m.total.redis += t.redis - m.start.redis
@@ -194,6 +232,7 @@ func (m *cpuMeter) report(report func(float64, string)) {
 	s := m.span.Seconds()
 	report(m.total.self.Seconds()/s, "cpu_proc_cores")
 	report(m.total.redis.Seconds()/s, "cpu_redis_cores")
+	report(m.busiest.Seconds()/s, "cpu_redis_busiest_node_cores")
 	if len(m.servers) > 0 {
 		report(m.total.servers.Seconds()/s, "cpu_servers_cores")
 	}
@@ -235,4 +274,17 @@ func quiesce(limit time.Duration) time.Duration {
 		}
 	}
 	return time.Since(t0)
+}
+
+// reportPerEventInProcess is reportPerEvent when the gateway and the
+// worker run in this process (no server processes): their CPU and Redis'
+// per delivered event, in µs.
+func (m *cpuMeter) reportPerEventInProcess(report func(float64, string), events int64) {
+	if events <= 0 || len(m.servers) > 0 {
+		return
+	}
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(events) }
+	report(us(m.total.self), "us_per_event_proc")
+	report(us(m.total.redis), "us_per_event_redis")
+	report(us(m.total.self+m.total.redis), "us_per_event_total")
 }

@@ -162,7 +162,7 @@ type gatewayEnv struct {
 	dir    string // the workspace
 	fifos  string // where the FIFOs are made
 	catExe string
-	rdb    *redis.Client // for INFO
+	rdb    redis.UniversalClient // for INFO
 	// workerPID and servers are set when the worker and the gateway are
 	// processes of their own.
 	workerPID   int
@@ -227,12 +227,18 @@ func quietLogger() *slog.Logger {
 
 func startGatewayEnv(b *testing.B, queueSize int) *gatewayEnv {
 	b.Helper()
-	redisSrv := storetest.StartServer(b)
+	return startGatewayEnvOn(b, storetest.StartServer(b).URL, queueSize)
+}
+
+// startGatewayEnvOn is startGatewayEnv on the Redis (or Redis Cluster) at
+// url.
+func startGatewayEnvOn(b *testing.B, url string, queueSize int) *gatewayEnv {
+	b.Helper()
 	prefix := storetest.Prefix()
 	// The worker and the gateway have a store (a connection pool) each, as
 	// separate processes would.
-	wkStore := storetest.New(b, redisSrv.URL, store.Config{Prefix: prefix})
-	gwStore := storetest.New(b, redisSrv.URL, store.Config{Prefix: prefix})
+	wkStore := storetest.New(b, url, store.Config{Prefix: prefix})
+	gwStore := storetest.New(b, url, store.Config{Prefix: prefix})
 	dir, tmp := b.TempDir(), b.TempDir()
 	bin := filepath.Join(tmp, "claude")
 	if err := os.WriteFile(bin, []byte(providerScript), 0o755); err != nil {
@@ -267,13 +273,7 @@ func startGatewayEnv(b *testing.B, queueSize int) *gatewayEnv {
 		live, err := gwStore.LiveWorkers(context.Background())
 		return err == nil && len(live) > 0
 	})
-	opts, err := redis.ParseURL(redisSrv.URL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	b.Cleanup(func() { _ = rdb.Close() })
-	return &gatewayEnv{wsURL: wsURL, dir: dir, fifos: tmp, catExe: catExe, rdb: rdb}
+	return &gatewayEnv{wsURL: wsURL, dir: dir, fifos: tmp, catExe: catExe, rdb: storetest.Client(b, url)}
 }
 
 // startGateway serves a gateway on st at 127.0.0.1 until the benchmark ends
@@ -612,6 +612,7 @@ func benchGateway(b *testing.B, sessions int, m mode, start func(*testing.B) *ga
 	b.ReportMetric(teardownCPU.Seconds()/float64(b.N), "exit_cpu_s")
 	cpu.report(b.ReportMetric)
 	cpu.reportPerEvent(b.ReportMetric, delivered)
+	cpu.reportPerEventInProcess(b.ReportMetric, delivered)
 	results.Lock()
 	raw := results.raw[configName(sessions, m.name)]
 	results.Unlock()

@@ -73,13 +73,15 @@ func (f *seqFloors) get(id string) int64 {
 }
 
 // frameSeq reads the seq of a stored frame, which starts `{"seq":N,`.
-func frameSeq(frame []byte) int64 {
-	rest, ok := strings.CutPrefix(string(frame[:min(len(frame), 32)]), `{"seq":`)
+func frameSeq(frame string) int64 {
+	rest, ok := strings.CutPrefix(frame, `{"seq":`)
 	if !ok {
 		return 0
 	}
-	num, _, _ := strings.Cut(rest, ",")
-	n, _ := strconv.ParseInt(num, 10, 64)
+	var n int64
+	for i := 0; i < len(rest) && i < 20 && rest[i] >= '0' && rest[i] <= '9'; i++ {
+		n = n*10 + int64(rest[i]-'0')
+	}
 	return n
 }
 

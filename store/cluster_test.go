@@ -331,3 +331,110 @@ func TestSubscriberOneConnectionPerMaster(t *testing.T) {
 		return total == 3
 	}, 10*time.Second, 20*time.Millisecond)
 }
+
+// TestClusterLostCompleteWrittenAgain plays a failover that lost a run's
+// complete (the replica had not received it): the session reads as running
+// that run again, with a worker that no longer runs it. The process that
+// wrote the complete checks it once and writes it again, past the seqs
+// clients had, so the run still ends exactly once in the stream. A complete
+// that survived is not written twice.
+func TestClusterLostCompleteWrittenAgain(t *testing.T) {
+	url := storetest.Start(t, storetest.ClusterBackend)
+	st := storetest.New(t, url)
+	ctx := context.Background()
+	lost, kept := newSession("alice"), newSession("alice")
+	res := accept(t, st, lost, true)
+	run := store.RunRef{SessionID: lost.ID, RunID: res.RunID, Provider: app.Claude}
+	_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "a")}, nil)
+	require.NoError(t, err)
+	done, err := st.Complete(ctx, run, app.Outcome{})
+	require.NoError(t, err)
+	require.Equal(t, int64(5), done.Seq)
+	resKept := accept(t, st, kept, true)
+	_, err = st.Complete(ctx, store.RunRef{SessionID: kept.ID, RunID: resKept.RunID, Provider: app.Claude}, app.Outcome{})
+	require.NoError(t, err)
+
+	raw := redisClient(t, url)
+	require.NoError(t, raw.HSet(ctx, sessionKey(st, lost.ID), "state", "running", "lastSeq", 3).Err())
+	require.NoError(t, raw.XDel(ctx, sessionKey(st, lost.ID)+":events", "4-0", "5-0").Err())
+
+	n, err := st.RecheckCompletes(ctx, 0)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the lost complete only")
+	got, err := st.Session(ctx, lost.ID)
+	require.NoError(t, err)
+	require.Equal(t, app.StateCompleted, got.State)
+	evs, err := st.Events(ctx, lost.ID, 0, 100)
+	require.NoError(t, err)
+	var seqs []int64
+	for _, e := range evs {
+		seqs = append(seqs, e.Seq)
+	}
+	require.Equal(t, []int64{1, 2, 3, 6, 7}, seqs, "seqs 4 and 5 were the lost complete's: not reused")
+	require.Equal(t, []string{"session-state-changed", "session_created", "text", "session-state-changed", "complete"}, kinds(evs))
+	n, err = st.RecheckCompletes(ctx, 0)
+	require.NoError(t, err)
+	require.Zero(t, n, "checked once")
+}
+
+// TestClusterWithPassword: a cluster whose nodes require a password is
+// detected and used from one node's URL or the ?addr= form, the password in
+// the URL; without it, the store refuses to start.
+func TestClusterWithPassword(t *testing.T) {
+	password := app.NewID()
+	c := storetest.StartClusterWithPassword(t, password)
+	for _, url := range []string{c.Seed, c.URL} {
+		st := storetest.New(t, url)
+		require.True(t, st.Cluster(), url)
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		done, err := st.Complete(context.Background(), store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, app.Outcome{})
+		require.NoError(t, err)
+		require.Equal(t, int64(4), done.Seq)
+	}
+	_, err := store.New(context.Background(), store.Config{URL: strings.Replace(c.Seed, ":"+password+"@", "", 1)})
+	require.Error(t, err)
+}
+
+// TestSubscriberFollowsAMovedSlot: a resharding moves the slot of a
+// followed session to another master. Redis tells the subscriber
+// (sunsubscribe); it subscribes the channel on the new owner and reports a
+// resync, and the session's events arrive live from there.
+func TestSubscriberFollowsAMovedSlot(t *testing.T) {
+	c := storetest.StartCluster(t)
+	st := storetest.New(t, c.Seed)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := newRecorder()
+	sub := st.NewSubscriber(rec.handlers())
+	go func() { _ = sub.Run(ctx) }()
+
+	sess := newSession("alice")
+	require.NoError(t, sub.Subscribe(ctx, sess.ID))
+	res := accept(t, st, sess, true)
+	run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 2 }, 5*time.Second, 5*time.Millisecond)
+
+	from := c.MasterOf(t, sessionKey(st, sess.ID))
+	var to *storetest.Server
+	for _, m := range c.Masters(t) {
+		if m != from {
+			to = m
+			break
+		}
+	}
+	c.MoveSlot(t, sessionKey(st, sess.ID), to)
+	require.Eventually(t, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.resyncs[sess.ID] >= 1
+	}, 10*time.Second, 10*time.Millisecond, "the subscriber follows the slot")
+
+	seq, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "after the move")}, nil)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), seq, "the session's keys moved with their slot")
+	require.Eventually(t, func() bool {
+		s := rec.seqs(sess.ID)
+		return len(s) > 0 && s[len(s)-1] == 3
+	}, 10*time.Second, 5*time.Millisecond, "live from the new owner")
+}

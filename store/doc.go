@@ -2,6 +2,8 @@
 // PROTOCOL §7, the Lua scripts that run the session lifecycle atomically,
 // event streams and their replay, pub/sub for live delivery, the jobs stream
 // and worker inboxes, heartbeats and leases, and the embedded miniredis used
-// when no Redis is configured. It is the only package that imports go-redis
-// and miniredis. A *Store is safe for concurrent use.
+// when no Redis is configured. It runs on a single Redis and on a Redis
+// Cluster (every script touches one hash slot; see the README's "Redis
+// Cluster"). It is the only package that imports go-redis and miniredis. A
+// *Store is safe for concurrent use.
 package store

@@ -78,7 +78,7 @@ func (s *Store) WaitAvailable(ctx context.Context) error {
 func (s *Store) runProbe(ready chan struct{}) {
 	for pause := 50 * time.Millisecond; ; pause = min(pause*2, probeInterval) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := s.rdb.Ping(ctx).Err()
+		err := s.probeOnce(ctx)
 		cancel()
 		if err == nil || !Unavailable(err) {
 			break
@@ -89,6 +89,23 @@ func (s *Store) runProbe(ready chan struct{}) {
 	s.probe = nil
 	s.probeMu.Unlock()
 	close(ready)
+}
+
+// probeOnce asks Redis whether it answers. On a cluster every master must
+// (a failover leaves one shard without a master for a few seconds while
+// the others answer): waiters woken by another master would only fail
+// again.
+func (s *Store) probeOnce(ctx context.Context) error {
+	if s.cluster == nil {
+		return s.rdb.Ping(ctx).Err()
+	}
+	err := s.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		return c.Ping(ctx).Err()
+	})
+	if err != nil {
+		s.cluster.ReloadState(ctx)
+	}
+	return err
 }
 
 // ServerIdentity is which Redis process answers, and for how long it has:

@@ -88,8 +88,10 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 	if sub.s.cluster != nil {
 		sub.mu.Lock()
 		sub.runCtx = ctx
-		for _, sh := range sub.shards {
-			sub.startShardLocked(sh)
+		for _, c := range sub.channels {
+			if c.shard != nil {
+				sub.startShardLocked(c.shard) // connected by its SSUBSCRIBE
+			}
 		}
 		sub.mu.Unlock()
 		defer sub.wg.Wait()
@@ -117,6 +119,11 @@ func (sub *Subscriber) receive(ctx context.Context, ps *redis.PubSub, sh *shard)
 			if errors.As(err, &netErr) && netErr.Timeout() {
 				// Idle: a ping makes a dead connection show itself.
 				_ = ps.Ping(ctx)
+				continue
+			}
+			if sh != nil && isMoved(err) {
+				// An answer, not a broken connection.
+				sub.shardMoved(sh, err)
 				continue
 			}
 			sub.s.log.Warn("pub/sub receive", "err", err)
@@ -156,7 +163,9 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 		return
 	}
 	if id, ok := sub.s.k.sessionOfLive(channel); ok && sub.handlers.Event != nil {
-		sub.s.floors.note(id, frameSeq([]byte(payload)))
+		if sub.s.floors.on {
+			sub.s.floors.note(id, frameSeq(payload))
+		}
 		sub.handlers.Event(id, []byte(payload))
 		return
 	}

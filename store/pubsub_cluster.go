@@ -2,6 +2,9 @@ package store
 
 import (
 	"context"
+	"errors"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,8 +24,10 @@ import (
 // moved to another master (resharding) gets an sunsubscribe from Redis and
 // moves the same way.
 type shard struct {
-	addr    string
-	ps      *redis.PubSub
+	addr string
+	ps   *redis.PubSub
+	// started says its reader runs; it starts once the first SSUBSCRIBE
+	// made the connection (a read before that would connect to any node).
 	started bool
 }
 
@@ -37,10 +42,16 @@ func (sub *Subscriber) shardSubscribeLocked(ctx context.Context, channel string,
 			continue
 		}
 		if err = sh.ps.SSubscribe(ctx, channel); err != nil {
+			// Never used again: go-redis would subscribe what it holds
+			// (this channel too) in one command on its next connection.
+			sub.dropShardLocked(sh)
 			sub.s.cluster.ReloadState(ctx)
 			continue
 		}
 		c.shard = sh
+		if sub.runCtx != nil {
+			sub.startShardLocked(sh)
+		}
 		return nil
 	}
 	return err
@@ -60,11 +71,89 @@ func (sub *Subscriber) shardForLocked(ctx context.Context, channel string) (*sha
 		// master of that channel's slot.
 		sh = &shard{addr: addr, ps: sub.s.cluster.SSubscribe(context.Background())}
 		sub.shards[addr] = sh
-		if sub.runCtx != nil {
-			sub.startShardLocked(sh)
-		}
 	}
 	return sh, nil
+}
+
+// dropShardLocked closes a shard and moves the channels it carried to the
+// masters that own them. sub.mu is held.
+func (sub *Subscriber) dropShardLocked(sh *shard) {
+	if sub.shards[sh.addr] == sh {
+		delete(sub.shards, sh.addr)
+	}
+	var moved []string
+	for name, c := range sub.channels {
+		if c.shard == sh {
+			c.shard = nil
+			moved = append(moved, name)
+		}
+	}
+	go func() { _ = sh.ps.Close() }()
+	if len(moved) > 0 && sub.runCtx != nil {
+		ctx := sub.runCtx
+		sub.wg.Add(1)
+		go func() {
+			defer sub.wg.Done()
+			sub.moveChannels(ctx, moved, "")
+		}()
+	}
+}
+
+// shardMoved handles a MOVED answer on a shard connection: an SSUBSCRIBE
+// sent there (from a slot map not yet reloaded) names a slot that master
+// no longer owns. The channels of that slot move; the answer to the
+// SUNSUBSCRIBE of a channel that moved already concerns none.
+func (sub *Subscriber) shardMoved(sh *shard, err error) {
+	f := strings.Fields(err.Error())
+	if len(f) < 2 {
+		return
+	}
+	slot, perr := strconv.Atoi(f[1])
+	if perr != nil {
+		return
+	}
+	sub.mu.Lock()
+	var moved []string
+	for name, c := range sub.channels {
+		if c.shard == sh && slotOf(name) == slot {
+			c.shard = nil
+			moved = append(moved, name)
+		}
+	}
+	ctx := sub.runCtx
+	sub.mu.Unlock()
+	for _, name := range moved {
+		_ = sh.ps.SUnsubscribe(ctx, name)
+	}
+	if len(moved) > 0 {
+		sub.wg.Add(1)
+		go func() {
+			defer sub.wg.Done()
+			sub.moveChannels(ctx, moved, sh.addr)
+		}()
+	}
+}
+
+// slotOf is the Redis Cluster hash slot of key: CRC16 (XMODEM) of its hash
+// tag, or of the whole key when it has none, modulo 16384.
+func slotOf(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
 }
 
 // startShardLocked starts reading a shard's connection. sub.mu is held.
@@ -86,7 +175,7 @@ func (sub *Subscriber) startShardLocked(sh *shard) {
 // shardFailed closes a shard whose connection broke and moves its
 // channels to the masters that own them now. Runs in the shard's goroutine.
 func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
-	_ = sh.ps.Close()
+	// Out of the map first, so that no Subscribe picks it meanwhile.
 	sub.mu.Lock()
 	if sub.shards[sh.addr] == sh {
 		delete(sub.shards, sh.addr)
@@ -99,7 +188,8 @@ func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
 		}
 	}
 	sub.mu.Unlock()
-	sub.moveChannels(ctx, moved)
+	_ = sh.ps.Close()
+	sub.moveChannels(ctx, moved, "")
 }
 
 // shardDropped handles an sunsubscribe Redis sent on its own: the slot of
@@ -120,19 +210,29 @@ func (sub *Subscriber) shardDropped(sh *shard, channel string) {
 	sub.wg.Add(1)
 	go func() {
 		defer sub.wg.Done()
-		sub.moveChannels(ctx, []string{channel})
+		sub.moveChannels(ctx, []string{channel}, sh.addr)
 	}()
 }
 
 // moveChannels subscribes channels again on the masters that own them,
 // reading the slot map again and retrying until each is subscribed or ctx
-// ends (a failover takes seconds).
-func (sub *Subscriber) moveChannels(ctx context.Context, channels []string) {
-	backoff := 100 * time.Millisecond
+// ends (a failover takes seconds). A channel Redis dropped from the master
+// at away (its slot moved) waits, for a while, until the slot map no longer
+// names that master: go-redis reloads its map in the background, and a
+// channel subscribed there again would only be refused (MOVED).
+func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away string) {
+	backoff := 20 * time.Millisecond
+	patience := time.Now().Add(10 * time.Second)
 	for len(channels) > 0 && ctx.Err() == nil {
 		sub.s.cluster.ReloadState(ctx)
 		var left []string
 		for _, name := range channels {
+			if away != "" && time.Now().Before(patience) {
+				if m, err := sub.s.cluster.MasterForKey(ctx, name); err != nil || m.Options().Addr == away {
+					left = append(left, name)
+					continue
+				}
+			}
 			sub.mu.Lock()
 			c := sub.channels[name]
 			if c == nil || c.shard != nil {
@@ -163,4 +263,10 @@ func (sub *Subscriber) closeShards() {
 		_ = sh.ps.Close()
 		delete(sub.shards, addr)
 	}
+}
+
+// isMoved reports whether err is a MOVED redirection answered by Redis.
+func isMoved(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "MOVED ")
 }

@@ -255,6 +255,20 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 		}
 		args = append(args, string(ev.Kind), body)
 	}
+	out, err := s.runCompleteScript(ctx, run, args)
+	if err != nil {
+		return CompleteResult{}, err
+	}
+	if s.cluster != nil {
+		args[0] = out.RunID // an abort's redo must end this run, not a later one
+		s.done.remember(RunRef{SessionID: run.SessionID, RunID: out.RunID, Provider: run.Provider}, args)
+	}
+	return out, nil
+}
+
+// runCompleteScript runs run_complete.lua with args and updates the
+// indexes after it.
+func (s *Store) runCompleteScript(ctx context.Context, run RunRef, args []any) (CompleteResult, error) {
 	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID), s.k.job(run.SessionID)}
 	res, err := s.sc.runComplete.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {

@@ -63,6 +63,10 @@ type Store struct {
 	log     *slog.Logger
 	floors  seqFloors
 	claimed claims
+	done    doneRuns
+	// stop ends the store's own goroutine (recheckLoop, on a cluster).
+	stop     chan struct{}
+	stopOnce sync.Once
 	// repairedAt is when RunningSessions last rebuilt the indexes.
 	repairMu   sync.Mutex
 	repairedAt time.Time
@@ -113,6 +117,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if err := s.Ping(ctx); err != nil {
 		_ = s.rdb.Close()
 		return nil, err
+	}
+	s.stop = make(chan struct{})
+	if cluster != nil {
+		go s.recheckLoop()
 	}
 	return s, nil
 }
@@ -205,7 +213,10 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close releases the connections.
-func (s *Store) Close() error { return s.rdb.Close() }
+func (s *Store) Close() error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	return s.rdb.Close()
+}
 
 // Prefix is the key prefix in use.
 func (s *Store) Prefix() string { return s.cfg.Prefix }

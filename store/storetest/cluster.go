@@ -26,7 +26,8 @@ type Cluster struct {
 	// out by itself that it is a cluster.
 	Seed string
 
-	cleanup func()
+	password string
+	cleanup  func()
 }
 
 // clusterNodeTimeout is cluster-node-timeout in ms: a master that stops
@@ -41,8 +42,15 @@ const clusterSize = 6
 // by its PID) when the test ends.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
+	return StartClusterWithPassword(t, "")
+}
+
+// StartClusterWithPassword is StartCluster for a cluster whose nodes
+// require password (of clients and of each other); its URLs carry it.
+func StartClusterWithPassword(t testing.TB, password string) *Cluster {
+	t.Helper()
 	bin := RequireRedisServer(t)
-	c, err := startCluster(bin, t.TempDir)
+	c, err := startCluster(bin, t.TempDir, password)
 	if err != nil {
 		t.Fatalf("start Redis Cluster: %v", err)
 	}
@@ -75,7 +83,7 @@ func SharedCluster(t testing.TB) *Cluster {
 			d := filepath.Join(dir, fmt.Sprint(n))
 			_ = os.Mkdir(d, 0o700)
 			return d
-		})
+		}, "")
 		if err != nil {
 			t.Fatalf("start Redis Cluster: %v", err)
 		}
@@ -102,10 +110,10 @@ func RunMain(m *testing.M) int {
 	return m.Run()
 }
 
-func startCluster(bin string, tempDir func() string) (*Cluster, error) {
+func startCluster(bin string, tempDir func() string, password string) (*Cluster, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		c, err := tryCluster(bin, tempDir)
+		c, err := tryCluster(bin, tempDir, password)
 		if err == nil {
 			return c, nil
 		}
@@ -114,15 +122,19 @@ func startCluster(bin string, tempDir func() string) (*Cluster, error) {
 	return nil, lastErr
 }
 
-func tryCluster(bin string, tempDir func() string) (*Cluster, error) {
-	c := &Cluster{}
+func tryCluster(bin string, tempDir func() string, password string) (*Cluster, error) {
+	c := &Cluster{password: password}
 	for i := 0; i < clusterSize; i++ {
 		dir := tempDir()
-		srv, err := startServer(bin, dir, Options{Config: []string{
+		conf := []string{
 			"cluster-enabled yes",
 			"cluster-config-file " + filepath.Join(dir, "nodes.conf"),
 			fmt.Sprintf("cluster-node-timeout %d", clusterNodeTimeout),
-		}})
+		}
+		if password != "" {
+			conf = append(conf, "masterauth "+password)
+		}
+		srv, err := startServer(bin, dir, Options{Password: password, Config: conf})
 		if err != nil {
 			c.Stop()
 			return nil, err
@@ -140,7 +152,12 @@ func tryCluster(bin string, tempDir func() string) (*Cluster, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+	create := exec.CommandContext(ctx, cli, args...)
+	if password != "" {
+		// From the environment, not the command line every account reads.
+		create.Env = append(os.Environ(), "REDISCLI_AUTH="+password)
+	}
+	if out, err := create.CombinedOutput(); err != nil {
 		c.Stop()
 		return nil, fmt.Errorf("redis-cli --cluster create: %w: %s", err, out)
 	}
@@ -152,8 +169,12 @@ func tryCluster(bin string, tempDir func() string) (*Cluster, error) {
 	for _, n := range c.Nodes[1:] {
 		addrs = append(addrs, "addr="+n.Addr)
 	}
-	c.URL = "redis://" + c.Nodes[0].Addr + "?" + strings.Join(addrs, "&")
-	c.Seed = "redis://" + c.Nodes[0].Addr
+	auth := ""
+	if password != "" {
+		auth = ":" + password + "@"
+	}
+	c.URL = "redis://" + auth + c.Nodes[0].Addr + "?" + strings.Join(addrs, "&")
+	c.Seed = "redis://" + auth + c.Nodes[0].Addr
 	return c, nil
 }
 
@@ -178,7 +199,7 @@ func (c *Cluster) healthy(ctx context.Context) (bool, string) {
 		if !n.Running() {
 			continue
 		}
-		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: c.password, MaxRetries: -1})
 		info, err := rdb.ClusterInfo(ctx).Result()
 		if err != nil {
 			_ = rdb.Close()
@@ -221,21 +242,31 @@ func (c *Cluster) MasterOf(t testing.TB, key string) *Server {
 		if !n.Running() {
 			continue
 		}
-		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: c.password, MaxRetries: -1})
 		slot, err := rdb.ClusterKeySlot(ctx, key).Result()
 		if err != nil {
 			_ = rdb.Close()
 			continue
 		}
-		slots, err := rdb.ClusterSlots(ctx).Result()
+		shards, err := rdb.ClusterShards(ctx).Result()
 		_ = rdb.Close()
 		if err != nil {
 			continue
 		}
-		for _, s := range slots {
-			if int64(s.Start) <= slot && slot <= int64(s.End) && len(s.Nodes) > 0 {
+		for _, sh := range shards {
+			owns := false
+			for _, r := range sh.Slots {
+				owns = owns || int64(r.Start) <= slot && slot <= int64(r.End)
+			}
+			if !owns {
+				continue
+			}
+			for _, node := range sh.Nodes {
+				if node.Role != "master" || node.Health != "online" {
+					continue
+				}
 				for _, m := range c.Nodes {
-					if m.Addr == s.Nodes[0].Addr {
+					if m.Addr == fmt.Sprintf("%s:%d", node.IP, node.Port) {
 						return m
 					}
 				}
@@ -294,7 +325,7 @@ func (c *Cluster) WaitReplicated(t testing.TB, master *Server) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rdb := redis.NewClient(&redis.Options{Addr: master.Addr, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: master.Addr, Password: c.password, MaxRetries: -1})
 	defer rdb.Close()
 	for ctx.Err() == nil {
 		info, err := rdb.Info(ctx, "replication").Result()
@@ -327,4 +358,89 @@ func infoField(info, name string) string {
 		}
 	}
 	return ""
+}
+
+// MoveSlot moves the slot of key, with its keys, from the master that owns
+// it to the master to, as a resharding does (CLUSTER SETSLOT IMPORTING /
+// MIGRATING, MIGRATE, SETSLOT NODE on every master).
+func (c *Cluster) MoveSlot(t testing.TB, key string, to *Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	from := c.MasterOf(t, key)
+	if from == to {
+		t.Fatalf("the slot of %s is on %s already", key, to.Addr)
+	}
+	client := func(s *Server) *redis.Client {
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr, Password: c.password, MaxRetries: -1})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return rdb
+	}
+	src, dst := client(from), client(to)
+	slot, err := src.ClusterKeySlot(ctx, key).Result()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("move slot %d: %v", slot, err)
+		}
+	}
+	must(err)
+	fromID, err := src.Do(ctx, "CLUSTER", "MYID").Text()
+	must(err)
+	toID, err := dst.Do(ctx, "CLUSTER", "MYID").Text()
+	must(err)
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", fromID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", toID).Err())
+	host, port, _ := strings.Cut(to.Addr, ":")
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, int(slot), 100).Result()
+		must(err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000}
+		if c.password != "" {
+			args = append(args, "AUTH", c.password)
+		}
+		args = append(args, "KEYS")
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(src.Do(ctx, args...).Err())
+	}
+	// The new owner first, then the old one, then the others.
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err())
+	for _, n := range c.Nodes {
+		if n.Running() && n != from && n != to {
+			_ = client(n).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err()
+		}
+	}
+	for ctx.Err() == nil {
+		if c.MasterOf(t, key) == to {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("slot %d did not move to %s", slot, to.Addr)
+}
+
+// Masters returns the running masters.
+func (c *Cluster) Masters(t testing.TB) []*Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []*Server
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr, Password: c.password, MaxRetries: -1})
+		info, err := rdb.Info(ctx, "replication").Result()
+		_ = rdb.Close()
+		if err == nil && strings.Contains(info, "role:master") {
+			out = append(out, n)
+		}
+	}
+	return out
 }
