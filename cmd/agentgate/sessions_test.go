@@ -26,7 +26,7 @@ func testSessionsAdmin(t *testing.T, url string) {
 	prefix := storetest.Prefix()
 	st := storetest.New(t, url, store.Config{Prefix: prefix})
 	ctx := context.Background()
-	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/work/p"}
+	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/srv/p"}
 	_, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
 	require.NoError(t, err)
 	flags := []string{"--redis", url, "--key-prefix", prefix, "--retention", "1h"}
@@ -51,7 +51,7 @@ func testSessionsAdmin(t *testing.T, url string) {
 
 	out, err = admin("show", sess.ID)
 	require.NoError(t, err)
-	require.Contains(t, out, "/work/p")
+	require.Contains(t, out, "/srv/p")
 	require.Contains(t, out, `"kind":"session-state-changed"`)
 
 	out, err = admin("abort", sess.ID)
