@@ -19,6 +19,8 @@ test-deps:
 test: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# The end-to-end suite again, every process on a six-node Redis Cluster.
+	AGENTGATE_E2E_REDIS=cluster $(GO) test -race -count=1 -timeout 20m ./e2e/
 
 lint:
 	gofmt -l . | (! grep .)

@@ -76,10 +76,11 @@ func TestShellMemoryBound(t *testing.T) {
 	t.Logf("Redis used_memory grew by %.1f MB for %d terminals that printed %.0f MB (budget %d KiB each)",
 		float64(grown)/1e6, terminals, float64(terminals*printed)/1e6, budget>>10)
 	// Stream entries and the sizes list cost more than the bytes they
-	// hold: twice the budget per terminal, plus the keys' own overhead.
-	require.Less(t, grown, int64(terminals*(2*budget+16<<10)), "Redis keeps more than the byte budget")
-	keys, err := cl.rdb.Keys(ctx, keyPrefix+":shell:*").Result()
-	require.NoError(t, err)
+	// hold, and a cluster's masters keep replication buffers: three times
+	// the budget per terminal, plus the keys' own overhead, is still a
+	// fifth of what was printed.
+	require.Less(t, grown, int64(terminals*(3*budget+16<<10)), "Redis keeps more than the byte budget")
+	keys := cl.keys(ctx, keyPrefix+":shell:*")
 	held := 0
 	for _, k := range keys {
 		if !strings.HasSuffix(k, "}") {

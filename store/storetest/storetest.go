@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -309,9 +310,25 @@ func New(t testing.TB, url string, cfg ...store.Config) *store.Store {
 	return s
 }
 
-// UsedMemory reads used_memory from INFO memory: what Redis holds.
+// UsedMemory reads used_memory from INFO memory: what Redis holds (on a
+// cluster, what its masters hold together).
 func UsedMemory(tb testing.TB, rdb redis.UniversalClient) int64 {
 	tb.Helper()
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		var sum int64
+		err := cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+			n := UsedMemory(tb, m)
+			mu.Lock()
+			sum += n
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			tb.Fatalf("INFO memory on the masters: %v", err)
+		}
+		return sum
+	}
 	info, err := rdb.Info(context.Background(), "memory").Result()
 	if err != nil {
 		tb.Fatalf("INFO memory: %v", err)
