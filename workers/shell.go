@@ -54,9 +54,10 @@ const (
 // shellSet holds the terminals of a worker. Its zero value is ready.
 type shellSet struct {
 	mu      sync.Mutex
-	m       map[string]*shell // by shell key
-	wg      sync.WaitGroup    // one per terminal
-	closing bool              // the worker is shutting down: no new terminal
+	m       map[string]*shell      // by shell key
+	wg      sync.WaitGroup         // one per terminal
+	closing bool                   // the worker is shutting down: no new terminal
+	early   map[string]*earlyInput // input ahead of its open (shellearly.go)
 }
 
 // shell is one terminal generation running on this worker: a PTY whose
@@ -113,6 +114,8 @@ func (w *Worker) shellControl(c store.Control) bool {
 		}
 		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
 			sh.enqueue(shellOp{data: []byte(data)})
+		} else {
+			w.keepEarly(c.Shell, c.Gen, shellOp{data: []byte(data)})
 		}
 	case store.ControlShellResize:
 		var size store.ShellSize
@@ -122,6 +125,8 @@ func (w *Worker) shellControl(c store.Control) bool {
 		}
 		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
 			sh.enqueue(shellOp{cols: size.Cols, rows: size.Rows})
+		} else {
+			w.keepEarly(c.Shell, c.Gen, shellOp{cols: size.Cols, rows: size.Rows})
 		}
 	case store.ControlShellKill:
 		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
@@ -237,7 +242,11 @@ func (w *Worker) openShell(c store.Control) {
 	}
 	w.shells.m[c.Shell] = sh
 	w.shells.wg.Add(1)
+	early := w.takeEarly(c.Shell, c.Gen)
 	w.shells.mu.Unlock()
+	for _, op := range early {
+		sh.enqueue(op)
+	}
 	terminalsOpen.Inc()
 	log.Info("terminal started", "pid", p.cmd.Process.Pid, "owner", spec.Owner, "dir", dir)
 	go func() {
