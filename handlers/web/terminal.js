@@ -26,8 +26,19 @@ export function openTerminal(host, { token, projectPath }) {
   let exited = false;
   let attempt = 0;
 
+  // Keystrokes typed while the socket is not open yet (the page just
+  // loaded) or is reconnecting wait here, bounded, and go out after the
+  // init: they were lost before.
+  let typedAhead = [];
+  let typedBytes = 0;
+
   function send(frame) {
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify(frame));
+    } else if (frame.type === "input" && typedBytes + frame.data.length <= 65536) {
+      typedAhead.push(frame);
+      typedBytes += frame.data.length;
+    }
   }
 
   function init() {
@@ -49,6 +60,10 @@ export function openTerminal(host, { token, projectPath }) {
     sock.onopen = () => {
       attempt = 0;
       init();
+      const ahead = typedAhead;
+      typedAhead = [];
+      typedBytes = 0;
+      for (const frame of ahead) send(frame);
     };
     sock.onmessage = (m) => {
       let f;
