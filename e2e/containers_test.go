@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -269,13 +268,8 @@ func relayTo(t *testing.T, listen, target string) {
 // open, from each gateway's metrics.
 func gatewayWithSocket(t *testing.T) string {
 	t.Helper()
-	re := regexp.MustCompile(`(?m)^agentgate_sockets{endpoint="chat"} ([0-9.]+)$`)
 	for _, gw := range ctGateways {
-		resp, err := http.Get("http://" + containerIP(t, gw) + ":8080/metrics")
-		require.NoError(t, err)
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if m := re.FindSubmatch(b); m != nil && string(m[1]) != "0" {
+		if scrape(t, "http://"+containerIP(t, gw)+":8080/metrics").value(`agentgate_sockets{endpoint="chat"}`) > 0 {
 			return gw
 		}
 	}

@@ -46,11 +46,7 @@ func TestClusterLostWritesNeverReuseSeq(t *testing.T) {
 	url := storetest.Start(t, storetest.ClusterBackend)
 	worker := storetest.New(t, url)
 	gateway := storetest.New(t, url, store.Config{Prefix: worker.Prefix()})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rec := newRecorder()
-	sub := gateway.NewSubscriber(rec.handlers())
-	go func() { _ = sub.Run(ctx) }()
+	ctx, rec, sub := recordingSubscriber(t, gateway)
 
 	sess := newSession("alice")
 	require.NoError(t, sub.Subscribe(ctx, sess.ID))
@@ -217,11 +213,7 @@ func TestClusterAdminScansEveryMaster(t *testing.T) {
 func TestClusterFailover(t *testing.T) {
 	c := storetest.StartCluster(t)
 	st := storetest.New(t, c.Seed)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rec := newRecorder()
-	sub := st.NewSubscriber(rec.handlers())
-	go func() { _ = sub.Run(ctx) }()
+	ctx, rec, sub := recordingSubscriber(t, st)
 
 	sess := newSession("alice")
 	require.NoError(t, sub.Subscribe(ctx, sess.ID))
@@ -301,11 +293,7 @@ func TestClusterFailover(t *testing.T) {
 func TestSubscriberOneConnectionPerMaster(t *testing.T) {
 	c := storetest.StartCluster(t)
 	st := storetest.New(t, c.Seed)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rec := newRecorder()
-	sub := st.NewSubscriber(rec.handlers())
-	go func() { _ = sub.Run(ctx) }()
+	ctx, _, sub := recordingSubscriber(t, st)
 	masters := map[string]int{}
 	for i := 0; i < 30; i++ {
 		sess := newSession("alice")
@@ -403,11 +391,7 @@ func TestClusterWithPassword(t *testing.T) {
 func TestSubscriberFollowsAMovedSlot(t *testing.T) {
 	c := storetest.StartCluster(t)
 	st := storetest.New(t, c.Seed)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rec := newRecorder()
-	sub := st.NewSubscriber(rec.handlers())
-	go func() { _ = sub.Run(ctx) }()
+	ctx, rec, sub := recordingSubscriber(t, st)
 
 	sess := newSession("alice")
 	require.NoError(t, sub.Subscribe(ctx, sess.ID))

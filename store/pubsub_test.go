@@ -24,6 +24,17 @@ func newRecorder() *recorder {
 	return &recorder{frames: map[string][]int64{}, resyncs: map[string]int{}}
 }
 
+// recordingSubscriber runs a subscriber of st into a recorder until the
+// test ends, and returns the context it runs on.
+func recordingSubscriber(t *testing.T, st *store.Store) (context.Context, *recorder, *store.Subscriber) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	rec := newRecorder()
+	sub := st.NewSubscriber(rec.handlers())
+	go func() { _ = sub.Run(ctx) }()
+	return ctx, rec, sub
+}
+
 func (r *recorder) handlers() store.SubscriberHandlers {
 	return store.SubscriberHandlers{
 		Event: func(id string, frame []byte) {
@@ -53,11 +64,7 @@ func (r *recorder) seqs(id string) []int64 {
 
 func TestSubscriberDeliversInOrder(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		rec := newRecorder()
-		sub := st.NewSubscriber(rec.handlers())
-		go func() { _ = sub.Run(ctx) }()
+		ctx, rec, sub := recordingSubscriber(t, st)
 
 		sess := newSession("alice")
 		subCtx, subCancel := context.WithTimeout(ctx, 5*time.Second)
@@ -95,11 +102,7 @@ func TestSubscriberDeliversInOrder(t *testing.T) {
 func TestSubscriberResyncsAfterConnectionLoss(t *testing.T) {
 	url := storetest.Redis(t)
 	st := storetest.New(t, url)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rec := newRecorder()
-	sub := st.NewSubscriber(rec.handlers())
-	go func() { _ = sub.Run(ctx) }()
+	ctx, rec, sub := recordingSubscriber(t, st)
 
 	sess := newSession("alice")
 	require.NoError(t, sub.Subscribe(ctx, sess.ID))
