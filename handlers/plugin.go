@@ -119,6 +119,11 @@ func (s *Server) servePlugin(c echo.Context) error {
 	r := &pluginRelay{client: client, upstream: upstream}
 	s.plugins.add(r)
 	defer s.plugins.remove(r)
+	if s.draining.Load() {
+		// Drain listed the relays before this one was added.
+		r.close(websocket.CloseGoingAway, "gateway shutting down")
+		return nil
+	}
 	r.run()
 	return nil
 }

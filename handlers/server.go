@@ -253,6 +253,11 @@ func (s *Server) newChatSockets() *melody.Melody {
 		if v, ok := ms.Get("upgraded"); ok {
 			close(v.(chan struct{}))
 		}
+		// A socket whose upgrade was under way when Drain listed the
+		// sockets is not on its list: it closes itself.
+		if s.draining.Load() {
+			c.closeNow(closeShutdown)
+		}
 	})
 	m.HandleDisconnect(func(ms *melody.Session) {
 		c := connOf(ms)

@@ -137,6 +137,10 @@ func (s *Server) newShellSockets() *melody.Melody {
 		if v, ok := ms.Get("upgraded"); ok {
 			close(v.(chan struct{}))
 		}
+		// As for chat sockets: one upgraded while Drain ran closes itself.
+		if s.draining.Load() {
+			sock.c.closeNow(closeShutdown)
+		}
 	})
 	m.HandleDisconnect(func(ms *melody.Session) {
 		sock := shellSocketOf(ms)
