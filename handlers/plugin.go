@@ -119,7 +119,7 @@ func (s *Server) servePlugin(c echo.Context) error {
 	r := &pluginRelay{client: client, upstream: upstream}
 	s.plugins.add(r)
 	defer s.plugins.remove(r)
-	if s.draining.Load() {
+	if s.drained.Load() {
 		// Drain listed the relays before this one was added.
 		r.close(websocket.CloseGoingAway, "gateway shutting down")
 		return nil

@@ -88,6 +88,9 @@ type Server struct {
 	hub       *hub
 	providers map[app.Provider]bool
 	draining  atomic.Bool
+	// drained is set once Drain starts closing sockets; draining earlier,
+	// from StopAccepting, while open sockets are still served.
+	drained atomic.Bool
 	// shells and shellSockets serve /shell (shell.go).
 	shells       *shellHub
 	shellSockets *melody.Melody
@@ -182,6 +185,7 @@ func (s *Server) StopAccepting() { s.draining.Store(true) }
 // once the close frames are written.
 func (s *Server) Drain() {
 	s.draining.Store(true)
+	s.drained.Store(true)
 	s.shells.closeAll()
 	s.plugins.closeAll()
 	s.mu.Lock()
@@ -255,7 +259,7 @@ func (s *Server) newChatSockets() *melody.Melody {
 		}
 		// A socket whose upgrade was under way when Drain listed the
 		// sockets is not on its list: it closes itself.
-		if s.draining.Load() {
+		if s.drained.Load() {
 			c.closeNow(closeShutdown)
 		}
 	})

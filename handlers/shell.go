@@ -138,7 +138,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 			close(v.(chan struct{}))
 		}
 		// As for chat sockets: one upgraded while Drain ran closes itself.
-		if s.draining.Load() {
+		if s.drained.Load() {
 			sock.c.closeNow(closeShutdown)
 		}
 	})
