@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
@@ -222,15 +225,31 @@ func (p *gatewayProcess) metrics(b *testing.B) map[string]float64 {
 // sockets on one gateway: `agentgate gateway` runs as its own process
 // against a real redis-server, the sockets are opened from this process,
 // and the gateway's RSS and Go heap and stacks are read before and after.
-func BenchmarkIdleSockets(b *testing.B) {
+func BenchmarkIdleSockets(b *testing.B) { benchSockets(b, false) }
+
+// BenchmarkWatchingSockets is BenchmarkIdleSockets with every socket
+// watching a session of its own (check-session-status, answered, then
+// idle): what a following socket adds, its watch, its session's feed and
+// the pub/sub subscription.
+func BenchmarkWatchingSockets(b *testing.B) { benchSockets(b, true) }
+
+func benchSockets(b *testing.B, watch bool) {
 	n := socketCount(b, idleSockets, 200)
 	redisURL := storetest.StartServer(b).URL
+	var sessions []string
+	if watch {
+		sessions = createSessions(b, redisURL, n+100)
+	}
 	for range b.N {
 		b.StopTimer()
 		gw := startGatewayProcess(b, redisURL)
 		wsURL := "ws://" + gw.addr + "/ws"
 		// Warm up: one-time allocations (pools, routes, first GC cycles).
-		closeSockets(openSockets(b, wsURL, 100))
+		warm := openSockets(b, wsURL, 100)
+		if watch {
+			watchSessions(b, warm, sessions[n:])
+		}
+		closeSockets(warm)
 		waitFor(b, 30*time.Second, "the warm-up sockets to close", func() bool {
 			return gw.metrics(b)[chatSockets] == 0
 		})
@@ -244,12 +263,18 @@ func BenchmarkIdleSockets(b *testing.B) {
 		t0 := time.Now()
 		conns := openSockets(b, wsURL, n)
 		openTime := time.Since(t0)
+		if watch {
+			watchSessions(b, conns, sessions[:n])
+		}
 		waitFor(b, time.Minute, "the gateway to count every socket", func() bool {
 			return gw.metrics(b)[chatSockets] == float64(n)
 		})
 		time.Sleep(idleSettle)
 		b.StopTimer()
 		rss1, m1 := gw.rss(b), gw.metrics(b)
+		if watch && m1["agentgate_watched_sessions"] != float64(n) {
+			b.Fatalf("the gateway watches %v sessions, not %d", m1["agentgate_watched_sessions"], n)
+		}
 		per := func(k string) float64 { return (m1[k] - m0[k]) / float64(n) }
 		b.ReportMetric((rss1-rss0)/float64(n)/1024, "rss_KiB/conn")
 		b.ReportMetric(per("go_memstats_heap_inuse_bytes")/1024, "heap_inuse_KiB/conn")
@@ -264,6 +289,46 @@ func BenchmarkIdleSockets(b *testing.B) {
 		}
 		closeSockets(conns)
 		gw.stop()
+	}
+}
+
+// createSessions stores n sessions of the benchmark's user, each with one
+// accepted run that no worker takes, and returns their ids.
+func createSessions(b *testing.B, redisURL string, n int) []string {
+	st := storetest.New(b, redisURL)
+	ids := make([]string, n)
+	project := b.TempDir()
+	for i := range ids {
+		ids[i] = fmt.Sprintf("watch-%05d", i)
+		sess := app.Session{ID: ids[i], Owner: "bench", Provider: app.Claude, ProjectPath: project}
+		job := app.Job{SessionID: ids[i], Owner: "bench", Provider: app.Claude, Command: "hi", ProjectPath: project}
+		if _, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true, Job: job}); err != nil {
+			b.Fatalf("create session: %v", err)
+		}
+	}
+	return ids
+}
+
+// watchSessions makes socket i watch session i and waits for each answer.
+func watchSessions(b *testing.B, conns []*websocket.Conn, ids []string) {
+	for i, ws := range conns {
+		if err := ws.WriteJSON(map[string]any{"type": "check-session-status", "sessionId": ids[i]}); err != nil {
+			b.Fatalf("check-session-status: %v", err)
+		}
+	}
+	for i, ws := range conns {
+		for {
+			var m map[string]any
+			if err := ws.ReadJSON(&m); err != nil {
+				b.Fatalf("socket %d: %v", i, err)
+			}
+			if m["type"] == "session-status" {
+				if m["isProcessing"] != true {
+					b.Fatalf("socket %d: %v", i, m)
+				}
+				break
+			}
+		}
 	}
 }
 

@@ -57,7 +57,7 @@ type conn struct {
 	// interval is the quiet time after a frame the client must see (0:
 	// never paced, as /shell); paced, pending, pacing and quietUntil are the
 	// pacer's state (pace.go), guarded by pmu. pmu may be taken while a
-	// feed's mutex is held (hub.event sends under it); no other lock is
+	// feed's mutex is held (hub.publishLocked sends under it); no other lock is
 	// taken while pmu is held.
 	interval   time.Duration
 	pmu        sync.Mutex

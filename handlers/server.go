@@ -92,7 +92,7 @@ type Server struct {
 	// from StopAccepting, while open sockets are still served.
 	drained atomic.Bool
 	// shells and shellSockets serve /shell (shell.go).
-	shells       *shellHub
+	shells       *terminals
 	shellSockets *melody.Melody
 	// plugins are the open /plugin-ws relays (plugin.go).
 	plugins pluginRelays
@@ -157,7 +157,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.hub = newHub(cfg.Store, cfg.Logger, s.broadcast)
 	s.chat = s.newChatSockets()
-	s.shells = newShellHub(cfg.Store, s.hub.sub, cfg.Logger, cfg.Workspaces, cfg.ShellDetachTimeout)
+	s.shells = newTerminals(s.hub, cfg.Store, cfg.Logger, cfg.Workspaces, cfg.ShellDetachTimeout)
 	s.shells.maxOpen = cfg.MaxTerminalsPerUser
 	s.shellSockets = s.newShellSockets()
 	s.echo = s.routes()

@@ -26,9 +26,6 @@ const (
 	DefaultShellDetachTimeout = 30 * time.Minute
 	// shellReplayChunk is how many stored chunks one catch-up read fetches.
 	shellReplayChunk = 64
-	// shellEmptyRetries bounds the re-reads of a stream that does not yet
-	// show a chunk that was published (a reset under a new generation).
-	shellEmptyRetries = 50
 )
 
 // Gateway notices (output frames without seq), in the reference's words.
@@ -38,16 +35,13 @@ const (
 	noticeRestarted   = "[Terminal restarted]"
 )
 
-// shellHub connects /shell sockets to terminals: one feed per terminal
-// followed by this gateway, on the gateway's single pub/sub connection.
-// Each socket has its own position (the next seq it needs): live chunks are
-// sent when they are next, and a socket that is behind (its queue full, a
-// chunk missed, a replay) reads the stream at its own pace until it is live
-// again. Nothing is held per socket but its position, so memory stays
-// bounded whatever the output rate.
-type shellHub struct {
+// terminals connects /shell sockets to terminals: it opens, reattaches,
+// controls and ends them; the hub delivers their output, a feed per
+// terminal followed by this gateway.
+type terminals struct {
+	hub     *hub
+	kind    *streamKind
 	st      *store.Store
-	sub     *store.Subscriber
 	log     *slog.Logger
 	refresh time.Duration
 	ws      app.Workspaces
@@ -55,20 +49,14 @@ type shellHub struct {
 	maxOpen int
 
 	mu    sync.Mutex
-	feeds map[string]*shellFeed // by shell key
 	socks map[*shellSocket]struct{}
 }
 
-// shellFeed is one terminal followed by this gateway.
-type shellFeed struct {
-	key string
-
-	mu      sync.Mutex
-	gen     int64  // the newest generation seen
-	worker  string // the worker running gen
-	maxSeen int64  // the highest seq published in gen
-	exit    *store.ShellLive
-	watches map[*shellWatch]struct{}
+// termFeed is what a feed knows of its terminal, guarded by the feed's
+// mutex.
+type termFeed struct {
+	worker string // the worker running the feed's gen
+	exit   *store.ShellLive
 	// written is the highest seq of gen written to a socket here, and
 	// acked the one last told to the worker (its flow control); acking is
 	// set while a goroutine tells it.
@@ -76,44 +64,51 @@ type shellFeed struct {
 	acking         bool
 }
 
-// shellWatch is one socket's position in one terminal. Fields are guarded
-// by the feed's mutex.
-type shellWatch struct {
-	sock *shellSocket
-	f    *shellFeed
-	gen  int64
-	next int64 // the next seq the socket needs
-	// catching is set while a catch-up goroutine delivers from the stream.
-	catching bool
-	// quietTrim skips the trim notice of a first replay without lastSeq.
-	quietTrim bool
-	done      bool
-	// pos changes whenever the watch is repositioned; a catch-up of an
-	// older pos stops.
-	pos int
-}
-
 // shellSocket is one /shell socket and the terminal it follows.
 type shellSocket struct {
 	c  *conn
 	mu sync.Mutex
-	w  *shellWatch
+	w  *watch
 	// clientAcks is set once the client sends acks: its terminal's flow
 	// then follows what it rendered, not what was written to its socket
 	// (kernel buffers hold megabytes a slow client has not read).
 	clientAcks atomic.Bool
 }
 
-func newShellHub(st *store.Store, sub *store.Subscriber, log *slog.Logger, ws app.Workspaces, detach time.Duration) *shellHub {
+func newTerminals(h *hub, st *store.Store, log *slog.Logger, ws app.Workspaces, detach time.Duration) *terminals {
 	if detach <= 0 {
 		detach = DefaultShellDetachTimeout
 	}
-	h := &shellHub{
-		st: st, sub: sub, log: log, ws: ws, feeds: map[string]*shellFeed{}, socks: map[*shellSocket]struct{}{},
+	tm := &terminals{
+		hub: h, st: st, log: log, ws: ws, socks: map[*shellSocket]struct{}{},
 		refresh: min(max(detach/4, 50*time.Millisecond), 5*time.Second),
 	}
-	sub.HandleShell(store.ShellHandlers{Message: h.message, Resync: h.resync})
-	return h
+	// A terminal's stream: a chunk trimmed away is reported by a notice
+	// (PROTOCOL §4) and the socket goes on with what remains.
+	tm.kind = &streamKind{
+		chunk: shellReplayChunk,
+		read: func(ctx context.Context, key string, after int64, n int) ([]storedFrame, error) {
+			chunks, err := st.ShellOutput(ctx, key, after, n)
+			frames := make([]storedFrame, len(chunks))
+			for i, ch := range chunks {
+				frames[i] = storedFrame{ch.Seq, outputFrame(ch.Seq, ch.Data)}
+			}
+			return frames, err
+		},
+		subscribe:   h.sub.SubscribeShell,
+		unsubscribe: h.sub.UnsubscribeShell,
+		trimmed: func(w *watch, n int64, quiet bool) bool {
+			if !quiet {
+				w.c.reply(trimNotice(n))
+			}
+			return true
+		},
+		caughtUp: tm.caughtUpLocked,
+		watched:  watchedTerminals,
+	}
+	h.terminal = tm.kind
+	h.sub.HandleShell(store.ShellHandlers{Message: tm.message, Resync: func(key string) { h.resync(tm.kind, key) }})
+	return tm
 }
 
 func (s *Server) newShellSockets() *melody.Melody {
@@ -242,10 +237,10 @@ func (sock *shellSocket) notice(level, text string) {
 }
 
 // init opens or reattaches the terminal of an init frame (PROTOCOL §4).
-func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMessage, pick func(context.Context) (string, error)) {
-	h.detachSocket(sock)
+func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellMessage, pick func(context.Context) (string, error)) {
+	tm.detachSocket(sock)
 	user := sock.c.user.Name
-	dir, err := userProjectDir(h.ws, user, msg.ProjectPath)
+	dir, err := userProjectDir(tm.ws, user, msg.ProjectPath)
 	if err != nil {
 		sock.error(app.ShellErrInvalidPath)
 		return
@@ -253,17 +248,17 @@ func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMes
 	key := app.ShellKey(user, dir, msg)
 	spec := msg.Spec(user, dir)
 	for attempt := 0; attempt < 3; attempt++ {
-		info, ok, err := h.st.Shell(ctx, key)
+		info, ok, err := tm.st.Shell(ctx, key)
 		if err != nil {
-			h.fail(sock, "read terminal", err)
+			tm.fail(sock, "read terminal", err)
 			return
 		}
 		live := ok && info.State != store.ShellExited
 		if live {
-			alive, err := h.st.WorkerAlive(ctx, info.Worker)
+			alive, err := tm.st.WorkerAlive(ctx, info.Worker)
 			switch {
 			case err != nil:
-				h.fail(sock, "check worker", err)
+				tm.fail(sock, "check worker", err)
 				return
 			case !alive:
 				sock.notice("error", noticeLost)
@@ -271,7 +266,7 @@ func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMes
 			case msg.LoginReset():
 				// A login must not land in an old prompt: the old
 				// terminal goes, a fresh one starts.
-				_ = h.st.SendControl(ctx, info.Worker, store.Control{Type: store.ControlShellKill, Shell: key, Gen: info.Gen})
+				_ = tm.st.SendControl(ctx, info.Worker, store.Control{Type: store.ControlShellKill, Shell: key, Gen: info.Gen})
 				live = false
 			}
 		}
@@ -281,7 +276,7 @@ func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMes
 			if msg.LastSeq != nil && *msg.LastSeq <= info.Seq {
 				from, quiet = *msg.LastSeq+1, false
 			}
-			h.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet)
+			tm.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet)
 			return
 		}
 		worker, err := pick(ctx)
@@ -290,144 +285,142 @@ func (h *shellHub) init(ctx context.Context, sock *shellSocket, msg app.ShellMes
 			return
 		}
 		if err != nil {
-			h.fail(sock, "list workers", err)
+			tm.fail(sock, "list workers", err)
 			return
 		}
-		gen, opened, err := h.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec, h.maxOpen)
+		gen, opened, err := tm.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec, tm.maxOpen)
 		var limit *app.LimitError
 		if errors.As(err, &limit) {
 			sock.error(limit.Error())
 			return
 		}
 		if err != nil {
-			h.fail(sock, "open terminal", err)
+			tm.fail(sock, "open terminal", err)
 			return
 		}
 		if !opened {
 			continue // another gateway opened it first: reattach to it
 		}
 		sock.notice("info", spec.Welcome())
-		h.attach(ctx, sock, key, gen, worker, 1, true)
+		tm.attach(ctx, sock, key, gen, worker, 1, true)
 		return
 	}
 	sock.error("Terminal is being restarted elsewhere: try again")
 }
 
-func (h *shellHub) fail(sock *shellSocket, what string, err error) {
-	h.log.Warn("shell "+what, "user", sock.c.user.Name, "err", err)
+func (tm *terminals) fail(sock *shellSocket, what string, err error) {
+	tm.log.Warn("shell "+what, "user", sock.c.user.Name, "err", err)
 	sock.notice("error", "Error: "+what+" failed")
 }
 
 // attach makes sock follow terminal key from seq from. It subscribes
 // before it reads the stream, so no chunk falls between the two.
-func (h *shellHub) attach(ctx context.Context, sock *shellSocket, key string, gen int64, worker string, from int64, quiet bool) {
-	h.mu.Lock()
-	f := h.feeds[key]
-	if f == nil {
-		f = &shellFeed{key: key, watches: map[*shellWatch]struct{}{}}
-		h.feeds[key] = f
-		watchedTerminals.Inc()
-	}
-	w := &shellWatch{sock: sock, f: f, next: from, catching: true, quietTrim: quiet}
-	f.mu.Lock()
-	if gen > f.gen {
-		f.switchGenLocked(h, gen)
-	}
-	if gen == f.gen {
-		f.worker = worker
-	}
-	w.gen = f.gen
-	if w.gen != gen {
-		w.next = 1
-	}
-	f.watches[w] = struct{}{}
-	f.mu.Unlock()
-	h.mu.Unlock()
-
-	subCtx, cancel := context.WithTimeout(ctx, subscribeTimeout)
-	defer cancel()
-	if err := h.sub.SubscribeShell(subCtx, key); err != nil {
-		h.removeWatch(w, false)
-		h.fail(sock, "subscribe", err)
+func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, gen int64, worker string, from int64, quiet bool) {
+	w, err := tm.hub.join(ctx, tm.kind, key, sock.c, func(w *watch) {
+		f := w.f
+		if f.term == nil {
+			f.term = &termFeed{}
+		}
+		w.sock, w.next, w.quietTrim = sock, from, quiet
+		if gen > f.gen {
+			tm.switchGenLocked(f, gen)
+		}
+		if gen == f.gen {
+			f.term.worker = worker
+		}
+		w.gen = f.gen
+		if w.gen != gen {
+			w.next = 1
+		}
+	})
+	if err != nil {
+		tm.fail(sock, "subscribe", err)
 		return
 	}
 	sock.mu.Lock()
 	sock.w = w
 	sock.mu.Unlock()
-	if _, err := h.st.ShellTouch(ctx, key, w.gen, +1); err != nil && !errors.Is(err, store.ErrStaleShell) {
-		h.log.Warn("shell attach", "err", err)
+	f := w.f
+	if _, err := tm.st.ShellTouch(ctx, key, w.gen, +1); err != nil && !errors.Is(err, store.ErrStaleShell) {
+		tm.log.Warn("shell attach", "err", err)
 	}
 	// An exit published before the subscription is only in the hash.
-	if info, ok, err := h.st.Shell(ctx, key); err == nil && ok && info.Gen == w.gen && info.State == store.ShellExited {
+	if info, ok, err := tm.st.Shell(ctx, key); err == nil && ok && info.State == store.ShellExited {
 		f.mu.Lock()
-		if f.exit == nil && f.gen == info.Gen {
-			f.exit = &store.ShellLive{Kind: 'e', Gen: info.Gen, Seq: info.Seq, ExitCode: info.ExitCode, Signal: info.Signal, Reason: info.ExitReason}
+		if f.term.exit == nil && f.gen == info.Gen {
+			f.term.exit = &store.ShellLive{Kind: 'e', Gen: info.Gen, Seq: info.Seq, ExitCode: info.ExitCode, Signal: info.Signal, Reason: info.ExitReason}
 			f.maxSeen = max(f.maxSeen, info.Seq)
 		}
 		f.mu.Unlock()
 	}
 	f.mu.Lock()
-	w.pos++
-	pos := w.pos
+	tm.hub.startLocked(w)
 	f.mu.Unlock()
-	go h.catchUp(w, pos)
+}
+
+// caughtUpLocked sends the exit of a terminal that ended to a watch that
+// has every chunk before it. f.mu must be held.
+func (tm *terminals) caughtUpLocked(w *watch) {
+	if e := w.f.term.exit; e != nil && w.next > e.Seq {
+		tm.sendExitLocked(w)
+	}
 }
 
 // switchGenLocked moves the feed to a newer generation of its terminal (a
 // login reset or forceRestart elsewhere): every socket follows the new
 // terminal from its first chunk. f.mu must be held.
-func (f *shellFeed) switchGenLocked(h *shellHub, gen int64) {
-	f.gen, f.maxSeen, f.exit, f.worker = gen, 0, nil, ""
-	f.written, f.acked = 0, 0
+func (tm *terminals) switchGenLocked(f *feed, gen int64) {
+	f.gen, f.maxSeen = gen, 0
+	*f.term = termFeed{}
 	for w := range f.watches {
 		if w.done {
 			continue
 		}
 		w.gen, w.next, w.quietTrim = gen, 1, true
-		w.sock.c.trySend(noticeFrame("warn", noticeRestarted))
+		w.c.trySend(noticeFrame("warn", noticeRestarted))
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 			defer cancel()
-			_, _ = h.st.ShellTouch(ctx, f.key, gen, +1)
+			_, _ = tm.st.ShellTouch(ctx, f.key, gen, +1)
 		}()
-		h.startCatchUpLocked(w)
+		tm.hub.startLocked(w)
 	}
 	if gen > 0 {
-		go h.learnWorker(f, gen)
+		go tm.learnWorker(f, gen)
 	}
 }
 
 // learnWorker reads the worker of a generation first seen on pub/sub.
-func (h *shellHub) learnWorker(f *shellFeed, gen int64) {
+func (tm *terminals) learnWorker(f *feed, gen int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	h.workerOf(ctx, f, gen)
+	tm.workerOf(ctx, f, gen)
 }
 
 // workerOf returns the worker of generation gen of f's terminal, reading it
 // from the hash (and keeping it) while it is not known yet; "" if gen is no
 // longer the terminal's.
-func (h *shellHub) workerOf(ctx context.Context, f *shellFeed, gen int64) string {
+func (tm *terminals) workerOf(ctx context.Context, f *feed, gen int64) string {
 	f.mu.Lock()
-	worker := f.worker
+	worker := f.term.worker
 	f.mu.Unlock()
 	if worker != "" {
 		return worker
 	}
-	info, ok, err := h.st.Shell(ctx, f.key)
+	info, ok, err := tm.st.Shell(ctx, f.key)
 	if err != nil || !ok || info.Gen != gen {
 		return ""
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.gen == gen && f.worker == "" {
-		f.worker = info.Worker
+	if f.gen == gen && f.term.worker == "" {
+		f.term.worker = info.Worker
 	}
 	return info.Worker
 }
 
 // control sends input or a resize of sock's terminal to its worker's inbox.
-func (h *shellHub) control(ctx context.Context, sock *shellSocket, typ string, v any) {
+func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string, v any) {
 	sock.mu.Lock()
 	w := sock.w
 	sock.mu.Unlock()
@@ -443,7 +436,7 @@ func (h *shellHub) control(ctx context.Context, sock *shellSocket, typ string, v
 	}
 	// Right after another tab restarted the terminal, its worker may not
 	// be known here yet: read it rather than drop the keystrokes.
-	worker := h.workerOf(ctx, w.f, gen)
+	worker := tm.workerOf(ctx, w.f, gen)
 	if worker == "" {
 		return // replaced again meanwhile: the socket follows the newer one
 	}
@@ -451,70 +444,47 @@ func (h *shellHub) control(ctx context.Context, sock *shellSocket, typ string, v
 	if err != nil {
 		return
 	}
-	if err := h.st.SendControl(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
-		h.fail(sock, "send to terminal", err)
+	if err := tm.st.SendControl(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
+		tm.fail(sock, "send to terminal", err)
 	}
 }
 
 // detachSocket stops sock following its terminal.
-func (h *shellHub) detachSocket(sock *shellSocket) {
+func (tm *terminals) detachSocket(sock *shellSocket) {
 	sock.mu.Lock()
 	w := sock.w
 	sock.w = nil
 	sock.mu.Unlock()
 	if w != nil {
-		h.removeWatch(w, true)
+		tm.removeWatch(w)
 	}
 }
 
-// removeWatch takes a watch out of its feed, drops the feed when it was the
-// last, and records the detach in Redis. A watch is removed once: the exit
-// path and a detach (a new init, a closed socket) may both come here, and a
-// second unsubscribe would take another watcher's subscription.
-func (h *shellHub) removeWatch(w *shellWatch, subscribed bool) {
-	f := w.f
-	h.mu.Lock()
-	f.mu.Lock()
-	if _, ok := f.watches[w]; !ok {
-		f.mu.Unlock()
-		h.mu.Unlock()
-		return
-	}
-	w.done = true
-	w.pos++
-	delete(f.watches, w)
-	if len(f.watches) == 0 && h.feeds[f.key] == f {
-		delete(h.feeds, f.key)
-		watchedTerminals.Dec()
-	}
+// removeWatch takes a watch out of its feed and records the detach in
+// Redis, once: the exit path and a detach (a new init, a closed socket)
+// may both come here.
+func (tm *terminals) removeWatch(w *watch) {
+	w.f.mu.Lock()
 	gen := w.gen
-	f.mu.Unlock()
-	h.mu.Unlock()
-	if !subscribed {
+	w.f.mu.Unlock()
+	if !tm.hub.leave(w) {
 		return
 	}
-	h.sub.UnsubscribeShell(f.key)
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	if _, err := h.st.ShellTouch(ctx, f.key, gen, -1); err != nil && !errors.Is(err, store.ErrStaleShell) {
-		h.log.Warn("shell detach", "err", err)
+	if _, err := tm.st.ShellTouch(ctx, w.f.key, gen, -1); err != nil && !errors.Is(err, store.ErrStaleShell) {
+		tm.log.Warn("shell detach", "err", err)
 	}
-}
-
-func (h *shellHub) feed(key string) *shellFeed {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.feeds[key]
 }
 
 // message handles a terminal channel message. It runs on the subscriber's
 // goroutine and never blocks on a socket.
-func (h *shellHub) message(key, payload string) {
+func (tm *terminals) message(key, payload string) {
 	m, ok := store.ParseShellLive(payload)
 	if !ok {
 		return
 	}
-	f := h.feed(key)
+	f := tm.hub.feed(tm.kind, key)
 	if f == nil {
 		return
 	}
@@ -524,81 +494,41 @@ func (h *shellHub) message(key, payload string) {
 		return
 	}
 	if m.Gen > f.gen {
-		f.switchGenLocked(h, m.Gen)
+		tm.switchGenLocked(f, m.Gen)
 	}
 	switch m.Kind {
 	case 'o':
-		f.maxSeen = max(f.maxSeen, m.Seq)
-		var frame []byte
-		for w := range f.watches {
-			if w.catching || w.done || m.Seq < w.next {
-				continue
-			}
-			if m.Seq == w.next {
-				if frame == nil {
-					frame = outputFrame(m.Seq, m.Data)
-				}
-				if w.sock.c.trySend(frame) {
-					w.next++
-					continue
-				}
-			}
-			// Behind (queue full) or a chunk was missed: read the stream.
-			h.startCatchUpLocked(w)
-		}
+		tm.hub.publishLocked(f, m.Seq, func() []byte { return outputFrame(m.Seq, m.Data) })
 	case 'e':
-		f.exit = &m
+		f.term.exit = &m
 		f.maxSeen = max(f.maxSeen, m.Seq)
 		for w := range f.watches {
 			if w.catching || w.done {
 				continue
 			}
 			if w.next > m.Seq {
-				h.sendExitLocked(w)
+				tm.sendExitLocked(w)
 			} else {
-				h.startCatchUpLocked(w)
+				tm.hub.startLocked(w)
 			}
 		}
 	case 'u':
 		frame, _ := json.Marshal(app.ShellAuthURL{Type: "auth_url", URL: m.Data, AutoOpen: m.AutoOpen})
 		for w := range f.watches {
 			if !w.done {
-				w.sock.c.trySend(frame)
+				w.c.trySend(frame)
 			}
 		}
 	}
 }
 
-// resync re-reads a terminal for every socket after the pub/sub
-// connection came back: what was published meanwhile is only in the stream.
-func (h *shellHub) resync(key string) {
-	f := h.feed(key)
-	if f == nil {
-		return
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for w := range f.watches {
-		if !w.catching && !w.done {
-			h.startCatchUpLocked(w)
-		}
-	}
-}
-
-// startCatchUpLocked repositions w to read the stream. f.mu must be held.
-func (h *shellHub) startCatchUpLocked(w *shellWatch) {
-	w.catching = true
-	w.pos++
-	go h.catchUp(w, w.pos)
-}
-
 // sendExitLocked sends the exit of the feed's terminal to w, once, and
 // detaches it: the socket stays open and may init again. f.mu must be held.
-func (h *shellHub) sendExitLocked(w *shellWatch) {
+func (tm *terminals) sendExitLocked(w *watch) {
 	if w.done {
 		return
 	}
-	e := *w.f.exit
+	e := *w.f.term.exit
 	w.done = true
 	// The frames go out after every chunk already queued; sending may wait
 	// for room, which must not happen under the feed's lock.
@@ -616,102 +546,14 @@ func (h *shellHub) sendExitLocked(w *shellWatch) {
 		if e.Signal != "" {
 			sig = &e.Signal
 		}
-		w.sock.c.reply(app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
+		w.c.reply(app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
 		w.sock.mu.Lock()
 		if w.sock.w == w {
 			w.sock.w = nil
 		}
 		w.sock.mu.Unlock()
-		h.removeWatch(w, true)
+		tm.removeWatch(w)
 	}()
-}
-
-// catchUp delivers stored chunks to w from its position at the socket's
-// pace, until nothing newer than its position was published; then live
-// delivery takes over. Runs in its own goroutine, one per watch at a time.
-func (h *shellHub) catchUp(w *shellWatch, pos int) {
-	f, c := w.f, w.sock.c
-	empty := 0
-	for {
-		f.mu.Lock()
-		if w.pos != pos || w.done {
-			f.mu.Unlock()
-			return
-		}
-		next, quiet := w.next, w.quietTrim
-		w.quietTrim = false
-		f.mu.Unlock()
-
-		chunks, err := h.st.ShellOutput(c.ctx, f.key, next-1, shellReplayChunk)
-		if store.Unavailable(err) {
-			// Redis is down or loading: wait for it and read on from the
-			// same position, as chat sockets do, rather than close.
-			if h.st.WaitAvailable(c.ctx) != nil {
-				return
-			}
-			continue
-		}
-		if err != nil {
-			if c.ctx.Err() != nil {
-				return
-			}
-			h.log.Warn("shell replay", "err", err)
-			c.closeWith(closeSlow) // the client reconnects and resumes
-			return
-		}
-		if len(chunks) == 0 {
-			f.mu.Lock()
-			if w.pos != pos || w.done {
-				f.mu.Unlock()
-				return
-			}
-			if f.maxSeen < w.next {
-				w.catching = false
-				if f.exit != nil && w.next > f.exit.Seq {
-					h.sendExitLocked(w)
-				}
-				f.mu.Unlock()
-				return
-			}
-			empty++
-			var skipped int64
-			if empty > shellEmptyRetries {
-				// Published but never readable: trimmed while we read.
-				skipped, w.next = f.maxSeen+1-w.next, f.maxSeen+1
-			}
-			f.mu.Unlock()
-			if skipped > 0 && !quiet {
-				c.reply(trimNotice(skipped))
-			}
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		empty = 0
-		if first := chunks[0].Seq; first > next && !quiet {
-			c.reply(trimNotice(first - next))
-		}
-		for i := 0; i < len(chunks); {
-			if !c.waitRoom() {
-				return
-			}
-			f.mu.Lock()
-			if w.pos != pos || w.done {
-				f.mu.Unlock()
-				return
-			}
-			for ; i < len(chunks); i++ {
-				ch := chunks[i]
-				if ch.Seq < w.next {
-					continue
-				}
-				if !c.trySend(outputFrame(ch.Seq, ch.Data)) {
-					break // full again: wait for room
-				}
-				w.next = ch.Seq + 1
-			}
-			f.mu.Unlock()
-		}
-	}
 }
 
 // trimNotice tells a socket that n chunks it should have had are no longer
@@ -730,7 +572,7 @@ func noticeFrame(level, text string) []byte {
 // written records that sock was written the chunk seq of its terminal,
 // and tells the terminal's worker, one ack at a time per terminal: the
 // worker reads its PTY only while the most advanced socket keeps up.
-func (h *shellHub) written(sock *shellSocket, seq int64) {
+func (tm *terminals) written(sock *shellSocket, seq int64) {
 	sock.mu.Lock()
 	w := sock.w
 	sock.mu.Unlock()
@@ -740,37 +582,37 @@ func (h *shellHub) written(sock *shellSocket, seq int64) {
 	f := w.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if w.gen != f.gen || seq <= f.written {
+	if w.gen != f.gen || seq <= f.term.written {
 		return
 	}
-	f.written = seq
-	if !f.acking {
-		f.acking = true
-		go h.sendAcks(f)
+	f.term.written = seq
+	if !f.term.acking {
+		f.term.acking = true
+		go tm.sendAcks(f)
 	}
 }
 
 // sendAcks tells f's worker the written seq until it has the newest.
 // Runs in its own goroutine.
-func (h *shellHub) sendAcks(f *shellFeed) {
+func (tm *terminals) sendAcks(f *feed) {
 	for {
 		f.mu.Lock()
-		seq, gen, worker := f.written, f.gen, f.worker
-		if seq <= f.acked || worker == "" {
-			f.acking = false
+		seq, gen, worker := f.term.written, f.gen, f.term.worker
+		if seq <= f.term.acked || worker == "" {
+			f.term.acking = false
 			f.mu.Unlock()
 			return
 		}
-		f.acked = seq
+		f.term.acked = seq
 		f.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-		err := h.st.SendControl(ctx, worker, store.Control{
+		err := tm.st.SendControl(ctx, worker, store.Control{
 			Type: store.ControlShellAck, Shell: f.key, Gen: gen, Data: strconv.AppendInt(nil, seq, 10),
 		})
 		cancel()
 		if err != nil {
 			// The worker reads on after its stall timeout; nothing is lost.
-			h.log.Debug("ack terminal output", "shell", f.key, "err", err)
+			tm.log.Debug("ack terminal output", "shell", f.key, "err", err)
 		}
 		// One ack per ackInterval at most: each is a Redis round trip for
 		// the gateway and the worker, and the window is far larger than
@@ -809,8 +651,8 @@ func outputFrame(seq int64, data string) []byte {
 // run refreshes the watch time of every terminal with a socket here, so
 // that its worker does not take it for detached, and ends the terminals
 // whose worker died. Runs in its own goroutine.
-func (h *shellHub) run(ctx context.Context) {
-	t := time.NewTicker(h.refresh)
+func (tm *terminals) run(ctx context.Context) {
+	t := time.NewTicker(tm.refresh)
 	defer t.Stop()
 	for {
 		select {
@@ -823,19 +665,17 @@ func (h *shellHub) run(ctx context.Context) {
 			gen         int64
 		}
 		var list []target
-		h.mu.Lock()
-		for _, f := range h.feeds {
+		for _, f := range tm.hub.feedsOf(tm.kind) {
 			f.mu.Lock()
-			if f.exit == nil && f.gen > 0 {
-				list = append(list, target{f.key, f.worker, f.gen})
+			if f.term.exit == nil && f.gen > 0 {
+				list = append(list, target{f.key, f.term.worker, f.gen})
 			}
 			f.mu.Unlock()
 		}
-		h.mu.Unlock()
 		alive := map[string]bool{}
 		for _, t := range list {
-			if _, err := h.st.ShellTouch(ctx, t.key, t.gen, 0); err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil {
-				h.log.Warn("shell refresh", "err", err)
+			if _, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0); err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil {
+				tm.log.Warn("shell refresh", "err", err)
 			}
 			if t.worker == "" {
 				continue
@@ -843,15 +683,15 @@ func (h *shellHub) run(ctx context.Context) {
 			ok, seen := alive[t.worker]
 			if !seen {
 				var err error
-				if ok, err = h.st.WorkerAlive(ctx, t.worker); err != nil {
+				if ok, err = tm.st.WorkerAlive(ctx, t.worker); err != nil {
 					continue
 				}
 				alive[t.worker] = ok
 			}
 			if !ok {
 				// Every gateway watching it hears this exit.
-				if _, err := h.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
-					h.log.Warn("shell end lost terminal", "err", err)
+				if _, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
+					tm.log.Warn("shell end lost terminal", "err", err)
 				}
 			}
 		}
@@ -859,13 +699,13 @@ func (h *shellHub) run(ctx context.Context) {
 }
 
 // closeAll closes every /shell socket with 1001 (the gateway is draining).
-func (h *shellHub) closeAll() {
-	h.mu.Lock()
-	socks := make([]*shellSocket, 0, len(h.socks))
-	for s := range h.socks {
+func (tm *terminals) closeAll() {
+	tm.mu.Lock()
+	socks := make([]*shellSocket, 0, len(tm.socks))
+	for s := range tm.socks {
 		socks = append(socks, s)
 	}
-	h.mu.Unlock()
+	tm.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, s := range socks {
 		wg.Add(1)
