@@ -238,7 +238,8 @@ func benchSockets(b *testing.B, watch bool) {
 	redisURL := storetest.StartServer(b).URL
 	var sessions []string
 	if watch {
-		sessions = createSessions(b, redisURL, n+100)
+		// The gateway's key prefix, not a test's own.
+		sessions = createSessions(b, storetest.New(b, redisURL, store.Config{Prefix: store.DefaultPrefix}), n+100)
 	}
 	for range b.N {
 		b.StopTimer()
@@ -294,8 +295,7 @@ func benchSockets(b *testing.B, watch bool) {
 
 // createSessions stores n sessions of the benchmark's user, each with one
 // accepted run that no worker takes, and returns their ids.
-func createSessions(b *testing.B, redisURL string, n int) []string {
-	st := storetest.New(b, redisURL)
+func createSessions(b *testing.B, st *store.Store, n int) []string {
 	ids := make([]string, n)
 	project := b.TempDir()
 	for i := range ids {
@@ -323,7 +323,7 @@ func watchSessions(b *testing.B, conns []*websocket.Conn, ids []string) {
 				b.Fatalf("socket %d: %v", i, err)
 			}
 			if m["type"] == "session-status" {
-				if m["isProcessing"] != true {
+				if m["sessionId"] != ids[i] {
 					b.Fatalf("socket %d: %v", i, m)
 				}
 				break
@@ -339,16 +339,30 @@ func watchSessions(b *testing.B, conns []*websocket.Conn, ids []string) {
 // sockets grouped by allocation site. The client side (gorilla's Dialer)
 // is left out by its stacks; goroutine stacks come from MemStats (the
 // clients have no goroutines).
-func BenchmarkIdleSocketsInProcess(b *testing.B) {
+func BenchmarkIdleSocketsInProcess(b *testing.B) { benchSocketsInProcess(b, false) }
+
+// BenchmarkWatchingSocketsInProcess attributes the memory of sockets that
+// each watch a session of their own, as BenchmarkWatchingSockets.
+func BenchmarkWatchingSocketsInProcess(b *testing.B) { benchSocketsInProcess(b, true) }
+
+func benchSocketsInProcess(b *testing.B, watch bool) {
 	n := socketCount(b, idleSockets/2, idleSockets/2+200)
 	old := runtime.MemProfileRate
 	runtime.MemProfileRate = 1
 	defer func() { runtime.MemProfileRate = old }()
 	st := storetest.New(b, storetest.StartServer(b).URL)
+	var sessions []string
+	if watch {
+		sessions = createSessions(b, st, n+100)
+	}
 	for range b.N {
 		b.StopTimer()
 		srv, wsURL := startGateway(b, st, b.TempDir(), 0)
-		closeSockets(openSockets(b, wsURL, 100))
+		warm := openSockets(b, wsURL, 100)
+		if watch {
+			watchSessions(b, warm, sessions[n:])
+		}
+		closeSockets(warm)
 		waitFor(b, 30*time.Second, "the warm-up sockets to close", func() bool { return srv.Connections() == 0 })
 		var ms0, ms1 runtime.MemStats
 		runtime.GC()
@@ -359,6 +373,9 @@ func BenchmarkIdleSocketsInProcess(b *testing.B) {
 
 		b.StartTimer()
 		conns := openSockets(b, wsURL, n)
+		if watch {
+			watchSessions(b, conns, sessions[:n])
+		}
 		waitFor(b, time.Minute, "the gateway to count every socket", func() bool { return srv.Connections() == n })
 		time.Sleep(idleSettle)
 		b.StopTimer()

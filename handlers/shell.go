@@ -155,7 +155,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 			s.shells.written(sock, seq)
 		}
 	})
-	m.HandleMessage(s.onShellMessage)
+	m.HandleMessage(func(ms *melody.Session, data []byte) { onFreshStack(func() { s.onShellMessage(ms, data) }) })
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
 		if c := shellSocketOf(ms).c; c.admit(1) {
 			c.reply(app.ShellError{Type: "error", Message: app.ErrTextInvalidPayload})
