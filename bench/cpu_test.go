@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,7 +157,10 @@ type cpuMeter struct {
 	busiest time.Duration
 	wall    time.Time
 	total   cpuTimes
-	span    time.Duration
+	// cmds is INFO commandstats at mark, when $BENCH_COMMANDSTATS is set:
+	// end logs what Redis ran in the measured part.
+	cmds map[string][2]float64
+	span time.Duration
 	// prof receives a CPU profile of the measured part of a round when
 	// $BENCH_CPUPROFILE names a file (run one sub-benchmark, -benchtime 1x).
 	prof *os.File
@@ -182,6 +187,9 @@ func (m *cpuMeter) now() cpuTimes {
 func (m *cpuMeter) mark() {
 	m.start = m.now()
 	m.nodes = redisNodeCPU(context.Background(), m.rdb)
+	if os.Getenv("BENCH_COMMANDSTATS") != "" {
+		m.cmds = commandStats(context.Background(), m.rdb)
+	}
 	m.wall = time.Now()
 	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" {
 		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
@@ -204,6 +212,22 @@ func (m *cpuMeter) end() {
 		m.prof = nil
 	}
 	m.span += time.Since(m.wall)
+	if m.cmds != nil {
+		type row struct {
+			name        string
+			calls, usec float64
+		}
+		var rows []row
+		for k, v := range commandStats(context.Background(), m.rdb) {
+			if d := v[1] - m.cmds[k][1]; d > 0 {
+				rows = append(rows, row{k, v[0] - m.cmds[k][0], d})
+			}
+		}
+		slices.SortFunc(rows, func(a, b row) int { return int(b.usec - a.usec) })
+		for _, r := range rows {
+			fmt.Fprintf(os.Stderr, "redis %-24s %9.0f calls %9.0f us\n", r.name, r.calls, r.usec)
+		}
+	}
 	t := m.now()
 	var busiest time.Duration
 	for addr, d := range redisNodeCPU(context.Background(), m.rdb) {
@@ -287,4 +311,37 @@ func (m *cpuMeter) reportPerEventInProcess(report func(float64, string), events 
 	report(us(m.total.self), "us_per_event_proc")
 	report(us(m.total.redis), "us_per_event_redis")
 	report(us(m.total.self+m.total.redis), "us_per_event_total")
+}
+
+// commandStats reads INFO commandstats of one Redis: calls and
+// microseconds by command.
+func commandStats(ctx context.Context, rdb redis.UniversalClient) map[string][2]float64 {
+	out := map[string][2]float64{}
+	c, ok := rdb.(*redis.Client)
+	if !ok {
+		return out
+	}
+	info, err := c.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		var v [2]float64
+		for _, kv := range strings.Split(rest, ",") {
+			k, val, _ := strings.Cut(kv, "=")
+			f, _ := strconv.ParseFloat(val, 64)
+			switch k {
+			case "calls":
+				v[0] = f
+			case "usec":
+				v[1] = f
+			}
+		}
+		out[strings.TrimPrefix(name, "cmdstat_")] = v
+	}
+	return out
 }

@@ -201,6 +201,10 @@ func startGatewayProcesses(b *testing.B) *gatewayEnv {
 		"AGENTGATE_CLAUDE_BIN=" + claude, "AGENTGATE_WATCH_INTERVAL=0",
 	}
 	env = append(env, benchLimitEnv...)
+	// BENCH_SERVER_GOMAXPROCS sets GOMAXPROCS of both processes.
+	if n := os.Getenv("BENCH_SERVER_GOMAXPROCS"); n != "" {
+		env = append(env, "GOMAXPROCS="+n)
+	}
 	// BENCH_WORKER_GOGC and BENCH_GATEWAY_GOGC set GOGC of each process, to
 	// see whose garbage collection makes the latency tail;
 	// BENCH_WORKER_GOMEMLIMIT sets the worker's GOMEMLIMIT.
