@@ -3,12 +3,23 @@ package workers
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/agentgate/agentgate/store"
 )
 
 // appendPipelineMax bounds the appends sent in one pipeline.
 const appendPipelineMax = 256
+
+// appendSpacing is the least time between the starts of two pipelines
+// while fewer than appendSpacingFill appends wait: under load the appends
+// of many runs share one round trip (each costs the worker, Redis and the
+// gateways a wake-up and a few system calls whatever it carries), and an
+// append that comes after a quiet spell goes out at once.
+const (
+	appendSpacing     = time.Millisecond
+	appendSpacingFill = 32
+)
 
 // appender sends the appends of this worker's runs to Redis together: the
 // appends that arrive while one pipeline is in flight go out in the next
@@ -21,9 +32,10 @@ const appendPipelineMax = 256
 type appender struct {
 	st *store.Store
 
-	mu      sync.Mutex
-	leading bool // a caller is sending pipelines
-	queue   []*appendCall
+	mu       sync.Mutex
+	leading  bool // a caller is sending pipelines
+	queue    []*appendCall
+	lastSent time.Time // when the last pipeline started
 }
 
 type appendCall struct {
@@ -62,6 +74,12 @@ func (a *appender) append(_ context.Context, req store.AppendReq) (int64, error)
 func (a *appender) lead(own *appendCall) {
 	for !own.sent {
 		a.mu.Lock()
+		if wait := time.Until(a.lastSent.Add(appendSpacing)); wait > 0 && len(a.queue) < appendSpacingFill {
+			a.mu.Unlock()
+			time.Sleep(wait)
+			a.mu.Lock()
+		}
+		a.lastSent = time.Now()
 		n := min(len(a.queue), appendPipelineMax)
 		calls := a.queue[:n:n]
 		a.queue = a.queue[n:]
