@@ -58,11 +58,21 @@ func (s *Store) SendControl(ctx context.Context, worker string, c Control) error
 // ReadInbox waits up to block for control messages after the stream id
 // after ("0" for all) and deletes what it returns.
 func (s *Store) ReadInbox(ctx context.Context, worker, after string, block time.Duration) ([]ControlEntry, error) {
+	out, err := s.PeekInbox(ctx, worker, after, block)
+	if err == nil {
+		s.DeleteInbox(ctx, worker, out)
+	}
+	return out, err
+}
+
+// PeekInbox is ReadInbox without the delete: a worker acts on its
+// controls first (a keystroke reaches its terminal one Redis round trip
+// sooner) and deletes them after, with DeleteInbox.
+func (s *Store) PeekInbox(ctx context.Context, worker, after string, block time.Duration) ([]ControlEntry, error) {
 	if block <= 0 {
 		block = time.Second
 	}
-	key := s.k.inbox(worker)
-	streams, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{key, after}, Count: 100, Block: block}).Result()
+	streams, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{s.k.inbox(worker), after}, Count: 100, Block: block}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -70,7 +80,6 @@ func (s *Store) ReadInbox(ctx context.Context, worker, after string, block time.
 		return nil, fmt.Errorf("store: read inbox: %w", err)
 	}
 	var out []ControlEntry
-	var ids []string
 	for _, st := range streams {
 		for _, m := range st.Messages {
 			e := ControlEntry{StreamID: m.ID}
@@ -79,13 +88,23 @@ func (s *Store) ReadInbox(ctx context.Context, worker, after string, block time.
 				e.Err = fmt.Errorf("decode control %s: %w", m.ID, err)
 			}
 			out = append(out, e)
-			ids = append(ids, m.ID)
-		}
-	}
-	if len(ids) > 0 {
-		if err := s.rdb.XDel(ctx, key, ids...).Err(); err != nil {
-			s.log.Warn("delete read inbox entries", "worker", worker, "err", err)
 		}
 	}
 	return out, nil
+}
+
+// DeleteInbox deletes entries read from a worker's inbox. A failure is
+// logged, not returned: the reader goes on from its last id, so an entry
+// left behind is only kept longer (the inbox is capped).
+func (s *Store) DeleteInbox(ctx context.Context, worker string, entries []ControlEntry) {
+	if len(entries) == 0 {
+		return
+	}
+	ids := make([]string, len(entries))
+	for i, e := range entries {
+		ids[i] = e.StreamID
+	}
+	if err := s.rdb.XDel(ctx, s.k.inbox(worker), ids...).Err(); err != nil {
+		s.log.Warn("delete read inbox entries", "worker", worker, "err", err)
+	}
 }

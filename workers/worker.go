@@ -316,10 +316,16 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 
 // inboxLoop reads the worker's control messages until ctx ends.
 // Runs in its own goroutine.
+//
+// What it read is deleted later, in batches, or when the inbox is quiet:
+// deleting is only tidying (the reader goes on from its last id), and a
+// delete round trip right after a keystroke would compete with the
+// terminal's echo for Redis.
 func (w *Worker) inboxLoop(ctx context.Context) {
 	after := "0"
+	var read []store.ControlEntry
 	for ctx.Err() == nil {
-		entries, err := w.st.ReadInbox(ctx, w.cfg.ID, after, w.pollBlock)
+		entries, err := w.st.PeekInbox(ctx, w.cfg.ID, after, w.pollBlock)
 		if err != nil {
 			if ctx.Err() == nil {
 				w.log.Warn("read inbox", "err", err)
@@ -335,8 +341,16 @@ func (w *Worker) inboxLoop(ctx context.Context) {
 			}
 			w.control(e.Control)
 		}
+		read = append(read, entries...)
+		if len(read) >= inboxDeleteBatch || (len(entries) == 0 && len(read) > 0) {
+			w.st.DeleteInbox(ctx, w.cfg.ID, read)
+			read = read[:0]
+		}
 	}
 }
+
+// inboxDeleteBatch is how many read controls wait to be deleted together.
+const inboxDeleteBatch = 256
 
 func (w *Worker) control(c store.Control) {
 	if w.shellControl(c) {
