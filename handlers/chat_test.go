@@ -897,3 +897,29 @@ func TestRESTWhileRedisIsDown(t *testing.T) {
 		require.Equal(t, app.StoreUnavailableError, body["error"], path)
 	}
 }
+
+// TestDrainClosesSocketsMidUpgrade: a socket whose upgrade passed the
+// draining check before Drain, and connects after Drain listed the open
+// sockets, closes itself with 1001 rather than stay open on a drained
+// gateway. The interleaving is set up by marking the gateway drained
+// without the draining check.
+func TestDrainClosesSocketsMidUpgrade(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	g.srv.drained.Store(true)
+	c := g.dial("alice")
+	require.Equal(t, websocket.CloseGoingAway, c.closeCode())
+
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/shell?token=" + token(t, "alice", false)
+	ws, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	defer ws.Close()
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for err == nil {
+		_, _, err = ws.ReadMessage()
+	}
+	var ce *websocket.CloseError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, websocket.CloseGoingAway, ce.Code)
+}
