@@ -12,10 +12,12 @@ import (
 const appendPipelineMax = 256
 
 // appendSpacing is the least time between the starts of two pipelines
-// while fewer than appendSpacingFill appends wait: under load the appends
-// of many runs share one round trip (each costs the worker, Redis and the
-// gateways a wake-up and a few system calls whatever it carries), and an
-// append that comes after a quiet spell goes out at once.
+// while fewer than appendSpacingFill appends wait, once the last pipeline
+// carried the appends of more than one run: under load the appends of
+// many runs share one round trip (each costs the worker, Redis and the
+// gateways a wake-up and a few system calls whatever it carries), while
+// one busy run (which batches its own lines) and an append after a quiet
+// spell go out at once.
 const (
 	appendSpacing     = time.Millisecond
 	appendSpacingFill = 32
@@ -36,6 +38,7 @@ type appender struct {
 	leading  bool // a caller is sending pipelines
 	queue    []*appendCall
 	lastSent time.Time // when the last pipeline started
+	lastSize int       // how many appends it carried
 }
 
 type appendCall struct {
@@ -74,13 +77,14 @@ func (a *appender) append(_ context.Context, req store.AppendReq) (int64, error)
 func (a *appender) lead(own *appendCall) {
 	for !own.sent {
 		a.mu.Lock()
-		if wait := time.Until(a.lastSent.Add(appendSpacing)); wait > 0 && len(a.queue) < appendSpacingFill {
+		if wait := time.Until(a.lastSent.Add(appendSpacing)); wait > 0 && a.lastSize > 1 && len(a.queue) < appendSpacingFill {
 			a.mu.Unlock()
 			time.Sleep(wait)
 			a.mu.Lock()
 		}
 		a.lastSent = time.Now()
 		n := min(len(a.queue), appendPipelineMax)
+		a.lastSize = n
 		calls := a.queue[:n:n]
 		a.queue = a.queue[n:]
 		a.mu.Unlock()
