@@ -78,6 +78,21 @@ func (sub *Subscriber) shardForLocked(ctx context.Context, channel string) (*sha
 // dropShardLocked closes a shard and moves the channels it carried to the
 // masters that own them. sub.mu is held.
 func (sub *Subscriber) dropShardLocked(sh *shard) {
+	moved := sub.forgetShardLocked(sh)
+	go func() { _ = sh.ps.Close() }()
+	if len(moved) > 0 && sub.runCtx != nil {
+		ctx := sub.runCtx
+		sub.wg.Add(1)
+		go func() {
+			defer sub.wg.Done()
+			sub.moveChannels(ctx, moved, "")
+		}()
+	}
+}
+
+// forgetShardLocked takes a shard out of the map and returns the channels
+// it carried, now without a shard. sub.mu is held.
+func (sub *Subscriber) forgetShardLocked(sh *shard) []string {
 	if sub.shards[sh.addr] == sh {
 		delete(sub.shards, sh.addr)
 	}
@@ -88,15 +103,7 @@ func (sub *Subscriber) dropShardLocked(sh *shard) {
 			moved = append(moved, name)
 		}
 	}
-	go func() { _ = sh.ps.Close() }()
-	if len(moved) > 0 && sub.runCtx != nil {
-		ctx := sub.runCtx
-		sub.wg.Add(1)
-		go func() {
-			defer sub.wg.Done()
-			sub.moveChannels(ctx, moved, "")
-		}()
-	}
+	return moved
 }
 
 // shardMoved handles a MOVED answer on a shard connection: an SSUBSCRIBE
@@ -177,16 +184,7 @@ func (sub *Subscriber) startShardLocked(sh *shard) {
 func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
 	// Out of the map first, so that no Subscribe picks it meanwhile.
 	sub.mu.Lock()
-	if sub.shards[sh.addr] == sh {
-		delete(sub.shards, sh.addr)
-	}
-	var moved []string
-	for name, c := range sub.channels {
-		if c.shard == sh {
-			c.shard = nil
-			moved = append(moved, name)
-		}
-	}
+	moved := sub.forgetShardLocked(sh)
 	sub.mu.Unlock()
 	_ = sh.ps.Close()
 	sub.moveChannels(ctx, moved, "")
