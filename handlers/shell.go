@@ -281,7 +281,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		}
 		worker, err := pick(ctx)
 		if errors.Is(err, app.ErrNoWorker) {
-			sock.error(app.ShellErrNoWorker)
+			tm.refused(sock, app.ShellErrNoWorker)
 			return
 		}
 		if err != nil {
@@ -291,7 +291,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		gen, opened, err := tm.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec, tm.maxOpen)
 		var limit *app.LimitError
 		if errors.As(err, &limit) {
-			sock.error(limit.Error())
+			tm.refused(sock, limit.Error())
 			return
 		}
 		if err != nil {
@@ -305,7 +305,15 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		tm.attach(ctx, sock, key, gen, worker, 1, true)
 		return
 	}
-	sock.error("Terminal is being restarted elsewhere: try again")
+	tm.refused(sock, "Terminal is being restarted elsewhere: try again")
+}
+
+// refused answers an init that opens no terminal for a reason of the
+// service's (no worker, a limit, a race), and logs it: the client shows the
+// error, and the operator sees why.
+func (tm *terminals) refused(sock *shellSocket, text string) {
+	tm.log.Info("terminal refused", "user", sock.c.user.Name, "reason", text)
+	sock.error(text)
 }
 
 func (tm *terminals) fail(sock *shellSocket, what string, err error) {
