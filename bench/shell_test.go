@@ -210,17 +210,20 @@ func shellThroughput(b *testing.B, r *shellRig, cmd string) {
 	defer c.ws.Close()
 	c.ready(b)
 	var total, frames int64
-	var elapsed, serverCPU, redisCPUUsed time.Duration
+	var elapsed, serverCPU, gatewayCPU, redisCPUUsed time.Duration
 	calls0 := redisCalls(ctx, r.rdb)
 	for i := 0; i < b.N; i++ {
 		c.bytes, c.frames = 0, 0
-		cpu0 := procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid)
+		gw0 := procCPU(r.gateway.Process.Pid)
+		cpu0 := gw0 + procCPU(r.worker.Process.Pid)
 		red0 := redisCPU(ctx, r.rdb)
 		t0 := time.Now()
 		c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("%s; echo END%d-$((40+2))\r", cmd, i)})
 		c.readUntil(b, fmt.Sprintf("END%d-42", i))
 		elapsed += time.Since(t0)
-		serverCPU += procCPU(r.gateway.Process.Pid) + procCPU(r.worker.Process.Pid) - cpu0
+		gw := procCPU(r.gateway.Process.Pid)
+		serverCPU += gw + procCPU(r.worker.Process.Pid) - cpu0
+		gatewayCPU += gw - gw0
 		redisCPUUsed += redisCPU(ctx, r.rdb) - red0
 		total += c.bytes
 		frames += c.frames
@@ -230,6 +233,9 @@ func shellThroughput(b *testing.B, r *shellRig, cmd string) {
 	b.ReportMetric(serverCPU.Seconds()/perRun, "server-cpu-s/run")
 	b.ReportMetric(redisCPUUsed.Seconds()/perRun, "redis-cpu-s/run")
 	b.ReportMetric((serverCPU+redisCPUUsed).Seconds()*1e3/mb, "cpu-ms/MB")
+	b.ReportMetric(gatewayCPU.Seconds()*1e3/mb, "gateway-cpu-ms/MB")
+	b.ReportMetric((serverCPU-gatewayCPU).Seconds()*1e3/mb, "worker-cpu-ms/MB")
+	b.ReportMetric(redisCPUUsed.Seconds()*1e3/mb, "redis-cpu-ms/MB")
 	b.ReportMetric(mb/perRun, "MB/run")
 	b.ReportMetric(float64(frames)/perRun, "frames/run")
 	for cmd, n := range redisCalls(ctx, r.rdb) {

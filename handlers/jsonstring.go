@@ -2,15 +2,18 @@ package handlers
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"unicode/utf8"
 )
 
-// plainJSON marks the bytes that stand for themselves inside a JSON string:
-// printable ASCII but the quote and the backslash.
-var plainJSON = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
-		t[c] = c != '"' && c != '\\'
+// jsonEscape gives, for each ASCII byte, what follows the backslash of its
+// escape inside a JSON string: 0 for a byte that stands for itself, 'u' for
+// a control byte without a short escape (\u00XX).
+var jsonEscape = func() (t [utf8.RuneSelf]byte) {
+	for c := range 0x20 {
+		t[c] = 'u'
 	}
+	t['\n'], t['\r'], t['\t'], t['"'], t['\\'] = 'n', 'r', 't', '"', '\\'
 	return t
 }()
 
@@ -19,46 +22,52 @@ var plainJSON = func() (t [256]bool) {
 // UTF-8, and a terminal's bytes need not be.
 func appendJSONString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
+	// Room for the common case (a line break every few dozen bytes), so
+	// that appending seldom copies what was written already.
+	if free := cap(b) - len(b); free < len(s)+len(s)/8+2 {
+		b = append(make([]byte, 0, len(b)+len(s)+len(s)/4+2), b...)
+	}
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
-		// Eight plain bytes at a time: most terminal output is ASCII.
-		for i+8 <= len(s) && plainWord(binary.LittleEndian.Uint64([]byte(s[i:i+8]))) {
-			i += 8
+		// Eight bytes at a time: most terminal output is plain ASCII, and
+		// the mask tells where the first byte that is not plain is.
+		for i+8 <= len(s) {
+			m := specialBytes(binary.LittleEndian.Uint64([]byte(s[i : i+8])))
+			if m == 0 {
+				i += 8
+				continue
+			}
+			i += bits.TrailingZeros64(m) >> 3
+			break
 		}
 		if i >= len(s) {
 			break
 		}
 		c := s[i]
-		if plainJSON[c] {
-			i++
-			continue
-		}
-		if c >= utf8.RuneSelf {
-			r, size := utf8.DecodeRuneInString(s[i:])
-			if r != utf8.RuneError || size != 1 {
-				i += size
+		if c < utf8.RuneSelf {
+			e := jsonEscape[c]
+			if e == 0 {
+				i++
 				continue
 			}
 			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
+			if e == 'u' {
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			} else {
+				b = append(b, '\\', e)
+			}
 			i++
 			start = i
 			continue
 		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r != utf8.RuneError || size != 1 {
+			i += size
+			continue
 		}
+		b = append(b, s[start:i]...)
+		b = append(b, `\ufffd`...)
 		i++
 		start = i
 	}
@@ -66,20 +75,15 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// plainWord reports whether eight bytes are all plain (see plainJSON): none
-// from 0x80, none below 0x20, no quote, no backslash. The tests are the
-// zero-byte bit tricks: (v-0x01…)&^v has a byte's top bit set when that
-// byte of v is zero.
-func plainWord(x uint64) bool {
+// specialBytes returns a mask with the top bit set of each byte of x (read
+// little-endian) that is not plain inside a JSON string: from 0x80, below
+// 0x20, a quote or a backslash. Bits above the lowest set byte may be set
+// for plain bytes (the borrow of the zero-byte test runs upwards), so only
+// the lowest one is exact: enough to find the first.
+func specialBytes(x uint64) uint64 {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	if x&highs != 0 {
-		return false
-	}
-	// Every byte is below 0x80, so adding 0x60 carries into no other byte
-	// and sets the top bit exactly of the bytes from 0x20 on.
-	if ^(x+ones*0x60)&highs != 0 {
-		return false
-	}
-	zero := func(v uint64) bool { return (v-ones)&^v&highs != 0 }
-	return !zero(x^(ones*'"')) && !zero(x^(ones*'\\'))
+	zero := func(v uint64) uint64 { return (v - ones) &^ v & highs }
+	// Adding 0x60 to a byte below 0x80 carries into no other byte and
+	// sets its top bit exactly from 0x20 on.
+	return (x & highs) | (^(x + ones*0x60) & highs) | zero(x^(ones*'"')) | zero(x^(ones*'\\'))
 }

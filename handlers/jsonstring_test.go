@@ -67,6 +67,9 @@ func BenchmarkOutputFrame(b *testing.B) {
 	for name, data := range map[string]string{
 		"ls-colors": strings.Repeat("drwxr-xr-x  2 user user 4096 Dec  3 20:11 \x1b[01;34mfolder\x1b[0m\r\n", 200),
 		"base64":    strings.Repeat("U29tZSBiYXNlNjQgdGV4dCwgb2YgdGhlIGtpbmQgdGhlIGJlbmNobWFyayBwcmludHMgMTIz\r\n", 200),
+		"fold-100":  strings.Repeat(strings.Repeat("a", 100)+"\r\n", 300),
+		"seq":       strings.Repeat("1234567\r\n", 3000),
+		"utf8":      strings.Repeat("│ état: 中文 ✓ \x1b[32mok\x1b[0m\r\n", 500),
 	} {
 		b.Run(name+"/hand", func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
