@@ -330,6 +330,12 @@ func (s *Store) sessionsByID(ctx context.Context, ids []string) (map[string]app.
 	return out, nil
 }
 
+// Sessions reads several sessions in one round trip; gone ones are left
+// out.
+func (s *Store) Sessions(ctx context.Context, ids []string) ([]app.Session, error) {
+	return s.sessions(ctx, ids)
+}
+
 // sessions reads several session hashes in one pipeline, skipping ids whose
 // hash is gone.
 func (s *Store) sessions(ctx context.Context, ids []string) ([]app.Session, error) {
