@@ -166,6 +166,17 @@ func (s *Store) newest(ctx context.Context, key string, n int64) ([]string, erro
 // indexRepairInterval the indexes are rebuilt from the session hashes
 // (RebuildIndexes), which finds runs the set lost.
 func (s *Store) RunningSessions(ctx context.Context) ([]string, error) {
+	list, err := s.Running(ctx)
+	ids := make([]string, len(list))
+	for i, sess := range list {
+		ids[i] = sess.ID
+	}
+	return ids, err
+}
+
+// Running is RunningSessions with the sessions themselves, as it read
+// them: the reaper needs no second read of each.
+func (s *Store) Running(ctx context.Context) ([]app.Session, error) {
 	s.repairMu.Lock()
 	due := time.Since(s.repairedAt) > indexRepairInterval
 	if due {
@@ -197,7 +208,7 @@ func (s *Store) RunningSessions(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("store: list running sessions: %w", err)
 	}
 	var unclaimed []app.Session
-	out := make([]string, 0, len(ids))
+	out := make([]app.Session, 0, len(ids))
 	for _, id := range ids {
 		sess, ok := sessions[id]
 		if !ok || !sess.Running() {
@@ -210,7 +221,7 @@ func (s *Store) RunningSessions(ctx context.Context) ([]string, error) {
 			}
 			continue
 		}
-		out = append(out, id)
+		out = append(out, sess)
 		if sess.Worker == "" && sess.StartedAt < now.Add(-requeueAfter).UnixMilli() {
 			unclaimed = append(unclaimed, sess)
 		}
@@ -328,12 +339,6 @@ func (s *Store) sessionsByID(ctx context.Context, ids []string) (map[string]app.
 		out[sess.ID] = sess
 	}
 	return out, nil
-}
-
-// Sessions reads several sessions in one round trip; gone ones are left
-// out.
-func (s *Store) Sessions(ctx context.Context, ids []string) ([]app.Session, error) {
-	return s.sessions(ctx, ids)
 }
 
 // sessions reads several session hashes in one pipeline, skipping ids whose

@@ -117,8 +117,8 @@ func (r *Reaper) Pass(ctx context.Context) error {
 		r.log.Debug("waiting for workers to beat after a Redis outage", "for", wait)
 		return nil
 	}
-	ids, err := st.RunningSessions(ctx)
-	if err != nil || len(ids) == 0 {
+	running, err := st.Running(ctx)
+	if err != nil || len(running) == 0 {
 		return err
 	}
 	live, err := st.LiveWorkers(ctx)
@@ -131,18 +131,7 @@ func (r *Reaper) Pass(ctx context.Context) error {
 		alive[w.ID] = true
 	}
 	dead := map[string]bool{}
-	// Read in batches, one round trip each: a pass over a thousand running
-	// sessions one HGETALL at a time was a tenth of a busy worker's CPU.
-	var batch []app.Session
-	for len(ids) > 0 {
-		n := min(len(ids), reapBatch)
-		if batch, err = st.Sessions(ctx, ids[:n]); err != nil {
-			r.outage = r.outage || store.Unavailable(err)
-			return err
-		}
-		ids = ids[n:]
-		r.check(ctx, batch, alive, dead)
-	}
+	r.check(ctx, running, alive, dead)
 	for id := range dead {
 		if err := st.RemoveWorker(ctx, id); err != nil {
 			r.log.Warn("remove dead worker", "worker", id, "err", err)
@@ -151,28 +140,35 @@ func (r *Reaper) Pass(ctx context.Context) error {
 	return nil
 }
 
-// reapBatch is how many session hashes a pass reads per round trip.
-const reapBatch = 200
-
 // check reaps the runs of sessions whose worker is gone (recording it in
-// dead) or that no worker claimed in time.
+// dead) or that no worker claimed in time. list is as Running read it,
+// before LiveWorkers; a session that looks reapable is read again, so that
+// a run claimed or finished since is left alone.
 func (r *Reaper) check(ctx context.Context, list []app.Session, alive, dead map[string]bool) {
 	st := r.cfg.Store
 	now := time.Now().UnixMilli()
+	lost := func(sess app.Session) bool { return sess.Worker != "" && !alive[sess.Worker] }
+	unclaimed := func(sess app.Session) bool {
+		return sess.Worker == "" && now-sess.StartedAt > r.cfg.UnclaimedTimeout.Milliseconds()
+	}
 	for _, sess := range list {
-		if !sess.Running() {
+		if !sess.Running() || !lost(sess) && !unclaimed(sess) {
+			continue
+		}
+		sess, err := st.Session(ctx, sess.ID)
+		if err != nil || !sess.Running() {
 			continue
 		}
 		ref := store.RunRef{SessionID: sess.ID, RunID: sess.RunID, Provider: sess.Provider}
 		switch {
-		case sess.Worker != "" && !alive[sess.Worker]:
+		case lost(sess):
 			// A worker registered since LiveWorkers was read is alive too.
 			if ok, err := st.WorkerAlive(ctx, sess.Worker); err != nil || ok {
 				continue
 			}
 			dead[sess.Worker] = true
 			r.reap(ctx, ref, app.ReasonWorkerLost, "worker lost")
-		case sess.Worker == "" && now-sess.StartedAt > r.cfg.UnclaimedTimeout.Milliseconds():
+		case unclaimed(sess):
 			r.reap(ctx, ref, app.ReasonNoWorker, "No worker took this run; is a worker running?")
 		}
 	}
