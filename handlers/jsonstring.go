@@ -22,10 +22,10 @@ var jsonEscape = func() (t [utf8.RuneSelf]byte) {
 // UTF-8, and a terminal's bytes need not be.
 func appendJSONString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
-	// Room for the common case (a line break every few dozen bytes), so
-	// that appending seldom copies what was written already.
-	if free := cap(b) - len(b); free < len(s)+len(s)/8+2 {
-		b = append(make([]byte, 0, len(b)+len(s)+len(s)/4+2), b...)
+	// Room for s and a few escapes (a line break every few dozen bytes);
+	// output denser in escapes grows as append grows it.
+	if free := cap(b) - len(b); free < len(s)+2 {
+		b = append(make([]byte, 0, len(b)+len(s)+len(s)/16+2), b...)
 	}
 	b = append(b, '"')
 	start := 0
@@ -33,13 +33,12 @@ func appendJSONString(b []byte, s string) []byte {
 		// Eight bytes at a time: most terminal output is plain ASCII, and
 		// the mask tells where the first byte that is not plain is.
 		for i+8 <= len(s) {
-			m := specialBytes(binary.LittleEndian.Uint64([]byte(s[i : i+8])))
-			if m == 0 {
-				i += 8
-				continue
+			x := binary.LittleEndian.Uint64([]byte(s[i : i+8]))
+			if m := specialBytes(x); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				break
 			}
-			i += bits.TrailingZeros64(m) >> 3
-			break
+			i += 8
 		}
 		if i >= len(s) {
 			break
@@ -82,8 +81,8 @@ func appendJSONString(b []byte, s string) []byte {
 // the lowest one is exact: enough to find the first.
 func specialBytes(x uint64) uint64 {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	zero := func(v uint64) uint64 { return (v - ones) &^ v & highs }
 	// Adding 0x60 to a byte below 0x80 carries into no other byte and
 	// sets its top bit exactly from 0x20 on.
+	zero := func(v uint64) uint64 { return (v - ones) &^ v & highs }
 	return (x & highs) | (^(x + ones*0x60) & highs) | zero(x^(ones*'"')) | zero(x^(ones*'\\'))
 }

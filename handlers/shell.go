@@ -648,7 +648,7 @@ func frameSeq(frame []byte) (int64, bool) {
 // json.Marshal(app.ShellOutput{…}) does but without its reflection and
 // HTML escaping: terminal output is the gateway's largest per-byte cost.
 func outputFrame(seq int64, data string) []byte {
-	b := make([]byte, 0, len(data)+len(data)/4+48)
+	b := make([]byte, 0, len(data)+len(data)/16+48)
 	b = append(b, `{"type":"output","data":`...)
 	b = appendJSONString(b, data)
 	b = append(b, `,"seq":`...)
