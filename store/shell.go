@@ -230,11 +230,27 @@ func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks [
 // reply was lost) is not taken again, and the terminal's last seq is
 // returned. Batch 0 is ShellAppend, unnumbered.
 func (s *Store) ShellAppendBatch(ctx context.Context, key string, gen, batch int64, chunks []string) (int64, error) {
-	args := make([]any, 0, 5+len(chunks))
-	args = append(args, gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes, batch)
+	args := make([]any, 0, len(chunks))
 	for _, c := range chunks {
 		args = append(args, c)
 	}
+	return s.shellAppend(ctx, key, gen, batch, args)
+}
+
+// ShellAppendBytes is ShellAppendBatch for output held as bytes (a PTY's),
+// sent as it is: a flood then costs no copy into strings, and no garbage.
+// Each chunk must be valid UTF-8.
+func (s *Store) ShellAppendBytes(ctx context.Context, key string, gen, batch int64, chunks [][]byte) (int64, error) {
+	args := make([]any, 0, len(chunks))
+	for _, c := range chunks {
+		args = append(args, c)
+	}
+	return s.shellAppend(ctx, key, gen, batch, args)
+}
+
+// shellAppend runs shell_append.lua with chunks (strings or byte slices).
+func (s *Store) shellAppend(ctx context.Context, key string, gen, batch int64, chunks []any) (int64, error) {
+	args := append([]any{gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes, batch}, chunks...)
 	seq, err := s.sc.shellAppend.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)}, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: append to shell %s: %w", key, err)

@@ -393,19 +393,19 @@ func (sh *shell) flushLoop() {
 		sh.outMu.Unlock()
 	}
 	if len(carry) > 0 {
-		sh.append([]string{strings.ToValidUTF8(string(carry), "\uFFFD")})
+		sh.append([][]byte{bytes.ToValidUTF8(carry, []byte("\uFFFD"))})
 	}
 }
 
 // append stores and publishes chunks, then looks for login URLs in them.
-func (sh *shell) append(chunks []string) {
+func (sh *shell) append(chunks [][]byte) {
 	if len(chunks) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	sh.batches++
-	last, err := sh.w.st.ShellAppendBatch(ctx, sh.key, sh.gen, sh.batches, chunks)
+	last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, chunks)
 	if err == nil {
 		sizes := make([]int, len(chunks))
 		for i, c := range chunks {
@@ -434,9 +434,10 @@ func (sh *shell) append(chunks []string) {
 }
 
 // splitChunks cuts buf into valid UTF-8 chunks of at most shellChunkMax
-// bytes. Unless last, an incomplete character at the end is returned as
-// rest, to be completed by the next read.
-func splitChunks(buf []byte, last bool) (chunks []string, rest []byte) {
+// bytes, which share buf's memory unless they had to be changed. Unless
+// last, an incomplete character at the end is returned as rest, to be
+// completed by the next read.
+func splitChunks(buf []byte, last bool) (chunks [][]byte, rest []byte) {
 	end := len(buf)
 	if !last {
 		for i := len(buf) - 1; i >= 0 && i >= len(buf)-utf8.UTFMax+1; i-- {
@@ -461,14 +462,14 @@ func splitChunks(buf []byte, last bool) (chunks []string, rest []byte) {
 				}
 			}
 		}
-		s := string(b[:n])
-		if !utf8.ValidString(s) {
-			s = strings.ToValidUTF8(s, "\uFFFD")
+		c := b[:n:n]
+		if !utf8.Valid(c) {
+			c = bytes.ToValidUTF8(c, []byte("\uFFFD"))
 		}
-		if strings.Contains(s, "OPEN_URL: ") {
-			s = strings.ReplaceAll(s, "OPEN_URL: ", "[INFO] Opening in browser: ")
+		if bytes.Contains(c, []byte("OPEN_URL: ")) {
+			c = bytes.ReplaceAll(c, []byte("OPEN_URL: "), []byte("[INFO] Opening in browser: "))
 		}
-		chunks = append(chunks, s)
+		chunks = append(chunks, c)
 		b = b[n:]
 	}
 	return chunks, rest
@@ -649,14 +650,14 @@ var (
 // urlTail is how much text is kept between chunks.
 const urlTail = 2048
 
-func (d *urlDetector) scan(chunk string) []urlAnnounce {
-	if !strings.Contains(chunk, "://") && !strings.Contains(d.tail, "http") {
+func (d *urlDetector) scan(chunk []byte) []urlAnnounce {
+	if !bytes.Contains(chunk, []byte("://")) && !strings.Contains(d.tail, "http") {
 		// Cheap exit for the bulk of output (floods, build logs); the end
 		// is kept in case a URL starts there.
-		d.tail = chunk[max(0, len(chunk)-16):]
+		d.tail = string(chunk[max(0, len(chunk)-16):])
 		return nil
 	}
-	text := d.tail + stripANSI(chunk)
+	text := d.tail + stripANSI(string(chunk))
 	if len(text) > urlTail {
 		d.tail = text[len(text)-urlTail:]
 	} else {

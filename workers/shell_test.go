@@ -16,18 +16,18 @@ import (
 func TestSplitChunks(t *testing.T) {
 	// A character cut by a read is kept for the next batch.
 	chunks, rest := splitChunks([]byte("ab\xc3"), false)
-	require.Equal(t, []string{"ab"}, chunks)
+	require.Equal(t, []string{"ab"}, strs(chunks))
 	require.Equal(t, []byte("\xc3"), rest)
 	chunks, rest = splitChunks(append(rest, 0xa9, 'c'), false)
-	require.Equal(t, []string{"éc"}, chunks)
+	require.Equal(t, []string{"éc"}, strs(chunks))
 	require.Empty(t, rest)
 	// Invalid bytes become U+FFFD: frames are valid UTF-8 JSON text.
 	chunks, rest = splitChunks([]byte("x\xffy"), false)
-	require.Equal(t, []string{"x\uFFFDy"}, chunks)
+	require.Equal(t, []string{"x\uFFFDy"}, strs(chunks))
 	require.Empty(t, rest)
 	// At the end an incomplete character is flushed as is (replaced).
 	chunks, _ = splitChunks([]byte("z\xe2\x82"), true)
-	require.Equal(t, []string{"z\uFFFD"}, chunks)
+	require.Equal(t, []string{"z\uFFFD"}, strs(chunks))
 	// Large output is cut below the chunk size, between characters.
 	big := []byte(strings.Repeat("é", shellChunkMax))
 	chunks, rest = splitChunks(big, false)
@@ -35,30 +35,39 @@ func TestSplitChunks(t *testing.T) {
 	total := 0
 	for _, c := range chunks {
 		require.LessOrEqual(t, len(c), shellChunkMax)
-		require.True(t, utf8.ValidString(c))
-		require.NotContains(t, c, "\uFFFD")
+		require.True(t, utf8.Valid(c))
+		require.NotContains(t, string(c), "\uFFFD")
 		total += len(c)
 	}
 	require.Equal(t, len(big), total)
 	chunks, _ = splitChunks([]byte("OPEN_URL: https://a.test/x\r\n"), false)
-	require.Equal(t, []string{"[INFO] Opening in browser: https://a.test/x\r\n"}, chunks)
+	require.Equal(t, []string{"[INFO] Opening in browser: https://a.test/x\r\n"}, strs(chunks))
+}
+
+// strs gives chunks as strings, to compare.
+func strs(chunks [][]byte) []string {
+	out := make([]string, len(chunks))
+	for i, c := range chunks {
+		out[i] = string(c)
+	}
+	return out
 }
 
 func TestURLDetector(t *testing.T) {
 	var d urlDetector
-	require.Empty(t, d.scan(strings.Repeat("y\r\n", 1000)))
-	got := d.scan("Visit \x1b[4mhttps://claude.ai/oauth/authorize?code=true&x=1\x1b[0m.\r\n")
+	require.Empty(t, d.scan([]byte(strings.Repeat("y\r\n", 1000))))
+	got := d.scan([]byte("Visit \x1b[4mhttps://claude.ai/oauth/authorize?code=true&x=1\x1b[0m.\r\n"))
 	require.Equal(t, []urlAnnounce{{url: "https://claude.ai/oauth/authorize?code=true&x=1"}}, got)
-	require.Empty(t, d.scan("again https://claude.ai/oauth/authorize?code=true&x=1\r\n"), "each URL once")
-	got = d.scan("Browser didn't open? Use the url below\r\n")
+	require.Empty(t, d.scan([]byte("again https://claude.ai/oauth/authorize?code=true&x=1\r\n")), "each URL once")
+	got = d.scan([]byte("Browser didn't open? Use the url below\r\n"))
 	require.Equal(t, []urlAnnounce{{url: "https://claude.ai/oauth/authorize?code=true&x=1", autoOpen: true}}, got)
-	require.Empty(t, d.scan("browser didn't open\r\n"), "autoOpen once")
+	require.Empty(t, d.scan([]byte("browser didn't open\r\n")), "autoOpen once")
 	// A URL cut between two chunks is found once whole.
 	var d2 urlDetector
-	require.Empty(t, d2.scan("go to htt"))
-	got = d2.scan("ps://example.com/login now\r\n")
+	require.Empty(t, d2.scan([]byte("go to htt")))
+	got = d2.scan([]byte("ps://example.com/login now\r\n"))
 	require.Equal(t, []urlAnnounce{{url: "https://example.com/login"}}, got)
-	require.Empty(t, d2.scan("ftp://example.com/file\r\n"), "http and https only")
+	require.Empty(t, d2.scan([]byte("ftp://example.com/file\r\n")), "http and https only")
 }
 
 // TestPTYKillSession: killing a terminal kills its whole session: an
@@ -144,4 +153,14 @@ func pidsWith(s string) []int {
 		}
 	}
 	return out
+}
+
+// BenchmarkSplitChunks: cutting a flood's batch into chunks.
+func BenchmarkSplitChunks(b *testing.B) {
+	buf := []byte(strings.Repeat(strings.Repeat("a", 100)+"\r\n", 2560)) // 255 KiB
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = splitChunks(buf, false)
+	}
 }
