@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -97,12 +98,18 @@ func (h *harness) submit(script string) (app.Session, store.AcceptResult) {
 }
 
 // waitDone waits for the session to leave running and returns its events.
+// The wait is long: a real CLI (Node) under a loaded CI machine once took
+// more than 15 s for a resumed run; what the run printed so far is logged
+// if it never ends.
 func (h *harness) waitDone(id string) []map[string]any {
 	h.t.Helper()
-	require.Eventually(h.t, func() bool {
+	ok := assert.Eventually(h.t, func() bool {
 		s, err := h.st.Session(context.Background(), id)
 		return err == nil && !s.Running()
-	}, 15*time.Second, 10*time.Millisecond)
+	}, time.Minute, 10*time.Millisecond)
+	if !ok {
+		h.t.Fatalf("session %s still running after a minute; its events: %v", id, h.events(id))
+	}
 	return h.events(id)
 }
 
