@@ -230,27 +230,29 @@ func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks [
 // reply was lost) is not taken again, and the terminal's last seq is
 // returned. Batch 0 is ShellAppend, unnumbered.
 func (s *Store) ShellAppendBatch(ctx context.Context, key string, gen, batch int64, chunks []string) (int64, error) {
-	args := make([]any, 0, len(chunks))
-	for _, c := range chunks {
-		args = append(args, c)
-	}
-	return s.shellAppend(ctx, key, gen, batch, args)
+	return s.shellAppend(ctx, key, gen, batch, chunkArgs(chunks))
 }
 
 // ShellAppendBytes is ShellAppendBatch for output held as bytes (a PTY's),
 // sent as it is: a flood then costs no copy into strings, and no garbage.
 // Each chunk must be valid UTF-8.
 func (s *Store) ShellAppendBytes(ctx context.Context, key string, gen, batch int64, chunks [][]byte) (int64, error) {
-	args := make([]any, 0, len(chunks))
+	return s.shellAppend(ctx, key, gen, batch, chunkArgs(chunks))
+}
+
+// chunkArgs appends output chunks after shell_append.lua's five arguments.
+func chunkArgs[T string | []byte](chunks []T) []any {
+	args := make([]any, 5, 5+len(chunks))
 	for _, c := range chunks {
 		args = append(args, c)
 	}
-	return s.shellAppend(ctx, key, gen, batch, args)
+	return args
 }
 
-// shellAppend runs shell_append.lua with chunks (strings or byte slices).
-func (s *Store) shellAppend(ctx context.Context, key string, gen, batch int64, chunks []any) (int64, error) {
-	args := append([]any{gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes, batch}, chunks...)
+// shellAppend runs shell_append.lua; args holds five empty slots, then the
+// chunks (chunkArgs).
+func (s *Store) shellAppend(ctx context.Context, key string, gen, batch int64, args []any) (int64, error) {
+	args[0], args[1], args[2], args[3], args[4] = gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes, batch
 	seq, err := s.sc.shellAppend.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)}, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: append to shell %s: %w", key, err)

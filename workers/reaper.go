@@ -162,9 +162,12 @@ func (r *Reaper) check(ctx context.Context, list []app.Session, alive, dead map[
 		ref := store.RunRef{SessionID: sess.ID, RunID: sess.RunID, Provider: sess.Provider}
 		switch {
 		case lost(sess):
-			// A worker registered since LiveWorkers was read is alive too.
-			if ok, err := st.WorkerAlive(ctx, sess.Worker); err != nil || ok {
-				continue
+			// A worker registered since LiveWorkers was read is alive too
+			// (asked once per worker a pass).
+			if !dead[sess.Worker] {
+				if ok, err := st.WorkerAlive(ctx, sess.Worker); err != nil || ok {
+					continue
+				}
 			}
 			dead[sess.Worker] = true
 			r.reap(ctx, ref, app.ReasonWorkerLost, "worker lost")

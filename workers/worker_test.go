@@ -513,3 +513,44 @@ func TestAppendWaitsForRedis(t *testing.T) {
 	require.Len(t, completes(evs), 1)
 	require.Equal(t, true, completes(evs)[0]["success"], evs)
 }
+
+// TestReaperRereadsBeforeReaping: a pass decides on sessions read before it
+// read the live workers; a run claimed, or whose worker came back, since
+// that read is not reaped, and a run reaped for a dead worker is reaped
+// once.
+func TestReaperRereadsBeforeReaping(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	ctx := context.Background()
+	r, err := NewReaper(ReaperConfig{Store: st, UnclaimedTimeout: time.Millisecond})
+	require.NoError(t, err)
+
+	// Read as unclaimed and old, but claimed by a live worker since.
+	claimed := claimedRun(t, st, "live", time.Minute)
+	stale, err := st.Session(ctx, claimed.ID)
+	require.NoError(t, err)
+	stale.Worker, stale.StartedAt = "", 1
+	// Read with a worker that was gone, and still is: reaped.
+	lost := claimedRun(t, st, "gone", time.Minute)
+	require.NoError(t, st.RemoveWorker(ctx, "gone"))
+	lostRead, err := st.Session(ctx, lost.ID)
+	require.NoError(t, err)
+
+	dead := map[string]bool{}
+	r.check(ctx, []app.Session{stale, lostRead, lostRead}, map[string]bool{"live": true}, dead)
+	got, err := st.Session(ctx, claimed.ID)
+	require.NoError(t, err)
+	require.True(t, got.Running(), "a run claimed since the read is left alone")
+	got, err = st.Session(ctx, lost.ID)
+	require.NoError(t, err)
+	require.Equal(t, app.StateFailed, got.State)
+	require.Equal(t, map[string]bool{"gone": true}, dead)
+	evs, err := st.Events(ctx, lost.ID, 0, 100)
+	require.NoError(t, err)
+	completes := 0
+	for _, e := range evs {
+		if e.Kind == "complete" {
+			completes++
+		}
+	}
+	require.Equal(t, 1, completes, "listed twice, completed once")
+}
