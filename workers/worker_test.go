@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -546,11 +547,6 @@ func TestReaperRereadsBeforeReaping(t *testing.T) {
 	require.Equal(t, map[string]bool{"gone": true}, dead)
 	evs, err := st.Events(ctx, lost.ID, 0, 100)
 	require.NoError(t, err)
-	completes := 0
-	for _, e := range evs {
-		if e.Kind == "complete" {
-			completes++
-		}
-	}
-	require.Equal(t, 1, completes, "listed twice, completed once")
+	evs = slices.DeleteFunc(evs, func(e store.StoredEvent) bool { return e.Kind != "complete" })
+	require.Len(t, evs, 1, "listed twice, completed once")
 }
