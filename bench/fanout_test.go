@@ -205,6 +205,11 @@ func startGatewayProcesses(b *testing.B) *gatewayEnv {
 	if n := os.Getenv("BENCH_SERVER_GOMAXPROCS"); n != "" {
 		env = append(env, "GOMAXPROCS="+n)
 	}
+	// BENCH_SERVER_GODEBUG sets GODEBUG of both processes (gctrace=1 lines
+	// their collections up with the latency of BENCH_DUMP).
+	if v := os.Getenv("BENCH_SERVER_GODEBUG"); v != "" {
+		env = append(env, "GODEBUG="+v)
+	}
 	// BENCH_WORKER_GOGC and BENCH_GATEWAY_GOGC set GOGC of each process, to
 	// see whose garbage collection makes the latency tail;
 	// BENCH_WORKER_GOMEMLIMIT sets the worker's GOMEMLIMIT.
