@@ -10,7 +10,7 @@ import (
 
 // redisClient is a raw client for tests that look at keys directly, the way
 // an admin with redis-cli (-c on a cluster) would.
-func redisClient(t *testing.T, url string) redis.UniversalClient {
+func redisClient(t testing.TB, url string) redis.UniversalClient {
 	t.Helper()
 	return storetest.Client(t, url)
 }

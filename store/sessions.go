@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -175,7 +176,10 @@ func (s *Store) RunningSessions(ctx context.Context) ([]string, error) {
 }
 
 // Running is RunningSessions with the sessions themselves, as it read
-// them: the reaper needs no second read of each.
+// them: the reaper needs no second read of each. Only runningFields are
+// read (ID, Owner, Provider, State, RunID, Worker, StartedAt, UpdatedAt):
+// a pass reads every running session, and a whole hash each would be
+// garbage for the rest; read a session again before acting on it.
 func (s *Store) Running(ctx context.Context) ([]app.Session, error) {
 	s.repairMu.Lock()
 	due := time.Since(s.repairedAt) > indexRepairInterval
@@ -199,7 +203,7 @@ func (s *Store) Running(ctx context.Context) ([]app.Session, error) {
 	for i, e := range entries {
 		ids[i], _ = e.Member.(string)
 	}
-	sessions, err := s.sessionsByID(ctx, ids)
+	sessions, err := s.runningFieldsOf(ctx, ids)
 	if err != nil {
 		return nil, fmt.Errorf("store: list running sessions: %w", err)
 	}
@@ -222,16 +226,92 @@ func (s *Store) Running(ctx context.Context) ([]app.Session, error) {
 			continue
 		}
 		out = append(out, sess)
-		if sess.Worker == "" && sess.StartedAt < now.Add(-requeueAfter).UnixMilli() {
+		if sess.Worker == "" && sess.StartedAt < now.Add(-requeueAfter).UnixMilli() && !s.requeued.recent(sess) {
 			unclaimed = append(unclaimed, sess)
 		}
 	}
 	if len(unclaimed) > 0 {
 		if err := s.requeueLost(ctx, unclaimed); err != nil {
 			s.log.Warn("queue lost jobs again", "err", err)
+		} else {
+			s.requeued.checked(unclaimed)
 		}
 	}
 	return out, nil
+}
+
+// runningFields are the fields Running reads of each session.
+var runningFields = []string{"owner", "provider", "state", "runId", "worker", "startedAt", "updatedAt"}
+
+// runningFieldsOf reads the runningFields of several sessions in one
+// pipeline, skipping ids whose hash is gone.
+func (s *Store) runningFieldsOf(ctx context.Context, ids []string) (map[string]app.Session, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, s.k.session(id), runningFields...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("store: read sessions: %w", err)
+	}
+	out := make(map[string]app.Session, len(ids))
+	for i, c := range cmds {
+		v := c.Val()
+		field := func(j int) string {
+			str, _ := v[j].(string)
+			return str
+		}
+		if len(v) != len(runningFields) || field(0) == "" {
+			continue // gone, as sessions skips it
+		}
+		sess := app.Session{
+			ID: ids[i], Owner: field(0), Provider: app.Provider(field(1)), State: app.State(field(2)),
+			RunID: field(3), Worker: field(4), StartedAt: atoi64(field(5)), UpdatedAt: atoi64(field(6)),
+		}
+		if sess.State == "" {
+			sess.State = app.StateIdle
+		}
+		out[ids[i]] = sess
+	}
+	return out, nil
+}
+
+// requeueRecheck is how long a run whose job requeueLost found queued (or
+// queued again) is not looked for again: reading the jobs stream is O(runs
+// waiting), and while no worker is free every pass would read all of it.
+const requeueRecheck = 30 * time.Second
+
+// requeueChecks remembers which unclaimed runs requeueLost last checked,
+// and when.
+type requeueChecks struct {
+	mu   sync.Mutex
+	runs map[string]time.Time // "<session>/<run>"
+}
+
+// recent reports whether sess's run was checked within requeueRecheck.
+func (q *requeueChecks) recent(sess app.Session) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	at, ok := q.runs[sess.ID+"/"+sess.RunID]
+	return ok && time.Since(at) < requeueRecheck
+}
+
+// checked records that runs were checked now, and forgets old checks.
+func (q *requeueChecks) checked(runs []app.Session) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := time.Now()
+	for k, at := range q.runs {
+		if now.Sub(at) >= requeueRecheck {
+			delete(q.runs, k)
+		}
+	}
+	if q.runs == nil {
+		q.runs = map[string]time.Time{}
+	}
+	for _, sess := range runs {
+		q.runs[sess.ID+"/"+sess.RunID] = now
+	}
 }
 
 // indexRepairInterval is how often RunningSessions rebuilds the indexes.

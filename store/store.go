@@ -70,6 +70,8 @@ type Store struct {
 	// repairedAt is when RunningSessions last rebuilt the indexes.
 	repairMu   sync.Mutex
 	repairedAt time.Time
+	// requeued is when Running last looked for the jobs of unclaimed runs.
+	requeued requeueChecks
 
 	// probe is closed when Redis answers again (WaitAvailable); nil while
 	// nobody waits.
