@@ -308,6 +308,8 @@ func (sh *shell) kill() {
 // Runs in its own goroutine.
 func (sh *shell) readLoop() {
 	buf := make([]byte, shellChunkMax)
+	var pace ptyPacer
+	pause := time.Duration(0)
 	pending := func() int {
 		sh.outMu.Lock()
 		defer sh.outMu.Unlock()
@@ -317,7 +319,9 @@ func (sh *shell) readLoop() {
 		// Not read while the sockets are a window behind: the process
 		// blocks on a full PTY, and a Ctrl-C has little left to show.
 		sh.flow.wait(pending, sh.p.exited)
+		nanosleep(pause)
 		n, err := sh.p.f.Read(buf)
+		pause = pace.after(n)
 		if n > 0 {
 			ptyOut.Add(float64(n))
 			sh.outMu.Lock()
