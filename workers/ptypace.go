@@ -50,7 +50,9 @@ func (p *ptyPacer) after(n int) time.Duration {
 
 // nanosleep pauses the calling thread for d: time.Sleep cannot sleep less
 // than about a millisecond on a loaded machine (timer resolution of the
-// scheduler), which would cap a flood at 4 KiB per millisecond.
+// scheduler), which would cap a flood at 4 KiB per millisecond. The runtime
+// treats it as a blocking system call, so each terminal in a flood holds
+// a thread for at most ptyPauseMax at a time, not a P.
 func nanosleep(d time.Duration) {
 	if d > 0 {
 		ts := syscall.NsecToTimespec(int64(d))
