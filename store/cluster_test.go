@@ -422,3 +422,44 @@ func TestSubscriberFollowsAMovedSlot(t *testing.T) {
 		return len(s) > 0 && s[len(s)-1] == 3
 	}, 10*time.Second, 5*time.Millisecond, "live from the new owner")
 }
+
+// TestRequeueAfterRestartLostJob: a run whose job a pass found queued is
+// not looked for again for a while, unless Redis restarted since (a new
+// run id, as the reaper reads it every pass): the restart may have lost
+// the job, and the next pass queues it again.
+func TestRequeueAfterRestartLostJob(t *testing.T) {
+	srv := storetest.StartServerWith(t, storetest.Options{AOF: true, Config: []string{"appendfsync always"}})
+	st := storetest.New(t, srv.URL)
+	ctx := context.Background()
+	raw := redisClient(t, srv.URL)
+	sess := newSession("alice")
+	res := accept(t, st, sess, true)
+	require.NoError(t, raw.HSet(ctx, sessionKey(st, sess.ID), "startedAt", time.Now().Add(-time.Minute).UnixMilli()).Err())
+	_, err := st.Identity(ctx)
+	require.NoError(t, err)
+	_, err = st.RunningSessions(ctx) // finds the job queued
+	require.NoError(t, err)
+
+	lose := func() {
+		jobs, err := raw.XRange(ctx, st.Prefix()+":jobs", "-", "+").Result()
+		require.NoError(t, err)
+		require.Len(t, jobs, 1)
+		require.NoError(t, raw.XDel(ctx, st.Prefix()+":jobs", jobs[0].ID).Err())
+	}
+	lose() // lost without a restart: looked for again only after requeueRecheck
+	_, err = st.RunningSessions(ctx)
+	require.NoError(t, err)
+	n, err := raw.XLen(ctx, st.Prefix()+":jobs").Result()
+	require.NoError(t, err)
+	require.Zero(t, n, "checked a moment ago")
+
+	srv.Stop()
+	srv.Restart(t)
+	require.Eventually(t, func() bool { _, err := st.Identity(ctx); return err == nil }, 10*time.Second, 20*time.Millisecond)
+	_, err = st.RunningSessions(ctx)
+	require.NoError(t, err)
+	jobs, err := st.ReadJobs(ctx, "w1", 10, 10*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, jobs, 1, "queued again after the restart")
+	require.Equal(t, res.RunID, jobs[0].Job.RunID)
+}

@@ -123,7 +123,18 @@ type ServerIdentity struct {
 // Identity reads the answering server's run id, uptime and persistence
 // (INFO server persistence); a server still loading its data is ErrLoading.
 // On a cluster it describes every master at once (clusterIdentity).
+//
+// A new run id also makes Running look for the jobs of every unclaimed run
+// again (requeueChecks): a restart or failover may have lost them.
 func (s *Store) Identity(ctx context.Context) (ServerIdentity, error) {
+	id, err := s.identity(ctx)
+	if err == nil {
+		s.requeued.server(id.RunID)
+	}
+	return id, err
+}
+
+func (s *Store) identity(ctx context.Context) (ServerIdentity, error) {
 	if s.cluster != nil {
 		return s.clusterIdentity(ctx)
 	}

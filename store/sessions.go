@@ -279,13 +279,27 @@ func (s *Store) runningFieldsOf(ctx context.Context, ids []string) (map[string]a
 // requeueRecheck is how long a run whose job requeueLost found queued (or
 // queued again) is not looked for again: reading the jobs stream is O(runs
 // waiting), and while no worker is free every pass would read all of it.
+// A job in the stream stays there until its run is claimed, unless Redis
+// loses it: a restart or failover, which Identity sees as a new run id and
+// which makes every run be looked for again.
 const requeueRecheck = 30 * time.Second
 
 // requeueChecks remembers which unclaimed runs requeueLost last checked,
-// and when.
+// and when, on which server.
 type requeueChecks struct {
-	mu   sync.Mutex
-	runs map[string]time.Time // "<session>/<run>"
+	mu    sync.Mutex
+	runs  map[string]time.Time // "<session>/<run>"
+	runID string               // the Redis run id Identity last saw
+}
+
+// server records the run id of the answering Redis; a new one forgets
+// every check.
+func (q *requeueChecks) server(runID string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if runID != q.runID {
+		q.runs, q.runID = nil, runID
+	}
 }
 
 // recent reports whether sess's run was checked within requeueRecheck.
