@@ -69,6 +69,17 @@ func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 	return p
 }
 
+// dumpGoroutines makes p print every goroutine's stack into the test log
+// and exit (SIGQUIT), for a test that found it stuck.
+func (p *proc) dumpGoroutines() {
+	p.t.Logf("%s seems stuck: its goroutines follow", p.name)
+	p.signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+	}
+}
+
 // procGroup stops every process of one test at its cleanup, concurrently,
 // so that a slow shutdown does not add up process by process.
 type procGroup struct {

@@ -86,6 +86,12 @@ func TestShellMemoryBound(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if t.Failed() {
+		// A terminal that never ended: what was the worker doing? (The
+		// cluster pass of CI saw the worker stop starting terminals.)
+		w.dumpGoroutines()
+		return
+	}
 
 	grown := used() - before
 	t.Logf("Redis used_memory grew by %.1f MB for %d terminals that printed %.0f MB (budget %d KiB each)",
