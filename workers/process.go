@@ -84,29 +84,43 @@ func (p *process) killGroup() {
 	}
 }
 
-// pipeLinks names the pipes as /proc/PID/fd links show them, for
-// killHolders. Stat rather than Fd: Fd would switch the file to blocking
-// mode under a concurrent Read.
-func pipeLinks(pipes ...*os.File) map[string]bool {
-	links := map[string]bool{}
-	for _, f := range pipes {
+// heldFiles names open files for killHolders: by the text of their
+// /proc/PID/fd links ("pipe:[ino]", "/dev/pts/N"), and by identity, since
+// a devpts of another container shows the same names for other terminals.
+type heldFiles map[string]fileID
+
+// fileID is a file's identity: its filesystem and inode.
+type fileID struct{ dev, ino uint64 }
+
+// openFiles names the files for killHolders. Stat rather than Fd: Fd
+// would switch a file to blocking mode under a concurrent Read.
+func openFiles(files ...*os.File) heldFiles {
+	held := heldFiles{}
+	for _, f := range files {
 		fi, err := f.Stat()
 		if err != nil {
 			continue
 		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			links["pipe:["+strconv.FormatUint(st.Ino, 10)+"]"] = true
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			continue
 		}
+		link := f.Name()
+		if fi.Mode()&os.ModeNamedPipe != 0 {
+			link = "pipe:[" + strconv.FormatUint(st.Ino, 10) + "]"
+		}
+		held[link] = fileID{dev: uint64(st.Dev), ino: st.Ino}
 	}
-	return links
+	return held
 }
 
-// killHolders kills every process that holds one of the pipes (named by
-// pipeLinks) open: after the leader has exited, a child still holding its
-// stdout or stderr is one that left the group (setsid), and no process may
-// outlive its run.
-func killHolders(targets map[string]bool) {
-	if len(targets) == 0 {
+// killHolders kills every other process that holds one of the files open:
+// after a leader has exited, a child still holding its stdout, stderr or
+// terminal is one that left its group or session (setsid), and no process
+// may outlive its run or terminal. The caller must still hold the files
+// open: a closed file's name may already be another's.
+func killHolders(held heldFiles) {
+	if len(held) == 0 {
 		return
 	}
 	for _, pid := range processes() {
@@ -116,8 +130,18 @@ func killHolders(targets map[string]bool) {
 			continue
 		}
 		for _, fd := range fds {
-			link, err := os.Readlink(filepath.Join(dir, fd.Name()))
-			if err == nil && targets[link] {
+			path := filepath.Join(dir, fd.Name())
+			link, err := os.Readlink(path)
+			if err != nil {
+				continue
+			}
+			id, ok := held[link]
+			if !ok {
+				continue
+			}
+			// The name matched; the identity decides (the link's target).
+			var st syscall.Stat_t
+			if syscall.Stat(path, &st) == nil && uint64(st.Dev) == id.dev && st.Ino == id.ino {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 				break
 			}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,9 +32,17 @@ type ptyConfig struct {
 type ptyProc struct {
 	cmd    *exec.Cmd
 	f      *os.File      // the ptmx
-	tty    string        // the terminal's /dev/pts path, "" if unknown
+	tty    heldFiles     // the terminal (/dev/pts/N), for killHolders
 	exited chan struct{} // closed once Wait returned
 	state  *os.ProcessState
+
+	// mu orders close against killSession's search for the terminal's
+	// holders: /dev/pts/N names this terminal only while its master is
+	// open. Once closed, the kernel gives N to the next terminal opened
+	// on the host, and a search by that name would kill its processes
+	// (another user's shell, or a worker starting one).
+	mu     sync.Mutex
+	closed bool
 }
 
 // startPTY starts cfg on a new PTY of the given size. The process is a
@@ -51,6 +60,7 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 		return nil, fmt.Errorf("start terminal: %w", err)
 	}
 	defer tty.Close() // the child holds its own copies
+	held := openFiles(tty)
 	if err := pty.Setsize(f, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("start terminal: size: %w", err)
@@ -76,7 +86,7 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 		_ = cmd.Wait()
 		return nil, fmt.Errorf("start terminal: non-blocking ptmx: %w", err)
 	}
-	p := &ptyProc{cmd: cmd, f: f, exited: make(chan struct{}), tty: ptsName(f)}
+	p := &ptyProc{cmd: cmd, f: f, exited: make(chan struct{}), tty: held}
 	go func() {
 		_ = cmd.Wait()
 		p.state = cmd.ProcessState
@@ -144,23 +154,21 @@ func (p *ptyProc) killSession(tree []proc) {
 	}
 	// A job that left the session (setsid) and whose parent exited is in
 	// neither list, but still holds the terminal open.
-	if p.tty != "" {
-		killHolders(map[string]bool{p.tty: true})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		killHolders(p.tty)
 	}
 }
 
-// ptsName returns the path of the terminal behind a ptmx, through the raw
-// fd so that it stays non-blocking.
-func ptsName(f *os.File) string {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return ""
+// close closes the master. Safe to call more than once.
+func (p *ptyProc) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		_ = p.f.Close()
 	}
-	n, ioErr := -1, error(nil)
-	if err := rc.Control(func(fd uintptr) { n, ioErr = unix.IoctlGetInt(int(fd), unix.TIOCGPTN) }); err != nil || ioErr != nil {
-		return ""
-	}
-	return "/dev/pts/" + strconv.Itoa(n)
 }
 
 // exitStatus reads the exit code and the name of the killing signal ("" if

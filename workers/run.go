@@ -304,7 +304,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}()
 	pumped := make(chan struct{})
 	watched := make(chan struct{})
-	holders := pipeLinks(outR, errR)
+	holders := openFiles(outR, errR)
 	go func() {
 		defer close(watched)
 		_ = cmd.Wait()

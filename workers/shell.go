@@ -233,7 +233,7 @@ func (w *Worker) openShell(c store.Control) {
 	if w.shells.closing {
 		w.shells.mu.Unlock()
 		p.kill(shellKillGrace)
-		_ = p.f.Close()
+		p.close()
 		fail("the worker is shutting down")
 		return
 	}
@@ -288,7 +288,7 @@ func (sh *shell) run() {
 	sh.killOnce.Do(func() {})
 	close(sh.stopped)
 	<-inputDone
-	_ = sh.p.f.Close()
+	sh.p.close()
 
 	code, sig := sh.p.exitStatus()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -76,7 +76,7 @@ func TestURLDetector(t *testing.T) {
 func TestPTYKillSession(t *testing.T) {
 	p, err := startPTY(ptyConfig{Args: []string{"bash", "--norc", "--noprofile", "-i"}, Dir: t.TempDir(), Env: []string{"PATH=" + os.Getenv("PATH"), "TERM=dumb"}, Cols: 90, Rows: 33})
 	require.NoError(t, err)
-	t.Cleanup(func() { p.kill(0); _ = p.f.Close() })
+	t.Cleanup(func() { p.kill(0); p.close() })
 	out := make(chan string, 100)
 	go func() {
 		buf := make([]byte, 4096)
@@ -130,6 +130,57 @@ func TestPTYKillSession(t *testing.T) {
 	require.Eventually(t, func() bool { return len(pidsWith("2"+marker)) == 0 }, 5*time.Second, 20*time.Millisecond,
 		"processes left: %v", pidsWith("2"+marker))
 	for range out {
+	}
+}
+
+// TestPTYLateKillSparesNextTerminal: a kill that ends after its terminal
+// was closed must not touch the terminal opened next, which the kernel
+// gives the same /dev/pts number (the lowest free one). CI once lost a
+// whole worker so: another worker's late kill found it holding that
+// number while it started a terminal.
+func TestPTYLateKillSparesNextTerminal(t *testing.T) {
+	env := []string{"PATH=" + os.Getenv("PATH"), "TERM=dumb"}
+	start := func(args ...string) *ptyProc {
+		t.Helper()
+		p, err := startPTY(ptyConfig{Args: args, Dir: t.TempDir(), Env: env})
+		require.NoError(t, err)
+		return p
+	}
+	name := func(p *ptyProc) string {
+		for link := range p.tty {
+			return link
+		}
+		return ""
+	}
+	var old, next *ptyProc
+	// Parallel tests open terminals too, and may take the number first.
+	for range 20 {
+		old = start("true")
+		select {
+		case <-old.exited:
+		case <-time.After(10 * time.Second):
+			t.Fatal("true did not end")
+		}
+		old.close()
+		next = start("sleep", "60")
+		if name(next) == name(old) {
+			break
+		}
+		next.kill(0)
+		next.close()
+		next = nil
+	}
+	if next == nil {
+		t.Skip("no terminal got the ended one's number in 20 tries")
+	}
+	t.Cleanup(func() { next.kill(0); next.close() })
+	require.NotEmpty(t, name(next))
+
+	old.killSession(nil)
+	select {
+	case <-next.exited:
+		t.Fatalf("the kill of an ended terminal killed the next terminal on %s", name(next))
+	case <-time.After(300 * time.Millisecond):
 	}
 }
 
