@@ -6,8 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/agentgate/agentgate/internal/metrics"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -68,9 +67,9 @@ type streamKind struct {
 	// connection came back, to find a Redis that restarted without its
 	// last writes.
 	lastSeq func(ctx context.Context, key string) (int64, error)
-	watched prometheus.Gauge
+	watched *metrics.Gauge
 	// replayed counts frames sent from the stream (nil: not counted).
-	replayed prometheus.Counter
+	replayed *metrics.Counter
 }
 
 // storedFrame is one frame read back from a stream.

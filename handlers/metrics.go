@@ -3,57 +3,31 @@ package handlers
 import (
 	"net/http"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/agentgate/agentgate/internal/metrics"
 )
 
 // Gateway metrics, served on /metrics. Every label takes a value from a
 // fixed set: clients choose message types, so those are mapped first.
 var (
-	openSockets = promauto.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "agentgate_sockets", Help: "Open sockets by endpoint (chat: /ws, shell: /shell, plugin: /plugin-ws).",
-	}, []string{"endpoint"})
-	watchedSessions = promauto.NewGauge(prometheus.GaugeOpts{
-		Name: "agentgate_watched_sessions", Help: "Chat sessions at least one socket of this gateway follows (one pub/sub subscription each).",
-	})
-	watchedTerminals = promauto.NewGauge(prometheus.GaugeOpts{
-		Name: "agentgate_watched_terminals", Help: "Terminals at least one /shell socket of this gateway shows.",
-	})
-	framesOut = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_frames_out_total", Help: "Frames written to sockets, by endpoint.",
-	}, []string{"endpoint"})
-	bytesOut = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_bytes_out_total", Help: "Payload bytes of the frames written to sockets, by endpoint.",
-	}, []string{"endpoint"})
-	messagesIn = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_chat_messages_total", Help: "Client frames on /ws by type.",
-	}, []string{"type"})
-	runsAccepted = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_runs_accepted_total", Help: "Runs accepted by this gateway, by provider.",
-	}, []string{"provider"})
-	replayedEvents = promauto.NewCounter(prometheus.CounterOpts{
-		Name: "agentgate_replayed_events_total", Help: "Stored events sent to sockets by replays and hole fills.",
-	})
-	resumes = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_resumes_total", Help: "Reconnects that resumed a session from a lastSeq, by whether every missed event could be sent (recovered) or not.",
-	}, []string{"recovered"})
-	socketCloses = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_socket_closes_total", Help: "Sockets the gateway closed, by reason (slow_consumer: 4008, shutdown: 1001, store_reset: 1012).",
-	}, []string{"reason"})
-	limitRefusals = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_limit_refusals_total", Help: "Upgrades (sockets) and client frames (frames) refused by a per-user limit.",
-	}, []string{"limit"})
-	storeWaits = promauto.NewCounter(prometheus.CounterOpts{
-		Name: "agentgate_store_unavailable_total", Help: "Client requests that met Redis down or loading and were answered with a retryable error or waited for it.",
-	})
+	openSockets      = metrics.NewGaugeVec("agentgate_sockets", "Open sockets by endpoint (chat: /ws, shell: /shell, plugin: /plugin-ws).", "endpoint")
+	watchedSessions  = metrics.NewGauge("agentgate_watched_sessions", "Chat sessions at least one socket of this gateway follows (one pub/sub subscription each).")
+	watchedTerminals = metrics.NewGauge("agentgate_watched_terminals", "Terminals at least one /shell socket of this gateway shows.")
+	framesOut        = metrics.NewCounterVec("agentgate_frames_out_total", "Frames written to sockets, by endpoint.", "endpoint")
+	bytesOut         = metrics.NewCounterVec("agentgate_bytes_out_total", "Payload bytes of the frames written to sockets, by endpoint.", "endpoint")
+	messagesIn       = metrics.NewCounterVec("agentgate_chat_messages_total", "Client frames on /ws by type.", "type")
+	runsAccepted     = metrics.NewCounterVec("agentgate_runs_accepted_total", "Runs accepted by this gateway, by provider.", "provider")
+	replayedEvents   = metrics.NewCounter("agentgate_replayed_events_total", "Stored events sent to sockets by replays and hole fills.")
+	resumes          = metrics.NewCounterVec("agentgate_resumes_total", "Reconnects that resumed a session from a lastSeq, by whether every missed event could be sent (recovered) or not.", "recovered")
+	socketCloses     = metrics.NewCounterVec("agentgate_socket_closes_total", "Sockets the gateway closed, by reason (slow_consumer: 4008, shutdown: 1001, store_reset: 1012).", "reason")
+	limitRefusals    = metrics.NewCounterVec("agentgate_limit_refusals_total", "Upgrades (sockets) and client frames (frames) refused by a per-user limit.", "limit")
+	storeWaits       = metrics.NewCounter("agentgate_store_unavailable_total", "Client requests that met Redis down or loading and were answered with a retryable error or waited for it.")
 )
 
 // endpointMetrics are one endpoint's per-frame counters, resolved once:
 // they are touched for every frame written.
 type endpointMetrics struct {
-	sockets       prometheus.Gauge
-	frames, bytes prometheus.Counter
+	sockets       *metrics.Gauge
+	frames, bytes *metrics.Counter
 }
 
 func metricsOf(endpoint string) endpointMetrics {
@@ -87,4 +61,4 @@ func metricType(t string) string {
 	return "other"
 }
 
-func metricsHandler() http.Handler { return promhttp.Handler() }
+func metricsHandler() http.Handler { return metrics.Handler() }

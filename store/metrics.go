@@ -7,23 +7,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/internal/metrics"
 )
 
 // Redis command metrics, in the process's default registry: the gateway
 // serves them on /metrics, a worker on its --metrics-listen address.
 var (
-	commandSeconds = promauto.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "agentgate_redis_command_seconds",
-		Help:    "Round trips to Redis by command (a pipeline counts once, as pipeline); blocking reads include their wait.",
-		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8),
-	}, []string{"command"})
-	commandErrors = promauto.NewCounterVec(prometheus.CounterOpts{
-		Name: "agentgate_redis_errors_total",
-		Help: "Redis commands that failed, by kind (unavailable: down, loading or unreachable; reply: an error reply such as STALE, the refusal of a stale run; other: anything else).",
-	}, []string{"kind"})
+	commandSeconds = metrics.NewHistogramVec("agentgate_redis_command_seconds", "Round trips to Redis by command (a pipeline counts once, as pipeline); blocking reads include their wait.", metrics.ExponentialBuckets(0.0001, 4, 8), "command")
+	commandErrors  = metrics.NewCounterVec("agentgate_redis_errors_total", "Redis commands that failed, by kind (unavailable: down, loading or unreachable; reply: an error reply such as STALE, the refusal of a stale run; other: anything else).", "kind")
 )
 
 // metricsHook times every command the store sends. The command label is
@@ -63,14 +56,14 @@ func pipelineName(cmds []redis.Cmder) string {
 
 // commandObservers caches one histogram child per command name, so a
 // command costs no label lookup after its first use.
-var commandObservers sync.Map // string -> prometheus.Observer
+var commandObservers sync.Map // string -> *metrics.Histogram
 
 func observeCommand(name string, start time.Time, err error) {
 	o, ok := commandObservers.Load(name)
 	if !ok {
 		o, _ = commandObservers.LoadOrStore(name, commandSeconds.WithLabelValues(strings.ToLower(name)))
 	}
-	o.(prometheus.Observer).Observe(time.Since(start).Seconds())
+	o.(*metrics.Histogram).Observe(time.Since(start).Seconds())
 	var reply redis.Error
 	switch {
 	case err == nil, errors.Is(err, redis.Nil), errors.Is(err, context.Canceled):

@@ -17,11 +17,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/handlers"
+	"github.com/agentgate/agentgate/internal/metrics"
 	"github.com/agentgate/agentgate/migrations"
 	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/workers"
@@ -259,7 +259,7 @@ func serveMetrics(addr string, log *slog.Logger) (*http.Server, error) {
 		return nil, fmt.Errorf("listen on %s (--metrics-listen): %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.Handler())
+	mux.Handle("GET /metrics", metrics.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	srv, limited := gatewayHTTP(mux, ln, 64, gatewayTimeouts, log)
 	go func() {
