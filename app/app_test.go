@@ -244,3 +244,29 @@ func TestWorkspacesResolve(t *testing.T) {
 		require.Equal(t, tc.want, got)
 	}
 }
+
+// The regular expressions the name checks replaced (compiling them was a
+// tenth of a gateway's start-up): the checks must accept exactly what they
+// did.
+var (
+	oldSessionID  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-:]*$`)
+	oldUserName   = regexp.MustCompile(`^[A-Za-z0-9_.@\-]{1,64}$`)
+	oldPluginName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+)
+
+func FuzzNameChecks(f *testing.F) {
+	for _, s := range []string{"", "a", "-a", "a-b", "abc:def.1_2", "ü", "a b", "a\n", "{x}", "a@b", strings.Repeat("a", 64), strings.Repeat("a", 65), strings.Repeat("b", 129)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := ValidSessionID(s), len(s) <= MaxSessionIDLen && oldSessionID.MatchString(s); got != want {
+			t.Fatalf("ValidSessionID(%q) = %v, the expression says %v", s, got, want)
+		}
+		if got, want := ValidUserName(s), oldUserName.MatchString(s); got != want {
+			t.Fatalf("ValidUserName(%q) = %v, the expression says %v", s, got, want)
+		}
+		if got, want := ValidPluginName(s), len(s) <= maxPluginName && oldPluginName.MatchString(s); got != want {
+			t.Fatalf("ValidPluginName(%q) = %v, the expression says %v", s, got, want)
+		}
+	})
+}

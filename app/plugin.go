@@ -2,18 +2,15 @@ package app
 
 import (
 	"net"
-	"regexp"
 	"strconv"
 )
-
-var pluginNamePattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
 // maxPluginName bounds a plugin name; it sits in a Redis key and a URL.
 const maxPluginName = 64
 
 // ValidPluginName reports whether name can name a plugin (PROTOCOL §5).
 func ValidPluginName(name string) bool {
-	return len(name) <= maxPluginName && pluginNamePattern.MatchString(name)
+	return name != "" && len(name) <= maxPluginName && madeOf(name, "_-")
 }
 
 // ValidPluginAddr reports whether addr is a HOST:PORT a plugin can listen

@@ -3,7 +3,7 @@ package app
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"regexp"
+	"strings"
 )
 
 // Provider names an agent CLI.
@@ -85,8 +85,9 @@ func (u User) CanSee(owner string) bool { return u.Admin || (owner != "" && owne
 // argument list (`--resume=ID`) and a terminal's command line, and one
 // starting with '-' (`--continue`, `-c`) would be read as a flag by a CLI
 // that takes it as an argument of its own. Every provider's ids (UUIDs) and
-// the gateway's own start with a hex digit.
-var sessionIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-:]*$`)
+// the gateway's own start with a hex digit. (Checked by hand rather than
+// by a regular expression: compiling those at start-up was a tenth of a
+// gateway's package initialization.)
 
 // MaxSessionIDLen bounds session ids so that a key or a log line cannot be
 // inflated by a client.
@@ -97,14 +98,33 @@ const MaxSessionIDLen = 128
 // first, and a bounded length. Such an id can be neither read as a flag nor
 // break out of double quotes in a shell.
 func ValidSessionID(id string) bool {
-	return len(id) <= MaxSessionIDLen && sessionIDPattern.MatchString(id)
+	return len(id) <= MaxSessionIDLen && id != "" && isAlnum(id[0]) && madeOf(id, "_.-:")
 }
 
-var userNamePattern = regexp.MustCompile(`^[A-Za-z0-9_.@\-]{1,64}$`)
+// maxUserName bounds a user name.
+const maxUserName = 64
 
-// ValidUserName reports whether name may be a user name. User names appear
-// inside Redis keys, so braces, colons and spaces are not allowed.
-func ValidUserName(name string) bool { return userNamePattern.MatchString(name) }
+// ValidUserName reports whether name may be a user name: letters, digits
+// and "_.@-", at most 64. User names appear inside Redis keys, so braces,
+// colons and spaces are not allowed.
+func ValidUserName(name string) bool {
+	return name != "" && len(name) <= maxUserName && madeOf(name, "_.@-")
+}
+
+// madeOf reports whether s holds only ASCII letters, digits and the bytes
+// of extra.
+func madeOf(s, extra string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !isAlnum(c) && strings.IndexByte(extra, c) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
 
 // NewID returns a random UUID (version 4) string.
 func NewID() string {

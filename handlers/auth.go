@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -128,8 +129,11 @@ type originPolicy struct {
 	hosts     map[string]bool // names the gateway is reached by, lower case
 }
 
-// hostNamePattern is a DNS name in lower case.
-var hostNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+// hostNamePattern is a DNS name in lower case, compiled only when public
+// hosts are configured.
+var hostNamePattern = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+})
 
 // newOriginPolicy checks and normalizes the configured origins and public
 // host names.
@@ -148,7 +152,7 @@ func newOriginPolicy(allowed, publicHosts []string) (originPolicy, error) {
 	}
 	for _, h := range publicHosts {
 		h = strings.ToLower(h)
-		if !hostNamePattern.MatchString(h) && net.ParseIP(h) == nil {
+		if !hostNamePattern().MatchString(h) && net.ParseIP(h) == nil {
 			return p, fmt.Errorf("handlers: public host %q is not a host name", h)
 		}
 		p.hosts[h] = true

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/labstack/echo/v4/middleware"
 	"github.com/olahol/melody"
 
 	"github.com/agentgate/agentgate/app"
@@ -209,11 +209,32 @@ func (s *Server) Connections() int {
 	return len(s.conns)
 }
 
+// recoverPanics answers a request whose handler panicked with a 500 and
+// logs the panic with its stack, so that one bad request cannot stop the
+// gateway. (Echo's middleware package does the same, but linking it costs
+// every start a regular expression compiled at init.)
+func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			p := recover()
+			if p == nil {
+				return
+			}
+			if p == http.ErrAbortHandler {
+				panic(p) // net/http's way to abort a response: not a failure
+			}
+			s.log.Error("request handler panicked", "panic", p, "method", c.Request().Method, "path", c.Request().URL.Path, "stack", string(debug.Stack()))
+			err = echo.NewHTTPError(http.StatusInternalServerError)
+		}()
+		return next(c)
+	}
+}
+
 func (s *Server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
-	e.Use(middleware.Recover())
+	e.Use(s.recoverPanics)
 	e.HTTPErrorHandler = s.httpError
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)

@@ -3,6 +3,7 @@ package store
 import (
 	_ "embed"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -90,8 +91,10 @@ func newScriptSet(sharded bool) *scriptSet {
 }
 
 // The two script sets: plain pub/sub (a single Redis, miniredis) and
-// sharded pub/sub (a Redis Cluster).
+// sharded pub/sub (a Redis Cluster). Each is made when a store first needs
+// it, not at start-up: a process uses one, and hashing both was a tenth of
+// a gateway's package initialization.
 var (
-	plainScripts   = newScriptSet(false)
-	shardedScripts = newScriptSet(true)
+	plainScripts   = sync.OnceValue(func() *scriptSet { return newScriptSet(false) })
+	shardedScripts = sync.OnceValue(func() *scriptSet { return newScriptSet(true) })
 )

@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.Logger = slog.Default()
 	}
 	useLogger(cfg.Logger)
-	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger, sc: plainScripts}
+	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger, }
 	rdb, cluster, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -113,8 +113,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	s.rdb, s.cluster = rdb, cluster
 	s.rdb.AddHook(metricsHook{})
 	if cluster != nil {
-		s.sc = shardedScripts
+		s.sc = shardedScripts()
 		s.floors.on = true
+	} else {
+		s.sc = plainScripts()
 	}
 	if err := s.Ping(ctx); err != nil {
 		_ = s.rdb.Close()

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/agentgate/agentgate/app"
 )
@@ -66,7 +67,9 @@ func (CursorProvider) NewParser(job app.Job) Parser {
 
 // cursorTrustPrompt matches the CLI's refusal to run in a folder it does
 // not trust (the patterns Claude Code UI retries on).
-var cursorTrustPrompt = regexp.MustCompile(`(?i)workspace trust required|do you trust the contents of this directory|working with untrusted contents|pass --trust,\s*--yolo,\s*or -f`)
+var cursorTrustPrompt = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`(?i)workspace trust required|do you trust the contents of this directory|working with untrusted contents|pass --trust,\s*--yolo,\s*or -f`)
+})
 
 // cursorToolNames names the CLI's typed tool calls the way Claude's tools
 // are named, so clients render them alike.
@@ -131,7 +134,7 @@ func (p *cursorParser) Line(line []byte) Output {
 	var l cursorLine
 	if err := json.Unmarshal(line, &l); err != nil {
 		s := strings.TrimSpace(string(line))
-		if cursorTrustPrompt.MatchString(s) {
+		if cursorTrustPrompt().MatchString(s) {
 			// Retried with --trust: not worth a row.
 			p.trust = true
 			return Output{}
@@ -325,7 +328,7 @@ func (p *cursorParser) End(code int) ([]app.Event, int) {
 // Retry implements Retrier: a run that failed because the folder is not
 // trusted runs once more with --trust, as Claude Code UI does.
 func (p *cursorParser) Retry(stderr string) ([]string, bool) {
-	if p.code == 0 || (!p.trust && !cursorTrustPrompt.MatchString(stderr)) {
+	if p.code == 0 || (!p.trust && !cursorTrustPrompt().MatchString(stderr)) {
 		return nil, false
 	}
 	args, _ := CursorProvider{}.Command(p.job, nil)

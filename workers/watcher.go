@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
@@ -164,13 +165,17 @@ func diffFiles(before, after map[string]watchedFile, roots []watchRoot) []change
 // session id, Codex's rollouts end with the thread id.
 func sessionIDOf(p string) string {
 	name := strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))
-	if id := trailingUUID.FindString(name); id != "" {
+	if id := trailingUUID().FindString(name); id != "" {
 		return id
 	}
 	return name
 }
 
-var trailingUUID = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+// trailingUUID finds the session UUID at the end of a file name, compiled
+// on first use (not at start-up).
+var trailingUUID = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+})
 
 // publishChanges tells each owner of a changed conversation which of their
 // sessions changed, with agentgate's session ids. A file of a conversation
