@@ -12,20 +12,26 @@ import (
 )
 
 // BenchmarkColdStart measures the time from exec to the first 200 from
-// /readyz: of `agentgate gateway` on a redis-server, and of `agentgate
-// serve` on its embedded store (its /readyz answers once its worker is
-// registered, so that a first command finds it).
+// /readyz: of `agentgate gateway` and `agentgate worker` (its /readyz on
+// --metrics-listen) on a redis-server, and of `agentgate serve` on its
+// embedded store. A worker's and serve's answer once the worker is
+// registered, so that a first command finds it.
 func BenchmarkColdStart(b *testing.B) {
 	bin := agentgateBinary(b)
 	srv := storetest.StartServer(b)
 	home := b.TempDir()
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "AGENTGATE_WORKSPACES=" + home, "AGENTGATE_LOG_LEVEL=warn"}
+	redis := []string{"AGENTGATE_REDIS_URL=" + srv.URL, "AGENTGATE_KEY_PREFIX=" + storetest.Prefix()}
 	for _, c := range []struct {
-		mode string
-		env  []string
+		mode   string
+		env    []string
+		listen string // the variable naming the address of its /readyz
 	}{
-		{"gateway", []string{"AGENTGATE_REDIS_URL=" + srv.URL, "AGENTGATE_JWT_SECRET=bench-secret-0123456789", "AGENTGATE_KEY_PREFIX=" + storetest.Prefix()}},
-		{"serve", nil},
+		{"gateway", append(redis, "AGENTGATE_JWT_SECRET=bench-secret-0123456789"), "AGENTGATE_LISTEN"},
+		// A worker's /readyz (on --metrics-listen) answers once it is
+		// registered, so gateways can send it work.
+		{"worker", redis, "AGENTGATE_METRICS_LISTEN"},
+		{"serve", nil, "AGENTGATE_LISTEN"},
 	} {
 		b.Run(c.mode, func(b *testing.B) {
 			var lat latencies
@@ -33,7 +39,7 @@ func BenchmarkColdStart(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				addr := freeLoopback(b)
 				cmd := exec.Command(bin, c.mode)
-				cmd.Env = append(append(append([]string(nil), base...), c.env...), "AGENTGATE_LISTEN="+addr)
+				cmd.Env = append(append(append([]string(nil), base...), c.env...), c.listen+"="+addr)
 				cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 				t0 := time.Now()
 				if err := cmd.Start(); err != nil {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -26,6 +27,21 @@ func TestMetrics(t *testing.T) {
 	gw := cl.startGateway("gw")
 	metricsAddr := freeAddr(t)
 	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_METRICS_LISTEN="+metricsAddr), "worker")
+	// Ready means registered: the first 200 of the worker's /readyz comes
+	// once gateways can see it (a load balancer or an orchestrator that
+	// waits for it can send work at once).
+	eventually(t, 20*time.Second, "the worker's /readyz", func() bool {
+		resp, err := http.Get("http://" + metricsAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	live, err := cl.rdb.ZRange(context.Background(), keyPrefix+":workers", 0, -1).Result()
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(live, func(id string) bool { return strings.Contains(id, fmt.Sprintf("-%d-", w.pid())) }),
+		"ready before it registered: %v", live)
 	cl.waitWorker(w)
 	c := cl.dial(gw, "alice")
 	sid := accept(t, cl, c, "count me", "", "r1")

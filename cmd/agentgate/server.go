@@ -157,7 +157,11 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	}
 
 	if c.MetricsListen != "" {
-		metricsServer, err := serveMetrics(c.MetricsListen, log)
+		var ready <-chan struct{}
+		if worker != nil {
+			ready = worker.Ready()
+		}
+		metricsServer, err := serveMetrics(workerCtx, c.MetricsListen, ready, log)
 		if err != nil {
 			return err
 		}
@@ -250,10 +254,12 @@ func startCPUProfile(path string) (func(), error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
-// serveMetrics serves the process's Prometheus metrics and a liveness
-// check on addr (--metrics-listen), for a worker, which has no other
-// listener.
-func serveMetrics(addr string, log *slog.Logger) (*http.Server, error) {
+// serveMetrics serves the process's Prometheus metrics, a liveness check
+// and a readiness check on addr (--metrics-listen), for a worker, which has
+// no other listener. /readyz answers 200 once ready is closed (the worker is
+// registered: gateways can send it work) until ctx ends (it drains); with
+// no worker in the process (ready nil), as /healthz does.
+func serveMetrics(ctx context.Context, addr string, ready <-chan struct{}, log *slog.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s (--metrics-listen): %w", addr, err)
@@ -261,6 +267,21 @@ func serveMetrics(addr string, log *slog.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready != nil {
+			select {
+			case <-ready:
+			default:
+				http.Error(w, "not registered yet", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	srv, limited := gatewayHTTP(mux, ln, 64, gatewayTimeouts, log)
 	go func() {
 		if err := srv.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -224,6 +224,10 @@ func TestDrainGrace(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Contains(t, string(body), `agentgate_sockets{endpoint="chat"} 0`)
+	resp, err = http.Get("http://" + metricsAddr + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the worker's /readyz: serve starts its gateway once its worker is registered")
 
 	ws, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
 	require.NoError(t, err)
