@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.Logger = slog.Default()
 	}
 	useLogger(cfg.Logger)
-	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger, }
+	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger}
 	rdb, cluster, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err
