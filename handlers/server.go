@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,6 +66,9 @@ type Config struct {
 	// gateway refreshes its terminals' watch time within it. Zero means
 	// 30 minutes.
 	ShellDetachTimeout time.Duration
+	// HeartbeatTTL is how long a silent worker is taken for dead
+	// (--heartbeat-ttl). Zero means 10 seconds.
+	HeartbeatTTL time.Duration
 	// MaxRunsPerUser bounds the runs one user has running at once, across
 	// every gateway. Zero means no limit.
 	MaxRunsPerUser int
@@ -159,6 +163,7 @@ func New(cfg Config) (*Server, error) {
 	s.chat = s.newChatSockets()
 	s.shells = newTerminals(s.hub, cfg.Store, cfg.Logger, cfg.Workspaces, cfg.ShellDetachTimeout)
 	s.shells.maxOpen = cfg.MaxTerminalsPerUser
+	s.shells.heartbeatTTL = cmp.Or(cfg.HeartbeatTTL, 10*time.Second)
 	s.shellSockets = s.newShellSockets()
 	s.echo = s.routes()
 	return s, nil

@@ -47,9 +47,13 @@ type terminals struct {
 	ws      app.Workspaces
 	// maxOpen bounds the terminals one user has open (0: no limit).
 	maxOpen int
+	// heartbeatTTL is how long a silent worker is taken for dead.
+	heartbeatTTL time.Duration
 
 	mu    sync.Mutex
 	socks map[*shellSocket]struct{}
+
+	acks acker
 }
 
 // termFeed is what a feed knows of its terminal, guarded by the feed's
@@ -58,10 +62,8 @@ type termFeed struct {
 	worker string // the worker running the feed's gen
 	exit   *store.ShellLive
 	// written is the highest seq of gen written to a socket here, and
-	// acked the one last told to the worker (its flow control); acking is
-	// set while a goroutine tells it.
+	// acked the one last told to the worker (its flow control).
 	written, acked int64
-	acking         bool
 }
 
 // shellSocket is one /shell socket and the terminal it follows.
@@ -577,62 +579,6 @@ func noticeFrame(level, text string) []byte {
 	return b
 }
 
-// written records that sock was written the chunk seq of its terminal,
-// and tells the terminal's worker, one ack at a time per terminal: the
-// worker reads its PTY only while the most advanced socket keeps up.
-func (tm *terminals) written(sock *shellSocket, seq int64) {
-	sock.mu.Lock()
-	w := sock.w
-	sock.mu.Unlock()
-	if w == nil {
-		return
-	}
-	f := w.f
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if w.gen != f.gen || seq <= f.term.written {
-		return
-	}
-	f.term.written = seq
-	if !f.term.acking {
-		f.term.acking = true
-		go tm.sendAcks(f)
-	}
-}
-
-// sendAcks tells f's worker the written seq until it has the newest.
-// Runs in its own goroutine.
-func (tm *terminals) sendAcks(f *feed) {
-	for {
-		f.mu.Lock()
-		seq, gen, worker := f.term.written, f.gen, f.term.worker
-		if seq <= f.term.acked || worker == "" {
-			f.term.acking = false
-			f.mu.Unlock()
-			return
-		}
-		f.term.acked = seq
-		f.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-		err := tm.st.SendControl(ctx, worker, store.Control{
-			Type: store.ControlShellAck, Shell: f.key, Gen: gen, Data: strconv.AppendInt(nil, seq, 10),
-		})
-		cancel()
-		if err != nil {
-			// The worker reads on after its stall timeout; nothing is lost.
-			tm.log.Debug("ack terminal output", "shell", f.key, "err", err)
-		}
-		// One ack per ackInterval at most: each is a Redis round trip for
-		// the gateway and the worker, and the window is far larger than
-		// what a terminal prints in this time.
-		time.Sleep(ackInterval)
-	}
-}
-
-// ackInterval spaces a terminal's acks: at 20 MB/s, 5 ms is 100 KB, well
-// within the worker's window (workers/shellflow.go).
-const ackInterval = 5 * time.Millisecond
-
 // frameSeq reads the seq of an output frame (outputFrame puts it last); a
 // notice or another frame has none.
 func frameSeq(frame []byte) (int64, bool) {
@@ -662,11 +608,20 @@ func outputFrame(seq int64, data string) []byte {
 func (tm *terminals) run(ctx context.Context) {
 	t := time.NewTicker(tm.refresh)
 	defer t.Stop()
+	// After a Redis outage (a pass that could not reach it: down,
+	// restarting, loading its data), no terminal is taken for lost until
+	// its worker had time to send a heartbeat again: a restart that took
+	// longer than the heartbeats' TTL has expired every one of them, as
+	// the reaper knows too (workers/reaper.go).
+	outage, quietUntil := false, time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if outage {
+			outage, quietUntil = false, time.Now().Add(tm.heartbeatTTL+2*tm.refresh)
 		}
 		type target struct {
 			key, worker string
@@ -683,6 +638,7 @@ func (tm *terminals) run(ctx context.Context) {
 		alive := map[string]bool{}
 		for _, t := range list {
 			if _, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0); err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil {
+				outage = outage || store.Unavailable(err)
 				tm.log.Warn("shell refresh", "err", err)
 			}
 			if t.worker == "" {
@@ -692,11 +648,12 @@ func (tm *terminals) run(ctx context.Context) {
 			if !seen {
 				var err error
 				if ok, err = tm.st.WorkerAlive(ctx, t.worker); err != nil {
+					outage = outage || store.Unavailable(err)
 					continue
 				}
 				alive[t.worker] = ok
 			}
-			if !ok {
+			if !ok && !outage && time.Now().After(quietUntil) {
 				// Every gateway watching it hears this exit.
 				if _, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
 					tm.log.Warn("shell end lost terminal", "err", err)

@@ -33,9 +33,21 @@ const (
 	// ControlShellKill kills a terminal's whole process session.
 	ControlShellKill = "shell-kill"
 	// ControlShellAck says a socket was sent the terminal's output up to
-	// the seq in Data (a JSON number): the worker's flow control.
+	// the seq in Data (a JSON number): the worker's flow control. Sent by
+	// gateways before ControlShellAcks; workers still take it.
 	ControlShellAck = "shell-ack"
+	// ControlShellAcks carries the acks of many terminals of one worker,
+	// a []ShellAck in Data; Shell and Gen of the Control are empty.
+	ControlShellAcks = "shell-acks"
 )
+
+// ShellAck says a socket was sent the output of a terminal generation up
+// to Seq.
+type ShellAck struct {
+	Shell string `json:"shell"`
+	Gen   int64  `json:"gen"`
+	Seq   int64  `json:"seq"`
+}
 
 // ShellSize is the Data of a resize control.
 type ShellSize struct {

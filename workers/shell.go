@@ -132,7 +132,18 @@ func (w *Worker) shellControl(c store.Control) bool {
 		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
 			sh.kill()
 		}
-	case store.ControlShellAck:
+	case store.ControlShellAcks:
+		var acks []store.ShellAck
+		if err := json.Unmarshal(c.Data, &acks); err != nil {
+			w.log.Warn("drop undecodable shell acks", "err", err)
+			return true
+		}
+		for _, a := range acks {
+			if sh := w.shellOf(a.Shell, a.Gen); sh != nil {
+				sh.flow.ack(a.Seq)
+			}
+		}
+	case store.ControlShellAck: // from a gateway of the version before
 		var seq int64
 		if err := json.Unmarshal(c.Data, &seq); err != nil {
 			return true

@@ -14,20 +14,28 @@ import (
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
-// TestShellInputBeforeOpen: keystrokes that reach the worker before their
-// terminal's open control (a gateway that lost an open race forwards them
-// at once) are typed once the terminal starts, not lost.
-func TestShellInputBeforeOpen(t *testing.T) {
+// shellWorker is a worker on an embedded store, with terminal "k1" of
+// spec reserved for it in the store (at generation gen), not started.
+func shellWorker(t *testing.T) (*Worker, *store.Store, app.ShellSpec, int64) {
+	t.Helper()
 	st := storetest.New(t, storetest.Start(t, storetest.Mini))
 	dir := t.TempDir()
 	w, err := New(Config{Store: st, ID: "w1", Workspaces: app.Workspaces{Roots: []string{dir}}, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}}})
 	require.NoError(t, err)
 	t.Cleanup(w.killShells)
-	ctx := context.Background()
 	spec := app.ShellSpec{Owner: "alice", ProjectPath: dir, Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
-	gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
+	gen, ok, err := st.ShellOpen(context.Background(), "k1", 0, "w1", "bash", spec, 0)
 	require.NoError(t, err)
 	require.True(t, ok)
+	return w, st, spec, gen
+}
+
+// TestShellInputBeforeOpen: keystrokes that reach the worker before their
+// terminal's open control (a gateway that lost an open race forwards them
+// at once) are typed once the terminal starts, not lost.
+func TestShellInputBeforeOpen(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	ctx := context.Background()
 
 	input, _ := json.Marshal("echo early-$((6*7))\r")
 	require.True(t, w.shellControl(store.Control{Type: store.ControlShellInput, Shell: "k1", Gen: gen, Data: input}))
@@ -48,4 +56,38 @@ func TestShellInputBeforeOpen(t *testing.T) {
 	w.shells.mu.Lock()
 	defer w.shells.mu.Unlock()
 	require.Empty(t, w.shells.early, "what was kept is played or dropped, not kept")
+}
+
+// TestShellAcksControl: a gateway's batch of acks reaches the flow control
+// of each terminal it names at its generation, and no other.
+func TestShellAcksControl(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	ctx := context.Background()
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	sh := w.shellOf("k1", gen)
+	require.NotNil(t, sh)
+	// The prompt is appended: an ack of its seq gives room.
+	require.Eventually(t, func() bool {
+		n, err := st.ShellOutputLen(ctx, "k1")
+		return err == nil && n > 0
+	}, 20*time.Second, 10*time.Millisecond)
+
+	flow := func() (on bool, acked int64) {
+		sh.flow.mu.Lock()
+		defer sh.flow.mu.Unlock()
+		return sh.flow.on, sh.flow.acked
+	}
+	acks, _ := json.Marshal([]store.ShellAck{{Shell: "k1", Gen: gen + 1, Seq: 1}, {Shell: "other", Gen: gen, Seq: 1}})
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellAcks, Data: acks}))
+	on, _ := flow()
+	require.False(t, on, "an ack of another generation or terminal")
+
+	acks, _ = json.Marshal([]store.ShellAck{{Shell: "k1", Gen: gen, Seq: 1}})
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellAcks, Data: acks}))
+	on, acked := flow()
+	require.True(t, on)
+	require.Positive(t, acked)
+
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellAcks, Data: []byte(`{"not":"a list"}`)}), "dropped, not fatal")
 }

@@ -177,7 +177,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Workspaces: c.workspaces(), AllowedOrigins: c.origins(), MaxMessageSize: c.MaxMessageSize,
 			PublicHosts: c.publicHosts(), MaxSocketsPerUser: c.MaxSocketsPerUser, MaxFrameRate: c.MaxFrameRate,
 			Providers:     app.Providers,
-			SchemaVersion: version, ShellDetachTimeout: c.ShellDetach, Logger: log,
+			SchemaVersion: version, ShellDetachTimeout: c.ShellDetach, HeartbeatTTL: c.HeartbeatTTL, Logger: log,
 			MaxRunsPerUser: c.MaxRunsPerUser, MaxTerminalsPerUser: c.MaxTermsPerUser,
 			PaceInterval: c.pace(),
 		})
