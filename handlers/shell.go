@@ -47,8 +47,11 @@ type terminals struct {
 	ws      app.Workspaces
 	// maxOpen bounds the terminals one user has open (0: no limit).
 	maxOpen int
-	// heartbeatTTL is how long a silent worker is taken for dead.
+	// heartbeatTTL is how long a silent worker is taken for dead, and
+	// quietUntil (Unix nanoseconds) the end of the time after a Redis
+	// outage in which no worker is: its heartbeat may not have landed yet.
 	heartbeatTTL time.Duration
+	quietUntil   atomic.Int64
 
 	mu    sync.Mutex
 	socks map[*shellSocket]struct{}
@@ -262,6 +265,9 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			case err != nil:
 				tm.fail(sock, "check worker", err)
 				return
+			case !alive && time.Now().UnixNano() < tm.quietUntil.Load():
+				// Just after an outage: its heartbeat may be on its way.
+				// If it does not come, run ends the terminal as lost.
 			case !alive:
 				sock.notice("error", noticeLost)
 				live = false
@@ -613,7 +619,7 @@ func (tm *terminals) run(ctx context.Context) {
 	// its worker had time to send a heartbeat again: a restart that took
 	// longer than the heartbeats' TTL has expired every one of them, as
 	// the reaper knows too (workers/reaper.go).
-	outage, quietUntil := false, time.Time{}
+	outage := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -621,7 +627,8 @@ func (tm *terminals) run(ctx context.Context) {
 		case <-t.C:
 		}
 		if outage {
-			outage, quietUntil = false, time.Now().Add(tm.heartbeatTTL+2*tm.refresh)
+			outage = false
+			tm.quietUntil.Store(time.Now().Add(tm.heartbeatTTL + 2*tm.refresh).UnixNano())
 		}
 		type target struct {
 			key, worker string
@@ -634,6 +641,13 @@ func (tm *terminals) run(ctx context.Context) {
 				list = append(list, target{f.key, f.term.worker, f.gen})
 			}
 			f.mu.Unlock()
+		}
+		if len(list) == 0 {
+			// Nothing to refresh: still notice an outage, for the
+			// reattaches that follow it.
+			if err := tm.st.Ping(ctx); store.Unavailable(err) {
+				outage = true
+			}
 		}
 		alive := map[string]bool{}
 		for _, t := range list {
@@ -653,7 +667,7 @@ func (tm *terminals) run(ctx context.Context) {
 				}
 				alive[t.worker] = ok
 			}
-			if !ok && !outage && time.Now().After(quietUntil) {
+			if !ok && !outage && time.Now().UnixNano() >= tm.quietUntil.Load() {
 				// Every gateway watching it hears this exit.
 				if _, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
 					tm.log.Warn("shell end lost terminal", "err", err)
