@@ -53,12 +53,14 @@ COPY --from=build /out/agentgate /usr/local/bin/agentgate
 ENV PATH=/opt/agentgate/node_modules/.bin:$PATH \
     AGENTGATE_LOG_FORMAT=json \
     AGENTGATE_USER_HOMES=/var/lib/agentgate/home \
-    AGENTGATE_METRICS_LISTEN=0.0.0.0:9090
+    AGENTGATE_METRICS_LISTEN=0.0.0.0:9090 \
+    AGENTGATE_LINK_LISTEN=0.0.0.0:7070
 RUN mkdir -p /var/lib/agentgate/home /workspaces
 VOLUME ["/var/lib/agentgate/home"]
 WORKDIR /var/lib/agentgate
-# /metrics and /healthz (the worker has no other listener).
-EXPOSE 9090
+# /metrics and /healthz; the link gateways send keystrokes and acks on
+# (it advertises its address on the network it shares with Redis).
+EXPOSE 9090 7070
 HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/agentgate", "healthcheck", "--url", "http://127.0.0.1:9090/healthz"]
 # tini reaps what the CLIs leave behind and passes SIGTERM on, so that the

@@ -105,7 +105,13 @@ func newShellRig(b *testing.B) *shellRig {
 		"AGENTGATE_LISTEN=" + r.addr, "AGENTGATE_SHELL_DETACH_TIMEOUT=5s",
 	}
 	env = append(env, benchLimitEnv...)
-	r.worker = startAgentgate(b, bin, "worker", env)
+	// The worker takes keystrokes and acks on its link, as the worker
+	// image does; BENCH_SHELL_LINK=off sends them through its inbox.
+	link := "127.0.0.1:0"
+	if os.Getenv("BENCH_SHELL_LINK") == "off" {
+		link = "off"
+	}
+	r.worker = startAgentgate(b, bin, "worker", append(env, "AGENTGATE_LINK_LISTEN="+link))
 	r.gateway = startAgentgate(b, bin, "gateway", env)
 	var err error
 	if r.token, err = handlers.IssueToken([]byte(secret), "bench", false, time.Hour); err != nil {

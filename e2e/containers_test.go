@@ -150,14 +150,26 @@ func TestContainers(t *testing.T) {
 	// A terminal through nginx.
 	sh := dialWS(t, "shell", "ws://"+base+"/shell?token="+token)
 	sh.send(map[string]any{"type": "init", "projectPath": "/var/lib/agentgate/home/alice", "shellId": "ct", "cols": 80, "rows": 24,
-		"initialCommand": "echo container-$((6*7)); id -u"})
-	sh.waitFor(60*time.Second, "the terminal's output", func(fs []frame) bool {
-		var out strings.Builder
-		for _, f := range fs {
-			out.WriteString(f.str("data"))
-		}
-		return strings.Contains(out.String(), "container-42")
-	})
+		"initialCommand": "echo container-$((6*7)); id -u; read line; echo typed-$line"})
+	shellSays := func(s string) {
+		sh.waitFor(60*time.Second, "the terminal's output "+s, func(fs []frame) bool {
+			var out strings.Builder
+			for _, f := range fs {
+				out.WriteString(f.str("data"))
+			}
+			return strings.Contains(out.String(), s)
+		})
+	}
+	shellSays("container-42")
+	// The keystrokes take the worker's link, at the address it advertised
+	// on the stack's network.
+	sh.send(map[string]any{"type": "input", "data": "over-the-link\r"})
+	shellSays("typed-over-the-link")
+	linked := 0.0
+	for _, gw := range ctGateways {
+		linked += scrape(t, "http://"+containerIP(t, gw)+":8080/metrics").value(`agentgate_terminal_controls_total{path="link"}`)
+	}
+	require.Positive(t, linked, "keystrokes through the workers' links")
 	sh.drop()
 	c2.drop()
 

@@ -162,7 +162,9 @@ func TestShellThroughRedisRestart(t *testing.T) {
 	cl := newClusterOn(t, loadingRedis, "/bin/false")
 	fillForLoading(t, cl)
 	gw := cl.startGateway("gw")
-	sc := &shellCluster{cluster: cl, gw1: gw, gw2: gw, worker: cl.startWorker("worker")}
+	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_LINK_LISTEN=127.0.0.1:0"), "worker")
+	cl.waitWorker(w)
+	sc := &shellCluster{cluster: cl, gw1: gw, gw2: gw, worker: w}
 	a := sc.dialShell(gw, "alice")
 	a.send(sc.plainInit("restart"))
 	a.waitText(0, "Starting terminal in:", 10*time.Second)

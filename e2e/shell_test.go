@@ -48,9 +48,21 @@ func newShellCluster(t *testing.T) *shellCluster {
 			sc.gw2 = p
 		}
 	}
-	sc.worker = startProc(t, "worker", append(cl.workerEnv(), extra), "worker")
+	// Its keystrokes and acks take the worker's link (TestShellMemoryBound's
+	// worker has none: they take its inbox).
+	sc.worker = startProc(t, "worker", append(cl.workerEnv(), extra, "AGENTGATE_LINK_LISTEN=127.0.0.1:0"), "worker")
 	cl.waitWorker(sc.worker)
 	return sc
+}
+
+// requireLinked checks that gw sent terminal controls over the worker's
+// link, and logs how many took the inbox.
+func (sc *shellCluster) requireLinked(gw *proc) {
+	sc.t.Helper()
+	m := scrape(sc.t, "http://"+gw.addr+"/metrics")
+	linked, inbox := m.value(`agentgate_terminal_controls_total{path="link"}`), m.value(`agentgate_terminal_controls_total{path="inbox"}`)
+	sc.t.Logf("%s: terminal controls by link %g, by inbox %g", gw.name, linked, inbox)
+	require.Positive(sc.t, linked, "no terminal control took the worker's link")
 }
 
 // shellClient is a /shell socket.
@@ -262,6 +274,8 @@ func TestShellReattachAcrossGateways(t *testing.T) {
 	c.waitText(mark, "fresh-5", 10*time.Second)
 	requireConsecutive(t, c.seqs(mark), 1)
 	require.NotContains(t, c.text(mark), "[Reconnected")
+	sc.requireLinked(sc.gw1)
+	sc.requireLinked(sc.gw2)
 }
 
 // TestShellValidationAndIsolation: bad paths and ids are refused with the

@@ -20,6 +20,7 @@ var (
 	resumes          = metrics.NewCounterVec("agentgate_resumes_total", "Reconnects that resumed a session from a lastSeq, by whether every missed event could be sent (recovered) or not.", "recovered")
 	socketCloses     = metrics.NewCounterVec("agentgate_socket_closes_total", "Sockets the gateway closed, by reason (slow_consumer: 4008, shutdown: 1001, store_reset: 1012).", "reason")
 	limitRefusals    = metrics.NewCounterVec("agentgate_limit_refusals_total", "Upgrades (sockets) and client frames (frames) refused by a per-user limit.", "limit")
+	terminalControls = metrics.NewCounterVec("agentgate_terminal_controls_total", "Terminal input, resizes and acks sent to workers, by path (link: the worker's link; inbox: through Redis).", "path")
 	storeWaits       = metrics.NewCounter("agentgate_store_unavailable_total", "Client requests that met Redis down or loading and were answered with a retryable error or waited for it.")
 )
 
@@ -42,6 +43,11 @@ var (
 	chatMetrics   = metricsOf("chat")
 	shellMetrics  = metricsOf("shell")
 	pluginMetrics = metricsOf("plugin")
+)
+
+var (
+	linkedControls = terminalControls.WithLabelValues("link")
+	inboxControls  = terminalControls.WithLabelValues("inbox")
 )
 
 // wrote counts one frame written to a socket.

@@ -178,6 +178,7 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer close(done); s.shells.run(ctx) }()
 	err := s.hub.run(ctx)
 	<-done
+	s.shells.links.Close()
 	return err
 }
 

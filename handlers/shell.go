@@ -17,6 +17,7 @@ import (
 	"github.com/olahol/melody"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/link"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -57,6 +58,8 @@ type terminals struct {
 	socks map[*shellSocket]struct{}
 
 	acks acker
+	// links carries input, resizes and acks to workers that have a link.
+	links *link.Client
 }
 
 // termFeed is what a feed knows of its terminal, guarded by the feed's
@@ -87,6 +90,7 @@ func newTerminals(h *hub, st *store.Store, log *slog.Logger, ws app.Workspaces, 
 	tm := &terminals{
 		hub: h, st: st, log: log, ws: ws, socks: map[*shellSocket]struct{}{},
 		refresh: min(max(detach/4, 50*time.Millisecond), 5*time.Second),
+		links:   link.NewClient(st.WorkerLink, log),
 	}
 	// A terminal's stream: a chunk trimmed away is reported by a notice
 	// (PROTOCOL §4) and the socket goes on with what remains.
@@ -460,9 +464,20 @@ func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string,
 	if err != nil {
 		return
 	}
-	if err := tm.st.SendControl(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
+	if err := tm.send(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
 		tm.fail(sock, "send to terminal", err)
 	}
+}
+
+// send sends c to worker over its link, or through its inbox when it has
+// no link or its link failed.
+func (tm *terminals) send(ctx context.Context, worker string, c store.Control) error {
+	if tm.links.Send(ctx, worker, c) == nil {
+		linkedControls.Inc()
+		return nil
+	}
+	inboxControls.Inc()
+	return tm.st.SendControl(ctx, worker, c)
 }
 
 // detachSocket stops sock following its terminal.

@@ -113,7 +113,7 @@ func (tm *terminals) sendAckControl(worker string, acks []store.ShellAck) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	if err := tm.st.SendControl(ctx, worker, store.Control{Type: store.ControlShellAcks, Data: data}); err != nil {
+	if err := tm.send(ctx, worker, store.Control{Type: store.ControlShellAcks, Data: data}); err != nil {
 		// The worker reads on after its stall timeout; nothing is lost.
 		tm.log.Debug("ack terminal output", "worker", worker, "terminals", len(acks), "err", err)
 	}

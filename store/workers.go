@@ -17,6 +17,9 @@ type WorkerInfo struct {
 	PID       int
 	StartedAt time.Time
 	Runs      int
+	// Link is the address gateways reach the worker's link on (package
+	// link), and LinkToken what they present there; empty: no link.
+	Link, LinkToken string
 }
 
 // Heartbeat refreshes a worker's heartbeat hash `ag:worker:ID` with ttl and
@@ -26,8 +29,12 @@ func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) 
 	// The hash and its TTL in one transaction (one key: one slot); the
 	// registry, in another slot on a cluster, next.
 	_, err := s.rdb.TxPipelined(ctx, func(tx redis.Pipeliner) error {
-		tx.HSet(ctx, key, "id", w.ID, "host", w.Host, "pid", w.PID,
-			"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs)
+		fields := []any{"id", w.ID, "host", w.Host, "pid", w.PID,
+			"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs}
+		if w.Link != "" {
+			fields = append(fields, "link", w.Link, "linkToken", w.LinkToken)
+		}
+		tx.HSet(ctx, key, fields...)
 		tx.PExpire(ctx, key, ttl)
 		return nil
 	})
@@ -61,6 +68,18 @@ func (s *Store) WorkerAlive(ctx context.Context, id string) (bool, error) {
 		return false, fmt.Errorf("store: check worker %s: %w", id, err)
 	}
 	return n == 1, nil
+}
+
+// WorkerLink returns the link address and token of a live worker, "" when
+// it has no link or is gone.
+func (s *Store) WorkerLink(ctx context.Context, id string) (addr, token string, err error) {
+	v, err := s.rdb.HMGet(ctx, s.k.worker(id), "link", "linkToken").Result()
+	if err != nil {
+		return "", "", fmt.Errorf("store: read link of worker %s: %w", id, err)
+	}
+	addr, _ = v[0].(string)
+	token, _ = v[1].(string)
+	return addr, token, nil
 }
 
 // LiveWorkers returns the registered workers whose heartbeat has not

@@ -112,22 +112,14 @@ func (w *Worker) shellControl(c store.Control) bool {
 			w.log.Warn("drop undecodable shell input", "shell", c.Shell, "err", err)
 			return true
 		}
-		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
-			sh.enqueue(shellOp{data: []byte(data)})
-		} else {
-			w.keepEarly(c.Shell, c.Gen, shellOp{data: []byte(data)})
-		}
+		w.toShell(c.Shell, c.Gen, shellOp{data: []byte(data)})
 	case store.ControlShellResize:
 		var size store.ShellSize
 		if err := json.Unmarshal(c.Data, &size); err != nil || size.Cols < 1 || size.Rows < 1 {
 			w.log.Warn("drop undecodable shell resize", "shell", c.Shell, "err", err)
 			return true
 		}
-		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
-			sh.enqueue(shellOp{cols: size.Cols, rows: size.Rows})
-		} else {
-			w.keepEarly(c.Shell, c.Gen, shellOp{cols: size.Cols, rows: size.Rows})
-		}
+		w.toShell(c.Shell, c.Gen, shellOp{cols: size.Cols, rows: size.Rows})
 	case store.ControlShellKill:
 		if sh := w.shellOf(c.Shell, c.Gen); sh != nil {
 			sh.kill()
@@ -155,6 +147,20 @@ func (w *Worker) shellControl(c store.Control) bool {
 		return false
 	}
 	return true
+}
+
+// toShell queues op for the terminal of key at gen, or keeps it for that
+// generation until its open arrives. One lock covers both, so an op that
+// races the open (links and the inbox are read by goroutines of their own)
+// is neither lost nor played out of order.
+func (w *Worker) toShell(key string, gen int64, op shellOp) {
+	w.shells.mu.Lock()
+	defer w.shells.mu.Unlock()
+	if sh := w.shells.m[key]; sh != nil && sh.gen == gen {
+		sh.enqueue(op)
+		return
+	}
+	w.keepEarlyLocked(key, gen, op)
 }
 
 // shellCount is the number of terminals running on this worker.
@@ -253,11 +259,12 @@ func (w *Worker) openShell(c store.Control) {
 	}
 	w.shells.m[c.Shell] = sh
 	w.shells.wg.Add(1)
-	early := w.takeEarly(c.Shell, c.Gen)
-	w.shells.mu.Unlock()
-	for _, op := range early {
+	// What came before the open goes first, before any op a link's
+	// goroutine queues once the lock is released.
+	for _, op := range w.takeEarly(c.Shell, c.Gen) {
 		sh.enqueue(op)
 	}
+	w.shells.mu.Unlock()
 	terminalsOpen.Inc()
 	log.Info("terminal started", "pid", p.cmd.Process.Pid, "owner", spec.Owner, "dir", dir)
 	go func() {

@@ -26,11 +26,10 @@ type earlyInput struct {
 
 func earlyKey(shell string, gen int64) string { return shell + " " + strconv.FormatInt(gen, 10) }
 
-// keepEarly keeps op for a generation that has no terminal here yet,
+// keepEarlyLocked keeps op for a generation that has no terminal here yet,
 // unless a newer generation of the key runs (then op is stale).
-func (w *Worker) keepEarly(shell string, gen int64, op shellOp) {
-	w.shells.mu.Lock()
-	defer w.shells.mu.Unlock()
+// w.shells.mu must be held.
+func (w *Worker) keepEarlyLocked(shell string, gen int64, op shellOp) {
 	if sh := w.shells.m[shell]; sh != nil && sh.gen >= gen || w.shells.closing {
 		return
 	}

@@ -91,3 +91,36 @@ func TestShellAcksControl(t *testing.T) {
 
 	require.True(t, w.shellControl(store.Control{Type: store.ControlShellAcks, Data: []byte(`{"not":"a list"}`)}), "dropped, not fatal")
 }
+
+// TestShellInputRacesOpen: keystrokes from a link's goroutine, one per
+// control, while the inbox's goroutine handles the open: every one is
+// typed, in order, whichever side of the open it falls on.
+func TestShellInputRacesOpen(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	ctx := context.Background()
+	const word = "abcdefghijklmnopqrstuvwxyz0123456789"
+	keys := append([]string{"echo race-"}, strings.Split(word, "")...)
+	keys = append(keys, "\r")
+	open, _ := json.Marshal(spec)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, k := range keys {
+			data, _ := json.Marshal(k)
+			w.shellControl(store.Control{Type: store.ControlShellInput, Shell: "k1", Gen: gen, Data: data})
+		}
+	}()
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	<-done
+	var out strings.Builder
+	require.Eventually(t, func() bool {
+		chunks, err := st.ShellOutput(ctx, "k1", 0, 1000)
+		require.NoError(t, err)
+		out.Reset()
+		for _, c := range chunks {
+			out.WriteString(c.Data)
+		}
+		// The command's output, not the typed line's echo.
+		return strings.Contains(out.String(), "\rrace-"+word) || strings.Contains(out.String(), "\nrace-"+word)
+	}, 20*time.Second, 20*time.Millisecond, "the keystrokes typed in order: %q", &out)
+}

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/link"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -79,6 +81,11 @@ type Config struct {
 	// ShellDetachTimeout is how long a terminal lives with no socket
 	// watching it. Zero means DefaultShellDetachTimeout (30 minutes).
 	ShellDetachTimeout time.Duration
+	// Link, when set, is the listener gateways send terminal input,
+	// resizes and acks on (package link), past Redis; LinkAdvertise is the
+	// address they dial, "" for the listener's own.
+	Link          net.Listener
+	LinkAdvertise string
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -109,6 +116,10 @@ type Worker struct {
 	runs map[string]*run // by session id
 
 	wg sync.WaitGroup // one per run
+
+	// linkAddr and linkToken are what the heartbeat advertises of the
+	// worker's link ("" without one).
+	linkAddr, linkToken string
 
 	shells shellSet // terminals (shell.go)
 
@@ -159,11 +170,22 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Accounts == nil {
 		pass = append(slices.Clip(pass), sharedAccountEnv...)
 	}
-	return &Worker{
+	w := &Worker{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
-	}, nil
+	}
+	if cfg.Link != nil {
+		token, err := link.NewToken()
+		if err != nil {
+			return nil, err
+		}
+		w.linkAddr, w.linkToken = cfg.LinkAdvertise, token
+		if w.linkAddr == "" {
+			w.linkAddr = cfg.Link.Addr().String()
+		}
+	}
+	return w, nil
 }
 
 // Ready is closed once Run has registered the worker in Redis, from when
@@ -183,6 +205,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	close(w.ready)
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
+	if w.cfg.Link != nil {
+		srv := link.NewServer(w.linkToken, w.linkControl, w.log)
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			if err := srv.Serve(loopCtx, w.cfg.Link); err != nil {
+				w.log.Error("link stopped: gateways send through the inbox", "err", err)
+			}
+		}()
+	}
 	loops.Add(3)
 	go func() { defer loops.Done(); w.heartbeatLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
@@ -409,7 +441,18 @@ func (w *Worker) beat(ctx context.Context) error {
 	if waiting, err := w.st.JobsWaiting(ctx); err == nil && waiting >= 0 {
 		jobsWaiting.Set(float64(waiting))
 	}
-	return w.st.Heartbeat(ctx, store.WorkerInfo{ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n}, w.cfg.HeartbeatTTL)
+	return w.st.Heartbeat(ctx, store.WorkerInfo{
+		ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n,
+		Link: w.linkAddr, LinkToken: w.linkToken,
+	}, w.cfg.HeartbeatTTL)
+}
+
+// linkControl handles a control from a link, which carries terminal
+// controls only (the link package drops the others).
+func (w *Worker) linkControl(c store.Control) {
+	if !w.shellControl(c) {
+		w.log.Warn("drop control from a link", "type", c.Type)
+	}
 }
 
 func (w *Worker) bin(p app.Provider) string {

@@ -44,6 +44,8 @@ type config struct {
 	DrainTimeout      time.Duration
 	DrainGrace        time.Duration
 	MetricsListen     string
+	LinkListen        string
+	LinkAdvertise     string
 	CPUProfile        string
 	ShellDetach       time.Duration
 	PermissionTimeout time.Duration
@@ -87,6 +89,8 @@ var options = []option{
 	{"heartbeat-ttl", "AGENTGATE_HEARTBEAT_TTL", "10s", "a worker silent this long is dead and its runs are reaped", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatTTL })},
 	{"drain-grace", "AGENTGATE_DRAIN_GRACE", "0", "on shutdown, how long a gateway answers /readyz with 503 and refuses new sockets before it closes its sockets with 1001 (time for a load balancer to stop routing to it; 0: close at once)", durationOrOffSetter(func(c *config) *time.Duration { return &c.DrainGrace })},
 	{"metrics-listen", "AGENTGATE_METRICS_LISTEN", "", "address a worker serves /metrics, /healthz and /readyz on (/readyz: 200 once registered; a gateway serves them on --listen; empty: none)", func(c *config, v string) error { c.MetricsListen = v; return nil }},
+	{"link-listen", "AGENTGATE_LINK_LISTEN", "", "address a worker takes terminal input and acks from gateways on, past Redis (empty: none, but 127.0.0.1:0 for serve; off: none)", func(c *config, v string) error { c.LinkListen = v; return nil }},
+	{"link-advertise", "AGENTGATE_LINK_ADVERTISE", "", "HOST:PORT gateways dial for a worker's link (default: --link-listen, its host, when unspecified, replaced by this machine's address toward Redis)", func(c *config, v string) error { c.LinkAdvertise = v; return nil }},
 	{"cpu-profile", "AGENTGATE_CPU_PROFILE", "", "write a CPU profile (go tool pprof) of the process to this file until it stops (for benchmarks)", func(c *config, v string) error { c.CPUProfile = v; return nil }},
 	{"drain-timeout", "AGENTGATE_DRAIN_TIMEOUT", "10s", "on shutdown, how long runs may finish before they are killed", durationSetter(func(c *config) *time.Duration { return &c.DrainTimeout })},
 	{"permission-timeout", "AGENTGATE_PERMISSION_TIMEOUT", "55s", "how long a tool waits for the user's answer before it is denied (never for AskUserQuestion and ExitPlanMode)", durationSetter(func(c *config) *time.Duration { return &c.PermissionTimeout })},

@@ -113,6 +113,14 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	defer stopWorker()
 	workerDone := make(chan struct{})
 	if runsWorker {
+		linkLn, linkAddr, err := c.linkListener(mode, redisURL)
+		if err != nil {
+			return err
+		}
+		if linkLn != nil {
+			defer linkLn.Close()
+			log.Info("worker link listening", "addr", linkLn.Addr().String(), "advertised", linkAddr)
+		}
 		worker, err = workers.New(workers.Config{
 			Store: st,
 			Providers: map[app.Provider]workers.Provider{
@@ -129,6 +137,8 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			SingleUser:         mode == "serve" && c.accounts() == nil,
 			MaxRuns:            c.MaxRuns,
 			MaxTerminals:       c.MaxTerminals,
+			Link:               linkLn,
+			LinkAdvertise:      linkAddr,
 			Logger:             log,
 		})
 		if err != nil {

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// linkListener opens a worker's link listener (--link-listen; nil without
+// one) and returns the address gateways are told to dial.
+func (c *config) linkListener(mode, redisURL string) (net.Listener, string, error) {
+	addr := c.LinkListen
+	if addr == "" && mode == "serve" {
+		addr = "127.0.0.1:0" // gateway and worker share the machine
+	}
+	if addr == "" || addr == "off" {
+		return nil, "", nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen on %s (--link-listen): %w", addr, err)
+	}
+	if c.LinkAdvertise != "" {
+		return ln, c.LinkAdvertise, nil
+	}
+	tcp := ln.Addr().(*net.TCPAddr)
+	if !tcp.IP.IsUnspecified() {
+		return ln, tcp.String(), nil
+	}
+	ip, err := localIPToward(redisURL)
+	if err != nil {
+		ln.Close()
+		return nil, "", fmt.Errorf("--link-listen %s: find the address gateways reach this worker on (or set --link-advertise): %w", addr, err)
+	}
+	return ln, net.JoinHostPort(ip.String(), strconv.Itoa(tcp.Port)), nil
+}
+
+// localIPToward returns this machine's address on its route to the (first)
+// Redis node of redisURL: an address on the network the worker shares with
+// Redis, and so, in a container network or a cluster, with the gateways.
+func localIPToward(redisURL string) (net.IP, error) {
+	u, err := url.Parse(redisURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse Redis URL: %w", err)
+	}
+	host, _, _ := strings.Cut(u.Host, ",")
+	if host == "" {
+		return nil, errors.New("the Redis URL names no host")
+	}
+	if _, _, err := net.SplitHostPort(host); err != nil {
+		host = net.JoinHostPort(strings.Trim(host, "[]"), "6379")
+	}
+	// A UDP "connection" sends nothing: it only picks the route.
+	conn, err := net.Dial("udp", host)
+	if err != nil {
+		return nil, fmt.Errorf("route to Redis: %w", err)
+	}
+	defer conn.Close()
+	return conn.LocalAddr().(*net.UDPAddr).IP, nil
+}

@@ -1,0 +1,225 @@
+package link
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store"
+)
+
+// worker is a link server on 127.0.0.1 that records what it is handed.
+type worker struct {
+	addr, token string
+	stop        context.CancelFunc
+	done        chan struct{}
+
+	mu  sync.Mutex
+	got []store.Control
+}
+
+func startWorker(t *testing.T) *worker {
+	t.Helper()
+	token, err := NewToken()
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &worker{addr: ln.Addr().String(), token: token, stop: cancel, done: make(chan struct{})}
+	srv := NewServer(token, func(c store.Control) {
+		w.mu.Lock()
+		w.got = append(w.got, c)
+		w.mu.Unlock()
+	}, nil)
+	go func() { defer close(w.done); _ = srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { w.close() })
+	return w
+}
+
+func (w *worker) close() {
+	w.stop()
+	<-w.done
+}
+
+func (w *worker) controls() []store.Control {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]store.Control(nil), w.got...)
+}
+
+func (w *worker) waitControls(t *testing.T, n int) []store.Control {
+	t.Helper()
+	require.Eventually(t, func() bool { return len(w.controls()) >= n }, 5*time.Second, time.Millisecond)
+	return w.controls()
+}
+
+func input(i int) store.Control {
+	data, _ := json.Marshal("key " + strconv.Itoa(i))
+	return store.Control{Type: store.ControlShellInput, Shell: "s", Gen: 1, Data: data}
+}
+
+func TestSendInOrder(t *testing.T) {
+	w := startWorker(t)
+	c := NewClient(func(context.Context, string) (string, string, error) { return w.addr, w.token, nil }, nil)
+	defer c.Close()
+	const n = 500
+	for i := range n {
+		require.NoError(t, c.Send(context.Background(), "w1", input(i)))
+	}
+	got := w.waitControls(t, n)
+	for i, ctl := range got {
+		require.Equal(t, input(i), ctl)
+	}
+}
+
+func TestSendFallsBack(t *testing.T) {
+	w := startWorker(t)
+	lookups := 0
+	var addr, token string
+	c := NewClient(func(context.Context, string) (string, string, error) { lookups++; return addr, token, nil }, nil)
+	defer c.Close()
+	ctx := context.Background()
+
+	// No link advertised: the inbox, and no new lookup before retryAfter.
+	require.ErrorIs(t, c.Send(ctx, "w1", input(0)), ErrNoLink)
+	require.ErrorIs(t, c.Send(ctx, "w1", input(1)), ErrNoLink)
+	require.Equal(t, 1, lookups)
+
+	// Controls a link does not carry, and ones too large for a frame.
+	addr, token = w.addr, w.token
+	require.ErrorIs(t, c.Send(ctx, "w2", store.Control{Type: store.ControlShellOpen, Shell: "s", Gen: 1}), ErrNoLink)
+	big, _ := json.Marshal(string(bytes.Repeat([]byte("a"), MaxFrame)))
+	require.ErrorIs(t, c.Send(ctx, "w2", store.Control{Type: store.ControlShellInput, Data: big}), ErrNoLink)
+	require.NoError(t, c.Send(ctx, "w2", input(2)))
+	require.Equal(t, []store.Control{input(2)}, w.waitControls(t, 1))
+
+	// The worker goes away: sends fail over to the inbox, none blocks.
+	w.close()
+	require.Eventually(t, func() bool { return c.Send(ctx, "w2", input(3)) != nil }, 5*time.Second, time.Millisecond)
+	require.ErrorIs(t, c.Send(ctx, "w2", input(4)), ErrNoLink)
+
+	// A wrong token is refused at hello.
+	w2 := startWorker(t)
+	addr, token = w2.addr, "not-"+w2.token
+	require.ErrorIs(t, c.Send(ctx, "w3", input(5)), ErrNoLink)
+	require.Empty(t, w2.controls())
+}
+
+func TestSendRedialsNewWorker(t *testing.T) {
+	w := startWorker(t)
+	cur := w
+	c := NewClient(func(context.Context, string) (string, string, error) { return cur.addr, cur.token, nil }, nil)
+	defer c.Close()
+	ctx := context.Background()
+	require.NoError(t, c.Send(ctx, "w1", input(0)))
+	w.waitControls(t, 1)
+	w.close()
+	// The client notices the end of the link before its next send, so that
+	// send dials again (the new server stands for a restarted listener).
+	cur = startWorker(t)
+	require.Eventually(t, func() bool { return c.Send(ctx, "w1", input(1)) == nil }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, input(1), cur.waitControls(t, 1)[0])
+}
+
+// rawLink dials w and says hello with token.
+func rawLink(t *testing.T, w *worker, token string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", w.addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = conn.Write([]byte(helloPrefix + token + "\n"))
+	require.NoError(t, err)
+	return conn
+}
+
+// ended reports whether the server closed conn (within a second).
+func ended(conn net.Conn) bool {
+	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	var b [16]byte
+	for {
+		_, err := conn.Read(b[:])
+		if err != nil {
+			var ne net.Error
+			return !(errors.As(err, &ne) && ne.Timeout())
+		}
+	}
+}
+
+// TestServerRefuses: what a stranger on the network can send.
+func TestServerRefuses(t *testing.T) {
+	w := startWorker(t)
+	frame := func(body []byte) []byte { return appendFrame(nil, body) }
+	good, _ := json.Marshal(input(7))
+	for name, tc := range map[string]struct {
+		token string
+		send  []byte
+	}{
+		"wrong token":        {token: w.token[:len(w.token)-1] + "x"},
+		"empty token":        {token: ""},
+		"zero frame":         {token: w.token, send: []byte{0, 0, 0, 0}},
+		"oversized frame":    {token: w.token, send: binary.BigEndian.AppendUint32(nil, MaxFrame+1)},
+		"huge length":        {token: w.token, send: []byte{0xff, 0xff, 0xff, 0xff}},
+		"dropped, not ended": {token: w.token, send: append(frame([]byte("not json")), frame([]byte(`{"type":"shell-open","shell":"s","gen":1}`))...)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			conn := rawLink(t, w, tc.token)
+			if tc.send != nil {
+				_, _ = conn.Write(tc.send)
+			}
+			if tc.token == w.token && name == "dropped, not ended" {
+				// Undecodable and uncarried controls are dropped, the
+				// link goes on: a good frame after them arrives.
+				_, _ = conn.Write(frame(good))
+				require.Equal(t, input(7), w.waitControls(t, 1)[0])
+				return
+			}
+			require.True(t, ended(conn), "the link stays open")
+		})
+	}
+	require.Len(t, w.controls(), 1, "nothing but the good frame was handed on")
+}
+
+// TestServerHelloTimeout: a connection that never says hello is closed.
+func TestServerHelloTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the hello timeout")
+	}
+	w := startWorker(t)
+	conn, err := net.Dial("tcp", w.addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(helloTimeout + 5*time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	require.Error(t, err)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "still open after the hello timeout")
+}
+
+func FuzzReadFrame(f *testing.F) {
+	f.Add(appendFrame(nil, []byte(`{"type":"shell-input"}`)))
+	f.Add([]byte{0, 0, 0, 0})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bytes.NewReader(b)
+		var buf []byte
+		for {
+			body, err := readFrame(r, buf)
+			if err != nil {
+				return
+			}
+			if len(body) == 0 || len(body) > MaxFrame {
+				t.Fatalf("frame of %d bytes", len(body))
+			}
+			buf = body[:0]
+		}
+	})
+}
