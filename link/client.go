@@ -15,13 +15,20 @@ import (
 )
 
 const (
-	// dialTimeout bounds a dial and its hello: a keystroke waits on it.
+	// dialTimeout bounds a dial and its hello.
 	dialTimeout = time.Second
 	// writeTimeout bounds one frame's write to a worker that reads nothing.
 	writeTimeout = time.Second
 	// retryAfter is how long a worker whose link failed, or that has none,
-	// is sent its controls through its inbox before the link is tried again.
-	retryAfter = 2 * time.Second
+	// is sent its controls through its inbox before the link is tried
+	// again; it doubles with each failed dial, up to maxRetryAfter.
+	retryAfter    = 2 * time.Second
+	maxRetryAfter = time.Minute
+	// switchQuiet is how long a terminal must have been sent no input or
+	// resize through its worker's inbox before its input takes the link:
+	// one sent earlier could still be on its way, and a keystroke must
+	// not overtake another. (Acks have no order: any ack may take it.)
+	switchQuiet = 250 * time.Millisecond
 	// maxPeers bounds the workers remembered without a link.
 	maxPeers = 1024
 )
@@ -50,8 +57,39 @@ type Client struct {
 type peer struct {
 	mu      sync.Mutex
 	conn    net.Conn
+	dialing bool
 	retryAt time.Time
+	backoff time.Duration
+	// inboxAt is when each terminal (by key) was last sent input or a
+	// resize through the worker's inbox, within switchQuiet.
+	inboxAt map[string]time.Time
 	buf     []byte
+}
+
+// viaInbox records that ctl goes through the inbox. p.mu must be held.
+func (p *peer) viaInbox(ctl store.Control, now time.Time) {
+	if ctl.Shell == "" {
+		return // acks
+	}
+	if p.inboxAt == nil {
+		p.inboxAt = map[string]time.Time{}
+	}
+	if len(p.inboxAt) >= 64 {
+		for k, at := range p.inboxAt {
+			if now.Sub(at) >= switchQuiet {
+				delete(p.inboxAt, k)
+			}
+		}
+	}
+	p.inboxAt[ctl.Shell] = now
+}
+
+// mayLink reports whether ctl may take the link: no input or resize of
+// its terminal went through the inbox within switchQuiet. p.mu must be
+// held.
+func (p *peer) mayLink(ctl store.Control, now time.Time) bool {
+	at, ok := p.inboxAt[ctl.Shell]
+	return !ok || now.Sub(at) >= switchQuiet
 }
 
 // NewClient returns a client that finds workers' links with lookup.
@@ -63,8 +101,9 @@ func NewClient(lookup Lookup, log *slog.Logger) *Client {
 }
 
 // Send writes ctl to worker's link. An error (ErrNoLink or one wrapping
-// it) means it was not sent: the caller sends it through the inbox. A nil
-// Client has no links.
+// it) means it was not sent: the caller sends it through the inbox. A link
+// is dialed in the background, so no send waits on a dial; a nil Client
+// has no links.
 func (c *Client) Send(ctx context.Context, worker string, ctl store.Control) error {
 	if c == nil {
 		return ErrNoLink
@@ -72,39 +111,60 @@ func (c *Client) Send(ctx context.Context, worker string, ctl store.Control) err
 	if !accepted[ctl.Type] {
 		return fmt.Errorf("%w: %s controls take the inbox", ErrNoLink, ctl.Type)
 	}
-	body, err := json.Marshal(ctl)
-	if err != nil || len(body) > MaxFrame {
-		return fmt.Errorf("%w: control too large or not encodable", ErrNoLink)
-	}
 	p := c.peer(worker)
 	if p == nil {
 		return ErrNoLink
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.conn == nil {
-		if time.Now().Before(p.retryAt) {
-			return ErrNoLink
+	now := time.Now()
+	body, err := json.Marshal(ctl)
+	if err != nil || len(body) > MaxFrame {
+		p.viaInbox(ctl, now)
+		return fmt.Errorf("%w: control too large or not encodable", ErrNoLink)
+	}
+	if p.conn == nil || !p.mayLink(ctl, now) {
+		if p.conn == nil && !p.dialing && !now.Before(p.retryAt) {
+			p.dialing = true
+			go c.connect(worker, p)
 		}
-		conn, err := c.dial(ctx, worker)
-		if err != nil {
-			p.retryAt = time.Now().Add(retryAfter)
-			c.log.Debug("no link to worker", "worker", worker, "err", err)
-			return fmt.Errorf("%w: %w", ErrNoLink, err)
-		}
-		p.conn = conn
-		go c.watch(p, conn)
+		p.viaInbox(ctl, now)
+		return ErrNoLink
 	}
 	p.buf = appendFrame(p.buf[:0], body)
-	_ = p.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = p.conn.SetWriteDeadline(now.Add(writeTimeout))
 	if _, err := p.conn.Write(p.buf); err != nil {
 		// A partial frame ends the link too: the worker drops it unread.
 		p.conn.Close()
 		p.conn = nil
 		p.retryAt = time.Now().Add(retryAfter)
+		p.viaInbox(ctl, now)
 		return fmt.Errorf("%w: write: %w", ErrNoLink, err)
 	}
 	return nil
+}
+
+// connect dials worker's link for p. Runs in its own goroutine.
+func (c *Client) connect(worker string, p *peer) {
+	conn, err := c.dial(context.Background(), worker)
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialing = false
+	if err != nil {
+		p.backoff = min(max(2*p.backoff, retryAfter), maxRetryAfter)
+		p.retryAt = time.Now().Add(p.backoff)
+		c.log.Debug("no link to worker", "worker", worker, "retry", p.backoff, "err", err)
+		return
+	}
+	if closed {
+		conn.Close()
+		return
+	}
+	p.conn, p.backoff = conn, 0
+	go c.watch(p, conn)
 }
 
 // peer returns worker's peer, made on first use; nil once closed.
@@ -130,7 +190,7 @@ func (c *Client) peer(worker string) *peer {
 func (c *Client) pruneLocked() {
 	for w, p := range c.peers {
 		if p.mu.TryLock() {
-			if p.conn == nil {
+			if p.conn == nil && !p.dialing {
 				delete(c.peers, w)
 			}
 			p.mu.Unlock()
@@ -178,6 +238,7 @@ func (c *Client) watch(p *peer, conn net.Conn) {
 	p.mu.Lock()
 	if p.conn == conn {
 		p.conn = nil
+		p.retryAt = time.Now().Add(retryAfter)
 	}
 	p.mu.Unlock()
 }

@@ -67,10 +67,31 @@ func input(i int) store.Control {
 	return store.Control{Type: store.ControlShellInput, Shell: "s", Gen: 1, Data: data}
 }
 
+// linkUp sends a first control to worker (it takes the inbox and starts
+// the dial), waits for the link, and then for the quiet time after which
+// controls take it.
+func linkUp(t *testing.T, c *Client, worker string) {
+	t.Helper()
+	require.ErrorIs(t, c.Send(context.Background(), worker, input(-1)), ErrNoLink, "the first control, while the link is dialed")
+	require.Eventually(t, func() bool { return linked(c, worker) }, 5*time.Second, time.Millisecond)
+	time.Sleep(switchQuiet)
+}
+
+// linked reports whether c holds a link to worker.
+func linked(c *Client, worker string) bool {
+	c.mu.Lock()
+	p := c.peers[worker]
+	c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conn != nil
+}
+
 func TestSendInOrder(t *testing.T) {
 	w := startWorker(t)
 	c := NewClient(func(context.Context, string) (string, string, error) { return w.addr, w.token, nil }, nil)
 	defer c.Close()
+	linkUp(t, c, "w1")
 	const n = 500
 	for i := range n {
 		require.NoError(t, c.Send(context.Background(), "w1", input(i)))
@@ -83,51 +104,117 @@ func TestSendInOrder(t *testing.T) {
 
 func TestSendFallsBack(t *testing.T) {
 	w := startWorker(t)
+	var mu sync.Mutex
 	lookups := 0
 	var addr, token string
-	c := NewClient(func(context.Context, string) (string, string, error) { lookups++; return addr, token, nil }, nil)
+	c := NewClient(func(context.Context, string) (string, string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		lookups++
+		return addr, token, nil
+	}, nil)
 	defer c.Close()
 	ctx := context.Background()
+	looked := func() int { mu.Lock(); defer mu.Unlock(); return lookups }
 
 	// No link advertised: the inbox, and no new lookup before retryAfter.
 	require.ErrorIs(t, c.Send(ctx, "w1", input(0)), ErrNoLink)
+	require.Eventually(t, func() bool { return looked() == 1 }, 5*time.Second, time.Millisecond)
 	require.ErrorIs(t, c.Send(ctx, "w1", input(1)), ErrNoLink)
-	require.Equal(t, 1, lookups)
+	time.Sleep(10 * time.Millisecond)
+	require.Equal(t, 1, looked())
 
 	// Controls a link does not carry, and ones too large for a frame.
+	mu.Lock()
 	addr, token = w.addr, w.token
+	mu.Unlock()
+	linkUp(t, c, "w2")
 	require.ErrorIs(t, c.Send(ctx, "w2", store.Control{Type: store.ControlShellOpen, Shell: "s", Gen: 1}), ErrNoLink)
-	big, _ := json.Marshal(string(bytes.Repeat([]byte("a"), MaxFrame)))
-	require.ErrorIs(t, c.Send(ctx, "w2", store.Control{Type: store.ControlShellInput, Data: big}), ErrNoLink)
 	require.NoError(t, c.Send(ctx, "w2", input(2)))
-	require.Equal(t, []store.Control{input(2)}, w.waitControls(t, 1))
+	big, _ := json.Marshal(string(bytes.Repeat([]byte("a"), MaxFrame)))
+	require.ErrorIs(t, c.Send(ctx, "w2", store.Control{Type: store.ControlShellInput, Shell: "s", Gen: 1, Data: big}), ErrNoLink)
+	// The large one took the inbox: the next waits, not to overtake it.
+	require.ErrorIs(t, c.Send(ctx, "w2", input(3)), ErrNoLink)
+	time.Sleep(switchQuiet)
+	require.NoError(t, c.Send(ctx, "w2", input(4)))
+	require.Equal(t, []store.Control{input(2), input(4)}, w.waitControls(t, 2))
 
 	// The worker goes away: sends fail over to the inbox, none blocks.
 	w.close()
-	require.Eventually(t, func() bool { return c.Send(ctx, "w2", input(3)) != nil }, 5*time.Second, time.Millisecond)
-	require.ErrorIs(t, c.Send(ctx, "w2", input(4)), ErrNoLink)
+	require.Eventually(t, func() bool { return c.Send(ctx, "w2", input(5)) != nil }, 5*time.Second, time.Millisecond)
+	start := time.Now()
+	require.ErrorIs(t, c.Send(ctx, "w2", input(6)), ErrNoLink)
+	require.Less(t, time.Since(start), 100*time.Millisecond, "a send does not wait for a dial")
 
 	// A wrong token is refused at hello.
 	w2 := startWorker(t)
+	mu.Lock()
 	addr, token = w2.addr, "not-"+w2.token
-	require.ErrorIs(t, c.Send(ctx, "w3", input(5)), ErrNoLink)
+	mu.Unlock()
+	for range 3 {
+		require.ErrorIs(t, c.Send(ctx, "w3", input(7)), ErrNoLink)
+		time.Sleep(switchQuiet)
+	}
 	require.Empty(t, w2.controls())
+}
+
+// TestSendBlackholed: a worker whose link never answers costs sends
+// nothing; its dials back off.
+func TestSendBlackholed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close() // accepts in the kernel's backlog, never says ok
+	c := NewClient(func(context.Context, string) (string, string, error) { return ln.Addr().String(), "t", nil }, nil)
+	defer c.Close()
+	for range 20 {
+		start := time.Now()
+		require.ErrorIs(t, c.Send(context.Background(), "w1", input(0)), ErrNoLink)
+		require.Less(t, time.Since(start), 100*time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		p := c.peers["w1"]
+		c.mu.Unlock()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return !p.dialing && p.backoff >= retryAfter
+	}, 5*time.Second, 10*time.Millisecond, "the dial timed out and backs off")
 }
 
 func TestSendRedialsNewWorker(t *testing.T) {
 	w := startWorker(t)
+	var mu sync.Mutex
 	cur := w
-	c := NewClient(func(context.Context, string) (string, string, error) { return cur.addr, cur.token, nil }, nil)
+	c := NewClient(func(context.Context, string) (string, string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return cur.addr, cur.token, nil
+	}, nil)
 	defer c.Close()
 	ctx := context.Background()
+	linkUp(t, c, "w1")
 	require.NoError(t, c.Send(ctx, "w1", input(0)))
 	w.waitControls(t, 1)
 	w.close()
-	// The client notices the end of the link before its next send, so that
-	// send dials again (the new server stands for a restarted listener).
-	cur = startWorker(t)
-	require.Eventually(t, func() bool { return c.Send(ctx, "w1", input(1)) == nil }, 5*time.Second, 10*time.Millisecond)
-	require.Equal(t, input(1), cur.waitControls(t, 1)[0])
+	require.Eventually(t, func() bool { return !linked(c, "w1") }, 5*time.Second, time.Millisecond, "the client notices the link's end")
+	// The client notices the end of the link, and a later send dials again
+	// (the new server stands for a restarted listener).
+	w2 := startWorker(t)
+	mu.Lock()
+	cur = w2
+	mu.Unlock()
+	// Acks take a link as soon as it is up; input waits for a pause in
+	// its terminal's input through the inbox.
+	ack := store.Control{Type: store.ControlShellAcks, Data: []byte(`[{"shell":"s","gen":1,"seq":1}]`)}
+	require.Eventually(t, func() bool {
+		require.ErrorIs(t, c.Send(ctx, "w1", input(1)), ErrNoLink, "input during the quiet time")
+		return c.Send(ctx, "w1", ack) == nil
+	}, 10*time.Second, 10*time.Millisecond)
+	require.ErrorIs(t, c.Send(ctx, "w1", input(2)), ErrNoLink)
+	time.Sleep(switchQuiet)
+	require.NoError(t, c.Send(ctx, "w1", input(3)))
+	require.Equal(t, []store.Control{ack, input(3)}, w2.waitControls(t, 2))
 }
 
 // rawLink dials w and says hello with token.
