@@ -117,7 +117,7 @@ func (s *Server) serveConn(c net.Conn) {
 		s.mu.Unlock()
 	}()
 	_ = c.SetDeadline(time.Now().Add(helloTimeout))
-	r := bufio.NewReaderSize(c, 64<<10)
+	r := bufio.NewReaderSize(c, 16<<10)
 	line, err := r.ReadSlice('\n')
 	if err != nil || len(line) > maxHello || subtle.ConstantTimeCompare(line, s.hello) != 1 {
 		// Neither the token nor why: the caller is not a gateway of ours.
@@ -138,6 +138,9 @@ func (s *Server) serveConn(c net.Conn) {
 			return
 		}
 		buf = body[:0]
+		if cap(buf) > 64<<10 {
+			buf = nil // a large paste: not kept for the life of the link
+		}
 		var ctl store.Control
 		if err := json.Unmarshal(body, &ctl); err != nil {
 			s.log.Warn("drop undecodable link control", "err", err)
