@@ -37,6 +37,9 @@ const (
 // control should go through its inbox.
 var ErrNoLink = errors.New("link: no link to the worker")
 
+// errNoAdvert is a worker that advertises no link: not a fault.
+var errNoAdvert = errors.New("the worker advertises no link")
+
 // Lookup returns the link address and token a worker advertises ("" when
 // it has none).
 type Lookup func(ctx context.Context, worker string) (addr, token string, err error)
@@ -154,9 +157,14 @@ func (c *Client) connect(worker string, p *peer) {
 	defer p.mu.Unlock()
 	p.dialing = false
 	if err != nil {
+		level := slog.LevelDebug
+		if p.backoff == 0 && !errors.Is(err, errNoAdvert) {
+			// Once per outage, so an operator sees a firewalled port.
+			level = slog.LevelWarn
+		}
 		p.backoff = min(max(2*p.backoff, retryAfter), maxRetryAfter)
 		p.retryAt = time.Now().Add(p.backoff)
-		c.log.Debug("no link to worker", "worker", worker, "retry", p.backoff, "err", err)
+		c.log.Log(context.Background(), level, "no link to worker: its terminals' input takes its inbox", "worker", worker, "retry", p.backoff, "err", err)
 		return
 	}
 	if closed {
@@ -207,7 +215,7 @@ func (c *Client) dial(ctx context.Context, worker string) (net.Conn, error) {
 		return nil, fmt.Errorf("look up link: %w", err)
 	}
 	if addr == "" {
-		return nil, errors.New("the worker advertises no link")
+		return nil, errNoAdvert
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
