@@ -111,7 +111,12 @@ func newShellRig(b *testing.B) *shellRig {
 	if os.Getenv("BENCH_SHELL_LINK") == "off" {
 		link = "off"
 	}
-	r.worker = startAgentgate(b, bin, "worker", append(env, "AGENTGATE_LINK_LISTEN="+link))
+	// BENCH_SHELL_WINDOW sets the worker's --shell-window.
+	workerEnv := append(env, "AGENTGATE_LINK_LISTEN="+link)
+	if w := os.Getenv("BENCH_SHELL_WINDOW"); w != "" {
+		workerEnv = append(workerEnv, "AGENTGATE_SHELL_WINDOW="+w)
+	}
+	r.worker = startAgentgate(b, bin, "worker", workerEnv)
 	r.gateway = startAgentgate(b, bin, "gateway", env)
 	var err error
 	if r.token, err = handlers.IssueToken([]byte(secret), "bench", false, time.Hour); err != nil {

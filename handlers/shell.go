@@ -464,20 +464,20 @@ func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string,
 	if err != nil {
 		return
 	}
-	if err := tm.send(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
+	if _, err := tm.send(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
 		tm.fail(sock, "send to terminal", err)
 	}
 }
 
 // send sends c to worker over its link, or through its inbox when it has
 // no link or its link failed.
-func (tm *terminals) send(ctx context.Context, worker string, c store.Control) error {
+func (tm *terminals) send(ctx context.Context, worker string, c store.Control) (linked bool, err error) {
 	if tm.links.Send(ctx, worker, c) == nil {
 		linkedControls.Inc()
-		return nil
+		return true, nil
 	}
 	inboxControls.Inc()
-	return tm.st.SendControl(ctx, worker, c)
+	return false, tm.st.SendControl(ctx, worker, c)
 }
 
 // detachSocket stops sock following its terminal.

@@ -21,9 +21,13 @@ type acker struct {
 	sending map[string]bool               // a goroutine is acking this worker
 }
 
-// ackInterval spaces the acks to a worker: at 20 MB/s, 5 ms is 100 KB,
-// well within the worker's window (workers/shellflow.go).
-const ackInterval = 5 * time.Millisecond
+// ackInterval spaces the acks to a worker through its inbox: at 20 MB/s,
+// 5 ms is 100 KB, well within the worker's window (workers/shellflow.go).
+// Over a link, which costs Redis nothing, linkAckInterval spaces them.
+const (
+	ackInterval     = 5 * time.Millisecond
+	linkAckInterval = time.Millisecond
+)
 
 // maxAcksPerControl bounds one control's size.
 const maxAcksPerControl = 256
@@ -97,24 +101,31 @@ func (tm *terminals) sendAcks(worker string) {
 			}
 			f.mu.Unlock()
 		}
+		interval := linkAckInterval
 		for len(acks) > 0 {
 			n := min(len(acks), maxAcksPerControl)
-			tm.sendAckControl(worker, acks[:n])
+			if !tm.sendAckControl(worker, acks[:n]) {
+				interval = ackInterval
+			}
 			acks = acks[n:]
 		}
-		time.Sleep(ackInterval)
+		time.Sleep(interval)
 	}
 }
 
-func (tm *terminals) sendAckControl(worker string, acks []store.ShellAck) {
+// sendAckControl sends acks to worker and reports whether they took its
+// link.
+func (tm *terminals) sendAckControl(worker string, acks []store.ShellAck) (linked bool) {
 	data, err := json.Marshal(acks)
 	if err != nil {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	if err := tm.send(ctx, worker, store.Control{Type: store.ControlShellAcks, Data: data}); err != nil {
+	linked, err = tm.send(ctx, worker, store.Control{Type: store.ControlShellAcks, Data: data})
+	if err != nil {
 		// The worker reads on after its stall timeout; nothing is lost.
 		tm.log.Debug("ack terminal output", "worker", worker, "terminals", len(acks), "err", err)
 	}
+	return linked
 }

@@ -243,7 +243,7 @@ func (w *Worker) openShell(c store.Control) {
 	}
 	sh := &shell{
 		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
-		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(),
+		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(w.cfg.ShellWindow),
 	}
 	sh.outCond = sync.NewCond(&sh.outMu)
 	w.shells.mu.Lock()

@@ -6,11 +6,12 @@ import (
 )
 
 const (
-	// shellWindow is how much output may be on its way to the sockets
-	// (appended to Redis, not yet written to any socket) before the worker
-	// stops reading the PTY, as ttyd stops a flood at its client's
-	// watermark: a Ctrl-C then has at most this much left to show.
-	shellWindow = 256 << 10
+	// DefaultShellWindow is how much output may be on its way to the
+	// sockets (appended to Redis, not yet written to any socket) before
+	// the worker stops reading the PTY, as ttyd stops a flood at its
+	// client's watermark: a Ctrl-C then has at most this much left to
+	// show. Config.ShellWindow changes it.
+	DefaultShellWindow = 256 << 10
 	// shellFlowStall is how long the worker waits for an ack before it
 	// takes the watching sockets for gone and reads on: a terminal nobody
 	// watches keeps running into its (bounded) stored output.
@@ -25,6 +26,7 @@ const (
 // holds nobody back). It is off until the first ack, and off again after an
 // ack stalls for shellFlowStall.
 type shellFlow struct {
+	window   int64 // bytes that may be on their way
 	mu       sync.Mutex
 	on       bool
 	appended int64 // bytes appended to Redis
@@ -40,7 +42,9 @@ type seqEnd struct {
 	end int64
 }
 
-func newShellFlow() *shellFlow { return &shellFlow{wake: make(chan struct{}, 1)} }
+func newShellFlow(window int) *shellFlow {
+	return &shellFlow{window: int64(window), wake: make(chan struct{}, 1)}
+}
 
 // appendedChunks records chunks of sizes, the last of which got seq last.
 func (fl *shellFlow) appendedChunks(last int64, sizes []int) {
@@ -72,13 +76,13 @@ func (fl *shellFlow) ack(seq int64) {
 	}
 }
 
-// wait blocks while more than shellWindow is on its way (pending more
+// wait blocks while more than the window is on its way (pending more
 // read but not yet appended), until an ack makes room, the acks stall, or
 // stop closes.
 func (fl *shellFlow) wait(pending func() int, stop <-chan struct{}) {
 	for {
 		fl.mu.Lock()
-		if !fl.on || fl.appended+int64(pending())-fl.acked <= shellWindow {
+		if !fl.on || fl.appended+int64(pending())-fl.acked <= fl.window {
 			fl.mu.Unlock()
 			return
 		}

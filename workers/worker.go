@@ -81,6 +81,11 @@ type Config struct {
 	// ShellDetachTimeout is how long a terminal lives with no socket
 	// watching it. Zero means DefaultShellDetachTimeout (30 minutes).
 	ShellDetachTimeout time.Duration
+	// ShellWindow is how many bytes of a terminal's output may be on their
+	// way to its sockets before the worker stops reading its PTY: smaller
+	// brings a prompt back sooner after a Ctrl-C in a flood, larger keeps
+	// a flood faster. Zero means DefaultShellWindow (256 KiB).
+	ShellWindow int
 	// Link, when set, is the listener gateways send terminal input,
 	// resizes and acks on (package link), past Redis; LinkAdvertise is the
 	// address they dial, "" for the listener's own.
@@ -154,6 +159,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.MaxTerminals <= 0 {
 		cfg.MaxTerminals = DefaultMaxTerminals
+	}
+	if cfg.ShellWindow <= 0 {
+		cfg.ShellWindow = DefaultShellWindow
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

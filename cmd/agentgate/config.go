@@ -63,6 +63,7 @@ type config struct {
 	MaxRuns           int
 	MaxTerminals      int
 	ShellHistory      int
+	ShellWindow       int
 	ShellRetention    time.Duration
 }
 
@@ -151,6 +152,14 @@ var options = []option{
 			return fmt.Errorf("must be a number of bytes, at least 65536")
 		}
 		c.ShellHistory = n
+		return nil
+	}},
+	{"shell-window", "AGENTGATE_SHELL_WINDOW", "262144", "bytes of a terminal's output that may be on their way to its sockets before the worker stops reading it (smaller: a Ctrl-C in a flood answers sooner; larger: a flood runs faster)", func(c *config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 16384 || n > 64<<20 {
+			return fmt.Errorf("must be a number of bytes, from 16384 to 67108864")
+		}
+		c.ShellWindow = n
 		return nil
 	}},
 	{"shell-retention", "AGENTGATE_SHELL_RETENTION", "10m", "how long an ended terminal's output is kept", durationSetter(func(c *config) *time.Duration { return &c.ShellRetention })},

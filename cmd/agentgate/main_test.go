@@ -38,6 +38,7 @@ func TestOptionPrecedence(t *testing.T) {
 	require.Equal(t, 64, c.MaxSocketsPerUser)
 	require.Equal(t, 50, c.MaxFrameRate)
 	require.Equal(t, "claude", c.ClaudeBin)
+	require.Equal(t, 256<<10, c.ShellWindow)
 }
 
 func TestOptionErrors(t *testing.T) {
@@ -49,6 +50,8 @@ func TestOptionErrors(t *testing.T) {
 		{"--max-connections", "0"},
 		{"--max-sockets-per-user", "many"},
 		{"--max-frame-rate", "-5"},
+		{"--shell-window", "4096"},
+		{"--shell-window", "1GB"},
 	} {
 		var c config
 		fs, finish := newFlags("serve", io.Discard, &c)

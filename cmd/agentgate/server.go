@@ -130,6 +130,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Bins: c.bins(), Workspaces: c.workspaces(),
 			HeartbeatInterval: c.HeartbeatInterval, HeartbeatTTL: c.HeartbeatTTL, DrainTimeout: c.DrainTimeout,
 			ShellDetachTimeout: c.ShellDetach,
+			ShellWindow:        c.ShellWindow,
 			PermissionTimeout:  c.PermissionTimeout,
 			WatchInterval:      c.WatchInterval,
 			PassEnv:            c.ProviderEnv,
