@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -309,4 +310,42 @@ func FuzzReadFrame(f *testing.F) {
 			buf = body[:0]
 		}
 	})
+}
+
+// countHandler counts the records logged through it.
+type countHandler struct {
+	mu *sync.Mutex
+	n  *int
+}
+
+func (h countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countHandler) Handle(context.Context, slog.Record) error {
+	h.mu.Lock()
+	*h.n++
+	h.mu.Unlock()
+	return nil
+}
+func (h countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestServerRefusalsLogSparingly: a stranger knocking in a loop gets each
+// connection closed, and the log one line a second, not one a knock.
+func TestServerRefusalsLogSparingly(t *testing.T) {
+	var mu sync.Mutex
+	logged := 0
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := NewServer("right", func(store.Control) {}, slog.New(countHandler{&mu, &logged}))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	w := &worker{addr: ln.Addr().String()}
+	for range 50 {
+		require.True(t, ended(rawLink(t, w, "wrong")))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Positive(t, logged)
+	require.LessOrEqual(t, logged, 3, "refusals logged")
 }

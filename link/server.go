@@ -54,6 +54,10 @@ type Server struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+	// refusedAt is when a refused link was last logged, and refusedN how
+	// many were refused since: anyone who reaches the port can knock.
+	refusedAt time.Time
+	refusedN  int
 }
 
 // NewServer returns a server that admits gateways which present token and
@@ -121,7 +125,7 @@ func (s *Server) serveConn(c net.Conn) {
 	line, err := r.ReadSlice('\n')
 	if err != nil || len(line) > maxHello || subtle.ConstantTimeCompare(line, s.hello) != 1 {
 		// Neither the token nor why: the caller is not a gateway of ours.
-		s.log.Warn("link refused", "remote", c.RemoteAddr().String())
+		s.refused(c.RemoteAddr().String())
 		return
 	}
 	if _, err := c.Write([]byte(helloOK)); err != nil {
@@ -152,4 +156,20 @@ func (s *Server) serveConn(c net.Conn) {
 		}
 		s.handle(ctl)
 	}
+}
+
+// refused logs a refused link, at most once a second with the count of
+// those refused meanwhile, so that knocking cannot flood the log.
+func (s *Server) refused(remote string) {
+	s.mu.Lock()
+	s.refusedN++
+	now := time.Now()
+	if now.Sub(s.refusedAt) < time.Second {
+		s.mu.Unlock()
+		return
+	}
+	n := s.refusedN
+	s.refusedAt, s.refusedN = now, 0
+	s.mu.Unlock()
+	s.log.Warn("link refused: wrong or missing token", "remote", remote, "refused", n)
 }
