@@ -105,6 +105,10 @@ func newShellRig(b *testing.B) *shellRig {
 		"AGENTGATE_LISTEN=" + r.addr, "AGENTGATE_SHELL_DETACH_TIMEOUT=5s",
 	}
 	env = append(env, benchLimitEnv...)
+	// BENCH_SERVER_GOMAXPROCS sets GOMAXPROCS of both processes.
+	if n := os.Getenv("BENCH_SERVER_GOMAXPROCS"); n != "" {
+		env = append(env, "GOMAXPROCS="+n)
+	}
 	// The worker takes keystrokes and acks on its link, as the worker
 	// image does; BENCH_SHELL_LINK=off sends them through its inbox.
 	link := "127.0.0.1:0"
