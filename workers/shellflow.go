@@ -31,6 +31,11 @@ type shellFlow struct {
 	on       bool
 	appended int64 // bytes appended to Redis
 	acked    int64 // bytes of the most advanced ack
+	// ackedSeq is the most advanced seq acknowledged: a gateway can ack a
+	// chunk before the append that stored it has returned here (pub/sub
+	// goes out during the script, its reply after), and the chunk then
+	// counts as acknowledged once it is recorded.
+	ackedSeq int64
 	lastAck  time.Time
 	ends     []seqEnd // the appended offset after each recent seq
 	wake     chan struct{}
@@ -57,23 +62,39 @@ func (fl *shellFlow) appendedChunks(last int64, sizes []int) {
 	if over := len(fl.ends) - shellFlowSeqs; over > 0 {
 		fl.ends = append(fl.ends[:0], fl.ends[over:]...)
 	}
+	if fl.creditLocked() {
+		fl.wakeReader()
+	}
+}
+
+// creditLocked counts the recorded chunks up to ackedSeq as acknowledged,
+// and reports whether any was. fl.mu must be held.
+func (fl *shellFlow) creditLocked() bool {
+	i := 0
+	for i < len(fl.ends) && fl.ends[i].seq <= fl.ackedSeq {
+		fl.acked = max(fl.acked, fl.ends[i].end)
+		i++
+	}
+	fl.ends = append(fl.ends[:0], fl.ends[i:]...)
+	return i > 0
+}
+
+// wakeReader wakes a reader waiting for room, if one is.
+func (fl *shellFlow) wakeReader() {
+	select {
+	case fl.wake <- struct{}{}:
+	default:
+	}
 }
 
 // ack records that a socket was written the output up to seq.
 func (fl *shellFlow) ack(seq int64) {
 	fl.mu.Lock()
-	i := 0
-	for i < len(fl.ends) && fl.ends[i].seq <= seq {
-		fl.acked = max(fl.acked, fl.ends[i].end)
-		i++
-	}
-	fl.ends = append(fl.ends[:0], fl.ends[i:]...)
+	fl.ackedSeq = max(fl.ackedSeq, seq)
+	fl.creditLocked()
 	fl.on, fl.lastAck = true, time.Now()
 	fl.mu.Unlock()
-	select {
-	case fl.wake <- struct{}{}:
-	default:
-	}
+	fl.wakeReader()
 }
 
 // wait blocks while more than the window is on its way (pending more

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,4 +57,37 @@ func TestShellFlow(t *testing.T) {
 			close(stop)
 		})
 	}
+}
+
+// TestShellFlowAckBeforeAppend: an ack can reach the worker before the
+// reply of the append that stored its chunk (pub/sub goes out during the
+// script): the chunk counts as acknowledged once recorded, so a reader
+// waiting for room does not wait for the stall.
+func TestShellFlowAckBeforeAppend(t *testing.T) {
+	fl := newShellFlow(64 << 10)
+	stop := make(chan struct{})
+	defer close(stop)
+	var pending atomic.Int64
+	fl.appendedChunks(1, []int{32 << 10})
+	fl.ack(1)
+	pending.Store(72 << 10) // read, not yet recorded: over the window
+	done := make(chan struct{})
+	go func() { fl.wait(func() int { return int(pending.Load()) }, stop); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("room with more than a window read")
+	case <-time.After(50 * time.Millisecond):
+	}
+	fl.ack(3) // chunks 2 and 3 reached a socket; their append has not returned here
+	pending.Store(8 << 10)
+	fl.appendedChunks(3, []int{32 << 10, 32 << 10})
+	select {
+	case <-done:
+	case <-time.After(shellFlowStall / 2):
+		t.Fatal("the early ack of chunks 2 and 3 did not make room")
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	require.Equal(t, int64(96<<10), fl.acked)
+	require.Empty(t, fl.ends)
 }
