@@ -34,6 +34,8 @@ const (
 	// more output to join it when it has at least this much already.
 	shellCoalesceFrom = 2 << 10
 	shellCoalesce     = 2 * time.Millisecond
+	// shellCoalesceStep is how often a waiting append looks for more.
+	shellCoalesceStep = 200 * time.Microsecond
 	// shellBatchMax bounds the output one script call appends.
 	shellBatchMax = 8 * shellChunkMax
 	// shellPendingMax bounds the output read from the PTY and not yet in
@@ -369,6 +371,9 @@ func (sh *shell) readLoop() {
 func (sh *shell) flushLoop() {
 	var carry []byte  // an incomplete UTF-8 sequence at the end of a batch
 	flooding := false // the last append was bulk output
+	// A flood's append waits for this much: a quarter of the flow window,
+	// so that a small window still has several appends on their way.
+	coalesceTo := min(shellChunkMax, int(sh.flow.window/4))
 	for {
 		sh.outMu.Lock()
 		for len(sh.pending) == 0 && !sh.readDone {
@@ -378,14 +383,18 @@ func (sh *shell) flushLoop() {
 			sh.outMu.Unlock()
 			break
 		}
-		if flooding && len(sh.pending) >= shellCoalesceFrom && len(sh.pending) < shellChunkMax && !sh.readDone {
+		if flooding && len(sh.pending) >= shellCoalesceFrom && len(sh.pending) < coalesceTo && !sh.readDone {
 			// A flood goes on: let a few more PTY reads join this append,
 			// so it costs one script call, one message and one frame per
-			// ~32 KiB rather than per 4 KiB read. An echo or a prompt
-			// (small output) is never held.
-			sh.outMu.Unlock()
-			time.Sleep(shellCoalesce)
-			sh.outMu.Lock()
+			// ~32 KiB rather than per 4 KiB read; it goes as soon as that
+			// much is there (a fixed wait held a small window's output
+			// back). An echo or a prompt (small output) is never held.
+			deadline := time.Now().Add(shellCoalesce)
+			for len(sh.pending) < coalesceTo && !sh.readDone && time.Now().Before(deadline) {
+				sh.outMu.Unlock()
+				nanosleep(shellCoalesceStep)
+				sh.outMu.Lock()
+			}
 		}
 		var data []byte
 		if len(sh.pending) <= shellBatchMax {
