@@ -95,7 +95,7 @@ type Server struct {
 	// drained is set once Drain starts closing sockets; draining earlier,
 	// from StopAccepting, while open sockets are still served.
 	drained atomic.Bool
-	// shells and shellSockets serve /shell (shell.go).
+	// shells and shellSockets serve /shell (terminals.go, shell.go).
 	shells       *terminals
 	shellSockets *melody.Melody
 	// plugins are the open /plugin-ws relays (plugin.go).

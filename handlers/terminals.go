@@ -1,0 +1,523 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/link"
+	"github.com/agentgate/agentgate/store"
+)
+
+// Gateway notices (output frames without seq), in the reference's words.
+const (
+	noticeReconnected = "[Reconnected to existing session]"
+	noticeLost        = "[Terminal lost: its worker stopped]"
+	noticeRestarted   = "[Terminal restarted]"
+)
+
+// terminals connects /shell sockets to terminals: it opens, reattaches,
+// controls and ends them; the hub delivers their output, a feed per
+// terminal followed by this gateway.
+type terminals struct {
+	hub     *hub
+	kind    *streamKind
+	st      *store.Store
+	log     *slog.Logger
+	refresh time.Duration
+	ws      app.Workspaces
+	// maxOpen bounds the terminals one user has open (0: no limit).
+	maxOpen int
+	// heartbeatTTL is how long a silent worker is taken for dead, and
+	// quietUntil (Unix nanoseconds) the end of the time after a Redis
+	// outage in which no worker is: its heartbeat may not have landed yet.
+	heartbeatTTL time.Duration
+	quietUntil   atomic.Int64
+
+	mu    sync.Mutex
+	socks map[*shellSocket]struct{}
+
+	acks acker
+	// links carries input, resizes and acks to workers that have a link.
+	links *link.Client
+}
+
+// termFeed is what a feed knows of its terminal, guarded by the feed's
+// mutex.
+type termFeed struct {
+	worker string // the worker running the feed's gen
+	exit   *store.ShellLive
+	// written is the highest seq of gen written to a socket here, and
+	// acked the one last told to the worker (its flow control).
+	written, acked int64
+}
+
+func newTerminals(h *hub, st *store.Store, log *slog.Logger, ws app.Workspaces, detach time.Duration) *terminals {
+	if detach <= 0 {
+		detach = DefaultShellDetachTimeout
+	}
+	tm := &terminals{
+		hub: h, st: st, log: log, ws: ws, socks: map[*shellSocket]struct{}{},
+		refresh: min(max(detach/4, 50*time.Millisecond), 5*time.Second),
+		links:   link.NewClient(st.WorkerLink, log),
+	}
+	// A terminal's stream: a chunk trimmed away is reported by a notice
+	// (PROTOCOL §4) and the socket goes on with what remains.
+	tm.kind = &streamKind{
+		chunk: shellReplayChunk,
+		read: func(ctx context.Context, key string, after int64, n int) ([]storedFrame, error) {
+			chunks, err := st.ShellOutput(ctx, key, after, n)
+			frames := make([]storedFrame, len(chunks))
+			for i, ch := range chunks {
+				frames[i] = storedFrame{ch.Seq, outputFrame(ch.Seq, ch.Data)}
+			}
+			return frames, err
+		},
+		subscribe:   h.sub.SubscribeShell,
+		unsubscribe: h.sub.UnsubscribeShell,
+		trimmed: func(w *watch, n int64, quiet bool) bool {
+			if !quiet {
+				w.c.reply(trimNotice(n))
+			}
+			return true
+		},
+		caughtUp: tm.caughtUpLocked,
+		watched:  watchedTerminals,
+	}
+	h.terminal = tm.kind
+	h.sub.HandleShell(store.ShellHandlers{Message: tm.message, Resync: func(key string) { h.resync(tm.kind, key) }})
+	return tm
+}
+
+// init opens or reattaches the terminal of an init frame (PROTOCOL §4).
+func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellMessage, pick func(context.Context) (string, error)) {
+	tm.detachSocket(sock)
+	user := sock.c.user.Name
+	dir, err := userProjectDir(tm.ws, user, msg.ProjectPath)
+	if err != nil {
+		sock.error(app.ShellErrInvalidPath)
+		return
+	}
+	key := app.ShellKey(user, dir, msg)
+	spec := msg.Spec(user, dir)
+	for attempt := 0; attempt < 3; attempt++ {
+		info, ok, err := tm.st.Shell(ctx, key)
+		if err != nil {
+			tm.fail(sock, "read terminal", err)
+			return
+		}
+		live := ok && info.State != store.ShellExited
+		if live {
+			alive, err := tm.st.WorkerAlive(ctx, info.Worker)
+			switch {
+			case err != nil:
+				tm.fail(sock, "check worker", err)
+				return
+			case !alive && time.Now().UnixNano() < tm.quietUntil.Load():
+				// Just after an outage: its heartbeat may be on its way.
+				// If it does not come, run ends the terminal as lost.
+			case !alive:
+				sock.notice("error", noticeLost)
+				live = false
+			case msg.LoginReset():
+				// A login must not land in an old prompt: the old
+				// terminal goes, a fresh one starts.
+				_ = tm.st.SendControl(ctx, info.Worker, store.Control{Type: store.ControlShellKill, Shell: key, Gen: info.Gen})
+				live = false
+			}
+		}
+		if live {
+			sock.notice("info", noticeReconnected)
+			from, quiet := int64(1), true
+			if msg.LastSeq != nil && *msg.LastSeq <= info.Seq {
+				from, quiet = *msg.LastSeq+1, false
+			}
+			tm.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet)
+			return
+		}
+		worker, err := pick(ctx)
+		if errors.Is(err, app.ErrNoWorker) {
+			tm.refused(sock, app.ShellErrNoWorker)
+			return
+		}
+		if err != nil {
+			tm.fail(sock, "list workers", err)
+			return
+		}
+		gen, opened, err := tm.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec, tm.maxOpen)
+		var limit *app.LimitError
+		if errors.As(err, &limit) {
+			tm.refused(sock, limit.Error())
+			return
+		}
+		if err != nil {
+			tm.fail(sock, "open terminal", err)
+			return
+		}
+		if !opened {
+			continue // another gateway opened it first: reattach to it
+		}
+		sock.notice("info", spec.Welcome())
+		tm.attach(ctx, sock, key, gen, worker, 1, true)
+		return
+	}
+	tm.refused(sock, "Terminal is being restarted elsewhere: try again")
+}
+
+// refused answers an init that opens no terminal for a reason of the
+// service's (no worker, a limit, a race), and logs it: the client shows the
+// error, and the operator sees why.
+func (tm *terminals) refused(sock *shellSocket, text string) {
+	tm.log.Info("terminal refused", "user", sock.c.user.Name, "reason", text)
+	sock.error(text)
+}
+
+func (tm *terminals) fail(sock *shellSocket, what string, err error) {
+	tm.log.Warn("shell "+what, "user", sock.c.user.Name, "err", err)
+	sock.notice("error", "Error: "+what+" failed")
+}
+
+// attach makes sock follow terminal key from seq from. It subscribes
+// before it reads the stream, so no chunk falls between the two.
+func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, gen int64, worker string, from int64, quiet bool) {
+	w, err := tm.hub.join(ctx, tm.kind, key, sock.c, func(w *watch) {
+		f := w.f
+		if f.term == nil {
+			f.term = &termFeed{}
+		}
+		w.sock, w.next, w.quietTrim = sock, from, quiet
+		if gen > f.gen {
+			tm.switchGenLocked(f, gen)
+		}
+		if gen == f.gen {
+			f.term.worker = worker
+		}
+		w.gen = f.gen
+		if w.gen != gen {
+			w.next = 1
+		}
+	})
+	if err != nil {
+		tm.fail(sock, "subscribe", err)
+		return
+	}
+	sock.mu.Lock()
+	sock.w = w
+	sock.mu.Unlock()
+	f := w.f
+	if _, err := tm.st.ShellTouch(ctx, key, w.gen, +1); err != nil && !errors.Is(err, store.ErrStaleShell) {
+		tm.log.Warn("shell attach", "err", err)
+	}
+	// An exit published before the subscription is only in the hash.
+	if info, ok, err := tm.st.Shell(ctx, key); err == nil && ok && info.State == store.ShellExited {
+		f.mu.Lock()
+		if f.term.exit == nil && f.gen == info.Gen {
+			f.term.exit = &store.ShellLive{Kind: 'e', Gen: info.Gen, Seq: info.Seq, ExitCode: info.ExitCode, Signal: info.Signal, Reason: info.ExitReason}
+			f.maxSeen = max(f.maxSeen, info.Seq)
+		}
+		f.mu.Unlock()
+	}
+	f.mu.Lock()
+	tm.hub.startLocked(w)
+	f.mu.Unlock()
+}
+
+// caughtUpLocked sends the exit of a terminal that ended to a watch that
+// has every chunk before it. f.mu must be held.
+func (tm *terminals) caughtUpLocked(w *watch) {
+	if e := w.f.term.exit; e != nil && w.next > e.Seq {
+		tm.sendExitLocked(w)
+	}
+}
+
+// switchGenLocked moves the feed to a newer generation of its terminal (a
+// login reset or forceRestart elsewhere): every socket follows the new
+// terminal from its first chunk. f.mu must be held.
+func (tm *terminals) switchGenLocked(f *feed, gen int64) {
+	f.gen, f.maxSeen = gen, 0
+	*f.term = termFeed{}
+	for w := range f.watches {
+		if w.done {
+			continue
+		}
+		w.gen, w.next, w.quietTrim = gen, 1, true
+		w.c.trySend(noticeFrame("warn", noticeRestarted))
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+			defer cancel()
+			_, _ = tm.st.ShellTouch(ctx, f.key, gen, +1)
+		}()
+		tm.hub.startLocked(w)
+	}
+	if gen > 0 {
+		go tm.learnWorker(f, gen)
+	}
+}
+
+// learnWorker reads the worker of a generation first seen on pub/sub.
+func (tm *terminals) learnWorker(f *feed, gen int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	tm.workerOf(ctx, f, gen)
+}
+
+// workerOf returns the worker of generation gen of f's terminal, reading it
+// from the hash (and keeping it) while it is not known yet; "" if gen is no
+// longer the terminal's.
+func (tm *terminals) workerOf(ctx context.Context, f *feed, gen int64) string {
+	f.mu.Lock()
+	worker := f.term.worker
+	f.mu.Unlock()
+	if worker != "" {
+		return worker
+	}
+	info, ok, err := tm.st.Shell(ctx, f.key)
+	if err != nil || !ok || info.Gen != gen {
+		return ""
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.gen == gen && f.term.worker == "" {
+		f.term.worker = info.Worker
+	}
+	return info.Worker
+}
+
+// control sends input or a resize of sock's terminal to its worker's inbox.
+func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string, v any) {
+	sock.mu.Lock()
+	w := sock.w
+	sock.mu.Unlock()
+	if w == nil {
+		sock.error(app.ShellErrNoTerminal)
+		return
+	}
+	w.f.mu.Lock()
+	done, gen := w.done, w.gen
+	w.f.mu.Unlock()
+	if done {
+		return // the terminal ended: the client saw exit
+	}
+	// Right after another tab restarted the terminal, its worker may not
+	// be known here yet: read it rather than drop the keystrokes.
+	worker := tm.workerOf(ctx, w.f, gen)
+	if worker == "" {
+		return // replaced again meanwhile: the socket follows the newer one
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	if _, err := tm.send(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
+		tm.fail(sock, "send to terminal", err)
+	}
+}
+
+// send sends c to worker over its link, or through its inbox when it has
+// no link or its link failed.
+func (tm *terminals) send(ctx context.Context, worker string, c store.Control) (linked bool, err error) {
+	if tm.links.Send(ctx, worker, c) == nil {
+		linkedControls.Inc()
+		return true, nil
+	}
+	inboxControls.Inc()
+	return false, tm.st.SendControl(ctx, worker, c)
+}
+
+// detachSocket stops sock following its terminal.
+func (tm *terminals) detachSocket(sock *shellSocket) {
+	sock.mu.Lock()
+	w := sock.w
+	sock.w = nil
+	sock.mu.Unlock()
+	if w != nil {
+		tm.removeWatch(w)
+	}
+}
+
+// removeWatch takes a watch out of its feed and records the detach in
+// Redis, once: the exit path and a detach (a new init, a closed socket)
+// may both come here.
+func (tm *terminals) removeWatch(w *watch) {
+	w.f.mu.Lock()
+	gen := w.gen
+	w.f.mu.Unlock()
+	if !tm.hub.leave(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if _, err := tm.st.ShellTouch(ctx, w.f.key, gen, -1); err != nil && !errors.Is(err, store.ErrStaleShell) {
+		tm.log.Warn("shell detach", "err", err)
+	}
+}
+
+// message handles a terminal channel message. It runs on the subscriber's
+// goroutine and never blocks on a socket.
+func (tm *terminals) message(key, payload string) {
+	m, ok := store.ParseShellLive(payload)
+	if !ok {
+		return
+	}
+	f := tm.hub.feed(tm.kind, key)
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m.Gen < f.gen {
+		return
+	}
+	if m.Gen > f.gen {
+		tm.switchGenLocked(f, m.Gen)
+	}
+	switch m.Kind {
+	case 'o':
+		tm.hub.publishLocked(f, m.Seq, func() []byte { return outputFrame(m.Seq, m.Data) })
+	case 'e':
+		f.term.exit = &m
+		f.maxSeen = max(f.maxSeen, m.Seq)
+		for w := range f.watches {
+			if w.catching || w.done {
+				continue
+			}
+			if w.next > m.Seq {
+				tm.sendExitLocked(w)
+			} else {
+				tm.hub.startLocked(w)
+			}
+		}
+	case 'u':
+		frame, _ := json.Marshal(app.ShellAuthURL{Type: "auth_url", URL: m.Data, AutoOpen: m.AutoOpen})
+		for w := range f.watches {
+			if !w.done {
+				w.c.trySend(frame)
+			}
+		}
+	}
+}
+
+// sendExitLocked sends the exit of the feed's terminal to w, once, and
+// detaches it: the socket stays open and may init again. f.mu must be held.
+func (tm *terminals) sendExitLocked(w *watch) {
+	if w.done {
+		return
+	}
+	e := *w.f.term.exit
+	w.done = true
+	// The frames go out after every chunk already queued; sending may wait
+	// for room, which must not happen under the feed's lock.
+	go func() {
+		if e.Reason == store.ShellExitLost {
+			w.sock.notice("error", noticeLost)
+		} else {
+			text := "Process exited with code " + strconv.Itoa(e.ExitCode)
+			if e.Signal != "" {
+				text += " (" + e.Signal + ")"
+			}
+			w.sock.notice("warn", "\r\n"+text)
+		}
+		var sig *string
+		if e.Signal != "" {
+			sig = &e.Signal
+		}
+		w.c.reply(app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
+		w.sock.mu.Lock()
+		if w.sock.w == w {
+			w.sock.w = nil
+		}
+		w.sock.mu.Unlock()
+		tm.removeWatch(w)
+	}()
+}
+
+// run refreshes the watch time of every terminal with a socket here, so
+// that its worker does not take it for detached, and ends the terminals
+// whose worker died. Runs in its own goroutine.
+func (tm *terminals) run(ctx context.Context) {
+	t := time.NewTicker(tm.refresh)
+	defer t.Stop()
+	// After a Redis outage (a pass that could not reach it: down,
+	// restarting, loading its data), no terminal is taken for lost until
+	// its worker had time to send a heartbeat again: a restart that took
+	// longer than the heartbeats' TTL has expired every one of them, as
+	// the reaper knows too (workers/reaper.go).
+	outage := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if outage {
+			outage = false
+			tm.quietUntil.Store(time.Now().Add(tm.heartbeatTTL + 2*tm.refresh).UnixNano())
+		}
+		type target struct {
+			key, worker string
+			gen         int64
+		}
+		var list []target
+		for _, f := range tm.hub.feedsOf(tm.kind) {
+			f.mu.Lock()
+			if f.term.exit == nil && f.gen > 0 {
+				list = append(list, target{f.key, f.term.worker, f.gen})
+			}
+			f.mu.Unlock()
+		}
+		if len(list) == 0 {
+			// Nothing to refresh: still notice an outage, for the
+			// reattaches that follow it.
+			if err := tm.st.Ping(ctx); store.Unavailable(err) {
+				outage = true
+			}
+		}
+		alive := map[string]bool{}
+		for _, t := range list {
+			if _, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0); err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil {
+				outage = outage || store.Unavailable(err)
+				tm.log.Warn("shell refresh", "err", err)
+			}
+			if t.worker == "" {
+				continue
+			}
+			ok, seen := alive[t.worker]
+			if !seen {
+				var err error
+				if ok, err = tm.st.WorkerAlive(ctx, t.worker); err != nil {
+					outage = outage || store.Unavailable(err)
+					continue
+				}
+				alive[t.worker] = ok
+			}
+			if !ok && !outage && time.Now().UnixNano() >= tm.quietUntil.Load() {
+				// Every gateway watching it hears this exit.
+				if _, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
+					tm.log.Warn("shell end lost terminal", "err", err)
+				}
+			}
+		}
+	}
+}
+
+// closeAll closes every /shell socket with 1001 (the gateway is draining).
+func (tm *terminals) closeAll() {
+	tm.mu.Lock()
+	socks := make([]*shellSocket, 0, len(tm.socks))
+	for s := range tm.socks {
+		socks = append(socks, s)
+	}
+	tm.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range socks {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.c.closeNow(closeShutdown) }()
+	}
+	wg.Wait()
+}

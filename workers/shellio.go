@@ -1,0 +1,244 @@
+package workers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/agentgate/agentgate/store"
+)
+
+// readLoop copies PTY output into pending, stopping while pending is full.
+// Runs in its own goroutine.
+func (sh *shell) readLoop() {
+	buf := make([]byte, shellChunkMax)
+	var pace ptyPacer
+	pause := time.Duration(0)
+	pending := func() int {
+		sh.outMu.Lock()
+		defer sh.outMu.Unlock()
+		return len(sh.pending)
+	}
+	for {
+		// Not read while the sockets are a window behind: the process
+		// blocks on a full PTY, and a Ctrl-C has little left to show.
+		sh.flow.wait(pending, sh.p.exited)
+		nanosleep(pause)
+		n, err := sh.p.f.Read(buf)
+		pause = pace.after(n)
+		if n > 0 {
+			ptyOut.Add(float64(n))
+			sh.outMu.Lock()
+			for len(sh.pending) >= shellPendingMax {
+				sh.outCond.Wait()
+			}
+			sh.pending = append(sh.pending, buf[:n]...)
+			sh.outCond.Broadcast()
+			sh.outMu.Unlock()
+		}
+		if err != nil {
+			// EIO once the last holder of the tty is gone (Linux's EOF),
+			// a deadline after exit, or the ptmx closed.
+			break
+		}
+	}
+	sh.outMu.Lock()
+	sh.readDone = true
+	sh.outCond.Broadcast()
+	sh.outMu.Unlock()
+}
+
+// flushLoop appends pending output to Redis as soon as there is some:
+// output that arrives during one append goes out together in the next, so
+// a keystroke's echo is sent at once and a flood is sent in large chunks.
+// Runs in its own goroutine.
+func (sh *shell) flushLoop() {
+	var carry []byte  // an incomplete UTF-8 sequence at the end of a batch
+	flooding := false // the last append was bulk output
+	// A flood's append waits for this much: a quarter of the flow window,
+	// so that a small window still has several appends on their way.
+	coalesceTo := min(shellChunkMax, int(sh.flow.window/4))
+	for {
+		sh.outMu.Lock()
+		for len(sh.pending) == 0 && !sh.readDone {
+			sh.outCond.Wait()
+		}
+		if len(sh.pending) == 0 {
+			sh.outMu.Unlock()
+			break
+		}
+		if flooding && len(sh.pending) >= shellCoalesceFrom && len(sh.pending) < coalesceTo && !sh.readDone {
+			// A flood goes on: let a few more PTY reads join this append,
+			// so it costs one script call, one message and one frame per
+			// ~32 KiB rather than per 4 KiB read; it goes as soon as that
+			// much is there (a fixed wait held a small window's output
+			// back). An echo or a prompt (small output) is never held.
+			deadline := time.Now().Add(shellCoalesce)
+			for len(sh.pending) < coalesceTo && !sh.readDone && time.Now().Before(deadline) {
+				sh.outMu.Unlock()
+				nanosleep(shellCoalesceStep)
+				sh.outMu.Lock()
+			}
+		}
+		var data []byte
+		if len(sh.pending) <= shellBatchMax {
+			data = sh.pending
+			sh.pending = sh.spare[:0]
+		} else {
+			data = append(sh.spare[:0], sh.pending[:shellBatchMax]...)
+			sh.pending = sh.pending[:copy(sh.pending, sh.pending[shellBatchMax:])]
+		}
+		sh.outCond.Broadcast()
+		last := sh.readDone && len(sh.pending) == 0
+		sh.outMu.Unlock()
+
+		buf := data
+		if len(carry) > 0 {
+			buf = append(carry, data...)
+		}
+		chunks, rest := splitChunks(buf, last)
+		carry = append([]byte(nil), rest...)
+		sh.append(chunks)
+		flooding = len(data) >= shellCoalesceFrom
+
+		sh.outMu.Lock()
+		if cap(data) <= 2*shellBatchMax {
+			sh.spare = data[:0]
+		}
+		sh.outMu.Unlock()
+	}
+	if len(carry) > 0 {
+		sh.append([][]byte{bytes.ToValidUTF8(carry, []byte("\uFFFD"))})
+	}
+}
+
+// append stores and publishes chunks, then looks for login URLs in them.
+func (sh *shell) append(chunks [][]byte) {
+	if len(chunks) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sh.batches++
+	last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, chunks)
+	if err == nil {
+		sizes := make([]int, len(chunks))
+		for i, c := range chunks {
+			sizes[i] = len(c)
+		}
+		sh.flow.appendedChunks(last, sizes)
+	}
+	if errors.Is(err, store.ErrStaleShell) {
+		// The key was reopened or deleted: nobody can see this terminal.
+		sh.kill()
+		return
+	}
+	if err != nil {
+		// Dropped: holding output while Redis is away would grow without
+		// bound, and the client can see a gap in seq.
+		sh.log.Warn("store terminal output", "err", err)
+		return
+	}
+	for _, c := range chunks {
+		for _, a := range sh.urls.scan(c) {
+			if err := sh.w.st.ShellAuthURL(ctx, sh.key, sh.gen, a.url, a.autoOpen); err != nil {
+				sh.log.Warn("announce login URL", "err", err)
+			}
+		}
+	}
+}
+
+// splitChunks cuts buf into valid UTF-8 chunks of at most shellChunkMax
+// bytes, which share buf's memory unless they had to be changed. Unless
+// last, an incomplete character at the end is returned as rest, to be
+// completed by the next read.
+func splitChunks(buf []byte, last bool) (chunks [][]byte, rest []byte) {
+	end := len(buf)
+	if !last {
+		for i := len(buf) - 1; i >= 0 && i >= len(buf)-utf8.UTFMax+1; i-- {
+			if utf8.RuneStart(buf[i]) {
+				if !utf8.FullRune(buf[i:]) {
+					end = i
+				}
+				break
+			}
+		}
+	}
+	rest = buf[end:]
+	b := buf[:end]
+	for len(b) > 0 {
+		n := min(len(b), shellChunkMax)
+		if n < len(b) {
+			// Cut before a character, not inside one.
+			for k := n; k > n-utf8.UTFMax && k > 0; k-- {
+				if utf8.RuneStart(b[k]) {
+					n = k
+					break
+				}
+			}
+		}
+		c := b[:n:n]
+		if !utf8.Valid(c) {
+			c = bytes.ToValidUTF8(c, []byte("\uFFFD"))
+		}
+		if bytes.Contains(c, []byte("OPEN_URL: ")) {
+			c = bytes.ReplaceAll(c, []byte("OPEN_URL: "), []byte("[INFO] Opening in browser: "))
+		}
+		chunks = append(chunks, c)
+		b = b[n:]
+	}
+	return chunks, rest
+}
+
+// enqueue adds an input or a resize to the terminal's queue.
+func (sh *shell) enqueue(op shellOp) {
+	sh.inMu.Lock()
+	if sh.inBytes+len(op.data) > shellInputMax {
+		sh.inMu.Unlock()
+		sh.log.Warn("terminal input dropped: the process does not read it")
+		return
+	}
+	sh.inQ = append(sh.inQ, op)
+	sh.inBytes += len(op.data)
+	sh.inMu.Unlock()
+	select {
+	case sh.inWake <- struct{}{}:
+	default:
+	}
+}
+
+// inputLoop writes queued input to the PTY and applies resizes, in order.
+// Runs in its own goroutine.
+func (sh *shell) inputLoop() {
+	for {
+		sh.inMu.Lock()
+		ops := sh.inQ
+		sh.inQ = nil
+		sh.inBytes = 0
+		sh.inMu.Unlock()
+		for _, op := range ops {
+			if op.data != nil {
+				ptyIn.Add(float64(len(op.data)))
+				if _, err := sh.p.f.Write(op.data); err != nil {
+					sh.log.Debug("write to terminal", "err", err)
+				}
+				continue
+			}
+			if err := sh.p.resize(op.cols, op.rows); err != nil {
+				sh.log.Warn("resize terminal", "err", err)
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = sh.w.st.ShellSet(ctx, sh.key, sh.gen, "cols", strconv.Itoa(op.cols), "rows", strconv.Itoa(op.rows))
+				cancel()
+			}
+		}
+		select {
+		case <-sh.inWake:
+		case <-sh.stopped:
+			return
+		}
+	}
+}
