@@ -200,6 +200,12 @@ func (s *Server) Drain() {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	closeShutdownAll(conns)
+}
+
+// closeShutdownAll closes conns with 1001, all at once, and returns once
+// their close frames are written.
+func closeShutdownAll(conns []*conn) {
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Add(1)

@@ -509,15 +509,10 @@ func (tm *terminals) run(ctx context.Context) {
 // closeAll closes every /shell socket with 1001 (the gateway is draining).
 func (tm *terminals) closeAll() {
 	tm.mu.Lock()
-	socks := make([]*shellSocket, 0, len(tm.socks))
+	conns := make([]*conn, 0, len(tm.socks))
 	for s := range tm.socks {
-		socks = append(socks, s)
+		conns = append(conns, s.c)
 	}
 	tm.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, s := range socks {
-		wg.Add(1)
-		go func() { defer wg.Done(); s.c.closeNow(closeShutdown) }()
-	}
-	wg.Wait()
+	closeShutdownAll(conns)
 }
