@@ -29,6 +29,9 @@ type shellRig struct {
 	addr, token, project string
 	gateway, worker      *exec.Cmd
 	rdb                  *redis.Client
+	// ttyd, when set, is a ttyd process serving the same shell instead
+	// (BenchmarkShellTTYD): no gateway, worker or Redis.
+	ttyd *exec.Cmd
 }
 
 var (
@@ -70,6 +73,14 @@ func startAgentgate(b *testing.B, bin, mode string, env []string) *exec.Cmd {
 		cmd.Env = append(cmd.Env, "AGENTGATE_CPU_PROFILE="+filepath.Join(dir, name))
 	}
 	cmd.Stderr = os.Stderr
+	startStopped(b, cmd)
+	return cmd
+}
+
+// startStopped starts cmd, killed if the benchmark dies, and stops it when
+// the benchmark ends: SIGTERM, then SIGKILL after 5 s.
+func startStopped(b *testing.B, cmd *exec.Cmd) {
+	b.Helper()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -85,7 +96,6 @@ func startAgentgate(b *testing.B, bin, mode string, env []string) *exec.Cmd {
 			<-done
 		}
 	})
-	return cmd
 }
 
 func newShellRig(b *testing.B) *shellRig {
@@ -149,10 +159,15 @@ type termClient struct {
 	// acks makes the client acknowledge each frame once handled, as a
 	// terminal does in its write callback (the /shell ack message).
 	acks bool
+	// ttyd speaks ttyd's protocol instead of /shell's.
+	ttyd bool
 }
 
 func (r *shellRig) open(b *testing.B, shellID string) *termClient {
 	b.Helper()
+	if r.ttyd != nil {
+		return r.openTTYD(b)
+	}
 	ws, _, err := websocket.DefaultDialer.Dial("ws://"+r.addr+"/shell?token="+r.token, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -165,6 +180,17 @@ func (r *shellRig) open(b *testing.B, shellID string) *termClient {
 	return c
 }
 
+// input types data into the terminal.
+func (c *termClient) input(b *testing.B, data string) {
+	if !c.ttyd {
+		c.send(b, map[string]any{"type": "input", "data": data})
+		return
+	}
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, append([]byte{ttydInput}, data...)); err != nil {
+		b.Fatal(err)
+	}
+}
+
 func (c *termClient) send(b *testing.B, v any) {
 	data, _ := json.Marshal(v)
 	if err := c.ws.WriteMessage(websocket.TextMessage, data); err != nil {
@@ -175,7 +201,7 @@ func (c *termClient) send(b *testing.B, v any) {
 // ready waits until the shell runs commands.
 func (c *termClient) ready(b *testing.B) {
 	b.Helper()
-	c.send(b, map[string]any{"type": "input", "data": "echo READY-$((1+1))\r"})
+	c.input(b, "echo READY-$((1+1))\r")
 	c.readUntil(b, "READY-2")
 }
 
@@ -195,7 +221,12 @@ func (c *termClient) readUntil(b *testing.B, marker string) {
 			b.Fatalf("read: %v (waiting for %q)", err, marker)
 		}
 		f.Type, f.Data, f.Seq = "", "", 0
-		if err := json.Unmarshal(data, &f); err != nil || f.Type != "output" {
+		if c.ttyd {
+			if len(data) == 0 || data[0] != ttydOutput {
+				continue
+			}
+			f.Data = string(data[1:])
+		} else if err := json.Unmarshal(data, &f); err != nil || f.Type != "output" {
 			continue
 		}
 		c.bytes += int64(len(f.Data))
@@ -226,20 +257,20 @@ func shellThroughput(b *testing.B, r *shellRig, cmd string) {
 	c.ready(b)
 	var total, frames int64
 	var elapsed, serverCPU, gatewayCPU, redisCPUUsed time.Duration
-	calls0 := redisCalls(ctx, r.rdb)
+	calls0 := r.redisCalls(ctx)
 	for i := 0; i < b.N; i++ {
 		c.bytes, c.frames = 0, 0
-		gw0 := procCPU(r.gateway.Process.Pid)
-		cpu0 := gw0 + procCPU(r.worker.Process.Pid)
-		red0 := redisCPU(ctx, r.rdb)
+		gw0, wk0 := r.serverCPU()
+		cpu0 := gw0 + wk0
+		red0 := r.redisCPU(ctx)
 		t0 := time.Now()
-		c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("%s; echo END%d-$((40+2))\r", cmd, i)})
+		c.input(b, fmt.Sprintf("%s; echo END%d-$((40+2))\r", cmd, i))
 		c.readUntil(b, fmt.Sprintf("END%d-42", i))
 		elapsed += time.Since(t0)
-		gw := procCPU(r.gateway.Process.Pid)
-		serverCPU += gw + procCPU(r.worker.Process.Pid) - cpu0
+		gw, wk := r.serverCPU()
+		serverCPU += gw + wk - cpu0
 		gatewayCPU += gw - gw0
-		redisCPUUsed += redisCPU(ctx, r.rdb) - red0
+		redisCPUUsed += r.redisCPU(ctx) - red0
 		total += c.bytes
 		frames += c.frames
 	}
@@ -253,16 +284,36 @@ func shellThroughput(b *testing.B, r *shellRig, cmd string) {
 	b.ReportMetric(redisCPUUsed.Seconds()*1e3/mb, "redis-cpu-ms/MB")
 	b.ReportMetric(mb/perRun, "MB/run")
 	b.ReportMetric(float64(frames)/perRun, "frames/run")
-	for cmd, n := range redisCalls(ctx, r.rdb) {
+	for cmd, n := range r.redisCalls(ctx) {
 		if d := n - calls0[cmd]; d > int64(b.N) {
 			b.Logf("redis %s: %.0f calls/run", cmd, float64(d)/perRun)
 		}
 	}
 }
 
+// serverCPU reads the CPU time the gateway and the worker (ttyd: ttyd and
+// nothing) have used.
+func (r *shellRig) serverCPU() (gateway, worker time.Duration) {
+	if r.ttyd != nil {
+		return procCPU(r.ttyd.Process.Pid), 0
+	}
+	return procCPU(r.gateway.Process.Pid), procCPU(r.worker.Process.Pid)
+}
+
+// redisCPU reads the CPU time redis-server has used (none for ttyd).
+func (r *shellRig) redisCPU(ctx context.Context) time.Duration {
+	if r.rdb == nil {
+		return 0
+	}
+	return redisCPU(ctx, r.rdb)
+}
+
 // redisCalls reads the calls of each command from INFO commandstats.
-func redisCalls(ctx context.Context, rdb *redis.Client) map[string]int64 {
-	info, _ := rdb.Info(ctx, "commandstats").Result()
+func (r *shellRig) redisCalls(ctx context.Context) map[string]int64 {
+	if r.rdb == nil {
+		return nil
+	}
+	info, _ := r.rdb.Info(ctx, "commandstats").Result()
 	calls := map[string]int64{}
 	for _, line := range strings.Split(info, "\r\n") {
 		name, rest, ok := strings.Cut(strings.TrimPrefix(line, "cmdstat_"), ":calls=")
@@ -291,9 +342,10 @@ func procCPU(pid int) time.Duration {
 // and a worker process on redis-server: the echo of a typed command line,
 // the throughput of 20 MB of text, the time from connect to the first
 // output, and the CPU the server processes spend per 20 MB.
-func BenchmarkShell(b *testing.B) {
-	r := newShellRig(b)
+func BenchmarkShell(b *testing.B) { shellBenchmarks(b, newShellRig(b)) }
 
+// shellBenchmarks runs the terminal workloads against r.
+func shellBenchmarks(b *testing.B, r *shellRig) {
 	b.Run("echo", func(b *testing.B) {
 		c := r.open(b, fmt.Sprintf("echo-%d", time.Now().UnixNano()))
 		defer c.ws.Close()
@@ -305,7 +357,7 @@ func BenchmarkShell(b *testing.B) {
 			// The marker is printed by the command, not by the terminal's
 			// echo of the typed line.
 			t0 := time.Now()
-			c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("echo X%d-$((%d+1))\r", i, i)})
+			c.input(b, fmt.Sprintf("echo X%d-$((%d+1))\r", i, i))
 			c.readUntil(b, fmt.Sprintf("X%d-%d", i, i+1))
 			samples = append(samples, int64(time.Since(t0)))
 		}
@@ -330,6 +382,9 @@ func BenchmarkShell(b *testing.B) {
 		pace time.Duration
 		acks bool
 	}{{0, false}, {2 * time.Millisecond, false}, {2 * time.Millisecond, true}} {
+		if client.acks && r.ttyd != nil {
+			continue // acks are /shell's; ttyd's client pauses and resumes instead
+		}
 		b.Run(fmt.Sprintf("flood-ctrl-c/client-pace=%v/acks=%v", client.pace, client.acks), func(b *testing.B) {
 			floodCtrlC(b, r, client.pace, client.acks)
 		})
@@ -348,12 +403,12 @@ func BenchmarkShell(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if bytes.Contains(data, []byte(`"seq":`)) {
+				if bytes.Contains(data, []byte(`"seq":`)) || (r.ttyd != nil && len(data) > 0 && data[0] == ttydOutput) {
 					break
 				}
 			}
 			samples = append(samples, int64(time.Since(t0)))
-			c.send(b, map[string]any{"type": "input", "data": "exit\r"})
+			c.input(b, "exit\r")
 			c.ws.Close()
 		}
 		lat.add(samples)
@@ -385,15 +440,15 @@ func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 	samples := make([]int64, 0, b.N)
 	var after int64
 	for i := 0; i < b.N; i++ {
-		c.send(b, map[string]any{"type": "input", "data": "yes\r"})
+		c.input(b, "yes\r")
 		c.bytes = 0
 		for c.bytes < 4<<20 {
 			c.readUntil(b, "y\r\ny\r\n")
 		}
 		c.bytes = 0
 		t0 := time.Now()
-		c.send(b, map[string]any{"type": "input", "data": "\x03"})
-		c.send(b, map[string]any{"type": "input", "data": fmt.Sprintf("echo BACK%d-$((1+1))\r", i)})
+		c.input(b, "\x03")
+		c.input(b, fmt.Sprintf("echo BACK%d-$((1+1))\r", i))
 		c.readUntil(b, fmt.Sprintf("BACK%d-2", i))
 		samples = append(samples, int64(time.Since(t0)))
 		after += c.bytes
