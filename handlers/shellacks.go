@@ -12,9 +12,10 @@ import (
 // acker tells workers how far their terminals' output was written to this
 // gateway's sockets (their flow control: a worker reads a PTY only while
 // the most advanced socket keeps up). The acks of all the terminals of one
-// worker go in one control, one at most every ackInterval, so that a
-// hundred flooding terminals cost a worker's inbox what one does, and acks
-// never crowd out the keystrokes and opens that share it.
+// worker go in one control, one at most every linkAckInterval over the
+// worker's link and every ackInterval through its inbox, so that a hundred
+// flooding terminals cost a worker what one does, and acks never crowd out
+// the keystrokes and opens that share the inbox.
 type acker struct {
 	mu      sync.Mutex
 	pending map[string]map[*feed]struct{} // by worker: feeds written since their last ack

@@ -289,7 +289,7 @@ func (tm *terminals) workerOf(ctx context.Context, f *feed, gen int64) string {
 	return info.Worker
 }
 
-// control sends input or a resize of sock's terminal to its worker's inbox.
+// control sends input or a resize of sock's terminal to its worker (send).
 func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string, v any) {
 	sock.mu.Lock()
 	w := sock.w

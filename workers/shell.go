@@ -59,9 +59,9 @@ type shellSet struct {
 }
 
 // shell is one terminal generation running on this worker: a PTY whose
-// output goes to Redis and whose input comes from the worker's inbox. The
-// PTY is read, the output flushed, and the input written by three
-// goroutines, so keystrokes (Ctrl-C) never wait behind output.
+// output goes to Redis and whose input comes from the worker's link or its
+// inbox. The PTY is read, the output flushed, and the input written by
+// three goroutines, so keystrokes (Ctrl-C) never wait behind output.
 type shell struct {
 	w    *Worker
 	key  string
@@ -98,7 +98,7 @@ type shellOp struct {
 	cols, rows int
 }
 
-// shellControl handles the terminal controls of the inbox. It reports
+// shellControl handles a terminal control from the inbox or a link. It reports
 // whether c was one. It never blocks on a terminal.
 func (w *Worker) shellControl(c store.Control) bool {
 	switch c.Type {
