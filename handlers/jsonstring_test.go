@@ -39,6 +39,24 @@ func TestOutputFrame(t *testing.T) {
 	}
 }
 
+// TestOutputFrameAllocatesOnce: a frame is one allocation, however dense
+// its escapes (reallocating while escaping doubled a
+// gateway's garbage in a flood of short lines).
+func TestOutputFrameAllocatesOnce(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector drops sync.Pool items at random")
+	}
+	for _, data := range []string{
+		strings.Repeat("1234567\r\n", 3000),
+		strings.Repeat("\x1b[01;34mdir\x1b[0m\r\n", 1500),
+		strings.Repeat("\x00", 32<<10),
+		strings.Repeat("a", 100),
+	} {
+		allocs := testing.AllocsPerRun(20, func() { _ = outputFrame(7, data) })
+		require.Equal(t, 1.0, allocs, "%.20q", data)
+	}
+}
+
 // FuzzAppendJSONString: any bytes give a valid JSON string of valid UTF-8
 // that decodes as encoding/json decodes its own encoding of them.
 func FuzzAppendJSONString(f *testing.F) {

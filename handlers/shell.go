@@ -190,11 +190,29 @@ func frameSeq(frame []byte) (int64, bool) {
 // outputFrame encodes an output frame with its seq, as
 // json.Marshal(app.ShellOutput{…}) does but without its reflection and
 // HTML escaping: terminal output is the gateway's largest per-byte cost.
+//
+// The frame is built in a reused buffer and copied out at its size: output
+// dense in escapes (seq's "\r\n" every few bytes, colour codes) outgrew
+// any guess of its size, and the reallocations doubled the garbage of a
+// gateway relaying a flood.
 func outputFrame(seq int64, data string) []byte {
-	b := make([]byte, 0, len(data)+len(data)/16+48)
-	b = append(b, `{"type":"output","data":`...)
+	scratch := frameScratch.Get().(*[]byte)
+	b := append((*scratch)[:0], `{"type":"output","data":`...)
 	b = appendJSONString(b, data)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendInt(b, seq, 10)
-	return append(b, '}')
+	b = append(b, '}')
+	frame := bytes.Clone(b)
+	if cap(b) <= frameScratchMax {
+		*scratch = b
+		frameScratch.Put(scratch)
+	}
+	return frame
 }
+
+// frameScratch holds the buffers outputFrame builds frames in; one larger
+// than frameScratchMax (a worker's 32 KiB chunk escaped byte for byte
+// takes 192 KiB) is left to the collector.
+var frameScratch = sync.Pool{New: func() any { return new([]byte) }}
+
+const frameScratchMax = 256 << 10
