@@ -3,6 +3,8 @@ package workers
 import (
 	"context"
 	"encoding/json"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,8 +19,13 @@ import (
 // shellWorker is a worker on an embedded store, with terminal "k1" of
 // spec reserved for it in the store (at generation gen), not started.
 func shellWorker(t *testing.T) (*Worker, *store.Store, app.ShellSpec, int64) {
+	return shellWorkerOn(t, storetest.Mini)
+}
+
+// shellWorkerOn is shellWorker on backend b.
+func shellWorkerOn(t *testing.T, b storetest.Backend) (*Worker, *store.Store, app.ShellSpec, int64) {
 	t.Helper()
-	st := storetest.New(t, storetest.Start(t, storetest.Mini))
+	st := storetest.New(t, storetest.Start(t, b))
 	dir := t.TempDir()
 	w, err := New(Config{Store: st, ID: "w1", Workspaces: app.Workspaces{Roots: []string{dir}}, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}}})
 	require.NoError(t, err)
@@ -125,4 +132,44 @@ func TestShellInputRacesOpen(t *testing.T) {
 		// The command's output, not the typed line's echo.
 		return strings.Contains(out.String(), "\rrace-"+word) || strings.Contains(out.String(), "\nrace-"+word)
 	}, 20*time.Second, 20*time.Millisecond, "the keystrokes typed in order: %q", &out)
+}
+
+// TestShellOutputInOrder: output that comes in many small pieces, and so
+// in many appends, is stored whole and in order, one seq after another,
+// on miniredis and on redis-server.
+func TestShellOutputInOrder(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			w, st, spec, gen := shellWorkerOn(t, b)
+			ctx := context.Background()
+			open, _ := json.Marshal(spec)
+			require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+			input, _ := json.Marshal("for i in $(seq 1 400); do echo n-$i-; done; echo end-$((6*7))\r")
+			require.True(t, w.shellControl(store.Control{Type: store.ControlShellInput, Shell: "k1", Gen: gen, Data: input}))
+			var out strings.Builder
+			var chunks []store.ShellChunk
+			require.Eventually(t, func() bool {
+				var err error
+				chunks, err = st.ShellOutput(ctx, "k1", 0, 5000)
+				require.NoError(t, err)
+				out.Reset()
+				for _, c := range chunks {
+					out.WriteString(c.Data)
+				}
+				return strings.Contains(out.String(), "end-42")
+			}, 30*time.Second, 20*time.Millisecond, "the output: %q", &out)
+			for i, c := range chunks {
+				require.Equal(t, int64(i+1), c.Seq, "seqs follow one another")
+			}
+			var got []string
+			for _, m := range regexp.MustCompile(`n-(\d+)-\r\n`).FindAllStringSubmatch(out.String(), -1) {
+				got = append(got, m[1])
+			}
+			want := make([]string, 400)
+			for i := range want {
+				want[i] = strconv.Itoa(i + 1)
+			}
+			require.Equal(t, want, got, "every line once, in order")
+		})
+	}
 }
