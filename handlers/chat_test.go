@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -922,4 +923,40 @@ func TestDrainClosesSocketsMidUpgrade(t *testing.T) {
 	var ce *websocket.CloseError
 	require.ErrorAs(t, err, &ce)
 	require.Equal(t, websocket.CloseGoingAway, ce.Code)
+}
+
+// TestSocketsLetGoOfTheirUpgrade: an open /ws or /shell socket keeps
+// neither its upgrade request (headers, URL, context: about 1 KiB, a sixth
+// of an idle socket's heap) nor the signal of its upgrade.
+func TestSocketsLetGoOfTheirUpgrade(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	c := g.dial("alice")
+	defer c.ws.Close()
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/shell?token=" + token(t, "alice", false)
+	ws, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	defer ws.Close()
+
+	var sessions []*melody.Session
+	require.Eventually(t, func() bool {
+		g.srv.mu.Lock()
+		sessions = sessions[:0]
+		for c := range g.srv.conns {
+			sessions = append(sessions, c.s)
+		}
+		g.srv.mu.Unlock()
+		g.srv.shells.mu.Lock()
+		for sock := range g.srv.shells.socks {
+			sessions = append(sessions, sock.c.s)
+		}
+		g.srv.shells.mu.Unlock()
+		return len(sessions) == 2
+	}, 5*time.Second, 5*time.Millisecond)
+	for _, ms := range sessions {
+		require.Nil(t, ms.Request)
+		_, ok := ms.Get("upgraded")
+		require.False(t, ok)
+	}
 }

@@ -283,13 +283,11 @@ func (s *Server) newChatSockets() *melody.Melody {
 		c := newConn(ms, user.(app.User), s.cfg.QueueSize, s.paceInterval(ms.Request))
 		c.quota, c.refusal = quotaOf(ms), s.chatRefusal
 		ms.Set("conn", c)
+		releaseUpgrade(ms)
 		s.mu.Lock()
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
 		chatMetrics.sockets.Inc()
-		if v, ok := ms.Get("upgraded"); ok {
-			close(v.(chan struct{}))
-		}
 		// A socket whose upgrade was under way when Drain listed the
 		// sockets is not on its list: it closes itself.
 		if s.drained.Load() {
@@ -383,6 +381,18 @@ func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 		// already been answered.
 		return nil
 	}
+}
+
+// releaseUpgrade tells serveUpgrade that ms is open, and lets go of what only
+// the upgrade needed: the request (headers, URL, context: about 1 KiB)
+// and the signal itself, which a socket would otherwise hold for its life.
+// HandleConnect calls it once it has read the request.
+func releaseUpgrade(ms *melody.Session) {
+	if v, ok := ms.Get("upgraded"); ok {
+		ms.UnSet("upgraded")
+		close(v.(chan struct{}))
+	}
+	ms.Request = nil
 }
 
 // quotaOf returns the user's quota serveUpgrade took for a melody session.

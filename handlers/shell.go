@@ -52,13 +52,11 @@ func (s *Server) newShellSockets() *melody.Melody {
 		sock := &shellSocket{c: newConn(ms, user.(app.User), s.cfg.QueueSize, 0)}
 		sock.c.quota, sock.c.refusal = quotaOf(ms), s.shellRefusal
 		ms.Set("shell", sock)
+		releaseUpgrade(ms)
 		s.shells.mu.Lock()
 		s.shells.socks[sock] = struct{}{}
 		s.shells.mu.Unlock()
 		shellMetrics.sockets.Inc()
-		if v, ok := ms.Get("upgraded"); ok {
-			close(v.(chan struct{}))
-		}
 		// As for chat sockets: one upgraded while Drain ran closes itself.
 		if s.drained.Load() {
 			sock.c.closeNow(closeShutdown)
