@@ -273,7 +273,9 @@ func (s *Server) newChatSockets() *melody.Melody {
 	m.Config.MessageBufferSize = s.cfg.QueueSize + 8
 	m.Config.PingPeriod = s.cfg.PingPeriod
 	m.Config.PongWait = 2*s.cfg.PingPeriod + 10*time.Second
-	m.Upgrader.ReadBufferSize = 1024
+	// A socket's read buffer lives as long as it does; client frames are
+	// small, and a larger one is read past the buffer, not through it.
+	m.Upgrader.ReadBufferSize = 512
 	m.Upgrader.WriteBufferSize = 0
 	// Idle sockets hold no write buffer: it is taken from the pool per frame.
 	m.Upgrader.WriteBufferPool = &sync.Pool{}

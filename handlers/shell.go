@@ -44,7 +44,9 @@ func (s *Server) newShellSockets() *melody.Melody {
 	m.Config.MessageBufferSize = s.cfg.QueueSize + 8
 	m.Config.PingPeriod = s.cfg.PingPeriod
 	m.Config.PongWait = 2*s.cfg.PingPeriod + 10*time.Second
-	m.Upgrader.ReadBufferSize = 1024
+	// A socket's read buffer lives as long as it does; client frames are
+	// small, and a larger one is read past the buffer, not through it.
+	m.Upgrader.ReadBufferSize = 512
 	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.Upgrader.CheckOrigin = s.origins.allows
 	m.HandleConnect(func(ms *melody.Session) {
