@@ -926,8 +926,8 @@ func TestDrainClosesSocketsMidUpgrade(t *testing.T) {
 }
 
 // TestSocketsLetGoOfTheirUpgrade: an open /ws or /shell socket keeps
-// neither its upgrade request (headers, URL, context: about 1 KiB, a sixth
-// of an idle socket's heap) nor the signal of its upgrade.
+// neither its upgrade request (headers, URL, context: about 1.7 KiB, a
+// sixth of an idle socket's heap) nor the signal of its upgrade.
 func TestSocketsLetGoOfTheirUpgrade(t *testing.T) {
 	st := newStore(t, storetest.Mini)
 	g := startGateway(t, st)
@@ -943,8 +943,8 @@ func TestSocketsLetGoOfTheirUpgrade(t *testing.T) {
 	require.Eventually(t, func() bool {
 		g.srv.mu.Lock()
 		sessions = sessions[:0]
-		for c := range g.srv.conns {
-			sessions = append(sessions, c.s)
+		for conn := range g.srv.conns {
+			sessions = append(sessions, conn.s)
 		}
 		g.srv.mu.Unlock()
 		g.srv.shells.mu.Lock()

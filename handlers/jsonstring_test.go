@@ -40,8 +40,8 @@ func TestOutputFrame(t *testing.T) {
 }
 
 // TestOutputFrameAllocatesOnce: a frame is one allocation, however dense
-// its escapes (reallocating while escaping doubled a
-// gateway's garbage in a flood of short lines).
+// its escapes (reallocating while escaping doubled a gateway's garbage in
+// a flood of short lines).
 func TestOutputFrameAllocatesOnce(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector drops sync.Pool items at random")

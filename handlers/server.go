@@ -385,10 +385,10 @@ func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 	}
 }
 
-// releaseUpgrade tells serveUpgrade that ms is open, and lets go of what only
-// the upgrade needed: the request (headers, URL, context: about 1 KiB)
-// and the signal itself, which a socket would otherwise hold for its life.
-// HandleConnect calls it once it has read the request.
+// releaseUpgrade tells serveUpgrade that ms is open, and lets go of what
+// only the upgrade needed: the request (headers, URL, context: about 1.7
+// KiB) and the signal itself, which a socket would otherwise hold for its
+// life. HandleConnect calls it once it has read the request.
 func releaseUpgrade(ms *melody.Session) {
 	if v, ok := ms.Get("upgraded"); ok {
 		ms.UnSet("upgraded")
