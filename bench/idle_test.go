@@ -282,6 +282,9 @@ func benchSockets(b *testing.B, watch bool) {
 		b.ReportMetric(per("go_memstats_heap_alloc_bytes")/1024, "heap_alloc_KiB/conn")
 		b.ReportMetric(per("go_memstats_stack_inuse_bytes")/1024, "stack_KiB/conn")
 		b.ReportMetric(per("go_goroutines"), "goroutines/conn")
+		// RSS follows the heap goal (twice the live heap, plus the stacks,
+		// at GOGC=100) more than the heap in use at the moment.
+		b.ReportMetric(per("go_memstats_next_gc_bytes")/1024, "next_gc_KiB/conn")
 		b.ReportMetric(rss1/(1<<20), "rss_MiB")
 		b.ReportMetric(float64(n), "sockets")
 		b.ReportMetric(float64(n)/openTime.Seconds(), "opens/s")

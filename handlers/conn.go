@@ -37,8 +37,9 @@ func (r closeReason) String() string {
 
 // conn wraps one melody session with the bounded outgoing queue PROTOCOL
 // §3.5 asks for: melody drops a frame silently when its buffer is full, so
-// conn counts frames handed to melody and not yet written, and closes the
-// socket with 4008 before melody would drop one. A client that sees 4008
+// conn counts the frames queued and not yet written, keeps melody's share
+// of them under its buffer's size, and closes the socket with 4008 when the
+// queue is full. A client that sees 4008
 // reconnects and resumes from its lastSeq, so no event is lost silently.
 type conn struct {
 	s      *melody.Session
@@ -50,6 +51,13 @@ type conn struct {
 	queued atomic.Int64
 	closed atomic.Bool
 	room   chan struct{} // signalled when the queue drained to half
+
+	// inMelody counts the frames in melody's buffer, at most melodyFrames;
+	// held are the queued frames behind them, handed to melody as it
+	// writes (toMelody, sent). Guarded by hmu, which is taken last.
+	hmu      sync.Mutex
+	inMelody int
+	held     [][]byte
 
 	mu      sync.Mutex
 	watches map[string]*watch // sessions this socket follows, by id
@@ -138,8 +146,55 @@ func (c *conn) reply(v any) bool {
 	return c.send(b)
 }
 
-// sent is called by melody after a frame was written.
+// melodyFrames is how many of a socket's queued frames wait in melody's
+// buffer; the rest of the queue (up to limit) waits in conn.held. Melody
+// allocates its buffer whole when a socket opens (40 bytes a frame, 3 KiB
+// for the whole queue of 64), while held exists only while the socket is
+// behind: most sockets never are.
+const melodyFrames = 8
+
+// melodyBufferSize is melody's MessageBufferSize: melodyFrames, and room
+// for the frames melody writes itself.
+const melodyBufferSize = melodyFrames + 8
+
+// toMelody hands a frame to melody's buffer, or holds it behind the frames
+// already held when the buffer has its share. It never blocks.
+func (c *conn) toMelody(frame []byte) error {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	if len(c.held) == 0 && c.inMelody < melodyFrames {
+		if err := c.s.Write(frame); err != nil {
+			return err
+		}
+		c.inMelody++
+		return nil
+	}
+	if c.s.IsClosed() {
+		return melody.ErrSessionClosed
+	}
+	c.held = append(c.held, frame)
+	return nil
+}
+
+// sent is called by melody after a frame was written: the next held frame
+// takes its place in melody's buffer.
 func (c *conn) sent() {
+	c.hmu.Lock()
+	c.inMelody--
+	if len(c.held) > 0 {
+		frame := c.held[0]
+		c.held[0] = nil
+		c.held = c.held[1:]
+		if len(c.held) == 0 {
+			c.held = nil
+		}
+		if c.s.Write(frame) == nil {
+			c.inMelody++
+		} else {
+			c.queued.Add(-1)
+		}
+	}
+	c.hmu.Unlock()
 	if c.queued.Add(-1) <= c.limit/2 {
 		select {
 		case c.room <- struct{}{}:

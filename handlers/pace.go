@@ -31,12 +31,12 @@ const (
 // immediate delivery (the pacer then drains without waiting).
 func (c *conn) write(frame []byte) error {
 	if c.interval == 0 {
-		return c.s.Write(frame)
+		return c.toMelody(frame)
 	}
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	if !c.paced && !c.pacing {
-		return c.s.Write(frame)
+		return c.toMelody(frame)
 	}
 	c.pending = append(c.pending, frame)
 	if !c.pacing {
@@ -81,7 +81,7 @@ func (c *conn) pace() {
 		}
 
 		c.pmu.Lock()
-		err := c.s.Write(frame)
+		err := c.toMelody(frame)
 		if c.paced && mustBeSeen(frame) {
 			c.quietUntil = time.Now().Add(c.interval)
 		}

@@ -268,9 +268,8 @@ func (s *Server) routes() *echo.Echo {
 func (s *Server) newChatSockets() *melody.Melody {
 	m := melody.New()
 	m.Config.MaxMessageSize = s.cfg.MaxMessageSize
-	// The conn queue closes a slow socket before melody's buffer fills;
-	// the headroom is for frames melody writes itself.
-	m.Config.MessageBufferSize = s.cfg.QueueSize + 8
+	// The conn queue holds what does not fit (conn.toMelody).
+	m.Config.MessageBufferSize = melodyBufferSize
 	m.Config.PingPeriod = s.cfg.PingPeriod
 	m.Config.PongWait = 2*s.cfg.PingPeriod + 10*time.Second
 	// A socket's read buffer lives as long as it does; client frames are

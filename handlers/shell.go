@@ -41,7 +41,7 @@ type shellSocket struct {
 func (s *Server) newShellSockets() *melody.Melody {
 	m := melody.New()
 	m.Config.MaxMessageSize = s.cfg.MaxMessageSize
-	m.Config.MessageBufferSize = s.cfg.QueueSize + 8
+	m.Config.MessageBufferSize = melodyBufferSize
 	m.Config.PingPeriod = s.cfg.PingPeriod
 	m.Config.PongWait = 2*s.cfg.PingPeriod + 10*time.Second
 	// A socket's read buffer lives as long as it does; client frames are
