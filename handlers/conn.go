@@ -58,6 +58,12 @@ type conn struct {
 	hmu      sync.Mutex
 	inMelody int
 	held     [][]byte
+	// handed counts the frames given to melody (guarded by hmu), written
+	// those it wrote; wrote is signalled at each write of a paced socket,
+	// whose pacer times the quiet after a frame from its write.
+	handed  int64
+	written atomic.Int64
+	wrote   chan struct{}
 
 	mu      sync.Mutex
 	watches map[string]*watch // sessions this socket follows, by id
@@ -88,11 +94,15 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 	// Not the request's context: it ends as soon as the upgrade handler
 	// returns.
 	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{
+	c := &conn{
 		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit),
 		room: make(chan struct{}, 1), watches: map[string]*watch{},
 		interval: interval, paced: interval > 0,
 	}
+	if interval > 0 {
+		c.wrote = make(chan struct{}, 1)
+	}
+	return c
 }
 
 // trySend queues a frame if the queue has room. It never blocks and never
@@ -158,22 +168,25 @@ const melodyFrames = 8
 const melodyBufferSize = melodyFrames + 8
 
 // toMelody hands a frame to melody's buffer, or holds it behind the frames
-// already held when the buffer has its share. It never blocks.
-func (c *conn) toMelody(frame []byte) error {
+// already held when the buffer has its share. It never blocks. It returns
+// the frame's number among those handed to melody; written reaches it
+// once the frame is written.
+func (c *conn) toMelody(frame []byte) (int64, error) {
 	c.hmu.Lock()
 	defer c.hmu.Unlock()
 	if len(c.held) == 0 && c.inMelody < melodyFrames {
 		if err := c.s.Write(frame); err != nil {
-			return err
+			return 0, err
 		}
 		c.inMelody++
-		return nil
+	} else {
+		if c.s.IsClosed() {
+			return 0, melody.ErrSessionClosed
+		}
+		c.held = append(c.held, frame)
 	}
-	if c.s.IsClosed() {
-		return melody.ErrSessionClosed
-	}
-	c.held = append(c.held, frame)
-	return nil
+	c.handed++
+	return c.handed, nil
 }
 
 // sent is called by melody after a frame was written: the next held frame
@@ -195,6 +208,13 @@ func (c *conn) sent() {
 		}
 	}
 	c.hmu.Unlock()
+	c.written.Add(1)
+	if c.wrote != nil {
+		select {
+		case c.wrote <- struct{}{}:
+		default:
+		}
+	}
 	if c.queued.Add(-1) <= c.limit/2 {
 		select {
 		case c.room <- struct{}{}:

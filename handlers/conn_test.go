@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,16 +21,27 @@ import (
 // connPair opens a socket to a bare melody server whose side is a conn with
 // a queue of limit frames, wired to melody as the gateway wires it.
 func connPair(t *testing.T, limit int) (*conn, *websocket.Conn) {
+	return pacedPair(t, limit, 0, nil)
+}
+
+// pacedPair is connPair with a pace interval; onSent, if not nil, sees
+// each frame melody wrote before the conn learns of it.
+func pacedPair(t *testing.T, limit int, interval time.Duration, onSent func([]byte)) (*conn, *websocket.Conn) {
 	t.Helper()
 	m := melody.New()
 	m.Config.MessageBufferSize = melodyBufferSize
 	opened := make(chan *conn, 1)
 	m.HandleConnect(func(ms *melody.Session) {
-		c := newConn(ms, app.User{Name: "u"}, limit, 0)
+		c := newConn(ms, app.User{Name: "u"}, limit, interval)
 		ms.Set("conn", c)
 		opened <- c
 	})
-	m.HandleSentMessage(func(ms *melody.Session, _ []byte) { connOf(ms).sent() })
+	m.HandleSentMessage(func(ms *melody.Session, frame []byte) {
+		if onSent != nil {
+			onSent(frame)
+		}
+		connOf(ms).sent()
+	})
 	dropped := make(chan error, 1)
 	m.HandleError(func(ms *melody.Session, err error) {
 		if errors.Is(err, melody.ErrMessageBufferFull) {
@@ -128,4 +140,43 @@ func TestConnKeepsOrderUnderConcurrentSends(t *testing.T) {
 	for range senders {
 		<-done
 	}
+}
+
+// TestPaceRunsFromTheWrite holds two frames a client must see behind 30 MiB
+// that its client does not read yet: the second is written a pace interval
+// after the first was written, not after the first was handed to melody
+// (both would then leave together once the client reads, and a client that
+// keeps only the latest frame would never see the first).
+func TestPaceRunsFromTheWrite(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	var mu sync.Mutex
+	wroteAt := map[string]time.Time{}
+	c, ws := pacedPair(t, 64, interval, func(frame []byte) {
+		if bytes.HasPrefix(frame, []byte(`{"kind":"text"`)) {
+			mu.Lock()
+			wroteAt[string(frame)] = time.Now()
+			mu.Unlock()
+		}
+	})
+	// Frames the client need not see go out without pauses.
+	pad := fmt.Appendf(nil, `{"kind":"session-state-changed","pad":"%s"}`, bytes.Repeat([]byte("x"), 512<<10))
+	const pads = 60
+	for range pads {
+		require.True(t, c.trySend(pad))
+	}
+	first, second := []byte(`{"kind":"text","n":1}`), []byte(`{"kind":"text","n":2}`)
+	require.True(t, c.trySend(first))
+	require.True(t, c.trySend(second))
+	time.Sleep(3 * interval)
+
+	for i := range pads + 2 {
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		_, _, err := ws.ReadMessage()
+		require.NoError(t, err, "frame %d", i)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, wroteAt, 2)
+	gap := wroteAt[string(second)].Sub(wroteAt[string(first)])
+	require.GreaterOrEqual(t, gap, interval, "the second frame a client must see was written %v after the first", gap)
 }

@@ -31,12 +31,14 @@ const (
 // immediate delivery (the pacer then drains without waiting).
 func (c *conn) write(frame []byte) error {
 	if c.interval == 0 {
-		return c.toMelody(frame)
+		_, err := c.toMelody(frame)
+		return err
 	}
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	if !c.paced && !c.pacing {
-		return c.toMelody(frame)
+		_, err := c.toMelody(frame)
+		return err
 	}
 	c.pending = append(c.pending, frame)
 	if !c.pacing {
@@ -81,13 +83,38 @@ func (c *conn) pace() {
 		}
 
 		c.pmu.Lock()
-		err := c.toMelody(frame)
-		if c.paced && mustBeSeen(frame) {
-			c.quietUntil = time.Now().Add(c.interval)
-		}
+		n, err := c.toMelody(frame)
+		seen := c.paced && mustBeSeen(frame)
 		c.pmu.Unlock()
 		if err != nil {
 			c.queued.Add(-1)
+			continue
+		}
+		if seen {
+			// The quiet runs from the write, not from the hand-over: a
+			// writer that ran late would otherwise send this frame and the
+			// next together, and the client would see only the second.
+			c.awaitWritten(n)
+			c.pmu.Lock()
+			c.quietUntil = time.Now().Add(c.interval)
+			c.pmu.Unlock()
+		}
+	}
+}
+
+// awaitWritten waits until melody wrote the n-th frame handed to it, the
+// socket closed, or a second passed (a socket that stalls that long fills
+// its queue and is read at its own pace anyway).
+func (c *conn) awaitWritten(n int64) {
+	deadline := time.NewTimer(time.Second)
+	defer deadline.Stop()
+	for c.written.Load() < n {
+		select {
+		case <-c.wrote:
+		case <-c.ctx.Done():
+			return
+		case <-deadline.C:
+			return
 		}
 	}
 }
