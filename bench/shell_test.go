@@ -131,7 +131,8 @@ func newShellRig(b *testing.B) *shellRig {
 		workerEnv = append(workerEnv, "AGENTGATE_SHELL_WINDOW="+w)
 	}
 	r.worker = startAgentgate(b, bin, "worker", workerEnv)
-	r.gateway = startAgentgate(b, bin, "gateway", env)
+	// BENCH_GATEWAY_GOGC sets the gateway's GOGC, as in BenchmarkFanout.
+	r.gateway = startAgentgate(b, bin, "gateway", append(env, "GOGC="+os.Getenv("BENCH_GATEWAY_GOGC")))
 	var err error
 	if r.token, err = handlers.IssueToken([]byte(secret), "bench", false, time.Hour); err != nil {
 		b.Fatal(err)

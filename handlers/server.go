@@ -221,6 +221,13 @@ func (s *Server) Connections() int {
 	return len(s.conns)
 }
 
+// Terminals is the number of open /shell sockets.
+func (s *Server) Terminals() int {
+	s.shells.mu.Lock()
+	defer s.shells.mu.Unlock()
+	return len(s.shells.socks)
+}
+
 // recoverPanics answers a request whose handler panicked with a 500 and
 // logs the panic with its stack, so that one bad request cannot stop the
 // gateway. (Echo's middleware package does the same, but linking it costs

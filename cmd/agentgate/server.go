@@ -195,6 +195,9 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		if err != nil {
 			return err
 		}
+		if mode == "gateway" {
+			defer holdHeapFloor(gatewayHeapFloor, func() bool { return gateway.Terminals() > 0 })()
+		}
 		ln, err := net.Listen("tcp", c.Listen)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", c.Listen, err)
