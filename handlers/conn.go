@@ -39,8 +39,8 @@ func (r closeReason) String() string {
 // §3.5 asks for: melody drops a frame silently when its buffer is full, so
 // conn counts the frames queued and not yet written, keeps melody's share
 // of them under its buffer's size, and closes the socket with 4008 when the
-// queue is full. A client that sees 4008
-// reconnects and resumes from its lastSeq, so no event is lost silently.
+// queue is full. A client that sees 4008 reconnects and resumes from its
+// lastSeq, so no event is lost silently.
 type conn struct {
 	s      *melody.Session
 	user   app.User
