@@ -228,8 +228,11 @@ func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provid
 			}
 		}
 	}
+	// The id goes to this first run only, with its flag; the new session
+	// does not keep it. Kept, it would be resumed by the session's next run
+	// with no flag (existing), and index the id as this user's.
 	plan := runPlan{
-		session: app.Session{ID: app.NewID(), Owner: user.Name, Provider: provider, ProviderSessionID: sid},
+		session: app.Session{ID: app.NewID(), Owner: user.Name, Provider: provider},
 		isNew:   true, resume: sid, resumeDenied: foreign, resumeUnrecorded: !foreign,
 	}
 	return plan, nil

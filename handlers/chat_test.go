@@ -688,6 +688,15 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 	require.True(t, job.ResumeUnrecorded, "the worker decides whether an unrecorded id may be resumed")
 	w.finish(ref, 0)
 
+	// Its next run carries the id only if a CLI printed it: here none ran,
+	// so nothing unchecked is resumed without the flag.
+	c.send(command("and again", map[string]any{"sessionId": aliceSession}))
+	c.until(isType("session-accepted"))
+	job, ref = w.take()
+	require.Equal(t, aliceSession, job.SessionID)
+	require.NotEqual(t, "outside-conversation-1", job.ProviderSessionID)
+	w.finish(ref, 0)
+
 	// Bob names alice's session: he gets a session of his own that cannot
 	// resume her conversation, exactly like an id that does not exist.
 	bob := g.dial("bob")
@@ -695,9 +704,20 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 	acc = bob.next()
 	require.Equal(t, "session-accepted", acc["type"])
 	require.NotEqual(t, aliceSession, acc["sessionId"])
-	job, _ = w.take()
+	job, bobRef := w.take()
 	require.True(t, job.ResumeDenied)
 	require.Equal(t, "bob", job.Owner)
+
+	// Nor can the session he got: its next run resumes nothing of hers,
+	// flagged or not (it kept no provider id, since no CLI ran to print one).
+	bobSession := job.SessionID
+	w.finish(bobRef, 1)
+	bob.send(command("steal again", map[string]any{"sessionId": bobSession}))
+	bob.until(isType("session-accepted"))
+	again, againRef := w.take()
+	require.Equal(t, bobSession, again.SessionID)
+	require.NotEqual(t, aliceSession, again.ProviderSessionID, "a later run of bob's session resumed alice's conversation")
+	w.finish(againRef, 1)
 
 	// Bob cannot abort, list or read alice's session either.
 	bob.send(map[string]any{"type": "abort-session", "sessionId": aliceSession})

@@ -71,7 +71,9 @@ func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, er
 	var err error
 	if req.New {
 		mode = "new"
-		created := app.SessionCreated(sess.ID, sess.ProviderSessionID)
+		// The provider id the first run resumes, if any: a session minted
+		// for an id it does not own yet keeps none until its CLI prints one.
+		created := app.SessionCreated(sess.ID, req.Job.ProviderSessionID)
 		if createdBody, err = s.eventBody(sess.ID, sess.Provider, created); err != nil {
 			return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
 		}
