@@ -1,8 +1,10 @@
 package workers
 
 import (
+	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,6 +70,27 @@ func TestURLDetector(t *testing.T) {
 	got = d2.scan([]byte("ps://example.com/login now\r\n"))
 	require.Equal(t, []urlAnnounce{{url: "https://example.com/login"}}, got)
 	require.Empty(t, d2.scan([]byte("ftp://example.com/file\r\n")), "http and https only")
+}
+
+// TestURLDetectorStaysBounded: a terminal that prints a new long URL and
+// an open prompt in every chunk (its user's to print) leaves the detector
+// a bounded memory, not every chunk it saw.
+func TestURLDetectorStaysBounded(t *testing.T) {
+	var d urlDetector
+	pad := strings.Repeat("a", 8<<10)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 300 {
+		d.scan(fmt.Appendf(nil, "open this url https://x.example/%d/%s short https://x.example/%d\r\n", i, pad, i))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	require.LessOrEqual(t, len(d.seen), urlsRemembered)
+	require.LessOrEqual(t, len(d.autoSent), urlsRemembered)
+	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	require.Less(t, grown, int64(1<<20), "the detector kept %d KiB of 300 chunks of 8 KiB", grown>>10)
+	require.NotEmpty(t, d.scan([]byte("Visit https://claude.ai/oauth/authorize?code=1\r\n")), "a login URL is still announced")
 }
 
 // TestPTYKillSession: killing a terminal kills its whole session: an

@@ -33,6 +33,15 @@ var (
 // urlTail is how much text is kept between chunks.
 const urlTail = 2048
 
+// A terminal's output is its user's to shape: the URLs a detector
+// remembers are bounded in number (past it, it starts afresh) and length,
+// and copied out of the chunk, so that a loop printing new URLs cannot
+// grow the worker's memory.
+const (
+	urlsRemembered = 100
+	urlMaxLen      = 4096 // a login URL is well under it
+)
+
 func (d *urlDetector) scan(chunk []byte) []urlAnnounce {
 	if !bytes.Contains(chunk, []byte("://")) && !strings.Contains(d.tail, "http") {
 		// Cheap exit for the bulk of output (floods, build logs); the end
@@ -42,7 +51,7 @@ func (d *urlDetector) scan(chunk []byte) []urlAnnounce {
 	}
 	text := d.tail + stripANSI(string(chunk))
 	if len(text) > urlTail {
-		d.tail = text[len(text)-urlTail:]
+		d.tail = strings.Clone(text[len(text)-urlTail:])
 	} else {
 		d.tail = text
 	}
@@ -53,13 +62,17 @@ func (d *urlDetector) scan(chunk []byte) []urlAnnounce {
 	longest := ""
 	for _, u := range urlPattern().FindAllString(text, -1) {
 		u = strings.TrimRight(u, ".,;:!?)]}'\"")
-		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") || len(u) > urlMaxLen {
 			continue
 		}
 		if len(u) > len(longest) {
 			longest = u
 		}
-		if !d.seen[u] && len(d.seen) < 100 {
+		if !d.seen[u] {
+			if len(d.seen) == urlsRemembered {
+				clear(d.seen) // forget the oldest rather than announce nothing more
+			}
+			u = strings.Clone(u)
 			d.seen[u] = true
 			out = append(out, urlAnnounce{url: u})
 		}
@@ -67,6 +80,10 @@ func (d *urlDetector) scan(chunk []byte) []urlAnnounce {
 	lower := strings.ToLower(text)
 	for _, p := range openPrompts {
 		if longest != "" && strings.Contains(lower, p) && !d.autoSent[longest] {
+			if len(d.autoSent) == urlsRemembered {
+				clear(d.autoSent)
+			}
+			longest = strings.Clone(longest)
 			d.autoSent[longest] = true
 			out = append(out, urlAnnounce{url: longest, autoOpen: true})
 			break
