@@ -443,9 +443,20 @@ func (r *run) control(o Output) {
 	}
 }
 
-// flush appends a batch; a stale run stops, and a store that stays
-// unreachable stops the run too (its complete is retried).
+// flush appends a batch, at most maxBatch events per append: one line may
+// hold any number of events (a message of many content blocks), and one
+// script call holds up Redis for everyone while it runs.
 func (r *run) flush(events []app.Event, set map[string]string) {
+	for len(events) > maxBatch && r.stopReason() == stopNone {
+		r.flushOne(events[:maxBatch], nil)
+		events = events[maxBatch:]
+	}
+	r.flushOne(events, set)
+}
+
+// flushOne appends events and set; a stale run stops, and a store that
+// stays unreachable stops the run too (its complete is retried).
+func (r *run) flushOne(events []app.Event, set map[string]string) {
 	if r.stopReason() != stopNone {
 		return
 	}

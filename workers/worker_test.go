@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -37,6 +38,14 @@ type lineParser struct{}
 func (*lineParser) Line(line []byte) Output {
 	if string(line) == "panic" {
 		panic("a parser bug")
+	}
+	if n, ok := strings.CutPrefix(string(line), "many="); ok {
+		count, _ := strconv.Atoi(n)
+		evs := make([]app.Event, count)
+		for i := range evs {
+			evs[i] = app.Text("assistant", "m"+strconv.Itoa(i))
+		}
+		return Output{Events: evs}
 	}
 	if strings.HasPrefix(string(line), "psid=") {
 		return Output{Set: map[string]string{"providerSessionId": strings.TrimPrefix(string(line), "psid=")}}
@@ -356,6 +365,32 @@ func TestLongLineIsDroppedNotBuffered(t *testing.T) {
 	evs := h.waitDone(sess.ID)
 	require.Equal(t, []string{"after"}, texts(evs))
 	require.Contains(t, strings.Join(errorRows(evs), ""), "dropped")
+}
+
+// TestALineOfManyEventsIsAppendedInBatches: the events of one line go out
+// in appends of at most maxBatch, whole and in order.
+func TestALineOfManyEventsIsAppendedInBatches(t *testing.T) {
+	url := storetest.Miniredis(t)
+	prefix := storetest.Prefix()
+	st := storetest.New(t, url, store.Config{Prefix: prefix})
+	h := startWorker(t, st, "/bin/sh")
+	sess, _ := h.submit("echo many=1000; echo after")
+	evs := h.waitDone(sess.ID)
+	want := make([]string, 0, 1001)
+	for i := range 1000 {
+		want = append(want, "m"+strconv.Itoa(i))
+	}
+	require.Equal(t, append(want, "after"), texts(evs))
+
+	opt, err := redis.ParseURL(url)
+	require.NoError(t, err)
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	taken, err := rdb.HGet(context.Background(), prefix+":session:{"+sess.ID+"}", "appendBatch").Result()
+	require.NoError(t, err)
+	n, err := strconv.Atoi(taken[strings.LastIndexByte(taken, ':')+1:])
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, n, 1000/maxBatch+1, "appends of the run (appendBatch %q)", taken)
 }
 
 // claimedRun accepts a run and has worker, beating with ttl, claim it.
