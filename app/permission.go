@@ -18,6 +18,7 @@ const (
 	DenyCancelled = "Permission request cancelled"
 	DenyByUser    = "User denied tool use"
 	DenyBySetting = "Tool disallowed by settings"
+	DenyTooMany   = "Too many permission requests are waiting for an answer"
 )
 
 // DefaultPermissionTimeout is how long a tool waits for an answer

@@ -26,6 +26,12 @@ type permissions struct {
 	closed     bool
 }
 
+// maxPendingAsks bounds the requests of one run that wait for the user:
+// each is held here and in Redis, and every status reply lists them all.
+// The reference frontend shows them one at a time; past it, a request is
+// denied at once.
+const maxPendingAsks = 64
+
 type pendingAsk struct {
 	id    string
 	ask   ToolAsk
@@ -65,6 +71,11 @@ func (p *permissions) ask(a ToolAsk) {
 	if _, asked := p.byProvider[a.ID]; asked {
 		// The same request again: the first one's answer serves both.
 		p.mu.Unlock()
+		return
+	}
+	if len(p.pending) >= maxPendingAsks {
+		p.mu.Unlock()
+		p.in.write(p.prov.Answer(a, false, nil, app.DenyTooMany))
 		return
 	}
 	// The id users see is minted here, not the provider's: provider ids

@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -331,4 +332,25 @@ func TestProviderInput(t *testing.T) {
 		lines, _ := rec.state()
 		require.LessOrEqual(t, len(lines), inputQueue+1, "the queue is bounded")
 	})
+}
+
+// TestPendingAsksAreBounded: with maxPendingAsks requests of a run waiting
+// for the user, its next request is denied at once and kept nowhere.
+func TestPendingAsksAreBounded(t *testing.T) {
+	in := newProviderInput()
+	p := &permissions{prov: ClaudeProvider{}, in: in, pending: map[string]*pendingAsk{}, byProvider: map[string]string{}}
+	for i := range maxPendingAsks {
+		id := fmt.Sprint("waiting-", i)
+		p.pending[id] = &pendingAsk{id: id}
+		p.byProvider[id] = id
+	}
+	p.ask(ToolAsk{ID: "one-more", Tool: "Bash", Input: json.RawMessage(`{"command":"ls"}`)})
+	require.Len(t, p.pending, maxPendingAsks)
+	rec := &recorder{}
+	in.start(rec)
+	in.close()
+	require.Eventually(t, func() bool { _, closed := rec.state(); return closed }, 5*time.Second, time.Millisecond)
+	lines, _ := rec.state()
+	require.Len(t, lines, 1)
+	require.Contains(t, lines[0], app.DenyTooMany)
 }
