@@ -108,8 +108,8 @@ func (q *userQuotas) rateLimitText() string {
 // handled, and the socket is told so at most once per refusalEvery; it stays
 // open. Called on the socket's read goroutine only.
 func (c *conn) admit(n int) bool {
-	if c.quota == nil {
-		return true
+	if c.quota == nil || n <= 0 {
+		return true // (AllowN of a negative n would give tokens back)
 	}
 	now := time.Now()
 	if c.quota.frames.AllowN(now, n) {

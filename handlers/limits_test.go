@@ -122,6 +122,13 @@ func TestFrameRatePerUser(t *testing.T) {
 	carol.send(map[string]any{"type": "subscribe", "sessions": sessions})
 	require.Equal(t, want, carol.next()["error"])
 	carol.expectNothing(100 * time.Millisecond)
+
+	// A subscribe of no session still costs its frame.
+	dave := g.dial("dave")
+	for range burst + 50 {
+		dave.send(map[string]any{"type": "subscribe", "sessions": []any{}})
+	}
+	require.Equal(t, want, dave.next()["error"])
 }
 
 // TestFrameRateOnShell: /shell frames count against the same rate, and the
