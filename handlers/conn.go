@@ -139,7 +139,7 @@ func (c *conn) send(frame []byte) bool {
 		if c.closed.Load() {
 			return false
 		}
-		if time.Now().After(deadline) || !c.waitRoom() {
+		if !c.waitRoom(func() bool { return time.Now().Before(deadline) }) {
 			c.closeWith(closeSlow)
 			return false
 		}
@@ -224,10 +224,13 @@ func (c *conn) sent() {
 }
 
 // waitRoom blocks until the queue is at most half full, so a replay fills
-// it at the pace the client reads. It returns false if the socket closed.
-func (c *conn) waitRoom() bool {
+// it at the pace the client reads. It returns false if the socket closed,
+// or once wanted reports false (looked at every 50 ms at least): a waiter
+// that is no longer wanted must not wait for as long as a client that reads
+// just enough keeps the queue over half.
+func (c *conn) waitRoom(wanted func() bool) bool {
 	for c.queued.Load() > c.limit/2 {
-		if c.closed.Load() {
+		if c.closed.Load() || !wanted() {
 			return false
 		}
 		select {

@@ -180,3 +180,34 @@ func TestPaceRunsFromTheWrite(t *testing.T) {
 	gap := wroteAt[string(second)].Sub(wroteAt[string(first)])
 	require.GreaterOrEqual(t, gap, interval, "the second frame a client must see was written %v after the first", gap)
 }
+
+// TestCatchUpStopsWaitingWhenRepositioned: a replay waiting for room in a
+// socket's queue gives up once its watch is repositioned, though the client
+// never drains the queue: a client that keeps its queue over half and asks
+// for the same history again and again must not pile up waiting replays.
+func TestCatchUpStopsWaitingWhenRepositioned(t *testing.T) {
+	c, _ := connPair(t, 64)
+	body := bytes.Repeat([]byte("x"), 256<<10)
+	for i := 0; c.trySend(body); i++ {
+		require.Less(t, i, 1000, "the queue never filled")
+	}
+	h := &hub{}
+	f := &feed{}
+	w := &watch{c: c, f: f, pos: 1}
+	done := make(chan bool, 1)
+	go func() { done <- h.deliver(w, 1, []storedFrame{{seq: 1, frame: []byte("late")}}, false) }()
+	select {
+	case <-done:
+		t.Fatal("delivered into a full queue")
+	case <-time.After(200 * time.Millisecond):
+	}
+	f.mu.Lock()
+	w.pos++
+	f.mu.Unlock()
+	select {
+	case ok := <-done:
+		require.False(t, ok)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the replay still waits for room after its watch moved")
+	}
+}

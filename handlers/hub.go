@@ -356,8 +356,13 @@ func (h *hub) catchUp(w *watch, pos int) {
 // false when the watch was repositioned or the socket is gone.
 func (h *hub) deliver(w *watch, pos int, frames []storedFrame, quiet bool) bool {
 	f, c := w.f, w.c
+	current := func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return w.pos == pos && !w.done
+	}
 	for i := 0; i < len(frames); {
-		if !c.waitRoom() {
+		if !c.waitRoom(current) {
 			return false
 		}
 		f.mu.Lock()
