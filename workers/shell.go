@@ -293,6 +293,10 @@ func (sh *shell) run() {
 	go func() { defer close(inputDone); sh.inputLoop() }()
 
 	<-sh.p.exited
+	// Input nobody will read is dropped: a write blocked on a program that
+	// did not read (a paste into sleep) would otherwise wait forever, the
+	// poller spinning on the PTY's hang-up, and the exit never be recorded.
+	_ = sh.p.f.SetWriteDeadline(time.Now())
 	// No process outlives its terminal: background jobs, and jobs that
 	// ignore SIGHUP, hold the PTY open and would keep running.
 	sh.p.killSession(nil)

@@ -173,3 +173,20 @@ func TestShellOutputInOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestShellEndsWithUnreadInput: a paste larger than the PTY's buffer into
+// a program that never reads it (here sleep) must not keep the terminal
+// from ending: its exit is recorded and it leaves the worker.
+func TestShellEndsWithUnreadInput(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	spec.InitialCommand = "sleep 1"
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	paste, _ := json.Marshal(strings.Repeat(strings.Repeat("a", 99)+"\r", 700)) // 70 KB
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellInput, Shell: "k1", Gen: gen, Data: paste}))
+	require.Eventually(t, func() bool { return w.shellCount() == 0 }, 20*time.Second, 20*time.Millisecond,
+		"the terminal did not end after its program did")
+	info, _, err := st.Shell(context.Background(), "k1")
+	require.NoError(t, err)
+	require.Equal(t, store.ShellExited, info.State)
+}
