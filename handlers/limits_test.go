@@ -158,6 +158,31 @@ func TestFrameRateOnShell(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, others, burst, "the burst was handled (each answered: no terminal)")
 	require.Less(t, others, burst+50)
+
+	// Acks are free, but not a frame too long to be only one.
+	bob, _, err := g.dialPath("/shell", "bob")
+	require.NoError(t, err)
+	padded := fmt.Appendf(nil, `{"type":"ack","seq":1,"pad":%q}`, strings.Repeat("x", 200))
+	for range burst + 50 {
+		require.NoError(t, bob.WriteMessage(websocket.TextMessage, padded))
+	}
+	require.NoError(t, bob.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, data, err := bob.ReadMessage()
+	require.NoError(t, err, "padded acks were never limited")
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(data, &m))
+	require.Equal(t, want, m)
+}
+
+// TestClientAckGoesNoFurtherThanWritten: an ack past the last chunk
+// written to the socket counts as that chunk, so a client cannot switch
+// its terminal's flow control off with a huge seq.
+func TestClientAckGoesNoFurtherThanWritten(t *testing.T) {
+	var sock shellSocket
+	require.Zero(t, sock.ackedSeq(1<<62))
+	sock.sentSeq.Store(10)
+	require.EqualValues(t, 10, sock.ackedSeq(1<<62))
+	require.EqualValues(t, 7, sock.ackedSeq(7))
 }
 
 func TestUserQuotasSweep(t *testing.T) {

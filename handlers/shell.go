@@ -36,7 +36,13 @@ type shellSocket struct {
 	// then follows what it rendered, not what was written to its socket
 	// (kernel buffers hold megabytes a slow client has not read).
 	clientAcks atomic.Bool
+	// sentSeq is the seq of the last chunk written to the socket: a client
+	// cannot have rendered more, and an ack past it is taken as it.
+	sentSeq atomic.Int64
 }
+
+// ackedSeq is how far a client's ack of seq lets its terminal's flow go.
+func (sock *shellSocket) ackedSeq(seq int64) int64 { return min(seq, sock.sentSeq.Load()) }
 
 func (s *Server) newShellSockets() *melody.Melody {
 	m := melody.New()
@@ -78,8 +84,11 @@ func (s *Server) newShellSockets() *melody.Melody {
 		sock := shellSocketOf(ms)
 		sock.c.sent()
 		shellMetrics.wrote(frame)
-		if seq, ok := frameSeq(frame); ok && !sock.clientAcks.Load() {
-			s.shells.written(sock, seq)
+		if seq, ok := frameSeq(frame); ok {
+			sock.sentSeq.Store(seq)
+			if !sock.clientAcks.Load() {
+				s.shells.written(sock, seq)
+			}
 		}
 	})
 	m.HandleMessage(func(ms *melody.Session, data []byte) { onFreshStack(func() { s.onShellMessage(ms, data) }) })
@@ -104,6 +113,9 @@ func shellSocketOf(ms *melody.Session) *shellSocket {
 // serveShell authenticates the upgrade of /shell: 401 before any upgrade.
 func (s *Server) serveShell(c echo.Context) error { return s.serveUpgrade(c, s.shellSockets) }
 
+// maxAckFrame is longer than any ack a client sends ({"type":"ack","seq":N}).
+const maxAckFrame = 128
+
 // onShellMessage handles one /shell frame, on the socket's read goroutine,
 // so a socket's frames keep their order: an init has queued its open
 // control before the input that follows it is sent.
@@ -115,15 +127,20 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 			sock.notice("error", "Error: internal error")
 		}
 	}()
-	msg, err := app.ParseShellMessage(data)
-	if err == nil && msg.Type == "ack" {
-		// Not rate limited: a rendering client acks often, and an ack
-		// costs a comparison (and at most one control in flight).
-		sock.clientAcks.Store(true)
-		s.shells.written(sock, *msg.Seq)
+	// An ack is not rate limited: a rendering client acks often, and an ack
+	// costs a comparison (and at most one control in flight). A frame too
+	// long to be one pays before it is parsed.
+	paid := len(data) > maxAckFrame
+	if paid && !sock.c.admit(1) {
 		return
 	}
-	if !sock.c.admit(1) {
+	msg, err := app.ParseShellMessage(data)
+	if err == nil && msg.Type == "ack" {
+		sock.clientAcks.Store(true)
+		s.shells.written(sock, sock.ackedSeq(*msg.Seq))
+		return
+	}
+	if !paid && !sock.c.admit(1) {
 		return
 	}
 	if err != nil {
