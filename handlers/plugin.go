@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/labstack/echo/v4"
+	"golang.org/x/time/rate"
 
 	"github.com/agentgate/agentgate/app"
 )
@@ -116,7 +117,9 @@ func (s *Server) servePlugin(c echo.Context) error {
 		return nil
 	}
 	upstream.SetReadLimit(pluginMaxFrame)
-	r := &pluginRelay{client: client, upstream: upstream}
+	paceCtx, stopPace := context.WithCancel(context.Background())
+	defer stopPace()
+	r := &pluginRelay{client: client, upstream: upstream, frames: quota.frames, paceCtx: paceCtx, stopPace: stopPace}
 	s.plugins.add(r)
 	defer s.plugins.remove(r)
 	if s.drained.Load() {
@@ -128,24 +131,37 @@ func (s *Server) servePlugin(c echo.Context) error {
 	return nil
 }
 
+// pluginWriteWait is how long a relay waits for a side to take a frame
+// before it ends the relay: a side that stops reading must not hold it
+// (and a frame of up to pluginMaxFrame) for ever.
+const pluginWriteWait = 10 * time.Second
+
 // pluginRelay is one browser socket joined to one plugin socket.
 type pluginRelay struct {
 	client, upstream *websocket.Conn
-	once             sync.Once
+	// frames is the user's frame rate, which the browser's frames pay:
+	// a frame over it waits (a relay cannot answer in the plugin's
+	// protocol), so the plugin sees the user's frames at that rate.
+	frames *rate.Limiter
+	// paceCtx ends a frame's wait for the rate; close cancels it.
+	paceCtx  context.Context
+	stopPace context.CancelFunc
+	once     sync.Once
 }
 
 // run copies frames both ways until one side closes or fails, then closes
 // the other side the same way.
 func (r *pluginRelay) run() {
+	pace := func() bool { return r.frames == nil || r.frames.Wait(r.paceCtx) == nil }
 	done := make(chan struct{}, 2)
 	go func() {
-		code, text := copyFrames(r.upstream, r.client)
+		code, text := copyFrames(r.upstream, r.client, pace)
 		// The browser left: tell the plugin why, keeping its code.
 		r.close(code, text)
 		done <- struct{}{}
 	}()
 	go func() {
-		code, text := copyFrames(r.client, r.upstream)
+		code, text := copyFrames(r.client, r.upstream, nil)
 		if code == websocket.CloseAbnormalClosure {
 			// The plugin vanished without a close: that is an upstream error.
 			code, text = closeUpstreamError, "Upstream error"
@@ -160,14 +176,16 @@ func (r *pluginRelay) run() {
 // close sends both sides the same close frame, once, then closes them.
 func (r *pluginRelay) close(code int, text string) {
 	r.once.Do(func() {
+		r.stopPace()
 		closeConn(r.client, code, text)
 		closeConn(r.upstream, code, text)
 	})
 }
 
 // copyFrames copies messages from src to dst until src ends, and returns
-// the close code and text src ended with.
-func copyFrames(dst, src *websocket.Conn) (int, string) {
+// the close code and text src ended with. pace, if not nil, is called
+// before each frame is passed on, and ends the copy when it returns false.
+func copyFrames(dst, src *websocket.Conn, pace func() bool) (int, string) {
 	for {
 		typ, data, err := src.ReadMessage()
 		if err != nil {
@@ -180,6 +198,10 @@ func copyFrames(dst, src *websocket.Conn) (int, string) {
 			}
 			return websocket.CloseAbnormalClosure, ""
 		}
+		if pace != nil && !pace() {
+			return websocket.CloseGoingAway, ""
+		}
+		_ = dst.SetWriteDeadline(time.Now().Add(pluginWriteWait))
 		if err := dst.WriteMessage(typ, data); err != nil {
 			return websocket.CloseAbnormalClosure, ""
 		}

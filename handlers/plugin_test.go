@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -149,4 +150,32 @@ func TestPluginRelay(t *testing.T) {
 			t.Fatal("the plugin never saw the close")
 		}
 	})
+}
+
+// TestPluginFramesPayTheRate: a user's frames to a plugin pay the same
+// frame rate as their other sockets; past the burst they wait for it
+// (none is lost), so the plugin sees them at that rate.
+func TestPluginFramesPayTheRate(t *testing.T) {
+	const rate = 5
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.MaxFrameRate = rate })
+	addr, _ := echoPlugin(t)
+	require.NoError(t, st.SetPlugin(context.Background(), "echo", addr))
+	ws, _, err := g.dialPlugin("echo", token(t, "alice", false))
+	require.NoError(t, err)
+	burst := max(frameBurstSeconds*rate, maxSubscribe)
+	const over = 10
+	start := time.Now()
+	for i := range burst + over {
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, fmt.Appendf(nil, "%d", i)))
+	}
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(30*time.Second)))
+	for i := range burst + over {
+		_, data, err := ws.ReadMessage()
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprint(i), string(data))
+	}
+	// The frames past the burst waited for over/rate seconds, less the
+	// tokens that came back while the burst was sent.
+	require.GreaterOrEqual(t, time.Since(start), (over-1)*time.Second/rate)
 }
