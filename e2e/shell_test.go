@@ -336,6 +336,15 @@ func TestShellValidationAndIsolation(t *testing.T) {
 	for _, k := range sc.shellKeys() {
 		require.Regexp(t, regexp.MustCompile(`^`+keyPrefix+`:shell:\{[0-9a-f]{32}\}$`), k)
 	}
+
+	// Restarts are paced (each starts a process on the worker and ends
+	// one): past a few at once, one is refused with the limit named.
+	mark = a.mark()
+	for range 10 {
+		a.send(sc.plainInit("same", "forceRestart", true))
+	}
+	e = a.waitReplyFrom(mark, "error", func(f frame) bool { return strings.HasPrefix(f.str("message"), "Rate limit") })
+	require.Equal(t, "Rate limit: at most one terminal restart per second", e.str("message"))
 }
 
 // TestShellKillLeavesNothing: a login reset replaces the terminal and kills

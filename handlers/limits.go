@@ -43,6 +43,28 @@ type userQuotas struct {
 type userQuota struct {
 	sockets int // guarded by userQuotas.mu
 	frames  *rate.Limiter
+	// restarts paces the terminal restarts (an init with forceRestart)
+	// that a user's sockets ask for: each starts a process on a worker
+	// and ends one, which costs the worker far more than a frame.
+	restarts *rate.Limiter
+}
+
+// Terminal restarts: one a second per user and gateway, a few at once.
+const (
+	restartRate  = 1
+	restartBurst = 3
+)
+
+// restartsLimitText is the error a restart over the rate is refused with.
+const restartsLimitText = "Rate limit: at most one terminal restart per second"
+
+// allowRestart reports whether the socket's user may restart a terminal now.
+func (c *conn) allowRestart() bool {
+	if c.quota == nil || c.quota.restarts.Allow() {
+		return true
+	}
+	limitRefusals.WithLabelValues("restarts").Inc()
+	return false
 }
 
 func newUserQuotas(maxSockets, frameRate int) *userQuotas {
@@ -62,7 +84,7 @@ func (q *userQuotas) acquire(user string) *userQuota {
 	}
 	u := q.users[user]
 	if u == nil {
-		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst)}
+		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst), restarts: rate.NewLimiter(restartRate, restartBurst)}
 		q.users[user] = u
 	}
 	if u.sockets >= q.maxSockets {
@@ -84,7 +106,7 @@ func (q *userQuotas) release(u *userQuota) {
 func (q *userQuotas) sweep(now time.Time) {
 	q.sweptAt = now
 	for name, u := range q.users {
-		if u.sockets == 0 && u.frames.TokensAt(now) >= float64(q.burst) {
+		if u.sockets == 0 && u.frames.TokensAt(now) >= float64(q.burst) && u.restarts.TokensAt(now) >= restartBurst {
 			delete(q.users, name)
 		}
 	}

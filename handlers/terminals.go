@@ -106,6 +106,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 	}
 	key := app.ShellKey(user, dir, msg)
 	spec := msg.Spec(user, dir)
+	paidRestart := false
 	for attempt := 0; attempt < 3; attempt++ {
 		info, ok, err := tm.st.Shell(ctx, key)
 		if err != nil {
@@ -128,6 +129,11 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			case msg.LoginReset():
 				// A login must not land in an old prompt: the old
 				// terminal goes, a fresh one starts.
+				if !paidRestart && !sock.c.allowRestart() {
+					sock.error(restartsLimitText)
+					return
+				}
+				paidRestart = true
 				_ = tm.st.SendControl(ctx, info.Worker, store.Control{Type: store.ControlShellKill, Shell: key, Gen: info.Gen})
 				live = false
 			}
