@@ -13,6 +13,11 @@ import (
 // inboxMaxLen bounds a worker's inbox; a worker reads it continuously.
 const inboxMaxLen = 10000
 
+// inboxTTL is how long an inbox outlives the last control sent to it. A
+// live worker deletes what it reads; the inbox of a worker that died
+// (kill -9, no clean shutdown to delete it) goes after this.
+const inboxTTL = 10 * time.Minute
+
 // Control is a message to a worker: an abort, a permission answer, terminal
 // input. It travels through the worker's inbox stream, so messages to one
 // worker stay in order and survive a gateway restart.
@@ -46,10 +51,11 @@ func (s *Store) SendControl(ctx context.Context, worker string, c Control) error
 	if err != nil {
 		return fmt.Errorf("store: encode control: %w", err)
 	}
-	err = s.rdb.XAdd(ctx, &redis.XAddArgs{
-		Stream: s.k.inbox(worker), MaxLen: inboxMaxLen, Approx: true, Values: []any{"msg", body},
-	}).Err()
-	if err != nil {
+	key := s.k.inbox(worker)
+	pipe := s.rdb.Pipeline()
+	pipe.XAdd(ctx, &redis.XAddArgs{Stream: key, MaxLen: inboxMaxLen, Approx: true, Values: []any{"msg", body}})
+	pipe.Expire(ctx, key, inboxTTL)
+	if _, err = pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, err)
 	}
 	return nil

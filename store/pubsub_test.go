@@ -168,6 +168,20 @@ func TestInbox(t *testing.T) {
 	})
 }
 
+// TestInboxOfADeadWorkerExpires: an inbox nobody reads (its worker was
+// killed before it could delete it) is not kept for ever.
+func TestInboxOfADeadWorkerExpires(t *testing.T) {
+	url := storetest.Redis(t)
+	prefix := storetest.Prefix()
+	st := storetest.New(t, url, store.Config{Prefix: prefix})
+	ctx := context.Background()
+	require.NoError(t, st.SendControl(ctx, "gone", store.Control{Type: store.ControlAbort, SessionID: "s", RunID: "r"}))
+	ttl, err := redisClient(t, url).TTL(ctx, prefix+":worker:gone:inbox").Result()
+	require.NoError(t, err)
+	require.Positive(t, ttl)
+	require.LessOrEqual(t, ttl, time.Hour)
+}
+
 func TestWorkersAndLease(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
