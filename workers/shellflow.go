@@ -18,6 +18,11 @@ const (
 	shellFlowStall = time.Second
 	// shellFlowSeqs bounds the seq -> offset entries kept for acks.
 	shellFlowSeqs = 4096
+	// unwatchedRate bounds what a terminal appends while no socket
+	// acknowledges its output (before the first ack, or after they
+	// stalled), past a window's worth: a flood nobody reads still goes
+	// into its stored output, but must not take Redis from everyone.
+	unwatchedRate = 1 << 20 // bytes a second
 )
 
 // shellFlow is a terminal's flow control: the output appended to Redis
@@ -39,6 +44,10 @@ type shellFlow struct {
 	lastAck  time.Time
 	ends     []seqEnd // the appended offset after each recent seq
 	wake     chan struct{}
+	// offSince and offBase are when flow control went off and what had
+	// been appended then (offSince zero: not yet measured).
+	offSince time.Time
+	offBase  int64
 }
 
 // seqEnd is the appended offset once the chunk of seq was appended.
@@ -92,33 +101,59 @@ func (fl *shellFlow) ack(seq int64) {
 	fl.mu.Lock()
 	fl.ackedSeq = max(fl.ackedSeq, seq)
 	fl.creditLocked()
-	fl.on, fl.lastAck = true, time.Now()
+	fl.on, fl.lastAck, fl.offSince = true, time.Now(), time.Time{}
 	fl.mu.Unlock()
 	fl.wakeReader()
 }
 
 // wait blocks while more than the window is on its way (pending more
 // read but not yet appended), until an ack makes room, the acks stall, or
-// stop closes.
+// stop closes. With no acks, it paces the output to unwatchedRate.
 func (fl *shellFlow) wait(pending func() int, stop <-chan struct{}) {
 	for {
 		fl.mu.Lock()
-		if !fl.on || fl.appended+int64(pending())-fl.acked <= fl.window {
+		var pause time.Duration
+		switch {
+		case !fl.on:
+			pause = fl.unwatchedPauseLocked(int64(pending()))
+			if pause <= 0 {
+				fl.mu.Unlock()
+				return
+			}
+		case fl.appended+int64(pending())-fl.acked <= fl.window:
 			fl.mu.Unlock()
 			return
-		}
-		stall := shellFlowStall - time.Since(fl.lastAck)
-		if stall <= 0 {
-			fl.on = false // nobody acknowledges: the sockets went away
-			fl.mu.Unlock()
-			return
+		default:
+			pause = shellFlowStall - time.Since(fl.lastAck)
+			if pause <= 0 {
+				// Nobody acknowledges: the sockets went away.
+				fl.on, fl.offSince, fl.offBase = false, time.Now(), fl.appended
+				fl.mu.Unlock()
+				continue
+			}
 		}
 		fl.mu.Unlock()
 		select {
 		case <-fl.wake:
-		case <-time.After(stall):
+		case <-time.After(pause):
 		case <-stop:
 			return
 		}
 	}
+}
+
+// unwatchedPauseLocked is how long a reader with pending bytes waits
+// while flow control is off: output up to a window, then unwatchedRate
+// since it went off. fl.mu must be held.
+func (fl *shellFlow) unwatchedPauseLocked(pending int64) time.Duration {
+	now := time.Now()
+	if fl.offSince.IsZero() {
+		fl.offSince, fl.offBase = now, fl.appended
+	}
+	allowed := fl.window + int64(now.Sub(fl.offSince).Seconds()*unwatchedRate)
+	over := fl.appended + pending - fl.offBase - allowed
+	if over <= 0 {
+		return 0
+	}
+	return min(time.Duration(over)*time.Second/unwatchedRate, 100*time.Millisecond)
 }

@@ -9,9 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestShellFlow: no limit until a socket acknowledges; then at most
-// a window on its way, an ack makes room, and acks that stall turn the
-// limit off again (nobody watches).
+// TestShellFlow: until a socket acknowledges, a window and then the
+// unwatched rate; then at most a window on its way, an ack makes room,
+// and acks that stall turn the window off again (nobody watches).
 func TestShellFlow(t *testing.T) {
 	for _, window := range []int{DefaultShellWindow, 64 << 10} { // the default, --shell-window
 		t.Run(strconv.Itoa(window), func(t *testing.T) {
@@ -28,8 +28,10 @@ func TestShellFlow(t *testing.T) {
 					return false
 				}
 			}
-			fl.appendedChunks(10, []int{window, window})
-			require.True(t, returned(none), "off until the first ack")
+			fl.appendedChunks(9, []int{window})
+			require.True(t, returned(none), "a window before the first ack")
+			require.False(t, returned(func() int { return unwatchedRate }), "more waits for the unwatched rate")
+			fl.appendedChunks(10, []int{window})
 
 			fl.ack(9) // the first of the two chunks was written
 			require.True(t, returned(none), "one window on its way")
@@ -90,4 +92,20 @@ func TestShellFlowAckBeforeAppend(t *testing.T) {
 	defer fl.mu.Unlock()
 	require.Equal(t, int64(96<<10), fl.acked)
 	require.Empty(t, fl.ends)
+}
+
+// TestShellFlowPacesUnwatchedOutput: output nobody acknowledges goes at
+// unwatchedRate once a window's worth is out, whether no socket ever
+// acknowledged or the acks stalled.
+func TestShellFlowPacesUnwatchedOutput(t *testing.T) {
+	const window = 64 << 10
+	fl := newShellFlow(window)
+	stop := make(chan struct{})
+	defer close(stop)
+	start := time.Now()
+	fl.wait(func() int { return window }, stop) // a window goes at once
+	fl.appendedChunks(1, []int{window})
+	quarter := unwatchedRate / 4
+	fl.wait(func() int { return quarter }, stop)
+	require.GreaterOrEqual(t, time.Since(start), time.Second/4, "a quarter second's worth more took a quarter second")
 }
