@@ -91,6 +91,12 @@ func TestURLDetectorStaysBounded(t *testing.T) {
 	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
 	require.Less(t, grown, int64(1<<20), "the detector kept %d KiB of 300 chunks of 8 KiB", grown>>10)
 	require.NotEmpty(t, d.scan([]byte("Visit https://claude.ai/oauth/authorize?code=1\r\n")), "a login URL is still announced")
+
+	var many strings.Builder
+	for i := range 1000 {
+		fmt.Fprintf(&many, "https://x.example/%d ", i)
+	}
+	require.Len(t, d.scan([]byte(many.String())), urlsPerChunk, "URLs announced for one chunk")
 }
 
 // TestPTYKillSession: killing a terminal kills its whole session: an

@@ -40,6 +40,7 @@ const urlTail = 2048
 const (
 	urlsRemembered = 100
 	urlMaxLen      = 4096 // a login URL is well under it
+	urlsPerChunk   = 8    // announced per chunk (each is a message to the sockets)
 )
 
 func (d *urlDetector) scan(chunk []byte) []urlAnnounce {
@@ -68,7 +69,7 @@ func (d *urlDetector) scan(chunk []byte) []urlAnnounce {
 		if len(u) > len(longest) {
 			longest = u
 		}
-		if !d.seen[u] {
+		if !d.seen[u] && len(out) < urlsPerChunk {
 			if len(d.seen) == urlsRemembered {
 				clear(d.seen) // forget the oldest rather than announce nothing more
 			}
