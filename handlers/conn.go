@@ -49,6 +49,9 @@ type conn struct {
 	limit  int64
 
 	queued atomic.Int64
+	qbytes atomic.Int64 // the bytes of the queued frames (not of a closed socket's)
+	// byteLimit is maxQueuedBytes (a test may queue more).
+	byteLimit int64
 	closed atomic.Bool
 	room   chan struct{} // signalled when the queue drained to half
 
@@ -95,7 +98,7 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 	// returns.
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit),
+		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit), byteLimit: maxQueuedBytes,
 		room: make(chan struct{}, 1), watches: map[string]*watch{},
 		interval: interval, paced: interval > 0,
 	}
@@ -110,7 +113,14 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 // the stream by the hub.
 func (c *conn) trySend(frame []byte) bool { return c.offer(frame, c.limit) }
 
-// offer queues a frame if fewer than limit frames wait.
+// maxQueuedBytes bounds the bytes a socket's queue holds, besides its
+// frames: a terminal chunk of control bytes escapes to six times its size,
+// and 64 such frames are 12 MiB a socket. A frame larger than this is still
+// taken by an empty queue.
+const maxQueuedBytes = 4 << 20
+
+// offer queues a frame if fewer than limit frames, and fewer than
+// maxQueuedBytes, wait.
 func (c *conn) offer(frame []byte, limit int64) bool {
 	if c.closed.Load() {
 		return false
@@ -119,11 +129,23 @@ func (c *conn) offer(frame []byte, limit int64) bool {
 		c.queued.Add(-1)
 		return false
 	}
+	n := int64(len(frame))
+	if b := c.qbytes.Add(n); b > c.byteLimit && b > n {
+		c.qbytes.Add(-n)
+		c.queued.Add(-1)
+		return false
+	}
 	if err := c.write(frame); err != nil {
+		c.qbytes.Add(-n)
 		c.queued.Add(-1)
 		return false
 	}
 	return true
+}
+
+// roomy reports whether the queue is at most half full, in frames and bytes.
+func (c *conn) roomy() bool {
+	return c.queued.Load() <= c.limit/2 && c.qbytes.Load() <= c.byteLimit/2
 }
 
 // replyWait is how long a reply waits for room in a full queue before the
@@ -189,9 +211,9 @@ func (c *conn) toMelody(frame []byte) (int64, error) {
 	return c.handed, nil
 }
 
-// sent is called by melody after a frame was written: the next held frame
-// takes its place in melody's buffer.
-func (c *conn) sent() {
+// sent is called by melody after a frame of n bytes was written: the next
+// held frame takes its place in melody's buffer.
+func (c *conn) sent(n int) {
 	c.hmu.Lock()
 	c.inMelody--
 	if len(c.held) > 0 {
@@ -215,7 +237,9 @@ func (c *conn) sent() {
 		default:
 		}
 	}
-	if c.queued.Add(-1) <= c.limit/2 {
+	c.qbytes.Add(-int64(n))
+	c.queued.Add(-1)
+	if c.roomy() {
 		select {
 		case c.room <- struct{}{}:
 		default:
@@ -229,7 +253,7 @@ func (c *conn) sent() {
 // that is no longer wanted must not wait for as long as a client that reads
 // just enough keeps the queue over half.
 func (c *conn) waitRoom(wanted func() bool) bool {
-	for c.queued.Load() > c.limit/2 {
+	for !c.roomy() {
 		if c.closed.Load() || !wanted() {
 			return false
 		}

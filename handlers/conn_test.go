@@ -40,7 +40,7 @@ func pacedPair(t *testing.T, limit int, interval time.Duration, onSent func([]by
 		if onSent != nil {
 			onSent(frame)
 		}
-		connOf(ms).sent()
+		connOf(ms).sent(len(frame))
 	})
 	dropped := make(chan error, 1)
 	m.HandleError(func(ms *melody.Session, err error) {
@@ -77,8 +77,9 @@ func pacedPair(t *testing.T, limit int, interval time.Duration, onSent func([]by
 func TestConnHoldsWhatMelodyCannot(t *testing.T) {
 	const limit = 64
 	c, ws := connPair(t, limit)
-	// Frames large enough that the socket's kernel buffers fill with a few.
-	body := bytes.Repeat([]byte("x"), 256<<10)
+	// Frames large enough that the socket's kernel buffers fill with a
+	// few, small enough that the queue's bytes do not fill first.
+	body := bytes.Repeat([]byte("x"), maxQueuedBytes/limit-8)
 	frame := func(i int) []byte { return fmt.Appendf(nil, "%04d%s", i, body) }
 	// The kernel takes some frames off the queue; the rest fills it.
 	sent := 0
@@ -158,6 +159,7 @@ func TestPaceRunsFromTheWrite(t *testing.T) {
 			mu.Unlock()
 		}
 	})
+	c.byteLimit = 1 << 40 // 30 MiB queued, so that melody writes late
 	// Frames the client need not see go out without pauses.
 	pad := fmt.Appendf(nil, `{"kind":"session-state-changed","pad":"%s"}`, bytes.Repeat([]byte("x"), 512<<10))
 	const pads = 60
@@ -188,12 +190,15 @@ func TestPaceRunsFromTheWrite(t *testing.T) {
 func TestCatchUpStopsWaitingWhenRepositioned(t *testing.T) {
 	c, _ := connPair(t, 64)
 	body := bytes.Repeat([]byte("x"), 256<<10)
-	for i := 0; c.trySend(body); i++ {
-		require.Less(t, i, 1000, "the queue never filled")
+	// Filled until the kernel's buffers are full too, so the queue stays so.
+	for sent, until := 0, time.Now().Add(300*time.Millisecond); time.Now().Before(until); time.Sleep(10 * time.Millisecond) {
+		for ; c.trySend(body); sent++ {
+			require.Less(t, sent, 1000, "the queue never filled")
+		}
 	}
 	h := &hub{}
 	f := &feed{}
-	w := &watch{c: c, f: f, pos: 1}
+	w := &watch{c: c, f: f, pos: 1, next: 1}
 	done := make(chan bool, 1)
 	go func() { done <- h.deliver(w, 1, []storedFrame{{seq: 1, frame: []byte("late")}}, false) }()
 	select {
@@ -210,4 +215,34 @@ func TestCatchUpStopsWaitingWhenRepositioned(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the replay still waits for room after its watch moved")
 	}
+}
+
+// TestConnBoundsQueuedBytes: a queue of large frames is full at
+// maxQueuedBytes, before its frame count; a frame larger than that is
+// still taken by an empty queue; every frame arrives once the client reads.
+func TestConnBoundsQueuedBytes(t *testing.T) {
+	const limit = 64
+	c, ws := connPair(t, limit)
+	big := bytes.Repeat([]byte("x"), 200<<10) // a chunk of control bytes, escaped
+	sent := 0
+	for c.trySend(big) {
+		sent++
+		require.Less(t, sent, 1000, "the queue never filled")
+	}
+	require.Less(t, c.queued.Load(), int64(limit), "full by its bytes first")
+	require.LessOrEqual(t, c.qbytes.Load(), int64(maxQueuedBytes))
+	for i := range sent {
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		_, data, err := ws.ReadMessage()
+		require.NoError(t, err, "frame %d", i)
+		require.Len(t, data, len(big))
+	}
+	require.Eventually(t, func() bool { return c.queued.Load() == 0 && c.qbytes.Load() == 0 }, 5*time.Second, time.Millisecond)
+
+	huge := bytes.Repeat([]byte("y"), maxQueuedBytes+1)
+	require.True(t, c.trySend(huge), "an empty queue takes a frame over the byte bound")
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, data, err := ws.ReadMessage()
+	require.NoError(t, err)
+	require.Len(t, data, len(huge))
 }

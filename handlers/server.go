@@ -313,7 +313,7 @@ func (s *Server) newChatSockets() *melody.Melody {
 		chatMetrics.sockets.Dec()
 	})
 	m.HandleSentMessage(func(ms *melody.Session, frame []byte) {
-		connOf(ms).sent()
+		connOf(ms).sent(len(frame))
 		chatMetrics.wrote(frame)
 	})
 	m.HandleMessage(func(ms *melody.Session, data []byte) { onFreshStack(func() { s.onChatMessage(ms, data) }) })

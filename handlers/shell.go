@@ -82,7 +82,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 	})
 	m.HandleSentMessage(func(ms *melody.Session, frame []byte) {
 		sock := shellSocketOf(ms)
-		sock.c.sent()
+		sock.c.sent(len(frame))
 		shellMetrics.wrote(frame)
 		if seq, ok := frameSeq(frame); ok {
 			sock.sentSeq.Store(seq)
