@@ -52,8 +52,8 @@ type conn struct {
 	qbytes atomic.Int64 // the bytes of the queued frames (not of a closed socket's)
 	// byteLimit is maxQueuedBytes (a test may queue more).
 	byteLimit int64
-	closed atomic.Bool
-	room   chan struct{} // signalled when the queue drained to half
+	closed    atomic.Bool
+	room      chan struct{} // signalled when the queue drained to half
 
 	// inMelody counts the frames in melody's buffer, at most melodyFrames;
 	// held are the queued frames behind them, handed to melody as it
