@@ -82,16 +82,36 @@ func (q *userQuotas) acquire(user string) *userQuota {
 	if now := time.Now(); now.Sub(q.sweptAt) >= quotaSweepEvery {
 		q.sweep(now)
 	}
-	u := q.users[user]
-	if u == nil {
-		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst), restarts: rate.NewLimiter(restartRate, restartBurst)}
-		q.users[user] = u
-	}
+	u := q.userLocked(user)
 	if u.sockets >= q.maxSockets {
 		return nil
 	}
 	u.sockets++
 	return u
+}
+
+// userLocked returns user's quota, made on first use. q.mu must be held.
+func (q *userQuotas) userLocked(user string) *userQuota {
+	u := q.users[user]
+	if u == nil {
+		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst), restarts: rate.NewLimiter(restartRate, restartBurst)}
+		q.users[user] = u
+	}
+	return u
+}
+
+// admitRequest reports whether user may make a REST request now: each
+// pays a frame of the same rate as their sockets' frames (a request can
+// read a thousand events).
+func (q *userQuotas) admitRequest(user string) bool {
+	q.mu.Lock()
+	u := q.userLocked(user)
+	q.mu.Unlock()
+	if u.frames.Allow() {
+		return true
+	}
+	limitRefusals.WithLabelValues("frames").Inc()
+	return false
 }
 
 func (q *userQuotas) release(u *userQuota) {

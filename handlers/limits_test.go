@@ -174,6 +174,29 @@ func TestFrameRateOnShell(t *testing.T) {
 	require.Equal(t, want, m)
 }
 
+// TestRESTPaysTheFrameRate: REST requests of a user pay the frame rate
+// their sockets share (a request can read a thousand events); past it they
+// are answered 429 with the limit named, and another user is not.
+func TestRESTPaysTheFrameRate(t *testing.T) {
+	const rate = 5
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxFrameRate = rate })
+	burst := max(frameBurstSeconds*rate, maxSubscribe)
+	alice := token(t, "alice", false)
+	refused := 0
+	var body map[string]any
+	for range burst + 20 {
+		code, b := httpGet(t, g.ts.URL+"/api/sessions", alice)
+		if code == http.StatusTooManyRequests {
+			refused++
+			body = b
+		}
+	}
+	require.Positive(t, refused)
+	require.Equal(t, fmt.Sprintf("Rate limit: at most %d frames per second per user", rate), body["error"])
+	code, _ := httpGet(t, g.ts.URL+"/api/sessions", token(t, "bob", false))
+	require.Equal(t, http.StatusOK, code)
+}
+
 // TestClientAckGoesNoFurtherThanWritten: an ack past the last chunk
 // written to the socket counts as that chunk, so a client cannot switch
 // its terminal's flow control off with a huge seq.

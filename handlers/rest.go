@@ -52,6 +52,10 @@ func (s *Server) requireUser(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			return authFailure(err)
 		}
+		if !s.quotas.admitRequest(user.Name) {
+			c.Response().Header().Set("Retry-After", "1")
+			return echo.NewHTTPError(http.StatusTooManyRequests, s.quotas.rateLimitText())
+		}
 		c.Set(userKey, user)
 		return next(c)
 	}
