@@ -73,7 +73,7 @@ func (s *Store) AppendMany(ctx context.Context, reqs []AppendReq) []AppendResult
 func (s *Store) prepareAppend(ctx context.Context, r AppendReq) ([]string, []any, error) {
 	run := r.Run
 	args := make([]any, 0, 6+2*len(r.Events)+2*len(r.Set))
-	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), len(r.Events), s.floors.get(run.SessionID), r.Batch)
+	args = append(args, run.RunID, s.limits, s.k.live(run.SessionID), len(r.Events), s.floors.get(run.SessionID), r.Batch)
 	for _, ev := range r.Events {
 		body, err := s.eventBody(run.SessionID, run.Provider, ev)
 		if err != nil {

@@ -38,7 +38,7 @@ func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPerm
 	}
 	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID)}
 	seq, err := s.sc.permissionAsk.Run(ctx, s.rdb, keys,
-		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), p.RequestID, body, pending, s.floors.get(run.SessionID)).Int64()
+		run.RunID, s.limits, s.k.live(run.SessionID), p.RequestID, body, pending, s.floors.get(run.SessionID)).Int64()
 	if err != nil {
 		err = scriptError(err)
 		if errors.Is(err, app.ErrStaleRun) {
@@ -64,7 +64,7 @@ func (s *Store) SettlePermission(ctx context.Context, run RunRef, requestID, rea
 	}
 	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID)}
 	n, err := s.sc.permissionSettle.Run(ctx, s.rdb, keys,
-		run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), requestID, body, s.floors.get(run.SessionID)).Int()
+		run.RunID, s.limits, s.k.live(run.SessionID), requestID, body, s.floors.get(run.SessionID)).Int()
 	if err != nil {
 		return false, fmt.Errorf("store: settle permission %s: %w", requestID, err)
 	}

@@ -114,7 +114,7 @@ func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, er
 	}
 	res, err := s.sc.runAccept.Run(ctx, s.rdb, []string{s.k.session(sess.ID), s.k.events(sess.ID), s.k.job(sess.ID)},
 		sess.ID, sess.Owner, string(sess.Provider), sess.ProjectPath, sess.ProviderSessionID, mode,
-		job, createdBody, runningBody, s.cfg.HistoryLimit, s.k.live(sess.ID), s.floors.get(sess.ID),
+		job, createdBody, runningBody, s.limits, s.k.live(sess.ID), s.floors.get(sess.ID),
 	).StringSlice()
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
@@ -247,7 +247,7 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
 	}
 	args := make([]any, 0, 11+2*len(before))
-	args = append(args, run.RunID, s.cfg.HistoryLimit, s.k.live(run.SessionID), string(o.State()),
+	args = append(args, run.RunID, s.limits, s.k.live(run.SessionID), string(o.State()),
 		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, cancelBody,
 		s.floors.get(run.SessionID), len(before))
 	for _, ev := range before {

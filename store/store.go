@@ -18,6 +18,8 @@ const (
 	DefaultPrefix       = "ag"
 	DefaultRetention    = 7 * 24 * time.Hour
 	DefaultHistoryLimit = 10000
+	// DefaultHistoryBytes bounds the event data a session stream holds.
+	DefaultHistoryBytes = 32 << 20
 	// DefaultShellOutputBytes bounds what a terminal's output stream holds.
 	DefaultShellOutputBytes = 4 << 20
 	// DefaultShellRetention is how long an ended terminal's output is kept,
@@ -36,9 +38,13 @@ type Config struct {
 	// Retention is how long a finished session's event stream is kept.
 	// Zero means 7 days.
 	Retention time.Duration
-	// HistoryLimit is the number of events a session stream keeps (trimmed
-	// approximately). Zero means 10000.
+	// HistoryLimit is the number of events a session stream keeps (up to
+	// 64 more between trims). Zero means 10000.
 	HistoryLimit int
+	// HistoryBytes bounds the event data a session stream keeps: the
+	// oldest events go first, the newest always stays. Zero means
+	// DefaultHistoryBytes.
+	HistoryBytes int64
 	// ShellOutputBytes bounds the output a terminal's stream holds (the
 	// oldest chunks go first). Zero means DefaultShellOutputBytes.
 	ShellOutputBytes int
@@ -60,6 +66,8 @@ type Store struct {
 	sc      *scriptSet
 	k       keys
 	cfg     Config
+	// limits is the run scripts' stream limits argument, "<events> <bytes>".
+	limits  string
 	log     *slog.Logger
 	floors  seqFloors
 	claimed claims
@@ -95,6 +103,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.HistoryLimit <= 0 {
 		cfg.HistoryLimit = DefaultHistoryLimit
 	}
+	if cfg.HistoryBytes <= 0 {
+		cfg.HistoryBytes = DefaultHistoryBytes
+	}
 	if cfg.ShellOutputBytes <= 0 {
 		cfg.ShellOutputBytes = DefaultShellOutputBytes
 	}
@@ -105,7 +116,8 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.Logger = slog.Default()
 	}
 	useLogger(cfg.Logger)
-	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger}
+	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger,
+		limits: fmt.Sprintf("%d %d", cfg.HistoryLimit, cfg.HistoryBytes)}
 	rdb, cluster, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err

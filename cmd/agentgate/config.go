@@ -63,6 +63,7 @@ type config struct {
 	MaxRuns           int
 	MaxTerminals      int
 	ShellHistory      int
+	HistoryBytes      int64
 	ShellWindow       int
 	ShellRetention    time.Duration
 }
@@ -146,6 +147,14 @@ var options = []option{
 	{"max-terminals-per-user", "AGENTGATE_MAX_TERMINALS_PER_USER", "8", "most terminals one user has open at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxTermsPerUser })},
 	{"max-runs", "AGENTGATE_MAX_RUNS", "32", "most runs one worker runs at once; more wait for a worker with room", intSetter(func(c *config) *int { return &c.MaxRuns })},
 	{"max-terminals", "AGENTGATE_MAX_TERMINALS", "64", "most terminals one worker has open", intSetter(func(c *config) *int { return &c.MaxTerminals })},
+	{"history-bytes", "AGENTGATE_HISTORY_BYTES", "33554432", "bytes of event data a session's stream keeps in Redis for replays; past them, or past 10,000 events, the oldest events go first", func(c *config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1<<20 {
+			return fmt.Errorf("must be a number of bytes, at least 1048576")
+		}
+		c.HistoryBytes = n
+		return nil
+	}},
 	{"shell-history", "AGENTGATE_SHELL_HISTORY", "4194304", "bytes of a terminal's output kept in Redis for reattaching (the oldest go first)", func(c *config, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 65536 {
@@ -316,7 +325,7 @@ func (c *config) bins() map[app.Provider]string {
 func (c *config) storeConfig(url string, log *slog.Logger) store.Config {
 	return store.Config{
 		URL: url, Prefix: c.KeyPrefix, Retention: c.Retention, Logger: log,
-		ShellOutputBytes: c.ShellHistory, ShellRetention: c.ShellRetention,
+		ShellOutputBytes: c.ShellHistory, ShellRetention: c.ShellRetention, HistoryBytes: c.HistoryBytes,
 	}
 }
 

@@ -6,7 +6,7 @@
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
 -- KEYS[3] session permissions hash (request id -> pending JSON)
--- ARGV[1] runId             ARGV[2] stream MAXLEN
+-- ARGV[1] runId             ARGV[2] stream limits "<events> <bytes>"
 -- ARGV[3] pub/sub channel   ARGV[4] request id
 -- ARGV[5] event body        ARGV[6] pending request JSON
 -- ARGV[7] seq floor (see raise in prelude.lua; 0 for none)

@@ -16,7 +16,8 @@
 -- ARGV[6] "new" or "existing"
 -- ARGV[7] job JSON          ARGV[8] session_created body ("" for none)
 -- ARGV[9] running session-state-changed body
--- ARGV[10] stream MAXLEN    ARGV[11] pub/sub channel
+-- ARGV[10] stream limits "<events> <bytes>" (see keep in prelude.lua)
+-- ARGV[11] pub/sub channel
 -- ARGV[12] seq floor (see raise in prelude.lua; 0 for none)
 --
 -- Returns {"ok", runId, seq before this run} | {"busy", startedAt, projectPath}
@@ -53,6 +54,11 @@ redis.call('HSET', hash, 'state', 'running', 'runId', started, 'startedAt', star
   'statusText', '', 'canInterrupt', 1, 'worker', '', 'exitCode', '', 'updatedAt', started)
 redis.call('PERSIST', hash)
 redis.call('PERSIST', KEYS[2])
+if not redis.call('HGET', hash, 'streamLen') or redis.call('EXISTS', KEYS[2]) == 0 then
+  -- A stream that expired, or one from before its counts were kept.
+  local n, bytes = count_stream(KEYS[2])
+  redis.call('HSET', hash, 'streamLen', int(n), 'streamBytes', int(bytes))
+end
 redis.call('SET', KEYS[3], ARGV[7])
 emit(hash, KEYS[2], ARGV[11], ARGV[10], started, 'session-state-changed', ARGV[9],
   '"startedAt":' .. started .. ',"changedAt":' .. started .. ',')

@@ -2,7 +2,7 @@
 -- session's current running run; otherwise it changes nothing.
 --
 -- KEYS[1] session hash      KEYS[2] session event stream
--- ARGV[1] runId             ARGV[2] stream MAXLEN
+-- ARGV[1] runId             ARGV[2] stream limits "<events> <bytes>"
 -- ARGV[3] pub/sub channel   ARGV[4] number of events N
 -- ARGV[5] seq floor (see raise in prelude.lua; 0 for none)
 -- ARGV[6] batch: the writer's number of this append in the run (1, 2, …),
@@ -20,7 +20,7 @@
 -- each call costs Redis a few microseconds of Lua bridging. The frames it
 -- writes are emit's (prelude.lua), byte for byte.
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'runId', 'state', 'appendBatch', 'lastSeq')
+local cur = redis.call('HMGET', hash, 'runId', 'state', 'appendBatch', 'lastSeq', 'streamLen', 'streamBytes')
 if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then
   return redis.error_reply('STALE')
 end
@@ -42,15 +42,23 @@ if floor > seq then
 end
 local n = tonumber(ARGV[4])
 local prefix = ',"runId":"' .. ARGV[1] .. '",'
+local held = (tonumber(cur[5] or '0') or 0) + n
+local bytes = tonumber(cur[6] or '0') or 0
 for i = 0, n - 1 do
   seq = seq + 1
   local s = int(seq)
   local data = '{"seq":' .. s .. prefix .. string.sub(ARGV[8 + 2 * i], 2)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], s .. '-0', 'seq', s, 'kind', ARGV[7 + 2 * i], 'data', data)
+  redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'kind', ARGV[7 + 2 * i], 'data', data)
   redis.call('PUBLISH', ARGV[3], data)
+  bytes = bytes + #data
 end
+held, bytes = keep(KEYS[2], seq, held, bytes, ARGV[2])
 set[#set + 1] = 'lastSeq'
 set[#set + 1] = int(seq)
+set[#set + 1] = 'streamLen'
+set[#set + 1] = int(held)
+set[#set + 1] = 'streamBytes'
+set[#set + 1] = int(bytes)
 for i = 7 + 2 * n, #ARGV, 2 do
   set[#set + 1] = ARGV[i]
   set[#set + 1] = ARGV[i + 1]

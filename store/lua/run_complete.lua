@@ -11,7 +11,7 @@
 -- KEYS[3] session permissions hash
 -- KEYS[4] session job
 -- ARGV[1] runId, or "" for whatever run is current (abort)
--- ARGV[2] stream MAXLEN     ARGV[3] pub/sub channel
+-- ARGV[2] stream limits "<events> <bytes>"     ARGV[3] pub/sub channel
 -- ARGV[4] final state       ARGV[5] exit code
 -- ARGV[6] retention of the stream once finished, seconds
 -- ARGV[7] complete body     ARGV[8] session-state-changed body
