@@ -51,7 +51,9 @@ func probeTurns(marker, homes, redisPort string) []mockanthropic.Turn {
 	}
 }
 
-func newTenantCluster(t *testing.T) *tenantCluster {
+// newTenantCluster starts it; workerEnv adds to (and overrides) the
+// worker's environment.
+func newTenantCluster(t *testing.T, workerEnv ...string) *tenantCluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -73,13 +75,13 @@ func newTenantCluster(t *testing.T) *tenantCluster {
 	tc.gw = startProc(t, "gw", append(cl.baseEnv(), "AGENTGATE_LISTEN="+freeAddr(t), workspaces), "gateway")
 	tc.gw.addr = envValue(tc.gw.env, "AGENTGATE_LISTEN")
 	waitReady(t, tc.gw)
-	tc.worker = startProc(t, "worker", append(cl.workerEnv(), workspaces,
+	tc.worker = startProc(t, "worker", append(append(cl.workerEnv(), workspaces,
 		fmt.Sprintf("AGENTGATE_USER_UIDS=%d-%d", accountFirstUID, accountLastUID),
 		"AGENTGATE_USER_HOMES="+homes,
 		// The operator's choice: the model API and two CLI settings, not
 		// the test's temporary folder, which only root may write.
 		"AGENTGATE_PROVIDER_ENV=ANTHROPIC_*,CLAUDE_CODE_MAX_RETRIES,CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
-	), "worker")
+	), workerEnv...), "worker")
 	cl.waitWorker(tc.worker)
 	return tc
 }
@@ -174,6 +176,83 @@ func TestUserAccounts(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(aliceHome, ".claude"))
 	require.NoError(t, err, "the CLI keeps its state in alice's home")
 	require.Equal(t, uids[0], fi.Sys().(*syscall.Stat_t).Uid)
+}
+
+// TestUserProcessBound: with --user-max-procs a fork bomb in a user's
+// terminal stops at the bound (the kernel refuses the account's forks past
+// it), and another user's terminal goes on meanwhile.
+func TestUserProcessBound(t *testing.T) {
+	t.Parallel()
+	// A uid range of its own: the bound counts every process of a uid.
+	const first, last, bound = 47200, 47209, 40
+	tc := newTenantCluster(t, fmt.Sprintf("AGENTGATE_USER_UIDS=%d-%d", first, last), fmt.Sprintf("AGENTGATE_USER_MAX_PROCS=%d", bound))
+	// The bomb's processes outlive the shell that forked them: stopped
+	// here, by pid, whatever happens to the test.
+	t.Cleanup(func() {
+		for _, pid := range pidsOfUIDs(first, last) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	sc := &shellCluster{cluster: tc.cluster, gw1: tc.gw, gw2: tc.gw, worker: tc.worker}
+	init := func(shellID string) map[string]any {
+		m := sc.plainInit(shellID)
+		delete(m, "projectPath")
+		return m
+	}
+	mallory := sc.dialShell(tc.gw, "mallory")
+	mallory.send(init("mallory-1"))
+	mallory.waitText(0, "$ ", 20*time.Second)
+	mark := mallory.mark()
+	// dash gives up at the first refused fork, where bash would retry
+	// for half a minute; the sleeps let go of the pipe, or tail would wait
+	// for them.
+	mallory.typeLine(`sh -c 'i=0; while [ $i -lt 200 ]; do sleep 300 >/dev/null 2>&1 & i=$((i+1)); done; wait' 2>&1 | tail -n 1; echo "BO""MB=$?"`)
+	mallory.waitText(mark, "BOMB=", 30*time.Second)
+	out := mallory.text(mark)
+	t.Logf("mallory's terminal:\n%s", out)
+	require.Contains(t, out, "Cannot fork")
+
+	fi, err := os.Stat(filepath.Join(tc.homes, "mallory"))
+	require.NoError(t, err)
+	uid := int(fi.Sys().(*syscall.Stat_t).Uid)
+	n := len(pidsOfUIDs(uid, uid))
+	t.Logf("mallory's account holds %d processes (bound %d)", n, bound)
+	require.LessOrEqual(t, n, bound)
+	require.Greater(t, n, bound/2, "the bomb reached the bound")
+
+	bob := sc.dialShell(tc.gw, "bob")
+	bob.send(init("bob-1"))
+	bob.waitText(0, "$ ", 20*time.Second)
+	mark = bob.mark()
+	bob.typeLine(`echo "BOB=$((6*7))"`)
+	bob.waitText(mark, "BOB=42", 10*time.Second)
+}
+
+// pidsOfUIDs lists the processes whose real uid is within [first, last].
+func pidsOfUIDs(first, last int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+				if f := strings.Fields(rest); len(f) > 0 {
+					if uid, err := strconv.Atoi(f[0]); err == nil && uid >= first && uid <= last {
+						pids = append(pids, pid)
+					}
+				}
+				break
+			}
+		}
+	}
+	return pids
 }
 
 // envValue returns the value of name in env (the last one).

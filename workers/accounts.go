@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
 )
@@ -27,6 +29,10 @@ type Accounts struct {
 	// user's uid. It is created (mode 0711, so no one can list it) when
 	// missing.
 	Homes string
+	// MaxProcs bounds the processes and threads of one account on the
+	// worker's host (RLIMIT_NPROC), so that a fork bomb in a terminal stops
+	// there; zero means no bound.
+	MaxProcs int
 }
 
 // Validate checks the range and the homes folder.
@@ -39,6 +45,25 @@ func (a *Accounts) Validate() error {
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("workers: running users' processes under their own accounts needs a worker running as root")
+	}
+	return nil
+}
+
+// bound makes MaxProcs the worker process's own RLIMIT_NPROC, soft and
+// hard, which every process it starts inherits and none can raise. The
+// kernel holds each account to it, counting the account's processes and
+// threads together, and refuses a fork past it; the worker itself, root,
+// is not held to it. It is set here rather than on each process started:
+// a process may lower its own limits, but setting another's (prlimit on a
+// process of another uid) needs CAP_SYS_RESOURCE, which containers rarely
+// grant.
+func (a *Accounts) bound() error {
+	if a.MaxProcs <= 0 {
+		return nil
+	}
+	n := uint64(a.MaxProcs)
+	if err := unix.Setrlimit(unix.RLIMIT_NPROC, &unix.Rlimit{Cur: n, Max: n}); err != nil {
+		return fmt.Errorf("workers: bound the processes of each account to %d: %w", n, err)
 	}
 	return nil
 }

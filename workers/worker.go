@@ -170,6 +170,9 @@ func New(cfg Config) (*Worker, error) {
 		if err := cfg.Accounts.Validate(); err != nil {
 			return nil, err
 		}
+		if err := cfg.Accounts.bound(); err != nil {
+			return nil, err
+		}
 	}
 	pass := cfg.PassEnv
 	if pass == nil {

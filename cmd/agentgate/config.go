@@ -58,6 +58,7 @@ type config struct {
 	ProviderEnv       []string
 	UserUIDs          [2]int // first and last; zero: users' processes run as the worker
 	UserHomes         string
+	UserMaxProcs      int
 	MaxRunsPerUser    int
 	MaxTermsPerUser   int
 	MaxRuns           int
@@ -143,6 +144,7 @@ var options = []option{
 		return nil
 	}},
 	{"user-homes", "AGENTGATE_USER_HOMES", "/var/lib/agentgate/home", "folder of the users' homes (NAME inside) with --user-uids", func(c *config, v string) error { c.UserHomes = v; return nil }},
+	{"user-max-procs", "AGENTGATE_USER_MAX_PROCS", "1024", "with --user-uids: most processes and threads one user's account has at once on the worker's host (RLIMIT_NPROC), where a fork bomb stops (0: no bound)", intSetter(func(c *config) *int { return &c.UserMaxProcs })},
 	{"max-runs-per-user", "AGENTGATE_MAX_RUNS_PER_USER", "8", "most runs one user has running at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxRunsPerUser })},
 	{"max-terminals-per-user", "AGENTGATE_MAX_TERMINALS_PER_USER", "8", "most terminals one user has open at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxTermsPerUser })},
 	{"max-runs", "AGENTGATE_MAX_RUNS", "32", "most runs one worker runs at once; more wait for a worker with room", intSetter(func(c *config) *int { return &c.MaxRuns })},
@@ -313,7 +315,7 @@ func (c *config) accounts() *workers.Accounts {
 	if c.UserUIDs[0] == 0 {
 		return nil
 	}
-	return &workers.Accounts{FirstUID: c.UserUIDs[0], LastUID: c.UserUIDs[1], Homes: c.UserHomes}
+	return &workers.Accounts{FirstUID: c.UserUIDs[0], LastUID: c.UserUIDs[1], Homes: c.UserHomes, MaxProcs: c.UserMaxProcs}
 }
 
 func (c *config) bins() map[app.Provider]string {
