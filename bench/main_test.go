@@ -8,11 +8,23 @@ package bench
 import (
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 )
+
+// TestMain removes the agentgate binary a run built (agentgateBinary), 20 MB
+// left in the temporary folder by every run otherwise.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		_ = os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
+}
 
 // latencies collects latency samples (nanoseconds) from many goroutines.
 type latencies struct {
