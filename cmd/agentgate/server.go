@@ -321,6 +321,11 @@ var gatewayTimeouts = httpTimeouts{
 	readHeader: 10 * time.Second, read: 30 * time.Second, write: 2 * time.Minute, idle: 75 * time.Second,
 }
 
+// maxHeaderBytes bounds a request's header (a token is about 200 bytes;
+// nginx's default buffers take 32 KiB): net/http's default, 1 MiB, let a
+// client without a token make a gateway hold that much per connection.
+const maxHeaderBytes = 16 << 10
+
 // gatewayHTTP is the HTTP server of a gateway and the listener it must serve,
 // which holds at most maxConns connections at once, sockets included.
 func gatewayHTTP(h http.Handler, ln net.Listener, maxConns int, t httpTimeouts, log *slog.Logger) (*http.Server, net.Listener) {
@@ -331,7 +336,8 @@ func gatewayHTTP(h http.Handler, ln net.Listener, maxConns int, t httpTimeouts, 
 	// (somaxconn), which drops attempts past it, so descriptors stay bounded.
 	srv := &http.Server{
 		Handler: h, ReadHeaderTimeout: t.readHeader, ReadTimeout: t.read, WriteTimeout: t.write, IdleTimeout: t.idle,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return srv, netutil.LimitListener(ln, maxConns)
 }

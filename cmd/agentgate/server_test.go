@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -293,4 +294,48 @@ func TestServeReadyMeansReady(t *testing.T) {
 		ws.Close()
 		stopServe(t, cancel, done)
 	}
+}
+
+// TestGatewayBoundsRequestHeaders: a client without a token that sends a
+// header without end is answered 431 once past maxHeaderBytes, and holds no
+// more than that in the gateway (net/http's default let it hold 1 MiB per
+// connection until the header timeout); a header of a few KiB still passes.
+func TestGatewayBoundsRequestHeaders(t *testing.T) {
+	const conns = 200
+	addr := serveGateway(t, 10000, gatewayTimeouts)
+	heap := func() float64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return float64(ms.HeapInuse)
+	}
+	before := heap()
+	line := "X-Pad: " + strings.Repeat("a", 8000) + "\r\n"
+	block := "GET /healthz HTTP/1.1\r\nHost: gateway\r\n" + strings.Repeat(line, 130) // 1 MB, no end
+	var open []net.Conn
+	for range conns {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		open = append(open, c)
+		_, _ = c.Write([]byte(block)) // the server may close before it has all
+	}
+	time.Sleep(500 * time.Millisecond)
+	perConn := (heap() - before) / conns
+	t.Logf("%d connections sending 1 MB of header: %.1f KiB of gateway heap each", conns, perConn/1024)
+	require.Less(t, perConn, float64(64<<10))
+	resp, err := http.ReadResponse(bufio.NewReader(open[0]), nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
+	for _, c := range open {
+		c.Close()
+	}
+
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: gateway\r\nCookie: " + strings.Repeat("c", 8000) + "\r\n\r\n"))
+	require.NoError(t, err)
+	resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
