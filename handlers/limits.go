@@ -47,6 +47,26 @@ type userQuota struct {
 	// that a user's sockets ask for: each starts a process on a worker
 	// and ends one, which costs the worker far more than a frame.
 	restarts *rate.Limiter
+	// acks bounds the terminal acks of a user's sockets, which do not pay
+	// the frame rate: each still costs a read and a parse.
+	acks *rate.Limiter
+}
+
+// Terminal acks: a rendering client acks each frame it shows. An ack past
+// the rate is dropped without a word: acks are cumulative, so the next one
+// says all it said.
+const (
+	acksPerFrame  = 20 // the ack rate, in frames of the user's frame rate
+	ackBurstRatio = 2  // the burst, in seconds' worth
+)
+
+// admitAck reports whether the socket's user may send a terminal ack now.
+func (c *conn) admitAck() bool {
+	if c.quota == nil || c.quota.acks.Allow() {
+		return true
+	}
+	limitRefusals.WithLabelValues("acks").Inc()
+	return false
 }
 
 // Terminal restarts: one a second per user and gateway, a few at once.
@@ -94,7 +114,8 @@ func (q *userQuotas) acquire(user string) *userQuota {
 func (q *userQuotas) userLocked(user string) *userQuota {
 	u := q.users[user]
 	if u == nil {
-		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst), restarts: rate.NewLimiter(restartRate, restartBurst)}
+		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst), restarts: rate.NewLimiter(restartRate, restartBurst),
+			acks: rate.NewLimiter(rate.Limit(acksPerFrame*q.rate), ackBurstRatio*acksPerFrame*q.rate)}
 		q.users[user] = u
 	}
 	return u
@@ -126,7 +147,8 @@ func (q *userQuotas) release(u *userQuota) {
 func (q *userQuotas) sweep(now time.Time) {
 	q.sweptAt = now
 	for name, u := range q.users {
-		if u.sockets == 0 && u.frames.TokensAt(now) >= float64(q.burst) && u.restarts.TokensAt(now) >= restartBurst {
+		if u.sockets == 0 && u.frames.TokensAt(now) >= float64(q.burst) && u.restarts.TokensAt(now) >= restartBurst &&
+			u.acks.TokensAt(now) >= float64(u.acks.Burst()) {
 			delete(q.users, name)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -172,6 +173,48 @@ func TestFrameRateOnShell(t *testing.T) {
 	var m map[string]any
 	require.NoError(t, json.Unmarshal(data, &m))
 	require.Equal(t, want, m)
+}
+
+// TestAcksPayTheirOwnRate: terminal acks do not pay the frame rate but an
+// ack rate of their own, twenty times it; past it they pay the frame rate,
+// so that a flood of acks (each a read and a parse on the gateway) is
+// refused like any other.
+func TestAcksPayTheirOwnRate(t *testing.T) {
+	const rate = 5
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxFrameRate = rate })
+	refused := func(limit string) float64 {
+		resp, err := http.Get(g.ts.URL + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		for line := range strings.SplitSeq(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, `agentgate_limit_refusals_total{limit="`+limit+`"} `); ok {
+				n, err := strconv.ParseFloat(v, 64)
+				require.NoError(t, err)
+				return n
+			}
+		}
+		return 0
+	}
+	acksBefore, framesBefore := refused("acks"), refused("frames")
+	ws, _, err := g.dialPath("/shell", "mallory")
+	require.NoError(t, err)
+	const acks = 3000
+	for range acks {
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ack","seq":1}`)))
+	}
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, data, err := ws.ReadMessage()
+	require.NoError(t, err)
+	require.Contains(t, string(data), "Rate limit", "the flood met the frame rate")
+	var overAcks, overFrames float64
+	require.Eventually(t, func() bool {
+		overAcks, overFrames = refused("acks")-acksBefore, refused("frames")-framesBefore
+		return overAcks > acks/2 && overFrames > acks/2
+	}, 10*time.Second, 50*time.Millisecond)
+	t.Logf("%d acks at once: %.0f past the ack rate (%d/s), %.0f of those refused by the frame rate (%d/s)",
+		acks, overAcks, acksPerFrame*rate, overFrames, rate)
 }
 
 // TestRESTPaysTheFrameRate: REST requests of a user pay the frame rate

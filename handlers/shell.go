@@ -127,10 +127,12 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 			sock.notice("error", "Error: internal error")
 		}
 	}()
-	// An ack is not rate limited: a rendering client acks often, and an ack
-	// costs a comparison (and at most one control in flight). A frame too
-	// long to be one pays before it is parsed.
-	paid := len(data) > maxAckFrame
+	// An ack does not pay the frame rate: a rendering client acks often,
+	// and an ack costs a comparison (and at most one control in flight).
+	// A frame short enough to be one pays the ack rate (twenty times the
+	// frame rate) before it is parsed, and past it the frame rate; a longer
+	// frame pays the frame rate first.
+	paid := len(data) > maxAckFrame || !sock.c.admitAck()
 	if paid && !sock.c.admit(1) {
 		return
 	}
