@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -70,6 +71,8 @@ func TestShellOpenLimit(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
 		spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+		// The terminals' worker is alive: one that is not ends them (below).
+		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
 		_, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 2)
 		require.NoError(t, err)
 		require.True(t, ok)
@@ -96,6 +99,17 @@ func TestShellOpenLimit(t *testing.T) {
 		require.True(t, recorded)
 		_, ok, err = st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, 2)
 		require.NoError(t, err, "an ended terminal frees its slot")
+		require.True(t, ok)
+
+		// Its worker gone, an open terminal is ended as lost by the next
+		// open past the limit, which takes its place.
+		_, _, err = st.ShellOpen(ctx, "k5", 0, "w2", "bash", spec, 2)
+		require.True(t, errors.As(err, &limit), "%v", err)
+		_, _, err = st.ShellOpen(ctx, "k6", 0, "w1", "bash", spec, 2)
+		require.True(t, errors.As(err, &limit), "%v", err)
+		require.NoError(t, st.RemoveWorker(ctx, "w1")) // as its heartbeat expiring
+		_, ok, err = st.ShellOpen(ctx, "k6", 0, "w3", "bash", spec, 2)
+		require.NoError(t, err)
 		require.True(t, ok)
 	})
 }

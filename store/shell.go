@@ -196,12 +196,14 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 
 // staleShells gives, for each terminal key of an owner's set, the highest
 // score at which its entry may go (-1 while the terminal is open), for
-// reserve.
+// reserve. A terminal whose worker is gone (its heartbeat expired) is ended
+// as lost here: a gateway ends it when a socket watches it, but one that no
+// socket watches would otherwise keep its owner's place for ever.
 func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error) {
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(keys))
 	for i, k := range keys {
-		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "createdAt")
+		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "createdAt", "worker", "gen")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
@@ -211,10 +213,13 @@ func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error)
 		return nil, err
 	}
 	out := make([]int64, len(keys))
+	alive := map[string]bool{}
 	for i, c := range cmds {
 		v := c.Val()
 		state, _ := v[0].(string)
 		created, _ := v[1].(string)
+		worker, _ := v[2].(string)
+		gen, _ := v[3].(string)
 		switch state {
 		case "":
 			out[i] = staleAfter(now, 0)
@@ -222,6 +227,23 @@ func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error)
 			out[i] = staleAfter(now, atoi64(created))
 		default:
 			out[i] = -1
+			if worker == "" {
+				continue
+			}
+			ok, seen := alive[worker]
+			if !seen {
+				if ok, err = s.WorkerAlive(ctx, worker); err != nil {
+					return nil, err
+				}
+				alive[worker] = ok
+			}
+			if ok {
+				continue
+			}
+			if _, err := s.ShellExit(ctx, keys[i], atoi64(gen), 1, "", ShellExitLost); err != nil {
+				return nil, err
+			}
+			out[i] = staleAfter(now, atoi64(created))
 		}
 	}
 	return out, nil
