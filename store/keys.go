@@ -52,6 +52,10 @@ func (k keys) userRunning(user string) string { return k.prefix + ":user:{" + us
 // which bounds how many terminals a user has at once.
 func (k keys) userShells(user string) string { return k.prefix + ":user:{" + user + "}:shells" }
 
+// userEnded is a user's sorted set of ended terminal keys by the time they
+// ended, so that only the most recent keep their output (store.keepEnded).
+func (k keys) userEnded(user string) string { return k.prefix + ":user:{" + user + "}:ended" }
+
 // providerSessions maps a provider's own session ids to agentgate session
 // ids, so a resume by provider id finds its session and its owner.
 func (k keys) providerSessions(p app.Provider) string {

@@ -8,7 +8,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The Lua scripts, one file each under lua/. Run scripts share prelude.lua,
+// The Lua scripts, one file each under lua/. Run scripts share prelude.lua
+// (and the terminal scripts that trim output share shell_prelude.lua),
 // prepended here, because Redis scripts cannot include one another.
 var (
 	//go:embed lua/prelude.lua
@@ -47,7 +48,7 @@ type scriptSet struct {
 	leaseAcquire, leaseRelease                         *redis.Script
 	indexReserve, indexForget, indexTouch, indexUnlink *redis.Script
 	shellOpen, shellAppend, shellExit, shellTouch      *redis.Script
-	shellIdle, shellSet, accountUID                    *redis.Script
+	shellIdle, shellSet, shellForget, accountUID       *redis.Script
 	publish                                            string // PUBLISH or SPUBLISH
 }
 
@@ -80,11 +81,12 @@ func newScriptSet(sharded bool) *scriptSet {
 		indexTouch:       mk(indexTouchLua),
 		indexUnlink:      mk(indexUnlinkLua),
 		shellOpen:        mk(shellOpenLua),
-		shellAppend:      mk(shellAppendLua),
-		shellExit:        mk(shellExitLua),
+		shellAppend:      mk(shellPreludeLua + shellAppendLua),
+		shellExit:        mk(shellPreludeLua + shellExitLua),
 		shellTouch:       mk(shellTouchLua),
 		shellIdle:        mk(shellIdleLua),
 		shellSet:         mk(shellSetLua),
+		shellForget:      mk(shellForgetLua),
 		accountUID:       mk(accountUIDLua),
 		publish:          pub,
 	}

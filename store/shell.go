@@ -70,6 +70,8 @@ const (
 
 // The terminal scripts, one file each under lua/.
 var (
+	//go:embed lua/shell_prelude.lua
+	shellPreludeLua string
 	//go:embed lua/shell_open.lua
 	shellOpenLua string
 	//go:embed lua/shell_append.lua
@@ -82,6 +84,16 @@ var (
 	shellIdleLua string
 	//go:embed lua/shell_set.lua
 	shellSetLua string
+	//go:embed lua/shell_forget.lua
+	shellForgetLua string
+)
+
+// What a user's ended terminals keep until their retention is over: the
+// last endedOutputBytes of each one's output, and only the endedKept most
+// recently ended (the older are deleted at once).
+const (
+	endedOutputBytes = 64 << 10
+	endedKept        = 16
 )
 
 // shell is a terminal's hash `ag:shell:{KEY}`.
@@ -320,7 +332,7 @@ func (s *Store) ShellSet(ctx context.Context, key string, gen int64, fields ...s
 // "". It reports whether this call recorded the end.
 func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode int, signal, reason string) (bool, error) {
 	res, err := s.sc.shellExit.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)},
-		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds())).Slice()
+		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds()), endedOutputBytes).Slice()
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}
@@ -334,8 +346,39 @@ func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode i
 		if err := s.forget(ctx, s.k.userShells(owner), key, atoi64(created)); err != nil {
 			s.log.Warn("unindex terminal", "shell", key, "err", err)
 		}
+		if err := s.keepEnded(ctx, owner, key); err != nil {
+			s.log.Warn("index ended terminal", "shell", key, "err", err)
+		}
 	}
 	return true, nil
+}
+
+// keepEnded lists key among owner's ended terminals and deletes the ended
+// terminals past the newest endedKept: each keeps its output for the
+// retention, and a user who opens and ends terminals by the hundred must
+// not keep a hundred.
+func (s *Store) keepEnded(ctx context.Context, owner, key string) error {
+	index := s.k.userEnded(owner)
+	now, err := s.rdb.Time(ctx).Result()
+	if err != nil {
+		return err
+	}
+	pipe := s.rdb.Pipeline()
+	pipe.ZAdd(ctx, index, redis.Z{Score: float64(now.UnixMilli()), Member: key})
+	pipe.Expire(ctx, index, s.cfg.ShellRetention)
+	old := pipe.ZRange(ctx, index, 0, -endedKept-1)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	for _, k := range old.Val() {
+		if err := s.sc.shellForget.Run(ctx, s.rdb, []string{s.k.shell(k), s.k.shellOut(k), s.k.shellSizes(k)}).Err(); err != nil {
+			return err
+		}
+		if err := s.rdb.ZRem(ctx, index, k).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ShellTouch records sockets attaching (+1), detaching (-1) or staying (0)

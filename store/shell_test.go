@@ -235,3 +235,60 @@ func TestShellFloodMemoryIsBounded(t *testing.T) {
 	t.Logf("%d terminals, %d KiB appended to each: Redis grew %d KiB (budget %d KiB each)", terminals, 8*len(batch)*len(chunk)>>10, grown>>10, budget>>10)
 	require.Less(t, grown, int64(terminals*budget*3/2), "Redis holds more than the budgets")
 }
+
+// TestEndedTerminalsKeepLittle: a user who opens and ends terminals by the
+// dozen keeps the last 64 KiB of output of their 16 most recently ended
+// terminals, not each one's whole budget for the retention; a key opened
+// again is not touched by the deletion of the older ones.
+func TestEndedTerminalsKeepLittle(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url, store.Config{ShellOutputBytes: 1 << 20})
+			ctx := context.Background()
+			rdb := redisClient(t, url)
+			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			chunk := strings.Repeat("z", 30<<10)
+			const ended = 24
+			for i := range ended {
+				key := fmt.Sprintf("t%d", i)
+				gen, _, err := st.ShellOpen(ctx, key, 0, "w1", "bash", spec, 0)
+				require.NoError(t, err)
+				_, err = st.ShellAppend(ctx, key, gen, []string{chunk, chunk, chunk, chunk, chunk, chunk, "end"})
+				require.NoError(t, err)
+				recorded, err := st.ShellExit(ctx, key, gen, 0, "", store.ShellExitNormal)
+				require.NoError(t, err)
+				require.True(t, recorded)
+				if i == 0 {
+					// t0 is opened again: it runs when its old end is
+					// pushed out of the ended terminals.
+					_, ok, err := st.ShellOpen(ctx, key, gen, "w1", "bash", spec, 0)
+					require.NoError(t, err)
+					require.True(t, ok)
+				}
+			}
+			for i := range ended {
+				hash := fmt.Sprintf("%s:shell:{t%d}", st.Prefix(), i)
+				h := rdb.HMGet(ctx, hash, "state", "outBytes").Val()
+				switch {
+				case i == 0:
+					require.Equal(t, store.ShellStarting, h[0], "a key opened again stays")
+				case i < ended-16:
+					require.Nil(t, h[0], "t%d: an older ended terminal is deleted", i)
+					require.Zero(t, rdb.Exists(ctx, hash+":out", hash+":sizes").Val())
+				default:
+					require.Equal(t, store.ShellExited, h[0])
+					entries, err := rdb.XRange(ctx, hash+":out", "-", "+").Result()
+					require.NoError(t, err)
+					held := 0
+					for _, e := range entries {
+						held += len(e.Values["data"].(string))
+					}
+					require.Equal(t, fmt.Sprint(held), h[1], "outBytes is what the stream holds")
+					require.LessOrEqual(t, held, 64<<10)
+					require.Equal(t, "end", entries[len(entries)-1].Values["data"], "the end is kept")
+				}
+			}
+		})
+	}
+}

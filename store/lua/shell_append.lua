@@ -42,22 +42,11 @@ for i = 6, #ARGV do
   bytes = bytes + #ARGV[i]
 end
 
-local maxlen, budget = tonumber(ARGV[2]), tonumber(ARGV[4])
-local n = redis.call('XLEN', KEYS[2])
-local first = seq - n + 1 -- seq of the oldest chunk held
-local trimmed = 0
-while n - trimmed > 1 and (n - trimmed > maxlen or bytes > budget) do
-  local size = redis.call('LPOP', KEYS[3])
-  if not size then
-    break -- a terminal opened before sizes were kept: trimmed by count below
-  end
-  bytes = bytes - tonumber(size)
-  trimmed = trimmed + 1
-end
-if trimmed > 0 then
-  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', first + trimmed) .. '-0')
-end
-if n - trimmed > maxlen then
+local maxlen = tonumber(ARGV[2])
+local held
+bytes, held = trim_output(KEYS[2], KEYS[3], seq, bytes, maxlen, tonumber(ARGV[4]))
+if held > maxlen then
+  -- A terminal opened before sizes were kept: trimmed by count.
   redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)
 end
 redis.call('HSET', hash, 'seq', string.format('%d', seq), 'outBytes', string.format('%d', bytes))

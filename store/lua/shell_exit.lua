@@ -2,23 +2,31 @@
 -- publishes "e <gen> <lastSeq> <exitCode> <signal|-> <reason>" after its
 -- output.
 -- A stale generation, or one already ended, changes nothing. The ended
--- terminal's hash and output expire after the retention, as a finished
--- session's events do; a new generation (shell_open) writes fresh keys. The
--- caller takes the terminal out of its owner's open terminals after it.
+-- terminal's output is trimmed to its last ARGV[7] bytes (the newest chunk
+-- always stays): a reattach after `exit` shows the end, and a user who
+-- opens and ends terminals by the hundred does not keep megabytes of each.
+-- Its hash and output expire after the retention, as a finished session's
+-- events do; a new generation (shell_open) writes fresh keys. The caller
+-- takes the terminal out of its owner's open terminals after it.
 --
 -- KEYS[1] shell hash   KEYS[2] output stream
 -- KEYS[3] output chunk sizes list
 -- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
 -- ARGV[4] signal name or ''   ARGV[5] reason ('exit' or 'lost')
--- ARGV[6] retention, seconds
+-- ARGV[6] retention, seconds   ARGV[7] output kept, bytes
 --
 -- Returns {1, owner, createdAt} when recorded, {0} otherwise.
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt')
+local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt', 'outBytes')
 if cur[1] ~= ARGV[1] or cur[2] == 'exited' then
   return {0}
 end
-redis.call('HSET', hash, 'state', 'exited', 'exitCode', ARGV[3], 'signal', ARGV[4], 'exitReason', ARGV[5])
+local bytes = tonumber(cur[6] or '0')
+if bytes > tonumber(ARGV[7]) then
+  bytes = trim_output(KEYS[2], KEYS[3], tonumber(cur[3] or '0'), bytes, math.huge, tonumber(ARGV[7]))
+end
+redis.call('HSET', hash, 'state', 'exited', 'exitCode', ARGV[3], 'signal', ARGV[4], 'exitReason', ARGV[5],
+  'outBytes', string.format('%d', bytes))
 local sig = ARGV[4]
 if sig == '' then
   sig = '-'
