@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"strings"
 )
@@ -22,35 +23,120 @@ func ParseWorkspaces(list string) Workspaces {
 	return w
 }
 
-// Resolve returns the real path of p if it lies under a root, following
-// symlinks with resolve (filepath.EvalSymlinks in production; the function
-// is passed in to keep this package free of I/O). Roots are resolved the same
-// way so that a root behind a symlink still matches. The result must still
-// be checked to be a directory by the caller that can stat it.
+// Links reads the file system for Resolve: os.Lstat, os.Readlink and
+// filepath.EvalSymlinks in production, passed in to keep this package free
+// of I/O.
+type Links struct {
+	Lstat        func(name string) (fs.FileInfo, error)
+	Readlink     func(name string) (string, error)
+	EvalSymlinks func(path string) (string, error) // of the roots only
+}
+
+// maxLinkHops bounds the symlinks one Resolve follows (a loop ends there).
+const maxLinkHops = 40
+
+// Resolve returns the real path of p if it lies under a root, as written
+// (under a root or under its real path), and stays under one when its
+// symlinks are followed. The result must still be checked to be a directory
+// by the caller that can stat it.
 //
 // A path that does not exist and one outside the workspaces get the same
 // error: users must not learn which files exist elsewhere on the host. That
 // holds inside a workspace too, where a symlink (dangling or not) may point
-// outside.
-func (w Workspaces) Resolve(p string, resolve func(string) (string, error)) (string, error) {
+// outside. So Resolve looks at nothing outside the roots: a symlink's target
+// is joined to its folder and cleaned before it is looked at, and one that
+// leaves every root fails there. (filepath.EvalSymlinks looks at each
+// component of a target before it applies a "..": a link to
+// OTHER/NAME/../../mine told a user whether OTHER/NAME exists, in a folder
+// the gateway, not the user, may read.) A target such as link/../x is thus
+// read as x, where the kernel would first follow link.
+func (w Workspaces) Resolve(p string, fsys Links) (string, error) {
 	if p == "" || !filepath.IsAbs(p) || strings.ContainsRune(p, 0) {
 		return "", fmt.Errorf("%w: %q is not an absolute path", ErrInvalidPath, p)
 	}
 	unknown := fmt.Errorf("%w: %q does not exist or is outside the workspaces", ErrInvalidPath, p)
-	real, err := resolve(filepath.Clean(p))
-	if err != nil {
-		return "", unknown
-	}
+	p = filepath.Clean(p)
+	var roots []string // real paths
+	start := ""
 	for _, root := range w.Roots {
-		realRoot, err := resolve(root)
+		real, err := fsys.EvalSymlinks(root)
 		if err != nil {
 			continue
 		}
-		if within(realRoot, real) {
-			return real, nil
+		roots = append(roots, real)
+		if start != "" {
+			continue
+		}
+		if within(root, p) {
+			rel, _ := filepath.Rel(root, p)
+			start = filepath.Join(real, rel)
+		} else if within(real, p) {
+			start = p
 		}
 	}
-	return "", unknown
+	if start == "" {
+		return "", unknown
+	}
+	real, ok := walkWithin(start, roots, fsys)
+	if !ok {
+		return "", unknown
+	}
+	return real, nil
+}
+
+// walkWithin follows the symlinks of p, a clean path under one of roots,
+// one component at a time, and returns the path they lead to; false when
+// a component is missing or a link leads out of every root.
+func walkWithin(p string, roots []string, fsys Links) (string, bool) {
+	root := rootOf(roots, p)
+	done, rest := root, components(root, p)
+	for hops := 0; len(rest) > 0; {
+		next := filepath.Join(done, rest[0])
+		rest = rest[1:]
+		fi, err := fsys.Lstat(next)
+		if err != nil {
+			return "", false
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			done = next
+			continue
+		}
+		if hops++; hops > maxLinkHops {
+			return "", false
+		}
+		target, err := fsys.Readlink(next)
+		if err != nil || target == "" || strings.ContainsRune(target, 0) {
+			return "", false
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(done, target)
+		}
+		target = filepath.Clean(target)
+		if root = rootOf(roots, target); root == "" {
+			return "", false
+		}
+		done, rest = root, append(components(root, target), rest...)
+	}
+	return done, true
+}
+
+// rootOf returns the root of roots that p lies under, or "".
+func rootOf(roots []string, p string) string {
+	for _, r := range roots {
+		if within(r, p) {
+			return r
+		}
+	}
+	return ""
+}
+
+// components splits p, under root, into the names that lead to it from root.
+func components(root, p string) []string {
+	rel, _ := filepath.Rel(root, p)
+	if rel == "." {
+		return nil
+	}
+	return strings.Split(rel, string(filepath.Separator))
 }
 
 func within(root, p string) bool {

@@ -1,9 +1,11 @@
 package app
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -39,9 +41,77 @@ func TestResolveHidesWhatIsOutside(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := w.Resolve(tc.path, filepath.EvalSymlinks)
+			_, err := w.Resolve(tc.path, testLinks)
 			require.ErrorIs(t, err, ErrInvalidPath)
 			require.Equal(t, strings.Replace(hidden, "PATH", `"`+tc.path+`"`, 1), err.Error())
 		})
+	}
+}
+
+// testLinks reads the real file system, as production does.
+var testLinks = Links{Lstat: os.Lstat, Readlink: os.Readlink, EvalSymlinks: filepath.EvalSymlinks}
+
+// TestResolveLooksOnlyInside: a symlink in a user's workspace whose target
+// goes through another folder and back ("OTHER/NAME/../../mine") answers the
+// same whether OTHER/NAME exists or not, and Resolve looks at nothing
+// outside the roots to answer (filepath.EvalSymlinks looked at OTHER/NAME,
+// which a gateway running as root may read where the user may not).
+func TestResolveLooksOnlyInside(t *testing.T) {
+	homes := t.TempDir()
+	mine, other := filepath.Join(homes, "alice"), filepath.Join(homes, "bob")
+	require.NoError(t, os.MkdirAll(filepath.Join(other, "secret-project"), 0o700))
+	require.NoError(t, os.MkdirAll(filepath.Join(mine, "proj"), 0o700))
+	for name, target := range map[string]string{
+		"probe-exists":   other + "/secret-project/../../alice/proj",
+		"probe-missing":  other + "/no-such-thing/../../alice/proj",
+		"rel-exists":     "../bob/secret-project/../../alice/proj",
+		"rel-missing":    "../bob/no-such-thing/../../alice/proj",
+		"out":            other + "/secret-project",
+		"loop":           "loop",
+		"chain":          "probe-exists",
+		"inside-dotdot":  "proj/../proj",
+		"absolute-mine":  mine + "/proj",
+		"dangling-mine":  mine + "/nothing",
+		"through-out":    other,
+		"through-chain":  "chain",
+		"parent-of-root": "..",
+	} {
+		require.NoError(t, os.Symlink(target, filepath.Join(mine, name)))
+	}
+	var mu sync.Mutex
+	var looked []string
+	look := func(p string) {
+		mu.Lock()
+		defer mu.Unlock()
+		looked = append(looked, p)
+	}
+	links := Links{
+		Lstat:        func(p string) (fs.FileInfo, error) { look(p); return os.Lstat(p) },
+		Readlink:     func(p string) (string, error) { look(p); return os.Readlink(p) },
+		EvalSymlinks: filepath.EvalSymlinks,
+	}
+	w := Workspaces{Roots: []string{mine}}
+	realMine, err := filepath.EvalSymlinks(mine)
+	require.NoError(t, err)
+	want := filepath.Join(realMine, "proj")
+	for _, tc := range []struct {
+		link string
+		ok   bool
+	}{
+		{"probe-exists", true}, {"probe-missing", true}, {"rel-exists", true}, {"rel-missing", true},
+		{"chain", true}, {"inside-dotdot", true}, {"absolute-mine", true},
+		{"out", false}, {"loop", false}, {"dangling-mine", false}, {"through-out", false},
+		{"parent-of-root", false}, {"through-chain", true},
+	} {
+		got, err := w.Resolve(filepath.Join(mine, tc.link), links)
+		if !tc.ok {
+			require.ErrorIs(t, err, ErrInvalidPath, tc.link)
+			continue
+		}
+		require.NoError(t, err, tc.link)
+		require.Equal(t, want, got, tc.link)
+	}
+	for _, p := range looked {
+		require.True(t, within(realMine, p), "looked at %s, outside the workspace", p)
 	}
 }

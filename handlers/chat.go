@@ -255,6 +255,9 @@ func (s *Server) existing(sess app.Session, provider app.Provider) (runPlan, err
 	}, resume: resume}, nil
 }
 
+// osLinks is what app.Workspaces.Resolve reads of the file system.
+var osLinks = app.Links{Lstat: os.Lstat, Readlink: os.Readlink, EvalSymlinks: filepath.EvalSymlinks}
+
 // projectDir resolves a project path of a chat or terminal under ws (empty
 // means the first workspace) to an existing directory. Its errors wrap
 // app.ErrInvalidPath.
@@ -265,7 +268,7 @@ func projectDir(ws app.Workspaces, p string) (string, error) {
 		}
 		p = ws.Roots[0]
 	}
-	dir, err := ws.Resolve(p, filepath.EvalSymlinks)
+	dir, err := ws.Resolve(p, osLinks)
 	if err != nil {
 		return "", err
 	}

@@ -565,10 +565,13 @@ func lineBuffered(rd *bufio.Reader) bool {
 	return bytes.IndexByte(buf, '\n') >= 0
 }
 
+// osLinks is what app.Workspaces.Resolve reads of the file system.
+var osLinks = app.Links{Lstat: os.Lstat, Readlink: os.Readlink, EvalSymlinks: filepath.EvalSymlinks}
+
 // resolveDir checks a project path for a run: under a workspace root after
 // symlinks, and a directory.
 func resolveDir(ws app.Workspaces, p string) (string, error) {
-	dir, err := ws.Resolve(p, filepath.EvalSymlinks)
+	dir, err := ws.Resolve(p, osLinks)
 	if err != nil {
 		return "", err
 	}
