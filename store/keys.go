@@ -41,6 +41,11 @@ func (k keys) sessionOfLive(channel string) (string, bool) {
 // running is the sorted set of running session ids by startedAt.
 func (k keys) running() string { return k.prefix + ":sessions:running" }
 
+// shellsOpen is the sorted set of open terminal keys by the time they were
+// opened, so that the reaper finds the terminals of a dead worker that no
+// socket watches (may lag and hold stale entries, as running does).
+func (k keys) shellsOpen() string { return k.prefix + ":shells:open" }
+
 // userSessions is a user's sorted set of session ids by last activity.
 func (k keys) userSessions(user string) string { return k.prefix + ":user:{" + user + "}:sessions" }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -184,6 +185,11 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 	} else if err := s.touch(ctx, s.k.userShells(spec.Owner), key, 0); err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: index: %w", key, err)
 	}
+	// Written ahead, as the running set is: the reaper then finds every
+	// terminal even if this process dies right after the open.
+	if err := s.touch(ctx, s.k.shellsOpen(), key, 0); err != nil {
+		return 0, false, fmt.Errorf("store: open shell %s: index: %w", key, err)
+	}
 	n, err := s.sc.shellOpen.Run(ctx, s.rdb,
 		[]string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)},
 		prevGen, gen, worker, spec.Owner, spec.ProjectPath, string(spec.Provider), command,
@@ -212,50 +218,101 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 // as lost here: a gateway ends it when a socket watches it, but one that no
 // socket watches would otherwise keep its owner's place for ever.
 func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error) {
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.SliceCmd, len(keys))
-	for i, k := range keys {
-		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "createdAt", "worker", "gen")
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, err
-	}
-	now, err := s.rdb.Time(ctx).Result()
+	rows, now, err := s.shellStates(ctx, keys)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]int64, len(keys))
 	alive := map[string]bool{}
-	for i, c := range cmds {
-		v := c.Val()
-		state, _ := v[0].(string)
-		created, _ := v[1].(string)
-		worker, _ := v[2].(string)
-		gen, _ := v[3].(string)
-		switch state {
+	for i, r := range rows {
+		switch r.state {
 		case "":
 			out[i] = staleAfter(now, 0)
 		case ShellExited:
-			out[i] = staleAfter(now, atoi64(created))
+			out[i] = staleAfter(now, r.created)
 		default:
 			out[i] = -1
-			if worker == "" {
+			if r.worker == "" {
 				continue
 			}
-			ok, seen := alive[worker]
+			ok, seen := alive[r.worker]
 			if !seen {
-				if ok, err = s.WorkerAlive(ctx, worker); err != nil {
+				if ok, err = s.WorkerAlive(ctx, r.worker); err != nil {
 					return nil, err
 				}
-				alive[worker] = ok
+				alive[r.worker] = ok
 			}
 			if ok {
 				continue
 			}
-			if _, err := s.ShellExit(ctx, keys[i], atoi64(gen), 1, "", ShellExitLost); err != nil {
+			if _, err := s.ShellExit(ctx, keys[i], r.gen, 1, "", ShellExitLost); err != nil {
 				return nil, err
 			}
-			out[i] = staleAfter(now, atoi64(created))
+			out[i] = staleAfter(now, r.created)
+		}
+	}
+	return out, nil
+}
+
+// shellState is what the index cleaners read of a terminal's hash.
+type shellState struct {
+	state, worker string
+	gen, created  int64
+}
+
+// shellStates reads the state of each terminal of keys in one round trip,
+// and Redis's clock to compare their times with.
+func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, time.Time, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "worker", "gen", "createdAt")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, time.Time{}, err
+	}
+	now, err := s.rdb.Time(ctx).Result()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	rows := make([]shellState, len(keys))
+	for i, c := range cmds {
+		v := c.Val()
+		rows[i].state, _ = v[0].(string)
+		rows[i].worker, _ = v[1].(string)
+		gen, _ := v[2].(string)
+		created, _ := v[3].(string)
+		rows[i].gen, rows[i].created = atoi64(gen), atoi64(created)
+	}
+	return rows, now, nil
+}
+
+// OpenShell is an open terminal as OpenShells read it.
+type OpenShell struct {
+	Key, Worker string
+	Gen         int64
+}
+
+// OpenShells lists the open terminals (starting or running) and drops the
+// index entries of ended or deleted ones, for the reaper.
+func (s *Store) OpenShells(ctx context.Context) ([]OpenShell, error) {
+	keys, err := s.rdb.ZRange(ctx, s.k.shellsOpen(), 0, -1).Result()
+	if err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	rows, now, err := s.shellStates(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("store: list open shells: %w", err)
+	}
+	var out []OpenShell
+	for i, r := range rows {
+		switch r.state {
+		case ShellStarting, ShellRunning:
+			out = append(out, OpenShell{Key: keys[i], Worker: r.worker, Gen: r.gen})
+		default:
+			if err := s.forget(ctx, s.k.shellsOpen(), keys[i], staleAfter(now, r.created)); err != nil {
+				return nil, fmt.Errorf("store: list open shells: %w", err)
+			}
 		}
 	}
 	return out, nil
@@ -344,6 +401,9 @@ func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode i
 	if owner != "" {
 		// A later generation of the key has a later score and stays.
 		if err := s.forget(ctx, s.k.userShells(owner), key, atoi64(created)); err != nil {
+			s.log.Warn("unindex terminal", "shell", key, "err", err)
+		}
+		if err := s.forget(ctx, s.k.shellsOpen(), key, atoi64(created)); err != nil {
 			s.log.Warn("unindex terminal", "shell", key, "err", err)
 		}
 		if err := s.keepEnded(ctx, owner, key); err != nil {

@@ -19,7 +19,7 @@ var (
 	runSeconds       = metrics.NewHistogramVec("agentgate_run_duration_seconds", "Time from a run's claim by this worker to its end, by provider.", []float64{1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600}, "provider")
 	firstLineSeconds = metrics.NewHistogramVec("agentgate_run_first_output_seconds", "Time from a run's acceptance by a gateway to the CLI's first output line, by provider.", []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32}, "provider")
 	jobsWaiting      = metrics.NewGauge("agentgate_jobs_waiting", "Accepted runs no worker has read yet (the jobs stream's lag), as this worker saw it at its last heartbeat.")
-	reaperActions    = metrics.NewCounterVec("agentgate_reaper_actions_total", "Runs the reaper ended, by reason (worker-lost, no-worker).", "reason")
+	reaperActions    = metrics.NewCounterVec("agentgate_reaper_actions_total", "Runs and terminals the reaper ended, by reason (worker-lost, no-worker, terminal-lost).", "reason")
 	terminalsOpen    = metrics.NewGauge("agentgate_terminals_open", "Terminals (PTYs) open on this worker.")
 	ptyBytes         = metrics.NewCounterVec("agentgate_pty_bytes_total", "Bytes through this worker's terminals: out (the PTY's output) and in (keystrokes).", "direction")
 	ptyOut, ptyIn    = ptyBytes.WithLabelValues("out"), ptyBytes.WithLabelValues("in")

@@ -118,7 +118,11 @@ func (r *Reaper) Pass(ctx context.Context) error {
 		return nil
 	}
 	running, err := st.Running(ctx)
-	if err != nil || len(running) == 0 {
+	if err != nil {
+		return err
+	}
+	shells, err := st.OpenShells(ctx)
+	if err != nil || len(running) == 0 && len(shells) == 0 {
 		return err
 	}
 	live, err := st.LiveWorkers(ctx)
@@ -132,6 +136,7 @@ func (r *Reaper) Pass(ctx context.Context) error {
 	}
 	dead := map[string]bool{}
 	r.check(ctx, running, alive, dead)
+	r.checkShells(ctx, shells, alive, dead)
 	for id := range dead {
 		if err := st.RemoveWorker(ctx, id); err != nil {
 			r.log.Warn("remove dead worker", "worker", id, "err", err)
@@ -173,6 +178,32 @@ func (r *Reaper) check(ctx context.Context, list []app.Session, alive, dead map[
 			r.reap(ctx, ref, app.ReasonWorkerLost, "worker lost")
 		case unclaimed(sess):
 			r.reap(ctx, ref, app.ReasonNoWorker, "No worker took this run; is a worker running?")
+		}
+	}
+}
+
+// checkShells ends as lost the terminals whose worker is gone (recording it
+// in dead). A gateway ends those it has a socket on; the others, detached
+// when their worker died, would otherwise hold their owner's place.
+func (r *Reaper) checkShells(ctx context.Context, list []store.OpenShell, alive, dead map[string]bool) {
+	st := r.cfg.Store
+	for _, sh := range list {
+		if sh.Worker == "" || alive[sh.Worker] {
+			continue
+		}
+		if !dead[sh.Worker] {
+			if ok, err := st.WorkerAlive(ctx, sh.Worker); err != nil || ok {
+				continue
+			}
+			dead[sh.Worker] = true
+		}
+		recorded, err := st.ShellExit(ctx, sh.Key, sh.Gen, 1, "", store.ShellExitLost)
+		switch {
+		case err != nil:
+			r.log.Warn("end lost terminal", "shell", sh.Key, "err", err)
+		case recorded:
+			reaperActions.WithLabelValues("terminal-lost").Inc()
+			r.log.Info("ended lost terminal", "shell", sh.Key, "worker", sh.Worker)
 		}
 	}
 }

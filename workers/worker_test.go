@@ -438,6 +438,40 @@ func TestReaperCompletesRunsOfDeadWorker(t *testing.T) {
 	require.Contains(t, string(evs[2].Data), `"content":"worker lost"`)
 }
 
+// TestReaperEndsTerminalsOfDeadWorker: a terminal whose worker died while
+// no socket watched it is ended as lost by the reaper (its owner's place
+// given back, its keys set to expire); one of a live worker is left alone.
+func TestReaperEndsTerminalsOfDeadWorker(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	ctx := context.Background()
+	for _, w := range []string{"gone", "alive"} {
+		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: w, StartedAt: time.Now()}, time.Hour))
+	}
+	spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+	gone, _, err := st.ShellOpen(ctx, "t-gone", 0, "gone", "bash", spec, 8)
+	require.NoError(t, err)
+	_, _, err = st.ShellOpen(ctx, "t-alive", 0, "alive", "bash", spec, 8)
+	require.NoError(t, err)
+	r, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", Interval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, r.Pass(ctx))
+	open, err := st.OpenShells(ctx)
+	require.NoError(t, err)
+	require.Len(t, open, 2, "both workers alive")
+
+	require.NoError(t, st.RemoveWorker(ctx, "gone")) // as its heartbeat expiring
+	require.NoError(t, r.Pass(ctx))
+	open, err = st.OpenShells(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []store.OpenShell{{Key: "t-alive", Worker: "alive", Gen: 1}}, open)
+	info, ok, err := st.Shell(ctx, "t-gone")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, store.ShellExited, info.State)
+	require.Equal(t, store.ShellExitLost, info.ExitReason)
+	require.Equal(t, gone, info.Gen)
+}
+
 func TestReaperFailsUnclaimedRuns(t *testing.T) {
 	st := storetest.New(t, storetest.Miniredis(t))
 	ctx := context.Background()
