@@ -239,7 +239,8 @@ func TestShellFloodMemoryIsBounded(t *testing.T) {
 // TestEndedTerminalsKeepLittle: a user who opens and ends terminals by the
 // dozen keeps the last 64 KiB of output of their 16 most recently ended
 // terminals, not each one's whole budget for the retention; a key opened
-// again is not touched by the deletion of the older ones.
+// again, or one a socket still reads, is not touched by the deletion of
+// the older ones.
 func TestEndedTerminalsKeepLittle(t *testing.T) {
 	for _, b := range storetest.AllBackends {
 		t.Run(string(b), func(t *testing.T) {
@@ -256,6 +257,11 @@ func TestEndedTerminalsKeepLittle(t *testing.T) {
 				require.NoError(t, err)
 				_, err = st.ShellAppend(ctx, key, gen, []string{chunk, chunk, chunk, chunk, chunk, chunk, "end"})
 				require.NoError(t, err)
+				if i == 1 {
+					// A socket still reads t1's output: it stays.
+					_, err = st.ShellTouch(ctx, key, gen, 1)
+					require.NoError(t, err)
+				}
 				recorded, err := st.ShellExit(ctx, key, gen, 0, "", store.ShellExitNormal)
 				require.NoError(t, err)
 				require.True(t, recorded)
@@ -273,6 +279,8 @@ func TestEndedTerminalsKeepLittle(t *testing.T) {
 				switch {
 				case i == 0:
 					require.Equal(t, store.ShellStarting, h[0], "a key opened again stays")
+				case i == 1:
+					require.Equal(t, store.ShellExited, h[0], "an ended terminal a socket reads stays")
 				case i < ended-16:
 					require.Nil(t, h[0], "t%d: an older ended terminal is deleted", i)
 					require.Zero(t, rdb.Exists(ctx, hash+":out", hash+":sizes").Val())
