@@ -19,6 +19,7 @@ const (
 	DenyByUser    = "User denied tool use"
 	DenyBySetting = "Tool disallowed by settings"
 	DenyTooMany   = "Too many permission requests are waiting for an answer"
+	DenyTooLarge  = "This tool call is too large to ask permission for (over 1 MiB of input)"
 )
 
 // DefaultPermissionTimeout is how long a tool waits for an answer

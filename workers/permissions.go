@@ -23,6 +23,7 @@ type permissions struct {
 	rules      app.ToolRules
 	pending    map[string]*pendingAsk // by the request id the user sees
 	byProvider map[string]string      // provider's request id -> user's
+	inputBytes int                    // of the pending requests' inputs
 	closed     bool
 }
 
@@ -31,6 +32,14 @@ type permissions struct {
 // The reference frontend shows them one at a time; past it, a request is
 // denied at once.
 const maxPendingAsks = 64
+
+// The bytes of tool input that may wait for the user: each request's input
+// is held here, in Redis and in every status reply, and a CLI's line (its
+// whole input) may be 16 MiB. Past either bound a request is denied at once.
+const (
+	maxAskInput     = 1 << 20 // one request's
+	maxPendingInput = 4 << 20 // all of a run's pending requests'
+)
 
 type pendingAsk struct {
 	id    string
@@ -73,7 +82,12 @@ func (p *permissions) ask(a ToolAsk) {
 		p.mu.Unlock()
 		return
 	}
-	if len(p.pending) >= maxPendingAsks {
+	if len(a.Input) > maxAskInput {
+		p.mu.Unlock()
+		p.in.write(p.prov.Answer(a, false, nil, app.DenyTooLarge))
+		return
+	}
+	if len(p.pending) >= maxPendingAsks || p.inputBytes+len(a.Input) > maxPendingInput {
 		p.mu.Unlock()
 		p.in.write(p.prov.Answer(a, false, nil, app.DenyTooMany))
 		return
@@ -86,6 +100,7 @@ func (p *permissions) ask(a ToolAsk) {
 	// Registered before the request is visible, so a quick answer finds it.
 	p.pending[id] = pa
 	p.byProvider[a.ID] = id
+	p.inputBytes += len(a.Input)
 	if !app.InteractiveTool(a.Tool) {
 		pa.timer = time.AfterFunc(p.timeout, func() { p.expire(id) })
 	}
@@ -181,6 +196,7 @@ func (p *permissions) take(id string) *pendingAsk {
 	}
 	delete(p.pending, id)
 	delete(p.byProvider, pa.ask.ID)
+	p.inputBytes -= len(pa.ask.Input)
 	if pa.timer != nil {
 		pa.timer.Stop()
 	}

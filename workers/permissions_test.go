@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -353,4 +354,40 @@ func TestPendingAsksAreBounded(t *testing.T) {
 	lines, _ := rec.state()
 	require.Len(t, lines, 1)
 	require.Contains(t, lines[0], app.DenyTooMany)
+}
+
+// TestPendingAsksAreBoundedInBytes: a request whose tool input is over
+// maxAskInput is denied at once, and so is one that would take the run's
+// pending inputs over maxPendingInput; an answered request gives its bytes
+// back.
+func TestPendingAsksAreBoundedInBytes(t *testing.T) {
+	in := newProviderInput()
+	p := &permissions{prov: ClaudeProvider{}, in: in, pending: map[string]*pendingAsk{}, byProvider: map[string]string{}}
+	input := func(n int) json.RawMessage {
+		return json.RawMessage(`{"content":"` + strings.Repeat("x", n) + `"}`)
+	}
+	big := input(maxAskInput) // its quotes and name take it over
+	// Held as if recorded: requests of just under maxAskInput each.
+	held := (maxPendingInput - 1) / (maxAskInput - 64)
+	for i := range held {
+		id := fmt.Sprint("waiting-", i)
+		pa := &pendingAsk{id: id, ask: ToolAsk{ID: id, Tool: "Write", Input: input(maxAskInput - 64 - 20)}}
+		p.pending[id] = pa
+		p.byProvider[id] = id
+		p.inputBytes += len(pa.ask.Input)
+	}
+	p.ask(ToolAsk{ID: "too-large", Tool: "Write", Input: big})
+	p.ask(ToolAsk{ID: "over-budget", Tool: "Write", Input: input(maxAskInput - 64)})
+	require.Len(t, p.pending, held)
+	require.NotNil(t, p.take("waiting-0"))
+	require.Less(t, p.inputBytes, (held-1)*maxAskInput, "an answered request gives its bytes back")
+
+	rec := &recorder{}
+	in.start(rec)
+	in.close()
+	require.Eventually(t, func() bool { _, closed := rec.state(); return closed }, 5*time.Second, time.Millisecond)
+	lines, _ := rec.state()
+	require.Len(t, lines, 2)
+	require.Contains(t, lines[0], app.DenyTooLarge)
+	require.Contains(t, lines[1], app.DenyTooMany)
 }
