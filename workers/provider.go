@@ -57,7 +57,7 @@ func providerSession(id string) map[string]string {
 	if !app.ValidSessionID(id) {
 		return nil
 	}
-	return map[string]string{"providerSessionId": id}
+	return map[string]string{providerSessionField: id}
 }
 
 // ToolAsk is a provider's request to use a tool.

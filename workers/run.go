@@ -88,6 +88,9 @@ type run struct {
 	batches int64
 
 	// accepted is when a gateway queued the run (zero if unknown);
+	// providerIDs are the provider session ids this run recorded, in order
+	// (pump goroutine; see newProviderID).
+	providerIDs []string
 	// sawLine is set at the CLI's first output line (pump goroutine).
 	accepted time.Time
 	sawLine  bool
@@ -386,6 +389,9 @@ func (r *run) pump(out io.Reader, parser Parser) {
 			o := parseLine(parser, line)
 			batch = append(batch, o.Events...)
 			for k, v := range o.Set {
+				if k == providerSessionField && !r.newProviderID(v) {
+					continue
+				}
 				set[k] = v
 			}
 			if o.Ask != nil || o.Withdrawn != "" || o.Reply != nil || o.EndInput {
@@ -446,6 +452,32 @@ func (r *run) control(o Output) {
 // flush appends a batch, at most maxBatch events per append: one line may
 // hold any number of events (a message of many content blocks), and one
 // script call holds up Redis for everyone while it runs.
+// providerSessionField is the session hash field of the provider's own id.
+const providerSessionField = "providerSessionId"
+
+// maxProviderIDs bounds the provider session ids one run records: each is
+// an entry of the provider's id index (ag:provider:…:sessions), which is
+// never trimmed, and a CLI's output can print a new one on every line (a
+// CLI prints one, or two when a resume forks the conversation).
+const maxProviderIDs = 4
+
+// newProviderID reports whether the CLI's session id id is to be recorded:
+// not when it is the one recorded last, nor past maxProviderIDs.
+func (r *run) newProviderID(id string) bool {
+	if len(r.providerIDs) > 0 && r.providerIDs[len(r.providerIDs)-1] == id {
+		return false
+	}
+	if len(r.providerIDs) >= maxProviderIDs {
+		if len(r.providerIDs) == maxProviderIDs {
+			r.log.Warn("the CLI printed more session ids than a run records; later ones are ignored", "max", maxProviderIDs)
+			r.providerIDs = append(r.providerIDs, "") // warned
+		}
+		return false
+	}
+	r.providerIDs = append(r.providerIDs, id)
+	return true
+}
+
 func (r *run) flush(events []app.Event, set map[string]string) {
 	for len(events) > maxBatch && r.stopReason() == stopNone {
 		r.flushOne(events[:maxBatch], nil)

@@ -619,3 +619,22 @@ func TestReaperRereadsBeforeReaping(t *testing.T) {
 	evs = slices.DeleteFunc(evs, func(e store.StoredEvent) bool { return e.Kind != "complete" })
 	require.Len(t, evs, 1, "listed twice, completed once")
 }
+
+// TestProviderIDsPerRunAreBounded: a CLI that prints a new session id on
+// every line (its user can write to its stdout) records at most
+// maxProviderIDs of them in the provider's id index, which is never
+// trimmed; the same id printed again is not recorded twice.
+func TestProviderIDsPerRunAreBounded(t *testing.T) {
+	url := storetest.Miniredis(t)
+	st := storetest.New(t, url)
+	h := startWorker(t, st, "/bin/sh")
+	sess, _ := h.submit(`echo psid=first; sleep 0.01; echo psid=first; for i in $(seq 50); do echo psid=p$i; sleep 0.01; done; echo done`)
+	h.waitDone(sess.ID)
+	rdb := storetest.Client(t, url)
+	n, err := rdb.HLen(context.Background(), st.Prefix()+":provider:{claude}:sessions").Result()
+	require.NoError(t, err)
+	require.EqualValues(t, maxProviderIDs, n)
+	got, err := st.Session(context.Background(), sess.ID)
+	require.NoError(t, err)
+	require.Equal(t, "p3", got.ProviderSessionID, "the last id recorded")
+}
