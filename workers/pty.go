@@ -157,7 +157,7 @@ func (p *ptyProc) killSession(tree []proc) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.closed {
-		killHolders(p.tty)
+		killHolders(p.tty, uidOf(p.cmd.SysProcAttr.Credential))
 	}
 }
 

@@ -330,7 +330,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 						grace.Reset(orphanGrace)
 						continue
 					}
-					killHolders(holders)
+					killHolders(holders, uidOf(cmd.SysProcAttr.Credential))
 					_ = outR.Close()
 					_ = errR.Close()
 					return
