@@ -52,12 +52,13 @@ type userQuota struct {
 	acks *rate.Limiter
 }
 
-// Terminal acks: a rendering client acks each frame it shows. An ack past
-// the rate is dropped without a word: acks are cumulative, so the next one
-// says all it said.
+// Terminal acks: a rendering client acks each frame it shows, up to about
+// a thousand a second for one terminal in a flood, and a user may have
+// several. An ack past the rate is dropped without a word: acks are
+// cumulative, so the next one says all it said.
 const (
-	acksPerFrame  = 20 // the ack rate, in frames of the user's frame rate
-	ackBurstRatio = 2  // the burst, in seconds' worth
+	acksPerFrame  = 100 // the ack rate, in frames of the user's frame rate
+	ackBurstRatio = 2   // the burst, in seconds' worth
 )
 
 // admitAck reports whether the socket's user may send a terminal ack now.
