@@ -88,12 +88,12 @@ type run struct {
 	batches int64
 
 	// accepted is when a gateway queued the run (zero if unknown);
-	// providerIDs are the provider session ids this run recorded, in order
-	// (pump goroutine; see newProviderID).
-	providerIDs []string
 	// sawLine is set at the CLI's first output line (pump goroutine).
 	accepted time.Time
 	sawLine  bool
+	// providerIDs are the provider session ids this run recorded, in order
+	// (pump goroutine; see newProviderID).
+	providerIDs []string
 
 	mu      sync.Mutex
 	proc    *process
