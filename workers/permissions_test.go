@@ -347,11 +347,7 @@ func TestPendingAsksAreBounded(t *testing.T) {
 	}
 	p.ask(ToolAsk{ID: "one-more", Tool: "Bash", Input: json.RawMessage(`{"command":"ls"}`)})
 	require.Len(t, p.pending, maxPendingAsks)
-	rec := &recorder{}
-	in.start(rec)
-	in.close()
-	require.Eventually(t, func() bool { _, closed := rec.state(); return closed }, 5*time.Second, time.Millisecond)
-	lines, _ := rec.state()
+	lines := written(t, in)
 	require.Len(t, lines, 1)
 	require.Contains(t, lines[0], app.DenyTooMany)
 }
@@ -382,12 +378,19 @@ func TestPendingAsksAreBoundedInBytes(t *testing.T) {
 	require.NotNil(t, p.take("waiting-0"))
 	require.Less(t, p.inputBytes, (held-1)*maxAskInput, "an answered request gives its bytes back")
 
+	lines := written(t, in)
+	require.Len(t, lines, 2)
+	require.Contains(t, lines[0], app.DenyTooLarge)
+	require.Contains(t, lines[1], app.DenyTooMany)
+}
+
+// written closes in and returns the lines it wrote to the provider.
+func written(t *testing.T, in *providerInput) []string {
+	t.Helper()
 	rec := &recorder{}
 	in.start(rec)
 	in.close()
 	require.Eventually(t, func() bool { _, closed := rec.state(); return closed }, 5*time.Second, time.Millisecond)
 	lines, _ := rec.state()
-	require.Len(t, lines, 2)
-	require.Contains(t, lines[0], app.DenyTooLarge)
-	require.Contains(t, lines[1], app.DenyTooMany)
+	return lines
 }
