@@ -116,12 +116,12 @@ func (s *Server) serveShell(c echo.Context) error { return s.serveUpgrade(c, s.s
 // maxAckFrame is longer than any ack a client sends ({"type":"ack","seq":N}).
 const maxAckFrame = 128
 
-// onShellMessage handles one /shell frame, on the socket's read goroutine,
-// so a socket's frames keep their order: an init has queued its open
-// control before the input that follows it is sent.
 // ackPrefix starts an ack as the bundled page (JSON.stringify) writes it.
 var ackPrefix = []byte(`{"type":"ack",`)
 
+// onShellMessage handles one /shell frame, on the socket's read goroutine,
+// so a socket's frames keep their order: an init has queued its open
+// control before the input that follows it is sent.
 func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 	sock := shellSocketOf(ms)
 	defer func() {
