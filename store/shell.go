@@ -215,8 +215,8 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 // staleShells gives, for each terminal key of an owner's set, the highest
 // score at which its entry may go (-1 while the terminal is open), for
 // reserve. A terminal whose worker is gone (its heartbeat expired) is ended
-// as lost here: a gateway ends it when a socket watches it, but one that no
-// socket watches would otherwise keep its owner's place for ever.
+// as lost here: a gateway ends it when a socket watches it, and the reaper
+// (OpenShells) within a pass otherwise, but the owner need not wait.
 func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error) {
 	rows, now, err := s.shellStates(ctx, keys)
 	if err != nil {
