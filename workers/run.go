@@ -91,9 +91,10 @@ type run struct {
 	// sawLine is set at the CLI's first output line (pump goroutine).
 	accepted time.Time
 	sawLine  bool
-	// providerIDs are the provider session ids this run recorded, in order
-	// (pump goroutine; see newProviderID).
-	providerIDs []string
+	// providerID is the provider session id this run recorded last, and
+	// providerIDs how many it recorded (pump goroutine; see newProviderID).
+	providerID  string
+	providerIDs int
 
 	mu      sync.Mutex
 	proc    *process
@@ -449,9 +450,6 @@ func (r *run) control(o Output) {
 	}
 }
 
-// flush appends a batch, at most maxBatch events per append: one line may
-// hold any number of events (a message of many content blocks), and one
-// script call holds up Redis for everyone while it runs.
 // providerSessionField is the session hash field of the provider's own id.
 const providerSessionField = "providerSessionId"
 
@@ -464,20 +462,24 @@ const maxProviderIDs = 4
 // newProviderID reports whether the CLI's session id id is to be recorded:
 // not when it is the one recorded last, nor past maxProviderIDs.
 func (r *run) newProviderID(id string) bool {
-	if len(r.providerIDs) > 0 && r.providerIDs[len(r.providerIDs)-1] == id {
+	switch {
+	case id == r.providerID:
+		return false
+	case r.providerIDs == maxProviderIDs:
+		r.log.Warn("the CLI printed more session ids than a run records; later ones are ignored", "max", maxProviderIDs)
+		r.providerIDs++ // warned once
+		return false
+	case r.providerIDs > maxProviderIDs:
 		return false
 	}
-	if len(r.providerIDs) >= maxProviderIDs {
-		if len(r.providerIDs) == maxProviderIDs {
-			r.log.Warn("the CLI printed more session ids than a run records; later ones are ignored", "max", maxProviderIDs)
-			r.providerIDs = append(r.providerIDs, "") // warned
-		}
-		return false
-	}
-	r.providerIDs = append(r.providerIDs, id)
+	r.providerID = id
+	r.providerIDs++
 	return true
 }
 
+// flush appends a batch, at most maxBatch events per append: one line may
+// hold any number of events (a message of many content blocks), and one
+// script call holds up Redis for everyone while it runs.
 func (r *run) flush(events []app.Event, set map[string]string) {
 	for len(events) > maxBatch && r.stopReason() == stopNone {
 		r.flushOne(events[:maxBatch], nil)
