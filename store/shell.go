@@ -393,11 +393,12 @@ func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode i
 	if err != nil {
 		return false, fmt.Errorf("store: end shell %s: %w", key, err)
 	}
-	if len(res) < 3 || res[0] != int64(1) {
+	if len(res) < 4 || res[0] != int64(1) {
 		return false, nil
 	}
 	owner, _ := res[1].(string)
 	created, _ := res[2].(string)
+	ended, _ := res[3].(string)
 	if owner != "" {
 		// A later generation of the key has a later score and stays.
 		if err := s.forget(ctx, s.k.userShells(owner), key, atoi64(created)); err != nil {
@@ -406,25 +407,21 @@ func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode i
 		if err := s.forget(ctx, s.k.shellsOpen(), key, atoi64(created)); err != nil {
 			s.log.Warn("unindex terminal", "shell", key, "err", err)
 		}
-		if err := s.keepEnded(ctx, owner, key); err != nil {
+		if err := s.keepEnded(ctx, owner, key, atoi64(ended)); err != nil {
 			s.log.Warn("index ended terminal", "shell", key, "err", err)
 		}
 	}
 	return true, nil
 }
 
-// keepEnded lists key among owner's ended terminals and deletes the ended
-// terminals past the newest endedKept: each keeps its output for the
-// retention, and a user who opens and ends terminals by the hundred must
-// not keep a hundred.
-func (s *Store) keepEnded(ctx context.Context, owner, key string) error {
+// keepEnded lists key among owner's ended terminals, by the Redis time it
+// ended (ms), and deletes the ended terminals past the newest endedKept:
+// each keeps its output for the retention, and a user who opens and ends
+// terminals by the hundred must not keep a hundred.
+func (s *Store) keepEnded(ctx context.Context, owner, key string, ended int64) error {
 	index := s.k.userEnded(owner)
-	now, err := s.rdb.Time(ctx).Result()
-	if err != nil {
-		return err
-	}
 	pipe := s.rdb.Pipeline()
-	pipe.ZAdd(ctx, index, redis.Z{Score: float64(now.UnixMilli()), Member: key})
+	pipe.ZAdd(ctx, index, redis.Z{Score: float64(ended), Member: key})
 	pipe.Expire(ctx, index, s.cfg.ShellRetention)
 	old := pipe.ZRange(ctx, index, 0, -endedKept-1)
 	if _, err := pipe.Exec(ctx); err != nil {

@@ -15,7 +15,8 @@
 -- ARGV[4] signal name or ''   ARGV[5] reason ('exit' or 'lost')
 -- ARGV[6] retention, seconds   ARGV[7] output kept, bytes
 --
--- Returns {1, owner, createdAt} when recorded, {0} otherwise.
+-- Returns {1, owner, createdAt, the time it ended (ms)} when recorded, {0}
+-- otherwise.
 local hash = KEYS[1]
 local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt', 'outBytes')
 if cur[1] ~= ARGV[1] or cur[2] == 'exited' then
@@ -35,4 +36,6 @@ redis.call('EXPIRE', hash, ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('PUBLISH', ARGV[2], 'e ' .. ARGV[1] .. ' ' .. (cur[3] or '0') .. ' ' .. ARGV[3] .. ' ' .. sig .. ' ' .. ARGV[5])
-return {1, cur[4] or '', cur[5] or '0'}
+local t = redis.call('TIME')
+local ended = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+return {1, cur[4] or '', cur[5] or '0', ended}
