@@ -12,10 +12,10 @@ import (
 // acker tells workers how far their terminals' output was written to this
 // gateway's sockets (their flow control: a worker reads a PTY only while
 // the most advanced socket keeps up). The acks of all the terminals of one
-// worker go in one control, one at most every linkAckInterval over the
-// worker's link and every ackInterval through its inbox, so that a hundred
-// flooding terminals cost a worker what one does, and acks never crowd out
-// the keystrokes and opens that share the inbox.
+// worker go in one control: over the worker's link as soon as the control
+// before has been written, so that acks made meanwhile share the next one,
+// and through its inbox at most every ackInterval, so that acks never crowd
+// out the keystrokes and opens that share the inbox.
 type acker struct {
 	mu      sync.Mutex
 	pending map[string]map[*feed]struct{} // by worker: feeds written since their last ack
@@ -24,11 +24,11 @@ type acker struct {
 
 // ackInterval spaces the acks to a worker through its inbox: at 20 MB/s,
 // 5 ms is 100 KB, well within the worker's window (workers/shellflow.go).
-// Over a link, which costs Redis nothing, linkAckInterval spaces them.
-const (
-	ackInterval     = 5 * time.Millisecond
-	linkAckInterval = time.Millisecond
-)
+// Over a link, which costs Redis nothing, acks are not spaced: a window's
+// round trip is what bounds a flood's throughput with a small window, and
+// a worker gets at most an ack per frame, which a flood makes about a
+// thousand a second on a whole machine (bench/RESULTS.md).
+const ackInterval = 5 * time.Millisecond
 
 // maxAcksPerControl bounds one control's size.
 const maxAcksPerControl = 256
@@ -102,15 +102,17 @@ func (tm *terminals) sendAcks(worker string) {
 			}
 			f.mu.Unlock()
 		}
-		interval := linkAckInterval
+		linked := true
 		for len(acks) > 0 {
 			n := min(len(acks), maxAcksPerControl)
 			if !tm.sendAckControl(worker, acks[:n]) {
-				interval = ackInterval
+				linked = false
 			}
 			acks = acks[n:]
 		}
-		time.Sleep(interval)
+		if !linked {
+			time.Sleep(ackInterval)
+		}
 	}
 }
 
