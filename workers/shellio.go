@@ -222,6 +222,11 @@ func (sh *shell) inputLoop() {
 		for _, op := range ops {
 			if op.data != nil {
 				ptyIn.Add(float64(len(op.data)))
+				if sh.p.flushesOutput(op.data) {
+					// Before the write: output read after it may be the
+					// signal's own (^C, the prompt), which must stay.
+					sh.dropUnstored()
+				}
 				if _, err := sh.p.f.Write(op.data); err != nil {
 					sh.log.Debug("write to terminal", "err", err)
 				}

@@ -29,6 +29,9 @@ func (c *Counter) Add(v float64) {
 	}
 }
 
+// Value is the counter's current value (for tests).
+func (c *Counter) Value() float64 { return c.v.get() }
+
 // Gauge is a value that goes up and down.
 type Gauge struct{ v value }
 

@@ -5,7 +5,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -28,6 +30,9 @@ func scrape(t *testing.T) (string, map[string]*dto.MetricFamily) {
 }
 
 func TestExposition(t *testing.T) {
+	// The kernel counts a process's CPU in 10 ms ticks: a test binary
+	// that has just started may have none yet.
+	spendCPU(t, 30*time.Millisecond)
 	c := NewCounter("test_events_total", "Events.\nSecond line with a \\ backslash.")
 	g := NewGauge("test_open", "Open things.")
 	cv := NewCounterVec("test_runs_total", "Runs by provider and outcome.", "provider", "outcome")
@@ -78,6 +83,24 @@ func TestExposition(t *testing.T) {
 		require.Contains(t, fams, name)
 		require.Greater(t, fams[name].Metric[0].GetGauge().GetValue()+fams[name].Metric[0].GetCounter().GetValue(), 0.0, name)
 	}
+}
+
+// spendCPU keeps the process busy until it has used at least d of CPU.
+func spendCPU(t *testing.T, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	x := 0
+	for time.Now().Before(deadline) {
+		for i := range 1 << 16 {
+			x += i
+		}
+		var ru syscall.Rusage
+		require.NoError(t, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+		if time.Duration(ru.Utime.Nano()+ru.Stime.Nano()) >= d {
+			return
+		}
+	}
+	t.Fatalf("used less than %s of CPU in 10 s (%d)", d, x)
 }
 
 // TestConcurrentUpdates: no update is lost under concurrent use, whole
