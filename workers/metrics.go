@@ -23,7 +23,7 @@ var (
 	terminalsOpen    = metrics.NewGauge("agentgate_terminals_open", "Terminals (PTYs) open on this worker.")
 	ptyBytes         = metrics.NewCounterVec("agentgate_pty_bytes_total", "Bytes through this worker's terminals: out (the PTY's output) and in (keystrokes).", "direction")
 	ptyOut, ptyIn    = ptyBytes.WithLabelValues("out"), ptyBytes.WithLabelValues("in")
-	ptyFlushed       = metrics.NewCounter("agentgate_pty_flushed_bytes_total", "Output of this worker's terminals read but not yet stored when the terminal flushed its output (a typed Ctrl-C; workers/shellintr.go).")
+	ptyFlushed       = metrics.NewCounter("agentgate_pty_flushed_bytes_total", "Output of this worker's terminals read but not yet stored when a typed interrupt, quit or suspend character flushed it (workers/shellintr.go).")
 )
 
 // providerLabel bounds the provider label to the known providers.

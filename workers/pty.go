@@ -79,14 +79,6 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 		_ = f.Close()
 		return nil, fmt.Errorf("start terminal: %w", err)
 	}
-	// Packet mode: the terminal's output then says when its line
-	// discipline throws queued output away (shellintr.go).
-	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.TIOCPKT, 1); err != nil {
-		_ = cmd.Process.Kill()
-		_ = f.Close()
-		_ = cmd.Wait()
-		return nil, fmt.Errorf("start terminal: packet mode: %w", err)
-	}
 	// pty hands the ptmx back in blocking mode: make it pollable.
 	if err := syscall.SetNonblock(int(f.Fd()), true); err != nil {
 		_ = cmd.Process.Kill()

@@ -110,9 +110,9 @@ func TestPTYKillSession(t *testing.T) {
 	go func() {
 		buf := make([]byte, 4096)
 		for {
-			data, _, err := p.read(buf)
-			if len(data) > 0 {
-				out <- string(data)
+			n, err := p.f.Read(buf)
+			if n > 0 {
+				out <- string(buf[:n])
 			}
 			if err != nil {
 				close(out)

@@ -1,37 +1,65 @@
 package workers
 
-import "golang.org/x/sys/unix"
+import (
+	"bytes"
+
+	"golang.org/x/sys/unix"
+)
 
 // When a terminal's line discipline turns a typed interrupt, quit or
 // suspend character into a signal, it throws away the output still queued
 // for the terminal, unless NOFLSH is set (termios(3), ISIG). Output the
 // worker has read from the PTY but not yet stored is the rest of that
-// queue: it is dropped too, so after a Ctrl-C in a flood the prompt comes
-// back after what is already on its way to the sockets, not after a
-// backlog that a terminal on the other end of the PTY would never have
-// shown. The kernel says when it flushed: the ptmx is in packet mode
-// (TIOCPKT, ioctl_tty(2)), and a read then returns either data behind a
-// zero byte or a status byte, TIOCPKT_FLUSHWRITE among its flags when the
-// output queue was flushed. Data read before that status was written
-// before the flush; data read after it, such as the echoed ^C and the
-// prompt, came after.
+// queue: a Ctrl-C in a flood drops it too, so the prompt comes back after
+// what is already on its way to the sockets, not after a backlog that a
+// terminal on the other end of the PTY would never have shown.
 
-// read reads the terminal's output into buf: data (within buf), or
-// flushed when the kernel reports that it threw the terminal's queued
-// output away.
-func (p *ptyProc) read(buf []byte) (data []byte, flushed bool, err error) {
-	n, err := p.f.Read(buf)
-	if n == 0 {
-		return nil, false, err
+// flushesOutput reports whether typing data makes the terminal's line
+// discipline raise a signal that flushes output: data holds the interrupt,
+// quit or suspend character while ISIG is on and NOFLSH off. The settings
+// are read from the terminal each time, as the program on it changes them
+// (an editor turns ISIG off).
+func (p *ptyProc) flushesOutput(data []byte) bool {
+	if !hasControlByte(data) {
+		return false
 	}
-	if buf[0] != unix.TIOCPKT_DATA {
-		return nil, buf[0]&unix.TIOCPKT_FLUSHWRITE != 0, err
+	raw, err := p.f.SyscallConn()
+	if err != nil {
+		return false
 	}
-	return buf[1:n], false, err
+	var t *unix.Termios
+	// TCGETS on the master answers with the terminal's (the slave's)
+	// settings on Linux.
+	if cerr := raw.Control(func(fd uintptr) { t, err = unix.IoctlGetTermios(int(fd), unix.TCGETS) }); cerr != nil || err != nil {
+		return false
+	}
+	if t.Lflag&unix.ISIG == 0 || t.Lflag&unix.NOFLSH != 0 {
+		return false
+	}
+	for _, i := range []int{unix.VINTR, unix.VQUIT, unix.VSUSP} {
+		// NUL is _POSIX_VDISABLE: the character is unset.
+		if c := t.Cc[i]; c != 0 && bytes.IndexByte(data, c) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// hasControlByte reports whether data holds a control character other
+// than the line and tab ones typed all the time: only those are worth a
+// look at the terminal's settings (the signal characters are control
+// characters unless a user remaps them to printable ones).
+func hasControlByte(data []byte) bool {
+	for _, c := range data {
+		if (c < 0x20 && c != '\r' && c != '\n' && c != '\t') || c == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 // dropUnstored drops the output read from the PTY and not yet handed to
-// an append, as the line discipline flushed what it still held.
+// an append, as the line discipline flushes what it still holds.
 func (sh *shell) dropUnstored() {
 	sh.outMu.Lock()
 	n := len(sh.pending)

@@ -27,18 +27,15 @@ func (sh *shell) readLoop() {
 		// blocks on a full PTY, and a Ctrl-C has little left to show.
 		sh.flow.wait(pending, sh.p.exited)
 		nanosleep(pause)
-		data, flushed, err := sh.p.read(buf)
-		pause = pace.after(len(data))
-		if flushed {
-			sh.dropUnstored()
-		}
-		if len(data) > 0 {
-			ptyOut.Add(float64(len(data)))
+		n, err := sh.p.f.Read(buf)
+		pause = pace.after(n)
+		if n > 0 {
+			ptyOut.Add(float64(n))
 			sh.outMu.Lock()
 			for len(sh.pending) >= shellPendingMax {
 				sh.outCond.Wait()
 			}
-			sh.pending = append(sh.pending, data...)
+			sh.pending = append(sh.pending, buf[:n]...)
 			sh.outCond.Broadcast()
 			sh.outMu.Unlock()
 		}
@@ -225,6 +222,11 @@ func (sh *shell) inputLoop() {
 		for _, op := range ops {
 			if op.data != nil {
 				ptyIn.Add(float64(len(op.data)))
+				if sh.p.flushesOutput(op.data) {
+					// Before the write: output read after it may be the
+					// signal's own (^C, the prompt), which must stay.
+					sh.dropUnstored()
+				}
 				if _, err := sh.p.f.Write(op.data); err != nil {
 					sh.log.Debug("write to terminal", "err", err)
 				}
