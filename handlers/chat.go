@@ -16,6 +16,7 @@ import (
 	"github.com/olahol/melody"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/internal/workspacefs"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -255,9 +256,6 @@ func (s *Server) existing(sess app.Session, provider app.Provider) (runPlan, err
 	}, resume: resume}, nil
 }
 
-// osLinks is what app.Workspaces.Resolve reads of the file system.
-var osLinks = app.Links{Lstat: os.Lstat, Readlink: os.Readlink, EvalSymlinks: filepath.EvalSymlinks}
-
 // projectDir resolves a project path of a chat or terminal under ws (empty
 // means the first workspace) to an existing directory. Its errors wrap
 // app.ErrInvalidPath.
@@ -268,14 +266,7 @@ func projectDir(ws app.Workspaces, p string) (string, error) {
 		}
 		p = ws.Roots[0]
 	}
-	dir, err := ws.Resolve(p, osLinks)
-	if err != nil {
-		return "", err
-	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, p)
-	}
-	return dir, nil
+	return workspacefs.Dir(ws, p)
 }
 
 // userProjectDir is projectDir with the roots as they apply to user

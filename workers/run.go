@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/internal/workspacefs"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -208,7 +208,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		r.log.Error("no account for the run", "err", err)
 		return failed("The worker could not prepare this user's account; try again or ask the operator.")
 	}
-	dir, err := resolveDir(r.w.cfg.Workspaces.For(job.Owner), job.ProjectPath)
+	dir, err := workspacefs.Dir(r.w.cfg.Workspaces.For(job.Owner), job.ProjectPath)
 	if err != nil {
 		return failed(err.Error())
 	}
@@ -597,23 +597,6 @@ func lineBuffered(rd *bufio.Reader) bool {
 	}
 	buf, _ := rd.Peek(n)
 	return bytes.IndexByte(buf, '\n') >= 0
-}
-
-// osLinks is what app.Workspaces.Resolve reads of the file system.
-var osLinks = app.Links{Lstat: os.Lstat, Readlink: os.Readlink, EvalSymlinks: filepath.EvalSymlinks}
-
-// resolveDir checks a project path for a run: under a workspace root after
-// symlinks, and a directory.
-func resolveDir(ws app.Workspaces, p string) (string, error) {
-	dir, err := ws.Resolve(p, osLinks)
-	if err != nil {
-		return "", err
-	}
-	fi, err := os.Stat(dir)
-	if err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, p)
-	}
-	return dir, nil
 }
 
 // tailBuffer keeps the last stderrTail bytes written to it.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/internal/workspacefs"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -224,7 +225,7 @@ func (w *Worker) openShell(c store.Control) {
 		fail("the worker could not prepare this user's account")
 		return
 	}
-	dir, err := resolveDir(w.cfg.Workspaces.For(spec.Owner), spec.ProjectPath)
+	dir, err := workspacefs.Dir(w.cfg.Workspaces.For(spec.Owner), spec.ProjectPath)
 	if err != nil {
 		fail(app.ShellErrInvalidPath)
 		return

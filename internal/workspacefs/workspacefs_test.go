@@ -1,0 +1,35 @@
+package workspacefs
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// TestDir: a directory under a root, also through a symlink that stays
+// inside, resolves to its real path; a file, a missing path and a path
+// outside the roots are refused with app.ErrInvalidPath.
+func TestDir(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	require.NoError(t, os.Mkdir(filepath.Join(root, "proj"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "file"), nil, 0o644))
+	require.NoError(t, os.Symlink("proj", filepath.Join(root, "link")))
+	require.NoError(t, os.Symlink(outside, filepath.Join(root, "out")))
+	real, err := filepath.EvalSymlinks(filepath.Join(root, "proj"))
+	require.NoError(t, err)
+	ws := app.Workspaces{Roots: []string{root}}
+
+	for _, p := range []string{filepath.Join(root, "proj"), filepath.Join(root, "link")} {
+		dir, err := Dir(ws, p)
+		require.NoError(t, err, p)
+		require.Equal(t, real, dir, p)
+	}
+	for _, p := range []string{filepath.Join(root, "file"), filepath.Join(root, "missing"), filepath.Join(root, "out"), outside, "relative"} {
+		_, err := Dir(ws, p)
+		require.ErrorIs(t, err, app.ErrInvalidPath, p)
+	}
+}
