@@ -285,6 +285,10 @@ func benchSockets(b *testing.B, watch bool) {
 		// RSS follows the heap goal (twice the live heap, plus the stacks,
 		// at GOGC=100) more than the heap in use at the moment.
 		b.ReportMetric(per("go_memstats_next_gc_bytes")/1024, "next_gc_KiB/conn")
+		// Free heap pages the runtime has not returned to the kernel yet:
+		// RSS, but neither heap in use nor stacks.
+		b.ReportMetric((per("go_memstats_heap_idle_bytes")-per("go_memstats_heap_released_bytes"))/1024, "heap_retained_free_KiB/conn")
+		b.ReportMetric(per("go_memstats_sys_bytes")/1024, "go_sys_KiB/conn")
 		b.ReportMetric(rss1/(1<<20), "rss_MiB")
 		b.ReportMetric(float64(n), "sockets")
 		b.ReportMetric(float64(n)/openTime.Seconds(), "opens/s")
