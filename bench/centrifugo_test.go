@@ -242,26 +242,13 @@ func benchCentrifugo(b *testing.B, bin string, sessions int, m mode) {
 		b.StopTimer()
 		clients := make([]*centrifugoClient, sessions)
 		channels := make([]string, sessions)
-		var wg sync.WaitGroup
-		var dialErr atomic.Value
-		sem := make(chan struct{}, 32)
-		for i := range clients {
+		err := openAll(sessions, func(i int) error {
 			channels[i] = "r" + strconv.Itoa(round) + "-" + strconv.Itoa(i)
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				c, err := r.subscribe(channels[i])
-				if err != nil {
-					dialErr.Store(err)
-					return
-				}
-				clients[i] = c
-			}()
-		}
-		wg.Wait()
-		if err := dialErr.Load(); err != nil {
+			c, err := r.subscribe(channels[i])
+			clients[i] = c
+			return err
+		})
+		if err != nil {
 			b.Fatalf("open sockets: %v", err)
 		}
 		for _, c := range clients {

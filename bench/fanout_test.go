@@ -493,34 +493,21 @@ func benchGateway(b *testing.B, sessions int, m mode, start func(*testing.B) *ga
 				b.Fatal(err)
 			}
 		}
-		var wg sync.WaitGroup
-		var dialErr atomic.Value
-		sem := make(chan struct{}, 32)
-		for i := range clients {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				ws, err := env.dial()
-				if err != nil {
-					dialErr.Store(err)
-					return
-				}
-				c := &streamClient{ws: ws, accepted: make(chan struct{}), done: make(chan struct{})}
-				clients[i] = c
-				cmd, _ := json.Marshal(map[string]any{
-					"type": "claude-command", "command": emitters[i].path + "\n",
-					"options": map[string]any{"projectPath": env.dir},
-				})
-				go c.read()
-				if err := ws.WriteMessage(websocket.TextMessage, cmd); err != nil {
-					dialErr.Store(err)
-				}
-			}()
-		}
-		wg.Wait()
-		if err := dialErr.Load(); err != nil {
+		err := openAll(sessions, func(i int) error {
+			ws, err := env.dial()
+			if err != nil {
+				return err
+			}
+			c := &streamClient{ws: ws, accepted: make(chan struct{}), done: make(chan struct{})}
+			clients[i] = c
+			cmd, _ := json.Marshal(map[string]any{
+				"type": "claude-command", "command": emitters[i].path + "\n",
+				"options": map[string]any{"projectPath": env.dir},
+			})
+			go c.read()
+			return ws.WriteMessage(websocket.TextMessage, cmd)
+		})
+		if err != nil {
 			b.Fatalf("open sockets: %v", err)
 		}
 		for _, c := range clients {

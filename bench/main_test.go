@@ -6,6 +6,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"os"
@@ -85,6 +86,30 @@ var benchLimitEnv = []string{
 	fmt.Sprintf("AGENTGATE_MAX_TERMINALS_PER_USER=%d", benchLimit),
 	fmt.Sprintf("AGENTGATE_MAX_RUNS=%d", benchLimit),
 	fmt.Sprintf("AGENTGATE_MAX_TERMINALS=%d", benchLimit),
+}
+
+// openAll runs open(i) for every i below n, 32 at a time, and returns the
+// first error: opening a round's sockets without a thousand dials at once.
+func openAll(n int, open func(i int) error) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	sem := make(chan struct{}, 32)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := open(i); err != nil {
+				mu.Lock()
+				first = cmp.Or(first, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return first
 }
 
 func configName(sessions int, mode string) string {
