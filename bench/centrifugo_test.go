@@ -149,8 +149,11 @@ func (r *centrifugoRig) publish(ch string, sent int64) error {
 // centrifugoClient is one subscriber: it connects, subscribes to one
 // channel and records the latency of each publication it reads.
 type centrifugoClient struct {
-	ws         *websocket.Conn
-	subscribed chan struct{}
+	ws     *websocket.Conn
+	lastID int // the id of the last command sent on opening
+	// ready is closed by the reply to the last command sent on opening:
+	// the subscription's, or the connect's when there is no channel.
+	ready chan struct{}
 	// warm is set by the first publication, the round's untimed warm-up.
 	warm     atomic.Bool
 	sent     atomic.Int64 // publications the round sent to this channel
@@ -161,13 +164,19 @@ type centrifugoClient struct {
 	done     chan struct{}
 }
 
+// subscribe opens a client socket, connects it and subscribes it to ch
+// (connects it only when ch is empty).
 func (r *centrifugoRig) subscribe(ch string) (*centrifugoClient, error) {
 	ws, _, err := websocket.DefaultDialer.Dial("ws://"+r.addr+"/connection/websocket", nil)
 	if err != nil {
 		return nil, err
 	}
-	c := &centrifugoClient{ws: ws, subscribed: make(chan struct{}), done: make(chan struct{})}
-	cmds := fmt.Sprintf(`{"id":1,"connect":{"token":%q,"name":"bench"}}`+"\n"+`{"id":2,"subscribe":{"channel":%q}}`, r.token, ch)
+	c := &centrifugoClient{ws: ws, ready: make(chan struct{}), done: make(chan struct{}), lastID: 1}
+	cmds := fmt.Sprintf(`{"id":1,"connect":{"token":%q,"name":"bench"}}`, r.token)
+	if ch != "" {
+		cmds += fmt.Sprintf("\n"+`{"id":2,"subscribe":{"channel":%q}}`, ch)
+		c.lastID = 2
+	}
 	if err := ws.WriteMessage(websocket.TextMessage, []byte(cmds)); err != nil {
 		ws.Close()
 		return nil, err
@@ -210,7 +219,7 @@ func (c *centrifugoClient) read() {
 				}
 				continue
 			}
-			reply.ID, reply.Error, reply.Subscribe, reply.Push = 0, nil, nil, nil
+			reply.ID, reply.Error, reply.Push = 0, nil, nil
 			if err := json.Unmarshal(line, &reply); err != nil {
 				c.err = fmt.Errorf("reply %q: %w", line, err)
 				return
@@ -219,8 +228,8 @@ func (c *centrifugoClient) read() {
 			case reply.Error != nil:
 				c.err = fmt.Errorf("reply %d: %s", reply.ID, reply.Error.Message)
 				return
-			case reply.ID == 2 && reply.Subscribe != nil:
-				close(c.subscribed)
+			case reply.ID != 0 && reply.ID == c.lastID:
+				close(c.ready)
 			case reply.Push != nil && reply.Push.Pub != nil && !c.warm.Load():
 				c.warm.Store(true)
 			case reply.Push != nil && reply.Push.Pub != nil:
@@ -253,7 +262,7 @@ func benchCentrifugo(b *testing.B, bin string, sessions int, m mode) {
 		}
 		for _, c := range clients {
 			select {
-			case <-c.subscribed:
+			case <-c.ready:
 			case <-c.done:
 				b.Fatalf("socket ended before its subscription: %v", c.err)
 			case <-time.After(roundTimeout):
@@ -326,4 +335,68 @@ func benchCentrifugo(b *testing.B, bin string, sessions int, m mode) {
 	reportFanout(b, &lat, delivered, expected, span)
 	cpu.report(b.ReportMetric)
 	cpu.reportPerEvent(b.ReportMetric, delivered)
+}
+
+// BenchmarkCentrifugoSockets is BenchmarkIdleSockets and
+// BenchmarkWatchingSockets for Centrifugo, as BenchmarkCentrifugo runs it:
+// the RSS of its process per socket, over 10,000 connected sockets
+// (idle), or each also subscribed to a channel of its own (watching).
+func BenchmarkCentrifugoSockets(b *testing.B) {
+	bin, err := exec.LookPath("centrifugo")
+	if err != nil {
+		b.Skip("centrifugo is not installed")
+	}
+	for _, watch := range []bool{false, true} {
+		name := map[bool]string{false: "idle", true: "watching"}[watch]
+		b.Run(name, func(b *testing.B) {
+			// Before Centrifugo starts: it inherits the raised limit.
+			n := socketCount(b, idleSockets, 200)
+			r, _ := startCentrifugo(b, bin)
+			open := func(count int, prefix string) []*centrifugoClient {
+				clients := make([]*centrifugoClient, count)
+				err := openAll(count, func(i int) error {
+					ch := ""
+					if watch {
+						ch = prefix + strconv.Itoa(i)
+					}
+					c, err := r.subscribe(ch)
+					clients[i] = c
+					return err
+				})
+				if err != nil {
+					b.Fatalf("open sockets: %v", err)
+				}
+				for _, c := range clients {
+					select {
+					case <-c.ready:
+					case <-c.done:
+						b.Fatalf("socket ended before its reply: %v", c.err)
+					}
+				}
+				return clients
+			}
+			closeAll := func(clients []*centrifugoClient) {
+				for _, c := range clients {
+					_ = c.ws.Close()
+					<-c.done
+				}
+			}
+			for range b.N {
+				b.StopTimer()
+				// Warm up, as BenchmarkIdleSockets does.
+				closeAll(open(100, "warm-"))
+				time.Sleep(time.Second)
+				rss0 := procRSS(b, r.pid)
+				b.StartTimer()
+				clients := open(n, "w-")
+				time.Sleep(idleSettle)
+				b.StopTimer()
+				rss1 := procRSS(b, r.pid)
+				b.ReportMetric((rss1-rss0)/float64(n)/1024, "rss_KiB/conn")
+				b.ReportMetric(rss1/(1<<20), "rss_MiB")
+				b.ReportMetric(float64(n), "sockets")
+				closeAll(clients)
+			}
+		})
+	}
 }

@@ -185,8 +185,11 @@ func (p *gatewayProcess) stop() {
 }
 
 // rss reads VmRSS of the gateway process in bytes.
-func (p *gatewayProcess) rss(b *testing.B) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+func (p *gatewayProcess) rss(b *testing.B) float64 { return procRSS(b, p.cmd.Process.Pid) }
+
+// procRSS reads VmRSS of process pid in bytes.
+func procRSS(b *testing.B, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
