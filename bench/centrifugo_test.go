@@ -27,7 +27,7 @@ import (
 // history and recovery on for every channel, JWT connections; one client
 // socket per session subscribed to that session's channel; each event
 // published through Centrifugo's HTTP API on BenchmarkFanout's schedule,
-// carrying the time it was sent. Latency is from that time to the client's
+// carrying the time it was due. Latency is from that time to the client's
 // read; CPU per event is centrifugo's process and redis-server's, as the
 // gateway's, the worker's and Redis' are for agentgate (whose path also
 // has a CLI process and its pipe). Skipped when centrifugo is not on PATH.
@@ -294,12 +294,16 @@ func benchCentrifugo(b *testing.B, bin string, sessions int, m mode) {
 				defer pubWG.Done()
 				<-release
 				for j := 0; sc.wait(i, j); j++ {
+					// The event's time is when it was due, not when a
+					// request could be sent: a Centrifugo that falls behind
+					// makes its publishers wait, and that wait is latency.
+					due := sc.at(i, j).UnixNano()
 					inflight <- struct{}{}
 					pubWG.Add(1)
 					go func() {
 						defer pubWG.Done()
 						defer func() { <-inflight }()
-						if err := r.publish(channels[i], time.Now().UnixNano()); err != nil {
+						if err := r.publish(channels[i], due); err != nil {
 							b.Errorf("publish: %v", err)
 							return
 						}

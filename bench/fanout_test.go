@@ -82,11 +82,16 @@ func (sc schedule) wait(s, i int) bool {
 		return false
 	}
 	if sc.interval > 0 {
-		if d := time.Until(sc.start.Add(time.Duration(s)*sc.step + time.Duration(i)*sc.interval)); d > 0 {
+		if d := time.Until(sc.at(s, i)); d > 0 {
 			time.Sleep(d)
 		}
 	}
 	return true
+}
+
+// at is when session s is to write its event i (paced).
+func (sc schedule) at(s, i int) time.Time {
+	return sc.start.Add(time.Duration(s)*sc.step + time.Duration(i)*sc.interval)
 }
 
 // waitUntil polls cond for up to timeout and reports whether it held.
