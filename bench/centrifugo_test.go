@@ -112,7 +112,9 @@ func startCentrifugo(b *testing.B, bin string) (*centrifugoRig, *cpuMeter) {
 		b.Fatal(err)
 	}
 	r.token = tok
-	r.pub = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	tr := &http.Transport{MaxIdleConnsPerHost: 256}
+	b.Cleanup(tr.CloseIdleConnections)
+	r.pub = &http.Client{Transport: tr}
 	cpu := &cpuMeter{rdb: storetest.Client(b, srv.URL), servers: []int{r.pid}, serverNames: []string{"centrifugo"}}
 	return r, cpu
 }
