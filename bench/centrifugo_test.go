@@ -187,6 +187,39 @@ func (r *centrifugoRig) subscribe(ch string) (*centrifugoClient, error) {
 	return c, nil
 }
 
+// openClients opens one client per entry of channels, subscribed to it
+// (connected only, for ""), and waits for each one's last reply.
+func (r *centrifugoRig) openClients(b *testing.B, channels []string) []*centrifugoClient {
+	b.Helper()
+	clients := make([]*centrifugoClient, len(channels))
+	err := openAll(len(channels), func(i int) error {
+		c, err := r.subscribe(channels[i])
+		clients[i] = c
+		return err
+	})
+	if err != nil {
+		b.Fatalf("open sockets: %v", err)
+	}
+	for _, c := range clients {
+		select {
+		case <-c.ready:
+		case <-c.done:
+			b.Fatalf("socket ended before its reply: %v", c.err)
+		case <-time.After(roundTimeout):
+			b.Fatal("no reply to the socket's commands")
+		}
+	}
+	return clients
+}
+
+// closeClients closes the clients' sockets and waits for their readers.
+func closeClients(clients []*centrifugoClient) {
+	for _, c := range clients {
+		_ = c.ws.Close()
+		<-c.done
+	}
+}
+
 func (c *centrifugoClient) read() {
 	defer close(c.done)
 	var reply struct {
@@ -251,26 +284,11 @@ func benchCentrifugo(b *testing.B, bin string, sessions int, m mode) {
 	b.ResetTimer()
 	for round := range b.N {
 		b.StopTimer()
-		clients := make([]*centrifugoClient, sessions)
 		channels := make([]string, sessions)
-		err := openAll(sessions, func(i int) error {
+		for i := range channels {
 			channels[i] = "r" + strconv.Itoa(round) + "-" + strconv.Itoa(i)
-			c, err := r.subscribe(channels[i])
-			clients[i] = c
-			return err
-		})
-		if err != nil {
-			b.Fatalf("open sockets: %v", err)
 		}
-		for _, c := range clients {
-			select {
-			case <-c.ready:
-			case <-c.done:
-				b.Fatalf("socket ended before its subscription: %v", c.err)
-			case <-time.After(roundTimeout):
-				b.Fatal("no subscribe reply")
-			}
-		}
+		clients := r.openClients(b, channels)
 		// One untimed warm-up event through each channel, as the gateway
 		// rounds pass one through each run.
 		for i := range clients {
@@ -359,38 +377,18 @@ func BenchmarkCentrifugoSockets(b *testing.B) {
 			n := socketCount(b, idleSockets, 200)
 			r, _ := startCentrifugo(b, bin)
 			open := func(count int, prefix string) []*centrifugoClient {
-				clients := make([]*centrifugoClient, count)
-				err := openAll(count, func(i int) error {
-					ch := ""
+				channels := make([]string, count)
+				for i := range channels {
 					if watch {
-						ch = prefix + strconv.Itoa(i)
-					}
-					c, err := r.subscribe(ch)
-					clients[i] = c
-					return err
-				})
-				if err != nil {
-					b.Fatalf("open sockets: %v", err)
-				}
-				for _, c := range clients {
-					select {
-					case <-c.ready:
-					case <-c.done:
-						b.Fatalf("socket ended before its reply: %v", c.err)
+						channels[i] = prefix + strconv.Itoa(i)
 					}
 				}
-				return clients
-			}
-			closeAll := func(clients []*centrifugoClient) {
-				for _, c := range clients {
-					_ = c.ws.Close()
-					<-c.done
-				}
+				return r.openClients(b, channels)
 			}
 			for range b.N {
 				b.StopTimer()
 				// Warm up, as BenchmarkIdleSockets does.
-				closeAll(open(100, "warm-"))
+				closeClients(open(100, "warm-"))
 				time.Sleep(time.Second)
 				rss0 := procRSS(b, r.pid)
 				b.StartTimer()
@@ -401,7 +399,7 @@ func BenchmarkCentrifugoSockets(b *testing.B) {
 				b.ReportMetric((rss1-rss0)/float64(n)/1024, "rss_KiB/conn")
 				b.ReportMetric(rss1/(1<<20), "rss_MiB")
 				b.ReportMetric(float64(n), "sockets")
-				closeAll(clients)
+				closeClients(clients)
 			}
 		})
 	}
