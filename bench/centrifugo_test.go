@@ -119,9 +119,10 @@ func startCentrifugo(b *testing.B, bin string) (*centrifugoRig, *cpuMeter) {
 	return r, cpu
 }
 
-// publish sends one event to channel ch through the HTTP API.
-func (r *centrifugoRig) publish(ch string, sent int64) error {
-	body := fmt.Sprintf(`{"channel":%q,"data":{"t":%d,"text":%q}}`, ch, sent, centrifugoText)
+// publish sends one event to channel ch through the HTTP API, carrying
+// due (Unix nanoseconds), the time latency is counted from.
+func (r *centrifugoRig) publish(ch string, due int64) error {
+	body := fmt.Sprintf(`{"channel":%q,"data":{"t":%d,"text":%q}}`, ch, due, centrifugoText)
 	req, err := http.NewRequest(http.MethodPost, "http://"+r.addr+"/api/publish", bytes.NewBufferString(body))
 	if err != nil {
 		return err
@@ -135,7 +136,6 @@ func (r *centrifugoRig) publish(ch string, sent int64) error {
 	defer resp.Body.Close()
 	var out struct {
 		Error *struct {
-			Code    int    `json:"code"`
 			Message string `json:"message"`
 		} `json:"error"`
 	}
@@ -223,10 +223,9 @@ func closeClients(clients []*centrifugoClient) {
 func (c *centrifugoClient) read() {
 	defer close(c.done)
 	var reply struct {
-		ID        int                       `json:"id"`
-		Error     *struct{ Message string } `json:"error"`
-		Subscribe json.RawMessage           `json:"subscribe"`
-		Push      *struct {
+		ID    int                       `json:"id"`
+		Error *struct{ Message string } `json:"error"`
+		Push  *struct {
 			Pub *struct {
 				Data struct {
 					T int64 `json:"t"`
