@@ -201,6 +201,22 @@ func validShellProvider(p Provider) bool {
 	return false
 }
 
+// HasSignalKey reports whether typed input holds a character that a
+// terminal's line discipline turns into a signal under its default
+// settings: ^C (interrupt), ^\ (quit) or ^Z (suspend). A gateway holds a
+// socket's output after sending one, and the worker answers each with
+// whether the terminal threw its queued output away (PROTOCOL §4, the
+// agentgate notes in the README).
+func HasSignalKey[T string | []byte](data T) bool {
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case 0x03, 0x1c, 0x1a:
+			return true
+		}
+	}
+	return false
+}
+
 // Clip cuts s to at most n bytes, for echoing bad input in an error
 // without echoing all of it.
 func Clip(s string, n int) string {

@@ -171,3 +171,23 @@ func TestParseShellAck(t *testing.T) {
 		}
 	}
 }
+
+func TestHasSignalKey(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"", false},
+		{"ls -l\r", false},
+		{"\t\x1b[A\x7f", false}, // tab, an arrow key, backspace
+		{"\x03", true},
+		{"sleep 9\r\x03", true},
+		{"\x1c", true},
+		{"\x1a", true},
+		{"\x04", false}, // ^D is end of file, not a signal
+		{"é\x03", true},
+	} {
+		require.Equal(t, tc.want, HasSignalKey(tc.in), "%q", tc.in)
+		require.Equal(t, tc.want, HasSignalKey([]byte(tc.in)), "%q as bytes", tc.in)
+	}
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sys/unix"
 
 	"github.com/agentgate/agentgate/handlers"
 	"github.com/agentgate/agentgate/store/storetest"
@@ -155,6 +156,8 @@ type termClient struct {
 	out    bytes.Buffer
 	bytes  int64
 	frames int64
+	// wire counts the bytes of every message read, as sent.
+	wire int64
 	// pace is how long the client spends on each output frame, like a
 	// browser's terminal rendering it; zero reads as fast as it can.
 	pace time.Duration
@@ -228,6 +231,7 @@ func (c *termClient) readUntil(b *testing.B, marker string) {
 			}
 			b.Fatalf("read: %v (waiting for %q)", err, marker)
 		}
+		c.wire += int64(len(data))
 		f.Type, f.Data, f.Seq = "", "", 0
 		if c.ttyd {
 			if len(data) == 0 || data[0] != ttydOutput {
@@ -438,7 +442,10 @@ func freeLoopback(b *testing.B) string {
 // floodCtrlC runs `yes`, reads 4 MB of it, then sends Ctrl-C and a command:
 // how long until the command answers, and how much flood output the client
 // still reads after the Ctrl-C, for a client that spends pace per frame and
-// acknowledges what it handled or not.
+// acknowledges what it handled or not. Of what it reads after, the bytes
+// already in its socket's receive queue when it typed the key
+// (KiB-unread-at-key, as sent, headers aside) were out of the server's
+// hands; KiB-sent-after is the rest, what the server sent after the key.
 func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 	c := r.open(b, fmt.Sprintf("yes-%d", time.Now().UnixNano()))
 	defer c.ws.Close()
@@ -446,7 +453,7 @@ func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 	c.pace, c.acks = pace, acks
 	var lat latencies
 	samples := make([]int64, 0, b.N)
-	var after int64
+	var after, unread, sentAfter int64
 	for i := 0; i < b.N; i++ {
 		c.input(b, "yes\r")
 		c.bytes = 0
@@ -454,15 +461,37 @@ func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 			c.readUntil(b, "y\r\ny\r\n")
 		}
 		c.bytes = 0
+		queued, wire := c.unread(b), c.wire
 		t0 := time.Now()
 		c.input(b, "\x03")
 		c.input(b, fmt.Sprintf("echo BACK%d-$((1+1))\r", i))
 		c.readUntil(b, fmt.Sprintf("BACK%d-2", i))
 		samples = append(samples, int64(time.Since(t0)))
 		after += c.bytes
+		unread += queued
+		sentAfter += max(0, c.wire-wire-queued)
 	}
 	lat.add(samples)
 	b.ReportMetric(lat.quantile(0.5), "p50-ms")
 	b.ReportMetric(lat.quantile(0.99), "p99-ms")
 	b.ReportMetric(float64(after)/float64(b.N)/1024, "KiB-after")
+	b.ReportMetric(float64(unread)/float64(b.N)/1024, "KiB-unread-at-key")
+	b.ReportMetric(float64(sentAfter)/float64(b.N)/1024, "KiB-sent-after")
+}
+
+// unread returns the bytes waiting in the client's socket receive queue.
+func (c *termClient) unread(b *testing.B) int64 {
+	tc, ok := c.ws.UnderlyingConn().(*net.TCPConn)
+	if !ok {
+		b.Fatalf("not a TCP connection: %T", c.ws.UnderlyingConn())
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int
+	if cerr := raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); cerr != nil || err != nil {
+		b.Fatalf("SIOCINQ: %v %v", cerr, err)
+	}
+	return int64(n)
 }

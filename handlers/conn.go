@@ -55,12 +55,15 @@ type conn struct {
 	closed    atomic.Bool
 	room      chan struct{} // signalled when the queue drained to half
 
-	// inMelody counts the frames in melody's buffer, at most melodyFrames;
+	// inMelody counts the frames in melody's buffer, at most share;
 	// held are the queued frames behind them, handed to melody as it
-	// writes (toMelody, sent). Guarded by hmu, which is taken last.
+	// writes (toMelody, sent), and not while paused. Guarded by hmu, which
+	// is taken last.
 	hmu      sync.Mutex
+	share    int
 	inMelody int
 	held     [][]byte
+	paused   bool
 	// handed counts the frames given to melody (guarded by hmu), written
 	// those it wrote; wrote is signalled at each write of a paced socket,
 	// whose pacer times the quiet after a frame from its write.
@@ -98,7 +101,7 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 	// returns.
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit), byteLimit: maxQueuedBytes,
+		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit), byteLimit: maxQueuedBytes, share: melodyFrames,
 		room: make(chan struct{}, 1), watches: map[string]*watch{},
 		interval: interval, paced: interval > 0,
 	}
@@ -185,6 +188,12 @@ func (c *conn) reply(v any) bool {
 // behind: most sockets never are.
 const melodyFrames = 8
 
+// shellMelodyFrames is melodyFrames for a /shell socket: a flood's frames
+// are up to 32 KiB, and a frame in melody's buffer can no longer be held
+// back after a signal key (terminals.holdForSignal); one is enough to keep
+// melody's writer busy, since it takes the next at each write.
+const shellMelodyFrames = 1
+
 // melodyBufferSize is melody's MessageBufferSize: melodyFrames, and room
 // for the frames melody writes itself.
 const melodyBufferSize = melodyFrames + 8
@@ -196,7 +205,7 @@ const melodyBufferSize = melodyFrames + 8
 func (c *conn) toMelody(frame []byte) (int64, error) {
 	c.hmu.Lock()
 	defer c.hmu.Unlock()
-	if len(c.held) == 0 && c.inMelody < melodyFrames {
+	if len(c.held) == 0 && c.inMelody < c.share && !c.paused {
 		if err := c.s.Write(frame); err != nil {
 			return 0, err
 		}
@@ -216,7 +225,29 @@ func (c *conn) toMelody(frame []byte) (int64, error) {
 func (c *conn) sent(n int) {
 	c.hmu.Lock()
 	c.inMelody--
-	if len(c.held) > 0 {
+	c.handHeldLocked()
+	c.hmu.Unlock()
+	c.written.Add(1)
+	if c.wrote != nil {
+		select {
+		case c.wrote <- struct{}{}:
+		default:
+		}
+	}
+	c.qbytes.Add(-int64(n))
+	c.queued.Add(-1)
+	if c.roomy() {
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// handHeldLocked hands held frames to melody up to its share, unless
+// paused. c.hmu must be held.
+func (c *conn) handHeldLocked() {
+	for len(c.held) > 0 && c.inMelody < c.share && !c.paused {
 		frame := c.held[0]
 		c.held[0] = nil
 		c.held = c.held[1:]
@@ -229,17 +260,43 @@ func (c *conn) sent(n int) {
 			c.queued.Add(-1)
 		}
 	}
+}
+
+// pause stops handing queued frames to melody: what melody already has
+// is written, the rest waits (a /shell socket whose user typed a signal
+// key, see terminals.holdForSignal).
+func (c *conn) pause() {
+	c.hmu.Lock()
+	c.paused = true
 	c.hmu.Unlock()
-	c.written.Add(1)
-	if c.wrote != nil {
-		select {
-		case c.wrote <- struct{}{}:
-		default:
+}
+
+// resume hands the queued frames to melody again, after dropping those
+// for which drop (if not nil) reports true.
+func (c *conn) resume(drop func(frame []byte) bool) {
+	c.hmu.Lock()
+	c.paused = false
+	dropped := 0
+	if drop != nil && len(c.held) > 0 {
+		kept := c.held[:0]
+		for _, frame := range c.held {
+			if drop(frame) {
+				c.qbytes.Add(-int64(len(frame)))
+				c.queued.Add(-1)
+				dropped++
+				continue
+			}
+			kept = append(kept, frame)
+		}
+		clear(c.held[len(kept):])
+		c.held = kept
+		if len(c.held) == 0 {
+			c.held = nil
 		}
 	}
-	c.qbytes.Add(-int64(n))
-	c.queued.Add(-1)
-	if c.roomy() {
+	c.handHeldLocked()
+	c.hmu.Unlock()
+	if dropped > 0 && c.roomy() {
 		select {
 		case c.room <- struct{}{}:
 		default:

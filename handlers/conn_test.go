@@ -246,3 +246,32 @@ func TestConnBoundsQueuedBytes(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, data, len(huge))
 }
+
+// TestConnPauseDropsHeldFrames: while paused, frames queue behind what
+// melody already has; resume drops those it is told to and sends the rest
+// in order, and the queue's counts let go of the dropped ones.
+func TestConnPauseDropsHeldFrames(t *testing.T) {
+	c, ws := connPair(t, 64)
+	c.share = shellMelodyFrames
+	c.pause()
+	for seq := 1; seq <= 10; seq++ {
+		require.True(t, c.trySend(outputFrame(int64(seq), "x")))
+	}
+	c.hmu.Lock()
+	held := len(c.held)
+	c.hmu.Unlock()
+	require.Equal(t, 10, held, "nothing goes to melody while paused")
+	c.resume(func(frame []byte) bool {
+		seq, ok := frameSeq(frame)
+		return ok && seq <= 6
+	})
+	for want := int64(7); want <= 10; want++ {
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		_, data, err := ws.ReadMessage()
+		require.NoError(t, err)
+		seq, ok := frameSeq(data)
+		require.True(t, ok)
+		require.Equal(t, want, seq)
+	}
+	require.Eventually(t, func() bool { return c.queued.Load() == 0 && c.qbytes.Load() == 0 }, 5*time.Second, time.Millisecond)
+}

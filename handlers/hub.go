@@ -111,6 +111,13 @@ type watch struct {
 	// pos changes whenever the watch is repositioned; a catch-up of an
 	// older pos stops.
 	pos int
+	// held counts the signal keys the socket typed that the terminal's
+	// worker has not answered yet; while it is not 0 the watch is
+	// catching and no catch-up runs (terminals only, see holdForSignal).
+	// holdID names the latest hold, whose timer ends it; flushedTo is the
+	// last seq of the output a signal key threw away.
+	held, holdID int
+	flushedTo    int64
 }
 
 func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte)) *hub {

@@ -58,6 +58,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 	m.HandleConnect(func(ms *melody.Session) {
 		user, _ := ms.Get("user")
 		sock := &shellSocket{c: newConn(ms, user.(app.User), s.cfg.QueueSize, 0)}
+		sock.c.share = shellMelodyFrames
 		sock.c.quota, sock.c.refusal = quotaOf(ms), s.shellRefusal
 		ms.Set("shell", sock)
 		releaseUpgrade(ms)

@@ -45,7 +45,16 @@ func (tm *terminals) written(sock *shellSocket, seq int64) {
 	f := w.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if w.gen != f.gen || seq <= f.term.written {
+	if w.gen == f.gen {
+		tm.writtenLocked(f, seq)
+	}
+}
+
+// writtenLocked records that a socket here has had the chunks of f's
+// terminal through seq, and has the terminal's worker told. f.mu must be
+// held.
+func (tm *terminals) writtenLocked(f *feed, seq int64) {
+	if seq <= f.term.written {
 		return
 	}
 	f.term.written = seq

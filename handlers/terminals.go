@@ -252,7 +252,11 @@ func (tm *terminals) switchGenLocked(f *feed, gen int64) {
 		if w.done {
 			continue
 		}
-		w.gen, w.next, w.quietTrim = gen, 1, true
+		w.gen, w.next, w.quietTrim, w.flushedTo = gen, 1, true, 0
+		if w.held > 0 {
+			w.held = 0
+			w.c.resume(nil)
+		}
 		w.c.trySend(noticeFrame("warn", noticeRestarted))
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
@@ -320,6 +324,9 @@ func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string,
 	if err != nil {
 		return
 	}
+	if in, ok := v.(string); ok && typ == store.ControlShellInput && app.HasSignalKey(in) {
+		tm.holdForSignal(w)
+	}
 	if _, err := tm.send(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
 		tm.fail(sock, "send to terminal", err)
 	}
@@ -386,10 +393,18 @@ func (tm *terminals) message(key, payload string) {
 	switch m.Kind {
 	case 'o':
 		tm.hub.publishLocked(f, m.Seq, func() []byte { return outputFrame(m.Seq, m.Data) })
+	case 's':
+		tm.signalAnsweredLocked(f, m)
 	case 'e':
 		f.term.exit = &m
 		f.maxSeen = max(f.maxSeen, m.Seq)
 		for w := range f.watches {
+			if w.held > 0 && !w.done {
+				// No answer comes after the exit: the catch-up ends
+				// with it.
+				tm.releaseLocked(w, false)
+				continue
+			}
 			if w.catching || w.done {
 				continue
 			}
@@ -406,6 +421,88 @@ func (tm *terminals) message(key, payload string) {
 				w.c.trySend(frame)
 			}
 		}
+	}
+}
+
+// signalHoldMax bounds how long a socket's output is held after it typed
+// a signal key, should its answer not come (a worker of an earlier version,
+// a message lost in a Redis outage).
+const signalHoldMax = 50 * time.Millisecond
+
+// holdForSignal holds the output of w's socket before a signal key it
+// typed is sent (app.HasSignalKey), until the terminal's worker answers
+// (signalAnsweredLocked): no live frame is queued, and the queued frames
+// melody does not have yet wait. When the key raises a signal, the
+// terminal's line discipline throws away the output it has queued
+// (termios(3), ISIG); the output stored before the key reached the worker
+// is that queue's continuation, and the socket that typed the key skips
+// what it has not been sent of it, so its prompt comes back as soon as on
+// a terminal of its own. Other sockets, and a later reattach, still get
+// every chunk.
+func (tm *terminals) holdForSignal(w *watch) {
+	f := w.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if w.done || w.parked || w.gen != f.gen {
+		return
+	}
+	w.held++
+	w.holdID++
+	id := w.holdID
+	w.catching = true
+	w.pos++ // a catch-up under way stops; the release starts another
+	w.c.pause()
+	time.AfterFunc(signalHoldMax, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if w.held > 0 && w.holdID == id {
+			tm.releaseLocked(w, false)
+		}
+	})
+}
+
+// signalAnsweredLocked answers a hold of each watch that typed a signal
+// key: when the key flushed, the watch moves past the output stored before
+// it, which counts as written for the worker's flow control. The last
+// answer ends the hold. f.mu must be held.
+func (tm *terminals) signalAnsweredLocked(f *feed, m store.ShellLive) {
+	for w := range f.watches {
+		if w.held == 0 {
+			continue
+		}
+		if m.Flushed {
+			w.flushedTo = max(w.flushedTo, m.Seq)
+			if m.Seq >= w.next {
+				w.next = m.Seq + 1
+			}
+			tm.writtenLocked(f, m.Seq)
+		}
+		if w.held--; w.held == 0 {
+			tm.releaseLocked(w, true)
+		}
+	}
+}
+
+// releaseLocked ends w's hold: its queued frames of output thrown away
+// are dropped and the others go out. Then it reads the stream from its
+// position at the socket's pace, as after any catch-up, unless answered
+// and nothing from its position on was published: the worker announces a
+// key before any output read after it, so the watch is live at once.
+// f.mu must be held.
+func (tm *terminals) releaseLocked(w *watch, answered bool) {
+	w.held = 0
+	through := w.flushedTo
+	w.c.resume(func(frame []byte) bool {
+		seq, ok := frameSeq(frame)
+		return ok && seq <= through
+	})
+	switch {
+	case w.done:
+	case answered && w.f.maxSeen < w.next:
+		w.catching = false
+		tm.caughtUpLocked(w)
+	default:
+		tm.hub.startLocked(w)
 	}
 }
 

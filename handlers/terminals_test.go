@@ -2,9 +2,11 @@ package handlers
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
@@ -65,4 +67,106 @@ func TestTerminalsOfADeadWorkerGiveTheirPlaces(t *testing.T) {
 	places, err := rdb.ZRange(ctx, st.Prefix()+":user:{alice}:shells", 0, -1).Result()
 	require.NoError(t, err)
 	require.Len(t, places, 1)
+}
+
+// TestSignalKeyHoldsItsSocket: a socket that types a signal key gets
+// nothing of its terminal until the worker answers; then, when the key
+// flushed, it skips the chunks stored before the key (counted as written
+// for the worker's flow control) and reads on from the stream; when the
+// key was kept, or no answer comes, it gets every chunk. Another socket of
+// the terminal gets every chunk throughout.
+func TestSignalKeyHoldsItsSocket(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	ctx := context.Background()
+	g := startGateway(t, st)
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+
+	open := func() *websocket.Conn {
+		ws, _, err := g.dialPath("/shell", "alice")
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "tab"}))
+		return ws
+	}
+	typist := open()
+	// The worker's side: the open in its inbox, then what the gateway sends.
+	inboxAt := "0"
+	controls := func(typ string) []store.Control {
+		t.Helper()
+		var out []store.Control
+		require.Eventually(t, func() bool {
+			in, err := st.ReadInbox(ctx, "w1", inboxAt, 10*time.Millisecond)
+			require.NoError(t, err)
+			for _, e := range in {
+				inboxAt = e.StreamID
+				if e.Control.Type == typ {
+					out = append(out, e.Control)
+				}
+			}
+			return len(out) > 0
+		}, 10*time.Second, time.Millisecond, typ)
+		return out
+	}
+	opened := controls(store.ControlShellOpen)[0]
+	gen, key := opened.Gen, opened.Shell
+	watcher := open()
+	appendOut := func(data ...string) {
+		t.Helper()
+		_, err := st.ShellAppend(ctx, key, gen, data)
+		require.NoError(t, err)
+	}
+	// seqs reads output frames with a seq until one carries last.
+	seqs := func(ws *websocket.Conn, last int64) []int64 {
+		t.Helper()
+		var got []int64
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		for {
+			var m map[string]any
+			require.NoError(t, ws.ReadJSON(&m))
+			if seq, ok := m["seq"].(float64); ok && m["type"] == "output" {
+				got = append(got, int64(seq))
+				if int64(seq) >= last {
+					return got
+				}
+			}
+		}
+	}
+	input := func(data string) {
+		t.Helper()
+		require.NoError(t, typist.WriteJSON(map[string]any{"type": "input", "data": data}))
+		controls(store.ControlShellInput) // sent, so held
+	}
+
+	appendOut("a", "b", "c")
+	require.Equal(t, []int64{1, 2, 3}, seqs(typist, 3))
+	// The client acks what it rendered: from then on its acks, not the
+	// gateway's writes, are what the worker is told.
+	require.NoError(t, typist.WriteJSON(map[string]any{"type": "ack", "seq": 3}))
+
+	input("\x03")
+	appendOut("d", "e", "f") // stored before the key reached the worker
+	require.NoError(t, st.ShellSignal(ctx, key, gen, 6, true))
+	appendOut("^C\r\n$ ")
+	require.Equal(t, []int64{7}, seqs(typist, 7), "the chunks before a flushing key are skipped")
+	acked := int64(0)
+	for acked < 6 {
+		for _, c := range controls(store.ControlShellAcks) {
+			var acks []store.ShellAck
+			require.NoError(t, json.Unmarshal(c.Data, &acks))
+			for _, a := range acks {
+				acked = max(acked, a.Seq)
+			}
+		}
+	}
+
+	input("\x1a")
+	appendOut("g", "h")
+	require.NoError(t, st.ShellSignal(ctx, key, gen, 9, false))
+	appendOut("i")
+	require.Equal(t, []int64{8, 9, 10}, seqs(typist, 10), "a key that flushed nothing skips nothing")
+
+	input("\x1c") // never answered
+	appendOut("j")
+	require.Equal(t, []int64{11}, seqs(typist, 11), "the hold ends without an answer")
+
+	require.Equal(t, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, seqs(watcher, 11), "a socket that typed nothing misses nothing")
 }

@@ -523,11 +523,13 @@ func (s *Store) Scope() string {
 
 // ShellLive is a message published on a terminal's channel.
 type ShellLive struct {
-	// Kind is 'o' (output chunk), 'e' (exit) or 'u' (auth URL).
+	// Kind is 'o' (output chunk), 'e' (exit), 'u' (auth URL) or 's' (a
+	// typed signal key handled).
 	Kind byte
 	// Gen is the terminal generation the message belongs to.
 	Gen int64
-	// Seq is the chunk's seq (o), or the last seq before the exit (e).
+	// Seq is the chunk's seq (o), the last seq before the exit (e), or the
+	// last seq stored before the signal key was written (s).
 	Seq  int64
 	Data string // the chunk (o) or the URL (u)
 	// ExitCode, Signal and Reason describe an exit.
@@ -535,10 +537,14 @@ type ShellLive struct {
 	Signal   string
 	Reason   string
 	AutoOpen bool // u
+	// Flushed (s) is set when the key raised a signal that threw away the
+	// terminal's queued output: output through Seq was queued before it.
+	Flushed bool
 }
 
 // ParseShellLive decodes a terminal channel message:
-// "o GEN SEQ DATA", "e GEN SEQ CODE SIGNAL|- REASON" or "u GEN 0|1 URL".
+// "o GEN SEQ DATA", "e GEN SEQ CODE SIGNAL|- REASON", "u GEN 0|1 URL" or
+// "s GEN SEQ 0|1".
 func ParseShellLive(payload string) (ShellLive, bool) {
 	if len(payload) < 2 || payload[1] != ' ' {
 		return ShellLive{}, false
@@ -577,8 +583,30 @@ func ParseShellLive(payload string) (ShellLive, bool) {
 			return ShellLive{}, false
 		}
 		return ShellLive{Kind: 'u', Gen: gen, Data: url, AutoOpen: auto == "1"}, true
+	case 's':
+		num, flag, ok := strings.Cut(rest, " ")
+		seq, err := strconv.ParseInt(num, 10, 64)
+		if !ok || err != nil || (flag != "0" && flag != "1") {
+			return ShellLive{}, false
+		}
+		return ShellLive{Kind: 's', Gen: gen, Seq: seq, Flushed: flag == "1"}, true
 	}
 	return ShellLive{}, false
+}
+
+// ShellSignal tells a terminal's watchers that a typed signal key (see
+// app.HasSignalKey) was written to it after the output through seq was
+// stored, and whether the key threw away the terminal's queued output.
+func (s *Store) ShellSignal(ctx context.Context, key string, gen, seq int64, flushed bool) error {
+	flag := " 0"
+	if flushed {
+		flag = " 1"
+	}
+	msg := "s " + strconv.FormatInt(gen, 10) + " " + strconv.FormatInt(seq, 10) + flag
+	if err := s.publish(ctx, s.k.shellLive(key), msg); err != nil {
+		return fmt.Errorf("store: announce signal key of shell %s: %w", key, err)
+	}
+	return nil
 }
 
 // ShellAuthURL tells a terminal's watchers about a login URL in its output.

@@ -96,6 +96,7 @@ func TestShellLifecycle(t *testing.T) {
 			_, err = st.ShellIdle(ctx, "k1", 2)
 			require.ErrorIs(t, err, store.ErrStaleShell)
 
+			require.NoError(t, st.ShellSignal(ctx, "k1", 1, 3, true))
 			first, err := st.ShellExit(ctx, "k1", 1, 130, "SIGINT", store.ShellExitNormal)
 			require.NoError(t, err)
 			require.True(t, first)
@@ -114,11 +115,12 @@ func TestShellLifecycle(t *testing.T) {
 				require.InDelta(t, store.DefaultShellRetention.Seconds(), ttl.Seconds(), 5, "an ended terminal expires: %s", key)
 			}
 
-			require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 4 }, 5*time.Second, 5*time.Millisecond)
+			require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 5 }, 5*time.Second, 5*time.Millisecond)
 			mu.Lock()
 			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 1, Data: "a"}, got[0])
 			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 2, Data: "b c"}, got[1])
-			require.Equal(t, store.ShellLive{Kind: 'e', Gen: 1, Seq: 3, ExitCode: 130, Signal: "SIGINT", Reason: "exit"}, got[3])
+			require.Equal(t, store.ShellLive{Kind: 's', Gen: 1, Seq: 3, Flushed: true}, got[3])
+			require.Equal(t, store.ShellLive{Kind: 'e', Gen: 1, Seq: 3, ExitCode: 130, Signal: "SIGINT", Reason: "exit"}, got[4])
 			mu.Unlock()
 
 			// Reopen: a new generation starts from seq 1 with no old output.
@@ -155,7 +157,7 @@ func TestShellLifecycle(t *testing.T) {
 }
 
 func TestParseShellLive(t *testing.T) {
-	for _, bad := range []string{"", "o", "o 1", "o x 1 a", "o 1 x a", "e 1 2 3", "u 1", "z 1 2 3", "o1 1 a"} {
+	for _, bad := range []string{"", "o", "o 1", "o x 1 a", "o 1 x a", "e 1 2 3", "u 1", "z 1 2 3", "o1 1 a", "s 1 2", "s 1 2 2", "s 1 x 1", "s 1 2 1 x"} {
 		_, ok := store.ParseShellLive(bad)
 		require.False(t, ok, bad)
 	}
@@ -168,6 +170,9 @@ func TestParseShellLive(t *testing.T) {
 	m, ok = store.ParseShellLive("e 3 9 0 - lost")
 	require.True(t, ok)
 	require.Equal(t, store.ShellLive{Kind: 'e', Gen: 3, Seq: 9, Reason: "lost"}, m)
+	m, ok = store.ParseShellLive("s 4 17 0")
+	require.True(t, ok)
+	require.Equal(t, store.ShellLive{Kind: 's', Gen: 4, Seq: 17}, m)
 }
 
 // TestShellOutputBudget: a terminal's stream holds at most the byte budget

@@ -76,6 +76,11 @@ type shell struct {
 	pending  []byte
 	spare    []byte
 	readDone bool // the reader stopped; guarded by outMu
+	// signals holds, for each typed signal key written since flushLoop
+	// last announced them, whether it threw the queued output away;
+	// guarded by outMu. lastSeq is the last seq appended (flushLoop's).
+	signals []bool
+	lastSeq int64
 
 	inMu    sync.Mutex
 	inQ     []shellOp

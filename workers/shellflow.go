@@ -106,6 +106,20 @@ func (fl *shellFlow) ack(seq int64) {
 	fl.wakeReader()
 }
 
+// flushed counts the output through seq as delivered without taking it
+// for a socket's ack: a signal key threw it away, and the socket that
+// typed the key skips it (workers/shellintr.go), so the output after the
+// key is read at once rather than after that socket's next ack.
+func (fl *shellFlow) flushed(seq int64) {
+	fl.mu.Lock()
+	fl.ackedSeq = max(fl.ackedSeq, seq)
+	credited := fl.creditLocked()
+	fl.mu.Unlock()
+	if credited {
+		fl.wakeReader()
+	}
+}
+
 // wait blocks while more than the window is on its way (pending more
 // read but not yet appended), until an ack makes room, the acks stall, or
 // stop closes. With no acks, it paces the output to unwatchedRate.

@@ -109,3 +109,36 @@ func TestShellFlowPacesUnwatchedOutput(t *testing.T) {
 	fl.wait(func() int { return quarter }, stop)
 	require.GreaterOrEqual(t, time.Since(start), time.Second/4, "a quarter second's worth more took a quarter second")
 }
+
+// TestShellFlowFlushedMakesRoom: output a signal key threw away makes room
+// as an ack does, at once, but is not taken for a socket's ack: flow
+// control stays as it was (off before the first ack).
+func TestShellFlowFlushedMakesRoom(t *testing.T) {
+	fl := newShellFlow(64 << 10)
+	stop := make(chan struct{})
+	defer close(stop)
+	fl.appendedChunks(1, []int{8 << 10})
+	fl.ack(1)
+	fl.appendedChunks(3, []int{32 << 10, 32 << 10})
+	done := make(chan struct{})
+	go func() { fl.wait(func() int { return 4 << 10 }, stop); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("room with more than a window on its way")
+	case <-time.After(50 * time.Millisecond):
+	}
+	fl.flushed(3)
+	select {
+	case <-done:
+	case <-time.After(shellFlowStall / 2):
+		t.Fatal("the flushed output did not make room")
+	}
+
+	off := newShellFlow(64 << 10)
+	off.appendedChunks(2, []int{32 << 10, 32 << 10})
+	off.flushed(2)
+	off.mu.Lock()
+	defer off.mu.Unlock()
+	require.False(t, off.on, "no socket acknowledged anything")
+	require.Equal(t, int64(64<<10), off.acked)
+}

@@ -2,6 +2,8 @@ package workers
 
 import (
 	"bytes"
+	"context"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,16 +60,45 @@ func hasControlByte(data []byte) bool {
 	return false
 }
 
-// dropUnstored drops the output read from the PTY and not yet handed to
-// an append, as the line discipline flushes what it still holds.
-func (sh *shell) dropUnstored() {
+// signalTyped records a signal key about to be written (app.HasSignalKey,
+// or one the terminal's settings make a signal), for flushLoop to announce
+// once the appends before it are stored. When the key flushes output, the
+// output read from the PTY and not yet handed to an append is dropped, as
+// the line discipline flushes what it still holds. Called before the key
+// is written: output read after that may be the signal's own (^C, the
+// prompt), and it must go out after the announcement, not be taken for
+// output it throws away.
+func (sh *shell) signalTyped(flushed bool) {
 	sh.outMu.Lock()
-	n := len(sh.pending)
-	sh.pending = sh.pending[:0]
-	sh.outCond.Broadcast() // a reader waiting for room
+	n := 0
+	if flushed {
+		n = len(sh.pending)
+		sh.pending = sh.pending[:0]
+	}
+	sh.signals = append(sh.signals, flushed)
+	sh.outCond.Broadcast() // flushLoop, and a reader waiting for room
 	sh.outMu.Unlock()
 	if n > 0 {
 		ptyFlushed.Add(float64(n))
 		sh.flow.wakeReader() // a reader waiting for the window
+	}
+}
+
+// announceSignals tells the terminal's watchers about typed signal keys:
+// the output through lastSeq was stored before each (store.ShellSignal). A
+// gateway holds the output of a socket that sent one until it hears, then
+// skips what was stored before a key that flushed (handlers/terminals.go).
+// Called by flushLoop only, between appends.
+func (sh *shell) announceSignals(flushed []bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, f := range flushed {
+		if f {
+			sh.flow.flushed(sh.lastSeq)
+		}
+		if err := sh.w.st.ShellSignal(ctx, sh.key, sh.gen, sh.lastSeq, f); err != nil {
+			// The gateway stops holding after a short wait anyway.
+			sh.log.Debug("announce signal key", "err", err)
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package workers
 
 import (
+	"context"
+	"encoding/json"
 	"log/slog"
 	"os"
 	"strings"
@@ -9,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store"
 )
 
 // TestTypedInterruptFlushesUnstoredOutput: typing the terminal's interrupt
@@ -80,4 +84,114 @@ func TestFlushesOutputFollowsTheTerminal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSignalKeyAnnounced: each typed signal key is announced on the
+// terminal's channel after every chunk stored before the key was written
+// and before every chunk read after it (the signal's own ^C and the prompt
+// among them), flushed when the terminal's settings made it a signal and
+// kept when not. A gateway holding the socket that typed it skips the
+// chunks before the announcement only when they were flushed.
+func TestSignalKeyAnnounced(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	ctx := context.Background()
+
+	var mu sync.Mutex
+	var got []store.ShellLive
+	sub := st.NewSubscriber(store.SubscriberHandlers{})
+	sub.HandleShell(store.ShellHandlers{Message: func(_, payload string) {
+		m, ok := store.ParseShellLive(payload)
+		require.True(t, ok, payload)
+		mu.Lock()
+		got = append(got, m)
+		mu.Unlock()
+	}})
+	subCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sub.Run(subCtx) }()
+	t.Cleanup(func() { stop(); <-done })
+	require.NoError(t, sub.SubscribeShell(ctx, "k1"))
+
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	type_ := func(s string) {
+		data, _ := json.Marshal(s)
+		require.True(t, w.shellControl(store.Control{Type: store.ControlShellInput, Shell: "k1", Gen: gen, Data: data}))
+	}
+	// since returns the messages from the i-th on and the output of their
+	// chunks.
+	since := func(i int) ([]store.ShellLive, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		var out strings.Builder
+		for _, m := range got[i:] {
+			out.WriteString(m.Data)
+		}
+		return append([]store.ShellLive(nil), got[i:]...), out.String()
+	}
+	waitFor := func(from int, text string) {
+		t.Helper()
+		require.Eventually(t, func() bool { _, out := since(from); return strings.Contains(out, text) }, 20*time.Second, 5*time.Millisecond, text)
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
+	// signalAt finds the one announcement from the i-th message on and
+	// checks that it splits the chunks by seq; it returns the output after.
+	signalAt := func(from int) (store.ShellLive, string) {
+		t.Helper()
+		msgs, _ := since(from)
+		at := -1
+		for i, m := range msgs {
+			if m.Kind == 's' {
+				require.Equal(t, -1, at, "one announcement per key")
+				at = i
+			}
+		}
+		require.NotEqual(t, -1, at, "the key is announced")
+		sig := msgs[at]
+		var after strings.Builder
+		for i, m := range msgs {
+			if m.Kind != 'o' {
+				continue
+			}
+			if i < at {
+				require.LessOrEqual(t, m.Seq, sig.Seq, "a chunk published before the announcement was stored before the key")
+			} else {
+				require.Greater(t, m.Seq, sig.Seq, "a chunk published after the announcement was read after the key")
+				after.WriteString(m.Data)
+			}
+		}
+		return sig, after.String()
+	}
+
+	require.Eventually(t, func() bool { return count() > 0 }, 20*time.Second, 5*time.Millisecond, "the prompt")
+	from := count()
+	type_("yes\r")
+	waitFor(from, "y\r\ny\r\ny\r\n")
+	from = count()
+	type_("\x03")
+	type_("echo back-$((1+1))\r")
+	waitFor(from, "back-2")
+	sig, after := signalAt(from)
+	require.True(t, sig.Flushed, "^C under bash's settings raises SIGINT and flushes")
+	require.Equal(t, gen, sig.Gen)
+	require.Contains(t, after, "^C", "the signal's own echo is after the announcement")
+	require.Contains(t, after, "back-2")
+
+	// Signals off (as an editor sets them): the key is kept, and still
+	// announced, so a gateway stops holding at once.
+	from = count()
+	type_("stty -isig; cat\r")
+	time.Sleep(200 * time.Millisecond) // cat reading
+	type_("\x03")
+	require.Eventually(t, func() bool {
+		msgs, _ := since(from)
+		for _, m := range msgs {
+			if m.Kind == 's' {
+				return true
+			}
+		}
+		return false
+	}, 20*time.Second, 5*time.Millisecond)
+	sig, _ = signalAt(from)
+	require.False(t, sig.Flushed, "with ISIG off ^C is a byte for cat")
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -63,8 +64,17 @@ func (sh *shell) flushLoop() {
 	coalesceTo := min(shellChunkMax, int(sh.flow.window/4))
 	for {
 		sh.outMu.Lock()
-		for len(sh.pending) == 0 && !sh.readDone {
+		for len(sh.pending) == 0 && !sh.readDone && len(sh.signals) == 0 {
 			sh.outCond.Wait()
+		}
+		if len(sh.signals) > 0 {
+			// Every append before the key's write is stored: what comes
+			// next was read after it.
+			sigs := sh.signals
+			sh.signals = nil
+			sh.outMu.Unlock()
+			sh.announceSignals(sigs)
+			continue
 		}
 		if len(sh.pending) == 0 {
 			sh.outMu.Unlock()
@@ -77,10 +87,14 @@ func (sh *shell) flushLoop() {
 			// much is there (a fixed wait held a small window's output
 			// back). An echo or a prompt (small output) is never held.
 			deadline := time.Now().Add(shellCoalesce)
-			for len(sh.pending) < coalesceTo && !sh.readDone && time.Now().Before(deadline) {
+			for len(sh.pending) < coalesceTo && !sh.readDone && len(sh.signals) == 0 && time.Now().Before(deadline) {
 				sh.outMu.Unlock()
 				nanosleep(shellCoalesceStep)
 				sh.outMu.Lock()
+			}
+			if len(sh.signals) > 0 {
+				sh.outMu.Unlock()
+				continue // announced first, above
 			}
 		}
 		var data []byte
@@ -125,6 +139,7 @@ func (sh *shell) append(chunks [][]byte) {
 	sh.batches++
 	last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, chunks)
 	if err == nil {
+		sh.lastSeq = last
 		sizes := make([]int, len(chunks))
 		for i, c := range chunks {
 			sizes[i] = len(c)
@@ -222,10 +237,8 @@ func (sh *shell) inputLoop() {
 		for _, op := range ops {
 			if op.data != nil {
 				ptyIn.Add(float64(len(op.data)))
-				if sh.p.flushesOutput(op.data) {
-					// Before the write: output read after it may be the
-					// signal's own (^C, the prompt), which must stay.
-					sh.dropUnstored()
+				if flush := sh.p.flushesOutput(op.data); flush || app.HasSignalKey(op.data) {
+					sh.signalTyped(flush)
 				}
 				if _, err := sh.p.f.Write(op.data); err != nil {
 					sh.log.Debug("write to terminal", "err", err)
