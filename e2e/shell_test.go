@@ -506,6 +506,101 @@ func TestShellFloodCtrlC(t *testing.T) {
 	mu.Unlock()
 }
 
+// rawShell is a /shell socket read raw, for floods: it keeps the seqs of
+// the output frames and a tail of the frames' text.
+type rawShell struct {
+	t    *testing.T
+	ws   *websocket.Conn
+	mu   sync.Mutex
+	seqs []int64
+	tail strings.Builder
+}
+
+var frameSeqRE = regexp.MustCompile(`"seq":(\d+)}$`)
+
+func (sc *shellCluster) dialRaw(gw *proc, user string) *rawShell {
+	sc.t.Helper()
+	ws, resp, err := dialer.Dial("ws://"+gw.addr+"/shell?token="+sc.token(user), nil)
+	require.NoError(sc.t, err)
+	resp.Body.Close()
+	sc.t.Cleanup(func() { ws.Close() })
+	r := &rawShell{t: sc.t, ws: ws}
+	go func() {
+		for {
+			_, data, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			if m := frameSeqRE.FindSubmatch(data); m != nil {
+				n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+				r.seqs = append(r.seqs, n)
+			}
+			r.tail.Write(data)
+			if r.tail.Len() > 1<<16 {
+				keep := r.tail.String()[r.tail.Len()-(1<<15):]
+				r.tail.Reset()
+				r.tail.WriteString(keep)
+			}
+			r.mu.Unlock()
+		}
+	}()
+	return r
+}
+
+func (r *rawShell) send(v any) {
+	b, _ := json.Marshal(v)
+	require.NoError(r.t, r.ws.WriteMessage(websocket.TextMessage, b))
+}
+
+func (r *rawShell) waitTail(s string) {
+	r.t.Helper()
+	eventually(r.t, 60*time.Second, "output "+s, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return strings.Contains(r.tail.String(), s)
+	})
+}
+
+func (r *rawShell) frames() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int64(nil), r.seqs...)
+}
+
+// TestShellCtrlCSkipsForTheTypist: during a flood watched from two
+// gateways, the socket that types Ctrl-C may skip output stored before the
+// key (the line discipline threw its queue away) but never gets a chunk
+// twice or out of order, and the prompt comes back to it; the other
+// socket gets every chunk, in order.
+func TestShellCtrlCSkipsForTheTypist(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	typist := sc.dialRaw(sc.gw1, "alice")
+	typist.send(sc.plainInit("ctrlc"))
+	typist.waitTail("Starting terminal in:")
+	watcher := sc.dialRaw(sc.gw2, "alice")
+	watcher.send(sc.plainInit("ctrlc"))
+	watcher.waitTail("Reconnected to existing session")
+
+	typist.send(map[string]any{"type": "input", "data": "yes flood-line-of-text\r"})
+	eventually(t, 30*time.Second, "a flood", func() bool { return len(typist.frames()) > 200 && len(watcher.frames()) > 200 })
+	typist.send(map[string]any{"type": "input", "data": "\x03"})
+	typist.send(map[string]any{"type": "input", "data": "echo back-$((2+2))\r"})
+	typist.waitTail("back-4")
+	watcher.waitTail("back-4")
+
+	got := typist.frames()
+	skipped := int64(0)
+	for i := 1; i < len(got); i++ {
+		require.Greater(t, got[i], got[i-1], "the typist's frame %d of %d", i, len(got))
+		skipped += got[i] - got[i-1] - 1
+	}
+	t.Logf("the typist skipped %d chunks of %d", skipped, got[len(got)-1]-got[0]+1)
+	requireConsecutive(t, watcher.frames(), watcher.frames()[0])
+	sc.requireLinked(sc.gw1)
+}
+
 // uniqueNumber is a number no other test of this run uses, for `sleep N`
 // jobs found by their exact argument.
 func uniqueNumber(lead int) string {
