@@ -59,6 +59,9 @@ func (s *Server) newShellSockets() *melody.Melody {
 		user, _ := ms.Get("user")
 		sock := &shellSocket{c: newConn(ms, user.(app.User), s.cfg.QueueSize, 0)}
 		sock.c.share = shellMelodyFrames
+		if err := limitUnsent(ms, shellUnsentMax); err != nil {
+			s.log.Debug("limit a terminal socket's unsent bytes", "err", err)
+		}
 		sock.c.quota, sock.c.refusal = quotaOf(ms), s.shellRefusal
 		ms.Set("shell", sock)
 		releaseUpgrade(ms)

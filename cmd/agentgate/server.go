@@ -17,8 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/handlers"
 	"github.com/agentgate/agentgate/internal/metrics"
@@ -339,7 +337,7 @@ func gatewayHTTP(h http.Handler, ln net.Listener, maxConns int, t httpTimeouts, 
 		MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	return srv, netutil.LimitListener(ln, maxConns)
+	return srv, newLimitListener(ln, maxConns)
 }
 
 // printLoginURL prints the URL of the bundled web client with a token of the
