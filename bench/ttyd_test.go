@@ -43,7 +43,9 @@ func newTTYDRig(b *testing.B, bin string) *shellRig {
 	_, port, _ := net.SplitHostPort(r.addr)
 	cmd := exec.Command(bin, "--port", port, "--interface", "lo", "--writable", "--cwd", r.project,
 		"bash", "--norc", "--noprofile", "-i")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + root, "TERM=xterm-256color"}
+	// No history file: a bash that ttyd hangs up on writes it at exit,
+	// which raced the removal of root and failed the benchmark.
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + root, "TERM=xterm-256color", "HISTFILE=/dev/null"}
 	startStopped(b, cmd)
 	r.ttyd = cmd
 	waitFor(b, 10*time.Second, "ttyd listening", func() bool {
