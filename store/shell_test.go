@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,21 +28,7 @@ func TestShellLifecycle(t *testing.T) {
 			rdb := redisClient(t, url)
 			prefix := st.Prefix()
 
-			var mu sync.Mutex
-			var got []store.ShellLive
-			sub := st.NewSubscriber(store.SubscriberHandlers{})
-			sub.HandleShell(store.ShellHandlers{Message: func(key, payload string) {
-				m, ok := store.ParseShellLive(payload)
-				require.True(t, ok, payload)
-				mu.Lock()
-				got = append(got, m)
-				mu.Unlock()
-			}})
-			subCtx, stop := context.WithCancel(ctx)
-			done := make(chan struct{})
-			go func() { defer close(done); _ = sub.Run(subCtx) }()
-			t.Cleanup(func() { stop(); <-done })
-			require.NoError(t, sub.SubscribeShell(ctx, "k1"))
+			messages := storetest.ShellMessages(t, st, "k1")
 
 			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
 			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
@@ -115,13 +100,12 @@ func TestShellLifecycle(t *testing.T) {
 				require.InDelta(t, store.DefaultShellRetention.Seconds(), ttl.Seconds(), 5, "an ended terminal expires: %s", key)
 			}
 
-			require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 5 }, 5*time.Second, 5*time.Millisecond)
-			mu.Lock()
+			require.Eventually(t, func() bool { return len(messages()) == 5 }, 5*time.Second, 5*time.Millisecond)
+			got := messages()
 			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 1, Data: "a"}, got[0])
 			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 2, Data: "b c"}, got[1])
 			require.Equal(t, store.ShellLive{Kind: 's', Gen: 1, Seq: 3, Flushed: true}, got[3])
 			require.Equal(t, store.ShellLive{Kind: 'e', Gen: 1, Seq: 3, ExitCode: 130, Signal: "SIGINT", Reason: "exit"}, got[4])
-			mu.Unlock()
 
 			// Reopen: a new generation starts from seq 1 with no old output.
 			gen, ok, err = st.ShellOpen(ctx, "k1", 1, "w1", "bash", spec, 0)

@@ -1,7 +1,6 @@
 package workers
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 // TestTypedInterruptFlushesUnstoredOutput: typing the terminal's interrupt
@@ -94,23 +94,8 @@ func TestFlushesOutputFollowsTheTerminal(t *testing.T) {
 // chunks before the announcement only when they were flushed.
 func TestSignalKeyAnnounced(t *testing.T) {
 	w, st, spec, gen := shellWorker(t)
-	ctx := context.Background()
 
-	var mu sync.Mutex
-	var got []store.ShellLive
-	sub := st.NewSubscriber(store.SubscriberHandlers{})
-	sub.HandleShell(store.ShellHandlers{Message: func(_, payload string) {
-		m, ok := store.ParseShellLive(payload)
-		require.True(t, ok, payload)
-		mu.Lock()
-		got = append(got, m)
-		mu.Unlock()
-	}})
-	subCtx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = sub.Run(subCtx) }()
-	t.Cleanup(func() { stop(); <-done })
-	require.NoError(t, sub.SubscribeShell(ctx, "k1"))
+	messages := storetest.ShellMessages(t, st, "k1")
 
 	open, _ := json.Marshal(spec)
 	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
@@ -121,19 +106,18 @@ func TestSignalKeyAnnounced(t *testing.T) {
 	// since returns the messages from the i-th on and the output of their
 	// chunks.
 	since := func(i int) ([]store.ShellLive, string) {
-		mu.Lock()
-		defer mu.Unlock()
+		msgs := messages()[i:]
 		var out strings.Builder
-		for _, m := range got[i:] {
+		for _, m := range msgs {
 			out.WriteString(m.Data)
 		}
-		return append([]store.ShellLive(nil), got[i:]...), out.String()
+		return msgs, out.String()
 	}
 	waitFor := func(from int, text string) {
 		t.Helper()
 		require.Eventually(t, func() bool { _, out := since(from); return strings.Contains(out, text) }, 20*time.Second, 5*time.Millisecond, text)
 	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
+	count := func() int { return len(messages()) }
 	// signalAt finds the one announcement from the i-th message on and
 	// checks that it splits the chunks by seq; it returns the output after.
 	signalAt := func(from int) (store.ShellLive, string) {
