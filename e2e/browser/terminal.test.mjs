@@ -48,3 +48,27 @@ test("the terminal types, reloads and replays", async () => {
   await screenshot(page, "terminal-reloaded");
   await context.close();
 });
+
+// A flood, then Ctrl-C from the keyboard: the page's terminal (which acks
+// what xterm rendered) gets its prompt back and runs the next command; the
+// gateway may skip output stored before the key, and the page takes the
+// gap in seq.
+test("Ctrl-C stops a flood in the terminal", async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await ui.terminalTab(page).click();
+  await screen(page).waitFor({ timeout: WAIT });
+  await page.locator("#terminal .xterm-helper-textarea").focus();
+  await page.keyboard.type("yes flood-line");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(
+    () => (document.querySelector("#terminal .xterm-rows")?.innerText.match(/flood-line/g) || []).length > 10,
+    null, { timeout: WAIT },
+  );
+  await page.keyboard.press("Control+C");
+  await page.keyboard.type("echo back-$((3+4))");
+  await page.keyboard.press("Enter");
+  await waitScreen(page, "back-7");
+  await screenshot(page, "terminal-ctrl-c");
+  await context.close();
+});
