@@ -59,9 +59,11 @@ func (sh *shell) readLoop() {
 func (sh *shell) flushLoop() {
 	var carry []byte  // an incomplete UTF-8 sequence at the end of a batch
 	flooding := false // the last append was bulk output
-	// A flood's append waits for this much: a quarter of the flow window,
-	// so that a small window still has several appends on their way.
-	coalesceTo := min(shellChunkMax, int(sh.flow.window/4))
+	// A flood's append waits for this much: half the flow window (at most
+	// a chunk), so that a small window still has two appends on their way.
+	// A quarter made a 64 KiB window's appends 16 KiB, a fifth more CPU
+	// per MB than 32 KiB ones (bench/RESULTS.md, 2026-12-05, evening).
+	coalesceTo := min(shellChunkMax, int(sh.flow.window/2))
 	for {
 		sh.outMu.Lock()
 		for len(sh.pending) == 0 && !sh.readDone && len(sh.signals) == 0 {
