@@ -71,6 +71,13 @@ func Apply(ctx context.Context, st *store.Store) (int, error) {
 		defer cancel()
 		_ = st.ReleaseLease(rel, lease, holder)
 	}()
+	return ApplyUnshared(ctx, st)
+}
+
+// ApplyUnshared is Apply for a store no other process can reach (the
+// embedded one): without the lease, whose two scripts are most of the
+// embedded store's start.
+func ApplyUnshared(ctx context.Context, st *store.Store) (int, error) {
 	v, err := st.SchemaVersion(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("migrations: %w", err)

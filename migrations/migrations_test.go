@@ -45,6 +45,27 @@ func TestApplyRefusesNewerSchema(t *testing.T) {
 	require.ErrorContains(t, err, "newer")
 }
 
+// TestApplyUnsharedTakesNoLease: with the migration lease held by another
+// process, Apply waits (here until its deadline) and ApplyUnshared, for a
+// store nothing else reaches, migrates at once.
+func TestApplyUnsharedTakesNoLease(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	ctx := context.Background()
+	ok, err := st.AcquireLease(ctx, "migrate", "another-process", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err = migrations.Apply(short, st)
+	require.ErrorContains(t, err, "wait for lease")
+	v, err := migrations.ApplyUnshared(ctx, st)
+	require.NoError(t, err)
+	require.Equal(t, migrations.Current, v)
+	got, err := st.SchemaVersion(ctx)
+	require.NoError(t, err)
+	require.Equal(t, migrations.Current, got)
+}
+
 // TestSchema2FromSchema1 migrates a store laid out as schema 1 wrote it
 // (the keys its scripts wrote, here by hand: a running run whose job waits
 // in the jobs stream, a finished session with a provider id) to schema 2:

@@ -1,12 +1,17 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
@@ -28,6 +33,77 @@ func TestClusterDetected(t *testing.T) {
 	require.False(t, storetest.New(t, storetest.Miniredis(t)).Cluster())
 	_, err := store.New(context.Background(), store.Config{URL: c.Seed + "/3"})
 	require.ErrorContains(t, err, "only database 0")
+}
+
+// TestStandaloneSkipsTheProbe: a store told that its server is a single
+// Redis (the embedded one) opens one connection at start, not two (the
+// cluster probe's), and works.
+func TestStandaloneSkipsTheProbe(t *testing.T) {
+	for _, standalone := range []bool{false, true} {
+		m := miniredis.RunT(t)
+		st, err := store.New(context.Background(), store.Config{URL: "redis://" + m.Addr() + "/0", Standalone: standalone})
+		require.NoError(t, err)
+		require.False(t, st.Cluster())
+		want := 2
+		if standalone {
+			want = 1
+		}
+		require.Equal(t, want, m.TotalConnectionCount(), "standalone=%v", standalone)
+		require.NoError(t, st.Ping(context.Background()))
+		st.Close()
+	}
+}
+
+// TestConnectionHandshake: a new connection says HELLO with the name
+// agentgate and sends neither CLIENT SETINFO nor CLIENT
+// MAINT_NOTIFICATIONS, each a round trip that open-source Redis refuses or
+// that no one reads.
+func TestConnectionHandshake(t *testing.T) {
+	m := miniredis.RunT(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ln.Close() })
+	var mu sync.Mutex
+	var sent bytes.Buffer
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", m.Addr())
+			if err != nil {
+				_ = c.Close()
+				return
+			}
+			go func() { _, _ = io.Copy(c, up); _ = c.Close() }()
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					mu.Lock()
+					sent.Write(buf[:n])
+					mu.Unlock()
+					if _, werr := up.Write(buf[:n]); err != nil || werr != nil {
+						_ = up.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	st, err := store.New(context.Background(), store.Config{URL: "redis://" + ln.Addr().String() + "/0"})
+	require.NoError(t, err)
+	defer st.Close()
+	require.NoError(t, st.Ping(context.Background()))
+	mu.Lock()
+	defer mu.Unlock()
+	got := strings.ToUpper(sent.String())
+	require.Contains(t, got, "HELLO")
+	require.Contains(t, got, "SETNAME")
+	require.Contains(t, sent.String(), "agentgate")
+	require.NotContains(t, got, "SETINFO")
+	require.NotContains(t, got, "MAINT_NOTIFICATIONS")
 }
 
 // sessionKey is any key of a session: they share its slot.

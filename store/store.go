@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Defaults of Config fields left at their zero value.
@@ -53,6 +54,9 @@ type Config struct {
 	ShellRetention time.Duration
 	// PoolSize is the connection pool size. Zero means go-redis' default.
 	PoolSize int
+	// Standalone says the server is a single Redis, not a cluster (the
+	// embedded store), so New does not ask it: one connection less at start.
+	Standalone bool
 	// Logger receives the store's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -157,6 +161,10 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 		if cfg.PoolSize > 0 {
 			opts.PoolSize = cfg.PoolSize
 		}
+		trimHandshake(&opts.ClientName, &opts.DisableIdentity, &opts.MaintNotificationsConfig)
+		if cfg.Standalone {
+			return redis.NewClient(opts), nil, nil
+		}
 		// Asked on database 0: a cluster refuses SELECT.
 		probeOpts := *opts
 		probeOpts.DB = 0
@@ -181,8 +189,27 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 		opts.PoolSize = cfg.PoolSize
 	}
 	tuneClusterRetries(opts)
+	trimHandshake(&opts.ClientName, &opts.DisableIdentity, &opts.MaintNotificationsConfig)
 	c := redis.NewClusterClient(opts)
 	return c, c, nil
+}
+
+// clientName names agentgate's connections in CLIENT LIST, unless the
+// URL's client_name does.
+const clientName = "agentgate"
+
+// trimHandshake drops two of the round trips go-redis makes on each new
+// connection after HELLO: CLIENT SETINFO (the library's name and version;
+// the connection is named in HELLO instead, at no cost) and CLIENT
+// MAINT_NOTIFICATIONS (maintenance notices of Redis Enterprise and Redis
+// Cloud, which other servers refuse). A process opens its connections as
+// it starts and again after an outage, when every round trip is waited for.
+func trimHandshake(name *string, noIdentity *bool, maint **maintnotifications.Config) {
+	if *name == "" {
+		*name = clientName
+	}
+	*noIdentity = true
+	*maint = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 }
 
 // tuneClusterRetries lets a command ride out a failover: a master that

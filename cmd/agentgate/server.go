@@ -80,13 +80,20 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		secret = randomSecret()
 	}
 
-	st, err := store.New(ctx, c.storeConfig(redisURL, log))
+	cfg := c.storeConfig(redisURL, log)
+	cfg.Standalone = embedded != nil
+	st, err := store.New(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	migrateCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	version, err := migrations.Apply(migrateCtx, st)
+	apply := migrations.Apply
+	if embedded != nil {
+		// Nothing else can reach the embedded store: no lease to take.
+		apply = migrations.ApplyUnshared
+	}
+	version, err := apply(migrateCtx, st)
 	cancel()
 	if err != nil {
 		return err
