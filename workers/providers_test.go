@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -247,5 +249,94 @@ func TestProviderSessionIDsAreChecked(t *testing.T) {
 			_, set := parseLines(t, prov.NewParser(app.Job{}), fmt.Sprintf(line, bad))
 			require.NotContains(t, set, "providerSessionId", "%s: %q", prov.Name(), bad)
 		}
+	}
+}
+
+// TestParsersCopyTheirLine: a run hands its parser each line in one reused
+// buffer (readLine), and keeps the events of several lines before it
+// appends them. Every parser's events, fields, asks and replies, read
+// after the buffer went on to later lines, must be what a parser given a
+// line of its own produced.
+func TestParsersCopyTheirLine(t *testing.T) {
+	sessions := map[Provider][]string{
+		ClaudeProvider{}: {
+			`{"type":"system","subtype":"init","session_id":"3300763d-ebec-4148-9370-44f315111828"}`,
+			`{"type":"assistant","message":{"content":[{"type":"thinking","thinking":"hmm","signature":"x"}],"usage":{"input_tokens":10,"output_tokens":2}},"parent_tool_use_id":null,"session_id":"abc"}`,
+			`{"type":"assistant","message":{"content":[{"type":"text","text":"Running it."}]},"parent_tool_use_id":null}`,
+			`{"type":"assistant","message":{"content":[{"id":"toolu_01","input":{"command":"echo hi"},"name":"Bash","type":"tool_use"}]},"parent_tool_use_id":"toolu_parent"}`,
+			`{"type":"control_request","request_id":"424e9696-7cc9","request":{"subtype":"can_use_tool","tool_name":"Bash","input":{"command":"touch x"},"tool_use_id":"toolu_touch"}}`,
+			`{"type":"control_request","request_id":"r2","request":{"subtype":"hook_callback","callback_id":"c"}}`,
+			`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_01","type":"tool_result","content":"hi","is_error":false}]},"tool_use_result":{"stdout":"hi"}}`,
+			`{"type":"result","subtype":"success","is_error":true,"api_error_status":500,"result":"API Error: 500 Internal server error.","usage":{"input_tokens":0,"output_tokens":0}}`,
+			`not json at all`,
+		},
+		CodexProvider{}: {
+			`{"type":"thread.started","thread_id":"3300763d-ebec-4148-9370-44f315111828"}`,
+			`{"type":"item.completed","item":{"id":"item_1","type":"reasoning","text":"thinking hard"}}`,
+			`{"type":"item.completed","item":{"id":"item_2","type":"agent_message","text":"Hello from mock"}}`,
+			`{"type":"item.completed","item":{"id":"item_3","type":"command_execution","command":"/bin/bash -lc 'echo hi'","aggregated_output":"hi\n","exit_code":0,"status":"completed"}}`,
+			`not json at all`,
+		},
+		GeminiProvider{}: {
+			`{"type":"init","session_id":"3300763d-ebec-4148-9370-44f315111828"}`,
+			`{"type":"message","timestamp":"2026-11-22T03:23:46.287Z","role":"assistant","content":"Running","delta":true}`,
+			`{"type":"message","timestamp":"2026-11-22T03:23:46.289Z","role":"assistant","content":" it.","delta":true}`,
+			`{"type":"tool_use","timestamp":"2026-11-22T03:24:09.164Z","tool_name":"run_shell_command","tool_id":"t1","parameters":{"command":"echo hi"}}`,
+			`{"type":"tool_result","timestamp":"2026-11-22T03:24:09.426Z","tool_id":"t1","status":"success","output":"hi"}`,
+			`{"type":"tool_result","tool_id":"t2","status":"error","error":{"type":"TOOL_EXECUTION_ERROR","message":"no such file"}}`,
+			`not json at all`,
+		},
+		CursorProvider{}: {
+			`{"type":"system","subtype":"init","session_id":"3300763d-ebec-4148-9370-44f315111828"}`,
+			`{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"Running it."}]},"session_id":"x"}`,
+			`{"type":"tool_call","subtype":"started","call_id":"toolu_1","tool_call":{"shellToolCall":{"args":{"command":"echo hi","workingDirectory":"","timeout":30000}}},"session_id":"x"}`,
+			`{"type":"tool_call","subtype":"completed","call_id":"toolu_1","tool_call":{"shellToolCall":{"args":{"command":"echo hi"},"result":{"success":{"command":"echo hi","exitCode":0,"stdout":"hi\n","stderr":""}}}},"session_id":"x"}`,
+			`not json at all`,
+		},
+	}
+	// seen describes what a parser produced, read when it is called.
+	seen := func(outs []Output, end []app.Event) string {
+		var b strings.Builder
+		for _, o := range append(outs, Output{Events: end}) {
+			for _, ev := range o.Events {
+				body, err := ev.Body()
+				require.NoError(t, err)
+				var m map[string]any
+				require.NoError(t, json.Unmarshal(body, &m))
+				delete(m, "id") // made at random, with the time
+				delete(m, "timestamp")
+				norm, err := json.Marshal(m)
+				require.NoError(t, err)
+				fmt.Fprintf(&b, "event %s %s\n", ev.Kind, norm)
+			}
+			for _, k := range slices.Sorted(maps.Keys(o.Set)) {
+				fmt.Fprintf(&b, "set %s=%s\n", k, o.Set[k])
+			}
+			if o.Ask != nil {
+				fmt.Fprintf(&b, "ask %s %s %s\n", o.Ask.ID, o.Ask.Tool, o.Ask.Input)
+			}
+			fmt.Fprintf(&b, "withdrawn %q reply %q end %v\n", o.Withdrawn, o.Reply, o.EndInput)
+		}
+		return b.String()
+	}
+	for prov, lines := range sessions {
+		t.Run(string(prov.Name()), func(t *testing.T) {
+			job := app.Job{SessionID: "s", RunID: "r"}
+			own, shared := prov.NewParser(job), prov.NewParser(job)
+			var want, got []Output
+			buf := make([]byte, 0, 4096)
+			for _, l := range lines {
+				want = append(want, own.Line([]byte(l)))
+				buf = append(buf[:0], l...)
+				got = append(got, shared.Line(buf))
+				// What a later read leaves in the buffer.
+				for i := range buf[:cap(buf)] {
+					buf[:cap(buf)][i] = '#'
+				}
+			}
+			wantEnd, _ := own.End(0)
+			gotEnd, _ := shared.End(0)
+			require.Equal(t, seen(want, wantEnd), seen(got, gotEnd))
+		})
 	}
 }

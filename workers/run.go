@@ -25,6 +25,9 @@ const (
 	// maxLineBytes bounds one output line (a tool result can carry a whole
 	// file); a longer line is dropped with an error row, not buffered.
 	maxLineBytes = 16 << 20
+	// scratchKeepMax bounds the buffer a run keeps for its long lines
+	// between them; a longer line's buffer is let go.
+	scratchKeepMax = 256 << 10
 	// maxBatch bounds the events of one append when lines arrive faster
 	// than Redis answers.
 	maxBatch = 64
@@ -374,10 +377,11 @@ func (r *run) pump(out io.Reader, parser Parser) {
 	// Small: readLine grows a line past it as needed, and a worker holds
 	// one per running run.
 	rd := bufio.NewReaderSize(out, 4<<10)
+	var scratch []byte // a line longer than rd's buffer
 	var batch []app.Event
 	set := map[string]string{}
 	for {
-		line, err := readLine(rd)
+		line, err := readLine(rd, &scratch)
 		if errors.Is(err, errLineTooLong) {
 			batch = append(batch, app.ErrorRow(fmt.Sprintf("An output line longer than %d MiB was dropped.", maxLineBytes>>20)))
 		} else if len(line) > 0 {
@@ -566,27 +570,33 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 var errLineTooLong = errors.New("line too long")
 
 // readLine returns the next line without its newline. A line over
-// maxLineBytes is consumed and reported as errLineTooLong.
-func readLine(rd *bufio.Reader) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := rd.ReadSlice('\n')
+// maxLineBytes is consumed and reported as errLineTooLong. The line is
+// rd's buffer, or *scratch's for a line longer than that buffer: it is
+// valid until the next call (parsers copy what they keep), so a line costs
+// no allocation of its own.
+func readLine(rd *bufio.Reader, scratch *[]byte) ([]byte, error) {
+	chunk, err := rd.ReadSlice('\n')
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		return bytes.TrimRight(chunk, "\r\n"), err
+	}
+	line := append((*scratch)[:0], chunk...)
+	for errors.Is(err, bufio.ErrBufferFull) {
+		chunk, err = rd.ReadSlice('\n')
 		if len(line)+len(chunk) > maxLineBytes {
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = rd.ReadSlice('\n')
 			}
-			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			if err != nil {
 				return nil, err
 			}
 			return nil, errLineTooLong
 		}
 		line = append(line, chunk...)
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		line = bytes.TrimRight(line, "\r\n")
-		return line, err
 	}
+	if cap(line) <= scratchKeepMax {
+		*scratch = line
+	}
+	return bytes.TrimRight(line, "\r\n"), err
 }
 
 // lineBuffered reports whether a whole line is already waiting in rd.
