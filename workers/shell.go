@@ -81,6 +81,9 @@ type shell struct {
 	// guarded by outMu. lastSeq is the last seq appended (flushLoop's).
 	signals []bool
 	lastSeq int64
+	// coalesce is how long a flood's append waits for more output
+	// (shellCoalesce; a test lengthens it); guarded by outMu.
+	coalesce time.Duration
 
 	inMu    sync.Mutex
 	inQ     []shellOp
@@ -248,6 +251,7 @@ func (w *Worker) openShell(c store.Control) {
 	sh := &shell{
 		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
 		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(w.cfg.ShellWindow),
+		coalesce: shellCoalesce,
 	}
 	sh.outCond = sync.NewCond(&sh.outMu)
 	w.shells.mu.Lock()

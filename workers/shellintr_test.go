@@ -179,3 +179,45 @@ func TestSignalKeyAnnounced(t *testing.T) {
 	sig, _ = signalAt(from)
 	require.False(t, sig.Flushed, "with ISIG off ^C is a byte for cat")
 }
+
+// TestSignalKeyEndsAFloodsWait: after an append of flood size, output of
+// 2 KiB or more waits for more to join it (here for an hour, so that
+// waiting shows); what the worker reads after a signal key (the end of the
+// flood, the key's echo, a prompt) goes out at once. Output is put where
+// the PTY reader puts it, beside a bash that prints nothing.
+func TestSignalKeyEndsAFloodsWait(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	messages := storetest.ShellMessages(t, st, "k1")
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	output := func() string {
+		var out strings.Builder
+		for _, m := range messages() {
+			out.WriteString(m.Data)
+		}
+		return out.String()
+	}
+	require.Eventually(t, func() bool { return output() != "" }, 20*time.Second, 5*time.Millisecond, "the prompt")
+	w.shells.mu.Lock()
+	sh := w.shells.m["k1"]
+	w.shells.mu.Unlock()
+	read := func(s string) {
+		sh.outMu.Lock()
+		sh.coalesce = time.Hour
+		sh.pending = append(sh.pending, s...)
+		sh.outCond.Broadcast()
+		sh.outMu.Unlock()
+	}
+
+	read(strings.Repeat("a", 8<<10))
+	require.Eventually(t, func() bool { return strings.Contains(output(), strings.Repeat("a", 8<<10)) }, 20*time.Second, 5*time.Millisecond, "a flood's read")
+	read(strings.Repeat("b", 3<<10))
+	time.Sleep(200 * time.Millisecond)
+	require.NotContains(t, output(), "b", "the flood's next read waits for more")
+
+	sh.signalTyped(true) // drops the b's, as the line discipline does
+	read("^C\r\n" + strings.Repeat("c", 3<<10) + "$ ")
+	require.Eventually(t, func() bool { return strings.Contains(output(), "c$ ") }, 20*time.Second, 5*time.Millisecond,
+		"what follows the key goes out at once")
+	require.NotContains(t, output(), "b")
+}

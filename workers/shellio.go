@@ -76,6 +76,10 @@ func (sh *shell) flushLoop() {
 			sh.signals = nil
 			sh.outMu.Unlock()
 			sh.announceSignals(sigs)
+			// What follows a signal key is the end of a flood, the key's
+			// echo and a prompt: it goes out at once, not after waiting
+			// for more that will not come.
+			flooding = false
 			continue
 		}
 		if len(sh.pending) == 0 {
@@ -88,7 +92,7 @@ func (sh *shell) flushLoop() {
 			// ~32 KiB rather than per 4 KiB read; it goes as soon as that
 			// much is there (a fixed wait held a small window's output
 			// back). An echo or a prompt (small output) is never held.
-			deadline := time.Now().Add(shellCoalesce)
+			deadline := time.Now().Add(sh.coalesce)
 			for len(sh.pending) < coalesceTo && !sh.readDone && len(sh.signals) == 0 && time.Now().Before(deadline) {
 				sh.outMu.Unlock()
 				nanosleep(shellCoalesceStep)
