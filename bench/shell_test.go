@@ -453,7 +453,7 @@ func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 	c.pace, c.acks = pace, acks
 	var lat latencies
 	samples := make([]int64, 0, b.N)
-	var after, unread, sentAfter int64
+	var after, unread, sentAfter, framesAfter int64
 	for i := 0; i < b.N; i++ {
 		c.input(b, "yes\r")
 		c.bytes = 0
@@ -461,7 +461,7 @@ func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 			c.readUntil(b, "y\r\ny\r\n")
 		}
 		c.bytes = 0
-		queued, wire := c.unread(b), c.wire
+		queued, wire, frames := c.unread(b), c.wire, c.frames
 		t0 := time.Now()
 		c.input(b, "\x03")
 		c.input(b, fmt.Sprintf("echo BACK%d-$((1+1))\r", i))
@@ -470,6 +470,7 @@ func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 		after += c.bytes
 		unread += queued
 		sentAfter += max(0, c.wire-wire-queued)
+		framesAfter += c.frames - frames
 	}
 	lat.add(samples)
 	b.ReportMetric(lat.quantile(0.5), "p50-ms")
@@ -477,6 +478,7 @@ func floodCtrlC(b *testing.B, r *shellRig, pace time.Duration, acks bool) {
 	b.ReportMetric(float64(after)/float64(b.N)/1024, "KiB-after")
 	b.ReportMetric(float64(unread)/float64(b.N)/1024, "KiB-unread-at-key")
 	b.ReportMetric(float64(sentAfter)/float64(b.N)/1024, "KiB-sent-after")
+	b.ReportMetric(float64(framesAfter)/float64(b.N), "frames-after")
 }
 
 // unread returns the bytes waiting in the client's socket receive queue.
