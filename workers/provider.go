@@ -25,7 +25,9 @@ type Provider interface {
 // goroutine.
 type Parser interface {
 	// Line maps one line (without its newline) to events and session hash
-	// fields to set with them (providerSessionId, statusText).
+	// fields to set with them (providerSessionId, statusText). line is the
+	// run's read buffer, overwritten by the next line: what Line keeps, in
+	// its result or its own state, it copies.
 	Line(line []byte) Output
 	// End is called once the process has exited with exitCode. It returns
 	// the final events before complete (error rows) and the exit code the

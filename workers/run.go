@@ -374,8 +374,8 @@ func failed(msg string) (app.Outcome, []app.Event) {
 // in the buffer are appended together, so a fast provider costs one round
 // trip per batch while a slow one gets each line out at once.
 func (r *run) pump(out io.Reader, parser Parser) {
-	// Small: readLine grows a line past it as needed, and a worker holds
-	// one per running run.
+	// Small: a longer line goes into scratch, and a worker holds one per
+	// running run.
 	rd := bufio.NewReaderSize(out, 4<<10)
 	var scratch []byte // a line longer than rd's buffer
 	var batch []app.Event
