@@ -25,9 +25,6 @@ const (
 	// maxLineBytes bounds one output line (a tool result can carry a whole
 	// file); a longer line is dropped with an error row, not buffered.
 	maxLineBytes = 16 << 20
-	// scratchKeepMax bounds the buffer a run keeps for its long lines
-	// between them; a longer line's buffer is let go.
-	scratchKeepMax = 256 << 10
 	// maxBatch bounds the events of one append when lines arrive faster
 	// than Redis answers.
 	maxBatch = 64
@@ -374,14 +371,13 @@ func failed(msg string) (app.Outcome, []app.Event) {
 // in the buffer are appended together, so a fast provider costs one round
 // trip per batch while a slow one gets each line out at once.
 func (r *run) pump(out io.Reader, parser Parser) {
-	// Small: a longer line goes into scratch, and a worker holds one per
-	// running run.
+	// Small: a longer line is copied out of it, and a worker holds one
+	// per running run.
 	rd := bufio.NewReaderSize(out, 4<<10)
-	var scratch []byte // a line longer than rd's buffer
 	var batch []app.Event
 	set := map[string]string{}
 	for {
-		line, err := readLine(rd, &scratch)
+		line, err := readLine(rd)
 		if errors.Is(err, errLineTooLong) {
 			batch = append(batch, app.ErrorRow(fmt.Sprintf("An output line longer than %d MiB was dropped.", maxLineBytes>>20)))
 		} else if len(line) > 0 {
@@ -570,16 +566,16 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 var errLineTooLong = errors.New("line too long")
 
 // readLine returns the next line without its newline. A line over
-// maxLineBytes is consumed and reported as errLineTooLong. The line is
-// rd's buffer, or *scratch's for a line longer than that buffer: it is
-// valid until the next call (parsers copy what they keep), so a line costs
-// no allocation of its own.
-func readLine(rd *bufio.Reader, scratch *[]byte) ([]byte, error) {
+// maxLineBytes is consumed and reported as errLineTooLong. A line that fits
+// rd's buffer is returned in it, valid until the next call (parsers copy
+// what they keep), so most lines cost no allocation; a longer one is
+// copied into a slice of its own, which no run keeps between lines.
+func readLine(rd *bufio.Reader) ([]byte, error) {
 	chunk, err := rd.ReadSlice('\n')
 	if !errors.Is(err, bufio.ErrBufferFull) {
 		return bytes.TrimRight(chunk, "\r\n"), err
 	}
-	line := append((*scratch)[:0], chunk...)
+	line := append([]byte(nil), chunk...)
 	for errors.Is(err, bufio.ErrBufferFull) {
 		chunk, err = rd.ReadSlice('\n')
 		if len(line)+len(chunk) > maxLineBytes {
@@ -592,9 +588,6 @@ func readLine(rd *bufio.Reader, scratch *[]byte) ([]byte, error) {
 			return nil, errLineTooLong
 		}
 		line = append(line, chunk...)
-	}
-	if cap(line) <= scratchKeepMax {
-		*scratch = line
 	}
 	return bytes.TrimRight(line, "\r\n"), err
 }
