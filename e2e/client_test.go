@@ -63,6 +63,12 @@ func dialWS(t *testing.T, name, url string) *wsClient {
 		resp.Body.Close()
 	}
 	require.NoError(t, err, "dial %s", name)
+	return adoptWS(t, name, ws)
+}
+
+// adoptWS makes a wsClient of an open socket.
+func adoptWS(t *testing.T, name string, ws *websocket.Conn) *wsClient {
+	t.Helper()
 	c := &wsClient{t: t, name: name, ws: ws, notify: make(chan struct{}, 1), done: make(chan struct{})}
 	go c.read()
 	t.Cleanup(func() {

@@ -87,6 +87,26 @@ func TestContainers(t *testing.T) {
 	dialLB := func(name string) *wsClient {
 		return dialWS(t, name, "ws://"+base+"/ws?token="+token)
 	}
+	// reconnectLB opens a socket after one was lost as Claude Code UI's
+	// client does, trying again 3 s after a failure: for a moment after a
+	// gateway dies, the network's name server may still give nginx its
+	// address alone, and nginx answers 502.
+	reconnectLB := func(name string) *wsClient {
+		for attempt := 1; ; attempt++ {
+			ws, resp, err := dialer.Dial("ws://"+base+"/ws?token="+token, nil)
+			if err == nil {
+				return adoptWS(t, name, ws)
+			}
+			status := 0
+			if resp != nil {
+				status = resp.StatusCode
+				resp.Body.Close()
+			}
+			require.Less(t, attempt, 10, "reconnect %s: %v (HTTP %d)", name, err, status)
+			t.Logf("reconnect %s, attempt %d: %v (HTTP %d); again in 3 s", name, attempt, err, status)
+			time.Sleep(3 * time.Second)
+		}
+	}
 
 	// Every gateway answers, and sees the workers, before the run: the
 	// network's name server may lag behind a stack that was just brought up.
@@ -135,7 +155,7 @@ func TestContainers(t *testing.T) {
 	_ = c1.waitClosed(10 * time.Second)
 	before := c1.events(sid)
 	checkPrefix(t, before)
-	c2 := dialLB("c2")
+	c2 := reconnectLB("c2")
 	st := status(t, c2, sid, ptr(lastSeq(before)))
 	require.Equal(t, true, st.m["recovered"], st.raw)
 
@@ -196,7 +216,7 @@ func TestContainers(t *testing.T) {
 	require.Equal(t, websocket.CloseGoingAway, closeCode(err), "the drained socket's close: %v", err)
 	before = c3.events(sid2)
 	checkPrefix(t, before)
-	c4 := dialLB("c4")
+	c4 := reconnectLB("c4")
 	st = status(t, c4, sid2, ptr(lastSeq(before)))
 	require.Equal(t, true, st.m["recovered"], st.raw)
 	t.Logf("drain of %s: socket closed with 1001 %s after SIGTERM; resumed through nginx %s after the close; %d events before",
