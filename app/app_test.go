@@ -58,7 +58,7 @@ func TestParseClientMessage(t *testing.T) {
 			continue
 		}
 		require.NoError(t, err, tc.in)
-		tc.check(t, m)
+		tc.check(t, *m)
 	}
 }
 

@@ -62,31 +62,33 @@ func (e WireError) Error() string { return string(e) }
 
 // ParseClientMessage decodes one /ws frame. A nil error means the message
 // has a non-empty type; the returned error's text is what the client is told.
-func ParseClientMessage(data []byte) (ClientMessage, error) {
-	var msg ClientMessage
+// The message is returned by pointer: it is 360 bytes, and the handlers that
+// take it run on goroutines whose stacks it would grow.
+func ParseClientMessage(data []byte) (*ClientMessage, error) {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
-		return msg, WireError(ErrTextInvalidPayload)
+		return nil, WireError(ErrTextInvalidPayload)
 	}
 	var head struct {
 		Type json.RawMessage `json:"type"`
 	}
 	if err := json.Unmarshal(trimmed, &head); err != nil {
-		return msg, WireError(ErrTextInvalidPayload)
+		return nil, WireError(ErrTextInvalidPayload)
 	}
 	var typ string
 	if len(head.Type) == 0 || json.Unmarshal(head.Type, &typ) != nil || typ == "" {
-		return msg, WireError(ErrTextTypeRequired)
+		return nil, WireError(ErrTextTypeRequired)
 	}
-	if err := json.Unmarshal(trimmed, &msg); err != nil {
+	msg := new(ClientMessage)
+	if err := json.Unmarshal(trimmed, msg); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return ClientMessage{Type: typ}, WireError(fmt.Sprintf("Invalid field %s: expected %s", typeErr.Field, typeErr.Type))
+			return nil, WireError(fmt.Sprintf("Invalid field %s: expected %s", typeErr.Field, typeErr.Type))
 		}
-		return ClientMessage{Type: typ}, WireError(ErrTextInvalidPayload)
+		return nil, WireError(ErrTextInvalidPayload)
 	}
 	if !validRequestID(msg.RequestID) {
-		return ClientMessage{Type: typ}, WireError("Invalid field requestId: expected a string or a number")
+		return nil, WireError("Invalid field requestId: expected a string or a number")
 	}
 	return msg, nil
 }
@@ -186,11 +188,11 @@ func StatusOf(s Session) SessionStatus {
 
 // UnknownStatus is the session-status of a session the caller may not see:
 // indistinguishable from one that does not exist.
-func UnknownStatus(sessionID string, provider Provider) SessionStatus {
+func UnknownStatus(sessionID string, provider Provider) *SessionStatus {
 	if provider == "" {
 		provider = Claude
 	}
-	return SessionStatus{Type: "session-status", SessionID: sessionID, Provider: provider, State: StateIdle}
+	return &SessionStatus{Type: "session-status", SessionID: sessionID, Provider: provider, State: StateIdle}
 }
 
 // ActiveSessions answers get-active-sessions.

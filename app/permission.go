@@ -78,7 +78,7 @@ const maxRememberEntry = 1024
 // AnswerOf validates a claude-permission-response frame. A malformed one is
 // answered with the returned error; an unknown request id is not an error
 // here (like the reference, it is ignored later).
-func AnswerOf(msg ClientMessage) (PermissionAnswer, error) {
+func AnswerOf(msg *ClientMessage) (PermissionAnswer, error) {
 	var id string
 	if json.Unmarshal(msg.RequestID, &id) != nil || !ValidPermissionID(id) {
 		return PermissionAnswer{}, WireError("claude-permission-response needs a requestId string")

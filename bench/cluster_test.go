@@ -53,7 +53,7 @@ func BenchmarkSessionMemory(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				sess := app.Session{ID: app.NewID(), Owner: "bench", Provider: app.Claude, ProjectPath: "/w"}
-				res, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID, Command: "hi"}})
+				res, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID, Command: "hi"}})
 				if err != nil {
 					b.Fatal(err)
 				}

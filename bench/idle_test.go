@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -338,7 +339,7 @@ func createSessions(b *testing.B, st *store.Store, n int) []string {
 		ids[i] = fmt.Sprintf("watch-%05d", i)
 		sess := app.Session{ID: ids[i], Owner: "bench", Provider: app.Claude, ProjectPath: project}
 		job := app.Job{SessionID: ids[i], Owner: "bench", Provider: app.Claude, Command: "hi", ProjectPath: project}
-		if _, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true, Job: job}); err != nil {
+		if _, err := st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: true, Job: job}); err != nil {
 			b.Fatalf("create session: %v", err)
 		}
 	}
@@ -408,10 +409,12 @@ func benchSocketsInProcess(b *testing.B, watch bool) {
 		before := serverSites()
 
 		b.StartTimer()
+		peakStacks := sampleMax("/memory/classes/heap/stacks:bytes", 2*time.Millisecond)
 		conns := openSockets(b, wsURL, n)
 		if watch {
 			watchSessions(b, conns, sessions[:n])
 		}
+		peak := peakStacks()
 		waitFor(b, time.Minute, "the gateway to count every socket", func() bool { return srv.Connections() == n })
 		time.Sleep(idleSettle)
 		b.StopTimer()
@@ -438,6 +441,10 @@ func benchSocketsInProcess(b *testing.B, watch bool) {
 		stack := float64(ms1.StackInuse) - float64(ms0.StackInuse)
 		b.ReportMetric(float64(total)/float64(n)/1024, "server_heap_KiB/conn")
 		b.ReportMetric(stack/float64(n)/1024, "stack_KiB/conn")
+		// The handlers of a burst of messages run at once, each on a stack
+		// of its own (onFreshStack): what they take at the peak stays in the
+		// process, freed but not yet returned, well after.
+		b.ReportMetric((float64(peak)-float64(ms0.StackInuse))/float64(n)/1024, "peak_stack_KiB/conn")
 		b.ReportMetric(float64(g1-g0)/float64(n), "goroutines/conn")
 		b.ReportMetric((float64(ms1.HeapInuse)-float64(ms0.HeapInuse))/float64(n)/1024, "heap_inuse_both_ends_KiB/conn")
 		b.Logf("gateway-side heap in use per socket, by allocation site (%d sockets):", n)
@@ -521,4 +528,33 @@ func shortFunc(f string) string {
 		return f[i+1:]
 	}
 	return f
+}
+
+// sampleMax reads the runtime metric name (a uint64) every interval until
+// the returned function is called, which returns the largest value read.
+func sampleMax(name string, interval time.Duration) func() uint64 {
+	var peak atomic.Uint64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		sample := []metrics.Sample{{Name: name}}
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			metrics.Read(sample)
+			if v := sample[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		<-done
+		return peak.Load()
+	}
 }

@@ -88,16 +88,16 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 const maxSubscribe = 100
 
 // command starts a run (PROTOCOL §3.3).
-func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
+func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	provider, _ := app.ProviderForCommand(msg.Type)
 	fail := func(text string) {
-		c.reply(app.ErrorReply{Type: "error", Error: text, RequestID: msg.RequestID})
+		c.reply(&app.ErrorReply{Type: "error", Error: text, RequestID: msg.RequestID})
 	}
 	if !s.providers[provider] {
 		fail(fmt.Sprintf("Provider %s is not available on this gateway", provider))
 		return
 	}
-	opts := msg.Options
+	opts := &msg.Options
 	if strings.TrimSpace(msg.Command) == "" {
 		fail("A command (the prompt) is required")
 		return
@@ -140,7 +140,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		fail("Gateway could not follow the session; try again")
 		return
 	}
-	res, err := s.st.Accept(ctx, store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser})
+	res, err := s.st.Accept(ctx, &store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser})
 	var busy *store.BusyError
 	var limit *app.LimitError
 	switch {
@@ -154,7 +154,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		return
 	case errors.As(err, &busy):
 		now := time.Now().UnixMilli()
-		c.reply(app.SessionBusy{
+		c.reply(&app.SessionBusy{
 			Type: "session-busy", Provider: provider, SessionID: plan.session.ID, RequestID: msg.RequestID,
 			RequestType: msg.Type, ProjectPath: busy.ProjectPath, IsProcessing: true,
 			Reason:     "session-already-active",
@@ -170,7 +170,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg app.ClientMessage) {
 		return
 	}
 	runsAccepted.WithLabelValues(string(provider)).Inc()
-	c.reply(app.SessionAccepted{
+	c.reply(&app.SessionAccepted{
 		Type: "session-accepted", Provider: provider, SessionID: plan.session.ID, RequestID: msg.RequestID,
 		RequestType: msg.Type, AcceptedAt: time.Now().UnixMilli(), StartedAt: res.StartedAt,
 		IsNewSession: plan.isNew,
@@ -309,7 +309,7 @@ var (
 // validateOptions checks the options that reach a command line: a value a
 // CLI would take for a flag, or one that could smuggle an argument, is
 // refused with a clear error.
-func validateOptions(o app.CommandOptions) error {
+func validateOptions(o *app.CommandOptions) error {
 	if o.SessionID != "" && !app.ValidSessionID(o.SessionID) {
 		// Checked even when the message's own sessionId wins over it.
 		return app.WireError("Invalid session ID")
@@ -336,7 +336,7 @@ func validateOptions(o app.CommandOptions) error {
 }
 
 // abort handles abort-session (PROTOCOL §3.4).
-func (s *Server) abort(ctx context.Context, c *conn, msg app.ClientMessage) {
+func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	noRun := app.ErrorReply{Type: "error", Error: app.ErrTextNoActiveRun, SessionID: msg.SessionID}
 	if !app.ValidSessionID(msg.SessionID) {
 		c.reply(noRun)
@@ -354,7 +354,7 @@ func (s *Server) abort(ctx context.Context, c *conn, msg app.ClientMessage) {
 	}
 	if err != nil {
 		s.log.Warn("abort", "session", sess.ID, "err", err)
-		c.reply(app.ErrorReply{Type: "error", Error: "Could not abort the run; try again", SessionID: sess.ID})
+		c.reply(&app.ErrorReply{Type: "error", Error: "Could not abort the run; try again", SessionID: sess.ID})
 		return
 	}
 	if !c.watching(sess.ID) {
@@ -373,14 +373,14 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		return
 	}
 	if lastSeq != nil && *lastSeq < 0 {
-		c.reply(app.ErrorReply{Type: "error", Error: "Invalid lastSeq: must be 0 or more", SessionID: sessionID})
+		c.reply(&app.ErrorReply{Type: "error", Error: "Invalid lastSeq: must be 0 or more", SessionID: sessionID})
 		return
 	}
 	// Only "no such session" is answered as unknown: while Redis is down or
 	// loading the answer waits (within the request's time), then says so.
 	unavailable := func(err error) {
 		s.log.Warn("check session status", "session", sessionID, "err", err)
-		c.reply(app.ErrorReply{Type: "error", Error: app.StoreUnavailableError, SessionID: sessionID, Retryable: true})
+		c.reply(&app.ErrorReply{Type: "error", Error: app.StoreUnavailableError, SessionID: sessionID, Retryable: true})
 	}
 	// Peek first so that a session the caller may not see costs no subscription.
 	var sess app.Session
@@ -396,7 +396,7 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	w, existed, err := s.hub.attach(c, sessionID)
 	if err != nil {
 		s.log.Warn("subscribe", "session", sessionID, "err", err)
-		c.reply(app.ErrorReply{Type: "error", Error: "Gateway could not follow the session; try again", SessionID: sessionID, Retryable: true})
+		c.reply(&app.ErrorReply{Type: "error", Error: "Gateway could not follow the session; try again", SessionID: sessionID, Retryable: true})
 		return
 	}
 	var first int64
@@ -433,7 +433,7 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		status.Recovered = &recovered
 		resumes.WithLabelValues(strconv.FormatBool(recovered)).Inc()
 	}
-	c.reply(status)
+	c.reply(&status)
 	s.hub.release(w, next, false)
 }
 
@@ -473,7 +473,7 @@ func (s *Server) pendingPermissions(ctx context.Context, c *conn, sessionID stri
 // of the owner on any gateway. Like the reference it sends no reply, and an
 // unknown request (or another user's) is ignored; only a malformed frame is
 // answered with an error.
-func (s *Server) permissionResponse(ctx context.Context, c *conn, msg app.ClientMessage) {
+func (s *Server) permissionResponse(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	ans, err := app.AnswerOf(msg)
 	if err != nil {
 		c.reply(app.NewErrorReply(err.Error()))
@@ -499,7 +499,7 @@ func (s *Server) permissionResponse(ctx context.Context, c *conn, msg app.Client
 	})
 	if err != nil {
 		s.log.Warn("forward permission answer", "session", sessionID, "err", err)
-		c.reply(app.ErrorReply{Type: "error", Error: "Gateway could not deliver the answer; try again", SessionID: sessionID})
+		c.reply(&app.ErrorReply{Type: "error", Error: "Gateway could not deliver the answer; try again", SessionID: sessionID})
 	}
 }
 

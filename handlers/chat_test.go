@@ -316,7 +316,7 @@ func FuzzValidateOptions(f *testing.F) {
 	f.Add("a", "\u2014version", " -x")
 	f.Fuzz(func(t *testing.T, sid, model, tool string) {
 		o := app.CommandOptions{SessionID: sid, Model: model, ToolsSettings: app.ToolsSettings{AllowedTools: []string{tool}}}
-		if validateOptions(o) != nil {
+		if validateOptions(&o) != nil {
 			return
 		}
 		for _, v := range []string{sid, model, tool} {

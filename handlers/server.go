@@ -419,10 +419,14 @@ func connOf(ms *melody.Session) *conn {
 
 // onFreshStack runs a socket's message handler on a goroutine of its own
 // and waits for it, so the socket's frames are still handled in order. A
-// handler's stack grows to tens of KiB (JSON, Redis round trips); on the
-// socket's read goroutine, which lives as long as the socket, that growth
-// would stay until garbage collections shrink it: 7 KiB more per idle
-// socket that had sent a frame (BenchmarkWatchingSockets).
+// handler's stack grows to 8 KiB (JSON, Redis round trips); on the socket's
+// read goroutine, which lives as long as the socket, that growth would stay
+// until garbage collections shrink it: 7 KiB more per idle socket that had
+// sent a frame (BenchmarkWatchingSockets). Handlers keep large values (a
+// parsed message, a reply, a run's request) off their frames: a stack
+// doubles when it runs out, and in a burst of reconnections every socket's
+// handler holds one at once (peak_stack_KiB/conn of
+// BenchmarkWatchingSocketsInProcess).
 func onFreshStack(handle func()) {
 	done := make(chan struct{})
 	go func() {

@@ -98,7 +98,7 @@ func (s *Server) newShellSockets() *melody.Melody {
 	m.HandleMessage(func(ms *melody.Session, data []byte) { onFreshStack(func() { s.onShellMessage(ms, data) }) })
 	m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
 		if c := shellSocketOf(ms).c; c.admit(1) {
-			c.reply(app.ShellError{Type: "error", Message: app.ErrTextInvalidPayload})
+			c.reply(&app.ShellError{Type: "error", Message: app.ErrTextInvalidPayload})
 		}
 	})
 	m.HandleError(func(ms *melody.Session, err error) {
@@ -189,11 +189,11 @@ func (s *Server) pickWorker(ctx context.Context) (string, error) {
 }
 
 func (sock *shellSocket) error(text string) {
-	sock.c.reply(app.ShellError{Type: "error", Message: text})
+	sock.c.reply(&app.ShellError{Type: "error", Message: text})
 }
 
 func (sock *shellSocket) notice(level, text string) {
-	sock.c.reply(app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text)})
+	sock.c.reply(&app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text)})
 }
 
 // trimNotice tells a socket that n chunks it should have had are no longer

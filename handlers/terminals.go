@@ -530,7 +530,7 @@ func (tm *terminals) sendExitLocked(w *watch) {
 		if e.Signal != "" {
 			sig = &e.Signal
 		}
-		w.c.reply(app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
+		w.c.reply(&app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
 		w.sock.mu.Lock()
 		if w.sock.w == w {
 			w.sock.w = nil

@@ -29,7 +29,7 @@ func testAcceptRunLimit(t *testing.T, url string) {
 	{
 		ctx := context.Background()
 		acceptMax := func(sess app.Session, isNew bool) (store.AcceptResult, error) {
-			return st.Accept(ctx, store.AcceptRequest{
+			return st.Accept(ctx, &store.AcceptRequest{
 				Session: sess, New: isNew, MaxRunning: 2,
 				Job: app.Job{SessionID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, Command: "hi"},
 			})

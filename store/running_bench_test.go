@@ -26,7 +26,7 @@ func BenchmarkRunning(b *testing.B) {
 		id := fmt.Sprintf("bench-%05d", i)
 		sess := app.Session{ID: id, Owner: "bench", Provider: app.Claude, ProjectPath: project}
 		job := app.Job{SessionID: id, Owner: "bench", Provider: app.Claude, Command: "hi", ProjectPath: project}
-		if _, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: job}); err != nil {
+		if _, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true, Job: job}); err != nil {
 			b.Fatal(err)
 		}
 		if err := raw.HSet(ctx, sessionKey(st, id), "startedAt", old).Err(); err != nil {

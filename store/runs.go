@@ -63,8 +63,8 @@ var errSessionExists = errors.New("session id already exists")
 
 // Accept starts a run atomically (run_accept.lua): two gateways racing on
 // one session yield one run and one *BusyError.
-func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, error) {
-	sess := req.Session
+func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, error) {
+	sess := &req.Session
 	mode := "existing"
 	accepted := false
 	var createdBody []byte
@@ -144,7 +144,7 @@ func (s *Store) Accept(ctx context.Context, req AcceptRequest) (AcceptResult, er
 // startedAt, the owner's session list. A failure here leaves the run
 // standing: RunningSessions queues a lost job again and rebuilds lost
 // index entries, and the reaper ends a run no worker took.
-func (s *Store) afterAccept(ctx context.Context, sess app.Session, runID string, started int64, job []byte) {
+func (s *Store) afterAccept(ctx context.Context, sess *app.Session, runID string, started int64, job []byte) {
 	if err := s.queueJob(ctx, sess.ID, runID, job); err != nil {
 		s.log.Warn("queue job; it is queued again later", "session", sess.ID, "err", err)
 	}

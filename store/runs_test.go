@@ -32,7 +32,7 @@ func newSession(owner string) app.Session {
 
 func accept(t *testing.T, st *store.Store, sess app.Session, isNew bool) store.AcceptResult {
 	t.Helper()
-	res, err := st.Accept(context.Background(), store.AcceptRequest{
+	res, err := st.Accept(context.Background(), &store.AcceptRequest{
 		Session: sess, New: isNew,
 		Job: app.Job{SessionID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, Command: "hi"},
 	})
@@ -109,7 +109,7 @@ func TestAcceptBusyAndRace(t *testing.T) {
 		sess := newSession("alice")
 		first := accept(t, st, sess, true)
 
-		_, err := st.Accept(ctx, store.AcceptRequest{Session: sess})
+		_, err := st.Accept(ctx, &store.AcceptRequest{Session: sess})
 		var busy *store.BusyError
 		require.ErrorAs(t, err, &busy)
 		require.ErrorIs(t, err, app.ErrSessionBusy)
@@ -126,7 +126,7 @@ func TestAcceptBusyAndRace(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := st.Accept(ctx, store.AcceptRequest{Session: sess})
+				_, err := st.Accept(ctx, &store.AcceptRequest{Session: sess})
 				mu.Lock()
 				defer mu.Unlock()
 				switch {
@@ -151,7 +151,7 @@ func TestAcceptForeignOwnerIsMissing(t *testing.T) {
 		accept(t, st, sess, true)
 		other := sess
 		other.Owner = "mallory"
-		_, err := st.Accept(context.Background(), store.AcceptRequest{Session: other})
+		_, err := st.Accept(context.Background(), &store.AcceptRequest{Session: other})
 		require.ErrorIs(t, err, app.ErrNotFound)
 	})
 }

@@ -24,7 +24,7 @@ func TestAppenderConcurrent(t *testing.T) {
 	refs := make([]store.RunRef, runs)
 	for i := range refs {
 		sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
-		res, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true,
+		res, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true,
 			Job: app.Job{SessionID: sess.ID, Owner: "alice", Provider: app.Claude, Command: "hi"}})
 		require.NoError(t, err)
 		refs[i] = store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}

@@ -291,7 +291,7 @@ func (h *harness) submitJob(job app.Job) app.Session {
 	h.t.Helper()
 	sess := app.Session{ID: job.SessionID, Owner: "alice", Provider: app.Claude, ProjectPath: h.dir}
 	job.Owner, job.Provider, job.ProjectPath = "alice", app.Claude, h.dir
-	_, err := h.st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: job.NewSession, Job: job})
+	_, err := h.st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: job.NewSession, Job: job})
 	require.NoError(h.t, err)
 	return sess
 }
@@ -316,7 +316,7 @@ func TestClaudeCLIRuns(t *testing.T) {
 
 		// A second run resumes the same conversation.
 		api.Add(mockanthropic.Turn{When: "again", Text: "Second answer"})
-		_, err = h.st.Accept(context.Background(), store.AcceptRequest{Session: app.Session{ID: sess.ID, Owner: "alice", Provider: app.Claude, ProjectPath: h.dir},
+		_, err = h.st.Accept(context.Background(), &store.AcceptRequest{Session: app.Session{ID: sess.ID, Owner: "alice", Provider: app.Claude, ProjectPath: h.dir},
 			Job: app.Job{SessionID: sess.ID, Owner: "alice", Provider: app.Claude, Command: "again", ProjectPath: h.dir, ProviderSessionID: sess.ID}})
 		require.NoError(t, err)
 		evs = h.waitDone(sess.ID)

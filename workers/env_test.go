@@ -77,7 +77,7 @@ func TestResumeUnrecorded(t *testing.T) {
 				Bins:      map[app.Provider]string{app.Claude: "/bin/sh"}, SingleUser: single,
 			})
 			sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: h.dir, ProviderSessionID: "conv-1"}
-			_, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true, Job: app.Job{
+			_, err := st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: true, Job: app.Job{
 				SessionID: sess.ID, Owner: "alice", Provider: app.Claude, Command: "echo resumed", ProjectPath: h.dir,
 				NewSession: true, ProviderSessionID: "conv-1", ResumeUnrecorded: true,
 			}})
@@ -152,7 +152,7 @@ func TestRunsUnderAccount(t *testing.T) {
 	})
 	run := func(owner string) []string {
 		sess := app.Session{ID: app.NewID(), Owner: owner, Provider: app.Claude, ProjectPath: filepath.Join(homes, owner)}
-		_, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true, Job: app.Job{
+		_, err := st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: true, Job: app.Job{
 			SessionID: sess.ID, Owner: owner, Provider: app.Claude, ProjectPath: sess.ProjectPath, NewSession: true,
 			Command: `echo "$(id -u) $(id -g) $(id -G) $HOME $USER $PWD"; ls /proc/1/root 2>&1 | head -c 200; echo`,
 		}})

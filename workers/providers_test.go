@@ -37,7 +37,7 @@ func (h *harness) submitAs(p app.Provider, job app.Job) app.Session {
 	}
 	sess := app.Session{ID: job.SessionID, Owner: "alice", Provider: p, ProjectPath: h.dir, ProviderSessionID: job.ProviderSessionID}
 	job.Owner, job.Provider, job.ProjectPath, job.NewSession = "alice", p, h.dir, true
-	_, err := h.st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true, Job: job})
+	_, err := h.st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: true, Job: job})
 	require.NoError(h.t, err)
 	return sess
 }
@@ -49,7 +49,7 @@ func (h *harness) followUp(sess app.Session, command string, opts app.RunOptions
 	got, err := h.st.Session(context.Background(), sess.ID)
 	require.NoError(h.t, err)
 	require.NotEmpty(h.t, got.ProviderSessionID, "the first run recorded no provider session id")
-	_, err = h.st.Accept(context.Background(), store.AcceptRequest{
+	_, err = h.st.Accept(context.Background(), &store.AcceptRequest{
 		Session: app.Session{ID: sess.ID, Owner: "alice", Provider: sess.Provider, ProjectPath: h.dir, ProviderSessionID: got.ProviderSessionID},
 		Job: app.Job{SessionID: sess.ID, Owner: "alice", Provider: sess.Provider, Command: command, ProjectPath: h.dir,
 			ProviderSessionID: got.ProviderSessionID, Options: opts},

@@ -82,7 +82,7 @@ func TestProjectsWatcher(t *testing.T) {
 	h := runWorker(t, st, Config{Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}}, Env: []string{"HOME=" + home}, WatchInterval: 50 * time.Millisecond})
 	alice, _ := h.submit("exit 0")
 	bob := app.Session{ID: app.NewID(), Owner: "bob", Provider: app.Claude, ProjectPath: h.dir}
-	_, err := st.Accept(context.Background(), store.AcceptRequest{Session: bob, New: true,
+	_, err := st.Accept(context.Background(), &store.AcceptRequest{Session: bob, New: true,
 		Job: app.Job{SessionID: bob.ID, Owner: "bob", Provider: app.Claude, Command: "exit 0", ProjectPath: h.dir, NewSession: true}})
 	require.NoError(t, err)
 	h.waitDone(alice.ID)

@@ -99,7 +99,7 @@ func (h *harness) stop() {
 func (h *harness) submit(script string) (app.Session, store.AcceptResult) {
 	h.t.Helper()
 	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: h.dir}
-	res, err := h.st.Accept(context.Background(), store.AcceptRequest{
+	res, err := h.st.Accept(context.Background(), &store.AcceptRequest{
 		Session: sess, New: true,
 		Job: app.Job{SessionID: sess.ID, Owner: "alice", Provider: app.Claude, Command: script, ProjectPath: h.dir, NewSession: true},
 	})
@@ -233,7 +233,7 @@ func TestInvalidProjectPath(t *testing.T) {
 	h := startWorker(t, st, "/bin/sh")
 	for _, p := range []string{"/etc", filepath.Join(h.dir, "missing"), "relative"} {
 		sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: p}
-		_, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true,
+		_, err := st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: true,
 			Job: app.Job{SessionID: sess.ID, Provider: app.Claude, Command: "touch should-not-run", ProjectPath: p}})
 		require.NoError(t, err)
 		evs := h.waitDone(sess.ID)
@@ -246,7 +246,7 @@ func TestResumeDenied(t *testing.T) {
 	st := storetest.New(t, storetest.Miniredis(t))
 	h := startWorker(t, st, "/bin/sh")
 	sess := app.Session{ID: app.NewID(), Owner: "mallory", Provider: app.Claude, ProjectPath: h.dir}
-	_, err := st.Accept(context.Background(), store.AcceptRequest{Session: sess, New: true,
+	_, err := st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: true,
 		Job: app.Job{SessionID: sess.ID, Provider: app.Claude, Command: "echo leaked", ProjectPath: h.dir,
 			ProviderSessionID: "alices-conversation", ResumeDenied: true}})
 	require.NoError(t, err)
@@ -398,7 +398,7 @@ func claimedRun(t *testing.T, st *store.Store, worker string, ttl time.Duration)
 	t.Helper()
 	ctx := context.Background()
 	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
-	res, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
+	res, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
 	require.NoError(t, err)
 	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: worker, StartedAt: time.Now()}, ttl))
 	ok, err := st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, worker)
@@ -476,7 +476,7 @@ func TestReaperFailsUnclaimedRuns(t *testing.T) {
 	st := storetest.New(t, storetest.Miniredis(t))
 	ctx := context.Background()
 	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
-	_, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
+	_, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
 	require.NoError(t, err)
 	r, err := NewReaper(ReaperConfig{Store: st, UnclaimedTimeout: 30 * time.Millisecond})
 	require.NoError(t, err)

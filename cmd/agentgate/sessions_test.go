@@ -27,7 +27,7 @@ func testSessionsAdmin(t *testing.T, url string) {
 	st := storetest.New(t, url, store.Config{Prefix: prefix})
 	ctx := context.Background()
 	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/srv/p"}
-	_, err := st.Accept(ctx, store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
+	_, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
 	require.NoError(t, err)
 	flags := []string{"--redis", url, "--key-prefix", prefix, "--retention", "1h"}
 	admin := func(args ...string) (string, error) {
