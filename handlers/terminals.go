@@ -373,11 +373,7 @@ func (tm *terminals) removeWatch(w *watch) {
 
 // message handles a terminal channel message. It runs on the subscriber's
 // goroutine and never blocks on a socket.
-func (tm *terminals) message(key, payload string) {
-	m, ok := store.ParseShellLive(payload)
-	if !ok {
-		return
-	}
+func (tm *terminals) message(key string, m store.ShellLive) {
 	f := tm.hub.feed(tm.kind, key)
 	if f == nil {
 		return

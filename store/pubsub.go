@@ -28,9 +28,9 @@ type SubscriberHandlers struct {
 // ShellHandlers receive what a Subscriber reads on terminal channels, under
 // the same rules as SubscriberHandlers.
 type ShellHandlers struct {
-	// Message receives a message published on a terminal's channel
-	// (ParseShellLive decodes it).
-	Message func(key, payload string)
+	// Message receives a message published on a terminal's channel,
+	// decoded; one that does not parse is dropped.
+	Message func(key string, m ShellLive)
 	// Resync is called for a terminal whose subscription was re-established.
 	Resync func(key string)
 }
@@ -53,6 +53,7 @@ type Subscriber struct {
 	ps       *redis.PubSub // plain SUBSCRIBE: everything, or broadcasts on a cluster
 	handlers SubscriberHandlers
 	shell    ShellHandlers // set by HandleShell before Run
+	groups   shellGroups   // terminal output groups being received
 
 	mu       sync.Mutex
 	channels map[string]*channelSub // by channel name
@@ -170,7 +171,9 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 		return
 	}
 	if key, ok := sub.s.k.shellOfLive(channel); ok && sub.shell.Message != nil {
-		sub.shell.Message(key, payload)
+		if m, ok := sub.groups.decode(channel, payload); ok {
+			sub.shell.Message(key, m)
+		}
 	}
 }
 
@@ -178,6 +181,8 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 func (sub *Subscriber) HandleShell(h ShellHandlers) { sub.shell = h }
 
 func (sub *Subscriber) confirmed(channel string) {
+	// Nothing of a group cut by a lost connection follows a confirmation.
+	sub.groups.reset(channel)
 	sub.mu.Lock()
 	c := sub.channels[channel]
 	resync := false

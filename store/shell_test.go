@@ -104,6 +104,7 @@ func TestShellLifecycle(t *testing.T) {
 			got := messages()
 			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 1, Data: "a"}, got[0])
 			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 2, Data: "b c"}, got[1])
+			require.Equal(t, store.ShellLive{Kind: 'o', Gen: 1, Seq: 3, Data: "é"}, got[2])
 			require.Equal(t, store.ShellLive{Kind: 's', Gen: 1, Seq: 3, Flushed: true}, got[3])
 			require.Equal(t, store.ShellLive{Kind: 'e', Gen: 1, Seq: 3, ExitCode: 130, Signal: "SIGINT", Reason: "exit"}, got[4])
 
@@ -136,6 +137,32 @@ func TestShellLifecycle(t *testing.T) {
 			chunks, err = st.ShellOutput(ctx, "k1", 0, 1)
 			require.NoError(t, err)
 			require.Equal(t, store.ShellChunk{Seq: 201, Data: "c201"}, chunks[0])
+		})
+	}
+}
+
+// TestShellOutputLikeAMessage: a terminal's output is published as it is,
+// after a group header, so output that reads like a channel message (a
+// header, an exit) is delivered as output with its own seq.
+func TestShellOutputLikeAMessage(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			st := storetest.New(t, storetest.Start(t, b))
+			ctx := context.Background()
+			messages := storetest.ShellMessages(t, st, "k3")
+			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			gen, ok, err := st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, 0)
+			require.NoError(t, err)
+			require.True(t, ok)
+			out := []string{"O 1 5 5", "o 1 9 x", "e 1 1 0 - exit", "s 1 2 0"}
+			_, err = st.ShellAppend(ctx, "k3", gen, out[:3])
+			require.NoError(t, err)
+			_, err = st.ShellAppend(ctx, "k3", gen, out[3:])
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return len(messages()) == len(out) }, 5*time.Second, 5*time.Millisecond)
+			for i, m := range messages() {
+				require.Equal(t, store.ShellLive{Kind: 'o', Gen: gen, Seq: int64(i + 1), Data: out[i]}, m)
+			}
 		})
 	}
 }

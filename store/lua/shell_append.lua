@@ -1,7 +1,8 @@
 -- shell_append.lua appends output chunks of a terminal generation: each
--- chunk takes the next seq, goes into the output stream under the id
--- "<seq>-0" and is published as
--- "o <gen> <seq> <data>".
+-- chunk takes the next seq and goes into the output stream under the id
+-- "<seq>-0". They are published as a group: "O <gen> <first seq> <n>",
+-- then the n chunks as they are (shellgroups.go: a chunk put into a new
+-- Lua string would cost Redis another pass over its bytes).
 -- The stream is then trimmed, once per call rather than once per chunk, to
 -- at most MAXLEN chunks and at most the byte budget (the newest chunk always
 -- stays): a flood of large chunks must not hold tens of MB per terminal.
@@ -33,13 +34,19 @@ if batch > 0 then
   end
   redis.call('HSET', hash, 'appendBatch', ARGV[5])
 end
+local first = seq + 1
 for i = 6, #ARGV do
   seq = seq + 1
   local s = string.format('%d', seq)
   redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'data', ARGV[i])
-  redis.call('PUBLISH', ARGV[3], 'o ' .. ARGV[1] .. ' ' .. s .. ' ' .. ARGV[i])
   redis.call('RPUSH', KEYS[3], #ARGV[i])
   bytes = bytes + #ARGV[i]
+end
+if seq >= first then
+  redis.call('PUBLISH', ARGV[3], string.format('O %s %d %d', ARGV[1], first, seq - first + 1))
+  for i = 6, #ARGV do
+    redis.call('PUBLISH', ARGV[3], ARGV[i])
+  end
 end
 
 local maxlen = tonumber(ARGV[2])

@@ -9,19 +9,13 @@ import (
 )
 
 // ShellMessages subscribes to the channel of terminal key on st and returns
-// a function that lists the messages received so far, parsed, in order. A
-// message that does not parse fails the test.
+// a function that lists the messages received so far, decoded, in order.
 func ShellMessages(t testing.TB, st *store.Store, key string) func() []store.ShellLive {
 	t.Helper()
 	var mu sync.Mutex
 	var got []store.ShellLive
 	sub := st.NewSubscriber(store.SubscriberHandlers{})
-	sub.HandleShell(store.ShellHandlers{Message: func(_, payload string) {
-		m, ok := store.ParseShellLive(payload)
-		if !ok {
-			t.Errorf("unparsable terminal message %q", payload)
-			return
-		}
+	sub.HandleShell(store.ShellHandlers{Message: func(_ string, m store.ShellLive) {
 		mu.Lock()
 		got = append(got, m)
 		mu.Unlock()
