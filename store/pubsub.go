@@ -173,6 +173,8 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 	if key, ok := sub.s.k.shellOfLive(channel); ok && sub.shell.Message != nil {
 		if m, ok := sub.groups.decode(channel, payload); ok {
 			sub.shell.Message(key, m)
+		} else if _, _, _, header := parseShellGroup(payload); !header {
+			sub.s.log.Warn("unreadable terminal message", "channel", channel, "payload", payload[:min(len(payload), 64)])
 		}
 	}
 }
