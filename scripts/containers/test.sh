@@ -31,5 +31,5 @@ for target in gateway worker; do
     -v "$CA:/usr/local/share/host-ca.crt:ro" "${caches[@]}" --target "$target" -t "localhost/agentgate-$target:latest" . >/dev/null
   say "localhost/agentgate-$target: $(podman image inspect -f '{{.Size}}' "localhost/agentgate-$target:latest" | numfmt --to=si)B in $(( $(date +%s) - start ))s"
 done
-go test -tags containers -run TestContainers -count=1 -timeout 20m -v ./e2e/ 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok )|containers_test.go|Error|Messages' || true
+go test -tags containers -run TestContainers -count=1 -timeout 20m -v ./e2e/ 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok )|containers_test.go|^ {8}' || true
 exit "${PIPESTATUS[0]}"
