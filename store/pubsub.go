@@ -29,7 +29,7 @@ type SubscriberHandlers struct {
 // the same rules as SubscriberHandlers.
 type ShellHandlers struct {
 	// Message receives a message published on a terminal's channel,
-	// decoded; one that does not parse is dropped.
+	// decoded; one that does not parse is logged and dropped.
 	Message func(key string, m ShellLive)
 	// Resync is called for a terminal whose subscription was re-established.
 	Resync func(key string)
