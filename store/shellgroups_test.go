@@ -1,8 +1,10 @@
 package store
 
 import (
+	"context"
 	"testing"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/require"
 )
 
@@ -72,4 +74,29 @@ func FuzzShellGroupsDecode(f *testing.F) {
 			t.Fatalf("a group left pending with %d chunks to come", p.left)
 		}
 	})
+}
+
+// TestSubscriberForgetsACutGroup: a connection lost in the middle of a
+// group is followed by the channel's confirmation on the new one, and what
+// comes after it is read as messages again, not as the group's chunks.
+func TestSubscriberForgetsACutGroup(t *testing.T) {
+	mr := miniredis.RunT(t)
+	st, err := New(context.Background(), Config{URL: "redis://" + mr.Addr(), Standalone: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	var got []ShellLive
+	sub := st.NewSubscriber(SubscriberHandlers{})
+	sub.HandleShell(ShellHandlers{Message: func(key string, m ShellLive) {
+		require.Equal(t, "k", key)
+		got = append(got, m)
+	}})
+	ch := st.k.shellLive("k")
+	sub.dispatch(ch, "O 1 1 3")
+	sub.dispatch(ch, "part")
+	sub.confirmed(ch) // subscribed again after the connection dropped
+	sub.dispatch(ch, "e 1 1 0 - lost")
+	require.Equal(t, []ShellLive{
+		{Kind: 'o', Gen: 1, Seq: 1, Data: "part"},
+		{Kind: 'e', Gen: 1, Seq: 1, Reason: "lost"},
+	}, got)
 }
