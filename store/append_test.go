@@ -68,7 +68,7 @@ func TestAppendBatchOnce(t *testing.T) {
 func TestShellAppendBatchOnce(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
-		spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+		spec := plainSpec
 		gen, ok, err := st.ShellOpen(ctx, "once", 0, "w1", "bash", spec, 0)
 		require.NoError(t, err)
 		require.True(t, ok)

@@ -70,7 +70,7 @@ func testAcceptRunLimit(t *testing.T, url string) {
 func TestShellOpenLimit(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
-		spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+		spec := plainSpec
 		// The terminals' worker is alive: one that is not ends them (below).
 		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
 		_, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 2)

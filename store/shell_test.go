@@ -15,6 +15,9 @@ import (
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
+// plainSpec is the spec of the plain terminal the store's tests open.
+var plainSpec = app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+
 // TestShellLifecycle runs the terminal scripts on both backends: an open
 // that lost the race changes nothing, appends take consecutive seqs and
 // are published, a stale generation writes nothing, the exit is recorded
@@ -30,7 +33,7 @@ func TestShellLifecycle(t *testing.T) {
 
 			messages := storetest.ShellMessages(t, st, "k1")
 
-			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			spec := plainSpec
 			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
 			require.NoError(t, err)
 			require.True(t, ok)
@@ -150,7 +153,7 @@ func TestShellOutputLikeAMessage(t *testing.T) {
 			st := storetest.New(t, storetest.Start(t, b))
 			ctx := context.Background()
 			messages := storetest.ShellMessages(t, st, "k3")
-			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			spec := plainSpec
 			gen, ok, err := st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, 0)
 			require.NoError(t, err)
 			require.True(t, ok)
@@ -196,7 +199,7 @@ func TestShellOutputBudget(t *testing.T) {
 			st := storetest.New(t, url, store.Config{ShellOutputBytes: 10_000})
 			ctx := context.Background()
 			rdb := redisClient(t, url)
-			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			spec := plainSpec
 			gen, _, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
 			require.NoError(t, err)
 			chunk := string(make([]byte, 3000))
@@ -239,7 +242,7 @@ func TestShellFloodMemoryIsBounded(t *testing.T) {
 	batch := []string{chunk, chunk, chunk, chunk, chunk, chunk, chunk, chunk}
 	for i := 0; i < terminals; i++ {
 		key := fmt.Sprintf("flood%d", i)
-		spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+		spec := plainSpec
 		gen, _, err := st.ShellOpen(ctx, key, 0, "w1", "bash", spec, 0)
 		require.NoError(t, err)
 		for j := 0; j < 8; j++ { // 8 x 256 KiB
@@ -264,7 +267,7 @@ func TestEndedTerminalsKeepLittle(t *testing.T) {
 			st := storetest.New(t, url, store.Config{ShellOutputBytes: 1 << 20})
 			ctx := context.Background()
 			rdb := redisClient(t, url)
-			spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+			spec := plainSpec
 			chunk := strings.Repeat("z", 30<<10)
 			const ended = 24
 			for i := range ended {
