@@ -103,6 +103,9 @@ func (sh *shell) flushLoop() {
 				continue // announced first, above
 			}
 		}
+		// The spare is taken, never shared: the reader appends into pending
+		// while data is on its way to Redis (go-redis sends data's bytes
+		// as they are), so the two must not be one buffer.
 		var data []byte
 		if len(sh.pending) <= shellBatchMax {
 			data = sh.pending
@@ -111,6 +114,7 @@ func (sh *shell) flushLoop() {
 			data = append(sh.spare[:0], sh.pending[:shellBatchMax]...)
 			sh.pending = sh.pending[:copy(sh.pending, sh.pending[shellBatchMax:])]
 		}
+		sh.spare = nil
 		sh.outCond.Broadcast()
 		last := sh.readDone && len(sh.pending) == 0
 		sh.outMu.Unlock()
@@ -126,7 +130,7 @@ func (sh *shell) flushLoop() {
 
 		sh.outMu.Lock()
 		if cap(data) <= 2*shellBatchMax {
-			sh.spare = data[:0]
+			sh.spare = data[:0] // a backlog's larger buffer is let go
 		}
 		sh.outMu.Unlock()
 	}

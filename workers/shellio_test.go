@@ -1,0 +1,81 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store"
+)
+
+// TestShellOutputWholeAfterABacklog: once output piled up past twice a
+// batch (Redis slow or away while the PTY kept being read: up to
+// shellPendingMax), its buffer is let go rather than kept as the spare.
+// What is read while the next appends are on their way must never land in
+// the buffer of one of them: every byte is stored once, in order. (The
+// spare used to stay the buffer being read into, so the reader overwrote
+// an append's bytes while go-redis sent them: found by the end-to-end
+// TestShellFloodThroughRedisKill.) Output is put where the PTY reader puts
+// it, beside a bash that prints nothing more than its prompt.
+func TestShellOutputWholeAfterABacklog(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	ctx := context.Background()
+	stored := func() string {
+		var out strings.Builder
+		after := int64(0)
+		for {
+			chunks, err := st.ShellOutput(ctx, "k1", after, 1000)
+			require.NoError(t, err)
+			if len(chunks) == 0 {
+				return out.String()
+			}
+			for _, c := range chunks {
+				out.WriteString(c.Data)
+				after = c.Seq
+			}
+		}
+	}
+	require.Eventually(t, func() bool { return stored() != "" }, 20*time.Second, 5*time.Millisecond, "the prompt")
+	w.shells.mu.Lock()
+	sh := w.shells.m["k1"]
+	w.shells.mu.Unlock()
+	prompt := stored()
+
+	var fed strings.Builder
+	read := func(s string) {
+		sh.outMu.Lock()
+		sh.pending = append(sh.pending, s...)
+		sh.outCond.Broadcast()
+		sh.outMu.Unlock()
+		fed.WriteString(s)
+	}
+	var backlog strings.Builder
+	for i := 0; backlog.Len() < 3*shellBatchMax; i++ {
+		fmt.Fprintf(&backlog, "backlog-%d\r\n", i)
+	}
+	read(backlog.String())
+	for i := range 100_000 {
+		read(fmt.Sprintf("line-%d\r\n", i))
+		if i%500 == 0 {
+			time.Sleep(100 * time.Microsecond) // let appends go out meanwhile
+		}
+	}
+	want := prompt + fed.String()
+	require.Eventually(t, func() bool { return len(stored()) >= len(want) }, 30*time.Second, 10*time.Millisecond, "everything stored")
+	got := stored()
+	if got != want {
+		i := 0
+		for i < len(got) && i < len(want) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("the stored output differs from what was read at byte %d of %d: stored %q, read %q",
+			i, len(want), got[i:min(i+40, len(got))], want[i:min(i+40, len(want))])
+	}
+}
