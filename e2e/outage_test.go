@@ -2,18 +2,13 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/store/storetest"
@@ -213,61 +208,11 @@ func TestShellFloodThroughRedisKill(t *testing.T) {
 	t.Parallel()
 	sc := newLoadingShellCluster(t)
 	cl, gw := sc.cluster, sc.gw1
-
-	// A quiet client: the flood is too much to log frame by frame.
-	ws, resp, err := dialer.Dial("ws://"+gw.addr+"/shell?token="+sc.token("alice"), nil)
-	require.NoError(t, err)
-	resp.Body.Close()
-	defer ws.Close()
-	var (
-		mu      sync.Mutex
-		out     strings.Builder // the data of the frames with a seq
-		notices strings.Builder // and of those without (the gateway's own)
-		seqs    []int64
-		bySeq   = map[int64]string{}
-	)
-	go func() {
-		for {
-			_, data, err := ws.ReadMessage()
-			if err != nil {
-				return
-			}
-			var f struct {
-				Type string `json:"type"`
-				Data string `json:"data"`
-				Seq  *int64 `json:"seq"`
-			}
-			if json.Unmarshal(data, &f) != nil || f.Type != "output" {
-				continue
-			}
-			mu.Lock()
-			if f.Seq != nil {
-				seqs = append(seqs, *f.Seq)
-				bySeq[*f.Seq] = f.Data
-				out.WriteString(f.Data)
-			} else {
-				notices.WriteString(f.Data)
-			}
-			mu.Unlock()
-		}
-	}()
-	received := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return out.Len()
-	}
-	send := func(v any) {
-		b, _ := json.Marshal(v)
-		require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
-	}
-	send(sc.plainInit("through-kill"))
-	eventually(t, 20*time.Second, "the terminal's start", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return strings.Contains(out.String()+notices.String(), "Starting terminal in:")
-	})
-	send(map[string]any{"type": "input", "data": "i=0; while :; do i=$((i+1)); echo n=$i; done\r"})
-	eventually(t, 30*time.Second, "256 KiB of the flood", func() bool { return received() > 256<<10 })
+	c := sc.dialFlood(gw, "alice")
+	c.send(sc.plainInit("through-kill"))
+	eventually(t, 20*time.Second, "the terminal's start", func() bool { return c.contains("Starting terminal in:") })
+	c.send(map[string]any{"type": "input", "data": floodLoop + "\r"})
+	eventually(t, 30*time.Second, "256 KiB of the flood", func() bool { return c.received() > 256<<10 })
 
 	cl.redis.Stop() // SIGKILL
 	time.Sleep(time.Second)
@@ -277,67 +222,20 @@ func TestShellFloodThroughRedisKill(t *testing.T) {
 		defer cancel()
 		return cl.rdb.Ping(ctx).Err() == nil
 	})
-	back := received()
-	eventually(t, 60*time.Second, "512 KiB more of the flood", func() bool { return received() > back+512<<10 })
-	send(map[string]any{"type": "input", "data": "\x03"})
-	send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
-	eventually(t, 30*time.Second, "the prompt after Ctrl-C", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return strings.Contains(out.String(), "done-6\r\n")
-	})
+	back := c.received()
+	eventually(t, 60*time.Second, "512 KiB more of the flood", func() bool { return c.received() > back+512<<10 })
+	c.send(map[string]any{"type": "input", "data": "\x03"})
+	c.send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
+	eventually(t, 30*time.Second, "the prompt after Ctrl-C", func() bool { return c.contains("done-6\r\n") })
 
-	mu.Lock()
-	text, got, said := out.String(), append([]int64(nil), seqs...), notices.String()
-	mu.Unlock()
-	t.Logf("%d frames, %d KiB of output; the gateway's notices: %q", len(got), len(text)>>10, said)
-	for i := 1; i < len(got); i++ {
-		require.Greater(t, got[i], got[i-1], "seqs in order, each once (frame %d)", i)
+	text, seqs, notices := c.snapshot()
+	t.Logf("%d frames, %d KiB of output; the gateway's notices: %q", len(seqs), len(text)>>10, notices)
+	for i := 1; i < len(seqs); i++ {
+		require.Greater(t, seqs[i], seqs[i-1], "seqs in order, each once (frame %d)", i)
 	}
-	// Each frame is the chunk stored under its seq (those still stored).
-	key, _ := sc.shellHash("alice")
-	stored, err := cl.rdb.XRange(context.Background(), key+":out", "-", "+").Result()
-	require.NoError(t, err)
-	mu.Lock()
-	for _, e := range stored {
-		seq, _ := strconv.ParseInt(e.Values["seq"].(string), 10, 64)
-		if data, ok := bySeq[seq]; ok {
-			require.Equal(t, e.Values["data"], data, "the frame of seq %d", seq)
-		}
-	}
-	mu.Unlock()
-	// The flood's lines, from its first to the last whole one before the
-	// Ctrl-C's echo.
-	start := strings.Index(text, "n=1\r\n")
-	require.GreaterOrEqual(t, start, 0, "the flood's first line")
-	end := strings.Index(text[start:], "^C")
-	require.Positive(t, end, "the Ctrl-C's echo")
-	lines := strings.Split(text[start:start+end], "\r\n")
-	lines = lines[:len(lines)-1] // cut short by the Ctrl-C
+	c.requireStored(sc, "alice")
 	// Output is dropped in two places: where Redis was away, and where the
 	// Ctrl-C flushed what was on its way (as a terminal's line discipline
-	// does). At each the line before the gap lost its end and the one
-	// after it its start: "n=35125" then "487258" or "", or the two run
-	// together ("n=351" and "89"). Anything else out of order, or any byte
-	// that is not the loop's, is a fault.
-	whole, ours := regexp.MustCompile(`^n=[0-9]+$`), regexp.MustCompile(`^[n=0-9]*$`)
-	odd, prev := 0, int64(0)
-	for i, l := range lines {
-		require.Regexp(t, ours, l, "line %d of the flood is only the terminal's output", i)
-		if !whole.MatchString(l) {
-			odd++
-			t.Logf("line %d: %q", i, l)
-			prev = 0
-			continue
-		}
-		n, err := strconv.ParseInt(l[2:], 10, 64)
-		require.NoError(t, err)
-		if prev != 0 && n != prev+1 {
-			odd++
-			t.Logf("line %d: n=%d after n=%d", i, n, prev)
-		}
-		prev = n
-	}
-	require.LessOrEqual(t, odd, 4, "output dropped in two stretches at most, nothing repeated or reordered")
-	t.Logf("%d lines of the flood, %d out of order", len(lines), odd)
+	// does): two lines at each.
+	requireFloodLines(t, text, 4)
 }

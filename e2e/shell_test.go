@@ -674,3 +674,44 @@ func TestShellWorkerLost(t *testing.T) {
 	require.Equal(t, "SIGHUP", e.m["signal"], string(e.raw))
 	require.Empty(t, sleepers(marker+"2"))
 }
+
+// TestShellFloodAcrossGatewayKill: the gateway holding a flooding
+// terminal's socket is killed (-9); the client reattaches through the
+// other gateway with the last seq it got, as a reconnecting client does,
+// and gets what followed it: no seq missing or twice, each frame the chunk
+// stored under its seq, the lines whole across the two sockets.
+func TestShellFloodAcrossGatewayKill(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	a := sc.dialFlood(sc.gw1, "alice")
+	a.send(sc.plainInit("across"))
+	eventually(t, 20*time.Second, "the terminal's start", func() bool { return a.contains("Starting terminal in:") })
+	a.send(map[string]any{"type": "input", "data": floodLoop + "\r"})
+	eventually(t, 30*time.Second, "256 KiB of the flood", func() bool { return a.received() > 256<<10 })
+	sc.gw1.kill9()
+	<-a.done
+	textA, seqsA, _ := a.snapshot()
+	requireConsecutive(t, seqsA, 1)
+	last := seqsA[len(seqsA)-1]
+
+	b := sc.dialFlood(sc.gw2, "alice")
+	b.send(sc.plainInit("across", "lastSeq", last))
+	eventually(t, 30*time.Second, "512 KiB more of the flood", func() bool { return b.received() > 512<<10 })
+	_, before, _ := b.snapshot()
+	b.send(map[string]any{"type": "input", "data": "\x03"})
+	b.send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
+	eventually(t, 30*time.Second, "the prompt after Ctrl-C", func() bool { return b.contains("done-6\r\n") })
+	textB, seqsB, notices := b.snapshot()
+	t.Logf("%d + %d frames, %d + %d KiB; the second gateway's notices: %q", len(seqsA), len(seqsB), len(textA)>>10, len(textB)>>10, notices)
+	require.Contains(t, notices, "[Reconnected to existing session]")
+	// Up to the key, every seq after the last the first socket got; after
+	// it the typist skips what was stored before the key and not yet sent.
+	requireConsecutive(t, before, last+1)
+	for i := 1; i < len(seqsB); i++ {
+		require.Greater(t, seqsB[i], seqsB[i-1], "seqs in order, each once (frame %d)", i)
+	}
+	a.requireStored(sc, "alice")
+	b.requireStored(sc, "alice")
+	// The Ctrl-C's gap alone.
+	requireFloodLines(t, textA+textB, 2)
+}
