@@ -154,6 +154,27 @@ func TestRedisLostWrites(t *testing.T) {
 	requireComplete(t, end[len(end)-1], 0, true, false)
 }
 
+// waitRedis waits until the cluster's redis-server, restarted, answers
+// commands again (it answers LOADING while it reads its data).
+func (c *cluster) waitRedis() {
+	c.t.Helper()
+	eventually(c.t, 60*time.Second, "Redis loaded", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return c.rdb.Ping(ctx).Err() == nil
+	})
+}
+
+// openShell opens a terminal of user under shellID through gw and waits
+// for its start.
+func (sc *shellCluster) openShell(gw *proc, user, shellID string) *shellClient {
+	sc.t.Helper()
+	c := sc.dialShell(gw, user)
+	c.send(sc.plainInit(shellID))
+	c.waitText(0, "Starting terminal in:", 10*time.Second)
+	return c
+}
+
 // newLoadingShellCluster is a gateway and a worker (with a link) on a
 // loadingRedis, for terminals through Redis crashes.
 func newLoadingShellCluster(t *testing.T) *shellCluster {
@@ -173,20 +194,14 @@ func TestShellThroughRedisRestart(t *testing.T) {
 	t.Parallel()
 	sc := newLoadingShellCluster(t)
 	cl, gw := sc.cluster, sc.gw1
-	a := sc.dialShell(gw, "alice")
-	a.send(sc.plainInit("restart"))
-	a.waitText(0, "Starting terminal in:", 10*time.Second)
+	a := sc.openShell(gw, "alice", "restart")
 	a.typeLine("echo before-$((1+1))")
 	a.waitText(0, "before-2", 10*time.Second)
 
 	cl.redis.Stop()
 	time.Sleep(2 * time.Second)
 	cl.redis.Restart(t)
-	eventually(t, 60*time.Second, "Redis loaded", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return cl.rdb.Ping(ctx).Err() == nil
-	})
+	cl.waitRedis()
 	mark := a.mark()
 	a.typeLine("echo after-$((2+2))")
 	a.waitText(mark, "after-4", 30*time.Second)
@@ -217,11 +232,7 @@ func TestShellFloodThroughRedisKill(t *testing.T) {
 	cl.redis.Stop() // SIGKILL
 	time.Sleep(time.Second)
 	cl.redis.Restart(t)
-	eventually(t, 60*time.Second, "Redis loaded", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return cl.rdb.Ping(ctx).Err() == nil
-	})
+	cl.waitRedis()
 	back := c.received()
 	eventually(t, 60*time.Second, "512 KiB more of the flood", func() bool { return c.received() > back+512<<10 })
 	c.send(map[string]any{"type": "input", "data": "\x03"})
@@ -238,4 +249,36 @@ func TestShellFloodThroughRedisKill(t *testing.T) {
 	// Ctrl-C flushed what was on its way (as a terminal's line discipline
 	// does): two lines at each.
 	requireFloodLines(t, text, 4)
+}
+
+// TestShellThroughRedisLostWrites: Redis comes back without its last
+// writes (here from an older AOF; in production a failover's replica or
+// an RDB snapshot): the terminal's hash says an older seq than its socket
+// already had. What the terminal prints next must still reach the socket,
+// under seqs the socket has not seen, not under the lost ones it skips.
+func TestShellThroughRedisLostWrites(t *testing.T) {
+	t.Parallel()
+	sc := newLoadingShellCluster(t)
+	cl, gw := sc.cluster, sc.gw1
+	a := sc.openShell(gw, "alice", "lost")
+	a.typeLine("echo one-$((0+1))")
+	a.waitText(0, "one-1", 10*time.Second)
+
+	aof := filepath.Join(cl.redis.Dir, "appendonlydir")
+	backup := filepath.Join(t.TempDir(), "appendonlydir")
+	require.NoError(t, exec.Command("cp", "-a", aof, backup).Run())
+	a.typeLine("for i in $(seq 1 30); do echo more-$i; done")
+	a.waitText(0, "more-30", 10*time.Second)
+	seen := a.seqs(0)
+
+	cl.redis.Stop()
+	require.NoError(t, os.RemoveAll(aof))
+	require.NoError(t, os.Rename(backup, aof))
+	cl.redis.Restart(t)
+	cl.waitRedis()
+	mark := a.mark()
+	a.typeLine("echo after-$((2+2))")
+	a.waitText(mark, "after-4", 30*time.Second)
+	after := a.seqs(mark)
+	require.Greater(t, after[0], seen[len(seen)-1], "new output under seqs the socket had not seen")
 }

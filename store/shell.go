@@ -333,29 +333,32 @@ func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks [
 // reply was lost) is not taken again, and the terminal's last seq is
 // returned. Batch 0 is ShellAppend, unnumbered.
 func (s *Store) ShellAppendBatch(ctx context.Context, key string, gen, batch int64, chunks []string) (int64, error) {
-	return s.shellAppend(ctx, key, gen, batch, chunkArgs(chunks))
+	return s.shellAppend(ctx, key, gen, batch, 0, chunkArgs(chunks))
 }
 
 // ShellAppendBytes is ShellAppendBatch for output held as bytes (a PTY's),
 // sent as it is: a flood then costs no copy into strings, and no garbage.
-// Each chunk must be valid UTF-8.
-func (s *Store) ShellAppendBytes(ctx context.Context, key string, gen, batch int64, chunks [][]byte) (int64, error) {
-	return s.shellAppend(ctx, key, gen, batch, chunkArgs(chunks))
+// Each chunk must be valid UTF-8. floor is the last seq the caller
+// appended to the generation (0 for none): a Redis that lost its last
+// writes goes on past it, so that new output never takes a seq the
+// terminal's sockets already had (and would skip).
+func (s *Store) ShellAppendBytes(ctx context.Context, key string, gen, batch, floor int64, chunks [][]byte) (int64, error) {
+	return s.shellAppend(ctx, key, gen, batch, floor, chunkArgs(chunks))
 }
 
-// chunkArgs appends output chunks after shell_append.lua's five arguments.
+// chunkArgs appends output chunks after shell_append.lua's six arguments.
 func chunkArgs[T string | []byte](chunks []T) []any {
-	args := make([]any, 5, 5+len(chunks))
+	args := make([]any, 6, 6+len(chunks))
 	for _, c := range chunks {
 		args = append(args, c)
 	}
 	return args
 }
 
-// shellAppend runs shell_append.lua; args holds five empty slots, then the
+// shellAppend runs shell_append.lua; args holds six empty slots, then the
 // chunks (chunkArgs).
-func (s *Store) shellAppend(ctx context.Context, key string, gen, batch int64, args []any) (int64, error) {
-	args[0], args[1], args[2], args[3], args[4] = gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes, batch
+func (s *Store) shellAppend(ctx context.Context, key string, gen, batch, floor int64, args []any) (int64, error) {
+	args[0], args[1], args[2], args[3], args[4], args[5] = gen, ShellMaxChunks, s.k.shellLive(key), s.cfg.ShellOutputBytes, batch, floor
 	seq, err := s.sc.shellAppend.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)}, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("store: append to shell %s: %w", key, err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -189,19 +190,26 @@ func TestParseShellLive(t *testing.T) {
 	require.Equal(t, store.ShellLive{Kind: 's', Gen: 4, Seq: 17}, m)
 }
 
+// budgetedTerminal opens terminal k1 on backend b, on a store whose
+// terminals keep budget bytes of output, and returns the store, a raw
+// client and the terminal's generation.
+func budgetedTerminal(t *testing.T, b storetest.Backend, budget int) (*store.Store, redis.UniversalClient, int64) {
+	t.Helper()
+	url := storetest.Start(t, b)
+	st := storetest.New(t, url, store.Config{ShellOutputBytes: budget})
+	gen, _, err := st.ShellOpen(context.Background(), "k1", 0, "w1", "bash", plainSpec, 0)
+	require.NoError(t, err)
+	return st, redisClient(t, url), gen
+}
+
 // TestShellOutputBudget: a terminal's stream holds at most the byte budget
 // (oldest chunks trimmed, the newest always kept), outBytes says what it
 // holds, and seqs go on without a gap in what remains.
 func TestShellOutputBudget(t *testing.T) {
 	for _, b := range storetest.AllBackends {
 		t.Run(string(b), func(t *testing.T) {
-			url := storetest.Start(t, b)
-			st := storetest.New(t, url, store.Config{ShellOutputBytes: 10_000})
+			st, rdb, gen := budgetedTerminal(t, b, 10_000)
 			ctx := context.Background()
-			rdb := redisClient(t, url)
-			spec := plainSpec
-			gen, _, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
-			require.NoError(t, err)
 			chunk := string(make([]byte, 3000))
 			for i := 0; i < 10; i++ {
 				_, err := st.ShellAppend(ctx, "k1", gen, []string{chunk, chunk})
@@ -224,6 +232,57 @@ func TestShellOutputBudget(t *testing.T) {
 			n, err := rdb.XLen(ctx, out).Result()
 			require.NoError(t, err)
 			require.EqualValues(t, 1, n)
+		})
+	}
+}
+
+// TestShellAppendPastLostWrites: a Redis that lost a terminal's last
+// appends (a failover's replica, an older AOF) has a lower seq in the hash
+// than the worker appended. With its last seq as the floor, the worker's
+// next chunk goes on past it rather than under a seq the sockets already
+// had (and would skip). The stream, its seqs now with a hole, is still
+// trimmed to its byte budget, outBytes and the sizes list right.
+func TestShellAppendPastLostWrites(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			st, rdb, gen := budgetedTerminal(t, b, 10_000)
+			ctx := context.Background()
+			chunk := make([]byte, 3000)
+			var last int64
+			var err error
+			for i := range 3 {
+				last, err = st.ShellAppendBytes(ctx, "k1", gen, int64(i+1), last, [][]byte{chunk})
+				require.NoError(t, err)
+			}
+			require.EqualValues(t, 3, last)
+
+			// The last two appends lost, as on a replica that never got them.
+			hash := st.Prefix() + ":shell:{k1}"
+			require.NoError(t, rdb.XDel(ctx, hash+":out", "2-0", "3-0").Err())
+			require.NoError(t, rdb.LTrim(ctx, hash+":sizes", 0, 0).Err())
+			require.NoError(t, rdb.HSet(ctx, hash, "seq", 1, "outBytes", 3000, "appendBatch", 1).Err())
+
+			last, err = st.ShellAppendBytes(ctx, "k1", gen, 4, last, [][]byte{chunk})
+			require.NoError(t, err)
+			require.EqualValues(t, 4, last, "past the floor, not seq 2 again")
+			for i := range 3 {
+				last, err = st.ShellAppendBytes(ctx, "k1", gen, int64(5+i), last, [][]byte{chunk})
+				require.NoError(t, err)
+			}
+			require.EqualValues(t, 7, last)
+			entries, err := rdb.XRange(ctx, hash+":out", "-", "+").Result()
+			require.NoError(t, err)
+			var seqs []string
+			for _, e := range entries {
+				seqs = append(seqs, e.Values["seq"].(string))
+			}
+			require.Equal(t, []string{"5", "6", "7"}, seqs, "the newest 9000 bytes of 10000, across the hole")
+			held, err := rdb.HGet(ctx, hash, "outBytes").Int()
+			require.NoError(t, err)
+			require.Equal(t, 9000, held)
+			sizes, err := rdb.LLen(ctx, hash+":sizes").Result()
+			require.NoError(t, err)
+			require.EqualValues(t, 3, sizes)
 		})
 	}
 }

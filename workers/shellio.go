@@ -147,7 +147,7 @@ func (sh *shell) append(chunks [][]byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	sh.batches++
-	last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, chunks)
+	last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, sh.lastSeq, chunks)
 	if err == nil {
 		sh.lastSeq = last
 		sizes := make([]int, len(chunks))

@@ -16,7 +16,12 @@
 -- ARGV[5] batch: the worker's number of this append in the generation (1,
 --         2, …), or 0 for none; one not above the hash's appendBatch was
 --         taken already (a retry after a lost reply) and changes nothing
--- ARGV[6 ..] chunks
+-- ARGV[6] floor: the last seq the writer appended (0 for none). A Redis
+--         that lost its last writes (a failover's replica, an older AOF or
+--         snapshot) has a lower seq in the hash; the chunks then go on past
+--         the floor, since the terminal's sockets already had the lost
+--         seqs and would skip new output given them.
+-- ARGV[7 ..] chunks
 --
 -- Returns the seq of the last chunk (the terminal's, for a repeated
 -- batch), or -1 for a stale generation.
@@ -34,8 +39,12 @@ if batch > 0 then
   end
   redis.call('HSET', hash, 'appendBatch', ARGV[5])
 end
+local floor = tonumber(ARGV[6]) or 0
+if floor > seq then
+  seq = floor
+end
 local first = seq + 1
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   seq = seq + 1
   local s = string.format('%d', seq)
   redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'data', ARGV[i])
@@ -44,14 +53,14 @@ for i = 6, #ARGV do
 end
 if seq >= first then
   redis.call('PUBLISH', ARGV[3], string.format('O %s %d %d', ARGV[1], first, seq - first + 1))
-  for i = 6, #ARGV do
+  for i = 7, #ARGV do
     redis.call('PUBLISH', ARGV[3], ARGV[i])
   end
 end
 
 local maxlen = tonumber(ARGV[2])
 local held
-bytes, held = trim_output(KEYS[2], KEYS[3], seq, bytes, maxlen, tonumber(ARGV[4]))
+bytes, held = trim_output(KEYS[2], KEYS[3], bytes, maxlen, tonumber(ARGV[4]))
 if held > maxlen then
   -- A terminal opened before sizes were kept: trimmed by count.
   redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)

@@ -24,7 +24,7 @@ if cur[1] ~= ARGV[1] or cur[2] == 'exited' then
 end
 local bytes = tonumber(cur[6] or '0')
 if bytes > tonumber(ARGV[7]) then
-  bytes = trim_output(KEYS[2], KEYS[3], tonumber(cur[3] or '0'), bytes, math.huge, tonumber(ARGV[7]))
+  bytes = trim_output(KEYS[2], KEYS[3], bytes, math.huge, tonumber(ARGV[7]))
 end
 redis.call('HSET', hash, 'state', 'exited', 'exitCode', ARGV[3], 'signal', ARGV[4], 'exitReason', ARGV[5],
   'outBytes', string.format('%d', bytes))

@@ -5,11 +5,11 @@
 -- trim_output drops the oldest chunks of a terminal's output stream while
 -- it holds more than maxlen chunks or more than budget bytes, never the
 -- newest. The sizes list gives each chunk's size, oldest first, so that
--- no chunk is read back; seq is the newest chunk's seq and bytes what the
--- stream holds. Returns the bytes left and the chunks held.
-local function trim_output(out, sizes, seq, bytes, maxlen, budget)
+-- no chunk is read back; bytes is what the stream holds. The trim counts
+-- chunks, not seqs: after a Redis that lost writes the seqs have a hole.
+-- Returns the bytes left and the chunks held.
+local function trim_output(out, sizes, bytes, maxlen, budget)
   local n = redis.call('XLEN', out)
-  local first = seq - n + 1 -- seq of the oldest chunk held
   local trimmed = 0
   while n - trimmed > 1 and (n - trimmed > maxlen or bytes > budget) do
     local size = redis.call('LPOP', sizes)
@@ -20,7 +20,7 @@ local function trim_output(out, sizes, seq, bytes, maxlen, budget)
     trimmed = trimmed + 1
   end
   if trimmed > 0 then
-    redis.call('XTRIM', out, 'MINID', string.format('%d', first + trimmed) .. '-0')
+    redis.call('XTRIM', out, 'MAXLEN', string.format('%d', n - trimmed))
   end
   return bytes, n - trimmed
 end
