@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentgate/agentgate/internal/mockanthropic"
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
@@ -281,4 +282,47 @@ func TestShellThroughRedisLostWrites(t *testing.T) {
 	a.waitText(mark, "after-4", 30*time.Second)
 	after := a.seqs(mark)
 	require.Greater(t, after[0], seen[len(seen)-1], "new output under seqs the socket had not seen")
+}
+
+// TestRedisEmptiedUnderTerminalAndChat: Redis restarts without any of its
+// data (no persistence, or a new empty server). A terminal's socket is
+// told its terminal is gone, as the gateway finds its hash missing, and
+// may open a new one; the workers' consumer group of the jobs stream,
+// which only the migrations at start make, is made again, so a chat run
+// accepted after it is claimed and completes.
+func TestRedisEmptiedUnderTerminalAndChat(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, storetest.Options{}, "", mockanthropic.Turn{When: "before-empty", Text: "Here."},
+		mockanthropic.Turn{When: "after-empty", Text: "Back."})
+	gw := cl.startGateway("gw")
+	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_LINK_LISTEN=127.0.0.1:0"), "worker")
+	cl.waitWorker(w)
+	sc := &shellCluster{cluster: cl, gw1: gw, gw2: gw, worker: w}
+	a := sc.openShell(gw, "alice", "emptied")
+	a.typeLine("echo one-$((0+1))")
+	a.waitText(0, "one-1", 10*time.Second)
+	before := cl.dial(gw, "alice")
+	sid := accept(t, cl, before, "before-empty", "", "r0")
+	before.waitEnd(sid, 1, 60*time.Second)
+
+	cl.redis.Stop()
+	cl.redis.Restart(t) // no AOF: empty
+	cl.waitRedis()
+	// The chat socket had events Redis no longer holds.
+	err := before.waitClosed(30 * time.Second)
+	require.Equal(t, 1012, closeCode(err), "closed with: %v", err)
+	exit := a.waitExit(0, 30*time.Second)
+	require.EqualValues(t, 1, exit.m["exitCode"])
+	require.Contains(t, a.text(0), "[Terminal lost: Redis no longer has it]")
+
+	mark := a.mark()
+	a.send(sc.plainInit("emptied"))
+	a.waitText(mark, "Starting terminal in:", 20*time.Second)
+	a.typeLine("echo two-$((1+1))")
+	a.waitText(mark, "two-2", 10*time.Second)
+
+	c := cl.dial(gw, "alice")
+	sid = accept(t, cl, c, "after-empty", "", "r1")
+	end := c.waitEnd(sid, 1, 60*time.Second)
+	requireComplete(t, end[len(end)-1], 0, true, false)
 }

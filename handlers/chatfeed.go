@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"math"
 
 	"github.com/agentgate/agentgate/app"
@@ -32,6 +33,11 @@ func (h *hub) chatKind() *streamKind {
 		},
 		lastSeq: func(ctx context.Context, id string) (int64, error) {
 			sess, err := h.st.Session(ctx, id)
+			if errors.Is(err, app.ErrNotFound) {
+				// Redis came back without the session at all (without
+				// its data): it holds none of the frames.
+				return 0, nil
+			}
 			return sess.LastSeq, err
 		},
 		watched:  watchedSessions,

@@ -19,6 +19,7 @@ import (
 const (
 	noticeReconnected = "[Reconnected to existing session]"
 	noticeLost        = "[Terminal lost: its worker stopped]"
+	noticeGone        = "[Terminal lost: Redis no longer has it]"
 	noticeRestarted   = "[Terminal restarted]"
 )
 
@@ -513,9 +514,12 @@ func (tm *terminals) sendExitLocked(w *watch) {
 	// The frames go out after every chunk already queued; sending may wait
 	// for room, which must not happen under the feed's lock.
 	go func() {
-		if e.Reason == store.ShellExitLost {
+		switch e.Reason {
+		case store.ShellExitLost:
 			w.sock.notice("error", noticeLost)
-		} else {
+		case store.ShellExitGone:
+			w.sock.notice("error", noticeGone)
+		default:
 			text := "Process exited with code " + strconv.Itoa(e.ExitCode)
 			if e.Signal != "" {
 				text += " (" + e.Signal + ")"
@@ -579,7 +583,16 @@ func (tm *terminals) run(ctx context.Context) {
 		}
 		alive := map[string]bool{}
 		for _, t := range list {
-			if _, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0); err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil {
+			_, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0)
+			switch {
+			case errors.Is(err, store.ErrShellGone):
+				// Redis lost it with its data: its worker ends it at its
+				// next append or check, and no exit can be recorded. The
+				// sockets here are told, and may open a new one.
+				tm.log.Warn("terminal gone from Redis: ending it for its sockets", "shell", t.key, "gen", t.gen)
+				tm.message(t.key, store.ShellLive{Kind: 'e', Gen: t.gen, ExitCode: 1, Reason: store.ShellExitGone})
+				continue
+			case err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil:
 				outage = outage || store.Unavailable(err)
 				tm.log.Warn("shell refresh", "err", err)
 			}

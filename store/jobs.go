@@ -34,16 +34,37 @@ func (s *Store) EnsureJobsGroup(ctx context.Context) error {
 	return nil
 }
 
+// regroup creates the jobs group again after err said it is missing
+// (NOGROUP): a Redis that restarted without its data (no persistence, a
+// failover to an empty replica) lost it with everything else, and the
+// migration that makes it ran when the processes started. It reports
+// whether the read is worth trying again.
+func (s *Store) regroup(ctx context.Context, err error) bool {
+	if err == nil || !strings.HasPrefix(err.Error(), "NOGROUP") {
+		return false
+	}
+	if err := s.EnsureJobsGroup(ctx); err != nil {
+		s.log.Warn("create the jobs group again", "err", err)
+		return false
+	}
+	s.log.Warn("the jobs group was missing (Redis lost its data?): created it again")
+	return true
+}
+
 // ReadJobs waits up to block for new jobs for consumer. block must be
 // positive: a zero BLOCK would wait forever and ignore ctx.
 func (s *Store) ReadJobs(ctx context.Context, consumer string, count int, block time.Duration) ([]JobEntry, error) {
 	if block <= 0 {
 		block = time.Second
 	}
-	streams, err := s.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+	args := &redis.XReadGroupArgs{
 		Group: JobsGroup, Consumer: consumer, Streams: []string{s.k.jobs(), ">"},
 		Count: int64(count), Block: block,
-	}).Result()
+	}
+	streams, err := s.rdb.XReadGroup(ctx, args).Result()
+	if s.regroup(ctx, err) {
+		streams, err = s.rdb.XReadGroup(ctx, args).Result()
+	}
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
@@ -63,9 +84,13 @@ func (s *Store) ReadJobs(ctx context.Context, consumer string, count int, block 
 // within minIdle: that consumer died between reading a job and claiming its
 // run. XAUTOCLAIM enforces minIdle on both Redis and miniredis.
 func (s *Store) ReclaimJobs(ctx context.Context, consumer string, minIdle time.Duration) ([]JobEntry, error) {
-	msgs, _, err := s.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+	args := &redis.XAutoClaimArgs{
 		Stream: s.k.jobs(), Group: JobsGroup, Consumer: consumer, MinIdle: minIdle, Start: "0-0", Count: 100,
-	}).Result()
+	}
+	msgs, _, err := s.rdb.XAutoClaim(ctx, args).Result()
+	if s.regroup(ctx, err) {
+		msgs, _, err = s.rdb.XAutoClaim(ctx, args).Result()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: reclaim jobs: %w", err)
 	}

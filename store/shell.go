@@ -67,6 +67,10 @@ const (
 const (
 	ShellExitNormal = "exit" // the process ended or was killed on its worker
 	ShellExitLost   = "lost" // its worker died
+	// ShellExitGone is a gateway's own end of a terminal Redis no longer
+	// has (ErrShellGone); it is told to that gateway's sockets, never
+	// stored.
+	ShellExitGone = "gone"
 )
 
 // The terminal scripts, one file each under lua/.
@@ -322,6 +326,11 @@ func (s *Store) OpenShells(ctx context.Context) ([]OpenShell, error) {
 // deleted): its process must stop.
 var ErrStaleShell = errors.New("terminal generation replaced")
 
+// ErrShellGone is the ErrStaleShell of a terminal whose hash is gone
+// altogether: a Redis that restarted without its data lost it, and its
+// sockets will hear nothing more of it.
+var ErrShellGone = fmt.Errorf("terminal gone from the store: %w", ErrStaleShell)
+
 // ShellAppend appends output chunks of a terminal generation and publishes
 // them, in one script call (shell_append.lua). It returns the last seq.
 func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks []string) (int64, error) {
@@ -442,13 +451,16 @@ func (s *Store) keepEnded(ctx context.Context, owner, key string, ended int64) e
 }
 
 // ShellTouch records sockets attaching (+1), detaching (-1) or staying (0)
-// on a terminal generation. It returns the attached count, or ErrStaleShell.
+// on a terminal generation. It returns the attached count, ErrStaleShell,
+// or ErrShellGone.
 func (s *Store) ShellTouch(ctx context.Context, key string, gen int64, delta int) (int, error) {
 	n, err := s.sc.shellTouch.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, delta).Int()
-	if err != nil {
+	switch {
+	case err != nil:
 		return 0, fmt.Errorf("store: touch shell %s: %w", key, err)
-	}
-	if n < 0 {
+	case n == -2:
+		return 0, ErrShellGone
+	case n < 0:
 		return 0, ErrStaleShell
 	}
 	return n, nil

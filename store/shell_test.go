@@ -287,6 +287,29 @@ func TestShellAppendPastLostWrites(t *testing.T) {
 	}
 }
 
+// TestShellTouchTellsGone: a touch of a generation that was replaced is
+// ErrStaleShell; of a terminal whose hash is gone altogether (Redis lost
+// its data) ErrShellGone, which is also ErrStaleShell to the callers that
+// only stop.
+func TestShellTouchTellsGone(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			st, rdb, gen := budgetedTerminal(t, b, store.DefaultShellOutputBytes)
+			ctx := context.Background()
+			_, err := st.ShellTouch(ctx, "k1", gen, 0)
+			require.NoError(t, err)
+			_, err = st.ShellTouch(ctx, "k1", gen+1, 0)
+			require.ErrorIs(t, err, store.ErrStaleShell)
+			require.NotErrorIs(t, err, store.ErrShellGone)
+
+			require.NoError(t, rdb.Del(ctx, st.Prefix()+":shell:{k1}").Err())
+			_, err = st.ShellTouch(ctx, "k1", gen, 0)
+			require.ErrorIs(t, err, store.ErrShellGone)
+			require.ErrorIs(t, err, store.ErrStaleShell)
+		})
+	}
+}
+
 // TestShellFloodMemoryIsBounded: 100 terminals flooded with 8 times their
 // output budget each leave Redis holding about the budgets, not the flood.
 func TestShellFloodMemoryIsBounded(t *testing.T) {

@@ -7,9 +7,14 @@
 -- KEYS[1] shell hash
 -- ARGV[1] generation   ARGV[2] delta
 --
--- Returns the number of attached sockets, or -1 for a stale generation.
+-- Returns the number of attached sockets, -1 for a stale generation, or -2
+-- when the terminal has no hash at all (Redis lost it with its data).
 local hash = KEYS[1]
-if redis.call('HGET', hash, 'gen') ~= ARGV[1] then
+local gen = redis.call('HGET', hash, 'gen')
+if not gen then
+  return -2
+end
+if gen ~= ARGV[1] then
   return -1
 end
 local t = redis.call('TIME')
