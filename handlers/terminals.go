@@ -586,10 +586,18 @@ func (tm *terminals) run(ctx context.Context) {
 			_, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0)
 			switch {
 			case errors.Is(err, store.ErrShellGone):
-				// Redis lost it with its data: its worker ends it at its
-				// next append or check, and no exit can be recorded. The
-				// sockets here are told, and may open a new one.
-				tm.log.Warn("terminal gone from Redis: ending it for its sockets", "shell", t.key, "gen", t.gen)
+				// Redis lost it with its data, and no exit can be recorded.
+				// Its worker is told to end it now (it would at its next
+				// append or check): an init of the same key opens
+				// generation 1 again, which a process of the lost
+				// generation 1 must not take for its own. The sockets here
+				// are told, and may open a new one.
+				tm.log.Warn("terminal gone from Redis: ending it", "shell", t.key, "gen", t.gen, "worker", t.worker)
+				if t.worker != "" {
+					if _, err := tm.send(ctx, t.worker, store.Control{Type: store.ControlShellKill, Shell: t.key, Gen: t.gen}); err != nil {
+						tm.log.Warn("kill a terminal gone from Redis", "shell", t.key, "err", err)
+					}
+				}
 				tm.message(t.key, store.ShellLive{Kind: 'e', Gen: t.gen, ExitCode: 1, Reason: store.ShellExitGone})
 				continue
 			case err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil:

@@ -73,7 +73,7 @@ func TestShellOpenLimit(t *testing.T) {
 		spec := plainSpec
 		// The terminals' worker is alive: one that is not ends them (below).
 		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
-		_, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 2)
+		k1, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 2)
 		require.NoError(t, err)
 		require.True(t, ok)
 		_, ok, err = st.ShellOpen(ctx, "k2", 0, "w1", "bash", spec, 2)
@@ -84,7 +84,7 @@ func TestShellOpenLimit(t *testing.T) {
 		require.True(t, errors.As(err, &limit), "%v", err)
 		require.Contains(t, err.Error(), "at most 2 open terminals per user")
 
-		gen, ok, err := st.ShellOpen(ctx, "k1", 1, "w1", "bash", spec, 2)
+		gen, ok, err := st.ShellOpen(ctx, "k1", k1, "w1", "bash", spec, 2)
 		require.NoError(t, err, "a restart of a terminal alice has open")
 		require.True(t, ok)
 

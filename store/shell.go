@@ -163,13 +163,19 @@ func (s *Store) Shell(ctx context.Context, key string) (ShellInfo, bool, error) 
 // is still at prevGen (0 for a key that does not exist): it resets the
 // hash and the output, and queues the open control in the worker's inbox,
 // atomically (shell_open.lua). ok is false when another caller opened the
-// key first; the caller then reads it again and reattaches.
+// key first; the caller then reads it again and reattaches. A key with no
+// hash (new, expired, or lost with Redis's data) starts at the time in
+// milliseconds, not 1: a process of generation 1 may still run from before
+// a loss, and a worker takes an open of a generation it runs for a repeat.
 //
 // maxOpen bounds the terminals the owner has open at once (0: no limit):
 // past it ShellOpen returns an *app.LimitError, and reopening a key the
 // owner has open always passes.
 func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker, command string, spec app.ShellSpec, maxOpen int) (gen int64, ok bool, err error) {
 	gen = prevGen + 1
+	if prevGen == 0 {
+		gen = time.Now().UnixMilli()
+	}
 	data, err := json.Marshal(spec)
 	if err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)

@@ -450,7 +450,7 @@ func TestReaperEndsTerminalsOfDeadWorker(t *testing.T) {
 	spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
 	gone, _, err := st.ShellOpen(ctx, "t-gone", 0, "gone", "bash", spec, 8)
 	require.NoError(t, err)
-	_, _, err = st.ShellOpen(ctx, "t-alive", 0, "alive", "bash", spec, 8)
+	alive, _, err := st.ShellOpen(ctx, "t-alive", 0, "alive", "bash", spec, 8)
 	require.NoError(t, err)
 	r, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", Interval: 20 * time.Millisecond})
 	require.NoError(t, err)
@@ -463,7 +463,7 @@ func TestReaperEndsTerminalsOfDeadWorker(t *testing.T) {
 	require.NoError(t, r.Pass(ctx))
 	open, err = st.OpenShells(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []store.OpenShell{{Key: "t-alive", Worker: "alive", Gen: 1}}, open)
+	require.Equal(t, []store.OpenShell{{Key: "t-alive", Worker: "alive", Gen: alive}}, open)
 	info, ok, err := st.Shell(ctx, "t-gone")
 	require.NoError(t, err)
 	require.True(t, ok)
