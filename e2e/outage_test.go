@@ -326,3 +326,26 @@ func TestRedisEmptiedUnderTerminalAndChat(t *testing.T) {
 	end := c.waitEnd(sid, 1, 60*time.Second)
 	requireComplete(t, end[len(end)-1], 0, true, false)
 }
+
+// TestShellExitDuringOutage: a terminal whose process exits while Redis is
+// down (longer than one attempt's timeout) still ends for its socket once
+// Redis is back: the worker records the exit when it can, as a run's
+// complete is. Before, the exit was dropped after 5 s and the socket
+// waited for ever.
+func TestShellExitDuringOutage(t *testing.T) {
+	t.Parallel()
+	sc := newLoadingShellCluster(t)
+	cl, gw := sc.cluster, sc.gw1
+	a := sc.openShell(gw, "alice", "exit-outage")
+	a.typeLine("echo one-$((0+1))")
+	a.waitText(0, "one-1", 10*time.Second)
+	a.typeLine("sleep 2; exit 3")
+	time.Sleep(300 * time.Millisecond) // the line reached bash
+	cl.redis.Stop()
+	time.Sleep(8 * time.Second)
+	cl.redis.Restart(t)
+	cl.waitRedis()
+	exit := a.waitExit(0, 60*time.Second)
+	require.EqualValues(t, 3, exit.m["exitCode"])
+	require.Contains(t, a.text(0), "Process exited with code 3")
+}

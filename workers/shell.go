@@ -321,12 +321,37 @@ func (sh *shell) run() {
 	sh.p.close()
 
 	code, sig := sh.p.exitStatus()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := sh.w.st.ShellExit(ctx, sh.key, sh.gen, code, sig, store.ShellExitNormal); err != nil {
-		sh.log.Warn("record terminal exit", "err", err)
-	}
 	sh.log.Info("terminal ended", "exitCode", code, "signal", sig)
+	sh.recordExit(code, sig)
+}
+
+// recordExit records the terminal's exit. Its sockets wait for it (no other
+// process knows the terminal ended), so it is tried again while Redis is
+// away, for as long as a run waits for Redis (outageTolerance); not while
+// the worker shuts down, which waits for its terminals' exits.
+func (sh *shell) recordExit(code int, sig string) {
+	sh.w.shells.mu.Lock()
+	closing := sh.w.shells.closing
+	sh.w.shells.mu.Unlock()
+	giveUp := time.Now()
+	if !closing {
+		giveUp = giveUp.Add(outageTolerance)
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := sh.w.st.ShellExit(ctx, sh.key, sh.gen, code, sig, store.ShellExitNormal)
+		cancel()
+		if err == nil {
+			return
+		}
+		if !store.Unavailable(err) || !time.Now().Before(giveUp) {
+			sh.log.Warn("record terminal exit", "err", err)
+			return
+		}
+		wait, cancel := context.WithDeadline(context.Background(), giveUp)
+		_ = sh.w.st.WaitAvailable(wait)
+		cancel()
+	}
 }
 
 // kill ends the terminal's whole session (once); run then records the exit.
