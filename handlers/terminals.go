@@ -587,11 +587,9 @@ func (tm *terminals) run(ctx context.Context) {
 			switch {
 			case errors.Is(err, store.ErrShellGone):
 				// Redis lost it with its data, and no exit can be recorded.
-				// Its worker is told to end it now (it would at its next
-				// append or check): an init of the same key opens
-				// generation 1 again, which a process of the lost
-				// generation 1 must not take for its own. The sockets here
-				// are told, and may open a new one.
+				// Its worker is told to end it now rather than at its next
+				// append or check (up to 30 s later). The sockets here are
+				// told, and may open a new one.
 				tm.log.Warn("terminal gone from Redis: ending it", "shell", t.key, "gen", t.gen, "worker", t.worker)
 				if t.worker != "" {
 					if _, err := tm.send(ctx, t.worker, store.Control{Type: store.ControlShellKill, Shell: t.key, Gen: t.gen}); err != nil {
