@@ -715,3 +715,40 @@ func TestShellFloodAcrossGatewayKill(t *testing.T) {
 	// The Ctrl-C's gap alone.
 	requireFloodLines(t, textA+textB, 2)
 }
+
+// TestShellFloodThroughPubSubKill: Redis closes the gateway's pub/sub
+// connection (CLIENT KILL TYPE pubsub) again and again during a flood,
+// cutting the worker's output groups (a header, then its chunks) short.
+// Redis stays up, so every chunk is stored: the socket must get every one,
+// each once and in order, the lines whole, the gateway reading what it
+// missed from the stream after each reconnection.
+func TestShellFloodThroughPubSubKill(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	a := sc.dialFlood(sc.gw1, "alice")
+	a.send(sc.plainInit("pubsub-kill"))
+	eventually(t, 20*time.Second, "the terminal's start", func() bool { return a.contains("Starting terminal in:") })
+	a.send(map[string]any{"type": "input", "data": floodLoop + "\r"})
+	eventually(t, 30*time.Second, "128 KiB of the flood", func() bool { return a.received() > 128<<10 })
+	ctx := context.Background()
+	for i := range 5 {
+		at := a.received()
+		n, err := sc.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
+		require.NoError(t, err)
+		t.Logf("kill %d: %d pub/sub connections closed at %d KiB", i+1, n, at>>10)
+		eventually(t, 30*time.Second, "more of the flood", func() bool { return a.received() > at+128<<10 })
+	}
+	_, before, _ := a.snapshot()
+	a.send(map[string]any{"type": "input", "data": "\x03"})
+	a.send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
+	eventually(t, 30*time.Second, "the prompt after Ctrl-C", func() bool { return a.contains("done-6\r\n") })
+	text, seqs, notices := a.snapshot()
+	t.Logf("%d frames, %d KiB; notices: %q", len(seqs), len(text)>>10, notices)
+	requireConsecutive(t, before, 1)
+	for i := 1; i < len(seqs); i++ {
+		require.Greater(t, seqs[i], seqs[i-1], "seqs in order, each once (frame %d)", i)
+	}
+	a.requireStored(sc, "alice")
+	// Nothing was dropped but at the Ctrl-C.
+	requireFloodLines(t, text, 2)
+}
