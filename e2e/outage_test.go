@@ -349,3 +349,29 @@ func TestShellExitDuringOutage(t *testing.T) {
 	require.EqualValues(t, 3, exit.m["exitCode"])
 	require.Contains(t, a.text(0), "Process exited with code 3")
 }
+
+// TestChatThroughPubSubKill: Redis closes the gateways' pub/sub connections
+// (CLIENT KILL TYPE pubsub) three times during a run. Redis stays up, so
+// every event is stored: the watching socket stays open and gets every
+// event once and in order, from the stream for what was published while
+// its gateway reconnected, and exactly one complete.
+func TestChatThroughPubSubKill(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "", longRun("pubsub", 8, 100*time.Millisecond)...)
+	gw := cl.startGateway("gw")
+	cl.startWorker("worker")
+	c := cl.dial(gw, "alice")
+	sid := startLongRun(t, cl, c, "pubsub")
+	ctx := context.Background()
+	for i := range 3 {
+		n := countKind(c.events(sid), "tool_use")
+		c.waitFor(60*time.Second, "another tool_use", func(fs []frame) bool { return countKind(eventsOf(t, fs, sid), "tool_use") > n })
+		closed, err := cl.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
+		require.NoError(t, err)
+		t.Logf("kill %d: %d pub/sub connections closed, %d events so far", i+1, closed, len(c.events(sid)))
+	}
+	end := c.waitEnd(sid, 1, 90*time.Second)
+	sum := checkRun(t, end, 1)
+	require.Len(t, sum.completes, 1)
+	requireComplete(t, end[len(end)-1], 0, true, false)
+}
