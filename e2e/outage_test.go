@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/internal/mockanthropic"
 	"github.com/agentgate/agentgate/store/storetest"
 )
@@ -374,4 +375,26 @@ func TestChatThroughPubSubKill(t *testing.T) {
 	sum := checkRun(t, end, 1)
 	require.Len(t, sum.completes, 1)
 	requireComplete(t, end[len(end)-1], 0, true, false)
+}
+
+// TestShellInitThroughOutage: a terminal's init while Redis is down waits
+// for it within the request's time (10 s), then says the store is
+// unavailable, retryable, not that a read "failed"; an init while Redis is
+// loading its data waits and opens the terminal.
+func TestShellInitThroughOutage(t *testing.T) {
+	t.Parallel()
+	sc := newLoadingShellCluster(t)
+	cl, gw := sc.cluster, sc.gw1
+	sc.openShell(gw, "alice", "before")
+	cl.redis.Stop()
+	a := sc.dialShell(gw, "alice")
+	a.send(sc.plainInit("during"))
+	a.waitText(0, "Error: "+app.StoreUnavailableError, 20*time.Second)
+
+	cl.redis.Restart(t) // answers LOADING for seconds
+	mark := a.mark()
+	a.send(sc.plainInit("during"))
+	a.waitText(mark, "Starting terminal in:", 30*time.Second)
+	a.typeLine("echo after-$((2+2))")
+	a.waitText(mark, "after-4", 10*time.Second)
 }

@@ -441,6 +441,11 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 // waits for Redis and runs it again, until ctx ends. It returns read's last
 // error.
 func (s *Server) awaitStore(ctx context.Context, read func() error) error {
+	return awaitStore(ctx, s.st, read)
+}
+
+// awaitStore is Server.awaitStore on st.
+func awaitStore(ctx context.Context, st *store.Store, read func() error) error {
 	for counted := false; ; counted = true {
 		err := read()
 		if !store.Unavailable(err) || ctx.Err() != nil {
@@ -449,7 +454,7 @@ func (s *Server) awaitStore(ctx context.Context, read func() error) error {
 		if !counted {
 			storeWaits.Inc()
 		}
-		if s.st.WaitAvailable(ctx) != nil {
+		if st.WaitAvailable(ctx) != nil {
 			return err
 		}
 	}

@@ -109,7 +109,11 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 	spec := msg.Spec(user, dir)
 	paidRestart := false
 	for attempt := 0; attempt < 3; attempt++ {
-		info, ok, err := tm.st.Shell(ctx, key)
+		// While Redis is down or loading the init waits for it (within
+		// the request's time), as a status request does.
+		var info store.ShellInfo
+		var ok bool
+		err := awaitStore(ctx, tm.st, func() (err error) { info, ok, err = tm.st.Shell(ctx, key); return err })
 		if err != nil {
 			tm.fail(sock, "read terminal", err)
 			return
@@ -185,8 +189,14 @@ func (tm *terminals) refused(sock *shellSocket, text string) {
 	sock.error(text)
 }
 
+// fail tells sock that what failed, and the operator why; a Redis outage is
+// said as such, so that the user knows to try again.
 func (tm *terminals) fail(sock *shellSocket, what string, err error) {
 	tm.log.Warn("shell "+what, "user", sock.c.user.Name, "err", err)
+	if store.Unavailable(err) {
+		sock.notice("error", "Error: "+app.StoreUnavailableError)
+		return
+	}
 	sock.notice("error", "Error: "+what+" failed")
 }
 
