@@ -379,8 +379,9 @@ func TestChatThroughPubSubKill(t *testing.T) {
 
 // TestShellInitThroughOutage: a terminal's init while Redis is down waits
 // for it within the request's time (10 s), then says the store is
-// unavailable, retryable, not that a read "failed"; an init while Redis is
-// loading its data waits and opens the terminal.
+// unavailable, retryable, not that a read "failed" (a chat command says the
+// same, not that no worker runs); an init while Redis is loading its data
+// waits and opens the terminal.
 func TestShellInitThroughOutage(t *testing.T) {
 	t.Parallel()
 	sc := newLoadingShellCluster(t)
@@ -390,6 +391,11 @@ func TestShellInitThroughOutage(t *testing.T) {
 	a := sc.dialShell(gw, "alice")
 	a.send(sc.plainInit("during"))
 	a.waitText(0, "Error: "+app.StoreUnavailableError, 20*time.Second)
+	// A chat command meanwhile is told the same, not that no worker runs.
+	c := cl.dial(gw, "alice")
+	c.send(cl.command("hello", "", "r1"))
+	reply := c.waitReply("error", func(f frame) bool { return f.str("requestId") == "r1" })
+	require.Equal(t, app.StoreUnavailableError, reply.str("error"), reply.raw)
 
 	cl.redis.Restart(t) // answers LOADING for seconds
 	mark := a.mark()

@@ -106,8 +106,14 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		fail(err.Error())
 		return
 	}
-	if !s.workerAvailable(ctx) {
-		fail("No worker available: start `agentgate worker`")
+	if ok, err := s.workerAvailable(ctx); !ok {
+		// While Redis is away no worker is known: say so, not that
+		// there is none.
+		if store.Unavailable(err) {
+			fail(app.StoreUnavailableError)
+		} else {
+			fail("No worker available: start `agentgate worker`")
+		}
 		return
 	}
 	plan, err := s.planRun(ctx, c.user, provider, firstNonEmpty(msg.SessionID, opts.SessionID))
@@ -166,7 +172,11 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	case err != nil:
 		s.hub.abandon(c, w, existed)
 		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
-		fail("Could not start the run; try again")
+		if store.Unavailable(err) {
+			fail(app.StoreUnavailableError)
+		} else {
+			fail("Could not start the run; try again")
+		}
 		return
 	}
 	runsAccepted.WithLabelValues(string(provider)).Inc()

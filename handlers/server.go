@@ -467,19 +467,20 @@ func (s *Server) broadcast(payload []byte) {
 }
 
 // workerAvailable reports whether any worker is alive, refreshed at most
-// once a second so that commands do not each scan the registry.
-func (s *Server) workerAvailable(ctx context.Context) bool {
+// once a second so that commands do not each scan the registry. When the
+// registry cannot be read it returns what it last knew, and the error.
+func (s *Server) workerAvailable(ctx context.Context) (bool, error) {
 	s.workersMu.Lock()
 	defer s.workersMu.Unlock()
 	if time.Since(s.workersChecked) < workerCheckEvery && s.workersAlive {
-		return true
+		return true, nil
 	}
 	live, err := s.st.LiveWorkers(ctx)
 	if err != nil {
 		s.log.Warn("list workers", "err", err)
-		return s.workersAlive
+		return s.workersAlive, err
 	}
 	s.workersAlive = len(live) > 0
 	s.workersChecked = time.Now()
-	return s.workersAlive
+	return s.workersAlive, nil
 }
