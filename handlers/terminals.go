@@ -108,12 +108,17 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 	key := app.ShellKey(user, dir, msg)
 	spec := msg.Spec(user, dir)
 	paidRestart := false
+	waited := false // for Redis, in this request
 	for attempt := 0; attempt < 3; attempt++ {
 		// While Redis is down or loading the init waits for it (within
 		// the request's time), as a status request does.
 		var info store.ShellInfo
 		var ok bool
-		err := awaitStore(ctx, tm.st, func() (err error) { info, ok, err = tm.st.Shell(ctx, key); return err })
+		err := awaitStore(ctx, tm.st, func() (err error) {
+			info, ok, err = tm.st.Shell(ctx, key)
+			waited = waited || store.Unavailable(err)
+			return err
+		})
 		if err != nil {
 			tm.fail(sock, "read terminal", err)
 			return
@@ -153,6 +158,16 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			return
 		}
 		worker, err := pick(ctx)
+		// Just after an outage the workers' heartbeats may have expired
+		// and not yet been written again: a worker is waited for (within
+		// the request's time) rather than taken for absent.
+		for errors.Is(err, app.ErrNoWorker) && (waited || time.Now().UnixNano() < tm.quietUntil.Load()) && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+				worker, err = pick(ctx)
+			}
+		}
 		if errors.Is(err, app.ErrNoWorker) {
 			tm.refused(sock, app.ShellErrNoWorker)
 			return
