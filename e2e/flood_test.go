@@ -3,11 +3,13 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
@@ -43,6 +45,42 @@ func (sc *shellCluster) dialFlood(gw *proc, user string) *floodClient {
 		<-c.done
 	})
 	return c
+}
+
+// startFlood opens a terminal of user under shellID through gw on a quiet
+// socket, starts floodLoop in it and waits for its first 256 KiB.
+func (sc *shellCluster) startFlood(gw *proc, user, shellID string) *floodClient {
+	sc.t.Helper()
+	c := sc.dialFlood(gw, user)
+	c.send(sc.plainInit(shellID))
+	eventually(sc.t, 20*time.Second, "the terminal's start", func() bool { return c.contains("Starting terminal in:") })
+	c.send(map[string]any{"type": "input", "data": floodLoop + "\r"})
+	c.waitMore(256 << 10)
+	return c
+}
+
+// waitMore waits until n more bytes of output arrived.
+func (c *floodClient) waitMore(n int) {
+	c.t.Helper()
+	at := c.received()
+	eventually(c.t, 60*time.Second, fmt.Sprintf("%d KiB more of the flood", n>>10), func() bool { return c.received() > at+n })
+}
+
+// interrupt stops the flood with a Ctrl-C and waits for the prompt after
+// it.
+func (c *floodClient) interrupt() {
+	c.t.Helper()
+	c.send(map[string]any{"type": "input", "data": "\x03"})
+	c.send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
+	eventually(c.t, 30*time.Second, "the prompt after Ctrl-C", func() bool { return c.contains("done-6\r\n") })
+}
+
+// requireIncreasing checks that each seq came once, in order.
+func requireIncreasing(t *testing.T, seqs []int64) {
+	t.Helper()
+	for i := 1; i < len(seqs); i++ {
+		require.Greater(t, seqs[i], seqs[i-1], "seqs in order, each once (frame %d)", i)
+	}
 }
 
 func (c *floodClient) read() {

@@ -225,27 +225,18 @@ func TestShellFloodThroughRedisKill(t *testing.T) {
 	t.Parallel()
 	sc := newLoadingShellCluster(t)
 	cl, gw := sc.cluster, sc.gw1
-	c := sc.dialFlood(gw, "alice")
-	c.send(sc.plainInit("through-kill"))
-	eventually(t, 20*time.Second, "the terminal's start", func() bool { return c.contains("Starting terminal in:") })
-	c.send(map[string]any{"type": "input", "data": floodLoop + "\r"})
-	eventually(t, 30*time.Second, "256 KiB of the flood", func() bool { return c.received() > 256<<10 })
+	c := sc.startFlood(gw, "alice", "through-kill")
 
 	cl.redis.Stop() // SIGKILL
 	time.Sleep(time.Second)
 	cl.redis.Restart(t)
 	cl.waitRedis()
-	back := c.received()
-	eventually(t, 60*time.Second, "512 KiB more of the flood", func() bool { return c.received() > back+512<<10 })
-	c.send(map[string]any{"type": "input", "data": "\x03"})
-	c.send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
-	eventually(t, 30*time.Second, "the prompt after Ctrl-C", func() bool { return c.contains("done-6\r\n") })
+	c.waitMore(512 << 10)
+	c.interrupt()
 
 	text, seqs, notices := c.snapshot()
 	t.Logf("%d frames, %d KiB of output; the gateway's notices: %q", len(seqs), len(text)>>10, notices)
-	for i := 1; i < len(seqs); i++ {
-		require.Greater(t, seqs[i], seqs[i-1], "seqs in order, each once (frame %d)", i)
-	}
+	requireIncreasing(t, seqs)
 	c.requireStored(sc, "alice")
 	// Output is dropped in two places: where Redis was away, and where the
 	// Ctrl-C flushed what was on its way (as a terminal's line discipline

@@ -683,11 +683,7 @@ func TestShellWorkerLost(t *testing.T) {
 func TestShellFloodAcrossGatewayKill(t *testing.T) {
 	t.Parallel()
 	sc := newShellCluster(t)
-	a := sc.dialFlood(sc.gw1, "alice")
-	a.send(sc.plainInit("across"))
-	eventually(t, 20*time.Second, "the terminal's start", func() bool { return a.contains("Starting terminal in:") })
-	a.send(map[string]any{"type": "input", "data": floodLoop + "\r"})
-	eventually(t, 30*time.Second, "256 KiB of the flood", func() bool { return a.received() > 256<<10 })
+	a := sc.startFlood(sc.gw1, "alice", "across")
 	sc.gw1.kill9()
 	<-a.done
 	textA, seqsA, _ := a.snapshot()
@@ -696,20 +692,16 @@ func TestShellFloodAcrossGatewayKill(t *testing.T) {
 
 	b := sc.dialFlood(sc.gw2, "alice")
 	b.send(sc.plainInit("across", "lastSeq", last))
-	eventually(t, 30*time.Second, "512 KiB more of the flood", func() bool { return b.received() > 512<<10 })
+	b.waitMore(512 << 10)
 	_, before, _ := b.snapshot()
-	b.send(map[string]any{"type": "input", "data": "\x03"})
-	b.send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
-	eventually(t, 30*time.Second, "the prompt after Ctrl-C", func() bool { return b.contains("done-6\r\n") })
+	b.interrupt()
 	textB, seqsB, notices := b.snapshot()
 	t.Logf("%d + %d frames, %d + %d KiB; the second gateway's notices: %q", len(seqsA), len(seqsB), len(textA)>>10, len(textB)>>10, notices)
 	require.Contains(t, notices, "[Reconnected to existing session]")
 	// Up to the key, every seq after the last the first socket got; after
 	// it the typist skips what was stored before the key and not yet sent.
 	requireConsecutive(t, before, last+1)
-	for i := 1; i < len(seqsB); i++ {
-		require.Greater(t, seqsB[i], seqsB[i-1], "seqs in order, each once (frame %d)", i)
-	}
+	requireIncreasing(t, seqsB)
 	a.requireStored(sc, "alice")
 	b.requireStored(sc, "alice")
 	// The Ctrl-C's gap alone.
@@ -725,29 +717,20 @@ func TestShellFloodAcrossGatewayKill(t *testing.T) {
 func TestShellFloodThroughPubSubKill(t *testing.T) {
 	t.Parallel()
 	sc := newShellCluster(t)
-	a := sc.dialFlood(sc.gw1, "alice")
-	a.send(sc.plainInit("pubsub-kill"))
-	eventually(t, 20*time.Second, "the terminal's start", func() bool { return a.contains("Starting terminal in:") })
-	a.send(map[string]any{"type": "input", "data": floodLoop + "\r"})
-	eventually(t, 30*time.Second, "128 KiB of the flood", func() bool { return a.received() > 128<<10 })
+	a := sc.startFlood(sc.gw1, "alice", "pubsub-kill")
 	ctx := context.Background()
 	for i := range 5 {
-		at := a.received()
 		n, err := sc.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
 		require.NoError(t, err)
-		t.Logf("kill %d: %d pub/sub connections closed at %d KiB", i+1, n, at>>10)
-		eventually(t, 30*time.Second, "more of the flood", func() bool { return a.received() > at+128<<10 })
+		t.Logf("kill %d: %d pub/sub connections closed at %d KiB", i+1, n, a.received()>>10)
+		a.waitMore(128 << 10)
 	}
 	_, before, _ := a.snapshot()
-	a.send(map[string]any{"type": "input", "data": "\x03"})
-	a.send(map[string]any{"type": "input", "data": "echo done-$((3+3))\r"})
-	eventually(t, 30*time.Second, "the prompt after Ctrl-C", func() bool { return a.contains("done-6\r\n") })
+	a.interrupt()
 	text, seqs, notices := a.snapshot()
 	t.Logf("%d frames, %d KiB; notices: %q", len(seqs), len(text)>>10, notices)
 	requireConsecutive(t, before, 1)
-	for i := 1; i < len(seqs); i++ {
-		require.Greater(t, seqs[i], seqs[i-1], "seqs in order, each once (frame %d)", i)
-	}
+	requireIncreasing(t, seqs)
 	a.requireStored(sc, "alice")
 	// Nothing was dropped but at the Ctrl-C.
 	requireFloodLines(t, text, 2)
