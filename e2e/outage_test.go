@@ -319,6 +319,38 @@ func TestRedisEmptiedUnderTerminalAndChat(t *testing.T) {
 	requireComplete(t, end[len(end)-1], 0, true, false)
 }
 
+// TestCommandRightAfterLongOutage: Redis stays down longer than the
+// workers' heartbeat TTL, so every heartbeat has expired when it is back.
+// A claude-command sent the moment Redis answers again is accepted (the
+// gateway waits for a worker's next heartbeat) instead of being told that
+// no worker runs, and its run completes.
+func TestCommandRightAfterLongOutage(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, loadingRedis, "", mockanthropic.Turn{When: "right-after", Text: "Back."})
+	fillForLoading(t, cl)
+	gw := cl.startGateway("gw")
+	// Beats far apart, as by default: the heartbeat that expired during
+	// the outage comes back seconds after Redis does.
+	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_HEARTBEAT_INTERVAL=3s", "AGENTGATE_HEARTBEAT_TTL=4s"), "worker")
+	cl.waitWorker(w)
+	c := cl.dial(gw, "alice")
+
+	cl.redis.Stop()
+	time.Sleep(6 * time.Second)
+	cl.redis.Restart(t)
+	cl.waitRedis()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	n, err := cl.rdb.Exists(ctx, keyPrefix+":worker:"+w.workerID).Result()
+	cancel()
+	require.NoError(t, err)
+	if n != 0 {
+		t.Skip("the worker's heartbeat came back before the command could be sent: nothing to test")
+	}
+	sid := accept(t, cl, c, "right-after", "", "r1")
+	end := c.waitEnd(sid, 1, 60*time.Second)
+	requireComplete(t, end[len(end)-1], 0, true, false)
+}
+
 // TestShellExitDuringOutage: a terminal whose process exits while Redis is
 // down (longer than one attempt's timeout) still ends for its socket once
 // Redis is back: the worker records the exit when it can, as a run's

@@ -23,6 +23,11 @@ import (
 // requestTimeout bounds the Redis work of one client message.
 const requestTimeout = 10 * time.Second
 
+// outageWorkerWait bounds how long a command just after a Redis outage
+// waits for a worker's heartbeat to come back (workers beat every 2 s by
+// default), leaving the rest of requestTimeout to start the run.
+const outageWorkerWait = 5 * time.Second
+
 // onChatMessage handles one /ws frame. melody calls it on the socket's read
 // goroutine, one frame at a time, so a socket's messages keep their order;
 // anything slow (replays) runs on its own goroutine.
@@ -106,7 +111,23 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		fail(err.Error())
 		return
 	}
-	if ok, err := s.workerAvailable(ctx); !ok {
+	ok, err := s.workerAvailable(ctx)
+	if store.Unavailable(err) {
+		s.shells.sawOutage()
+	}
+	// Just after an outage the workers' heartbeats may have expired and
+	// not yet been written again: a worker is waited for, a few seconds
+	// at most, rather than taken for absent.
+	for wait := time.Now().Add(outageWorkerWait); !ok && err == nil && s.shells.afterOutage() && time.Now().Before(wait); {
+		select {
+		case <-ctx.Done():
+			fail(app.StoreUnavailableError)
+			return
+		case <-time.After(100 * time.Millisecond):
+			ok, err = s.workerAvailable(ctx)
+		}
+	}
+	if !ok {
 		// While Redis is away no worker is known: say so, not that
 		// there is none.
 		if store.Unavailable(err) {

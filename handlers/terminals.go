@@ -130,7 +130,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			case err != nil:
 				tm.fail(sock, "check worker", err)
 				return
-			case !alive && time.Now().UnixNano() < tm.quietUntil.Load():
+			case !alive && tm.afterOutage():
 				// Just after an outage: its heartbeat may be on its way.
 				// If it does not come, run ends the terminal as lost.
 			case !alive:
@@ -161,7 +161,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		// Just after an outage the workers' heartbeats may have expired
 		// and not yet been written again: a worker is waited for (within
 		// the request's time) rather than taken for absent.
-		for errors.Is(err, app.ErrNoWorker) && (waited || time.Now().UnixNano() < tm.quietUntil.Load()) && ctx.Err() == nil {
+		for errors.Is(err, app.ErrNoWorker) && (waited || tm.afterOutage()) && ctx.Err() == nil {
 			select {
 			case <-ctx.Done():
 			case <-time.After(100 * time.Millisecond):
@@ -585,7 +585,7 @@ func (tm *terminals) run(ctx context.Context) {
 		}
 		if outage {
 			outage = false
-			tm.quietUntil.Store(time.Now().Add(tm.heartbeatTTL + 2*tm.refresh).UnixNano())
+			tm.sawOutage()
 		}
 		type target struct {
 			key, worker string
@@ -604,6 +604,7 @@ func (tm *terminals) run(ctx context.Context) {
 			// reattaches that follow it.
 			if err := tm.st.Ping(ctx); store.Unavailable(err) {
 				outage = true
+				tm.sawOutage()
 			}
 		}
 		alive := map[string]bool{}
@@ -639,14 +640,30 @@ func (tm *terminals) run(ctx context.Context) {
 				}
 				alive[t.worker] = ok
 			}
-			if !ok && !outage && time.Now().UnixNano() >= tm.quietUntil.Load() {
+			if !ok && !outage && !tm.afterOutage() {
 				// Every gateway watching it hears this exit.
 				if _, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
 					tm.log.Warn("shell end lost terminal", "err", err)
 				}
 			}
 		}
+		if outage {
+			tm.sawOutage()
+		}
 	}
+}
+
+// sawOutage notes that Redis could not be reached just now: until
+// quietUntil a worker missing from the registry may only have a
+// heartbeat on its way (heartbeats expire during a long outage).
+func (tm *terminals) sawOutage() {
+	tm.quietUntil.Store(time.Now().Add(tm.heartbeatTTL + 2*tm.refresh).UnixNano())
+}
+
+// afterOutage reports whether Redis was seen away recently enough that
+// the workers' heartbeats may not all be back.
+func (tm *terminals) afterOutage() bool {
+	return time.Now().UnixNano() < tm.quietUntil.Load()
 }
 
 // closeAll closes every /shell socket with 1001 (the gateway is draining).
