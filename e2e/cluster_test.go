@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,4 +300,24 @@ func (c *cluster) keys(ctx context.Context, pattern string) []string {
 	out, err := c.rdb.Keys(ctx, pattern).Result()
 	require.NoError(c.t, err)
 	return out
+}
+
+// killPubSub has Redis close every pub/sub connection (CLIENT KILL TYPE
+// pubsub), on every node of a Redis Cluster (a cluster's subscribers hold
+// one connection per node), and returns how many it closed.
+func (c *cluster) killPubSub(ctx context.Context) (int, error) {
+	kill := func(ctx context.Context, rdb *redis.Client) (int, error) {
+		return rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
+	}
+	rc, ok := c.rdb.(*redis.ClusterClient)
+	if !ok {
+		return kill(ctx, c.rdb.(*redis.Client))
+	}
+	var closed atomic.Int64
+	err := rc.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error {
+		n, err := kill(ctx, node)
+		closed.Add(int64(n))
+		return err
+	})
+	return int(closed.Load()), err
 }

@@ -390,7 +390,7 @@ func TestChatThroughPubSubKill(t *testing.T) {
 	for i := range 3 {
 		n := countKind(c.events(sid), "tool_use")
 		c.waitFor(60*time.Second, "another tool_use", func(fs []frame) bool { return countKind(eventsOf(t, fs, sid), "tool_use") > n })
-		closed, err := cl.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
+		closed, err := cl.killPubSub(ctx)
 		require.NoError(t, err)
 		t.Logf("kill %d: %d pub/sub connections closed, %d events so far", i+1, closed, len(c.events(sid)))
 	}

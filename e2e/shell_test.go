@@ -720,7 +720,7 @@ func TestShellFloodThroughPubSubKill(t *testing.T) {
 	a := sc.startFlood(sc.gw1, "alice", "pubsub-kill")
 	ctx := context.Background()
 	for i := range 5 {
-		n, err := sc.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
+		n, err := sc.killPubSub(ctx)
 		require.NoError(t, err)
 		t.Logf("kill %d: %d pub/sub connections closed at %d KiB", i+1, n, a.received()>>10)
 		a.waitMore(128 << 10)
