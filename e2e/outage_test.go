@@ -13,6 +13,7 @@ import (
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/internal/mockanthropic"
+	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
@@ -398,6 +399,25 @@ func TestChatThroughPubSubKill(t *testing.T) {
 	sum := checkRun(t, end, 1)
 	require.Len(t, sum.completes, 1)
 	requireComplete(t, end[len(end)-1], 0, true, false)
+}
+
+// TestShellExitHeardFromTheHash: a terminal's exit is recorded in Redis
+// but its message never reaches the gateway (published while the gateway's
+// subscription was down: a failover, a restart; here the hash is written
+// as shell_exit.lua writes it, without the message). The gateway's refresh
+// finds the exit and tells the socket, rather than leave it waiting for
+// ever.
+func TestShellExitHeardFromTheHash(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	a := sc.openShell(sc.gw1, "alice", "missed-exit")
+	a.typeLine("echo alive-$((1+1))")
+	a.waitText(0, "alive-2", 10*time.Second)
+	key, _ := sc.shellHash("alice")
+	require.NoError(t, sc.rdb.HSet(context.Background(), key,
+		"state", store.ShellExited, "exitCode", "7", "signal", "", "exitReason", store.ShellExitNormal).Err())
+	exit := a.waitExit(0, 15*time.Second)
+	require.EqualValues(t, 7, exit.m["exitCode"], exit.raw)
 }
 
 // TestShellInitThroughOutage: a terminal's init while Redis is down waits

@@ -142,6 +142,36 @@ func TestRedisClusterFailover(t *testing.T) {
 	require.Equal(t, 1, completes)
 }
 
+// TestShellFloodThroughFailover kills -9 the master that owns a flooding
+// terminal's slot. While its replica is promoted nothing may take the
+// outage for an end: not the worker (the watch time it reads back is older
+// than the last one its gateways wrote, and the worker's heartbeat expired
+// meanwhile), not a reaper whose pass waited out the failover, not the
+// gateway. The flood goes on: every later seq arrives once and in order,
+// each frame is the stored chunk, output is dropped only where Redis was
+// away and at the Ctrl-C, and the prompt comes back. (Before, the worker
+// killed the terminal as detached, or a reaper ended it as lost, in five
+// runs of six.)
+func TestShellFloodThroughFailover(t *testing.T) {
+	t.Parallel()
+	sc := newShellClusterOn(t, newClusterOnRedisCluster(t, "/bin/false"))
+	c := sc.startFlood(sc.gw1, "alice", "failover")
+	key, _ := sc.shellHash("alice")
+	master := sc.rcluster.MasterOf(t, key)
+	t.Logf("killing master %s of the terminal's slot at %d KiB", master.Addr, c.received()>>10)
+	master.Stop()
+	c.waitMore(512 << 10)
+	c.interrupt()
+
+	text, seqs, notices := c.snapshot()
+	t.Logf("%d frames, %d KiB of output; the gateway's notices: %q", len(seqs), len(text)>>10, notices)
+	require.NotContains(t, notices, "exited", "the terminal lives through the failover")
+	requireIncreasing(t, seqs)
+	c.requireStored(sc, "alice")
+	// Two lines at most where Redis was away, two at the Ctrl-C.
+	requireFloodLines(t, text, 4)
+}
+
 // entryID reads the seq of a stream entry id "<seq>-0".
 func entryID(id string) int64 {
 	ms, _, _ := strings.Cut(id, "-")

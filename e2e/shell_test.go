@@ -34,7 +34,12 @@ type shellCluster struct {
 
 func newShellCluster(t *testing.T) *shellCluster {
 	t.Helper()
-	cl := newCluster(t, "/bin/false")
+	return newShellClusterOn(t, newCluster(t, "/bin/false"))
+}
+
+// newShellClusterOn is newShellCluster on the Redis of cl.
+func newShellClusterOn(t *testing.T, cl *cluster) *shellCluster {
+	t.Helper()
 	sc := &shellCluster{cluster: cl}
 	extra := "AGENTGATE_SHELL_DETACH_TIMEOUT=" + shellDetach
 	for i, name := range []string{"gw1", "gw2"} {

@@ -609,7 +609,9 @@ func (tm *terminals) run(ctx context.Context) {
 		}
 		alive := map[string]bool{}
 		for _, t := range list {
+			began := time.Now()
 			_, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0)
+			outage = outage || time.Since(began) > slowRedis
 			switch {
 			case errors.Is(err, store.ErrShellGone):
 				// Redis lost it with its data, and no exit can be recorded.
@@ -624,6 +626,11 @@ func (tm *terminals) run(ctx context.Context) {
 				}
 				tm.message(t.key, store.ShellLive{Kind: 'e', Gen: t.gen, ExitCode: 1, Reason: store.ShellExitGone})
 				continue
+			case errors.Is(err, store.ErrShellExited):
+				// Its exit was published while this gateway's subscription
+				// was down (a Redis restart or failover): it is read back.
+				tm.missedExit(ctx, t.key, t.gen)
+				continue
 			case err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil:
 				outage = outage || store.Unavailable(err)
 				tm.log.Warn("shell refresh", "err", err)
@@ -634,10 +641,12 @@ func (tm *terminals) run(ctx context.Context) {
 			ok, seen := alive[t.worker]
 			if !seen {
 				var err error
+				began := time.Now()
 				if ok, err = tm.st.WorkerAlive(ctx, t.worker); err != nil {
 					outage = outage || store.Unavailable(err)
 					continue
 				}
+				outage = outage || time.Since(began) > slowRedis
 				alive[t.worker] = ok
 			}
 			if !ok && !outage && !tm.afterOutage() {
@@ -652,6 +661,23 @@ func (tm *terminals) run(ctx context.Context) {
 		}
 	}
 }
+
+// missedExit tells the sockets of a terminal generation the exit that its
+// hash records and that this gateway did not hear.
+func (tm *terminals) missedExit(ctx context.Context, key string, gen int64) {
+	info, ok, err := tm.st.Shell(ctx, key)
+	if err != nil || !ok || info.Gen != gen || info.State != store.ShellExited {
+		return
+	}
+	tm.log.Info("terminal exit read back: its message was missed", "shell", key, "gen", gen)
+	tm.message(key, store.ShellLive{Kind: 'e', Gen: gen, Seq: info.Seq, ExitCode: info.ExitCode, Signal: info.Signal, Reason: info.ExitReason})
+}
+
+// slowRedis is how long a Redis call takes when it waited out an outage
+// (go-redis retries through a failover, a restart): what it read may be a
+// promoted replica's, whose heartbeats expired while no worker could
+// write them. Such a call counts as meeting an outage.
+const slowRedis = time.Second
 
 // sawOutage notes that Redis could not be reached just now: until
 // quietUntil a worker missing from the registry may only have a

@@ -337,6 +337,11 @@ var ErrStaleShell = errors.New("terminal generation replaced")
 // sockets will hear nothing more of it.
 var ErrShellGone = fmt.Errorf("terminal gone from the store: %w", ErrStaleShell)
 
+// ErrShellExited is what a refresh (ShellTouch with delta 0) of a
+// generation that has exited returns: its sockets may not have heard the
+// exit (published while the gateway's subscription was down).
+var ErrShellExited = errors.New("terminal exited")
+
 // ShellAppend appends output chunks of a terminal generation and publishes
 // them, in one script call (shell_append.lua). It returns the last seq.
 func (s *Store) ShellAppend(ctx context.Context, key string, gen int64, chunks []string) (int64, error) {
@@ -458,7 +463,7 @@ func (s *Store) keepEnded(ctx context.Context, owner, key string, ended int64) e
 
 // ShellTouch records sockets attaching (+1), detaching (-1) or staying (0)
 // on a terminal generation. It returns the attached count, ErrStaleShell,
-// or ErrShellGone.
+// ErrShellGone, or (staying only) ErrShellExited.
 func (s *Store) ShellTouch(ctx context.Context, key string, gen int64, delta int) (int, error) {
 	n, err := s.sc.shellTouch.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, delta).Int()
 	switch {
@@ -466,6 +471,8 @@ func (s *Store) ShellTouch(ctx context.Context, key string, gen int64, delta int
 		return 0, fmt.Errorf("store: touch shell %s: %w", key, err)
 	case n == -2:
 		return 0, ErrShellGone
+	case n == -3:
+		return 0, ErrShellExited
 	case n < 0:
 		return 0, ErrStaleShell
 	}

@@ -289,9 +289,9 @@ func TestShellAppendPastLostWrites(t *testing.T) {
 }
 
 // TestShellTouchTellsGone: a touch of a generation that was replaced is
-// ErrStaleShell; of a terminal whose hash is gone altogether (Redis lost
-// its data) ErrShellGone, which is also ErrStaleShell to the callers that
-// only stop.
+// ErrStaleShell; a refresh of one that exited ErrShellExited; of a terminal
+// whose hash is gone altogether (Redis lost its data) ErrShellGone, which
+// is also ErrStaleShell to the callers that only stop.
 func TestShellTouchTellsGone(t *testing.T) {
 	for _, b := range storetest.AllBackends {
 		t.Run(string(b), func(t *testing.T) {
@@ -302,6 +302,16 @@ func TestShellTouchTellsGone(t *testing.T) {
 			_, err = st.ShellTouch(ctx, "k1", gen+1, 0)
 			require.ErrorIs(t, err, store.ErrStaleShell)
 			require.NotErrorIs(t, err, store.ErrShellGone)
+
+			// An exit its gateway may not have heard: a refresh says so;
+			// a socket's attach or detach still counts.
+			_, err = st.ShellExit(ctx, "k1", gen, 3, "", store.ShellExitNormal)
+			require.NoError(t, err)
+			_, err = st.ShellTouch(ctx, "k1", gen, 0)
+			require.ErrorIs(t, err, store.ErrShellExited)
+			n, err := st.ShellTouch(ctx, "k1", gen, +1)
+			require.NoError(t, err)
+			require.Equal(t, 1, n)
 
 			require.NoError(t, rdb.Del(ctx, st.Prefix()+":shell:{k1}").Err())
 			_, err = st.ShellTouch(ctx, "k1", gen, 0)

@@ -50,10 +50,12 @@ type Reaper struct {
 	log *slog.Logger
 
 	// Pass state (one goroutine): the Redis last seen, whether the last
-	// pass failed to reach it, and no reaping before quietUntil.
+	// pass failed to reach it (or stalled), no reaping before quietUntil,
+	// and when the current pass began.
 	runID      string
 	outage     bool
 	quietUntil time.Time
+	passStart  time.Time
 }
 
 // NewReaper returns a Reaper; call Run to start it.
@@ -105,6 +107,7 @@ func (r *Reaper) Run(ctx context.Context) error {
 // answering for long enough that live workers have beaten since.
 func (r *Reaper) Pass(ctx context.Context) error {
 	st := r.cfg.Store
+	r.passStart = time.Now()
 	if err := r.watchRedis(ctx); err != nil {
 		return err
 	}
@@ -129,6 +132,9 @@ func (r *Reaper) Pass(ctx context.Context) error {
 	if err != nil {
 		r.outage = r.outage || store.Unavailable(err)
 		return err
+	}
+	if r.stalled() {
+		return nil
 	}
 	alive := make(map[string]bool, len(live))
 	for _, w := range live {
@@ -170,7 +176,7 @@ func (r *Reaper) check(ctx context.Context, list []app.Session, alive, dead map[
 			// A worker registered since LiveWorkers was read is alive too
 			// (asked once per worker a pass).
 			if !dead[sess.Worker] {
-				if ok, err := st.WorkerAlive(ctx, sess.Worker); err != nil || ok {
+				if ok, err := st.WorkerAlive(ctx, sess.Worker); err != nil || ok || r.stalled() {
 					continue
 				}
 			}
@@ -192,7 +198,7 @@ func (r *Reaper) checkShells(ctx context.Context, list []store.OpenShell, alive,
 			continue
 		}
 		if !dead[sh.Worker] {
-			if ok, err := st.WorkerAlive(ctx, sh.Worker); err != nil || ok {
+			if ok, err := st.WorkerAlive(ctx, sh.Worker); err != nil || ok || r.stalled() {
 				continue
 			}
 			dead[sh.Worker] = true
@@ -207,6 +213,24 @@ func (r *Reaper) checkShells(ctx context.Context, list []store.OpenShell, alive,
 		}
 	}
 }
+
+// stalled reports whether this pass has taken so long that its reads
+// probably waited out an outage (go-redis retries through a failover or a
+// restart) and saw a promoted replica's heartbeats, which expired while no
+// worker could write them. The pass then counts as having met an outage.
+func (r *Reaper) stalled() bool {
+	if r.passStart.IsZero() || time.Since(r.passStart) <= max(r.cfg.Interval, slowPass) {
+		return false
+	}
+	if !r.outage {
+		r.log.Info("a reaper pass took too long; Redis may have been away", "took", time.Since(r.passStart))
+	}
+	r.outage = true
+	return true
+}
+
+// slowPass is the least time a pass may take before it counts as stalled.
+const slowPass = 2 * time.Second
 
 // watchRedis notices an outage (this reaper's own failed passes) or a Redis
 // restart (a new run id, or a server younger than the grace when first

@@ -99,6 +99,11 @@ type shell struct {
 	batches int64
 
 	urls urlDetector
+
+	// troubleAt is when shellLoop last could not read the terminal's
+	// watch time, or read it slowly: it is not taken for detached until a
+	// detach timeout after that. shellLoop's alone.
+	troubleAt time.Time
 }
 
 // shellOp is one input or resize, kept in arrival order.
@@ -390,7 +395,14 @@ func (w *Worker) shellLoop(ctx context.Context) {
 		}
 		w.shells.mu.Unlock()
 		for _, sh := range list {
+			began := time.Now()
 			idle, err := w.st.ShellIdle(ctx, sh.key, sh.gen)
+			if err != nil && !errors.Is(err, store.ErrStaleShell) || time.Since(began) > slowRedis {
+				// Its gateways could not refresh it either; a failover's
+				// replica holds a watch time older than the last one.
+				sh.troubleAt = time.Now()
+				w.troubleAt.Store(sh.troubleAt.UnixNano())
+			}
 			switch {
 			case errors.Is(err, store.ErrStaleShell):
 				sh.log.Info("terminal replaced: killing it")
@@ -399,7 +411,7 @@ func (w *Worker) shellLoop(ctx context.Context) {
 				if ctx.Err() == nil {
 					sh.log.Warn("check terminal", "err", err)
 				}
-			case time.Duration(idle)*time.Millisecond >= timeout:
+			case time.Duration(idle)*time.Millisecond >= timeout && time.Since(sh.troubleAt) >= timeout:
 				sh.log.Info("terminal detached too long: killing it", "idle", time.Duration(idle)*time.Millisecond)
 				sh.kill()
 			}
@@ -422,8 +434,14 @@ const orphanSweepEvery = 30 * time.Second
 // of an interactive shell sit in process groups of their own and survive
 // it; their environment still names the worker.
 func (w *Worker) sweepOrphans(ctx context.Context) {
+	// Just after an outage, live workers' heartbeats may not be back.
+	quiet := w.cfg.HeartbeatTTL + 2*w.cfg.HeartbeatInterval
+	if time.Since(time.Unix(0, w.troubleAt.Load())) < quiet {
+		return
+	}
+	began := time.Now()
 	live, err := w.st.LiveWorkers(ctx)
-	if err != nil {
+	if err != nil || time.Since(began) > slowRedis {
 		return
 	}
 	alive := map[string]bool{w.cfg.ID: true}

@@ -190,3 +190,52 @@ func TestShellEndsWithUnreadInput(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, store.ShellExited, info.State)
 }
+
+// TestShellNotDetachedByAStall: Redis stalls (here DEBUG SLEEP; in
+// production a failover whose promoted replica holds a watch time older
+// than the last one written) for longer than the detach timeout while a
+// gateway refreshes the terminal's watch time. The worker's check that
+// waited out the stall reads a long idle time, and must not take it for a
+// detached terminal: the terminal lives on. Before, it was killed.
+func TestShellNotDetachedByAStall(t *testing.T) {
+	srv := storetest.StartServerWith(t, storetest.Options{Config: []string{"enable-debug-command yes"}})
+	st := storetest.New(t, srv.URL)
+	dir := t.TempDir()
+	w, err := New(Config{Store: st, ID: "w1", Workspaces: app.Workspaces{Roots: []string{dir}},
+		Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}}, ShellDetachTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(w.killShells)
+	ctx, cancel := context.WithCancel(context.Background())
+	loopDone := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-loopDone })
+	go func() { defer close(loopDone); w.shellLoop(ctx) }()
+
+	spec := app.ShellSpec{Owner: "alice", ProjectPath: dir, Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+	gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
+	require.NoError(t, err)
+	require.True(t, ok)
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	// A gateway's refresh, every 500 ms (a quarter of the timeout).
+	touching := make(chan struct{})
+	go func() {
+		defer close(touching)
+		for ctx.Err() == nil {
+			_, _ = st.ShellTouch(ctx, "k1", gen, 0)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-touching })
+	time.Sleep(time.Second)
+
+	rdb := storetest.Client(t, srv.URL)
+	require.NoError(t, rdb.Do(ctx, "DEBUG", "SLEEP", "3").Err())
+	time.Sleep(3 * time.Second) // the checks after the stall
+	w.shells.mu.Lock()
+	_, alive := w.shells.m["k1"]
+	w.shells.mu.Unlock()
+	require.True(t, alive, "the terminal lives through the stall")
+	info, _, err := st.Shell(ctx, "k1")
+	require.NoError(t, err)
+	require.NotEqual(t, store.ShellExited, info.State)
+}

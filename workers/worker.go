@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
@@ -127,6 +128,11 @@ type Worker struct {
 	linkAddr, linkToken string
 
 	shells shellSet // terminals (shell.go)
+
+	// troubleAt (Unix nanoseconds) is when this worker last met Redis
+	// away or slow (heartbeat, terminal checks): for a while after, other
+	// workers' heartbeats may still be missing (sweepOrphans).
+	troubleAt atomic.Int64
 
 	// pollBlock bounds each blocking read of the jobs stream and the inbox:
 	// a blocking read ignores ctx, so this is also how long Run takes to
@@ -427,6 +433,12 @@ func (w *Worker) control(c store.Control) {
 	}
 }
 
+// slowRedis is how long a Redis call takes when it waited out an outage
+// (go-redis retries through a failover or a restart): what it read may be
+// a promoted replica's, stale by the outage. Such a call counts as meeting
+// an outage.
+const slowRedis = time.Second
+
 // heartbeatLoop refreshes the heartbeat until ctx ends.
 // Runs in its own goroutine.
 func (w *Worker) heartbeatLoop(ctx context.Context) {
@@ -437,8 +449,13 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := w.beat(ctx); err != nil && ctx.Err() == nil {
+			began := time.Now()
+			err := w.beat(ctx)
+			if err != nil && ctx.Err() == nil {
 				w.log.Warn("heartbeat", "err", err)
+			}
+			if err != nil || time.Since(began) > slowRedis {
+				w.troubleAt.Store(time.Now().UnixNano())
 			}
 		}
 	}

@@ -584,6 +584,45 @@ func TestAppendWaitsForRedis(t *testing.T) {
 	require.Equal(t, true, completes(evs)[0]["success"], evs)
 }
 
+// TestReaperPassThatStalledReapsNothing: a pass whose reads waited out
+// Redis (go-redis retrying through a failover or a restart; here Redis
+// busy with DEBUG SLEEP) may have read heartbeats that expired while no
+// worker could write them: it reaps nothing, and the next passes wait for
+// heartbeats as after an outage. Before, it reaped the runs of every worker
+// whose heartbeat the failover had let expire.
+func TestReaperPassThatStalledReapsNothing(t *testing.T) {
+	srv := storetest.StartServerWith(t, storetest.Options{Config: []string{"enable-debug-command yes"}})
+	st := storetest.New(t, srv.URL)
+	ctx := context.Background()
+	sess := claimedRun(t, st, "silent", time.Second)
+	require.NoError(t, st.RemoveWorker(ctx, "silent")) // its heartbeat expired
+	r, err := NewReaper(ReaperConfig{Store: st, Interval: 100 * time.Millisecond, HeartbeatTTL: time.Second})
+	require.NoError(t, err)
+
+	rdb := storetest.Client(t, srv.URL)
+	slept := make(chan error, 1)
+	go func() { slept <- rdb.Do(ctx, "DEBUG", "SLEEP", "3").Err() }()
+	time.Sleep(200 * time.Millisecond) // Redis is asleep
+	require.NoError(t, r.Pass(ctx))
+	require.NoError(t, <-slept)
+	got, err := st.Session(ctx, sess.ID)
+	require.NoError(t, err)
+	require.True(t, got.Running(), "a pass that stalled reaps nothing")
+
+	// The next pass, quick, still waits for heartbeats; once the grace is
+	// over a worker still silent is reaped.
+	require.NoError(t, r.Pass(ctx))
+	got, err = st.Session(ctx, sess.ID)
+	require.NoError(t, err)
+	require.True(t, got.Running(), "just after a stall, heartbeats may be on their way")
+	require.Eventually(t, func() bool {
+		require.NoError(t, r.Pass(ctx))
+		got, err := st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		return got.State == app.StateFailed
+	}, 10*time.Second, 100*time.Millisecond, "reaped after the grace")
+}
+
 // TestReaperRereadsBeforeReaping: a pass decides on sessions read before it
 // read the live workers; a run claimed, or whose worker came back, since
 // that read is not reaped, and a run reaped for a dead worker is reaped

@@ -7,15 +7,20 @@
 -- KEYS[1] shell hash
 -- ARGV[1] generation   ARGV[2] delta
 --
--- Returns the number of attached sockets, -1 for a stale generation, or -2
--- when the terminal has no hash at all (Redis lost it with its data).
+-- Returns the number of attached sockets, -1 for a stale generation, -2
+-- when the terminal has no hash at all (Redis lost it with its data), or,
+-- for a refresh (delta 0), -3 when the generation has exited: its exit was
+-- published while the gateway's subscription was down, and is read here.
 local hash = KEYS[1]
-local gen = redis.call('HGET', hash, 'gen')
-if not gen then
+local cur = redis.call('HMGET', hash, 'gen', 'state')
+if not cur[1] then
   return -2
 end
-if gen ~= ARGV[1] then
+if cur[1] ~= ARGV[1] then
   return -1
+end
+if ARGV[2] == '0' and cur[2] == 'exited' then
+  return -3
 end
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
