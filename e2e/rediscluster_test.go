@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/internal/mockanthropic"
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
@@ -170,6 +173,83 @@ func TestShellFloodThroughFailover(t *testing.T) {
 	c.requireStored(sc, "alice")
 	// Two lines at most where Redis was away, two at the Ctrl-C.
 	requireFloodLines(t, text, 4)
+}
+
+// TestCommandsThroughJobsFailover kills -9 the master of the jobs stream,
+// then, once the cluster is whole again, the master of the worker's
+// heartbeat, while two clients send a command every 400 ms. No command may
+// be told that no worker runs: the worker's heartbeat does not wait for the
+// jobs stream's node (it did, and expired), and a gateway whose read of
+// the heartbeats waited out a failover waits for them to be written again
+// (it took the expired ones for an absent worker). Every command accepted
+// completes once.
+func TestCommandsThroughJobsFailover(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOnRedisCluster(t, "", mockanthropic.Turn{When: "jobs-", Text: "Done."})
+	gw := cl.startGateway("gw")
+	w := cl.startWorker("worker")
+	// Two users: fifteen runs wait for the jobs stream, and a user may
+	// have eight running.
+	clients := []*wsClient{cl.dial(gw, "alice"), cl.dial(gw, "bob")}
+	type acceptedRun struct {
+		c   *wsClient
+		sid string
+	}
+	var accepted []acceptedRun
+	// Commands go out every 400 ms without waiting for the answers, so
+	// that some are read while the slot is away and some just after.
+	send := func(phase string, n int) {
+		marks := []int{clients[0].mark(), clients[1].mark()}
+		for i := range n {
+			clients[i%2].send(cl.command("jobs-"+phase, "", fmt.Sprintf("%s-%d", phase, i)))
+			time.Sleep(400 * time.Millisecond)
+		}
+		for j, c := range clients {
+			want := (n + 1 - j) / 2
+			answers := map[string]frame{}
+			c.waitFor(30*time.Second, "the answers to "+phase, func(fs []frame) bool {
+				for _, f := range fs[marks[j]:] {
+					if rid := f.str("requestId"); strings.HasPrefix(rid, phase+"-") {
+						answers[rid] = f
+					}
+				}
+				return len(answers) == want
+			})
+			for rid, f := range answers {
+				switch f.str("type") {
+				case "session-accepted":
+					accepted = append(accepted, acceptedRun{c, f.str("sessionId")})
+				case "error":
+					// Said while the slot is away: an outage, never an answer.
+					t.Logf("%s: %s", rid, f.str("error"))
+					require.Equal(t, app.StoreUnavailableError, f.str("error"), "%s: %s", rid, f.raw)
+				default:
+					t.Fatalf("%s: %s", rid, f.raw)
+				}
+			}
+		}
+	}
+	killed := map[string]bool{}
+	for _, key := range []string{keyPrefix + ":jobs", keyPrefix + ":worker:" + w.workerID} {
+		master := cl.rcluster.MasterOf(t, key)
+		if killed[master.Addr] {
+			// The replica promoted for the first key: its shard has no
+			// replica left, and the first failover took the heartbeat too.
+			t.Logf("%s lives on the shard that already failed over", key)
+			continue
+		}
+		t.Logf("killing master %s of %s", master.Addr, key)
+		master.Stop()
+		send(key, 15)
+		cl.rcluster.WaitHealthy(t)
+		killed[cl.rcluster.MasterOf(t, key).Addr] = true
+		for _, r := range accepted {
+			evs := r.c.waitEnd(r.sid, 1, 90*time.Second)
+			checkRun(t, evs, 1)
+			requireComplete(t, evs[len(evs)-1], 0, true, false)
+		}
+		accepted = nil
+	}
 }
 
 // entryID reads the seq of a stream entry id "<seq>-0".

@@ -92,6 +92,16 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 // maxSubscribe bounds the sessions of one subscribe message.
 const maxSubscribe = 100
 
+// followError is what a client is told when its gateway could not
+// subscribe to a session: the store's outage when that is why (the
+// session's node of a cluster failing over, Redis restarting).
+func followError(err error) string {
+	if store.Unavailable(err) {
+		return app.StoreUnavailableError
+	}
+	return "Gateway could not follow the session; try again"
+}
+
 // command starts a run (PROTOCOL §3.3).
 func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	provider, _ := app.ProviderForCommand(msg.Type)
@@ -111,8 +121,11 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		fail(err.Error())
 		return
 	}
+	began := time.Now()
 	ok, err := s.workerAvailable(ctx)
-	if store.Unavailable(err) {
+	if store.Unavailable(err) || time.Since(began) > slowRedis {
+		// A read that waited out a failover may have found the heartbeats
+		// that expired meanwhile (TestCommandsThroughJobsFailover).
 		s.shells.sawOutage()
 	}
 	// Just after an outage the workers' heartbeats may have expired and
@@ -164,7 +177,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	w, existed, err := s.hub.attach(c, plan.session.ID)
 	if err != nil {
 		s.log.Warn("subscribe", "session", plan.session.ID, "err", err)
-		fail("Gateway could not follow the session; try again")
+		fail(followError(err))
 		return
 	}
 	res, err := s.st.Accept(ctx, &store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser})
@@ -427,7 +440,7 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	w, existed, err := s.hub.attach(c, sessionID)
 	if err != nil {
 		s.log.Warn("subscribe", "session", sessionID, "err", err)
-		c.reply(&app.ErrorReply{Type: "error", Error: "Gateway could not follow the session; try again", SessionID: sessionID, Retryable: true})
+		c.reply(&app.ErrorReply{Type: "error", Error: followError(err), SessionID: sessionID, Retryable: true})
 		return
 	}
 	var first int64

@@ -457,6 +457,7 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			if err != nil || time.Since(began) > slowRedis {
 				w.troubleAt.Store(time.Now().UnixNano())
 			}
+			w.readJobsLag(ctx)
 		}
 	}
 }
@@ -466,13 +467,23 @@ func (w *Worker) beat(ctx context.Context) error {
 	w.mu.Lock()
 	n := len(w.runs)
 	w.mu.Unlock()
-	if waiting, err := w.st.JobsWaiting(ctx); err == nil && waiting >= 0 {
-		jobsWaiting.Set(float64(waiting))
-	}
 	return w.st.Heartbeat(ctx, store.WorkerInfo{
 		ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n,
 		Link: w.linkAddr, LinkToken: w.linkToken,
 	}, w.cfg.HeartbeatTTL)
+}
+
+// readJobsLag sets the jobs_waiting gauge. It is read after the heartbeat
+// and briefly: on a cluster the jobs stream lives on another node than the
+// heartbeat, and while that node fails over the read waits out go-redis's
+// retries; a heartbeat that waited for it expired, and the live worker was
+// taken for gone ("No worker available").
+func (w *Worker) readJobsLag(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if waiting, err := w.st.JobsWaiting(ctx); err == nil && waiting >= 0 {
+		jobsWaiting.Set(float64(waiting))
+	}
 }
 
 // linkControl handles a control from a link, which carries terminal
