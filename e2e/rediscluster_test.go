@@ -175,6 +175,41 @@ func TestShellFloodThroughFailover(t *testing.T) {
 	requireFloodLines(t, text, 4)
 }
 
+// TestShellFloodThroughReshard moves a flooding terminal's slot between
+// masters three times, as a resharding does (its keys migrated, the
+// scripts answered ASK or TRYAGAIN meanwhile). Nothing is lost, as Redis
+// stays up: every seq up to the Ctrl-C arrives once and in order, each
+// frame is the stored chunk, and the lines are whole but at the Ctrl-C.
+func TestShellFloodThroughReshard(t *testing.T) {
+	t.Parallel()
+	sc := newShellClusterOn(t, newClusterOnRedisCluster(t, "/bin/false"))
+	c := sc.startFlood(sc.gw1, "alice", "reshard")
+	key, _ := sc.shellHash("alice")
+	from := sc.rcluster.MasterOf(t, key)
+	for range 3 {
+		to := from
+		for _, m := range sc.rcluster.Masters(t) {
+			if m != from {
+				to = m
+				break
+			}
+		}
+		t.Logf("moving the slot of %s from %s to %s at %d KiB", key, from.Addr, to.Addr, c.received()>>10)
+		sc.rcluster.MoveSlot(t, key, to)
+		c.waitMore(256 << 10)
+		from = to
+	}
+	_, before, _ := c.snapshot()
+	c.interrupt()
+
+	text, seqs, notices := c.snapshot()
+	t.Logf("%d frames, %d KiB of output; the gateway's notices: %q", len(seqs), len(text)>>10, notices)
+	requireConsecutive(t, before, before[0])
+	requireIncreasing(t, seqs)
+	c.requireStored(sc, "alice")
+	requireFloodLines(t, text, 2)
+}
+
 // TestCommandsThroughJobsFailover kills -9 the master of the jobs stream,
 // then, once the cluster is whole again, the master of the worker's
 // heartbeat, while two clients send a command every 400 ms. No command may
