@@ -166,11 +166,13 @@ func fieldOf(err error) string {
 	if errors.As(err, &te) && te.Field != "" {
 		field := te.Field[strings.LastIndexByte(te.Field, '.')+1:]
 		kind := "number"
-		switch te.Type.Kind().String() {
-		case "string":
+		switch k := te.Type.Kind().String(); {
+		case k == "string":
 			kind = "string"
-		case "bool":
+		case k == "bool":
 			kind = "boolean"
+		case strings.HasPrefix(k, "int") || strings.HasPrefix(k, "uint"):
+			kind = "whole number" // 1.5 is a number, and refused
 		}
 		return fmt.Sprintf("%s must be a %s", field, kind)
 	}
