@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 )
 
 // ClientMessage is a frame a client sends on /ws (PROTOCOL §3.1). Only the
@@ -70,7 +71,9 @@ func ParseClientMessage(data []byte) (*ClientMessage, error) {
 		return nil, WireError(ErrTextInvalidPayload)
 	}
 	var head struct {
-		Type json.RawMessage `json:"type"`
+		Type      json.RawMessage `json:"type"`
+		RequestID json.RawMessage `json:"requestId"`
+		SessionID json.RawMessage `json:"sessionId"`
 	}
 	if err := json.Unmarshal(trimmed, &head); err != nil {
 		return nil, WireError(ErrTextInvalidPayload)
@@ -83,7 +86,15 @@ func ParseClientMessage(data []byte) (*ClientMessage, error) {
 	if err := json.Unmarshal(trimmed, msg); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return nil, WireError(fmt.Sprintf("Invalid field %s: expected %s", typeErr.Field, typeErr.Type))
+			text := WireError(fmt.Sprintf("Invalid field %s: expected %s", typeErr.Field, jsonKind(typeErr.Type)))
+			// The answer names the request, when it can, so that the client
+			// knows which of its requests was refused.
+			reqErr := &RequestError{Text: text}
+			if validRequestID(head.RequestID) {
+				reqErr.RequestID = head.RequestID
+			}
+			_ = json.Unmarshal(head.SessionID, &reqErr.SessionID)
+			return nil, reqErr
 		}
 		return nil, WireError(ErrTextInvalidPayload)
 	}
@@ -91,6 +102,37 @@ func ParseClientMessage(data []byte) (*ClientMessage, error) {
 		return nil, WireError("Invalid field requestId: expected a string or a number")
 	}
 	return msg, nil
+}
+
+// RequestError is a message refused for a field of the wrong type, with
+// the requestId and sessionId it carried (either may be empty).
+type RequestError struct {
+	Text      WireError
+	RequestID json.RawMessage
+	SessionID string
+}
+
+func (e *RequestError) Error() string { return string(e.Text) }
+func (e *RequestError) Unwrap() error { return e.Text }
+
+// jsonKind names a Go type as the JSON a client should have sent.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "an object"
 }
 
 func validRequestID(raw json.RawMessage) bool {

@@ -44,6 +44,10 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 		return
 	}
 	msg, err := app.ParseClientMessage(data)
+	if reqErr := (*app.RequestError)(nil); errors.As(err, &reqErr) {
+		c.reply(&app.ErrorReply{Type: "error", Error: reqErr.Error(), RequestID: reqErr.RequestID, SessionID: reqErr.SessionID})
+		return
+	}
 	if err != nil {
 		c.reply(app.NewErrorReply(err.Error()))
 		return

@@ -74,8 +74,8 @@ func TestBadFramesGetClearErrors(t *testing.T) {
 		{`{"type":""}`, "Message type is required"},
 		{`{"type":42}`, "Message type is required"},
 		{`{"type":"fly-to-the-moon"}`, "Unknown message type: fly-to-the-moon"},
-		{`{"type":"claude-command","command":5}`, "Invalid field command: expected string"},
-		{`{"type":"check-session-status","sessionId":"x","lastSeq":"ten"}`, "Invalid field lastSeq: expected int64"},
+		{`{"type":"claude-command","command":5}`, "Invalid field command: expected a string"},
+		{`{"type":"check-session-status","sessionId":"x","lastSeq":"ten"}`, "Invalid field lastSeq: expected a whole number"},
 		{`{"type":"claude-command","requestId":{"a":1}}`, "Invalid field requestId: expected a string or a number"},
 	}
 	for _, tc := range cases {
@@ -84,6 +84,14 @@ func TestBadFramesGetClearErrors(t *testing.T) {
 		require.Equal(t, "error", m["type"], tc.frame)
 		require.Equal(t, tc.want, m["error"], tc.frame)
 	}
+	// A field of the wrong type: the answer names the request it refuses.
+	c.send(`{"type":"claude-command","command":5,"requestId":"r9"}`)
+	m := c.next()
+	require.Equal(t, "r9", m["requestId"], m)
+	c.send(`{"type":"check-session-status","sessionId":"s1","lastSeq":1.5}`)
+	m = c.next()
+	require.Equal(t, "Invalid field lastSeq: expected a whole number", m["error"], m)
+	require.Equal(t, "s1", m["sessionId"], m)
 	many := make([]map[string]any, maxSubscribe+1)
 	for i := range many {
 		many[i] = map[string]any{"sessionId": "s"}
