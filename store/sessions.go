@@ -175,10 +175,12 @@ func (s *Store) RunningSessions(ctx context.Context) ([]string, error) {
 	return ids, err
 }
 
-// RepairIndexesIfDue rebuilds the indexes (RebuildIndexes) when the last
-// rebuild is indexRepairInterval old. Running calls it; a caller that
-// times its reads calls it first, as it scans every key.
-func (s *Store) RepairIndexesIfDue(ctx context.Context) {
+// Running is RunningSessions with the sessions themselves, as it read
+// them: the reaper needs no second read of each. Only runningFields are
+// read (ID, Owner, Provider, State, RunID, Worker, StartedAt, UpdatedAt):
+// a pass reads every running session, and a whole hash each would be
+// garbage for the rest; read a session again before acting on it.
+func (s *Store) Running(ctx context.Context) ([]app.Session, error) {
 	s.repairMu.Lock()
 	due := time.Since(s.repairedAt) > indexRepairInterval
 	if due {
@@ -190,15 +192,6 @@ func (s *Store) RepairIndexesIfDue(ctx context.Context) {
 			s.log.Warn("rebuild indexes", "err", err)
 		}
 	}
-}
-
-// Running is RunningSessions with the sessions themselves, as it read
-// them: the reaper needs no second read of each. Only runningFields are
-// read (ID, Owner, Provider, State, RunID, Worker, StartedAt, UpdatedAt):
-// a pass reads every running session, and a whole hash each would be
-// garbage for the rest; read a session again before acting on it.
-func (s *Store) Running(ctx context.Context) ([]app.Session, error) {
-	s.RepairIndexesIfDue(ctx)
 	entries, err := s.rdb.ZRangeWithScores(ctx, s.k.running(), 0, -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("store: list running sessions: %w", err)

@@ -107,9 +107,6 @@ func (r *Reaper) Run(ctx context.Context) error {
 // answering for long enough that live workers have beaten since.
 func (r *Reaper) Pass(ctx context.Context) error {
 	st := r.cfg.Store
-	// The indexes' repair scans every key: it is not what makes a pass
-	// slow enough to have waited out an outage (stalled).
-	st.RepairIndexesIfDue(ctx)
 	r.passStart = time.Now()
 	if err := r.watchRedis(ctx); err != nil {
 		return err
