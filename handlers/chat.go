@@ -127,7 +127,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	}
 	began := time.Now()
 	ok, err := s.workerAvailable(ctx)
-	if store.Unavailable(err) || time.Since(began) > slowRedis {
+	if store.Unavailable(err) || time.Since(began) > store.SlowCall {
 		// A read that waited out a failover may have found the heartbeats
 		// that expired meanwhile (TestCommandsThroughJobsFailover).
 		s.shells.sawOutage()

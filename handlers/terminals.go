@@ -611,7 +611,7 @@ func (tm *terminals) run(ctx context.Context) {
 		for _, t := range list {
 			began := time.Now()
 			_, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0)
-			outage = outage || time.Since(began) > slowRedis
+			outage = outage || time.Since(began) > store.SlowCall
 			switch {
 			case errors.Is(err, store.ErrShellGone):
 				// Redis lost it with its data, and no exit can be recorded.
@@ -646,7 +646,7 @@ func (tm *terminals) run(ctx context.Context) {
 					outage = outage || store.Unavailable(err)
 					continue
 				}
-				outage = outage || time.Since(began) > slowRedis
+				outage = outage || time.Since(began) > store.SlowCall
 				alive[t.worker] = ok
 			}
 			if !ok && !outage && !tm.afterOutage() {
@@ -672,12 +672,6 @@ func (tm *terminals) missedExit(ctx context.Context, key string, gen int64) {
 	tm.log.Info("terminal exit read back: its message was missed", "shell", key, "gen", gen)
 	tm.message(key, store.ShellLive{Kind: 'e', Gen: gen, Seq: info.Seq, ExitCode: info.ExitCode, Signal: info.Signal, Reason: info.ExitReason})
 }
-
-// slowRedis is how long a Redis call takes when it waited out an outage
-// (go-redis retries through a failover, a restart): what it read may be a
-// promoted replica's, whose heartbeats expired while no worker could
-// write them. Such a call counts as meeting an outage.
-const slowRedis = time.Second
 
 // sawOutage notes that Redis could not be reached just now: until
 // quietUntil a worker missing from the registry may only have a

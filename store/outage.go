@@ -18,6 +18,13 @@ import (
 // restart: every other command gets LOADING.
 var ErrLoading = errors.New("store: Redis is loading its data")
 
+// SlowCall is how long a call takes when it waited out an outage (go-redis
+// retries through a failover or a restart): what it read may be a promoted
+// replica's, stale by the outage (heartbeats expired while no worker could
+// write them, watch times older than the last ones written). A caller that
+// acts on such a read counts the call as meeting an outage.
+const SlowCall = time.Second
+
 // Unavailable reports whether err means Redis did not answer the question
 // (it is down, unreachable, still loading its data after a restart, or too
 // slow), as opposed to an answer such as "no such session". Callers wait

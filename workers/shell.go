@@ -397,7 +397,7 @@ func (w *Worker) shellLoop(ctx context.Context) {
 		for _, sh := range list {
 			began := time.Now()
 			idle, err := w.st.ShellIdle(ctx, sh.key, sh.gen)
-			if err != nil && !errors.Is(err, store.ErrStaleShell) || time.Since(began) > slowRedis {
+			if err != nil && !errors.Is(err, store.ErrStaleShell) || time.Since(began) > store.SlowCall {
 				// Its gateways could not refresh it either; a failover's
 				// replica holds a watch time older than the last one.
 				sh.troubleAt = time.Now()
@@ -441,7 +441,7 @@ func (w *Worker) sweepOrphans(ctx context.Context) {
 	}
 	began := time.Now()
 	live, err := w.st.LiveWorkers(ctx)
-	if err != nil || time.Since(began) > slowRedis {
+	if err != nil || time.Since(began) > store.SlowCall {
 		return
 	}
 	alive := map[string]bool{w.cfg.ID: true}

@@ -433,12 +433,6 @@ func (w *Worker) control(c store.Control) {
 	}
 }
 
-// slowRedis is how long a Redis call takes when it waited out an outage
-// (go-redis retries through a failover or a restart): what it read may be
-// a promoted replica's, stale by the outage. Such a call counts as meeting
-// an outage.
-const slowRedis = time.Second
-
 // heartbeatLoop refreshes the heartbeat until ctx ends.
 // Runs in its own goroutine.
 func (w *Worker) heartbeatLoop(ctx context.Context) {
@@ -454,7 +448,7 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			if err != nil && ctx.Err() == nil {
 				w.log.Warn("heartbeat", "err", err)
 			}
-			if err != nil || time.Since(began) > slowRedis {
+			if err != nil || time.Since(began) > store.SlowCall {
 				w.troubleAt.Store(time.Now().UnixNano())
 			}
 			w.readJobsLag(ctx)
