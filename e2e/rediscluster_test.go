@@ -145,6 +145,17 @@ func TestRedisClusterFailover(t *testing.T) {
 	require.Equal(t, 1, completes)
 }
 
+// startClusterFlood starts two gateways and a worker on a fresh Redis
+// Cluster, and a flood in alice's terminal shellID; it returns the
+// terminal's hash key, whose slot the caller moves or fails over.
+func startClusterFlood(t *testing.T, shellID string) (*shellCluster, *floodClient, string) {
+	t.Helper()
+	sc := newShellClusterOn(t, newClusterOnRedisCluster(t, "/bin/false"))
+	c := sc.startFlood(sc.gw1, "alice", shellID)
+	key, _ := sc.shellHash("alice")
+	return sc, c, key
+}
+
 // TestShellFloodThroughFailover kills -9 the master that owns a flooding
 // terminal's slot. While its replica is promoted nothing may take the
 // outage for an end: not the worker (the watch time it reads back is older
@@ -157,9 +168,7 @@ func TestRedisClusterFailover(t *testing.T) {
 // runs of six.)
 func TestShellFloodThroughFailover(t *testing.T) {
 	t.Parallel()
-	sc := newShellClusterOn(t, newClusterOnRedisCluster(t, "/bin/false"))
-	c := sc.startFlood(sc.gw1, "alice", "failover")
-	key, _ := sc.shellHash("alice")
+	sc, c, key := startClusterFlood(t, "failover")
 	master := sc.rcluster.MasterOf(t, key)
 	t.Logf("killing master %s of the terminal's slot at %d KiB", master.Addr, c.received()>>10)
 	master.Stop()
@@ -182,9 +191,7 @@ func TestShellFloodThroughFailover(t *testing.T) {
 // frame is the stored chunk, and the lines are whole but at the Ctrl-C.
 func TestShellFloodThroughReshard(t *testing.T) {
 	t.Parallel()
-	sc := newShellClusterOn(t, newClusterOnRedisCluster(t, "/bin/false"))
-	c := sc.startFlood(sc.gw1, "alice", "reshard")
-	key, _ := sc.shellHash("alice")
+	sc, c, key := startClusterFlood(t, "reshard")
 	from := sc.rcluster.MasterOf(t, key)
 	for range 3 {
 		to := from
