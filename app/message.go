@@ -166,6 +166,11 @@ type ErrorReply struct {
 // because Redis did not answer.
 const StoreUnavailableError = "Session store unavailable (Redis is down or restarting); try again"
 
+// StoreFullError is the text of a reply to a request that needed Redis to
+// grow when it was at its maxmemory: it may succeed once keys expire or an
+// operator makes room.
+const StoreFullError = "Session store full (Redis reached its maxmemory); try again later"
+
 // NewErrorReply builds an error reply.
 func NewErrorReply(text string) ErrorReply { return ErrorReply{Type: "error", Error: text} }
 

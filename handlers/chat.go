@@ -210,9 +210,12 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	case err != nil:
 		s.hub.abandon(c, w, existed)
 		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
-		if store.Unavailable(err) {
+		switch {
+		case store.Unavailable(err):
 			fail(app.StoreUnavailableError)
-		} else {
+		case store.Full(err):
+			fail(app.StoreFullError)
+		default:
 			fail("Could not start the run; try again")
 		}
 		return

@@ -204,15 +204,18 @@ func (tm *terminals) refused(sock *shellSocket, text string) {
 	sock.error(text)
 }
 
-// fail tells sock that what failed, and the operator why; a Redis outage is
-// said as such, so that the user knows to try again.
+// fail tells sock that what failed, and the operator why; a Redis outage or
+// a full Redis is said as such, so that the user knows to try again.
 func (tm *terminals) fail(sock *shellSocket, what string, err error) {
 	tm.log.Warn("shell "+what, "user", sock.c.user.Name, "err", err)
-	if store.Unavailable(err) {
+	switch {
+	case store.Unavailable(err):
 		sock.notice("error", "Error: "+app.StoreUnavailableError)
-		return
+	case store.Full(err):
+		sock.notice("error", "Error: "+app.StoreFullError)
+	default:
+		sock.notice("error", "Error: "+what+" failed")
 	}
-	sock.notice("error", "Error: "+what+" failed")
 }
 
 // attach makes sock follow terminal key from seq from. It subscribes

@@ -51,11 +51,8 @@ func (s *Store) SendControl(ctx context.Context, worker string, c Control) error
 	if err != nil {
 		return fmt.Errorf("store: encode control: %w", err)
 	}
-	key := s.k.inbox(worker)
-	pipe := s.rdb.Pipeline()
-	pipe.XAdd(ctx, &redis.XAddArgs{Stream: key, MaxLen: inboxMaxLen, Approx: true, Values: []any{"msg", body}})
-	pipe.Expire(ctx, key, inboxTTL)
-	if _, err = pipe.Exec(ctx); err != nil {
+	err = s.sc.inboxSend.Run(ctx, s.rdb, []string{s.k.inbox(worker)}, inboxMaxLen, int(inboxTTL.Seconds()), body).Err()
+	if err != nil {
 		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, err)
 	}
 	return nil

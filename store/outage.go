@@ -57,6 +57,16 @@ func Unavailable(err error) bool {
 	return strings.Contains(err.Error(), "connection pool timeout") || strings.Contains(err.Error(), "i/o timeout")
 }
 
+// Full reports whether err is Redis refusing a write because it reached
+// its maxmemory (an OOM reply: noeviction, or nothing left to evict). It
+// answers other commands, reads and deletes among them, and frees memory
+// only as keys expire or an operator acts: a writer waits a while and tries
+// again (WaitAvailable would not wait, since Redis answers).
+func Full(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "OOM ")
+}
+
 // probeInterval bounds the pause between two probes of an unavailable Redis.
 const probeInterval = 500 * time.Millisecond
 

@@ -38,6 +38,12 @@ var (
 	indexTouchLua string
 	//go:embed lua/index_unlink.lua
 	indexUnlinkLua string
+	//go:embed lua/worker_beat.lua
+	workerBeatLua string
+	//go:embed lua/worker_register.lua
+	workerRegisterLua string
+	//go:embed lua/inbox_send.lua
+	inboxSendLua string
 )
 
 // scriptSet holds every script of a store. Each script touches the keys of
@@ -49,6 +55,7 @@ type scriptSet struct {
 	indexReserve, indexForget, indexTouch, indexUnlink *redis.Script
 	shellOpen, shellAppend, shellExit, shellTouch      *redis.Script
 	shellIdle, shellSet, shellForget, accountUID       *redis.Script
+	workerBeat, workerRegister, inboxSend              *redis.Script
 	publish                                            string // PUBLISH or SPUBLISH
 }
 
@@ -88,6 +95,9 @@ func newScriptSet(sharded bool) *scriptSet {
 		shellSet:         mk(shellSetLua),
 		shellForget:      mk(shellForgetLua),
 		accountUID:       mk(accountUIDLua),
+		workerBeat:       mk(workerBeatLua),
+		workerRegister:   mk(workerRegisterLua),
+		inboxSend:        mk(inboxSendLua),
 		publish:          pub,
 	}
 }

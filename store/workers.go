@@ -26,22 +26,19 @@ type WorkerInfo struct {
 // records the worker in the registry of workers.
 func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) error {
 	key := s.k.worker(w.ID)
-	// The hash and its TTL in one transaction (one key: one slot); the
-	// registry, in another slot on a cluster, next.
-	_, err := s.rdb.TxPipelined(ctx, func(tx redis.Pipeliner) error {
-		fields := []any{"id", w.ID, "host", w.Host, "pid", w.PID,
-			"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs}
-		if w.Link != "" {
-			fields = append(fields, "link", w.Link, "linkToken", w.LinkToken)
-		}
-		tx.HSet(ctx, key, fields...)
-		tx.PExpire(ctx, key, ttl)
-		return nil
-	})
-	if err != nil {
+	// The hash and its TTL in one script (one key: one slot); the
+	// registry, in another slot on a cluster, next. Both go through when
+	// Redis is at its maxmemory (the scripts say how): a full Redis must
+	// not make live workers look dead.
+	args := []any{ttl.Milliseconds(), "id", w.ID, "host", w.Host, "pid", w.PID,
+		"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs}
+	if w.Link != "" {
+		args = append(args, "link", w.Link, "linkToken", w.LinkToken)
+	}
+	if err := s.sc.workerBeat.Run(ctx, s.rdb, []string{key}, args...).Err(); err != nil {
 		return fmt.Errorf("store: heartbeat %s: %w", w.ID, err)
 	}
-	if err := s.rdb.ZAdd(ctx, s.k.workers(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: w.ID}).Err(); err != nil {
+	if err := s.sc.workerRegister.Run(ctx, s.rdb, []string{s.k.workers()}, time.Now().UnixMilli(), w.ID).Err(); err != nil {
 		return fmt.Errorf("store: heartbeat %s: register: %w", w.ID, err)
 	}
 	return nil

@@ -520,18 +520,18 @@ func (r *run) flushOne(events []app.Event, set map[string]string) {
 			r.stop(stopStale)
 			return
 		}
-		if store.Unavailable(err) && time.Now().Before(giveUp) {
+		if waitable(err) && time.Now().Before(giveUp) {
 			if attempt == 0 {
 				r.log.Warn("append events: waiting for Redis", "err", err)
 			}
 			r.storeWait.Store(true)
 			wait, cancel := context.WithDeadline(context.Background(), giveUp)
-			_ = r.w.st.WaitAvailable(wait)
+			waitStore(wait, r.w.st, err)
 			cancel()
 			r.storeWait.Store(false)
 			continue
 		}
-		if store.Unavailable(err) || attempt >= 3 {
+		if waitable(err) || attempt >= 3 {
 			r.log.Error("append events; stopping the run", "err", err)
 			r.stop(stopFailed)
 			return
@@ -551,8 +551,9 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 		if err == nil || errors.Is(err, app.ErrStaleRun) {
 			return
 		}
-		if store.Unavailable(err) {
-			_ = r.w.st.WaitAvailable(context.Background())
+		if waitable(err) {
+			// A run's end is recorded whenever Redis can take it.
+			waitStore(context.Background(), r.w.st, err)
 			continue
 		}
 		if time.Now().After(deadline) {
@@ -560,6 +561,31 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 			return
 		}
 		time.Sleep(backoff)
+	}
+}
+
+// fullPause is how long a write that Redis refused at its maxmemory waits
+// before it is tried again: Redis answers meanwhile, so there is nothing to
+// probe, and memory comes back only as keys expire or an operator acts.
+const fullPause = time.Second
+
+// waitable reports whether a write that failed with err is to be tried
+// again later rather than given up: Redis did not answer, or is full.
+func waitable(err error) bool { return store.Unavailable(err) || store.Full(err) }
+
+// waitStore waits before a write that failed with err is tried again: until
+// Redis answers after an outage, a pause when it is full; at most until ctx
+// ends.
+func waitStore(ctx context.Context, st *store.Store, err error) {
+	if !store.Full(err) {
+		_ = st.WaitAvailable(ctx)
+		return
+	}
+	t := time.NewTimer(fullPause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 

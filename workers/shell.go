@@ -349,12 +349,12 @@ func (sh *shell) recordExit(code int, sig string) {
 		if err == nil {
 			return
 		}
-		if !store.Unavailable(err) || !time.Now().Before(giveUp) {
+		if !waitable(err) || !time.Now().Before(giveUp) {
 			sh.log.Warn("record terminal exit", "err", err)
 			return
 		}
 		wait, cancel := context.WithDeadline(context.Background(), giveUp)
-		_ = sh.w.st.WaitAvailable(wait)
+		waitStore(wait, sh.w.st, err)
 		cancel()
 	}
 }

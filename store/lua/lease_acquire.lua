@@ -13,5 +13,10 @@ end
 if cur then
   return 0
 end
+-- The key is absent, so DEL changes nothing; as the script's first write
+-- it lets the SET run when Redis is at its maxmemory (which refuses only a
+-- script's first write): reaping, which frees memory, must not stop when
+-- Redis is full.
+redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1

@@ -28,6 +28,10 @@ local cur = redis.call('HMGET', hash, 'runId', 'state', 'id', 'worker', 'started
 if cur[2] ~= 'running' or (ARGV[1] ~= '' and cur[1] ~= ARGV[1]) then
   return redis.error_reply('STALE')
 end
+-- The job goes first: DEL cannot grow memory, and Redis at its maxmemory
+-- refuses only a script's first write, so a run's end (small: a few
+-- events) is recorded when Redis is full too, and its clients hear it.
+redis.call('DEL', KEYS[4])
 raise(hash, ARGV[10])
 local runId = cur[1]
 local n = tonumber(ARGV[11])
@@ -47,7 +51,7 @@ emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'session-state-changed', ARGV[8],
 local seq = emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, 'complete', ARGV[7], '')
 redis.call('HSET', hash, 'state', ARGV[4], 'exitCode', ARGV[5], 'statusText', '',
   'canInterrupt', 0, 'updatedAt', changed)
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 local out = {runId, cur[4] or '', seq, cur[6] or '', changed}
 for _, rid in ipairs(pending) do

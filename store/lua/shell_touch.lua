@@ -22,6 +22,14 @@ end
 if ARGV[2] == '0' and cur[2] == 'exited' then
   return -3
 end
+if cur[2] ~= 'exited' then
+  -- A live terminal's hash has no TTL, so PERSIST changes nothing; as the
+  -- script's first write it lets the rest (fields that are there already)
+  -- run when Redis is at its maxmemory, which refuses only a script's
+  -- first write: a full Redis must not make watched terminals look
+  -- detached to their worker.
+  redis.call('PERSIST', hash)
+end
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local n = tonumber(redis.call('HGET', hash, 'attached') or '0')

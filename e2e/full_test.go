@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// setMaxmemory sets maxmemory (with noeviction) on the cluster's Redis, on
+// every master of a Redis Cluster. "1" makes every write that could grow
+// memory fail with OOM, "0" lifts the limit.
+func (c *cluster) setMaxmemory(v string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	set := func(ctx context.Context, rdb redis.Cmdable) error {
+		if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+			return err
+		}
+		return rdb.ConfigSet(ctx, "maxmemory", v).Err()
+	}
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		require.NoError(c.t, cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return set(ctx, m) }))
+		return
+	}
+	require.NoError(c.t, set(ctx, c.rdb))
+}
+
+// fill makes Redis full (every write that could grow memory is refused)
+// until the test ends or lift.
+func (c *cluster) fill() {
+	c.t.Helper()
+	c.setMaxmemory("1")
+	c.t.Cleanup(func() { c.setMaxmemory("0") })
+}
+
+// TestRunThroughFullRedis: Redis reaches its maxmemory (noeviction) in the
+// middle of a run, for several heartbeat TTLs. The worker stays alive (its
+// heartbeat goes through), so nothing is reaped as "worker lost" and a
+// status still says running; a new command is told the store is full, not
+// that no worker runs; the run's output waits in the worker and, once
+// Redis has room again, every event arrives once, in order, through one
+// successful complete.
+func TestRunThroughFullRedis(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "", longRun("full", 5, 100*time.Millisecond)...)
+	gw := cl.startGateway("gw")
+	w := cl.startWorker("worker")
+	c1 := cl.dial(gw, "alice")
+	sid := startLongRun(t, cl, c1, "full")
+	waitMidRun(t, c1, sid)
+
+	cl.fill()
+	time.Sleep(3 * time.Second) // three heartbeat TTLs of the e2e workers
+
+	c2 := cl.dial(gw, "alice")
+	c2.send(cl.command("hello", "", "req-full"))
+	f := c2.waitReply("error", func(f frame) bool { return f.str("requestId") == "req-full" })
+	require.Equal(t, app.StoreFullError, f.str("error"), f.raw)
+	st := status(t, c2, sid, nil)
+	require.Equal(t, true, st.m["isProcessing"], st.raw)
+	require.Equal(t, "1", cl.workerRuns(w), "the worker's heartbeat lives while Redis is full")
+
+	cl.setMaxmemory("0")
+	evs := c1.waitEnd(sid, 1, 60*time.Second)
+	sum := checkRun(t, evs, 1)
+	requireComplete(t, sum.completes[0], 0, true, false)
+	for _, e := range evs {
+		require.NotContains(t, e.Raw, "worker lost", "the worker was alive all along")
+	}
+	require.Equal(t, 5, countKind(evs, "tool_result"), kinds(evs))
+}
+
+// TestAbortWhenRedisIsFull: an abort while Redis is full ends the run at
+// once (its complete is small and goes through) and reaches the worker,
+// which stops the CLI: an agent the user stopped must not go on running
+// tools until Redis has room.
+func TestAbortWhenRedisIsFull(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "", longRun("fullabort", 8, 300*time.Millisecond)...)
+	gw := cl.startGateway("gw")
+	w := cl.startWorker("worker")
+	c1 := cl.dial(gw, "alice")
+	sid := startLongRun(t, cl, c1, "fullabort")
+	waitMidRun(t, c1, sid)
+
+	cl.fill()
+	time.Sleep(time.Second)
+	c1.send(map[string]any{"type": "abort-session", "sessionId": sid, "provider": "claude"})
+	evs := c1.waitEnd(sid, 1, 20*time.Second)
+	sum := checkRun(t, evs, 1)
+	requireComplete(t, sum.completes[0], 0, false, true)
+
+	eventually(t, 15*time.Second, "the worker stops the aborted run's CLI while Redis is full", func() bool {
+		return cl.workerRuns(w) == "0"
+	})
+	turns := len(cl.mock.ScriptedRequests())
+	time.Sleep(2 * time.Second)
+	require.Equal(t, turns, len(cl.mock.ScriptedRequests()), "the CLI asked the model again after the abort")
+}
+
+// TestTerminalWhenRedisIsFull: while Redis is full a watched terminal is
+// not taken for detached (its watch time is still refreshed) and lives on
+// past the detach timeout; what it prints meanwhile is dropped, as in an
+// outage; a new terminal is refused with the store-full text; once Redis
+// has room the terminal's output flows again.
+func TestTerminalWhenRedisIsFull(t *testing.T) {
+	t.Parallel()
+	sc := newShellCluster(t)
+	a := sc.openShell(sc.gw1, "alice", "full")
+	a.typeLine("echo alive-$((1+1))")
+	a.waitText(0, "alive-2", 10*time.Second)
+
+	sc.fill()
+	b := sc.dialShell(sc.gw2, "bob")
+	b.send(sc.plainInit("full2"))
+	b.waitText(0, app.StoreFullError, 15*time.Second)
+	time.Sleep(5 * time.Second) // past the detach timeout (3 s)
+
+	sc.setMaxmemory("0")
+	mark := a.mark()
+	a.typeLine("echo after-$((3+3))")
+	a.waitText(mark, "after-6", 10*time.Second)
+	for _, f := range a.outputs(0) {
+		require.NotEqual(t, "exit", f.str("type"), f.raw)
+	}
+}
