@@ -171,6 +171,11 @@ const StoreUnavailableError = "Session store unavailable (Redis is down or resta
 // operator makes room.
 const StoreFullError = "Session store full (Redis reached its maxmemory); try again later"
 
+// StoreRefusedError is the text of a reply to a request that needed a
+// write Redis refused because it cannot persist its data (MISCONF: its
+// last background save failed, as on a full disk).
+const StoreRefusedError = "Session store refuses writes (Redis cannot save its data); try again later"
+
 // NewErrorReply builds an error reply.
 func NewErrorReply(text string) ErrorReply { return ErrorReply{Type: "error", Error: text} }
 

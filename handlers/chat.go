@@ -100,10 +100,25 @@ const maxSubscribe = 100
 // subscribe to a session: the store's outage when that is why (the
 // session's node of a cluster failing over, Redis restarting).
 func followError(err error) string {
-	if store.Unavailable(err) {
-		return app.StoreUnavailableError
+	if text := storeErrorText(err); text != "" {
+		return text
 	}
 	return "Gateway could not follow the session; try again"
+}
+
+// storeErrorText is what a client is told of a request that failed with
+// err because Redis did not take it: down or restarting, full, or unable
+// to save its data; "" when err is another error.
+func storeErrorText(err error) string {
+	switch {
+	case store.Unavailable(err):
+		return app.StoreUnavailableError
+	case store.Full(err):
+		return app.StoreFullError
+	case store.Refused(err):
+		return app.StoreRefusedError
+	}
+	return ""
 }
 
 // command starts a run (PROTOCOL §3.3).
@@ -145,10 +160,15 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		}
 	}
 	if !ok {
-		// While Redis is away no worker is known: say so, not that
-		// there is none.
-		if store.Unavailable(err) {
-			fail(app.StoreUnavailableError)
+		// While Redis is away no worker is known, and while it refuses
+		// writes none can beat: say so, not that there is none.
+		if err == nil {
+			if err = s.st.CheckWritable(ctx); store.Refused(err) {
+				s.shells.sawOutage()
+			}
+		}
+		if text := storeErrorText(err); text != "" {
+			fail(text)
 		} else {
 			fail("No worker available: start `agentgate worker`")
 		}
@@ -210,12 +230,9 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	case err != nil:
 		s.hub.abandon(c, w, existed)
 		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
-		switch {
-		case store.Unavailable(err):
-			fail(app.StoreUnavailableError)
-		case store.Full(err):
-			fail(app.StoreFullError)
-		default:
+		if text := storeErrorText(err); text != "" {
+			fail(text)
+		} else {
 			fail("Could not start the run; try again")
 		}
 		return

@@ -204,16 +204,14 @@ func (tm *terminals) refused(sock *shellSocket, text string) {
 	sock.error(text)
 }
 
-// fail tells sock that what failed, and the operator why; a Redis outage or
-// a full Redis is said as such, so that the user knows to try again.
+// fail tells sock that what failed, and the operator why; a Redis outage,
+// or a Redis that refuses writes, is said as such, so that the user knows
+// to try again.
 func (tm *terminals) fail(sock *shellSocket, what string, err error) {
 	tm.log.Warn("shell "+what, "user", sock.c.user.Name, "err", err)
-	switch {
-	case store.Unavailable(err):
-		sock.notice("error", "Error: "+app.StoreUnavailableError)
-	case store.Full(err):
-		sock.notice("error", "Error: "+app.StoreFullError)
-	default:
+	if text := storeErrorText(err); text != "" {
+		sock.notice("error", "Error: "+text)
+	} else {
 		sock.notice("error", "Error: "+what+" failed")
 	}
 }
@@ -603,9 +601,10 @@ func (tm *terminals) run(ctx context.Context) {
 			f.mu.Unlock()
 		}
 		if len(list) == 0 {
-			// Nothing to refresh: still notice an outage, for the
-			// reattaches that follow it.
-			if err := tm.st.Ping(ctx); store.Unavailable(err) {
+			// Nothing to refresh: still notice an outage, or a Redis
+			// that refuses writes (no heartbeat is written meanwhile),
+			// for the reattaches and commands that follow it.
+			if err := tm.st.CheckWritable(ctx); store.Unavailable(err) || store.Refused(err) {
 				outage = true
 				tm.sawOutage()
 			}
@@ -635,7 +634,9 @@ func (tm *terminals) run(ctx context.Context) {
 				tm.missedExit(ctx, t.key, t.gen)
 				continue
 			case err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil:
-				outage = outage || store.Unavailable(err)
+				// A Redis that refuses writes takes no heartbeat either:
+				// an expired one then says nothing of its worker.
+				outage = outage || store.Unavailable(err) || store.Refused(err)
 				tm.log.Warn("shell refresh", "err", err)
 			}
 			if t.worker == "" {

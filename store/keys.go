@@ -26,6 +26,9 @@ func (k keys) perms(id string) string { return k.session(id) + ":perms" }
 // until the run ends so that a job the jobs stream lost can be queued again.
 func (k keys) job(id string) string { return k.session(id) + ":job" }
 
+// writable is `ag:writable`, a key never set: CheckWritable deletes it.
+func (k keys) writable() string { return k.prefix + ":writable" }
+
 // live is the pub/sub channel of a session's events.
 func (k keys) live(id string) string { return k.session(id) + ":live" }
 

@@ -16,7 +16,7 @@ import (
 // serves them on /metrics, a worker on its --metrics-listen address.
 var (
 	commandSeconds = metrics.NewHistogramVec("agentgate_redis_command_seconds", "Round trips to Redis by command (a pipeline counts once, as pipeline); blocking reads include their wait.", metrics.ExponentialBuckets(0.0001, 4, 8), "command")
-	commandErrors  = metrics.NewCounterVec("agentgate_redis_errors_total", "Redis commands that failed, by kind (unavailable: down, loading or unreachable; full: a write refused at maxmemory; reply: an error reply such as STALE, the refusal of a stale run; other: anything else).", "kind")
+	commandErrors  = metrics.NewCounterVec("agentgate_redis_errors_total", "Redis commands that failed, by kind (unavailable: down, loading or unreachable; full: a write refused at maxmemory; refused: a write refused because Redis cannot persist (MISCONF); reply: an error reply such as STALE, the refusal of a stale run; other: anything else).", "kind")
 )
 
 // metricsHook times every command the store sends. The command label is
@@ -74,6 +74,8 @@ func observeCommand(name string, start time.Time, err error) {
 		commandErrors.WithLabelValues("unavailable").Inc()
 	case Full(err):
 		commandErrors.WithLabelValues("full").Inc()
+	case Refused(err):
+		commandErrors.WithLabelValues("refused").Inc()
 	case errors.As(err, &reply):
 		// NOSCRIPT is how a script is loaded (go-redis sends it whole
 		// next), BUSYGROUP a group that exists: neither is a failure.

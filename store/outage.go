@@ -60,11 +60,33 @@ func Unavailable(err error) bool {
 // Full reports whether err is Redis refusing a write because it reached
 // its maxmemory (an OOM reply: noeviction, or nothing left to evict). It
 // answers other commands, reads and deletes among them, and frees memory
-// only as keys expire or an operator acts: a writer waits a while and tries
-// again (WaitAvailable would not wait, since Redis answers).
-func Full(err error) bool {
+// only as keys expire or an operator acts.
+func Full(err error) bool { return replyPrefix(err, "OOM ") }
+
+// Refused reports whether err is Redis answering but refusing a write for
+// now: it is Full, or it cannot persist its data (MISCONF: a background
+// save failed, on a full or broken disk, and Redis takes no write at all
+// until one succeeds). A writer waits a while and tries again
+// (WaitAvailable would not wait: Redis answers).
+func Refused(err error) bool { return Full(err) || replyPrefix(err, "MISCONF ") }
+
+// replyPrefix reports whether err is an error reply of Redis that starts
+// with prefix.
+func replyPrefix(err error, prefix string) bool {
 	var rerr redis.Error
-	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "OOM ")
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), prefix)
+}
+
+// CheckWritable asks Redis to take a write that changes nothing (the
+// delete of a key never set). It fails when Redis takes no writes though it
+// answers (Refused: it cannot persist its data; a read-only replica), as
+// well as when it does not answer. Redis at its maxmemory takes it: a
+// delete cannot grow memory.
+func (s *Store) CheckWritable(ctx context.Context) error {
+	if err := s.rdb.Del(ctx, s.k.writable()).Err(); err != nil {
+		return fmt.Errorf("store: check that Redis takes writes: %w", err)
+	}
+	return nil
 }
 
 // probeInterval bounds the pause between two probes of an unavailable Redis.

@@ -96,7 +96,7 @@ func (r *Reaper) Run(ctx context.Context) error {
 		case <-t.C:
 			// An outage is said once, not every pass.
 			wasOut := r.outage
-			if err := r.Pass(ctx); err != nil && ctx.Err() == nil && !(wasOut && store.Unavailable(err)) {
+			if err := r.Pass(ctx); err != nil && ctx.Err() == nil && !(wasOut && waitable(err)) {
 				r.log.Warn("reap", "err", err)
 			}
 		}
@@ -113,7 +113,10 @@ func (r *Reaper) Pass(ctx context.Context) error {
 	}
 	ok, err := st.AcquireLease(ctx, reaperLease, r.cfg.Holder, 3*r.cfg.Interval)
 	if err != nil || !ok {
-		r.outage = r.outage || store.Unavailable(err)
+		// A Redis that refuses writes (it cannot persist) takes no
+		// heartbeat either: once it takes them again, the workers need
+		// time to write theirs, as after an outage.
+		r.outage = r.outage || waitable(err)
 		return err
 	}
 	if wait := time.Until(r.quietUntil); wait > 0 {
@@ -247,8 +250,12 @@ func (r *Reaper) watchRedis(ctx context.Context) error {
 	now := time.Now()
 	switch {
 	case r.outage:
+		if !now.Before(r.quietUntil) {
+			// Said once: a Redis that answers but refuses writes comes
+			// back here at every pass.
+			r.log.Info("Redis answers again; reaping waits for heartbeats", "for", grace)
+		}
 		r.quietUntil = now.Add(grace)
-		r.log.Info("Redis answers again; reaping waits for heartbeats", "for", grace)
 	case err == nil && r.runID != "" && id.RunID != r.runID:
 		r.quietUntil = now.Add(grace)
 		r.log.Info("Redis restarted; reaping waits for heartbeats", "for", grace)

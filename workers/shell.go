@@ -97,6 +97,10 @@ type shell struct {
 	// batches numbers the output appends (flushLoop), so that one that
 	// go-redis resends after a lost reply is not stored twice.
 	batches int64
+	// dropping says that the last append failed (its output was
+	// dropped): the failure is logged when it begins and when it ends,
+	// not for every append of a flood. flushLoop's alone.
+	dropping bool
 
 	urls urlDetector
 
@@ -411,7 +415,10 @@ func (w *Worker) shellLoop(ctx context.Context) {
 				if ctx.Err() == nil {
 					sh.log.Warn("check terminal", "err", err)
 				}
-			case time.Duration(idle)*time.Millisecond >= timeout && time.Since(sh.troubleAt) >= timeout:
+			case time.Duration(idle)*time.Millisecond >= timeout && time.Since(sh.troubleAt) >= timeout &&
+				time.Since(time.Unix(0, w.troubleAt.Load())) >= timeout:
+				// Nor while this worker's own writes fail (its heartbeat):
+				// a Redis that refuses writes took no gateway's refresh.
 				sh.log.Info("terminal detached too long: killing it", "idle", time.Duration(idle)*time.Millisecond)
 				sh.kill()
 			}

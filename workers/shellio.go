@@ -164,8 +164,15 @@ func (sh *shell) append(chunks [][]byte) {
 	if err != nil {
 		// Dropped: holding output while Redis is away would grow without
 		// bound, and the client can see a gap in seq.
-		sh.log.Warn("store terminal output", "err", err)
+		if !sh.dropping {
+			sh.log.Warn("store terminal output: dropping it until Redis takes it", "err", err)
+		}
+		sh.dropping = true
 		return
+	}
+	if sh.dropping {
+		sh.log.Info("storing terminal output again")
+		sh.dropping = false
 	}
 	for _, c := range chunks {
 		for _, a := range sh.urls.scan(c) {

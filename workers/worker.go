@@ -130,8 +130,10 @@ type Worker struct {
 	shells shellSet // terminals (shell.go)
 
 	// troubleAt (Unix nanoseconds) is when this worker last met Redis
-	// away or slow (heartbeat, terminal checks): for a while after, other
-	// workers' heartbeats may still be missing (sweepOrphans).
+	// away, slow or refusing writes (heartbeat, terminal checks): for a
+	// while after, other workers' heartbeats may still be missing
+	// (sweepOrphans), and gateways' refreshes of watch times too
+	// (shellLoop).
 	troubleAt atomic.Int64
 
 	// pollBlock bounds each blocking read of the jobs stream and the inbox:
@@ -284,6 +286,7 @@ func (w *Worker) drain() {
 func (w *Worker) jobLoop(ctx context.Context) {
 	reclaim := time.NewTicker(reclaimIdle / 3)
 	defer reclaim.Stop()
+	failing := false // a failure is said when it begins and when it ends
 	for ctx.Err() == nil {
 		free := w.freeSlots()
 		if free <= 0 {
@@ -306,10 +309,17 @@ func (w *Worker) jobLoop(ctx context.Context) {
 		entries, err := w.st.ReadJobs(ctx, w.cfg.ID, min(16, free), w.pollBlock)
 		if err != nil {
 			if ctx.Err() == nil {
-				w.log.Warn("read jobs", "err", err)
+				if !failing {
+					w.log.Warn("read jobs", "err", err)
+				}
+				failing = true
 				sleep(ctx, time.Second)
 			}
 			continue
+		}
+		if failing {
+			w.log.Info("reading jobs again")
+			failing = false
 		}
 		for _, e := range entries {
 			w.take(ctx, e)
@@ -438,6 +448,7 @@ func (w *Worker) control(c store.Control) {
 func (w *Worker) heartbeatLoop(ctx context.Context) {
 	t := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
+	failing := false // a failure is said when it begins and when it ends
 	for {
 		select {
 		case <-ctx.Done():
@@ -445,8 +456,13 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 		case <-t.C:
 			began := time.Now()
 			err := w.beat(ctx)
-			if err != nil && ctx.Err() == nil {
+			switch {
+			case err != nil && ctx.Err() == nil && !failing:
 				w.log.Warn("heartbeat", "err", err)
+				failing = true
+			case err == nil && failing:
+				w.log.Info("heartbeat written again")
+				failing = false
 			}
 			if err != nil || time.Since(began) > store.SlowCall {
 				w.troubleAt.Store(time.Now().UnixNano())

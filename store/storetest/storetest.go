@@ -20,6 +20,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/store"
 )
@@ -344,4 +345,50 @@ func UsedMemory(tb testing.TB, rdb redis.UniversalClient) int64 {
 	}
 	tb.Fatal("no used_memory in INFO memory")
 	return 0
+}
+
+// FailSnapshot makes the server refuse every write with MISCONF, as Redis
+// does once a background save failed (a full or broken disk) while
+// snapshots are configured: it configures one, starts a background save
+// slowed down per key, and kills the save's child process (a child of the
+// server, by its PID). FixSnapshot ends it.
+func (s *Server) FailSnapshot(t testing.TB) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, Password: s.password})
+	defer rdb.Close()
+	ctx := context.Background()
+	require.NoError(t, rdb.Set(ctx, "storetest:snapshot", "x", 0).Err()) // a key to slow the save on
+	require.NoError(t, rdb.ConfigSet(ctx, "save", "3600 1").Err())
+	require.NoError(t, rdb.ConfigSet(ctx, "rdb-key-save-delay", "1000000").Err())
+	require.NoError(t, rdb.BgSave(ctx).Err())
+	pid := s.cmd.Process.Pid
+	var child int
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if err != nil {
+			return false
+		}
+		_, err = fmt.Sscan(string(b), &child)
+		return err == nil && child > 0
+	}, 5*time.Second, 5*time.Millisecond, "the background save's child")
+	require.NoError(t, syscall.Kill(child, syscall.SIGKILL))
+	require.Eventually(t, func() bool {
+		info, err := rdb.Info(ctx, "persistence").Result()
+		return err == nil && strings.Contains(info, "rdb_last_bgsave_status:err") && strings.Contains(info, "rdb_bgsave_in_progress:0")
+	}, 5*time.Second, 5*time.Millisecond, "the failed save")
+}
+
+// FixSnapshot saves successfully again, after which the server takes
+// writes.
+func (s *Server) FixSnapshot(t testing.TB) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, Password: s.password})
+	defer rdb.Close()
+	ctx := context.Background()
+	require.NoError(t, rdb.ConfigSet(ctx, "rdb-key-save-delay", "0").Err())
+	require.NoError(t, rdb.BgSave(ctx).Err())
+	require.Eventually(t, func() bool {
+		info, err := rdb.Info(ctx, "persistence").Result()
+		return err == nil && strings.Contains(info, "rdb_last_bgsave_status:ok") && strings.Contains(info, "rdb_bgsave_in_progress:0")
+	}, 10*time.Second, 5*time.Millisecond, "a good save")
 }

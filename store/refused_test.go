@@ -84,3 +84,34 @@ func TestWritesWhenRedisIsFull(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, "running", string(sum.State))
 }
+
+// TestWritesWhenRedisCannotSave: a Redis that cannot persist (MISCONF)
+// refuses every write, the ones that go through a full Redis too; the
+// errors are Refused (writers wait and retry), not Full and not an outage,
+// and CheckWritable tells it, while a full Redis passes it.
+func TestWritesWhenRedisCannotSave(t *testing.T) {
+	srv := storetest.StartServer(t)
+	st := storetest.New(t, srv.URL)
+	rdb := redisClient(t, srv.URL)
+	ctx := context.Background()
+	require.NoError(t, st.CheckWritable(ctx))
+	w := store.WorkerInfo{ID: "w1", StartedAt: time.Now()}
+	require.NoError(t, st.Heartbeat(ctx, w, 10*time.Second))
+
+	srv.FailSnapshot(t)
+	for name, err := range map[string]error{
+		"check":     st.CheckWritable(ctx),
+		"heartbeat": st.Heartbeat(ctx, w, 10*time.Second),
+		"control":   st.SendControl(ctx, "w1", store.Control{Type: store.ControlAbort}),
+	} {
+		require.True(t, store.Refused(err), "%s: %v", name, err)
+		require.False(t, store.Full(err), "%s: %v", name, err)
+		require.False(t, store.Unavailable(err), "%s: %v", name, err)
+	}
+	srv.FixSnapshot(t)
+	require.NoError(t, st.Heartbeat(ctx, w, 10*time.Second))
+
+	require.NoError(t, rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())
+	require.NoError(t, rdb.ConfigSet(ctx, "maxmemory", "1").Err())
+	require.NoError(t, st.CheckWritable(ctx), "a delete goes through a full Redis")
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 // setMaxmemory sets maxmemory (with noeviction) on the cluster's Redis, on
@@ -49,24 +50,40 @@ func (c *cluster) fill() {
 func TestRunThroughFullRedis(t *testing.T) {
 	t.Parallel()
 	cl := newCluster(t, "", longRun("full", 5, 100*time.Millisecond)...)
+	runThroughRefusedWrites(t, cl, "full", app.StoreFullError, cl.fill, func() { cl.setMaxmemory("0") },
+		func(w *proc, c *wsClient, sid string) {
+			st := status(t, c, sid, nil)
+			require.Equal(t, true, st.m["isProcessing"], st.raw)
+			require.Equal(t, "1", cl.workerRuns(w), "the worker's heartbeat lives while Redis is full")
+		})
+}
+
+// runThroughRefusedWrites is a run through a Redis that refuses writes:
+// refuse starts it in the middle of the run, for three heartbeat TTLs of
+// the e2e workers, during which a command is told text and check looks
+// at the worker and the session; allow ends it. The run then goes on, is
+// not reaped as "worker lost", and every event arrives once, in order,
+// through one successful complete.
+func runThroughRefusedWrites(t *testing.T, cl *cluster, marker, text string, refuse, allow func(), check func(w *proc, c *wsClient, sid string)) {
+	t.Helper()
 	gw := cl.startGateway("gw")
 	w := cl.startWorker("worker")
 	c1 := cl.dial(gw, "alice")
-	sid := startLongRun(t, cl, c1, "full")
+	sid := startLongRun(t, cl, c1, marker)
 	waitMidRun(t, c1, sid)
 
-	cl.fill()
-	time.Sleep(3 * time.Second) // three heartbeat TTLs of the e2e workers
+	refuse()
+	time.Sleep(3 * time.Second)
 
 	c2 := cl.dial(gw, "alice")
-	c2.send(cl.command("hello", "", "req-full"))
-	f := c2.waitReply("error", func(f frame) bool { return f.str("requestId") == "req-full" })
-	require.Equal(t, app.StoreFullError, f.str("error"), f.raw)
-	st := status(t, c2, sid, nil)
-	require.Equal(t, true, st.m["isProcessing"], st.raw)
-	require.Equal(t, "1", cl.workerRuns(w), "the worker's heartbeat lives while Redis is full")
+	c2.send(cl.command("hello", "", "req-"+marker+"-2"))
+	f := c2.waitReply("error", func(f frame) bool { return f.str("requestId") == "req-"+marker+"-2" })
+	require.Equal(t, text, f.str("error"), f.raw)
+	if check != nil {
+		check(w, c2, sid)
+	}
 
-	cl.setMaxmemory("0")
+	allow()
 	evs := c1.waitEnd(sid, 1, 60*time.Second)
 	sum := checkRun(t, evs, 1)
 	requireComplete(t, sum.completes[0], 0, true, false)
@@ -129,4 +146,45 @@ func TestTerminalWhenRedisIsFull(t *testing.T) {
 	for _, f := range a.outputs(0) {
 		require.NotEqual(t, "exit", f.str("type"), f.raw)
 	}
+}
+
+// TestRunThroughRedisThatCannotSave: Redis refuses every write (MISCONF,
+// as after a failed background save on a full disk) in the middle of a
+// run, for several heartbeat TTLs, then saves again. No heartbeat can be
+// written meanwhile: a command is told the store refuses writes (not that
+// no worker runs), the run's output waits in the worker, and afterwards
+// the run goes on, is not reaped as "worker lost", and every event
+// arrives once, in order, through one successful complete.
+func TestRunThroughRedisThatCannotSave(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, storetest.Options{}, "", longRun("nosave", 5, 100*time.Millisecond)...)
+	runThroughRefusedWrites(t, cl, "nosave", app.StoreRefusedError,
+		func() { cl.redis.FailSnapshot(t) }, func() { cl.redis.FixSnapshot(t) }, nil)
+}
+
+// TestTerminalThroughRedisThatCannotSave: a watched terminal outlives a
+// Redis that refuses every write for longer than the detach timeout and
+// the heartbeat TTL (no watch time and no heartbeat can be written): its
+// worker does not take it for detached, nor a gateway for lost, and once
+// Redis saves again its output flows.
+func TestTerminalThroughRedisThatCannotSave(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, storetest.Options{}, "/bin/false")
+	sc := newShellClusterOn(t, cl)
+	a := sc.openShell(sc.gw1, "alice", "nosave")
+	a.typeLine("echo alive-$((1+1))")
+	a.waitText(0, "alive-2", 10*time.Second)
+
+	cl.redis.FailSnapshot(t)
+	time.Sleep(7 * time.Second) // past the detach timeout (3 s) and a gateway's check (5 s)
+	cl.redis.FixSnapshot(t)
+	time.Sleep(3 * time.Second) // the gateways' next check, with heartbeats maybe not yet back
+
+	mark := a.mark()
+	a.typeLine("echo after-$((3+3))")
+	a.waitText(mark, "after-6", 10*time.Second)
+	for _, f := range a.outputs(0) {
+		require.NotEqual(t, "exit", f.str("type"), f.raw)
+	}
+	require.NotContains(t, a.text(0), "Terminal lost")
 }
