@@ -422,7 +422,11 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	}
 	if err != nil {
 		s.log.Warn("abort", "session", sess.ID, "err", err)
-		c.reply(&app.ErrorReply{Type: "error", Error: "Could not abort the run; try again", SessionID: sess.ID})
+		text := storeErrorText(err)
+		if text == "" {
+			text = "Could not abort the run; try again"
+		}
+		c.reply(&app.ErrorReply{Type: "error", Error: text, SessionID: sess.ID, Retryable: true})
 		return
 	}
 	if !c.watching(sess.ID) {

@@ -928,6 +928,33 @@ func TestRESTWhileRedisIsDown(t *testing.T) {
 	}
 }
 
+// TestAbortWhileRedisCannotSave: an abort that Redis refuses (MISCONF, it
+// cannot save) is told so, retryable, over REST (503) and on the socket,
+// not as an internal error; once Redis saves again the abort goes through.
+func TestAbortWhileRedisCannotSave(t *testing.T) {
+	srv := storetest.StartServer(t)
+	st := storetest.New(t, srv.URL)
+	g, _, c, id, _ := startRun(t, st)
+	alice := token(t, "alice", false)
+	abort := func() (int, map[string]any) {
+		return httpDo(t, http.MethodPost, g.ts.URL+"/api/sessions/"+id+"/abort", alice)
+	}
+
+	srv.FailSnapshot(t)
+	code, body := abort()
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Equal(t, app.StoreRefusedError, body["error"])
+	c.send(map[string]any{"type": "abort-session", "sessionId": id})
+	ms := c.until(func(m map[string]any) bool { return m["type"] == "error" })
+	m := ms[len(ms)-1]
+	require.Equal(t, app.StoreRefusedError, m["error"])
+	require.Equal(t, true, m["retryable"])
+
+	srv.FixSnapshot(t)
+	code, body = abort()
+	require.Equal(t, http.StatusOK, code, "%v", body)
+}
+
 // TestDrainClosesSocketsMidUpgrade: a socket whose upgrade passed the
 // draining check before Drain, and connects after Drain listed the open
 // sockets, closes itself with 1001 rather than stay open on a drained

@@ -263,7 +263,14 @@ func newStore(t *testing.T, b storetest.Backend, cfg ...store.Config) *store.Sto
 
 func httpGet(t *testing.T, url, tok string) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
+	return httpDo(t, http.MethodGet, url, tok)
+}
+
+// httpDo sends a request without a body, with tok as its bearer token
+// ("" for none), and returns the status and the decoded JSON body.
+func httpDo(t *testing.T, method, url, tok string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
 	require.NoError(t, err)
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)

@@ -7,7 +7,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
 )
 
@@ -40,11 +39,14 @@ func (s *Server) httpError(err error, c echo.Context) {
 		return
 	}
 	code, msg := http.StatusInternalServerError, "internal error"
-	if store.Unavailable(err) {
-		// Retryable, and said so: the same answer as on the sockets.
-		storeWaits.Inc()
+	if text := storeErrorText(err); text != "" {
+		// Retryable, and said so: the same answer as on the sockets
+		// (Redis down, full, or unable to save).
+		if store.Unavailable(err) {
+			storeWaits.Inc()
+		}
 		c.Response().Header().Set("Retry-After", "1")
-		_ = c.JSON(http.StatusServiceUnavailable, map[string]string{"error": app.StoreUnavailableError})
+		_ = c.JSON(http.StatusServiceUnavailable, map[string]string{"error": text})
 		return
 	}
 	if he, ok := err.(*echo.HTTPError); ok {
