@@ -64,11 +64,14 @@ func Unavailable(err error) bool {
 func Full(err error) bool { return replyPrefix(err, "OOM ") }
 
 // Refused reports whether err is Redis answering but refusing a write for
-// now: it is Full, or it cannot persist its data (MISCONF: a background
-// save failed, on a full or broken disk, and Redis takes no write at all
-// until one succeeds). A writer waits a while and tries again
-// (WaitAvailable would not wait: Redis answers).
-func Refused(err error) bool { return Full(err) || replyPrefix(err, "MISCONF ") }
+// now: it is Full, it cannot persist its data (MISCONF: a background save
+// failed, on a full or broken disk, and Redis takes no write at all until
+// one succeeds), or it is a replica (READONLY: a failover demoted it, or
+// the URL names one; also Unavailable). A writer waits a while and tries
+// again (WaitAvailable would not wait: Redis answers PING).
+func Refused(err error) bool {
+	return Full(err) || replyPrefix(err, "MISCONF ") || replyPrefix(err, "READONLY ")
+}
 
 // replyPrefix reports whether err is an error reply of Redis that starts
 // with prefix.

@@ -49,3 +49,27 @@ func TestUnavailable(t *testing.T) {
 		})
 	}
 }
+
+// TestRefused: the error replies of a Redis that answers but takes no
+// write for now, each wrapped as the store wraps them. A writer pauses
+// on them rather than wait for Redis to answer, which it does.
+func TestRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		err               error
+		refused, full, up bool
+	}{
+		{"nil", nil, false, false, false},
+		{"script error", redisError("ERR user_script:1: bad"), false, false, false},
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, false, false, true},
+		{"full", fmt.Errorf("store: append: %w", redisError("OOM command not allowed when used memory > 'maxmemory'.")), true, true, false},
+		{"cannot save", fmt.Errorf("store: heartbeat: %w", redisError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.")), true, false, false},
+		{"replica", fmt.Errorf("store: append: %w", redisError("READONLY You can't write against a read only replica.")), true, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.refused, Refused(tc.err), "Refused")
+			require.Equal(t, tc.full, Full(tc.err), "Full")
+			require.Equal(t, tc.up, Unavailable(tc.err), "Unavailable")
+		})
+	}
+}
