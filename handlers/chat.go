@@ -145,12 +145,12 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	if store.Unavailable(err) || time.Since(began) > store.SlowCall {
 		// A read that waited out a failover may have found the heartbeats
 		// that expired meanwhile (TestCommandsThroughJobsFailover).
-		s.shells.sawOutage()
+		s.outages.saw()
 	}
 	// Just after an outage the workers' heartbeats may have expired and
 	// not yet been written again: a worker is waited for, a few seconds
 	// at most, rather than taken for absent.
-	for wait := time.Now().Add(outageWorkerWait); !ok && err == nil && s.shells.afterOutage() && time.Now().Before(wait); {
+	for wait := time.Now().Add(outageWorkerWait); !ok && err == nil && s.outages.recent() && time.Now().Before(wait); {
 		select {
 		case <-ctx.Done():
 			fail(app.StoreUnavailableError)
@@ -164,7 +164,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		// writes none can beat: say so, not that there is none.
 		if err == nil {
 			if err = s.st.CheckWritable(ctx); store.Refused(err) {
-				s.shells.sawOutage()
+				s.outages.saw()
 			}
 		}
 		if text := storeErrorText(err); text != "" {

@@ -95,6 +95,8 @@ type Server struct {
 	// drained is set once Drain starts closing sockets; draining earlier,
 	// from StopAccepting, while open sockets are still served.
 	drained atomic.Bool
+	// outages says whether Redis was away a moment ago (outage.go).
+	outages outageClock
 	// shells and shellSockets serve /shell (terminals.go, shell.go).
 	shells       *terminals
 	shellSockets *melody.Melody
@@ -163,7 +165,10 @@ func New(cfg Config) (*Server, error) {
 	s.chat = s.newChatSockets()
 	s.shells = newTerminals(s.hub, cfg.Store, cfg.Logger, cfg.Workspaces, cfg.ShellDetachTimeout)
 	s.shells.maxOpen = cfg.MaxTerminalsPerUser
-	s.shells.heartbeatTTL = cmp.Or(cfg.HeartbeatTTL, 10*time.Second)
+	// Heartbeats may be missing for a TTL after an outage, and a gateway
+	// notices one within two of its terminal checks.
+	s.outages.quiet = cmp.Or(cfg.HeartbeatTTL, 10*time.Second) + 2*s.shells.refresh
+	s.shells.outages = &s.outages
 	s.shellSockets = s.newShellSockets()
 	s.echo = s.routes()
 	return s, nil

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
@@ -35,11 +34,9 @@ type terminals struct {
 	ws      app.Workspaces
 	// maxOpen bounds the terminals one user has open (0: no limit).
 	maxOpen int
-	// heartbeatTTL is how long a silent worker is taken for dead, and
-	// quietUntil (Unix nanoseconds) the end of the time after a Redis
-	// outage in which no worker is: its heartbeat may not have landed yet.
-	heartbeatTTL time.Duration
-	quietUntil   atomic.Int64
+	// outages is the gateway's outage clock (outage.go): just after an
+	// outage, a worker's missing heartbeat may only be on its way.
+	outages *outageClock
 
 	mu    sync.Mutex
 	socks map[*shellSocket]struct{}
@@ -130,7 +127,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			case err != nil:
 				tm.fail(sock, "check worker", err)
 				return
-			case !alive && tm.afterOutage():
+			case !alive && tm.outages.recent():
 				// Just after an outage: its heartbeat may be on its way.
 				// If it does not come, run ends the terminal as lost.
 			case !alive:
@@ -161,7 +158,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		// Just after an outage the workers' heartbeats may have expired
 		// and not yet been written again: a worker is waited for (within
 		// the request's time) rather than taken for absent.
-		for errors.Is(err, app.ErrNoWorker) && (waited || tm.afterOutage()) && ctx.Err() == nil {
+		for errors.Is(err, app.ErrNoWorker) && (waited || tm.outages.recent()) && ctx.Err() == nil {
 			select {
 			case <-ctx.Done():
 			case <-time.After(100 * time.Millisecond):
@@ -586,7 +583,7 @@ func (tm *terminals) run(ctx context.Context) {
 		}
 		if outage {
 			outage = false
-			tm.sawOutage()
+			tm.outages.saw()
 		}
 		type target struct {
 			key, worker string
@@ -606,7 +603,7 @@ func (tm *terminals) run(ctx context.Context) {
 			// for the reattaches and commands that follow it.
 			if err := tm.st.CheckWritable(ctx); store.Unavailable(err) || store.Refused(err) {
 				outage = true
-				tm.sawOutage()
+				tm.outages.saw()
 			}
 		}
 		alive := map[string]bool{}
@@ -653,7 +650,7 @@ func (tm *terminals) run(ctx context.Context) {
 				outage = outage || time.Since(began) > store.SlowCall
 				alive[t.worker] = ok
 			}
-			if !ok && !outage && !tm.afterOutage() {
+			if !ok && !outage && !tm.outages.recent() {
 				// Every gateway watching it hears this exit.
 				if _, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
 					tm.log.Warn("shell end lost terminal", "err", err)
@@ -661,7 +658,7 @@ func (tm *terminals) run(ctx context.Context) {
 			}
 		}
 		if outage {
-			tm.sawOutage()
+			tm.outages.saw()
 		}
 	}
 }
@@ -675,19 +672,6 @@ func (tm *terminals) missedExit(ctx context.Context, key string, gen int64) {
 	}
 	tm.log.Info("terminal exit read back: its message was missed", "shell", key, "gen", gen)
 	tm.message(key, store.ShellLive{Kind: 'e', Gen: gen, Seq: info.Seq, ExitCode: info.ExitCode, Signal: info.Signal, Reason: info.ExitReason})
-}
-
-// sawOutage notes that Redis could not be reached just now: until
-// quietUntil a worker missing from the registry may only have a
-// heartbeat on its way (heartbeats expire during a long outage).
-func (tm *terminals) sawOutage() {
-	tm.quietUntil.Store(time.Now().Add(tm.heartbeatTTL + 2*tm.refresh).UnixNano())
-}
-
-// afterOutage reports whether Redis was seen away recently enough that
-// the workers' heartbeats may not all be back.
-func (tm *terminals) afterOutage() bool {
-	return time.Now().UnixNano() < tm.quietUntil.Load()
 }
 
 // closeAll closes every /shell socket with 1001 (the gateway is draining).
