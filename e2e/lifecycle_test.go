@@ -445,3 +445,28 @@ func TestWorkerStopMidRun(t *testing.T) {
 	require.Equal(t, 0, w.cmd.ProcessState.ExitCode())
 	require.Equal(t, sum.last, lastSeq(c.events(sid)))
 }
+
+// TestWorkerKillLeavesNoTool: a worker killed with -9 while the Claude CLI
+// runs a Bash tool: the CLI dies with the worker (Pdeathsig), and the
+// tool, which the CLI runs in a session of its own, is killed by the next
+// worker on the host (its environment names the dead worker). Before, it
+// ran on for as long as the command did.
+func TestWorkerKillLeavesNoTool(t *testing.T) {
+	t.Parallel()
+	marker := uniqueNumber(4)
+	cl := newCluster(t, "", mockanthropic.Turn{When: "tool-left", Text: "Sleeping", ToolUses: []mockanthropic.ToolUse{{
+		ID: "toolu_left", Name: "Bash", Input: map[string]any{"command": "sleep " + marker, "description": "Sleep"}}}})
+	gw := cl.startGateway("gw")
+	w1 := cl.startWorker("worker1")
+	c := cl.dial(gw, "alice")
+	sid := accept(t, cl, c, "please tool-left", "", "r1")
+	eventually(t, 30*time.Second, "the tool's sleep", func() bool { return len(sleepers(marker)) == 1 })
+
+	w1.kill9()
+	evs := c.waitEnd(sid, 1, 20*time.Second)
+	require.Contains(t, evs[beforeEnd(evs)].Raw, "worker lost")
+	require.Len(t, sleepers(marker), 1, "the tool outlives its CLI")
+
+	cl.startWorker("worker2")
+	eventually(t, 10*time.Second, "the dead worker's tool gone", func() bool { return len(sleepers(marker)) == 0 })
+}

@@ -220,7 +220,9 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		defer cleanup()
 		job.ImageFiles = files
 	}
-	env := acct.env(slices.Clip(r.w.env)) // shared: an append must copy
+	// The owner variable lets the next worker on the host kill what is
+	// left of the run (its CLI's tools) if this one is killed with -9.
+	env := withVars(acct.env(slices.Clip(r.w.env)), r.w.ownerVar(runOwnerEnv))
 	args, stdin := prov.Command(job, env)
 	if r.retry != nil {
 		args = r.retry

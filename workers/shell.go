@@ -1,17 +1,12 @@
 package workers
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
-	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/agentgate/agentgate/app"
@@ -251,7 +246,7 @@ func (w *Worker) openShell(c store.Control) {
 	if cmd := spec.Command(w.cfg.Bins); cmd != "" {
 		args = []string{"bash", "-c", cmd}
 	}
-	env := withVars(acct.env(w.env), "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", shellOwnerEnv+"="+w.st.Scope()+"/"+w.cfg.ID)
+	env := withVars(acct.env(w.env), "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", w.ownerVar(shellOwnerEnv))
 	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows, Credential: acct.credential()})
 	if err != nil {
 		fail(err.Error())
@@ -421,53 +416,6 @@ func (w *Worker) shellLoop(ctx context.Context) {
 				// a Redis that refuses writes took no gateway's refresh.
 				sh.log.Info("terminal detached too long: killing it", "idle", time.Duration(idle)*time.Millisecond)
 				sh.kill()
-			}
-		}
-	}
-}
-
-// shellOwnerEnv names, in the environment of every terminal process, the
-// store scope and the worker that started it ("SCOPE/ID"): what is left of
-// a worker killed with -9 can be found by the next worker of the same scope
-// on the host, and workers of other scopes leave it alone.
-const shellOwnerEnv = "AG_TERMINAL_OWNER"
-
-// orphanSweepEvery is how often a worker looks for processes of dead
-// workers' terminals.
-const orphanSweepEvery = 30 * time.Second
-
-// sweepOrphans kills the processes of terminals whose worker is no longer
-// alive. Pdeathsig kills a terminal's shell with its worker, but the jobs
-// of an interactive shell sit in process groups of their own and survive
-// it; their environment still names the worker.
-func (w *Worker) sweepOrphans(ctx context.Context) {
-	// Just after an outage, live workers' heartbeats may not be back.
-	quiet := w.cfg.HeartbeatTTL + 2*w.cfg.HeartbeatInterval
-	if time.Since(time.Unix(0, w.troubleAt.Load())) < quiet {
-		return
-	}
-	began := time.Now()
-	live, err := w.st.LiveWorkers(ctx)
-	if err != nil || time.Since(began) > store.SlowCall {
-		return
-	}
-	alive := map[string]bool{w.cfg.ID: true}
-	for _, l := range live {
-		alive[l.ID] = true
-	}
-	marker := []byte(shellOwnerEnv + "=" + w.st.Scope() + "/")
-	for _, pid := range processes() {
-		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
-		if err != nil {
-			continue // another user's process, or gone
-		}
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if id, ok := bytes.CutPrefix(kv, marker); ok {
-				if !alive[string(id)] {
-					w.log.Info("killing a process of a dead worker's terminal", "pid", pid, "deadWorker", string(id))
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-				break
 			}
 		}
 	}

@@ -1,11 +1,9 @@
 package workers
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -15,9 +13,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/agentgate/agentgate/app"
-	"github.com/agentgate/agentgate/store/storetest"
 )
 
 func TestSplitChunks(t *testing.T) {
@@ -264,44 +259,5 @@ func BenchmarkSplitChunks(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_, _ = splitChunks(buf, false)
-	}
-}
-
-// TestOrphanSweepWaitsAfterTrouble: a worker kills the processes of a dead
-// worker's terminals (found by the owner in their environment), but not in
-// the time after it met Redis away or refusing writes: live workers'
-// heartbeats may not be back yet, and their terminals' processes would be
-// taken for a dead worker's.
-func TestOrphanSweepWaitsAfterTrouble(t *testing.T) {
-	st := storetest.New(t, storetest.Start(t, storetest.Mini))
-	w, err := New(Config{
-		Store: st, Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
-		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: time.Second,
-	})
-	require.NoError(t, err)
-	marker := strconv.Itoa(3000000 + os.Getpid()%100000)
-	cmd := exec.Command("sleep", marker)
-	cmd.Env = append(os.Environ(), shellOwnerEnv+"="+st.Scope()+"/w-gone")
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	ctx := context.Background()
-
-	w.troubleAt.Store(time.Now().UnixNano())
-	w.sweepOrphans(ctx)
-	select {
-	case err := <-exited:
-		t.Fatalf("killed right after trouble: %v", err)
-	case <-time.After(200 * time.Millisecond):
-	}
-
-	w.troubleAt.Store(time.Now().Add(-time.Minute).UnixNano())
-	w.sweepOrphans(ctx)
-	select {
-	case err := <-exited:
-		require.ErrorContains(t, err, "killed")
-	case <-time.After(5 * time.Second):
-		t.Fatal("a dead worker's terminal process was not killed")
 	}
 }
