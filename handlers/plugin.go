@@ -22,6 +22,11 @@ const (
 )
 
 const (
+	// PluginUserHeader names, in the request that opens a relay to a
+	// plugin, the user the relay is for; PluginAdminHeader is "true" when
+	// that user is an admin.
+	PluginUserHeader  = "X-Agentgate-User"
+	PluginAdminHeader = "X-Agentgate-Admin"
 	// pluginDialTimeout bounds the connection to a plugin.
 	pluginDialTimeout = 5 * time.Second
 	// pluginMaxFrame bounds a frame from a plugin; a plugin is trusted
@@ -110,7 +115,13 @@ func (s *Server) servePlugin(c echo.Context) error {
 		}
 		return nil
 	}
-	upstream, _, err := (&websocket.Dialer{HandshakeTimeout: pluginDialTimeout}).DialContext(ctx, "ws://"+addr+"/ws", nil)
+	// The plugin is told whose relay this is, so that one that keeps state
+	// can keep it per user; the client's own headers are never passed on.
+	hdr := http.Header{PluginUserHeader: {user.Name}}
+	if user.Admin {
+		hdr.Set(PluginAdminHeader, "true")
+	}
+	upstream, _, err := (&websocket.Dialer{HandshakeTimeout: pluginDialTimeout}).DialContext(ctx, "ws://"+addr+"/ws", hdr)
 	if err != nil {
 		s.log.Info("dial plugin", "plugin", name, "addr", addr, "err", err)
 		closeConn(client, closeUpstreamError, "Upstream error")

@@ -39,6 +39,9 @@ func echoPlugin(t *testing.T) (addr string, closed chan int) {
 				}
 				return
 			}
+			if string(data) == "who-am-i" {
+				data = []byte(r.Header.Get(PluginUserHeader) + "/" + r.Header.Get(PluginAdminHeader))
+			}
 			if string(data) == "close-me" {
 				_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4123, "bye"), time.Now().Add(time.Second))
 				continue
@@ -135,6 +138,26 @@ func TestPluginRelay(t *testing.T) {
 		require.Equal(t, 4123, ce.Code)
 		require.Equal(t, "bye", ce.Text)
 		<-upstreamClosed
+	})
+	t.Run("the plugin is told the user, not what the client says", func(t *testing.T) {
+		for _, tc := range []struct{ tok, want string }{
+			{tok, "alice/"},
+			{token(t, "root", true), "root/true"},
+		} {
+			url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/plugin-ws/echo?token=" + tc.tok
+			forged := http.Header{PluginUserHeader: {"mallory"}, PluginAdminHeader: {"true"}}
+			ws, _, err := websocket.DefaultDialer.Dial(url, forged)
+			require.NoError(t, err)
+			require.NoError(t, ws.WriteMessage(websocket.TextMessage, []byte("who-am-i")))
+			_, data, err := ws.ReadMessage()
+			require.NoError(t, err)
+			require.Equal(t, tc.want, string(data))
+			ws.Close()
+			select { // the relay's close, which the next subtest must not take for its own
+			case <-upstreamClosed:
+			case <-time.After(5 * time.Second):
+			}
+		}
 	})
 	t.Run("client close propagated", func(t *testing.T) {
 		ws, _, err := g.dialPlugin("echo", tok)
