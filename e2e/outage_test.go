@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -446,4 +447,47 @@ func TestShellInitThroughOutage(t *testing.T) {
 	a.waitText(mark, "Starting terminal in:", 30*time.Second)
 	a.typeLine("echo after-$((2+2))")
 	a.waitText(mark, "after-4", 10*time.Second)
+}
+
+// TestStartBeforeRedis: a gateway and a worker started while Redis is down
+// (both restarted with it, or Redis not up yet) wait for it, alive and not
+// ready (/healthz 200, /readyz 503), rather than exit: an orchestrator
+// restarts a process that exits with growing delays, which outlast
+// Redis's own restart. Once Redis answers they start, and a command runs.
+func TestStartBeforeRedis(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, storetest.Options{}, "", mockanthropic.Turn{When: "after-start", Text: "Started late"})
+	cl.redis.Stop()
+	addr, metrics := freeAddr(t), freeAddr(t)
+	gw := startProc(t, "gw", append(cl.baseEnv(), "AGENTGATE_LISTEN="+addr), "gateway")
+	gw.addr = addr
+	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_METRICS_LISTEN="+metrics), "worker")
+
+	status := func(url string) int {
+		resp, err := http.Get(url)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, 10*time.Second, "both listening, alive", func() bool {
+		return status("http://"+addr+"/healthz") == 200 && status("http://"+metrics+"/healthz") == 200
+	})
+	time.Sleep(8 * time.Second) // longer than a connection attempt with go-redis's retries
+	for _, p := range []*proc{gw, w} {
+		require.False(t, p.exited(), "%s exited while Redis was down", p.name)
+	}
+	require.Equal(t, http.StatusServiceUnavailable, status("http://"+addr+"/readyz"))
+	require.Equal(t, http.StatusServiceUnavailable, status("http://"+metrics+"/readyz"))
+	require.Equal(t, http.StatusServiceUnavailable, status("http://"+addr+"/api/sessions"))
+
+	cl.redis.Restart(t)
+	waitReady(t, gw)
+	cl.waitWorker(w)
+	eventually(t, 10*time.Second, "the worker ready", func() bool { return status("http://"+metrics+"/readyz") == 200 })
+	c := cl.dial(gw, "alice")
+	sid := accept(t, cl, c, "please after-start", "", "r1")
+	sum := checkRun(t, c.waitEnd(sid, 1, 60*time.Second), 1)
+	requireComplete(t, sum.completes[0], 0, true, false)
 }

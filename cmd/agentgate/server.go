@@ -80,10 +80,57 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		secret = randomSecret()
 	}
 
+	// Components run on their own contexts so shutdown can stop them in
+	// order; one that fails by itself stops the process.
+	var wg sync.WaitGroup
+	failed := make(chan error, 2)
+	background, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+	workerCtx, stopWorker := context.WithCancel(context.Background())
+	defer stopWorker()
+
+	// The listeners come first: while the process waits for Redis it is
+	// alive (/healthz) and not ready (/readyz).
+	var front frontHandler
+	var httpServer *http.Server
+	var addr string
+	if runsGateway {
+		ln, err := net.Listen("tcp", c.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", c.Listen, err)
+		}
+		var limited net.Listener
+		httpServer, limited = gatewayHTTP(&front, ln, c.MaxConnections, gatewayTimeouts, log)
+		defer httpServer.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := httpServer.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("http server", "err", err)
+			}
+		}()
+		addr = ln.Addr().String()
+	}
+	workerReady := make(chan struct{}) // closed once the worker is registered
+	if c.MetricsListen != "" {
+		var ready <-chan struct{}
+		if runsWorker {
+			ready = workerReady
+		}
+		metricsServer, err := serveMetrics(workerCtx, c.MetricsListen, ready, log)
+		if err != nil {
+			return err
+		}
+		defer metricsServer.Close()
+	}
+
 	cfg := c.storeConfig(redisURL, log)
 	cfg.Standalone = embedded != nil
-	st, err := store.New(ctx, cfg)
+	st, err := awaitStore(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped (SIGTERM) while waiting for Redis
+		}
 		return err
 	}
 	defer st.Close()
@@ -99,13 +146,6 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		return err
 	}
 
-	// Components run on their own contexts so shutdown can stop them in
-	// order; one that fails by itself stops the process.
-	var wg sync.WaitGroup
-	failed := make(chan error, 2)
-	background, stopBackground := context.WithCancel(context.Background())
-	defer stopBackground()
-
 	reaper, err := workers.NewReaper(workers.ReaperConfig{Store: st, HeartbeatTTL: c.HeartbeatTTL, Logger: log})
 	if err != nil {
 		return err
@@ -114,8 +154,6 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	go func() { defer wg.Done(); _ = reaper.Run(background) }()
 
 	var worker *workers.Worker
-	workerCtx, stopWorker := context.WithCancel(context.Background())
-	defer stopWorker()
 	workerDone := make(chan struct{})
 	if runsWorker {
 		linkLn, linkAddr, err := c.linkListener(mode, redisURL)
@@ -156,6 +194,13 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 				failed <- err
 			}
 		}()
+		go func() {
+			select {
+			case <-worker.Ready():
+				close(workerReady)
+			case <-workerDone:
+			}
+		}()
 		log.Info("worker started", "worker", worker.ID(), "workspaces", c.workspaces().Roots)
 		if runsGateway {
 			// serve: its gateway takes commands (and prints its URL) only
@@ -172,20 +217,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		close(workerDone)
 	}
 
-	if c.MetricsListen != "" {
-		var ready <-chan struct{}
-		if worker != nil {
-			ready = worker.Ready()
-		}
-		metricsServer, err := serveMetrics(workerCtx, c.MetricsListen, ready, log)
-		if err != nil {
-			return err
-		}
-		defer metricsServer.Close()
-	}
-
 	var gateway *handlers.Server
-	var httpServer *http.Server
 	if runsGateway {
 		gateway, err = handlers.New(handlers.Config{
 			Store:      st,
@@ -203,10 +235,6 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		if mode == "gateway" {
 			defer holdHeapFloor(gatewayHeapFloor, func() bool { return gateway.Terminals() > 0 })()
 		}
-		ln, err := net.Listen("tcp", c.Listen)
-		if err != nil {
-			return fmt.Errorf("listen on %s: %w", c.Listen, err)
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -214,16 +242,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 				failed <- err
 			}
 		}()
-		var limited net.Listener
-		httpServer, limited = gatewayHTTP(gateway.Handler(), ln, c.MaxConnections, gatewayTimeouts, log)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := httpServer.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("http server", "err", err)
-			}
-		}()
-		addr := ln.Addr().String()
+		front.set(gateway.Handler())
 		log.Info("gateway listening", "addr", addr)
 		if embedded != nil && c.Auth == handlers.AuthJWT {
 			if err := printLoginURL(stdout, addr, secret); err != nil {
