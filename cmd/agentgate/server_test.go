@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,28 +182,55 @@ func TestLimitOptions(t *testing.T) {
 // stopServe needs.
 func startServe(t *testing.T, args ...string) (wsURL, addr string, cancel context.CancelFunc, done chan error) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr = ln.Addr().String()
-	require.NoError(t, ln.Close())
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	outR, outW := io.Pipe()
-	done = make(chan error, 1)
-	go func() {
-		done <- run(ctx, append([]string{"serve", "--listen", addr}, args...), outW, io.Discard)
-		outW.Close()
-	}()
-	sc := bufio.NewScanner(outR)
-	for sc.Scan() {
-		if _, u, ok := strings.Cut(sc.Text(), "WebSocket clients: "); ok {
-			wsURL, _, _ = strings.Cut(u, " ")
-			break
+	// The port is free when picked, and may be taken before serve binds
+	// it (other packages' tests run meanwhile): then serve is run again.
+	for attempt := 0; ; attempt++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		addr = ln.Addr().String()
+		require.NoError(t, ln.Close())
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		outR, outW := io.Pipe()
+		var stderr syncBuffer
+		done = make(chan error, 1)
+		go func() {
+			done <- run(ctx, append([]string{"serve", "--listen", addr}, args...), outW, &stderr)
+			outW.Close()
+		}()
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			if _, u, ok := strings.Cut(sc.Text(), "WebSocket clients: "); ok {
+				wsURL, _, _ = strings.Cut(u, " ")
+				break
+			}
 		}
+		go func() { _, _ = io.Copy(io.Discard, outR) }()
+		if wsURL == "" && attempt < 2 && strings.Contains(stderr.String(), "address already in use") {
+			continue
+		}
+		require.NotEmpty(t, wsURL, "serve printed no URL: %s", stderr.String())
+		return wsURL, addr, cancel, done
 	}
-	go func() { _, _ = io.Copy(io.Discard, outR) }()
-	require.NotEmpty(t, wsURL)
-	return wsURL, addr, cancel, done
+}
+
+// syncBuffer is a bytes.Buffer that a process writes to while a test
+// reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // TestDrainGrace: with --drain-grace, a gateway told to stop first answers
