@@ -100,16 +100,13 @@ const maxSubscribe = 100
 // subscribe to a session: the store's outage when that is why (the
 // session's node of a cluster failing over, Redis restarting).
 func followError(err error) string {
-	if text := storeErrorText(err); text != "" {
-		return text
-	}
-	return "Gateway could not follow the session; try again"
+	return storeErrorText(err, "Gateway could not follow the session; try again")
 }
 
 // storeErrorText is what a client is told of a request that failed with
-// err because Redis did not take it: down or restarting, full, or unable
-// to save its data; "" when err is another error.
-func storeErrorText(err error) string {
+// err: why Redis did not take it (down or restarting, full, or unable to
+// save its data), or otherwise when err is another error.
+func storeErrorText(err error, otherwise string) string {
 	switch {
 	case store.Unavailable(err):
 		return app.StoreUnavailableError
@@ -118,7 +115,7 @@ func storeErrorText(err error) string {
 	case store.Refused(err):
 		return app.StoreRefusedError
 	}
-	return ""
+	return otherwise
 }
 
 // command starts a run (PROTOCOL §3.3).
@@ -167,11 +164,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 				s.outages.saw()
 			}
 		}
-		if text := storeErrorText(err); text != "" {
-			fail(text)
-		} else {
-			fail("No worker available: start `agentgate worker`")
-		}
+		fail(storeErrorText(err, "No worker available: start `agentgate worker`"))
 		return
 	}
 	plan, err := s.planRun(ctx, c.user, provider, firstNonEmpty(msg.SessionID, opts.SessionID))
@@ -230,11 +223,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	case err != nil:
 		s.hub.abandon(c, w, existed)
 		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
-		if text := storeErrorText(err); text != "" {
-			fail(text)
-		} else {
-			fail("Could not start the run; try again")
-		}
+		fail(storeErrorText(err, "Could not start the run; try again"))
 		return
 	}
 	runsAccepted.WithLabelValues(string(provider)).Inc()
@@ -422,11 +411,7 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	}
 	if err != nil {
 		s.log.Warn("abort", "session", sess.ID, "err", err)
-		text := storeErrorText(err)
-		if text == "" {
-			text = "Could not abort the run; try again"
-		}
-		c.reply(&app.ErrorReply{Type: "error", Error: text, SessionID: sess.ID, Retryable: true})
+		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not abort the run; try again"), SessionID: sess.ID, Retryable: true})
 		return
 	}
 	if !c.watching(sess.ID) {
@@ -576,7 +561,7 @@ func (s *Server) permissionResponse(ctx context.Context, c *conn, msg *app.Clien
 	})
 	if err != nil {
 		s.log.Warn("forward permission answer", "session", sessionID, "err", err)
-		c.reply(&app.ErrorReply{Type: "error", Error: "Gateway could not deliver the answer; try again", SessionID: sessionID})
+		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Gateway could not deliver the answer; try again"), SessionID: sessionID, Retryable: true})
 	}
 }
 

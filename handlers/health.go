@@ -39,7 +39,7 @@ func (s *Server) httpError(err error, c echo.Context) {
 		return
 	}
 	code, msg := http.StatusInternalServerError, "internal error"
-	if text := storeErrorText(err); text != "" {
+	if text := storeErrorText(err, ""); text != "" {
 		// Retryable, and said so: the same answer as on the sockets
 		// (Redis down, full, or unable to save).
 		if store.Unavailable(err) {

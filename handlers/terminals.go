@@ -206,11 +206,7 @@ func (tm *terminals) refused(sock *shellSocket, text string) {
 // to try again.
 func (tm *terminals) fail(sock *shellSocket, what string, err error) {
 	tm.log.Warn("shell "+what, "user", sock.c.user.Name, "err", err)
-	if text := storeErrorText(err); text != "" {
-		sock.notice("error", "Error: "+text)
-	} else {
-		sock.notice("error", "Error: "+what+" failed")
-	}
+	sock.notice("error", "Error: "+storeErrorText(err, what+" failed"))
 }
 
 // attach makes sock follow terminal key from seq from. It subscribes
