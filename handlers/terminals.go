@@ -571,6 +571,9 @@ func (tm *terminals) run(ctx context.Context) {
 	// longer than the heartbeats' TTL has expired every one of them, as
 	// the reaper knows too (workers/reaper.go).
 	outage := false
+	// A failing refresh is said once when it begins (the first terminal
+	// of the pass) and once when a pass refreshes without one.
+	failing, failed := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -581,6 +584,10 @@ func (tm *terminals) run(ctx context.Context) {
 			outage = false
 			tm.outages.saw()
 		}
+		if failing && !failed {
+			tm.log.Info("shell refresh works again")
+		}
+		failing, failed = failed, false
 		type target struct {
 			key, worker string
 			gen         int64
@@ -630,7 +637,10 @@ func (tm *terminals) run(ctx context.Context) {
 				// A Redis that refuses writes takes no heartbeat either:
 				// an expired one then says nothing of its worker.
 				outage = outage || store.Unavailable(err) || store.Refused(err)
-				tm.log.Warn("shell refresh", "err", err)
+				if !failing && !failed {
+					tm.log.Warn("shell refresh", "err", err)
+				}
+				failed = true
 			}
 			if t.worker == "" {
 				continue
