@@ -604,7 +604,7 @@ func (tm *terminals) run(ctx context.Context) {
 			// Nothing to refresh: still notice an outage, or a Redis
 			// that refuses writes (no heartbeat is written meanwhile),
 			// for the reattaches and commands that follow it.
-			if err := tm.st.CheckWritable(ctx); store.Unavailable(err) || store.Refused(err) {
+			if err := tm.st.CheckWritable(ctx); store.Retryable(err) {
 				outage = true
 				tm.outages.saw()
 			}
@@ -636,7 +636,7 @@ func (tm *terminals) run(ctx context.Context) {
 			case err != nil && !errors.Is(err, store.ErrStaleShell) && ctx.Err() == nil:
 				// A Redis that refuses writes takes no heartbeat either:
 				// an expired one then says nothing of its worker.
-				outage = outage || store.Unavailable(err) || store.Refused(err)
+				outage = outage || store.Retryable(err)
 				if !failing && !failed {
 					tm.log.Warn("shell refresh", "err", err)
 				}

@@ -73,6 +73,32 @@ func Refused(err error) bool {
 	return Full(err) || replyPrefix(err, "MISCONF ") || replyPrefix(err, "READONLY ")
 }
 
+// Retryable reports whether err says only that Redis could not take the
+// call now: it did not answer (Unavailable) or refused the write for now
+// (Refused). The same call may succeed later (WaitRetry says when to try).
+func Retryable(err error) bool { return Unavailable(err) || Refused(err) }
+
+// refusedPause is how long WaitRetry waits after a refused write: Redis
+// answers meanwhile, so there is nothing to probe, and it takes writes
+// again only once keys expired, a save succeeded or an operator acted.
+const refusedPause = time.Second
+
+// WaitRetry waits before a call that failed with err is tried again: until
+// Redis answers after an outage (WaitAvailable), a pause when it refused
+// the write; at most until ctx ends.
+func (s *Store) WaitRetry(ctx context.Context, err error) {
+	if !Refused(err) {
+		_ = s.WaitAvailable(ctx)
+		return
+	}
+	t := time.NewTimer(refusedPause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // replyPrefix reports whether err is an error reply of Redis that starts
 // with prefix.
 func replyPrefix(err error, prefix string) bool {

@@ -70,6 +70,7 @@ func TestRefused(t *testing.T) {
 			require.Equal(t, tc.refused, Refused(tc.err), "Refused")
 			require.Equal(t, tc.full, Full(tc.err), "Full")
 			require.Equal(t, tc.up, Unavailable(tc.err), "Unavailable")
+			require.Equal(t, tc.up || tc.refused, Retryable(tc.err), "Retryable")
 		})
 	}
 }

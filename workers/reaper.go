@@ -96,7 +96,7 @@ func (r *Reaper) Run(ctx context.Context) error {
 		case <-t.C:
 			// An outage is said once, not every pass.
 			wasOut := r.outage
-			if err := r.Pass(ctx); err != nil && ctx.Err() == nil && !(wasOut && waitable(err)) {
+			if err := r.Pass(ctx); err != nil && ctx.Err() == nil && !(wasOut && store.Retryable(err)) {
 				r.log.Warn("reap", "err", err)
 			}
 		}
@@ -116,7 +116,7 @@ func (r *Reaper) Pass(ctx context.Context) error {
 		// A Redis that refuses writes (it cannot persist) takes no
 		// heartbeat either: once it takes them again, the workers need
 		// time to write theirs, as after an outage.
-		r.outage = r.outage || waitable(err)
+		r.outage = r.outage || store.Retryable(err)
 		return err
 	}
 	if wait := time.Until(r.quietUntil); wait > 0 {

@@ -522,18 +522,18 @@ func (r *run) flushOne(events []app.Event, set map[string]string) {
 			r.stop(stopStale)
 			return
 		}
-		if waitable(err) && time.Now().Before(giveUp) {
+		if store.Retryable(err) && time.Now().Before(giveUp) {
 			if attempt == 0 {
 				r.log.Warn("append events: waiting for Redis", "err", err)
 			}
 			r.storeWait.Store(true)
 			wait, cancel := context.WithDeadline(context.Background(), giveUp)
-			waitStore(wait, r.w.st, err)
+			r.w.st.WaitRetry(wait, err)
 			cancel()
 			r.storeWait.Store(false)
 			continue
 		}
-		if waitable(err) || attempt >= 3 {
+		if store.Retryable(err) || attempt >= 3 {
 			r.log.Error("append events; stopping the run", "err", err)
 			r.stop(stopFailed)
 			return
@@ -553,9 +553,9 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 		if err == nil || errors.Is(err, app.ErrStaleRun) {
 			return
 		}
-		if waitable(err) {
+		if store.Retryable(err) {
 			// A run's end is recorded whenever Redis can take it.
-			waitStore(context.Background(), r.w.st, err)
+			r.w.st.WaitRetry(context.Background(), err)
 			continue
 		}
 		if time.Now().After(deadline) {

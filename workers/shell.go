@@ -92,10 +92,9 @@ type shell struct {
 	// batches numbers the output appends (flushLoop), so that one that
 	// go-redis resends after a lost reply is not stored twice.
 	batches int64
-	// dropping says that the last append failed (its output was
-	// dropped): the failure is logged when it begins and when it ends,
-	// not for every append of a flood. flushLoop's alone.
-	dropping bool
+	// drops are the failed appends (their output dropped), said when
+	// they begin and end, not for every append of a flood. flushLoop's.
+	drops streak
 
 	urls urlDetector
 
@@ -348,12 +347,12 @@ func (sh *shell) recordExit(code int, sig string) {
 		if err == nil {
 			return
 		}
-		if !waitable(err) || !time.Now().Before(giveUp) {
+		if !store.Retryable(err) || !time.Now().Before(giveUp) {
 			sh.log.Warn("record terminal exit", "err", err)
 			return
 		}
 		wait, cancel := context.WithDeadline(context.Background(), giveUp)
-		waitStore(wait, sh.w.st, err)
+		sh.w.st.WaitRetry(wait, err)
 		cancel()
 	}
 }

@@ -164,16 +164,10 @@ func (sh *shell) append(chunks [][]byte) {
 	if err != nil {
 		// Dropped: holding output while Redis is away would grow without
 		// bound, and the client can see a gap in seq.
-		if !sh.dropping {
-			sh.log.Warn("store terminal output: dropping it until Redis takes it", "err", err)
-		}
-		sh.dropping = true
+		sh.drops.failed(sh.log, "store terminal output: dropping it until Redis takes it", err)
 		return
 	}
-	if sh.dropping {
-		sh.log.Info("storing terminal output again")
-		sh.dropping = false
-	}
+	sh.drops.ok(sh.log, "storing terminal output again")
 	for _, c := range chunks {
 		for _, a := range sh.urls.scan(c) {
 			if err := sh.w.st.ShellAuthURL(ctx, sh.key, sh.gen, a.url, a.autoOpen); err != nil {

@@ -286,7 +286,7 @@ func (w *Worker) drain() {
 func (w *Worker) jobLoop(ctx context.Context) {
 	reclaim := time.NewTicker(reclaimIdle / 3)
 	defer reclaim.Stop()
-	failing := false // a failure is said when it begins and when it ends
+	var reads streak
 	for ctx.Err() == nil {
 		free := w.freeSlots()
 		if free <= 0 {
@@ -309,18 +309,12 @@ func (w *Worker) jobLoop(ctx context.Context) {
 		entries, err := w.st.ReadJobs(ctx, w.cfg.ID, min(16, free), w.pollBlock)
 		if err != nil {
 			if ctx.Err() == nil {
-				if !failing {
-					w.log.Warn("read jobs", "err", err)
-				}
-				failing = true
+				reads.failed(w.log, "read jobs", err)
 				sleep(ctx, time.Second)
 			}
 			continue
 		}
-		if failing {
-			w.log.Info("reading jobs again")
-			failing = false
-		}
+		reads.ok(w.log, "reading jobs again")
 		for _, e := range entries {
 			w.take(ctx, e)
 		}
@@ -448,7 +442,7 @@ func (w *Worker) control(c store.Control) {
 func (w *Worker) heartbeatLoop(ctx context.Context) {
 	t := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
-	failing := false // a failure is said when it begins and when it ends
+	var beats streak
 	for {
 		select {
 		case <-ctx.Done():
@@ -457,12 +451,10 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			began := time.Now()
 			err := w.beat(ctx)
 			switch {
-			case err != nil && ctx.Err() == nil && !failing:
-				w.log.Warn("heartbeat", "err", err)
-				failing = true
-			case err == nil && failing:
-				w.log.Info("heartbeat written again")
-				failing = false
+			case err == nil:
+				beats.ok(w.log, "heartbeat written again")
+			case ctx.Err() == nil:
+				beats.failed(w.log, "heartbeat", err)
 			}
 			if err != nil || time.Since(began) > store.SlowCall {
 				w.troubleAt.Store(time.Now().UnixNano())
