@@ -165,16 +165,7 @@ func fieldOf(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) && te.Field != "" {
 		field := te.Field[strings.LastIndexByte(te.Field, '.')+1:]
-		kind := "number"
-		switch k := te.Type.Kind().String(); {
-		case k == "string":
-			kind = "string"
-		case k == "bool":
-			kind = "boolean"
-		case strings.HasPrefix(k, "int") || strings.HasPrefix(k, "uint"):
-			kind = "whole number" // 1.5 is a number, and refused
-		}
-		return fmt.Sprintf("%s must be a %s", field, kind)
+		return fmt.Sprintf("%s must be %s", field, jsonKind(te.Type))
 	}
 	return "bad field type"
 }

@@ -46,6 +46,7 @@ func TestParseShellMessage(t *testing.T) {
 		{in: `{"type":"init","lastSeq":-1}`, wantErr: "Invalid init message: lastSeq must not be negative"},
 		{in: `{"type":"init","lastSeq":1.5}`, wantErr: "Invalid init message: lastSeq must be a whole number"},
 		{in: `{"type":"init","lastSeq":"7"}`, wantErr: "Invalid init message: lastSeq must be a whole number"},
+		{in: `{"type":"init","isPlainShell":"yes"}`, wantErr: "Invalid init message: isPlainShell must be true or false"},
 		{in: `{"type":"init","initialCommand":"` + strings.Repeat("x", MaxShellCommand+1) + `"}`, wantErr: "initialCommand too long: at most 4096 bytes"},
 		{in: `{"type":"input"}`, wantErr: "Invalid input message: data is required"},
 		{in: `{"type":"input","data":5}`, wantErr: "Invalid input message: data must be a string"},
