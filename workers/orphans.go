@@ -51,9 +51,9 @@ func (w *Worker) sweepOrphans(ctx context.Context) {
 	for _, l := range live {
 		alive[l.ID] = true
 	}
-	markers := [][]byte{
-		[]byte(shellOwnerEnv + "=" + w.st.Scope() + "/"),
-		[]byte(runOwnerEnv + "=" + w.st.Scope() + "/"),
+	markers := []ownerMarker{
+		{[]byte(shellOwnerEnv + "=" + w.st.Scope() + "/"), "terminal"},
+		{[]byte(runOwnerEnv + "=" + w.st.Scope() + "/"), "run"},
 	}
 	for _, pid := range processes() {
 		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
@@ -67,14 +67,21 @@ func (w *Worker) sweepOrphans(ctx context.Context) {
 	}
 }
 
+// ownerMarker is the start of an owner variable of this scope ("NAME=
+// SCOPE/"), and what a process that carries it belongs to.
+type ownerMarker struct {
+	prefix []byte
+	what   string
+}
+
 // ownerIn finds the first owner variable of markers in a process's
 // environment (NUL-separated) and returns the worker id it names and
-// what the process belongs to ("terminal" or "run").
-func ownerIn(env []byte, markers [][]byte) (id, what string, ok bool) {
+// what the process belongs to.
+func ownerIn(env []byte, markers []ownerMarker) (id, what string, ok bool) {
 	for _, kv := range bytes.Split(env, []byte{0}) {
-		for i, m := range markers {
-			if rest, found := bytes.CutPrefix(kv, m); found {
-				return string(rest), []string{"terminal", "run"}[i], true
+		for _, m := range markers {
+			if rest, found := bytes.CutPrefix(kv, m.prefix); found {
+				return string(rest), m.what, true
 			}
 		}
 	}
