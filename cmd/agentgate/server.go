@@ -126,7 +126,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 
 	cfg := c.storeConfig(redisURL, log)
 	cfg.Standalone = embedded != nil
-	st, err := awaitStore(ctx, cfg, log)
+	st, err := openStoreWhenUp(ctx, cfg, log)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped (SIGTERM) while waiting for Redis

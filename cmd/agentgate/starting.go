@@ -45,13 +45,13 @@ func (f *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // startWaitMax bounds the pause between two tries to reach Redis at start.
 const startWaitMax = 2 * time.Second
 
-// awaitStore opens the store, waiting for Redis while it cannot be reached
+// openStoreWhenUp opens the store, waiting for Redis while it cannot be reached
 // or is loading its data (a gateway and its Redis restarted together, or
 // Redis is not up yet), until ctx ends. An exit there would make an
 // orchestrator restart the process again and again, with growing delays
 // that outlast Redis's own restart. Other errors (a bad URL, a refused
 // password) end the start at once.
-func awaitStore(ctx context.Context, cfg store.Config, log *slog.Logger) (*store.Store, error) {
+func openStoreWhenUp(ctx context.Context, cfg store.Config, log *slog.Logger) (*store.Store, error) {
 	began, said := time.Now(), false
 	for pause := 50 * time.Millisecond; ; pause = min(2*pause, startWaitMax) {
 		st, err := store.New(ctx, cfg)
