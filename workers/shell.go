@@ -51,6 +51,7 @@ type shellSet struct {
 	m       map[string]*shell      // by shell key
 	wg      sync.WaitGroup         // one per terminal
 	closing bool                   // the worker is shutting down: no new terminal
+	quit    chan struct{}          // closed when closing is set
 	early   map[string]*earlyInput // input ahead of its open (shellearly.go)
 }
 
@@ -77,8 +78,11 @@ type shell struct {
 	signals []bool
 	lastSeq int64
 	// coalesce is how long a flood's append waits for more output
-	// (shellCoalesce; a test lengthens it); guarded by outMu.
-	coalesce time.Duration
+	// (shellCoalesce; a test lengthens it), and stallLimit how long
+	// failing appends hold output before it is dropped (outageTolerance;
+	// a test shortens it); guarded by outMu.
+	coalesce   time.Duration
+	stallLimit time.Duration
 
 	inMu    sync.Mutex
 	inQ     []shellOp
@@ -92,9 +96,12 @@ type shell struct {
 	// batches numbers the output appends (flushLoop), so that one that
 	// go-redis resends after a lost reply is not stored twice.
 	batches int64
-	// drops are the failed appends (their output dropped), said when
-	// they begin and end, not for every append of a flood. flushLoop's.
-	drops streak
+	// stallSince is when appends began to fail (zero while they
+	// succeed), and dropping whether their output is being dropped: the
+	// failures outlasted stallLimit, or could not be retried. Each
+	// is logged when it begins and ends, not at every try. flushLoop's.
+	stallSince time.Time
+	dropping   bool
 
 	urls urlDetector
 
@@ -254,7 +261,7 @@ func (w *Worker) openShell(c store.Control) {
 	sh := &shell{
 		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
 		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(w.cfg.ShellWindow),
-		coalesce: shellCoalesce,
+		coalesce: shellCoalesce, stallLimit: outageTolerance,
 	}
 	sh.outCond = sync.NewCond(&sh.outMu)
 	w.shells.mu.Lock()
@@ -357,6 +364,17 @@ func (sh *shell) recordExit(code int, sig string) {
 	}
 }
 
+// quitting returns a channel closed once the worker shuts its terminals
+// down, and whether that began already.
+func (s *shellSet) quitting() (<-chan struct{}, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.quit == nil {
+		s.quit = make(chan struct{})
+	}
+	return s.quit, s.closing
+}
+
 // kill ends the terminal's whole session (once); run then records the exit.
 func (sh *shell) kill() {
 	sh.killOnce.Do(func() { go sh.p.kill(shellKillGrace) })
@@ -423,6 +441,12 @@ func (w *Worker) shellLoop(ctx context.Context) {
 // killShells kills every terminal and waits until each recorded its exit.
 func (w *Worker) killShells() {
 	w.shells.mu.Lock()
+	if w.shells.quit == nil {
+		w.shells.quit = make(chan struct{})
+	}
+	if !w.shells.closing {
+		close(w.shells.quit)
+	}
 	w.shells.closing = true
 	for _, sh := range w.shells.m {
 		sh.kill()

@@ -140,34 +140,51 @@ func (sh *shell) flushLoop() {
 }
 
 // append stores and publishes chunks, then looks for login URLs in them.
+// While Redis is away, full or refusing writes, it tries again: the output
+// waits in the worker, whose reader stops at shellPendingMax, and the
+// program then waits on its PTY, as under a client that does not read.
+// Failures for longer than stallLimit drop output instead until an append
+// succeeds, so that a long outage does not hold the terminal for good; so
+// does a worker shutting down.
 func (sh *shell) append(chunks [][]byte) {
 	if len(chunks) == 0 {
 		return
 	}
+	if _, closing := sh.w.shells.quitting(); closing && sh.dropping {
+		return // each try would wait out go-redis's dials
+	}
+	// A retry keeps the batch's number: an append whose reply was lost
+	// (a stalled Redis runs it after the worker gave up waiting) is
+	// stored once.
+	sh.batches++
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, sh.lastSeq, chunks)
+		cancel()
+		if err == nil {
+			sh.lastSeq = last
+			sizes := make([]int, len(chunks))
+			for i, c := range chunks {
+				sizes[i] = len(c)
+			}
+			sh.flow.appendedChunks(last, sizes)
+			break
+		}
+		if errors.Is(err, store.ErrStaleShell) {
+			// The key was reopened or deleted: nobody can see this terminal.
+			sh.kill()
+			return
+		}
+		if !sh.waitToAppend(err) {
+			return
+		}
+	}
+	if !sh.stallSince.IsZero() {
+		sh.log.Info("storing terminal output again", "after", time.Since(sh.stallSince).Round(time.Millisecond))
+		sh.stallSince, sh.dropping = time.Time{}, false
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	sh.batches++
-	last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, sh.lastSeq, chunks)
-	if err == nil {
-		sh.lastSeq = last
-		sizes := make([]int, len(chunks))
-		for i, c := range chunks {
-			sizes[i] = len(c)
-		}
-		sh.flow.appendedChunks(last, sizes)
-	}
-	if errors.Is(err, store.ErrStaleShell) {
-		// The key was reopened or deleted: nobody can see this terminal.
-		sh.kill()
-		return
-	}
-	if err != nil {
-		// Dropped: holding output while Redis is away would grow without
-		// bound, and the client can see a gap in seq.
-		sh.drops.failed(sh.log, "store terminal output: dropping it until Redis takes it", err)
-		return
-	}
-	sh.drops.ok(sh.log, "storing terminal output again")
 	for _, c := range chunks {
 		for _, a := range sh.urls.scan(c) {
 			if err := sh.w.st.ShellAuthURL(ctx, sh.key, sh.gen, a.url, a.autoOpen); err != nil {
@@ -175,6 +192,42 @@ func (sh *shell) append(chunks [][]byte) {
 			}
 		}
 	}
+}
+
+// waitToAppend waits after a failed append and reports whether to try it
+// again; false means its output is dropped.
+func (sh *shell) waitToAppend(err error) bool {
+	now := time.Now()
+	if sh.stallSince.IsZero() {
+		sh.stallSince = now
+		if store.Retryable(err) {
+			sh.log.Warn("store terminal output: waiting for Redis, and the terminal's program with it", "err", err)
+		}
+	}
+	quit, closing := sh.w.shells.quitting()
+	sh.outMu.Lock()
+	giveUp := sh.stallSince.Add(sh.stallLimit)
+	sh.outMu.Unlock()
+	if !store.Retryable(err) || closing || !now.Before(giveUp) {
+		if !sh.dropping {
+			sh.log.Warn("store terminal output: dropping it until Redis takes it", "err", err)
+			sh.dropping = true
+		}
+		return false
+	}
+	wait, cancel := context.WithDeadline(context.Background(), giveUp)
+	defer cancel()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-quit:
+			cancel()
+		case <-stop:
+		}
+	}()
+	sh.w.st.WaitRetry(wait, err)
+	return true
 }
 
 // splitChunks cuts buf into valid UTF-8 chunks of at most shellChunkMax

@@ -1,7 +1,6 @@
 package workers
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -26,22 +25,7 @@ func TestShellOutputWholeAfterABacklog(t *testing.T) {
 	w, st, spec, gen := shellWorker(t)
 	open, _ := json.Marshal(spec)
 	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
-	ctx := context.Background()
-	stored := func() string {
-		var out strings.Builder
-		after := int64(0)
-		for {
-			chunks, err := st.ShellOutput(ctx, "k1", after, 1000)
-			require.NoError(t, err)
-			if len(chunks) == 0 {
-				return out.String()
-			}
-			for _, c := range chunks {
-				out.WriteString(c.Data)
-				after = c.Seq
-			}
-		}
-	}
+	stored := func() string { return storedText(t, st) }
 	require.Eventually(t, func() bool { return stored() != "" }, 20*time.Second, 5*time.Millisecond, "the prompt")
 	w.shells.mu.Lock()
 	sh := w.shells.m["k1"]

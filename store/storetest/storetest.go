@@ -227,6 +227,25 @@ func (s *Server) Stop() {
 	s.running = false
 }
 
+// Pause stops the server's process (SIGSTOP) without closing anything, as
+// a host that stalls it (a VM paused, a fork of a large heap, a disk that
+// hangs an fsync) would: connections stay open and commands queue unread.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("pause redis-server: %v", err)
+	}
+	t.Cleanup(func() { _ = s.cmd.Process.Signal(syscall.SIGCONT) })
+}
+
+// Resume lets a paused server run again (SIGCONT).
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("resume redis-server: %v", err)
+	}
+}
+
 // Running reports whether the server was started and not stopped since.
 func (s *Server) Running() bool { return s.running }
 
