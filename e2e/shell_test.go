@@ -687,6 +687,37 @@ func TestShellWorkerLost(t *testing.T) {
 	require.Empty(t, sleepers(marker+"2"))
 }
 
+// TestShellWorkerPausedPastItsTTL: a worker stalls (SIGSTOP here; a VM
+// paused, a machine swapping) past its heartbeat's TTL while a terminal of
+// it prints. A gateway ends the terminal as lost and its socket gets the
+// exit. When the worker runs again, that terminal must not go on: before,
+// it ran until the detach timeout (30 minutes by default), its output
+// appended after the exit where no socket would ever see it. Now the
+// worker's next append or check finds the generation ended and kills it.
+func TestShellWorkerPausedPastItsTTL(t *testing.T) {
+	t.Parallel()
+	sc := newShellClusterDetaching(t, newCluster(t, "/bin/false"), "10m")
+	a := sc.dialShell(sc.gw1, "alice")
+	a.send(sc.plainInit("paused"))
+	a.waitText(0, "Starting terminal in:", 10*time.Second)
+	marker := uniqueNumber(4)
+	a.typeLine("sleep " + marker + " & for i in $(seq 1 300); do echo tick-$i; sleep 0.1; done")
+	a.waitText(0, "tick-3", 10*time.Second)
+
+	sc.worker.signal(syscall.SIGSTOP)
+	a.waitExit(0, 15*time.Second)
+	require.Contains(t, a.text(0), "[Terminal lost: its worker stopped]")
+	key, h := sc.shellHash("alice")
+	require.Equal(t, "exited", h["state"])
+	sc.worker.signal(syscall.SIGCONT)
+
+	eventually(t, 10*time.Second, "the lost terminal's processes gone", func() bool { return len(sleepers(marker)) == 0 })
+	time.Sleep(500 * time.Millisecond) // a tick's worth more
+	seq, err := sc.rdb.HGet(context.Background(), key, "seq").Result()
+	require.NoError(t, err)
+	require.Equal(t, h["seq"], seq, "output appended after the terminal was ended")
+}
+
 // TestShellFloodAcrossGatewayKill: the gateway holding a flooding
 // terminal's socket is killed (-9); the client reattaches through the
 // other gateway with the last seq it got, as a reconnecting client does,

@@ -328,8 +328,9 @@ func (s *Store) OpenShells(ctx context.Context) ([]OpenShell, error) {
 	return out, nil
 }
 
-// ErrStaleShell means a terminal generation was replaced (or its key
-// deleted): its process must stop.
+// ErrStaleShell means a terminal generation was replaced, ended elsewhere
+// (a gateway took its worker for dead), or its key deleted: its process
+// must stop. Appends, checks and field updates answer it.
 var ErrStaleShell = errors.New("terminal generation replaced")
 
 // ErrShellGone is the ErrStaleShell of a terminal whose hash is gone

@@ -321,6 +321,41 @@ func TestShellTouchTellsGone(t *testing.T) {
 	}
 }
 
+// TestShellEndedRefusesWrites: a generation a gateway ended as lost (its
+// worker's heartbeat expired while the worker only stalled) takes no more
+// output, watch checks or field updates from that worker: each answers
+// ErrStaleShell, on which the worker kills the terminal.
+func TestShellEndedRefusesWrites(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			st, _, gen := budgetedTerminal(t, b, store.DefaultShellOutputBytes)
+			ctx := context.Background()
+			last, err := st.ShellAppend(ctx, "k1", gen, []string{"before"})
+			require.NoError(t, err)
+			_, err = st.ShellIdle(ctx, "k1", gen)
+			require.NoError(t, err)
+			require.NoError(t, st.ShellSet(ctx, "k1", gen, "cols", "100"))
+
+			ok, err := st.ShellExit(ctx, "k1", gen, 1, "", store.ShellExitLost)
+			require.NoError(t, err)
+			require.True(t, ok)
+			_, err = st.ShellAppend(ctx, "k1", gen, []string{"after"})
+			require.ErrorIs(t, err, store.ErrStaleShell)
+			_, err = st.ShellIdle(ctx, "k1", gen)
+			require.ErrorIs(t, err, store.ErrStaleShell)
+			require.ErrorIs(t, st.ShellSet(ctx, "k1", gen, "state", store.ShellRunning), store.ErrStaleShell)
+
+			chunks, err := st.ShellOutput(ctx, "k1", 0, 100)
+			require.NoError(t, err)
+			require.Equal(t, last, chunks[len(chunks)-1].Seq, "nothing appended after the end")
+			info, ok, err := st.Shell(ctx, "k1")
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, "exited", info.State)
+		})
+	}
+}
+
 // TestShellFloodMemoryIsBounded: 100 terminals flooded with 8 times their
 // output budget each leave Redis holding about the budgets, not the flood.
 func TestShellFloodMemoryIsBounded(t *testing.T) {

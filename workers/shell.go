@@ -421,7 +421,7 @@ func (w *Worker) shellLoop(ctx context.Context) {
 			}
 			switch {
 			case errors.Is(err, store.ErrStaleShell):
-				sh.log.Info("terminal replaced: killing it")
+				sh.log.Info("terminal replaced or ended elsewhere: killing it")
 				sh.kill()
 			case err != nil:
 				if ctx.Err() == nil {

@@ -24,10 +24,13 @@
 -- ARGV[7 ..] chunks
 --
 -- Returns the seq of the last chunk (the terminal's, for a repeated
--- batch), or -1 for a stale generation.
+-- batch), or -1 for a stale generation, or one that was ended (a gateway
+-- took its worker for dead: its sockets got the exit, and the worker,
+-- stalled meanwhile, must end it rather than go on into a stream nobody
+-- reads).
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'gen', 'seq', 'outBytes', 'appendBatch')
-if cur[1] ~= ARGV[1] then
+local cur = redis.call('HMGET', hash, 'gen', 'seq', 'outBytes', 'appendBatch', 'state')
+if cur[1] ~= ARGV[1] or cur[5] == 'exited' then
   return -1
 end
 local seq = tonumber(cur[2] or '0')

@@ -5,9 +5,10 @@
 -- KEYS[1] shell hash
 -- ARGV[1] generation
 --
--- Returns the idle milliseconds, or -1 for a stale generation.
-local cur = redis.call('HMGET', KEYS[1], 'gen', 'watchedAt')
-if cur[1] ~= ARGV[1] then
+-- Returns the idle milliseconds, or -1 for a stale generation or one that
+-- was ended (shell_append.lua says why).
+local cur = redis.call('HMGET', KEYS[1], 'gen', 'watchedAt', 'state')
+if cur[1] ~= ARGV[1] or cur[3] == 'exited' then
   return -1
 end
 local t = redis.call('TIME')
