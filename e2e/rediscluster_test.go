@@ -193,8 +193,8 @@ func TestShellFloodThroughFailover(t *testing.T) {
 	require.NotContains(t, notices, "exited", "the terminal lives through the failover")
 	requireIncreasing(t, seqs)
 	c.requireStored(sc, "alice")
-	// Two lines at the Ctrl-C; two more where a write the failover lost
-	// met the worker's next append (it goes on past the seq it had).
+	// Two lines at the Ctrl-C; two more where the failover lost writes
+	// (asynchronous replication) that the socket had not been sent yet.
 	requireFloodLines(t, text, 4)
 }
 
