@@ -411,6 +411,13 @@ func (w *Worker) shellLoop(ctx context.Context) {
 		}
 		w.shells.mu.Unlock()
 		for _, sh := range list {
+			select {
+			case <-sh.stopped:
+				// Ended here: its exit is being recorded, after which the
+				// check would take it for ended elsewhere.
+				continue
+			default:
+			}
 			began := time.Now()
 			idle, err := w.st.ShellIdle(ctx, sh.key, sh.gen)
 			if err != nil && !errors.Is(err, store.ErrStaleShell) || time.Since(began) > store.SlowCall {
