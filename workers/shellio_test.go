@@ -26,7 +26,13 @@ func TestShellOutputWholeAfterABacklog(t *testing.T) {
 	open, _ := json.Marshal(spec)
 	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
 	stored := func() string { return storedText(t, st) }
-	require.Eventually(t, func() bool { return stored() != "" }, 20*time.Second, 5*time.Millisecond, "the prompt")
+	// The whole prompt: bash writes it in pieces (bracketed paste on, then
+	// PS1), which may be read and stored apart.
+	require.Eventually(t, func() bool {
+		before := stored()
+		time.Sleep(200 * time.Millisecond)
+		return before != "" && stored() == before
+	}, 20*time.Second, 5*time.Millisecond, "the prompt")
 	w.shells.mu.Lock()
 	sh := w.shells.m["k1"]
 	w.shells.mu.Unlock()
