@@ -25,7 +25,13 @@ func shellWorker(t *testing.T) (*Worker, *store.Store, app.ShellSpec, int64) {
 // shellWorkerOn is shellWorker on backend b.
 func shellWorkerOn(t *testing.T, b storetest.Backend) (*Worker, *store.Store, app.ShellSpec, int64) {
 	t.Helper()
-	st := storetest.New(t, storetest.Start(t, b))
+	return shellWorkerAt(t, storetest.Start(t, b))
+}
+
+// shellWorkerAt is shellWorker on the Redis at url.
+func shellWorkerAt(t *testing.T, url string) (*Worker, *store.Store, app.ShellSpec, int64) {
+	t.Helper()
+	st := storetest.New(t, url)
 	dir := t.TempDir()
 	w, err := New(Config{Store: st, ID: "w1", Workspaces: app.Workspaces{Roots: []string{dir}}, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}}})
 	require.NoError(t, err)

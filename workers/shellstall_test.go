@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/store/storetest"
 )
@@ -29,16 +28,7 @@ func stallWorker(t *testing.T) (*Worker, *store.Store, *storetest.Server, *shell
 			t.Logf("redis-server's log:\n%s", log)
 		}
 	})
-	st := storetest.New(t, srv.URL)
-	dir := t.TempDir()
-	w, err := New(Config{Store: st, ID: "w1", Workspaces: app.Workspaces{Roots: []string{dir}}, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}}})
-	require.NoError(t, err)
-	t.Cleanup(w.killShells)
-	spec := app.ShellSpec{Owner: "alice", ProjectPath: dir, Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
-	ctx := context.Background()
-	gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
-	require.NoError(t, err)
-	require.True(t, ok)
+	w, st, spec, gen := shellWorkerAt(t, srv.URL)
 	open, _ := json.Marshal(spec)
 	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
 	require.Eventually(t, func() bool { return storedText(t, st) != "" }, 20*time.Second, 5*time.Millisecond, "the prompt")
