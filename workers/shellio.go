@@ -150,8 +150,10 @@ func (sh *shell) append(chunks [][]byte) {
 	if len(chunks) == 0 {
 		return
 	}
-	if _, closing := sh.w.shells.quitting(); closing && sh.dropping {
-		return // each try would wait out go-redis's dials
+	if sh.dropping {
+		if _, closing := sh.w.shells.quitting(); closing {
+			return // each try would wait out go-redis's dials
+		}
 	}
 	// A retry keeps the batch's number: an append whose reply was lost
 	// (a stalled Redis runs it after the worker gave up waiting) is
