@@ -553,3 +553,47 @@ func TestShellOutputHeldThroughOutage(t *testing.T) {
 		})
 	}
 }
+
+// TestShellKeysThroughAStall: keys typed into a terminal whose worker has
+// no link (they take its inbox) while Redis is stalled (SIGSTOP). The
+// gateway's Redis client writes them, times out after 5 s and writes them
+// again on another connection; the stalled Redis runs every copy when it
+// goes on. Before, the keys were typed twice after a 7 s stall, and after a
+// 14 s one (past the gateway's 10 s, when its socket was told the keys
+// failed) typed all the same. Now they are typed once after the
+// first, and not at all after the second.
+func TestShellKeysThroughAStall(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		stall time.Duration
+		times int
+	}{
+		{"within the gateway's wait", 7 * time.Second, 1},
+		{"past it", 14 * time.Second, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cl := newClusterOn(t, storetest.Options{}, "/bin/false")
+			gw := cl.startGateway("gw")
+			w := cl.startWorker("worker") // no link: keys take the inbox
+			sc := &shellCluster{cluster: cl, gw1: gw, gw2: gw, worker: w}
+			c := sc.openShell(gw, "alice", "keys")
+			c.typeLine("echo warm-$((0+1))")
+			c.waitText(0, "warm-1\r\n", 10*time.Second)
+
+			mark := c.mark()
+			cl.redis.Pause(t)
+			resume := time.AfterFunc(tc.stall, func() { cl.redis.Resume(t) })
+			defer resume.Stop()
+			c.typeLine("echo k-$((1+1))")
+			time.Sleep(tc.stall)
+			cl.waitRedis()
+			c.typeLine("echo after-$((2+2))")
+			c.waitText(mark, "after-4\r\n", 30*time.Second)
+			text := c.text(mark)
+			t.Logf("after the stall: %q", text)
+			require.Equal(t, tc.times, strings.Count(text, "k-2\r\n"), "times the keys were typed")
+		})
+	}
+}

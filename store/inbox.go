@@ -2,9 +2,14 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -29,6 +34,11 @@ type Control struct {
 	// Shell and Gen name the terminal generation of a shell control.
 	Shell string `json:"shell,omitempty"`
 	Gen   int64  `json:"gen,omitempty"`
+	// ID tells the copies of one send apart from another send: SendControl
+	// sets it. A send retried after a timeout (go-redis does, on another
+	// connection) can land twice when Redis was stalled rather than down,
+	// and a worker acts on one copy only (a keystroke typed once runs once).
+	ID string `json:"id,omitempty"`
 }
 
 // Control types.
@@ -45,17 +55,51 @@ type ControlEntry struct {
 	Err      error
 }
 
-// SendControl appends a control message to a worker's inbox.
+// ErrControlLate is returned by SendControl when Redis ran the send after
+// its deadline (ctx's, less a margin for the reply): nothing was sent.
+var ErrControlLate = errors.New("store: control reached Redis after its deadline")
+
+// SendControl appends a control message to a worker's inbox, and gives it
+// an ID when it has none. Under a ctx with a deadline, Redis takes it only
+// until shortly before that deadline: a caller that gave up waiting (and
+// told its user the control failed) never has it sent later, when a
+// stalled Redis goes on.
 func (s *Store) SendControl(ctx context.Context, worker string, c Control) error {
+	if c.ID == "" {
+		c.ID = s.controls.next()
+	}
 	body, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("store: encode control: %w", err)
 	}
-	err = s.sc.inboxSend.Run(ctx, s.rdb, []string{s.k.inbox(worker)}, inboxMaxLen, int(inboxTTL.Seconds()), body).Err()
+	sent, err := s.sc.inboxSend.Run(ctx, s.rdb, []string{s.k.inbox(worker)}, inboxMaxLen, int(inboxTTL.Seconds()), body, s.deadlineMillis(ctx)).Int()
 	if err != nil {
 		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, err)
 	}
+	if sent == 0 {
+		// Redis stalled, or its clock moved: measured again before the
+		// next deadline.
+		s.clock.expire()
+		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, ErrControlLate)
+	}
 	return nil
+}
+
+// controlIDs makes the IDs of a store's controls: a random prefix of the
+// process, then a count.
+type controlIDs struct {
+	once   sync.Once
+	prefix string
+	n      atomic.Uint64
+}
+
+func (c *controlIDs) next() string {
+	c.once.Do(func() {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		c.prefix = hex.EncodeToString(b[:]) + "-"
+	})
+	return c.prefix + strconv.FormatUint(c.n.Add(1), 10)
 }
 
 // ReadInbox waits up to block for control messages after the stream id

@@ -168,6 +168,87 @@ func TestInbox(t *testing.T) {
 	})
 }
 
+// TestInboxControlIDs: each control sent gets an ID of its own, which a
+// worker uses to act once on a control stored twice.
+func TestInboxControlIDs(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		require.Eventually(t, st.ClockMeasured, 5*time.Second, 5*time.Millisecond, "Redis's clock measured")
+		for range 2 {
+			require.NoError(t, st.SendControl(ctx, "w1", store.Control{Type: store.ControlAbort, SessionID: "s"}))
+		}
+		require.NoError(t, st.SendControl(ctx, "w1", store.Control{Type: store.ControlAbort, SessionID: "s", ID: "mine"}))
+		got, err := st.ReadInbox(ctx, "w1", "0", 50*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, got, 3)
+		require.NotEmpty(t, got[0].Control.ID)
+		require.NotEqual(t, got[0].Control.ID, got[1].Control.ID)
+		require.Equal(t, "mine", got[2].Control.ID)
+	})
+}
+
+// TestSendControlThroughAStall: Redis stalls (SIGSTOP, as a paused VM or a
+// hung disk stalls it) while a control is sent. go-redis writes the
+// control, times out reading the reply (5 s), and writes it again on
+// another connection of its pool; the stalled Redis runs both copies when
+// it goes on. A send whose caller gave up (and told its user it failed)
+// must not be sent then: before, a keystroke reported as failed was typed
+// twice seconds later. One that Redis runs in time is stored under one ID
+// however many copies land (the worker acts on one).
+func TestSendControlThroughAStall(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		timeout  time.Duration // the sender's
+		stall    time.Duration
+		wantSent bool
+	}{
+		{"past the sender's deadline", 7 * time.Second, 9 * time.Second, false},
+		{"within it", 20 * time.Second, 7 * time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := storetest.StartServer(t)
+			st := storetest.New(t, srv.URL)
+			ctx := context.Background()
+			require.Eventually(t, st.ClockMeasured, 5*time.Second, 5*time.Millisecond, "Redis's clock measured")
+			// The script loaded (a NOSCRIPT reply would stop the first
+			// copy), and connections in the pool for go-redis's retry.
+			require.NoError(t, st.SendControl(ctx, "other", store.Control{Type: store.ControlAbort}))
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Go(func() { _, _ = st.PeekInbox(ctx, "idle", "0", 100*time.Millisecond) })
+			}
+			wg.Wait()
+
+			srv.Pause(t)
+			resumed := time.AfterFunc(tc.stall, func() { srv.Resume(t) })
+			defer resumed.Stop()
+			sendCtx, cancel := context.WithTimeout(ctx, tc.timeout)
+			err := st.SendControl(sendCtx, "w1", store.Control{Type: store.ControlShellInput, Shell: "k", Gen: 1, Data: []byte(`"x"`)})
+			cancel()
+			t.Logf("send: %v", err)
+			if tc.wantSent {
+				require.NoError(t, err)
+			} else {
+				require.Error(t, err)
+			}
+			require.Eventually(t, func() bool { return st.Ping(ctx) == nil }, 20*time.Second, 50*time.Millisecond, "Redis going on")
+			got, err := st.PeekInbox(ctx, "w1", "0", 50*time.Millisecond)
+			require.NoError(t, err)
+			t.Logf("%d copies stored", len(got))
+			if !tc.wantSent {
+				require.Empty(t, got, "a control its sender gave up on was stored")
+				return
+			}
+			require.NotEmpty(t, got)
+			for _, e := range got {
+				require.Equal(t, got[0].Control.ID, e.Control.ID, "copies of one send")
+			}
+		})
+	}
+}
+
 // TestInboxOfADeadWorkerExpires: an inbox nobody reads (its worker was
 // killed before it could delete it) is not kept for ever.
 func TestInboxOfADeadWorkerExpires(t *testing.T) {

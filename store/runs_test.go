@@ -271,7 +271,10 @@ func TestAbort(t *testing.T) {
 		inbox, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
 		require.NoError(t, err)
 		require.Len(t, inbox, 1, "the worker is told to stop")
-		require.Equal(t, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}, inbox[0].Control)
+		ctl := inbox[0].Control
+		require.NotEmpty(t, ctl.ID)
+		ctl.ID = ""
+		require.Equal(t, store.Control{Type: store.ControlAbort, SessionID: sess.ID, RunID: res.RunID}, ctl)
 
 		got, err := st.Session(ctx, sess.ID)
 		require.NoError(t, err)

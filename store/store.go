@@ -89,6 +89,11 @@ type Store struct {
 	// nobody waits.
 	probeMu sync.Mutex
 	probe   chan struct{}
+
+	// clock estimates Redis's clock, for deadlines Redis checks.
+	clock redisClock
+	// controls numbers the controls this store sends (Control.ID).
+	controls controlIDs
 }
 
 // New connects to Redis and checks that it answers. A URL naming one node
@@ -142,6 +147,8 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cluster != nil {
 		go s.recheckLoop()
 	}
+	s.clock.measuring = true
+	go s.measureClock()
 	return s, nil
 }
 

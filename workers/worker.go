@@ -377,6 +377,7 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 func (w *Worker) inboxLoop(ctx context.Context) {
 	after := "0"
 	var read []store.ControlEntry
+	var seen seenControls
 	for ctx.Err() == nil {
 		entries, err := w.st.PeekInbox(ctx, w.cfg.ID, after, w.pollBlock)
 		if err != nil {
@@ -390,6 +391,10 @@ func (w *Worker) inboxLoop(ctx context.Context) {
 			after = e.StreamID
 			if e.Err != nil {
 				w.log.Warn("drop undecodable control", "err", e.Err)
+				continue
+			}
+			if !seen.first(e.Control.ID) {
+				w.log.Info("drop a control stored twice", "type", e.Control.Type, "id", e.Control.ID)
 				continue
 			}
 			w.control(e.Control)
