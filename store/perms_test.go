@@ -23,6 +23,11 @@ func TestPermissionLifecycle(t *testing.T) {
 				RequestID: id, ToolName: "Bash", Input: json.RawMessage(`{"command":"touch x"}`), ReceivedAt: int64(100 + i),
 			}))
 		}
+		// A second copy of one ask (go-redis writes a call again when its
+		// reply is late; a stalled Redis then runs both) asks nothing more.
+		require.NoError(t, st.AskPermission(ctx, ref, app.PendingPermission{
+			RequestID: "req-3", ToolName: "Bash", Input: json.RawMessage(`{"command":"touch x"}`), ReceivedAt: 102,
+		}))
 		pending, err := st.PendingPermissions(ctx, sess.ID)
 		require.NoError(t, err)
 		require.Len(t, pending, 3)

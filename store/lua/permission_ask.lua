@@ -11,10 +11,18 @@
 -- ARGV[5] event body        ARGV[6] pending request JSON
 -- ARGV[7] seq floor (see raise in prelude.lua; 0 for none)
 --
--- Returns the event's seq, or the error "STALE".
-local cur = redis.call('HMGET', KEYS[1], 'runId', 'state')
+-- A request already pending is not asked again: a second copy of one call
+-- (go-redis writes a call again when its reply is late, and a stalled Redis
+-- runs both) must not show the user the question twice.
+--
+-- Returns the event's seq (the session's last, for a request already
+-- pending), or the error "STALE".
+local cur = redis.call('HMGET', KEYS[1], 'runId', 'state', 'lastSeq')
 if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then
   return redis.error_reply('STALE')
+end
+if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then
+  return tonumber(cur[3] or '0')
 end
 raise(KEYS[1], ARGV[7])
 local seq = emit(KEYS[1], KEYS[2], ARGV[3], ARGV[2], ARGV[1], 'permission_request', ARGV[5], '')
