@@ -496,7 +496,8 @@ func TestStartBeforeRedis(t *testing.T) {
 // TestShellOutputHeldThroughOutage: a terminal prints numbered lines, a
 // finite loop, while Redis stalls (SIGSTOP: commands time out, and a
 // stalled append may still run once Redis goes on) or is killed and
-// restarted (LOADING for seconds). The worker holds what it cannot store
+// restarted (LOADING for seconds), or refuses writes (full: OOM; a failed
+// save: MISCONF). The worker holds what it cannot store
 // and stops reading the PTY, so the loop waits rather than loses its
 // output: every line arrives once and in order (before 2026-12-06 the
 // worker dropped what it read meanwhile, and the text had a gap).
@@ -516,6 +517,16 @@ func TestShellOutputHeldThroughOutage(t *testing.T) {
 			time.Sleep(time.Second)
 			cl.redis.Restart(t)
 			cl.waitRedis()
+		}},
+		{"full", func(t *testing.T, cl *cluster) {
+			cl.setMaxmemory("1") // every append refused with OOM
+			time.Sleep(6 * time.Second)
+			cl.setMaxmemory("0")
+		}},
+		{"cannot save", func(t *testing.T, cl *cluster) {
+			cl.redis.FailSnapshot(t) // every write refused with MISCONF
+			time.Sleep(6 * time.Second)
+			cl.redis.FixSnapshot(t)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
