@@ -10,6 +10,10 @@ import (
 // measured again: clocks drift by milliseconds a minute, not seconds.
 const clockRefresh = time.Minute
 
+// clockSlowTrip is a round trip too slow to measure Redis's clock by,
+// unless there is no estimate at all: the error is up to half of it.
+const clockSlowTrip = 250 * time.Millisecond
+
 // deadlineMargin is how long before its caller's deadline a write must have
 // run in Redis to count: its reply still has to come back. A write that
 // ran later is one the caller was told failed (a stalled Redis runs what
@@ -65,6 +69,9 @@ func (s *Store) measureClock() {
 	c.measuring = false
 	if err != nil {
 		return // tried again at the next write
+	}
+	if back.Sub(sent) > clockSlowTrip && !c.at.IsZero() {
+		return // the midpoint could be far off: the last estimate stands
 	}
 	mid := sent.Add(back.Sub(sent) / 2)
 	c.offset, c.at = now.Sub(mid), back
