@@ -496,8 +496,9 @@ func TestStartBeforeRedis(t *testing.T) {
 // TestShellOutputHeldThroughOutage: a terminal prints numbered lines, a
 // finite loop, while Redis stalls (SIGSTOP: commands time out, and a
 // stalled append may still run once Redis goes on) or is killed and
-// restarted (LOADING for seconds), or refuses writes (full: OOM; a failed
-// save: MISCONF). The worker holds what it cannot store
+// restarted (LOADING for seconds), refuses writes (full: OOM; a failed
+// save: MISCONF), or holds them (CLIENT PAUSE WRITE). The worker holds
+// what it cannot store
 // and stops reading the PTY, so the loop waits rather than loses its
 // output: every line arrives once and in order (before 2026-12-06 the
 // worker dropped what it read meanwhile, and the text had a gap).
@@ -522,6 +523,12 @@ func TestShellOutputHeldThroughOutage(t *testing.T) {
 			cl.setMaxmemory("1") // every append refused with OOM
 			time.Sleep(6 * time.Second)
 			cl.setMaxmemory("0")
+		}},
+		{"writes paused", func(t *testing.T, cl *cluster) {
+			// As an operator's CLIENT PAUSE, or a FAILOVER waiting for its
+			// replica: reads answer, every script waits.
+			require.NoError(t, cl.rdb.Do(context.Background(), "CLIENT", "PAUSE", "6000", "WRITE").Err())
+			time.Sleep(6 * time.Second)
 		}},
 		{"cannot save", func(t *testing.T, cl *cluster) {
 			cl.redis.FailSnapshot(t) // every write refused with MISCONF

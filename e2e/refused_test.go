@@ -188,3 +188,25 @@ func TestTerminalThroughRedisThatCannotSave(t *testing.T) {
 	}
 	require.NotContains(t, a.text(0), "Terminal lost")
 }
+
+// TestRunThroughPausedWrites: Redis pauses every write for 6 s (CLIENT
+// PAUSE WRITE, as an operator's pause or a FAILOVER waiting for its
+// replica does), six heartbeat TTLs of the e2e workers, in the middle of a
+// run. Reads still answer, and a heartbeat read during the pause finds the
+// worker's expired; but no reaper can end the run meanwhile (its lease and
+// its complete are writes, and wait), and once the pause ends the
+// heartbeats are back: the run goes on, and every event arrives once, in
+// order, through one successful complete.
+func TestRunThroughPausedWrites(t *testing.T) {
+	t.Parallel()
+	cl := newClusterOn(t, storetest.Options{}, "", longRun("paused", 5, 150*time.Millisecond)...)
+	gw := cl.startGateway("gw")
+	cl.startWorker("worker")
+	c := cl.dial(gw, "alice")
+	sid := startLongRun(t, cl, c, "paused")
+	waitMidRun(t, c, sid)
+	require.NoError(t, cl.rdb.Do(context.Background(), "CLIENT", "PAUSE", "6000", "WRITE").Err())
+	time.Sleep(6 * time.Second)
+	sum := checkRun(t, c.waitEnd(sid, 1, 60*time.Second), 1)
+	requireComplete(t, sum.completes[0], 0, true, false)
+}
