@@ -73,15 +73,38 @@ func (f *follower) waitEnd(timeout time.Duration) {
 }
 
 // TestRedisClusterFailover kills -9 the master that owns a streaming
-// session's slot. Its replica is promoted (a few seconds with
-// cluster-node-timeout 3000); the worker retries its writes across the
-// failover, so the run goes on and ends as it would have, with exactly one
-// complete. Clients on both gateways see every seq once and in order; an
-// event the promotion lost (asynchronous replication) is reported by
-// recovered:false on resume, never skipped quietly, and no seq a client had
-// is given to another event.
+// session's slot, or stalls it (SIGSTOP) for 9 s, past the cluster's node
+// timeout: it then comes back to find its replica promoted, and runs what
+// waited in its sockets before it learns so. The replica is promoted (a few
+// seconds with cluster-node-timeout 3000); the worker retries its writes
+// across the failover, so the run goes on and ends as it would have, with
+// exactly one complete. Clients on both gateways see every seq once and in
+// order; an event the promotion lost (asynchronous replication) is reported
+// by recovered:false on resume, never skipped quietly, and no seq a client
+// had is given to another event.
 func TestRedisClusterFailover(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		down func(t *testing.T, master *storetest.Server)
+	}{
+		{"killed", func(t *testing.T, master *storetest.Server) { master.Stop() }},
+		{"stalled", func(t *testing.T, master *storetest.Server) {
+			master.Pause(t)
+			time.Sleep(9 * time.Second)
+			master.Resume(t)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			clusterFailover(t, tc.down)
+		})
+	}
+}
+
+// clusterFailover is TestRedisClusterFailover with down taking the
+// session's master away.
+func clusterFailover(t *testing.T, down func(t *testing.T, master *storetest.Server)) {
 	storeKey := func(sid string) string { return keyPrefix + ":session:{" + sid + "}" }
 	cl := newClusterOnRedisCluster(t, "", longRun("failover", 8, 300*time.Millisecond)...)
 	gwA, gwB := cl.startGateway("gwA"), cl.startGateway("gwB")
@@ -95,8 +118,8 @@ func TestRedisClusterFailover(t *testing.T) {
 	before := waitMidRun(t, c1, sid)
 
 	master := cl.rcluster.MasterOf(t, storeKey(sid))
-	t.Logf("killing master %s of the session's slot at seq %d", master.Addr, lastSeq(before))
-	master.Stop()
+	t.Logf("taking master %s of the session's slot away at seq %d", master.Addr, lastSeq(before))
+	down(t, master)
 
 	f1 := &follower{t: t, cl: cl, gws: []*proc{gwB, gwA}, sid: sid, c: c1}
 	fw := &follower{t: t, cl: cl, gws: []*proc{gwA, gwB}, sid: sid, c: watcher}
