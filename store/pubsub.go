@@ -105,21 +105,47 @@ func (sub *Subscriber) Run(ctx context.Context) error {
 	return nil
 }
 
+// pubsubIdle is how long the plain pub/sub connection may be silent before
+// it is pinged; shardIdle the same for a shard connection, which is moved
+// when a ping goes unanswered that long too: a gateway stays deaf to a
+// stalled master's slots for at most twice shardIdle after its replica
+// took over (plus the failover itself).
+const (
+	pubsubIdle = 15 * time.Second
+	shardIdle  = 2 * time.Second
+)
+
 // receive reads one pub/sub connection until ctx ends. With a shard it
 // returns on the first connection error instead: the shard's channels are
 // then moved to fresh connections (see shard).
 func (sub *Subscriber) receive(ctx context.Context, ps *redis.PubSub, sh *shard) {
 	backoff := 50 * time.Millisecond
+	idle := pubsubIdle
+	if sh != nil {
+		idle = shardIdle
+	}
+	pinged := false // a ping went out and nothing came since
 	for ctx.Err() == nil {
-		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
+		msg, err := ps.ReceiveTimeout(ctx, idle)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, redis.ErrClosed) && sh != nil {
 				return
 			}
 			var netErr net.Error
 			if errors.As(err, &netErr) && netErr.Timeout() {
+				if pinged && sh != nil {
+					// A master that holds the connection open and answers
+					// nothing is stalled (a paused VM, a hung disk); its
+					// replica may have been promoted meanwhile, and the
+					// channels' messages go there. Its kernel keeps the
+					// connection alive, so no error would ever come.
+					sub.s.log.Warn("pub/sub shard answers no ping: moving its channels", "addr", sh.addr)
+					sub.shardUnanswered(ctx, sh)
+					return
+				}
 				// Idle: a ping makes a dead connection show itself.
 				_ = ps.Ping(ctx)
+				pinged = true
 				continue
 			}
 			if sh != nil && isMoved(err) {
@@ -140,6 +166,7 @@ func (sub *Subscriber) receive(ctx context.Context, ps *redis.PubSub, sh *shard)
 			continue
 		}
 		backoff = 50 * time.Millisecond
+		pinged = false
 		switch m := msg.(type) {
 		case *redis.Message:
 			sub.dispatch(m.Channel, m.Payload)

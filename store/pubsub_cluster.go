@@ -85,7 +85,7 @@ func (sub *Subscriber) dropShardLocked(sh *shard) {
 		sub.wg.Add(1)
 		go func() {
 			defer sub.wg.Done()
-			sub.moveChannels(ctx, moved, "")
+			sub.moveChannels(ctx, moved, "", false)
 		}()
 	}
 }
@@ -136,7 +136,7 @@ func (sub *Subscriber) shardMoved(sh *shard, err error) {
 		sub.wg.Add(1)
 		go func() {
 			defer sub.wg.Done()
-			sub.moveChannels(ctx, moved, sh.addr)
+			sub.moveChannels(ctx, moved, sh.addr, false)
 		}()
 	}
 }
@@ -187,7 +187,19 @@ func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
 	moved := sub.forgetShardLocked(sh)
 	sub.mu.Unlock()
 	_ = sh.ps.Close()
-	sub.moveChannels(ctx, moved, "")
+	sub.moveChannels(ctx, moved, "", false)
+}
+
+// shardUnanswered closes a shard whose master answers no ping and moves
+// its channels to the masters that own them once the slot map no longer
+// names it (a failover of a stalled master takes cluster-node-timeout and
+// an election). Runs in the shard's goroutine.
+func (sub *Subscriber) shardUnanswered(ctx context.Context, sh *shard) {
+	sub.mu.Lock()
+	moved := sub.forgetShardLocked(sh)
+	sub.mu.Unlock()
+	go func() { _ = sh.ps.Close() }() // a close may wait on the stalled master
+	sub.moveChannels(ctx, moved, sh.addr, true)
 }
 
 // shardDropped handles an sunsubscribe Redis sent on its own: the slot of
@@ -208,7 +220,7 @@ func (sub *Subscriber) shardDropped(sh *shard, channel string) {
 	sub.wg.Add(1)
 	go func() {
 		defer sub.wg.Done()
-		sub.moveChannels(ctx, []string{channel}, sh.addr)
+		sub.moveChannels(ctx, []string{channel}, sh.addr, false)
 	}()
 }
 
@@ -217,18 +229,45 @@ func (sub *Subscriber) shardDropped(sh *shard, channel string) {
 // ends (a failover takes seconds). A channel Redis dropped from the master
 // at away (its slot moved) waits, for a while, until the slot map no longer
 // names that master: go-redis reloads its map in the background, and a
-// channel subscribed there again would only be refused (MOVED).
-func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away string) {
+// channel subscribed there again would only be refused (MOVED). With
+// stalled, away answered nothing: its channels wait longer, for its
+// replica's promotion (cluster-node-timeout and an election), unless it
+// answers a ping again (it was only slow, and keeps its slots); a
+// subscribe sent to a stalled master would hold the Subscriber's lock
+// until it timed out.
+func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away string, stalled bool) {
 	backoff := 20 * time.Millisecond
-	patience := time.Now().Add(10 * time.Second)
+	wait := 10 * time.Second
+	if stalled {
+		wait = time.Minute
+	}
+	patience := time.Now().Add(wait)
+	maxBackoff := time.Second
+	if stalled {
+		maxBackoff = 250 * time.Millisecond // the promotion is near
+	}
+	// Whether away answered its last ping, sent at most every
+	// stalledProbeEvery (each unanswered one takes a second).
+	var probed time.Time
+	answered := false
 	for len(channels) > 0 && ctx.Err() == nil {
 		sub.s.cluster.ReloadState(ctx)
 		var left []string
 		for _, name := range channels {
 			if away != "" && time.Now().Before(patience) {
-				if m, err := sub.s.cluster.MasterForKey(ctx, name); err != nil || m.Options().Addr == away {
+				m, err := sub.s.cluster.MasterForKey(ctx, name)
+				if err != nil {
 					left = append(left, name)
 					continue
+				}
+				if m.Options().Addr == away {
+					if stalled && time.Since(probed) >= stalledProbeEvery {
+						probed, answered = time.Now(), sub.answers(ctx, m)
+					}
+					if !answered {
+						left = append(left, name)
+						continue
+					}
 				}
 			}
 			sub.mu.Lock()
@@ -248,8 +287,27 @@ func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away
 			case <-ctx.Done():
 			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, time.Second)
+			backoff = min(backoff*2, maxBackoff)
 		}
+	}
+}
+
+// stalledProbeEvery spaces the pings of a master that answered none.
+const stalledProbeEvery = 3 * time.Second
+
+// answers reports whether a master answers a ping within a second. The
+// ping is not waited for past that: go-redis reads its reply until its own
+// read timeout (5 s), whatever the context says.
+func (sub *Subscriber) answers(ctx context.Context, m *redis.Client) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	answer := make(chan error, 1)
+	go func() { answer <- m.Ping(ctx).Err() }()
+	select {
+	case err := <-answer:
+		return err == nil
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -158,13 +158,23 @@ func (fl *shellFlow) wait(pending func() int, stop <-chan struct{}) {
 
 // unwatchedPauseLocked is how long a reader with pending bytes waits
 // while flow control is off: output up to a window, then unwatchedRate
-// since it went off. fl.mu must be held.
+// since it went off. Credit is kept only up to what is pending and a
+// window more: a terminal quiet for a minute, or one whose appends failed
+// for seconds (Redis away), does not then pour a minute's worth into its
+// stored output at once, past its byte budget, before a socket that was
+// cut off meanwhile can catch up. fl.mu must be held.
 func (fl *shellFlow) unwatchedPauseLocked(pending int64) time.Duration {
 	now := time.Now()
 	if fl.offSince.IsZero() {
 		fl.offSince, fl.offBase = now, fl.appended
 	}
 	allowed := fl.window + int64(now.Sub(fl.offSince).Seconds()*unwatchedRate)
+	if allowed-(fl.appended-fl.offBase) > fl.window+pending {
+		// The pending bytes go, and a window after them; the rate counts
+		// from now.
+		fl.offSince, fl.offBase = now, fl.appended+pending
+		return 0
+	}
 	over := fl.appended + pending - fl.offBase - allowed
 	if over <= 0 {
 		return 0

@@ -110,6 +110,27 @@ func TestShellFlowPacesUnwatchedOutput(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(start), time.Second/4, "a quarter second's worth more took a quarter second")
 }
 
+// TestShellFlowUnwatchedCreditDoesNotPileUp: time in which nothing was
+// appended (a quiet terminal, or appends failing while Redis was away)
+// earns no more than a window: what follows still goes at unwatchedRate.
+// Before, a flood let out after a 5 s outage poured 5 MB into its stored
+// output at once, past its byte budget, while its socket's gateway was
+// still resubscribing, and the socket lost it to a trim.
+func TestShellFlowUnwatchedCreditDoesNotPileUp(t *testing.T) {
+	const window = 64 << 10
+	fl := newShellFlow(window)
+	stop := make(chan struct{})
+	defer close(stop)
+	fl.wait(func() int { return window }, stop) // flow off since now
+	time.Sleep(time.Second)                     // a MiB of credit at unwatchedRate
+	quarter := unwatchedRate / 4
+	fl.wait(func() int { return quarter }, stop) // what is pending goes
+	fl.appendedChunks(1, []int{quarter})
+	start := time.Now()
+	fl.wait(func() int { return window + quarter }, stop)
+	require.GreaterOrEqual(t, time.Since(start), time.Second/5, "a window then a quarter second's worth took about a quarter second")
+}
+
 // TestShellFlowFlushedMakesRoom: output a signal key threw away makes room
 // as an ack does, at once, but is not taken for a socket's ack: flow
 // control stays as it was (off before the first ack).
