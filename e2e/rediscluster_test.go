@@ -200,8 +200,8 @@ func startClusterFlood(t *testing.T, shellID string) (*shellCluster, *floodClien
 // worker killed the terminal as detached, or a reaper ended it as lost, in
 // five runs of six.) A stalled master keeps the gateway's shard connection
 // open and answers nothing on it: before 2026-12-06 the gateway heard
-// nothing of the terminal until the master went on (here: the prompt after
-// the Ctrl-C never came), while the worker, unacknowledged, stored the
+// nothing of the terminal until the master went on (here: no more of the
+// flood reached the socket in a minute), while the worker, unacknowledged, stored the
 // flood on the promoted replica past the terminal's byte budget. The
 // gateway now moves the channels of a shard that answers no ping within
 // seconds; what the worker stored meanwhile past the budget is still
