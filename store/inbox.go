@@ -2,17 +2,14 @@ package store
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/agentgate/agentgate/app"
 )
 
 // inboxMaxLen bounds a worker's inbox; a worker reads it continuously.
@@ -35,7 +32,7 @@ type Control struct {
 	Shell string `json:"shell,omitempty"`
 	Gen   int64  `json:"gen,omitempty"`
 	// ID tells the copies of one send apart from another send: SendControl
-	// sets it. A send retried after a timeout (go-redis does, on another
+	// sets it (app.NewID). A send retried after a timeout (go-redis does, on another
 	// connection) can land twice when Redis was stalled rather than down,
 	// and a worker acts on one copy only (a keystroke typed once runs once).
 	ID string `json:"id,omitempty"`
@@ -66,7 +63,7 @@ var ErrControlLate = errors.New("store: control reached Redis after its deadline
 // stalled Redis goes on.
 func (s *Store) SendControl(ctx context.Context, worker string, c Control) error {
 	if c.ID == "" {
-		c.ID = s.controls.next()
+		c.ID = app.NewID()
 	}
 	body, err := json.Marshal(c)
 	if err != nil {
@@ -83,23 +80,6 @@ func (s *Store) SendControl(ctx context.Context, worker string, c Control) error
 		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, ErrControlLate)
 	}
 	return nil
-}
-
-// controlIDs makes the IDs of a store's controls: a random prefix of the
-// process, then a count.
-type controlIDs struct {
-	once   sync.Once
-	prefix string
-	n      atomic.Uint64
-}
-
-func (c *controlIDs) next() string {
-	c.once.Do(func() {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		c.prefix = hex.EncodeToString(b[:]) + "-"
-	})
-	return c.prefix + strconv.FormatUint(c.n.Add(1), 10)
 }
 
 // ReadInbox waits up to block for control messages after the stream id

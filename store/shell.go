@@ -180,7 +180,7 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 	if err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
 	}
-	body, err := json.Marshal(Control{Type: ControlShellOpen, Shell: key, Gen: gen, Data: data, ID: s.controls.next()})
+	body, err := json.Marshal(Control{Type: ControlShellOpen, Shell: key, Gen: gen, Data: data, ID: app.NewID()})
 	if err != nil {
 		return 0, false, fmt.Errorf("store: open shell %s: %w", key, err)
 	}

@@ -92,8 +92,6 @@ type Store struct {
 
 	// clock estimates Redis's clock, for deadlines Redis checks.
 	clock redisClock
-	// controls numbers the controls this store sends (Control.ID).
-	controls controlIDs
 }
 
 // New connects to Redis and checks that it answers. A URL naming one node
