@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,6 +79,29 @@ func TestMetrics(t *testing.T) {
 		require.False(t, g.has(series) || m.has(series), "no Redis error in a clean run (%s)", series)
 	}
 	t.Logf("gateway metrics:\n%s\nworker metrics:\n%s", g.sample(), m.sample())
+
+	// On a host of two CPUs the processes run on one P unless GOMAXPROCS
+	// is set (cmd/agentgate/procs.go); this test's own process has the
+	// runtime's default.
+	if os.Getenv("GOMAXPROCS") == "" {
+		want := float64(runtime.GOMAXPROCS(0))
+		if want == 2 {
+			want = 1
+		}
+		require.Equal(t, want, g.value("go_sched_gomaxprocs_threads"), "the gateway's Ps on %d CPUs", runtime.GOMAXPROCS(0))
+		require.Equal(t, want, m.value("go_sched_gomaxprocs_threads"), "the worker's Ps on %d CPUs", runtime.GOMAXPROCS(0))
+	}
+	set := freeAddr(t)
+	startProc(t, "worker-procs", append(cl.workerEnv(), "AGENTGATE_METRICS_LISTEN="+set, "GOMAXPROCS=3"), "worker")
+	eventually(t, 20*time.Second, "the second worker's /readyz", func() bool {
+		resp, err := http.Get("http://" + set + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	require.Equal(t, 3.0, scrape(t, "http://"+set+"/metrics").value("go_sched_gomaxprocs_threads"), "the operator's GOMAXPROCS is kept")
 }
 
 // sample lists agentgate's series that are not zero (histogram buckets

@@ -37,6 +37,7 @@ Every flag has an environment variable (AGENTGATE_…); run 'agentgate help serv
 `
 
 func main() {
+	useSmallHostProcs()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"sync"
 	"time"
@@ -201,7 +202,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			case <-workerDone:
 			}
 		}()
-		log.Info("worker started", "worker", worker.ID(), "workspaces", c.workspaces().Roots)
+		log.Info("worker started", "worker", worker.ID(), "workspaces", c.workspaces().Roots, "procs", runtime.GOMAXPROCS(0))
 		if runsGateway {
 			// serve: its gateway takes commands (and prints its URL) only
 			// once its worker is registered, or the first command would
@@ -243,7 +244,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			}
 		}()
 		front.set(gateway.Handler())
-		log.Info("gateway listening", "addr", addr)
+		log.Info("gateway listening", "addr", addr, "procs", runtime.GOMAXPROCS(0))
 		if embedded != nil && c.Auth == handlers.AuthJWT {
 			if err := printLoginURL(stdout, addr, secret); err != nil {
 				return err
