@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -54,7 +55,17 @@ type termFeed struct {
 	// written is the highest seq of gen written to a socket here, and
 	// acked the one last told to the worker (its flow control).
 	written, acked int64
+	// announced holds the login URLs last sent to the sockets for gen,
+	// each with its autoOpen flag. The worker announces each once per
+	// generation, but go-redis writes a PUBLISH again when a stalled
+	// Redis does not answer within its read timeout, and Redis then runs
+	// both: a browser would open the page twice.
+	announced []string
 }
+
+// urlsRecalled is how many announced URLs a terminal's feed remembers: a
+// repeated PUBLISH arrives right after the first.
+const urlsRecalled = 8
 
 func newTerminals(h *hub, st *store.Store, log *slog.Logger, ws app.Workspaces, detach time.Duration) *terminals {
 	if detach <= 0 {
@@ -431,6 +442,17 @@ func (tm *terminals) message(key string, m store.ShellLive) {
 			}
 		}
 	case 'u':
+		id := "0 " + m.Data
+		if m.AutoOpen {
+			id = "1 " + m.Data
+		}
+		if slices.Contains(f.term.announced, id) {
+			return
+		}
+		if len(f.term.announced) == urlsRecalled {
+			f.term.announced = slices.Delete(f.term.announced, 0, 1)
+		}
+		f.term.announced = append(f.term.announced, id)
 		frame, _ := json.Marshal(app.ShellAuthURL{Type: "auth_url", URL: m.Data, AutoOpen: m.AutoOpen})
 		for w := range f.watches {
 			if !w.done {

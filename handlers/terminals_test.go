@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -169,4 +170,57 @@ func TestSignalKeyHoldsItsSocket(t *testing.T) {
 	require.Equal(t, []int64{11}, seqs(typist, 11), "the hold ends without an answer")
 
 	require.Equal(t, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, seqs(watcher, 11), "a socket that typed nothing misses nothing")
+}
+
+// TestLoginURLOncePerAnnounce: a login URL announced twice for one
+// generation (go-redis wrote the PUBLISH again after a stalled Redis's
+// read timeout, and Redis ran both) reaches the socket once; the same URL
+// with autoOpen, and another URL, are announcements of their own.
+func TestLoginURLOncePerAnnounce(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	ctx := context.Background()
+	g := startGateway(t, st)
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	ws, _, err := g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	defer ws.Close()
+	require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "tab"}))
+	var opened *store.Control
+	require.Eventually(t, func() bool {
+		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+		require.NoError(t, err)
+		for _, e := range in {
+			if e.Control.Type == store.ControlShellOpen {
+				opened = &e.Control
+			}
+		}
+		return opened != nil
+	}, 10*time.Second, time.Millisecond)
+	key, gen := opened.Shell, opened.Gen
+	// The socket watches once it has the first output.
+	_, err = st.ShellAppend(ctx, key, gen, []string{"$ "})
+	require.NoError(t, err)
+	const login, other = "https://auth.example.com/oauth?code=42", "https://example.com/docs"
+	for _, a := range []struct {
+		url  string
+		auto bool
+	}{{login, false}, {login, false}, {login, true}, {login, true}, {other, false}, {login, false}} {
+		require.NoError(t, st.ShellAuthURL(ctx, key, gen, a.url, a.auto))
+	}
+	_, err = st.ShellAppend(ctx, key, gen, []string{"end"})
+	require.NoError(t, err)
+
+	var got []string
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		var m map[string]any
+		require.NoError(t, ws.ReadJSON(&m))
+		if m["type"] == "auth_url" {
+			got = append(got, fmt.Sprintf("%v %v", m["url"], m["autoOpen"]))
+		}
+		if m["type"] == "output" && m["data"] == "end" {
+			break
+		}
+	}
+	require.Equal(t, []string{login + " false", login + " true", other + " false"}, got)
 }
