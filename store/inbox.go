@@ -52,9 +52,11 @@ type ControlEntry struct {
 	Err      error
 }
 
-// ErrControlLate is returned by SendControl when Redis ran the send after
-// its deadline (ctx's, less a margin for the reply): nothing was sent.
-var ErrControlLate = errors.New("store: control reached Redis after its deadline")
+// ErrLate is returned by SendControl and Accept when Redis ran the write
+// after its deadline (ctx's, less a margin for the reply): nothing was
+// written. A stalled Redis runs what waited in its sockets when it goes
+// on, long after the caller told its user the write failed.
+var ErrLate = errors.New("store: write reached Redis after its deadline")
 
 // SendControl appends a control message to a worker's inbox, and gives it
 // an ID when it has none. Under a ctx with a deadline, Redis takes it only
@@ -77,7 +79,7 @@ func (s *Store) SendControl(ctx context.Context, worker string, c Control) error
 		// Redis stalled, or its clock moved: measured again before the
 		// next deadline.
 		s.clock.expire()
-		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, ErrControlLate)
+		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, ErrLate)
 	}
 	return nil
 }

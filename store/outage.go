@@ -33,7 +33,7 @@ func Unavailable(err error) bool {
 	if err == nil || errors.Is(err, redis.ErrClosed) {
 		return false
 	}
-	if errors.Is(err, ErrLoading) || errors.Is(err, ErrControlLate) {
+	if errors.Is(err, ErrLoading) || errors.Is(err, ErrLate) {
 		return true
 	}
 	var netErr net.Error

@@ -36,7 +36,7 @@ func TestUnavailable(t *testing.T) {
 		{"wrong type", redisError("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
 		{"loading", fmt.Errorf("store: read session: %w", redisError("LOADING Redis is loading the dataset in memory")), true},
 		{"loading (INFO)", ErrLoading, true},
-		{"control late (Redis stalled)", fmt.Errorf("store: send x: %w", ErrControlLate), true},
+		{"control late (Redis stalled)", fmt.Errorf("store: send x: %w", ErrLate), true},
 		{"busy script", redisError("BUSY Redis is busy running a script"), true},
 		{"refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, true},
 		{"reset", fmt.Errorf("store: x: %w", syscall.ECONNRESET), true},

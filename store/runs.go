@@ -36,6 +36,11 @@ type AcceptRequest struct {
 	// this one included; past it Accept returns an *app.LimitError. Zero
 	// means no limit.
 	MaxRunning int
+	// ID names this accept; Accept makes one when it is empty. A copy of
+	// an accept that was taken (go-redis writes a command again when a
+	// stalled Redis does not answer in time, and Redis runs both) answers
+	// as the first did.
+	ID string
 }
 
 // AcceptResult describes an accepted run.
@@ -65,6 +70,9 @@ var errSessionExists = errors.New("session id already exists")
 // one session yield one run and one *BusyError.
 func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, error) {
 	sess := &req.Session
+	if req.ID == "" {
+		req.ID = app.NewID()
+	}
 	mode := "existing"
 	accepted := false
 	var createdBody []byte
@@ -115,6 +123,7 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 	res, err := s.sc.runAccept.Run(ctx, s.rdb, []string{s.k.session(sess.ID), s.k.events(sess.ID), s.k.job(sess.ID)},
 		sess.ID, sess.Owner, string(sess.Provider), sess.ProjectPath, sess.ProviderSessionID, mode,
 		job, createdBody, runningBody, s.limits, s.k.live(sess.ID), s.floors.get(sess.ID),
+		req.ID, s.deadlineMillis(ctx),
 	).StringSlice()
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
@@ -135,6 +144,11 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 		return AcceptResult{}, app.ErrNotFound
 	case "exists":
 		return AcceptResult{}, errSessionExists
+	case "late":
+		// Redis stalled, or its clock moved: measured again before the
+		// next deadline.
+		s.clock.expire()
+		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, ErrLate)
 	}
 	return AcceptResult{}, fmt.Errorf("store: accept %s: unexpected reply %q", sess.ID, res)
 }

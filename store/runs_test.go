@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -143,6 +144,65 @@ func TestAcceptBusyAndRace(t *testing.T) {
 		require.Equal(t, 1, ok)
 		require.Equal(t, 19, busyN)
 	})
+}
+
+// TestAcceptCopyAnswersAsTheFirst: an accept written twice under one ID
+// (go-redis's retry after a stalled Redis's read timeout; Redis runs both)
+// answers the second time as it did the first, and starts one run: before,
+// the copy answered "busy" (or "exists" for a new session) for the run
+// that was starting, and the user was told the command was refused.
+func TestAcceptCopyAnswersAsTheFirst(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		for _, isNew := range []bool{true, false} {
+			sess := newSession("alice")
+			if !isNew {
+				res := accept(t, st, sess, true)
+				_, err := st.Complete(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, app.Outcome{})
+				require.NoError(t, err)
+			}
+			before, err := st.Events(ctx, sess.ID, 0, 100)
+			require.NoError(t, err)
+			req := func() *store.AcceptRequest {
+				return &store.AcceptRequest{Session: sess, New: isNew, ID: "accept-1",
+					Job: app.Job{SessionID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, Command: "hi"}}
+			}
+			first, err := st.Accept(ctx, req())
+			require.NoError(t, err)
+			again, err := st.Accept(ctx, req())
+			require.NoError(t, err, "new session: %v", isNew)
+			require.Equal(t, first, again)
+			evs, err := st.Events(ctx, sess.ID, 0, 100)
+			require.NoError(t, err)
+			require.Equal(t, []string{"session-state-changed"}, kinds(evs[len(before):len(before)+1]))
+			require.Len(t, evs, len(before)+map[bool]int{true: 2, false: 1}[isNew], "events of one accept: %v", kinds(evs))
+
+			// Another accept (another ID) finds the session busy.
+			_, err = st.Accept(ctx, &store.AcceptRequest{Session: sess})
+			require.ErrorIs(t, err, app.ErrSessionBusy)
+		}
+	})
+}
+
+// TestAcceptLateWritesNothing: an accept that Redis runs past its caller's
+// deadline (in Redis's clock; a stalled Redis runs what waited in its
+// sockets when it goes on, after the caller told its user the command
+// failed) starts nothing, and is reported as an outage.
+func TestAcceptLateWritesNothing(t *testing.T) {
+	m := miniredis.RunT(t)
+	st := storetest.New(t, "redis://"+m.Addr())
+	require.Eventually(t, st.ClockMeasured, 5*time.Second, 5*time.Millisecond, "Redis's clock measured")
+	m.SetTime(time.Now().Add(time.Minute)) // the script runs a minute after it was sent
+	sess := newSession("alice")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true,
+		Job: app.Job{SessionID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, Command: "hi"}})
+	require.ErrorIs(t, err, store.ErrLate)
+	require.True(t, store.Unavailable(err))
+	_, err = st.Session(context.Background(), sess.ID)
+	require.ErrorIs(t, err, app.ErrNotFound, "a command its caller was told failed started")
+	accept(t, st, sess, true) // no deadline: taken
 }
 
 func TestAcceptForeignOwnerIsMissing(t *testing.T) {

@@ -19,10 +19,29 @@
 -- ARGV[10] stream limits "<events> <bytes>" (see keep in prelude.lua)
 -- ARGV[11] pub/sub channel
 -- ARGV[12] seq floor (see raise in prelude.lua; 0 for none)
+-- ARGV[13] accept id: the caller's, one per Accept. go-redis writes a
+--          script again when a stalled Redis does not answer within its
+--          read timeout, and Redis runs both copies when it goes on; the
+--          copy of an accept that was taken answers as the first did,
+--          rather than "busy" (or "exists") for a run that is starting.
+-- ARGV[14] deadline, Unix ms in Redis's clock (0: none): past it nothing
+--          is written, since the caller stopped waiting and told its user
+--          the command failed.
 --
 -- Returns {"ok", runId, seq before this run} | {"busy", startedAt, projectPath}
---       | {"missing"} | {"exists"}.
+--       | {"missing"} | {"exists"} | {"late"}.
 local hash = KEYS[1]
+
+if ARGV[13] ~= '' then
+  local taken = redis.call('HMGET', hash, 'acceptId', 'runId', 'acceptSeq')
+  if taken[1] == ARGV[13] then
+    return {'ok', taken[2] or '0', taken[3] or '0'}
+  end
+end
+local deadline = tonumber(ARGV[14]) or 0
+if deadline > 0 and now_ms() > deadline then
+  return {'late'}
+end
 
 if ARGV[6] == 'existing' then
   local cur = redis.call('HMGET', hash, 'owner', 'state', 'startedAt', 'projectPath')
@@ -51,7 +70,8 @@ end
 local started = int(now)
 local prevSeq = redis.call('HGET', hash, 'lastSeq') or '0'
 redis.call('HSET', hash, 'state', 'running', 'runId', started, 'startedAt', started,
-  'statusText', '', 'canInterrupt', 1, 'worker', '', 'exitCode', '', 'updatedAt', started)
+  'statusText', '', 'canInterrupt', 1, 'worker', '', 'exitCode', '', 'updatedAt', started,
+  'acceptId', ARGV[13], 'acceptSeq', prevSeq)
 redis.call('PERSIST', hash)
 redis.call('PERSIST', KEYS[2])
 if not redis.call('HGET', hash, 'streamLen') or redis.call('EXISTS', KEYS[2]) == 0 then
