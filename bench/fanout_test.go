@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -330,6 +331,10 @@ var benchToken = sync.OnceValue(func() string {
 func dialWS(wsURL string) (*websocket.Conn, error) {
 	ws, resp, err := dialer.Dial(wsURL+"?delivery=immediate&token="+benchToken(), nil)
 	if resp != nil && resp.Body != nil {
+		if err != nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			err = fmt.Errorf("%w: %s %s", err, resp.Status, bytes.TrimSpace(body))
+		}
 		resp.Body.Close()
 	}
 	return ws, err

@@ -182,8 +182,10 @@ func startGatewayProcess(b *testing.B, redisURL string) *gatewayProcess {
 	}
 	p := &gatewayProcess{cmd: cmd, addr: addr, log: logf}
 	b.Cleanup(p.stop)
-	waitFor(b, 30*time.Second, "the gateway's /healthz", func() bool {
-		resp, err := http.Get("http://" + addr + "/healthz")
+	// Ready, not only live: /healthz answers while the gateway still
+	// waits for its store (and its sockets would get 503).
+	waitFor(b, 30*time.Second, "the gateway's /readyz", func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
 		if err != nil {
 			return false
 		}
