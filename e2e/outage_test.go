@@ -24,10 +24,12 @@ import (
 // that a crash loses nothing and the test is exact) that takes seconds to
 // load its data after a restart, the way a large dataset does: a test hook
 // of redis-server delays each key of the snapshot, and fillForLoading gives
-// the snapshot 20,000 keys.
+// the snapshot 4,000 keys. Few keys and long delays, not many short ones: a
+// sleep costs more than it asks on a slow machine (20,000 keys of 200 µs,
+// 4 s here, took 9.5 s on one, past a request's 10 s with the restart).
 var loadingRedis = storetest.Options{AOF: true, Config: []string{
 	"appendfsync always",
-	"key-load-delay 200",                         // µs per key: 20,000 keys load in about 4 s
+	"key-load-delay 1000",                        // µs per key: 4,000 keys load in about 4 s
 	"loading-process-events-interval-bytes 1024", // answer clients (LOADING) while loading
 }}
 
@@ -37,7 +39,7 @@ func fillForLoading(t *testing.T, cl *cluster) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	require.NoError(t, cl.rdb.Eval(ctx, "for i = 1, 20000 do redis.call('SET', 'pad:' .. i, i) end return 1", nil).Err())
+	require.NoError(t, cl.rdb.Eval(ctx, "for i = 1, 4000 do redis.call('SET', 'pad:' .. i, i) end return 1", nil).Err())
 	require.NoError(t, cl.rdb.BgRewriteAOF(ctx).Err())
 	eventually(t, 20*time.Second, "the AOF rewrite", func() bool {
 		info, err := cl.rdb.Info(ctx, "persistence").Result()

@@ -478,13 +478,19 @@ func TestReaperFailsUnclaimedRuns(t *testing.T) {
 	sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}
 	_, err := st.Accept(ctx, &store.AcceptRequest{Session: sess, New: true, Job: app.Job{SessionID: sess.ID}})
 	require.NoError(t, err)
-	r, err := NewReaper(ReaperConfig{Store: st, UnclaimedTimeout: 30 * time.Millisecond})
+	// Two reapers, not one with a short timeout and a sleep: a loaded
+	// machine once took more than 30 ms between the accept and the first
+	// pass, which then rightly reaped the run. One holder: the reaper
+	// lease is the first's.
+	young, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", UnclaimedTimeout: time.Minute})
 	require.NoError(t, err)
-	require.NoError(t, r.Pass(ctx))
+	require.NoError(t, young.Pass(ctx))
 	got, _ := st.Session(ctx, sess.ID)
-	require.True(t, got.Running())
-	time.Sleep(50 * time.Millisecond)
-	require.NoError(t, r.Pass(ctx))
+	require.True(t, got.Running(), "a run unclaimed for less than the timeout is left alone")
+	time.Sleep(20 * time.Millisecond)
+	old, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", UnclaimedTimeout: 10 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, old.Pass(ctx))
 	got, _ = st.Session(ctx, sess.ID)
 	require.Equal(t, app.StateFailed, got.State)
 }
