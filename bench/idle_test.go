@@ -129,24 +129,6 @@ func closeSockets(conns []*websocket.Conn) {
 	}
 }
 
-// moduleRoot walks up from the working directory to go.mod.
-func moduleRoot(b *testing.B) string {
-	dir, err := os.Getwd()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			b.Fatal("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // gatewayProcess is `agentgate gateway` run as a separate process.
 type gatewayProcess struct {
 	cmd  *exec.Cmd
@@ -156,12 +138,7 @@ type gatewayProcess struct {
 
 func startGatewayProcess(b *testing.B, redisURL string) *gatewayProcess {
 	b.Helper()
-	bin := filepath.Join(b.TempDir(), "agentgate")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/agentgate")
-	build.Dir = moduleRoot(b)
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("go build ./cmd/agentgate: %v\n%s", err, out)
-	}
+	bin := agentgateBinary(b)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
