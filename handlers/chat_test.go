@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -806,6 +807,30 @@ func TestREST(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusConflict, resp.StatusCode)
+}
+
+// TestReadyOnceSubscribed: a gateway whose subscription Redis has not
+// confirmed yet is not ready (a broadcast published then would not reach
+// its sockets); once Run has subscribed, it is.
+func TestReadyOnceSubscribed(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	srv, err := New(Config{Store: st, Auth: &Auth{Mode: AuthJWT, Secret: testSecret},
+		Workspaces: app.Workspaces{Roots: []string{t.TempDir()}}})
+	require.NoError(t, err)
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	code, body := httpGet(t, ts.URL+"/readyz", "")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Equal(t, "subscribing", body["status"])
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	require.Eventually(t, func() bool {
+		code, _ := httpGet(t, ts.URL+"/readyz", "")
+		return code == http.StatusOK
+	}, 10*time.Second, 5*time.Millisecond)
 }
 
 func TestHealth(t *testing.T) {

@@ -54,6 +54,13 @@ func startGateway(t *testing.T, st *store.Store, opts ...gatewayOpt) *gateway {
 		cancel()
 		<-done
 	})
+	// As a load balancer waits for /readyz: a broadcast published before
+	// the gateway's subscription is not heard (a loaded machine lost one).
+	select {
+	case <-srv.Listening():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gateway did not subscribe within 10 s")
+	}
 	return &gateway{t: t, srv: srv, ts: ts, st: st, dir: dir}
 }
 

@@ -15,11 +15,17 @@ func (s *Server) healthz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz answers 200 when Redis is reachable, the key schema is current and
-// the gateway is not draining; a load balancer stops routing otherwise.
+// readyz answers 200 when the gateway hears what is published (Listening),
+// Redis is reachable, the key schema is current and the gateway is not
+// draining; a load balancer stops routing otherwise.
 func (s *Server) readyz(c echo.Context) error {
 	if s.draining.Load() {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+	}
+	select {
+	case <-s.Listening():
+	default:
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "subscribing"})
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
 	defer cancel()
@@ -62,3 +68,8 @@ func (s *Server) httpError(err error, c echo.Context) {
 	}
 	_ = c.JSON(code, map[string]string{"error": msg})
 }
+
+// Listening is closed once Run has subscribed to what gateways publish to
+// each other (broadcasts to a user's sockets): before it, /readyz answers
+// 503 and `serve` prints no URL.
+func (s *Server) Listening() <-chan struct{} { return s.hub.sub.Listening() }

@@ -62,6 +62,11 @@ type Subscriber struct {
 	shards map[string]*shard
 	runCtx context.Context
 	wg     sync.WaitGroup
+
+	// listening is closed once Redis first confirms the broadcast
+	// channel: a frame published for a user before then is not heard.
+	listening   chan struct{}
+	listenedNow sync.Once
 }
 
 type channelSub struct {
@@ -75,8 +80,13 @@ type channelSub struct {
 // NewSubscriber returns a Subscriber; call Run to start reading.
 func (s *Store) NewSubscriber(h SubscriberHandlers) *Subscriber {
 	return &Subscriber{s: s, ps: s.rdb.Subscribe(context.Background()), handlers: h,
-		channels: map[string]*channelSub{}, shards: map[string]*shard{}}
+		channels: map[string]*channelSub{}, shards: map[string]*shard{}, listening: make(chan struct{})}
 }
+
+// Listening is closed once Redis has confirmed the Subscriber's first
+// subscription, to broadcasts (Run makes it): a gateway is not ready
+// before, since what is published meanwhile does not reach it.
+func (sub *Subscriber) Listening() <-chan struct{} { return sub.listening }
 
 // Run reads messages until ctx ends, then closes the connections. It
 // reconnects (and re-subscribes) by itself after a connection error.
@@ -210,6 +220,10 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 func (sub *Subscriber) HandleShell(h ShellHandlers) { sub.shell = h }
 
 func (sub *Subscriber) confirmed(channel string) {
+	if channel == sub.s.k.broadcast() {
+		sub.listenedNow.Do(func() { close(sub.listening) })
+		return
+	}
 	// Nothing of a group cut by a lost connection follows a confirmation.
 	sub.groups.reset(channel)
 	sub.mu.Lock()

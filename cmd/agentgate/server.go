@@ -246,6 +246,12 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		front.set(gateway.Handler())
 		log.Info("gateway listening", "addr", addr, "procs", runtime.GOMAXPROCS(0))
 		if embedded != nil && c.Auth == handlers.AuthJWT {
+			select {
+			case <-gateway.Listening():
+			case err := <-failed:
+				return err
+			case <-ctx.Done():
+			}
 			if err := printLoginURL(stdout, addr, secret); err != nil {
 				return err
 			}
