@@ -54,6 +54,44 @@ func TestStandaloneSkipsTheProbe(t *testing.T) {
 	}
 }
 
+// TestOpenConnectsOnce: a store on a single Redis opens one connection at
+// start, the cluster probe's, which then serves its commands: a process
+// starting behind a load balancer is ready three round trips sooner. A
+// store that cannot use it (a refused password) still fails to open.
+func TestOpenConnectsOnce(t *testing.T) {
+	srv := storetest.StartServer(t)
+	admin := storetest.Client(t, srv.URL)
+	ctx := context.Background()
+	received := func() int {
+		info, err := admin.Info(ctx, "stats").Result()
+		require.NoError(t, err)
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_connections_received:"); ok {
+				var n int
+				_, err := fmt.Sscan(v, &n)
+				require.NoError(t, err)
+				return n
+			}
+		}
+		t.Fatal("no total_connections_received in INFO stats")
+		return 0
+	}
+	before := received()
+	st, err := store.New(ctx, store.Config{URL: srv.URL})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	// Counted before the test's own commands, which may run beside the
+	// store's clock reading and take a second connection of the pool.
+	require.Equal(t, 1, received()-before)
+	require.NoError(t, st.Ping(ctx))
+
+	locked := storetest.StartServerWithPassword(t, "a-password")
+	_, err = store.New(ctx, store.Config{URL: strings.Replace(locked.URL, "a-password", "wrong", 1)})
+	require.Error(t, err)
+	_, err = store.New(ctx, store.Config{URL: strings.Replace(locked.URL, ":a-password@", "", 1)})
+	require.Error(t, err)
+}
+
 // TestConnectionHandshake: a new connection says HELLO with the name
 // agentgate and sends neither CLIENT SETINFO nor CLIENT
 // MAINT_NOTIFICATIONS, each a round trip that open-source Redis refuses or

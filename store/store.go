@@ -125,7 +125,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	useLogger(cfg.Logger)
 	s := &Store{k: keys{prefix: cfg.Prefix}, cfg: cfg, log: cfg.Logger,
 		limits: fmt.Sprintf("%d %d", cfg.HistoryLimit, cfg.HistoryBytes)}
-	rdb, cluster, err := connect(ctx, cfg)
+	rdb, cluster, answered, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -137,9 +137,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	} else {
 		s.sc = plainScripts()
 	}
-	if err := s.Ping(ctx); err != nil {
-		_ = s.rdb.Close()
-		return nil, err
+	if !answered {
+		if err := s.Ping(ctx); err != nil {
+			_ = s.rdb.Close()
+			return nil, err
+		}
 	}
 	s.stop = make(chan struct{})
 	if cluster != nil {
@@ -152,43 +154,52 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 
 // connect opens the client cfg.URL asks for: a cluster client when the URL
 // lists several nodes, or when the one node it names says it runs in
-// cluster mode (INFO cluster), else a plain client.
-func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.ClusterClient, error) {
+// cluster mode (INFO cluster), else a plain client. answered reports that
+// Redis has answered a command on the client returned, so that a Ping
+// would tell nothing more.
+func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.ClusterClient, bool, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("store: parse Redis URL: %w", err)
+		return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", err)
 	}
 	if !u.Query().Has("addr") {
 		opts, err := redis.ParseURL(cfg.URL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("store: parse Redis URL: %w", err)
+			return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", err)
 		}
 		if cfg.PoolSize > 0 {
 			opts.PoolSize = cfg.PoolSize
 		}
 		trimHandshake(&opts.ClientName, &opts.DisableIdentity, &opts.MaintNotificationsConfig)
 		if cfg.Standalone {
-			return redis.NewClient(opts), nil, nil
+			return redis.NewClient(opts), nil, false, nil
 		}
 		// Asked on database 0: a cluster refuses SELECT.
 		probeOpts := *opts
 		probeOpts.DB = 0
 		probe := redis.NewClient(&probeOpts)
-		on, err := clusterEnabled(ctx, probe)
+		on, answered, err := clusterEnabled(ctx, probe)
+		if answered && !on && opts.DB == 0 {
+			// The probe is the client asked for, and its connection the
+			// first of the pool: a process starting (behind a load
+			// balancer, often) opens one connection fewer and makes three
+			// round trips fewer before it is ready.
+			return probe, nil, true, nil
+		}
 		_ = probe.Close()
 		if err != nil || !on {
 			// An error is left to Ping, which reports it as an outage.
-			return redis.NewClient(opts), nil, nil
+			return redis.NewClient(opts), nil, false, nil
 		}
 		if opts.DB != 0 {
-			return nil, nil, fmt.Errorf("store: Redis Cluster has only database 0, the URL names %d", opts.DB)
+			return nil, nil, false, fmt.Errorf("store: Redis Cluster has only database 0, the URL names %d", opts.DB)
 		}
 		// The cluster form of the same URL, without the database.
 		u.Path = ""
 	}
 	opts, err := redis.ParseClusterURL(u.String())
 	if err != nil {
-		return nil, nil, fmt.Errorf("store: parse Redis Cluster URL: %w", err)
+		return nil, nil, false, fmt.Errorf("store: parse Redis Cluster URL: %w", err)
 	}
 	if cfg.PoolSize > 0 {
 		opts.PoolSize = cfg.PoolSize
@@ -196,7 +207,7 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 	tuneClusterRetries(opts)
 	trimHandshake(&opts.ClientName, &opts.DisableIdentity, &opts.MaintNotificationsConfig)
 	c := redis.NewClusterClient(opts)
-	return c, c, nil
+	return c, c, false, nil
 }
 
 // clientName names agentgate's connections in CLIENT LIST, unless the
@@ -236,17 +247,19 @@ func tuneClusterRetries(o *redis.ClusterOptions) {
 	}
 }
 
-// clusterEnabled asks one node whether it runs in cluster mode. A server
-// without INFO cluster (miniredis) is not a cluster.
-func clusterEnabled(ctx context.Context, rdb *redis.Client) (bool, error) {
+// clusterEnabled asks one node whether it runs in cluster mode, and
+// reports whether it answered. A server without INFO cluster (miniredis)
+// is not a cluster; one that refuses the question (a wrong password) is
+// left to the next command to report.
+func clusterEnabled(ctx context.Context, rdb *redis.Client) (on, answered bool, err error) {
 	info, err := rdb.Info(ctx, "cluster").Result()
 	if err != nil {
 		if Unavailable(err) {
-			return false, err
+			return false, false, err
 		}
-		return false, nil
+		return false, false, nil
 	}
-	return strings.Contains(info, "cluster_enabled:1"), nil
+	return strings.Contains(info, "cluster_enabled:1"), true, nil
 }
 
 // Cluster reports whether the store runs on a Redis Cluster.
