@@ -1,0 +1,84 @@
+package workers
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// threads is the number of OS threads of this process.
+func threads(t *testing.T) int {
+	t.Helper()
+	status, err := os.ReadFile("/proc/self/status")
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			require.NoError(t, err)
+			return n
+		}
+	}
+	t.Fatal("no Threads line in /proc/self/status")
+	return 0
+}
+
+// TestAwaitExitHoldsNoThread: waiting for 200 running processes does not
+// take a thread each, as os.Process.Wait does; each wait ends when its
+// process is killed, and cmd.Wait still reports how it ended. A process
+// that exited before the wait began is found at once.
+func TestAwaitExitHoldsNoThread(t *testing.T) {
+	const n = 200
+	before := threads(t)
+	cmds := make([]*exec.Cmd, n)
+	states := make([]*os.ProcessState, n)
+	var wg sync.WaitGroup
+	for i := range cmds {
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		require.NoError(t, cmd.Start())
+		cmds[i] = cmd
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			awaitExit(cmd.Process.Pid)
+			_ = cmd.Wait()
+			states[i] = cmd.ProcessState
+		}()
+	}
+	t.Cleanup(func() {
+		for _, cmd := range cmds {
+			_ = cmd.Process.Kill()
+		}
+		wg.Wait()
+	})
+	// Every goroutine has had time to reach its wait: a wait that held a
+	// thread would have taken it by now.
+	time.Sleep(200 * time.Millisecond)
+	require.Less(t, threads(t)-before, n/4, "threads held while %d processes run", n)
+
+	for _, cmd := range cmds {
+		require.NoError(t, cmd.Process.Kill())
+	}
+	wg.Wait()
+	for i, st := range states {
+		require.NotNil(t, st, "process %d", i)
+		ws, ok := st.Sys().(syscall.WaitStatus)
+		require.True(t, ok)
+		require.True(t, ws.Signaled(), "process %d: %v", i, st)
+		require.Equal(t, syscall.SIGKILL, ws.Signal())
+	}
+
+	done := exec.Command("sh", "-c", "exit 3")
+	require.NoError(t, done.Start())
+	time.Sleep(50 * time.Millisecond)
+	awaitExit(done.Process.Pid)
+	require.Error(t, done.Wait())
+	require.Equal(t, 3, done.ProcessState.ExitCode())
+}
