@@ -155,6 +155,10 @@ func writeRuntime(b *bytes.Buffer) {
 	sample(b, "go_gc_duration_seconds_sum", "", float64(ms.PauseTotalNs)/1e9)
 	sample(b, "go_gc_duration_seconds_count", "", float64(ms.NumGC))
 	gauge("go_goroutines", "Number of goroutines that currently exist.", float64(runtime.NumGoroutine()))
+	// Threads the process has created (the runtime keeps them): a worker
+	// that held one per running CLI would show it here.
+	threads, _ := runtime.ThreadCreateProfile(nil)
+	gauge("go_threads", "Number of OS threads created.", float64(threads))
 	gauge("go_sched_gomaxprocs_threads", "The current runtime.GOMAXPROCS setting, or the number of operating system threads that can execute user-level Go code simultaneously.", float64(runtime.GOMAXPROCS(0)))
 	header(b, "go_info", "Information about the Go environment.", "gauge")
 	sample(b, "go_info", `version="`+labelEscaper.Replace(runtime.Version())+`"`, 1)

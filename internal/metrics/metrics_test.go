@@ -78,7 +78,7 @@ func TestExposition(t *testing.T) {
 	require.Equal(t, []uint64{2, 3, 3, 5}, cum, "le 0.001, 0.01, 0.1, +Inf")
 	require.Contains(t, text, `test_seconds_bucket{command="evalsha",le="+Inf"} 5`)
 
-	for _, name := range []string{"go_goroutines", "go_sched_gomaxprocs_threads", "go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes",
+	for _, name := range []string{"go_goroutines", "go_threads", "go_sched_gomaxprocs_threads", "go_memstats_heap_inuse_bytes", "go_memstats_heap_alloc_bytes",
 		"go_memstats_stack_inuse_bytes", "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"} {
 		require.Contains(t, fams, name)
 		require.Greater(t, fams[name].Metric[0].GetGauge().GetValue()+fams[name].Metric[0].GetCounter().GetValue(), 0.0, name)
