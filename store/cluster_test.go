@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -65,16 +66,9 @@ func TestOpenConnectsOnce(t *testing.T) {
 	received := func() int {
 		info, err := admin.Info(ctx, "stats").Result()
 		require.NoError(t, err)
-		for _, line := range strings.Split(info, "\r\n") {
-			if v, ok := strings.CutPrefix(line, "total_connections_received:"); ok {
-				var n int
-				_, err := fmt.Sscan(v, &n)
-				require.NoError(t, err)
-				return n
-			}
-		}
-		t.Fatal("no total_connections_received in INFO stats")
-		return 0
+		n, err := strconv.Atoi(storetest.InfoField(info, "total_connections_received"))
+		require.NoError(t, err, "total_connections_received in INFO stats")
+		return n
 	}
 	before := received()
 	st, err := store.New(ctx, store.Config{URL: srv.URL})

@@ -2,19 +2,26 @@ package workers
 
 import (
 	"os"
+	"os/exec"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// awaitExit returns once the child process pid has exited, without holding
-// an OS thread while it runs, and leaves the exit for cmd.Wait to collect
-// (which then returns at once). os.Process.Wait blocks a thread in waitid
-// for the process's whole life: a worker running 1000 CLIs held 1000
-// threads, and Go stops a program at 10,000. Here the runtime's poller
-// watches a pidfd instead, which turns readable when the process exits.
+// waitCmd is cmd.Wait without an OS thread held while the process runs.
+// os.Process.Wait blocks a thread in waitid for the process's whole life:
+// a worker running 1000 CLIs held 1000 threads, and Go stops a program at
+// 10,000. Here the runtime's poller watches a pidfd, which turns readable
+// when the process exits, and cmd.Wait then collects the exit at once.
 // Where pidfds cannot be opened (Linux before 5.10, a seccomp policy that
-// refuses them) it returns at once, and cmd.Wait waits as before.
+// refuses them) cmd.Wait waits as before.
+func waitCmd(cmd *exec.Cmd) error {
+	awaitExit(cmd.Process.Pid)
+	return cmd.Wait()
+}
+
+// awaitExit returns once the child process pid has exited, or at once when
+// it cannot watch a pidfd of it; it reaps nothing.
 func awaitExit(pid int) {
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {

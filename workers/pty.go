@@ -88,8 +88,7 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 	}
 	p := &ptyProc{cmd: cmd, f: f, exited: make(chan struct{}), tty: held}
 	go func() {
-		awaitExit(cmd.Process.Pid)
-		_ = cmd.Wait()
+		_ = waitCmd(cmd)
 		p.state = cmd.ProcessState
 		close(p.exited)
 	}()

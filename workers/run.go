@@ -313,8 +313,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	holders := openFiles(outR, errR)
 	go func() {
 		defer close(watched)
-		awaitExit(cmd.Process.Pid)
-		_ = cmd.Wait()
+		_ = waitCmd(cmd)
 		close(p.exited)
 		// Children left behind in the group die with their run.
 		p.killGroup()

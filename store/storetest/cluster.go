@@ -330,7 +330,7 @@ func (c *Cluster) WaitReplicated(t testing.TB, master *Server) {
 	for ctx.Err() == nil {
 		info, err := rdb.Info(ctx, "replication").Result()
 		if err == nil {
-			offset := infoField(info, "master_repl_offset")
+			offset := InfoField(info, "master_repl_offset")
 			behind := false
 			for _, line := range strings.Split(info, "\n") {
 				// slave0:ip=127.0.0.1,port=…,state=online,offset=N,lag=0
@@ -351,7 +351,9 @@ func (c *Cluster) WaitReplicated(t testing.TB, master *Server) {
 	t.Fatalf("the replica of %s did not catch up", master.Addr)
 }
 
-func infoField(info, name string) string {
+// InfoField is the value of name in the text of an INFO reply ("" when
+// absent).
+func InfoField(info, name string) string {
 	for _, line := range strings.Split(info, "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
 			return v
