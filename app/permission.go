@@ -136,9 +136,9 @@ func (r ToolRules) Decide(tool string, input json.RawMessage) Decision {
 		return Ask
 	case r.Bypass:
 		return Allow
-	case matchesAny(r.Disallowed, tool, input):
+	case matchesAny(r.Disallowed, tool, input, true):
 		return Deny
-	case matchesAny(r.Allowed, tool, input):
+	case matchesAny(r.Allowed, tool, input, false):
 		return Allow
 	}
 	return Ask
@@ -153,9 +153,9 @@ func (r *ToolRules) Remember(entry string) {
 	r.Allowed = append(removeString(r.Allowed, entry), entry)
 }
 
-func matchesAny(rules []string, tool string, input json.RawMessage) bool {
+func matchesAny(rules []string, tool string, input json.RawMessage, deny bool) bool {
 	for _, rule := range rules {
-		if ruleMatches(rule, tool, input) {
+		if ruleMatches(rule, tool, input, deny) {
 			return true
 		}
 	}
@@ -163,8 +163,15 @@ func matchesAny(rules []string, tool string, input json.RawMessage) bool {
 }
 
 // ruleMatches matches one rule: an exact tool name, or `Bash(prefix:*)`,
-// which matches Bash commands that start with prefix.
-func ruleMatches(rule, tool string, input json.RawMessage) bool {
+// which matches a Bash command that starts with prefix as a whole word
+// (`git` is not `gitk`). An allowing prefix rule allows one simple command
+// only: a command that chains, pipes, redirects or substitutes another
+// (`git log; curl … | sh`) is asked instead, as the Claude CLI asks unless
+// every part of such a command is allowed; a prefix matched the start of
+// the whole string, and let a model run anything after an allowed word. A
+// disallowing one (deny) matches when any part of the command starts with
+// prefix.
+func ruleMatches(rule, tool string, input json.RawMessage, deny bool) bool {
 	rule = strings.TrimSpace(rule)
 	if rule == tool {
 		return true
@@ -180,7 +187,46 @@ func ruleMatches(rule, tool string, input json.RawMessage) bool {
 	if prefix == "" || json.Unmarshal(input, &in) != nil {
 		return false
 	}
-	return strings.HasPrefix(strings.TrimSpace(in.Command), prefix)
+	command := strings.TrimSpace(in.Command)
+	if !deny {
+		return !compoundCommand(command) && startsWithWord(command, prefix)
+	}
+	for _, part := range strings.FieldsFunc(command, isCommandSeparator) {
+		if startsWithWord(strings.TrimSpace(part), prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// compoundCommand reports whether a shell command may run more than the
+// command it starts with: a list or pipeline (`;`, `&`, `|`, a line
+// break), a redirection, or a command or process substitution. Quotes are
+// not parsed: a quoted `;` counts too, which asks rather than allows.
+func compoundCommand(command string) bool {
+	return strings.ContainsAny(command, ";&|<>`\n\r") || strings.Contains(command, "$(")
+}
+
+// isCommandSeparator reports whether c may end one command of a shell
+// line and start another: the list and pipeline operators, a line break,
+// and the parentheses and backquote of a subshell or substitution.
+func isCommandSeparator(c rune) bool {
+	return strings.ContainsRune(";&|\n\r()`", c)
+}
+
+// startsWithWord reports whether command starts with prefix, followed by
+// its end or a blank unless prefix ends in a character that cannot go on
+// a word (`curl https://example.com/` goes on with a path).
+func startsWithWord(command, prefix string) bool {
+	if !strings.HasPrefix(command, prefix) {
+		return false
+	}
+	if len(command) == len(prefix) || command[len(prefix)] == ' ' || command[len(prefix)] == '\t' {
+		return true
+	}
+	last := prefix[len(prefix)-1]
+	wordByte := last == '_' || last == '-' || last == '.' || '0' <= last && last <= '9' || 'a' <= last && last <= 'z' || 'A' <= last && last <= 'Z'
+	return !wordByte
 }
 
 func removeString(list []string, s string) []string {

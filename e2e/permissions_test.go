@@ -54,3 +54,33 @@ func TestPermissionAcrossGateways(t *testing.T) {
 	// The first tab saw the same run end.
 	c.waitEnd(sid, 1, 10*time.Second)
 }
+
+// TestPrefixRuleAsksForACompoundCommand: with `Bash(git log:*)` allowed
+// (the README's example), the real CLI asks to run a command that starts
+// with `git log` and then runs another: the user is asked, not the rule's
+// answer given, and a denial keeps the second command from running.
+func TestPrefixRuleAsksForACompoundCommand(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "",
+		mockanthropic.Turn{When: "perm-compound", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_compound", Name: "Bash",
+			Input: map[string]any{"command": "git log -1 2>/dev/null; touch pwned", "description": "Show the last commit"}}}},
+		mockanthropic.Turn{When: "perm-compound", Text: "denied"},
+	)
+	gw := cl.startGateway("gwA")
+	cl.startWorker("worker1")
+
+	c := cl.dial(gw, "alice")
+	cmd := cl.command("please perm-compound", "", "r1")
+	cmd["options"].(map[string]any)["toolsSettings"] = map[string]any{"allowedTools": []string{"Bash(git log:*)"}}
+	c.send(cmd)
+	sid := c.waitReply("session-accepted", nil).str("sessionId")
+	evs := c.waitEvent(sid, "permission_request", 30*time.Second, func(e event) bool { return e.Kind == "permission_request" })
+	req := evs[indexOf(evs, "permission_request")]
+	require.Equal(t, "Bash", req.str("toolName"))
+
+	c.send(map[string]any{"type": "claude-permission-response", "requestId": req.str("requestId"), "allow": false})
+	evs = c.waitEnd(sid, 1, 30*time.Second)
+	checkRun(t, evs, 1)
+	_, err := os.Stat(filepath.Join(cl.project, "pwned"))
+	require.True(t, os.IsNotExist(err), "the command after `git log` did not run: %v", err)
+}
