@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/handlers"
@@ -103,8 +105,8 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tOWNER\tPROVIDER\tSTATE\tLAST SEQ\tWORKER\tSTARTED\tPROJECT")
 		for _, s := range sessions {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Owner, s.Provider, s.State, s.LastSeq,
-				dash(s.Worker), when(s.StartedAt), s.ProjectPath)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", printable(s.ID), printable(s.Owner), printable(string(s.Provider)),
+				printable(string(s.State)), s.LastSeq, printable(dash(s.Worker)), when(s.StartedAt), printable(s.ProjectPath))
 		}
 		return tw.Flush()
 	case "show":
@@ -116,14 +118,15 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("sessions show %s: %w", pos[0], err)
 		}
 		fmt.Fprintf(stdout, "id:          %s\nowner:       %s\nprovider:    %s\nproject:     %s\nstate:       %s\nrun:         %s (started %s)\nworker:      %s\nlast seq:    %d\nprovider id: %s\n",
-			s.ID, s.Owner, s.Provider, s.ProjectPath, s.State, dash(s.RunID), when(s.StartedAt), dash(s.Worker), s.LastSeq, dash(s.ProviderSessionID))
+			printable(s.ID), printable(s.Owner), printable(string(s.Provider)), printable(s.ProjectPath), printable(string(s.State)),
+			printable(dash(s.RunID)), when(s.StartedAt), printable(dash(s.Worker)), s.LastSeq, printable(dash(s.ProviderSessionID)))
 		evs, err := st.Events(ctx, s.ID, max(0, s.LastSeq-20), 20)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "last events:")
 		for _, e := range evs {
-			fmt.Fprintf(stdout, "  %s\n", e.Data)
+			fmt.Fprintf(stdout, "  %s\n", printable(string(e.Data)))
 		}
 		return nil
 	case "abort":
@@ -158,6 +161,41 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fmt.Fprintf(stdout, "key schema at version %d\n", v)
 	return nil
 }
+
+// printable escapes what a terminal would act on in s: control characters
+// (C0, DEL and C1) as \uXXXX, bytes that are not UTF-8 as \xNN. A session's
+// fields come from its user (a project path is a folder they named), and
+// an escape sequence printed raw would retitle or redraw the admin's
+// terminal, and could hide or forge rows; in an event's JSON the \u form
+// keeps its meaning.
+func printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || isControl(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case isControl(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f || 0x80 <= r && r < 0xa0 }
 
 func dash(s string) string {
 	if s == "" {

@@ -71,4 +71,19 @@ func testSessionsAdmin(t *testing.T, url string) {
 	require.ErrorIs(t, err, app.ErrNotFound)
 	_, err = admin("frobnicate")
 	require.EqualError(t, err, `sessions: unknown subcommand "frobnicate"`)
+
+	// A user names their project folder with escape sequences that would
+	// retitle the admin's terminal and erase the row above: printed
+	// escaped, never raw.
+	evil := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: "/srv/p\x1b]0;owned\x07\x1b[1A\x1b[2K\rX\t\u009b2J\xff"}
+	_, err = st.Accept(ctx, &store.AcceptRequest{Session: evil, New: true, Job: app.Job{SessionID: evil.ID}})
+	require.NoError(t, err)
+	for _, args := range [][]string{{"ls"}, {"show", evil.ID}} {
+		out, err = admin(args...)
+		require.NoError(t, err)
+		require.Contains(t, out, `/srv/p\u001b]0;owned\u0007\u001b[1A\u001b[2K\u000dX\u0009\u009b2J\xff`, "sessions %s", args[0])
+		require.NotContains(t, out, "\x1b", "sessions %s", args[0])
+		require.NotContains(t, out, "\u009b", "sessions %s", args[0])
+		require.NotContains(t, out, "\r", "sessions %s", args[0])
+	}
 }
