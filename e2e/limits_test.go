@@ -166,3 +166,47 @@ func TestManyAbortsLeaveNoProcess(t *testing.T) {
 	eventually(t, 20*time.Second, "no CLI left", func() bool { return len(cliProcesses(t, worker.pid())) == 0 })
 	t.Logf("%d aborts: every complete after %v, every CLI gone after %v", n, completed.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
+
+// TestSessionsKeptPerUser: a user who makes session after session (each
+// command with an id of no session of theirs makes one, and a run that
+// fails at once leaves it idle at once) keeps only the most recent
+// --max-sessions-per-user: the older ones' keys leave Redis.
+func TestSessionsKeptPerUser(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "claude")
+	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\nexit 3\n"), 0o755))
+	cl := newCluster(t, bin)
+	cl.gatewayEnv = []string{"AGENTGATE_MAX_SESSIONS_PER_USER=5", "AGENTGATE_MAX_FRAME_RATE=1000"}
+	gw := cl.startGateway("gw")
+	cl.startWorker("worker")
+
+	bob := cl.dial(gw, "bob")
+	var sids []string
+	for i := range 12 {
+		mark := bob.mark()
+		bob.send(cl.command("again", "", "r"+strconv.Itoa(i)))
+		sid := bob.waitReplyFrom(mark, "session-accepted", nil).str("sessionId")
+		bob.waitEnd(sid, 1, 20*time.Second)
+		sids = append(sids, sid)
+	}
+	ctx := t.Context()
+	listed, err := cl.rdb.ZRevRange(ctx, keyPrefix+":user:{bob}:sessions", 0, -1).Result()
+	require.NoError(t, err)
+	require.Equal(t, sids[7:], reversed(listed), "bob's five most recent sessions")
+	for _, sid := range sids[:7] {
+		n, err := cl.rdb.Exists(ctx, keyPrefix+":session:{"+sid+"}", keyPrefix+":session:{"+sid+"}:events").Result()
+		require.NoError(t, err)
+		require.Zero(t, n, "the keys of forgotten session %s", sid)
+	}
+	mark := bob.mark()
+	bob.send(map[string]any{"type": "check-session-status", "sessionId": sids[0], "lastSeq": 0})
+	require.False(t, bob.waitReplyFrom(mark, "session-status", nil).m["isProcessing"].(bool))
+}
+
+func reversed(s []string) []string {
+	out := make([]string, len(s))
+	for i, v := range s {
+		out[len(s)-1-i] = v
+	}
+	return out
+}

@@ -197,7 +197,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		fail(followError(err))
 		return
 	}
-	res, err := s.st.Accept(ctx, &store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser})
+	res, err := s.st.Accept(ctx, &store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser, KeepSessions: s.cfg.MaxSessionsPerUser})
 	var busy *store.BusyError
 	var limit *app.LimitError
 	switch {

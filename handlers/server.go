@@ -75,6 +75,10 @@ type Config struct {
 	// MaxTerminalsPerUser bounds the terminals one user has open at once,
 	// across every gateway. Zero means no limit.
 	MaxTerminalsPerUser int
+	// MaxSessionsPerUser is how many sessions one user keeps: a new one
+	// past it forgets their least recently active idle session. Zero
+	// means no limit.
+	MaxSessionsPerUser int
 	// SchemaVersion is the key-schema version /readyz requires.
 	SchemaVersion int
 	// Logger receives the gateway's logs. Nil means slog.Default().

@@ -36,6 +36,10 @@ type AcceptRequest struct {
 	// this one included; past it Accept returns an *app.LimitError. Zero
 	// means no limit.
 	MaxRunning int
+	// KeepSessions is how many sessions the owner keeps: a new session
+	// past it forgets their least recently active idle ones
+	// (keepSessions). Zero means no limit.
+	KeepSessions int
 	// ID names this accept; Accept makes one when it is empty. A copy of
 	// an accept that was taken (go-redis writes a command again when a
 	// stalled Redis does not answer in time, and Redis runs both) answers
@@ -135,6 +139,11 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 		prev, _ := strconv.ParseInt(res[2], 10, 64)
 		s.floors.note(sess.ID, prev)
 		s.afterAccept(ctx, sess, res[1], started, job)
+		if req.New && req.KeepSessions > 0 {
+			if err := s.keepSessions(ctx, sess.Owner, sess.ID, req.KeepSessions); err != nil {
+				s.log.Warn("forget sessions past the owner's limit", "owner", sess.Owner, "err", err)
+			}
+		}
 		return AcceptResult{RunID: res[1], StartedAt: started, PrevSeq: prev}, nil
 	case "busy":
 		accepted = true // the place is the running run's

@@ -38,6 +38,8 @@ var (
 	indexTouchLua string
 	//go:embed lua/index_unlink.lua
 	indexUnlinkLua string
+	//go:embed lua/session_forget.lua
+	sessionForgetLua string
 	//go:embed lua/worker_beat.lua
 	workerBeatLua string
 	//go:embed lua/worker_register.lua
@@ -55,6 +57,7 @@ type scriptSet struct {
 	indexReserve, indexForget, indexTouch, indexUnlink *redis.Script
 	shellOpen, shellAppend, shellExit, shellTouch      *redis.Script
 	shellIdle, shellSet, shellForget, accountUID       *redis.Script
+	sessionForget                                      *redis.Script
 	workerBeat, workerRegister, inboxSend              *redis.Script
 	publish                                            string // PUBLISH or SPUBLISH
 }
@@ -94,6 +97,7 @@ func newScriptSet(sharded bool) *scriptSet {
 		shellIdle:        mk(shellIdleLua),
 		shellSet:         mk(shellSetLua),
 		shellForget:      mk(shellForgetLua),
+		sessionForget:    mk(sessionForgetLua),
 		accountUID:       mk(accountUIDLua),
 		workerBeat:       mk(workerBeatLua),
 		workerRegister:   mk(workerRegisterLua),

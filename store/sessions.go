@@ -488,3 +488,52 @@ func atoi64(s string) int64 {
 	n, _ := strconv.ParseInt(s, 10, 64)
 	return n
 }
+
+// forgetPerAccept bounds the sessions one accept forgets, so that an
+// operator who lowers the limit does not make one command wait for
+// thousands: each new session then forgets this many until the owner is
+// under it.
+const forgetPerAccept = 64
+
+// keepSessions forgets the least recently active idle sessions of owner
+// beyond keep, except the session just created: their keys are deleted and
+// their index entries removed. A user creating sessions one after another
+// (each command with an unknown id makes one, and one whose run fails at
+// once is idle at once) would otherwise grow Redis without bound: a
+// session's hash and index entry are kept for good, its events for the
+// retention. A running session is skipped, and forgotten by a later
+// accept once it has ended.
+func (s *Store) keepSessions(ctx context.Context, owner, except string, keep int) error {
+	index := s.k.userSessions(owner)
+	n, err := s.rdb.ZCard(ctx, index).Result()
+	if err != nil || n <= int64(keep) {
+		return err
+	}
+	ids, err := s.rdb.ZRange(ctx, index, 0, min(n-int64(keep), forgetPerAccept)-1).Result()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if id == except {
+			continue
+		}
+		res, err := s.sc.sessionForget.Run(ctx, s.rdb,
+			[]string{s.k.session(id), s.k.events(id), s.k.job(id), s.k.perms(id)}, owner).StringSlice()
+		if err != nil {
+			return fmt.Errorf("forget session %s: %w", id, err)
+		}
+		if res[0] != "gone" {
+			continue
+		}
+		if err := s.rdb.ZRem(ctx, index, id).Err(); err != nil {
+			return fmt.Errorf("forget session %s: %w", id, err)
+		}
+		if len(res) == 3 && res[1] != "" && res[2] != "" {
+			err := s.sc.indexUnlink.Run(ctx, s.rdb, []string{s.k.providerSessions(app.Provider(res[1]))}, id, res[2]).Err()
+			if err != nil {
+				return fmt.Errorf("forget session %s: provider id: %w", id, err)
+			}
+		}
+	}
+	return nil
+}

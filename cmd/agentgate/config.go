@@ -61,6 +61,7 @@ type config struct {
 	UserMaxProcs      int
 	MaxRunsPerUser    int
 	MaxTermsPerUser   int
+	MaxSessions       int
 	MaxRuns           int
 	MaxTerminals      int
 	ShellHistory      int
@@ -147,6 +148,7 @@ var options = []option{
 	{"user-max-procs", "AGENTGATE_USER_MAX_PROCS", "1024", "with --user-uids: most processes and threads one user's account has at once on the worker's host (RLIMIT_NPROC), where a fork bomb stops (0: no bound)", intSetter(func(c *config) *int { return &c.UserMaxProcs })},
 	{"max-runs-per-user", "AGENTGATE_MAX_RUNS_PER_USER", "8", "most runs one user has running at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxRunsPerUser })},
 	{"max-terminals-per-user", "AGENTGATE_MAX_TERMINALS_PER_USER", "8", "most terminals one user has open at once, on every gateway together (0: no limit)", intSetter(func(c *config) *int { return &c.MaxTermsPerUser })},
+	{"max-sessions-per-user", "AGENTGATE_MAX_SESSIONS_PER_USER", "5000", "most sessions one user keeps: a new one past it forgets their least recently active idle session, its events and its entry in their list (0: no limit)", intSetter(func(c *config) *int { return &c.MaxSessions })},
 	{"max-runs", "AGENTGATE_MAX_RUNS", "32", "most runs one worker runs at once; more wait for a worker with room", intSetter(func(c *config) *int { return &c.MaxRuns })},
 	{"max-terminals", "AGENTGATE_MAX_TERMINALS", "64", "most terminals one worker has open", intSetter(func(c *config) *int { return &c.MaxTerminals })},
 	{"history-bytes", "AGENTGATE_HISTORY_BYTES", "33554432", "bytes of event data a session's stream keeps in Redis for replays; past them, or past 10,000 events, the oldest events go first", func(c *config, v string) error {

@@ -228,7 +228,8 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			Providers:     app.Providers,
 			SchemaVersion: version, ShellDetachTimeout: c.ShellDetach, HeartbeatTTL: c.HeartbeatTTL, Logger: log,
 			MaxRunsPerUser: c.MaxRunsPerUser, MaxTerminalsPerUser: c.MaxTermsPerUser,
-			PaceInterval: c.pace(),
+			MaxSessionsPerUser: c.MaxSessions,
+			PaceInterval:       c.pace(),
 		})
 		if err != nil {
 			return err
