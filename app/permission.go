@@ -2,6 +2,7 @@ package app
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -81,7 +82,7 @@ const maxRememberEntry = 1024
 func AnswerOf(msg *ClientMessage) (PermissionAnswer, error) {
 	var id string
 	if json.Unmarshal(msg.RequestID, &id) != nil || !ValidPermissionID(id) {
-		return PermissionAnswer{}, WireError("claude-permission-response needs a requestId string")
+		return PermissionAnswer{}, WireError(fmt.Sprintf("claude-permission-response needs a requestId: letters, digits and \"_.-:\", at most %d", MaxSessionIDLen))
 	}
 	a := PermissionAnswer{RequestID: id, Allow: msg.Allow != nil && *msg.Allow, Message: msg.Message}
 	if len(msg.UpdatedInput) > 0 && string(msg.UpdatedInput) != "null" {

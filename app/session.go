@@ -105,10 +105,12 @@ func ValidSessionID(id string) bool {
 const maxUserName = 64
 
 // ValidUserName reports whether name may be a user name: letters, digits
-// and "_.@-", at most 64. User names appear inside Redis keys, so braces,
-// colons and spaces are not allowed.
+// and "_.@-", at most 64, and not "." or "..". User names appear inside
+// Redis keys, so braces, colons and spaces are not allowed, and in paths
+// (a workspace's {user}, a user's home), where the two dot names would
+// name the folder itself or its parent.
 func ValidUserName(name string) bool {
-	return name != "" && len(name) <= maxUserName && madeOf(name, "_.@-")
+	return name != "" && len(name) <= maxUserName && madeOf(name, "_.@-") && name != "." && name != ".."
 }
 
 // madeOf reports whether s holds only ASCII letters, digits and the bytes

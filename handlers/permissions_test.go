@@ -84,9 +84,9 @@ func TestPermissionResponseValidation(t *testing.T) {
 		msg  map[string]any
 		want string // the error text, or "" for silence
 	}{
-		{"no request id", map[string]any{"allow": true}, "claude-permission-response needs a requestId string"},
-		{"number request id", map[string]any{"requestId": 7, "allow": true}, "claude-permission-response needs a requestId string"},
-		{"request id with a space", map[string]any{"requestId": "a b"}, "claude-permission-response needs a requestId string"},
+		{"no request id", map[string]any{"allow": true}, "claude-permission-response needs a requestId: letters, digits and \"_.-:\", at most 128"},
+		{"number request id", map[string]any{"requestId": 7, "allow": true}, "claude-permission-response needs a requestId: letters, digits and \"_.-:\", at most 128"},
+		{"request id with a space", map[string]any{"requestId": "a b"}, "claude-permission-response needs a requestId: letters, digits and \"_.-:\", at most 128"},
 		{"input not an object", map[string]any{"requestId": "r", "allow": true, "updatedInput": "rm -rf /"}, "updatedInput must be an object"},
 		{"remember entry not a string", map[string]any{"requestId": "r", "rememberEntry": true}, "rememberEntry must be a tool name string"},
 		{"unknown request is ignored", map[string]any{"requestId": "nobody-asked", "allow": true}, ""},
