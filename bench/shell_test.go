@@ -131,7 +131,7 @@ func newShellRig(b *testing.B) *shellRig {
 		link = "off"
 	}
 	// BENCH_SHELL_WINDOW sets the worker's --shell-window.
-	workerEnv := append(env, "AGENTGATE_LINK_LISTEN="+link)
+	workerEnv := append(env, "AGENTGATE_LINK_LISTEN="+link, "ZPAUSE="+os.Getenv("ZPAUSE"))
 	if w := os.Getenv("BENCH_SHELL_WINDOW"); w != "" {
 		workerEnv = append(workerEnv, "AGENTGATE_SHELL_WINDOW="+w)
 	}
@@ -377,6 +377,45 @@ func shellBenchmarks(b *testing.B, r *shellRig) {
 			samples = append(samples, int64(time.Since(t0)))
 		}
 		b.StopTimer()
+		lat.add(samples)
+		b.ReportMetric(lat.quantile(0.5), "p50-ms")
+		b.ReportMetric(lat.quantile(0.99), "p99-ms")
+	})
+
+	// The same echo in a second terminal while a first one floods (`yes`,
+	// read as fast as the client can): what one user's flood costs the
+	// keystrokes of another on the same server.
+	b.Run("echo-beside-flood", func(b *testing.B) {
+		flood := r.open(b, fmt.Sprintf("beside-%d", time.Now().UnixNano()))
+		flood.ready(b)
+		flood.input(b, "yes\r")
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			for {
+				_ = flood.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, _, err := flood.ws.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}()
+		defer func() {
+			flood.input(b, "\x03")
+			flood.ws.Close()
+			<-stopped
+		}()
+		c := r.open(b, fmt.Sprintf("echo-%d", time.Now().UnixNano()))
+		defer c.ws.Close()
+		c.ready(b)
+		var lat latencies
+		samples := make([]int64, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			c.input(b, fmt.Sprintf("echo X%d-$((%d+1))\r", i, i))
+			c.readUntil(b, fmt.Sprintf("X%d-%d", i, i+1))
+			samples = append(samples, int64(time.Since(t0)))
+		}
 		lat.add(samples)
 		b.ReportMetric(lat.quantile(0.5), "p50-ms")
 		b.ReportMetric(lat.quantile(0.99), "p99-ms")
