@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -50,6 +51,48 @@ type Auth struct {
 	Mode       string
 	Secret     []byte
 	UserHeader string
+	// TrustedProxies are the peers whose user header platform mode takes:
+	// anyone else who reaches the gateway (a user's own process on a
+	// worker host, in the same network) could name any user. A request
+	// from another peer is refused; none trusted refuses every request.
+	TrustedProxies []netip.Prefix
+}
+
+// ParseTrustedProxies reads a list of addresses and networks separated by
+// commas (`10.0.0.0/8, 127.0.0.1, ::1`), for Auth.TrustedProxies.
+func ParseTrustedProxies(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an address or a network (10.0.0.0/8)", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
+
+// trusts reports whether the peer of r is one of the trusted proxies.
+func (a *Auth) trusts(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	addr := ap.Addr().Unmap()
+	for _, p := range a.TrustedProxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // tokenClaims are the claims of an agentgate token.
@@ -77,6 +120,9 @@ func IssueToken(secret []byte, user string, admin bool, ttl time.Duration) (stri
 // for a repeated platform-mode header).
 func (a *Auth) Authenticate(r *http.Request) (app.User, error) {
 	if a.Mode == AuthPlatform {
+		if !a.trusts(r) {
+			return app.User{}, errUnauthorized
+		}
 		header := a.UserHeader
 		if header == "" {
 			header = DefaultUserHeader

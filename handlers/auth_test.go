@@ -121,7 +121,11 @@ func TestOriginCheckedOnEveryUpgrade(t *testing.T) {
 }
 
 func TestPlatformUserHeader(t *testing.T) {
-	a := &Auth{Mode: AuthPlatform}
+	// httptest's requests come from 192.0.2.1; the gateway below is
+	// dialed over loopback.
+	trusted, err := ParseTrustedProxies("192.0.2.1, 127.0.0.0/8")
+	require.NoError(t, err)
+	a := &Auth{Mode: AuthPlatform, TrustedProxies: trusted}
 	cases := []struct {
 		name   string
 		values []string
@@ -149,6 +153,43 @@ func TestPlatformUserHeader(t *testing.T) {
 			}
 			require.Equal(t, tc.want, user.Name)
 		})
+	}
+
+	// Only a trusted proxy names the user: a request from anywhere else
+	// that names one, as a user's own process on a worker could, is
+	// refused; so is every request when no proxy is trusted.
+	for _, tc := range []struct {
+		name, peer string
+		trusted    string
+		ok         bool
+	}{
+		{"the proxy", "192.0.2.1:4000", "192.0.2.1", true},
+		{"in a trusted network", "10.1.2.3:4000", "10.0.0.0/8", true},
+		{"IPv4 as IPv6", "[::ffff:10.1.2.3]:4000", "10.0.0.0/8", true},
+		{"IPv6", "[fd00::7]:4000", "fd00::/64, 10.0.0.0/8", true},
+		{"another peer", "192.0.2.2:4000", "192.0.2.1", false},
+		{"outside the network", "10.1.2.3:4000", "10.0.0.0/16", false},
+		{"nobody trusted", "127.0.0.1:4000", "", false},
+		{"no address", "", "0.0.0.0/0", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxies, err := ParseTrustedProxies(tc.trusted)
+			require.NoError(t, err)
+			r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+			r.RemoteAddr = tc.peer
+			r.Header.Set(DefaultUserHeader, "bob")
+			user, err := (&Auth{Mode: AuthPlatform, TrustedProxies: proxies}).Authenticate(r)
+			if !tc.ok {
+				require.ErrorIs(t, err, errUnauthorized)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, "bob", user.Name)
+		})
+	}
+	for _, bad := range []string{"10.0.0.0/33", "example.com", "10.0.0.1:80"} {
+		_, err := ParseTrustedProxies(bad)
+		require.Error(t, err, bad)
 	}
 
 	// Over the wire: two header lines are refused before any upgrade, with

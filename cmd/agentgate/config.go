@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/user"
 	"path"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/handlers"
 	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/workers"
 )
@@ -26,6 +28,7 @@ type config struct {
 	Listen            string
 	Redis             string
 	JWTSecret         string
+	TrustedProxies    []netip.Prefix
 	Auth              string
 	UserHeader        string
 	Workspaces        string
@@ -82,6 +85,10 @@ var options = []option{
 	{"redis", "AGENTGATE_REDIS_URL", "", "Redis URL (redis://…); empty starts the embedded store (serve only)", func(c *config, v string) error { c.Redis = v; return nil }},
 	{"jwt-secret", "AGENTGATE_JWT_SECRET", "", "HS256 secret of the tokens; required with --redis", func(c *config, v string) error { c.JWTSecret = v; return nil }},
 	{"auth", "AGENTGATE_AUTH", "jwt", "authentication: jwt, or platform (trust the user header of a proxy)", func(c *config, v string) error { c.Auth = v; return nil }},
+	{"trusted-proxies", "AGENTGATE_TRUSTED_PROXIES", "", "with --auth platform (required there): addresses and networks of the proxies whose user header is taken, comma-separated (10.0.0.2, 10.1.0.0/16); a request from any other peer is refused", func(c *config, v string) (err error) {
+		c.TrustedProxies, err = handlers.ParseTrustedProxies(v)
+		return err
+	}},
 	{"user-header", "AGENTGATE_USER_HEADER", "X-Forwarded-User", "header that names the user in platform mode", func(c *config, v string) error { c.UserHeader = v; return nil }},
 	{"workspaces", "AGENTGATE_WORKSPACES", "", "colon-separated roots project paths must resolve under (default: home directory)", func(c *config, v string) error { c.Workspaces = v; return nil }},
 	{"key-prefix", "AGENTGATE_KEY_PREFIX", "ag", "prefix of every Redis key", func(c *config, v string) error { c.KeyPrefix = v; return nil }},

@@ -73,6 +73,9 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		redisURL = embedded.URL()
 		log.Warn("using the embedded in-memory store: one machine only, and a restart forgets every session")
 	}
+	if runsGateway && c.Auth == handlers.AuthPlatform && len(c.TrustedProxies) == 0 {
+		return errors.New("--auth platform needs --trusted-proxies (AGENTGATE_TRUSTED_PROXIES): the addresses of the proxies that set the user header; from any other peer, a request could name any user")
+	}
 	secret := []byte(c.JWTSecret)
 	if runsGateway && c.Auth == handlers.AuthJWT && len(secret) == 0 {
 		if embedded == nil {
@@ -222,7 +225,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	if runsGateway {
 		gateway, err = handlers.New(handlers.Config{
 			Store:      st,
-			Auth:       &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader},
+			Auth:       &handlers.Auth{Mode: c.Auth, Secret: secret, UserHeader: c.UserHeader, TrustedProxies: c.TrustedProxies},
 			Workspaces: c.workspaces(), AllowedOrigins: c.origins(), MaxMessageSize: c.MaxMessageSize,
 			PublicHosts: c.publicHosts(), MaxSocketsPerUser: c.MaxSocketsPerUser, MaxFrameRate: c.MaxFrameRate,
 			Providers:     app.Providers,

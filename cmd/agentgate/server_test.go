@@ -368,3 +368,24 @@ func TestGatewayBoundsRequestHeaders(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
+
+// TestPlatformNeedsTrustedProxies: a gateway in platform mode does not
+// start without the proxies whose user header it takes, and refuses a
+// header from any other peer.
+func TestPlatformNeedsTrustedProxies(t *testing.T) {
+	for _, env := range []string{"AGENTGATE_REDIS_URL", "AGENTGATE_JWT_SECRET", "AGENTGATE_LISTEN", "AGENTGATE_TRUSTED_PROXIES"} {
+		t.Setenv(env, "")
+	}
+	t.Setenv("AGENTGATE_WORKSPACES", t.TempDir())
+	err := run(t.Context(), []string{"serve", "--listen", "127.0.0.1:0", "--auth", "platform"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "--auth platform needs --trusted-proxies")
+
+	var c config
+	fs, finish := newFlags("gateway", io.Discard, &c)
+	require.NoError(t, fs.Parse([]string{"--trusted-proxies", "10.0.0.2, 10.1.0.0/16"}))
+	require.NoError(t, finish())
+	require.Len(t, c.TrustedProxies, 2)
+	fs, finish = newFlags("gateway", io.Discard, &c)
+	require.NoError(t, fs.Parse([]string{"--trusted-proxies", "proxy.internal"}))
+	require.ErrorContains(t, finish(), "--trusted-proxies")
+}
