@@ -27,6 +27,7 @@ var browserTests = []string{
 	"e2e/browser/races.test.mjs",
 	"e2e/browser/permissions.test.mjs",
 	"e2e/browser/terminal.test.mjs",
+	"e2e/browser/account.test.mjs",
 	"e2e/browser/failover.test.mjs",
 }
 
@@ -58,6 +59,7 @@ func TestBrowser(t *testing.T) {
 		"AG_URL=http://"+lb,
 		"AG_URL_B=http://"+b.addr,
 		"AG_TOKEN="+cl.token("alice"),
+		"AG_TOKEN_B="+cl.token("bob"),
 		"AG_PROJECT="+cl.project,
 		"AG_CONTROL=http://"+ctl,
 		"AG_OUT="+out,

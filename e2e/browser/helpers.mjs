@@ -10,6 +10,8 @@ export const env = {
   url: process.env.AG_URL,
   urlB: process.env.AG_URL_B,
   token: process.env.AG_TOKEN,
+  tokenB: process.env.AG_TOKEN_B, // another user's
+
   project: process.env.AG_PROJECT,
   control: process.env.AG_CONTROL,
   out: process.env.AG_OUT,

@@ -322,6 +322,13 @@ export class AgentGate {
     return body;
   }
 
+  // user reads GET /api/auth/user: whom the gateway takes this client for,
+  // {username, admin}.
+  async user() {
+    const body = await this._get("/api/auth/user");
+    return body.user ?? {};
+  }
+
   // listSessions reads GET /api/sessions, feeds the processing map (a reply
   // older than an entry does not clear it) and watches the running ones.
   async listSessions() {

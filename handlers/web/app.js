@@ -9,10 +9,19 @@ import { openTerminal } from "./terminal.js";
 const $ = (id) => document.getElementById(id);
 
 // The token comes in ?token= once and is kept for later visits, out of the
-// address bar (and so out of history and screenshots).
+// address bar (and so out of history and screenshots). A link with another
+// user's token does not switch this browser silently: a page anyone sent
+// could otherwise sign it in as them, and what is typed here (prompts,
+// keystrokes in a terminal whose home they control) would go to them.
 const params = new URLSearchParams(location.search);
-if (params.get("token")) {
-  localStorage.setItem("agentgate.token", params.get("token"));
+const offered = params.get("token");
+if (offered) {
+  const current = localStorage.getItem("agentgate.token");
+  const from = tokenUser(current), to = tokenUser(offered);
+  if (!current || current === offered || (from !== "" && from === to) ||
+      confirm(`This link signs this browser in as "${to || "another user"}" instead of "${from || "the current user"}". Switch?`)) {
+    localStorage.setItem("agentgate.token", offered);
+  }
   params.delete("token");
   const rest = params.toString();
   history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
@@ -21,6 +30,21 @@ const token = localStorage.getItem("agentgate.token") || "";
 
 const client = new AgentGate({ token });
 window.agentgate = client; // for the console and for tests
+
+// Who this page acts as, from the gateway (in platform mode there is no
+// token to read it from).
+client.user().then((u) => { $("user").textContent = u.username ? "Signed in as " + u.username : ""; }).catch(() => {});
+
+// tokenUser reads the user a token names (its "sub"), for the question
+// above only: the gateway checks the signature.
+function tokenUser(t) {
+  try {
+    const part = (t || "").split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return String(JSON.parse(atob(part)).sub ?? "");
+  } catch {
+    return "";
+  }
+}
 
 // Settings the user picks once are kept per browser.
 const kept = ["provider", "project", "permission-mode", "allowed-tools", "model"];

@@ -1,0 +1,45 @@
+// The account a page acts as: it is shown, and a link carrying another
+// user's token does not switch the browser to that account unless the user
+// agrees (a link anyone sent would otherwise sign this browser in as them,
+// and what is typed here would go to their account).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { launch, openPage, env, WAIT } from "./helpers.mjs";
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+});
+
+const signedInAs = (page, name) =>
+  page.locator("#user", { hasText: "Signed in as " + name }).waitFor({ timeout: WAIT });
+
+test("a link with another user's token asks before switching", async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await signedInAs(page, "alice");
+
+  const asked = [];
+  page.on("dialog", (d) => {
+    asked.push(d.message());
+    if (asked.length === 1) d.dismiss(); else d.accept();
+  });
+  await page.goto(`${env.url}/?token=${encodeURIComponent(env.tokenB)}`);
+  await signedInAs(page, "alice");
+  assert.equal(asked.length, 1, "asked once");
+  assert.match(asked[0], /"bob" instead of "alice"/);
+  assert.ok(!page.url().includes("token="), "the token leaves the address bar");
+
+  await page.goto(`${env.url}/?token=${encodeURIComponent(env.tokenB)}`);
+  await signedInAs(page, "bob");
+  assert.equal(asked.length, 2);
+
+  // The same account's token again: nothing to ask.
+  await page.goto(`${env.url}/?token=${encodeURIComponent(env.tokenB)}`);
+  await signedInAs(page, "bob");
+  assert.equal(asked.length, 2);
+  await context.close();
+});
