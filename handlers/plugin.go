@@ -130,7 +130,8 @@ func (s *Server) servePlugin(c echo.Context) error {
 	upstream.SetReadLimit(pluginMaxFrame)
 	paceCtx, stopPace := context.WithCancel(context.Background())
 	defer stopPace()
-	r := &pluginRelay{client: client, upstream: upstream, frames: quota.frames, paceCtx: paceCtx, stopPace: stopPace}
+	r := &pluginRelay{client: client, upstream: upstream, frames: quota.frames, paceCtx: paceCtx, stopPace: stopPace,
+		pingPeriod: s.cfg.PingPeriod}
 	s.plugins.add(r)
 	defer s.plugins.remove(r)
 	if s.drained.Load() {
@@ -158,15 +159,32 @@ type pluginRelay struct {
 	paceCtx  context.Context
 	stopPace context.CancelFunc
 	once     sync.Once
+	// pingPeriod is how often the browser's side is pinged, as /ws and
+	// /shell are: a proxy in front (nginx's proxy_read_timeout) closes a
+	// socket idle for longer, and the plugin cannot keep it alive (the
+	// relay answers the plugin's own pings). A browser that answers none
+	// for two periods and 10 s is taken for gone.
+	pingPeriod time.Duration
 }
 
 // run copies frames both ways until one side closes or fails, then closes
 // the other side the same way.
 func (r *pluginRelay) run() {
 	pace := func() bool { return r.frames == nil || r.frames.Wait(r.paceCtx) == nil }
+	if r.pingPeriod > 0 {
+		pongWait := 2*r.pingPeriod + 10*time.Second
+		_ = r.client.SetReadDeadline(time.Now().Add(pongWait))
+		r.client.SetPongHandler(func(string) error { return r.client.SetReadDeadline(time.Now().Add(pongWait)) })
+		go r.ping()
+	}
 	done := make(chan struct{}, 2)
 	go func() {
 		code, text := copyFrames(r.upstream, r.client, pace)
+		if code == websocket.CloseAbnormalClosure {
+			// The browser vanished without a close (or stopped answering
+			// pings): 1006 may not be sent, and 1000 would say it left.
+			code, text = websocket.CloseGoingAway, "client connection lost"
+		}
 		// The browser left: tell the plugin why, keeping its code.
 		r.close(code, text)
 		done <- struct{}{}
@@ -182,6 +200,23 @@ func (r *pluginRelay) run() {
 	}()
 	<-done
 	<-done
+}
+
+// ping pings the browser's side every pingPeriod until the relay ends.
+// Runs in its own goroutine.
+func (r *pluginRelay) ping() {
+	t := time.NewTicker(r.pingPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.paceCtx.Done(): // close cancels it
+			return
+		case <-t.C:
+			if r.client.WriteControl(websocket.PingMessage, nil, time.Now().Add(pluginWriteWait)) != nil {
+				return
+			}
+		}
+	}
 }
 
 // close sends both sides the same close frame, once, then closes them.

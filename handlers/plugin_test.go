@@ -202,3 +202,47 @@ func TestPluginFramesPayTheRate(t *testing.T) {
 	// tokens that came back while the burst was sent.
 	require.GreaterOrEqual(t, time.Since(start), (over-1)*time.Second/rate)
 }
+
+// TestPluginRelayPings: the relay pings the browser's side as /ws does, so
+// that a proxy in front does not close an idle relay, and a browser that
+// vanishes is reported to the plugin as gone away (1001), not as a normal
+// close.
+func TestPluginRelayPings(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.PingPeriod = 50 * time.Millisecond })
+	addr, upstreamClosed := echoPlugin(t)
+	require.NoError(t, st.SetPlugin(context.Background(), "echo", addr))
+	ws, _, err := g.dialPlugin("echo", token(t, "alice", false))
+	require.NoError(t, err)
+	pings := make(chan struct{}, 16)
+	ws.SetPingHandler(func(string) error {
+		select {
+		case pings <- struct{}{}:
+		default:
+		}
+		return ws.WriteControl(websocket.PongMessage, nil, time.Now().Add(time.Second))
+	})
+	go func() {
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	for range 3 {
+		select {
+		case <-pings:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no ping from the relay")
+		}
+	}
+
+	// The browser's connection drops without a close frame.
+	require.NoError(t, ws.UnderlyingConn().Close())
+	select {
+	case code := <-upstreamClosed:
+		require.Equal(t, websocket.CloseGoingAway, code)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the plugin was not told")
+	}
+}
