@@ -79,7 +79,7 @@ func TestContainers(t *testing.T) {
 	waitHTTP(t, "http://"+base+"/readyz", 3*time.Minute)
 	t.Logf("up to ready through nginx: %s", time.Since(start).Round(100*time.Millisecond))
 
-	b, err := os.ReadFile(filepath.Join(dir, "agentgate.env"))
+	b, err := os.ReadFile(filepath.Join(dir, "gateway.env"))
 	require.NoError(t, err)
 	secret := envValue(strings.Split(string(b), "\n"), "AGENTGATE_JWT_SECRET")
 	require.NotEmpty(t, secret)

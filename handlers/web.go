@@ -57,6 +57,10 @@ func serveWebFile(c echo.Context, name string) error {
 	h := c.Response().Header()
 	h.Set("Content-Security-Policy", webCSP)
 	h.Set("X-Content-Type-Options", "nosniff")
+	// The page is first opened at /?token=JWT: without this, its scripts'
+	// and styles' requests would carry that address (and the token) in
+	// their Referer, into a proxy's logs.
+	h.Set("Referrer-Policy", "no-referrer")
 	// The files change with the binary: revalidate rather than cache blindly.
 	h.Set("Cache-Control", "no-cache")
 	return c.Blob(http.StatusOK, ctype, b)

@@ -38,6 +38,7 @@ func TestWebClient(t *testing.T) {
 	require.NotContains(t, csp, "script-src 'unsafe-inline'")
 	require.Contains(t, csp, "connect-src 'self' ws: wss:")
 	require.NotContains(t, page, "<script>", "no inline script: the CSP would block it")
+	require.Equal(t, "no-referrer", resp.Header.Get("Referrer-Policy"), "the token of /?token= stays out of Referers")
 
 	// Everything the page links to, and what its modules import.
 	files := []string{"/agentgate.js", "/ui/app.js", "/ui/terminal.js", "/ui/app.css",
