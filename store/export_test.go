@@ -7,6 +7,3 @@ func (s *Store) ClockMeasured() bool {
 	defer s.clock.mu.Unlock()
 	return !s.clock.at.IsZero()
 }
-
-// PoolSize is poolSize, for its test.
-var PoolSize = poolSize

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -53,13 +52,7 @@ type Config struct {
 	// ShellRetention is how long an ended terminal's hash and output are
 	// kept. Zero means DefaultShellRetention.
 	ShellRetention time.Duration
-	// PoolSize is the least connection pool size, for a process whose
-	// callers may all want a connection at once (a worker's terminals each
-	// append with one). go-redis' default is 10 a P, 10 in all with one P,
-	// and a caller waits for a free connection (a heartbeat behind a
-	// hundred terminals' appends did, until it expired). Connections are
-	// opened as needed. A pool_size in the URL wins; zero means the
-	// default.
+	// PoolSize is the connection pool size. Zero means go-redis' default.
 	PoolSize int
 	// Standalone says the server is a single Redis, not a cluster (the
 	// embedded store), so New does not ask it: one connection less at start.
@@ -174,7 +167,9 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 		if err != nil {
 			return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", err)
 		}
-		opts.PoolSize = poolSize(cfg.PoolSize, opts.PoolSize)
+		if cfg.PoolSize > 0 {
+			opts.PoolSize = cfg.PoolSize
+		}
 		trimHandshake(&opts.ClientName, &opts.DisableIdentity, &opts.MaintNotificationsConfig)
 		if cfg.Standalone {
 			return redis.NewClient(opts), nil, false, nil
@@ -206,20 +201,13 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("store: parse Redis Cluster URL: %w", err)
 	}
-	opts.PoolSize = poolSize(cfg.PoolSize, opts.PoolSize)
+	if cfg.PoolSize > 0 {
+		opts.PoolSize = cfg.PoolSize
+	}
 	tuneClusterRetries(opts)
 	trimHandshake(&opts.ClientName, &opts.DisableIdentity, &opts.MaintNotificationsConfig)
 	c := redis.NewClusterClient(opts)
 	return c, c, false, nil
-}
-
-// poolSize is the pool size of a client: the URL's (given), else the
-// larger of least and go-redis' default, 10 a P.
-func poolSize(least, given int) int {
-	if given > 0 || least <= 0 {
-		return given
-	}
-	return max(least, 10*runtime.GOMAXPROCS(0))
 }
 
 // clientName names agentgate's connections in CLIENT LIST, unless the

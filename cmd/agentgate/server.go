@@ -130,12 +130,6 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 
 	cfg := c.storeConfig(redisURL, log)
 	cfg.Standalone = embedded != nil
-	if runsWorker {
-		// Each open terminal appends with a connection of its own, a run's
-		// appends share one; the rest (heartbeat, inbox, acks) must not
-		// wait behind them.
-		cfg.PoolSize = c.MaxTerminals + c.MaxRuns + 16
-	}
 	st, err := openStoreWhenUp(ctx, cfg, log)
 	if err != nil {
 		if ctx.Err() != nil {
