@@ -139,15 +139,6 @@ func (sh *shell) flushLoop() {
 	}
 }
 
-// shellAppendsAtOnce bounds the terminal appends a worker has under way:
-// each takes one of the Redis pool's connections (go-redis' default is 10
-// a P, 10 with one P), and a hundred flooding terminals held them all, so
-// that the heartbeat waited for one until it expired and gateways refused
-// new terminals for want of a worker (TestShellMemoryBound, e2e). The
-// others wait here instead, and the heartbeat, the inbox and the runs'
-// appends find a connection. Redis runs one command at a time anyway.
-const shellAppendsAtOnce = 4
-
 // append stores and publishes chunks, then looks for login URLs in them.
 // While Redis is away, full or refusing writes, it tries again: the output
 // waits in the worker, whose reader stops at shellPendingMax, and the
@@ -170,9 +161,7 @@ func (sh *shell) append(chunks [][]byte) {
 	sh.batches++
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		sh.w.shellAppends <- struct{}{}
 		last, err := sh.w.st.ShellAppendBytes(ctx, sh.key, sh.gen, sh.batches, sh.lastSeq, chunks)
-		<-sh.w.shellAppends
 		cancel()
 		if err == nil {
 			sh.lastSeq = last

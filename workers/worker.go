@@ -108,9 +108,6 @@ type Worker struct {
 	log *slog.Logger
 	// appends sends the runs' appends to Redis in pipelines.
 	appends *appender
-	// shellAppends holds a place for each terminal append under way
-	// (shellAppendsAtOnce).
-	shellAppends chan struct{}
 	// ready is closed once the first heartbeat is in Redis: gateways
 	// accept commands for live workers only.
 	ready chan struct{}
@@ -196,7 +193,6 @@ func New(cfg Config) (*Worker, error) {
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
-		shellAppends: make(chan struct{}, shellAppendsAtOnce),
 	}
 	if cfg.Link != nil {
 		token, err := link.NewToken()
