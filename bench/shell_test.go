@@ -361,26 +361,7 @@ func BenchmarkShell(b *testing.B) { shellBenchmarks(b, newShellRig(b)) }
 
 // shellBenchmarks runs the terminal workloads against r.
 func shellBenchmarks(b *testing.B, r *shellRig) {
-	b.Run("echo", func(b *testing.B) {
-		c := r.open(b, fmt.Sprintf("echo-%d", time.Now().UnixNano()))
-		defer c.ws.Close()
-		c.ready(b)
-		var lat latencies
-		samples := make([]int64, 0, b.N)
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			// The marker is printed by the command, not by the terminal's
-			// echo of the typed line.
-			t0 := time.Now()
-			c.input(b, fmt.Sprintf("echo X%d-$((%d+1))\r", i, i))
-			c.readUntil(b, fmt.Sprintf("X%d-%d", i, i+1))
-			samples = append(samples, int64(time.Since(t0)))
-		}
-		b.StopTimer()
-		lat.add(samples)
-		b.ReportMetric(lat.quantile(0.5), "p50-ms")
-		b.ReportMetric(lat.quantile(0.99), "p99-ms")
-	})
+	b.Run("echo", func(b *testing.B) { echoLatency(b, r) })
 
 	// The same echo in a second terminal while a first one floods (`yes`,
 	// read as fast as the client can): what one user's flood costs the
@@ -404,21 +385,7 @@ func shellBenchmarks(b *testing.B, r *shellRig) {
 			flood.ws.Close()
 			<-stopped
 		}()
-		c := r.open(b, fmt.Sprintf("echo-%d", time.Now().UnixNano()))
-		defer c.ws.Close()
-		c.ready(b)
-		var lat latencies
-		samples := make([]int64, 0, b.N)
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			t0 := time.Now()
-			c.input(b, fmt.Sprintf("echo X%d-$((%d+1))\r", i, i))
-			c.readUntil(b, fmt.Sprintf("X%d-%d", i, i+1))
-			samples = append(samples, int64(time.Since(t0)))
-		}
-		lat.add(samples)
-		b.ReportMetric(lat.quantile(0.5), "p50-ms")
-		b.ReportMetric(lat.quantile(0.99), "p99-ms")
+		echoLatency(b, r)
 	})
 
 	// The workloads of ttyd's comparison: 20 MB of 100-column lines, and
@@ -469,6 +436,29 @@ func shellBenchmarks(b *testing.B, r *shellRig) {
 		b.ReportMetric(lat.quantile(0.5), "p50-ms")
 		b.ReportMetric(lat.quantile(0.99), "p99-ms")
 	})
+}
+
+// echoLatency types b.N command lines into a terminal of its own and
+// reports the time from each line's send to its command's output.
+func echoLatency(b *testing.B, r *shellRig) {
+	c := r.open(b, fmt.Sprintf("echo-%d", time.Now().UnixNano()))
+	defer c.ws.Close()
+	c.ready(b)
+	var lat latencies
+	samples := make([]int64, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// The marker is printed by the command, not by the terminal's
+		// echo of the typed line.
+		t0 := time.Now()
+		c.input(b, fmt.Sprintf("echo X%d-$((%d+1))\r", i, i))
+		c.readUntil(b, fmt.Sprintf("X%d-%d", i, i+1))
+		samples = append(samples, int64(time.Since(t0)))
+	}
+	b.StopTimer()
+	lat.add(samples)
+	b.ReportMetric(lat.quantile(0.5), "p50-ms")
+	b.ReportMetric(lat.quantile(0.99), "p99-ms")
 }
 
 func freeLoopback(b *testing.B) string {
