@@ -169,16 +169,6 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // terminal, and could hide or forge rows; in an event's JSON the \u form
 // keeps its meaning.
 func printable(s string) string {
-	clean := true
-	for _, r := range s {
-		if r == utf8.RuneError || isControl(r) {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
 	var b strings.Builder
 	for i := 0; i < len(s); {
 		r, size := utf8.DecodeRuneInString(s[i:])
