@@ -92,6 +92,11 @@ type Store struct {
 
 	// clock estimates Redis's clock, for deadlines Redis checks.
 	clock redisClock
+
+	// beatRDB is the heartbeats' own client (beatClient); nil until the
+	// first heartbeat.
+	beatMu  sync.Mutex
+	beatRDB redis.UniversalClient
 }
 
 // New connects to Redis and checks that it answers. A URL naming one node
@@ -276,6 +281,11 @@ func (s *Store) Ping(ctx context.Context) error {
 // Close releases the connections.
 func (s *Store) Close() error {
 	s.stopOnce.Do(func() { close(s.stop) })
+	s.beatMu.Lock()
+	if s.beatRDB != nil {
+		_ = s.beatRDB.Close()
+	}
+	s.beatMu.Unlock()
 	return s.rdb.Close()
 }
 

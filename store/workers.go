@@ -35,13 +35,61 @@ func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) 
 	if w.Link != "" {
 		args = append(args, "link", w.Link, "linkToken", w.LinkToken)
 	}
-	if err := s.sc.workerBeat.Run(ctx, s.rdb, []string{key}, args...).Err(); err != nil {
+	rdb := s.beatClient()
+	if err := s.sc.workerBeat.Run(ctx, rdb, []string{key}, args...).Err(); err != nil {
+		reloadSlots(rdb)
 		return fmt.Errorf("store: heartbeat %s: %w", w.ID, err)
 	}
-	if err := s.sc.workerRegister.Run(ctx, s.rdb, []string{s.k.workers()}, time.Now().UnixMilli(), w.ID).Err(); err != nil {
+	if err := s.sc.workerRegister.Run(ctx, rdb, []string{s.k.workers()}, time.Now().UnixMilli(), w.ID).Err(); err != nil {
+		reloadSlots(rdb)
 		return fmt.Errorf("store: heartbeat %s: register: %w", w.ID, err)
 	}
 	return nil
+}
+
+// beatClient returns the client heartbeats are written through: a
+// connection of their own (one a node), made on the first heartbeat. A
+// worker's other writes queue for the pool's connections (a hundred
+// flooding terminals' appends hold all ten of them), and a heartbeat that
+// waited in that queue past its TTL made a live worker look gone.
+func (s *Store) beatClient() redis.UniversalClient {
+	s.beatMu.Lock()
+	defer s.beatMu.Unlock()
+	if s.beatRDB != nil {
+		return s.beatRDB
+	}
+	switch c := s.rdb.(type) {
+	case *redis.Client:
+		o := *c.Options()
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 0
+		s.beatRDB = redis.NewClient(&o)
+	case *redis.ClusterClient:
+		o := *c.Options()
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 0
+		// The main client learns of a failover from its other commands
+		// (a failed pipeline reloads the slot map); this one writes two
+		// keys and would knock at a dead master until its map is a
+		// minute old, long after the heartbeat expired. A map at most a
+		// second old costs one CLUSTER SLOTS a heartbeat. A heartbeat
+		// does not wait out a failover either: it fails within a second,
+		// the map is read again (Heartbeat) and the next beat goes to
+		// the promoted replica.
+		o.ClusterStateReloadInterval = time.Second
+		o.MaxRedirects, o.MaxRetryBackoff = 3, 250*time.Millisecond
+		s.beatRDB = redis.NewClusterClient(&o)
+	default:
+		return s.rdb
+	}
+	s.beatRDB.AddHook(metricsHook{})
+	return s.beatRDB
+}
+
+// reloadSlots has a cluster client read the slot map again, in the
+// background: a write failed, and its slot may have moved.
+func reloadSlots(rdb redis.UniversalClient) {
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		c.ReloadState(context.Background())
+	}
 }
 
 // RemoveWorker deletes a worker's heartbeat, registry entry and inbox: the

@@ -1,0 +1,44 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// TestHeartbeatBesideAFullPool: a heartbeat goes through while every
+// connection of the store's pool is held by other work (here one, held by
+// a blocking read; on a worker, a hundred flooding terminals' appends held
+// all ten, the heartbeat waited behind them past its TTL and gateways took
+// the live worker for gone).
+func TestHeartbeatBesideAFullPool(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			st := storetest.New(t, storetest.Start(t, b), store.Config{PoolSize: 1})
+			ctx := context.Background()
+			held := make(chan struct{})
+			go func() {
+				defer close(held)
+				_, _ = st.ReadInbox(ctx, "w1", "0", 3*time.Second)
+			}()
+			time.Sleep(200 * time.Millisecond) // the read has the pool's one connection
+			beatCtx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			require.NoError(t, st.Heartbeat(beatCtx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Minute))
+			select {
+			case <-held:
+				t.Fatal("the blocking read ended before the heartbeat was tried")
+			default:
+			}
+			<-held
+			alive, err := st.WorkerAlive(ctx, "w1")
+			require.NoError(t, err)
+			require.True(t, alive)
+		})
+	}
+}
