@@ -10,8 +10,11 @@ const (
 	// sockets (appended to Redis, not yet written to any socket) before
 	// the worker stops reading the PTY, as ttyd stops a flood at its
 	// client's watermark: a Ctrl-C then has at most this much left to
-	// show. Config.ShellWindow changes it.
-	DefaultShellWindow = 256 << 10
+	// show. Config.ShellWindow changes it. 64 KiB rather than 256: on a
+	// 2-vCPU VM a Ctrl-C's prompt came back within 5 ms with under 64 KiB
+	// after the key in every round, and a flood ran as fast
+	// (bench/RESULTS.md, 2026-12-06, evening).
+	DefaultShellWindow = 64 << 10
 	// shellFlowStall is how long the worker waits for an ack before it
 	// takes the watching sockets for gone and reads on: a terminal nobody
 	// watches keeps running into its (bounded) stored output.

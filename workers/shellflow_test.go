@@ -13,7 +13,7 @@ import (
 // unwatched rate; then at most a window on its way, an ack makes room,
 // and acks that stall turn the window off again (nobody watches).
 func TestShellFlow(t *testing.T) {
-	for _, window := range []int{DefaultShellWindow, 64 << 10} { // the default, --shell-window
+	for _, window := range []int{DefaultShellWindow, 256 << 10} { // the default, a larger --shell-window
 		t.Run(strconv.Itoa(window), func(t *testing.T) {
 			fl := newShellFlow(window)
 			none := func() int { return 0 }

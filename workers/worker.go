@@ -85,7 +85,7 @@ type Config struct {
 	// ShellWindow is how many bytes of a terminal's output may be on their
 	// way to its sockets before the worker stops reading its PTY: smaller
 	// brings a prompt back sooner after a Ctrl-C in a flood, larger keeps
-	// a flood faster. Zero means DefaultShellWindow (256 KiB).
+	// a flood faster. Zero means DefaultShellWindow (64 KiB).
 	ShellWindow int
 	// Link, when set, is the listener gateways send terminal input,
 	// resizes and acks on (package link), past Redis; LinkAdvertise is the

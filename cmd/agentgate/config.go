@@ -174,7 +174,7 @@ var options = []option{
 		c.ShellHistory = n
 		return nil
 	}},
-	{"shell-window", "AGENTGATE_SHELL_WINDOW", "262144", "bytes of a terminal's output that may be on their way to its sockets before the worker stops reading it (smaller: a Ctrl-C in a flood answers sooner; larger: a flood runs faster)", func(c *config, v string) error {
+	{"shell-window", "AGENTGATE_SHELL_WINDOW", "65536", "bytes of a terminal's output that may be on their way to its sockets before the worker stops reading it (smaller: a Ctrl-C in a flood answers sooner; larger: a flood runs faster)", func(c *config, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 16384 || n > 64<<20 {
 			return fmt.Errorf("must be a number of bytes, from 16384 to 67108864")

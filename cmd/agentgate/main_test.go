@@ -38,7 +38,7 @@ func TestOptionPrecedence(t *testing.T) {
 	require.Equal(t, 64, c.MaxSocketsPerUser)
 	require.Equal(t, 50, c.MaxFrameRate)
 	require.Equal(t, "claude", c.ClaudeBin)
-	require.Equal(t, 256<<10, c.ShellWindow)
+	require.Equal(t, 64<<10, c.ShellWindow)
 }
 
 func TestOptionErrors(t *testing.T) {
