@@ -148,3 +148,26 @@ func (m metrics) value(series string) float64 {
 	}
 	return v
 }
+
+// TestGatewayMetricsElsewhere: a gateway given --metrics-listen serves
+// /metrics there and not on its public address, which a load balancer or
+// an Ingress exposes (a Kubernetes Ingress cannot leave one path out).
+func TestGatewayMetricsElsewhere(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "")
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
+	gw := startProc(t, "gw", append(cl.baseEnv(), "AGENTGATE_LISTEN="+addr, "AGENTGATE_METRICS_LISTEN="+metricsAddr), "gateway")
+	gw.addr = addr
+	waitReady(t, gw)
+	cl.dial(gw, "alice")
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "%s", body)
+	require.NotContains(t, string(body), "agentgate_")
+	eventually(t, 10*time.Second, "the socket counted on the metrics address", func() bool {
+		return scrape(t, "http://"+metricsAddr+"/metrics").value(`agentgate_sockets{endpoint="chat"}`) == 1
+	})
+}

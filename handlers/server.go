@@ -58,6 +58,10 @@ type Config struct {
 	QueueSize int
 	// PingPeriod is the interval of WebSocket pings. Zero means 25s.
 	PingPeriod time.Duration
+	// MetricsElsewhere says the process serves /metrics on a listener of
+	// its own (--metrics-listen), one a load balancer does not expose: the
+	// gateway's own address then answers it 404.
+	MetricsElsewhere bool
 	// PaceInterval is the quiet time a paced /ws socket gets after each
 	// frame its client must see (pace.go). Zero means DefaultPaceInterval;
 	// a negative value never paces.
@@ -266,7 +270,9 @@ func (s *Server) routes() *echo.Echo {
 	e.HTTPErrorHandler = s.httpError
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", echo.WrapHandler(metricsHandler()))
+	if !s.cfg.MetricsElsewhere {
+		e.GET("/metrics", echo.WrapHandler(metricsHandler()))
+	}
 	e.GET("/ws", s.serveChat)
 	e.GET("/shell", s.serveShell)
 	e.GET("/plugin-ws/:name", s.servePlugin)

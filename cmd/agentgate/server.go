@@ -233,6 +233,7 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 			MaxRunsPerUser: c.MaxRunsPerUser, MaxTerminalsPerUser: c.MaxTermsPerUser,
 			MaxSessionsPerUser: c.MaxSessions,
 			PaceInterval:       c.pace(),
+			MetricsElsewhere:   c.MetricsListen != "",
 		})
 		if err != nil {
 			return err
@@ -304,8 +305,9 @@ func startCPUProfile(path string) (func(), error) {
 }
 
 // serveMetrics serves the process's Prometheus metrics, a liveness check
-// and a readiness check on addr (--metrics-listen), for a worker, which has
-// no other listener. /readyz answers 200 once ready is closed (the worker is
+// and a readiness check on addr (--metrics-listen): for a worker, which has
+// no other listener, and for a gateway whose metrics should not be public
+// (its own address then does not serve them). /readyz answers 200 once ready is closed (the worker is
 // registered: gateways can send it work) until ctx ends (it drains); with
 // no worker in the process (ready nil), as /healthz does.
 func serveMetrics(ctx context.Context, addr string, ready <-chan struct{}, log *slog.Logger) (*http.Server, error) {
