@@ -35,6 +35,13 @@ type Links struct {
 // maxLinkHops bounds the symlinks one Resolve follows (a loop ends there).
 const maxLinkHops = 40
 
+// maxWalkSteps bounds the components one Resolve looks at, links' targets
+// included. Each link starts the walk again from its root: 40 links in a
+// folder 1,900 levels deep made one request about 78,000 Lstat calls on
+// 4 KB paths, seconds of a gateway's CPU, 50 times a second per user.
+// 256 steps is any real project's depth with a few links on the way.
+const maxWalkSteps = 256
+
 // Resolve returns the real path of p if it lies under a root, as written
 // (under a root or under its real path), and stays under one when its
 // symlinks are followed. The result must still be checked to be a directory
@@ -90,7 +97,10 @@ func (w Workspaces) Resolve(p string, fsys Links) (string, error) {
 func walkWithin(p string, roots []string, fsys Links) (string, bool) {
 	root := rootOf(roots, p)
 	done, rest := root, components(root, p)
-	for hops := 0; len(rest) > 0; {
+	for hops, steps := 0, 0; len(rest) > 0; {
+		if steps++; steps > maxWalkSteps {
+			return "", false
+		}
 		next := filepath.Join(done, rest[0])
 		rest = rest[1:]
 		fi, err := fsys.Lstat(next)

@@ -1,11 +1,13 @@
 package app
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -114,4 +116,47 @@ func TestResolveLooksOnlyInside(t *testing.T) {
 	for _, p := range looked {
 		require.True(t, within(realMine, p), "looked at %s, outside the workspace", p)
 	}
+}
+
+// TestResolveBoundsItsWalk: a chain of links in a deep folder does not make
+// Resolve look at tens of thousands of paths (each link starts the walk
+// again from the root): it gives up past maxWalkSteps components, while a
+// path of ordinary depth through a few links still resolves.
+func TestResolveBoundsItsWalk(t *testing.T) {
+	home := t.TempDir()
+	deep := home
+	for range 300 {
+		deep = filepath.Join(deep, "a")
+	}
+	require.NoError(t, os.MkdirAll(deep, 0o700))
+	const chain = 40
+	for i := range chain {
+		require.NoError(t, os.Symlink(fmt.Sprintf("L%d", i+1), filepath.Join(deep, fmt.Sprintf("L%d", i))))
+	}
+	require.NoError(t, os.Mkdir(filepath.Join(deep, fmt.Sprintf("L%d", chain)), 0o700))
+	var looks atomic.Int64
+	links := Links{
+		Lstat:        func(p string) (fs.FileInfo, error) { looks.Add(1); return os.Lstat(p) },
+		Readlink:     func(p string) (string, error) { looks.Add(1); return os.Readlink(p) },
+		EvalSymlinks: filepath.EvalSymlinks,
+	}
+	w := Workspaces{Roots: []string{home}}
+	_, err := w.Resolve(filepath.Join(deep, "L0"), links)
+	require.ErrorIs(t, err, ErrInvalidPath)
+	require.LessOrEqual(t, looks.Load(), int64(2*maxWalkSteps), "paths looked at")
+
+	// Twenty levels and three links on the way resolve.
+	proj := filepath.Join(home, "src")
+	for range 20 {
+		proj = filepath.Join(proj, "p")
+	}
+	require.NoError(t, os.MkdirAll(proj, 0o700))
+	require.NoError(t, os.Symlink(filepath.Join(home, "src"), filepath.Join(home, "code")))
+	require.NoError(t, os.Symlink("code", filepath.Join(home, "work")))
+	require.NoError(t, os.Symlink(strings.TrimPrefix(proj, filepath.Join(home, "src")+"/"), filepath.Join(home, "src", "latest")))
+	got, err := w.Resolve(filepath.Join(home, "work", "latest"), links)
+	require.NoError(t, err)
+	realProj, err := filepath.EvalSymlinks(proj)
+	require.NoError(t, err)
+	require.Equal(t, realProj, got)
 }
