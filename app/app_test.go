@@ -101,6 +101,14 @@ func TestEventBody(t *testing.T) {
 	require.True(t, json.Valid(body))
 	require.NoError(t, json.Unmarshal(body, &m))
 	require.Equal(t, "id with \"quote\"", m["sessionId"])
+
+	// Markup is written as is (json.Marshal wrote each <, > and & as six
+	// bytes), and an event whose encoding passes MaxEventBytes is refused.
+	body, err = Text("assistant", strings.Repeat("<&>", 1<<20)).Body()
+	require.NoError(t, err)
+	require.Less(t, len(body), 3<<20+512)
+	_, err = Text("assistant", strings.Repeat("\x01", 3<<20)).Body()
+	require.ErrorIs(t, err, ErrEventTooLarge)
 }
 
 func TestCompleteEvent(t *testing.T) {
@@ -120,6 +128,29 @@ func TestCompleteEvent(t *testing.T) {
 		require.Equal(t, tc.success, ev.Fields["success"])
 		require.Equal(t, tc.o.ExitCode, ev.Fields["exitCode"])
 		require.Equal(t, "s", ev.Fields["actualSessionId"])
+	}
+}
+
+func TestStoredOnlySeq(t *testing.T) {
+	cases := map[string]int64{
+		`{"seq":7}`:                    7,
+		`{"seq":1234567890123}`:        1234567890123,
+		`{"seq":0}`:                    -1,
+		`{"seq":-1}`:                   -1,
+		`{"seq":}`:                     -1,
+		`{"seq":7,"runId":"x"}`:        -1,
+		`{"seq":12345678901234567890}`: -1,
+		`{"seq":7`:                     -1,
+		``:                             -1,
+	}
+	for in, want := range cases {
+		got, ok := StoredOnlySeq([]byte(in))
+		if want < 0 {
+			require.False(t, ok, in)
+			continue
+		}
+		require.True(t, ok, in)
+		require.Equal(t, want, got, in)
 	}
 }
 

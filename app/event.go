@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -112,6 +113,14 @@ func StateChanged(state State, reason string) Event {
 	return NewEvent(KindStateChanged, map[string]any{"state": state, "reason": reason})
 }
 
+// MaxEventBytes bounds an encoded event: a provider line of up to 16 MiB
+// whose characters all need escaping (control bytes, invalid UTF-8) encodes
+// to six times that, more than a session's whole history budget.
+const MaxEventBytes = 16 << 20
+
+// ErrEventTooLarge is Body's error for an event over MaxEventBytes.
+var ErrEventTooLarge = errors.New("event too large")
+
 // Body encodes e as a JSON object in a stable field order: the envelope
 // first, then the kind's fields sorted by name. Keys of Fields that collide
 // with envelope names are an error, so a provider line cannot forge an
@@ -137,17 +146,24 @@ func (e Event) Body() ([]byte, error) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
+	// Not HTML-escaped: json.Marshal writes each <, > and & as six bytes,
+	// which made code and markup in a tool result up to six times its size
+	// (and a line of 16 MiB an event of 96 MiB). Clients parse JSON.
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
 	for _, k := range keys {
-		v, err := json.Marshal(e.Fields[k])
-		if err != nil {
-			return nil, fmt.Errorf("event %s: encode field %s: %w", e.Kind, k, err)
-		}
 		b.WriteByte(',')
 		writeJSONString(&b, k)
 		b.WriteByte(':')
-		b.Write(v)
+		if err := enc.Encode(e.Fields[k]); err != nil {
+			return nil, fmt.Errorf("event %s: encode field %s: %w", e.Kind, k, err)
+		}
+		b.Truncate(b.Len() - 1) // Encode ends a value with a newline
 	}
 	b.WriteByte('}')
+	if b.Len() > MaxEventBytes {
+		return nil, fmt.Errorf("%w: %d MiB", ErrEventTooLarge, b.Len()>>20)
+	}
 	return b.Bytes(), nil
 }
 
@@ -197,6 +213,24 @@ func FrameSeq(frame []byte) (int64, bool) {
 		return 0, false
 	}
 	n, err := strconv.ParseInt(string(rest[:end]), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// StoredOnlySeq reads the seq of what Redis publishes in place of a frame
+// too large to publish (`{"seq":N}`, prelude.lua): a gateway reads that
+// frame from the session's stream.
+func StoredOnlySeq(frame []byte) (int64, bool) {
+	if !bytes.HasPrefix(frame, []byte(seqPrefix)) || !bytes.HasSuffix(frame, []byte("}")) {
+		return 0, false
+	}
+	digits := frame[len(seqPrefix) : len(frame)-1]
+	if len(digits) == 0 || len(digits) > 19 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(digits), 10, 64)
 	if err != nil || n <= 0 {
 		return 0, false
 	}

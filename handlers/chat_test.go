@@ -1041,3 +1041,18 @@ func TestSocketsLetGoOfTheirUpgrade(t *testing.T) {
 		require.False(t, ok)
 	}
 }
+
+// TestLargeEventDelivered: an event too large for pub/sub (Redis publishes
+// its seq alone) reaches the watching socket from the stream, even when
+// nothing follows it.
+func TestLargeEventDelivered(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			_, w, c, _, ref := startRun(t, newStore(t, b))
+			big := strings.Repeat("<i>x</i>", 200_000) // 1.5 MiB
+			w.emit(ref, app.Text("assistant", "small"), app.Text("assistant", big))
+			c.until(func(m map[string]any) bool { return m["content"] == "small" })
+			require.Equal(t, big, c.next()["content"])
+		})
+	}
+}

@@ -125,14 +125,21 @@ func (h *hub) detachAll(c *conn) {
 // goroutine and never blocks on a socket.
 func (h *hub) event(sessionID string, frame []byte) {
 	seq, ok := app.FrameSeq(frame)
+	stored := false
 	if !ok {
-		return
+		if seq, stored = app.StoredOnlySeq(frame); !stored {
+			return
+		}
 	}
 	f := h.feed(h.chat, sessionID)
 	if f == nil {
 		return
 	}
 	f.mu.Lock()
-	h.publishLocked(f, seq, func() []byte { return frame })
+	if stored {
+		h.storedLocked(f, seq)
+	} else {
+		h.publishLocked(f, seq, func() []byte { return frame })
+	}
 	f.mu.Unlock()
 }

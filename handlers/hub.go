@@ -245,6 +245,19 @@ func (h *hub) publishLocked(f *feed, seq int64, frame func() []byte) {
 	}
 }
 
+// storedLocked is publishLocked for a frame Redis stored and did not
+// publish (too large for pub/sub): the watches that need it read the
+// stream. f.mu must be held.
+func (h *hub) storedLocked(f *feed, seq int64) {
+	f.maxSeen = max(f.maxSeen, seq)
+	for w := range f.watches {
+		if w.catching || w.done || seq < w.next {
+			continue
+		}
+		h.startLocked(w)
+	}
+}
+
 // resync re-reads a stream for every live watch after the pub/sub
 // connection came back: what was published meanwhile is only stored.
 func (h *hub) resync(kind *streamKind, key string) {

@@ -75,11 +75,11 @@ func (s *Store) prepareAppend(ctx context.Context, r AppendReq) ([]string, []any
 	args := make([]any, 0, 6+2*len(r.Events)+2*len(r.Set))
 	args = append(args, run.RunID, s.limits, s.k.live(run.SessionID), len(r.Events), s.floors.get(run.SessionID), r.Batch)
 	for _, ev := range r.Events {
-		body, err := s.eventBody(run.SessionID, run.Provider, ev)
+		kind, body, err := s.outputBody(run.SessionID, run.Provider, ev)
 		if err != nil {
 			return nil, nil, fmt.Errorf("store: append %s: %w", run.SessionID, err)
 		}
-		args = append(args, string(ev.Kind), body)
+		args = append(args, string(kind), body)
 	}
 	for k, v := range r.Set {
 		args = append(args, k, v)

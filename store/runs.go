@@ -274,11 +274,11 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, cancelBody,
 		s.floors.get(run.SessionID), len(before))
 	for _, ev := range before {
-		body, err := s.eventBody(run.SessionID, run.Provider, ev)
+		kind, body, err := s.outputBody(run.SessionID, run.Provider, ev)
 		if err != nil {
 			return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
 		}
-		args = append(args, string(ev.Kind), body)
+		args = append(args, string(kind), body)
 	}
 	out, err := s.runCompleteScript(ctx, run, args)
 	if err != nil {
@@ -383,6 +383,17 @@ func (s *Store) Claim(ctx context.Context, run RunRef, worker string) (bool, err
 		s.claimed.forget(run)
 	}
 	return n == 1, nil
+}
+
+// outputBody is eventBody for an event a provider's output made: one too
+// large to store (app.MaxEventBytes) becomes an error row that says so.
+func (s *Store) outputBody(sessionID string, provider app.Provider, ev app.Event) (app.Kind, []byte, error) {
+	body, err := s.eventBody(sessionID, provider, ev)
+	if errors.Is(err, app.ErrEventTooLarge) {
+		ev = app.ErrorRow(fmt.Sprintf("An output event over %d MiB was dropped.", app.MaxEventBytes>>20))
+		body, err = s.eventBody(sessionID, provider, ev)
+	}
+	return ev.Kind, body, err
 }
 
 // eventBody fills the envelope fields the caller need not know and encodes ev.

@@ -88,6 +88,20 @@ local function keep(stream, last, n, bytes, limits)
   return n, bytes
 end
 
+-- publish sends a stored frame on a session's channel; a frame over 1 MiB
+-- goes as its seq alone ({"seq":N}), and gateways read it from the stream.
+-- Redis drops a subscriber whose output buffer passes 32 MB (its default
+-- client-output-buffer-limit for pub/sub), and all of a gateway's sessions
+-- and terminals share its one subscriber connection: one user's large
+-- events must not cut everyone's live delivery.
+local function publish(channel, s, data)
+  if #data > 1048576 then
+    redis.call('PUBLISH', channel, '{"seq":' .. s .. '}')
+  else
+    redis.call('PUBLISH', channel, data)
+  end
+end
+
 -- emit appends one event to a session: it takes the session's next seq,
 -- writes the event into the session's stream under the id "<seq>-0",
 -- publishes it on the session's channel and trims the stream to limits
@@ -99,7 +113,7 @@ local function emit(hash, stream, channel, limits, runId, kind, body, extra)
   local s = int(seq)
   local data = '{"seq":' .. s .. ',"runId":"' .. runId .. '",' .. extra .. string.sub(body, 2)
   redis.call('XADD', stream, s .. '-0', 'seq', s, 'kind', kind, 'data', data)
-  redis.call('PUBLISH', channel, data)
+  publish(channel, s, data)
   local n = redis.call('HINCRBY', hash, 'streamLen', 1)
   local bytes = redis.call('HINCRBY', hash, 'streamBytes', #data)
   local n2, bytes2 = keep(stream, seq, n, bytes, limits)

@@ -49,7 +49,7 @@ for i = 0, n - 1 do
   local s = int(seq)
   local data = '{"seq":' .. s .. prefix .. string.sub(ARGV[8 + 2 * i], 2)
   redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'kind', ARGV[7 + 2 * i], 'data', data)
-  redis.call('PUBLISH', ARGV[3], data)
+  publish(ARGV[3], s, data)
   bytes = bytes + #data
 end
 held, bytes = keep(KEYS[2], seq, held, bytes, ARGV[2])
