@@ -8,8 +8,13 @@ import (
 	"github.com/agentgate/agentgate/app"
 )
 
-// chatReplayChunk is how many stored events one catch-up read fetches.
-const chatReplayChunk = 500
+// chatReplayChunk is how many stored events one catch-up read fetches, and
+// chatReplayBytes how many bytes of them at most (past them it stops, one
+// event at least): a replay holds what it read until its socket takes it.
+const (
+	chatReplayChunk = 500
+	chatReplayBytes = 1 << 20
+)
 
 // chatKind is a chat session's event stream for the hub. Its frames are
 // stored as sent, and a hole that was trimmed away closes the socket
@@ -18,7 +23,7 @@ func (h *hub) chatKind() *streamKind {
 	return &streamKind{
 		chunk: chatReplayChunk,
 		read: func(ctx context.Context, id string, after int64, n int) ([]storedFrame, error) {
-			evs, err := h.st.Events(ctx, id, after, n)
+			evs, err := h.st.EventsWithin(ctx, id, after, n, chatReplayBytes)
 			frames := make([]storedFrame, len(evs))
 			for i, ev := range evs {
 				frames[i] = storedFrame{ev.Seq, ev.Data}

@@ -73,6 +73,9 @@ type conn struct {
 
 	mu      sync.Mutex
 	watches map[string]*watch // sessions this socket follows, by id
+	// replays holds a slot for each catch-up of this socket that holds
+	// frames it read (replaySlot); made on the first one.
+	replays chan struct{}
 
 	// interval is the quiet time after a frame the client must see (0:
 	// never paced, as /shell); paced, pending, pacing and quietUntil are the
@@ -110,6 +113,30 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 	}
 	return c
 }
+
+// maxReplays is how many of a socket's watches may hold frames read back
+// from their streams at once: a socket that subscribes to a hundred
+// sessions and reads nothing holds two reads' worth, not a hundred.
+const maxReplays = 2
+
+// replaySlot waits for one of the socket's replay slots; false when the
+// socket closed first. replayDone gives it back.
+func (c *conn) replaySlot() bool {
+	c.mu.Lock()
+	if c.replays == nil {
+		c.replays = make(chan struct{}, maxReplays)
+	}
+	slots := c.replays
+	c.mu.Unlock()
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+func (c *conn) replayDone() { <-c.replays }
 
 // trySend queues a frame if the queue has room. It never blocks and never
 // closes the socket: a session event that does not fit is read back from

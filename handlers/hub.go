@@ -321,7 +321,13 @@ func (h *hub) catchUp(w *watch, pos int) {
 		w.quietTrim = false
 		f.mu.Unlock()
 
+		if !c.replaySlot() {
+			return
+		}
 		frames, err := f.kind.read(c.ctx, f.key, next-1, f.kind.chunk)
+		if err != nil || len(frames) == 0 {
+			c.replayDone()
+		}
 		if store.Unavailable(err) {
 			// Redis is down or loading: wait for it and read on from the
 			// same position, rather than close.
@@ -366,7 +372,9 @@ func (h *hub) catchUp(w *watch, pos int) {
 			continue
 		}
 		empty = 0
-		if !h.deliver(w, pos, frames, quiet) {
+		delivered := h.deliver(w, pos, frames, quiet)
+		c.replayDone()
+		if !delivered {
 			return
 		}
 	}

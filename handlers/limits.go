@@ -42,6 +42,7 @@ type userQuotas struct {
 // userQuota is one user's share of a gateway.
 type userQuota struct {
 	sockets int // guarded by userQuotas.mu
+	reads   int // REST event reads under way; guarded by userQuotas.mu
 	frames  *rate.Limiter
 	// restarts paces the terminal restarts (an init with forceRestart)
 	// that a user's sockets ask for: each starts a process on a worker
@@ -136,6 +137,31 @@ func (q *userQuotas) admitRequest(user string) bool {
 	return false
 }
 
+// maxReadsPerUser bounds the REST event reads one user has under way on a
+// gateway: each holds up to restEventsBytes until its client read it, and a
+// client that never reads holds it for the write timeout (2 minutes).
+const maxReadsPerUser = 4
+
+// startRead takes one of user's REST event reads, or reports false when
+// maxReadsPerUser are under way; endRead gives it back.
+func (q *userQuotas) startRead(user string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	u := q.userLocked(user)
+	if u.reads >= maxReadsPerUser {
+		limitRefusals.WithLabelValues("reads").Inc()
+		return false
+	}
+	u.reads++
+	return true
+}
+
+func (q *userQuotas) endRead(user string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.userLocked(user).reads--
+}
+
 func (q *userQuotas) release(u *userQuota) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -148,7 +174,7 @@ func (q *userQuotas) release(u *userQuota) {
 func (q *userQuotas) sweep(now time.Time) {
 	q.sweptAt = now
 	for name, u := range q.users {
-		if u.sockets == 0 && u.frames.TokensAt(now) >= float64(q.burst) && u.restarts.TokensAt(now) >= restartBurst &&
+		if u.sockets == 0 && u.reads == 0 && u.frames.TokensAt(now) >= float64(q.burst) && u.restarts.TokensAt(now) >= restartBurst &&
 			u.acks.TokensAt(now) >= float64(u.acks.Burst()) {
 			delete(q.users, name)
 		}

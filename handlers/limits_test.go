@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
@@ -265,4 +266,53 @@ func TestUserQuotasSweep(t *testing.T) {
 	require.Contains(t, q.users, "alice", "kept while its budget refills")
 	q.sweep(now.Add(time.Duration(q.burst/q.rate+1) * time.Second))
 	require.NotContains(t, q.users, "alice", "dropped once a new one would be the same")
+}
+
+// TestRESTEventsBounded: an events response holds at most restEventsBytes
+// of events (one at least), a client reads on from its last seq, and a
+// user has at most maxReadsPerUser event reads under way on a gateway (a
+// client that never reads its responses held a session's history each,
+// up to the write timeout); another user is not held back.
+func TestRESTEventsBounded(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	g, w, _, id, ref := startRun(t, st)
+	big := strings.Repeat("y", 1<<20)
+	for range 10 {
+		w.emit(ref, app.Text("assistant", big))
+	}
+	alice := token(t, "alice", false)
+	var after int64
+	pages := 0
+	for {
+		code, body := httpGet(t, fmt.Sprintf("%s/api/sessions/%s/events?after=%d&limit=1000", g.ts.URL, id, after), alice)
+		require.Equal(t, http.StatusOK, code)
+		evs := body["events"].([]any)
+		if len(evs) == 0 {
+			break
+		}
+		size := 0
+		for _, e := range evs {
+			content, _ := e.(map[string]any)["content"].(string)
+			size += len(content)
+		}
+		require.LessOrEqual(t, size, restEventsBytes, "page %d", pages)
+		for _, e := range evs {
+			seq := int64(e.(map[string]any)["seq"].(float64))
+			require.Equal(t, after+1, seq)
+			after = seq
+		}
+		pages++
+	}
+	require.EqualValues(t, 12, after, "every event once: the accept's two and ten large")
+	require.GreaterOrEqual(t, pages, 3)
+
+	for range maxReadsPerUser {
+		require.True(t, g.srv.quotas.startRead("alice"))
+	}
+	code, body := httpGet(t, g.ts.URL+"/api/sessions/"+id+"/events", alice)
+	require.Equal(t, http.StatusTooManyRequests, code)
+	require.Contains(t, body["error"], "too many event reads")
+	g.srv.quotas.endRead("alice")
+	code, _ = httpGet(t, g.ts.URL+"/api/sessions/"+id+"/events", alice)
+	require.Equal(t, http.StatusOK, code, "a read given back")
 }

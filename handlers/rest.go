@@ -3,6 +3,7 @@ package handlers
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -121,8 +122,13 @@ func (s *Server) getSession(c echo.Context) error {
 	return c.JSON(http.StatusOK, toJSON(sess))
 }
 
+// restEventsBytes bounds the event data of one events response (one event
+// at least): a client reads on from the last seq it got.
+const restEventsBytes = 4 << 20
+
 // sessionEvents answers GET /api/sessions/:id/events?after=SEQ&limit=N: the
-// stored events with seq > after, and whether the range was complete.
+// stored events with seq > after (up to restEventsBytes of them), and
+// whether the range was complete.
 func (s *Server) sessionEvents(c echo.Context) error {
 	sess, err := s.visibleSession(c)
 	if err != nil {
@@ -136,7 +142,14 @@ func (s *Server) sessionEvents(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	evs, err := s.st.Events(c.Request().Context(), sess.ID, int64(after), limit)
+	user := userOf(c)
+	if !s.quotas.startRead(user.Name) {
+		c.Response().Header().Set("Retry-After", "1")
+		return echo.NewHTTPError(http.StatusTooManyRequests,
+			fmt.Sprintf("too many event reads under way for this user: at most %d at once per gateway", maxReadsPerUser))
+	}
+	defer s.quotas.endRead(user.Name)
+	evs, err := s.st.EventsWithin(c.Request().Context(), sess.ID, int64(after), limit, restEventsBytes)
 	if err != nil {
 		return err
 	}

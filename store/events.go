@@ -41,6 +41,38 @@ func (s *Store) Events(ctx context.Context, sessionID string, after int64, limit
 	return out, nil
 }
 
+// EventsWithin is Events for a reader that holds what it read (a replay
+// at a socket's pace, a REST response): it stops once the events read pass
+// maxBytes of data (at least one is returned). It reads in batches that
+// start at 64 events and grow while they stay small, so that a stream of
+// large events is not read 500 at a time.
+func (s *Store) EventsWithin(ctx context.Context, sessionID string, after int64, limit, maxBytes int) ([]StoredEvent, error) {
+	var out []StoredEvent
+	size, batch := 0, min(limit, 64)
+	for len(out) < limit && size < maxBytes {
+		n := min(batch, limit-len(out))
+		evs, err := s.Events(ctx, sessionID, after, n)
+		if err != nil {
+			return nil, err
+		}
+		for _, ev := range evs {
+			if len(out) > 0 && size+len(ev.Data) > maxBytes {
+				return out, nil
+			}
+			out = append(out, ev)
+			size += len(ev.Data)
+		}
+		if len(evs) < n {
+			break
+		}
+		after = evs[len(evs)-1].Seq
+		if size < maxBytes/4 {
+			batch *= 2
+		}
+	}
+	return out, nil
+}
+
 // entrySeq reads the seq of a stream entry from its id "<seq>-0".
 func entrySeq(m redis.XMessage) int64 {
 	ms, _, _ := strings.Cut(m.ID, "-")

@@ -70,3 +70,48 @@ func TestLargeEvents(t *testing.T) {
 		require.Equal(t, stored[2].Data, got[2])
 	})
 }
+
+// TestEventsWithin: a bounded read returns events in order until their
+// data passes the bound (one at least, however large), reads on past a
+// first batch of small ones, and a reader that goes on from its last seq
+// gets every event once.
+func TestEventsWithin(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		var evs []app.Event
+		for i := range 200 {
+			size := 100
+			if i%50 == 49 {
+				size = 300 << 10
+			}
+			evs = append(evs, app.Text("assistant", strings.Repeat("x", size)))
+		}
+		last, err := st.Append(ctx, run, evs, nil)
+		require.NoError(t, err)
+
+		got, err := st.EventsWithin(ctx, sess.ID, 0, 1000, 1)
+		require.NoError(t, err)
+		require.Len(t, got, 1, "one event at least")
+
+		var after int64
+		reads := 0
+		for after < last {
+			got, err := st.EventsWithin(ctx, sess.ID, after, 500, 256<<10)
+			require.NoError(t, err)
+			require.NotEmpty(t, got)
+			size := 0
+			for _, ev := range got {
+				require.Equal(t, after+1, ev.Seq)
+				after = ev.Seq
+				size += len(ev.Data)
+			}
+			require.True(t, len(got) == 1 || size <= 256<<10, "%d events, %d bytes", len(got), size)
+			reads++
+		}
+		require.Equal(t, last, after)
+		require.GreaterOrEqual(t, reads, 5, "the large events each end a read")
+	})
+}
