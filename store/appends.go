@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -85,11 +87,46 @@ func (s *Store) prepareAppend(ctx context.Context, r AppendReq) ([]string, []any
 		args = append(args, k, v)
 	}
 	if psid := r.Set["providerSessionId"]; psid != "" {
-		// Written ahead: the provider's id belongs to this session from the
-		// moment its CLI printed it, even if the run turns out stale.
-		if err := s.rdb.HSetNX(ctx, s.k.providerSessions(run.Provider), psid, run.SessionID).Err(); err != nil {
+		ids, err := s.indexProviderID(ctx, run, psid)
+		if err != nil {
 			return nil, nil, fmt.Errorf("store: append %s: index provider session: %w", run.SessionID, err)
 		}
+		args = append(args, "providerIds", ids)
 	}
 	return []string{s.k.session(run.SessionID), s.k.events(run.SessionID)}, args, nil
+}
+
+// providerIDsKept is how many provider ids a session stays indexed under:
+// a CLI may print a new one each run, and each is an entry of the
+// provider's index until the session is forgotten.
+const providerIDsKept = 8
+
+// indexProviderID writes psid into the provider's index ahead of the
+// append (the id belongs to this session from the moment its CLI printed
+// it, even if the run turns out stale) and returns the session's new
+// providerIds field: the ids it is indexed under, oldest first, at most
+// providerIDsKept (the oldest past them leave the index). Forgetting a
+// session removes them all (keepSessions).
+func (s *Store) indexProviderID(ctx context.Context, run RunRef, psid string) (string, error) {
+	index := s.k.providerSessions(run.Provider)
+	if err := s.rdb.HSetNX(ctx, index, psid, run.SessionID).Err(); err != nil {
+		return "", err
+	}
+	cur, err := s.rdb.HGet(ctx, s.k.session(run.SessionID), "providerIds").Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return "", err
+	}
+	ids := slices.DeleteFunc(strings.Fields(cur), func(id string) bool { return id == psid })
+	ids = append(ids, psid)
+	if drop := len(ids) - providerIDsKept; drop > 0 {
+		args := []any{run.SessionID}
+		for _, id := range ids[:drop] {
+			args = append(args, id)
+		}
+		if err := s.sc.indexUnlink.Run(ctx, s.rdb, []string{index}, args...).Err(); err != nil {
+			return "", err
+		}
+		ids = ids[drop:]
+	}
+	return strings.Join(ids, " "), nil
 }

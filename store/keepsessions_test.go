@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -60,8 +61,15 @@ func testKeepSessions(t *testing.T, st *store.Store) {
 	bob, bobRun := start("bob")
 	end(bobRun)
 	s1, run1 := start("alice")
-	_, err := st.Append(ctx, run1, []app.Event{app.Text("assistant", "hi")}, map[string]string{"providerSessionId": "psid-s1"})
+	// A CLI may print several ids: each indexes the session.
+	var err error
+	for _, psid := range []string{"psid-s1a", "psid-s1b", "psid-s1"} {
+		_, err = st.Append(ctx, run1, []app.Event{app.Text("assistant", "hi")}, map[string]string{"providerSessionId": psid})
+		require.NoError(t, err)
+	}
+	found, err := st.SessionByProviderID(ctx, app.Claude, "psid-s1a")
 	require.NoError(t, err)
+	require.Equal(t, s1.ID, found)
 	end(run1)
 	s2, run2 := start("alice") // still running when it becomes the oldest
 	s3, run3 := start("alice")
@@ -70,8 +78,10 @@ func testKeepSessions(t *testing.T, st *store.Store) {
 	end(run4)
 	require.Equal(t, []string{s4.ID, s3.ID, s2.ID}, listed("alice"), "the fourth session forgot the first")
 	gone(s1.ID)
-	_, err = st.SessionByProviderID(ctx, app.Claude, "psid-s1")
-	require.ErrorIs(t, err, app.ErrNotFound, "the provider id of a forgotten session")
+	for _, psid := range []string{"psid-s1a", "psid-s1b", "psid-s1"} {
+		_, err = st.SessionByProviderID(ctx, app.Claude, psid)
+		require.ErrorIs(t, err, app.ErrNotFound, "the provider id %s of a forgotten session", psid)
+	}
 
 	s5, run5 := start("alice")
 	end(run5)
@@ -86,4 +96,33 @@ func testKeepSessions(t *testing.T, st *store.Store) {
 	require.Equal(t, []string{bob.ID}, listed("bob"), "another user's sessions")
 	_, err = st.Session(ctx, bob.ID)
 	require.NoError(t, err)
+}
+
+// TestProviderIDsKept: a session stays indexed under its 8 most recent
+// provider ids; older ones leave the provider's index (a CLI that prints a
+// new id each run grew it for good).
+func TestProviderIDsKept(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess := newSession("alice")
+		res := accept(t, st, sess, true)
+		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		for i := range 10 {
+			_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "hi")},
+				map[string]string{"providerSessionId": fmt.Sprintf("psid-%d", i)})
+			require.NoError(t, err)
+		}
+		// Again the newest: no change.
+		_, err := st.Append(ctx, run, nil, map[string]string{"providerSessionId": "psid-9"})
+		require.NoError(t, err)
+		for i := range 10 {
+			found, err := st.SessionByProviderID(ctx, app.Claude, fmt.Sprintf("psid-%d", i))
+			if i < 2 {
+				require.ErrorIs(t, err, app.ErrNotFound, "psid-%d", i)
+				continue
+			}
+			require.NoError(t, err, "psid-%d", i)
+			require.Equal(t, sess.ID, found)
+		}
+	})
 }

@@ -528,10 +528,18 @@ func (s *Store) keepSessions(ctx context.Context, owner, except string, keep int
 		if err := s.rdb.ZRem(ctx, index, id).Err(); err != nil {
 			return fmt.Errorf("forget session %s: %w", id, err)
 		}
-		if len(res) == 3 && res[1] != "" && res[2] != "" {
-			err := s.sc.indexUnlink.Run(ctx, s.rdb, []string{s.k.providerSessions(app.Provider(res[1]))}, id, res[2]).Err()
-			if err != nil {
-				return fmt.Errorf("forget session %s: provider id: %w", id, err)
+		if len(res) == 4 && res[1] != "" {
+			args := []any{id}
+			for _, psid := range append(strings.Fields(res[3]), res[2]) {
+				if psid != "" {
+					args = append(args, psid)
+				}
+			}
+			if len(args) > 1 {
+				err := s.sc.indexUnlink.Run(ctx, s.rdb, []string{s.k.providerSessions(app.Provider(res[1]))}, args...).Err()
+				if err != nil {
+					return fmt.Errorf("forget session %s: provider ids: %w", id, err)
+				}
 			}
 		}
 	}
