@@ -21,20 +21,23 @@ func waitCmd(cmd *exec.Cmd) error {
 }
 
 // awaitExit returns once the child process pid has exited, or at once when
-// it cannot watch a pidfd of it; it reaps nothing.
-func awaitExit(pid int) {
+// it cannot watch a pidfd of it (then false); it reaps nothing. Until the
+// process is reaped it holds its pid, and so its process group and
+// session ids: a new process cannot take them, and signalling them still
+// reaches only what the process left behind.
+func awaitExit(pid int) bool {
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
-		return
+		return false
 	}
 	// Non-blocking, so os.NewFile hands it to the poller.
 	f := os.NewFile(uintptr(fd), "pidfd")
 	defer f.Close()
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return
+		return false
 	}
-	_ = rc.Read(func(fd uintptr) bool {
+	err = rc.Read(func(fd uintptr) bool {
 		// WNOWAIT: looked at, not reaped, so that cmd.Wait still gets
 		// the process's status. A poll that finds nothing returns false
 		// and parks the goroutine until the pidfd is readable.
@@ -42,4 +45,5 @@ func awaitExit(pid int) {
 		err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
 		return err != nil || info.Signo == int32(syscall.SIGCHLD)
 	})
+	return err == nil
 }

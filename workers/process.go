@@ -20,6 +20,43 @@ const killGrace = 2 * time.Second
 type process struct {
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once Wait has returned
+	// reapMu orders signals to the group (signalGroup) against the reap
+	// (wait): once the leader is reaped, its pid and so the group's id
+	// may be another process's, another user's even.
+	reapMu sync.Mutex
+}
+
+// wait waits for the leader to exit, kills what it left in its group
+// while its unreaped pid still holds the group's id, then reaps it and
+// closes exited. Without a pidfd to wait on, the reap comes first and the
+// group is signalled after, as before pidfds.
+func (p *process) wait() {
+	pid := p.cmd.Process.Pid
+	if awaitExit(pid) {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		p.reapMu.Lock()
+		_ = p.cmd.Wait()
+		close(p.exited)
+		p.reapMu.Unlock()
+		return
+	}
+	_ = p.cmd.Wait()
+	p.reapMu.Lock()
+	close(p.exited)
+	p.reapMu.Unlock()
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+}
+
+// signalGroup sends sig to the process group, unless its leader was
+// reaped (see wait).
+func (p *process) signalGroup(sig syscall.Signal) {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	select {
+	case <-p.exited:
+	default:
+		_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+	}
 }
 
 // prepareGroup makes cmd start as the leader of a new process group and die
@@ -57,30 +94,21 @@ func (p *process) killKnown(grace time.Duration, known []proc) {
 	pgid := p.cmd.Process.Pid
 	tree := append(known, descendants(pgid)...)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		_ = syscall.Kill(-pgid, sig)
+		p.signalGroup(sig)
 		select {
 		case <-p.exited:
 		case <-time.After(grace / 2):
 		}
 		tree = append(tree, descendants(pgid)...)
 	}
-	// ESRCH here means the group is already gone, which is the goal.
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	// ESRCH here means the group is already gone, which is the goal; a
+	// reaped leader's group had its SIGKILL in wait.
+	p.signalGroup(syscall.SIGKILL)
 	for _, d := range tree {
 		if d.running() {
 			_ = syscall.Kill(-d.pid, syscall.SIGKILL) // a session leader's own group
 			_ = syscall.Kill(d.pid, syscall.SIGKILL)
 		}
-	}
-}
-
-// killGroup kills what is left of the group once the leader has exited.
-// The tree under the leader cannot be found any more (its children now
-// belong to init), and scanning /proc for every ended run costs seconds of
-// CPU when many end together, so only the group is signalled.
-func (p *process) killGroup() {
-	if p.cmd.Process != nil {
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	}
 }
 

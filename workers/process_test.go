@@ -3,6 +3,7 @@ package workers
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -44,4 +45,71 @@ func TestKillHoldersLooksOnlyAtItsUID(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the holder of the run's uid was not killed")
 	}
+}
+
+// TestNoSignalAfterReap: once a run's process or a terminal's shell was
+// reaped, killing it signals no group or session by its old id: the pid
+// is made the next one allocated (ns_last_pid) and given to a new group
+// and session leader, another user's process as far as the worker knows,
+// which must survive the kill of the reaped one.
+func TestNoSignalAfterReap(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to choose the next pid (/proc/sys/kernel/ns_last_pid)")
+	}
+	t.Run("run", func(t *testing.T) {
+		cmd := exec.Command("true")
+		prepareGroup(cmd)
+		require.NoError(t, cmd.Start())
+		p := &process{cmd: cmd, exited: make(chan struct{})}
+		go p.wait()
+		<-p.exited
+		other := leaderWithPid(t, cmd.Process.Pid)
+		p.kill(20 * time.Millisecond)
+		requireAlive(t, other)
+	})
+	t.Run("terminal", func(t *testing.T) {
+		p, err := startPTY(ptyConfig{Args: []string{"true"}, Dir: t.TempDir(), Env: []string{"PATH=" + os.Getenv("PATH")}, Cols: 80, Rows: 24})
+		require.NoError(t, err)
+		defer p.close()
+		<-p.exited
+		other := leaderWithPid(t, p.cmd.Process.Pid)
+		p.kill(20 * time.Millisecond)
+		requireAlive(t, other)
+	})
+}
+
+// leaderWithPid starts a process that leads a session (and so a group) of
+// its own with the given pid, which must be free; it skips the test when
+// other processes of the host keep taking the pid first.
+func leaderWithPid(t *testing.T, pid int) *exec.Cmd {
+	t.Helper()
+	for range 100 {
+		require.NoError(t, os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0o644))
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		require.NoError(t, cmd.Start())
+		if cmd.Process.Pid == pid {
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			return cmd
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	t.Skipf("pid %d was taken by other processes a hundred times", pid)
+	return nil
+}
+
+// requireAlive fails the test if cmd has exited (by a signal meant for
+// another process) within a moment.
+func requireAlive(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("the new process with the reaped pid was killed: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	_ = cmd.Process.Kill()
+	<-done
 }

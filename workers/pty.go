@@ -35,6 +35,10 @@ type ptyProc struct {
 	tty    heldFiles     // the terminal (/dev/pts/N), for killHolders
 	exited chan struct{} // closed once Wait returned
 	state  *os.ProcessState
+	// reapMu orders signals to the session (signalSession, killMembers)
+	// against the reap: once the leader is reaped, its pid and so the
+	// session's id may be another process's, another user's even.
+	reapMu sync.Mutex
 
 	// mu orders close against killSession's search for the terminal's
 	// holders: /dev/pts/N names this terminal only while its master is
@@ -87,12 +91,57 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 		return nil, fmt.Errorf("start terminal: non-blocking ptmx: %w", err)
 	}
 	p := &ptyProc{cmd: cmd, f: f, exited: make(chan struct{}), tty: held}
-	go func() {
-		_ = waitCmd(cmd)
-		p.state = cmd.ProcessState
-		close(p.exited)
-	}()
+	go p.wait()
 	return p, nil
+}
+
+// wait waits for the leader to exit, kills what is left of its session
+// while its unreaped pid still holds the session's id (see awaitExit),
+// then reaps it and closes exited. No process outlives its terminal:
+// background jobs, and jobs that ignore SIGHUP, hold the PTY open and
+// would keep running. Without a pidfd to wait on, the reap comes first.
+func (p *ptyProc) wait() {
+	watched := awaitExit(p.cmd.Process.Pid)
+	if watched {
+		p.killMembers()
+		p.reapMu.Lock()
+	}
+	_ = p.cmd.Wait()
+	if !watched {
+		p.reapMu.Lock()
+	}
+	p.state = p.cmd.ProcessState
+	close(p.exited)
+	p.reapMu.Unlock()
+}
+
+// signalSession sends sig to the session's process group, unless its
+// leader was reaped.
+func (p *ptyProc) signalSession(sig syscall.Signal) {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	select {
+	case <-p.exited:
+	default:
+		_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+	}
+}
+
+// killMembers sends SIGKILL to the session's group and to every process
+// still in the session (found in /proc), unless its leader was reaped.
+func (p *ptyProc) killMembers() {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	sid := p.cmd.Process.Pid
+	_ = syscall.Kill(-sid, syscall.SIGKILL)
+	for _, pid := range sessionMembers(sid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 // termSize bounds a terminal size to what a client may ask for: the sizes
@@ -128,9 +177,8 @@ func (p *ptyProc) resize(cols, rows int) error {
 // process still in the session or under the leader (found in /proc), which
 // also catches jobs that ignore SIGHUP. Safe to call more than once.
 func (p *ptyProc) kill(grace time.Duration) {
-	sid := p.cmd.Process.Pid
-	tree := descendants(sid)
-	_ = syscall.Kill(-sid, syscall.SIGHUP)
+	tree := descendants(p.cmd.Process.Pid)
+	p.signalSession(syscall.SIGHUP)
 	select {
 	case <-p.exited:
 	case <-time.After(grace):
@@ -138,15 +186,12 @@ func (p *ptyProc) kill(grace time.Duration) {
 	p.killSession(tree)
 }
 
-// killSession sends SIGKILL to everything left of the terminal's session,
+// killSession sends SIGKILL to everything left of the terminal's session
+// (by its id while the leader is unreaped; wait did it before the reap),
 // and to the processes of tree (taken while the leader lived) that still
 // run, such as a child that started a session of its own.
 func (p *ptyProc) killSession(tree []proc) {
-	sid := p.cmd.Process.Pid
-	_ = syscall.Kill(-sid, syscall.SIGKILL)
-	for _, pid := range sessionMembers(sid) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
+	p.killMembers()
 	for _, d := range tree {
 		if d.running() {
 			_ = syscall.Kill(d.pid, syscall.SIGKILL)

@@ -313,10 +313,12 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	holders := openFiles(outR, errR)
 	go func() {
 		defer close(watched)
-		_ = waitCmd(cmd)
-		close(p.exited)
-		// Children left behind in the group die with their run.
-		p.killGroup()
+		// Children left behind in the group die with their run (wait kills
+		// the group). The tree under the leader cannot be found any more
+		// (its children now belong to init), and scanning /proc for every
+		// ended run costs seconds of CPU when many end together, so only
+		// the group is signalled.
+		p.wait()
 		// A child that left the group may still hold the pipes: give it a
 		// moment to finish writing, then kill it and stop reading.
 		// Output held back by a Redis outage is not an orphan's: the

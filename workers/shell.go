@@ -317,8 +317,9 @@ func (sh *shell) run() {
 	// did not read (a paste into sleep) would otherwise wait forever, the
 	// poller spinning on the PTY's hang-up, and the exit never be recorded.
 	_ = sh.p.f.SetWriteDeadline(time.Now())
-	// No process outlives its terminal: background jobs, and jobs that
-	// ignore SIGHUP, hold the PTY open and would keep running.
+	// No process outlives its terminal: the session's members were killed
+	// as its leader exited (ptyProc.wait); a job that left the session
+	// and still holds the terminal is found by its open files.
 	sh.p.killSession(nil)
 	// Output still in the PTY is read until EIO (every holder gone) or a
 	// short deadline.
