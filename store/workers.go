@@ -36,6 +36,11 @@ func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) 
 		args = append(args, "link", w.Link, "linkToken", w.LinkToken)
 	}
 	rdb := s.beatClient()
+	// A beat that waits on a stalled node (SIGSTOP, a paused VM) would
+	// hold the next ones back past the TTL; given up, the next beat goes
+	// to the map read again, to the promoted replica once there is one.
+	ctx, cancel := context.WithTimeout(ctx, max(ttl/2, 100*time.Millisecond))
+	defer cancel()
 	if err := s.sc.workerBeat.Run(ctx, rdb, []string{key}, args...).Err(); err != nil {
 		reloadSlots(rdb)
 		return fmt.Errorf("store: heartbeat %s: %w", w.ID, err)
@@ -58,14 +63,18 @@ func (s *Store) beatClient() redis.UniversalClient {
 	if s.beatRDB != nil {
 		return s.beatRDB
 	}
+	// ContextTimeoutEnabled: Heartbeat's deadline bounds each read and
+	// write on the connection too, not only the waits between retries.
 	switch c := s.rdb.(type) {
 	case *redis.Client:
 		o := *c.Options()
 		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 0
+		o.ContextTimeoutEnabled = true
 		s.beatRDB = redis.NewClient(&o)
 	case *redis.ClusterClient:
 		o := *c.Options()
 		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 0
+		o.ContextTimeoutEnabled = true
 		// The main client learns of a failover from its other commands
 		// (a failed pipeline reloads the slot map); this one writes two
 		// keys and would knock at a dead master until its map is a
