@@ -37,13 +37,17 @@ func awaitExit(pid int) bool {
 	if err != nil {
 		return false
 	}
+	var waitErr error
 	err = rc.Read(func(fd uintptr) bool {
 		// WNOWAIT: looked at, not reaped, so that cmd.Wait still gets
 		// the process's status. A poll that finds nothing returns false
 		// and parks the goroutine until the pidfd is readable.
 		var info unix.Siginfo
-		err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
-		return err != nil || info.Signo == int32(syscall.SIGCHLD)
+		waitErr = unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		return waitErr != nil || info.Signo == int32(syscall.SIGCHLD)
 	})
-	return err == nil
+	// A waitid that failed (a platform that opens pidfds but refuses to
+	// wait on them) says nothing of the process, which may still run: the
+	// caller must not take it for exited.
+	return err == nil && waitErr == nil
 }

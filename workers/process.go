@@ -77,12 +77,21 @@ func (p *process) kill(grace time.Duration) {
 	p.killKnown(grace, nil)
 }
 
-// tree snapshots the processes under the leader, for killKnown.
+// tree snapshots the processes under the leader, for killKnown; none
+// once it is reaped (its pid may be another process's, with children of
+// its own).
 func (p *process) tree() []proc {
 	if p.cmd.Process == nil {
 		return nil
 	}
-	return descendants(p.cmd.Process.Pid)
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	select {
+	case <-p.exited:
+		return nil
+	default:
+		return descendants(p.cmd.Process.Pid)
+	}
 }
 
 // killKnown is kill with processes seen earlier added to the snapshot: once
@@ -91,15 +100,14 @@ func (p *process) killKnown(grace time.Duration, known []proc) {
 	if p.cmd.Process == nil {
 		return
 	}
-	pgid := p.cmd.Process.Pid
-	tree := append(known, descendants(pgid)...)
+	tree := append(known, p.tree()...)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		p.signalGroup(sig)
 		select {
 		case <-p.exited:
 		case <-time.After(grace / 2):
 		}
-		tree = append(tree, descendants(pgid)...)
+		tree = append(tree, p.tree()...)
 	}
 	// ESRCH here means the group is already gone, which is the goal; a
 	// reaped leader's group had its SIGKILL in wait.

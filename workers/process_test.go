@@ -79,17 +79,26 @@ func TestNoSignalAfterReap(t *testing.T) {
 }
 
 // leaderWithPid starts a process that leads a session (and so a group) of
-// its own with the given pid, which must be free; it skips the test when
+// its own with the given pid, and has a child, which must be free; it skips the test when
 // other processes of the host keep taking the pid first.
 func leaderWithPid(t *testing.T, pid int) *exec.Cmd {
 	t.Helper()
 	for range 100 {
 		require.NoError(t, os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0o644))
-		cmd := exec.Command("sleep", "60")
+		// With a child: a kill of the reaped process must not find it
+		// among "its" descendants either (sh exits when it dies).
+		cmd := exec.Command("sh", "-c", "sleep 60 & wait")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		require.NoError(t, cmd.Start())
 		if cmd.Process.Pid == pid {
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			t.Cleanup(func() {
+				for _, d := range descendants(pid) {
+					_ = syscall.Kill(d.pid, syscall.SIGKILL)
+				}
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			})
+			require.Eventually(t, func() bool { return len(descendants(pid)) > 0 }, 5*time.Second, time.Millisecond, "the child")
 			return cmd
 		}
 		_ = cmd.Process.Kill()

@@ -115,6 +115,19 @@ func (p *ptyProc) wait() {
 	p.reapMu.Unlock()
 }
 
+// tree snapshots the processes under the leader; none once it is reaped
+// (its pid may be another process's, with children of its own).
+func (p *ptyProc) tree() []proc {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	select {
+	case <-p.exited:
+		return nil
+	default:
+		return descendants(p.cmd.Process.Pid)
+	}
+}
+
 // signalSession sends sig to the session's process group, unless its
 // leader was reaped.
 func (p *ptyProc) signalSession(sig syscall.Signal) {
@@ -177,7 +190,7 @@ func (p *ptyProc) resize(cols, rows int) error {
 // process still in the session or under the leader (found in /proc), which
 // also catches jobs that ignore SIGHUP. Safe to call more than once.
 func (p *ptyProc) kill(grace time.Duration) {
-	tree := descendants(p.cmd.Process.Pid)
+	tree := p.tree()
 	p.signalSession(syscall.SIGHUP)
 	select {
 	case <-p.exited:
