@@ -324,6 +324,15 @@ func (h *hub) catchUp(w *watch, pos int) {
 		if !c.replaySlot() {
 			return
 		}
+		// Moved or ended while it waited for the slot: read nothing.
+		f.mu.Lock()
+		stale := w.pos != pos || w.done
+		next = w.next
+		f.mu.Unlock()
+		if stale {
+			c.replayDone()
+			return
+		}
 		frames, err := f.kind.read(c.ctx, f.key, next-1, f.kind.chunk)
 		if err != nil || len(frames) == 0 {
 			c.replayDone()
@@ -390,7 +399,7 @@ func (h *hub) deliver(w *watch, pos int, frames []storedFrame, quiet bool) bool 
 		return w.pos == pos && !w.done
 	}
 	for i := 0; i < len(frames); {
-		if !c.waitRoom(current) {
+		if !c.waitRoomFor(int64(len(frames[i].frame)), current) {
 			return false
 		}
 		f.mu.Lock()

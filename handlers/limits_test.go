@@ -316,3 +316,21 @@ func TestRESTEventsBounded(t *testing.T) {
 	code, _ = httpGet(t, g.ts.URL+"/api/sessions/"+id+"/events", alice)
 	require.Equal(t, http.StatusOK, code, "a read given back")
 }
+
+// TestRESTEventsNotEscaped: stored events go out over REST as stored, not
+// HTML-escaped again (each <, > and & six bytes).
+func TestRESTEventsNotEscaped(t *testing.T) {
+	g, w, _, id, ref := startRun(t, newStore(t, storetest.Mini))
+	w.emit(ref, app.Text("assistant", "<b>a & b</b>"))
+	req, err := http.NewRequest(http.MethodGet, g.ts.URL+"/api/sessions/"+id+"/events", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+token(t, "alice", false))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+	require.Contains(t, string(body), `"content":"<b>a & b</b>"`)
+}

@@ -158,7 +158,13 @@ func (s *Server) sessionEvents(c echo.Context) error {
 		out[i] = e.Data
 	}
 	complete := int64(after) >= sess.LastSeq || (len(evs) > 0 && evs[0].Seq == int64(after)+1)
-	return c.JSON(http.StatusOK, map[string]any{
+	// Not c.JSON: Echo's encoder HTML-escapes the stored events again,
+	// each <, > and & six bytes.
+	c.Response().Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+	c.Response().WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(c.Response())
+	enc.SetEscapeHTML(false)
+	return enc.Encode(map[string]any{
 		"sessionId": sess.ID, "lastSeq": sess.LastSeq, "events": out, "recovered": complete,
 	})
 }

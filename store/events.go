@@ -43,14 +43,14 @@ func (s *Store) Events(ctx context.Context, sessionID string, after int64, limit
 
 // EventsWithin is Events for a reader that holds what it read (a replay
 // at a socket's pace, a REST response): it stops once the events read pass
-// maxBytes of data (at least one is returned). It reads in batches that
-// start at 64 events and grow while they stay small, so that a stream of
-// large events is not read 500 at a time.
+// maxBytes of data (at least one is returned). It reads a few events
+// first, then as many as their average size says fit in what is left, so
+// that a stream of large events is neither read 500 at a time nor read
+// many times over to return one each.
 func (s *Store) EventsWithin(ctx context.Context, sessionID string, after int64, limit, maxBytes int) ([]StoredEvent, error) {
 	var out []StoredEvent
-	size, batch := 0, min(limit, 64)
-	for len(out) < limit && size < maxBytes {
-		n := min(batch, limit-len(out))
+	size, n := 0, min(limit, 4)
+	for n > 0 {
 		evs, err := s.Events(ctx, sessionID, after, n)
 		if err != nil {
 			return nil, err
@@ -62,13 +62,12 @@ func (s *Store) EventsWithin(ctx context.Context, sessionID string, after int64,
 			out = append(out, ev)
 			size += len(ev.Data)
 		}
-		if len(evs) < n {
+		if len(evs) < n || len(out) >= limit || size >= maxBytes {
 			break
 		}
 		after = evs[len(evs)-1].Seq
-		if size < maxBytes/4 {
-			batch *= 2
-		}
+		avg := max(size/len(out), 1)
+		n = min(limit-len(out), max((maxBytes-size)/avg, 1))
 	}
 	return out, nil
 }

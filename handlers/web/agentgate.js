@@ -315,11 +315,20 @@ export class AgentGate {
     return [...this._list.values()].sort((a, b) => (b.updatedAt ?? 0) - (a.updatedAt ?? 0));
   }
 
+  // A 429 (the user's rate, or their event reads under way) is tried again
+  // after its Retry-After, a few times.
   async _get(path) {
-    const resp = await this._fetch(this.baseUrl + path, { headers: { Authorization: "Bearer " + this.token } });
-    const body = await resp.json().catch(() => ({}));
-    if (!resp.ok) throw new Error(body.error || "HTTP " + resp.status);
-    return body;
+    for (let attempt = 1; ; attempt++) {
+      const resp = await this._fetch(this.baseUrl + path, { headers: { Authorization: "Bearer " + this.token } });
+      const body = await resp.json().catch(() => ({}));
+      if (resp.status === 429 && attempt < 5) {
+        const wait = Number(resp.headers?.get?.("Retry-After")) || 1;
+        await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+        continue;
+      }
+      if (!resp.ok) throw new Error(body.error || "HTTP " + resp.status);
+      return body;
+    }
   }
 
   // user reads GET /api/auth/user: whom the gateway takes this client for,

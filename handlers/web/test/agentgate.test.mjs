@@ -298,3 +298,21 @@ test("history whose start was trimmed from the store goes on after the hole", as
   assert.equal(client.lastSeq("s11"), 6);
   assert.equal(changes.filter((c) => c.type === "history-trimmed").length, 1);
 });
+
+test("a REST read refused with 429 is tried again after its Retry-After", async () => {
+  seqs = {};
+  const { client } = harness();
+  const stored = [ev("s12", "text", { role: "assistant", content: "x" })];
+  let calls = 0;
+  client._fetch = async (url) => {
+    calls++;
+    if (calls < 3) {
+      return { ok: false, status: 429, headers: { get: () => "0.01" }, json: async () => ({ error: "too many event reads" }) };
+    }
+    const after = Number(new URL(url).searchParams.get("after"));
+    return { ok: true, status: 200, json: async () => ({ lastSeq: 1, events: stored.filter((e) => e.seq > after) }) };
+  };
+  await client.loadHistory("s12");
+  assert.equal(calls, 3);
+  assert.deepEqual(client.events("s12").map((e) => e.seq), [1]);
+});
