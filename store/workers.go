@@ -63,6 +63,11 @@ func (s *Store) beatClient() redis.UniversalClient {
 	if s.beatRDB != nil {
 		return s.beatRDB
 	}
+	select {
+	case <-s.stop:
+		return s.rdb // closed: a client made now would never be closed
+	default:
+	}
 	// ContextTimeoutEnabled: Heartbeat's deadline bounds each read and
 	// write on the connection too, not only the waits between retries.
 	switch c := s.rdb.(type) {
