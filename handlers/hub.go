@@ -317,7 +317,7 @@ func (h *hub) catchUp(w *watch, pos int) {
 			f.mu.Unlock()
 			return
 		}
-		next, quiet := w.next, w.quietTrim
+		quiet := w.quietTrim
 		w.quietTrim = false
 		f.mu.Unlock()
 
@@ -327,7 +327,7 @@ func (h *hub) catchUp(w *watch, pos int) {
 		// Moved or ended while it waited for the slot: read nothing.
 		f.mu.Lock()
 		stale := w.pos != pos || w.done
-		next = w.next
+		next := w.next
 		f.mu.Unlock()
 		if stale {
 			c.replayDone()
