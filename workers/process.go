@@ -18,45 +18,20 @@ const killGrace = 2 * time.Second
 
 // process is a provider CLI started in its own process group.
 type process struct {
-	cmd    *exec.Cmd
-	exited chan struct{} // closed once Wait has returned
-	// reapMu orders signals to the group (signalGroup) against the reap
-	// (wait): once the leader is reaped, its pid and so the group's id
-	// may be another process's, another user's even.
-	reapMu sync.Mutex
+	leader
 }
 
-// wait waits for the leader to exit, kills what it left in its group
-// while its unreaped pid still holds the group's id, then reaps it and
-// closes exited. Without a pidfd to wait on, the reap comes first and the
-// group is signalled after, as before pidfds.
-func (p *process) wait() {
-	pid := p.cmd.Process.Pid
-	if awaitExit(pid) {
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		p.reapMu.Lock()
-		_ = p.cmd.Wait()
-		close(p.exited)
-		p.reapMu.Unlock()
-		return
-	}
-	_ = p.cmd.Wait()
-	p.reapMu.Lock()
-	close(p.exited)
-	p.reapMu.Unlock()
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-}
+// wait waits for the leader to exit and kills what it left in its group
+// (see leader.reap), then closes exited.
+func (p *process) wait() { p.reap(killGroup) }
+
+// killGroup sends SIGKILL to the process group pgid.
+func killGroup(pgid int) { _ = syscall.Kill(-pgid, syscall.SIGKILL) }
 
 // signalGroup sends sig to the process group, unless its leader was
-// reaped (see wait).
+// reaped.
 func (p *process) signalGroup(sig syscall.Signal) {
-	p.reapMu.Lock()
-	defer p.reapMu.Unlock()
-	select {
-	case <-p.exited:
-	default:
-		_ = syscall.Kill(-p.cmd.Process.Pid, sig)
-	}
+	p.whileLive(func(pgid int) { _ = syscall.Kill(-pgid, sig) })
 }
 
 // prepareGroup makes cmd start as the leader of a new process group and die
@@ -75,23 +50,6 @@ func prepareGroup(cmd *exec.Cmd) {
 // is never hit). It is safe to call more than once.
 func (p *process) kill(grace time.Duration) {
 	p.killKnown(grace, nil)
-}
-
-// tree snapshots the processes under the leader, for killKnown; none
-// once it is reaped (its pid may be another process's, with children of
-// its own).
-func (p *process) tree() []proc {
-	if p.cmd.Process == nil {
-		return nil
-	}
-	p.reapMu.Lock()
-	defer p.reapMu.Unlock()
-	select {
-	case <-p.exited:
-		return nil
-	default:
-		return descendants(p.cmd.Process.Pid)
-	}
 }
 
 // killKnown is kill with processes seen earlier added to the snapshot: once

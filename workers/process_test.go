@@ -60,7 +60,7 @@ func TestNoSignalAfterReap(t *testing.T) {
 		cmd := exec.Command("true")
 		prepareGroup(cmd)
 		require.NoError(t, cmd.Start())
-		p := &process{cmd: cmd, exited: make(chan struct{})}
+		p := &process{newLeader(cmd)}
 		go p.wait()
 		<-p.exited
 		other := leaderWithPid(t, cmd.Process.Pid)

@@ -30,15 +30,9 @@ type ptyConfig struct {
 // PTY. Its ptmx is non-blocking, so reads honour deadlines and Close
 // interrupts them, and no OS thread is pinned per terminal.
 type ptyProc struct {
-	cmd    *exec.Cmd
-	f      *os.File      // the ptmx
-	tty    heldFiles     // the terminal (/dev/pts/N), for killHolders
-	exited chan struct{} // closed once Wait returned
-	state  *os.ProcessState
-	// reapMu orders signals to the session (signalSession, killMembers)
-	// against the reap: once the leader is reaped, its pid and so the
-	// session's id may be another process's, another user's even.
-	reapMu sync.Mutex
+	leader
+	f   *os.File  // the ptmx
+	tty heldFiles // the terminal (/dev/pts/N), for killHolders
 
 	// mu orders close against killSession's search for the terminal's
 	// holders: /dev/pts/N names this terminal only while its master is
@@ -90,67 +84,26 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 		_ = cmd.Wait()
 		return nil, fmt.Errorf("start terminal: non-blocking ptmx: %w", err)
 	}
-	p := &ptyProc{cmd: cmd, f: f, exited: make(chan struct{}), tty: held}
+	p := &ptyProc{leader: newLeader(cmd), f: f, tty: held}
 	go p.wait()
 	return p, nil
 }
 
-// wait waits for the leader to exit, kills what is left of its session
-// while its unreaped pid still holds the session's id (see awaitExit),
-// then reaps it and closes exited. No process outlives its terminal:
+// wait waits for the leader to exit and kills what is left of its
+// session (see leader.reap): no process outlives its terminal, and
 // background jobs, and jobs that ignore SIGHUP, hold the PTY open and
-// would keep running. Without a pidfd to wait on, the reap comes first.
-func (p *ptyProc) wait() {
-	watched := awaitExit(p.cmd.Process.Pid)
-	if watched {
-		p.killMembers()
-		p.reapMu.Lock()
-	}
-	_ = p.cmd.Wait()
-	if !watched {
-		p.reapMu.Lock()
-	}
-	p.state = p.cmd.ProcessState
-	close(p.exited)
-	p.reapMu.Unlock()
-}
-
-// tree snapshots the processes under the leader; none once it is reaped
-// (its pid may be another process's, with children of its own).
-func (p *ptyProc) tree() []proc {
-	p.reapMu.Lock()
-	defer p.reapMu.Unlock()
-	select {
-	case <-p.exited:
-		return nil
-	default:
-		return descendants(p.cmd.Process.Pid)
-	}
-}
+// would keep running. Then it closes exited.
+func (p *ptyProc) wait() { p.reap(killSessionMembers) }
 
 // signalSession sends sig to the session's process group, unless its
 // leader was reaped.
 func (p *ptyProc) signalSession(sig syscall.Signal) {
-	p.reapMu.Lock()
-	defer p.reapMu.Unlock()
-	select {
-	case <-p.exited:
-	default:
-		_ = syscall.Kill(-p.cmd.Process.Pid, sig)
-	}
+	p.whileLive(func(sid int) { _ = syscall.Kill(-sid, sig) })
 }
 
-// killMembers sends SIGKILL to the session's group and to every process
-// still in the session (found in /proc), unless its leader was reaped.
-func (p *ptyProc) killMembers() {
-	p.reapMu.Lock()
-	defer p.reapMu.Unlock()
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	sid := p.cmd.Process.Pid
+// killSessionMembers sends SIGKILL to the group sid and to every process
+// still in session sid (found in /proc).
+func killSessionMembers(sid int) {
 	_ = syscall.Kill(-sid, syscall.SIGKILL)
 	for _, pid := range sessionMembers(sid) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -204,7 +157,7 @@ func (p *ptyProc) kill(grace time.Duration) {
 // and to the processes of tree (taken while the leader lived) that still
 // run, such as a child that started a session of its own.
 func (p *ptyProc) killSession(tree []proc) {
-	p.killMembers()
+	p.whileLive(killSessionMembers)
 	for _, d := range tree {
 		if d.running() {
 			_ = syscall.Kill(d.pid, syscall.SIGKILL)
@@ -233,13 +186,14 @@ func (p *ptyProc) close() {
 // none) of the finished process. A signal counts as 128+n, as a shell
 // reports it.
 func (p *ptyProc) exitStatus() (int, string) {
-	if p.state == nil {
+	state := p.cmd.ProcessState // set by the reap, before exited closed
+	if state == nil {
 		return 1, ""
 	}
-	if ws, ok := p.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+	if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		return 128 + int(ws.Signal()), unix.SignalName(ws.Signal())
 	}
-	return p.state.ExitCode(), ""
+	return state.ExitCode(), ""
 }
 
 // sessionMembers lists the live processes whose session id is sid, from

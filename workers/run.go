@@ -276,7 +276,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		}
 		return failed("start " + string(job.Provider) + ": " + err.Error())
 	}
-	p := &process{cmd: cmd, exited: make(chan struct{})}
+	p := &process{newLeader(cmd)}
 	r.mu.Lock()
 	r.proc = p
 	already := r.stopped != stopNone
