@@ -19,9 +19,7 @@ import (
 func TestAppendBatchOnce(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
-		sess := newSession("alice")
-		res := accept(t, st, sess, true)
-		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		sess, run := newRun(t, st, "alice")
 
 		first, err := st.AppendBatch(ctx, run, 1, []app.Event{app.Text("assistant", "one"), app.Text("assistant", "two")}, nil)
 		require.NoError(t, err)

@@ -104,9 +104,7 @@ func testKeepSessions(t *testing.T, st *store.Store) {
 func TestProviderIDsKept(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
-		sess := newSession("alice")
-		res := accept(t, st, sess, true)
-		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		sess, run := newRun(t, st, "alice")
 		for i := range 10 {
 			_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "hi")},
 				map[string]string{"providerSessionId": fmt.Sprintf("psid-%d", i)})

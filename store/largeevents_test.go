@@ -78,9 +78,7 @@ func TestLargeEvents(t *testing.T) {
 func TestEventsWithin(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
-		sess := newSession("alice")
-		res := accept(t, st, sess, true)
-		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		sess, run := newRun(t, st, "alice")
 		var evs []app.Event
 		for i := range 200 {
 			size := 100

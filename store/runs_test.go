@@ -41,6 +41,15 @@ func accept(t *testing.T, st *store.Store, sess app.Session, isNew bool) store.A
 	return res
 }
 
+// newRun accepts a command in a new session of owner's and returns the
+// session and its run.
+func newRun(t *testing.T, st *store.Store, owner string) (app.Session, store.RunRef) {
+	t.Helper()
+	sess := newSession(owner)
+	res := accept(t, st, sess, true)
+	return sess, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: sess.Provider}
+}
+
 func decode(t *testing.T, frame []byte) map[string]any {
 	t.Helper()
 	var m map[string]any
@@ -234,9 +243,7 @@ func TestRunIDsGrowEvenWithinOneMillisecond(t *testing.T) {
 func TestAppendIsGuardedByRunID(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
-		sess := newSession("alice")
-		res := accept(t, st, sess, true)
-		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		sess, run := newRun(t, st, "alice")
 
 		seq, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "one"), app.Text("assistant", "two")},
 			map[string]string{"providerSessionId": "psid-1", "statusText": "Working"})
@@ -270,9 +277,7 @@ func TestAppendIsGuardedByRunID(t *testing.T) {
 func TestExactlyOneCompleteUnderRace(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
-		sess := newSession("alice")
-		res := accept(t, st, sess, true)
-		run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+		sess, run := newRun(t, st, "alice")
 
 		var wg sync.WaitGroup
 		errs := make(chan error, 30)
