@@ -158,13 +158,7 @@ func (s *Server) sessionEvents(c echo.Context) error {
 		out[i] = e.Data
 	}
 	complete := int64(after) >= sess.LastSeq || (len(evs) > 0 && evs[0].Seq == int64(after)+1)
-	// Not c.JSON: Echo's encoder HTML-escapes the stored events again,
-	// each <, > and & six bytes.
-	c.Response().Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
-	c.Response().WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(c.Response())
-	enc.SetEscapeHTML(false)
-	return enc.Encode(map[string]any{
+	return c.JSON(http.StatusOK, map[string]any{
 		"sessionId": sess.ID, "lastSeq": sess.LastSeq, "events": out, "recovered": complete,
 	})
 }
@@ -227,4 +221,19 @@ func (s *Server) publishBroadcast(c echo.Context) error {
 		return err
 	}
 	return c.NoContent(http.StatusAccepted)
+}
+
+// plainJSON is Echo's JSON serializer without HTML escaping: Echo's own
+// writes each <, > and & of a response as six bytes, the stored events of
+// GET …/events included (which the store keeps unescaped).
+type plainJSON struct{ echo.DefaultJSONSerializer }
+
+// Serialize writes i as JSON, indented when indent is not empty.
+func (plainJSON) Serialize(c echo.Context, i any, indent string) error {
+	enc := json.NewEncoder(c.Response())
+	enc.SetEscapeHTML(false)
+	if indent != "" {
+		enc.SetIndent("", indent)
+	}
+	return enc.Encode(i)
 }

@@ -268,6 +268,7 @@ func (s *Server) routes() *echo.Echo {
 	e.HidePort = true
 	e.Use(s.recoverPanics)
 	e.HTTPErrorHandler = s.httpError
+	e.JSONSerializer = plainJSON{}
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	if !s.cfg.MetricsElsewhere {
