@@ -36,11 +36,6 @@ func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) 
 		args = append(args, "link", w.Link, "linkToken", w.LinkToken)
 	}
 	rdb := s.beatClient()
-	// A beat that waits on a stalled node (SIGSTOP, a paused VM) would
-	// hold the next ones back past the TTL; given up, the next beat goes
-	// to the map read again, to the promoted replica once there is one.
-	ctx, cancel := context.WithTimeout(ctx, max(ttl/2, 100*time.Millisecond))
-	defer cancel()
 	if err := s.sc.workerBeat.Run(ctx, rdb, []string{key}, args...).Err(); err != nil {
 		reloadSlots(rdb)
 		return fmt.Errorf("store: heartbeat %s: %w", w.ID, err)
@@ -68,8 +63,9 @@ func (s *Store) beatClient() redis.UniversalClient {
 		return s.rdb // closed: a client made now would never be closed
 	default:
 	}
-	// ContextTimeoutEnabled: Heartbeat's deadline bounds each read and
-	// write on the connection too, not only the waits between retries.
+	// ContextTimeoutEnabled: a caller's deadline (the worker's beats)
+	// bounds each read and write on the connection too, not only the
+	// waits between retries.
 	switch c := s.rdb.(type) {
 	case *redis.Client:
 		o := *c.Options()

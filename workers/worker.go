@@ -454,7 +454,14 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			began := time.Now()
-			err := w.beat(ctx)
+			// A beat that waits on a stalled node (SIGSTOP, a paused VM)
+			// would hold the next ones back past the TTL; given up, the
+			// next one goes to the slot map read again, to the promoted
+			// replica once there is one. (Not the first beat, in Run: a
+			// cold client may take longer to connect.)
+			beatCtx, cancel := context.WithTimeout(ctx, max(w.cfg.HeartbeatTTL/2, 100*time.Millisecond))
+			err := w.beat(beatCtx)
+			cancel()
 			switch {
 			case err == nil:
 				beats.ok(w.log, "heartbeat written again")
