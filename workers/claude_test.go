@@ -222,6 +222,20 @@ func TestClaudeParser(t *testing.T) {
 		require.Equal(t, "control_request", interrupt.Type)
 		require.Equal(t, "interrupt", interrupt.Request.Subtype)
 	})
+	t.Run("lines decode as encoding/json decoded them", func(t *testing.T) {
+		// encoding/json/v2 refuses these by default; encoding/json, which
+		// the parser used before, took the last name and replaced bytes.
+		evs, _, _ := parsed(
+			`{"type":"assistant","message":{"content":[{"type":"text","text":"first","text":"last"}]}}`,
+			"{\"type\":\"assistant\",\"message\":{\"content\":[{\"type\":\"text\",\"text\":\"bad \xff byte\"}]}}",
+			`{"type":"user","message":{"content":"typed"},"type":"user"}`,
+		)
+		require.Equal(t, []string{"last", "bad \ufffd byte", "typed"}, []string{evs[0]["content"].(string), evs[1]["content"].(string), evs[2]["content"].(string)})
+		// A block of the wrong shape makes the line an error row that shows it.
+		evs, _, _ = parsed(`{"type":"assistant","message":{"content":[{"type":"text","text":7}]}}`)
+		require.Equal(t, []string{"error"}, kindsOf(evs))
+		require.Contains(t, evs[0]["content"], `"text":7`)
+	})
 	t.Run("provider fields cannot forge the envelope", func(t *testing.T) {
 		evs, _, _ := parsed(`{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t","name":"X","input":{"seq":1,"kind":"complete"}}]}}`)
 		require.Len(t, evs, 1)

@@ -153,7 +153,7 @@ func (p *cursorParser) Line(line []byte) Output {
 	case "assistant":
 		if l.Message != nil {
 			var parts []string
-			for _, b := range contentBlocks(l.Message.Content) {
+			for _, b := range l.Message.Content.Blocks {
 				if b.Type == "text" {
 					parts = append(parts, b.Text)
 				}
