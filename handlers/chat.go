@@ -491,7 +491,9 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		resumes.WithLabelValues(strconv.FormatBool(recovered)).Inc()
 	}
 	c.reply(&status)
-	s.hub.release(w, next, false)
+	// Without a lastSeq, a watch the socket had keeps its place: events
+	// published and not yet sent to it are not skipped.
+	s.hub.release(w, next, lastSeq == nil && existed)
 }
 
 // awaitStore runs read and, while it fails because Redis is down or loading,

@@ -646,6 +646,32 @@ func TestSlowReaderGetsEverything(t *testing.T) {
 	}
 }
 
+// TestCheckStatusKeepsAWatchsPlace: a socket behind on a session it
+// watches asks for its status again without a lastSeq (as Claude Code UI
+// does when it shows the session again): it keeps its place and gets every
+// event once, in order.
+func TestCheckStatusKeepsAWatchsPlace(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	g := startGateway(t, st, func(c *Config) { c.QueueSize = 4 })
+	ws, id := floodClient(t, g, newFakeWorker(t, st), 300)
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(20*time.Second)))
+	var seq int64
+	asked := false
+	for seq < 304 {
+		var m map[string]any
+		require.NoError(t, ws.ReadJSON(&m))
+		if s, ok := m["seq"].(float64); ok {
+			require.EqualValues(t, seq+1, s)
+			seq = int64(s)
+		}
+		if seq == 20 && !asked {
+			asked = true
+			require.NoError(t, ws.WriteJSON(map[string]any{"type": "check-session-status", "sessionId": id}))
+		}
+	}
+	require.True(t, asked)
+}
+
 // TestTrimmedBacklogClosesWith4008: a socket that stopped reading while its
 // events were trimmed from the stream cannot be served without a gap: it is
 // closed with 4008 and, resuming, told recovered:false.
