@@ -118,6 +118,10 @@ type watch struct {
 	// last seq of the output a signal key threw away.
 	held, holdID int
 	flushedTo    int64
+	// touched is the terminal generation this watch was counted in as
+	// attached (store.ShellTouch), so that it is counted once per
+	// generation (terminals only).
+	touched int64
 }
 
 func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte)) *hub {

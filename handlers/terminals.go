@@ -248,8 +248,16 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 	sock.w = w
 	sock.mu.Unlock()
 	f := w.f
-	if _, err := tm.st.ShellTouch(ctx, key, w.gen, +1); err != nil && !errors.Is(err, store.ErrStaleShell) {
-		tm.log.Warn("shell attach", "err", err)
+	// A generation that started since join was counted by
+	// switchGenLocked, which set touched.
+	f.mu.Lock()
+	touch, count := w.gen, w.touched != w.gen
+	w.touched = w.gen
+	f.mu.Unlock()
+	if count {
+		if _, err := tm.st.ShellTouch(ctx, key, touch, +1); err != nil && !errors.Is(err, store.ErrStaleShell) {
+			tm.log.Warn("shell attach", "err", err)
+		}
 	}
 	// An exit published before the subscription is only in the hash.
 	if info, ok, err := tm.st.Shell(ctx, key); err == nil && ok && info.State == store.ShellExited {
@@ -289,6 +297,7 @@ func (tm *terminals) switchGenLocked(f *feed, gen int64) {
 			w.c.resume(nil)
 		}
 		w.c.trySend(noticeFrame("warn", noticeRestarted))
+		w.touched = gen
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 			defer cancel()
