@@ -23,8 +23,12 @@ const (
 	// DefaultShellDetachTimeout is how long a terminal lives unwatched; the
 	// gateway refreshes the watch time of its terminals well within it.
 	DefaultShellDetachTimeout = 30 * time.Minute
-	// shellReplayChunk is how many stored chunks one catch-up read fetches.
+	// shellReplayChunk is how many stored chunks one catch-up read fetches,
+	// and shellReplayBytes how many bytes of frames it keeps at most (one
+	// frame at least): a 32 KiB chunk of control bytes is a frame of 192
+	// KiB, and a catch-up holds what it read while its socket is slow.
 	shellReplayChunk = 64
+	shellReplayBytes = 1 << 20
 )
 
 // shellSocket is one /shell socket and the terminal it follows.

@@ -63,6 +63,23 @@ type termFeed struct {
 	announced []string
 }
 
+// replayFrames makes the frames of stored output chunks, up to maxBytes of
+// frames (one at least); the chunks after them are read again by the next
+// catch-up read.
+func replayFrames(chunks []store.ShellChunk, maxBytes int) []storedFrame {
+	frames := make([]storedFrame, 0, len(chunks))
+	size := 0
+	for _, ch := range chunks {
+		if size >= maxBytes {
+			break
+		}
+		fr := outputFrame(ch.Seq, ch.Data)
+		frames = append(frames, storedFrame{ch.Seq, fr})
+		size += len(fr)
+	}
+	return frames
+}
+
 // urlsRecalled is how many announced URLs a terminal's feed remembers: a
 // repeated PUBLISH arrives right after the first.
 const urlsRecalled = 8
@@ -82,11 +99,7 @@ func newTerminals(h *hub, st *store.Store, log *slog.Logger, ws app.Workspaces, 
 		chunk: shellReplayChunk,
 		read: func(ctx context.Context, key string, after int64, n int) ([]storedFrame, error) {
 			chunks, err := st.ShellOutput(ctx, key, after, n)
-			frames := make([]storedFrame, len(chunks))
-			for i, ch := range chunks {
-				frames[i] = storedFrame{ch.Seq, outputFrame(ch.Seq, ch.Data)}
-			}
-			return frames, err
+			return replayFrames(chunks, shellReplayBytes), err
 		},
 		subscribe:   h.sub.SubscribeShell,
 		unsubscribe: h.sub.UnsubscribeShell,

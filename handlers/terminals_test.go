@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -223,4 +224,36 @@ func TestLoginURLOncePerAnnounce(t *testing.T) {
 		}
 	}
 	require.Equal(t, []string{login + " false", login + " true", other + " false"}, got)
+}
+
+// TestReplayFramesBounded: a catch-up read of a terminal's output keeps at
+// most about a MiB of frames, however the chunks escape: 64 chunks of 32
+// KiB of control bytes are 64 frames of 192 KiB each.
+func TestReplayFramesBounded(t *testing.T) {
+	ctrl := strings.Repeat("\x01", 32<<10)
+	for _, tc := range []struct {
+		name   string
+		data   string
+		frames int
+	}{
+		{"control bytes", ctrl, 6},
+		{"text", strings.Repeat("a", 32<<10), 32},
+		{"small", "ok", 64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			chunks := make([]store.ShellChunk, 64)
+			for i := range chunks {
+				chunks[i] = store.ShellChunk{Seq: int64(i + 11), Data: tc.data}
+			}
+			frames := replayFrames(chunks, shellReplayBytes)
+			require.Len(t, frames, tc.frames)
+			size := 0
+			for i, f := range frames {
+				require.EqualValues(t, i+11, f.seq)
+				size += len(f.frame)
+			}
+			require.Less(t, size, shellReplayBytes+200<<10)
+		})
+	}
+	require.Len(t, replayFrames([]store.ShellChunk{{Seq: 1, Data: ctrl}}, 1), 1, "one frame at least")
 }
