@@ -61,6 +61,9 @@ type peer struct {
 	mu      sync.Mutex
 	conn    net.Conn
 	dialing bool
+	// gone is set when the peer left the client's map: a send that took
+	// it just before must not dial a link no one would close.
+	gone    bool
 	retryAt time.Time
 	backoff time.Duration
 	// inboxAt is when each terminal (by key) was last sent input or a
@@ -114,11 +117,10 @@ func (c *Client) Send(ctx context.Context, worker string, ctl store.Control) err
 	if !accepted[ctl.Type] {
 		return fmt.Errorf("%w: %s controls take the inbox", ErrNoLink, ctl.Type)
 	}
-	p := c.peer(worker)
+	p := c.lockedPeer(worker)
 	if p == nil {
 		return ErrNoLink
 	}
-	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
 	body, err := json.Marshal(ctl)
@@ -193,6 +195,22 @@ func (c *Client) peer(worker string) *peer {
 	return p
 }
 
+// lockedPeer returns worker's peer locked, one still in the client's map;
+// nil once closed.
+func (c *Client) lockedPeer(worker string) *peer {
+	for {
+		p := c.peer(worker)
+		if p == nil {
+			return nil
+		}
+		p.mu.Lock()
+		if !p.gone {
+			return p
+		}
+		p.mu.Unlock()
+	}
+}
+
 // pruneLocked forgets the peers without a connection: workers that have
 // no link or went away. c.mu must be held.
 func (c *Client) pruneLocked() {
@@ -200,6 +218,7 @@ func (c *Client) pruneLocked() {
 		if p.mu.TryLock() {
 			if p.conn == nil && !p.dialing {
 				delete(c.peers, w)
+				p.gone = true
 			}
 			p.mu.Unlock()
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
@@ -348,4 +349,22 @@ func TestServerRefusalsLogSparingly(t *testing.T) {
 	defer mu.Unlock()
 	require.Positive(t, logged)
 	require.LessOrEqual(t, logged, 3, "refusals logged")
+}
+
+// TestPrunedPeerNotUsed: a send that took a worker's peer just before the
+// map pruned it sends on a peer still in the map, so any link it dials is
+// one the client closes.
+func TestPrunedPeerNotUsed(t *testing.T) {
+	c := NewClient(func(context.Context, string) (string, string, error) { return "", "", nil }, nil)
+	taken := c.peer("w0")
+	for i := 1; i <= maxPeers; i++ {
+		c.peer(fmt.Sprintf("w%d", i)) // the last one prunes every idle peer
+	}
+	require.True(t, taken.gone)
+	p := c.lockedPeer("w0")
+	p.mu.Unlock()
+	require.NotSame(t, taken, p)
+	c.mu.Lock()
+	require.Same(t, p, c.peers["w0"])
+	c.mu.Unlock()
 }
