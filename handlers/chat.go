@@ -404,7 +404,7 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		c.reply(noRun)
 		return
 	}
-	res, err := s.st.Abort(ctx, sess.ID, sess.Provider)
+	res, err := s.st.AbortRun(ctx, store.RunRef{SessionID: sess.ID, RunID: sess.RunID, Provider: sess.Provider})
 	if errors.Is(err, app.ErrNoActiveRun) {
 		c.reply(noRun)
 		return

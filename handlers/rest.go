@@ -170,7 +170,7 @@ func (s *Server) abortSession(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	res, err := s.st.Abort(ctx, sess.ID, sess.Provider)
+	res, err := s.st.AbortRun(ctx, store.RunRef{SessionID: sess.ID, RunID: sess.RunID, Provider: sess.Provider})
 	if errors.Is(err, app.ErrNoActiveRun) {
 		return echo.NewHTTPError(http.StatusConflict, app.ErrTextNoActiveRun)
 	}

@@ -354,7 +354,16 @@ const requestPlaceholder = "@REQ@"
 // progress. The abort stands even if the worker cannot be told: its next
 // write finds the run stale and it stops then.
 func (s *Store) Abort(ctx context.Context, sessionID string, provider app.Provider) (CompleteResult, error) {
-	res, err := s.Complete(ctx, RunRef{SessionID: sessionID, Provider: provider}, app.Outcome{Aborted: true})
+	return s.AbortRun(ctx, RunRef{SessionID: sessionID, Provider: provider})
+}
+
+// AbortRun is Abort of one run, run.RunID (any current run when it is
+// ""): a client's abort names the run it saw, so a script that go-redis
+// sends again after a timeout, or an abort that arrives late, cannot end a
+// run started since.
+func (s *Store) AbortRun(ctx context.Context, run RunRef) (CompleteResult, error) {
+	sessionID := run.SessionID
+	res, err := s.Complete(ctx, run, app.Outcome{Aborted: true})
 	if errors.Is(err, app.ErrStaleRun) {
 		return CompleteResult{}, app.ErrNoActiveRun
 	}

@@ -365,6 +365,18 @@ func TestAbort(t *testing.T) {
 		ok, err = st.Claim(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID}, "w2")
 		require.NoError(t, err)
 		require.False(t, ok, "an aborted run is never claimed")
+
+		// An abort of that run, again (a late copy, a retried script),
+		// does not end the next one.
+		next := accept(t, st, sess, false)
+		_, err = st.AbortRun(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude})
+		require.ErrorIs(t, err, app.ErrNoActiveRun)
+		got, err = st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		require.Equal(t, app.StateRunning, got.State)
+		done, err = st.AbortRun(ctx, store.RunRef{SessionID: sess.ID, RunID: next.RunID, Provider: app.Claude})
+		require.NoError(t, err)
+		require.Equal(t, next.RunID, done.RunID)
 	})
 }
 
