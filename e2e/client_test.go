@@ -247,6 +247,31 @@ func (c *wsClient) waitEnd(sessionID string, n int, timeout time.Duration) []eve
 	return eventsOf(c.t, fs, sessionID)
 }
 
+// waitEndOrClose waits until the session's events hold a complete right
+// after its terminal session-state-changed, or the socket is closed; it
+// returns the read error of a closed socket, nil for an end.
+func (c *wsClient) waitEndOrClose(sessionID string, timeout time.Duration) error {
+	c.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		frames, err := c.snapshot()
+		evs := eventsOf(c.t, frames, sessionID)
+		for i, e := range evs {
+			if e.Kind == "complete" && i > 0 && isTerminal(evs[i-1]) {
+				return nil
+			}
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-c.notify:
+		case <-deadline:
+			c.t.Fatalf("%s: neither ended nor closed after %s", c.name, timeout)
+		}
+	}
+}
+
 // waitClosed waits for the socket to be closed by the other side and
 // returns the read error (a *websocket.CloseError for a close frame).
 func (c *wsClient) waitClosed(timeout time.Duration) error {

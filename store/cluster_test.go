@@ -143,55 +143,60 @@ func sessionKey(st *store.Store, id string) string {
 	return fmt.Sprintf("%s:session:{%s}", st.Prefix(), id)
 }
 
-// TestClusterLostWritesNeverReuseSeq plays a failover that lost a master's
-// last writes (the replica had not received them): Redis' lastSeq goes
+// TestLostWritesNeverReuseSeq plays a failover that lost a master's last
+// writes (the replica had not received them), or a single Redis restarted
+// without its last second of writes: Redis' lastSeq goes
 // back while clients had the events. The next write skips those seqs
 // instead of giving them to other events, and a replay across the hole
 // says recovered:false (SessionForReplay's first seq is past it). The
 // floor comes from what the process wrote (the worker) or delivered (a
 // gateway's subscriber).
-func TestClusterLostWritesNeverReuseSeq(t *testing.T) {
-	url := storetest.Start(t, storetest.ClusterBackend)
-	worker := storetest.New(t, url)
-	gateway := storetest.New(t, url, store.Config{Prefix: worker.Prefix()})
-	ctx, rec, sub := recordingSubscriber(t, gateway)
+func TestLostWritesNeverReuseSeq(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			worker := storetest.New(t, url)
+			gateway := storetest.New(t, url, store.Config{Prefix: worker.Prefix()})
+			ctx, rec, sub := recordingSubscriber(t, gateway)
 
-	sess := newSession("alice")
-	require.NoError(t, sub.Subscribe(ctx, sess.ID))
-	res := accept(t, worker, sess, true)
-	run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
-	seq, err := worker.Append(ctx, run, []app.Event{app.Text("assistant", "a"), app.Text("assistant", "b"), app.Text("assistant", "c")}, nil)
-	require.NoError(t, err)
-	require.Equal(t, int64(5), seq)
-	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 5 }, 5*time.Second, 5*time.Millisecond)
+			sess := newSession("alice")
+			require.NoError(t, sub.Subscribe(ctx, sess.ID))
+			res := accept(t, worker, sess, true)
+			run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+			seq, err := worker.Append(ctx, run, []app.Event{app.Text("assistant", "a"), app.Text("assistant", "b"), app.Text("assistant", "c")}, nil)
+			require.NoError(t, err)
+			require.Equal(t, int64(5), seq)
+			require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 5 }, 5*time.Second, 5*time.Millisecond)
 
-	// What a failover can leave: the last two events and their seqs gone.
-	raw := redisClient(t, url)
-	require.NoError(t, raw.HSet(ctx, sessionKey(worker, sess.ID), "lastSeq", 3).Err())
-	require.NoError(t, raw.XDel(ctx, sessionKey(worker, sess.ID)+":events", "4-0", "5-0").Err())
+			// What a failover can leave: the last two events and their seqs gone.
+			raw := redisClient(t, url)
+			require.NoError(t, raw.HSet(ctx, sessionKey(worker, sess.ID), "lastSeq", 3).Err())
+			require.NoError(t, raw.XDel(ctx, sessionKey(worker, sess.ID)+":events", "4-0", "5-0").Err())
 
-	seq, err = worker.Append(ctx, run, []app.Event{app.Text("assistant", "d")}, nil)
-	require.NoError(t, err)
-	require.Equal(t, int64(6), seq, "seqs 4 and 5 went to events clients had: never again")
-	got, first, err := gateway.SessionForReplay(ctx, sess.ID)
-	require.NoError(t, err)
-	require.Equal(t, int64(6), got.LastSeq)
-	require.Equal(t, int64(6), first, "a replay from before the hole is not complete")
+			seq, err = worker.Append(ctx, run, []app.Event{app.Text("assistant", "d")}, nil)
+			require.NoError(t, err)
+			require.Equal(t, int64(6), seq, "seqs 4 and 5 went to events clients had: never again")
+			got, first, err := gateway.SessionForReplay(ctx, sess.ID)
+			require.NoError(t, err)
+			require.Equal(t, int64(6), got.LastSeq)
+			require.Equal(t, int64(6), first, "a replay from before the hole is not complete")
 
-	// The gateway, which only saw the events live, knows the floor too.
-	require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 6 }, 5*time.Second, 5*time.Millisecond)
-	require.NoError(t, raw.HSet(ctx, sessionKey(worker, sess.ID), "lastSeq", 5).Err())
-	require.NoError(t, raw.XDel(ctx, sessionKey(worker, sess.ID)+":events", "6-0").Err())
-	done, err := gateway.Abort(ctx, sess.ID, app.Claude)
-	require.NoError(t, err)
-	require.Equal(t, int64(8), done.Seq, "state change 7, complete 8: seq 6 is not reused")
-	evs, err := gateway.Events(ctx, sess.ID, 0, 100)
-	require.NoError(t, err)
-	var seqs []int64
-	for _, e := range evs {
-		seqs = append(seqs, e.Seq)
+			// The gateway, which only saw the events live, knows the floor too.
+			require.Eventually(t, func() bool { return len(rec.seqs(sess.ID)) == 6 }, 5*time.Second, 5*time.Millisecond)
+			require.NoError(t, raw.HSet(ctx, sessionKey(worker, sess.ID), "lastSeq", 5).Err())
+			require.NoError(t, raw.XDel(ctx, sessionKey(worker, sess.ID)+":events", "6-0").Err())
+			done, err := gateway.Abort(ctx, sess.ID, app.Claude)
+			require.NoError(t, err)
+			require.Equal(t, int64(8), done.Seq, "state change 7, complete 8: seq 6 is not reused")
+			evs, err := gateway.Events(ctx, sess.ID, 0, 100)
+			require.NoError(t, err)
+			var seqs []int64
+			for _, e := range evs {
+				seqs = append(seqs, e.Seq)
+			}
+			require.Equal(t, []int64{1, 2, 3, 7, 8}, seqs)
+		})
 	}
-	require.Equal(t, []int64{1, 2, 3, 7, 8}, seqs)
 }
 
 // TestClusterRequeuesLostJob: a job the jobs stream lost (the gateway died
@@ -428,49 +433,54 @@ func TestSubscriberOneConnectionPerMaster(t *testing.T) {
 	}, 10*time.Second, 20*time.Millisecond)
 }
 
-// TestClusterLostCompleteWrittenAgain plays a failover that lost a run's
-// complete (the replica had not received it): the session reads as running
+// TestLostCompleteWrittenAgain plays a failover that lost a run's complete
+// (the replica had not received it), or a restart that did: the session
+// reads as running
 // that run again, with a worker that no longer runs it. The process that
 // wrote the complete checks it once and writes it again, past the seqs
 // clients had, so the run still ends exactly once in the stream. A complete
 // that survived is not written twice.
-func TestClusterLostCompleteWrittenAgain(t *testing.T) {
-	url := storetest.Start(t, storetest.ClusterBackend)
-	st := storetest.New(t, url)
-	ctx := context.Background()
-	lost, kept := newSession("alice"), newSession("alice")
-	res := accept(t, st, lost, true)
-	run := store.RunRef{SessionID: lost.ID, RunID: res.RunID, Provider: app.Claude}
-	_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "a")}, nil)
-	require.NoError(t, err)
-	done, err := st.Complete(ctx, run, app.Outcome{})
-	require.NoError(t, err)
-	require.Equal(t, int64(5), done.Seq)
-	resKept := accept(t, st, kept, true)
-	_, err = st.Complete(ctx, store.RunRef{SessionID: kept.ID, RunID: resKept.RunID, Provider: app.Claude}, app.Outcome{})
-	require.NoError(t, err)
+func TestLostCompleteWrittenAgain(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			ctx := context.Background()
+			lost, kept := newSession("alice"), newSession("alice")
+			res := accept(t, st, lost, true)
+			run := store.RunRef{SessionID: lost.ID, RunID: res.RunID, Provider: app.Claude}
+			_, err := st.Append(ctx, run, []app.Event{app.Text("assistant", "a")}, nil)
+			require.NoError(t, err)
+			done, err := st.Complete(ctx, run, app.Outcome{})
+			require.NoError(t, err)
+			require.Equal(t, int64(5), done.Seq)
+			resKept := accept(t, st, kept, true)
+			_, err = st.Complete(ctx, store.RunRef{SessionID: kept.ID, RunID: resKept.RunID, Provider: app.Claude}, app.Outcome{})
+			require.NoError(t, err)
 
-	raw := redisClient(t, url)
-	require.NoError(t, raw.HSet(ctx, sessionKey(st, lost.ID), "state", "running", "lastSeq", 3).Err())
-	require.NoError(t, raw.XDel(ctx, sessionKey(st, lost.ID)+":events", "4-0", "5-0").Err())
+			raw := redisClient(t, url)
+			require.NoError(t, raw.HSet(ctx, sessionKey(st, lost.ID), "state", "running", "lastSeq", 3).Err())
+			require.NoError(t, raw.XDel(ctx, sessionKey(st, lost.ID)+":events", "4-0", "5-0").Err())
 
-	n, err := st.RecheckCompletes(ctx, 0)
-	require.NoError(t, err)
-	require.Equal(t, 1, n, "the lost complete only")
-	got, err := st.Session(ctx, lost.ID)
-	require.NoError(t, err)
-	require.Equal(t, app.StateCompleted, got.State)
-	evs, err := st.Events(ctx, lost.ID, 0, 100)
-	require.NoError(t, err)
-	var seqs []int64
-	for _, e := range evs {
-		seqs = append(seqs, e.Seq)
+			n, err := st.RecheckCompletes(ctx, 0)
+			require.NoError(t, err)
+			require.Equal(t, 1, n, "the lost complete only")
+			got, err := st.Session(ctx, lost.ID)
+			require.NoError(t, err)
+			require.Equal(t, app.StateCompleted, got.State)
+			evs, err := st.Events(ctx, lost.ID, 0, 100)
+			require.NoError(t, err)
+			var seqs []int64
+			for _, e := range evs {
+				seqs = append(seqs, e.Seq)
+			}
+			require.Equal(t, []int64{1, 2, 3, 6, 7}, seqs, "seqs 4 and 5 were the lost complete's: not reused")
+			require.Equal(t, []string{"session-state-changed", "session_created", "text", "session-state-changed", "complete"}, kinds(evs))
+			n, err = st.RecheckCompletes(ctx, 0)
+			require.NoError(t, err)
+			require.Zero(t, n, "checked once")
+		})
 	}
-	require.Equal(t, []int64{1, 2, 3, 6, 7}, seqs, "seqs 4 and 5 were the lost complete's: not reused")
-	require.Equal(t, []string{"session-state-changed", "session_created", "text", "session-state-changed", "complete"}, kinds(evs))
-	n, err = st.RecheckCompletes(ctx, 0)
-	require.NoError(t, err)
-	require.Zero(t, n, "checked once")
 }
 
 // TestClusterWithPassword: a cluster whose nodes require a password is

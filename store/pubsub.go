@@ -201,9 +201,7 @@ func (sub *Subscriber) dispatch(channel, payload string) {
 		return
 	}
 	if id, ok := sub.s.k.sessionOfLive(channel); ok && sub.handlers.Event != nil {
-		if sub.s.floors.on {
-			sub.s.floors.note(id, frameSeq(payload))
-		}
+		sub.s.floors.note(id, frameSeq(payload))
 		sub.handlers.Event(id, []byte(payload))
 		return
 	}

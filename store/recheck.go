@@ -11,13 +11,15 @@ import (
 	"github.com/agentgate/agentgate/app"
 )
 
-// doneRuns remembers the completes this process wrote on a Redis Cluster,
-// so that each is checked once after a failover could have lost it: a
-// master that dies right after a run's complete may not have copied it to
-// the replica that replaces it, and the session would read as running
-// again, with a worker that no longer runs it (the reaper leaves a run of a
-// live worker alone). A lost complete is written again, with the same
-// events, past every seq this process has seen.
+// doneRuns remembers the completes this process wrote, so that each is
+// checked once after a failover or a restart could have lost it: a Redis
+// Cluster master that dies right after a run's complete may not have copied
+// it to the replica that replaces it, and a single Redis restarted from an
+// AOF fsynced every second may come back without its last second. The
+// session would read as running again, with a worker that no longer runs it
+// (the reaper leaves a run of a live worker alone). A lost complete is
+// written again, with the same events, past every seq this process has
+// seen.
 type doneRuns struct {
 	mu sync.Mutex
 	m  map[string]doneRun // by session id + "/" + run id
@@ -74,8 +76,8 @@ func (d *doneRuns) drop(r doneRun) {
 }
 
 // RecheckCompletes checks the completes this process wrote at least minAge
-// ago (on a Redis Cluster; elsewhere it does nothing): a run whose session
-// reads as running that same run again lost its complete in a failover,
+// ago: a run whose session
+// reads as running that same run again lost its complete (a failover, a restart),
 // and gets it again. It returns how many were written again. Runs in the
 // store's own goroutine every few seconds; tests call it directly.
 func (s *Store) RecheckCompletes(ctx context.Context, minAge time.Duration) (int, error) {
@@ -115,13 +117,13 @@ func (s *Store) RecheckCompletes(ctx context.Context, minAge time.Duration) (int
 		}
 		s.done.drop(r)
 		again++
-		s.log.Warn("a failover lost the complete of a run; written again", "session", r.run.SessionID, "run", r.run.RunID, "seq", res.Seq)
+		s.log.Warn("Redis lost the complete of a run (a failover or a restart); written again", "session", r.run.SessionID, "run", r.run.RunID, "seq", res.Seq)
 	}
 	return again, nil
 }
 
 // recheckLoop runs RecheckCompletes until the store is closed. Runs in its
-// own goroutine (on a cluster only).
+// own goroutine.
 func (s *Store) recheckLoop() {
 	t := time.NewTicker(recheckEvery)
 	defer t.Stop()

@@ -284,10 +284,8 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 	if err != nil {
 		return CompleteResult{}, err
 	}
-	if s.cluster != nil {
-		args[0] = out.RunID // an abort's redo must end this run, not a later one
-		s.done.remember(RunRef{SessionID: run.SessionID, RunID: out.RunID, Provider: run.Provider}, args)
-	}
+	args[0] = out.RunID // an abort's redo must end this run, not a later one
+	s.done.remember(RunRef{SessionID: run.SessionID, RunID: out.RunID, Provider: run.Provider}, args)
 	return out, nil
 }
 

@@ -76,7 +76,7 @@ type Store struct {
 	floors  seqFloors
 	claimed claims
 	done    doneRuns
-	// stop ends the store's own goroutine (recheckLoop, on a cluster).
+	// stop ends the store's own goroutines (recheckLoop, measureClock).
 	stop     chan struct{}
 	stopOnce sync.Once
 	// repairedAt is when RunningSessions last rebuilt the indexes.
@@ -138,7 +138,6 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	s.rdb.AddHook(metricsHook{})
 	if cluster != nil {
 		s.sc = shardedScripts()
-		s.floors.on = true
 	} else {
 		s.sc = plainScripts()
 	}
@@ -149,9 +148,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		}
 	}
 	s.stop = make(chan struct{})
-	if cluster != nil {
-		go s.recheckLoop()
-	}
+	go s.recheckLoop()
 	s.clock.measuring = true
 	go s.measureClock()
 	return s, nil
