@@ -20,6 +20,7 @@ const (
 	noticeReconnected = "[Reconnected to existing session]"
 	noticeLost        = "[Terminal lost: its worker stopped]"
 	noticeGone        = "[Terminal lost: Redis no longer has it]"
+	noticeNotStarted  = "[Terminal lost: no worker started it; try again]"
 	noticeRestarted   = "[Terminal restarted]"
 )
 
@@ -582,6 +583,8 @@ func (tm *terminals) sendExitLocked(w *watch) {
 			w.sock.notice("error", noticeLost)
 		case store.ShellExitGone:
 			w.sock.notice("error", noticeGone)
+		case store.ShellExitNotStarted:
+			w.sock.notice("error", noticeNotStarted)
 		default:
 			text := "Process exited with code " + strconv.Itoa(e.ExitCode)
 			if e.Signal != "" {

@@ -67,6 +67,11 @@ const (
 const (
 	ShellExitNormal = "exit" // the process ended or was killed on its worker
 	ShellExitLost   = "lost" // its worker died
+	// ShellExitNotStarted ends a generation that stayed starting: its
+	// open never reached a worker (the gateway died before queueing it,
+	// or the queueing failed), or the worker dropped it. Recorded only
+	// while the generation is still starting.
+	ShellExitNotStarted = "not_started"
 	// ShellExitGone is a gateway's own end of a terminal Redis no longer
 	// has (ErrShellGone); it is told to that gateway's sockets, never
 	// stored.
@@ -301,6 +306,10 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 type OpenShell struct {
 	Key, Worker string
 	Gen         int64
+	// Starting says no worker has started it yet; Age is how long ago the
+	// generation was opened, by Redis's clock.
+	Starting bool
+	Age      time.Duration
 }
 
 // OpenShells lists the open terminals (starting or running) and drops the
@@ -318,7 +327,8 @@ func (s *Store) OpenShells(ctx context.Context) ([]OpenShell, error) {
 	for i, r := range rows {
 		switch r.state {
 		case ShellStarting, ShellRunning:
-			out = append(out, OpenShell{Key: keys[i], Worker: r.worker, Gen: r.gen})
+			out = append(out, OpenShell{Key: keys[i], Worker: r.worker, Gen: r.gen,
+				Starting: r.state == ShellStarting, Age: now.Sub(time.UnixMilli(r.created))})
 		default:
 			if err := s.forget(ctx, s.k.shellsOpen(), keys[i], staleAfter(now, r.created)); err != nil {
 				return nil, fmt.Errorf("store: list open shells: %w", err)

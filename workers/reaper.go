@@ -27,8 +27,9 @@ type ReaperConfig struct {
 	// Interval is the time between passes. Zero means 2s.
 	Interval time.Duration
 	// UnclaimedTimeout fails a run that no worker claimed for this long
-	// (no worker alive, or every one of them gone before claiming). Zero
-	// means one minute.
+	// (no worker alive, or every one of them gone before claiming), and
+	// ends a terminal that no worker started for this long. Zero means one
+	// minute.
 	UnclaimedTimeout time.Duration
 	// HeartbeatTTL is the workers' heartbeat TTL: after Redis was
 	// unreachable or restarted, nothing is reaped until the workers had
@@ -197,6 +198,19 @@ func (r *Reaper) check(ctx context.Context, list []app.Session, alive, dead map[
 func (r *Reaper) checkShells(ctx context.Context, list []store.OpenShell, alive, dead map[string]bool) {
 	st := r.cfg.Store
 	for _, sh := range list {
+		if sh.Starting && sh.Age > r.cfg.UnclaimedTimeout {
+			// No worker will start it: its open was never queued, or was
+			// dropped. Its owner's place and its sockets are freed.
+			recorded, err := st.ShellExit(ctx, sh.Key, sh.Gen, 1, "", store.ShellExitNotStarted)
+			switch {
+			case err != nil:
+				r.log.Warn("end terminal that never started", "shell", sh.Key, "err", err)
+			case recorded:
+				reaperActions.WithLabelValues("terminal-not-started").Inc()
+				r.log.Info("ended terminal that never started", "shell", sh.Key, "worker", sh.Worker, "age", sh.Age)
+			}
+			continue
+		}
 		if sh.Worker == "" || alive[sh.Worker] {
 			continue
 		}

@@ -463,13 +463,59 @@ func TestReaperEndsTerminalsOfDeadWorker(t *testing.T) {
 	require.NoError(t, r.Pass(ctx))
 	open, err = st.OpenShells(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []store.OpenShell{{Key: "t-alive", Worker: "alive", Gen: alive}}, open)
+	require.Len(t, open, 1)
+	require.Equal(t, store.OpenShell{Key: "t-alive", Worker: "alive", Gen: alive}, store.OpenShell{Key: open[0].Key, Worker: open[0].Worker, Gen: open[0].Gen})
 	info, ok, err := st.Shell(ctx, "t-gone")
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, store.ShellExited, info.State)
 	require.Equal(t, store.ShellExitLost, info.ExitReason)
 	require.Equal(t, gone, info.Gen)
+}
+
+// TestReaperEndsTerminalsNeverStarted: a terminal whose open never reached
+// its worker (the gateway died between the two steps of ShellOpen, or the
+// queueing failed) stays starting; past the unclaimed timeout the reaper
+// ends it, and gives its owner's place back. A started one is left alone,
+// and a worker that starts the ended one late finds it stale.
+func TestReaperEndsTerminalsNeverStarted(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	ctx := context.Background()
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w", StartedAt: time.Now()}, time.Hour))
+	spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+	stuck, _, err := st.ShellOpen(ctx, "t-stuck", 0, "w", "bash", spec, 2)
+	require.NoError(t, err)
+	started, _, err := st.ShellOpen(ctx, "t-started", 0, "w", "bash", spec, 2)
+	require.NoError(t, err)
+	require.NoError(t, st.ShellSet(ctx, "t-started", started, "state", store.ShellRunning))
+	_, _, err = st.ShellOpen(ctx, "t-third", 0, "w", "bash", spec, 2)
+	require.ErrorAs(t, err, new(*app.LimitError), "two terminals open")
+
+	young, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", UnclaimedTimeout: time.Minute})
+	require.NoError(t, err)
+	require.NoError(t, young.Pass(ctx))
+	open, err := st.OpenShells(ctx)
+	require.NoError(t, err)
+	require.Len(t, open, 2, "a terminal starting for less than the timeout is left alone")
+	time.Sleep(20 * time.Millisecond)
+	old, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", UnclaimedTimeout: 10 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, old.Pass(ctx))
+	info, ok, err := st.Shell(ctx, "t-stuck")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, store.ShellExited, info.State)
+	require.Equal(t, store.ShellExitNotStarted, info.ExitReason)
+	info, _, err = st.Shell(ctx, "t-started")
+	require.NoError(t, err)
+	require.Equal(t, store.ShellRunning, info.State)
+	_, _, err = st.ShellOpen(ctx, "t-third", 0, "w", "bash", spec, 2)
+	require.NoError(t, err, "the stuck terminal's place was given back")
+	require.ErrorIs(t, st.ShellSet(ctx, "t-stuck", stuck, "state", store.ShellRunning), store.ErrStaleShell, "a late start is stale")
+	// The end is recorded only while the terminal is starting.
+	recorded, err := st.ShellExit(ctx, "t-started", started, 1, "", store.ShellExitNotStarted)
+	require.NoError(t, err)
+	require.False(t, recorded)
 }
 
 func TestReaperFailsUnclaimedRuns(t *testing.T) {
