@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -42,32 +43,27 @@ func (s *Store) Events(ctx context.Context, sessionID string, after int64, limit
 }
 
 // EventsWithin is Events for a reader that holds what it read (a replay
-// at a socket's pace, a REST response): it stops once the events read pass
-// maxBytes of data (at least one is returned). It reads a few events
-// first, then as many as their average size says fit in what is left, so
-// that a stream of large events is neither read 500 at a time nor read
-// many times over to return one each.
+// at a socket's pace, a REST response): it stops before the event that
+// would take the data read past maxBytes (at least one is returned). The
+// bound is kept in Redis (events_within.lua), so a stream of small events
+// followed by large ones is not fetched whole to keep a few.
 func (s *Store) EventsWithin(ctx context.Context, sessionID string, after int64, limit, maxBytes int) ([]StoredEvent, error) {
-	var out []StoredEvent
-	size, n := 0, min(limit, 4)
-	for n > 0 {
-		evs, err := s.Events(ctx, sessionID, after, n)
-		if err != nil {
-			return nil, err
-		}
-		for _, ev := range evs {
-			if len(out) > 0 && size+len(ev.Data) > maxBytes {
-				return out, nil
-			}
-			out = append(out, ev)
-			size += len(ev.Data)
-		}
-		if len(evs) < n || len(out) >= limit || size >= maxBytes {
-			break
-		}
-		after = evs[len(evs)-1].Seq
-		avg := max(size/len(out), 1)
-		n = min(limit-len(out), max((maxBytes-size)/avg, 1))
+	if after < 0 {
+		after = 0
+	}
+	res, err := s.sc.eventsWithin.Run(ctx, s.rdb, []string{s.k.events(sessionID)}, after+1, limit, maxBytes).Slice()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("store: read events of %s: %w", sessionID, err)
+	}
+	out := make([]StoredEvent, 0, len(res)/3)
+	for i := 0; i+2 < len(res); i += 3 {
+		id, _ := res[i].(string)
+		kind, _ := res[i+1].(string)
+		data, _ := res[i+2].(string)
+		out = append(out, StoredEvent{Seq: entrySeq(redis.XMessage{ID: id}), Kind: kind, Data: []byte(data)})
+	}
+	if len(out) > 0 {
+		s.floors.note(sessionID, out[len(out)-1].Seq)
 	}
 	return out, nil
 }

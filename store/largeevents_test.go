@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 // TestLargeEvents: an event over 1 MiB is stored whole and published as
@@ -112,4 +114,35 @@ func TestEventsWithin(t *testing.T) {
 		require.Equal(t, last, after)
 		require.GreaterOrEqual(t, reads, 5, "the large events each end a read")
 	})
+}
+
+// TestEventsWithinFetchesWhatItKeeps: small events followed by large ones
+// (a chat, then a tool's long outputs) are not fetched whole to keep the
+// few that fit: a read of a MiB allocates about a MiB. Sizing reads by the
+// average of the first events fetched about 400 events of 300 KiB here.
+func TestEventsWithinFetchesWhatItKeeps(t *testing.T) {
+	st := storetest.New(t, storetest.Start(t, storetest.Real))
+	ctx := context.Background()
+	sess, run := newRun(t, st, "alice")
+	var evs []app.Event
+	for range 4 {
+		evs = append(evs, app.Text("assistant", "hi"))
+	}
+	for range 100 {
+		evs = append(evs, app.Text("assistant", strings.Repeat("x", 300<<10)))
+	}
+	_, err := st.Append(ctx, run, evs, nil)
+	require.NoError(t, err)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	got, err := st.EventsWithin(ctx, sess.ID, 0, 500, 1<<20)
+	require.NoError(t, err)
+	runtime.ReadMemStats(&after)
+	size := 0
+	for _, ev := range got {
+		size += len(ev.Data)
+	}
+	require.LessOrEqual(t, size, 1<<20)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(8<<20), "allocated for %d events, %d bytes", len(got), size)
 }

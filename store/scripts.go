@@ -40,6 +40,8 @@ var (
 	indexUnlinkLua string
 	//go:embed lua/session_forget.lua
 	sessionForgetLua string
+	//go:embed lua/events_within.lua
+	eventsWithinLua string
 	//go:embed lua/worker_beat.lua
 	workerBeatLua string
 	//go:embed lua/worker_register.lua
@@ -57,7 +59,7 @@ type scriptSet struct {
 	indexReserve, indexForget, indexTouch, indexUnlink *redis.Script
 	shellOpen, shellAppend, shellExit, shellTouch      *redis.Script
 	shellIdle, shellSet, shellForget, accountUID       *redis.Script
-	sessionForget                                      *redis.Script
+	sessionForget, eventsWithin                        *redis.Script
 	workerBeat, workerRegister, inboxSend              *redis.Script
 	publish                                            string // PUBLISH or SPUBLISH
 }
@@ -98,6 +100,7 @@ func newScriptSet(sharded bool) *scriptSet {
 		shellSet:         mk(shellSetLua),
 		shellForget:      mk(shellForgetLua),
 		sessionForget:    mk(sessionForgetLua),
+		eventsWithin:     mk(eventsWithinLua),
 		accountUID:       mk(accountUIDLua),
 		workerBeat:       mk(workerBeatLua),
 		workerRegister:   mk(workerRegisterLua),
