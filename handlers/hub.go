@@ -87,7 +87,7 @@ type feed struct {
 	// gen is the stream's generation: a terminal restarted elsewhere
 	// starts again at seq 1 under a newer one. Chat streams keep 0.
 	gen     int64
-	maxSeen int64 // the highest seq published in gen
+	maxSeen int64 // the highest seq published in gen, or sent from its stream
 	watches map[*watch]struct{}
 	term    *termFeed // terminals only
 }
@@ -425,6 +425,7 @@ func (h *hub) deliver(w *watch, pos int, frames []storedFrame, quiet bool) bool 
 				break // full again: wait for room
 			}
 			w.next++
+			f.maxSeen = max(f.maxSeen, fr.seq)
 			if f.kind.replayed != nil {
 				f.kind.replayed.Inc()
 			}

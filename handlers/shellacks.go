@@ -54,7 +54,10 @@ func (tm *terminals) written(sock *shellSocket, seq int64) {
 // terminal through seq, and has the terminal's worker told. f.mu must be
 // held.
 func (tm *terminals) writtenLocked(f *feed, seq int64) {
-	if seq <= f.term.written {
+	// A seq past every one of the generation's frames seen here is the
+	// last generation's: its frames queued before a restart are written
+	// after it, and would ack output the new one has not made.
+	if seq <= f.term.written || seq > f.maxSeen {
 		return
 	}
 	f.term.written = seq

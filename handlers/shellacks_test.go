@@ -69,3 +69,18 @@ func TestAcksBatchedPerWorker(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, entries)
 }
+
+// TestOldGenerationSeqNotWritten: after a terminal restarts, frames of the
+// old generation still queued on a socket are written with their old seqs
+// (4000 here), and a client acks them; neither counts for the new
+// generation, whose worker would otherwise read past its window, or whose
+// acks would wait until its output passed 4000.
+func TestOldGenerationSeqNotWritten(t *testing.T) {
+	tm := &terminals{}
+	f := &feed{gen: 2, term: &termFeed{}}
+	f.maxSeen = 3 // the new generation's chunks published so far
+	tm.writtenLocked(f, 4000)
+	require.Zero(t, f.term.written)
+	tm.writtenLocked(f, 3)
+	require.EqualValues(t, 3, f.term.written)
+}

@@ -532,6 +532,8 @@ func (tm *terminals) signalAnsweredLocked(f *feed, m store.ShellLive) {
 			continue
 		}
 		if m.Flushed {
+			// The flushed output is this generation's, published or not.
+			f.maxSeen = max(f.maxSeen, m.Seq)
 			w.flushedTo = max(w.flushedTo, m.Seq)
 			if m.Seq >= w.next {
 				w.next = m.Seq + 1
