@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -333,4 +335,33 @@ func TestRESTEventsNotEscaped(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
 	require.Contains(t, string(body), `"content":"<b>a & b</b>"`)
+}
+
+// TestRESTEventsGapNotRecovered: a page whose events skip seqs (lost in a
+// failover or a restart of Redis, or trimmed) is not recovered, even when
+// it starts right after the caller's position.
+func TestRESTEventsGapNotRecovered(t *testing.T) {
+	url := storetest.Start(t, storetest.Real)
+	st := storetest.New(t, url)
+	opt, err := redis.ParseURL(url)
+	require.NoError(t, err)
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	g, w, _, id, ref := startRun(t, st)
+	for range 5 {
+		w.emit(ref, app.Text("assistant", "x"))
+	}
+	require.NoError(t, rdb.XDel(context.Background(), fmt.Sprintf("%s:session:{%s}:events", st.Prefix(), id), "5-0").Err())
+	alice := token(t, "alice", false)
+	for _, tc := range []struct {
+		after     int
+		recovered bool
+	}{{0, false}, {3, false}, {5, true}, {4, false}} {
+		code, body := httpGet(t, fmt.Sprintf("%s/api/sessions/%s/events?after=%d", g.ts.URL, id, tc.after), alice)
+		require.Equal(t, http.StatusOK, code)
+		require.Equal(t, tc.recovered, body["recovered"], "after %d: %v", tc.after, body)
+	}
+	code, body := httpGet(t, fmt.Sprintf("%s/api/sessions/%s/events?after=0&limit=3", g.ts.URL, id), alice)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, true, body["recovered"], "a page before the gap is whole")
 }
