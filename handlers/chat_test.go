@@ -634,15 +634,22 @@ func TestSlowReaderGetsEverything(t *testing.T) {
 	st := newStore(t, storetest.Real)
 	g := startGateway(t, st, func(c *Config) { c.QueueSize = 4 })
 	ws, _ := floodClient(t, g, newFakeWorker(t, st), 300)
+	readInOrder(t, ws, 304, func(int64) { time.Sleep(100 * time.Microsecond) })
+}
+
+// readInOrder reads ws until it has had the event of seq last, checking
+// that every seq comes once, in order; each is passed to after.
+func readInOrder(t *testing.T, ws *websocket.Conn, last int64, after func(seq int64)) {
+	t.Helper()
 	var seq int64
-	for seq < 304 {
+	for seq < last {
 		var m map[string]any
 		require.NoError(t, ws.ReadJSON(&m))
 		if s, ok := m["seq"].(float64); ok {
 			require.EqualValues(t, seq+1, s)
 			seq = int64(s)
 		}
-		time.Sleep(100 * time.Microsecond)
+		after(seq)
 	}
 }
 
@@ -655,20 +662,13 @@ func TestCheckStatusKeepsAWatchsPlace(t *testing.T) {
 	g := startGateway(t, st, func(c *Config) { c.QueueSize = 4 })
 	ws, id := floodClient(t, g, newFakeWorker(t, st), 300)
 	require.NoError(t, ws.SetReadDeadline(time.Now().Add(20*time.Second)))
-	var seq int64
 	asked := false
-	for seq < 304 {
-		var m map[string]any
-		require.NoError(t, ws.ReadJSON(&m))
-		if s, ok := m["seq"].(float64); ok {
-			require.EqualValues(t, seq+1, s)
-			seq = int64(s)
-		}
+	readInOrder(t, ws, 304, func(seq int64) {
 		if seq == 20 && !asked {
 			asked = true
 			require.NoError(t, ws.WriteJSON(map[string]any{"type": "check-session-status", "sessionId": id}))
 		}
-	}
+	})
 	require.True(t, asked)
 }
 

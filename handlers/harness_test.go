@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -291,3 +292,15 @@ func httpDo(t *testing.T, method, url, tok string) (int, map[string]any) {
 }
 
 func symlink(target, link string) error { return os.Symlink(target, link) }
+
+// realStore starts a redis-server and returns a store on it and a plain
+// client, for tests that change what Redis holds behind the store's back.
+func realStore(t *testing.T) (*store.Store, *redis.Client) {
+	t.Helper()
+	url := storetest.Start(t, storetest.Real)
+	opt, err := redis.ParseURL(url)
+	require.NoError(t, err)
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	return storetest.New(t, url), rdb
+}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -341,12 +340,7 @@ func TestRESTEventsNotEscaped(t *testing.T) {
 // failover or a restart of Redis, or trimmed) is not recovered, even when
 // it starts right after the caller's position.
 func TestRESTEventsGapNotRecovered(t *testing.T) {
-	url := storetest.Start(t, storetest.Real)
-	st := storetest.New(t, url)
-	opt, err := redis.ParseURL(url)
-	require.NoError(t, err)
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
+	st, rdb := realStore(t)
 	g, w, _, id, ref := startRun(t, st)
 	for range 5 {
 		w.emit(ref, app.Text("assistant", "x"))

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/store"
@@ -22,12 +21,7 @@ import (
 // places for ever. The owner's next open ends it as lost, with its
 // retention, and takes the place.
 func TestTerminalsOfADeadWorkerGiveTheirPlaces(t *testing.T) {
-	url := storetest.Start(t, storetest.Real)
-	st := storetest.New(t, url)
-	opt, err := redis.ParseURL(url)
-	require.NoError(t, err)
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
+	st, rdb := realStore(t)
 	ctx := context.Background()
 	g := startGateway(t, st, func(c *Config) { c.MaxTerminalsPerUser = 2 })
 
