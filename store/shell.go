@@ -271,8 +271,8 @@ func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error)
 
 // shellState is what the index cleaners read of a terminal's hash.
 type shellState struct {
-	state, worker string
-	gen, created  int64
+	state, worker     string
+	gen, created, seq int64
 }
 
 // shellStates reads the state of each terminal of keys in one round trip,
@@ -281,7 +281,7 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(keys))
 	for i, k := range keys {
-		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "worker", "gen", "createdAt")
+		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "worker", "gen", "createdAt", "seq")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, time.Time{}, err
@@ -297,7 +297,8 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 		rows[i].worker, _ = v[1].(string)
 		gen, _ := v[2].(string)
 		created, _ := v[3].(string)
-		rows[i].gen, rows[i].created = atoi64(gen), atoi64(created)
+		seq, _ := v[4].(string)
+		rows[i].gen, rows[i].created, rows[i].seq = atoi64(gen), atoi64(created), atoi64(seq)
 	}
 	return rows, now, nil
 }
@@ -306,8 +307,9 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 type OpenShell struct {
 	Key, Worker string
 	Gen         int64
-	// Starting says no worker has started it yet; Age is how long ago the
-	// generation was opened, by Redis's clock.
+	// Starting says no worker has started it yet (it is starting and has
+	// no output); Age is how long ago the generation was opened, by
+	// Redis's clock.
 	Starting bool
 	Age      time.Duration
 }
@@ -328,7 +330,7 @@ func (s *Store) OpenShells(ctx context.Context) ([]OpenShell, error) {
 		switch r.state {
 		case ShellStarting, ShellRunning:
 			out = append(out, OpenShell{Key: keys[i], Worker: r.worker, Gen: r.gen,
-				Starting: r.state == ShellStarting, Age: now.Sub(time.UnixMilli(r.created))})
+				Starting: r.state == ShellStarting && r.seq == 0, Age: now.Sub(time.UnixMilli(r.created))})
 		default:
 			if err := s.forget(ctx, s.k.shellsOpen(), keys[i], staleAfter(now, r.created)); err != nil {
 				return nil, fmt.Errorf("store: list open shells: %w", err)

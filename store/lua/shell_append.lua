@@ -42,6 +42,12 @@ if batch > 0 then
   end
   redis.call('HSET', hash, 'appendBatch', ARGV[5])
 end
+if cur[5] == 'starting' then
+  -- Output means the worker started it, even if its own word of that
+  -- (shell_set) was refused by an outage or lost with Redis's last writes:
+  -- the reaper ends a terminal left starting.
+  redis.call('HSET', hash, 'state', 'running')
+end
 local floor = tonumber(ARGV[6]) or 0
 if floor > seq then
   seq = floor

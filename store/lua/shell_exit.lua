@@ -13,14 +13,16 @@
 -- KEYS[3] output chunk sizes list
 -- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
 -- ARGV[4] signal name or ''   ARGV[5] reason ('exit', 'lost', or
--- 'not_started', which ends a generation only while it is still starting)
+-- 'not_started', which ends a generation only while it is still starting
+-- and has no output)
 -- ARGV[6] retention, seconds   ARGV[7] output kept, bytes
 --
 -- Returns {1, owner, createdAt, the time it ended (ms)} when recorded, {0}
 -- otherwise.
 local hash = KEYS[1]
 local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt', 'outBytes')
-if cur[1] ~= ARGV[1] or cur[2] == 'exited' or (ARGV[5] == 'not_started' and cur[2] ~= 'starting') then
+if cur[1] ~= ARGV[1] or cur[2] == 'exited' or
+    (ARGV[5] == 'not_started' and (cur[2] ~= 'starting' or (tonumber(cur[3] or '0') or 0) > 0)) then
   return {0}
 end
 local bytes = tonumber(cur[6] or '0')
