@@ -18,6 +18,10 @@ import (
 type seqFloors struct {
 	mu sync.Mutex
 	m  map[string]floorEntry
+	// prunedAt is when the map was last swept: a sweep looks at every
+	// session, so it runs at most once a floorSweep however many events
+	// a process with more than floorsKept sessions writes or delivers.
+	prunedAt time.Time
 }
 
 type floorEntry struct {
@@ -25,12 +29,14 @@ type floorEntry struct {
 	seen time.Time
 }
 
-// floorsKept bounds the sessions remembered; past it, the floors not
-// touched for floorTTL go. A floor matters only for a few seconds around a
-// failover: the writes that carry it follow the events it records.
+// floorsKept bounds the sessions remembered: past it, at most once a
+// floorSweep, the floors not raised for floorTTL go. A floor matters only
+// for the length of an outage: the writes that carry it follow the events
+// it records.
 const (
 	floorsKept = 10000
 	floorTTL   = 10 * time.Minute
+	floorSweep = time.Minute
 )
 
 // note records that seq of session id was written or delivered.
@@ -47,7 +53,8 @@ func (f *seqFloors) note(id string, seq int64) {
 	if e, ok := f.m[id]; !ok || e.seq < seq {
 		f.m[id] = floorEntry{seq: seq, seen: now}
 	}
-	if len(f.m) > floorsKept {
+	if len(f.m) > floorsKept && now.Sub(f.prunedAt) >= floorSweep {
+		f.prunedAt = now
 		for k, e := range f.m {
 			if now.Sub(e.seen) > floorTTL {
 				delete(f.m, k)
