@@ -137,7 +137,7 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return fmt.Errorf("sessions abort %s: %w", pos[0], err)
 		}
-		res, err := st.Abort(ctx, s.ID, s.Provider)
+		res, err := st.AbortRun(ctx, store.RunRef{SessionID: s.ID, RunID: s.RunID, Provider: s.Provider})
 		if err != nil {
 			return fmt.Errorf("sessions abort %s: %w", s.ID, err)
 		}
