@@ -86,19 +86,29 @@ func (a *account) credential() *syscall.Credential {
 }
 
 // env is env with the account's identity and home set: its HOME, USER and
-// LOGNAME, a shell, and no temporary folder of the worker's.
+// LOGNAME, a shell, and no folder of the worker's (sharedFolderEnv).
 func (a *account) env(env []string) []string {
 	if a == nil {
 		return env
 	}
 	out := make([]string, 0, len(env)+4)
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, "TMPDIR=") {
+		if name, _, _ := strings.Cut(kv, "="); !nameMatches(name, sharedFolderEnv) {
 			out = append(out, kv)
 		}
 	}
 	return withVars(out, "HOME="+a.home, "USER="+a.name, "LOGNAME="+a.name, "SHELL=/bin/bash")
 }
+
+// sharedFolderEnv names the variables that point a program at a folder for
+// its state or temporary files (CODEX_HOME, CLAUDE_CONFIG_DIR,
+// GEMINI_CLI_HOME, XDG_*, TMPDIR, CLAUDE_CODE_TMPDIR):
+// set on the worker, every user's CLI would keep its logins and
+// conversations in that one folder, readable by every other user. A
+// process of a user's account goes without them, and its CLI uses the
+// defaults under the user's own home. SSL_CERT_DIR (read-only, shared on
+// purpose) is not among them.
+var sharedFolderEnv = []string{"TMPDIR", "*_TMPDIR", "*_HOME", "*_CONFIG_DIR", "*_CONFIG_HOME", "*_DATA_DIR", "*_STATE_DIR", "*_CACHE_DIR", "XDG_*"}
 
 // chown gives the account files the worker made for it (a run's images).
 func (a *account) chown(paths ...string) error {

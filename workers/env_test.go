@@ -178,3 +178,24 @@ func TestRunsUnderAccount(t *testing.T) {
 	evs := run("carol")
 	require.Empty(t, evs)
 }
+
+// TestAccountEnvHasNoSharedFolders: with --user-uids, variables passed
+// from the worker that point a CLI at a state folder (CODEX_HOME matches
+// the default --provider-env's CODEX_*) are not given to a user's process:
+// every user's logins and conversations would be in that one folder, where
+// each could read the others'. Keys, base URLs and certificates pass.
+func TestAccountEnvHasNoSharedFolders(t *testing.T) {
+	worker := []string{
+		"PATH=/usr/bin", "HOME=/root", "TMPDIR=/tmp/w", "CODEX_HOME=/data/codex", "CLAUDE_CONFIG_DIR=/data/claude",
+		"GEMINI_CLI_HOME=/data/gemini", "CLAUDE_CODE_TMPDIR=/tmp/c", "XDG_CONFIG_HOME=/data/xdg",
+		"ANTHROPIC_API_KEY=k", "OPENAI_BASE_URL=http://m", "SSL_CERT_DIR=/etc/ssl/certs", "CODEX_MODEL=x",
+	}
+	env := userEnv(worker, DefaultPassEnv, nil)
+	got := (&account{name: "u", uid: 1234, home: "/home/u"}).env(env)
+	require.ElementsMatch(t, []string{
+		"PATH=/usr/bin", "ANTHROPIC_API_KEY=k", "OPENAI_BASE_URL=http://m", "SSL_CERT_DIR=/etc/ssl/certs", "CODEX_MODEL=x",
+		"HOME=/home/u", "USER=u", "LOGNAME=u", "SHELL=/bin/bash",
+	}, got)
+	// Under the worker's own account they pass, as listed.
+	require.Contains(t, (*account)(nil).env(env), "CODEX_HOME=/data/codex")
+}
