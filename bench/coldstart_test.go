@@ -27,7 +27,7 @@ func BenchmarkColdStart(b *testing.B) {
 		env    []string
 		listen string // the variable naming the address of its /readyz
 	}{
-		{"gateway", append(redis, "AGENTGATE_JWT_SECRET=bench-secret-0123456789"), "AGENTGATE_LISTEN"},
+		{"gateway", append(redis, "AGENTGATE_JWT_SECRET=bench-secret-0123456789-0123456789"), "AGENTGATE_LISTEN"},
 		// A worker's /readyz (on --metrics-listen) answers once it is
 		// registered, so gateways can send it work.
 		{"worker", redis, "AGENTGATE_METRICS_LISTEN"},

@@ -146,7 +146,7 @@ func reportFanout(b *testing.B, lat *latencies, delivered, expected int64, span 
 
 // ---- gateway ----
 
-var benchSecret = []byte("bench-secret")
+var benchSecret = []byte("bench-secret-0123456789-0123456789")
 
 // providerScript is the fake Claude CLI the worker runs: it ignores its
 // arguments, reads the path of a FIFO from the prompt on stdin, and becomes

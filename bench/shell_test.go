@@ -113,7 +113,7 @@ func newShellRig(b *testing.B) *shellRig {
 	if err := os.MkdirAll(r.project, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	secret := "bench-secret-0123456789"
+	secret := "bench-secret-0123456789-0123456789"
 	env := []string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + root, "AGENTGATE_REDIS_URL=" + srv.URL, "AGENTGATE_JWT_SECRET=" + secret,
 		"AGENTGATE_WORKSPACES=" + root, "AGENTGATE_KEY_PREFIX=" + storetest.Prefix(), "AGENTGATE_LOG_LEVEL=warn",

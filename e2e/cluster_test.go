@@ -23,7 +23,7 @@ import (
 
 const (
 	keyPrefix = "e2e"
-	jwtSecret = "e2e-secret-0123456789"
+	jwtSecret = "e2e-secret-0123456789-0123456789-0123456789"
 )
 
 // cluster is a redis-server, the Anthropic mock, and agentgate gateways and

@@ -114,7 +114,7 @@ func TestIsolation(t *testing.T) {
 
 	// Sockets without a valid token: 401 before any upgrade.
 	base := "ws://" + gwA.addr + "/ws"
-	other := issueToken(t, "alice", "another-secret")
+	other := issueToken(t, "alice", "another-secret-another-secret-another-secret")
 	expired, err := handlers.IssueToken([]byte(jwtSecret), "alice", false, -time.Minute)
 	require.NoError(t, err)
 	for name, u := range map[string]string{

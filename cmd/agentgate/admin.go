@@ -40,6 +40,9 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	if c.JWTSecret == "" {
 		return errors.New("token: --jwt-secret (AGENTGATE_JWT_SECRET) is required")
 	}
+	if err := checkSecret([]byte(c.JWTSecret)); err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
 	d, err := parseDuration(*ttl)
 	if err != nil {
 		return fmt.Errorf("token: --ttl: %w", err)

@@ -370,3 +370,16 @@ func (c *config) pace() time.Duration {
 	}
 	return c.PaceInterval
 }
+
+// minSecretBytes is the shortest --jwt-secret taken: any user holds a token
+// it signed, and can try guesses of a short secret offline until one
+// signs the same token, then sign an admin's.
+const minSecretBytes = 32
+
+// checkSecret refuses a JWT secret too short to resist an offline guess.
+func checkSecret(secret []byte) error {
+	if len(secret) < minSecretBytes {
+		return fmt.Errorf("--jwt-secret (AGENTGATE_JWT_SECRET) has %d bytes, at least %d are needed: a short secret can be guessed offline from any token it signed (make one with: openssl rand -hex 32)", len(secret), minSecretBytes)
+	}
+	return nil
+}

@@ -62,11 +62,11 @@ func TestOptionErrors(t *testing.T) {
 
 func TestToken(t *testing.T) {
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), []string{"token", "--user", "alice", "--admin", "--ttl", "1h", "--jwt-secret", "s3cret"}, &out, &errOut)
+	err := run(context.Background(), []string{"token", "--user", "alice", "--admin", "--ttl", "1h", "--jwt-secret", "s3cret-s3cret-s3cret-s3cret-s3cret"}, &out, &errOut)
 	require.NoError(t, err)
 	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
 	require.Len(t, lines, 1, "the token alone on one line")
-	auth := handlers.Auth{Mode: handlers.AuthJWT, Secret: []byte("s3cret")}
+	auth := handlers.Auth{Mode: handlers.AuthJWT, Secret: []byte("s3cret-s3cret-s3cret-s3cret-s3cret")}
 	req, _ := http.NewRequest(http.MethodGet, "/ws?token="+lines[0], nil)
 	user, err := auth.Authenticate(req)
 	require.NoError(t, err)
@@ -82,6 +82,18 @@ func TestToken(t *testing.T) {
 	} {
 		require.Error(t, run(context.Background(), args, io.Discard, io.Discard), args)
 	}
+	// A short secret can be guessed offline from any token it signed.
+	err = run(context.Background(), []string{"token", "--user", "alice", "--jwt-secret", "changeme"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "at least 32")
+}
+
+// TestGatewayRefusesAShortSecret: a gateway does not start with a JWT
+// secret under 32 bytes; the embedded default makes a long one.
+func TestGatewayRefusesAShortSecret(t *testing.T) {
+	t.Setenv("AGENTGATE_REDIS_URL", "redis://127.0.0.1:1")
+	t.Setenv("AGENTGATE_JWT_SECRET", "changeme")
+	err := run(context.Background(), []string{"gateway", "--listen", "127.0.0.1:0"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "has 8 bytes, at least 32")
 }
 
 func TestGatewayAndWorkerNeedRedis(t *testing.T) {

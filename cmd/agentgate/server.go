@@ -83,6 +83,11 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		}
 		secret = randomSecret()
 	}
+	if runsGateway && c.Auth == handlers.AuthJWT {
+		if err := checkSecret(secret); err != nil {
+			return err
+		}
+	}
 
 	// Components run on their own contexts so shutdown can stop them in
 	// order; one that fails by itself stops the process.
