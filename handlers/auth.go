@@ -38,7 +38,12 @@ var errAmbiguousUser = errors.New("ambiguous user: the user header must appear o
 
 // authFailure is the HTTP answer to a failed authentication: 401, saying why
 // only when the request is malformed rather than its credentials wrong.
-func authFailure(err error) error {
+//
+// The connection is closed after the answer: an idle keep-alive connection
+// of a client without an account would hold one of the gateway's
+// --max-connections places for the idle timeout.
+func authFailure(c echo.Context, err error) error {
+	c.Response().Header().Set("Connection", "close")
 	if errors.Is(err, errAmbiguousUser) {
 		return echo.NewHTTPError(http.StatusUnauthorized, err.Error())
 	}

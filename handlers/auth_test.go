@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -227,5 +228,44 @@ func TestPlatformUserHeader(t *testing.T) {
 			body, _ := io.ReadAll(resp.Body)
 			require.Contains(t, string(body), "ambiguous user")
 		}
+	}
+}
+
+// TestRESTChangesRefuseOtherOrigins: a POST from another site's page (a
+// form carries a platform proxy's cookie) is refused before anything is
+// done; the gateway's own pages and clients that send no Origin pass.
+func TestRESTChangesRefuseOtherOrigins(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g, _, _, id, _ := startRun(t, st)
+	abort := func(origin string) int {
+		req, err := http.NewRequest(http.MethodPost, g.ts.URL+"/api/sessions/"+id+"/abort", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+token(t, "alice", false))
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusForbidden, abort("https://evil.example"))
+	sess, err := st.Session(context.Background(), id)
+	require.NoError(t, err)
+	require.True(t, sess.Running(), "refused before the abort")
+	require.Equal(t, http.StatusOK, abort(g.ts.URL), "the gateway's own page")
+	require.Equal(t, http.StatusConflict, abort(""), "no Origin: not a browser")
+}
+
+// TestAuthFailureClosesTheConnection: a request without credentials gets
+// its 401 and its connection closed, so that it holds no connection place.
+func TestAuthFailureClosesTheConnection(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini))
+	for _, path := range []string{"/api/sessions", "/ws", "/shell"} {
+		resp, err := http.Get(g.ts.URL + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, path)
+		require.True(t, resp.Close, "%s: the connection is closed after the 401", path)
 	}
 }

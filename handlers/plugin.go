@@ -85,7 +85,7 @@ func (s *Server) servePlugin(c echo.Context) error {
 	}
 	user, err := s.cfg.Auth.Authenticate(c.Request())
 	if err != nil {
-		return authFailure(err)
+		return authFailure(c, err)
 	}
 	quota := s.quotas.acquire(user.Name)
 	if quota == nil {

@@ -49,9 +49,15 @@ const userKey = "agentgate.user"
 // requireUser authenticates REST calls like socket upgrades.
 func (s *Server) requireUser(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
+		if m := c.Request().Method; m != http.MethodGet && m != http.MethodHead && !s.origins.allows(c.Request()) {
+			// A form another site posts carries the user's cookies in
+			// platform mode: a change is taken only from the gateway's
+			// own pages or the allowed origins (none sent: not a browser).
+			return echo.NewHTTPError(http.StatusForbidden, "cross-origin request refused")
+		}
 		user, err := s.cfg.Auth.Authenticate(c.Request())
 		if err != nil {
-			return authFailure(err)
+			return authFailure(c, err)
 		}
 		if !s.quotas.admitRequest(user.Name) {
 			c.Response().Header().Set("Retry-After", "1")

@@ -379,7 +379,7 @@ func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 	}
 	user, err := s.cfg.Auth.Authenticate(c.Request())
 	if err != nil {
-		return authFailure(err)
+		return authFailure(c, err)
 	}
 	quota := s.quotas.acquire(user.Name)
 	if quota == nil {
