@@ -1,5 +1,12 @@
 package app
 
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+)
+
 // Job is the work a gateway hands to the workers for one accepted run: what
 // a worker needs to start the provider without asking anything else.
 type Job struct {
@@ -47,6 +54,43 @@ type ToolsSettings struct {
 type Image struct {
 	Data string `json:"data"`
 	Name string `json:"name,omitempty"`
+}
+
+// The values of options that reach a CLI's argument list start with a
+// letter or digit (a tool name also with '_'), so that none can be read as a
+// flag (`--yolo`, `--version`), whichever CLI and argument form gets it.
+var (
+	// Compiled on first use: their counted repetitions make large
+	// programs, which would cost every process's start.
+	modelPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/\[\]@-]{0,99}$`) })
+	toolPattern  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:*()/ ,'"=@-]{0,199}$`) })
+)
+
+// maxTools bounds the allowed and disallowed tools of a run together.
+const maxTools = 200
+
+// Check refuses options that could reach a CLI's command line as a flag
+// or smuggle an argument, with an error a client is shown: the gateway
+// checks a command's, and the worker its job's again (a job is only as
+// trustworthy as whoever could write to Redis).
+func (o RunOptions) Check() error {
+	if o.Model != "" && !modelPattern().MatchString(o.Model) {
+		return WireError("Invalid model name")
+	}
+	if !ValidPermissionMode(o.PermissionMode) {
+		return WireError(fmt.Sprintf("Invalid permissionMode: expected one of %s", strings.Join(PermissionModes, ", ")))
+	}
+	if len(o.Tools.AllowedTools)+len(o.Tools.DisallowedTools) > maxTools {
+		return WireError("Too many tools in toolsSettings")
+	}
+	for _, list := range [][]string{o.Tools.AllowedTools, o.Tools.DisallowedTools} {
+		for _, t := range list {
+			if !toolPattern().MatchString(t) {
+				return WireError(fmt.Sprintf("Invalid tool name %q", Clip(t, 60)))
+			}
+		}
+	}
+	return CheckImages(o.Images)
 }
 
 // Mode is the permission mode a run gets: skipPermissions means

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/olahol/melody"
@@ -353,43 +351,16 @@ func userProjectDir(ws app.Workspaces, user, p string) (string, error) {
 	return dir, err
 }
 
-// The values of options that reach a CLI's argument list start with a
-// letter or digit (a tool name also with '_'), so that none can be read as a
-// flag (`--yolo`, `--version`), whichever CLI and argument form gets it.
-var (
-	// Compiled on first use: their counted repetitions make large
-	// programs, which would cost every process's start.
-	modelPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/\[\]@-]{0,99}$`) })
-	toolPattern  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:*()/ ,'"=@-]{0,199}$`) })
-)
-
 // validateOptions checks the options that reach a command line: a value a
 // CLI would take for a flag, or one that could smuggle an argument, is
-// refused with a clear error.
+// refused with a clear error (app.RunOptions.Check, which the worker runs
+// again on the job it takes).
 func validateOptions(o *app.CommandOptions) error {
 	if o.SessionID != "" && !app.ValidSessionID(o.SessionID) {
 		// Checked even when the message's own sessionId wins over it.
 		return app.WireError("Invalid session ID")
 	}
-	if o.Model != "" && !modelPattern().MatchString(o.Model) {
-		return app.WireError("Invalid model name")
-	}
-	if !app.ValidPermissionMode(o.PermissionMode) {
-		return app.WireError(fmt.Sprintf("Invalid permissionMode: expected one of %s", strings.Join(app.PermissionModes, ", ")))
-	}
-	tools := append(append([]string(nil), o.ToolsSettings.AllowedTools...), o.ToolsSettings.DisallowedTools...)
-	if len(tools) > 200 {
-		return app.WireError("Too many tools in toolsSettings")
-	}
-	for _, t := range tools {
-		if !toolPattern().MatchString(t) {
-			return app.WireError(fmt.Sprintf("Invalid tool name %q", app.Clip(t, 60)))
-		}
-	}
-	if err := app.CheckImages(o.Images); err != nil {
-		return err
-	}
-	return nil
+	return app.RunOptions{Model: o.Model, PermissionMode: o.PermissionMode, Tools: o.ToolsSettings, Images: o.Images}.Check()
 }
 
 // abort handles abort-session (PROTOCOL §3.4).

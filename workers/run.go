@@ -196,6 +196,11 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	if prov == nil {
 		return failed(fmt.Sprintf("Provider %s is not available on this worker.", job.Provider))
 	}
+	if err := job.Options.Check(); err != nil {
+		// The gateway refused these already: a job written to Redis by
+		// something else.
+		return failed(err.Error())
+	}
 	if job.ResumeDenied || (job.ResumeUnrecorded && !r.w.cfg.SingleUser && r.w.cfg.Accounts == nil) {
 		// Another user's conversation, or one agentgate never saw, in an
 		// account that every user shares: fail exactly as a missing one does.

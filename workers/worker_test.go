@@ -737,3 +737,33 @@ func TestProviderIDsPerRunAreBounded(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "p3", got.ProviderSessionID, "the last id recorded")
 }
+
+// TestWorkerChecksAJobsOptions: a job written to Redis by something other
+// than a gateway (which refuses these) does not reach a CLI's argument list
+// with a value a CLI would take for a flag: the run fails with the reason,
+// and no CLI starts.
+func TestWorkerChecksAJobsOptions(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	for _, opts := range []app.RunOptions{
+		{Model: "--yolo"},
+		{PermissionMode: "--dangerously-skip-permissions"},
+		{Tools: app.ToolsSettings{AllowedTools: []string{"-x"}}},
+	} {
+		sess := app.Session{ID: app.NewID(), Owner: "alice", Provider: app.Claude, ProjectPath: h.dir}
+		_, err := st.Accept(context.Background(), &store.AcceptRequest{
+			Session: sess, New: true,
+			Job: app.Job{SessionID: sess.ID, Owner: "alice", Provider: app.Claude, Command: "echo started", ProjectPath: h.dir, NewSession: true, Options: opts},
+		})
+		require.NoError(t, err)
+		evs := h.waitDone(sess.ID)
+		var texts []string
+		for _, e := range evs {
+			if c, ok := e["content"].(string); ok {
+				texts = append(texts, c)
+			}
+		}
+		require.NotContains(t, texts, "started", "%+v: the CLI ran", opts)
+		require.Contains(t, strings.Join(texts, "\n"), "Invalid", "%+v", opts)
+	}
+}
