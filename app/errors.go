@@ -26,4 +26,5 @@ const (
 	CloseGoingAway     = 1001 // the gateway is shutting down
 	CloseStoreRestart  = 1012 // Redis restarted without the socket's last events; resume from lastSeq
 	CloseSlowConsumer  = 4008 // the outgoing queue is full; resume from lastSeq
+	CloseTokenExpired  = 4401 // the token the socket opened with expired; open again with a new one
 )

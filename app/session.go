@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"strings"
+	"time"
 )
 
 // Provider names an agent CLI.
@@ -75,6 +76,9 @@ func (s Session) Running() bool { return s.State == StateRunning }
 type User struct {
 	Name  string
 	Admin bool
+	// Expires is when the credential the user came with ends (zero: never,
+	// as a platform proxy's header): a socket it opened closes then.
+	Expires time.Time
 }
 
 // CanSee reports whether u may see or touch a session owned by owner.

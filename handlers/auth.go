@@ -155,7 +155,7 @@ func (a *Auth) verify(token string) (app.User, error) {
 	if err != nil || !app.ValidUserName(claims.Subject) {
 		return app.User{}, errUnauthorized
 	}
-	return app.User{Name: claims.Subject, Admin: claims.Admin}, nil
+	return app.User{Name: claims.Subject, Admin: claims.Admin, Expires: claims.ExpiresAt.Time}, nil
 }
 
 // requestToken reads the token from ?token= first, else from

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
@@ -268,4 +269,35 @@ func TestAuthFailureClosesTheConnection(t *testing.T) {
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, path)
 		require.True(t, resp.Close, "%s: the connection is closed after the 401", path)
 	}
+}
+
+// TestSocketsCloseWhenTheirTokenExpires: a token is checked when a socket
+// opens; /ws and /shell sockets it opened close with 4401 when it expires,
+// so that a leaked token's reach ends with it.
+func TestSocketsCloseWhenTheirTokenExpires(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini))
+	tok, err := IssueToken(testSecret, "alice", false, 2*time.Second)
+	require.NoError(t, err)
+	long := g.dial("alice")
+	paths := []string{"/ws", "/shell"}
+	socks := make([]*websocket.Conn, len(paths))
+	for i, path := range paths {
+		socks[i], _, err = websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(g.ts.URL, "http")+path+"?token="+tok, nil)
+		require.NoError(t, err, path)
+		defer socks[i].Close()
+	}
+	for i, path := range paths {
+		ws := socks[i]
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		for {
+			if _, _, err = ws.ReadMessage(); err != nil {
+				break
+			}
+		}
+		var ce *websocket.CloseError
+		require.ErrorAs(t, err, &ce, path)
+		require.Equal(t, 4401, ce.Code, path)
+	}
+	long.send(map[string]any{"type": "check-session-status", "sessionId": "nope"})
+	require.Equal(t, "session-status", long.next()["type"], "a socket of a valid token stays")
 }

@@ -21,6 +21,7 @@ const (
 	closeSlow                   // the outgoing queue was full (4008)
 	closeShutdown               // the gateway is draining (1001)
 	closeStoreReset             // Redis lost events the socket had (1012)
+	closeExpired                // the socket's token expired (4401)
 )
 
 func (r closeReason) String() string {
@@ -31,6 +32,8 @@ func (r closeReason) String() string {
 		return "shutdown"
 	case closeStoreReset:
 		return "store_reset"
+	case closeExpired:
+		return "token_expired"
 	}
 	return "none"
 }
@@ -110,6 +113,12 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 	}
 	if interval > 0 {
 		c.wrote = make(chan struct{}, 1)
+	}
+	if !user.Expires.IsZero() {
+		// A token is checked when the socket opens; past its expiry the
+		// socket goes too, so that expiry bounds what a leaked token can do.
+		t := time.AfterFunc(time.Until(user.Expires), func() { c.closeWith(closeExpired) })
+		context.AfterFunc(ctx, func() { t.Stop() })
 	}
 	return c
 }
@@ -396,6 +405,8 @@ func (c *conn) writeClose(reason closeReason) {
 		code, text = app.CloseSlowConsumer, "slow consumer"
 	case closeStoreReset:
 		code, text = app.CloseStoreRestart, "session store restarted"
+	case closeExpired:
+		code, text = app.CloseTokenExpired, "token expired"
 	}
 	ws := c.s.WebsocketConnection()
 	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
