@@ -5,6 +5,7 @@ package storetest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -289,13 +290,38 @@ func ping(addr, password string) string {
 	return strings.TrimSpace(line)
 }
 
+// portsGiven are the ports freePort handed out in this process.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// freePort returns a loopback port that is free and that no server of this
+// process was given before. A test that killed or stopped a server may still
+// run clients of it that retry its address, and a Redis Cluster client
+// re-reads its slot map from any node it reaches: a server of another test
+// on that port drew them into that test's cluster, where a worker took the
+// other test's jobs (same key prefix) and refused their project paths. A
+// cluster node's bus port (its port + 10000) is kept apart the same way.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		portsMu.Lock()
+		taken := portsGiven[port] || portsGiven[port+10000] || portsGiven[port-10000]
+		if !taken {
+			portsGiven[port] = true
+		}
+		portsMu.Unlock()
+		if !taken {
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("storetest: every free port tried was given to a server before")
 }
 
 var prefixSeq atomic.Int64
