@@ -354,15 +354,28 @@ func TestClaudeCLIRuns(t *testing.T) {
 		require.Len(t, api.ScriptedRequests(), before, "nothing reached the model")
 	})
 
-	t.Run("a model and tools that look like flags stay values", func(t *testing.T) {
-		api.Add(mockanthropic.Turn{When: "which tools", Text: "These"})
+	t.Run("a model and tools that look like flags are refused", func(t *testing.T) {
+		// The gateway refuses them; a job that holds them anyway (a job is
+		// input) is refused by the worker too, before any CLI starts (the
+		// argument forms that keep such values values: TestClaudeCommand).
+		before := len(api.ScriptedRequests())
 		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "which tools", NewSession: true,
 			Options: app.RunOptions{Model: "--version", Tools: app.ToolsSettings{DisallowedTools: []string{"Bash", "-c", "Read"}}}})
+		requireRefused(t, h.waitDone(sess.ID), "Invalid model name")
+		sess = h.submitJob(app.Job{SessionID: app.NewID(), Command: "which tools", NewSession: true,
+			Options: app.RunOptions{Tools: app.ToolsSettings{DisallowedTools: []string{"Bash", "-c", "Read"}}}})
+		requireRefused(t, h.waitDone(sess.ID), `Invalid tool name "-c"`)
+		require.Len(t, api.ScriptedRequests(), before, "nothing reached the model")
+	})
+
+	t.Run("disallowed tools each add to the list", func(t *testing.T) {
+		api.Add(mockanthropic.Turn{When: "which tools", Text: "These"})
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "which tools", NewSession: true,
+			Options: app.RunOptions{Tools: app.ToolsSettings{DisallowedTools: []string{"Bash", "Read"}}}})
 		evs := h.waitDone(sess.ID)
 		require.Equal(t, []string{"These"}, texts(evs))
 		reqs := api.ScriptedRequests()
 		last := reqs[len(reqs)-1]
-		require.Equal(t, "--version", last.Model)
 		require.Contains(t, last.Tools, "Write")
 		require.NotContains(t, last.Tools, "Bash", "each --disallowedTools= adds to the list")
 		require.NotContains(t, last.Tools, "Read")

@@ -230,19 +230,21 @@ func TestCodexCLIRuns(t *testing.T) {
 
 	// The gateway refuses values that look like flags; a job that holds
 	// them anyway (a job is input) still cannot turn them into flags.
-	t.Run("a model and a thread id that look like flags stay values", func(t *testing.T) {
+	t.Run("a thread id that looks like a flag stays a value; such a model is refused", func(t *testing.T) {
 		// Threads exist in this folder (above): `resume --last` would
 		// continue the newest. After `--` it is a thread name, and a name
 		// that names no thread starts a new one.
 		api.Add(mockopenai.Turn{When: "fresh start", Text: "Fresh answer"})
-		sess := h.submitAs(app.Codex, app.Job{Command: "fresh start", ProviderSessionID: "--last", Options: app.RunOptions{Model: "--version"}})
+		sess := h.submitAs(app.Codex, app.Job{Command: "fresh start", ProviderSessionID: "--last"})
 		evs := h.waitDone(sess.ID)
 		require.Equal(t, []string{"text:Fresh answer"}, conversation(evs))
 		reqs := api.ScriptedRequests()
-		last := reqs[len(reqs)-1]
-		require.Equal(t, "--version", last.Model, "--model=")
-		require.Equal(t, 1, last.Messages, "a new thread: the newest one was not resumed")
+		require.Equal(t, 1, reqs[len(reqs)-1].Messages, "a new thread: the newest one was not resumed")
 		require.NotEqual(t, "--last", h.providerSessionID(sess.ID))
+
+		sess = h.submitAs(app.Codex, app.Job{Command: "fresh start", Options: app.RunOptions{Model: "--version"}})
+		requireRefused(t, h.waitDone(sess.ID), "Invalid model name")
+		require.Len(t, api.ScriptedRequests(), len(reqs), "nothing reached the model")
 	})
 
 	t.Run("abort kills the CLI", func(t *testing.T) {

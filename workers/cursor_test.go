@@ -214,18 +214,17 @@ func TestCursorStandInRuns(t *testing.T) {
 
 	// The gateway refuses values that look like flags; a job that holds
 	// them anyway (a job is input) still cannot turn them into flags.
-	t.Run("a model and an id that look like flags stay values", func(t *testing.T) {
-		// `--model --yolo` would be a model "--yolo"; `--model=-f` is one
-		// too, and allows no shell command.
+	t.Run("an id that looks like a flag stays a value; such a model is refused", func(t *testing.T) {
+		// A model "-f" is refused by the gateway, and by the worker in a
+		// job that holds it anyway: no CLI starts.
 		sess := h.submitAs(app.Cursor, app.Job{Command: "run: touch x", Options: app.RunOptions{Model: "-f"}})
-		evs := h.waitDone(sess.ID)
-		require.Equal(t, []string{"text:Running it.", "tool_use:Bash", "tool_result:The command was rejected (run with bypassPermissions to allow shell commands).:true", "text:Done."}, conversation(evs))
+		requireRefused(t, h.waitDone(sess.ID), "Invalid model name")
 		require.NoFileExists(t, filepath.Join(h.dir, "x"))
 
 		// Chats exist in this folder (above): a bare `--resume` resumes the
 		// newest, and `--resume --yolo` would also allow shell commands.
 		sess = h.submitAs(app.Cursor, app.Job{Command: "run: touch y", ProviderSessionID: "--yolo"})
-		evs = h.waitDone(sess.ID)
+		evs := h.waitDone(sess.ID)
 		require.Equal(t, []string{"Error: chat --yolo not found"}, errorRows(evs))
 		require.Empty(t, conversation(evs))
 		require.NoFileExists(t, filepath.Join(h.dir, "y"))

@@ -742,6 +742,14 @@ func TestProviderIDsPerRunAreBounded(t *testing.T) {
 // than a gateway (which refuses these) does not reach a CLI's argument list
 // with a value a CLI would take for a flag: the run fails with the reason,
 // and no CLI starts.
+// requireRefused checks that a run ended on an error row holding want
+// and said nothing else: its CLI never started.
+func requireRefused(t *testing.T, evs []map[string]any, want string) {
+	t.Helper()
+	require.Contains(t, strings.Join(errorRows(evs), "\n"), want)
+	require.Empty(t, texts(evs), "the CLI did not run")
+}
+
 func TestWorkerChecksAJobsOptions(t *testing.T) {
 	st := storetest.New(t, storetest.Miniredis(t))
 	h := startWorker(t, st, "/bin/sh")
