@@ -276,7 +276,7 @@ func TestAuthFailureClosesTheConnection(t *testing.T) {
 // so that a leaked token's reach ends with it.
 func TestSocketsCloseWhenTheirTokenExpires(t *testing.T) {
 	g := startGateway(t, newStore(t, storetest.Mini))
-	tok, err := IssueToken(testSecret, "alice", false, 2*time.Second)
+	tok, err := IssueToken(testSecret, "alice", false, 4*time.Second) // exp is kept in whole seconds: 3 s at least
 	require.NoError(t, err)
 	long := g.dial("alice")
 	paths := []string{"/ws", "/shell"}
