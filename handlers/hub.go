@@ -124,12 +124,13 @@ type watch struct {
 	touched int64
 }
 
-func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte)) *hub {
+func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte), outage func()) *hub {
 	h := &hub{st: st, log: log, feeds: map[feedKey]*feed{}}
 	h.sub = st.NewSubscriber(store.SubscriberHandlers{
 		Event:     h.event,
 		Resync:    func(id string) { h.resync(h.chat, id) },
 		Broadcast: broadcast,
+		Outage:    outage,
 	})
 	h.chat = h.chatKind()
 	return h

@@ -169,7 +169,10 @@ func New(cfg Config) (*Server, error) {
 	for _, p := range cfg.Providers {
 		s.providers[p] = true
 	}
-	s.hub = newHub(cfg.Store, cfg.Logger, s.broadcast)
+	// A pub/sub connection that fails is an outage too: a terminal check
+	// every few seconds can miss a short restart of Redis, and then take
+	// a worker whose heartbeat Redis lost for gone.
+	s.hub = newHub(cfg.Store, cfg.Logger, s.broadcast, s.outages.saw)
 	s.chat = s.newChatSockets()
 	s.shells = newTerminals(s.hub, cfg.Store, cfg.Logger, cfg.Workspaces, cfg.ShellDetachTimeout)
 	s.shells.maxOpen = cfg.MaxTerminalsPerUser

@@ -23,6 +23,10 @@ type SubscriberHandlers struct {
 	// Broadcast receives what Store.Broadcast published, a frame for one
 	// user's chat sockets (ParseBroadcast decodes it).
 	Broadcast func(payload []byte)
+	// Outage, if set, is called when a pub/sub connection fails: Redis
+	// went away, and may come back without what it had (heartbeats
+	// included).
+	Outage func()
 }
 
 // ShellHandlers receive what a Subscriber reads on terminal channels, under
@@ -164,6 +168,9 @@ func (sub *Subscriber) receive(ctx context.Context, ps *redis.PubSub, sh *shard)
 				continue
 			}
 			sub.s.log.Warn("pub/sub receive", "err", err)
+			if sub.handlers.Outage != nil {
+				sub.handlers.Outage()
+			}
 			if sh != nil {
 				sub.shardFailed(ctx, sh)
 				return
