@@ -193,22 +193,16 @@ func (r *Reaper) check(ctx context.Context, list []app.Session, alive, dead map[
 }
 
 // checkShells ends as lost the terminals whose worker is gone (recording it
-// in dead). A gateway ends those it has a socket on; the others, detached
-// when their worker died, would otherwise hold their owner's place.
+// in dead), and as not started those no worker started in time. A gateway
+// ends those it has a socket on; the others, detached when their worker
+// died, would otherwise hold their owner's place.
 func (r *Reaper) checkShells(ctx context.Context, list []store.OpenShell, alive, dead map[string]bool) {
 	st := r.cfg.Store
 	for _, sh := range list {
 		if sh.Starting && sh.Age > r.cfg.UnclaimedTimeout {
 			// No worker will start it: its open was never queued, or was
 			// dropped. Its owner's place and its sockets are freed.
-			recorded, err := st.ShellExit(ctx, sh.Key, sh.Gen, 1, "", store.ShellExitNotStarted)
-			switch {
-			case err != nil:
-				r.log.Warn("end terminal that never started", "shell", sh.Key, "err", err)
-			case recorded:
-				reaperActions.WithLabelValues("terminal-not-started").Inc()
-				r.log.Info("ended terminal that never started", "shell", sh.Key, "worker", sh.Worker, "age", sh.Age)
-			}
+			r.endShell(ctx, sh, store.ShellExitNotStarted, "terminal-not-started", "terminal that never started")
 			continue
 		}
 		if sh.Worker == "" || alive[sh.Worker] {
@@ -220,14 +214,20 @@ func (r *Reaper) checkShells(ctx context.Context, list []store.OpenShell, alive,
 			}
 			dead[sh.Worker] = true
 		}
-		recorded, err := st.ShellExit(ctx, sh.Key, sh.Gen, 1, "", store.ShellExitLost)
-		switch {
-		case err != nil:
-			r.log.Warn("end lost terminal", "shell", sh.Key, "err", err)
-		case recorded:
-			reaperActions.WithLabelValues("terminal-lost").Inc()
-			r.log.Info("ended lost terminal", "shell", sh.Key, "worker", sh.Worker)
-		}
+		r.endShell(ctx, sh, store.ShellExitLost, "terminal-lost", "lost terminal")
+	}
+}
+
+// endShell records the end of sh for reason, counted under action and
+// logged as what.
+func (r *Reaper) endShell(ctx context.Context, sh store.OpenShell, reason, action, what string) {
+	recorded, err := r.cfg.Store.ShellExit(ctx, sh.Key, sh.Gen, 1, "", reason)
+	switch {
+	case err != nil:
+		r.log.Warn("end "+what, "shell", sh.Key, "err", err)
+	case recorded:
+		reaperActions.WithLabelValues(action).Inc()
+		r.log.Info("ended "+what, "shell", sh.Key, "worker", sh.Worker, "age", sh.Age)
 	}
 }
 
