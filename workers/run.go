@@ -39,10 +39,10 @@ const (
 	// interruptGrace is how long a provider asked to interrupt its turn
 	// gets to exit before it is killed.
 	interruptGrace = time.Second
-	// completeRetryFor is how long a run keeps trying to record its end
-	// when Redis answers with an error (while Redis is unreachable or
-	// loading it keeps trying: nobody else would complete the run of a
-	// worker that is alive).
+	// completeRetryFor is how long a run tries to record its end, when
+	// Redis answers with an error, before it says so in the log. It keeps
+	// trying (nobody else would complete the run of a worker that is
+	// alive) until the worker stops.
 	completeRetryFor = time.Minute
 	// outageTolerance is how long a run waits, its output held back, for
 	// Redis to come back before it is stopped (store-unavailable).
@@ -549,10 +549,14 @@ func (r *run) flushOne(events []app.Event, set map[string]string) {
 	}
 }
 
-// complete records the run's end, retrying while Redis is unreachable. A
-// stale answer means another door (abort, reaper) already completed it.
+// complete records the run's end, retrying while Redis is unreachable or
+// refuses it. A stale answer means another door (abort, reaper) already
+// completed it. The run keeps its place in the worker meanwhile: its job,
+// reclaimed, is not started again, and the reaper leaves the runs of a
+// live worker alone. Only a stopping worker gives up, leaving the run to
+// the reaper once its heartbeat is gone.
 func (r *run) complete(o app.Outcome, final []app.Event) {
-	deadline := time.Now().Add(completeRetryFor)
+	deadline, warned := time.Now().Add(r.w.completeRetryFor), false
 	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 		_, err := r.w.st.Complete(ctx, r.ref, o, final...)
@@ -565,11 +569,16 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 			r.w.st.WaitRetry(context.Background(), err)
 			continue
 		}
-		if time.Now().After(deadline) {
-			r.log.Error("complete run; leaving it to the reaper", "err", err)
+		if !warned && time.Now().After(deadline) {
+			r.log.Error("complete run; still refused, trying every 5s", "err", err)
+			warned = true
+		}
+		select {
+		case <-time.After(backoff):
+		case <-r.w.stopping:
+			r.log.Error("complete run; the worker stops: leaving it to the reaper", "err", err)
 			return
 		}
-		time.Sleep(backoff)
 	}
 }
 

@@ -140,6 +140,14 @@ type Worker struct {
 	// a blocking read ignores ctx, so this is also how long Run takes to
 	// notice shutdown. Tests shorten it.
 	pollBlock time.Duration
+	// reclaimIdle is how long a job may sit read but not acked before it
+	// is taken over (reclaimIdle). Tests shorten it.
+	reclaimIdle time.Duration
+	// completeRetryFor is completeRetryFor. Tests shorten it.
+	completeRetryFor time.Duration
+	// stopping is closed when drain gives up waiting for the runs: a run
+	// whose end Redis keeps refusing then leaves it to the reaper.
+	stopping chan struct{}
 }
 
 // New returns a Worker; call Run to start it.
@@ -193,6 +201,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
+		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, stopping: make(chan struct{}),
 	}
 	if cfg.Link != nil {
 		token, err := link.NewToken()
@@ -274,6 +283,7 @@ func (w *Worker) drain() {
 		return
 	case <-time.After(w.cfg.DrainTimeout):
 	}
+	close(w.stopping)
 	w.mu.Lock()
 	for _, r := range w.runs {
 		r.stop(stopShutdown)
@@ -284,7 +294,7 @@ func (w *Worker) drain() {
 
 // jobLoop reads jobs until ctx ends. Runs in its own goroutine.
 func (w *Worker) jobLoop(ctx context.Context) {
-	reclaim := time.NewTicker(reclaimIdle / 3)
+	reclaim := time.NewTicker(w.reclaimIdle / 3)
 	defer reclaim.Stop()
 	var reads streak
 	for ctx.Err() == nil {
@@ -297,7 +307,7 @@ func (w *Worker) jobLoop(ctx context.Context) {
 		}
 		select {
 		case <-reclaim.C:
-			entries, err := w.st.ReclaimJobs(ctx, w.cfg.ID, reclaimIdle)
+			entries, err := w.st.ReclaimJobs(ctx, w.cfg.ID, w.reclaimIdle)
 			if err != nil && ctx.Err() == nil {
 				w.log.Warn("reclaim jobs", "err", err)
 			}
@@ -338,7 +348,7 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 	}
 	job := e.Job
 	ref := store.RunRef{SessionID: job.SessionID, RunID: job.RunID, Provider: job.Provider}
-	ok, err := w.st.Claim(ctx, ref, w.cfg.ID)
+	ok, err := w.claim(ctx, ref)
 	if err != nil {
 		// Left unacked: this worker or another reclaims it later.
 		w.log.Warn("claim run", "session", job.SessionID, "err", err)
@@ -365,6 +375,24 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 		}
 		w.mu.Unlock()
 	}()
+}
+
+// claim claims ref's run for this worker, asking again while Redis is
+// away or slow. A claim whose reply was lost may have been recorded: left
+// to be reclaimed, another worker would find the run taken by this one and
+// drop it, and with this worker alive nothing would end it. Asked again by
+// this worker, it gets its answer (a run claimed by this same worker is
+// its own). It gives up only when ctx ends: the worker stops, and the
+// reaper ends the runs of a worker gone.
+func (w *Worker) claim(ctx context.Context, ref store.RunRef) (bool, error) {
+	for {
+		ok, err := w.st.Claim(ctx, ref, w.cfg.ID)
+		if err == nil || !store.Retryable(err) || ctx.Err() != nil {
+			return ok, err
+		}
+		w.log.Warn("claim run; asking again", "session", ref.SessionID, "err", err)
+		w.st.WaitRetry(ctx, err)
+	}
 }
 
 // inboxLoop reads the worker's control messages until ctx ends.

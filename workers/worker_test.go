@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,6 +76,13 @@ func startWorker(t *testing.T, st *store.Store, bin string) *harness {
 // short timings, and stops it when the test ends.
 func runWorker(t *testing.T, st *store.Store, cfg Config) *harness {
 	t.Helper()
+	return runWorkerTuned(t, st, cfg, nil)
+}
+
+// runWorkerTuned is runWorker with tune applied to the worker before it
+// runs (nil for none).
+func runWorkerTuned(t *testing.T, st *store.Store, cfg Config, tune func(*Worker)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	cfg.Store = st
 	if len(cfg.Workspaces.Roots) == 0 {
@@ -84,6 +92,9 @@ func runWorker(t *testing.T, st *store.Store, cfg Config) *harness {
 	w, err := New(cfg)
 	require.NoError(t, err)
 	w.pollBlock = 50 * time.Millisecond
+	if tune != nil {
+		tune(w)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{t: t, st: st, w: w, dir: dir, cancel: cancel, done: make(chan struct{})}
 	go func() { defer close(h.done); _ = w.Run(ctx) }()
@@ -774,4 +785,86 @@ func TestWorkerChecksAJobsOptions(t *testing.T) {
 		require.NotContains(t, texts, "started", "%+v: the CLI ran", opts)
 		require.Contains(t, strings.Join(texts, "\n"), "Invalid", "%+v", opts)
 	}
+}
+
+// denyCommands has Redis refuse cmds (NOPERM, an error that is not an
+// outage's) to the default user, which the store uses, until the test ends
+// or the returned function is called.
+func denyCommands(t *testing.T, url string, cmds ...string) (allow func()) {
+	t.Helper()
+	opt, err := redis.ParseURL(url)
+	require.NoError(t, err)
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := context.Background()
+	deny, grant := []any{"ACL", "SETUSER", "default"}, []any{"ACL", "SETUSER", "default"}
+	for _, c := range cmds {
+		deny, grant = append(deny, "-"+c), append(grant, "+"+c)
+	}
+	require.NoError(t, rdb.Do(ctx, deny...).Err())
+	var once sync.Once
+	allow = func() { once.Do(func() { require.NoError(t, rdb.Do(ctx, grant...).Err()) }) }
+	t.Cleanup(allow)
+	return allow
+}
+
+// running reports whether w runs ref's run (or still records its end).
+func (w *Worker) running(ref store.RunRef) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r := w.runs[ref.SessionID]
+	return r != nil && r.job.RunID == ref.RunID
+}
+
+// TestOwnJobReclaimedIsNotRunAgain: a worker that claimed a run and then
+// failed to ack its job finds the job pending again (it reclaims jobs idle
+// past reclaimIdle, its own included), and Redis would grant its claim
+// again (the run is this same worker's): the store's record of its claims
+// keeps it from starting the run a second time.
+func TestOwnJobReclaimedIsNotRunAgain(t *testing.T) {
+	srv := storetest.StartServer(t)
+	st := storetest.New(t, srv.URL)
+	h := runWorkerTuned(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: "sh"},
+	}, func(w *Worker) { w.reclaimIdle = 150 * time.Millisecond })
+	allow := denyCommands(t, srv.URL, "xack", "xdel")
+	started := filepath.Join(h.dir, "started")
+	sess, _ := h.submit("echo x >> " + started + "; sleep 1.5; echo done")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // past reclaimIdle, a few reclaims
+	allow()
+	evs := h.waitDone(sess.ID)
+	require.Equal(t, []string{"done"}, texts(evs))
+	require.Len(t, completes(evs), 1)
+	b, err := os.ReadFile(started)
+	require.NoError(t, err)
+	require.Equal(t, "x\n", string(b), "the run's CLI started more than once")
+}
+
+// TestCompleteRefusedKeepsTrying: a run whose end Redis refuses with an
+// error that is not an outage's, for longer than completeRetryFor, keeps
+// its place in the worker and keeps trying; its end is recorded once Redis
+// takes it. Before, the worker gave up after a minute, and the session
+// stayed running for good (the reaper leaves a live worker's runs alone).
+func TestCompleteRefusedKeepsTrying(t *testing.T) {
+	srv := storetest.StartServer(t)
+	st := storetest.New(t, srv.URL)
+	h := runWorkerTuned(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: "sh"},
+	}, func(w *Worker) { w.completeRetryFor = 100 * time.Millisecond })
+	sess, res := h.submit("echo a; sleep 0.5")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+	allow := denyCommands(t, srv.URL, "evalsha", "eval")
+	time.Sleep(1500 * time.Millisecond) // the CLI ended; its complete refused past completeRetryFor
+	got, err := st.Session(context.Background(), sess.ID)
+	require.NoError(t, err)
+	require.True(t, got.Running())
+	require.True(t, h.w.running(store.RunRef{SessionID: sess.ID, RunID: res.RunID}), "the run gave up its place")
+	allow()
+	evs := h.waitDone(sess.ID)
+	require.Equal(t, []string{"a"}, texts(evs))
+	require.Len(t, completes(evs), 1)
+	require.Equal(t, true, completes(evs)[0]["success"], evs)
 }
