@@ -74,8 +74,8 @@ func (s *Store) AppendMany(ctx context.Context, reqs []AppendReq) []AppendResult
 // the provider's own id.
 func (s *Store) prepareAppend(ctx context.Context, r AppendReq) ([]string, []any, error) {
 	run := r.Run
-	args := make([]any, 0, 6+2*len(r.Events)+2*len(r.Set))
-	args = append(args, run.RunID, s.limits, s.k.live(run.SessionID), len(r.Events), s.floors.get(run.SessionID), r.Batch)
+	args := make([]any, 0, 7+2*len(r.Events)+2*len(r.Set))
+	args = append(args, run.RunID, s.limits, s.k.live(run.SessionID), len(r.Events), s.floors.get(run.SessionID), r.Batch, run.Worker)
 	for _, ev := range r.Events {
 		kind, body, err := s.outputBody(run.SessionID, run.Provider, ev)
 		if err != nil {

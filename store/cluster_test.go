@@ -581,3 +581,36 @@ func TestRequeueAfterRestartLostJob(t *testing.T) {
 	require.Len(t, jobs, 1, "queued again after the restart")
 	require.Equal(t, res.RunID, jobs[0].Job.RunID)
 }
+
+// TestStaleOwnCompleteRechecked: a complete whose first copy took effect
+// while its caller heard only the second copy's STALE (go-redis sent it
+// again after a timeout; the caller asked again after a lost reply) is
+// checked like one that succeeded: a restart that loses it has it written
+// again. Before, it was not remembered, and the session stayed running
+// with a live worker the reaper leaves alone.
+func TestStaleOwnCompleteRechecked(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			ctx := context.Background()
+			sess := newSession("alice")
+			res := accept(t, st, sess, true)
+			run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+			// The first copy, as seen by Redis (another client: nothing of
+			// it is remembered by st).
+			_, err := storetest.New(t, url, store.Config{Prefix: st.Prefix()}).Complete(ctx, run, app.Outcome{})
+			require.NoError(t, err)
+			_, err = st.Complete(ctx, run, app.Outcome{})
+			require.ErrorIs(t, err, app.ErrStaleRun)
+			raw := redisClient(t, url)
+			require.NoError(t, raw.HSet(ctx, sessionKey(st, sess.ID), "state", "running").Err())
+			n, err := st.RecheckCompletes(ctx, 0)
+			require.NoError(t, err)
+			require.Equal(t, 1, n)
+			got, err := st.Session(ctx, sess.ID)
+			require.NoError(t, err)
+			require.Equal(t, app.StateCompleted, got.State)
+		})
+	}
+}

@@ -20,6 +20,11 @@ type RunRef struct {
 	SessionID string
 	RunID     string
 	Provider  app.Provider
+	// Worker is the worker that claimed the run, for the writes of that
+	// worker: they are refused once another worker holds the run (a claim
+	// lost with Redis's last writes, then made by another). "" for the
+	// writes of others (abort, reaper).
+	Worker string
 }
 
 // AcceptRequest is what a gateway asks of Accept.
@@ -269,10 +274,10 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 	if err != nil {
 		return CompleteResult{}, fmt.Errorf("store: complete %s: %w", run.SessionID, err)
 	}
-	args := make([]any, 0, 11+2*len(before))
+	args := make([]any, 0, 12+2*len(before))
 	args = append(args, run.RunID, s.limits, s.k.live(run.SessionID), string(o.State()),
 		o.ExitCode, int64(s.cfg.Retention.Seconds()), completeBody, stateBody, cancelBody,
-		s.floors.get(run.SessionID), len(before))
+		s.floors.get(run.SessionID), len(before), run.Worker)
 	for _, ev := range before {
 		kind, body, err := s.outputBody(run.SessionID, run.Provider, ev)
 		if err != nil {
@@ -281,6 +286,11 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 		args = append(args, string(kind), body)
 	}
 	out, err := s.runCompleteScript(ctx, run, args)
+	if errors.Is(err, app.ErrStaleRun) && run.RunID != "" {
+		// Perhaps its own first copy, sent again by go-redis or by the
+		// caller after a lost reply: that one is as losable as any.
+		s.done.remember(run, args)
+	}
 	if err != nil {
 		return CompleteResult{}, err
 	}
@@ -390,6 +400,32 @@ func (s *Store) Claim(ctx context.Context, run RunRef, worker string) (bool, err
 		s.claimed.forget(run)
 	}
 	return n == 1, nil
+}
+
+// ConfirmClaims asks again, for each of a worker's runs, whether it is
+// still the session's current running run and the worker's, in one
+// pipeline (run_claim.lua, which writes back a claim Redis lost). ok[i] is
+// false for a run that ended by another door or that another worker holds;
+// err is set when Redis did not answer, and then ok says nothing.
+func (s *Store) ConfirmClaims(ctx context.Context, runs []RunRef, worker string) ([]bool, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(runs))
+	for i, run := range runs {
+		cmds[i] = s.sc.runClaim.EvalSha(ctx, pipe, []string{s.k.session(run.SessionID)}, run.RunID, worker)
+	}
+	_, _ = pipe.Exec(ctx) // each command's error is read below
+	ok := make([]bool, len(runs))
+	for i, cmd := range cmds {
+		n, err := cmd.Int()
+		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			n, err = s.sc.runClaim.Run(ctx, s.rdb, []string{s.k.session(runs[i].SessionID)}, runs[i].RunID, worker).Int()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: confirm claim of %s: %w", runs[i].SessionID, err)
+		}
+		ok[i] = n == 1
+	}
+	return ok, nil
 }
 
 // outputBody is eventBody for an event a provider's output made: one too

@@ -521,3 +521,67 @@ func TestListSessions(t *testing.T) {
 		require.Len(t, every, 3)
 	})
 }
+
+// TestWritesOfAnotherWorkersRun: once another worker holds a run (its
+// first claim lost with Redis's last writes, the job claimed again), the
+// first worker's appends and complete are refused as stale, while the
+// writes of nobody in particular (abort, reaper) are not; an append of the
+// worker that holds the run writes back a claim that was lost, so a second
+// worker's claim then fails.
+func TestWritesOfAnotherWorkersRun(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			ctx := context.Background()
+			raw := redisClient(t, url)
+			text := []app.Event{app.Text("assistant", "x")}
+
+			sess := newSession("alice")
+			res := accept(t, st, sess, true)
+			w1 := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude, Worker: "w1"}
+			ok, err := st.Claim(ctx, w1, "w1")
+			require.NoError(t, err)
+			require.True(t, ok)
+			_, err = st.Append(ctx, w1, text, nil)
+			require.NoError(t, err)
+			// Redis lost the claim; w2 (another process) took the job.
+			other := storetest.New(t, url, store.Config{Prefix: st.Prefix()})
+			require.NoError(t, raw.HSet(ctx, sessionKey(st, sess.ID), "worker", "").Err())
+			ok, err = other.Claim(ctx, w1, "w2")
+			require.NoError(t, err)
+			require.True(t, ok)
+			_, err = st.Append(ctx, w1, text, nil)
+			require.ErrorIs(t, err, app.ErrStaleRun)
+			_, err = st.Complete(ctx, w1, app.Outcome{})
+			require.ErrorIs(t, err, app.ErrStaleRun)
+			w2 := w1
+			w2.Worker = "w2"
+			_, err = st.Append(ctx, w2, text, nil)
+			require.NoError(t, err)
+			anyone := w1
+			anyone.Worker = ""
+			_, err = st.Complete(ctx, anyone, app.Outcome{})
+			require.NoError(t, err, "an abort or the reaper ends whoever's run")
+
+			sess = newSession("alice")
+			res = accept(t, st, sess, true)
+			w1 = store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude, Worker: "w1"}
+			ok, err = st.Claim(ctx, w1, "w1")
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.NoError(t, raw.HSet(ctx, sessionKey(st, sess.ID), "worker", "").Err())
+			_, err = st.Append(ctx, w1, text, nil)
+			require.NoError(t, err)
+			ok, err = other.Claim(ctx, w1, "w2")
+			require.NoError(t, err)
+			require.False(t, ok, "w1's append wrote its lost claim back")
+			confirmed, err := st.ConfirmClaims(ctx, []store.RunRef{w1, {SessionID: sess.ID, RunID: "1"}}, "w1")
+			require.NoError(t, err)
+			require.Equal(t, []bool{true, false}, confirmed)
+			confirmed, err = st.ConfirmClaims(ctx, []store.RunRef{w1}, "w2")
+			require.NoError(t, err)
+			require.Equal(t, []bool{false}, confirmed)
+		})
+	}
+}

@@ -82,6 +82,9 @@ type run struct {
 	// storeWait is set while an append is in flight or waits for Redis
 	// to come back.
 	storeWait atomic.Bool
+	// ending is set once the run records its end: Redis stops confirming
+	// it then (confirmRuns), and that is no news.
+	ending atomic.Bool
 
 	// batches numbers the appends (pump goroutine), so that an append
 	// retried after a lost reply is not taken twice.
@@ -104,7 +107,7 @@ type run struct {
 func newRun(w *Worker, job app.Job) *run {
 	return &run{
 		w: w, job: job, log: w.log.With("session", job.SessionID, "run", job.RunID),
-		ref: store.RunRef{SessionID: job.SessionID, RunID: job.RunID, Provider: job.Provider},
+		ref: store.RunRef{SessionID: job.SessionID, RunID: job.RunID, Provider: job.Provider, Worker: w.cfg.ID},
 	}
 }
 
@@ -185,6 +188,7 @@ func (r *run) execute() {
 		// The abort (or the reaper) already wrote this run's complete.
 		return
 	}
+	r.ending.Store(true)
 	r.complete(outcome, final)
 }
 

@@ -29,6 +29,9 @@ const (
 	// another worker takes it over: claiming takes milliseconds, so a job
 	// idle this long was read by a worker that died.
 	reclaimIdle = 15 * time.Second
+	// confirmEvery is how often a worker has Redis confirm its runs: a
+	// script call per run, cheap next to a run's output.
+	confirmEvery = 5 * time.Second
 )
 
 // Config configures a Worker.
@@ -143,6 +146,9 @@ type Worker struct {
 	// reclaimIdle is how long a job may sit read but not acked before it
 	// is taken over (reclaimIdle). Tests shorten it.
 	reclaimIdle time.Duration
+	// confirmEvery is how often Redis confirms the runs (confirmLoop).
+	// Tests shorten it.
+	confirmEvery time.Duration
 	// completeRetryFor is completeRetryFor. Tests shorten it.
 	completeRetryFor time.Duration
 	// stopping is closed when drain gives up waiting for the runs: a run
@@ -201,7 +207,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
-		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, stopping: make(chan struct{}),
+		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, stopping: make(chan struct{}),
 	}
 	if cfg.Link != nil {
 		token, err := link.NewToken()
@@ -245,6 +251,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	loops.Add(3)
 	go func() { defer loops.Done(); w.heartbeatLoop(loopCtx) }()
+	loops.Add(1)
+	go func() { defer loops.Done(); w.confirmLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
 	jobsDone := make(chan struct{})
 	go func() { defer loops.Done(); defer close(jobsDone); w.jobLoop(ctx) }()
@@ -363,6 +371,12 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 	r := newRun(w, job)
 	r.accepted, _ = streamIDTime(e.StreamID)
 	w.mu.Lock()
+	if old := w.runs[job.SessionID]; old != nil {
+		// The session moved on to a new run while this worker still ran
+		// an old one that heard nothing of its end (a CLI waiting on the
+		// user writes nothing that would find it stale).
+		old.stop(stopStale)
+	}
 	w.runs[job.SessionID] = r
 	w.mu.Unlock()
 	w.wg.Add(1)
@@ -467,6 +481,54 @@ func (w *Worker) control(c store.Control) {
 		}
 	default:
 		w.log.Warn("unknown control", "type", c.Type)
+	}
+}
+
+// confirmLoop has Redis confirm the worker's runs every confirmEvery,
+// until ctx ends, and stops those it no longer holds. A run learns that it
+// ended by another door (an abort whose control was lost, the reaper while
+// this worker was cut off from Redis) at its next write; a CLI waiting on
+// the user's answer may write nothing for hours. And a claim that Redis
+// lost (a restart without its last writes, a failover) is written back
+// before another worker can take the run. Runs in its own goroutine.
+func (w *Worker) confirmLoop(ctx context.Context) {
+	t := time.NewTicker(w.confirmEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.confirmRuns(ctx)
+		}
+	}
+}
+
+func (w *Worker) confirmRuns(ctx context.Context) {
+	w.mu.Lock()
+	runs := make([]*run, 0, len(w.runs))
+	for _, r := range w.runs {
+		runs = append(runs, r)
+	}
+	w.mu.Unlock()
+	if len(runs) == 0 {
+		return
+	}
+	refs := make([]store.RunRef, len(runs))
+	for i, r := range runs {
+		refs[i] = r.ref
+	}
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	ok, err := w.st.ConfirmClaims(ctx, refs, w.cfg.ID)
+	if err != nil {
+		return // asked again next time
+	}
+	for i, r := range runs {
+		if !ok[i] && !r.ending.Load() {
+			r.log.Warn("the run ended elsewhere or another worker holds it; stopping it")
+			r.stop(stopStale)
+		}
 	}
 }
 

@@ -868,3 +868,46 @@ func TestCompleteRefusedKeepsTrying(t *testing.T) {
 	require.Len(t, completes(evs), 1)
 	require.Equal(t, true, completes(evs)[0]["success"], evs)
 }
+
+// TestSilentRunEndedElsewhereStops: a run ended by another door while its
+// CLI writes nothing (an abort whose control was lost; the reaper while
+// the worker was cut off from Redis) is stopped once Redis no longer
+// confirms it. Before, its CLI and its place on the worker stayed for good.
+func TestSilentRunEndedElsewhereStops(t *testing.T) {
+	st := storetest.New(t, storetest.Redis(t))
+	h := runWorkerTuned(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: "sh"},
+	}, func(w *Worker) { w.confirmEvery = 100 * time.Millisecond })
+	sess, res := h.submit("echo a; exec sleep 60")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+	ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+	_, err := st.Complete(context.Background(), ref, app.Outcome{ExitCode: 1, Aborted: true})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return !h.w.running(ref) }, 10*time.Second, 20*time.Millisecond)
+	require.Len(t, completes(h.events(sess.ID)), 1)
+}
+
+// TestRunTakenByAnotherWorkerStops: a run whose claim Redis lost and
+// another worker then took is stopped at its next append, which Redis
+// refuses; it writes no complete (the other worker's run will).
+func TestRunTakenByAnotherWorkerStops(t *testing.T) {
+	url := storetest.Redis(t)
+	st := storetest.New(t, url)
+	h := runWorkerTuned(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: "sh"},
+	}, func(w *Worker) { w.confirmEvery = time.Hour })
+	sess, res := h.submit("echo a; sleep 0.5; echo b; exec sleep 60")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+	opt, err := redis.ParseURL(url)
+	require.NoError(t, err)
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	require.NoError(t, raw.HSet(context.Background(), st.Prefix()+":session:{"+sess.ID+"}", "worker", "w2").Err())
+	ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID}
+	require.Eventually(t, func() bool { return !h.w.running(ref) }, 10*time.Second, 20*time.Millisecond)
+	evs := h.events(sess.ID)
+	require.Equal(t, []string{"a"}, texts(evs))
+	require.Empty(t, completes(evs))
+}

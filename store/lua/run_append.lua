@@ -9,19 +9,28 @@
 --         or 0 for none. The hash's appendBatch ("<runId>:<batch>") is the
 --         last one taken: a batch not above it is a retry of an append
 --         whose reply was lost, and changes nothing.
--- ARGV[7 .. 6+2N]           kind, body pairs
--- ARGV[7+2N ..]             field, value pairs to set on the session hash
+-- ARGV[7] the worker that claimed the run, or "" for none
+-- ARGV[8 .. 7+2N]           kind, body pairs
+-- ARGV[8+2N ..]             field, value pairs to set on the session hash
 --
 -- Returns the seq of the last event (of the session, for a repeated
--- batch), or the error "STALE".
+-- batch), or the error "STALE". A run that another worker holds is stale
+-- to this one: a Redis restarted without its last writes (or a failover)
+-- can lose a claim, and the run's job, delivered again, be claimed by a
+-- second worker; the first stops at its next append. A claim that was lost
+-- is written again by the append, so that a second worker's claim fails.
 --
 -- The script makes four calls for one event (HMGET, XADD, PUBLISH, HSET),
 -- not emit's seven: it is the one every provider line goes through, and
 -- each call costs Redis a few microseconds of Lua bridging. The frames it
 -- writes are emit's (prelude.lua), byte for byte.
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'runId', 'state', 'appendBatch', 'lastSeq', 'streamLen', 'streamBytes')
+local cur = redis.call('HMGET', hash, 'runId', 'state', 'appendBatch', 'lastSeq', 'streamLen', 'streamBytes', 'worker')
 if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then
+  return redis.error_reply('STALE')
+end
+local worker = ARGV[7]
+if worker ~= '' and cur[7] and cur[7] ~= '' and cur[7] ~= worker then
   return redis.error_reply('STALE')
 end
 local seq = tonumber(cur[4] or '0') or 0
@@ -47,8 +56,8 @@ local bytes = tonumber(cur[6] or '0') or 0
 for i = 0, n - 1 do
   seq = seq + 1
   local s = int(seq)
-  local data = '{"seq":' .. s .. prefix .. string.sub(ARGV[8 + 2 * i], 2)
-  redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'kind', ARGV[7 + 2 * i], 'data', data)
+  local data = '{"seq":' .. s .. prefix .. string.sub(ARGV[9 + 2 * i], 2)
+  redis.call('XADD', KEYS[2], s .. '-0', 'seq', s, 'kind', ARGV[8 + 2 * i], 'data', data)
   publish(ARGV[3], s, data)
   bytes = bytes + #data
 end
@@ -59,9 +68,13 @@ set[#set + 1] = 'streamLen'
 set[#set + 1] = int(held)
 set[#set + 1] = 'streamBytes'
 set[#set + 1] = int(bytes)
-for i = 7 + 2 * n, #ARGV, 2 do
+for i = 8 + 2 * n, #ARGV, 2 do
   set[#set + 1] = ARGV[i]
   set[#set + 1] = ARGV[i + 1]
+end
+if worker ~= '' and (not cur[7] or cur[7] == '') then
+  set[#set + 1] = 'worker'
+  set[#set + 1] = worker
 end
 if batch > 0 then
   set[#set + 1] = 'appendBatch'

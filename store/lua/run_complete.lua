@@ -19,13 +19,18 @@
 --         request id (ids are plain: see app.ValidRequestID)
 -- ARGV[10] seq floor (see raise in prelude.lua; 0 for none)
 -- ARGV[11] number of events N to append before complete
--- ARGV[12 .. 11+2N]         kind, body pairs
+-- ARGV[12] the worker ending its own run, or "" (abort, reaper): refused
+--          (STALE) when another worker holds the run (see run_append.lua)
+-- ARGV[13 .. 12+2N]         kind, body pairs
 --
 -- Returns {runId, worker, seq of complete, owner, time of the end,
 -- request ids that were pending...}, or the error "STALE".
 local hash = KEYS[1]
 local cur = redis.call('HMGET', hash, 'runId', 'state', 'id', 'worker', 'startedAt', 'owner')
 if cur[2] ~= 'running' or (ARGV[1] ~= '' and cur[1] ~= ARGV[1]) then
+  return redis.error_reply('STALE')
+end
+if ARGV[12] ~= '' and cur[4] and cur[4] ~= '' and cur[4] ~= ARGV[12] then
   return redis.error_reply('STALE')
 end
 -- The job goes first: DEL cannot grow memory, and Redis at its maxmemory
@@ -36,7 +41,7 @@ raise(hash, ARGV[10])
 local runId = cur[1]
 local n = tonumber(ARGV[11])
 for i = 0, n - 1 do
-  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, ARGV[12 + 2 * i], ARGV[13 + 2 * i], '')
+  emit(hash, KEYS[2], ARGV[3], ARGV[2], runId, ARGV[13 + 2 * i], ARGV[14 + 2 * i], '')
 end
 local pending = redis.call('HKEYS', KEYS[3])
 table.sort(pending)
