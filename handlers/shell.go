@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -180,12 +181,14 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 }
 
 // pickWorker chooses a live worker for a new terminal, at random so that
-// terminals spread over the workers.
+// terminals spread over the workers. A draining worker is passed over: it
+// ends its terminals and would refuse a new one.
 func (s *Server) pickWorker(ctx context.Context) (string, error) {
 	live, err := s.st.LiveWorkers(ctx)
 	if err != nil {
 		return "", err
 	}
+	live = slices.DeleteFunc(live, func(w store.WorkerInfo) bool { return w.Draining })
 	if len(live) == 0 {
 		return "", app.ErrNoWorker
 	}

@@ -20,6 +20,9 @@ type WorkerInfo struct {
 	// Link is the address gateways reach the worker's link on (package
 	// link), and LinkToken what they present there; empty: no link.
 	Link, LinkToken string
+	// Draining is set once the worker stops: it finishes its runs and
+	// takes nothing new, so gateways open no terminal on it.
+	Draining bool
 }
 
 // Heartbeat refreshes a worker's heartbeat hash `ag:worker:ID` with ttl and
@@ -34,6 +37,9 @@ func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) 
 		"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs}
 	if w.Link != "" {
 		args = append(args, "link", w.Link, "linkToken", w.LinkToken)
+	}
+	if w.Draining {
+		args = append(args, "draining", 1)
 	}
 	rdb := s.beatClient()
 	if err := s.sc.workerBeat.Run(ctx, rdb, []string{key}, args...).Err(); err != nil {
@@ -167,7 +173,7 @@ func (s *Store) LiveWorkers(ctx context.Context) ([]WorkerInfo, error) {
 		runs, _ := strconv.Atoi(m["runs"])
 		live = append(live, WorkerInfo{
 			ID: ids[i], Host: m["host"], PID: pid, Runs: runs,
-			StartedAt: time.UnixMilli(atoi64(m["startedAt"])),
+			StartedAt: time.UnixMilli(atoi64(m["startedAt"])), Draining: m["draining"] == "1",
 		})
 	}
 	if len(dead) > 0 {

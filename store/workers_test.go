@@ -42,3 +42,23 @@ func TestHeartbeatBesideAFullPool(t *testing.T) {
 		})
 	}
 }
+
+// TestDrainingWorkerListed: a worker whose heartbeat says it drains is
+// listed as live and draining, so that gateways open no terminal on it.
+func TestDrainingWorkerListed(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			st := storetest.New(t, storetest.Start(t, b))
+			ctx := context.Background()
+			require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Minute))
+			require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w2", StartedAt: time.Now(), Draining: true}, time.Minute))
+			live, err := st.LiveWorkers(ctx)
+			require.NoError(t, err)
+			draining := map[string]bool{}
+			for _, w := range live {
+				draining[w.ID] = w.Draining
+			}
+			require.Equal(t, map[string]bool{"w1": false, "w2": true}, draining)
+		})
+	}
+}

@@ -199,6 +199,19 @@ func (w *Worker) shellOf(key string, gen int64) *shell {
 	return sh
 }
 
+// refuseShell ends a terminal that did not start, telling its sockets why.
+func (w *Worker) refuseShell(c store.Control, log *slog.Logger, text string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	log.Warn("terminal did not start", "err", text)
+	if _, err := w.st.ShellAppend(ctx, c.Shell, c.Gen, []string{app.ShellNotice("error", "Error: "+text)}); err != nil {
+		log.Warn("report terminal start failure", "err", err)
+	}
+	if _, err := w.st.ShellExit(ctx, c.Shell, c.Gen, 1, "", store.ShellExitNormal); err != nil {
+		log.Warn("end terminal", "err", err)
+	}
+}
+
 // openShell starts the terminal of an open control. An older generation
 // of the same key still running here is killed: its key was reopened.
 func (w *Worker) openShell(c store.Control) {
@@ -211,7 +224,11 @@ func (w *Worker) openShell(c store.Control) {
 	w.shells.mu.Lock()
 	if w.shells.closing {
 		w.shells.mu.Unlock()
-		return // shutting down; the gateway sees the worker gone
+		// Sent before the gateway read that this worker drains: ended at
+		// once, so that the user opens it again on another worker rather
+		// than watch a blank screen until this one is gone.
+		w.refuseShell(c, log, "this worker is shutting down; open the terminal again")
+		return
 	}
 	if old := w.shells.m[c.Shell]; old != nil {
 		if old.gen >= c.Gen {
@@ -224,15 +241,7 @@ func (w *Worker) openShell(c store.Control) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	fail := func(text string) {
-		log.Warn("terminal did not start", "err", text)
-		if _, err := w.st.ShellAppend(ctx, c.Shell, c.Gen, []string{app.ShellNotice("error", "Error: "+text)}); err != nil {
-			log.Warn("report terminal start failure", "err", err)
-		}
-		if _, err := w.st.ShellExit(ctx, c.Shell, c.Gen, 1, "", store.ShellExitNormal); err != nil {
-			log.Warn("end terminal", "err", err)
-		}
-	}
+	fail := func(text string) { w.refuseShell(c, log, text) }
 	if n := w.shellCount(); n >= w.cfg.MaxTerminals {
 		fail(fmt.Sprintf("this worker already runs its maximum of %d terminals; try again later", w.cfg.MaxTerminals))
 		return

@@ -245,3 +245,24 @@ func TestShellNotDetachedByAStall(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, store.ShellExited, info.State)
 }
+
+// TestShellOpenWhileDrainingIsRefused: an open that reaches a worker
+// already ending its terminals (sent before the gateway read that the
+// worker drains) ends at once with a notice, rather than leaving a blank
+// terminal until the worker is gone.
+func TestShellOpenWhileDrainingIsRefused(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	ctx := context.Background()
+	w.killShells()
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	require.Eventually(t, func() bool {
+		info, ok, err := st.Shell(ctx, "k1")
+		require.NoError(t, err)
+		return ok && info.State == store.ShellExited
+	}, 10*time.Second, 20*time.Millisecond)
+	chunks, err := st.ShellOutput(ctx, "k1", 0, 10)
+	require.NoError(t, err)
+	require.Len(t, chunks, 1)
+	require.Contains(t, chunks[0].Data, "shutting down")
+}

@@ -151,6 +151,8 @@ type Worker struct {
 	confirmEvery time.Duration
 	// completeRetryFor is completeRetryFor. Tests shorten it.
 	completeRetryFor time.Duration
+	// draining is set when Run's context ends: the heartbeat says so.
+	draining atomic.Bool
 	// stopping is closed when drain gives up waiting for the runs: a run
 	// whose end Redis keeps refusing then leaves it to the reaper.
 	stopping chan struct{}
@@ -266,6 +268,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 
 	<-ctx.Done()
+	// Told at once, so that gateways open no terminal here meanwhile.
+	w.draining.Store(true)
+	beatCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if err := w.beat(beatCtx); err != nil {
+		w.log.Warn("heartbeat (draining)", "err", err)
+	}
+	cancel()
 	// No run may start once drain waits for the running ones (a take in
 	// progress would Add to the WaitGroup drain waits on).
 	<-jobsDone
@@ -573,7 +582,7 @@ func (w *Worker) beat(ctx context.Context) error {
 	w.mu.Unlock()
 	return w.st.Heartbeat(ctx, store.WorkerInfo{
 		ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n,
-		Link: w.linkAddr, LinkToken: w.linkToken,
+		Link: w.linkAddr, LinkToken: w.linkToken, Draining: w.draining.Load(),
 	}, w.cfg.HeartbeatTTL)
 }
 
