@@ -100,10 +100,28 @@ func (a *Auth) trusts(r *http.Request) bool {
 	return false
 }
 
-// tokenClaims are the claims of an agentgate token.
+// tokenClaims are the claims of an agentgate token, and of a token of
+// Claude Code UI's own login (server/middleware/auth.js: `{userId,
+// username}`, no `sub`), which a mixed deployment signs with the same secret.
 type tokenClaims struct {
 	Admin bool `json:"admin,omitempty"`
+	// Username names the user of a Claude Code UI token; `sub` wins when
+	// both are there.
+	Username string `json:"username,omitempty"`
 	jwt.RegisteredClaims
+}
+
+// user is who the claims name: `sub`, else Claude Code UI's `username`.
+// Only a `sub` token makes an admin: agentgate's own tokens are the ones
+// that say so (`agentgate token --admin`), and Claude Code UI never sets
+// `admin`, so a claim it did not write is not taken from its tokens. The
+// secret is the same, so this is clarity, not a boundary: whoever holds it
+// can sign a `sub` token too.
+func (c *tokenClaims) user() (name string, admin bool) {
+	if c.Subject != "" {
+		return c.Subject, c.Admin
+	}
+	return c.Username, false
 }
 
 // IssueToken signs a token for user, valid for ttl.
@@ -152,10 +170,11 @@ func (a *Auth) verify(token string) (app.User, error) {
 	var claims tokenClaims
 	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.Secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}), jwt.WithExpirationRequired())
-	if err != nil || !app.ValidUserName(claims.Subject) {
+	name, admin := claims.user()
+	if err != nil || !app.ValidUserName(name) {
 		return app.User{}, errUnauthorized
 	}
-	return app.User{Name: claims.Subject, Admin: claims.Admin, Expires: claims.ExpiresAt.Time}, nil
+	return app.User{Name: name, Admin: admin, Expires: claims.ExpiresAt.Time}, nil
 }
 
 // requestToken reads the token from ?token= first, else from

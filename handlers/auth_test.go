@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 
@@ -300,4 +302,86 @@ func TestSocketsCloseWhenTheirTokenExpires(t *testing.T) {
 	}
 	long.send(map[string]any{"type": "check-session-status", "sessionId": "nope"})
 	require.Equal(t, "session-status", long.next()["type"], "a socket of a valid token stays")
+}
+
+// claudeCodeUIToken signs claims as Claude Code UI's login does
+// (server/middleware/auth.js: `{userId, username}`, HS256, expiresIn 7d; the
+// library adds iat), with the shared secret.
+func claudeCodeUIToken(t *testing.T, claims jwt.MapClaims) string {
+	t.Helper()
+	now := time.Now().Unix()
+	all := jwt.MapClaims{"iat": now, "exp": now + 7*24*3600}
+	maps.Copy(all, claims)
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, all).SignedString(testSecret)
+	require.NoError(t, err)
+	return tok
+}
+
+// TestClaudeCodeUITokens: in a mixed deployment the frontend's token is
+// signed by Claude Code UI's server and names its user in `username`, with
+// no `sub`. It opens /ws and /shell as that user (it was refused with 401),
+// never as an admin; `sub` wins when both are there; a user name agentgate
+// would refuse as a `sub`, and a token without an expiry, are refused.
+func TestClaudeCodeUITokens(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g, _, _, id, _ := startRun(t, st)
+	alice := claudeCodeUIToken(t, jwt.MapClaims{"userId": 1, "username": "alice"})
+
+	// The socket is alice's: her running session is visible to it.
+	c := g.dialToken(alice)
+	c.send(map[string]any{"type": "check-session-status", "sessionId": id})
+	status := c.next()
+	require.Equal(t, "session-status", status["type"], "%v", status)
+	require.Equal(t, "running", status["state"], "%v", status)
+
+	// So is the terminal: alice's terminal is reattached, not another one
+	// opened.
+	init := map[string]any{"type": "init", "provider": "plain-shell", "isPlainShell": true, "shellId": "t1"}
+	own, _, err := g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	require.NoError(t, own.WriteJSON(init))
+	require.NoError(t, own.SetReadDeadline(time.Now().Add(10*time.Second)))
+	var m map[string]any
+	require.NoError(t, own.ReadJSON(&m))
+	require.Contains(t, m["data"], "Starting terminal in:")
+	shellURL := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/shell?token="
+	shell, _, err := websocket.DefaultDialer.Dial(shellURL+alice, nil)
+	require.NoError(t, err)
+	defer shell.Close()
+	require.NoError(t, shell.WriteJSON(init))
+	require.NoError(t, shell.SetReadDeadline(time.Now().Add(10*time.Second)))
+	require.NoError(t, shell.ReadJSON(&m))
+	require.Contains(t, m["data"], "[Reconnected to existing session]")
+
+	whoami := func(tok string) (int, map[string]any) {
+		code, body := httpGet(t, g.ts.URL+"/api/auth/user", tok)
+		user, _ := body["user"].(map[string]any)
+		return code, user
+	}
+	code, user := whoami(claudeCodeUIToken(t, jwt.MapClaims{"userId": 1, "username": "alice", "admin": true}))
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, map[string]any{"username": "alice", "admin": false}, user, "admin only from a sub token")
+	code, user = whoami(claudeCodeUIToken(t, jwt.MapClaims{"sub": "bob", "username": "alice"}))
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "bob", user["username"], "sub wins")
+	code, user = whoami(claudeCodeUIToken(t, jwt.MapClaims{"sub": "", "username": "alice"}))
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "alice", user["username"], "an empty sub is none")
+
+	noExp, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"userId": 1, "username": "alice"}).SignedString(testSecret)
+	require.NoError(t, err)
+	wsURL := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?token="
+	for name, tok := range map[string]string{
+		"invalid user name":   claudeCodeUIToken(t, jwt.MapClaims{"userId": 2, "username": "al ice"}),
+		"user name of a path": claudeCodeUIToken(t, jwt.MapClaims{"userId": 2, "username": ".."}),
+		"no user":             claudeCodeUIToken(t, jwt.MapClaims{"userId": 2}),
+		"no expiry":           noExp,
+	} {
+		for _, url := range []string{wsURL, shellURL} {
+			_, resp, err := websocket.DefaultDialer.Dial(url+tok, nil)
+			require.Error(t, err, name)
+			require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s: %s", name, url)
+			resp.Body.Close()
+		}
+	}
 }

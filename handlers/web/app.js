@@ -35,12 +35,14 @@ window.agentgate = client; // for the console and for tests
 // token to read it from).
 client.user().then((u) => { $("user").textContent = u.username ? "Signed in as " + u.username : ""; }).catch(() => {});
 
-// tokenUser reads the user a token names (its "sub"), for the question
-// above only: the gateway checks the signature.
+// tokenUser reads the user a token names (its "sub", else the "username" of
+// a token of Claude Code UI's login), for the question above only: the
+// gateway checks the signature.
 function tokenUser(t) {
   try {
     const part = (t || "").split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    return String(JSON.parse(atob(part)).sub ?? "");
+    const claims = JSON.parse(atob(part));
+    return String(claims.sub || claims.username || "");
   } catch {
     return "";
   }
