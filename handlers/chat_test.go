@@ -944,6 +944,10 @@ func TestProjectPathErrorsHideTheHost(t *testing.T) {
 				var m map[string]any
 				require.NoError(t, shell.ReadJSON(&m))
 				require.Equal(t, map[string]any{"type": "error", "message": tc.shellErr}, m, p)
+				m = nil
+				require.NoError(t, shell.ReadJSON(&m)) // the same words as a notice
+				require.Equal(t, "output", m["type"], p)
+				require.Contains(t, m["data"], tc.shellErr, p)
 			}
 		})
 	}

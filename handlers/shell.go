@@ -165,7 +165,11 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 		return
 	}
 	if err != nil {
-		sock.error(err.Error())
+		if shellFrameType(data) == "init" {
+			sock.refuse(err.Error())
+		} else {
+			sock.error(err.Error())
+		}
 		return
 	}
 	ctx, cancel := context.WithTimeout(sock.c.ctx, requestTimeout)
@@ -178,6 +182,16 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 	case "resize":
 		s.shells.control(ctx, sock, store.ControlShellResize, store.ShellSize{Cols: msg.Cols, Rows: msg.Rows})
 	}
+}
+
+// shellFrameType is the type a frame the parser refused says it has, if
+// any: a refused init is answered as a refusal (shellSocket.refuse).
+func shellFrameType(data []byte) string {
+	var head struct {
+		Type string `json:"type"`
+	}
+	_ = json.Unmarshal(data, &head)
+	return head.Type
 }
 
 // pickWorker chooses a live worker for a new terminal, at random so that
@@ -197,6 +211,18 @@ func (s *Server) pickWorker(ctx context.Context) (string, error) {
 
 func (sock *shellSocket) error(text string) {
 	sock.c.reply(&app.ShellError{Type: "error", Message: text})
+}
+
+// refuse answers an init that opens no terminal: the error frame for
+// clients that read it, then the same words as a red notice, because
+// Claude Code UI's shell client handles only output, auth_url and url_open
+// frames (useShellConnection.ts at afc717e6) and would otherwise show a
+// blank terminal. Errors that answer other frames stay error frames only: a
+// line written into a running program's screen (an editor, a TUI) would
+// garble it, and that terminal is there to say what happens.
+func (sock *shellSocket) refuse(text string) {
+	sock.error(text)
+	sock.notice("error", text)
 }
 
 func (sock *shellSocket) notice(level, text string) {

@@ -124,7 +124,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 	user := sock.c.user.Name
 	dir, err := userProjectDir(tm.ws, user, msg.ProjectPath)
 	if err != nil {
-		sock.error(app.ShellErrInvalidPath)
+		sock.refuse(app.ShellErrInvalidPath)
 		return
 	}
 	key := app.ShellKey(user, dir, msg)
@@ -162,7 +162,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 				// A login must not land in an old prompt: the old
 				// terminal goes, a fresh one starts.
 				if !paidRestart && !sock.c.allowRestart() {
-					sock.error(restartsLimitText)
+					sock.refuse(restartsLimitText)
 					return
 				}
 				paidRestart = true
@@ -220,10 +220,10 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 
 // refused answers an init that opens no terminal for a reason of the
 // service's (no worker, a limit, a race), and logs it: the client shows the
-// error, and the operator sees why.
+// refusal, and the operator sees why.
 func (tm *terminals) refused(sock *shellSocket, text string) {
 	tm.log.Info("terminal refused", "user", sock.c.user.Name, "reason", text)
-	sock.error(text)
+	sock.refuse(text)
 }
 
 // fail tells sock that what failed, and the operator why; a Redis outage,

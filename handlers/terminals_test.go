@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/store/storetest"
 )
@@ -250,4 +251,58 @@ func TestReplayFramesBounded(t *testing.T) {
 		})
 	}
 	require.Len(t, replayFrames([]store.ShellChunk{{Seq: 1, Data: ctrl}}, 1), 1, "one frame at least")
+}
+
+// TestTerminalRefusalsAreShown: every init that opens no terminal is
+// answered with the error frame and then the same words as a red output
+// notice, since Claude Code UI's shell client shows output frames only (it
+// drops error frames, and its terminal stayed blank).
+func TestTerminalRefusalsAreShown(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	// A gateway with no worker alive.
+	lone := startGateway(t, st)
+	// One with a worker, for the limits.
+	busy := startGateway(t, st, func(c *Config) { c.MaxTerminalsPerUser = 1 })
+
+	refusal := func(ws *websocket.Conn, want string) {
+		t.Helper()
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		var m map[string]any
+		for m["type"] != "error" {
+			m = nil
+			require.NoError(t, ws.ReadJSON(&m))
+		}
+		require.Equal(t, want, m["message"])
+		m = nil
+		require.NoError(t, ws.ReadJSON(&m))
+		require.Equal(t, map[string]any{"type": "output", "data": "\x1b[31m" + want + "\x1b[0m\r\n"}, m,
+			"the refusal is also a notice the reference's client shows")
+	}
+	ws, _, err := lone.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		init map[string]any
+		want string
+	}{
+		{map[string]any{"projectPath": "/etc"}, "Invalid project path"},
+		{map[string]any{"provider": "bash"}, "Unknown provider: bash"},
+		{map[string]any{"sessionId": "a b", "hasSession": true}, "Invalid session ID"},
+		{map[string]any{"cols": 100000}, "Invalid cols: must be a whole number from 1 to 1000"},
+		{map[string]any{}, app.ShellErrNoWorker},
+	} {
+		tc.init["type"] = "init"
+		require.NoError(t, ws.WriteJSON(tc.init))
+		refusal(ws, tc.want)
+	}
+
+	newFakeWorker(t, st)
+	ws, _, err = busy.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "one"}))
+	require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "two"}))
+	refusal(ws, "Limit reached: at most 1 open terminals per user; close one first")
+	for range restartBurst + 1 {
+		require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "one", "forceRestart": true}))
+	}
+	refusal(ws, restartsLimitText)
 }

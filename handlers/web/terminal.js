@@ -25,6 +25,7 @@ export function openTerminal(host, { token, projectPath }) {
   let lastSeq = null; // null: nothing shown yet, replay everything stored
   let exited = false;
   let attempt = 0;
+  let shownError = null; // the text of an error frame just shown
 
   // Keystrokes typed while the socket is not open yet (the page just
   // loaded) or is reconnecting wait here, bounded, and go out after the
@@ -72,8 +73,13 @@ export function openTerminal(host, { token, projectPath }) {
       } catch {
         return;
       }
+      // A refused init comes as an error and then the same words as a
+      // notice (for clients that show only output): shown once.
+      const shown = shownError;
+      shownError = null;
       switch (f.type) {
         case "output":
+          if (typeof f.seq !== "number" && shown !== null && f.data.includes(shown)) return;
           if (typeof f.seq === "number") {
             // A chunk already shown (a replay overlapping the screen) is skipped.
             // seq 1 again is a new generation of the terminal (restarted).
@@ -94,6 +100,7 @@ export function openTerminal(host, { token, projectPath }) {
           break;
         case "error":
           term.write("\r\n\x1b[31m" + f.message + "\x1b[0m\r\n");
+          shownError = f.message;
           break;
         case "exit":
           exited = true;
