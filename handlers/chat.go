@@ -44,6 +44,9 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	msg, err := app.ParseClientMessage(data)
 	if reqErr := (*app.RequestError)(nil); errors.As(err, &reqErr) {
 		c.reply(&app.ErrorReply{Type: "error", Error: reqErr.Error(), RequestID: reqErr.RequestID, SessionID: reqErr.SessionID})
+		if h := readCommandHead(data); h.isCommand() {
+			c.endRefusedCommand(h.provider(), h.sessionID(), reqErr.Error())
+		}
 		return
 	}
 	if err != nil {
@@ -87,7 +90,89 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	case "claude-permission-response":
 		s.permissionResponse(ctx, c, msg)
 	default:
-		c.reply(app.NewErrorReply("Unknown message type: " + app.Clip(msg.Type, 100)))
+		text := "Unknown message type: " + app.Clip(msg.Type, 100)
+		c.reply(app.NewErrorReply(text))
+		// Claude Code UI's frontend sends opencode-command, which agentgate
+		// does not run, and then waits for its end.
+		if h := readCommandHead(data); h.isCommand() {
+			c.endRefusedCommand(h.provider(), h.sessionID(), text)
+		}
+	}
+}
+
+// commandHead is what a frame the gateway refused says of the command it
+// may be: enough to end that command on a paced socket.
+type commandHead struct {
+	Type      string `json:"type"`
+	SessionID string `json:"sessionId"`
+	Options   struct {
+		SessionID string `json:"sessionId"`
+	} `json:"options"`
+}
+
+// readCommandHead reads a frame's commandHead as far as it can: a field of
+// the wrong type is left empty, the others are read.
+func readCommandHead(data []byte) commandHead {
+	var h commandHead
+	_ = json.Unmarshal(data, &h)
+	return h
+}
+
+// isCommand reports whether the frame asked for a run: any *-command.
+func (h commandHead) isCommand() bool { return strings.HasSuffix(h.Type, "-command") }
+
+// provider is the provider the command names (claude-command: claude).
+func (h commandHead) provider() app.Provider {
+	return app.Provider(app.Clip(strings.TrimSuffix(h.Type, "-command"), 32))
+}
+
+// sessionID is the session the command was for, as the client sent it.
+func (h commandHead) sessionID() string { return firstNonEmpty(h.SessionID, h.Options.SessionID) }
+
+// endRefusedCommand follows the error reply to a command that started no
+// run, on a paced socket (one whose client has not shown that it handles
+// every frame: Claude Code UI's frontend), with the frames that frontend
+// acts on. It drops kind-less frames but a few types
+// (useChatRealtimeHandlers.ts at afc717e6), so the error reply is invisible
+// to it, and its composer stays busy until a `complete`: the send marked
+// the session it was for (or, for a new chat, its pending placeholder) as
+// processing, and only a complete clears both. An `error` row shows the
+// reason in that session's conversation, then `complete{success:false,
+// exitCode:1}`, as the reference sends when a provider fails before its
+// session is known. sessionID is the one the command carried, or none for
+// a new chat: the frontend then takes the session it shows, and clears the
+// pending placeholder. These frames are replies to this socket alone, not
+// session events: nothing is stored, and they carry no seq.
+func (c *conn) endRefusedCommand(provider app.Provider, sessionID, text string) {
+	if !c.isPaced() {
+		return
+	}
+	sessionID = app.Clip(sessionID, app.MaxSessionIDLen)
+	row := app.ErrorRow(text)
+	done := app.CompleteEvent(sessionID, app.Outcome{ExitCode: 1})
+	for _, e := range []app.Event{row, done} {
+		e.SessionID, e.Provider = sessionID, provider
+		if b, err := e.Body(); err == nil {
+			c.send(b)
+		}
+	}
+}
+
+// endAbortWithoutRun follows the "No active run" reply to an abort, on a
+// paced socket, with the complete{aborted:true, exitCode:1} the reference
+// server sends to every abort (chat-websocket.service.ts at afc717e6): its
+// frontend clears the session's Stop and busy state only on a complete. A
+// reply to this socket alone, not a session event (PROTOCOL §3.4: no run,
+// so the session emits no complete).
+func (c *conn) endAbortWithoutRun(provider app.Provider, sessionID string) {
+	if !c.isPaced() {
+		return
+	}
+	sessionID = app.Clip(sessionID, app.MaxSessionIDLen)
+	e := app.CompleteEvent(sessionID, app.Outcome{ExitCode: 1, Aborted: true})
+	e.SessionID, e.Provider = sessionID, provider
+	if b, err := e.Body(); err == nil {
+		c.send(b)
 	}
 }
 
@@ -121,6 +206,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	provider, _ := app.ProviderForCommand(msg.Type)
 	fail := func(text string) {
 		c.reply(&app.ErrorReply{Type: "error", Error: text, RequestID: msg.RequestID})
+		c.endRefusedCommand(provider, firstNonEmpty(msg.SessionID, msg.Options.SessionID), text)
 	}
 	if !s.providers[provider] {
 		fail(fmt.Sprintf("Provider %s is not available on this gateway", provider))
@@ -365,19 +451,22 @@ func validateOptions(o *app.CommandOptions) error {
 
 // abort handles abort-session (PROTOCOL §3.4).
 func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
-	noRun := app.ErrorReply{Type: "error", Error: app.ErrTextNoActiveRun, SessionID: msg.SessionID}
+	noRun := func() {
+		c.reply(app.ErrorReply{Type: "error", Error: app.ErrTextNoActiveRun, SessionID: msg.SessionID})
+		c.endAbortWithoutRun(abortProvider(msg), msg.SessionID)
+	}
 	if !app.ValidSessionID(msg.SessionID) {
-		c.reply(noRun)
+		noRun()
 		return
 	}
 	sess, err := s.st.Session(ctx, msg.SessionID)
 	if err != nil || !c.user.CanSee(sess.Owner) {
-		c.reply(noRun)
+		noRun()
 		return
 	}
 	res, err := s.st.AbortRun(ctx, store.RunRef{SessionID: sess.ID, RunID: sess.RunID, Provider: sess.Provider})
 	if errors.Is(err, app.ErrNoActiveRun) {
-		c.reply(noRun)
+		noRun()
 		return
 	}
 	if err != nil {
@@ -391,6 +480,18 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 			c.send(evs[0].Data)
 		}
 	}
+}
+
+// abortProvider is the provider an abort names, as the reference reads it:
+// cursor-abort is Cursor's, abort-session's provider defaults to Claude.
+func abortProvider(msg *app.ClientMessage) app.Provider {
+	switch {
+	case msg.Type == "cursor-abort":
+		return app.Cursor
+	case msg.Provider == "":
+		return app.Claude
+	}
+	return app.Provider(app.Clip(msg.Provider, 32))
 }
 
 // checkStatus answers check-session-status and subscribe entries (PROTOCOL

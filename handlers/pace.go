@@ -130,6 +130,17 @@ func (c *conn) deliverImmediately() {
 	c.pmu.Unlock()
 }
 
+// isPaced reports whether the socket is paced: its client has not shown
+// that it handles every frame, so it is taken for Claude Code UI's frontend.
+func (c *conn) isPaced() bool {
+	if c.interval == 0 {
+		return false
+	}
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.paced
+}
+
 // frameHead is what mustBeSeen reads of a frame.
 type frameHead struct {
 	Type string `json:"type"`

@@ -188,3 +188,113 @@ func TestDeliveryParameter(t *testing.T) {
 	require.Equal(t, 400, resp.StatusCode)
 	resp.Body.Close()
 }
+
+// TestPacedRefusalsEndTheCommand: Claude Code UI's frontend drops kind-less
+// frames but a few types, and keeps its composer busy until a complete, so
+// a command refused before any run (no worker, a path outside the
+// workspaces, invalid options, a per-user limit, a field of the wrong type,
+// a provider agentgate does not run) left it spinning. A paced socket gets,
+// after the error reply, an error row with the reason and a
+// complete{success:false, exitCode:1}, for the session id the command
+// carried (none for a new chat); an abort that finds no run gets the
+// complete{aborted:true, exitCode:1} the reference sends. An immediate
+// socket gets the error reply alone, as before.
+func TestPacedRefusalsEndTheCommand(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.PaceInterval = 2 * time.Millisecond; c.MaxRunsPerUser = 1 })
+	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
+	next := func() map[string]any {
+		t.Helper()
+		select {
+		case f, ok := <-frames:
+			require.True(t, ok, "socket closed")
+			return f.m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no frame within 10s")
+		}
+		return nil
+	}
+	quiet := func() {
+		t.Helper()
+		select {
+		case f := <-frames:
+			t.Fatalf("unexpected frame %v", f.m)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	send := func(v any) {
+		t.Helper()
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
+	}
+	// refused reads the error reply, then the row and the complete.
+	refused := func(sessionID, provider, want string) {
+		t.Helper()
+		m := next()
+		require.Equal(t, "error", m["type"], "%v", m)
+		require.Contains(t, m["error"], want)
+		text := m["error"]
+		row := next()
+		require.Equal(t, "error", row["kind"], "%v", row)
+		require.Equal(t, text, row["content"])
+		require.Equal(t, sessionID, row["sessionId"])
+		require.Equal(t, provider, row["provider"])
+		done := next()
+		require.Equal(t, "complete", done["kind"], "%v", done)
+		require.Equal(t, sessionID, done["sessionId"])
+		require.Equal(t, sessionID, done["actualSessionId"])
+		require.Equal(t, false, done["success"])
+		require.Equal(t, float64(1), done["exitCode"])
+		require.Equal(t, false, done["aborted"])
+		require.NotContains(t, done, "seq", "a reply, not a session event")
+		quiet()
+	}
+
+	send(command("hi", nil)) // a new chat, no worker alive
+	refused("", "claude", "No worker available")
+
+	newFakeWorker(t, st)
+	outside := map[string]any{"sessionId": "s-1", "projectPath": "/etc"}
+	send(command("hi", map[string]any{"options": outside}))
+	refused("s-1", "claude", "Invalid project path")
+	send(command("hi", map[string]any{"options": map[string]any{"sessionId": "s-1", "permissionMode": "yolo"}}))
+	refused("s-1", "claude", "Invalid permissionMode")
+	send(command("hi", map[string]any{"options": map[string]any{"sessionId": "s-1", "model": 5}}))
+	refused("s-1", "claude", "Invalid field options.model")
+	send(map[string]any{"type": "opencode-command", "command": "hi", "sessionId": "s-2", "options": map[string]any{"sessionId": "s-2"}})
+	refused("s-2", "opencode", "Unknown message type: opencode-command")
+
+	send(command("first", nil))
+	require.Equal(t, "session-accepted", next()["type"])
+	for m := next(); m["kind"] != "session_created"; m = next() {
+		require.NotEqual(t, "complete", m["kind"], "the first run goes on")
+	}
+	send(command("second", nil))
+	refused("", "claude", "Limit reached")
+
+	send(map[string]any{"type": "abort-session", "sessionId": "s-3"})
+	m := next()
+	require.Equal(t, "No active run", m["error"], "%v", m)
+	done := next()
+	require.Equal(t, "complete", done["kind"], "%v", done)
+	require.Equal(t, "s-3", done["sessionId"])
+	require.Equal(t, "claude", done["provider"])
+	require.Equal(t, true, done["aborted"])
+	require.Equal(t, false, done["success"])
+	require.Equal(t, float64(1), done["exitCode"])
+	quiet()
+
+	// Other refusals need nothing more.
+	send(map[string]any{"type": "fly-to-the-moon"})
+	require.Equal(t, "Unknown message type: fly-to-the-moon", next()["error"])
+	quiet()
+
+	// An immediate socket gets the error reply alone.
+	c := g.dial("alice")
+	c.send(command("hi", map[string]any{"options": outside}))
+	require.Contains(t, c.next()["error"], "Invalid project path")
+	c.send(map[string]any{"type": "abort-session", "sessionId": "s-3"})
+	require.Equal(t, "No active run", c.next()["error"])
+	c.expectNothing(200 * time.Millisecond)
+}
