@@ -42,7 +42,7 @@ type userQuotas struct {
 // userQuota is one user's share of a gateway.
 type userQuota struct {
 	sockets int // guarded by userQuotas.mu
-	reads   int // REST event reads under way; guarded by userQuotas.mu
+	reads   int // REST reads under way; guarded by userQuotas.mu
 	frames  *rate.Limiter
 	// restarts paces the terminal restarts (an init with forceRestart)
 	// that a user's sockets ask for: each starts a process on a worker
@@ -137,12 +137,14 @@ func (q *userQuotas) admitRequest(user string) bool {
 	return false
 }
 
-// maxReadsPerUser bounds the REST event reads one user has under way on a
-// gateway: each holds up to restEventsBytes until its client read it, and a
-// client that never reads holds it for the write timeout (2 minutes).
+// maxReadsPerUser bounds the REST reads one user has under way on a
+// gateway, event pages and session lists together: an event page holds up
+// to restEventsBytes until its client read it, and a client that never
+// reads holds it for the write timeout (2 minutes); a session list reads
+// up to a thousand session hashes, four times that for running ones.
 const maxReadsPerUser = 4
 
-// startRead takes one of user's REST event reads, or reports false when
+// startRead takes one of user's REST reads, or reports false when
 // maxReadsPerUser are under way; endRead gives it back.
 func (q *userQuotas) startRead(user string) bool {
 	q.mu.Lock()

@@ -312,10 +312,32 @@ func TestRESTEventsBounded(t *testing.T) {
 	}
 	code, body := httpGet(t, g.ts.URL+"/api/sessions/"+id+"/events", alice)
 	require.Equal(t, http.StatusTooManyRequests, code)
-	require.Contains(t, body["error"], "too many event reads")
+	require.Contains(t, body["error"], "too many reads")
 	g.srv.quotas.endRead("alice")
 	code, _ = httpGet(t, g.ts.URL+"/api/sessions/"+id+"/events", alice)
 	require.Equal(t, http.StatusOK, code, "a read given back")
+}
+
+// TestSessionListsBounded: session lists share the event reads' bound, a
+// user's maxReadsPerUser under way at once on a gateway (each reads up to
+// a thousand session hashes, and a user could run any number at once);
+// each list gives its read back, and another user is not held back.
+func TestSessionListsBounded(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini))
+	alice := token(t, "alice", false)
+	for range maxReadsPerUser {
+		require.True(t, g.srv.quotas.startRead("alice"))
+	}
+	code, body := httpGet(t, g.ts.URL+"/api/sessions", alice)
+	require.Equal(t, http.StatusTooManyRequests, code)
+	require.Contains(t, body["error"], "too many reads")
+	code, _ = httpGet(t, g.ts.URL+"/api/sessions", token(t, "bob", false))
+	require.Equal(t, http.StatusOK, code, "another user")
+	g.srv.quotas.endRead("alice")
+	for i := range maxReadsPerUser {
+		code, _ = httpGet(t, g.ts.URL+"/api/sessions", alice)
+		require.Equal(t, http.StatusOK, code, "list %d: a read given back each time", i)
+	}
 }
 
 // TestRESTEventsNotEscaped: stored events go out over REST as stored, not

@@ -89,6 +89,10 @@ func (s *Server) listSessions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.startRead(c); err != nil {
+		return err
+	}
+	defer s.quotas.endRead(u.Name)
 	var sessions []app.Session
 	if u.Admin {
 		sessions, err = s.st.AllSessions(c.Request().Context(), running, limit)
@@ -148,13 +152,10 @@ func (s *Server) sessionEvents(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	user := userOf(c)
-	if !s.quotas.startRead(user.Name) {
-		c.Response().Header().Set("Retry-After", "1")
-		return echo.NewHTTPError(http.StatusTooManyRequests,
-			fmt.Sprintf("too many event reads under way for this user: at most %d at once per gateway", maxReadsPerUser))
+	if err := s.startRead(c); err != nil {
+		return err
 	}
-	defer s.quotas.endRead(user.Name)
+	defer s.quotas.endRead(userOf(c).Name)
 	evs, err := s.st.EventsWithin(c.Request().Context(), sess.ID, int64(after), limit, restEventsBytes)
 	if err != nil {
 		return err
@@ -171,6 +172,18 @@ func (s *Server) sessionEvents(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{
 		"sessionId": sess.ID, "lastSeq": sess.LastSeq, "events": out, "recovered": complete,
 	})
+}
+
+// startRead takes one of the caller's REST reads (event pages and session
+// lists), which the caller gives back with s.quotas.endRead, or answers 429
+// when maxReadsPerUser are under way.
+func (s *Server) startRead(c echo.Context) error {
+	if s.quotas.startRead(userOf(c).Name) {
+		return nil
+	}
+	c.Response().Header().Set("Retry-After", "1")
+	return echo.NewHTTPError(http.StatusTooManyRequests,
+		fmt.Sprintf("too many reads under way for this user: at most %d event reads and session lists at once per gateway", maxReadsPerUser))
 }
 
 // abortSession answers POST /api/sessions/:id/abort.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -584,4 +585,62 @@ func TestWritesOfAnotherWorkersRun(t *testing.T) {
 			require.Equal(t, []bool{false}, confirmed)
 		})
 	}
+}
+
+// TestListSessionsReadsWhatItNeeds: a user's list reads as many session
+// hashes as it returns, not four times the limit (a user with thousands
+// of sessions made each GET /api/sessions read up to 4000), and still
+// makes up for stale index entries; running-only still looks past the
+// newest idle sessions.
+func TestListSessionsReadsWhatItNeeds(t *testing.T) {
+	url := storetest.Redis(t)
+	st := storetest.New(t, url)
+	raw := redisClient(t, url)
+	ctx := context.Background()
+	var newest []string // most recently active first
+	var running app.Session
+	for i := range 20 {
+		time.Sleep(2 * time.Millisecond) // distinct activity times, which order the list
+		sess, ref := newRun(t, st, "alice")
+		if i == 0 {
+			running = sess // the oldest, still running
+		} else {
+			_, err := st.Complete(ctx, ref, app.Outcome{})
+			require.NoError(t, err)
+		}
+		newest = append([]string{sess.ID}, newest...)
+	}
+	hashReads := func(f store.SessionFilter) ([]string, int) {
+		t.Helper()
+		require.NoError(t, raw.ConfigResetStat(ctx).Err())
+		list, err := st.ListSessions(ctx, f)
+		require.NoError(t, err)
+		info, err := raw.Info(ctx, "commandstats").Result()
+		require.NoError(t, err)
+		calls := 0
+		if stat := storetest.InfoField(info, "cmdstat_hgetall"); stat != "" {
+			_, err := fmt.Sscanf(stat, "calls=%d", &calls)
+			require.NoError(t, err)
+		}
+		ids := make([]string, len(list))
+		for i, s := range list {
+			ids[i] = s.ID
+		}
+		return ids, calls
+	}
+
+	ids, reads := hashReads(store.SessionFilter{Owner: "alice", Limit: 5})
+	require.Equal(t, newest[:5], ids)
+	require.Equal(t, 5, reads, "one hash read a listed session")
+	ids, _ = hashReads(store.SessionFilter{Owner: "alice", Limit: 5, RunningOnly: true})
+	require.Equal(t, []string{running.ID}, ids, "found past 19 newer idle sessions")
+
+	// Stale entries (hashes gone) ahead of the rest are made up for.
+	index := st.Prefix() + ":user:{alice}:sessions"
+	for range 3 {
+		require.NoError(t, raw.ZAdd(ctx, index, redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: app.NewID()}).Err())
+	}
+	ids, reads = hashReads(store.SessionFilter{Owner: "alice", Limit: 5})
+	require.Equal(t, newest[:5], ids)
+	require.Equal(t, 8, reads, "the stale entries, then as many as were missing")
 }

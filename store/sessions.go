@@ -84,14 +84,10 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]app.Sessio
 	if limit <= 0 {
 		limit = 200
 	}
-	var ids []string
-	var err error
-	switch {
-	case f.Owner != "":
-		ids, err = s.newest(ctx, s.k.userSessions(f.Owner), int64(limit)*4)
-	default:
-		ids, err = s.newest(ctx, s.k.running(), int64(limit))
+	if f.Owner != "" {
+		return s.ownedSessions(ctx, f.Owner, f.RunningOnly, limit)
 	}
+	ids, err := s.newest(ctx, s.k.running(), int64(limit))
 	if err != nil {
 		return nil, fmt.Errorf("store: list sessions: %w", err)
 	}
@@ -104,12 +100,58 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]app.Sessio
 		if f.RunningOnly && !sess.Running() {
 			continue
 		}
-		if f.Owner != "" && sess.Owner != f.Owner {
-			continue // an index entry that lags (see RebuildIndexes)
-		}
 		out = append(out, sess)
-		if len(out) == limit {
-			break
+	}
+	return out, nil
+}
+
+// listWindow is how many of a user's most recently active index entries
+// ListSessions looks at, in limits: running-only keeps only some of them,
+// and an entry may be stale (its hash gone, or lagging; see
+// RebuildIndexes).
+const listWindow = 4
+
+// ownedSessions is ListSessions of one owner's sessions. Running-only reads
+// the whole window at once, since the filter drops most of it; otherwise
+// it reads as many entries as sessions are still missing, a page at a
+// time, so that a list costs limit hash reads, not listWindow times that,
+// unless entries are stale.
+func (s *Store) ownedSessions(ctx context.Context, owner string, runningOnly bool, limit int) ([]app.Session, error) {
+	index := s.k.userSessions(owner)
+	window := int64(limit) * listWindow
+	out := make([]app.Session, 0, min(limit, 64))
+	// An entry touched while the pages are read moves to the front, and
+	// the ones before it one place on: one may come twice.
+	seen := map[string]bool{}
+	for start := int64(0); start < window && len(out) < limit; {
+		n := window - start
+		if !runningOnly {
+			n = min(n, int64(limit-len(out)))
+		}
+		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: index, Start: start, Stop: start + n - 1, Rev: true}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("store: list sessions of %s: %w", owner, err)
+		}
+		start += n
+		sessions, err := s.sessions(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		for _, sess := range sessions {
+			if seen[sess.ID] || (runningOnly && !sess.Running()) {
+				continue
+			}
+			if sess.Owner != owner {
+				continue // an index entry that lags (see RebuildIndexes)
+			}
+			seen[sess.ID] = true
+			out = append(out, sess)
+			if len(out) == limit {
+				break
+			}
+		}
+		if int64(len(ids)) < n {
+			break // the index holds no more
 		}
 	}
 	return out, nil

@@ -315,7 +315,7 @@ export class AgentGate {
     return [...this._list.values()].sort((a, b) => (b.updatedAt ?? 0) - (a.updatedAt ?? 0));
   }
 
-  // A 429 (the user's rate, or their event reads under way) is tried again
+  // A 429 (the user's rate, or their reads under way) is tried again
   // after its Retry-After, a few times.
   async _get(path) {
     for (let attempt = 1; ; attempt++) {
