@@ -63,8 +63,14 @@ func (s *Server) httpError(err error, c echo.Context) {
 			msg = http.StatusText(code)
 		}
 	}
-	if code == http.StatusInternalServerError {
+	switch code {
+	case http.StatusInternalServerError:
 		s.log.Error("http", "path", c.Path(), "err", err)
+	case http.StatusTooManyRequests:
+		// As for a 401 (authFailure): a client refused again and again
+		// must not keep one of the --max-connections places while it
+		// waits for its next try.
+		c.Response().Header().Set("Connection", "close")
 	}
 	_ = c.JSON(code, map[string]string{"error": msg})
 }

@@ -241,6 +241,50 @@ func TestRESTPaysTheFrameRate(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 }
 
+// TestRefusalsCloseTheConnection: a 429 (over the frame rate, the reads
+// under way, or the sockets) closes its connection like a 401, so that a
+// client refused again and again holds no --max-connections place; an
+// answered request keeps its connection.
+func TestRefusalsCloseTheConnection(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxSocketsPerUser = 1; c.MaxFrameRate = 1 })
+	get := func(path, user string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, g.ts.URL+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+token(t, user, false))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	resp := get("/api/sessions", "alice")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.False(t, resp.Close, "an answer keeps its connection")
+
+	g.dial("alice") // alice's one socket
+	for _, path := range []string{"/ws", "/shell", "/plugin-ws/demo"} {
+		resp := get(path, "alice")
+		require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, path)
+		require.True(t, resp.Close, "%s: the connection is closed after the 429", path)
+	}
+
+	for range maxReadsPerUser {
+		require.True(t, g.srv.quotas.startRead("bob"))
+	}
+	resp = get("/api/sessions", "bob")
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	require.True(t, resp.Close, "reads under way: the connection is closed after the 429")
+
+	for range max(frameBurstSeconds, maxSubscribe) + 10 { // the burst of a rate of 1, and what refills meanwhile
+		if resp = get("/api/auth/user", "carol"); resp.StatusCode != http.StatusOK {
+			break
+		}
+	}
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	require.True(t, resp.Close, "over the rate: the connection is closed after the 429")
+}
+
 // TestClientAckGoesNoFurtherThanWritten: an ack past the last chunk
 // written to the socket counts as that chunk, so a client cannot switch
 // its terminal's flow control off with a huge seq.
