@@ -371,8 +371,9 @@ func TestCommandRightAfterLongOutage(t *testing.T) {
 	fillForLoading(t, cl)
 	gw := cl.startGateway("gw")
 	// Beats far apart, as by default: the heartbeat that expired during
-	// the outage comes back seconds after Redis does.
-	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_HEARTBEAT_INTERVAL=3s", "AGENTGATE_HEARTBEAT_TTL=4s"), "worker")
+	// the outage comes back seconds after Redis does (the interval at most
+	// half the TTL, as a worker requires).
+	w := startProc(t, "worker", append(cl.workerEnv(), "AGENTGATE_HEARTBEAT_INTERVAL=2s", "AGENTGATE_HEARTBEAT_TTL=4s"), "worker")
 	cl.waitWorker(w)
 	c := cl.dial(gw, "alice")
 

@@ -280,6 +280,18 @@ func bindOptions(fs *flag.FlagSet, c *config) func() error {
 	}
 }
 
+// checkHeartbeat refuses a heartbeat interval over half the TTL, for the
+// commands that run a worker: a heartbeat written less often than that is
+// missing between refreshes, or expires at the first slow write, and the
+// reaper ends the worker's runs as "worker lost".
+func (c *config) checkHeartbeat() error {
+	if 2*c.HeartbeatInterval > c.HeartbeatTTL {
+		return fmt.Errorf("--heartbeat-interval (AGENTGATE_HEARTBEAT_INTERVAL) %s is more than half of --heartbeat-ttl (AGENTGATE_HEARTBEAT_TTL) %s: the worker's heartbeat would expire between refreshes and its runs be reaped as lost; make the TTL at least twice the interval",
+			c.HeartbeatInterval, c.HeartbeatTTL)
+	}
+	return nil
+}
+
 // workspaces returns the configured roots, or the home directory.
 func (c *config) workspaces() app.Workspaces {
 	if c.Workspaces != "" {

@@ -44,6 +44,11 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	if err := finish(); err != nil {
 		return err
 	}
+	if mode != "gateway" { // a worker runs here
+		if err := c.checkHeartbeat(); err != nil {
+			return err
+		}
+	}
 	log := c.logger(stderr).With("role", mode)
 	if c.CPUProfile != "" {
 		stop, err := startCPUProfile(c.CPUProfile)

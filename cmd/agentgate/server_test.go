@@ -389,3 +389,45 @@ func TestPlatformNeedsTrustedProxies(t *testing.T) {
 	require.NoError(t, fs.Parse([]string{"--trusted-proxies", "proxy.internal"}))
 	require.ErrorContains(t, finish(), "--trusted-proxies")
 }
+
+// TestHeartbeatIntervalWithinHalfTheTTL: a command that runs a worker does
+// not start with a heartbeat interval over half the heartbeat TTL, whether
+// either comes from a flag, a variable or the default (`--heartbeat-ttl 1s`
+// with the 2 s default interval left the heartbeat missing half the time,
+// and the worker's runs were reaped as lost); a gateway writes no
+// heartbeat, and starts.
+func TestHeartbeatIntervalWithinHalfTheTTL(t *testing.T) {
+	t.Setenv("AGENTGATE_REDIS_URL", "redis://127.0.0.1:1") // never up: a command that starts waits for it
+	t.Setenv("AGENTGATE_JWT_SECRET", strings.Repeat("s", minSecretBytes))
+	t.Setenv("AGENTGATE_LISTEN", "127.0.0.1:0")
+	for _, tc := range []struct {
+		name    string
+		env     string // AGENTGATE_HEARTBEAT_TTL
+		args    []string
+		refused bool
+	}{
+		{"serve: TTL under the default interval", "", []string{"serve", "--heartbeat-ttl", "1s"}, true},
+		{"worker: TTL from the environment", "3s", []string{"worker"}, true},
+		{"worker: interval over half the default TTL", "", []string{"worker", "--heartbeat-interval", "6s"}, true},
+		{"worker: interval equal to the TTL", "", []string{"worker", "--heartbeat-interval", "5s", "--heartbeat-ttl", "5s"}, true},
+		{"worker: exactly half", "", []string{"worker", "--heartbeat-interval", "1s", "--heartbeat-ttl", "2s"}, false},
+		{"worker: the defaults", "", []string{"worker"}, false},
+		{"gateway: no heartbeat of its own", "", []string{"gateway", "--heartbeat-ttl", "1s"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("AGENTGATE_HEARTBEAT_TTL", tc.env)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+			defer cancel()
+			err := run(ctx, tc.args, io.Discard, io.Discard)
+			if !tc.refused {
+				require.NoError(t, err, "started, and stopped while waiting for Redis")
+				return
+			}
+			require.ErrorContains(t, err, "--heartbeat-interval")
+			require.ErrorContains(t, err, "--heartbeat-ttl")
+			require.ErrorContains(t, err, "more than half")
+		})
+	}
+}
