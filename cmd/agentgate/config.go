@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -232,12 +233,20 @@ func durationOrOffSetter(field func(*config) *time.Duration) func(*config, strin
 	}
 }
 
+// maxDays is the most days a time.Duration holds (about 292 years).
+const maxDays = math.MaxInt64 / int64(24*time.Hour)
+
 // parseDuration accepts Go durations and a whole number of days ("7d").
 func parseDuration(v string) (time.Duration, error) {
 	if days, ok := strings.CutSuffix(v, "d"); ok {
-		n, err := strconv.Atoi(days)
+		n, err := strconv.ParseInt(days, 10, 64)
 		if err != nil || n <= 0 {
 			return 0, fmt.Errorf("invalid duration %q", v)
+		}
+		if n > maxDays {
+			// The product would wrap: a token's expiry in the past, a
+			// negative retention.
+			return 0, fmt.Errorf("duration %q is too long: at most %dd", v, maxDays)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}

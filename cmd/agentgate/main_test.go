@@ -60,6 +60,46 @@ func TestOptionErrors(t *testing.T) {
 	}
 }
 
+// TestParseDuration: Go durations and whole days; a number of days a
+// time.Duration cannot hold is refused (it wrapped: `token --ttl 200000d`
+// printed a token that had expired in 1987, `--retention 200000d` was
+// negative).
+func TestParseDuration(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration // 0: refused
+	}{
+		{"7d", 7 * 24 * time.Hour},
+		{"90m", 90 * time.Minute},
+		{"106751d", 106751 * 24 * time.Hour}, // the most a Duration holds
+		{"106752d", 0},
+		{"200000d", 0},
+		{"9223372036854775807d", 0},
+		{"99999999999999999999d", 0},
+		{"2562048h", 0}, // past a Duration too, refused by time.ParseDuration
+		{"0d", 0},
+		{"-1d", 0},
+		{"1.5d", 0},
+		{"d", 0},
+		{"0s", 0},
+		{"soon", 0},
+	} {
+		d, err := parseDuration(tc.in)
+		if tc.want == 0 {
+			require.Error(t, err, tc.in)
+			continue
+		}
+		require.NoError(t, err, tc.in)
+		require.Equal(t, tc.want, d, tc.in)
+	}
+	err := run(context.Background(), []string{"token", "--user", "alice", "--jwt-secret", "s3cret-s3cret-s3cret-s3cret-s3cret", "--ttl", "200000d"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "too long")
+	var c config
+	fs, finish := newFlags("serve", io.Discard, &c)
+	require.NoError(t, fs.Parse([]string{"--retention", "200000d"}))
+	require.ErrorContains(t, finish(), "--retention")
+}
+
 func TestToken(t *testing.T) {
 	var out, errOut bytes.Buffer
 	err := run(context.Background(), []string{"token", "--user", "alice", "--admin", "--ttl", "1h", "--jwt-secret", "s3cret-s3cret-s3cret-s3cret-s3cret"}, &out, &errOut)
