@@ -35,8 +35,8 @@ type config struct {
 	Workspaces        string
 	KeyPrefix         string
 	AllowedOrigins    string
-	LogFormat         string
-	LogLevel          string
+	LogFormat         string // text or json
+	LogLevel          slog.Level
 	Retention         time.Duration
 	HeartbeatInterval time.Duration
 	HeartbeatTTL      time.Duration
@@ -94,8 +94,22 @@ var options = []option{
 	{"workspaces", "AGENTGATE_WORKSPACES", "", "colon-separated roots project paths must resolve under (default: home directory)", func(c *config, v string) error { c.Workspaces = v; return nil }},
 	{"key-prefix", "AGENTGATE_KEY_PREFIX", "ag", "prefix of every Redis key", func(c *config, v string) error { c.KeyPrefix = v; return nil }},
 	{"allowed-origins", "AGENTGATE_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed on the sockets (default: same host)", func(c *config, v string) error { c.AllowedOrigins = v; return nil }},
-	{"log-format", "AGENTGATE_LOG_FORMAT", "text", "log format: text or json", func(c *config, v string) error { c.LogFormat = v; return nil }},
-	{"log-level", "AGENTGATE_LOG_LEVEL", "info", "log level: debug, info, warn, error", func(c *config, v string) error { c.LogLevel = v; return nil }},
+	{"log-format", "AGENTGATE_LOG_FORMAT", "text", "log format: text or json", func(c *config, v string) error {
+		switch f := strings.ToLower(v); f {
+		case "text", "json":
+			c.LogFormat = f
+			return nil
+		}
+		return fmt.Errorf("want text or json, not %q", v)
+	}},
+	{"log-level", "AGENTGATE_LOG_LEVEL", "info", "log level: debug, info, warn, error", func(c *config, v string) error {
+		level, ok := logLevels[strings.ToLower(v)]
+		if !ok {
+			return fmt.Errorf("want debug, info, warn or error, not %q", v)
+		}
+		c.LogLevel = level
+		return nil
+	}},
 	{"retention", "AGENTGATE_RETENTION", "7d", "how long the event stream of a finished session is kept", durationSetter(func(c *config) *time.Duration { return &c.Retention })},
 	{"heartbeat-interval", "AGENTGATE_HEARTBEAT_INTERVAL", "2s", "how often a worker refreshes its heartbeat", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatInterval })},
 	{"heartbeat-ttl", "AGENTGATE_HEARTBEAT_TTL", "10s", "a worker silent this long is dead and its runs are reaped", durationSetter(func(c *config) *time.Duration { return &c.HeartbeatTTL })},
@@ -361,13 +375,14 @@ func (c *config) storeConfig(url string, log *slog.Logger) store.Config {
 	}
 }
 
+// logLevels are the levels --log-level takes, by their lower-case names.
+var logLevels = map[string]slog.Level{
+	"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError,
+}
+
 // logger builds the slog logger of --log-format and --log-level.
 func (c *config) logger(w io.Writer) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
 	if c.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

@@ -60,6 +60,41 @@ func TestOptionErrors(t *testing.T) {
 	}
 }
 
+// TestLogOptions: --log-level and --log-format take their values in any
+// case and refuse others, naming the valid ones (`--log-level verbose` was
+// taken as info, `--log-format JSON` as text, without a word).
+func TestLogOptions(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		refused string // what the error names; empty: taken
+		json    bool
+		debug   bool
+	}{
+		{args: nil},
+		{args: []string{"--log-format", "JSON", "--log-level", "Debug"}, json: true, debug: true},
+		{args: []string{"--log-format", "text", "--log-level", "WARN"}},
+		{args: []string{"--log-level", "verbose"}, refused: "debug, info, warn or error"},
+		{args: []string{"--log-level", "info+2"}, refused: "debug, info, warn or error"},
+		{args: []string{"--log-level", ""}, refused: "debug, info, warn or error"},
+		{args: []string{"--log-format", "logfmt"}, refused: "text or json"},
+	} {
+		var c config
+		fs, finish := newFlags("serve", io.Discard, &c)
+		require.NoError(t, fs.Parse(tc.args))
+		err := finish()
+		if tc.refused != "" {
+			require.ErrorContains(t, err, tc.refused, tc.args)
+			continue
+		}
+		require.NoError(t, err, tc.args)
+		var out bytes.Buffer
+		c.logger(&out).Debug("hello")
+		require.Equal(t, tc.debug, out.Len() > 0, "%v: debug logged", tc.args)
+		c.logger(&out).Error("hello")
+		require.Equal(t, tc.json, strings.HasPrefix(out.String(), "{"), "%v: JSON", tc.args)
+	}
+}
+
 // TestParseDuration: Go durations and whole days; a number of days a
 // time.Duration cannot hold is refused (it wrapped: `token --ttl 200000d`
 // printed a token that had expired in 1987, `--retention 200000d` was
