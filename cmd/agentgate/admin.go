@@ -56,8 +56,10 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 }
 
 // openStore connects to the configured Redis for an admin command and
-// returns its positional arguments. extra registers the command's own flags.
-func openStore(ctx context.Context, name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*store.Store, []string, error) {
+// returns its positional arguments. extra registers the command's own flags;
+// check, when not nil, refuses the positional arguments before Redis is
+// dialled.
+func openStore(ctx context.Context, name string, args []string, stderr io.Writer, extra func(*flag.FlagSet), check func([]string) error) (*store.Store, []string, error) {
 	var c config
 	fs, finish := newFlags(name, stderr, &c)
 	if extra != nil {
@@ -66,6 +68,11 @@ func openStore(ctx context.Context, name string, args []string, stderr io.Writer
 	positional, err := parseInterspersed(fs, args)
 	if err != nil {
 		return nil, nil, err
+	}
+	if check != nil {
+		if err := check(positional); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
 	}
 	if err := finish(); err != nil {
 		return nil, nil, err
@@ -80,21 +87,67 @@ func openStore(ctx context.Context, name string, args []string, stderr io.Writer
 	return st, positional, nil
 }
 
+// wantArgs returns the check of openStore for a command that takes exactly
+// n positional arguments, which usage names.
+func wantArgs(usage string, n int) func([]string) error {
+	return func(pos []string) error {
+		switch {
+		case len(pos) > n:
+			return fmt.Errorf("unexpected argument %q; usage: agentgate %s", pos[n], usage)
+		case len(pos) < n:
+			return fmt.Errorf("missing argument; usage: agentgate %s", usage)
+		}
+		return nil
+	}
+}
+
+// isHelp reports whether arg asks for a command's help.
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "help" }
+
+// groupHelp answers -h for a command made of subcommands (`agentgate help
+// sessions`), as the flag package answers it for the others: its usage,
+// then the flags its subcommands take, on stderr.
+func groupHelp(name, usage string, stderr io.Writer, extra func(*flag.FlagSet)) error {
+	var c config
+	fs, _ := newFlags(name, stderr, &c)
+	if extra != nil {
+		extra(fs)
+	}
+	fmt.Fprintf(stderr, "Usage:\n%s\nFlags:\n", usage)
+	fs.PrintDefaults()
+	return flag.ErrHelp
+}
+
+// sessionsUsage lists the subcommands of `agentgate sessions`, for its help.
+const sessionsUsage = `  agentgate sessions ls [--running]   every user's sessions, or the running ones
+  agentgate sessions show ID          one session and its last events
+  agentgate sessions abort ID         end a session's run
+`
+
 // runSessions is the admin view of sessions: ls, show ID, abort ID.
 func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var running bool
+	runningFlag := func(fs *flag.FlagSet) {
+		fs.BoolVar(&running, "running", false, "with ls: only sessions with a run in progress")
+	}
 	if len(args) == 0 {
 		return errors.New("sessions: ls, show ID or abort ID")
 	}
 	sub, rest := args[0], args[1:]
-	if sub != "ls" && sub != "show" && sub != "abort" {
+	if isHelp(sub) {
+		return groupHelp("sessions", sessionsUsage, stderr, runningFlag)
+	}
+	var extra func(*flag.FlagSet)
+	var check func([]string) error
+	switch sub {
+	case "ls":
+		extra, check = runningFlag, wantArgs("sessions ls [--running]", 0)
+	case "show", "abort":
+		check = wantArgs("sessions "+sub+" ID", 1)
+	default:
 		return fmt.Errorf("sessions: unknown subcommand %q", sub)
 	}
-	var running bool
-	st, pos, err := openStore(ctx, "sessions "+sub, rest, stderr, func(fs *flag.FlagSet) {
-		if sub == "ls" {
-			fs.BoolVar(&running, "running", false, "only sessions with a run in progress")
-		}
-	})
+	st, pos, err := openStore(ctx, "sessions "+sub, rest, stderr, extra, check)
 	if err != nil {
 		return err
 	}
@@ -113,9 +166,6 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return tw.Flush()
 	case "show":
-		if len(pos) != 1 {
-			return errors.New("sessions show: one session id")
-		}
 		s, err := st.Session(ctx, pos[0])
 		if err != nil {
 			return fmt.Errorf("sessions show %s: %w", pos[0], err)
@@ -133,9 +183,6 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return nil
 	case "abort":
-		if len(pos) != 1 {
-			return errors.New("sessions abort: one session id")
-		}
 		s, err := st.Session(ctx, pos[0])
 		if err != nil {
 			return fmt.Errorf("sessions abort %s: %w", pos[0], err)
@@ -152,7 +199,7 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 // runMigrate applies the key-schema migrations.
 func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	st, _, err := openStore(ctx, "migrate", args, stderr, nil)
+	st, _, err := openStore(ctx, "migrate", args, stderr, nil, wantArgs("migrate", 0))
 	if err != nil {
 		return err
 	}
@@ -212,7 +259,7 @@ func runBroadcast(ctx context.Context, args []string, stdin io.Reader, stderr io
 	var user string
 	st, positional, err := openStore(ctx, "broadcast", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&user, "user", "", "the user whose sockets get the frame (required)")
-	})
+	}, nil)
 	if err != nil {
 		return err
 	}

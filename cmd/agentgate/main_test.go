@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/handlers"
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 func TestOptionPrecedence(t *testing.T) {
@@ -181,6 +182,59 @@ func TestGatewayAndWorkerNeedRedis(t *testing.T) {
 	err := run(context.Background(), []string{"nonsense"}, io.Discard, io.Discard)
 	require.ErrorContains(t, err, "unknown command")
 	require.ErrorIs(t, run(context.Background(), nil, io.Discard, io.Discard), flag.ErrHelp)
+}
+
+// TestAdminArguments: the admin commands refuse positional arguments they
+// do not take, or miss, with their usage, before Redis is dialled
+// (`sessions ls alice` listed every session, `migrate foo` migrated).
+func TestAdminArguments(t *testing.T) {
+	url := storetest.Miniredis(t) // up: before, the commands ran
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sessions", "ls", "alice"}, `sessions ls: unexpected argument "alice"; usage: agentgate sessions ls [--running]`},
+		{[]string{"sessions", "ls", "--running", "alice"}, `sessions ls: unexpected argument "alice"`},
+		{[]string{"sessions", "show"}, `sessions show: missing argument; usage: agentgate sessions show ID`},
+		{[]string{"sessions", "show", "a", "b"}, `sessions show: unexpected argument "b"`},
+		{[]string{"sessions", "abort", "a", "b"}, `sessions abort: unexpected argument "b"`},
+		{[]string{"migrate", "foo"}, `migrate: unexpected argument "foo"; usage: agentgate migrate`},
+		{[]string{"plugins", "ls", "x"}, `plugins ls: unexpected argument "x"`},
+		{[]string{"plugins", "rm", "a", "b"}, `plugins rm: unexpected argument "b"`},
+		{[]string{"plugins", "add", "x"}, `plugins add: missing argument; usage: agentgate plugins add NAME HOST:PORT`},
+	} {
+		err := run(context.Background(), append(tc.args, "--redis", url), io.Discard, io.Discard)
+		require.ErrorContains(t, err, tc.want, tc.args)
+	}
+	var out bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"migrate", "--redis", url}, &out, io.Discard))
+	require.Contains(t, out.String(), "key schema at version", "no argument: migrated")
+}
+
+// TestSubcommandGroupHelp: `agentgate help sessions` and `help plugins`,
+// as the usage promises, and -h and --help after them, show their
+// subcommands and flags the way `help serve` does (they said
+// `unknown subcommand "-h"`).
+func TestSubcommandGroupHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"help", "sessions"}, []string{"agentgate sessions ls [--running]", "agentgate sessions show ID", "agentgate sessions abort ID", "-running", "-redis"}},
+		{[]string{"sessions", "-h"}, []string{"agentgate sessions ls [--running]"}},
+		{[]string{"sessions", "--help"}, []string{"agentgate sessions ls [--running]"}},
+		{[]string{"help", "plugins"}, []string{"agentgate plugins add NAME HOST:PORT", "agentgate plugins rm NAME", "agentgate plugins ls", "-redis"}},
+		{[]string{"plugins", "--help"}, []string{"agentgate plugins add NAME HOST:PORT"}},
+		{[]string{"help", "serve"}, []string{"-heartbeat-ttl"}},
+	} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), tc.args, &out, &errOut)
+		require.ErrorIs(t, err, flag.ErrHelp, tc.args)
+		for _, w := range tc.want {
+			require.Contains(t, errOut.String(), w, tc.args)
+		}
+		require.NotContains(t, errOut.String(), "unknown subcommand", tc.args)
+	}
 }
 
 // TestServeWithNothingConfigured is the one-command default: an embedded

@@ -11,6 +11,12 @@ import (
 	"github.com/agentgate/agentgate/app"
 )
 
+// pluginsUsage lists the subcommands of `agentgate plugins`, for its help.
+const pluginsUsage = `  agentgate plugins add NAME HOST:PORT   relay /plugin-ws/NAME to ws://HOST:PORT/ws
+  agentgate plugins rm NAME              remove a plugin
+  agentgate plugins ls                   list the plugins
+`
+
 // runPlugins edits the registry /plugin-ws/NAME relays to: add NAME
 // HOST:PORT, rm NAME, ls.
 func runPlugins(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -18,19 +24,27 @@ func runPlugins(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errors.New("plugins: add NAME HOST:PORT, rm NAME or ls")
 	}
 	sub, rest := args[0], args[1:]
-	if sub != "add" && sub != "rm" && sub != "ls" {
+	if isHelp(sub) {
+		return groupHelp("plugins", pluginsUsage, stderr, nil)
+	}
+	var check func([]string) error
+	switch sub {
+	case "add":
+		check = wantArgs("plugins add NAME HOST:PORT", 2)
+	case "rm":
+		check = wantArgs("plugins rm NAME", 1)
+	case "ls":
+		check = wantArgs("plugins ls", 0)
+	default:
 		return fmt.Errorf("plugins: unknown subcommand %q", sub)
 	}
-	st, pos, err := openStore(ctx, "plugins "+sub, rest, stderr, nil)
+	st, pos, err := openStore(ctx, "plugins "+sub, rest, stderr, nil, check)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	switch sub {
 	case "add":
-		if len(pos) != 2 {
-			return errors.New("plugins add: NAME HOST:PORT")
-		}
 		name, addr := pos[0], pos[1]
 		if !app.ValidPluginName(name) {
 			return fmt.Errorf("plugins add: invalid plugin name %q: letters, digits, _ and - only", name)
@@ -44,9 +58,6 @@ func runPlugins(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stdout, "plugin %s → ws://%s/ws\n", name, addr)
 		return nil
 	case "rm":
-		if len(pos) != 1 {
-			return errors.New("plugins rm: NAME")
-		}
 		if err := st.RemovePlugin(ctx, pos[0]); err != nil {
 			if errors.Is(err, app.ErrNotFound) {
 				return fmt.Errorf("plugins rm: no plugin %q", pos[0])
@@ -56,9 +67,6 @@ func runPlugins(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stdout, "plugin %s removed\n", pos[0])
 		return nil
 	default: // ls
-		if len(pos) != 0 {
-			return fmt.Errorf("plugins ls: unexpected argument %q", pos[0])
-		}
 		plugins, err := st.Plugins(ctx)
 		if err != nil {
 			return err
