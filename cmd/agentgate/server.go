@@ -131,7 +131,11 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		if runsWorker {
 			ready = workerReady
 		}
-		metricsServer, err := serveMetrics(workerCtx, c.MetricsListen, ready, log)
+		var gatewayReady http.Handler
+		if runsGateway {
+			gatewayReady = &front
+		}
+		metricsServer, err := serveMetrics(workerCtx, c.MetricsListen, ready, gatewayReady, log)
 		if err != nil {
 			return err
 		}
@@ -317,10 +321,11 @@ func startCPUProfile(path string) (func(), error) {
 // serveMetrics serves the process's Prometheus metrics, a liveness check
 // and a readiness check on addr (--metrics-listen): for a worker, which has
 // no other listener, and for a gateway whose metrics should not be public
-// (its own address then does not serve them). /readyz answers 200 once ready is closed (the worker is
-// registered: gateways can send it work) until ctx ends (it drains); with
-// no worker in the process (ready nil), as /healthz does.
-func serveMetrics(ctx context.Context, addr string, ready <-chan struct{}, log *slog.Logger) (*http.Server, error) {
+// (its own address then does not serve them). /readyz answers 200 once
+// ready is closed (the worker is registered: gateways can send it work)
+// until ctx ends (it drains), and, in a process that runs a gateway, only
+// when the gateway's own /readyz (gatewayReady) does.
+func serveMetrics(ctx context.Context, addr string, ready <-chan struct{}, gatewayReady http.Handler, log *slog.Logger) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s (--metrics-listen): %w", addr, err)
@@ -328,7 +333,7 @@ func serveMetrics(ctx context.Context, addr string, ready <-chan struct{}, log *
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if ready != nil {
 			select {
 			case <-ready:
@@ -339,6 +344,13 @@ func serveMetrics(ctx context.Context, addr string, ready <-chan struct{}, log *
 		}
 		if ctx.Err() != nil {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		if gatewayReady != nil {
+			// The gateway's own answer (starting, subscribing, Redis,
+			// schema, draining): a probe pointed here must not see a
+			// gateway ready that its listener says is not.
+			gatewayReady.ServeHTTP(w, r)
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")

@@ -271,6 +271,10 @@ func TestDrainGrace(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusServiceUnavailable
 	}, 10*time.Second, 20*time.Millisecond, "/readyz turns 503 during the grace")
+	resp, err = http.Get("http://" + metricsAddr + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "--metrics-listen's /readyz answers as the gateway's")
 	_, resp, err = websocket.DefaultDialer.Dial(wsURL, nil)
 	require.Error(t, err, "a new socket during the grace")
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
