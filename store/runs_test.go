@@ -644,3 +644,40 @@ func TestListSessionsReadsWhatItNeeds(t *testing.T) {
 	require.Equal(t, newest[:5], ids)
 	require.Equal(t, 8, reads, "the stale entries, then as many as were missing")
 }
+
+// TestAllSessionsNewestFirst: the admin list puts running sessions first,
+// then the newest of every user's, whatever order the users' lists are
+// found in. Before, it took the lists in SCAN order and stopped when full:
+// one user with many sessions could hide every other user's, running ones
+// included.
+func TestAllSessionsNewestFirst(t *testing.T) {
+	for _, b := range storetest.Backends {
+		t.Run(string(b), func(t *testing.T) {
+			st := storetest.New(t, storetest.Start(t, b))
+			ctx := context.Background()
+			end := func(sess app.Session, res store.AcceptResult) {
+				_, err := st.Complete(ctx, store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}, app.Outcome{})
+				require.NoError(t, err)
+			}
+			for range 30 {
+				sess := newSession("alice")
+				end(sess, accept(t, st, sess, true))
+			}
+			time.Sleep(5 * time.Millisecond)
+			idle := newSession("bob")
+			end(idle, accept(t, st, idle, true))
+			running := newSession("carol")
+			accept(t, st, running, true)
+			for range 10 {
+				got, err := st.AllSessions(ctx, false, 10)
+				require.NoError(t, err)
+				require.Len(t, got, 10)
+				require.Equal(t, running.ID, got[0].ID)
+				require.Equal(t, idle.ID, got[1].ID)
+				for _, sess := range got[2:] {
+					require.Equal(t, "alice", sess.Owner)
+				}
+			}
+		})
+	}
+}

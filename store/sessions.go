@@ -1,9 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,41 +159,61 @@ func (s *Store) ownedSessions(ctx context.Context, owner string, runningOnly boo
 	return out, nil
 }
 
-// AllSessions returns sessions of every user, most recently started first:
-// the running ones, then the others found through the user sets. It is for
-// admin views, not hot paths.
+// AllSessions returns sessions of every user, the running ones first, then
+// the others by latest activity, newest first, at most limit in all. It is
+// for admin views, not hot paths: it reads every user's list.
 func (s *Store) AllSessions(ctx context.Context, runningOnly bool, limit int) ([]app.Session, error) {
-	if runningOnly {
-		return s.ListSessions(ctx, SessionFilter{RunningOnly: true, Limit: limit})
-	}
 	if limit <= 0 {
 		limit = 200
 	}
-	var out []app.Session
-	seen := map[string]bool{}
-	errFull := errors.New("full")
-	err := s.scanKeys(ctx, s.k.prefix+":user:{*}:sessions", "", func(key string) error {
-		if len(out) >= limit {
-			return errFull
-		}
-		ids, err := s.newest(ctx, key, int64(limit))
+	out, err := s.ListSessions(ctx, SessionFilter{RunningOnly: true, Limit: limit})
+	if err != nil || runningOnly || len(out) >= limit {
+		return out, err
+	}
+	seen := make(map[string]bool, len(out))
+	for _, sess := range out {
+		seen[sess.ID] = true
+	}
+	// The newest of each user's list, merged: the newest limit of them all
+	// are among them. Cut as it grows, so that many users cost no more
+	// than a few times limit entries.
+	var top []redis.Z
+	cut := func() {
+		slices.SortFunc(top, func(a, b redis.Z) int { return cmp.Compare(b.Score, a.Score) })
+		top = top[:min(len(top), limit)]
+	}
+	err = s.scanKeys(ctx, s.k.prefix+":user:{*}:sessions", "", func(key string) error {
+		zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: key, Start: 0, Stop: int64(limit) - 1, Rev: true}).Result()
 		if err != nil {
 			return err
 		}
-		sessions, err := s.sessions(ctx, ids)
-		if err != nil {
-			return err
-		}
-		for _, sess := range sessions {
-			if !seen[sess.ID] && len(out) < limit {
-				seen[sess.ID] = true
-				out = append(out, sess)
+		for _, z := range zs {
+			if id, _ := z.Member.(string); !seen[id] {
+				top = append(top, z)
 			}
+		}
+		if len(top) > 4*limit {
+			cut()
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, errFull) {
+	if err != nil {
 		return nil, fmt.Errorf("store: list sessions: %w", err)
+	}
+	cut()
+	ids := make([]string, 0, len(top))
+	for _, z := range top {
+		ids = append(ids, z.Member.(string))
+	}
+	sessions, err := s.sessions(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("store: list sessions: %w", err)
+	}
+	for _, sess := range sessions {
+		if !seen[sess.ID] && len(out) < limit {
+			seen[sess.ID] = true
+			out = append(out, sess)
+		}
 	}
 	return out, nil
 }
