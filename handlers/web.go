@@ -62,6 +62,12 @@ func serveWebFile(c echo.Context, name string) error {
 	// their Referer, into a proxy's logs.
 	h.Set("Referrer-Policy", "no-referrer")
 	// The files change with the binary: revalidate rather than cache blindly.
-	h.Set("Cache-Control", "no-cache")
+	// The page itself is not stored at all: it is opened at /?token=JWT,
+	// and a cached copy would keep the token on disk under that address.
+	if name == "index.html" {
+		h.Set("Cache-Control", "no-store")
+	} else {
+		h.Set("Cache-Control", "no-cache")
+	}
 	return c.Blob(http.StatusOK, ctype, b)
 }

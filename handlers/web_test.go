@@ -39,6 +39,7 @@ func TestWebClient(t *testing.T) {
 	require.Contains(t, csp, "connect-src 'self' ws: wss:")
 	require.NotContains(t, page, "<script>", "no inline script: the CSP would block it")
 	require.Equal(t, "no-referrer", resp.Header.Get("Referrer-Policy"), "the token of /?token= stays out of Referers")
+	require.Equal(t, "no-store", resp.Header.Get("Cache-Control"), "nor is it kept in a cache under that address")
 
 	// Everything the page links to, and what its modules import.
 	files := []string{"/agentgate.js", "/ui/app.js", "/ui/terminal.js", "/ui/app.css",

@@ -274,16 +274,28 @@ func splitChunks(buf []byte, last bool) (chunks [][]byte, rest []byte) {
 	return chunks, rest
 }
 
-// enqueue adds an input or a resize to the terminal's queue.
+// shellOpCost is the least an op counts against shellInputMax: a resize
+// carries no data, and a queue of them for a PTY that reads nothing would
+// otherwise grow without bound.
+const shellOpCost = 64
+
+// enqueue adds an input or a resize to the terminal's queue. A resize
+// right after another replaces it: only the last has any effect.
 func (sh *shell) enqueue(op shellOp) {
 	sh.inMu.Lock()
-	if sh.inBytes+len(op.data) > shellInputMax {
+	if n := len(sh.inQ); op.data == nil && n > 0 && sh.inQ[n-1].data == nil {
+		sh.inQ[n-1] = op
+		sh.inMu.Unlock()
+		return
+	}
+	cost := max(len(op.data), shellOpCost)
+	if sh.inBytes+cost > shellInputMax {
 		sh.inMu.Unlock()
 		sh.log.Warn("terminal input dropped: the process does not read it")
 		return
 	}
 	sh.inQ = append(sh.inQ, op)
-	sh.inBytes += len(op.data)
+	sh.inBytes += cost
 	sh.inMu.Unlock()
 	select {
 	case sh.inWake <- struct{}{}:

@@ -3,6 +3,7 @@ package workers
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -68,4 +69,23 @@ func TestShellOutputWholeAfterABacklog(t *testing.T) {
 		t.Fatalf("the stored output differs from what was read at byte %d of %d: stored %q, read %q",
 			i, len(want), got[i:min(i+40, len(got))], want[i:min(i+40, len(want))])
 	}
+}
+
+// TestQueuedResizesBounded: resizes for a PTY whose input loop is stuck
+// (a process that reads nothing, its input buffer full) do not pile up:
+// one after another replaces the last, and each op counts against the
+// queue's bound, data or not. Before, a client sending resizes grew the
+// worker's memory without end.
+func TestQueuedResizesBounded(t *testing.T) {
+	sh := &shell{log: slog.New(slog.DiscardHandler), inWake: make(chan struct{}, 1)}
+	for i := range 100000 {
+		sh.enqueue(shellOp{cols: 80 + i%2, rows: 24})
+	}
+	require.Len(t, sh.inQ, 1)
+	require.Equal(t, 81, sh.inQ[0].cols, "the last resize is kept")
+	for range 100000 {
+		sh.enqueue(shellOp{data: []byte("x")})
+		sh.enqueue(shellOp{cols: 80, rows: 24})
+	}
+	require.LessOrEqual(t, len(sh.inQ), 2*shellInputMax/shellOpCost+1)
 }
