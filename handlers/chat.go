@@ -144,7 +144,7 @@ func (h commandHead) sessionID() string { return firstNonEmpty(h.SessionID, h.Op
 // pending placeholder. These frames are replies to this socket alone, not
 // session events: nothing is stored, and they carry no seq.
 func (c *conn) endRefusedCommand(provider app.Provider, sessionID, text string) {
-	if !c.isPaced() {
+	if !c.isLatestOnly() {
 		return
 	}
 	sessionID = app.Clip(sessionID, app.MaxSessionIDLen)
@@ -165,7 +165,7 @@ func (c *conn) endRefusedCommand(provider app.Provider, sessionID, text string) 
 // reply to this socket alone, not a session event (PROTOCOL §3.4: no run,
 // so the session emits no complete).
 func (c *conn) endAbortWithoutRun(provider app.Provider, sessionID string) {
-	if !c.isPaced() {
+	if !c.isLatestOnly() {
 		return
 	}
 	sessionID = app.Clip(sessionID, app.MaxSessionIDLen)
@@ -307,6 +307,12 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	case err != nil:
 		s.hub.abandon(c, w, existed)
 		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
+		if store.Unavailable(err) {
+			// The accept may have been taken with its reply lost: no
+			// complete that a paced client would take for the run's end.
+			c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not start the run; try again"), RequestID: msg.RequestID, Retryable: true})
+			return
+		}
 		fail(storeErrorText(err, "Could not start the run; try again"))
 		return
 	}
@@ -460,6 +466,13 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		return
 	}
 	sess, err := s.st.Session(ctx, msg.SessionID)
+	if err != nil && !errors.Is(err, app.ErrNotFound) {
+		// Redis did not answer: the run may well go on, and a paced
+		// client told it ended would no longer let its user stop it.
+		s.log.Warn("abort", "session", msg.SessionID, "err", err)
+		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not abort the run; try again"), SessionID: msg.SessionID, Retryable: true})
+		return
+	}
 	if err != nil || !c.user.CanSee(sess.Owner) {
 		noRun()
 		return

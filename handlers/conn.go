@@ -85,9 +85,14 @@ type conn struct {
 	// pacer's state (pace.go), guarded by pmu. pmu may be taken while a
 	// feed's mutex is held (hub.publishLocked sends under it); no other lock is
 	// taken while pmu is held.
-	interval   time.Duration
-	pmu        sync.Mutex
-	paced      bool
+	interval time.Duration
+	pmu      sync.Mutex
+	paced    bool
+	// latestOnly is set for a /ws client taken for Claude Code UI's
+	// frontend (no ?delivery=immediate, no lastSeq sent yet), whether
+	// or not its frames are paced (--pace-interval 0 paces none): it
+	// needs the frames that frontend acts on (endRefusedCommand).
+	latestOnly bool
 	pacing     bool
 	pending    [][]byte
 	quietUntil time.Time

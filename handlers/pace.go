@@ -122,23 +122,17 @@ func (c *conn) awaitWritten(n int64) {
 // deliverImmediately ends pacing for the socket: its client handles every
 // frame (it sent a lastSeq). Frames already waiting go out at once, in order.
 func (c *conn) deliverImmediately() {
-	if c.interval == 0 {
-		return
-	}
 	c.pmu.Lock()
-	c.paced = false
+	c.paced, c.latestOnly = false, false
 	c.pmu.Unlock()
 }
 
-// isPaced reports whether the socket is paced: its client has not shown
-// that it handles every frame, so it is taken for Claude Code UI's frontend.
-func (c *conn) isPaced() bool {
-	if c.interval == 0 {
-		return false
-	}
+// isLatestOnly reports whether the socket's client is taken for Claude
+// Code UI's frontend, paced or not (conn.latestOnly).
+func (c *conn) isLatestOnly() bool {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
-	return c.paced
+	return c.latestOnly
 }
 
 // frameHead is what mustBeSeen reads of a frame.

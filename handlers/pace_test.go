@@ -298,3 +298,43 @@ func TestPacedRefusalsEndTheCommand(t *testing.T) {
 	require.Equal(t, "No active run", c.next()["error"])
 	c.expectNothing(200 * time.Millisecond)
 }
+
+// TestUnpacedReferenceClientGetsRefusalsEnded: with pacing off
+// (--pace-interval 0), a socket without ?delivery=immediate is still taken
+// for Claude Code UI's frontend until it sends a lastSeq, and a refused
+// command still ends with a complete; after a lastSeq it gets the error
+// reply alone.
+func TestUnpacedReferenceClientGetsRefusalsEnded(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.PaceInterval = -1 })
+	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
+	next := func() map[string]any {
+		t.Helper()
+		select {
+		case f, ok := <-frames:
+			require.True(t, ok, "socket closed")
+			return f.m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no frame within 10s")
+		}
+		return nil
+	}
+	send := func(v any) {
+		t.Helper()
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
+	}
+	send(map[string]any{"type": "abort-session", "sessionId": "s-3"})
+	require.Equal(t, "No active run", next()["error"])
+	require.Equal(t, "complete", next()["kind"])
+	send(map[string]any{"type": "check-session-status", "sessionId": "s-3", "lastSeq": 0})
+	require.Equal(t, "session-status", next()["type"])
+	send(map[string]any{"type": "abort-session", "sessionId": "s-3"})
+	require.Equal(t, "No active run", next()["error"])
+	select {
+	case f := <-frames:
+		t.Fatalf("unexpected frame %v", f.m)
+	case <-time.After(200 * time.Millisecond):
+	}
+}

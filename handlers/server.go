@@ -308,6 +308,7 @@ func (s *Server) newChatSockets() *melody.Melody {
 	m.HandleConnect(func(ms *melody.Session) {
 		user, _ := ms.Get("user")
 		c := newConn(ms, user.(app.User), s.cfg.QueueSize, s.paceInterval(ms.Request))
+		c.latestOnly = ms.Request.URL.Query().Get("delivery") != deliveryImmediate
 		c.quota, c.refusal = quotaOf(ms), s.chatRefusal
 		ms.Set("conn", c)
 		releaseUpgrade(ms)

@@ -596,7 +596,7 @@ func TestStaleOwnCompleteRechecked(t *testing.T) {
 			ctx := context.Background()
 			sess := newSession("alice")
 			res := accept(t, st, sess, true)
-			run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+			run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude, Worker: "w1"}
 			// The first copy, as seen by Redis (another client: nothing of
 			// it is remembered by st).
 			_, err := storetest.New(t, url, store.Config{Prefix: st.Prefix()}).Complete(ctx, run, app.Outcome{})

@@ -286,9 +286,11 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 		args = append(args, string(kind), body)
 	}
 	out, err := s.runCompleteScript(ctx, run, args)
-	if errors.Is(err, app.ErrStaleRun) && run.RunID != "" {
-		// Perhaps its own first copy, sent again by go-redis or by the
-		// caller after a lost reply: that one is as losable as any.
+	if errors.Is(err, app.ErrStaleRun) && run.Worker != "" && run.RunID != "" {
+		// A worker's own end, answered by its own first copy (sent again
+		// by go-redis, or by the worker after a lost reply): that one is
+		// as losable as any. Not an abort's or the reaper's: the end they
+		// found is someone else's, checked by whoever wrote it.
 		s.done.remember(run, args)
 	}
 	if err != nil {

@@ -222,7 +222,7 @@ func (w *Worker) openShell(c store.Control) {
 	}
 	log := w.log.With("shell", c.Shell, "gen", c.Gen)
 	w.shells.mu.Lock()
-	if w.shells.closing {
+	if w.shells.closing || w.draining.Load() {
 		w.shells.mu.Unlock()
 		// Sent before the gateway read that this worker drains: ended at
 		// once, so that the user opens it again on another worker rather

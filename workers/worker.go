@@ -377,6 +377,14 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 	if !ok {
 		return
 	}
+	w.mu.Lock()
+	if old := w.runs[job.SessionID]; old != nil && old.job.RunID == job.RunID {
+		// This very run, claimed again (the store forgot its claim, an
+		// hour old, and a copy of its job came back): it runs already.
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
 	r := newRun(w, job)
 	r.accepted, _ = streamIDTime(e.StreamID)
 	w.mu.Lock()
