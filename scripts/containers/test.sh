@@ -31,5 +31,12 @@ for target in gateway worker; do
     -v "$CA:/usr/local/share/host-ca.crt:ro" "${caches[@]}" --target "$target" -t "localhost/agentgate-$target:latest" . >/dev/null
   say "localhost/agentgate-$target: $(podman image inspect -f '{{.Size}}' "localhost/agentgate-$target:latest" | numfmt --to=si)B in $(( $(date +%s) - start ))s"
 done
-go test -tags containers -run TestContainers -count=1 -timeout 20m -v ./e2e/ 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok )|containers_test.go|^ {8}' || true
-exit "${PIPESTATUS[0]}"
+# The filter shows the test's progress, failures and build errors. Its `|| true` is kept
+# inside the braces: after `cmd | grep || true` PIPESTATUS holds true's 0, so a
+# failing go test passed the script (and CI) silently. With pipefail the
+# pipeline's status is go test's, as grep's block always succeeds.
+status=0
+go test -tags containers -run TestContainers -count=1 -timeout 20m -v ./e2e/ 2>&1 |
+  { grep -E '^(=== RUN|--- |PASS|FAIL|ok |# )|\.go:[0-9]+:|^ {8}' || true; } || status=$?
+if [ "$status" != 0 ]; then say "TestContainers failed (exit $status)"; fi
+exit "$status"
