@@ -162,12 +162,12 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.ClusterClient, bool, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", err)
+		return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", URLError(err))
 	}
 	if !u.Query().Has("addr") {
 		opts, err := redis.ParseURL(cfg.URL)
 		if err != nil {
-			return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", err)
+			return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", URLError(err))
 		}
 		if cfg.PoolSize > 0 {
 			opts.PoolSize = cfg.PoolSize
@@ -201,7 +201,7 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 	}
 	opts, err := redis.ParseClusterURL(u.String())
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("store: parse Redis Cluster URL: %w", err)
+		return nil, nil, false, fmt.Errorf("store: parse Redis Cluster URL: %w", URLError(err))
 	}
 	if cfg.PoolSize > 0 {
 		opts.PoolSize = cfg.PoolSize

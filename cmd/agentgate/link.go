@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/agentgate/agentgate/store"
 )
 
 // linkListener opens a worker's link listener (--link-listen; nil without
@@ -44,7 +46,7 @@ func (c *config) linkListener(mode, redisURL string) (net.Listener, string, erro
 func localIPToward(redisURL string) (net.IP, error) {
 	u, err := url.Parse(redisURL)
 	if err != nil {
-		return nil, fmt.Errorf("parse Redis URL: %w", err)
+		return nil, fmt.Errorf("parse Redis URL: %w", store.URLError(err))
 	}
 	host, _, _ := strings.Cut(u.Host, ",")
 	if host == "" {

@@ -339,3 +339,23 @@ func stopServe(t *testing.T, cancel context.CancelFunc, done <-chan error) {
 		t.Fatal("serve did not stop")
 	}
 }
+
+// TestBadRedisURLHidesPassword: a Redis URL that does not parse (a password
+// with a '/' that is not percent-encoded) is refused without printing the
+// URL or a piece of its password, at once (the gateway waited for Redis
+// for good, as if it were down), by a gateway and by a worker with per-user
+// accounts, which parses it first.
+func TestBadRedisURLHidesPassword(t *testing.T) {
+	t.Setenv("AGENTGATE_REDIS_URL", "redis://:pw1/pw2@127.0.0.1:1/0")
+	t.Setenv("AGENTGATE_JWT_SECRET", strings.Repeat("s", 32))
+	for _, args := range [][]string{
+		{"gateway", "--listen", "127.0.0.1:0"},
+		{"worker", "--user-uids", "20000-20099", "--metrics-listen", "127.0.0.1:0"},
+	} {
+		var errOut bytes.Buffer
+		err := run(context.Background(), args, io.Discard, &errOut)
+		require.ErrorContains(t, err, "parse", args)
+		require.NotContains(t, err.Error()+errOut.String(), "pw1", args)
+		require.NotContains(t, err.Error()+errOut.String(), "pw2", args)
+	}
+}

@@ -442,7 +442,7 @@ func checkIsolation(fs *flag.FlagSet, c config) error {
 	if c.Redis != "" {
 		u, perr := url.Parse(c.Redis)
 		if perr != nil {
-			return fmt.Errorf("--redis: %w", perr)
+			return fmt.Errorf("--redis: parse Redis URL: %w", store.URLError(perr))
 		}
 		if _, ok := u.User.Password(); !ok {
 			return errors.New("--user-uids: Redis needs a password (requirepass or an ACL user) in AGENTGATE_REDIS_URL, or users' processes could write to it")
