@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/user"
 	"path"
@@ -412,10 +413,40 @@ func (c *config) pace() time.Duration {
 // signs the same token, then sign an admin's.
 const minSecretBytes = 32
 
-// checkSecret refuses a JWT secret too short to resist an offline guess.
+// placeholderPrefix starts every value of deploy/kubernetes's example
+// Secret. Those values are public (they are in this repository), yet long
+// enough to pass every other check: a cluster given the example as it is
+// would run with a JWT secret anyone can sign an admin's token with, and a
+// Redis password every user's terminal knows.
+const placeholderPrefix = "change-me"
+
+// isPlaceholder reports whether s is one of the example's placeholders.
+func isPlaceholder(s string) bool {
+	return strings.HasPrefix(strings.ToLower(s), placeholderPrefix)
+}
+
+// checkSecret refuses a JWT secret too short to resist an offline guess,
+// and the example's placeholder.
 func checkSecret(secret []byte) error {
+	if isPlaceholder(string(secret)) {
+		return fmt.Errorf("--jwt-secret (AGENTGATE_JWT_SECRET) is a placeholder (it starts with %q): it is public, and anyone could sign any user's or an admin's token with it (make one with: openssl rand -hex 32)", placeholderPrefix)
+	}
 	if len(secret) < minSecretBytes {
 		return fmt.Errorf("--jwt-secret (AGENTGATE_JWT_SECRET) has %d bytes, at least %d are needed: a short secret can be guessed offline from any token it signed (make one with: openssl rand -hex 32)", len(secret), minSecretBytes)
+	}
+	return nil
+}
+
+// checkRedisURL refuses a Redis URL whose password is the example's
+// placeholder: it is public, and the users' processes on the workers reach
+// Redis. A URL that does not parse is left to the store, which reports it.
+func checkRedisURL(redisURL string) error {
+	u, err := url.Parse(redisURL)
+	if err != nil {
+		return nil
+	}
+	if pw, _ := u.User.Password(); isPlaceholder(pw) {
+		return fmt.Errorf("--redis (AGENTGATE_REDIS_URL) has a placeholder password (it starts with %q): it is public (make one with: openssl rand -hex 24, and give it to Redis too)", placeholderPrefix)
 	}
 	return nil
 }

@@ -359,3 +359,30 @@ func TestBadRedisURLHidesPassword(t *testing.T) {
 		require.NotContains(t, err.Error()+errOut.String(), "pw2", args)
 	}
 }
+
+// TestPlaceholderSecretsRefused: the example Secret's values (public, and
+// long enough for the length check) start neither a gateway, a worker, nor
+// the token command.
+func TestPlaceholderSecretsRefused(t *testing.T) {
+	const jwt = "change-me--make-one-with--openssl-rand-hex-32"
+	err := run(context.Background(), []string{"token", "--user", "alice", "--jwt-secret", jwt}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "placeholder")
+	require.ErrorContains(t, err, "openssl rand -hex 32")
+	require.NotContains(t, err.Error(), jwt)
+	err = run(context.Background(), []string{"token", "--user", "alice", "--jwt-secret", strings.ToUpper(jwt)}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "placeholder")
+
+	t.Setenv("AGENTGATE_REDIS_URL", "redis://:s3cret-s3cret@127.0.0.1:1/0")
+	t.Setenv("AGENTGATE_JWT_SECRET", jwt)
+	err = run(context.Background(), []string{"gateway", "--listen", "127.0.0.1:0"}, io.Discard, io.Discard)
+	require.ErrorContains(t, err, "placeholder")
+	require.ErrorContains(t, err, "openssl rand -hex 32")
+
+	t.Setenv("AGENTGATE_JWT_SECRET", strings.Repeat("s", 32))
+	t.Setenv("AGENTGATE_REDIS_URL", "redis://:change-me--make-one-with--openssl-rand-hex-24@127.0.0.1:1/0")
+	for _, cmd := range []string{"gateway", "worker"} {
+		err = run(context.Background(), []string{cmd, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, io.Discard, io.Discard)
+		require.ErrorContains(t, err, "placeholder password", cmd)
+		require.NotContains(t, err.Error(), "make-one-with", cmd)
+	}
+}

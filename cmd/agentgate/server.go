@@ -65,6 +65,9 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 	}
 
 	redisURL := c.Redis
+	if err := checkRedisURL(redisURL); err != nil {
+		return err
+	}
 	var embedded *store.Embedded
 	if redisURL == "" {
 		if mode != "serve" {
