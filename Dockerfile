@@ -55,7 +55,10 @@ ENV PATH=/opt/agentgate/node_modules/.bin:$PATH \
     AGENTGATE_USER_HOMES=/var/lib/agentgate/home \
     AGENTGATE_METRICS_LISTEN=0.0.0.0:9090 \
     AGENTGATE_LINK_LISTEN=0.0.0.0:7070
-RUN mkdir -p /var/lib/agentgate/home /workspaces
+# The users' homes folder is 0711: each user reaches their own home (0700)
+# without listing the others' names (mkdir would make it 0755). A named
+# volume takes this mode from the image; the worker sets it on one it owns.
+RUN mkdir -p /workspaces && install -d -m 0711 /var/lib/agentgate/home
 VOLUME ["/var/lib/agentgate/home"]
 WORKDIR /var/lib/agentgate
 # /metrics and /healthz; the link gateways send keystrokes and acks on

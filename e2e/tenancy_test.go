@@ -65,6 +65,8 @@ func newTenantCluster(t *testing.T, workerEnv ...string) *tenantCluster {
 	srv := storetest.StartServerWithPassword(t, password)
 	_, port, _ := strings.Cut(srv.Addr, ":")
 	homes := filepath.Join(reachableDir(t), "homes")
+	// As an image's `mkdir -p` makes it: the worker sets it to 0711.
+	require.NoError(t, os.Mkdir(homes, 0o755))
 	cl := newCluster(t, reachableBin(t, mockanthropic.ClaudeBin(t)), probeTurns("probe-alice", homes, port)...)
 	cl.redis, cl.redisURL = srv, srv.URL
 	cl.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr, Password: password})
@@ -122,6 +124,7 @@ func TestUserAccounts(t *testing.T) {
 		fmt.Sprintf(`echo "WORKER=$(cat /proc/%d/environ >/dev/null 2>&1 && echo open || echo shut)"`, workerPID),
 		fmt.Sprintf(`echo "GATEWAY=$(cat /proc/%d/environ >/dev/null 2>&1 && echo open || echo shut)"`, tc.gw.pid()),
 		`cat ` + filepath.Join(tc.homes, "bob", "notes") + ` 2>&1 | head -c 200; echo`,
+		`echo "HOMES=$(ls ` + tc.homes + ` >/dev/null 2>&1 && echo listed || echo unlisted)"`,
 		`echo "REDIS=$(redis-cli -p ` + port + ` set ag:owned alice 2>&1 | head -c 30)"`,
 		`echo "DO""NE"`,
 	}, "; "))
@@ -135,6 +138,7 @@ func TestUserAccounts(t *testing.T) {
 	require.Contains(t, out, "GATEWAY=shut")
 	require.Contains(t, out, "Permission denied")
 	require.NotContains(t, out, "secret-of-bob")
+	require.Contains(t, out, "HOMES=unlisted", "alice lists the users' names")
 	require.Regexp(t, `REDIS=NOAUTH`, out)
 	require.EqualValues(t, 0, tc.rdb.Exists(t.Context(), "ag:owned").Val(), "alice wrote to Redis")
 

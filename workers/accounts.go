@@ -175,6 +175,9 @@ func ensureHome(homes string, a *account) error {
 	if err := os.MkdirAll(homes, 0o711); err != nil {
 		return fmt.Errorf("make the homes folder: %w", err)
 	}
+	if err := checkHomes(homes); err != nil {
+		return err
+	}
 	switch err := os.Mkdir(a.home, 0o700); {
 	case err == nil:
 		if err := os.Chown(a.home, a.uid, a.uid); err != nil {
@@ -194,6 +197,38 @@ func ensureHome(homes string, a *account) error {
 	}
 	if int(st.Uid) != a.uid {
 		return fmt.Errorf("the home of %s belongs to uid %d, not to its account %d", a.name, st.Uid, a.uid)
+	}
+	return nil
+}
+
+// checkHomes sets the homes folder to 0711 when the worker owns it:
+// MkdirAll leaves the mode of a folder that exists alone, and an image's
+// `mkdir -p` or a fresh volume gives 0755 (every user's terminal lists the
+// others' names) or 0777 (a user can make another user's home, or a link
+// in its place, before the worker does). A folder of another owner that
+// other accounts can write to is refused, as the worker cannot fix it.
+func checkHomes(homes string) error {
+	fi, err := os.Stat(homes)
+	if err != nil {
+		return fmt.Errorf("read the homes folder: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok {
+		return fmt.Errorf("the homes folder %s is not a folder", homes)
+	}
+	mode := fi.Mode() & (os.ModePerm | os.ModeSticky | os.ModeSetgid | os.ModeSetuid)
+	if mode == 0o711 {
+		return nil
+	}
+	if int(st.Uid) == os.Geteuid() {
+		if err := os.Chmod(homes, 0o711); err != nil {
+			return fmt.Errorf("set the homes folder %s to mode 0711 (it is %04o): %w", homes, mode.Perm(), err)
+		}
+		return nil
+	}
+	if mode.Perm()&0o022 != 0 {
+		return fmt.Errorf("the homes folder %s (mode %04o, uid %d) can be written by other accounts, so a user could make another user's home: make it mode 0711 and owned by the worker's user (uid %d)",
+			homes, mode.Perm(), st.Uid, os.Geteuid())
 	}
 	return nil
 }
