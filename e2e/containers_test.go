@@ -170,7 +170,7 @@ func TestContainers(t *testing.T) {
 	// A terminal through nginx.
 	sh := dialWS(t, "shell", "ws://"+base+"/shell?token="+token)
 	sh.send(map[string]any{"type": "init", "projectPath": "/var/lib/agentgate/home/alice", "shellId": "ct", "cols": 80, "rows": 24,
-		"initialCommand": "echo container-$((6*7)); id -u; read line; echo typed-$line"})
+		"initialCommand": "echo container-$((6*7)); id -u; setsid -f sleep 4242; read line; echo typed-$line"})
 	shellSays := func(s string) {
 		sh.waitFor(60*time.Second, "the terminal's output "+s, func(fs []frame) bool {
 			var out strings.Builder
@@ -181,10 +181,24 @@ func TestContainers(t *testing.T) {
 		})
 	}
 	shellSays("container-42")
+	// escapedJob is the job the terminal started in a session of its own
+	// (setsid), holding the terminal: found by the worker among the user's
+	// processes through /proc/PID/fd, which needs CAP_SYS_PTRACE.
+	escapedJob := func() (running bool) {
+		for _, w := range []string{"worker_1", "worker_2"} {
+			if exec.Command("podman", "exec", ctProject+"_"+w, "pgrep", "-f", "^sleep 4242$").Run() == nil {
+				running = true
+			}
+		}
+		return running
+	}
+	eventually(t, 20*time.Second, "the terminal's escaped job", escapedJob)
 	// The keystrokes take the worker's link, at the address it advertised
 	// on the stack's network.
 	sh.send(map[string]any{"type": "input", "data": "over-the-link\r"})
 	shellSays("typed-over-the-link")
+	eventually(t, 20*time.Second, "the end of the escaped job with its terminal", func() bool { return !escapedJob() })
+	t.Logf("the terminal's escaped job ended with it")
 	linked := 0.0
 	for _, gw := range ctGateways {
 		if gw != victim { // killed above, not started again yet

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -157,6 +158,36 @@ func killHolders(held heldFiles, uid int) {
 
 // holdersBudget bounds one killHolders scan.
 const holdersBudget = time.Second
+
+// capSysPtrace is CAP_SYS_PTRACE's bit in the capability sets.
+const capSysPtrace = 19
+
+// canReadOthersFiles reports whether this process can read which files
+// processes of other uids hold: the links of /proc/PID/fd need ptrace
+// access, which root has only with CAP_SYS_PTRACE. Container engines do
+// not grant it by default; without it a worker with user accounts lists a
+// user's descriptors but cannot read them, and killHolders passes over a
+// job that left its run's or terminal's session (setsid, nohup).
+func canReadOthersFiles() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	eff, ok := effectiveCaps(string(b))
+	return ok && eff&(1<<capSysPtrace) != 0
+}
+
+// effectiveCaps reads the effective capability set from the text of
+// /proc/PID/status.
+func effectiveCaps(status string) (uint64, bool) {
+	for line := range strings.Lines(status) {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			eff, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return eff, err == nil
+		}
+	}
+	return 0, false
+}
 
 // uidOf is the uid a command runs as: its credential's, or the worker's.
 func uidOf(cred *syscall.Credential) int {

@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -18,6 +19,9 @@ import (
 func TestKillHoldersLooksOnlyAtItsUID(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to start a process of another uid")
+	}
+	if !canReadOthersFiles() {
+		t.Skip("needs CAP_SYS_PTRACE to read another uid's descriptors (a container's root lacks it by default)")
 	}
 	const uid = 20779
 	r, w, err := os.Pipe()
@@ -121,4 +125,21 @@ func requireAlive(t *testing.T, cmd *exec.Cmd) {
 	}
 	_ = cmd.Process.Kill()
 	<-done
+}
+
+// TestEffectiveCaps reads CAP_SYS_PTRACE from /proc/PID/status: the
+// effective set of a container's default root lacks it, the same with
+// --cap-add SYS_PTRACE has it.
+func TestEffectiveCaps(t *testing.T) {
+	status := "Name:\tbash\nCapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t%s\nCapBnd:\t00000000a80c25fb\n"
+	for eff, ptrace := range map[string]bool{"00000000a80425fb": false, "00000000a80c25fb": true, "000001ffffffffff": true, "0000000000000000": false} {
+		caps, ok := effectiveCaps(fmt.Sprintf(status, eff))
+		require.True(t, ok, eff)
+		require.Equal(t, ptrace, caps&(1<<capSysPtrace) != 0, eff)
+	}
+	_, ok := effectiveCaps("Name:\tbash\n")
+	require.False(t, ok)
+	if os.Geteuid() == 0 {
+		t.Logf("this process can read other uids' descriptors: %v", canReadOthersFiles())
+	}
 }

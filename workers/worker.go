@@ -211,6 +211,9 @@ func New(cfg Config) (*Worker, error) {
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
 		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, stopping: make(chan struct{}),
 	}
+	if cfg.Accounts != nil && !canReadOthersFiles() {
+		w.log.Warn("without CAP_SYS_PTRACE the worker cannot read which files the users' processes hold: a job that left its terminal's or run's session (setsid, nohup) is not killed when they end; add the capability to the worker's container (README: Deploying)")
+	}
 	if cfg.Link != nil {
 		token, err := link.NewToken()
 		if err != nil {
