@@ -253,6 +253,16 @@ func TestContainers(t *testing.T) {
 		m := scrape(t, "http://"+target+"/metrics")
 		t.Logf("metrics of %s: %d series; agentgate's that are not zero:\n%s", target, len(m), m.sample())
 	}
+
+	// No token in nginx's logs, though every socket's URL had one: the
+	// access log has paths only, and the error log, which prints a failed
+	// request's URL (the gateways killed and stopped above made nginx's
+	// connections to them fail), is kept to crit.
+	logs, err := exec.Command("podman", "logs", ctProject+"_nginx_1").CombinedOutput()
+	require.NoError(t, err)
+	require.Contains(t, string(logs), `"GET /ws HTTP/1.1" 101`, "the access log")
+	require.NotContains(t, string(logs), token, "nginx logged a token")
+	require.NotContains(t, string(logs), "token=", "nginx logged a token")
 }
 
 // composeDir makes the stack's network, copies deploy/compose into a
