@@ -198,6 +198,9 @@ type claudeLine struct {
 	// Error is set on the synthetic assistant line the CLI prints for a
 	// failed request ("authentication_failed", "server_error").
 	Error string `json:"error"`
+	// UUID names the line; the CLI writes the same line, under the same
+	// uuid, to the conversation's transcript (messageID).
+	UUID string `json:"uuid"`
 	// Errors explains a result of subtype error_during_execution (a
 	// --resume of a conversation that does not exist).
 	Errors []string `json:"errors"`
@@ -354,9 +357,22 @@ func (p *claudeParser) errorRow(text string) app.Event {
 	return app.ErrorRow(text)
 }
 
+// messageID is the id Claude Code UI's server gives the message a part of
+// a transcript line makes (claude-sessions.provider.ts at afc717e6: the
+// line's uuid, and a suffix for each part of its content). Its frontend,
+// reloading a conversation's history from the transcript, keeps the live
+// messages whose ids the history lacks: with ids of their own, every live
+// message of the run was shown twice. A line without a uuid keeps the
+// event's random id.
+func messageID(ev *app.Event, uuid, suffix string) {
+	if uuid != "" && len(uuid) <= 64 {
+		ev.ID = uuid + suffix
+	}
+}
+
 func (p *claudeParser) assistant(l claudeLine) []app.Event {
 	var events []app.Event
-	for _, b := range l.Message.Content.Blocks {
+	for i, b := range l.Message.Content.Blocks {
 		var ev app.Event
 		switch b.Type {
 		case "text":
@@ -374,6 +390,7 @@ func (p *claudeParser) assistant(l claudeLine) []app.Event {
 		default:
 			continue
 		}
+		messageID(&ev, l.UUID, "_"+strconv.Itoa(i))
 		events = append(events, withParent(ev, l.ParentToolUseID))
 	}
 	return events
@@ -383,17 +400,25 @@ func (p *claudeParser) user(l claudeLine) []app.Event {
 	var events []app.Event
 	if c := l.Message.Content; c.IsText {
 		if c.Text != "" {
-			events = append(events, withParent(app.Text("user", c.Text), l.ParentToolUseID))
+			ev := app.Text("user", c.Text)
+			messageID(&ev, l.UUID, "")
+			events = append(events, withParent(ev, l.ParentToolUseID))
 		}
 		return events
 	}
-	for _, b := range l.Message.Content.Blocks {
+	for i, b := range l.Message.Content.Blocks {
 		switch b.Type {
 		case "tool_result":
-			events = append(events, withParent(app.ToolResult(b.ToolUseID, toolResultContent(json.RawMessage(b.Content)), b.IsError), l.ParentToolUseID))
+			ev := app.ToolResult(b.ToolUseID, toolResultContent(json.RawMessage(b.Content)), b.IsError)
+			if len(b.ToolUseID) <= 128 {
+				messageID(&ev, l.UUID, "_tr_"+b.ToolUseID)
+			}
+			events = append(events, withParent(ev, l.ParentToolUseID))
 		case "text":
 			if b.Text != "" {
-				events = append(events, withParent(app.Text("user", b.Text), l.ParentToolUseID))
+				ev := app.Text("user", b.Text)
+				messageID(&ev, l.UUID, "_text_"+strconv.Itoa(i))
+				events = append(events, withParent(ev, l.ParentToolUseID))
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -312,7 +313,8 @@ func (h *harness) submitJob(job app.Job) app.Session {
 
 func TestClaudeCLIRuns(t *testing.T) {
 	api := mockanthropic.New(t)
-	h := claudeWorker(t, storetest.New(t, storetest.Redis(t)), append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0"))
+	env := api.CLIEnv(t)
+	h := claudeWorker(t, storetest.New(t, storetest.Redis(t)), append(env, "CLAUDE_CODE_MAX_RETRIES=0"))
 
 	t.Run("text answer", func(t *testing.T) {
 		api.Add(mockanthropic.Turn{When: "say hello", Text: "Hello from the mock"})
@@ -406,6 +408,17 @@ func TestClaudeCLIRuns(t *testing.T) {
 		}
 		require.Equal(t, []string{"text:Running it.", "tool_use:Bash", "tool_result:hi", "text:Done: hi"}, seen)
 		require.Equal(t, true, completes(evs)[0]["success"])
+
+		// Each message carries the id Claude Code UI's server gives it
+		// when it reads the conversation's transcript, which its frontend
+		// merges with the live messages by id.
+		ids := transcriptIDs(t, lookupEnv(env, "HOME"), sess.ID)
+		for _, e := range evs {
+			switch e["kind"] {
+			case "text", "tool_use", "tool_result":
+				require.Contains(t, ids, e["id"], "%v", e)
+			}
+		}
 	})
 
 	t.Run("api error", func(t *testing.T) {
@@ -457,4 +470,46 @@ func TestClaudeNotLoggedIn(t *testing.T) {
 	c := completes(evs)
 	require.Len(t, c, 1)
 	require.Equal(t, false, c[0]["success"])
+}
+
+// transcriptIDs reads the transcript the Claude CLI saved of a
+// conversation and returns the ids Claude Code UI's server gives its
+// messages (claude-sessions.provider.ts at afc717e6).
+func transcriptIDs(t *testing.T, home, id string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(home, ".claude", "projects", "*", id+".jsonl"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	b, err := os.ReadFile(files[0])
+	require.NoError(t, err)
+	var ids []string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var l struct {
+			UUID    string `json:"uuid"`
+			Message struct {
+				Role    string          `json:"role"`
+				Content json.RawMessage `json:"content"`
+			} `json:"message"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(line), &l))
+		var parts []struct {
+			Type      string `json:"type"`
+			ToolUseID string `json:"tool_use_id"`
+		}
+		if json.Unmarshal(l.Message.Content, &parts) != nil {
+			ids = append(ids, l.UUID)
+			continue
+		}
+		for i, p := range parts {
+			switch {
+			case l.Message.Role == "assistant":
+				ids = append(ids, l.UUID+"_"+strconv.Itoa(i))
+			case p.Type == "tool_result":
+				ids = append(ids, l.UUID+"_tr_"+p.ToolUseID)
+			case p.Type == "text":
+				ids = append(ids, l.UUID+"_text_"+strconv.Itoa(i))
+			}
+		}
+	}
+	return ids
 }
