@@ -307,12 +307,10 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	case err != nil:
 		s.hub.abandon(c, w, existed)
 		s.log.Warn("accept run", "session", plan.session.ID, "err", err)
-		if store.Unavailable(err) {
-			// The accept may have been taken with its reply lost: no
-			// complete that a paced client would take for the run's end.
-			c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not start the run; try again"), RequestID: msg.RequestID, Retryable: true})
-			return
-		}
+		// Most such errors mean no run (Redis refused or was away before
+		// the script); one whose reply was lost has its events in the
+		// session, which a reload shows, where a client left busy would
+		// wait for a complete that never reaches this socket.
 		fail(storeErrorText(err, "Could not start the run; try again"))
 		return
 	}

@@ -22,6 +22,10 @@ func TestBadRedisURLHidesPassword(t *testing.T) {
 		{"redis://user:s3cr%zzet@127.0.0.1:6379/0", "s3cr"},
 		{"redis://:pw d@127.0.0.1:6379/0?addr=127.0.0.1:6380", "pw d"},
 		{"redis://:hunter2@127.0.0.1:6379/0\n", "hunter2"},
+		// net/url takes ":" for the host and the rest for the path, which
+		// go-redis refuses quoting it.
+		{"redis://:/Xy9secret@redis:6379/0", "Xy9secret"},
+		{"redis://:12/Xy9secret@redis:6379/0", "Xy9secret"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := store.New(ctx, store.Config{URL: tc.url})

@@ -167,7 +167,7 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 	if !u.Query().Has("addr") {
 		opts, err := redis.ParseURL(cfg.URL)
 		if err != nil {
-			return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", URLError(err))
+			return nil, nil, false, fmt.Errorf("store: parse Redis URL: %w", parseError(err, cfg.URL, u))
 		}
 		if cfg.PoolSize > 0 {
 			opts.PoolSize = cfg.PoolSize
@@ -201,7 +201,7 @@ func connect(ctx context.Context, cfg Config) (redis.UniversalClient, *redis.Clu
 	}
 	opts, err := redis.ParseClusterURL(u.String())
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("store: parse Redis Cluster URL: %w", URLError(err))
+		return nil, nil, false, fmt.Errorf("store: parse Redis Cluster URL: %w", parseError(err, u.String(), u))
 	}
 	if cfg.PoolSize > 0 {
 		opts.PoolSize = cfg.PoolSize

@@ -220,15 +220,12 @@ func checkHomes(homes string) error {
 	if mode == 0o711 {
 		return nil
 	}
-	if int(st.Uid) == os.Geteuid() {
-		if err := os.Chmod(homes, 0o711); err != nil {
-			return fmt.Errorf("set the homes folder %s to mode 0711 (it is %04o): %w", homes, mode.Perm(), err)
-		}
-		return nil
-	}
-	if mode.Perm()&0o022 != 0 {
-		return fmt.Errorf("the homes folder %s (mode %04o, uid %d) can be written by other accounts, so a user could make another user's home: make it mode 0711 and owned by the worker's user (uid %d)",
-			homes, mode.Perm(), st.Uid, os.Geteuid())
+	// The worker runs as root (it sets users' uids), which may set the
+	// mode of a folder whatever its owner (an admin's bind mount).
+	err = os.Chmod(homes, 0o711)
+	if err != nil && mode.Perm()&0o022 != 0 {
+		return fmt.Errorf("the homes folder %s (mode %04o, uid %d) can be written by other accounts, so a user could make another user's home, and setting it to 0711 failed (%v): make it mode 0711",
+			homes, mode.Perm(), st.Uid, err)
 	}
 	return nil
 }

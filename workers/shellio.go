@@ -280,7 +280,8 @@ func splitChunks(buf []byte, last bool) (chunks [][]byte, rest []byte) {
 const shellOpCost = 64
 
 // enqueue adds an input or a resize to the terminal's queue. A resize
-// right after another replaces it: only the last has any effect.
+// right after another replaces it (only the last has any effect), so
+// resizes, never dropped, are at most one an input.
 func (sh *shell) enqueue(op shellOp) {
 	sh.inMu.Lock()
 	if n := len(sh.inQ); op.data == nil && n > 0 && sh.inQ[n-1].data == nil {
@@ -289,7 +290,7 @@ func (sh *shell) enqueue(op shellOp) {
 		return
 	}
 	cost := max(len(op.data), shellOpCost)
-	if sh.inBytes+cost > shellInputMax {
+	if op.data != nil && sh.inBytes+cost > shellInputMax {
 		sh.inMu.Unlock()
 		sh.log.Warn("terminal input dropped: the process does not read it")
 		return

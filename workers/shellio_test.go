@@ -88,4 +88,5 @@ func TestQueuedResizesBounded(t *testing.T) {
 		sh.enqueue(shellOp{cols: 80, rows: 24})
 	}
 	require.LessOrEqual(t, len(sh.inQ), 2*shellInputMax/shellOpCost+1)
+	require.Nil(t, sh.inQ[len(sh.inQ)-1].data, "a resize is never dropped: the last op is one")
 }
