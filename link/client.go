@@ -243,14 +243,9 @@ func (c *Client) dial(ctx context.Context, worker string) (net.Conn, error) {
 	}
 	deadline, _ := ctx.Deadline()
 	_ = conn.SetDeadline(deadline)
-	if _, err := conn.Write([]byte(helloPrefix + token + "\n")); err != nil {
+	if err := clientHello(conn, token); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("hello: %w", err)
-	}
-	var ok [len(helloOK)]byte
-	if _, err := io.ReadFull(conn, ok[:]); err != nil || string(ok[:]) != helloOK {
-		conn.Close()
-		return nil, fmt.Errorf("hello refused by %s: %v", addr, err)
+		return nil, fmt.Errorf("hello to %s: %w", addr, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return conn, nil

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -46,7 +45,8 @@ func NewToken() (string, error) {
 // Server accepts the links of gateways to one worker and hands their
 // controls to it.
 type Server struct {
-	hello  []byte
+	token  string
+	hello  []byte // the version-1 hello: the token itself
 	handle func(store.Control)
 	log    *slog.Logger
 
@@ -67,7 +67,7 @@ func NewServer(token string, handle func(store.Control), log *slog.Logger) *Serv
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{hello: []byte(helloPrefix + token + "\n"), handle: handle, log: log, conns: map[net.Conn]struct{}{}}
+	return &Server{token: token, hello: []byte(helloPrefix + token + "\n"), handle: handle, log: log, conns: map[net.Conn]struct{}{}}
 }
 
 // Serve accepts links on ln until ctx ends, then closes ln and every link
@@ -123,12 +123,15 @@ func (s *Server) serveConn(c net.Conn) {
 	_ = c.SetDeadline(time.Now().Add(helloTimeout))
 	r := bufio.NewReaderSize(c, 16<<10)
 	line, err := r.ReadSlice('\n')
-	if err != nil || len(line) > maxHello || subtle.ConstantTimeCompare(line, s.hello) != 1 {
-		// Neither the token nor why: the caller is not a gateway of ours.
+	if err != nil || len(line) > maxHello {
 		s.refused(c.RemoteAddr().String())
 		return
 	}
-	if _, err := c.Write([]byte(helloOK)); err != nil {
+	if err := s.serverHello(c, r, line); err != nil {
+		if errors.Is(err, errHelloRefused) {
+			// Neither the token nor why: the caller is not a gateway of ours.
+			s.refused(c.RemoteAddr().String())
+		}
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
