@@ -23,9 +23,14 @@ type RunRef struct {
 	// Worker is the worker that claimed the run, for the writes of that
 	// worker: they are refused once another worker holds the run (a claim
 	// lost with Redis's last writes, then made by another). "" for the
-	// writes of others (abort, reaper).
+	// writes of others (abort, reaper); Unclaimed for the reaper's end of
+	// a run no worker took, refused once one did.
 	Worker string
 }
+
+// Unclaimed is RunRef.Worker for a write that holds only while no worker
+// has claimed the run.
+const Unclaimed = "-"
 
 // AcceptRequest is what a gateway asks of Accept.
 type AcceptRequest struct {
@@ -286,7 +291,7 @@ func (s *Store) Complete(ctx context.Context, run RunRef, o app.Outcome, before 
 		args = append(args, string(kind), body)
 	}
 	out, err := s.runCompleteScript(ctx, run, args)
-	if errors.Is(err, app.ErrStaleRun) && run.Worker != "" && run.RunID != "" {
+	if errors.Is(err, app.ErrStaleRun) && run.Worker != "" && run.Worker != Unclaimed && run.RunID != "" {
 		// A worker's own end, answered by its own first copy (sent again
 		// by go-redis, or by the worker after a lost reply): that one is
 		// as losable as any. Not an abort's or the reaper's: the end they

@@ -560,6 +560,10 @@ func TestWritesOfAnotherWorkersRun(t *testing.T) {
 			w2.Worker = "w2"
 			_, err = st.Append(ctx, w2, text, nil)
 			require.NoError(t, err)
+			unclaimed := w1
+			unclaimed.Worker = store.Unclaimed
+			_, err = st.Complete(ctx, unclaimed, app.Outcome{})
+			require.ErrorIs(t, err, app.ErrStaleRun, "the reaper's end of a run no worker took, once one did")
 			anyone := w1
 			anyone.Worker = ""
 			_, err = st.Complete(ctx, anyone, app.Outcome{})

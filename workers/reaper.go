@@ -187,6 +187,9 @@ func (r *Reaper) check(ctx context.Context, list []app.Session, alive, dead map[
 			dead[sess.Worker] = true
 			r.reap(ctx, ref, app.ReasonWorkerLost, "worker lost")
 		case unclaimed(sess):
+			// Not if a worker claims it meanwhile: its CLI would start on
+			// a run already ended.
+			ref.Worker = store.Unclaimed
 			r.reap(ctx, ref, app.ReasonNoWorker, "No worker took this run; is a worker running?")
 		}
 	}

@@ -20,7 +20,9 @@
 -- ARGV[10] seq floor (see raise in prelude.lua; 0 for none)
 -- ARGV[11] number of events N to append before complete
 -- ARGV[12] the worker ending its own run, or "" (abort, reaper): refused
---          (STALE) when another worker holds the run (see run_append.lua)
+--          (STALE) when another worker holds the run (see run_append.lua);
+--          "-" (the reaper, for a run no worker claimed): refused once
+--          any worker holds it
 -- ARGV[13 .. 12+2N]         kind, body pairs
 --
 -- Returns {runId, worker, seq of complete, owner, time of the end,
