@@ -618,8 +618,8 @@ func (s *Server) pendingPermissions(ctx context.Context, c *conn, sessionID stri
 // permissionResponse forwards a user's answer to the worker running the
 // request's session, through its inbox: the answer may come from any socket
 // of the owner on any gateway. Like the reference it sends no reply, and an
-// unknown request (or another user's) is ignored; only a malformed frame is
-// answered with an error.
+// unknown request (or another user's) is ignored; a malformed frame, and an
+// answer Redis could not route (retryable), are answered with an error.
 func (s *Server) permissionResponse(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	ans, err := app.AnswerOf(msg)
 	if err != nil {
@@ -627,16 +627,28 @@ func (s *Server) permissionResponse(ctx context.Context, c *conn, msg *app.Clien
 		return
 	}
 	sessionID, err := s.st.PermissionSession(ctx, ans.RequestID)
-	if err != nil {
-		if !errors.Is(err, app.ErrNotFound) {
-			s.log.Warn("find permission request", "err", err)
+	if err == nil {
+		var sess app.Session
+		sess, err = s.st.Session(ctx, sessionID)
+		if err == nil && (!c.user.CanSee(sess.Owner) || !sess.Running() || sess.Worker == "") {
+			return
 		}
-		return
+		if err == nil {
+			s.forwardAnswer(ctx, c, sess, ans)
+			return
+		}
 	}
-	sess, err := s.st.Session(ctx, sessionID)
-	if err != nil || !c.user.CanSee(sess.Owner) || !sess.Running() || sess.Worker == "" {
-		return
+	if !errors.Is(err, app.ErrNotFound) {
+		// Redis did not answer: said, so that the page asks again rather
+		// than drop a prompt whose answer went nowhere.
+		s.log.Warn("find permission request", "err", err)
+		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Gateway could not deliver the answer; try again"), Retryable: true})
 	}
+}
+
+// forwardAnswer sends a user's answer to the worker running sess.
+func (s *Server) forwardAnswer(ctx context.Context, c *conn, sess app.Session, ans app.PermissionAnswer) {
+	sessionID := sess.ID
 	data, err := json.Marshal(ans)
 	if err != nil {
 		return

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -38,10 +39,17 @@ func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPerm
 	}
 	keys := []string{s.k.session(run.SessionID), s.k.events(run.SessionID), s.k.perms(run.SessionID)}
 	seq, err := s.sc.permissionAsk.Run(ctx, s.rdb, keys,
-		run.RunID, s.limits, s.k.live(run.SessionID), p.RequestID, body, pending, s.floors.get(run.SessionID)).Int64()
+		run.RunID, s.limits, s.k.live(run.SessionID), p.RequestID, body, pending, s.floors.get(run.SessionID),
+		s.deadlineMillis(ctx)).Int64()
 	if err != nil {
 		err = scriptError(err)
-		if errors.Is(err, app.ErrStaleRun) {
+		if strings.TrimPrefix(strings.TrimSpace(err.Error()), "ERR ") == "LATE" {
+			// Redis stalled, or its clock moved: measured again before
+			// the next deadline.
+			s.clock.expire()
+			err = ErrLate
+		}
+		if errors.Is(err, app.ErrStaleRun) || errors.Is(err, ErrLate) {
 			_ = s.unlinkPermissions(ctx, run.SessionID, p.RequestID)
 		}
 		return fmt.Errorf("store: ask permission %s: %w", p.RequestID, err)

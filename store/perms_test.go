@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 func TestPermissionLifecycle(t *testing.T) {
@@ -126,4 +130,27 @@ func TestPermissionIDsAreCheckedAndIndexPerSession(t *testing.T) {
 		_, err = st.PermissionSession(ctx, "same")
 		require.ErrorIs(t, err, app.ErrNotFound)
 	})
+}
+
+// TestPermissionAskLateWritesNothing: a request Redis runs past its
+// caller's deadline (a stalled Redis runs what waited in its sockets, after
+// the worker gave up on the call and denied the tool) records nothing: it
+// would be a prompt no answer reaches.
+func TestPermissionAskLateWritesNothing(t *testing.T) {
+	m := miniredis.RunT(t)
+	st := storetest.New(t, "redis://"+m.Addr())
+	require.Eventually(t, st.ClockMeasured, 5*time.Second, 5*time.Millisecond, "Redis's clock measured")
+	sess := newSession("alice")
+	res := accept(t, st, sess, true)
+	run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+	m.SetTime(time.Now().Add(time.Minute)) // the script runs a minute after it was sent
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := st.AskPermission(ctx, run, app.PendingPermission{RequestID: "req-1", ToolName: "Bash", Input: json.RawMessage(`{}`)})
+	require.ErrorIs(t, err, store.ErrLate)
+	pending, err := st.PendingPermissions(context.Background(), sess.ID)
+	require.NoError(t, err)
+	require.Empty(t, pending)
+	_, err = st.PermissionSession(context.Background(), "req-1")
+	require.ErrorIs(t, err, app.ErrNotFound, "not indexed either")
 }

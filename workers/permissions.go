@@ -129,6 +129,12 @@ func (p *permissions) ask(a ToolAsk) {
 func (p *permissions) answer(ans app.PermissionAnswer) {
 	pa := p.take(ans.RequestID)
 	if pa == nil {
+		// Settled here already, or never recorded here: if Redis still
+		// shows it (its settle failed, or a stalled Redis recorded it
+		// after this worker gave up on it), every tab keeps a prompt no
+		// answer reaches. Cancelled now, which changes nothing if Redis
+		// holds no such request.
+		p.settle(ans.RequestID, app.PermissionCancelled)
 		return
 	}
 	if ans.Allow {

@@ -159,6 +159,30 @@ func TestClaudePermissions(t *testing.T) {
 		require.Equal(t, "Permission request timed out", toolResults(evs)[0]["content"])
 	})
 
+	t.Run("an answer to a prompt the worker does not hold cancels it", func(t *testing.T) {
+		api.Add(touchTurns("ghost", "ghost")...)
+		sess := start("ghost", app.RunOptions{})
+		req := h.waitKind(sess.ID, "permission_request", 1)
+		// Recorded as a stalled Redis would after the worker gave up on
+		// the call: every tab shows it, and no answer reached anyone.
+		got, err := st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		ref := store.RunRef{SessionID: sess.ID, RunID: got.RunID, Provider: app.Claude}
+		require.NoError(t, st.AskPermission(ctx, ref, app.PendingPermission{RequestID: "ghost-1", ToolName: "Bash", Input: json.RawMessage(`{}`)}))
+		h.answer(sess.ID, app.PermissionAnswer{RequestID: "ghost-1", Allow: true})
+		// Taken back at once, not only when the run ends (after the real
+		// request's timeout).
+		cancelledAt := map[string]float64{}
+		for _, e := range h.waitDone(sess.ID) {
+			if e["kind"] == "permission_cancelled" {
+				cancelledAt[e["requestId"].(string)] = e["seq"].(float64)
+			}
+		}
+		require.Contains(t, cancelledAt, "ghost-1")
+		require.Contains(t, cancelledAt, req["requestId"])
+		require.Less(t, cancelledAt["ghost-1"], cancelledAt[req["requestId"].(string)], "%v", cancelledAt)
+	})
+
 	t.Run("rules decide without asking", func(t *testing.T) {
 		api.Add(touchTurns("by prefix", "prefixed")...)
 		sess := start("by prefix", app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash(touch:*)"}}})

@@ -10,6 +10,10 @@
 -- ARGV[3] pub/sub channel   ARGV[4] request id
 -- ARGV[5] event body        ARGV[6] pending request JSON
 -- ARGV[7] seq floor (see raise in prelude.lua; 0 for none)
+-- ARGV[8] deadline, Unix ms in Redis's clock (0: none): past it nothing
+--         is written. The worker has given up on the call by then and
+--         denied the tool; a request recorded after would be a prompt no
+--         answer reaches (a stalled Redis runs the call late).
 --
 -- A request already pending is not asked again: a second copy of one call
 -- (go-redis writes a call again when its reply is late, and a stalled Redis
@@ -17,6 +21,13 @@
 --
 -- Returns the event's seq (the session's last, for a request already
 -- pending), or the error "STALE".
+local deadline = tonumber(ARGV[8]) or 0
+if deadline > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then
+    return redis.error_reply('LATE')
+  end
+end
 local cur = redis.call('HMGET', KEYS[1], 'runId', 'state', 'lastSeq')
 if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then
   return redis.error_reply('STALE')
