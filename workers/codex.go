@@ -182,8 +182,9 @@ func (p *codexParser) toolID(item codexItem) string {
 }
 
 func (p *codexParser) itemStarted(item codexItem) []app.Event {
+	// Not web_search: its query is empty until it completes.
 	switch item.Type {
-	case "command_execution", "mcp_tool_call", "file_change", "web_search":
+	case "command_execution", "mcp_tool_call", "file_change":
 		p.started[item.ID] = true
 		return []app.Event{p.toolUse(item)}
 	}
@@ -213,10 +214,18 @@ func (p *codexParser) itemCompleted(item codexItem) []app.Event {
 		events = append(events, p.toolUse(item))
 	}
 	delete(p.started, item.ID)
+	// Every tool gets its result: Claude Code UI's frontend shows a tool
+	// without one as running for good.
 	switch item.Type {
 	case "command_execution":
-		failed := item.Status == "failed" || (item.ExitCode != nil && *item.ExitCode != 0)
-		events = append(events, app.ToolResult(p.toolID(item), item.AggregatedOutput, failed))
+		out := item.AggregatedOutput
+		if item.Status == "declined" && out == "" {
+			// The frontend hides a successful command's output: a
+			// declined one looked as if it ran.
+			out = "The command was declined: it needed an approval nobody is asked for here (permission mode bypassPermissions runs it)."
+		}
+		failed := item.Status == "failed" || item.Status == "declined" || (item.ExitCode != nil && *item.ExitCode != 0)
+		events = append(events, app.ToolResult(p.toolID(item), out, failed))
 	case "mcp_tool_call":
 		if len(item.Error) > 0 && string(item.Error) != "null" {
 			events = append(events, app.ToolResult(p.toolID(item), codexErrorText(item.Error), true))
@@ -225,6 +234,12 @@ func (p *codexParser) itemCompleted(item codexItem) []app.Event {
 		}
 	case "file_change":
 		events = append(events, app.ToolResult(p.toolID(item), app.ObjectOrEmpty(item.Changes), item.Status == "failed"))
+	case "web_search":
+		events = append(events, app.ToolResult(p.toolID(item), item.Query, item.Status == "failed"))
+	case "todo_list":
+		events = append(events, app.ToolResult(p.toolID(item), app.ObjectOrEmpty(item.Items), false))
+	default:
+		events = append(events, app.ToolResult(p.toolID(item), "", item.Status == "failed"))
 	}
 	return events
 }

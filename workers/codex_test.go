@@ -81,8 +81,10 @@ func TestCodexParser(t *testing.T) {
 			`{"type":"item.started","item":{"id":"item_2","type":"command_execution","command":"/bin/bash -lc 'echo hi'","aggregated_output":"","exit_code":null,"status":"in_progress"}}`,
 			`{"type":"item.completed","item":{"id":"item_2","type":"command_execution","command":"/bin/bash -lc 'echo hi'","aggregated_output":"hi\n","exit_code":0,"status":"completed"}}`,
 			`{"type":"item.completed","item":{"id":"item_3","type":"command_execution","command":"false","aggregated_output":"","exit_code":1,"status":"failed"}}`,
+			`{"type":"item.completed","item":{"id":"item_4","type":"command_execution","command":"rm -rf x","aggregated_output":"","exit_code":null,"status":"declined"}}`,
 		)
-		require.Equal(t, []string{"tool_use:Bash", "tool_result:hi\n:false", "tool_use:Bash", "tool_result::true"}, conversation(evs))
+		require.Equal(t, []string{"tool_use:Bash", "tool_result:hi\n:false", "tool_use:Bash", "tool_result::true",
+			"tool_use:Bash", "tool_result:The command was declined: it needed an approval nobody is asked for here (permission mode bypassPermissions runs it).:true"}, conversation(evs))
 		require.Equal(t, map[string]any{"command": "/bin/bash -lc 'echo hi'"}, evs[0]["toolInput"])
 		require.Equal(t, "r1:item_2", evs[0]["toolId"])
 		require.Equal(t, evs[0]["toolId"], evs[1]["toolId"])
@@ -93,6 +95,7 @@ func TestCodexParser(t *testing.T) {
 			`{"type":"item.started","item":{"id":"i2","type":"mcp_tool_call","server":"docs","tool":"search","arguments":{"q":"x"},"status":"in_progress"}}`,
 			`{"type":"item.completed","item":{"id":"i2","type":"mcp_tool_call","server":"docs","tool":"search","arguments":{"q":"x"},"result":{"content":[]},"error":null,"status":"completed"}}`,
 			`{"type":"item.completed","item":{"id":"i3","type":"mcp_tool_call","server":"docs","tool":"fetch","arguments":{},"error":{"message":"boom"},"status":"failed"}}`,
+			`{"type":"item.started","item":{"id":"i4","type":"web_search","query":""}}`,
 			`{"type":"item.completed","item":{"id":"i4","type":"web_search","query":"golang"}}`,
 			`{"type":"item.updated","item":{"id":"i5","type":"todo_list","items":[{"text":"a","completed":false}]}}`,
 			`{"type":"item.completed","item":{"id":"i5","type":"todo_list","items":[{"text":"a","completed":true}]}}`,
@@ -102,9 +105,12 @@ func TestCodexParser(t *testing.T) {
 			"tool_use:FileChanges", `tool_result:[map[kind:add path:a.txt]]:false`,
 			"tool_use:search", "tool_result:map[content:[]]:false",
 			"tool_use:fetch", "tool_result:boom:true",
-			"tool_use:WebSearch", "tool_use:TodoList", "tool_use:collab_tool_call",
+			"tool_use:WebSearch", "tool_result:golang:false",
+			"tool_use:TodoList", "tool_result:[map[completed:true text:a]]:false",
+			"tool_use:collab_tool_call", "tool_result::false",
 		}, conversation(evs))
 		require.Equal(t, "docs", evs[2]["server"])
+		require.Equal(t, map[string]any{"query": "golang"}, evs[6]["toolInput"], "the query, known once the search completed")
 	})
 	t.Run("api error is one error row and fails the run", func(t *testing.T) {
 		evs, _, p := parse(

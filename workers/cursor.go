@@ -234,7 +234,7 @@ func cursorToolName(kind string, t cursorTool) (string, any) {
 		return t.Name, app.ObjectOrEmpty(t.Arguments)
 	}
 	if name, ok := cursorToolNames[kind]; ok {
-		return name, app.ObjectOrEmpty(t.Args)
+		return name, claudeToolInput(name, t.Args)
 	}
 	if kind == "mcpToolCall" {
 		var a struct {
@@ -245,6 +245,44 @@ func cursorToolName(kind string, t cursorTool) (string, any) {
 		}
 	}
 	return strings.TrimSuffix(kind, "ToolCall"), app.ObjectOrEmpty(t.Args)
+}
+
+// claudeToolInput gives the arguments of a tool call named as Claude's
+// tool the field names Claude's take, beside the CLI's own: Claude Code
+// UI's frontend renders a Read, Write or Edit from file_path, content,
+// old_string and new_string (its server's history does the same renaming,
+// normalizeCursorToolInput at afc717e6), and showed Cursor's ({path,
+// fileText}) as a row without a file and an empty diff.
+func claudeToolInput(name string, raw json.RawMessage) any {
+	var in map[string]any
+	if json.Unmarshal(raw, &in) != nil || in == nil {
+		return app.ObjectOrEmpty(raw)
+	}
+	first := func(keys ...string) (string, bool) {
+		for _, k := range keys {
+			if v, ok := in[k].(string); ok {
+				return v, true
+			}
+		}
+		return "", false
+	}
+	if v, ok := first("file_path", "filePath", "path", "file", "filename"); ok && strings.TrimSpace(v) != "" {
+		in["file_path"] = v
+	}
+	switch name {
+	case "Write":
+		if v, ok := first("content", "fileText", "text", "contents", "fileContent"); ok {
+			in["content"] = v
+		}
+	case "Edit":
+		if v, ok := first("old_string", "oldString", "old"); ok {
+			in["old_string"] = v
+		}
+		if v, ok := first("new_string", "newString", "new"); ok {
+			in["new_string"] = v
+		}
+	}
+	return in
 }
 
 // cursorToolResult turns {"success": {…}} or {"rejected"|"failure"|"error":

@@ -97,6 +97,10 @@ func TestCursorParser(t *testing.T) {
 			"tool_use:Write", "tool_result:map[fileSize:1 linesCreated:1 path:a.txt]:false",
 			"tool_use:search", "tool_use:custom", "tool_use:semSearch",
 		}, conversation(evs))
+		// Claude's field names beside the CLI's, which Claude Code UI's
+		// frontend renders Read and Write from.
+		require.Equal(t, map[string]any{"path": "x.go", "file_path": "x.go"}, evs[0]["toolInput"])
+		require.Equal(t, map[string]any{"path": "a.txt", "fileText": "x", "file_path": "a.txt", "content": "x"}, evs[6]["toolInput"])
 	})
 	t.Run("error result fails the run", func(t *testing.T) {
 		evs, _, p := parse(`{"type":"result","subtype":"error","is_error":true,"result":"Usage limit reached","session_id":"x"}`)
