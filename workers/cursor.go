@@ -89,7 +89,9 @@ var cursorToolNames = map[string]string{
 // cursorParser maps stream-json lines (see internal/fakecursor/FACTS.md)
 // to session events.
 type cursorParser struct {
-	job     app.Job
+	job app.Job
+	// result is set once the CLI printed its result line.
+	result  bool
 	started map[string]bool
 	// thinking collects thinking deltas until their "completed" line.
 	thinking strings.Builder
@@ -171,6 +173,9 @@ func (p *cursorParser) Line(line []byte) Output {
 	case "tool_call":
 		out.Events = p.toolCall(l)
 	case "result":
+		// The run's outcome, as the reference takes it: the CLI sometimes
+		// never exits after it, and is then stopped (Output.Finished).
+		p.result, out.Finished = true, true
 		if l.IsError {
 			p.failed = true
 			text := resultText(l.Result)
@@ -357,8 +362,11 @@ func (p *cursorParser) End(code int) ([]app.Event, int) {
 		final = append(final, app.Thinking(p.thinking.String()))
 		p.thinking.Reset()
 	}
-	if p.failed && code == 0 {
+	switch {
+	case p.failed && code == 0:
 		code = 1
+	case p.result && !p.failed:
+		code = 0 // stopped after its result, or exiting oddly after it
 	}
 	return final, code
 }

@@ -102,6 +102,12 @@ func TestCursorParser(t *testing.T) {
 		require.Equal(t, map[string]any{"path": "x.go", "file_path": "x.go"}, evs[0]["toolInput"])
 		require.Equal(t, map[string]any{"path": "a.txt", "fileText": "x", "file_path": "a.txt", "content": "x"}, evs[6]["toolInput"])
 	})
+	t.Run("a success result is the outcome, whatever the exit", func(t *testing.T) {
+		evs, _, p := parse(`{"type":"result","subtype":"success","is_error":false,"result":"done","session_id":"x"}`)
+		require.Empty(t, errorRows(evs))
+		_, code := p.End(-1) // stopped after lingering (Output.Finished)
+		require.Equal(t, 0, code)
+	})
 	t.Run("error result fails the run", func(t *testing.T) {
 		evs, _, p := parse(`{"type":"result","subtype":"error","is_error":true,"result":"Usage limit reached","session_id":"x"}`)
 		require.Equal(t, []string{"Usage limit reached"}, errorRows(evs))

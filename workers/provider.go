@@ -50,6 +50,10 @@ type Output struct {
 	// EndInput says the provider has finished its turn: its stdin is
 	// closed, which lets it exit.
 	EndInput bool
+	// Finished says the provider printed its result: a CLI still running
+	// lingerGrace later is stopped (cursor-agent sometimes never exits
+	// after its result, and its run would stay running for good).
+	Finished bool
 }
 
 // providerSession is what a parser sets for the provider's own session id

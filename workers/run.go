@@ -401,6 +401,9 @@ func (r *run) pump(out io.Reader, parser Parser) {
 				}
 			}
 			o := parseLine(parser, line)
+			if o.Finished {
+				r.stopLingering()
+			}
 			batch = append(batch, o.Events...)
 			for k, v := range o.Set {
 				if k == providerSessionField && !r.newProviderID(v) {
@@ -429,6 +432,25 @@ func (r *run) pump(out io.Reader, parser Parser) {
 			return
 		}
 	}
+}
+
+// stopLingering stops the CLI if it is still running lingerGrace from now:
+// it printed its result, and what it does after is nobody's.
+func (r *run) stopLingering() {
+	r.mu.Lock()
+	p := r.proc
+	r.mu.Unlock()
+	if p == nil {
+		return
+	}
+	time.AfterFunc(r.w.lingerGrace, func() {
+		select {
+		case <-p.exited:
+		default:
+			r.log.Warn("the CLI printed its result and did not exit; stopping it")
+			p.kill(killGrace)
+		}
+	})
 }
 
 // parseLine is parser.Line that turns a parser's panic on a line it did not

@@ -32,6 +32,8 @@ const (
 	// confirmEvery is how often a worker has Redis confirm its runs: a
 	// script call per run, cheap next to a run's output.
 	confirmEvery = 5 * time.Second
+	// lingerGrace is how long a CLI may go on after printing its result.
+	lingerGrace = 5 * time.Second
 )
 
 // Config configures a Worker.
@@ -146,6 +148,9 @@ type Worker struct {
 	// reclaimIdle is how long a job may sit read but not acked before it
 	// is taken over (reclaimIdle). Tests shorten it.
 	reclaimIdle time.Duration
+	// lingerGrace is how long a CLI may run after its result
+	// (Output.Finished). Tests shorten it.
+	lingerGrace time.Duration
 	// confirmEvery is how often Redis confirms the runs (confirmLoop).
 	// Tests shorten it.
 	confirmEvery time.Duration
@@ -209,7 +214,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
-		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, stopping: make(chan struct{}),
+		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, lingerGrace: lingerGrace, stopping: make(chan struct{}),
 	}
 	if cfg.Accounts != nil && !canReadOthersFiles() {
 		w.log.Warn("without CAP_SYS_PTRACE the worker cannot read which files the users' processes hold: a job that left its terminal's or run's session (setsid, nohup) is not killed when they end; add the capability to the worker's container (README: Deploying)")

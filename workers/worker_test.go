@@ -48,6 +48,9 @@ func (*lineParser) Line(line []byte) Output {
 		}
 		return Output{Events: evs}
 	}
+	if string(line) == "finished" {
+		return Output{Events: []app.Event{app.Text("assistant", "finished")}, Finished: true}
+	}
 	if strings.HasPrefix(string(line), "psid=") {
 		return Output{Set: map[string]string{"providerSessionId": strings.TrimPrefix(string(line), "psid=")}}
 	}
@@ -910,4 +913,21 @@ func TestRunTakenByAnotherWorkerStops(t *testing.T) {
 	evs := h.events(sess.ID)
 	require.Equal(t, []string{"a"}, texts(evs))
 	require.Empty(t, completes(evs))
+}
+
+// TestCLILingeringAfterItsResultIsStopped: a CLI that printed its result
+// and does not exit (cursor-agent does so now and then) is stopped after
+// lingerGrace, and its run ends; before, it stayed running for good.
+func TestCLILingeringAfterItsResultIsStopped(t *testing.T) {
+	st := storetest.New(t, storetest.Redis(t))
+	h := runWorkerTuned(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: "sh"},
+	}, func(w *Worker) { w.lingerGrace = 200 * time.Millisecond })
+	sess, _ := h.submit("echo finished; exec sleep 600")
+	start := time.Now()
+	evs := h.waitDone(sess.ID)
+	require.Less(t, time.Since(start), 30*time.Second)
+	require.Equal(t, []string{"finished"}, texts(evs))
+	require.Len(t, completes(evs), 1)
 }
