@@ -34,14 +34,42 @@ func (GeminiProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 	if job.Options.Model != "" {
 		args = append(args, "--model="+job.Options.Model)
 	}
-	if job.ProviderSessionID != "" {
+	switch {
+	case job.ProviderSessionID != "":
 		args = append(args, "--resume="+job.ProviderSessionID)
+	case isUUID(job.SessionID):
+		// The conversation takes the session's own id, as Claude's does:
+		// a client that lists it under the CLI's id (Claude Code UI's
+		// projects service) then names the session agentgate's events
+		// carry.
+		args = append(args, "--session-id="+job.SessionID)
 	}
 	args = append(args, geminiPermissionArgs(job.Options)...)
 	if tools := job.Options.Tools.AllowedTools; len(tools) > 0 {
 		args = append(args, "--allowed-tools="+strings.Join(tools, ","))
 	}
 	return args, []byte(app.PromptWithImages(job.Command, job.ImageFiles))
+}
+
+// isUUID reports whether s is a UUID in its canonical form (the gateway
+// mints session ids so), which is what the CLI takes for --session-id.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range []byte(s) {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // geminiPermissionArgs maps permissionMode to the CLI's approval mode. A

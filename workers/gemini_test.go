@@ -21,6 +21,9 @@ func TestGeminiCommand(t *testing.T) {
 		want []string
 	}{
 		{name: "new session", job: app.Job{}, want: base},
+		{name: "new session named by the gateway", job: app.Job{SessionID: "3300763d-ebec-4148-9370-44f315111828"},
+			want: append(base, "--session-id=3300763d-ebec-4148-9370-44f315111828")},
+		{name: "an id that is not a UUID is not handed over", job: app.Job{SessionID: "s-1"}, want: base},
 		{name: "resume with model", job: app.Job{ProviderSessionID: "g1", Options: app.RunOptions{Model: "gemini-2.5-flash"}},
 			want: append(base, "--model=gemini-2.5-flash", "--resume=g1")},
 		{name: "accept edits", job: app.Job{Options: app.RunOptions{PermissionMode: "acceptEdits"}}, want: append(base, "--approval-mode", "auto_edit")},
@@ -165,7 +168,7 @@ func TestGeminiCLIRuns(t *testing.T) {
 		require.Equal(t, true, completes(evs)[0]["success"])
 		require.NotEmpty(t, tokenBudgets(evs))
 		id := h.providerSessionID(sess.ID)
-		require.NotEmpty(t, id, "init gives the provider session id")
+		require.Equal(t, sess.ID, id, "--session-id= makes the CLI use the gateway's id")
 
 		api.Add(mockgemini.Turn{When: "again", Text: "Second answer"})
 		h.followUp(sess, "again", model)
