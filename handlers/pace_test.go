@@ -43,6 +43,32 @@ type timedFrame struct {
 	at time.Time
 }
 
+// frameReader returns a function that reads the next frame of frames, at
+// most 10 s away.
+func frameReader(t *testing.T, frames <-chan timedFrame) func() map[string]any {
+	return func() map[string]any {
+		t.Helper()
+		select {
+		case f, ok := <-frames:
+			require.True(t, ok, "socket closed")
+			return f.m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no frame within 10s")
+		}
+		return nil
+	}
+}
+
+// frameSender returns a function that sends v on ws as JSON.
+func frameSender(t *testing.T, ws *websocket.Conn) func(v any) {
+	return func(v any) {
+		t.Helper()
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
+	}
+}
+
 // dialTimed opens a /ws socket with the given query and returns a channel of
 // the frames it reads, each with its arrival time.
 func dialTimed(t *testing.T, g *gateway, query string) (*websocket.Conn, <-chan timedFrame) {
@@ -203,17 +229,7 @@ func TestPacedRefusalsEndTheCommand(t *testing.T) {
 	st := newStore(t, storetest.Mini)
 	g := startGateway(t, st, func(c *Config) { c.PaceInterval = 2 * time.Millisecond; c.MaxRunsPerUser = 1 })
 	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
-	next := func() map[string]any {
-		t.Helper()
-		select {
-		case f, ok := <-frames:
-			require.True(t, ok, "socket closed")
-			return f.m
-		case <-time.After(10 * time.Second):
-			t.Fatal("no frame within 10s")
-		}
-		return nil
-	}
+	next, send := frameReader(t, frames), frameSender(t, ws)
 	quiet := func() {
 		t.Helper()
 		select {
@@ -221,12 +237,6 @@ func TestPacedRefusalsEndTheCommand(t *testing.T) {
 			t.Fatalf("unexpected frame %v", f.m)
 		case <-time.After(200 * time.Millisecond):
 		}
-	}
-	send := func(v any) {
-		t.Helper()
-		b, err := json.Marshal(v)
-		require.NoError(t, err)
-		require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
 	}
 	// refused reads the error reply, then the row and the complete.
 	refused := func(sessionID, provider, want string) {
@@ -308,23 +318,7 @@ func TestUnpacedReferenceClientGetsRefusalsEnded(t *testing.T) {
 	st := newStore(t, storetest.Mini)
 	g := startGateway(t, st, func(c *Config) { c.PaceInterval = -1 })
 	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
-	next := func() map[string]any {
-		t.Helper()
-		select {
-		case f, ok := <-frames:
-			require.True(t, ok, "socket closed")
-			return f.m
-		case <-time.After(10 * time.Second):
-			t.Fatal("no frame within 10s")
-		}
-		return nil
-	}
-	send := func(v any) {
-		t.Helper()
-		b, err := json.Marshal(v)
-		require.NoError(t, err)
-		require.NoError(t, ws.WriteMessage(websocket.TextMessage, b))
-	}
+	next, send := frameReader(t, frames), frameSender(t, ws)
 	send(map[string]any{"type": "abort-session", "sessionId": "s-3"})
 	require.Equal(t, "No active run", next()["error"])
 	require.Equal(t, "complete", next()["kind"])

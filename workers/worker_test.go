@@ -82,6 +82,16 @@ func runWorker(t *testing.T, st *store.Store, cfg Config) *harness {
 	return runWorkerTuned(t, st, cfg, nil)
 }
 
+// scriptWorker is startWorker with `sh` and tune applied to the worker
+// before it runs.
+func scriptWorker(t *testing.T, st *store.Store, tune func(*Worker)) *harness {
+	t.Helper()
+	return runWorkerTuned(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: "sh"},
+	}, tune)
+}
+
 // runWorkerTuned is runWorker with tune applied to the worker before it
 // runs (nil for none).
 func runWorkerTuned(t *testing.T, st *store.Store, cfg Config, tune func(*Worker)) *harness {
@@ -827,10 +837,7 @@ func (w *Worker) running(ref store.RunRef) bool {
 func TestOwnJobReclaimedIsNotRunAgain(t *testing.T) {
 	srv := storetest.StartServer(t)
 	st := storetest.New(t, srv.URL)
-	h := runWorkerTuned(t, st, Config{
-		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
-		Bins:      map[app.Provider]string{app.Claude: "sh"},
-	}, func(w *Worker) { w.reclaimIdle = 150 * time.Millisecond })
+	h := scriptWorker(t, st, func(w *Worker) { w.reclaimIdle = 150 * time.Millisecond })
 	allow := denyCommands(t, srv.URL, "xack", "xdel")
 	started := filepath.Join(h.dir, "started")
 	sess, _ := h.submit("echo x >> " + started + "; sleep 1.5; echo done")
@@ -853,10 +860,7 @@ func TestOwnJobReclaimedIsNotRunAgain(t *testing.T) {
 func TestCompleteRefusedKeepsTrying(t *testing.T) {
 	srv := storetest.StartServer(t)
 	st := storetest.New(t, srv.URL)
-	h := runWorkerTuned(t, st, Config{
-		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
-		Bins:      map[app.Provider]string{app.Claude: "sh"},
-	}, func(w *Worker) { w.completeRetryFor = 100 * time.Millisecond })
+	h := scriptWorker(t, st, func(w *Worker) { w.completeRetryFor = 100 * time.Millisecond })
 	sess, res := h.submit("echo a; sleep 0.5")
 	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
 	allow := denyCommands(t, srv.URL, "evalsha", "eval")
@@ -878,10 +882,7 @@ func TestCompleteRefusedKeepsTrying(t *testing.T) {
 // confirms it. Before, its CLI and its place on the worker stayed for good.
 func TestSilentRunEndedElsewhereStops(t *testing.T) {
 	st := storetest.New(t, storetest.Redis(t))
-	h := runWorkerTuned(t, st, Config{
-		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
-		Bins:      map[app.Provider]string{app.Claude: "sh"},
-	}, func(w *Worker) { w.confirmEvery = 100 * time.Millisecond })
+	h := scriptWorker(t, st, func(w *Worker) { w.confirmEvery = 100 * time.Millisecond })
 	sess, res := h.submit("echo a; exec sleep 60")
 	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
 	ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
@@ -897,10 +898,7 @@ func TestSilentRunEndedElsewhereStops(t *testing.T) {
 func TestRunTakenByAnotherWorkerStops(t *testing.T) {
 	url := storetest.Redis(t)
 	st := storetest.New(t, url)
-	h := runWorkerTuned(t, st, Config{
-		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
-		Bins:      map[app.Provider]string{app.Claude: "sh"},
-	}, func(w *Worker) { w.confirmEvery = time.Hour })
+	h := scriptWorker(t, st, func(w *Worker) { w.confirmEvery = time.Hour })
 	sess, res := h.submit("echo a; sleep 0.5; echo b; exec sleep 60")
 	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
 	opt, err := redis.ParseURL(url)
@@ -920,10 +918,7 @@ func TestRunTakenByAnotherWorkerStops(t *testing.T) {
 // lingerGrace, and its run ends; before, it stayed running for good.
 func TestCLILingeringAfterItsResultIsStopped(t *testing.T) {
 	st := storetest.New(t, storetest.Redis(t))
-	h := runWorkerTuned(t, st, Config{
-		Providers: map[app.Provider]Provider{app.Claude: scriptProvider{}},
-		Bins:      map[app.Provider]string{app.Claude: "sh"},
-	}, func(w *Worker) { w.lingerGrace = 200 * time.Millisecond })
+	h := scriptWorker(t, st, func(w *Worker) { w.lingerGrace = 200 * time.Millisecond })
 	sess, _ := h.submit("echo finished; exec sleep 600")
 	start := time.Now()
 	evs := h.waitDone(sess.ID)
