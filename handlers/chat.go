@@ -463,12 +463,15 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		noRun()
 		return
 	}
-	sess, err := s.st.Session(ctx, msg.SessionID)
-	if err != nil && !errors.Is(err, app.ErrNotFound) {
-		// Redis did not answer: the run may well go on, and a paced
-		// client told it ended would no longer let its user stop it.
+	// Redis did not answer: the run may well go on, and a client told it
+	// ended (noRun) would no longer let its user stop it.
+	failed := func(err error) {
 		s.log.Warn("abort", "session", msg.SessionID, "err", err)
 		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not abort the run; try again"), SessionID: msg.SessionID, Retryable: true})
+	}
+	sess, err := s.st.Session(ctx, msg.SessionID)
+	if err != nil && !errors.Is(err, app.ErrNotFound) {
+		failed(err)
 		return
 	}
 	if err != nil || !c.user.CanSee(sess.Owner) {
@@ -481,8 +484,7 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		return
 	}
 	if err != nil {
-		s.log.Warn("abort", "session", sess.ID, "err", err)
-		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not abort the run; try again"), SessionID: sess.ID, Retryable: true})
+		failed(err)
 		return
 	}
 	if !c.watching(sess.ID) {

@@ -81,17 +81,16 @@ type conn struct {
 	replays chan struct{}
 
 	// interval is the quiet time after a frame the client must see (0:
-	// never paced, as /shell); paced, pending, pacing and quietUntil are the
-	// pacer's state (pace.go), guarded by pmu. pmu may be taken while a
-	// feed's mutex is held (hub.publishLocked sends under it); no other lock is
-	// taken while pmu is held.
+	// never paced, as /shell); latestOnly, pending, pacing and quietUntil
+	// are the pacer's state (pace.go), guarded by pmu. pmu may be taken
+	// while a feed's mutex is held (hub.publishLocked sends under it); no
+	// other lock is taken while pmu is held.
 	interval time.Duration
 	pmu      sync.Mutex
-	paced    bool
 	// latestOnly is set for a /ws client taken for Claude Code UI's
-	// frontend (no ?delivery=immediate, no lastSeq sent yet), whether
-	// or not its frames are paced (--pace-interval 0 paces none): it
-	// needs the frames that frontend acts on (endRefusedCommand).
+	// frontend (no ?delivery=immediate, no lastSeq sent yet): its frames
+	// are paced when interval is not 0, and it needs the frames that
+	// frontend acts on either way (endRefusedCommand).
 	latestOnly bool
 	pacing     bool
 	pending    [][]byte
@@ -114,7 +113,7 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 	c := &conn{
 		s: s, user: user, ctx: ctx, cancel: cancel, limit: int64(limit), byteLimit: maxQueuedBytes, share: melodyFrames,
 		room: make(chan struct{}, 1), watches: map[string]*watch{},
-		interval: interval, paced: interval > 0,
+		interval: interval, latestOnly: interval > 0,
 	}
 	if interval > 0 {
 		c.wrote = make(chan struct{}, 1)

@@ -36,7 +36,7 @@ func (c *conn) write(frame []byte) error {
 	}
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
-	if !c.paced && !c.pacing {
+	if !c.latestOnly && !c.pacing {
 		_, err := c.toMelody(frame)
 		return err
 	}
@@ -68,7 +68,7 @@ func (c *conn) pace() {
 		c.pending[0] = nil
 		c.pending = c.pending[1:]
 		wait := time.Duration(0)
-		if c.paced {
+		if c.latestOnly {
 			wait = time.Until(c.quietUntil)
 		}
 		c.pmu.Unlock()
@@ -84,7 +84,7 @@ func (c *conn) pace() {
 
 		c.pmu.Lock()
 		n, err := c.toMelody(frame)
-		seen := c.paced && mustBeSeen(frame)
+		seen := c.latestOnly && mustBeSeen(frame)
 		c.pmu.Unlock()
 		if err != nil {
 			c.queued.Add(-1)
@@ -123,7 +123,7 @@ func (c *conn) awaitWritten(n int64) {
 // frame (it sent a lastSeq). Frames already waiting go out at once, in order.
 func (c *conn) deliverImmediately() {
 	c.pmu.Lock()
-	c.paced, c.latestOnly = false, false
+	c.latestOnly = false
 	c.pmu.Unlock()
 }
 

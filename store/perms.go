@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -43,11 +42,10 @@ func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPerm
 		s.deadlineMillis(ctx)).Int64()
 	if err != nil {
 		err = scriptError(err)
-		if strings.TrimPrefix(strings.TrimSpace(err.Error()), "ERR ") == "LATE" {
+		if errors.Is(err, ErrLate) {
 			// Redis stalled, or its clock moved: measured again before
 			// the next deadline.
 			s.clock.expire()
-			err = ErrLate
 		}
 		if errors.Is(err, app.ErrStaleRun) || errors.Is(err, ErrLate) {
 			_ = s.unlinkPermissions(ctx, run.SessionID, p.RequestID)

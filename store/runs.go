@@ -460,8 +460,11 @@ func scriptError(err error) error {
 		return nil
 	}
 	// Redis (and miniredis) put "ERR " in front of a reply without a code.
-	if strings.TrimPrefix(strings.TrimSpace(err.Error()), "ERR ") == "STALE" {
+	switch strings.TrimPrefix(strings.TrimSpace(err.Error()), "ERR ") {
+	case "STALE":
 		return app.ErrStaleRun
+	case "LATE":
+		return ErrLate
 	}
 	return err
 }

@@ -51,15 +51,7 @@ func (w *Worker) keepEarlyLocked(shell string, gen int64, op shellOp) {
 		e = &earlyInput{at: now}
 		w.shells.early[k] = e
 	}
-	if n := len(e.ops); op.data == nil && n > 0 && e.ops[n-1].data == nil {
-		e.ops[n-1] = op // only the last of resizes in a row has any effect
-		return
-	}
-	if e.bytes+max(len(op.data), shellOpCost) > earlyInputBytes {
-		return
-	}
-	e.ops = append(e.ops, op)
-	e.bytes += max(len(op.data), shellOpCost)
+	e.ops, e.bytes, _ = queueOp(e.ops, e.bytes, earlyInputBytes, op)
 }
 
 // takeEarly returns and forgets what was kept for a generation, and

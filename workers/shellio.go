@@ -279,25 +279,32 @@ func splitChunks(buf []byte, last bool) (chunks [][]byte, rest []byte) {
 // otherwise grow without bound.
 const shellOpCost = 64
 
-// enqueue adds an input or a resize to the terminal's queue. A resize
-// right after another replaces it (only the last has any effect), so
-// resizes, never dropped, are at most one an input.
-func (sh *shell) enqueue(op shellOp) {
-	sh.inMu.Lock()
-	if n := len(sh.inQ); op.data == nil && n > 0 && sh.inQ[n-1].data == nil {
-		sh.inQ[n-1] = op
-		sh.inMu.Unlock()
-		return
+// queueOp adds op to ops, which count bytes (each op shellOpCost at
+// least), within limit. A resize right after another replaces it (only the
+// last has any effect), so resizes, never refused, are at most one an
+// input. It reports whether op was taken.
+func queueOp(ops []shellOp, bytes, limit int, op shellOp) ([]shellOp, int, bool) {
+	if n := len(ops); op.data == nil && n > 0 && ops[n-1].data == nil {
+		ops[n-1] = op
+		return ops, bytes, true
 	}
 	cost := max(len(op.data), shellOpCost)
-	if op.data != nil && sh.inBytes+cost > shellInputMax {
-		sh.inMu.Unlock()
+	if op.data != nil && bytes+cost > limit {
+		return ops, bytes, false
+	}
+	return append(ops, op), bytes + cost, true
+}
+
+// enqueue adds an input or a resize to the terminal's queue (queueOp).
+func (sh *shell) enqueue(op shellOp) {
+	sh.inMu.Lock()
+	var ok bool
+	sh.inQ, sh.inBytes, ok = queueOp(sh.inQ, sh.inBytes, shellInputMax, op)
+	sh.inMu.Unlock()
+	if !ok {
 		sh.log.Warn("terminal input dropped: the process does not read it")
 		return
 	}
-	sh.inQ = append(sh.inQ, op)
-	sh.inBytes += cost
-	sh.inMu.Unlock()
 	select {
 	case sh.inWake <- struct{}{}:
 	default:

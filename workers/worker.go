@@ -385,18 +385,16 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 	if !ok {
 		return
 	}
-	w.mu.Lock()
-	if old := w.runs[job.SessionID]; old != nil && old.job.RunID == job.RunID {
-		// This very run, claimed again (the store forgot its claim, an
-		// hour old, and a copy of its job came back): it runs already.
-		w.mu.Unlock()
-		return
-	}
-	w.mu.Unlock()
 	r := newRun(w, job)
 	r.accepted, _ = streamIDTime(e.StreamID)
 	w.mu.Lock()
 	if old := w.runs[job.SessionID]; old != nil {
+		if old.job.RunID == job.RunID {
+			// This very run, claimed again (the store forgot its claim,
+			// an hour old, and a copy of its job came back): it runs.
+			w.mu.Unlock()
+			return
+		}
 		// The session moved on to a new run while this worker still ran
 		// an old one that heard nothing of its end (a CLI waiting on the
 		// user writes nothing that would find it stale).

@@ -22,11 +22,8 @@
 -- Returns the event's seq (the session's last, for a request already
 -- pending), or the error "STALE".
 local deadline = tonumber(ARGV[8]) or 0
-if deadline > 0 then
-  local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then
-    return redis.error_reply('LATE')
-  end
+if deadline > 0 and now_ms() > deadline then
+  return redis.error_reply('LATE')
 end
 local cur = redis.call('HMGET', KEYS[1], 'runId', 'state', 'lastSeq')
 if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then
