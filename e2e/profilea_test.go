@@ -517,6 +517,41 @@ func TestReferenceFrontendHello(t *testing.T) {
 	require.Equal(t, 1, r.wireKinds("complete"))
 }
 
+// TestReferenceFrontendRefusedCommand: a command refused before any run
+// (here no worker is alive, then a project path outside the workspaces)
+// ends the reference frontend's busy state and shows why; before, it
+// dropped the kind-less error reply and its indicator stayed on for good.
+func TestReferenceFrontendRefusedCommand(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "")
+	gw := cl.startGateway("gw1")
+	r := dialRef(t, "ref", cl.refURL(gw, "alice"))
+	r.send("ref-refused", cl.project, map[string]any{})
+	require.True(t, r.busy(), "the indicator is on from the send")
+	eventually(t, 30*time.Second, "the indicator off", r.idle)
+	require.Len(t, r.handledKinds("complete"), 1)
+	// The rows it shows (kind "error"), not the kind-less reply it drops.
+	rows := func() []any {
+		var out []any
+		for _, m := range r.handledKinds("error") {
+			if m["kind"] == "error" {
+				out = append(out, m["content"])
+			}
+		}
+		return out
+	}
+	require.Len(t, rows(), 1)
+	require.Contains(t, rows()[0], "No worker available")
+
+	cl.startWorker("worker1")
+	r.send("ref-refused", "/etc", map[string]any{})
+	eventually(t, 30*time.Second, "the indicator off again", func() bool {
+		return r.idle() && len(r.handledKinds("complete")) == 2
+	})
+	require.Len(t, rows(), 2)
+	require.Contains(t, rows()[1], "Invalid project path")
+}
+
 // TestReferenceFrontendStop: Stop during a slow run aborts it by the id
 // session_created gave; one complete{aborted:true}, the indicator off.
 func TestReferenceFrontendStop(t *testing.T) {
