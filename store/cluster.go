@@ -53,32 +53,43 @@ func (c *claims) forget(run RunRef) {
 	delete(c.m, run.SessionID+"/"+run.RunID)
 }
 
-// scanKeys calls fn with every key matching pattern, on every master of a
-// cluster (a SCAN on one node sees that node's keys only).
-func (s *Store) scanKeys(ctx context.Context, pattern, typ string, fn func(key string) error) error {
+// scanKeys calls fn with every key matching pattern, a page of SCAN's
+// replies at a time (so fn can pipeline its reads of them), on every master
+// of a cluster (a SCAN on one node sees that node's keys only).
+func (s *Store) scanKeys(ctx context.Context, pattern, typ string, fn func(keys []string) error) error {
 	scan := func(ctx context.Context, c redis.Cmdable) error {
-		var iter *redis.ScanIterator
-		if typ != "" {
-			iter = c.ScanType(ctx, 0, pattern, 500, typ).Iterator()
-		} else {
-			iter = c.Scan(ctx, 0, pattern, 500).Iterator()
-		}
-		for iter.Next(ctx) {
-			if err := fn(iter.Val()); err != nil {
+		var cursor uint64
+		for {
+			var cmd *redis.ScanCmd
+			if typ != "" {
+				cmd = c.ScanType(ctx, cursor, pattern, 500, typ)
+			} else {
+				cmd = c.Scan(ctx, cursor, pattern, 500)
+			}
+			keys, next, err := cmd.Result()
+			if err != nil {
 				return err
 			}
+			if len(keys) > 0 {
+				if err := fn(keys); err != nil {
+					return err
+				}
+			}
+			if next == 0 {
+				return nil
+			}
+			cursor = next
 		}
-		return iter.Err()
 	}
 	if s.cluster == nil {
 		return scan(ctx, s.rdb)
 	}
 	var mu sync.Mutex
 	inner := fn
-	fn = func(key string) error {
+	fn = func(keys []string) error {
 		mu.Lock()
 		defer mu.Unlock()
-		return inner(key)
+		return inner(keys)
 	}
 	return s.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
 		return scan(ctx, c)

@@ -47,15 +47,23 @@ func (s *Store) Plugin(ctx context.Context, name string) (string, error) {
 func (s *Store) Plugins(ctx context.Context) (map[string]string, error) {
 	out := map[string]string{}
 	prefix := s.k.plugin("")
-	err := s.scanKeys(ctx, prefix+"*", "", func(key string) error {
-		addr, err := s.rdb.Get(ctx, key).Result()
-		if errors.Is(err, redis.Nil) {
-			return nil // removed meanwhile
+	err := s.scanKeys(ctx, prefix+"*", "", func(keys []string) error {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.StringCmd, len(keys))
+		for i, key := range keys {
+			cmds[i] = pipe.Get(ctx, key)
 		}
-		if err != nil {
-			return err
+		_, _ = pipe.Exec(ctx) // each command's error is read below
+		for i, cmd := range cmds {
+			addr, err := cmd.Result()
+			if errors.Is(err, redis.Nil) {
+				continue // removed meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			out[strings.TrimPrefix(keys[i], prefix)] = addr
 		}
-		out[strings.TrimPrefix(key, prefix)] = addr
 		return nil
 	})
 	if err != nil {

@@ -182,18 +182,25 @@ func (s *Store) AllSessions(ctx context.Context, runningOnly bool, limit int) ([
 		slices.SortFunc(top, func(a, b redis.Z) int { return cmp.Compare(b.Score, a.Score) })
 		top = top[:min(len(top), limit)]
 	}
-	err = s.scanKeys(ctx, s.k.prefix+":user:{*}:sessions", "", func(key string) error {
-		zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: key, Start: 0, Stop: int64(limit) - 1, Rev: true}).Result()
-		if err != nil {
+	err = s.scanKeys(ctx, s.k.prefix+":user:{*}:sessions", "", func(keys []string) error {
+		// One pipeline a page of users, not a round trip each.
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.ZSliceCmd, len(keys))
+		for i, key := range keys {
+			cmds[i] = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: key, Start: 0, Stop: int64(limit) - 1, Rev: true})
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
-		for _, z := range zs {
-			if id, _ := z.Member.(string); !seen[id] {
-				top = append(top, z)
+		for _, cmd := range cmds {
+			for _, z := range cmd.Val() {
+				if id, _ := z.Member.(string); !seen[id] {
+					top = append(top, z)
+				}
 			}
-		}
-		if len(top) > 4*limit {
-			cut()
+			if len(top) > 4*limit {
+				cut()
+			}
 		}
 		return nil
 	})
@@ -450,10 +457,12 @@ func (s *Store) requeueLost(ctx context.Context, runs []app.Session) error {
 func (s *Store) RebuildIndexes(ctx context.Context) error {
 	var ids []string
 	prefix := s.k.prefix + ":session:{"
-	err := s.scanKeys(ctx, prefix+"*}", "hash", func(key string) error {
-		id, ok := strings.CutPrefix(key, prefix)
-		if ok && strings.HasSuffix(id, "}") && !strings.Contains(id, "}:") {
-			ids = append(ids, strings.TrimSuffix(id, "}"))
+	err := s.scanKeys(ctx, prefix+"*}", "hash", func(keys []string) error {
+		for _, key := range keys {
+			id, ok := strings.CutPrefix(key, prefix)
+			if ok && strings.HasSuffix(id, "}") && !strings.Contains(id, "}:") {
+				ids = append(ids, strings.TrimSuffix(id, "}"))
+			}
 		}
 		return nil
 	})
