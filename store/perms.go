@@ -135,3 +135,54 @@ func (s *Store) unlinkPermissions(ctx context.Context, sessionID string, request
 	args := append([]any{sessionID}, requestIDs...)
 	return s.sc.indexUnlink.Run(ctx, s.rdb, []string{s.k.permissions()}, args...).Err()
 }
+
+// SweepPermissionIndex removes the permission index's entries of requests
+// that are pending nowhere: an unlink lost to an outage or a crash, or on a
+// Redis Cluster to a failover of the index's slot, would keep them for
+// good. An entry goes only when two sweeps in a row (the reaper's index
+// repairs, minutes apart) found its request pending in no session, since
+// AskPermission writes the index just before the request itself.
+func (s *Store) SweepPermissionIndex(ctx context.Context) error {
+	dead := map[string]string{}
+	var cursor uint64
+	for {
+		kv, next, err := s.rdb.HScan(ctx, s.k.permissions(), cursor, "*", 500).Result()
+		if err != nil {
+			return fmt.Errorf("store: sweep permission index: %w", err)
+		}
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.BoolCmd, 0, len(kv)/2)
+		for i := 0; i+1 < len(kv); i += 2 {
+			cmds = append(cmds, pipe.HExists(ctx, s.k.perms(kv[i+1]), kv[i]))
+		}
+		if len(cmds) > 0 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				return fmt.Errorf("store: sweep permission index: %w", err)
+			}
+		}
+		for i, cmd := range cmds {
+			if !cmd.Val() {
+				dead[kv[2*i]] = kv[2*i+1]
+			}
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	s.repairMu.Lock()
+	before := s.deadAsks
+	s.deadAsks = dead
+	s.repairMu.Unlock()
+	for request, session := range dead {
+		if before[request] != session {
+			continue
+		}
+		// index_unlink.lua removes it only while it still names session.
+		if err := s.unlinkPermissions(ctx, session, request); err != nil {
+			return fmt.Errorf("store: sweep permission index: %w", err)
+		}
+		delete(dead, request)
+	}
+	return nil
+}

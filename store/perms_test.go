@@ -154,3 +154,42 @@ func TestPermissionAskLateWritesNothing(t *testing.T) {
 	_, err = st.PermissionSession(context.Background(), "req-1")
 	require.ErrorIs(t, err, app.ErrNotFound, "not indexed either")
 }
+
+// TestPermissionIndexSwept: an index entry whose request is pending nowhere
+// (its unlink was lost) goes at the second sweep that finds it so; an entry
+// of a pending request stays, and so does one written just before its
+// request (AskPermission writes the index first).
+func TestPermissionIndexSwept(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) { testPermissionIndexSwept(t, storetest.Start(t, b)) })
+	}
+}
+
+func testPermissionIndexSwept(t *testing.T, url string) {
+	st := storetest.New(t, url)
+	ctx := context.Background()
+	sess := newSession("alice")
+	res := accept(t, st, sess, true)
+	ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
+	require.NoError(t, st.AskPermission(ctx, ref, app.PendingPermission{RequestID: "live", ToolName: "Bash"}))
+	rdb := redisClient(t, url)
+	index := st.Prefix() + ":permissions"
+	require.NoError(t, rdb.HSet(ctx, index, "lost", sess.ID).Err())
+
+	require.NoError(t, st.SweepPermissionIndex(ctx))
+	n, err := rdb.HLen(ctx, index).Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 2, n, "one sweep removes nothing")
+
+	// Between the sweeps the lost request is asked after all: it stays.
+	require.NoError(t, rdb.HSet(ctx, index, "late", sess.ID).Err())
+	require.NoError(t, st.SweepPermissionIndex(ctx))
+	require.NoError(t, st.AskPermission(ctx, ref, app.PendingPermission{RequestID: "late", ToolName: "Bash"}))
+	require.NoError(t, st.SweepPermissionIndex(ctx))
+	got, err := rdb.HKeys(ctx, index).Result()
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"live", "late"}, got)
+	owner, err := st.PermissionSession(ctx, "live")
+	require.NoError(t, err)
+	require.Equal(t, sess.ID, owner)
+}

@@ -262,6 +262,9 @@ func (s *Store) Running(ctx context.Context) ([]app.Session, error) {
 		if err := s.RebuildIndexes(ctx); err != nil {
 			s.log.Warn("rebuild indexes", "err", err)
 		}
+		if err := s.SweepPermissionIndex(ctx); err != nil {
+			s.log.Warn("sweep permission index", "err", err)
+		}
 	}
 	entries, err := s.rdb.ZRangeWithScores(ctx, s.k.running(), 0, -1).Result()
 	if err != nil {

@@ -82,6 +82,10 @@ type Store struct {
 	// repairedAt is when RunningSessions last rebuilt the indexes.
 	repairMu   sync.Mutex
 	repairedAt time.Time
+	// deadAsks are the permission index's entries the last sweep found
+	// pending nowhere (request id -> session id); SweepPermissionIndex
+	// removes those the next sweep finds so again.
+	deadAsks map[string]string
 	// requeued is when Running last looked for the jobs of unclaimed runs.
 	requeued requeueChecks
 
