@@ -102,6 +102,20 @@ func (s *Store) PermissionSession(ctx context.Context, requestID string) (string
 	return id, nil
 }
 
+// PermissionsRecorded reports, for each request id, whether the session
+// holds it as pending.
+func (s *Store) PermissionsRecorded(ctx context.Context, sessionID string, requestIDs []string) ([]bool, error) {
+	vals, err := s.rdb.HMGet(ctx, s.k.perms(sessionID), requestIDs...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: read permissions of %s: %w", sessionID, err)
+	}
+	out := make([]bool, len(vals))
+	for i, v := range vals {
+		out[i] = v != nil
+	}
+	return out, nil
+}
+
 // PendingPermissions returns the pending permission requests of a session,
 // as stored in `ag:session:{ID}:perms` (request id -> request JSON), oldest
 // first.

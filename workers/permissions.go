@@ -44,7 +44,8 @@ const (
 type pendingAsk struct {
 	id    string
 	ask   ToolAsk
-	timer *time.Timer // nil for questions to the user, which never time out
+	req   app.PendingPermission // as recorded in Redis
+	timer *time.Timer           // nil for questions to the user, which never time out
 }
 
 func newPermissions(r *run, prov Conversational, in *providerInput, timeout time.Duration) *permissions {
@@ -96,7 +97,8 @@ func (p *permissions) ask(a ToolAsk) {
 	// are unique only within one process, and an answer is routed by id
 	// across every session (ag:permissions).
 	id := app.NewID()
-	pa := &pendingAsk{id: id, ask: a}
+	req := app.PendingPermission{RequestID: id, ToolName: a.Tool, Input: a.Input, ReceivedAt: time.Now().UnixMilli()}
+	pa := &pendingAsk{id: id, ask: a, req: req}
 	// Registered before the request is visible, so a quick answer finds it.
 	p.pending[id] = pa
 	p.byProvider[a.ID] = id
@@ -106,7 +108,6 @@ func (p *permissions) ask(a ToolAsk) {
 	}
 	p.mu.Unlock()
 
-	req := app.PendingPermission{RequestID: id, ToolName: a.Tool, Input: a.Input, ReceivedAt: time.Now().UnixMilli()}
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	err := p.r.w.st.AskPermission(ctx, p.r.ref, req)
 	cancel()
@@ -121,6 +122,38 @@ func (p *permissions) ask(a ToolAsk) {
 			return
 		}
 		p.r.log.Warn("record permission request", "tool", a.Tool, "err", err)
+	}
+}
+
+// held returns the requests waiting for the user, as recorded in Redis.
+func (p *permissions) held() []app.PendingPermission {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]app.PendingPermission, 0, len(p.pending))
+	for _, pa := range p.pending {
+		out = append(out, pa.req)
+	}
+	return out
+}
+
+// askAgain records again requests Redis no longer holds while the CLI
+// still waits on them (a restart without its last writes, a failover):
+// otherwise no tab shows them and no answer reaches them until they time
+// out, and a question to the user never does. A request answered meanwhile
+// is settled again, so that the copy written here does not stay.
+func (p *permissions) askAgain(ctx context.Context, lost []app.PendingPermission) {
+	for _, req := range lost {
+		if err := p.r.w.st.AskPermission(ctx, p.r.ref, req); err != nil {
+			p.r.log.Warn("record permission request again", "request", req.RequestID, "err", err)
+			continue
+		}
+		p.r.log.Warn("permission request lost by Redis recorded again", "request", req.RequestID)
+		p.mu.Lock()
+		_, still := p.pending[req.RequestID]
+		p.mu.Unlock()
+		if !still {
+			p.settle(req.RequestID, app.PermissionCancelled)
+		}
 	}
 }
 

@@ -262,6 +262,59 @@ func TestClaudePermissions(t *testing.T) {
 	})
 }
 
+// TestPermissionLostByRedisAskedAgain: a request Redis lost while the CLI
+// waits on it (a restart without its last writes) is recorded again within
+// a confirmation, so a tab shows it and its answer reaches the CLI; before,
+// a question to the user waited for good.
+func TestPermissionLostByRedisAskedAgain(t *testing.T) {
+	api := mockanthropic.New(t)
+	url := storetest.Redis(t)
+	st := storetest.New(t, url)
+	h := runWorkerTuned(t, st, Config{
+		Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
+		Bins:      map[app.Provider]string{app.Claude: mockanthropic.ClaudeBin(t)},
+		Env:       append(api.CLIEnv(t), "CLAUDE_CODE_MAX_RETRIES=0", "IS_SANDBOX=1"),
+	}, func(w *Worker) { w.confirmEvery = 100 * time.Millisecond })
+	ctx := context.Background()
+	question := map[string]any{"questions": []any{map[string]any{
+		"question": "Which one?", "header": "Pick", "multiSelect": false,
+		"options": []any{map[string]any{"label": "A", "description": "first"}, map[string]any{"label": "B", "description": "second"}},
+	}}}
+	api.Add(
+		mockanthropic.Turn{When: "lost", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_lost", Name: "AskUserQuestion", Input: question}}},
+		mockanthropic.Turn{When: "lost", Text: "found"},
+	)
+	sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "lost", NewSession: true,
+		Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true}}})
+	req := h.waitKind(sess.ID, "permission_request", 1)
+	id := req["requestId"].(string)
+
+	rdb := storetest.Client(t, url)
+	require.NoError(t, rdb.Del(ctx, st.Prefix()+":session:{"+sess.ID+"}:perms").Err())
+	require.NoError(t, rdb.HDel(ctx, st.Prefix()+":permissions", id).Err())
+	_, err := st.PermissionSession(ctx, id)
+	require.ErrorIs(t, err, app.ErrNotFound, "lost")
+
+	again := h.waitKind(sess.ID, "permission_request", 2)
+	require.Equal(t, id, again["requestId"])
+	require.Equal(t, "AskUserQuestion", again["toolName"])
+	owner, err := st.PermissionSession(ctx, id)
+	require.NoError(t, err, "an answer is routed again")
+	require.Equal(t, sess.ID, owner)
+
+	answered := map[string]any{"questions": question["questions"], "answers": map[string]any{"Which one?": "A"}}
+	input, err := json.Marshal(answered)
+	require.NoError(t, err)
+	h.answer(sess.ID, app.PermissionAnswer{RequestID: id, Allow: true, UpdatedInput: input})
+	evs := h.waitDone(sess.ID)
+	require.Equal(t, []string{"found"}, texts(evs))
+	require.Equal(t, 2, kindCount(evs, "permission_request"), "recorded again once")
+	require.Zero(t, kindCount(evs, "permission_cancelled"))
+	pending, err := st.PendingPermissions(ctx, sess.ID)
+	require.NoError(t, err)
+	require.Empty(t, pending)
+}
+
 // TestClaudeAbortDuringToolLeavesNothing: an abort while the CLI runs a
 // Bash tool (in a session of its own) interrupts the CLI and leaves no
 // process behind, whether the CLI stops the tool itself or not.

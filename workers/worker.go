@@ -551,8 +551,34 @@ func (w *Worker) confirmRuns(ctx context.Context) {
 		if !ok[i] && !r.ending.Load() {
 			r.log.Warn("the run ended elsewhere or another worker holds it; stopping it")
 			r.stop(stopStale)
+		} else if p := r.permissions(); ok[i] && p != nil {
+			w.confirmAsks(ctx, r, p)
 		}
 	}
+}
+
+// confirmAsks has Redis confirm the permission requests a run waits on,
+// and records again those it lost (permissions.askAgain).
+func (w *Worker) confirmAsks(ctx context.Context, r *run, p *permissions) {
+	held := p.held()
+	if len(held) == 0 {
+		return
+	}
+	ids := make([]string, len(held))
+	for i, req := range held {
+		ids[i] = req.RequestID
+	}
+	recorded, err := w.st.PermissionsRecorded(ctx, r.ref.SessionID, ids)
+	if err != nil {
+		return // asked again next time
+	}
+	var lost []app.PendingPermission
+	for i, req := range held {
+		if !recorded[i] {
+			lost = append(lost, req)
+		}
+	}
+	p.askAgain(ctx, lost)
 }
 
 // heartbeatLoop refreshes the heartbeat until ctx ends.
