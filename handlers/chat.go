@@ -45,7 +45,7 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 	if reqErr := (*app.RequestError)(nil); errors.As(err, &reqErr) {
 		c.reply(&app.ErrorReply{Type: "error", Error: reqErr.Error(), RequestID: reqErr.RequestID, SessionID: reqErr.SessionID})
 		if h := readCommandHead(data); h.isCommand() {
-			c.endRefusedCommand(h.provider(), h.sessionID(), reqErr.Error())
+			s.endRefusedCommand(c, h.provider(), h.sessionID(), reqErr.Error())
 		}
 		return
 	}
@@ -95,7 +95,7 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 		// Claude Code UI's frontend sends opencode-command, which agentgate
 		// does not run, and then waits for its end.
 		if h := readCommandHead(data); h.isCommand() {
-			c.endRefusedCommand(h.provider(), h.sessionID(), text)
+			s.endRefusedCommand(c, h.provider(), h.sessionID(), text)
 		}
 	}
 }
@@ -143,19 +143,40 @@ func (h commandHead) sessionID() string { return firstNonEmpty(h.SessionID, h.Op
 // a new chat: the frontend then takes the session it shows, and clears the
 // pending placeholder. These frames are replies to this socket alone, not
 // session events: nothing is stored, and they carry no seq.
-func (c *conn) endRefusedCommand(provider app.Provider, sessionID, text string) {
+//
+// A command refused for a session of the user's that is running (a second
+// prompt while the first runs, an option refused) gets the row and no
+// complete: the frontend already shows that session busy, and its run's
+// own complete will end it; another would end it early, and would be a
+// second complete of one run in the frontend's eyes.
+func (s *Server) endRefusedCommand(c *conn, provider app.Provider, sessionID, text string) {
 	if !c.isLatestOnly() {
 		return
 	}
 	sessionID = app.Clip(sessionID, app.MaxSessionIDLen)
-	row := app.ErrorRow(text)
-	done := app.CompleteEvent(sessionID, app.Outcome{ExitCode: 1})
-	for _, e := range []app.Event{row, done} {
+	events := []app.Event{app.ErrorRow(text)}
+	if !s.runningFor(c, sessionID) {
+		events = append(events, app.CompleteEvent(sessionID, app.Outcome{ExitCode: 1}))
+	}
+	for _, e := range events {
 		e.SessionID, e.Provider = sessionID, provider
 		if b, err := e.Body(); err == nil {
 			c.send(b)
 		}
 	}
+}
+
+// runningFor reports whether sessionID names a running session that c's
+// user can see; false when it cannot be read (Redis away: a client left
+// busy would wait for a complete that may never come).
+func (s *Server) runningFor(c *conn, sessionID string) bool {
+	if sessionID == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, requestTimeout)
+	defer cancel()
+	sess, err := s.st.Session(ctx, sessionID)
+	return err == nil && c.user.CanSee(sess.Owner) && sess.Running()
 }
 
 // endAbortWithoutRun follows the "No active run" reply to an abort, on a
@@ -206,7 +227,7 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	provider, _ := app.ProviderForCommand(msg.Type)
 	fail := func(text string) {
 		c.reply(&app.ErrorReply{Type: "error", Error: text, RequestID: msg.RequestID})
-		c.endRefusedCommand(provider, firstNonEmpty(msg.SessionID, msg.Options.SessionID), text)
+		s.endRefusedCommand(c, provider, firstNonEmpty(msg.SessionID, msg.Options.SessionID), text)
 	}
 	if !s.providers[provider] {
 		fail(fmt.Sprintf("Provider %s is not available on this gateway", provider))

@@ -276,15 +276,27 @@ func TestPacedRefusalsEndTheCommand(t *testing.T) {
 	refused("s-2", "opencode", "Unknown message type: opencode-command")
 
 	send(command("first", nil))
-	require.Equal(t, "session-accepted", next()["type"])
+	accepted := next()
+	require.Equal(t, "session-accepted", accepted["type"])
 	for m := next(); m["kind"] != "session_created"; m = next() {
 		require.NotEqual(t, "complete", m["kind"], "the first run goes on")
 	}
 	send(command("second", nil))
 	refused("", "claude", "Limit reached")
 
-	send(map[string]any{"type": "abort-session", "sessionId": "s-3"})
+	// A command refused for the running session gets its row and no
+	// complete: the run's own complete ends it, once.
+	running := accepted["sessionId"].(string)
+	send(command("again", map[string]any{"options": map[string]any{"sessionId": running, "permissionMode": "yolo"}}))
 	m := next()
+	require.Contains(t, m["error"], "Invalid permissionMode", "%v", m)
+	row := next()
+	require.Equal(t, "error", row["kind"], "%v", row)
+	require.Equal(t, running, row["sessionId"])
+	quiet()
+
+	send(map[string]any{"type": "abort-session", "sessionId": "s-3"})
+	m = next()
 	require.Equal(t, "No active run", m["error"], "%v", m)
 	done := next()
 	require.Equal(t, "complete", done["kind"], "%v", done)
