@@ -278,8 +278,14 @@ func (sub *Subscriber) subscribe(ctx context.Context, channel, sessionID string)
 		var err error
 		if sub.s.cluster != nil {
 			err = sub.shardSubscribeLocked(ctx, channel, c)
-		} else {
-			err = sub.ps.Subscribe(ctx, channel)
+		} else if err = sub.ps.Subscribe(ctx, channel); err != nil {
+			// go-redis keeps a channel whose SUBSCRIBE failed and
+			// subscribes it again on every new connection; nothing would
+			// ever unsubscribe it. Its UNSUBSCRIBE is tried briefly: the
+			// connection is in trouble, and sub.mu is held.
+			uctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			_ = sub.ps.Unsubscribe(uctx, channel)
+			cancel()
 		}
 		if err != nil {
 			delete(sub.channels, channel)

@@ -295,3 +295,32 @@ func TestWorkersAndLease(t *testing.T) {
 		require.True(t, ok)
 	})
 }
+
+// TestFailedSubscribeLeavesNoChannel: a subscribe that fails (Redis down)
+// is not subscribed later by the connection that comes back: go-redis
+// keeps such a channel and subscribes it on each new connection, and
+// nothing would have unsubscribed it.
+func TestFailedSubscribeLeavesNoChannel(t *testing.T) {
+	srv := storetest.StartServer(t)
+	st := storetest.New(t, srv.URL)
+	ctx, _, sub := recordingSubscriber(t, st)
+	kept := newSession("alice")
+	require.NoError(t, sub.Subscribe(ctx, kept.ID))
+
+	srv.Stop()
+	lost := newSession("alice")
+	subCtx, cancel := context.WithTimeout(ctx, time.Second)
+	require.Error(t, sub.Subscribe(subCtx, lost.ID))
+	cancel()
+	srv.Restart(t)
+
+	raw := redisClient(t, srv.URL)
+	var channels []string
+	require.Eventually(t, func() bool {
+		channels, _ = raw.PubSubChannels(ctx, st.Prefix()+":session:*").Result()
+		return len(channels) > 0
+	}, 10*time.Second, 20*time.Millisecond, "the subscriber's connection came back")
+	// go-redis subscribes all it holds in one command: both or one.
+	require.Len(t, channels, 1, "%v", channels)
+	require.Contains(t, channels[0], kept.ID)
+}
