@@ -104,6 +104,11 @@ type watch struct {
 	// position (parked, see release); live frames pass it by meanwhile.
 	catching bool
 	parked   bool
+	// resynced is set when the pub/sub connection came back while the
+	// watch was catching: a frame published meanwhile may have been
+	// missed, so its next empty read does not make it live; the read
+	// after it does.
+	resynced bool
 	// quietTrim skips the trim notice of a first replay without lastSeq.
 	quietTrim  bool
 	subscribed bool
@@ -273,7 +278,11 @@ func (h *hub) resync(kind *streamKind, key string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for w := range f.watches {
-		if w.catching || w.done {
+		if w.done {
+			continue
+		}
+		if w.catching {
+			w.resynced = true
 			continue
 		}
 		if kind.lastSeq == nil {
@@ -333,6 +342,8 @@ func (h *hub) catchUp(w *watch, pos int) {
 		f.mu.Lock()
 		stale := w.pos != pos || w.done
 		next := w.next
+		// This read sees all that was stored before a resync so far.
+		w.resynced = false
 		f.mu.Unlock()
 		if stale {
 			c.replayDone()
@@ -363,6 +374,12 @@ func (h *hub) catchUp(w *watch, pos int) {
 			if w.pos != pos || w.done {
 				f.mu.Unlock()
 				return
+			}
+			if w.resynced {
+				// The subscription came back during the read: what was
+				// published while it was away is read again.
+				f.mu.Unlock()
+				continue
 			}
 			if f.maxSeen < w.next {
 				w.catching = false

@@ -561,7 +561,7 @@ func (tm *terminals) releaseLocked(w *watch, answered bool) {
 	})
 	switch {
 	case w.done:
-	case answered && w.f.maxSeen < w.next:
+	case answered && w.f.maxSeen < w.next && !w.resynced:
 		w.catching = false
 		tm.caughtUpLocked(w)
 	default:
