@@ -9,6 +9,7 @@ import (
 
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+	"golang.org/x/sys/unix"
 
 	"github.com/agentgate/agentgate/app"
 )
@@ -138,6 +139,13 @@ func claudeControlError(requestID, msg string) []byte {
 // conversationSaved reports whether the CLI saved the conversation id where
 // it keeps them: $CLAUDE_CONFIG_DIR, else $HOME/.claude, in
 // projects/<project>/<id>.jsonl.
+//
+// It runs as root in a folder the user controls, so it opens nothing but
+// the projects folder itself (as a folder, without blocking: a FIFO put
+// there fails at once instead of hanging the run before its CLI exists),
+// looks at most maxProjectDirs entries, and only stats each candidate
+// without following it: a glob opened every entry, links in a loop made
+// it quadratic, and one swapped for a FIFO blocked it for good.
 func conversationSaved(env []string, id string) bool {
 	dir := lookupEnv(env, "CLAUDE_CONFIG_DIR")
 	if dir == "" {
@@ -147,9 +155,27 @@ func conversationSaved(env []string, id string) bool {
 		}
 		dir = filepath.Join(home, ".claude")
 	}
-	matches, _ := filepath.Glob(filepath.Join(dir, "projects", "*", id+".jsonl"))
-	return len(matches) > 0
+	fd, err := unix.Open(filepath.Join(dir, "projects"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(fd), "projects")
+	defer f.Close()
+	names, _ := f.Readdirnames(maxProjectDirs)
+	for _, name := range names {
+		var st unix.Stat_t
+		if unix.Fstatat(fd, name+"/"+id+".jsonl", &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+			continue
+		}
+		if t := st.Mode & unix.S_IFMT; t == unix.S_IFREG || t == unix.S_IFLNK {
+			return true
+		}
+	}
+	return false
 }
+
+// maxProjectDirs bounds the project folders conversationSaved looks in.
+const maxProjectDirs = 10000
 
 // lookupEnv reads a variable the way exec does: the last assignment wins.
 func lookupEnv(env []string, key string) string {

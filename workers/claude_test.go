@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/internal/mockanthropic"
@@ -512,4 +514,114 @@ func transcriptIDs(t *testing.T, home, id string) []string {
 		}
 	}
 	return ids
+}
+
+// TestConversationSaved: the check that a gateway-minted Claude session was
+// saved by an earlier run looks in the user's projects folder without
+// opening what the user put there: a FIFO, a folder swapped for one, or
+// links in a loop never hold the run up.
+func TestConversationSaved(t *testing.T) {
+	const id = "0b6c4f0e-8a4e-4f8e-9d5e-2f1a3c5b7d90"
+	setup := map[string]func(t *testing.T, projects string){
+		"saved": func(t *testing.T, projects string) {
+			mkdirs(t, filepath.Join(projects, "-tmp-p"))
+			writeFile(t, filepath.Join(projects, "-tmp-p", id+".jsonl"), "{}\n")
+		},
+		"saved through a linked project folder": func(t *testing.T, projects string) {
+			other := t.TempDir()
+			writeFile(t, filepath.Join(other, id+".jsonl"), "{}\n")
+			require.NoError(t, os.Symlink(other, filepath.Join(projects, "-tmp-p")))
+		},
+		"another conversation": func(t *testing.T, projects string) {
+			mkdirs(t, filepath.Join(projects, "-tmp-p"))
+			writeFile(t, filepath.Join(projects, "-tmp-p", "other.jsonl"), "{}\n")
+		},
+		"a FIFO where the conversation would be": func(t *testing.T, projects string) {
+			mkdirs(t, filepath.Join(projects, "-tmp-p"))
+			require.NoError(t, unix.Mkfifo(filepath.Join(projects, "-tmp-p", id+".jsonl"), 0o600))
+		},
+		"FIFOs and links in a loop among the project folders": func(t *testing.T, projects string) {
+			require.NoError(t, unix.Mkfifo(filepath.Join(projects, "fifo"), 0o600))
+			for i := range 2000 {
+				require.NoError(t, os.Symlink(".", filepath.Join(projects, fmt.Sprintf("l%d", i))))
+				require.NoError(t, os.Symlink("fifo", filepath.Join(projects, fmt.Sprintf("f%d", i))))
+			}
+		},
+	}
+	want := map[string]bool{"saved": true, "saved through a linked project folder": true}
+	for name, prepare := range setup {
+		t.Run(name, func(t *testing.T) {
+			home := t.TempDir()
+			projects := filepath.Join(home, ".claude", "projects")
+			mkdirs(t, projects)
+			prepare(t, projects)
+			require.Equal(t, want[name], savedWithin(t, []string{"HOME=" + home}, id))
+		})
+	}
+	t.Run("a project folder swapped for a FIFO meanwhile", func(t *testing.T) {
+		home := t.TempDir()
+		projects := filepath.Join(home, ".claude", "projects")
+		mkdirs(t, filepath.Join(projects, "flip"))
+		for i := range 500 {
+			require.NoError(t, os.Symlink("flip", filepath.Join(projects, fmt.Sprintf("l%d", i))))
+		}
+		aside := t.TempDir()
+		require.NoError(t, unix.Mkfifo(filepath.Join(aside, "fifo"), 0o600))
+		mkdirs(t, filepath.Join(aside, "dir"))
+		stop := make(chan struct{})
+		flipped := make(chan struct{})
+		go func() {
+			defer close(flipped)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// rename(2) swaps flip between a folder and a FIFO.
+				from := filepath.Join(aside, []string{"fifo", "dir"}[i%2])
+				_ = os.Rename(filepath.Join(projects, "flip"), filepath.Join(aside, "was"))
+				_ = os.Rename(from, filepath.Join(projects, "flip"))
+				_ = os.Rename(filepath.Join(aside, "was"), from)
+			}
+		}()
+		defer func() { close(stop); <-flipped }()
+		for range 100 {
+			require.False(t, savedWithin(t, []string{"HOME=" + home}, id))
+		}
+	})
+	t.Run("the projects folder is a FIFO", func(t *testing.T) {
+		home := t.TempDir()
+		mkdirs(t, filepath.Join(home, ".claude"))
+		require.NoError(t, unix.Mkfifo(filepath.Join(home, ".claude", "projects"), 0o600))
+		require.False(t, savedWithin(t, []string{"HOME=" + home}, id))
+	})
+	t.Run("no home: the CLI decides", func(t *testing.T) {
+		require.True(t, savedWithin(t, nil, id))
+	})
+}
+
+// savedWithin is conversationSaved, failed if it has not answered within
+// 10 s (a hang, not a slow answer: it takes microseconds).
+func savedWithin(t *testing.T, env []string, id string) bool {
+	t.Helper()
+	done := make(chan bool, 1)
+	go func() { done <- conversationSaved(env, id) }()
+	select {
+	case saved := <-done:
+		return saved
+	case <-time.After(10 * time.Second):
+		t.Fatal("conversationSaved hangs")
+		return false
+	}
+}
+
+func mkdirs(t *testing.T, dir string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(path, []byte(data), 0o644))
 }
