@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/agentgate/agentgate/app"
 )
@@ -35,7 +36,10 @@ func writeImages(images []app.Image, acct *account) (paths []string, cleanup fun
 		}
 		paths = append(paths, p)
 	}
-	if err := acct.chown(append([]string{dir}, paths...)...); err != nil {
+	// The files first, while the folder is still the worker's alone
+	// (0700): once it is the user's, they could swap a file for a hard
+	// link to another before its chown, and be handed that one.
+	if err := acct.chown(append(slices.Clip(paths), dir)...); err != nil {
 		cleanup()
 		return nil, nil, fmt.Errorf("write images: %w", err)
 	}
