@@ -23,7 +23,10 @@ func Dir(ws app.Workspaces, p string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+	// Lstat: Resolve returned a path without links, and one swapped in
+	// since would be followed by Stat, whose answer then told whether its
+	// target (outside the user's roots) exists.
+	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
 		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, p)
 	}
 	return dir, nil
