@@ -126,6 +126,7 @@ func TestUserAccounts(t *testing.T) {
 		`cat ` + filepath.Join(tc.homes, "bob", "notes") + ` 2>&1 | head -c 200; echo`,
 		`echo "HOMES=$(ls ` + tc.homes + ` >/dev/null 2>&1 && echo listed || echo unlisted)"`,
 		`echo "REDIS=$(redis-cli -p ` + port + ` set ag:owned alice 2>&1 | head -c 30)"`,
+		`echo "NNP=$(awk '/^NoNewPrivs:/{print $2}' /proc/self/status)"`,
 		`echo "DO""NE"`,
 	}, "; "))
 	alice.waitText(mark, "DONE", 20*time.Second)
@@ -140,6 +141,7 @@ func TestUserAccounts(t *testing.T) {
 	require.NotContains(t, out, "secret-of-bob")
 	require.Contains(t, out, "HOMES=unlisted", "alice lists the users' names")
 	require.Regexp(t, `REDIS=NOAUTH`, out)
+	require.Contains(t, out, "NNP=1", "a set-user-ID program would give alice more")
 	require.EqualValues(t, 0, tc.rdb.Exists(t.Context(), "ag:owned").Val(), "alice wrote to Redis")
 
 	// The two homes: each 0700 and its own account's.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,13 +39,49 @@ type Accounts struct {
 // Validate checks the range and the homes folder.
 func (a *Accounts) Validate() error {
 	if a.FirstUID < 1000 || a.LastUID < a.FirstUID || a.LastUID > 1<<31-2 {
-		return fmt.Errorf("workers: account uids %d-%d: want a range from 1000 up", a.FirstUID, a.LastUID)
+		return fmt.Errorf("workers: account uids %d-%d: want a range from 1000 up that no account of this host uses, such as 20000-29999", a.FirstUID, a.LastUID)
+	}
+	if err := hostAccountsIn(a.FirstUID, a.LastUID); err != nil {
+		return err
 	}
 	if !filepath.IsAbs(a.Homes) {
 		return fmt.Errorf("workers: account homes %q is not an absolute path", a.Homes)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("workers: running users' processes under their own accounts needs a worker running as root")
+	}
+	return nil
+}
+
+// hostAccountFiles are the host's own accounts and groups, which users'
+// uids and gids must not be.
+var hostAccountFiles = []string{"/etc/passwd", "/etc/group"}
+
+// hostAccountsIn refuses a range that holds a uid or gid of the host's own
+// accounts or groups: the first user would be handed that account, its
+// files and whatever it may do (on a cloud image uid 1000 is often a user
+// with sudo). A file that cannot be read (a scratch image) says nothing.
+func hostAccountsIn(first, last int) error {
+	for _, path := range hostAccountFiles {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(data)) {
+			fields := strings.Split(strings.TrimSpace(line), ":")
+			if len(fields) < 3 || strings.HasPrefix(fields[0], "#") {
+				continue
+			}
+			ids := fields[2:3]
+			if len(fields) >= 4 && strings.HasSuffix(path, "passwd") {
+				ids = fields[2:4] // the uid and the primary gid
+			}
+			for _, f := range ids {
+				if id, err := strconv.Atoi(f); err == nil && id >= first && id <= last {
+					return fmt.Errorf("workers: account uids %d-%d: %s has %s of this host (id %d); give a range no account of this host uses, such as 20000-29999", first, last, path, fields[0], id)
+				}
+			}
+		}
 	}
 	return nil
 }

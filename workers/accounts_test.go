@@ -53,3 +53,36 @@ func TestEnsureHomeFixesHomesMode(t *testing.T) {
 		require.Equal(t, os.ModeDir|0o711, fi.Mode(), "another owner's homes made %04o", mode)
 	}
 }
+
+// TestHostAccountsRefused: a uid range that holds an account or a group of
+// the host is refused (the first user would be handed that account), as is
+// one under 1000; a range the host does not use passes.
+func TestHostAccountsRefused(t *testing.T) {
+	dir := t.TempDir()
+	passwd, group := filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
+	require.NoError(t, os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/bash\nubuntu:x:1000:1000::/home/ubuntu:/bin/bash\nodd:x:30000:25000::/:/bin/false\n# note\n"), 0o644))
+	require.NoError(t, os.WriteFile(group, []byte("root:x:0:\nsudo:x:27:ubuntu\ndocker:x:20500:\n"), 0o644))
+	saved := hostAccountFiles
+	hostAccountFiles = []string{passwd, group, filepath.Join(dir, "missing")}
+	t.Cleanup(func() { hostAccountFiles = saved })
+	for _, tc := range []struct {
+		first, last int
+		refused     string
+	}{
+		{1000, 1999, "ubuntu"},
+		{999, 1999, "want a range from 1000 up"},
+		{20000, 20999, "docker"},
+		{24000, 26000, "odd"}, // its primary gid
+		{29000, 30000, "odd"},
+		{40000, 49999, ""},
+	} {
+		err := (&Accounts{FirstUID: tc.first, LastUID: tc.last, Homes: "/var/lib/agentgate/home"}).Validate()
+		if tc.refused == "" {
+			if err != nil {
+				require.NotContains(t, err.Error(), "uids", "%d-%d", tc.first, tc.last) // may still need root
+			}
+			continue
+		}
+		require.ErrorContains(t, err, tc.refused, "%d-%d", tc.first, tc.last)
+	}
+}

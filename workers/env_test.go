@@ -131,8 +131,8 @@ func TestMaxRuns(t *testing.T) {
 }
 
 // TestRunsUnderAccount: with Accounts, a user's run has their uid, their
-// own home (made 0700 for them) and their workspace, and two users never
-// share a uid. Needs root, as a worker with accounts does.
+// own home (made 0700 for them) and their workspace, no way to gain
+// privileges by exec, and two users never share a uid. Needs root, as a worker with accounts does.
 func TestRunsUnderAccount(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("!!! skipped: per-user accounts need root")
@@ -154,7 +154,7 @@ func TestRunsUnderAccount(t *testing.T) {
 		sess := app.Session{ID: app.NewID(), Owner: owner, Provider: app.Claude, ProjectPath: filepath.Join(homes, owner)}
 		_, err := st.Accept(context.Background(), &store.AcceptRequest{Session: sess, New: true, Job: app.Job{
 			SessionID: sess.ID, Owner: owner, Provider: app.Claude, ProjectPath: sess.ProjectPath, NewSession: true,
-			Command: `echo "$(id -u) $(id -g) $(id -G) $HOME $USER $PWD"; ls /proc/1/root 2>&1 | head -c 200; echo`,
+			Command: `echo "$(id -u) $(id -g) $(id -G) $HOME $USER $PWD"; ls /proc/1/root 2>&1 | head -c 200; echo; grep NoNewPrivs /proc/self/status`,
 		}})
 		require.NoError(t, err)
 		evs := h.waitDone(sess.ID)
@@ -164,6 +164,8 @@ func TestRunsUnderAccount(t *testing.T) {
 	alice := run("alice")
 	require.Equal(t, "47200 47200 47200 "+filepath.Join(homes, "alice")+" alice "+filepath.Join(homes, "alice"), alice[0])
 	require.Contains(t, alice[1], "Permission denied")
+	// No set-user-ID program gives it more (su, passwd, a host's sudo).
+	require.Regexp(t, `NoNewPrivs:\s+1`, alice[2])
 	bob := run("bob")
 	require.True(t, strings.HasPrefix(bob[0], "47201 47201 47201 "), bob[0])
 	fi, err := os.Stat(filepath.Join(homes, "alice"))

@@ -73,7 +73,7 @@ func startPTY(cfg ptyConfig) (*ptyProc, error) {
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Pdeathsig: syscall.SIGKILL, Credential: cfg.Credential}
-	if err := cmd.Start(); err != nil {
+	if err := startCmd(cmd); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("start terminal: %w", err)
 	}

@@ -276,7 +276,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 			return failed("start " + string(job.Provider) + ": " + err.Error())
 		}
 	}
-	err = cmd.Start()
+	err = startCmd(cmd)
 	outW.Close() // the child holds its own copies
 	errW.Close()
 	if err != nil {
