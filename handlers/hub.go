@@ -142,7 +142,67 @@ func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte), outage fu
 }
 
 // run reads pub/sub until ctx ends. Runs in its own goroutine.
-func (h *hub) run(ctx context.Context) error { return h.sub.Run(ctx) }
+func (h *hub) run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { defer close(done); h.checkChats(ctx) }()
+	err := h.sub.Run(ctx)
+	<-done
+	return err
+}
+
+// chatCheckEvery is how often the gateway has Redis confirm the chat
+// streams it follows.
+const chatCheckEvery = 5 * time.Second
+
+// checkChats has Redis confirm, every chatCheckEvery, that it still holds
+// what the sockets here were sent of each chat stream they follow, until
+// ctx ends. A Redis that lost its data without dropping the pub/sub
+// connection (FLUSHALL, FLUSHDB, its keys deleted) told nobody: the run's
+// worker stops at its next write, no complete follows, and a socket that
+// stayed open waited for good. A stream that no longer holds a socket's
+// last frame is resynced, which closes that socket with 1012 (resume).
+// Terminals have the same check in their refresh (ShellTouch).
+func (h *hub) checkChats(ctx context.Context) {
+	t := time.NewTicker(chatCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		feeds := h.feedsOf(h.chat)
+		if len(feeds) == 0 {
+			continue
+		}
+		// What each feed's sockets were sent, read before Redis is
+		// asked: a frame is stored before it is published, so Redis holds
+		// at least that much unless it lost it.
+		ids, sent := make([]string, len(feeds)), make([]int64, len(feeds))
+		for i, f := range feeds {
+			ids[i] = f.key
+			f.mu.Lock()
+			for w := range f.watches {
+				if !w.catching && !w.done {
+					sent[i] = max(sent[i], w.next-1)
+				}
+			}
+			f.mu.Unlock()
+		}
+		cctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		last, held, err := h.st.LastSeqs(cctx, ids)
+		cancel()
+		if err != nil {
+			continue // an outage: the subscription's own resync follows it
+		}
+		for i, f := range feeds {
+			if sent[i] > 0 && (!held[i] || last[i] < sent[i]) {
+				h.log.Warn("Redis no longer holds events sockets were sent", "session", f.key, "lastSeq", last[i], "sent", sent[i])
+				h.resync(h.chat, f.key)
+			}
+		}
+	}
+}
 
 // join adds a parked watch of key for c, placed by place (f.mu held), and
 // returns once the gateway is subscribed to the stream's channel, so a

@@ -100,3 +100,18 @@ func TestResyncDuringCatchUpReadsAgain(t *testing.T) {
 	got := r.until(func(m map[string]any) bool { return m["content"] == "missed" })
 	require.EqualValues(t, missed, got[len(got)-1]["seq"], "the event published while pub/sub was away")
 }
+
+// TestChatSocketsToldOfAFlushedRedis: Redis loses a session's events
+// without dropping the gateway's pub/sub connection (FLUSHALL): the run's
+// worker can write nothing more, no complete comes, and a socket that got
+// events Redis no longer holds is closed with 1012 within a check, so that
+// its client reconnects and resumes (recovered:false), instead of waiting
+// for good.
+func TestChatSocketsToldOfAFlushedRedis(t *testing.T) {
+	st, rdb := realStore(t)
+	_, w, c, _, ref := startRun(t, st)
+	w.emit(ref, app.Text("assistant", "one"))
+	c.until(func(m map[string]any) bool { return m["content"] == "one" })
+	require.NoError(t, rdb.FlushAll(context.Background()).Err())
+	require.Equal(t, 1012, c.closeCode())
+}

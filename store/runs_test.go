@@ -685,3 +685,21 @@ func TestAllSessionsNewestFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestLastSeqs: the newest seq of several sessions in one read; a session
+// Redis does not hold is said so.
+func TestLastSeqs(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		sess, ref := newRun(t, st, "alice")
+		_, err := st.Append(ctx, ref, []app.Event{app.Text("assistant", "x")}, nil)
+		require.NoError(t, err)
+		got, err := st.Session(ctx, sess.ID)
+		require.NoError(t, err)
+		last, ok, err := st.LastSeqs(ctx, []string{sess.ID, app.NewID()})
+		require.NoError(t, err)
+		require.Equal(t, []int64{got.LastSeq, 0}, last)
+		require.Equal(t, []bool{true, false}, ok)
+		require.Positive(t, last[0])
+	})
+}

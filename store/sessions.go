@@ -28,6 +28,27 @@ func (s *Store) Session(ctx context.Context, id string) (app.Session, error) {
 	return sessionFromHash(m), nil
 }
 
+// LastSeqs reads the newest stored seq of several sessions in one
+// pipeline; a session Redis no longer holds has ok false.
+func (s *Store) LastSeqs(ctx context.Context, ids []string) (last []int64, ok []bool, err error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, s.k.session(id), "owner", "lastSeq")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, nil, fmt.Errorf("store: read sessions' last seqs: %w", err)
+	}
+	last, ok = make([]int64, len(ids)), make([]bool, len(ids))
+	for i, cmd := range cmds {
+		vals := cmd.Val()
+		owner, _ := vals[0].(string)
+		seq, _ := vals[1].(string)
+		last[i], ok[i] = atoi64(seq), owner != ""
+	}
+	return last, ok, nil
+}
+
 // SessionByProviderID returns the id of the session whose provider session
 // id is psid, or app.ErrNotFound.
 func (s *Store) SessionByProviderID(ctx context.Context, p app.Provider, psid string) (string, error) {
