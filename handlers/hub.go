@@ -370,6 +370,14 @@ func (h *hub) resume(w *watch, pos int, next int64) {
 			continue
 		}
 		if err == nil && last < next-1 {
+			w.f.mu.Lock()
+			current := w.pos == pos && !w.done
+			w.f.mu.Unlock()
+			if !current {
+				// Unsubscribed or placed again meanwhile: that position
+				// is no longer the socket's.
+				return
+			}
 			h.log.Warn("Redis lost frames a socket had; it resumes", "stream", w.f.key, "lastSeq", last)
 			w.c.closeWith(closeStoreReset)
 			return
