@@ -206,6 +206,11 @@ func (s *Server) pickWorker(ctx context.Context) (string, error) {
 	if len(live) == 0 {
 		return "", app.ErrNoWorker
 	}
+	// One with room for a terminal, as its last heartbeat said; when none
+	// has, any: the worker refuses with its own words.
+	if room := slices.DeleteFunc(slices.Clone(live), store.WorkerInfo.TerminalsFull); len(room) > 0 {
+		live = room
+	}
 	return live[rand.IntN(len(live))].ID, nil
 }
 

@@ -23,7 +23,14 @@ type WorkerInfo struct {
 	// Draining is set once the worker stops: it finishes its runs and
 	// takes nothing new, so gateways open no terminal on it.
 	Draining bool
+	// Terminals is how many terminals the worker has open, of at most
+	// MaxTerminals (0: not said, a worker older than the field).
+	Terminals, MaxTerminals int
 }
+
+// TerminalsFull reports whether the worker said it has no room for
+// another terminal.
+func (w WorkerInfo) TerminalsFull() bool { return w.MaxTerminals > 0 && w.Terminals >= w.MaxTerminals }
 
 // Heartbeat refreshes a worker's heartbeat hash `ag:worker:ID` with ttl and
 // records the worker in the registry of workers.
@@ -34,7 +41,8 @@ func (s *Store) Heartbeat(ctx context.Context, w WorkerInfo, ttl time.Duration) 
 	// Redis is at its maxmemory (the scripts say how): a full Redis must
 	// not make live workers look dead.
 	args := []any{ttl.Milliseconds(), "id", w.ID, "host", w.Host, "pid", w.PID,
-		"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs}
+		"startedAt", w.StartedAt.UnixMilli(), "lastBeat", time.Now().UnixMilli(), "runs", w.Runs,
+		"terminals", w.Terminals, "maxTerminals", w.MaxTerminals}
 	if w.Link != "" {
 		args = append(args, "link", w.Link, "linkToken", w.LinkToken)
 	}
@@ -171,9 +179,12 @@ func (s *Store) LiveWorkers(ctx context.Context) ([]WorkerInfo, error) {
 		}
 		pid, _ := strconv.Atoi(m["pid"])
 		runs, _ := strconv.Atoi(m["runs"])
+		terms, _ := strconv.Atoi(m["terminals"])
+		maxTerms, _ := strconv.Atoi(m["maxTerminals"])
 		live = append(live, WorkerInfo{
 			ID: ids[i], Host: m["host"], PID: pid, Runs: runs,
 			StartedAt: time.UnixMilli(atoi64(m["startedAt"])), Draining: m["draining"] == "1",
+			Terminals: terms, MaxTerminals: maxTerms,
 		})
 	}
 	if len(dead) > 0 {

@@ -623,6 +623,7 @@ func (w *Worker) beat(ctx context.Context) error {
 	return w.st.Heartbeat(ctx, store.WorkerInfo{
 		ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n,
 		Link: w.linkAddr, LinkToken: w.linkToken, Draining: w.draining.Load(),
+		Terminals: w.shellCount(), MaxTerminals: w.cfg.MaxTerminals,
 	}, w.cfg.HeartbeatTTL)
 }
 
