@@ -29,6 +29,12 @@ const (
 // (or an interactive bash) rather than an agent CLI.
 const PlainShell Provider = "plain-shell"
 
+// OpenCode is a terminal that runs the opencode CLI, as Claude Code UI's
+// own server does for it (its Shell offers OpenCode); agentgate runs no
+// OpenCode chat, so it is a terminal provider only. The CLI must be on the
+// worker's PATH.
+const OpenCode Provider = "opencode"
+
 // Wire texts of /shell errors that clients show (the reference's wording).
 const (
 	ShellErrInvalidPath      = "Invalid project path"
@@ -188,7 +194,7 @@ func dimension(v *float64, def, limit int, name string, required bool) (int, err
 
 func validShellProvider(p Provider) bool {
 	switch p {
-	case Claude, Cursor, Codex, Gemini, PlainShell:
+	case Claude, Cursor, Codex, Gemini, PlainShell, OpenCode:
 		return true
 	}
 	return false
@@ -319,6 +325,14 @@ func (s ShellSpec) Command(bins map[Provider]string) string {
 			return fmt.Sprintf(`%[1]s resume -- "%[2]s" || %[1]s`, bin(Codex, "codex"), s.SessionID)
 		}
 		return bin(Codex, "codex")
+	case OpenCode:
+		if resume {
+			return fmt.Sprintf(`opencode --session="%s"`, s.SessionID)
+		}
+		if s.InitialCommand != "" {
+			return s.InitialCommand
+		}
+		return "opencode"
 	case Gemini:
 		base := s.InitialCommand
 		if base == "" {
@@ -375,6 +389,8 @@ func providerTitle(p Provider) string {
 		return "Codex"
 	case Gemini:
 		return "Gemini"
+	case OpenCode:
+		return "OpenCode"
 	}
 	return "Claude"
 }

@@ -140,6 +140,8 @@ func TestShellCommand(t *testing.T) {
 		{ShellSpec{Provider: Codex, HasSession: true, SessionID: "x"}, `codex resume -- "x" || codex`},
 		{ShellSpec{Provider: Gemini, HasSession: true, SessionID: "g"}, `gemini --resume="g"`},
 		{ShellSpec{Provider: Gemini, HasSession: true, SessionID: "g", InitialCommand: "gemini -m pro"}, `gemini -m pro --resume="g"`},
+		{ShellSpec{Provider: OpenCode}, `opencode`},
+		{ShellSpec{Provider: OpenCode, HasSession: true, SessionID: "ses_1"}, `opencode --session="ses_1"`},
 		{ShellSpec{Provider: PlainShell, Plain: true, InitialCommand: "npm test"}, `npm test`},
 		{ShellSpec{Provider: PlainShell, Plain: true}, ``},
 	}
