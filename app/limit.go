@@ -24,7 +24,9 @@ func (e *LimitError) Error() string {
 	case LimitRunsPerUser:
 		return fmt.Sprintf("Limit reached: at most %d %s; wait for a run to finish or abort one", e.Max, e.Limit)
 	case LimitTerminalsPerUser:
-		return fmt.Sprintf("Limit reached: at most %d %s; close one first", e.Max, e.Limit)
+		// Past it the least recently watched terminal no socket watches
+		// is ended (store.ShellLimit): each one is open in a tab.
+		return fmt.Sprintf("Limit reached: at most %d %s, and every one is open in a tab; close one of those tabs first", e.Max, e.Limit)
 	}
 	return fmt.Sprintf("Limit reached: at most %d %s", e.Max, e.Limit)
 }

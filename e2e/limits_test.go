@@ -79,22 +79,103 @@ func TestUserLimits(t *testing.T) {
 	alice.send(cl.command("again", "", "again"))
 	alice.waitReplyFrom(mark, "session-accepted", nil)
 
-	// Terminals: three per user, a fourth refused with the limit's name;
-	// bob has his own.
+	// Terminals: three per user, a fourth refused with the limit's name
+	// while each of the three is watched; bob has his own.
 	sc := &shellCluster{cluster: cl, gw1: gw, gw2: gw, worker: worker}
-	at := sc.dialShell(gw, "alice")
 	for i := 1; i <= 3; i++ {
-		mark := at.mark()
+		at := sc.dialShell(gw, "alice")
 		at.send(sc.plainInit(fmt.Sprintf("t%d", i)))
-		at.waitText(mark, "bash-", 20*time.Second)
+		at.waitText(0, "bash-", 20*time.Second)
 	}
-	mark = at.mark()
+	at := sc.dialShell(gw, "alice")
 	at.send(sc.plainInit("t4"))
-	te := at.waitReplyFrom(mark, "error", nil)
-	require.Equal(t, "Limit reached: at most 3 open terminals per user; close one first", te.str("message"))
+	te := at.waitReplyFrom(0, "error", nil)
+	require.Equal(t, "Limit reached: at most 3 open terminals per user, and every one is open in a tab; close one of those tabs first", te.str("message"))
 	bt := sc.dialShell(gw, "bob")
 	bt.send(sc.plainInit("b1"))
 	bt.waitText(0, "bash-", 20*time.Second)
+}
+
+// TestShellLimitEndsUnwatched: Claude Code UI sends no shellId, so each
+// chat session's Shell tab opens a terminal of its own (by sessionId), and
+// closing the tab only detaches it. With a limit of 3 and two gateways, a
+// user who opened four session shells, closing each tab after it started,
+// had the fourth refused until the detach timeout (30 minutes by default)
+// ended one. Now the least recently watched detached terminal is ended to
+// give its place: its processes are killed, a tab of it opened again is
+// told why and gets a fresh terminal, and an open past the limit while
+// every terminal is watched is still refused.
+func TestShellLimitEndsUnwatched(t *testing.T) {
+	t.Parallel()
+	cl := newCluster(t, "/bin/false")
+	sc := &shellCluster{cluster: cl}
+	extra := []string{"AGENTGATE_MAX_TERMINALS_PER_USER=3", "AGENTGATE_SHELL_DETACH_TIMEOUT=10m"}
+	for i, name := range []string{"gw1", "gw2"} {
+		addr := freeAddr(t)
+		p := startProc(t, name, append(append(cl.baseEnv(), "AGENTGATE_LISTEN="+addr), extra...), "gateway")
+		p.addr = addr
+		waitReady(t, p)
+		if i == 0 {
+			sc.gw1 = p
+		} else {
+			sc.gw2 = p
+		}
+	}
+	sc.worker = startProc(t, "worker", append(cl.workerEnv(), extra...), "worker")
+	cl.waitWorker(sc.worker)
+
+	marker := uniqueNumber(6)
+	sleeper := func(i int) string { return marker + strconv.Itoa(i) }
+	gws := []*proc{sc.gw1, sc.gw2}
+	// open starts session i's shell on a gateway, with a job of its own.
+	open := func(i int) *shellClient {
+		t.Helper()
+		c := sc.dialShell(gws[i%2], "alice")
+		c.send(sc.plainInit("", "sessionId", fmt.Sprintf("session-%d", i)))
+		c.waitText(0, "Starting terminal in:", 20*time.Second)
+		c.typeLine("sleep " + sleeper(i) + " & echo started-$((" + strconv.Itoa(i) + "+1000))")
+		c.waitText(0, fmt.Sprintf("started-%d", i+1000), 20*time.Second)
+		return c
+	}
+	// runs waits for session i's job (bash may echo before its child has
+	// exec'd sleep).
+	runs := func(i int) {
+		t.Helper()
+		eventually(t, 5*time.Second, fmt.Sprintf("session %d's job", i), func() bool { return len(sleepers(sleeper(i))) == 1 })
+	}
+	for i := 1; i <= 3; i++ {
+		open(i).drop() // the tab closes: its terminal is detached
+		runs(i)
+	}
+	fourth := open(4)
+	require.NotContains(t, fourth.text(0), "Limit reached")
+	runs(4)
+	eventually(t, 10*time.Second, "session 1's terminal killed", func() bool { return len(sleepers(sleeper(1))) == 0 })
+	for i := 2; i <= 4; i++ {
+		require.Len(t, sleepers(sleeper(i)), 1, "session %d's terminal runs", i)
+	}
+
+	// Session 1's tab opened again: told why, on a fresh terminal, which
+	// takes session 2's place (the least recently watched now).
+	again := sc.dialShell(sc.gw2, "alice")
+	again.send(sc.plainInit("", "sessionId", "session-1"))
+	again.waitText(0, "Starting terminal in:", 20*time.Second)
+	require.Contains(t, again.text(0), "least recently watched terminal")
+	require.NotContains(t, again.text(0), "[Reconnected")
+	eventually(t, 10*time.Second, "session 2's terminal killed", func() bool { return len(sleepers(sleeper(2))) == 0 })
+
+	// Every terminal watched: sessions 3 (again), 4 and 1.
+	three := sc.dialShell(sc.gw1, "alice")
+	three.send(sc.plainInit("", "sessionId", "session-3"))
+	three.waitText(0, "[Reconnected", 20*time.Second)
+	time.Sleep(200 * time.Millisecond) // its attach is counted
+	refused := sc.dialShell(sc.gw2, "alice")
+	refused.send(sc.plainInit("", "sessionId", "session-5"))
+	e := refused.waitReplyFrom(0, "error", nil)
+	require.Equal(t, "Limit reached: at most 3 open terminals per user, and every one is open in a tab; close one of those tabs first", e.str("message"))
+	for i := 3; i <= 4; i++ {
+		require.Len(t, sleepers(sleeper(i)), 1, "session %d's terminal runs", i)
+	}
 }
 
 // cliProcesses lists the processes running the test's CLI (`sleep 600`)

@@ -24,6 +24,7 @@ func TestOnRedisCluster(t *testing.T) {
 	t.Run("KillWorkerMidRun", TestKillWorkerMidRun)
 	t.Run("BusyAcrossGateways", TestBusyAcrossGateways)
 	t.Run("AbortAcrossGateways", TestAbortAcrossGateways)
+	t.Run("ShellLimitEndsUnwatched", TestShellLimitEndsUnwatched)
 }
 
 // follower keeps a client on a session across gateway closes: when its

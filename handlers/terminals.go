@@ -22,6 +22,7 @@ const (
 	noticeGone        = "[Terminal lost: Redis no longer has it]"
 	noticeNotStarted  = "[Terminal lost: no worker started it; try again]"
 	noticeRestarted   = "[Terminal restarted]"
+	noticeEvicted     = "[Terminal closed: it was your least recently watched terminal, and a new one needed its place]"
 )
 
 // terminals connects /shell sockets to terminals: it opens, reattaches,
@@ -131,6 +132,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 	spec := msg.Spec(user, dir)
 	paidRestart := false
 	waited := false // for Redis, in this request
+	toldEvicted := false
 	for attempt := 0; attempt < 3; attempt++ {
 		// While Redis is down or loading the init waits for it (within
 		// the request's time), as a status request does.
@@ -146,6 +148,12 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			return
 		}
 		live := ok && info.State != store.ShellExited
+		if ok && !live && info.ExitReason == store.ShellExitEvicted && !toldEvicted {
+			// Its socket comes back (a chat session's Shell tab opened
+			// again): it is told why a fresh terminal replaces it.
+			toldEvicted = true
+			sock.notice("warn", noticeEvicted)
+		}
 		if live {
 			alive, err := tm.st.WorkerAlive(ctx, info.Worker)
 			switch {
@@ -198,7 +206,13 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			tm.fail(sock, "list workers", err)
 			return
 		}
-		gen, opened, err := tm.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec, tm.maxOpen)
+		bound := store.ShellLimit{Max: tm.maxOpen}
+		if tm.outages.recent() {
+			// No gateway could refresh its terminals' watch times during
+			// the outage: only their socket counts say which are watched.
+			bound.Stale = -1
+		}
+		gen, opened, err := tm.st.ShellOpen(ctx, key, info.Gen, worker, spec.Command(nil), spec, bound)
 		var limit *app.LimitError
 		if errors.As(err, &limit) {
 			tm.refused(sock, limit.Error())
@@ -587,6 +601,8 @@ func (tm *terminals) sendExitLocked(w *watch) {
 			w.sock.notice("error", noticeGone)
 		case store.ShellExitNotStarted:
 			w.sock.notice("error", noticeNotStarted)
+		case store.ShellExitEvicted:
+			w.sock.notice("warn", noticeEvicted)
 		default:
 			text := "Process exited with code " + strconv.Itoa(e.ExitCode)
 			if e.Signal != "" {

@@ -296,11 +296,23 @@ func TestTerminalRefusalsAreShown(t *testing.T) {
 	}
 
 	newFakeWorker(t, st)
+	// "one" stays on a socket of its own (attached to, or on its way):
+	// it is not ended for "two".
+	one, _, err := busy.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	require.NoError(t, one.WriteJSON(map[string]any{"type": "init", "shellId": "one"}))
+	require.NoError(t, one.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		var m map[string]any
+		require.NoError(t, one.ReadJSON(&m))
+		if d, _ := m["data"].(string); strings.Contains(d, "Starting ") {
+			break
+		}
+	}
 	ws, _, err = busy.dialPath("/shell", "alice")
 	require.NoError(t, err)
-	require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "one"}))
 	require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "two"}))
-	refusal(ws, "Limit reached: at most 1 open terminals per user; close one first")
+	refusal(ws, "Limit reached: at most 1 open terminals per user, and every one is open in a tab; close one of those tabs first")
 	for range restartBurst + 1 {
 		require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "one", "forceRestart": true}))
 	}

@@ -67,7 +67,7 @@ func TestShellAppendBatchOnce(t *testing.T) {
 	eachBackend(t, func(t *testing.T, st *store.Store) {
 		ctx := context.Background()
 		spec := plainSpec
-		gen, ok, err := st.ShellOpen(ctx, "once", 0, "w1", "bash", spec, 0)
+		gen, ok, err := st.ShellOpen(ctx, "once", 0, "w1", "bash", spec, store.ShellLimit{})
 		require.NoError(t, err)
 		require.True(t, ok)
 		seq, err := st.ShellAppendBatch(ctx, "once", gen, 1, []string{"a", "b"})
@@ -83,7 +83,7 @@ func TestShellAppendBatchOnce(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, []store.ShellChunk{{Seq: 1, Data: "a"}, {Seq: 2, Data: "b"}, {Seq: 3, Data: "c"}}, chunks)
 
-		gen2, ok, err := st.ShellOpen(ctx, "once", gen, "w1", "bash", spec, 0)
+		gen2, ok, err := st.ShellOpen(ctx, "once", gen, "w1", "bash", spec, store.ShellLimit{})
 		require.NoError(t, err)
 		require.True(t, ok)
 		seq, err = st.ShellAppendBatch(ctx, "once", gen2, 1, []string{"new"})

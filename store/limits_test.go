@@ -73,44 +73,217 @@ func TestShellOpenLimit(t *testing.T) {
 		spec := plainSpec
 		// The terminals' worker is alive: one that is not ends them (below).
 		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
-		k1, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 2)
+		k1, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, store.ShellLimit{Max: 2})
 		require.NoError(t, err)
 		require.True(t, ok)
-		_, ok, err = st.ShellOpen(ctx, "k2", 0, "w1", "bash", spec, 2)
+		_, ok, err = st.ShellOpen(ctx, "k2", 0, "w1", "bash", spec, store.ShellLimit{Max: 2})
 		require.NoError(t, err)
 		require.True(t, ok)
-		_, _, err = st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, 2)
+		_, _, err = st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, store.ShellLimit{Max: 2})
 		var limit *app.LimitError
 		require.True(t, errors.As(err, &limit), "%v", err)
-		require.Contains(t, err.Error(), "at most 2 open terminals per user")
+		require.Contains(t, err.Error(), "at most 2 open terminals per user, and every one is open in a tab",
+			"k1 and k2 were opened but not attached to yet: their sockets are on their way")
 
-		gen, ok, err := st.ShellOpen(ctx, "k1", k1, "w1", "bash", spec, 2)
+		gen, ok, err := st.ShellOpen(ctx, "k1", k1, "w1", "bash", spec, store.ShellLimit{Max: 2})
 		require.NoError(t, err, "a restart of a terminal alice has open")
 		require.True(t, ok)
 
 		bob := spec
 		bob.Owner = "bob"
-		_, ok, err = st.ShellOpen(ctx, "k4", 0, "w1", "bash", bob, 2)
+		_, ok, err = st.ShellOpen(ctx, "k4", 0, "w1", "bash", bob, store.ShellLimit{Max: 2})
 		require.NoError(t, err)
 		require.True(t, ok)
 
 		recorded, err := st.ShellExit(ctx, "k1", gen, 0, "", store.ShellExitNormal)
 		require.NoError(t, err)
 		require.True(t, recorded)
-		_, ok, err = st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, 2)
+		_, ok, err = st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, store.ShellLimit{Max: 2})
 		require.NoError(t, err, "an ended terminal frees its slot")
 		require.True(t, ok)
 
 		// Its worker gone, an open terminal is ended as lost by the next
 		// open past the limit, which takes its place.
-		_, _, err = st.ShellOpen(ctx, "k5", 0, "w2", "bash", spec, 2)
+		_, _, err = st.ShellOpen(ctx, "k5", 0, "w2", "bash", spec, store.ShellLimit{Max: 2})
 		require.True(t, errors.As(err, &limit), "%v", err)
-		_, _, err = st.ShellOpen(ctx, "k6", 0, "w1", "bash", spec, 2)
+		_, _, err = st.ShellOpen(ctx, "k6", 0, "w1", "bash", spec, store.ShellLimit{Max: 2})
 		require.True(t, errors.As(err, &limit), "%v", err)
 		require.NoError(t, st.RemoveWorker(ctx, "w1")) // as its heartbeat expiring
-		_, ok, err = st.ShellOpen(ctx, "k6", 0, "w3", "bash", spec, 2)
+		_, ok, err = st.ShellOpen(ctx, "k6", 0, "w3", "bash", spec, store.ShellLimit{Max: 2})
 		require.NoError(t, err)
 		require.True(t, ok)
+	})
+}
+
+// TestShellOpenEvictsUnwatched: a user at their terminal limit who opens
+// another ends their least recently watched terminal that no socket
+// watches (its place taken, its exit recorded as evicted, its worker told
+// to kill it); one whose watch time went stale counts as unwatched; when
+// every terminal is watched, or was opened but not yet attached to, the
+// open is refused. Concurrent opens end one terminal each and never pass
+// the limit, and two opens of the same key end one.
+func TestShellOpenEvictsUnwatched(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+		two := store.ShellLimit{Max: 2}
+		open := func(key string, limit store.ShellLimit) (int64, error) {
+			t.Helper()
+			gen, ok, err := st.ShellOpen(ctx, key, 0, "w1", "bash", plainSpec, limit)
+			if err == nil {
+				require.True(t, ok, key)
+			}
+			return gen, err
+		}
+		touch := func(key string, gen int64, delta int) {
+			t.Helper()
+			_, err := st.ShellTouch(ctx, key, gen, delta)
+			require.NoError(t, err)
+			time.Sleep(3 * time.Millisecond) // distinct watch times
+		}
+		requireEnded := func(key string, gen int64, ended bool) {
+			t.Helper()
+			info, ok, err := st.Shell(ctx, key)
+			require.NoError(t, err)
+			require.True(t, ok, key)
+			require.Equal(t, gen, info.Gen, key)
+			if !ended {
+				require.NotEqual(t, store.ShellExited, info.State, key)
+				return
+			}
+			require.Equal(t, store.ShellExited, info.State, key)
+			require.Equal(t, store.ShellExitEvicted, info.ExitReason, key)
+		}
+		requireKilled := func(key string, gen int64) {
+			t.Helper()
+			entries, err := st.PeekInbox(ctx, "w1", "0", 0)
+			require.NoError(t, err)
+			for _, e := range entries {
+				if e.Control.Type == store.ControlShellKill && e.Control.Shell == key && e.Control.Gen == gen {
+					return
+				}
+			}
+			t.Fatalf("no kill of %s gen %d in the worker's inbox", key, gen)
+		}
+		var limit *app.LimitError
+
+		k1, err := open("k1", two)
+		require.NoError(t, err)
+		k2, err := open("k2", two)
+		require.NoError(t, err)
+		touch("k1", k1, +1)
+		touch("k2", k2, +1)
+		_, err = open("k3", two)
+		require.ErrorAs(t, err, &limit, "every terminal watched")
+		require.Equal(t, "Limit reached: at most 2 open terminals per user, and every one is open in a tab; close one of those tabs first", err.Error())
+
+		// k2 is left first: the least recently watched.
+		touch("k2", k2, -1)
+		touch("k1", k1, -1)
+		k3, err := open("k3", two)
+		require.NoError(t, err, "k2 gives its place")
+		requireEnded("k2", k2, true)
+		requireEnded("k1", k1, false)
+		requireKilled("k2", k2)
+		info, _, err := st.Shell(ctx, "k2")
+		require.NoError(t, err)
+		require.Equal(t, store.ShellExitEvicted, info.ExitReason)
+
+		// k3 was opened but not attached to yet: it is not taken; k1 is.
+		k4, err := open("k4", two)
+		require.NoError(t, err)
+		requireEnded("k1", k1, true)
+		requireEnded("k3", k3, false)
+		_, err = open("k5", two)
+		require.ErrorAs(t, err, &limit, "k3 and k4 are on their way to their sockets")
+
+		// Watched, but its watch time stale: its gateway died.
+		touch("k3", k3, +1)
+		touch("k4", k4, +1)
+		time.Sleep(20 * time.Millisecond)
+		_, err = open("k5", store.ShellLimit{Max: 2, Stale: time.Hour})
+		require.ErrorAs(t, err, &limit)
+		_, err = open("k5", store.ShellLimit{Max: 2, Stale: -1})
+		require.ErrorAs(t, err, &limit, "watch times not trusted: the counts decide")
+		_, err = open("k5", store.ShellLimit{Max: 2, Stale: 10 * time.Millisecond})
+		require.NoError(t, err)
+		requireEnded("k3", k3, true)
+		requireEnded("k4", k4, false)
+
+		// bob: three detached terminals and six opens at once; three get a
+		// place each, by ending one terminal each.
+		bob := plainSpec
+		bob.Owner = "bob"
+		three := store.ShellLimit{Max: 3}
+		old := map[string]int64{}
+		for _, k := range []string{"b1", "b2", "b3"} {
+			gen, ok, err := st.ShellOpen(ctx, k, 0, "w1", "bash", bob, three)
+			require.NoError(t, err)
+			require.True(t, ok)
+			touch(k, gen, +1)
+			touch(k, gen, -1)
+			old[k] = gen
+		}
+		errs := make(chan error, 6)
+		for i := range 6 {
+			go func() {
+				_, _, err := st.ShellOpen(ctx, fmt.Sprintf("n%d", i), 0, "w1", "bash", bob, three)
+				errs <- err
+			}()
+		}
+		opened := 0
+		for range 6 {
+			if err := <-errs; err == nil {
+				opened++
+			} else {
+				require.ErrorAs(t, err, &limit)
+			}
+		}
+		require.Equal(t, 3, opened)
+		for k, gen := range old {
+			info, _, err := st.Shell(ctx, k)
+			require.NoError(t, err)
+			require.Equal(t, gen, info.Gen)
+			require.Equal(t, store.ShellExitEvicted, info.ExitReason, k)
+		}
+		live := 0
+		for i := range 6 {
+			if info, ok, err := st.Shell(ctx, fmt.Sprintf("n%d", i)); err == nil && ok && info.State != store.ShellExited {
+				live++
+			}
+		}
+		require.Equal(t, 3, live)
+
+		// carol: two opens of one key at once end one terminal.
+		carol := plainSpec
+		carol.Owner = "carol"
+		var gens []int64
+		for _, k := range []string{"c1", "c2"} {
+			gen, ok, err := st.ShellOpen(ctx, k, 0, "w1", "bash", carol, two)
+			require.NoError(t, err)
+			require.True(t, ok)
+			touch(k, gen, +1)
+			touch(k, gen, -1)
+			gens = append(gens, gen)
+		}
+		for range 2 {
+			go func() {
+				_, _, err := st.ShellOpen(ctx, "same", 0, "w1", "bash", carol, two)
+				errs <- err
+			}()
+		}
+		require.NoError(t, <-errs)
+		require.NoError(t, <-errs)
+		ended := 0
+		for i, k := range []string{"c1", "c2"} {
+			info, _, err := st.Shell(ctx, k)
+			require.NoError(t, err)
+			require.Equal(t, gens[i], info.Gen)
+			if info.State == store.ShellExited {
+				ended++
+			}
+		}
+		require.Equal(t, 1, ended, "one place taken, one terminal ended")
 	})
 }
 

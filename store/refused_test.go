@@ -28,7 +28,7 @@ func TestWritesWhenRedisIsFull(t *testing.T) {
 	sess := newSession("alice")
 	res := accept(t, st, sess, true)
 	run := store.RunRef{SessionID: sess.ID, RunID: res.RunID, Provider: app.Claude}
-	gen, _, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", plainSpec, 0)
+	gen, _, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", plainSpec, store.ShellLimit{})
 	require.NoError(t, err)
 
 	require.NoError(t, rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	_ "embed"
@@ -76,7 +77,33 @@ const (
 	// has (ErrShellGone); it is told to that gateway's sockets, never
 	// stored.
 	ShellExitGone = "gone"
+	// ShellExitEvicted ends the least recently watched terminal of a user
+	// that no socket watches, to give its place to a terminal the user
+	// opens at their limit (ShellLimit). Recorded only while the
+	// generation is unwatched.
+	ShellExitEvicted = "evicted"
 )
+
+// ShellLimit bounds the terminals an owner has open at once (ShellOpen).
+type ShellLimit struct {
+	// Max is the most terminals open at once; 0 means no limit.
+	Max int
+	// Stale is how long a terminal's watchedAt may go unrefreshed before
+	// the terminal counts as unwatched, whatever its `attached` count says
+	// (the gateway that held its sockets died). Zero means
+	// DefaultShellUnwatched; negative means never (just after a Redis
+	// outage, no gateway could refresh any).
+	Stale time.Duration
+}
+
+// DefaultShellUnwatched is ShellLimit's default Stale: three of the
+// longest refresh period of a gateway (5 s).
+const DefaultShellUnwatched = 15 * time.Second
+
+// shellEvictTries bounds how many times an open at the limit reads its
+// owner's terminals again after its choice of one to end was overtaken
+// (another open took the place, the terminal was watched again).
+const shellEvictTries = 4
 
 // The terminal scripts, one file each under lua/.
 var (
@@ -173,10 +200,13 @@ func (s *Store) Shell(ctx context.Context, key string) (ShellInfo, bool, error) 
 // milliseconds, not 1: a process of generation 1 may still run from before
 // a loss, and a worker takes an open of a generation it runs for a repeat.
 //
-// maxOpen bounds the terminals the owner has open at once (0: no limit):
-// past it ShellOpen returns an *app.LimitError, and reopening a key the
-// owner has open always passes.
-func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker, command string, spec app.ShellSpec, maxOpen int) (gen int64, ok bool, err error) {
+// limit bounds the terminals the owner has open at once. At it, the
+// owner's least recently watched terminal that no socket watches is ended
+// (ShellExitEvicted, its worker told to kill it) and its place taken
+// (evictShell); when every one is watched ShellOpen returns an
+// *app.LimitError. Reopening a key the owner has open always passes.
+func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker, command string, spec app.ShellSpec, limit ShellLimit) (gen int64, ok bool, err error) {
+	maxOpen := limit.Max
 	gen = prevGen + 1
 	if prevGen == 0 {
 		gen = time.Now().UnixMilli()
@@ -191,6 +221,9 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 	}
 	if maxOpen > 0 {
 		ok, _, err := s.reserve(ctx, s.k.userShells(spec.Owner), key, maxOpen, s.staleShells)
+		if err == nil && !ok {
+			ok, err = s.evictShell(ctx, spec.Owner, key, limit)
+		}
 		if err != nil {
 			return 0, false, fmt.Errorf("store: open shell %s: reserve a terminal of %s: %w", key, spec.Owner, err)
 		}
@@ -266,6 +299,135 @@ func (s *Store) staleShells(ctx context.Context, keys []string) ([]int64, error)
 			out[i] = staleAfter(now, r.created)
 		}
 	}
+	return out, nil
+}
+
+// evictCandidate is an open terminal of a user's that no socket watches.
+type evictCandidate struct {
+	key, worker string
+	gen         int64
+	// score is the terminal's entry in its owner's index, watchedAt when
+	// a socket last watched it (Redis time, ms).
+	score, watchedAt int64
+}
+
+// evictShell takes a place for key among owner's open terminals, at
+// limit.Max, from the least recently watched of them that no socket
+// watches: the place is taken in the owner's slot (index_swap.lua, which
+// checks that the choice still holds there), then the terminal is ended
+// in its own slot, only if still unwatched (shell_exit.lua, reason
+// ShellExitEvicted; the place is given back if not), and its worker is
+// told to kill its processes. Its sockets, if any reattach, are told why.
+// ok is false when every terminal of owner is watched.
+//
+// The two steps touch two slots (a Redis Cluster): between them the place
+// is the new terminal's and the old one still runs, until its worker
+// kills it; the limit, which counts places, stays exact.
+func (s *Store) evictShell(ctx context.Context, owner, key string, limit ShellLimit) (bool, error) {
+	index := s.k.userShells(owner)
+	for range shellEvictTries {
+		cands, err := s.evictCandidates(ctx, index, key, limit)
+		if err != nil || len(cands) == 0 {
+			return false, err
+		}
+		c := cands[0]
+		res, err := s.sc.indexSwap.Run(ctx, s.rdb, []string{index}, key, limit.Max, c.key, c.score).Int64Slice()
+		if err != nil {
+			return false, err
+		}
+		if len(res) != 2 {
+			return false, fmt.Errorf("index_swap.lua answered %v", res)
+		}
+		switch res[0] {
+		case 1:
+			return true, nil // a place was free, or key has one
+		case 0:
+			continue // overtaken: read again
+		}
+		swapped := res[1]
+		st, err := s.shellExit(ctx, c.key, c.gen, 1, "", ShellExitEvicted,
+			staleMillis(limit.Stale), indexGrace.Milliseconds())
+		if err != nil || st < 0 {
+			// Watched again meanwhile (or not known to be ended): the
+			// place goes back to it.
+			if err2 := s.sc.indexSwapBack.Run(ctx, s.rdb, []string{index}, key, swapped, c.key, c.score).Err(); err2 != nil {
+				s.log.Warn("give back a terminal's place", "shell", c.key, "err", err2)
+			}
+			if err != nil {
+				return false, err
+			}
+			continue
+		}
+		if st == 1 {
+			s.log.Info("terminal ended to give its place to a new one of its owner's",
+				"shell", c.key, "gen", c.gen, "owner", owner, "for", key)
+		}
+		// Ended by this call, or already ended some other way: its place
+		// is key's either way. Its worker kills it now rather than at its
+		// next append or check of the terminal (up to 30 s later).
+		if err := s.SendControl(ctx, c.worker, Control{Type: ControlShellKill, Shell: c.key, Gen: c.gen}); err != nil {
+			s.log.Warn("tell a worker to kill an evicted terminal", "shell", c.key, "worker", c.worker, "err", err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// staleMillis is ShellLimit.Stale for shell_exit.lua: -1 for never.
+func staleMillis(d time.Duration) int64 {
+	switch {
+	case d == 0:
+		return DefaultShellUnwatched.Milliseconds()
+	case d < 0:
+		return -1
+	}
+	return d.Milliseconds()
+}
+
+// evictCandidates lists the open terminals of an owner's index (but skip)
+// that no socket watches by shell_exit.lua's rule for ShellExitEvicted,
+// least recently watched first.
+func (s *Store) evictCandidates(ctx context.Context, index, skip string, limit ShellLimit) ([]evictCandidate, error) {
+	zs, err := s.rdb.ZRangeWithScores(ctx, index, 0, -1).Result()
+	if err != nil || len(zs) == 0 {
+		return nil, err
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(zs))
+	for i, z := range zs {
+		m, _ := z.Member.(string)
+		cmds[i] = pipe.HMGet(ctx, s.k.shell(m), "gen", "state", "worker", "attached", "watchedAt", "seen", "createdAt")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	t, err := s.rdb.Time(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	now, stale := t.UnixMilli(), staleMillis(limit.Stale)
+	var out []evictCandidate
+	for i, c := range cmds {
+		m, _ := zs[i].Member.(string)
+		v := c.Val()
+		str := func(j int) string { x, _ := v[j].(string); return x }
+		state := str(1)
+		if m == skip || (state != ShellStarting && state != ShellRunning) {
+			continue
+		}
+		attached, _ := strconv.Atoi(str(3))
+		watched := atoi64(str(4))
+		var unwatched bool
+		if str(5) != "1" {
+			unwatched = now-atoi64(str(6)) >= indexGrace.Milliseconds()
+		} else {
+			unwatched = attached <= 0 || (stale >= 0 && now-watched >= stale)
+		}
+		if unwatched {
+			out = append(out, evictCandidate{key: m, worker: str(2), gen: atoi64(str(0)), score: int64(zs[i].Score), watchedAt: watched})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b evictCandidate) int { return cmp.Compare(a.watchedAt, b.watchedAt) })
 	return out, nil
 }
 
@@ -424,13 +586,24 @@ func (s *Store) ShellSet(ctx context.Context, key string, gen int64, fields ...s
 // the retention. signal is a name such as "SIGKILL", or
 // "". It reports whether this call recorded the end.
 func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode int, signal, reason string) (bool, error) {
-	res, err := s.sc.shellExit.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)},
-		gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds()), endedOutputBytes).Slice()
+	st, err := s.shellExit(ctx, key, gen, exitCode, signal, reason)
+	return st == 1, err
+}
+
+// shellExit is ShellExit; extra are shell_exit.lua's arguments after the
+// seventh (an eviction's). It returns 1 when this call recorded the end,
+// -1 when an eviction found the generation watched, else 0.
+func (s *Store) shellExit(ctx context.Context, key string, gen int64, exitCode int, signal, reason string, extra ...any) (int64, error) {
+	args := append([]any{gen, s.k.shellLive(key), exitCode, signal, reason, int64(s.cfg.ShellRetention.Seconds()), endedOutputBytes}, extra...)
+	res, err := s.sc.shellExit.Run(ctx, s.rdb, []string{s.k.shell(key), s.k.shellOut(key), s.k.shellSizes(key)}, args...).Slice()
 	if err != nil {
-		return false, fmt.Errorf("store: end shell %s: %w", key, err)
+		return 0, fmt.Errorf("store: end shell %s: %w", key, err)
+	}
+	if len(res) == 1 && res[0] == int64(-1) {
+		return -1, nil
 	}
 	if len(res) < 4 || res[0] != int64(1) {
-		return false, nil
+		return 0, nil
 	}
 	owner, _ := res[1].(string)
 	created, _ := res[2].(string)
@@ -447,7 +620,7 @@ func (s *Store) ShellExit(ctx context.Context, key string, gen int64, exitCode i
 			s.log.Warn("index ended terminal", "shell", key, "err", err)
 		}
 	}
-	return true, nil
+	return 1, nil
 }
 
 // keepEnded lists key among owner's ended terminals, by the Redis time it

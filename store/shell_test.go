@@ -35,12 +35,12 @@ func TestShellLifecycle(t *testing.T) {
 			messages := storetest.ShellMessages(t, st, "k1")
 
 			spec := plainSpec
-			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
+			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, store.ShellLimit{})
 			require.NoError(t, err)
 			require.True(t, ok)
 			require.InDelta(t, time.Now().UnixMilli(), gen, 60_000, "a new key starts at the time in ms")
 			g1 := gen
-			_, ok, err = st.ShellOpen(ctx, "k1", 0, "w2", "bash", spec, 0)
+			_, ok, err = st.ShellOpen(ctx, "k1", 0, "w2", "bash", spec, store.ShellLimit{})
 			require.NoError(t, err)
 			require.False(t, ok, "a second open from the same generation loses")
 
@@ -114,7 +114,7 @@ func TestShellLifecycle(t *testing.T) {
 			require.Equal(t, store.ShellLive{Kind: 'e', Gen: g1, Seq: 3, ExitCode: 130, Signal: "SIGINT", Reason: "exit"}, got[4])
 
 			// Reopen: a new generation starts from seq 1 with no old output.
-			gen, ok, err = st.ShellOpen(ctx, "k1", g1, "w1", "bash", spec, 0)
+			gen, ok, err = st.ShellOpen(ctx, "k1", g1, "w1", "bash", spec, store.ShellLimit{})
 			require.NoError(t, err)
 			require.True(t, ok)
 			require.Equal(t, g1+1, gen)
@@ -156,7 +156,7 @@ func TestShellOutputLikeAMessage(t *testing.T) {
 			ctx := context.Background()
 			messages := storetest.ShellMessages(t, st, "k3")
 			spec := plainSpec
-			gen, ok, err := st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, 0)
+			gen, ok, err := st.ShellOpen(ctx, "k3", 0, "w1", "bash", spec, store.ShellLimit{})
 			require.NoError(t, err)
 			require.True(t, ok)
 			out := []string{"O 1 5 5", "o 1 9 x", "e 1 1 0 - exit", "s 1 2 0"}
@@ -198,7 +198,7 @@ func budgetedTerminal(t *testing.T, b storetest.Backend, budget int) (*store.Sto
 	t.Helper()
 	url := storetest.Start(t, b)
 	st := storetest.New(t, url, store.Config{ShellOutputBytes: budget})
-	gen, _, err := st.ShellOpen(context.Background(), "k1", 0, "w1", "bash", plainSpec, 0)
+	gen, _, err := st.ShellOpen(context.Background(), "k1", 0, "w1", "bash", plainSpec, store.ShellLimit{})
 	require.NoError(t, err)
 	return st, redisClient(t, url), gen
 }
@@ -371,7 +371,7 @@ func TestShellFloodMemoryIsBounded(t *testing.T) {
 	for i := 0; i < terminals; i++ {
 		key := fmt.Sprintf("flood%d", i)
 		spec := plainSpec
-		gen, _, err := st.ShellOpen(ctx, key, 0, "w1", "bash", spec, 0)
+		gen, _, err := st.ShellOpen(ctx, key, 0, "w1", "bash", spec, store.ShellLimit{})
 		require.NoError(t, err)
 		for j := 0; j < 8; j++ { // 8 x 256 KiB
 			_, err := st.ShellAppend(ctx, key, gen, batch)
@@ -400,7 +400,7 @@ func TestEndedTerminalsKeepLittle(t *testing.T) {
 			const ended = 24
 			for i := range ended {
 				key := fmt.Sprintf("t%d", i)
-				gen, _, err := st.ShellOpen(ctx, key, 0, "w1", "bash", spec, 0)
+				gen, _, err := st.ShellOpen(ctx, key, 0, "w1", "bash", spec, store.ShellLimit{})
 				require.NoError(t, err)
 				_, err = st.ShellAppend(ctx, key, gen, []string{chunk, chunk, chunk, chunk, chunk, chunk, "end"})
 				require.NoError(t, err)
@@ -415,7 +415,7 @@ func TestEndedTerminalsKeepLittle(t *testing.T) {
 				if i == 0 {
 					// t0 is opened again: it runs when its old end is
 					// pushed out of the ended terminals.
-					_, ok, err := st.ShellOpen(ctx, key, gen, "w1", "bash", spec, 0)
+					_, ok, err := st.ShellOpen(ctx, key, gen, "w1", "bash", spec, store.ShellLimit{})
 					require.NoError(t, err)
 					require.True(t, ok)
 				}

@@ -37,7 +37,7 @@ func shellWorkerAt(t *testing.T, url string) (*Worker, *store.Store, app.ShellSp
 	require.NoError(t, err)
 	t.Cleanup(w.killShells)
 	spec := app.ShellSpec{Owner: "alice", ProjectPath: dir, Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
-	gen, ok, err := st.ShellOpen(context.Background(), "k1", 0, "w1", "bash", spec, 0)
+	gen, ok, err := st.ShellOpen(context.Background(), "k1", 0, "w1", "bash", spec, store.ShellLimit{})
 	require.NoError(t, err)
 	require.True(t, ok)
 	return w, st, spec, gen
@@ -217,7 +217,7 @@ func TestShellNotDetachedByAStall(t *testing.T) {
 	go func() { defer close(loopDone); w.shellLoop(ctx) }()
 
 	spec := app.ShellSpec{Owner: "alice", ProjectPath: dir, Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
-	gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, 0)
+	gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", spec, store.ShellLimit{})
 	require.NoError(t, err)
 	require.True(t, ok)
 	open, _ := json.Marshal(spec)

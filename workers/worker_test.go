@@ -472,9 +472,9 @@ func TestReaperEndsTerminalsOfDeadWorker(t *testing.T) {
 		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: w, StartedAt: time.Now()}, time.Hour))
 	}
 	spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
-	gone, _, err := st.ShellOpen(ctx, "t-gone", 0, "gone", "bash", spec, 8)
+	gone, _, err := st.ShellOpen(ctx, "t-gone", 0, "gone", "bash", spec, store.ShellLimit{Max: 8})
 	require.NoError(t, err)
-	alive, _, err := st.ShellOpen(ctx, "t-alive", 0, "alive", "bash", spec, 8)
+	alive, _, err := st.ShellOpen(ctx, "t-alive", 0, "alive", "bash", spec, store.ShellLimit{Max: 8})
 	require.NoError(t, err)
 	r, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", Interval: 20 * time.Millisecond})
 	require.NoError(t, err)
@@ -507,18 +507,18 @@ func TestReaperEndsTerminalsNeverStarted(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w", StartedAt: time.Now()}, time.Hour))
 	spec := app.ShellSpec{Owner: "alice", ProjectPath: "/w/p", Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
-	stuck, _, err := st.ShellOpen(ctx, "t-stuck", 0, "w", "bash", spec, 2)
+	stuck, _, err := st.ShellOpen(ctx, "t-stuck", 0, "w", "bash", spec, store.ShellLimit{Max: 2})
 	require.NoError(t, err)
-	started, _, err := st.ShellOpen(ctx, "t-started", 0, "w", "bash", spec, 2)
+	started, _, err := st.ShellOpen(ctx, "t-started", 0, "w", "bash", spec, store.ShellLimit{Max: 2})
 	require.NoError(t, err)
 	require.NoError(t, st.ShellSet(ctx, "t-started", started, "state", store.ShellRunning))
 	// A worker's word that it started a terminal can be refused by an
 	// outage, or lost in a restart of Redis: output says so too.
-	printed, _, err := st.ShellOpen(ctx, "t-printed", 0, "w", "bash", spec, 3)
+	printed, _, err := st.ShellOpen(ctx, "t-printed", 0, "w", "bash", spec, store.ShellLimit{Max: 3})
 	require.NoError(t, err)
 	_, err = st.ShellAppend(ctx, "t-printed", printed, []string{"$ "})
 	require.NoError(t, err)
-	_, _, err = st.ShellOpen(ctx, "t-third", 0, "w", "bash", spec, 3)
+	_, _, err = st.ShellOpen(ctx, "t-third", 0, "w", "bash", spec, store.ShellLimit{Max: 3})
 	require.ErrorAs(t, err, new(*app.LimitError), "three terminals open")
 
 	young, err := NewReaper(ReaperConfig{Store: st, Holder: "r1", UnclaimedTimeout: time.Minute})
@@ -541,7 +541,7 @@ func TestReaperEndsTerminalsNeverStarted(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, store.ShellRunning, info.State, key)
 	}
-	_, _, err = st.ShellOpen(ctx, "t-third", 0, "w", "bash", spec, 3)
+	_, _, err = st.ShellOpen(ctx, "t-third", 0, "w", "bash", spec, store.ShellLimit{Max: 3})
 	require.NoError(t, err, "the stuck terminal's place was given back")
 	require.ErrorIs(t, st.ShellSet(ctx, "t-stuck", stuck, "state", store.ShellRunning), store.ErrStaleShell, "a late start is stale")
 	// The end is recorded only while the terminal is starting.

@@ -12,18 +12,40 @@
 -- KEYS[1] shell hash   KEYS[2] output stream
 -- KEYS[3] output chunk sizes list
 -- ARGV[1] generation   ARGV[2] pub/sub channel   ARGV[3] exit code
--- ARGV[4] signal name or ''   ARGV[5] reason ('exit', 'lost', or
+-- ARGV[4] signal name or ''   ARGV[5] reason ('exit', 'lost',
 -- 'not_started', which ends a generation only while it is still starting
--- and has no output)
+-- and has no output, or 'evicted', which ends it only while no socket
+-- watches it, below)
 -- ARGV[6] retention, seconds   ARGV[7] output kept, bytes
+-- ARGV[8] ('evicted' only) how long, in ms, watchedAt may go unrefreshed
+-- before the terminal counts as unwatched whatever `attached` says (the
+-- gateway holding its sockets died); negative: never
+-- ARGV[9] ('evicted' only) how long, in ms, a generation no socket has
+-- attached to yet is left alone after its open: its gateway is attaching
+-- the socket that opened it
 --
--- Returns {1, owner, createdAt, the time it ended (ms)} when recorded, {0}
--- otherwise.
+-- Returns {1, owner, createdAt, the time it ended (ms)} when recorded, {-1}
+-- when an eviction found the generation watched, {0} otherwise.
 local hash = KEYS[1]
 local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt', 'outBytes')
 if cur[1] ~= ARGV[1] or cur[2] == 'exited' or
     (ARGV[5] == 'not_started' and (cur[2] ~= 'starting' or (tonumber(cur[3] or '0') or 0) > 0)) then
   return {0}
+end
+if ARGV[5] == 'evicted' then
+  local w = redis.call('HMGET', hash, 'attached', 'watchedAt', 'seen')
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local unwatched
+  if w[3] ~= '1' then
+    unwatched = now - tonumber(cur[5] or '0') >= tonumber(ARGV[9])
+  else
+    local stale = tonumber(ARGV[8])
+    unwatched = tonumber(w[1] or '0') <= 0 or (stale >= 0 and now - tonumber(w[2] or '0') >= stale)
+  end
+  if not unwatched then
+    return {-1}
+  end
 end
 local bytes = tonumber(cur[6] or '0')
 if bytes > tonumber(ARGV[7]) then

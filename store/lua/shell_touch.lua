@@ -1,5 +1,6 @@
 -- shell_touch.lua records that sockets watch a terminal generation: delta
--- +1 on attach, -1 on detach (detachedAt is set when none is left), 0 to
+-- +1 on attach (seen is set: a socket attached to this generation once),
+-- -1 on detach (detachedAt is set when none is left), 0 to
 -- refresh watchedAt while sockets stay. watchedAt is refreshed by every
 -- gateway that holds a socket, so a terminal whose gateway died stops being
 -- watched after one detach timeout, even though `attached` stays stale.
@@ -40,7 +41,7 @@ if delta ~= 0 then
     n = 0
     redis.call('HSET', hash, 'attached', '0', 'detachedAt', now)
   else
-    redis.call('HSET', hash, 'detachedAt', '')
+    redis.call('HSET', hash, 'detachedAt', '', 'seen', '1')
   end
 end
 redis.call('HSET', hash, 'watchedAt', now)
