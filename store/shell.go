@@ -417,11 +417,14 @@ func (s *Store) evictCandidates(ctx context.Context, index, skip string, limit S
 		}
 		attached, _ := strconv.Atoi(str(3))
 		watched := atoi64(str(4))
-		var unwatched bool
-		if str(5) != "1" {
-			unwatched = now-atoi64(str(6)) >= indexGrace.Milliseconds()
-		} else {
-			unwatched = attached <= 0 || (stale >= 0 && now-watched >= stale)
+		// As shell_exit.lua decides: a generation no socket attached to
+		// yet is left alone just after its open (its socket is
+		// attaching); otherwise no socket now, or none refreshed for
+		// stale. A terminal opened before `seen` existed has none, and is
+		// judged by the same rule once past its first moments.
+		unwatched := attached <= 0 || (stale >= 0 && watched > 0 && now-watched >= stale)
+		if str(5) != "1" && now-atoi64(str(6)) < indexGrace.Milliseconds() {
+			unwatched = false
 		}
 		if unwatched {
 			out = append(out, evictCandidate{key: m, worker: str(2), gen: atoi64(str(0)), score: int64(zs[i].Score), watchedAt: watched})

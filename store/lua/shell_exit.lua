@@ -36,12 +36,11 @@ if ARGV[5] == 'evicted' then
   local w = redis.call('HMGET', hash, 'attached', 'watchedAt', 'seen')
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local unwatched
-  if w[3] ~= '1' then
-    unwatched = now - tonumber(cur[5] or '0') >= tonumber(ARGV[9])
-  else
-    local stale = tonumber(ARGV[8])
-    unwatched = tonumber(w[1] or '0') <= 0 or (stale >= 0 and now - tonumber(w[2] or '0') >= stale)
+  local stale = tonumber(ARGV[8])
+  local watched = tonumber(w[2] or '0') or 0
+  local unwatched = tonumber(w[1] or '0') <= 0 or (stale >= 0 and watched > 0 and now - watched >= stale)
+  if w[3] ~= '1' and now - tonumber(cur[5] or '0') < tonumber(ARGV[9]) then
+    unwatched = false
   end
   if not unwatched then
     return {-1}
