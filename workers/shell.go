@@ -273,6 +273,8 @@ func (w *Worker) openShell(c store.Control) {
 		coalesce: shellCoalesce, stallLimit: outageTolerance,
 	}
 	sh.outCond = sync.NewCond(&sh.outMu)
+	cols, _ := termSize(spec.Cols, spec.Rows)
+	sh.urls.setCols(int(cols))
 	w.shells.mu.Lock()
 	if w.shells.closing {
 		w.shells.mu.Unlock()

@@ -334,6 +334,8 @@ func (sh *shell) inputLoop() {
 			if err := sh.p.resize(op.cols, op.rows); err != nil {
 				sh.log.Warn("resize terminal", "err", err)
 			} else {
+				cols, _ := termSize(op.cols, op.rows)
+				sh.urls.setCols(int(cols)) // for the URLs it wraps from now on
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_ = sh.w.st.ShellSet(ctx, sh.key, sh.gen, "cols", strconv.Itoa(op.cols), "rows", strconv.Itoa(op.rows))
 				cancel()
