@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -312,7 +311,10 @@ func (sh *shell) enqueue(op shellOp) {
 }
 
 // inputLoop writes queued input to the PTY and applies resizes, in order.
-// Runs in its own goroutine.
+// A resize is recorded in Redis by sizeLoop, not here: keystrokes queued
+// after it (a Ctrl-C) came over a link or the inbox and need no Redis, and
+// must not wait for a stalled one (up to 5 s a resize). Runs in its own
+// goroutine.
 func (sh *shell) inputLoop() {
 	for {
 		sh.inMu.Lock()
@@ -336,9 +338,7 @@ func (sh *shell) inputLoop() {
 			} else {
 				cols, _ := termSize(op.cols, op.rows)
 				sh.urls.setCols(int(cols)) // for the URLs it wraps from now on
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_ = sh.w.st.ShellSet(ctx, sh.key, sh.gen, "cols", strconv.Itoa(op.cols), "rows", strconv.Itoa(op.rows))
-				cancel()
+				sh.sizeApplied(store.ShellSize{Cols: op.cols, Rows: op.rows})
 			}
 		}
 		select {
@@ -346,5 +346,49 @@ func (sh *shell) inputLoop() {
 		case <-sh.stopped:
 			return
 		}
+	}
+}
+
+// sizeApplied has sizeLoop record a size the PTY was given; it never
+// waits. Sizes given while one is being recorded fold into the last.
+func (sh *shell) sizeApplied(size store.ShellSize) {
+	sh.sizeMu.Lock()
+	sh.size, sh.sizeDirty = size, true
+	sh.sizeMu.Unlock()
+	select {
+	case sh.sizeWake <- struct{}{}:
+	default:
+	}
+}
+
+// sizeLoop records the terminal's size in Redis (its hash's cols and
+// rows) after each resize, the latest only, off the input path. A write
+// that fails is not tried again: the next resize writes its own. Runs in
+// its own goroutine, until the terminal stops.
+func (sh *shell) sizeLoop() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-sh.stopped
+		cancel()
+	}()
+	for {
+		select {
+		case <-sh.sizeWake:
+		case <-sh.stopped:
+			return
+		}
+		sh.sizeMu.Lock()
+		size, dirty, record := sh.size, sh.sizeDirty, sh.storeSize
+		sh.sizeDirty = false
+		sh.sizeMu.Unlock()
+		if !dirty {
+			continue
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := record(wctx, size); err != nil && ctx.Err() == nil {
+			sh.log.Debug("record terminal size", "err", err)
+		}
+		wcancel()
 	}
 }
