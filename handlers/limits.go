@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sync"
@@ -24,6 +25,13 @@ const (
 	// quotaSweepEvery is how often the quotas of users without sockets are
 	// looked at for removal.
 	quotaSweepEvery = time.Minute
+	// typedWaitMax bounds how long a /shell frame over the rate waits for
+	// it (awaitFrames). A user's waiting sockets hold one reservation each,
+	// so at the defaults a frame waits at most 64/50 s; the bound only
+	// matters with a much lower --max-frame-rate, and stays well under a
+	// socket's pong wait (2 ping periods and 10 s), during which its read
+	// goroutine reads nothing.
+	typedWaitMax = 5 * time.Second
 )
 
 // userQuotas are the per-user limits of one gateway: how many sockets a user
@@ -214,4 +222,35 @@ func (c *conn) admit(n int) bool {
 		c.send(c.refusal)
 	}
 	return false
+}
+
+// awaitFrames is admit for the frames of a terminal, typed by a person or
+// sent on their behalf (keystrokes, a paste, a trackpad's scroll events,
+// resizes): a frame over the rate is not dropped but waits for it, on the
+// socket's read goroutine, which reads nothing meanwhile, so that TCP slows
+// the client down. A flood costs its user time, and the gateway one frame
+// and a timer per socket. The wait takes a reservation of the user's
+// limiter and holds no lock (rate.Limiter's own is held only to reserve):
+// another socket of the user, or another user, is never kept waiting by
+// it. It ends with the socket's context; a frame whose wait would outlast
+// typedWaitMax (a user's many sockets all flooding under a low rate) is
+// refused as admit refuses it. Called on the socket's read goroutine only.
+func (c *conn) awaitFrames(n int) bool {
+	if c.quota == nil || n <= 0 {
+		return true
+	}
+	if c.quota.frames.AllowN(time.Now(), n) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, typedWaitMax)
+	defer cancel()
+	err := c.quota.frames.WaitN(ctx, n)
+	if err == nil {
+		limitRefusals.WithLabelValues("frames_waited").Inc()
+		return true
+	}
+	if c.ctx.Err() != nil {
+		return false // the socket closed
+	}
+	return c.admit(n)
 }

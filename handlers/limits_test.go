@@ -134,47 +134,48 @@ func TestFrameRatePerUser(t *testing.T) {
 	require.Equal(t, want, dave.next()["error"])
 }
 
-// TestFrameRateOnShell: /shell frames count against the same rate, and the
-// refusal has the shell's error shape.
+// TestFrameRateOnShell: /shell frames count against the same rate, but one
+// over it waits for the rate instead of being dropped (a terminal's frames
+// are what its user typed, and Claude Code UI's terminal shows no error
+// frame): every frame is answered, none with the rate's error, and the
+// flood takes the time the rate gives it.
 func TestFrameRateOnShell(t *testing.T) {
-	const rate = 5
+	const rate = 25
 	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxFrameRate = rate })
 	burst := max(frameBurstSeconds*rate, maxSubscribe)
+	const over = 50
+	answers := func(ws *websocket.Conn, n int) {
+		t.Helper()
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(20*time.Second)))
+		for range n {
+			_, data, err := ws.ReadMessage()
+			require.NoError(t, err)
+			var m map[string]any
+			require.NoError(t, json.Unmarshal(data, &m))
+			require.Equal(t, map[string]any{"type": "error", "message": app.ShellErrNoTerminal}, m)
+		}
+	}
 	ws, _, err := g.dialPath("/shell", "alice")
 	require.NoError(t, err)
-	for range burst + 50 {
+	began := time.Now()
+	for range burst + over {
 		require.NoError(t, ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"input","data":"x"}`)))
 	}
-	want := map[string]any{"type": "error", "message": fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)}
-	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
-	others := 0
-	for {
-		_, data, err := ws.ReadMessage()
-		require.NoError(t, err)
-		var m map[string]any
-		require.NoError(t, json.Unmarshal(data, &m))
-		if m["message"] == want["message"] {
-			require.Equal(t, want, m)
-			break
-		}
-		others++
-	}
-	require.GreaterOrEqual(t, others, burst, "the burst was handled (each answered: no terminal)")
-	require.Less(t, others, burst+50)
+	answers(ws, burst+over) // each answered: no terminal
+	require.GreaterOrEqual(t, time.Since(began), over*time.Second/rate*9/10, "the frames past the burst waited for the rate")
 
-	// Acks are free, but not a frame too long to be only one.
+	// Acks are free, but not a frame too long to be only one: an input
+	// after such frames waits for the rate they spent.
 	bob, _, err := g.dialPath("/shell", "bob")
 	require.NoError(t, err)
 	padded := fmt.Appendf(nil, `{"type":"ack","seq":1,"pad":%q}`, strings.Repeat("x", 200))
-	for range burst + 50 {
+	began = time.Now()
+	for range burst + over {
 		require.NoError(t, bob.WriteMessage(websocket.TextMessage, padded))
 	}
-	require.NoError(t, bob.SetReadDeadline(time.Now().Add(10*time.Second)))
-	_, data, err := bob.ReadMessage()
-	require.NoError(t, err, "padded acks were never limited")
-	var m map[string]any
-	require.NoError(t, json.Unmarshal(data, &m))
-	require.Equal(t, want, m)
+	require.NoError(t, bob.WriteMessage(websocket.TextMessage, []byte(`{"type":"input","data":"x"}`)))
+	answers(bob, 1)
+	require.GreaterOrEqual(t, time.Since(began), over*time.Second/rate*9/10, "padded acks paid the frame rate")
 }
 
 // TestAcksPayTheirOwnRate: terminal acks do not pay the frame rate but an
@@ -424,4 +425,48 @@ func TestRESTEventsGapNotRecovered(t *testing.T) {
 	code, body := httpGet(t, fmt.Sprintf("%s/api/sessions/%s/events?after=0&limit=3", g.ts.URL, id), alice)
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, true, body["recovered"], "a page before the gap is whole")
+}
+
+// TestShellFrameWaitBounded: a /shell frame waits for the rate at most
+// typedWaitMax; one whose wait would be longer (a user's many sockets all
+// over a low rate) is refused as before, with the rate's error, rather
+// than hold its socket's reads past its pong wait.
+func TestShellFrameWaitBounded(t *testing.T) {
+	const rate = 1
+	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxFrameRate = rate })
+	burst := max(frameBurstSeconds*rate, maxSubscribe)
+	first, _, err := g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	for range burst {
+		require.NoError(t, first.WriteMessage(websocket.TextMessage, []byte(`{"type":"input","data":"x"}`)))
+	}
+	require.NoError(t, first.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for range burst {
+		_, _, err := first.ReadMessage()
+		require.NoError(t, err)
+	}
+	// The budget is spent: a frame waits a second for each one before it.
+	const socks = int(typedWaitMax/time.Second) + 3
+	answers := make(chan string, socks)
+	for range socks {
+		ws, _, err := g.dialPath("/shell", "alice")
+		require.NoError(t, err)
+		go func() {
+			_ = ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"input","data":"x"}`))
+			_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+			var m map[string]any
+			if err := ws.ReadJSON(&m); err != nil {
+				answers <- err.Error()
+				return
+			}
+			answers <- m["message"].(string)
+		}()
+	}
+	got := map[string]int{}
+	for range socks {
+		got[<-answers]++
+	}
+	require.Positive(t, got[app.ShellErrNoTerminal], "%v", got)
+	require.Positive(t, got[fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)], "%v", got)
+	require.Equal(t, socks, got[app.ShellErrNoTerminal]+got[fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)], "%v", got)
 }

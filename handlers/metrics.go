@@ -19,7 +19,7 @@ var (
 	replayedEvents   = metrics.NewCounter("agentgate_replayed_events_total", "Stored events sent to sockets by replays and hole fills.")
 	resumes          = metrics.NewCounterVec("agentgate_resumes_total", "Reconnects that resumed a session from a lastSeq, by whether every missed event could be sent (recovered) or not.", "recovered")
 	socketCloses     = metrics.NewCounterVec("agentgate_socket_closes_total", "Sockets the gateway closed, by reason (slow_consumer: 4008, shutdown: 1001, store_reset: 1012).", "reason")
-	limitRefusals    = metrics.NewCounterVec("agentgate_limit_refusals_total", "What a per-user limit refused, by limit: upgrades (sockets), client frames (frames), terminal acks (acks) and restarts (restarts), REST event reads (reads).", "limit")
+	limitRefusals    = metrics.NewCounterVec("agentgate_limit_refusals_total", "What a per-user limit refused, by limit: upgrades (sockets), client frames (frames; frames_waited counts the /shell frames that waited for the rate instead), terminal acks (acks) and restarts (restarts), REST event reads (reads).", "limit")
 	terminalControls = metrics.NewCounterVec("agentgate_terminal_controls_total", "Terminal input, resizes and acks sent to workers, by path (link: the worker's link; inbox: through Redis).", "path")
 	storeWaits       = metrics.NewCounter("agentgate_store_unavailable_total", "Client requests that met Redis down or loading and were answered with a retryable error or waited for it.")
 )

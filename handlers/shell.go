@@ -145,6 +145,11 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 	// before it is parsed; past it, an ack as the bundled page writes it is
 	// dropped (acks are cumulative: the next says all it said), and any
 	// other frame pays the frame rate, as a longer one does first.
+	//
+	// A frame over the frame rate waits for it rather than being dropped
+	// (awaitFrames): a terminal's frames are what its user typed, pasted
+	// or scrolled, and a client that shows only output frames would never
+	// learn that a keystroke was lost.
 	paid := len(data) > maxAckFrame
 	if !paid && !sock.c.admitAck() {
 		if bytes.HasPrefix(data, ackPrefix) {
@@ -152,7 +157,7 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 		}
 		paid = true
 	}
-	if paid && !sock.c.admit(1) {
+	if paid && !sock.c.awaitFrames(1) {
 		return
 	}
 	msg, err := app.ParseShellMessage(data)
@@ -161,7 +166,7 @@ func (s *Server) onShellMessage(ms *melody.Session, data []byte) {
 		s.shells.written(sock, sock.ackedSeq(*msg.Seq))
 		return
 	}
-	if !paid && !sock.c.admit(1) {
+	if !paid && !sock.c.awaitFrames(1) {
 		return
 	}
 	if err != nil {

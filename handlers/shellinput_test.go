@@ -1,0 +1,150 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
+	"github.com/agentgate/agentgate/store/storetest"
+)
+
+// inboxTerminal is a terminal of alice's opened on a gateway whose one
+// worker (w1, which has no link) is played by the test: what the gateway
+// sends the terminal is read from the worker's inbox.
+type inboxTerminal struct {
+	t    *testing.T
+	st   *store.Store
+	g    *gateway
+	ws   *websocket.Conn
+	spec app.ShellSpec
+	at   string // the inbox's last entry read
+}
+
+func openInboxTerminal(t *testing.T, opts ...gatewayOpt) *inboxTerminal {
+	return openInboxTerminalWith(t, map[string]any{"type": "init", "shellId": "tab"}, opts...)
+}
+
+func openInboxTerminalWith(t *testing.T, init map[string]any, opts ...gatewayOpt) *inboxTerminal {
+	t.Helper()
+	st := newStore(t, storetest.Real)
+	g := startGateway(t, st, opts...)
+	require.NoError(t, st.Heartbeat(context.Background(), store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	ws, _, err := g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	require.NoError(t, ws.WriteJSON(init))
+	term := &inboxTerminal{t: t, st: st, g: g, ws: ws, at: "0"}
+	opened := term.controls(store.ControlShellOpen, func(c []store.Control) bool { return len(c) > 0 })
+	require.NoError(t, json.Unmarshal(opened[0].Data, &term.spec))
+	return term
+}
+
+// controls reads the inbox's controls of type typ until done says it has
+// them all (10 s at most).
+func (term *inboxTerminal) controls(typ string, done func([]store.Control) bool) []store.Control {
+	term.t.Helper()
+	var out []store.Control
+	deadline := time.Now().Add(20 * time.Second)
+	for !done(out) {
+		require.True(term.t, time.Now().Before(deadline), "%d %s controls within 20 s", len(out), typ)
+		in, err := term.st.ReadInbox(context.Background(), "w1", term.at, 10*time.Millisecond)
+		require.NoError(term.t, err)
+		for _, e := range in {
+			term.at = e.StreamID
+			if e.Control.Type == typ {
+				out = append(out, e.Control)
+			}
+		}
+	}
+	return out
+}
+
+// typed reads the input controls until their data ends with last, and
+// returns the data of each.
+func (term *inboxTerminal) typed(last string) []string {
+	term.t.Helper()
+	var pieces []string
+	term.controls(store.ControlShellInput, func(cs []store.Control) bool {
+		for _, c := range cs[len(pieces):] {
+			var s string
+			require.NoError(term.t, json.Unmarshal(c.Data, &s))
+			pieces = append(pieces, s)
+		}
+		return len(pieces) > 0 && strings.HasSuffix(pieces[len(pieces)-1], last)
+	})
+	return pieces
+}
+
+// errorFrames reads what the socket was sent until it is quiet for quiet,
+// and returns its error frames. The socket cannot be read after it.
+func errorFrames(t *testing.T, ws *websocket.Conn, quiet time.Duration) []string {
+	t.Helper()
+	var errs []string
+	for {
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(quiet)))
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			return errs
+		}
+		if strings.Contains(string(data), `"type":"error"`) {
+			errs = append(errs, string(data))
+		}
+	}
+}
+
+// TestTypingOverTheRateIsNotLost: keystrokes over the user's frame rate
+// wait for it instead of being dropped. Claude Code UI's terminal shows
+// no error frame, and a trackpad scrolling a program that has the mouse
+// (less, vim) sends a frame per wheel event: before, a burst past the
+// rate lost its tail silently (300 frames and then a line into `cat >
+// file` stored 200 of them and not the line). Every byte reaches the
+// worker, in order, and the socket is sent no rate-limit error. A user
+// waiting for the rate does not hold another user back.
+func TestTypingOverTheRateIsNotLost(t *testing.T) {
+	term := openInboxTerminal(t, func(c *Config) { c.MaxFrameRate = 50 })
+	burst := max(frameBurstSeconds*50, maxSubscribe)
+	var want strings.Builder
+	for i := range burst + 100 {
+		s := fmt.Sprintf("%d,", i)
+		want.WriteString(s)
+		require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": s}))
+	}
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": "IMPORTANT\r"}))
+	want.WriteString("IMPORTANT\r")
+	require.Equal(t, want.String(), strings.Join(term.typed("IMPORTANT\r"), ""))
+	require.Empty(t, errorFrames(t, term.ws, 300*time.Millisecond))
+
+	// Alice floods again, past her budget: her frames wait. Bob, typing
+	// meanwhile, is answered before her flood is through.
+	for i := range burst {
+		require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": fmt.Sprintf("again-%d,", i)}))
+	}
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": "LAST\r"}))
+	bob, _, err := term.g.dialPath("/shell", "bob")
+	require.NoError(t, err)
+	require.NoError(t, bob.WriteJSON(map[string]any{"type": "input", "data": "x"}))
+	require.NoError(t, bob.SetReadDeadline(time.Now().Add(10*time.Second)))
+	var m map[string]any
+	require.NoError(t, bob.ReadJSON(&m))
+	require.Equal(t, app.ShellErrNoTerminal, m["message"])
+	for after := term.at; ; {
+		in, err := term.st.PeekInbox(context.Background(), "w1", after, time.Millisecond)
+		require.NoError(t, err)
+		if len(in) == 0 {
+			break
+		}
+		for _, e := range in {
+			require.NotContains(t, string(e.Control.Data), "LAST", "bob was answered only after alice's flood")
+			after = e.StreamID
+		}
+	}
+	pieces := term.typed("LAST\r")
+	require.True(t, strings.HasPrefix(strings.Join(pieces, ""), "again-0,again-1,"), "in order")
+}
