@@ -7,17 +7,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 )
 
 // Bounds of /shell frames (PROTOCOL §4). A frame outside them is answered
-// with an error and changes nothing.
+// with an error and changes nothing, but for a size past MaxShellCols or
+// MaxShellRows, which is taken as the largest.
 const (
 	DefaultShellCols = 80
 	DefaultShellRows = 24
 	MaxShellCols     = 1000
 	MaxShellRows     = 500
-	// MaxShellInput bounds the data of one input frame (a large paste).
+	// MaxShellInput bounds the data of one input control to a worker: a
+	// larger input frame (a large paste; its size is bounded by the
+	// socket's frame limit) is sent as several, in order.
 	MaxShellInput = 256 << 10
 	// MaxShellCommand bounds initialCommand.
 	MaxShellCommand = 4096
@@ -125,9 +129,6 @@ func ParseShellMessage(data []byte) (ShellMessage, error) {
 		if _, ok := probe["data"]; !ok {
 			return ShellMessage{}, WireError("Invalid input message: data is required")
 		}
-		if len(m.Data) > MaxShellInput {
-			return ShellMessage{}, WireError(fmt.Sprintf("Input too large: at most %d bytes per frame", MaxShellInput))
-		}
 	case "init":
 		if m.Provider == "" {
 			m.Provider = string(Claude)
@@ -177,7 +178,10 @@ func fieldOf(err error) string {
 }
 
 // dimension checks cols or rows: missing or 0 takes the default (init);
-// a resize must give both.
+// a resize must give both. A whole number past limit is taken as limit, as
+// the worker does with a PTY's size: a client on a very wide screen gets
+// the widest terminal, not a refusal it may not show (Claude Code UI's
+// shows no error frame).
 func dimension(v *float64, def, limit int, name string, required bool) (int, error) {
 	if v == nil || *v == 0 {
 		if required {
@@ -185,11 +189,13 @@ func dimension(v *float64, def, limit int, name string, required bool) (int, err
 		}
 		return def, nil
 	}
-	n := int(*v)
-	if float64(n) != *v || n < 1 || n > limit {
-		return 0, WireError(fmt.Sprintf("Invalid %s: must be a whole number from 1 to %d", name, limit))
+	if *v != math.Trunc(*v) || *v < 1 {
+		return 0, WireError(fmt.Sprintf("Invalid %s: must be a whole number, 1 or more", name))
 	}
-	return n, nil
+	if *v > float64(limit) {
+		return limit, nil
+	}
+	return int(*v), nil
 }
 
 func validShellProvider(p Provider) bool {

@@ -312,7 +312,7 @@ func TestShellValidationAndIsolation(t *testing.T) {
 		{sc.plainInit("x", "projectPath", os.TempDir()), "Invalid project path"},
 		{sc.plainInit("x", "projectPath", "relative/path"), "Invalid project path"},
 		{sc.plainInit("x", "sessionId", "bad id; rm -rf /"), "Invalid session ID"},
-		{sc.plainInit("x", "cols", 100000), "Invalid cols: must be a whole number from 1 to 1000"},
+		{sc.plainInit("x", "cols", 0.5), "Invalid cols: must be a whole number, 1 or more"},
 		{sc.plainInit("x", "provider", "nope"), "Unknown provider: nope"},
 		{map[string]any{"type": "input", "data": "ls\r"}, "No terminal: send init first"},
 		{map[string]any{"type": "bogus"}, "Unknown message type: bogus"},

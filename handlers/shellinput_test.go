@@ -148,3 +148,59 @@ func TestTypingOverTheRateIsNotLost(t *testing.T) {
 	pieces := term.typed("LAST\r")
 	require.True(t, strings.HasPrefix(strings.Join(pieces, ""), "again-0,again-1,"), "in order")
 }
+
+// TestLargePasteArrivesWhole: Claude Code UI sends a paste as one input
+// frame, however large. One past the worker path's bound of a control
+// (app.MaxShellInput) was refused with "Input too large", an error frame
+// that client does not show, and one past 1 MiB closed the socket with
+// 1009. An input frame is split into pieces within the bound, cut between
+// characters, which reach the worker whole and in order; /shell takes
+// frames up to shellMaxMessage (4 MiB) at the default --max-message-size,
+// and a larger one still closes the socket with 1009.
+func TestLargePasteArrivesWhole(t *testing.T) {
+	term := openInboxTerminal(t)
+	for _, size := range []int{600 << 10, 1536 << 10} {
+		var b strings.Builder
+		for i := 0; b.Len() < size; i++ {
+			fmt.Fprintf(&b, "line %d: é€😀 \x01\r\n", i)
+		}
+		paste := b.String() + "END\r"
+		require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": paste}))
+		pieces := term.typed("END\r")
+		require.Greater(t, len(pieces), 1)
+		for _, p := range pieces {
+			require.LessOrEqual(t, len(p), app.MaxShellInput)
+			require.NotContains(t, p, "\uFFFD", "no character is cut")
+		}
+		require.Equal(t, paste, strings.Join(pieces, ""), "%d bytes", size)
+	}
+	require.Empty(t, errorFrames(t, term.ws, 300*time.Millisecond))
+
+	// (A socket that timed out a read is done for: another one.)
+	ws, _, err := term.g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	_ = ws.WriteJSON(map[string]any{"type": "input", "data": strings.Repeat("y", shellMaxMessage)}) // the gateway may close first
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		_, _, err := ws.ReadMessage()
+		if err != nil {
+			require.True(t, websocket.IsCloseError(err, websocket.CloseMessageTooBig), "%v", err)
+			break
+		}
+	}
+}
+
+// TestTerminalSizeClamped: an init wider or taller than a terminal may be
+// (a very wide screen, a client's miscount) opens the terminal at the
+// largest size, as a resize past it is applied, rather than refusing the
+// terminal with an error its client may not show.
+func TestTerminalSizeClamped(t *testing.T) {
+	term := openInboxTerminalWith(t, map[string]any{"type": "init", "shellId": "wide", "cols": 5000, "rows": 9999})
+	require.Equal(t, app.MaxShellCols, term.spec.Cols)
+	require.Equal(t, app.MaxShellRows, term.spec.Rows)
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "resize", "cols": 4000, "rows": 30}))
+	resize := term.controls(store.ControlShellResize, func(c []store.Control) bool { return len(c) > 0 })
+	var size store.ShellSize
+	require.NoError(t, json.Unmarshal(resize[0].Data, &size))
+	require.Equal(t, store.ShellSize{Cols: app.MaxShellCols, Rows: 30}, size)
+}

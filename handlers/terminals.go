@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/link"
@@ -367,37 +368,64 @@ func (tm *terminals) workerOf(ctx context.Context, f *feed, gen int64) string {
 	return info.Worker
 }
 
-// control sends input or a resize of sock's terminal to its worker (send).
-func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string, v any) {
+// input sends what sock's client typed or pasted to its terminal's worker:
+// in pieces of at most app.MaxShellInput bytes, cut between characters
+// (JSON would turn a cut one into U+FFFD), one after another through the
+// path of a keystroke, so that they arrive in order. A piece that cannot be
+// sent ends the input: the rest would arrive with a hole.
+func (tm *terminals) input(ctx context.Context, sock *shellSocket, data string) {
+	for {
+		n := len(data)
+		if n > app.MaxShellInput {
+			n = app.MaxShellInput
+			for k := n; k > n-utf8.UTFMax && k > 0; k-- {
+				if utf8.RuneStart(data[k]) {
+					n = k
+					break
+				}
+			}
+		}
+		if !tm.control(ctx, sock, store.ControlShellInput, data[:n]) || n == len(data) {
+			return
+		}
+		data = data[n:]
+	}
+}
+
+// control sends input or a resize of sock's terminal to its worker (send),
+// and reports whether it was sent.
+func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string, v any) bool {
 	sock.mu.Lock()
 	w := sock.w
 	sock.mu.Unlock()
 	if w == nil {
 		sock.error(app.ShellErrNoTerminal)
-		return
+		return false
 	}
 	w.f.mu.Lock()
 	done, gen := w.done, w.gen
 	w.f.mu.Unlock()
 	if done {
-		return // the terminal ended: the client saw exit
+		return false // the terminal ended: the client saw exit
 	}
 	// Right after another tab restarted the terminal, its worker may not
 	// be known here yet: read it rather than drop the keystrokes.
 	worker := tm.workerOf(ctx, w.f, gen)
 	if worker == "" {
-		return // replaced again meanwhile: the socket follows the newer one
+		return false // replaced again meanwhile: the socket follows the newer one
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
-		return
+		return false
 	}
 	if in, ok := v.(string); ok && typ == store.ControlShellInput && app.HasSignalKey(in) {
 		tm.holdForSignal(w)
 	}
 	if _, err := tm.send(ctx, worker, store.Control{Type: typ, Shell: w.f.key, Gen: gen, Data: data}); err != nil {
 		tm.fail(sock, "send to terminal", err)
+		return false
 	}
+	return true
 }
 
 // send sends c to worker over its link, or through its inbox when it has

@@ -287,7 +287,7 @@ func TestTerminalRefusalsAreShown(t *testing.T) {
 		{map[string]any{"projectPath": "/etc"}, "Invalid project path"},
 		{map[string]any{"provider": "bash"}, "Unknown provider: bash"},
 		{map[string]any{"sessionId": "a b", "hasSession": true}, "Invalid session ID"},
-		{map[string]any{"cols": 100000}, "Invalid cols: must be a whole number from 1 to 1000"},
+		{map[string]any{"cols": 0.5}, "Invalid cols: must be a whole number, 1 or more"},
 		{map[string]any{}, app.ShellErrNoWorker},
 	} {
 		tc.init["type"] = "init"

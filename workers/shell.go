@@ -36,8 +36,10 @@ const (
 	// kernel instead of growing the worker's memory.
 	shellPendingMax = 1 << 20
 	// shellInputMax bounds keystrokes queued for a PTY that does not read
-	// its input; past it input is dropped (a terminal would block too).
-	shellInputMax = 1 << 20
+	// its input; past it input is dropped (a terminal would block too). It
+	// takes a gateway's largest /shell frame (4 MiB), a paste that reaches
+	// the worker in pieces faster than a program reads it.
+	shellInputMax = 4 << 20
 	// shellKillGrace is how long a terminal's jobs get between SIGHUP and
 	// SIGKILL.
 	shellKillGrace = 500 * time.Millisecond
