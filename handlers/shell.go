@@ -30,14 +30,6 @@ const (
 	// KiB, and a catch-up holds what it read while its socket is slow.
 	shellReplayChunk = 64
 	shellReplayBytes = 1 << 20
-	// shellMaxMessage is the least frame a /shell socket takes, whatever
-	// --max-message-size says: Claude Code UI sends a paste as one input
-	// frame, and one over the limit closes the socket (1009), the paste
-	// lost. A socket reads one frame at a time (parsed, the frame is held
-	// about three times over while its pieces go to the worker), and a
-	// user holds at most --max-sockets-per-user sockets; the worker queues
-	// as much input for a terminal (workers' shellInputMax).
-	shellMaxMessage = 4 << 20
 )
 
 // shellSocket is one /shell socket and the terminal it follows.
@@ -59,7 +51,7 @@ func (sock *shellSocket) ackedSeq(seq int64) int64 { return min(seq, sock.sentSe
 
 func (s *Server) newShellSockets() *melody.Melody {
 	m := melody.New()
-	m.Config.MaxMessageSize = max(s.cfg.MaxMessageSize, shellMaxMessage)
+	m.Config.MaxMessageSize = s.cfg.MaxMessageSize
 	m.Config.MessageBufferSize = melodyBufferSize
 	m.Config.PingPeriod = s.cfg.PingPeriod
 	m.Config.PongWait = 2*s.cfg.PingPeriod + 10*time.Second

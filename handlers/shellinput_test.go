@@ -154,12 +154,11 @@ func TestTypingOverTheRateIsNotLost(t *testing.T) {
 // (app.MaxShellInput) was refused with "Input too large", an error frame
 // that client does not show, and one past 1 MiB closed the socket with
 // 1009. An input frame is split into pieces within the bound, cut between
-// characters, which reach the worker whole and in order; /shell takes
-// frames up to shellMaxMessage (4 MiB) at the default --max-message-size,
-// and a larger one still closes the socket with 1009.
+// characters, which reach the worker whole and in order; a frame over
+// --max-message-size (1 MiB by default) still closes the socket with 1009.
 func TestLargePasteArrivesWhole(t *testing.T) {
 	term := openInboxTerminal(t)
-	for _, size := range []int{600 << 10, 1536 << 10} {
+	for _, size := range []int{300 << 10, 600 << 10} {
 		var b strings.Builder
 		for i := 0; b.Len() < size; i++ {
 			fmt.Fprintf(&b, "line %d: é€😀 \x01\r\n", i)
@@ -179,7 +178,7 @@ func TestLargePasteArrivesWhole(t *testing.T) {
 	// (A socket that timed out a read is done for: another one.)
 	ws, _, err := term.g.dialPath("/shell", "alice")
 	require.NoError(t, err)
-	_ = ws.WriteJSON(map[string]any{"type": "input", "data": strings.Repeat("y", shellMaxMessage)}) // the gateway may close first
+	_ = ws.WriteJSON(map[string]any{"type": "input", "data": strings.Repeat("y", DefaultMaxMessageSize)}) // the gateway may close first
 	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
 	for {
 		_, _, err := ws.ReadMessage()

@@ -124,7 +124,7 @@ var options = []option{
 	{"watch-interval", "AGENTGATE_WATCH_INTERVAL", "3s", "how often a worker polls the providers' session folders for sessions_updated (0 turns it off)", durationOrOffSetter(func(c *config) *time.Duration { return &c.WatchInterval })},
 	{"pace-interval", "AGENTGATE_PACE_INTERVAL", "50ms", "quiet time after each frame a /ws client that uses no seq must see, as Claude Code UI's frontend needs (0 turns pacing off)", durationOrOffSetter(func(c *config) *time.Duration { return &c.PaceInterval })},
 	{"shell-detach-timeout", "AGENTGATE_SHELL_DETACH_TIMEOUT", "30m", "a terminal no socket has watched for this long is killed", durationSetter(func(c *config) *time.Duration { return &c.ShellDetach })},
-	{"max-message-size", "AGENTGATE_MAX_MESSAGE_SIZE", "1048576", "largest client frame in bytes; a larger one closes the socket with 1009 (/shell takes at least 4 MiB: a paste is one frame)", func(c *config, v string) error {
+	{"max-message-size", "AGENTGATE_MAX_MESSAGE_SIZE", "1048576", "largest client frame in bytes; a larger one closes the socket with 1009 (a terminal paste is one frame)", func(c *config, v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 1024 {
 			return fmt.Errorf("must be a number of bytes, at least 1024")
