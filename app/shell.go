@@ -63,8 +63,11 @@ type ShellMessage struct {
 	ForceRestart   bool   `json:"forceRestart"`
 	ShellID        string `json:"shellId"`
 	// LastSeq asks for a replay of only the chunks after it; nil replays
-	// all that is stored.
+	// all that is stored. LastGen, when given, is the terminal generation
+	// LastSeq is of (the gen of the notice that began it): a terminal
+	// restarted since replays from its start instead.
 	LastSeq *int64 `json:"lastSeq"`
+	LastGen *int64 `json:"lastGen"`
 
 	// init and resize
 	Cols int `json:"cols"`
@@ -403,11 +406,15 @@ func providerTitle(p Provider) string {
 
 // Shell frames the gateway sends (PROTOCOL §4).
 type (
-	// ShellOutput is terminal output; Seq is nil for gateway notices.
+	// ShellOutput is terminal output; Seq is nil for gateway notices. Gen
+	// is set on the notice that begins a socket's view of a terminal
+	// generation (started, reconnected, restarted): the seqs after it are
+	// that generation's, and an init's lastGen names it.
 	ShellOutput struct {
 		Type string `json:"type"`
 		Data string `json:"data"`
 		Seq  *int64 `json:"seq,omitempty"`
+		Gen  int64  `json:"gen,omitempty"`
 	}
 	// ShellAuthURL announces a login URL found in the output.
 	ShellAuthURL struct {

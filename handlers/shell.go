@@ -239,6 +239,12 @@ func (sock *shellSocket) notice(level, text string) {
 	sock.c.reply(&app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text)})
 }
 
+// genNotice is a notice that begins the socket's view of terminal
+// generation gen (app.ShellOutput.Gen).
+func (sock *shellSocket) genNotice(level, text string, gen int64) {
+	sock.c.reply(&app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text), Gen: gen})
+}
+
 // trimNotice tells a socket that n chunks it should have had are no longer
 // stored (PROTOCOL §4: a notice, then what remains).
 func trimNotice(n int64) app.ShellOutput {
@@ -247,8 +253,11 @@ func trimNotice(n int64) app.ShellOutput {
 }
 
 // noticeFrame encodes a gateway notice (an output frame without seq).
-func noticeFrame(level, text string) []byte {
-	b, _ := json.Marshal(app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text)})
+func noticeFrame(level, text string) []byte { return genNoticeFrame(level, text, 0) }
+
+// genNoticeFrame encodes a notice that begins a terminal generation.
+func genNoticeFrame(level, text string, gen int64) []byte {
+	b, _ := json.Marshal(app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text), Gen: gen})
 	return b
 }
 

@@ -25,7 +25,10 @@ type inboxTerminal struct {
 	g    *gateway
 	ws   *websocket.Conn
 	spec app.ShellSpec
-	at   string // the inbox's last entry read
+	// opened is the worker's shell-open control (the terminal's key and
+	// generation).
+	opened store.Control
+	at     string // the inbox's last entry read
 }
 
 func openInboxTerminal(t *testing.T, opts ...gatewayOpt) *inboxTerminal {
@@ -42,6 +45,7 @@ func openInboxTerminalWith(t *testing.T, init map[string]any, opts ...gatewayOpt
 	require.NoError(t, ws.WriteJSON(init))
 	term := &inboxTerminal{t: t, st: st, g: g, ws: ws, at: "0"}
 	opened := term.controls(store.ControlShellOpen, func(c []store.Control) bool { return len(c) > 0 })
+	term.opened = opened[0]
 	require.NoError(t, json.Unmarshal(opened[0].Data, &term.spec))
 	return term
 }

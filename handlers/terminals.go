@@ -180,10 +180,17 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			}
 		}
 		if live {
-			sock.notice("info", noticeReconnected)
 			from, quiet := int64(1), true
-			if msg.LastSeq != nil && *msg.LastSeq <= info.Seq {
+			switch {
+			case msg.LastGen != nil && *msg.LastGen != info.Gen && msg.LastSeq != nil:
+				// Its lastSeq is of a generation restarted since (from
+				// another tab): this one from its start, said so.
+				sock.genNotice("warn", noticeRestarted, info.Gen)
+			case msg.LastSeq != nil && *msg.LastSeq <= info.Seq:
+				sock.genNotice("info", noticeReconnected, info.Gen)
 				from, quiet = *msg.LastSeq+1, false
+			default:
+				sock.genNotice("info", noticeReconnected, info.Gen)
 			}
 			tm.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet)
 			return
@@ -226,7 +233,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		if !opened {
 			continue // another gateway opened it first: reattach to it
 		}
-		sock.notice("info", spec.Welcome())
+		sock.genNotice("info", spec.Welcome(), gen)
 		tm.attach(ctx, sock, key, gen, worker, 1, true)
 		return
 	}
@@ -325,7 +332,7 @@ func (tm *terminals) switchGenLocked(f *feed, gen int64) {
 			w.held = 0
 			w.c.resume(nil)
 		}
-		w.c.trySend(noticeFrame("warn", noticeRestarted))
+		w.c.trySend(genNoticeFrame("warn", noticeRestarted, gen))
 		w.touched = gen
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)

@@ -318,3 +318,67 @@ func TestTerminalRefusalsAreShown(t *testing.T) {
 	}
 	refusal(ws, restartsLimitText)
 }
+
+// TestReattachAfterARestartElsewhere: a socket that reattaches with a
+// lastSeq of a generation restarted since (from another tab) gets the new
+// terminal from its start, with the restarted notice, not from that seq
+// (the new shell's prompt and banner were missing, and nothing said the
+// terminal was another). Each generation's first notice names it (gen).
+func TestReattachAfterARestartElsewhere(t *testing.T) {
+	term := openInboxTerminal(t)
+	ctx := context.Background()
+	key, gen1 := term.opened.Shell, term.opened.Gen
+	// frames reads a socket's output frames until one holds until.
+	frames := func(ws *websocket.Conn, until string) []map[string]any {
+		t.Helper()
+		var out []map[string]any
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		for {
+			var m map[string]any
+			require.NoError(t, ws.ReadJSON(&m))
+			if m["type"] != "output" {
+				continue
+			}
+			out = append(out, m)
+			if strings.Contains(m["data"].(string), until) {
+				return out
+			}
+		}
+	}
+	_, err := term.st.ShellAppend(ctx, key, gen1, []string{"a1", "a2", "a3"})
+	require.NoError(t, err)
+	got := frames(term.ws, "a3")
+	require.EqualValues(t, gen1, got[0]["gen"], "the welcome names its generation")
+	require.NoError(t, term.ws.Close())
+
+	b, _, err := term.g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	defer b.Close()
+	require.NoError(t, b.WriteJSON(map[string]any{"type": "init", "shellId": "tab", "forceRestart": true}))
+	reopened := term.controls(store.ControlShellOpen, func(c []store.Control) bool { return len(c) > 0 })
+	gen2 := reopened[0].Gen
+	require.Greater(t, gen2, gen1)
+	_, err = term.st.ShellAppend(ctx, key, gen2, []string{"b1", "b2", "b3", "b4", "b5"})
+	require.NoError(t, err)
+	frames(b, "b5")
+
+	a, _, err := term.g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	defer a.Close()
+	require.NoError(t, a.WriteJSON(map[string]any{"type": "init", "shellId": "tab", "lastSeq": 3, "lastGen": gen1}))
+	got = frames(a, "b5")
+	require.Contains(t, got[0]["data"], "[Terminal restarted]")
+	require.EqualValues(t, gen2, got[0]["gen"])
+	require.Equal(t, "b1", got[1]["data"], "from the new terminal's start")
+	require.EqualValues(t, 1, got[1]["seq"])
+
+	// The same generation: from after its lastSeq, as before.
+	c, _, err := term.g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.WriteJSON(map[string]any{"type": "init", "shellId": "tab", "lastSeq": 3, "lastGen": gen2}))
+	got = frames(c, "b5")
+	require.Contains(t, got[0]["data"], "[Reconnected to existing session]")
+	require.EqualValues(t, gen2, got[0]["gen"])
+	require.Equal(t, "b4", got[1]["data"])
+}

@@ -23,6 +23,7 @@ export function openTerminal(host, { token, projectPath }) {
 
   let ws = null;
   let lastSeq = null; // null: nothing shown yet, replay everything stored
+  let lastGen = null; // the terminal generation lastSeq is of (a notice's gen)
   let exited = false;
   let attempt = 0;
   let shownError = null; // the text of an error frame just shown
@@ -50,6 +51,7 @@ export function openTerminal(host, { token, projectPath }) {
     const p = projectPath();
     if (p) frame.projectPath = p;
     if (lastSeq !== null) frame.lastSeq = lastSeq;
+    if (lastSeq !== null && lastGen !== null) frame.lastGen = lastGen;
     exited = false;
     send(frame);
   }
@@ -79,6 +81,10 @@ export function openTerminal(host, { token, projectPath }) {
       shownError = null;
       switch (f.type) {
         case "output":
+          // A notice with a gen begins that generation's seqs: a reconnect
+          // names it, so that a terminal restarted meanwhile (from another
+          // tab) is shown from its start, not from this one's lastSeq.
+          if (typeof f.gen === "number") lastGen = f.gen;
           if (typeof f.seq !== "number" && shown !== null && f.data.includes(shown)) return;
           if (typeof f.seq === "number") {
             // A chunk already shown (a replay overlapping the screen) is skipped.
@@ -119,6 +125,7 @@ export function openTerminal(host, { token, projectPath }) {
   term.onData((data) => {
     if (exited) {
       lastSeq = null; // a new terminal starts at seq 1
+      lastGen = null;
       term.reset();
       init();
       return;
