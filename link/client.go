@@ -2,6 +2,7 @@ package link
 
 import (
 	"context"
+	"crypto/cipher"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,7 +70,8 @@ type peer struct {
 	// inboxAt is when each terminal (by key) was last sent input or a
 	// resize through the worker's inbox, within switchQuiet.
 	inboxAt map[string]time.Time
-	buf     []byte
+	// frames seals the frames of conn, under its key.
+	frames *frameWriter
 }
 
 // viaInbox records that ctl goes through the inbox. p.mu must be held.
@@ -122,8 +124,10 @@ func (c *Client) Send(ctx context.Context, worker string, ctl store.Control) err
 		return ErrNoLink
 	}
 	defer p.mu.Unlock()
-	now := time.Now()
 	body, err := json.Marshal(ctl)
+	// After the encoding, which takes a while for a large paste: a control
+	// that takes the inbox is sent there no earlier than this.
+	now := time.Now()
 	if err != nil || len(body) > MaxFrame {
 		p.viaInbox(ctl, now)
 		return fmt.Errorf("%w: control too large or not encodable", ErrNoLink)
@@ -136,12 +140,16 @@ func (c *Client) Send(ctx context.Context, worker string, ctl store.Control) err
 		p.viaInbox(ctl, now)
 		return ErrNoLink
 	}
-	p.buf = appendFrame(p.buf[:0], body)
-	_ = p.conn.SetWriteDeadline(now.Add(writeTimeout))
-	if _, err := p.conn.Write(p.buf); err != nil {
-		// A partial frame ends the link too: the worker drops it unread.
+	frame, err := p.frames.frame(body)
+	if err == nil {
+		_ = p.conn.SetWriteDeadline(now.Add(writeTimeout))
+		_, err = p.conn.Write(frame)
+	}
+	if err != nil {
+		// A partial frame ends the link too: the worker drops it unread
+		// (a sealed one does not open).
 		p.conn.Close()
-		p.conn = nil
+		p.conn, p.frames = nil, nil
 		p.retryAt = time.Now().Add(retryAfter)
 		p.viaInbox(ctl, now)
 		return fmt.Errorf("%w: write: %w", ErrNoLink, err)
@@ -151,7 +159,7 @@ func (c *Client) Send(ctx context.Context, worker string, ctl store.Control) err
 
 // connect dials worker's link for p. Runs in its own goroutine.
 func (c *Client) connect(worker string, p *peer) {
-	conn, err := c.dial(context.Background(), worker)
+	conn, aead, err := c.dial(context.Background(), worker)
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
@@ -173,7 +181,7 @@ func (c *Client) connect(worker string, p *peer) {
 		conn.Close()
 		return
 	}
-	p.conn, p.backoff = conn, 0
+	p.conn, p.frames, p.backoff = conn, &frameWriter{aead: aead}, 0
 	go c.watch(p, conn)
 }
 
@@ -225,30 +233,36 @@ func (c *Client) pruneLocked() {
 	}
 }
 
-// dial connects to worker's link and says hello.
-func (c *Client) dial(ctx context.Context, worker string) (net.Conn, error) {
+// dial connects to worker's link and says hello; the AEAD seals the
+// link's frames.
+func (c *Client) dial(ctx context.Context, worker string) (net.Conn, cipher.AEAD, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	addr, token, err := c.lookup(ctx, worker)
 	if err != nil {
-		return nil, fmt.Errorf("look up link: %w", err)
+		return nil, nil, fmt.Errorf("look up link: %w", err)
 	}
 	if addr == "" {
-		return nil, errNoAdvert
+		return nil, nil, errNoAdvert
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	deadline, _ := ctx.Deadline()
 	_ = conn.SetDeadline(deadline)
-	if err := clientHello(conn, token); err != nil {
+	key, err := clientHello(conn, token)
+	var aead cipher.AEAD
+	if err == nil {
+		aead, err = newAEAD(key)
+	}
+	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("hello to %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("hello to %s: %w", addr, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return conn, nil
+	return conn, aead, nil
 }
 
 // watch reads conn until it ends (a worker sends nothing after its hello)
@@ -259,7 +273,7 @@ func (c *Client) watch(p *peer, conn net.Conn) {
 	conn.Close()
 	p.mu.Lock()
 	if p.conn == conn {
-		p.conn = nil
+		p.conn, p.frames = nil, nil
 		p.retryAt = time.Now().Add(retryAfter)
 	}
 	p.mu.Unlock()
@@ -279,7 +293,7 @@ func (c *Client) Close() {
 		p.mu.Lock()
 		if p.conn != nil {
 			p.conn.Close()
-			p.conn = nil
+			p.conn, p.frames = nil, nil
 		}
 		p.mu.Unlock()
 	}

@@ -7,9 +7,12 @@
 // fails.
 //
 // The wire: a gateway connects to the address a worker advertises in its
-// heartbeat, sends a hello line with the worker's token (also in the
-// heartbeat, so only a process that can read Redis can connect), waits for
-// "ok", then sends frames: a 4-byte big-endian length and a JSON
-// store.Control. The worker never sends after "ok"; a gateway's read of
-// the connection only notices its end.
+// heartbeat, proves in a hello that it holds the worker's token (also in
+// the heartbeat, so only a process that can read Redis can connect) and
+// checks that the worker holds it too (handshake.go), waits for "ok", then
+// sends frames: a 4-byte big-endian length and a JSON store.Control,
+// sealed with AES-256-GCM under a key of that connection (wire.go). The
+// worker never sends after "ok"; a gateway's read of the connection only
+// notices its end. Workers still take the hellos of older gateways, whose
+// frames are in clear.
 package link

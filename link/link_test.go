@@ -3,6 +3,7 @@ package link
 import (
 	"bytes"
 	"context"
+	"crypto/cipher"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -31,6 +32,12 @@ type worker struct {
 
 func startWorker(t *testing.T) *worker {
 	t.Helper()
+	return startWorkerLog(t, nil)
+}
+
+// startWorkerLog is startWorker with the server's logger.
+func startWorkerLog(t *testing.T, log *slog.Logger) *worker {
+	t.Helper()
 	token, err := NewToken()
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -41,7 +48,7 @@ func startWorker(t *testing.T) *worker {
 		w.mu.Lock()
 		w.got = append(w.got, c)
 		w.mu.Unlock()
-	}, nil)
+	}, log)
 	go func() { defer close(w.done); _ = srv.Serve(ctx, ln) }()
 	t.Cleanup(func() { w.close() })
 	return w
@@ -294,21 +301,27 @@ func TestServerHelloTimeout(t *testing.T) {
 }
 
 func FuzzReadFrame(f *testing.F) {
+	key := bytes.Repeat([]byte{7}, 32)
+	aead, err := newAEAD(key)
+	require.NoError(f, err)
 	f.Add(appendFrame(nil, []byte(`{"type":"shell-input"}`)))
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1})
+	sealed, err := (&frameWriter{aead: aead}).frame([]byte(`{"type":"shell-input"}`))
+	require.NoError(f, err)
+	f.Add(sealed)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r := bytes.NewReader(b)
-		var buf []byte
-		for {
-			body, err := readFrame(r, buf)
-			if err != nil {
-				return
+		for _, a := range []cipher.AEAD{nil, aead} {
+			fr := &frameReader{r: bytes.NewReader(b), aead: a}
+			for {
+				body, err := fr.next()
+				if err != nil {
+					break
+				}
+				if len(body) == 0 || len(body) > MaxFrame {
+					t.Fatalf("frame of %d bytes", len(body))
+				}
 			}
-			if len(body) == 0 || len(body) > MaxFrame {
-				t.Fatalf("frame of %d bytes", len(body))
-			}
-			buf = body[:0]
 		}
 	})
 }

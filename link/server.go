@@ -54,10 +54,28 @@ type Server struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
-	// refusedAt is when a refused link was last logged, and refusedN how
-	// many were refused since: anyone who reaches the port can knock.
-	refusedAt time.Time
-	refusedN  int
+	// refusals are the links refused at hello (anyone who reaches the
+	// port can knock), broken those whose sealed frames did not open
+	// (anyone on the path can flip bits): each logged sparingly.
+	refusals, broken sparseLog
+}
+
+// sparseLog counts events logged at most once a second.
+type sparseLog struct {
+	at time.Time // when one was last logged
+	n  int       // how many since
+}
+
+// note counts an event and returns how many to report now, 0 within a
+// second of the last report.
+func (l *sparseLog) note(now time.Time) int {
+	l.n++
+	if now.Sub(l.at) < time.Second {
+		return 0
+	}
+	n := l.n
+	l.at, l.n = now, 0
+	return n
 }
 
 // NewServer returns a server that admits gateways which present token and
@@ -127,7 +145,8 @@ func (s *Server) serveConn(c net.Conn) {
 		s.refused(c.RemoteAddr().String())
 		return
 	}
-	if err := s.serverHello(c, r, line); err != nil {
+	key, err := s.serverHello(c, r, line)
+	if err != nil {
 		if errors.Is(err, errHelloRefused) {
 			// Neither the token nor why: the caller is not a gateway of ours.
 			s.refused(c.RemoteAddr().String())
@@ -135,18 +154,25 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	var buf []byte
+	fr := &frameReader{r: r}
+	if key != nil {
+		if fr.aead, err = newAEAD(key); err != nil {
+			s.log.Error("link closed", "remote", c.RemoteAddr().String(), "err", err)
+			return
+		}
+	}
 	for {
-		body, err := readFrame(r, buf)
+		body, err := fr.next()
 		if err != nil {
-			if errors.Is(err, errFrameSize) {
+			switch {
+			case fr.aead != nil && (errors.Is(err, errFrameOpen) || errors.Is(err, errFrameSize)):
+				// Changed on the way, or not from the gateway: nothing of
+				// the frame is handed on, and the link ends.
+				s.brokenFrame(c.RemoteAddr().String(), err)
+			case errors.Is(err, errFrameSize):
 				s.log.Warn("link closed", "remote", c.RemoteAddr().String(), "err", err)
 			}
 			return
-		}
-		buf = body[:0]
-		if cap(buf) > 64<<10 {
-			buf = nil // a large paste: not kept for the life of the link
 		}
 		var ctl store.Control
 		if err := json.Unmarshal(body, &ctl); err != nil {
@@ -165,14 +191,20 @@ func (s *Server) serveConn(c net.Conn) {
 // those refused meanwhile, so that knocking cannot flood the log.
 func (s *Server) refused(remote string) {
 	s.mu.Lock()
-	s.refusedN++
-	now := time.Now()
-	if now.Sub(s.refusedAt) < time.Second {
-		s.mu.Unlock()
-		return
-	}
-	n := s.refusedN
-	s.refusedAt, s.refusedN = now, 0
+	n := s.refusals.note(time.Now())
 	s.mu.Unlock()
-	s.log.Warn("link refused: wrong or missing token", "remote", remote, "refused", n)
+	if n > 0 {
+		s.log.Warn("link refused: wrong or missing token", "remote", remote, "refused", n)
+	}
+}
+
+// brokenFrame logs a link closed on a sealed frame that did not open, as
+// sparingly as refused.
+func (s *Server) brokenFrame(remote string, err error) {
+	s.mu.Lock()
+	n := s.broken.note(time.Now())
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Warn("link closed: a sealed frame was changed on the way or is not the gateway's", "remote", remote, "err", err, "closed", n)
+	}
 }
