@@ -252,10 +252,8 @@ func trimNotice(n int64) app.ShellOutput {
 		fmt.Sprintf("[Output trimmed: %d earlier chunks are no longer stored]", n))}
 }
 
-// noticeFrame encodes a gateway notice (an output frame without seq).
-func noticeFrame(level, text string) []byte { return genNoticeFrame(level, text, 0) }
-
-// genNoticeFrame encodes a notice that begins a terminal generation.
+// genNoticeFrame encodes a gateway notice (an output frame without seq)
+// that begins the socket's view of terminal generation gen.
 func genNoticeFrame(level, text string, gen int64) []byte {
 	b, _ := json.Marshal(app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text), Gen: gen})
 	return b
