@@ -102,16 +102,28 @@ func (s *Store) PermissionSession(ctx context.Context, requestID string) (string
 	return id, nil
 }
 
-// PermissionsRecorded reports, for each request id, whether the session
-// holds it as pending.
-func (s *Store) PermissionsRecorded(ctx context.Context, sessionID string, requestIDs []string) ([]bool, error) {
+// ConfirmPermissions reports, for each request id, whether the session
+// holds it as pending, and writes the index entries of those it holds
+// again: the index lives in another slot on a Redis Cluster, and a
+// failover that lost an entry left an answer nowhere to go (a worker calls
+// this for the requests its CLI waits on).
+func (s *Store) ConfirmPermissions(ctx context.Context, sessionID string, requestIDs []string) ([]bool, error) {
 	vals, err := s.rdb.HMGet(ctx, s.k.perms(sessionID), requestIDs...).Result()
 	if err != nil {
 		return nil, fmt.Errorf("store: read permissions of %s: %w", sessionID, err)
 	}
 	out := make([]bool, len(vals))
+	var index []any
 	for i, v := range vals {
 		out[i] = v != nil
+		if out[i] {
+			index = append(index, requestIDs[i], sessionID)
+		}
+	}
+	if len(index) > 0 {
+		if err := s.rdb.HSet(ctx, s.k.permissions(), index...).Err(); err != nil {
+			return nil, fmt.Errorf("store: index permissions of %s: %w", sessionID, err)
+		}
 	}
 	return out, nil
 }

@@ -265,7 +265,8 @@ func TestClaudePermissions(t *testing.T) {
 // TestPermissionLostByRedisAskedAgain: a request Redis lost while the CLI
 // waits on it (a restart without its last writes) is recorded again within
 // a confirmation, so a tab shows it and its answer reaches the CLI; before,
-// a question to the user waited for good.
+// a question to the user waited for good. An index entry lost alone (a
+// failover of its slot) is written again.
 func TestPermissionLostByRedisAskedAgain(t *testing.T) {
 	api := mockanthropic.New(t)
 	url := storetest.Redis(t)
@@ -290,6 +291,15 @@ func TestPermissionLostByRedisAskedAgain(t *testing.T) {
 	id := req["requestId"].(string)
 
 	rdb := storetest.Client(t, url)
+	// The index entry alone lost (on a cluster it lies in another slot):
+	// written again, the request not asked twice.
+	require.NoError(t, rdb.HDel(ctx, st.Prefix()+":permissions", id).Err())
+	require.Eventually(t, func() bool {
+		owner, err := st.PermissionSession(ctx, id)
+		return err == nil && owner == sess.ID
+	}, 10*time.Second, 10*time.Millisecond, "the index entry is written again")
+	require.Equal(t, 1, kindCount(h.events(sess.ID), "permission_request"))
+
 	require.NoError(t, rdb.Del(ctx, st.Prefix()+":session:{"+sess.ID+"}:perms").Err())
 	require.NoError(t, rdb.HDel(ctx, st.Prefix()+":permissions", id).Err())
 	_, err := st.PermissionSession(ctx, id)

@@ -558,7 +558,8 @@ func (w *Worker) confirmRuns(ctx context.Context) {
 }
 
 // confirmAsks has Redis confirm the permission requests a run waits on,
-// and records again those it lost (permissions.askAgain).
+// with their index entries, and records again those it lost
+// (permissions.askAgain).
 func (w *Worker) confirmAsks(ctx context.Context, r *run, p *permissions) {
 	held := p.held()
 	if len(held) == 0 {
@@ -568,7 +569,7 @@ func (w *Worker) confirmAsks(ctx context.Context, r *run, p *permissions) {
 	for i, req := range held {
 		ids[i] = req.RequestID
 	}
-	recorded, err := w.st.PermissionsRecorded(ctx, r.ref.SessionID, ids)
+	recorded, err := w.st.ConfirmPermissions(ctx, r.ref.SessionID, ids)
 	if err != nil {
 		return // asked again next time
 	}
