@@ -614,3 +614,37 @@ func TestStaleOwnCompleteRechecked(t *testing.T) {
 		})
 	}
 }
+
+// TestAccountUIDWaitsForAReplica: on a Redis Cluster a uid is handed out
+// only once a replica of its master has it: replication is asynchronous,
+// and a failover that lost the assignment gave the next user the same uid
+// (two users, one OS account). With the replica stalled the worker is told
+// to try again; once it answers, the uid is given.
+func TestAccountUIDWaitsForAReplica(t *testing.T) {
+	c := storetest.StartCluster(t)
+	st := storetest.New(t, c.URL)
+	ctx := context.Background()
+	key := st.Prefix() + ":{accounts}"
+	master := c.MasterOf(t, key)
+	var replica *storetest.Server
+	for _, n := range c.Nodes {
+		if n == master {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
+		info, err := rdb.Info(ctx, "replication").Result()
+		_ = rdb.Close()
+		require.NoError(t, err)
+		if storetest.InfoField(info, "master_port") == master.Addr[strings.LastIndexByte(master.Addr, ':')+1:] {
+			replica = n
+		}
+	}
+	require.NotNil(t, replica, "the master's replica")
+	replica.Pause(t)
+	_, err := st.AccountUID(ctx, "alice", 50000, 50009)
+	require.ErrorContains(t, err, "try again")
+	replica.Resume(t)
+	uid, err := st.AccountUID(ctx, "alice", 50000, 50009)
+	require.NoError(t, err)
+	require.Equal(t, 50000, uid)
+}
