@@ -73,7 +73,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runHealthcheck(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
-			return run(ctx, []string{rest[0], "-h"}, stdout, stderr)
+			// Help asked for is an answer, not a usage error (exit 0).
+			if err := run(ctx, []string{rest[0], "-h"}, stdout, stderr); !errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return nil
 		}
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -43,3 +43,24 @@ test("a link with another user's token asks before switching", async () => {
   assert.equal(asked.length, 2);
   await context.close();
 });
+
+test("a token the gateway refuses is said so, not left connecting", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // Well formed, but not signed with this gateway's secret (a bookmark
+  // from an agentgate serve that has since restarted).
+  const stale = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.c2lnbmF0dXJl";
+  await page.goto(`${env.url}/?token=${stale}`);
+  await page.locator("#connection", { hasText: "token refused" }).waitFor({ timeout: WAIT });
+  // It stays said while the socket keeps trying.
+  await page.waitForTimeout(1500);
+  assert.match(await page.locator("#connection").innerText(), /token refused/);
+
+  const none = await context.newPage();
+  await none.evaluate(() => localStorage.clear()).catch(() => {});
+  await none.goto(`${env.url}/`);
+  await none.evaluate(() => localStorage.clear());
+  await none.goto(`${env.url}/`);
+  await none.locator("#connection", { hasText: "no token" }).waitFor({ timeout: WAIT });
+  await context.close();
+});

@@ -326,7 +326,11 @@ export class AgentGate {
         await new Promise((resolve) => setTimeout(resolve, wait * 1000));
         continue;
       }
-      if (!resp.ok) throw new Error(body.error || "HTTP " + resp.status);
+      if (!resp.ok) {
+        const err = new Error(body.error || "HTTP " + resp.status);
+        err.status = resp.status; // 401: the token is missing, expired or not this gateway's
+        throw err;
+      }
       return body;
     }
   }

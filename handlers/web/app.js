@@ -33,7 +33,17 @@ window.agentgate = client; // for the console and for tests
 
 // Who this page acts as, from the gateway (in platform mode there is no
 // token to read it from).
-client.user().then((u) => { $("user").textContent = u.username ? "Signed in as " + u.username : ""; }).catch(() => {});
+// A token the gateway refuses would leave the page "connecting…" for good
+// (a browser does not show a socket's 401): it says so instead.
+let tokenRefused = false;
+client.user().then((u) => { $("user").textContent = u.username ? "Signed in as " + u.username : ""; }).catch((e) => {
+  if (e.status !== 401) return;
+  tokenRefused = true;
+  $("connection").dataset.connected = "false";
+  $("connection").textContent = token
+    ? "token refused (expired, or from another agentgate): open the address agentgate printed"
+    : "no token: open the address agentgate printed (…/?token=…)";
+});
 
 // tokenUser reads the user a token names (its "sub", else the "username" of
 // a token of Claude Code UI's login), for the question above only: the
@@ -311,6 +321,7 @@ function celebrate(sid) {
 client.subscribe((c) => {
   switch (c.type) {
     case "connection":
+      if (tokenRefused && !c.connected) break; // the reason stays on screen
       $("connection").dataset.connected = String(c.connected);
       $("connection").textContent = c.connected ? "connected" : "reconnecting…";
       // Sessions may have started or ended elsewhere while this tab was away.
