@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -314,13 +315,14 @@ func TestFailedSubscribeLeavesNoChannel(t *testing.T) {
 	cancel()
 	srv.Restart(t)
 
+	// The subscribe may also have failed later, waiting for Redis's
+	// confirmation (a write into a dead connection can pass): that
+	// channel is let go after the grace of any unsubscribe. Either way
+	// only the kept one stays.
 	raw := redisClient(t, srv.URL)
 	var channels []string
 	require.Eventually(t, func() bool {
 		channels, _ = raw.PubSubChannels(ctx, st.Prefix()+":session:*").Result()
-		return len(channels) > 0
-	}, 10*time.Second, 20*time.Millisecond, "the subscriber's connection came back")
-	// go-redis subscribes all it holds in one command: both or one.
-	require.Len(t, channels, 1, "%v", channels)
-	require.Contains(t, channels[0], kept.ID)
+		return len(channels) == 1 && strings.Contains(channels[0], kept.ID)
+	}, 20*time.Second, 20*time.Millisecond, "only the kept channel stays subscribed")
 }
