@@ -205,6 +205,10 @@ func (s *Store) Shell(ctx context.Context, key string) (ShellInfo, bool, error) 
 // (ShellExitEvicted, its worker told to kill it) and its place taken
 // (evictShell); when every one is watched ShellOpen returns an
 // *app.LimitError. Reopening a key the owner has open always passes.
+//
+// When the open control cannot be queued, the generation taken is ended
+// at once (ShellExitNotStarted) before the error is returned: a retry
+// opens a fresh one.
 func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker, command string, spec app.ShellSpec, limit ShellLimit) (gen int64, ok bool, err error) {
 	maxOpen := limit.Max
 	gen = prevGen + 1
@@ -255,6 +259,22 @@ func (s *Store) ShellOpen(ctx context.Context, key string, prevGen int64, worker
 	if err := s.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: s.k.inbox(worker), MaxLen: inboxMaxLen, Approx: true, Values: []any{"msg", body},
 	}).Err(); err != nil {
+		// The generation is the key's but no worker will start it: end it
+		// now (not_started ends only a generation still starting with no
+		// output, so an open that did reach the worker despite the error
+		// and already ran is left alone), which gives back its places, so
+		// the user's retry opens a fresh generation instead of
+		// reattaching to a blank terminal until the reaper ends it. No
+		// retry of the XADD here: go-redis already retried it through
+		// redirects and failovers, and the user waits on this open. If
+		// this end fails too, the reaper ends the generation as before.
+		// The XADD may have failed because ctx ended (the socket went):
+		// the end is still due.
+		endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err2 := s.shellExit(endCtx, key, gen, 1, "", ShellExitNotStarted); err2 != nil {
+			s.log.Warn("end a terminal whose open was not queued", "shell", key, "gen", gen, "err", err2)
+		}
 		return 0, false, fmt.Errorf("store: open shell %s: tell worker %s: %w", key, worker, err)
 	}
 	return gen, true, nil

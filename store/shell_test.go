@@ -447,3 +447,48 @@ func TestEndedTerminalsKeepLittle(t *testing.T) {
 		})
 	}
 }
+
+// TestShellOpenInboxFailEnds: an open whose control cannot be queued in
+// the worker's inbox (another slot on a cluster, its master failing over)
+// ends the generation it took at once, as not_started, and gives back its
+// place: the user's retry opens a fresh generation rather than reattaching
+// to a terminal no worker will ever start.
+func TestShellOpenInboxFailEnds(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			raw := redisClient(t, url)
+			ctx := context.Background()
+			p := st.Prefix()
+			one := store.ShellLimit{Max: 1}
+			inbox := p + ":worker:w1:inbox"
+			require.NoError(t, raw.Set(ctx, inbox, "x", 0).Err()) // XADD fails (WRONGTYPE)
+			_, _, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", plainSpec, one)
+			require.ErrorContains(t, err, "tell worker w1")
+			info, ok, err := st.Shell(ctx, "k1")
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, store.ShellExited, info.State, "no generation left starting with nothing queued")
+			require.Equal(t, store.ShellExitNotStarted, info.ExitReason)
+			for _, index := range []string{p + ":user:{alice}:shells", p + ":shells:open"} {
+				_, err := raw.ZScore(ctx, index, "k1").Result()
+				require.ErrorIs(t, err, redis.Nil, "its place given back in %s", index)
+			}
+
+			require.NoError(t, raw.Del(ctx, inbox).Err())
+			gen, ok, err := st.ShellOpen(ctx, "k1", info.Gen, "w1", "bash", plainSpec, one)
+			require.NoError(t, err, "the retry opens a fresh generation, within the limit")
+			require.True(t, ok)
+			require.Equal(t, info.Gen+1, gen)
+			info, _, err = st.Shell(ctx, "k1")
+			require.NoError(t, err)
+			require.Equal(t, store.ShellStarting, info.State)
+			in, err := st.ReadInbox(ctx, "w1", "0", time.Millisecond)
+			require.NoError(t, err)
+			require.Len(t, in, 1)
+			require.Equal(t, store.ControlShellOpen, in[0].Control.Type)
+			require.Equal(t, gen, in[0].Control.Gen)
+		})
+	}
+}
