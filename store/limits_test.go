@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
@@ -305,4 +306,88 @@ func TestAccountUID(t *testing.T) {
 		_, err = st.AccountUID(ctx, "alice", 60000, 60010)
 		require.ErrorContains(t, err, "outside 60000-60010", "a uid recorded under another range is not used")
 	})
+}
+
+// TestShellIndexesRebuilt: a terminal's entries in its owner's index and in
+// the open terminals lost (a failover took the writes, or a process died
+// between an eviction's two steps) come back from the terminal hashes at
+// RebuildIndexes, at the generation's open time, so the limit counts the
+// terminal again: an open past it is refused while every one is watched,
+// and evicts the unwatched one as usual; the reaper lists it again. An
+// ended terminal is not put back, and an entry still there keeps its score.
+func TestShellIndexesRebuilt(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			url := storetest.Start(t, b)
+			st := storetest.New(t, url)
+			raw := redisClient(t, url)
+			ctx := context.Background()
+			p := st.Prefix()
+			userShells, shellsOpen := p+":user:{alice}:shells", p+":shells:open"
+			require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+			two := store.ShellLimit{Max: 2}
+			gens := map[string]int64{}
+			for _, k := range []string{"k1", "k2"} {
+				gen, ok, err := st.ShellOpen(ctx, k, 0, "w1", "bash", plainSpec, two)
+				require.NoError(t, err)
+				require.True(t, ok)
+				gens[k] = gen
+				_, err = st.ShellAppend(ctx, k, gen, []string{"$ "}) // running
+				require.NoError(t, err)
+				_, err = st.ShellTouch(ctx, k, gen, +1) // watched in a tab
+				require.NoError(t, err)
+			}
+			// An ended terminal, out of the indexes as it should be.
+			gen9, ok, err := st.ShellOpen(ctx, "k9", 0, "w1", "bash", plainSpec, store.ShellLimit{})
+			require.NoError(t, err)
+			require.True(t, ok)
+			_, err = st.ShellExit(ctx, "k9", gen9, 0, "", store.ShellExitNormal)
+			require.NoError(t, err)
+
+			k2Score, err := raw.ZScore(ctx, userShells, "k2").Result()
+			require.NoError(t, err)
+			// The lost writes: k1's entries in both indexes.
+			require.NoError(t, raw.ZRem(ctx, userShells, "k1").Err())
+			require.NoError(t, raw.ZRem(ctx, shellsOpen, "k1").Err())
+
+			require.NoError(t, st.RebuildIndexes(ctx))
+			created, err := raw.HGet(ctx, p+":shell:{k1}", "createdAt").Int64()
+			require.NoError(t, err)
+			for _, index := range []string{userShells, shellsOpen} {
+				score, err := raw.ZScore(ctx, index, "k1").Result()
+				require.NoError(t, err, "k1 is back in %s", index)
+				require.Equal(t, float64(created), score, "at its generation's open time")
+				_, err = raw.ZScore(ctx, index, "k9").Result()
+				require.ErrorIs(t, err, redis.Nil, "an ended terminal stays out of %s", index)
+			}
+			score, err := raw.ZScore(ctx, userShells, "k2").Result()
+			require.NoError(t, err)
+			require.Equal(t, k2Score, score, "an entry still there keeps its score")
+			open, err := st.OpenShells(ctx)
+			require.NoError(t, err)
+			listed := map[string]bool{}
+			for _, o := range open {
+				listed[o.Key] = true
+			}
+			require.True(t, listed["k1"] && listed["k2"], "the reaper sees both: %v", open)
+
+			// At the limit again: refused while both are watched.
+			var limit *app.LimitError
+			_, _, err = st.ShellOpen(ctx, "k3", 0, "w1", "bash", plainSpec, two)
+			require.ErrorAs(t, err, &limit, "k1 counts again")
+			// k1 left: it gives its place.
+			_, err = st.ShellTouch(ctx, "k1", gens["k1"], -1)
+			require.NoError(t, err)
+			_, ok, err = st.ShellOpen(ctx, "k3", 0, "w1", "bash", plainSpec, two)
+			require.NoError(t, err)
+			require.True(t, ok)
+			info, _, err := st.Shell(ctx, "k1")
+			require.NoError(t, err)
+			require.Equal(t, store.ShellExited, info.State)
+			require.Equal(t, store.ShellExitEvicted, info.ExitReason)
+			n, err := raw.ZCard(ctx, userShells).Result()
+			require.NoError(t, err)
+			require.Equal(t, int64(2), n)
+		})
+	}
 }

@@ -475,9 +475,11 @@ func (s *Store) requeueLost(ctx context.Context, runs []app.Session) error {
 // RebuildIndexes rebuilds the indexes that live outside the sessions'
 // slots from the session hashes, scanning every master: running sessions
 // into the running set and their owner's running set, every session into
-// its owner's list, provider session ids into the provider index. Entries
-// are added, never removed (readers drop stale ones). It is the repair path
-// of indexes that may lag on a Redis Cluster, and a schema migration.
+// its owner's list, provider session ids into the provider index; and,
+// from the terminal hashes, open terminals into their owner's open
+// terminals and the open terminals (rebuildShellIndexes). Entries are
+// added, never removed (readers drop stale ones). It is the repair path of
+// indexes that may lag on a Redis Cluster, and a schema migration.
 func (s *Store) RebuildIndexes(ctx context.Context) error {
 	var ids []string
 	prefix := s.k.prefix + ":session:{"
@@ -516,7 +518,7 @@ func (s *Store) RebuildIndexes(ctx context.Context) error {
 			return fmt.Errorf("store: rebuild indexes: %w", err)
 		}
 	}
-	return nil
+	return s.rebuildShellIndexes(ctx)
 }
 
 // sessionsByID reads several session hashes, by id; gone ones are absent.

@@ -488,6 +488,77 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 	return rows, now, nil
 }
 
+// rebuildShellIndexes puts every open terminal (starting or running) back
+// into its owner's open terminals and into the open terminals, from the
+// terminal hashes, scanning every master: RebuildIndexes's share of the
+// terminals. Those entries are written outside the terminal's slot (ahead
+// of shell_open.lua, and by index_swap.lua), so a failover can lose them,
+// and a process can die between an eviction's index_swap.lua and its
+// shell_exit.lua; a lost entry would let its owner pass their limit and
+// hide the terminal from the reaper (OpenShells). A user this puts past
+// their limit does have that many terminals open: their next open at the
+// limit is refused or evicts as usual.
+//
+// An entry is added only where there is none (ZADD NX), at the
+// generation's createdAt: the Redis time of its open, which its lost entry
+// held within a few milliseconds (written just before the open), on the
+// terminal's own clock. While the terminal is open the score is never
+// read (staleShells keeps an open terminal's entry whatever it is, and
+// eviction goes by watchedAt); once it ends, shell_exit's unindexing
+// (forget up to createdAt) removes it at once, as does a cleaner's
+// (staleAfter), so an entry put back for a terminal that ended meanwhile
+// lingers no longer than the next read. A later open of the key writes
+// its own, later score over it. The rebuild time would instead outlive
+// the generation's end by its grace and look like a newer open.
+func (s *Store) rebuildShellIndexes(ctx context.Context) error {
+	prefix := s.k.prefix + ":shell:{"
+	var keys []string
+	err := s.scanKeys(ctx, prefix+"*}", "hash", func(found []string) error {
+		for _, k := range found {
+			key, ok := strings.CutPrefix(k, prefix)
+			if ok && strings.HasSuffix(key, "}") && !strings.Contains(key, "}:") {
+				keys = append(keys, strings.TrimSuffix(key, "}"))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: rebuild terminal indexes: %w", err)
+	}
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), 500)]
+		keys = keys[len(batch):]
+		read := s.rdb.Pipeline()
+		cmds := make([]*redis.SliceCmd, len(batch))
+		for i, k := range batch {
+			cmds[i] = read.HMGet(ctx, s.k.shell(k), "state", "owner", "createdAt")
+		}
+		if _, err := read.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("store: rebuild terminal indexes: %w", err)
+		}
+		write := s.rdb.Pipeline()
+		for i, c := range cmds {
+			v := c.Val()
+			str := func(j int) string { x, _ := v[j].(string); return x }
+			if state := str(0); state != ShellStarting && state != ShellRunning {
+				continue
+			}
+			z := redis.Z{Score: float64(atoi64(str(2))), Member: batch[i]}
+			write.ZAddNX(ctx, s.k.shellsOpen(), z)
+			if owner := str(1); owner != "" {
+				write.ZAddNX(ctx, s.k.userShells(owner), z)
+			}
+		}
+		if write.Len() == 0 {
+			continue
+		}
+		if _, err := write.Exec(ctx); err != nil {
+			return fmt.Errorf("store: rebuild terminal indexes: %w", err)
+		}
+	}
+	return nil
+}
+
 // OpenShell is an open terminal as OpenShells read it.
 type OpenShell struct {
 	Key, Worker string
