@@ -44,7 +44,7 @@ func (h *harness) waitKind(id, kind string, n int) map[string]any {
 			}
 		}
 		return false
-	}, 30*time.Second, 20*time.Millisecond, "no %s #%d in session %s", kind, n, id)
+	}, 90*time.Second, 20*time.Millisecond, "no %s #%d in session %s", kind, n, id)
 	return found
 }
 
