@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -647,4 +648,117 @@ func TestAccountUIDWaitsForAReplica(t *testing.T) {
 	uid, err := st.AccountUID(ctx, "alice", 50000, 50009)
 	require.NoError(t, err)
 	require.Equal(t, 50000, uid)
+}
+
+// TestSubscriberNotHeldByAStalledMaster: a Subscribe whose channel lives on
+// a stalled master (SIGSTOP: its connections stay open, nothing is
+// answered) does not hold up the Subscribes of the other masters. First
+// with no connection to that master yet (the Subscribe dials it and waits
+// for its handshake), then after its shard answered no ping and was
+// dropped, while the slot map may still name it: a session subscribed then
+// is followed once the replica took over.
+func TestSubscriberNotHeldByAStalledMaster(t *testing.T) {
+	c := storetest.StartCluster(t)
+	gaveUp := &gaveUpLog{Handler: slog.Default().Handler(), addrs: make(chan string, 16)}
+	st := storetest.New(t, c.Seed, store.Config{Logger: slog.New(gaveUp)})
+	ctx, rec, sub := recordingSubscriber(t, st)
+	masters := c.Masters(t)
+	m1, m2 := masters[0], masters[1]
+	on := func(m *storetest.Server) app.Session {
+		for {
+			if s := newSession("alice"); c.MasterOf(t, sessionKey(st, s.ID)) == m {
+				return s
+			}
+		}
+	}
+	subscribe := func(id string) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			done <- sub.Subscribe(sctx, id)
+		}()
+		return done
+	}
+	// Picked while every node answers.
+	a, a2, a3, b, d := on(m1), on(m1), on(m1), on(m2), on(m2)
+	// healthy subscribes to s, of m1, while stalled is in flight.
+	healthy := func(s app.Session) {
+		t.Helper()
+		time.Sleep(200 * time.Millisecond) // the stalled one first
+		began := time.Now()
+		require.NoError(t, sub.Subscribe(ctx, s.ID))
+		took := time.Since(began)
+		t.Logf("a subscribe on a healthy master took %v", took)
+		require.Less(t, took, 2*time.Second, "a subscribe on a healthy master waits for one on the stalled master")
+	}
+	require.NoError(t, sub.Subscribe(ctx, a.ID))
+
+	// No connection to m2 yet: the Subscribe dials it; a second one of the
+	// same session waits for it.
+	m2.Pause(t)
+	stalled, again := subscribe(b.ID), subscribe(b.ID)
+	healthy(a2)
+	select {
+	case err := <-stalled:
+		t.Fatalf("the subscribe on the stalled master ended first (%v)", err)
+	case err := <-again:
+		t.Fatalf("the subscribe on the stalled master ended first (%v)", err)
+	default:
+	}
+	m2.Resume(t)
+	require.NoError(t, <-stalled, "subscribed once the master answers again")
+	require.NoError(t, <-again)
+	accept(t, st, b, true)
+	require.Eventually(t, func() bool { return len(rec.seqs(b.ID)) == 2 }, 10*time.Second, 5*time.Millisecond)
+
+	// m2 stalls for good: its shard answers no ping and is dropped.
+	m2.Pause(t)
+	deadline := time.After(time.Minute)
+	for addr := ""; addr != m2.Addr; {
+		select {
+		case addr = <-gaveUp.addrs:
+		case <-deadline:
+			t.Fatal("the shard of the stalled master was not given up")
+		}
+	}
+	began := time.Now()
+	stalled = subscribe(d.ID)
+	healthy(a3)
+	require.NoError(t, <-stalled, "subscribed on the replica that took over")
+	t.Logf("the subscribe on the stalled master's slots took %v", time.Since(began))
+	m2.Resume(t)
+	c.WaitHealthy(t)
+	accept(t, st, d, true)
+	require.Eventually(t, func() bool { return len(rec.seqs(d.ID)) == 2 }, 10*time.Second, 5*time.Millisecond)
+}
+
+// gaveUpLog passes logs on, and sends the address of each shard connection
+// a Subscriber gave up on because it answered no ping.
+type gaveUpLog struct {
+	slog.Handler
+	addrs chan string
+}
+
+func (h *gaveUpLog) Handle(ctx context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "pub/sub shard answers no ping") {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "addr" {
+				select {
+				case h.addrs <- a.Value.String():
+				default:
+				}
+			}
+			return true
+		})
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *gaveUpLog) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &gaveUpLog{Handler: h.Handler.WithAttrs(attrs), addrs: h.addrs}
+}
+
+func (h *gaveUpLog) WithGroup(name string) slog.Handler {
+	return &gaveUpLog{Handler: h.Handler.WithGroup(name), addrs: h.addrs}
 }

@@ -59,13 +59,22 @@ type Subscriber struct {
 	shell    ShellHandlers // set by HandleShell before Run
 	groups   shellGroups   // terminal output groups being received
 
+	// mu guards what follows; it is never held while Redis is waited for
+	// (a SUBSCRIBE that dials a stalled master waits for its read timeout).
 	mu       sync.Mutex
 	channels map[string]*channelSub // by channel name
+	// leaving are the channels whose UNSUBSCRIBE is being sent, each closed
+	// once it was: a Subscribe of one waits for it, so that its SUBSCRIBE
+	// follows on the connection.
+	leaving map[string]chan struct{}
 	// shards are the shard-channel connections of a cluster, by master
 	// address; runCtx is Run's context once it started (nil before).
 	shards map[string]*shard
-	runCtx context.Context
-	wg     sync.WaitGroup
+	// unanswered are the masters whose shard answered no ping, while their
+	// channels wait for a failover (pubsub_cluster.go).
+	unanswered map[string]*stalledMaster
+	runCtx     context.Context
+	wg         sync.WaitGroup
 
 	// listening is closed once Redis first confirms the broadcast
 	// channel: a frame published for a user before then is not heard.
@@ -79,12 +88,20 @@ type channelSub struct {
 	confirmed bool
 	idle      *time.Timer // pending unsubscribe once refs reached 0
 	shard     *shard      // the connection that carries it (cluster)
+	// subscribing says a SUBSCRIBE of it is being sent (by its first
+	// Subscribe, or a move): nothing else sends one meanwhile.
+	subscribing bool
+	// failed is closed, with err set, when its first SUBSCRIBE failed: the
+	// watchers that joined meanwhile fail too.
+	failed chan struct{}
+	err    error
 }
 
 // NewSubscriber returns a Subscriber; call Run to start reading.
 func (s *Store) NewSubscriber(h SubscriberHandlers) *Subscriber {
 	return &Subscriber{s: s, ps: s.rdb.Subscribe(context.Background()), handlers: h,
-		channels: map[string]*channelSub{}, shards: map[string]*shard{}, listening: make(chan struct{})}
+		channels: map[string]*channelSub{}, leaving: map[string]chan struct{}{},
+		shards: map[string]*shard{}, unanswered: map[string]*stalledMaster{}, listening: make(chan struct{})}
 }
 
 // Listening is closed once Redis has confirmed the Subscriber's first
@@ -271,43 +288,87 @@ func (sub *Subscriber) UnsubscribeShell(key string) { sub.unsubscribe(sub.s.k.sh
 
 func (sub *Subscriber) subscribe(ctx context.Context, channel, sessionID string) error {
 	sub.mu.Lock()
+	for done := sub.leaving[channel]; done != nil; done = sub.leaving[channel] {
+		sub.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return fmt.Errorf("store: subscribe %s: %w", sessionID, ctx.Err())
+		}
+		sub.mu.Lock()
+	}
 	c := sub.channels[channel]
-	if c == nil {
-		c = &channelSub{ready: make(chan struct{})}
+	first := c == nil
+	if first {
+		c = &channelSub{ready: make(chan struct{}), failed: make(chan struct{}), subscribing: true}
 		sub.channels[channel] = c
-		var err error
-		if sub.s.cluster != nil {
-			err = sub.shardSubscribeLocked(ctx, channel, c)
-		} else if err = sub.ps.Subscribe(ctx, channel); err != nil {
-			// go-redis keeps a channel whose SUBSCRIBE failed and
-			// subscribes it again on every new connection; nothing would
-			// ever unsubscribe it. Its UNSUBSCRIBE is tried briefly: the
-			// connection is in trouble, and sub.mu is held.
-			uctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			_ = sub.ps.Unsubscribe(uctx, channel)
-			cancel()
-		}
-		if err != nil {
-			delete(sub.channels, channel)
-			sub.mu.Unlock()
-			return fmt.Errorf("store: subscribe %s: %w", sessionID, err)
-		}
 	}
 	c.refs++
 	if c.idle != nil {
 		c.idle.Stop()
 		c.idle = nil
 	}
-	ready := c.ready
 	sub.mu.Unlock()
 
+	if first {
+		// Sent without sub.mu: Subscribes of other channels, confirmations
+		// and moves go on meanwhile; one of this channel joins c and waits.
+		var err error
+		if sub.s.cluster != nil {
+			err = sub.shardSubscribe(ctx, channel, c, true, "")
+		} else {
+			err = sub.plainSubscribe(ctx, channel, c)
+		}
+		if err != nil {
+			return fmt.Errorf("store: subscribe %s: %w", sessionID, err)
+		}
+	}
 	select {
-	case <-ready:
+	case <-c.ready:
 		return nil
+	case <-c.failed:
+		return fmt.Errorf("store: subscribe %s: %w", sessionID, c.err)
 	case <-ctx.Done():
-		sub.unsubscribe(channel)
+		sub.release(channel, c)
 		return fmt.Errorf("store: subscribe %s: %w", sessionID, ctx.Err())
 	}
+}
+
+// plainSubscribe sends the SUBSCRIBE of c, a new channel, on the plain
+// pub/sub connection. sub.mu is not held.
+func (sub *Subscriber) plainSubscribe(ctx context.Context, channel string, c *channelSub) error {
+	err := sub.ps.Subscribe(ctx, channel)
+	if err != nil {
+		// go-redis keeps a channel whose SUBSCRIBE failed and subscribes
+		// it again on every new connection; nothing would ever unsubscribe
+		// it. Its UNSUBSCRIBE is tried briefly: the connection is in
+		// trouble. c stays in sub.channels until then, so that a Subscribe
+		// of the channel meanwhile does not send a SUBSCRIBE before it.
+		uctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		_ = sub.ps.Unsubscribe(uctx, channel)
+		cancel()
+	}
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	c.subscribing = false
+	if err != nil {
+		sub.failLocked(channel, c, err)
+	}
+	return err
+}
+
+// failLocked ends c, whose first SUBSCRIBE failed: it leaves sub.channels,
+// and the watchers that joined it meanwhile fail too. sub.mu is held.
+func (sub *Subscriber) failLocked(channel string, c *channelSub, err error) {
+	if sub.channels[channel] == c {
+		delete(sub.channels, channel)
+	}
+	if c.idle != nil {
+		c.idle.Stop()
+		c.idle = nil
+	}
+	c.err = err
+	close(c.failed)
 }
 
 // Unsubscribe removes a watcher added by Subscribe. The channel itself is
@@ -316,27 +377,70 @@ func (sub *Subscriber) Unsubscribe(sessionID string) { sub.unsubscribe(sub.s.k.l
 
 func (sub *Subscriber) unsubscribe(channel string) {
 	sub.mu.Lock()
-	defer sub.mu.Unlock()
 	c := sub.channels[channel]
-	if c == nil || c.refs == 0 {
+	sub.mu.Unlock()
+	if c != nil {
+		sub.release(channel, c)
+	}
+}
+
+// release removes a watcher of c, channel's subscription, unless c is gone
+// (its SUBSCRIBE failed: its watchers were told).
+func (sub *Subscriber) release(channel string, c *channelSub) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.channels[channel] != c || c.refs == 0 {
 		return
 	}
 	c.refs--
 	if c.refs > 0 {
 		return
 	}
-	c.idle = time.AfterFunc(unsubscribeGrace, func() {
-		sub.mu.Lock()
-		defer sub.mu.Unlock()
-		if cur := sub.channels[channel]; cur == c && c.refs == 0 {
-			delete(sub.channels, channel)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if c.shard != nil {
-				_ = c.shard.ps.SUnsubscribe(ctx, channel)
-				return
-			}
-			_ = sub.ps.Unsubscribe(ctx, channel)
-		}
-	})
+	c.idle = time.AfterFunc(unsubscribeGrace, func() { sub.idleEnded(channel, c) })
+}
+
+// idleEnded unsubscribes c, channel's subscription, if no watcher came back
+// during its grace.
+func (sub *Subscriber) idleEnded(channel string, c *channelSub) {
+	sub.mu.Lock()
+	if sub.channels[channel] != c || c.refs > 0 {
+		sub.mu.Unlock()
+		return
+	}
+	if c.subscribing {
+		// A move is sending its SSUBSCRIBE: looked at again later.
+		c.idle = time.AfterFunc(unsubscribeGrace, func() { sub.idleEnded(channel, c) })
+		sub.mu.Unlock()
+		return
+	}
+	delete(sub.channels, channel)
+	c.idle = nil
+	if sub.s.cluster != nil && c.shard == nil {
+		sub.mu.Unlock() // subscribed nowhere: waiting to be moved
+		return
+	}
+	sub.leaveLocked(channel, c.shard)
+}
+
+// leaveLocked sends the UNSUBSCRIBE of channel, out of sub.channels, on the
+// connection that carried it: sh's, or the plain one if sh is nil. sub.mu
+// is held, and released: a Subscribe of channel meanwhile waits for the
+// UNSUBSCRIBE to be sent before it sends its SUBSCRIBE.
+func (sub *Subscriber) leaveLocked(channel string, sh *shard) {
+	done := make(chan struct{})
+	sub.leaving[channel] = done
+	sub.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if sh != nil {
+		_ = sh.ps.SUnsubscribe(ctx, channel)
+	} else {
+		_ = sub.ps.Unsubscribe(ctx, channel)
+	}
+	cancel()
+	sub.mu.Lock()
+	if sub.leaving[channel] == done {
+		delete(sub.leaving, channel)
+	}
+	sub.mu.Unlock()
+	close(done)
 }

@@ -31,48 +31,95 @@ type shard struct {
 	started bool
 }
 
-// shardSubscribeLocked subscribes channel on the connection of the master
-// that owns its slot, opening that connection if needed. sub.mu is held.
-func (sub *Subscriber) shardSubscribeLocked(ctx context.Context, channel string, c *channelSub) error {
+// errShardDropped: the shard connection an SSUBSCRIBE went out on was
+// dropped before the answer was recorded (its master failed meanwhile).
+var errShardDropped = errors.New("store: shard connection dropped")
+
+// stalledMaster is a master whose shard connection answered no ping, while
+// the mover of its channels (moveChannels) waits for its replica to take
+// over. A channel the slot map still gives it is not subscribed there
+// meanwhile, which would dial it and wait for the read timeout: it is
+// queued for that mover instead.
+type stalledMaster struct{ queued []string }
+
+// shardSubscribe subscribes c, channel's subscription, on the connection of
+// the master that owns its slot, opening that connection if needed. The
+// caller set c.subscribing; it is cleared here. sub.mu is not held: it is
+// taken to pick the connection and to record the outcome, never while
+// Redis is waited for (a new connection to a stalled master waits for its
+// handshake until the read timeout). A channel of a master whose shard
+// answered no ping is queued for the mover of its channels instead, unless
+// that mover is the caller (stalled names that master). With first (c's
+// first Subscribe), a failure fails c's watchers too.
+func (sub *Subscriber) shardSubscribe(ctx context.Context, channel string, c *channelSub, first bool, stalled string) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
-		var sh *shard
-		if sh, err = sub.shardForLocked(ctx, channel); err != nil {
-			sub.s.cluster.ReloadState(ctx)
+		if attempt > 0 {
+			sub.s.cluster.ReloadState(ctx) // in the background
+		}
+		var master *redis.Client
+		if master, err = sub.s.cluster.MasterForKey(ctx, channel); err != nil {
 			continue
 		}
-		if err = sh.ps.SSubscribe(ctx, channel); err != nil {
-			// Never used again: go-redis would subscribe what it holds
-			// (this channel too) in one command on its next connection.
-			sub.dropShardLocked(sh)
-			sub.s.cluster.ReloadState(ctx)
-			continue
+		addr := master.Options().Addr
+		sub.mu.Lock()
+		if sub.channels[channel] != c {
+			c.subscribing = false
+			sub.mu.Unlock()
+			return nil // unsubscribed meanwhile
 		}
-		c.shard = sh
-		if sub.runCtx != nil {
-			sub.startShardLocked(sh)
+		if st := sub.unanswered[addr]; st != nil && addr != stalled {
+			st.queued = append(st.queued, channel)
+			c.subscribing = false
+			sub.mu.Unlock()
+			return nil
 		}
-		return nil
-	}
-	return err
-}
+		sh := sub.shards[addr]
+		if sh == nil {
+			// Empty: its connection is made by the first SSUBSCRIBE, to the
+			// master of that channel's slot.
+			sh = &shard{addr: addr, ps: sub.s.cluster.SSubscribe(context.Background())}
+			sub.shards[addr] = sh
+		}
+		sub.mu.Unlock()
 
-// shardForLocked returns the connection to the master of channel's slot.
-// sub.mu is held.
-func (sub *Subscriber) shardForLocked(ctx context.Context, channel string) (*shard, error) {
-	master, err := sub.s.cluster.MasterForKey(ctx, channel)
-	if err != nil {
-		return nil, err
+		err = sh.ps.SSubscribe(ctx, channel)
+
+		sub.mu.Lock()
+		current := sub.shards[addr] == sh
+		switch {
+		case err != nil:
+			if current {
+				// Never used again: go-redis would subscribe what it holds
+				// (this channel too) in one command on its next connection.
+				sub.dropShardLocked(sh)
+			}
+		case !current:
+			// Closed meanwhile: the confirmation may never come.
+			err = errShardDropped
+		case sub.channels[channel] != c:
+			c.subscribing = false
+			sub.leaveLocked(channel, sh)
+			return nil
+		default:
+			c.shard = sh
+			c.subscribing = false
+			if sub.runCtx != nil {
+				sub.startShardLocked(sh)
+			}
+			sub.mu.Unlock()
+			return nil
+		}
+		sub.mu.Unlock()
 	}
-	addr := master.Options().Addr
-	sh := sub.shards[addr]
-	if sh == nil {
-		// Empty: its connection is made by the first SSUBSCRIBE, to the
-		// master of that channel's slot.
-		sh = &shard{addr: addr, ps: sub.s.cluster.SSubscribe(context.Background())}
-		sub.shards[addr] = sh
+	sub.s.cluster.ReloadState(ctx)
+	sub.mu.Lock()
+	c.subscribing = false
+	if first {
+		sub.failLocked(channel, c, err)
 	}
-	return sh, nil
+	sub.mu.Unlock()
+	return err
 }
 
 // dropShardLocked closes a shard and moves the channels it carried to the
@@ -121,10 +168,13 @@ func (sub *Subscriber) shardMoved(sh *shard, err error) {
 	}
 	sub.mu.Lock()
 	var moved []string
+	var subs []*channelSub
 	for name, c := range sub.channels {
-		if c.shard == sh && slotOf(name) == slot {
+		if c.shard == sh && slotOf(name) == slot && !c.subscribing {
 			c.shard = nil
+			c.subscribing = true // until its SUNSUBSCRIBE is sent
 			moved = append(moved, name)
+			subs = append(subs, c)
 		}
 	}
 	ctx := sub.runCtx
@@ -132,6 +182,11 @@ func (sub *Subscriber) shardMoved(sh *shard, err error) {
 	for _, name := range moved {
 		_ = sh.ps.SUnsubscribe(ctx, name)
 	}
+	sub.mu.Lock()
+	for _, c := range subs {
+		c.subscribing = false
+	}
+	sub.mu.Unlock()
 	if len(moved) > 0 {
 		sub.wg.Add(1)
 		go func() {
@@ -197,9 +252,19 @@ func (sub *Subscriber) shardFailed(ctx context.Context, sh *shard) {
 func (sub *Subscriber) shardUnanswered(ctx context.Context, sh *shard) {
 	sub.mu.Lock()
 	moved := sub.forgetShardLocked(sh)
+	st := sub.unanswered[sh.addr]
+	if st != nil {
+		// Its channels' mover still runs (it made the shard again, the
+		// master having answered a ping): it takes these too.
+		st.queued = append(st.queued, moved...)
+	} else {
+		sub.unanswered[sh.addr] = &stalledMaster{}
+	}
 	sub.mu.Unlock()
 	go func() { _ = sh.ps.Close() }() // a close may wait on the stalled master
-	sub.moveChannels(ctx, moved, sh.addr, true)
+	if st == nil {
+		sub.moveChannels(ctx, moved, sh.addr, true)
+	}
 }
 
 // shardDropped handles an sunsubscribe Redis sent on its own: the slot of
@@ -211,12 +276,20 @@ func (sub *Subscriber) shardDropped(sh *shard, channel string) {
 		sub.mu.Unlock()
 		return // an unsubscribe of ours
 	}
+	if c.subscribing {
+		sub.mu.Unlock()
+		return // being moved already
+	}
 	c.shard = nil
+	c.subscribing = true // until its SUNSUBSCRIBE is sent
 	ctx := sub.runCtx
 	sub.mu.Unlock()
 	// Forget it on this connection too, so that no later resubscribe
 	// sends it there again.
 	_ = sh.ps.SUnsubscribe(ctx, channel)
+	sub.mu.Lock()
+	c.subscribing = false
+	sub.mu.Unlock()
 	sub.wg.Add(1)
 	go func() {
 		defer sub.wg.Done()
@@ -233,8 +306,10 @@ func (sub *Subscriber) shardDropped(sh *shard, channel string) {
 // stalled, away answered nothing: its channels wait longer, for its
 // replica's promotion (cluster-node-timeout and an election), unless it
 // answers a ping again (it was only slow, and keeps its slots); a
-// subscribe sent to a stalled master would hold the Subscriber's lock
-// until it timed out.
+// subscribe sent to a stalled master would wait for the read timeout. The
+// channels subscribed meanwhile whose slot the map gives away are queued
+// for this mover (sub.unanswered), which ends once every one is
+// subscribed.
 func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away string, stalled bool) {
 	backoff := 20 * time.Millisecond
 	wait := 10 * time.Second
@@ -246,11 +321,37 @@ func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away
 	if stalled {
 		maxBackoff = 250 * time.Millisecond // the promotion is near
 	}
+	var st *stalledMaster
+	if stalled {
+		sub.mu.Lock()
+		st = sub.unanswered[away]
+		sub.mu.Unlock()
+		defer func() {
+			sub.mu.Lock()
+			if sub.unanswered[away] == st {
+				delete(sub.unanswered, away)
+			}
+			sub.mu.Unlock()
+		}()
+	}
 	// Whether away answered its last ping, sent at most every
 	// stalledProbeEvery (each unanswered one takes a second).
 	var probed time.Time
 	answered := false
-	for len(channels) > 0 && ctx.Err() == nil {
+	for ctx.Err() == nil {
+		if st != nil {
+			sub.mu.Lock()
+			channels = append(channels, st.queued...)
+			st.queued = nil
+			if len(channels) == 0 {
+				// Under the lock: nothing is queued after it.
+				delete(sub.unanswered, away)
+			}
+			sub.mu.Unlock()
+		}
+		if len(channels) == 0 {
+			return
+		}
 		sub.s.cluster.ReloadState(ctx)
 		var left []string
 		for _, name := range channels {
@@ -272,14 +373,19 @@ func (sub *Subscriber) moveChannels(ctx context.Context, channels []string, away
 			}
 			sub.mu.Lock()
 			c := sub.channels[name]
-			if c == nil || c.shard != nil {
+			if c == nil || c.shard != nil || c.subscribing {
 				sub.mu.Unlock()
-				continue // unsubscribed, or moved already
+				continue // unsubscribed, moved already, or being subscribed
 			}
-			if err := sub.shardSubscribeLocked(ctx, name, c); err != nil {
+			c.subscribing = true
+			sub.mu.Unlock()
+			var self string
+			if stalled {
+				self = away
+			}
+			if err := sub.shardSubscribe(ctx, name, c, false, self); err != nil {
 				left = append(left, name)
 			}
-			sub.mu.Unlock()
 		}
 		channels = left
 		if len(left) > 0 {
@@ -314,10 +420,15 @@ func (sub *Subscriber) answers(ctx context.Context, m *redis.Client) bool {
 // closeShards closes every shard connection (Run is ending).
 func (sub *Subscriber) closeShards() {
 	sub.mu.Lock()
-	defer sub.mu.Unlock()
+	var closing []*shard
 	for addr, sh := range sub.shards {
-		_ = sh.ps.Close()
+		closing = append(closing, sh)
 		delete(sub.shards, addr)
+	}
+	sub.mu.Unlock()
+	// Without sub.mu: a close waits for an SSUBSCRIBE in flight.
+	for _, sh := range closing {
+		_ = sh.ps.Close()
 	}
 }
 

@@ -304,11 +304,29 @@ func TestWorkersAndLease(t *testing.T) {
 func TestFailedSubscribeLeavesNoChannel(t *testing.T) {
 	srv := storetest.StartServer(t)
 	st := storetest.New(t, srv.URL)
-	ctx, _, sub := recordingSubscriber(t, st)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	h := newRecorder().handlers()
+	outage := make(chan struct{}, 1)
+	h.Outage = func() {
+		select {
+		case outage <- struct{}{}:
+		default:
+		}
+	}
+	sub := st.NewSubscriber(h)
+	go func() { _ = sub.Run(ctx) }()
 	kept := newSession("alice")
 	require.NoError(t, sub.Subscribe(ctx, kept.ID))
 
 	srv.Stop()
+	// Once the subscriber saw its connection fail: a SUBSCRIBE sent before
+	// could still go out on it, and only time out.
+	select {
+	case <-outage:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscriber did not see Redis go")
+	}
 	lost := newSession("alice")
 	subCtx, cancel := context.WithTimeout(ctx, time.Second)
 	require.Error(t, sub.Subscribe(subCtx, lost.ID))
