@@ -362,22 +362,24 @@ func TestReattachAfterARestartElsewhere(t *testing.T) {
 	require.NoError(t, err)
 	frames(b, "b5")
 
-	a, _, err := term.g.dialPath("/shell", "alice")
-	require.NoError(t, err)
-	defer a.Close()
-	require.NoError(t, a.WriteJSON(map[string]any{"type": "init", "shellId": "tab", "lastSeq": 3, "lastGen": gen1}))
-	got = frames(a, "b5")
+	// reattach opens another socket of the tab with lastSeq 3 of gen and
+	// returns its output frames up to the new terminal's last chunk.
+	reattach := func(gen int64) []map[string]any {
+		t.Helper()
+		ws, _, err := term.g.dialPath("/shell", "alice")
+		require.NoError(t, err)
+		t.Cleanup(func() { ws.Close() })
+		require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "shellId": "tab", "lastSeq": 3, "lastGen": gen}))
+		return frames(ws, "b5")
+	}
+	got = reattach(gen1)
 	require.Contains(t, got[0]["data"], "[Terminal restarted]")
 	require.EqualValues(t, gen2, got[0]["gen"])
 	require.Equal(t, "b1", got[1]["data"], "from the new terminal's start")
 	require.EqualValues(t, 1, got[1]["seq"])
 
 	// The same generation: from after its lastSeq, as before.
-	c, _, err := term.g.dialPath("/shell", "alice")
-	require.NoError(t, err)
-	defer c.Close()
-	require.NoError(t, c.WriteJSON(map[string]any{"type": "init", "shellId": "tab", "lastSeq": 3, "lastGen": gen2}))
-	got = frames(c, "b5")
+	got = reattach(gen2)
 	require.Contains(t, got[0]["data"], "[Reconnected to existing session]")
 	require.EqualValues(t, gen2, got[0]["gen"])
 	require.Equal(t, "b4", got[1]["data"])
