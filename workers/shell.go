@@ -93,13 +93,14 @@ type shell struct {
 	inWake  chan struct{}
 
 	// size is the last size applied to the PTY and not yet recorded in
-	// Redis (sizeLoop), sizeDirty whether it is so, both guarded by
-	// sizeMu; storeSize records one (ShellSet; a test holds it).
-	sizeMu    sync.Mutex
-	size      store.ShellSize
-	sizeDirty bool
-	sizeWake  chan struct{}
-	storeSize func(ctx context.Context, size store.ShellSize) error
+	// Redis (sizeApplied), sizeDirty whether it is so, sizeWriting whether
+	// a writer runs, all guarded by sizeMu; storeSize records one
+	// (ShellSet; a test holds it).
+	sizeMu      sync.Mutex
+	size        store.ShellSize
+	sizeDirty   bool
+	sizeWriting bool
+	storeSize   func(ctx context.Context, size store.ShellSize) error
 
 	killOnce sync.Once
 	stopped  chan struct{} // closed when the terminal ends
@@ -282,7 +283,7 @@ func (w *Worker) openShell(c store.Control) {
 	sh := &shell{
 		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
 		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(w.cfg.ShellWindow),
-		coalesce: shellCoalesce, stallLimit: outageTolerance, sizeWake: make(chan struct{}, 1),
+		coalesce: shellCoalesce, stallLimit: outageTolerance,
 	}
 	sh.storeSize = func(ctx context.Context, size store.ShellSize) error {
 		return w.st.ShellSet(ctx, sh.key, sh.gen, "cols", strconv.Itoa(size.Cols), "rows", strconv.Itoa(size.Rows))
@@ -333,11 +334,10 @@ func (sh *shell) run() {
 	} else if err != nil {
 		sh.log.Warn("mark terminal running", "err", err)
 	}
-	readDone, flushDone, inputDone, sizeDone := make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})
+	readDone, flushDone, inputDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() { defer close(readDone); sh.readLoop() }()
 	go func() { defer close(flushDone); sh.flushLoop() }()
 	go func() { defer close(inputDone); sh.inputLoop() }()
-	go func() { defer close(sizeDone); sh.sizeLoop() }()
 
 	<-sh.p.exited
 	// Input nobody will read is dropped: a write blocked on a program that
@@ -356,7 +356,6 @@ func (sh *shell) run() {
 	sh.killOnce.Do(func() {})
 	close(sh.stopped)
 	<-inputDone
-	<-sizeDone
 	sh.p.close()
 
 	code, sig := sh.p.exitStatus()

@@ -311,7 +311,7 @@ func (sh *shell) enqueue(op shellOp) {
 }
 
 // inputLoop writes queued input to the PTY and applies resizes, in order.
-// A resize is recorded in Redis by sizeLoop, not here: keystrokes queued
+// A resize is recorded in Redis by sizeApplied's writer, not here: keystrokes queued
 // after it (a Ctrl-C) came over a link or the inbox and need no Redis, and
 // must not wait for a stalled one (up to 5 s a resize). Runs in its own
 // goroutine.
@@ -349,46 +349,43 @@ func (sh *shell) inputLoop() {
 	}
 }
 
-// sizeApplied has sizeLoop record a size the PTY was given; it never
-// waits. Sizes given while one is being recorded fold into the last.
+// sizeApplied has a size the PTY was given recorded in Redis (its hash's
+// cols and rows), off the input path and never waiting: by a goroutine
+// that runs only while there is a size to write, the latest only (sizes
+// given meanwhile fold into the last), as providerInput writes a CLI's
+// stdin. A write that fails is not tried again: the next resize writes its
+// own; nothing is written once the terminal stopped.
 func (sh *shell) sizeApplied(size store.ShellSize) {
 	sh.sizeMu.Lock()
+	defer sh.sizeMu.Unlock()
 	sh.size, sh.sizeDirty = size, true
-	sh.sizeMu.Unlock()
-	select {
-	case sh.sizeWake <- struct{}{}:
-	default:
+	if !sh.sizeWriting {
+		sh.sizeWriting = true
+		go sh.recordSizes()
 	}
 }
 
-// sizeLoop records the terminal's size in Redis (its hash's cols and
-// rows) after each resize, the latest only, off the input path. A write
-// that fails is not tried again: the next resize writes its own. Runs in
-// its own goroutine, until the terminal stops.
-func (sh *shell) sizeLoop() {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-sh.stopped
-		cancel()
-	}()
+// recordSizes writes the pending size until none is left.
+func (sh *shell) recordSizes() {
 	for {
+		sh.sizeMu.Lock()
 		select {
-		case <-sh.sizeWake:
 		case <-sh.stopped:
+			sh.sizeDirty = false
+		default:
+		}
+		if !sh.sizeDirty {
+			sh.sizeWriting = false
+			sh.sizeMu.Unlock()
 			return
 		}
-		sh.sizeMu.Lock()
-		size, dirty, record := sh.size, sh.sizeDirty, sh.storeSize
+		size, record := sh.size, sh.storeSize
 		sh.sizeDirty = false
 		sh.sizeMu.Unlock()
-		if !dirty {
-			continue
-		}
-		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := record(wctx, size); err != nil && ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := record(ctx, size); err != nil {
 			sh.log.Debug("record terminal size", "err", err)
 		}
-		wcancel()
+		cancel()
 	}
 }
