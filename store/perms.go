@@ -200,15 +200,19 @@ func (s *Store) SweepPermissionIndex(ctx context.Context) error {
 	before := s.deadAsks
 	s.deadAsks = dead
 	s.repairMu.Unlock()
+	// Dead twice in a row, by session: one index_unlink.lua a session (it
+	// removes an entry only while it still names that session). dead is
+	// s.deadAsks now, read only.
+	gone := map[string][]any{}
 	for request, session := range dead {
-		if before[request] != session {
-			continue
+		if before[request] == session {
+			gone[session] = append(gone[session], request)
 		}
-		// index_unlink.lua removes it only while it still names session.
-		if err := s.unlinkPermissions(ctx, session, request); err != nil {
+	}
+	for session, requests := range gone {
+		if err := s.unlinkPermissions(ctx, session, requests...); err != nil {
 			return fmt.Errorf("store: sweep permission index: %w", err)
 		}
-		delete(dead, request)
 	}
 	return nil
 }
