@@ -67,5 +67,5 @@ func (s *Store) accountUID(ctx context.Context, keys []string, args ...any) (int
 	return uid.Int()
 }
 
-// replicatedWait bounds replicated's wait for a replica.
+// replicatedWait bounds accountUID's wait for a replica.
 const replicatedWait = 2 * time.Second
