@@ -159,8 +159,9 @@ const chatCheckEvery = 5 * time.Second
 // ctx ends. A Redis that lost its data without dropping the pub/sub
 // connection (FLUSHALL, FLUSHDB, its keys deleted) told nobody: the run's
 // worker stops at its next write, no complete follows, and a socket that
-// stayed open waited for good. A stream that no longer holds a socket's
-// last frame is resynced, which closes that socket with 1012 (resume).
+// stayed open waited for good. A socket sent a frame the stream no
+// longer holds is closed with 1012, as resume does after a restart, with
+// the seq this check read: nothing is read again.
 // Terminals have the same check in their refresh (ShellTouch).
 func (h *hub) checkChats(ctx context.Context) {
 	t := time.NewTicker(chatCheckEvery)
@@ -175,16 +176,21 @@ func (h *hub) checkChats(ctx context.Context) {
 		if len(feeds) == 0 {
 			continue
 		}
-		// What each feed's sockets were sent, read before Redis is
-		// asked: a frame is stored before it is published, so Redis holds
-		// at least that much unless it lost it.
-		ids, sent := make([]string, len(feeds)), make([]int64, len(feeds))
+		// What each live socket was sent, read before Redis is asked: a
+		// frame is stored before it is published, so Redis holds at least
+		// that much unless it lost it (a socket sent more since was sent
+		// what Redis stored since, and is not judged by this read).
+		type sent struct {
+			w    *watch
+			upTo int64
+		}
+		ids, sockets := make([]string, len(feeds)), make([][]sent, len(feeds))
 		for i, f := range feeds {
 			ids[i] = f.key
 			f.mu.Lock()
 			for w := range f.watches {
-				if !w.catching && !w.done {
-					sent[i] = max(sent[i], w.next-1)
+				if !w.catching && !w.done && w.next > 1 {
+					sockets[i] = append(sockets[i], sent{w, w.next - 1})
 				}
 			}
 			f.mu.Unlock()
@@ -196,9 +202,13 @@ func (h *hub) checkChats(ctx context.Context) {
 			continue // an outage: the subscription's own resync follows it
 		}
 		for i, f := range feeds {
-			if sent[i] > 0 && (!held[i] || last[i] < sent[i]) {
-				h.log.Warn("Redis no longer holds events sockets were sent", "session", f.key, "lastSeq", last[i], "sent", sent[i])
-				h.resync(h.chat, f.key)
+			for _, sw := range sockets[i] {
+				if held[i] && sw.upTo <= last[i] {
+					continue
+				}
+				// As resume does after a restart that lost them.
+				h.log.Warn("Redis no longer holds events a socket was sent; it resumes", "session", f.key, "lastSeq", last[i], "sent", sw.upTo)
+				sw.w.c.closeWith(closeStoreReset)
 			}
 		}
 	}
