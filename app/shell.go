@@ -336,12 +336,12 @@ func (s ShellSpec) Command(bins map[Provider]string) string {
 		return bin(Codex, "codex")
 	case OpenCode:
 		if resume {
-			return fmt.Sprintf(`opencode --session="%s"`, s.SessionID)
+			return fmt.Sprintf(`%s --session="%s"`, bin(OpenCode, "opencode"), s.SessionID)
 		}
 		if s.InitialCommand != "" {
 			return s.InitialCommand
 		}
-		return "opencode"
+		return bin(OpenCode, "opencode")
 	case Gemini:
 		base := s.InitialCommand
 		if base == "" {

@@ -235,9 +235,7 @@ func (sock *shellSocket) refuse(text string) {
 	sock.notice("error", text)
 }
 
-func (sock *shellSocket) notice(level, text string) {
-	sock.c.reply(&app.ShellOutput{Type: "output", Data: app.ShellNotice(level, text)})
-}
+func (sock *shellSocket) notice(level, text string) { sock.genNotice(level, text, 0) }
 
 // genNotice is a notice that begins the socket's view of terminal
 // generation gen (app.ShellOutput.Gen).

@@ -181,16 +181,15 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		}
 		if live {
 			from, quiet := int64(1), true
-			switch {
-			case msg.LastGen != nil && *msg.LastGen != info.Gen && msg.LastSeq != nil:
+			if msg.LastSeq != nil && msg.LastGen != nil && *msg.LastGen != info.Gen {
 				// Its lastSeq is of a generation restarted since (from
 				// another tab): this one from its start, said so.
 				sock.genNotice("warn", noticeRestarted, info.Gen)
-			case msg.LastSeq != nil && *msg.LastSeq <= info.Seq:
+			} else {
 				sock.genNotice("info", noticeReconnected, info.Gen)
-				from, quiet = *msg.LastSeq+1, false
-			default:
-				sock.genNotice("info", noticeReconnected, info.Gen)
+				if msg.LastSeq != nil && *msg.LastSeq <= info.Seq {
+					from, quiet = *msg.LastSeq+1, false
+				}
 			}
 			tm.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet)
 			return
