@@ -11,9 +11,9 @@ import (
 	"strings"
 )
 
-// Bounds of /shell frames (PROTOCOL §4). A frame outside them is answered
-// with an error and changes nothing, but for a size past MaxShellCols or
-// MaxShellRows, which is taken as the largest.
+// Bounds of /shell frames (PROTOCOL §4): what each constant says it does
+// past it (a size past MaxShellCols or MaxShellRows is taken as the
+// largest, an input past MaxShellInput is sent in pieces).
 const (
 	DefaultShellCols = 80
 	DefaultShellRows = 24

@@ -15,7 +15,8 @@ const (
 	helloPrefix = "agentgate-link/1 "
 	// helloOK is the worker's answer to a hello with its token.
 	helloOK = "ok\n"
-	// maxHello bounds a hello line: the prefix, a token, a newline.
+	// maxHello bounds each line of a hello (handshake.go): a version-1
+	// hello with its token, a nonce, a proof or its answer.
 	maxHello = 256
 	// MaxFrame bounds one control on a link; a larger one takes the inbox.
 	// On a sealed link it bounds the control, not the sealed frame, which

@@ -52,7 +52,7 @@ type ControlEntry struct {
 	Err      error
 }
 
-// ErrLate is returned by SendControl and Accept when Redis ran the write
+// ErrLate is returned by SendControl, Accept and AskPermission when Redis ran the write
 // after its deadline (ctx's, less a margin for the reply): nothing was
 // written. A stalled Redis runs what waited in its sockets when it goes
 // on, long after the caller told its user the write failed.

@@ -37,8 +37,8 @@ const (
 	shellPendingMax = 1 << 20
 	// shellInputMax bounds keystrokes queued for a PTY that does not read
 	// its input; past it input is dropped (a terminal would block too). It
-	// takes a gateway's largest /shell frame (4 MiB), a paste that reaches
-	// the worker in pieces faster than a program reads it.
+	// holds a few pastes of the gateways' default frame limit (1 MiB),
+	// which reach the worker in pieces faster than a program reads them.
 	shellInputMax = 4 << 20
 	// shellKillGrace is how long a terminal's jobs get between SIGHUP and
 	// SIGKILL.
