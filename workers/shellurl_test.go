@@ -2,6 +2,7 @@ package workers
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -254,5 +255,32 @@ func BenchmarkURLDetectorFlood(b *testing.B) {
 	b.SetBytes(int64(len(chunk)))
 	for b.Loop() {
 		d.scan(chunk)
+	}
+}
+
+// TestURLDetectorRealSetupToken: the bytes the real Claude CLI (2.1.197,
+// `claude setup-token`, 80 columns, no browser) printed, captured through
+// a PTY (testdata/claude-setup-token-80cols.bin): its login link,
+// hard-wrapped into five colored lines, is announced whole whether the
+// output comes in one read or in reads of 64 bytes, and auto-opened once in
+// one read (in small reads the "Browser didn't open?" line comes in a
+// chunk of its own, which keeps only its last 32 bytes: README, Known
+// limits).
+func TestURLDetectorRealSetupToken(t *testing.T) {
+	data, err := os.ReadFile("testdata/claude-setup-token-80cols.bin")
+	require.NoError(t, err)
+	const want = "https://claude.com/cai/oauth/authorize?code=true&client_id=9d1c250a-e61b-44d9-88" +
+		"ed-5944d1962f5e&response_type=code&redirect_uri=https%3A%2F%2Fplatform.claude.co" +
+		"m%2Foauth%2Fcode%2Fcallback&scope=user%3Ainference&code_challenge=NN4PPB-HiOQgfN" +
+		"wwttWju3I2e3A4j3fHkrcPbGR15gk&code_challenge_method=S256&state=Nlz4Psn8tHRV5QxWG" +
+		"msf9szLPQEf38e_DzZP5sioRDg"
+	for _, size := range []int{len(data), 64} {
+		d := &urlDetector{}
+		d.setCols(80)
+		var chunks []string
+		for i := 0; i < len(data); i += size {
+			chunks = append(chunks, string(data[i:min(i+size, len(data))]))
+		}
+		requireGrowsTo(t, want, feed(d, chunks...), size == len(data), fmt.Sprintf("reads of %d bytes", size))
 	}
 }
