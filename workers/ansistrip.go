@@ -27,8 +27,8 @@ func stripANSI(s string) string {
 
 // escapeLen is the length of the escape sequence whose ESC was just
 // before s (what follows the ESC); an unfinished one takes the rest.
-func escapeLen(s string) int {
-	if s == "" {
+func escapeLen[T string | []byte](s T) int {
+	if len(s) == 0 {
 		return 0
 	}
 	switch s[0] {

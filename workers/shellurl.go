@@ -304,7 +304,7 @@ func pendingEscape(b []byte) int {
 		return len(b)
 	}
 	i += from
-	rest := string(b[i+1:])
+	rest := b[i+1:] // read in place: this runs on every chunk of output
 	if n := escapeLen(rest); n < len(rest) || escapeEnded(rest) {
 		return len(b)
 	}
@@ -314,8 +314,8 @@ func pendingEscape(b []byte) int {
 // escapeEnded reports whether the escape sequence whose ESC was just
 // before s ends with s's last byte (escapeLen(s) == len(s) also when it
 // is unfinished).
-func escapeEnded(s string) bool {
-	if s == "" {
+func escapeEnded[T string | []byte](s T) bool {
+	if len(s) == 0 {
 		return false
 	}
 	last := s[len(s)-1]
