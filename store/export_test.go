@@ -7,3 +7,7 @@ func (s *Store) ClockMeasured() bool {
 	defer s.clock.mu.Unlock()
 	return !s.clock.at.IsZero()
 }
+
+// SetBeforeEvictExit has f run between an eviction's taking of its
+// victim's place and its ending of the victim.
+func (s *Store) SetBeforeEvictExit(f func(victim string)) { s.beforeEvictExit = f }

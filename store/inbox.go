@@ -58,6 +58,14 @@ type ControlEntry struct {
 // on, long after the caller told its user the write failed.
 var ErrLate = errors.New("store: write reached Redis after its deadline")
 
+// late returns ErrLate for a write Redis refused as past its deadline, and
+// has the clock measured again before the next deadline: Redis stalled, or
+// its clock moved.
+func (s *Store) late() error {
+	s.clock.expire()
+	return ErrLate
+}
+
 // SendControl appends a control message to a worker's inbox, and gives it
 // an ID when it has none. Under a ctx with a deadline, Redis takes it only
 // until shortly before that deadline: a caller that gave up waiting (and
@@ -76,10 +84,7 @@ func (s *Store) SendControl(ctx context.Context, worker string, c Control) error
 		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, err)
 	}
 	if sent == 0 {
-		// Redis stalled, or its clock moved: measured again before the
-		// next deadline.
-		s.clock.expire()
-		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, ErrLate)
+		return fmt.Errorf("store: send %s to %s: %w", c.Type, worker, s.late())
 	}
 	return nil
 }

@@ -288,6 +288,69 @@ func TestShellOpenEvictsUnwatched(t *testing.T) {
 	})
 }
 
+// TestEvictionGivesThePlaceBack: a terminal chosen for eviction that a
+// socket watches again between the taking of its place and its ending is
+// not ended and gets its place back; the open, finding no other terminal
+// to end, is refused, and holds no place (a later open at the limit still
+// has to end one).
+func TestEvictionGivesThePlaceBack(t *testing.T) {
+	eachBackend(t, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+		two := store.ShellLimit{Max: 2}
+		gens := map[string]int64{}
+		for _, k := range []string{"k1", "k2"} {
+			gen, ok, err := st.ShellOpen(ctx, k, 0, "w1", "bash", plainSpec, two)
+			require.NoError(t, err)
+			require.True(t, ok)
+			gens[k] = gen
+			for _, d := range []int{+1, -1} {
+				_, err := st.ShellTouch(ctx, k, gen, d)
+				require.NoError(t, err)
+			}
+		}
+		var victims []string
+		st.SetBeforeEvictExit(func(victim string) {
+			victims = append(victims, victim)
+			_, err := st.ShellTouch(ctx, victim, gens[victim], +1)
+			require.NoError(t, err)
+		})
+		_, _, err := st.ShellOpen(ctx, "k3", 0, "w1", "bash", plainSpec, two)
+		var limit *app.LimitError
+		require.ErrorAs(t, err, &limit, "both chosen, both watched again")
+		require.ElementsMatch(t, []string{"k1", "k2"}, victims)
+		for k, gen := range gens {
+			info, ok, err := st.Shell(ctx, k)
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, gen, info.Gen)
+			require.NotEqual(t, store.ShellExited, info.State, k)
+		}
+
+		// Left again: the next open ends one of the two. Had k3 kept a
+		// place, or a victim lost its own, it would have been let in
+		// without ending either.
+		st.SetBeforeEvictExit(nil)
+		for k, gen := range gens {
+			_, err := st.ShellTouch(ctx, k, gen, -1)
+			require.NoError(t, err)
+		}
+		_, ok, err := st.ShellOpen(ctx, "k3", 0, "w1", "bash", plainSpec, two)
+		require.NoError(t, err)
+		require.True(t, ok)
+		ended := 0
+		for k := range gens {
+			info, _, err := st.Shell(ctx, k)
+			require.NoError(t, err)
+			if info.State == store.ShellExited {
+				require.Equal(t, store.ShellExitEvicted, info.ExitReason, k)
+				ended++
+			}
+		}
+		require.Equal(t, 1, ended)
+	})
+}
+
 // TestAccountUID: users get consecutive uids of the range, the same one
 // every time, and none once the range is used up.
 func TestAccountUID(t *testing.T) {

@@ -43,9 +43,7 @@ func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPerm
 	if err != nil {
 		err = scriptError(err)
 		if errors.Is(err, ErrLate) {
-			// Redis stalled, or its clock moved: measured again before
-			// the next deadline.
-			s.clock.expire()
+			err = s.late()
 		}
 		if errors.Is(err, app.ErrStaleRun) || errors.Is(err, ErrLate) {
 			_ = s.unlinkPermissions(ctx, run.SessionID, p.RequestID)

@@ -166,11 +166,28 @@ func (sub *Subscriber) shardMoved(sh *shard, err error) {
 	if perr != nil {
 		return
 	}
+	sub.moveOff(sh, func() []string {
+		var names []string
+		for name := range sub.channels {
+			if slotOf(name) == slot {
+				names = append(names, name)
+			}
+		}
+		return names
+	})
+}
+
+// moveOff moves channels off sh, whose master no longer owns their slots:
+// of the names pick gives (called under sub.mu), those subscribed on sh
+// and not being moved already. Each is unsubscribed there, so that no
+// later resubscribe of sh's sends it again, then subscribed again where
+// its slot is now (moveChannels).
+func (sub *Subscriber) moveOff(sh *shard, pick func() []string) {
 	sub.mu.Lock()
 	var moved []string
 	var subs []*channelSub
-	for name, c := range sub.channels {
-		if c.shard == sh && slotOf(name) == slot && !c.subscribing {
+	for _, name := range pick() {
+		if c := sub.channels[name]; c != nil && c.shard == sh && !c.subscribing {
 			c.shard = nil
 			c.subscribing = true // until its SUNSUBSCRIBE is sent
 			moved = append(moved, name)
@@ -179,6 +196,9 @@ func (sub *Subscriber) shardMoved(sh *shard, err error) {
 	}
 	ctx := sub.runCtx
 	sub.mu.Unlock()
+	if len(moved) == 0 {
+		return
+	}
 	for _, name := range moved {
 		_ = sh.ps.SUnsubscribe(ctx, name)
 	}
@@ -187,13 +207,11 @@ func (sub *Subscriber) shardMoved(sh *shard, err error) {
 		c.subscribing = false
 	}
 	sub.mu.Unlock()
-	if len(moved) > 0 {
-		sub.wg.Add(1)
-		go func() {
-			defer sub.wg.Done()
-			sub.moveChannels(ctx, moved, sh.addr, false)
-		}()
-	}
+	sub.wg.Add(1)
+	go func() {
+		defer sub.wg.Done()
+		sub.moveChannels(ctx, moved, sh.addr, false)
+	}()
 }
 
 // slotOf is the Redis Cluster hash slot of key: CRC16 (XMODEM) of its hash
@@ -268,33 +286,10 @@ func (sub *Subscriber) shardUnanswered(ctx context.Context, sh *shard) {
 }
 
 // shardDropped handles an sunsubscribe Redis sent on its own: the slot of
-// channel moved to another master.
+// channel moved to another master. One of ours concerns a channel no
+// longer on sh, or being moved already.
 func (sub *Subscriber) shardDropped(sh *shard, channel string) {
-	sub.mu.Lock()
-	c := sub.channels[channel]
-	if c == nil || c.shard != sh {
-		sub.mu.Unlock()
-		return // an unsubscribe of ours
-	}
-	if c.subscribing {
-		sub.mu.Unlock()
-		return // being moved already
-	}
-	c.shard = nil
-	c.subscribing = true // until its SUNSUBSCRIBE is sent
-	ctx := sub.runCtx
-	sub.mu.Unlock()
-	// Forget it on this connection too, so that no later resubscribe
-	// sends it there again.
-	_ = sh.ps.SUnsubscribe(ctx, channel)
-	sub.mu.Lock()
-	c.subscribing = false
-	sub.mu.Unlock()
-	sub.wg.Add(1)
-	go func() {
-		defer sub.wg.Done()
-		sub.moveChannels(ctx, []string{channel}, sh.addr, false)
-	}()
+	sub.moveOff(sh, func() []string { return []string{channel} })
 }
 
 // moveChannels subscribes channels again on the masters that own them,

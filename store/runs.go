@@ -164,10 +164,7 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 	case "exists":
 		return AcceptResult{}, errSessionExists
 	case "late":
-		// Redis stalled, or its clock moved: measured again before the
-		// next deadline.
-		s.clock.expire()
-		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, ErrLate)
+		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, s.late())
 	}
 	return AcceptResult{}, fmt.Errorf("store: accept %s: unexpected reply %q", sess.ID, res)
 }

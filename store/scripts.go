@@ -38,8 +38,6 @@ var (
 	indexTouchLua string
 	//go:embed lua/index_unlink.lua
 	indexUnlinkLua string
-	//go:embed lua/index_swap.lua
-	indexSwapLua string
 	//go:embed lua/index_swap_back.lua
 	indexSwapBackLua string
 	//go:embed lua/session_forget.lua
@@ -61,7 +59,7 @@ type scriptSet struct {
 	permissionAsk, permissionSettle                    *redis.Script
 	leaseAcquire, leaseRelease                         *redis.Script
 	indexReserve, indexForget, indexTouch, indexUnlink *redis.Script
-	indexSwap, indexSwapBack                           *redis.Script
+	indexSwapBack                                      *redis.Script
 	shellOpen, shellAppend, shellExit, shellTouch      *redis.Script
 	shellIdle, shellSet, shellForget, accountUID       *redis.Script
 	sessionForget, eventsWithin                        *redis.Script
@@ -97,7 +95,6 @@ func newScriptSet(sharded bool) *scriptSet {
 		indexForget:      mk(indexForgetLua),
 		indexTouch:       mk(indexTouchLua),
 		indexUnlink:      mk(indexUnlinkLua),
-		indexSwap:        mk(indexSwapLua),
 		indexSwapBack:    mk(indexSwapBackLua),
 		shellOpen:        mk(shellOpenLua),
 		shellAppend:      mk(shellPreludeLua + shellAppendLua),

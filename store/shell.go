@@ -333,7 +333,7 @@ type evictCandidate struct {
 
 // evictShell takes a place for key among owner's open terminals, at
 // limit.Max, from the least recently watched of them that no socket
-// watches: the place is taken in the owner's slot (index_swap.lua, which
+// watches: the place is taken in the owner's slot (index_reserve.lua with a victim, which
 // checks that the choice still holds there), then the terminal is ended
 // in its own slot, only if still unwatched (shell_exit.lua, reason
 // ShellExitEvicted; the place is given back if not), and its worker is
@@ -351,12 +351,12 @@ func (s *Store) evictShell(ctx context.Context, owner, key string, limit ShellLi
 			return false, err
 		}
 		c := cands[0]
-		res, err := s.sc.indexSwap.Run(ctx, s.rdb, []string{index}, key, limit.Max, c.key, c.score).Int64Slice()
+		res, err := s.sc.indexReserve.Run(ctx, s.rdb, []string{index}, key, limit.Max, c.key, c.score).Int64Slice()
 		if err != nil {
 			return false, err
 		}
 		if len(res) != 2 {
-			return false, fmt.Errorf("index_swap.lua answered %v", res)
+			return false, fmt.Errorf("index_reserve.lua answered %v", res)
 		}
 		switch res[0] {
 		case 1:
@@ -365,6 +365,9 @@ func (s *Store) evictShell(ctx context.Context, owner, key string, limit ShellLi
 			continue // overtaken: read again
 		}
 		swapped := res[1]
+		if s.beforeEvictExit != nil {
+			s.beforeEvictExit(c.key)
+		}
 		st, err := s.shellExit(ctx, c.key, c.gen, 1, "", ShellExitEvicted,
 			staleMillis(limit.Stale), indexGrace.Milliseconds())
 		if err != nil || st < 0 {
@@ -412,52 +415,46 @@ func (s *Store) evictCandidates(ctx context.Context, index, skip string, limit S
 	if err != nil || len(zs) == 0 {
 		return nil, err
 	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.SliceCmd, len(zs))
+	keys := make([]string, len(zs))
 	for i, z := range zs {
-		m, _ := z.Member.(string)
-		cmds[i] = pipe.HMGet(ctx, s.k.shell(m), "gen", "state", "worker", "attached", "watchedAt", "seen", "createdAt")
+		keys[i], _ = z.Member.(string)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, err
-	}
-	t, err := s.rdb.Time(ctx).Result()
+	rows, t, err := s.shellStates(ctx, keys)
 	if err != nil {
 		return nil, err
 	}
 	now, stale := t.UnixMilli(), staleMillis(limit.Stale)
 	var out []evictCandidate
-	for i, c := range cmds {
-		m, _ := zs[i].Member.(string)
-		v := c.Val()
-		str := func(j int) string { x, _ := v[j].(string); return x }
-		state := str(1)
-		if m == skip || (state != ShellStarting && state != ShellRunning) {
+	for i, r := range rows {
+		if keys[i] == skip || (r.state != ShellStarting && r.state != ShellRunning) {
 			continue
 		}
-		attached, _ := strconv.Atoi(str(3))
-		watched := atoi64(str(4))
 		// As shell_exit.lua decides: a generation no socket attached to
 		// yet is left alone just after its open (its socket is
 		// attaching); otherwise no socket now, or none refreshed for
 		// stale. A terminal opened before `seen` existed has none, and is
 		// judged by the same rule once past its first moments.
-		unwatched := attached <= 0 || (stale >= 0 && watched > 0 && now-watched >= stale)
-		if str(5) != "1" && now-atoi64(str(6)) < indexGrace.Milliseconds() {
+		unwatched := r.attached <= 0 || (stale >= 0 && r.watchedAt > 0 && now-r.watchedAt >= stale)
+		if !r.seen && now-r.created < indexGrace.Milliseconds() {
 			unwatched = false
 		}
 		if unwatched {
-			out = append(out, evictCandidate{key: m, worker: str(2), gen: atoi64(str(0)), score: int64(zs[i].Score), watchedAt: watched})
+			out = append(out, evictCandidate{key: keys[i], worker: r.worker, gen: r.gen, score: int64(zs[i].Score), watchedAt: r.watchedAt})
 		}
 	}
 	slices.SortStableFunc(out, func(a, b evictCandidate) int { return cmp.Compare(a.watchedAt, b.watchedAt) })
 	return out, nil
 }
 
-// shellState is what the index cleaners read of a terminal's hash.
+// shellState is what the index cleaners and evictions read of a
+// terminal's hash.
 type shellState struct {
 	state, worker     string
 	gen, created, seq int64
+	// attached counts the sockets watching it, watchedAt is when one last
+	// did (Redis time, ms), seen whether one ever did.
+	attached, watchedAt int64
+	seen                bool
 }
 
 // shellStates reads the state of each terminal of keys in one round trip,
@@ -466,7 +463,7 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(keys))
 	for i, k := range keys {
-		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "worker", "gen", "createdAt", "seq")
+		cmds[i] = pipe.HMGet(ctx, s.k.shell(k), "state", "worker", "gen", "createdAt", "seq", "attached", "watchedAt", "seen")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, time.Time{}, err
@@ -478,12 +475,12 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 	rows := make([]shellState, len(keys))
 	for i, c := range cmds {
 		v := c.Val()
-		rows[i].state, _ = v[0].(string)
-		rows[i].worker, _ = v[1].(string)
-		gen, _ := v[2].(string)
-		created, _ := v[3].(string)
-		seq, _ := v[4].(string)
-		rows[i].gen, rows[i].created, rows[i].seq = atoi64(gen), atoi64(created), atoi64(seq)
+		str := func(j int) string { x, _ := v[j].(string); return x }
+		rows[i] = shellState{
+			state: str(0), worker: str(1),
+			gen: atoi64(str(2)), created: atoi64(str(3)), seq: atoi64(str(4)),
+			attached: atoi64(str(5)), watchedAt: atoi64(str(6)), seen: str(7) == "1",
+		}
 	}
 	return rows, now, nil
 }
@@ -492,8 +489,8 @@ func (s *Store) shellStates(ctx context.Context, keys []string) ([]shellState, t
 // into its owner's open terminals and into the open terminals, from the
 // terminal hashes, scanning every master: RebuildIndexes's share of the
 // terminals. Those entries are written outside the terminal's slot (ahead
-// of shell_open.lua, and by index_swap.lua), so a failover can lose them,
-// and a process can die between an eviction's index_swap.lua and its
+// of shell_open.lua, and by index_reserve.lua), so a failover can lose them,
+// and a process can die between an eviction's index_reserve.lua and its
 // shell_exit.lua; a lost entry would let its owner pass their limit and
 // hide the terminal from the reaper (OpenShells). A user this puts past
 // their limit does have that many terminals open: their next open at the

@@ -101,6 +101,10 @@ type Store struct {
 	// first heartbeat.
 	beatMu  sync.Mutex
 	beatRDB redis.UniversalClient
+
+	// beforeEvictExit, set by tests, runs between an eviction's taking of
+	// its victim's place and its ending of the victim.
+	beforeEvictExit func(victim string)
 }
 
 // New connects to Redis and checks that it answers. A URL naming one node

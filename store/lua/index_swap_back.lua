@@ -1,4 +1,4 @@
--- index_swap_back.lua undoes an index_swap.lua whose victim could not be
+-- index_swap_back.lua undoes an index_reserve.lua whose victim could not be
 -- ended (a socket watched it again meanwhile): the member leaves the place
 -- unless its entry was written again since the swap, and the victim gets
 -- its entry back at the score it had, unless it has one again.

@@ -27,19 +27,19 @@
 -- Returns {1, owner, createdAt, the time it ended (ms)} when recorded, {-1}
 -- when an eviction found the generation watched, {0} otherwise.
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt', 'outBytes')
+local cur = redis.call('HMGET', hash, 'gen', 'state', 'seq', 'owner', 'createdAt', 'outBytes',
+  'attached', 'watchedAt', 'seen')
 if cur[1] ~= ARGV[1] or cur[2] == 'exited' or
     (ARGV[5] == 'not_started' and (cur[2] ~= 'starting' or (tonumber(cur[3] or '0') or 0) > 0)) then
   return {0}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[5] == 'evicted' then
-  local w = redis.call('HMGET', hash, 'attached', 'watchedAt', 'seen')
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local stale = tonumber(ARGV[8])
-  local watched = tonumber(w[2] or '0') or 0
-  local unwatched = tonumber(w[1] or '0') <= 0 or (stale >= 0 and watched > 0 and now - watched >= stale)
-  if w[3] ~= '1' and now - tonumber(cur[5] or '0') < tonumber(ARGV[9]) then
+  local watched = tonumber(cur[8] or '0') or 0
+  local unwatched = tonumber(cur[7] or '0') <= 0 or (stale >= 0 and watched > 0 and now - watched >= stale)
+  if cur[9] ~= '1' and now - tonumber(cur[5] or '0') < tonumber(ARGV[9]) then
     unwatched = false
   end
   if not unwatched then
@@ -60,6 +60,4 @@ redis.call('EXPIRE', hash, ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('PUBLISH', ARGV[2], 'e ' .. ARGV[1] .. ' ' .. (cur[3] or '0') .. ' ' .. ARGV[3] .. ' ' .. sig .. ' ' .. ARGV[5])
-local t = redis.call('TIME')
-local ended = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-return {1, cur[4] or '', cur[5] or '0', ended}
+return {1, cur[4] or '', cur[5] or '0', string.format('%d', now)}
