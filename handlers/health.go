@@ -33,10 +33,61 @@ func (s *Server) readyz(c echo.Context) error {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "redis unreachable"})
 	}
 	v, err := s.st.SchemaVersion(ctx)
+	if err == nil && v < s.cfg.SchemaVersion && s.cfg.Migrate != nil {
+		// The schema key is gone (or behind) while Redis answers: Redis
+		// restarted empty. Nothing else would migrate again, and this
+		// gateway would stay out of the load balancer for good.
+		select {
+		case <-s.remigrate(v):
+			v, err = s.st.SchemaVersion(ctx)
+		case <-ctx.Done():
+		}
+	}
 	if err != nil || v < s.cfg.SchemaVersion {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "key schema not current"})
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// remigrateTimeout bounds a migration /readyz starts: as long as one at
+// start may take (cmd/agentgate), waiting for another gateway's lease.
+const remigrateTimeout = 30 * time.Second
+
+// remigrate applies the migrations again (Config.Migrate) unless this
+// gateway already is, and returns a channel closed once that is done. One
+// at a time per gateway, on a context of its own: probes that come while
+// it runs, or give up on it, wait for the same one rather than start more.
+// Across gateways the migrations' lease lets one migrate while the others
+// wait for it and then find nothing left to do.
+func (s *Server) remigrate(found int) <-chan struct{} {
+	s.remigrateMu.Lock()
+	defer s.remigrateMu.Unlock()
+	if s.remigration != nil {
+		return s.remigration
+	}
+	done := make(chan struct{})
+	s.remigration = done
+	s.log.Warn("key schema behind (did Redis restart empty?): applying the migrations again",
+		"found", found, "want", s.cfg.SchemaVersion)
+	go func() {
+		defer func() {
+			s.remigrateMu.Lock()
+			s.remigration = nil
+			s.remigrateMu.Unlock()
+			close(done)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), remigrateTimeout)
+		defer cancel()
+		v, err := s.cfg.Migrate(ctx)
+		if err != nil {
+			schemaRemigrations.WithLabelValues("failed").Inc()
+			s.log.Error("key schema: applying the migrations again", "err", err)
+			return
+		}
+		schemaRemigrations.WithLabelValues("ok").Inc()
+		s.log.Info("key schema current again", "version", v)
+	}()
+	return done
 }
 
 // httpError answers every error as {"error": "..."}.

@@ -85,6 +85,13 @@ type Config struct {
 	MaxSessionsPerUser int
 	// SchemaVersion is the key-schema version /readyz requires.
 	SchemaVersion int
+	// Migrate applies the key-schema migrations (migrations.Apply, under
+	// its lease) and returns the resulting version. /readyz calls it when
+	// it finds the schema behind SchemaVersion, as after a Redis that
+	// restarted empty (no persistence, FLUSHALL): the migrations are
+	// idempotent, and without it every gateway would stay unready for
+	// good while requests work. Nil means /readyz only reports.
+	Migrate func(ctx context.Context) (int, error)
 	// Logger receives the gateway's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -123,6 +130,11 @@ type Server struct {
 	workersMu      sync.Mutex
 	workersChecked time.Time
 	workersAlive   bool
+
+	// remigration is the migration /readyz started, closed once done
+	// (health.go); nil when none runs.
+	remigrateMu sync.Mutex
+	remigration chan struct{}
 }
 
 // New builds a Server; call Run to start its hub and serve Handler.

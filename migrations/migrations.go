@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentgate/agentgate/store"
@@ -46,12 +47,18 @@ var Current = All[len(All)-1].Version
 // lease names the lease migrations run under.
 const lease = "migrate"
 
+// applies numbers the calls of Apply, to tell their lease holders apart.
+var applies atomic.Int64
+
 // Apply runs the migrations the store has not seen yet and returns the
 // resulting version. It waits (up to ctx) for another process that holds
 // the migration lease.
 func Apply(ctx context.Context, st *store.Store) (int, error) {
 	host, _ := os.Hostname()
-	holder := fmt.Sprintf("%s-%d", host, os.Getpid())
+	// One holder per call, not per process: the lease lets its holder take
+	// it again, and two gateways of one process (or a /readyz migrating
+	// while another call does) must wait for each other too.
+	holder := fmt.Sprintf("%s-%d-%d", host, os.Getpid(), applies.Add(1))
 	for {
 		ok, err := st.AcquireLease(ctx, lease, holder, 30*time.Second)
 		if err != nil {

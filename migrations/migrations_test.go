@@ -2,8 +2,10 @@ package migrations_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +36,45 @@ func TestApplyIsIdempotent(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, migrations.Current, got)
 		})
+	}
+}
+
+// TestConcurrentApplyRunsEachOnce: processes that find the schema missing
+// at once (gateways' /readyz after Redis came back empty) migrate one at a
+// time under the lease, so each migration runs once and the others find
+// nothing left to do.
+func TestConcurrentApplyRunsEachOnce(t *testing.T) {
+	st := storetest.New(t, storetest.Redis(t))
+	saved := migrations.All
+	t.Cleanup(func() { migrations.All = saved })
+	runs := make([]atomic.Int32, len(saved))
+	migrations.All = nil
+	for i, m := range saved {
+		up := m.Up
+		m.Up = func(ctx context.Context, st *store.Store) error {
+			runs[i].Add(1)
+			time.Sleep(50 * time.Millisecond) // long enough for the others to meet the lease
+			return up(ctx, st)
+		}
+		migrations.All = append(migrations.All, m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make(chan error, 4)
+	for range cap(errs) {
+		go func() {
+			v, err := migrations.Apply(ctx, st)
+			if err == nil && v != migrations.Current {
+				err = fmt.Errorf("version %d after Apply", v)
+			}
+			errs <- err
+		}()
+	}
+	for range cap(errs) {
+		require.NoError(t, <-errs)
+	}
+	for i := range runs {
+		require.EqualValues(t, 1, runs[i].Load(), "migration %d", saved[i].Version)
 	}
 }
 
