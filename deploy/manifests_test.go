@@ -142,3 +142,30 @@ func asList(v any) []any {
 	l, _ := v.([]any)
 	return l
 }
+
+// TestComposePlatformTrustsOnlyNginx: compose.platform.yaml gives nginx a
+// fixed address, outside the range the other containers' addresses come
+// from (the workers', where the users' processes run, among them), and
+// the gateways trust that address alone. compose.yaml itself stays what
+// podman-compose 1.0.3 reads: no service's networks written as a map.
+func TestComposePlatformTrustsOnlyNginx(t *testing.T) {
+	base := readYAML(t, filepath.Join("compose", "compose.yaml"))[0]
+	for name, svc := range get(base, "services").(map[string]any) {
+		_, isMap := get(svc, "networks").(map[string]any)
+		require.False(t, isMap, "compose.yaml: %s's networks as a map (podman-compose 1.0.3 fails on it)", name)
+	}
+	over := readYAML(t, filepath.Join("compose", "compose.platform.yaml"))[0]
+	for name := range get(over, "services").(map[string]any) {
+		require.NotNil(t, get(base, "services", name), "the override names a service compose.yaml has not: %s", name)
+	}
+	pool := get(over, "networks", "default", "ipam", "config", 0)
+	subnet := netip.MustParsePrefix(get(pool, "subnet").(string))
+	dynamic := netip.MustParsePrefix(get(pool, "ip_range").(string))
+	nginx := netip.MustParseAddr(get(over, "services", "nginx", "networks", "default", "ipv4_address").(string))
+	require.True(t, subnet.Contains(nginx), "nginx's address in the subnet")
+	require.False(t, dynamic.Contains(nginx), "nginx's address outside the other containers' range")
+	require.True(t, subnet.Contains(dynamic.Addr()) && dynamic.Bits() > subnet.Bits(), "the dynamic range within the subnet")
+	env := get(over, "services", "gateway", "environment")
+	require.Equal(t, "platform", get(env, "AGENTGATE_AUTH"))
+	require.Equal(t, nginx.String(), get(env, "AGENTGATE_TRUSTED_PROXIES"), "the gateways trust nginx alone")
+}
