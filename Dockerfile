@@ -36,9 +36,11 @@ CMD ["gateway"]
 # --user-uids can give each user's processes an account of their own (see
 # the README's threat model); without --user-uids, run it as any user.
 FROM node:${NODE_VERSION}-bookworm-slim AS worker
+# less: git's and the CLIs' pager; openssh-client: git over ssh (git@host:…
+# remotes), which --no-install-recommends would leave out. About 10 MB.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates git procps ripgrep tini \
+      ca-certificates git less openssh-client procps ripgrep tini \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/agentgate
 # The CLIs pinned in package.json, from the lock file. Install scripts are
@@ -50,7 +52,12 @@ RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error \
  && npm cache clean --force \
  && node_modules/.bin/claude --version && node_modules/.bin/codex --version && node_modules/.bin/gemini --version
 COPY --from=build /out/agentgate /usr/local/bin/agentgate
+# LANG: the users' terminals and CLIs inherit it (the worker passes LANG
+# and LC_* on); in the C locale bash's readline mangles non-ASCII input.
+# C.UTF-8 needs no locales package: glibc 2.35 and later build it in, and
+# Debian's libc-bin ships it (bookworm: glibc 2.36).
 ENV PATH=/opt/agentgate/node_modules/.bin:$PATH \
+    LANG=C.UTF-8 \
     AGENTGATE_LOG_FORMAT=json \
     AGENTGATE_USER_HOMES=/var/lib/agentgate/home \
     AGENTGATE_METRICS_LISTEN=0.0.0.0:9090 \
@@ -64,8 +71,12 @@ WORKDIR /var/lib/agentgate
 # /metrics and /healthz; the link gateways send keystrokes and acks on
 # (it advertises its address on the network it shares with Redis).
 EXPOSE 9090 7070
+# /healthz on AGENTGATE_METRICS_LISTEN, read from the environment as the
+# worker reads it: a changed address is followed, and with none there is
+# nothing to probe (the check passes) rather than a container unhealthy
+# for good.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 \
-  CMD ["/usr/local/bin/agentgate", "healthcheck", "--url", "http://127.0.0.1:9090/healthz"]
+  CMD ["/usr/local/bin/agentgate", "healthcheck", "--metrics"]
 # tini reaps what the CLIs leave behind and passes SIGTERM on, so that the
 # worker drains its runs.
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/agentgate"]

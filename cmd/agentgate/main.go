@@ -29,8 +29,9 @@ Usage:
   agentgate broadcast --user NAME < FRAME.json
                                   publish a projects_updated, loading_progress or taskmaster-… frame to
                                   one user's chat sockets on every gateway
-  agentgate healthcheck [--url URL]
-                                  exit 0 when the gateway's /readyz answers 200 (for container probes)
+  agentgate healthcheck [--url URL | --metrics]
+                                  exit 0 when the gateway's /readyz answers 200, or with --metrics the
+                                  /healthz of --metrics-listen (a worker's; for container probes)
   agentgate help [COMMAND]        show the flags of a command
 
 Every flag has an environment variable (AGENTGATE_…); run 'agentgate help serve'.

@@ -332,6 +332,55 @@ func TestHealthcheck(t *testing.T) {
 	}
 }
 
+// TestHealthcheckTarget: the address `agentgate healthcheck` probes follows
+// the settings of the process it checks: --listen, or with --metrics
+// --metrics-listen (the worker image's HEALTHCHECK, which hard-coded
+// 127.0.0.1:9090 and so failed for good once AGENTGATE_METRICS_LISTEN
+// was changed or emptied).
+func TestHealthcheckTarget(t *testing.T) {
+	for _, tc := range []struct {
+		listen, metricsListen, url string
+		metrics                    bool
+		want                       string
+	}{
+		{"0.0.0.0:8080", "", "", false, "http://127.0.0.1:8080/readyz"},
+		{"10.1.2.3:8080", "", "", false, "http://10.1.2.3:8080/readyz"},
+		{"[::1]:8080", "", "", false, "http://[::1]:8080/readyz"},
+		{"0.0.0.0:8080", "0.0.0.0:9090", "", true, "http://127.0.0.1:9090/healthz"},
+		{"0.0.0.0:8080", ":9191", "", true, "http://127.0.0.1:9191/healthz"},
+		{"0.0.0.0:8080", "[::]:9191", "", true, "http://127.0.0.1:9191/healthz"},
+		{"0.0.0.0:8080", "127.0.0.1:9292", "", true, "http://127.0.0.1:9292/healthz"},
+		{"0.0.0.0:8080", "", "", true, ""},
+		{"0.0.0.0:8080", "0.0.0.0:9090", "http://x/y", true, "http://x/y"},
+	} {
+		got, err := healthcheckTarget(config{Listen: tc.listen, MetricsListen: tc.metricsListen}, tc.url, tc.metrics)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got, "%+v", tc)
+	}
+	_, err := healthcheckTarget(config{MetricsListen: "9090"}, "", true)
+	require.ErrorContains(t, err, "--metrics-listen")
+
+	// Through the command and the environment, as the image runs it.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	t.Cleanup(srv.Close)
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	require.NoError(t, err)
+	t.Setenv("AGENTGATE_METRICS_LISTEN", "0.0.0.0:"+port)
+	var out bytes.Buffer
+	require.NoError(t, run(context.Background(), []string{"healthcheck", "--metrics"}, &out, io.Discard))
+	require.Contains(t, out.String(), "200 OK")
+	t.Setenv("AGENTGATE_METRICS_LISTEN", "")
+	out.Reset()
+	require.NoError(t, run(context.Background(), []string{"healthcheck", "--metrics"}, &out, io.Discard), "no listener: nothing to probe")
+	require.Contains(t, out.String(), "nothing to probe")
+}
+
 // stopServe cancels a running `serve` and waits for it to return cleanly.
 func stopServe(t *testing.T, cancel context.CancelFunc, done <-chan error) {
 	t.Helper()
