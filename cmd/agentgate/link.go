@@ -32,6 +32,11 @@ func (c *config) linkListener(mode, redisURL string) (net.Listener, string, erro
 	if !tcp.IP.IsUnspecified() {
 		return ln, tcp.String(), nil
 	}
+	if strings.HasPrefix(strings.ToLower(redisURL), "unix:") {
+		// A socket file names no network to find this worker's address on.
+		ln.Close()
+		return nil, "", fmt.Errorf("--link-listen %s: Redis is reached through a unix socket, which tells no address gateways reach this worker on: set --link-advertise HOST:PORT (AGENTGATE_LINK_ADVERTISE), or --link-listen off (keystrokes then go through Redis)", addr)
+	}
 	ip, err := localIPToward(redisURL)
 	if err != nil {
 		ln.Close()
@@ -62,4 +67,20 @@ func localIPToward(redisURL string) (net.IP, error) {
 	}
 	defer conn.Close()
 	return conn.LocalAddr().(*net.UDPAddr).IP, nil
+}
+
+// linkOnlyHere reports whether a link listening on every address is
+// advertised on a loopback one (found toward a Redis on loopback): only
+// gateways on this machine can dial it.
+func linkOnlyHere(ln net.Listener, advertised string) bool {
+	tcp, ok := ln.Addr().(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return false
+	}
+	host, _, err := net.SplitHostPort(advertised)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback() || host == "localhost"
 }

@@ -184,6 +184,12 @@ func runServer(ctx context.Context, mode string, args []string, stdout, stderr i
 		if linkLn != nil {
 			defer linkLn.Close()
 			log.Info("worker link listening", "addr", linkLn.Addr().String(), "advertised", linkAddr)
+			if c.LinkAdvertise == "" && linkOnlyHere(linkLn, linkAddr) {
+				// Redis on loopback (a sidecar, a tunnel): the address
+				// toward it is no address another machine can dial.
+				log.Warn("worker link advertised on loopback, as Redis is reached there: gateways on other machines cannot dial it and send keystrokes through Redis; set --link-advertise HOST:PORT",
+					"advertised", linkAddr)
+			}
 		}
 		worker, err = workers.New(workers.Config{
 			Store: st,
