@@ -23,6 +23,17 @@ if ! command -v redis-server >/dev/null; then
   fi
 fi
 
+# deploy/'s tests run compose's nginx.conf in a real nginx (on 127.0.0.1,
+# stopped by its PID). Without it they skip (and fail in CI).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing nginx (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
+  else
+    say "nginx is missing: the nginx.conf test will be skipped (Debian/Ubuntu: sudo apt-get install nginx)"
+  fi
+fi
+
 # The browser tests drive Debian's Chromium with playwright-core; no browser
 # build is ever downloaded. Without it they skip (and fail in CI).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
