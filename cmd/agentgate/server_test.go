@@ -435,3 +435,41 @@ func TestHeartbeatIntervalWithinHalfTheTTL(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayReadyAgainAfterFlushAll: `agentgate gateway` on a real
+// redis-server answers /readyz 200; after FLUSHALL (a Redis back without
+// its data) its /readyz applies the migrations again and answers 200
+// within a bounded wait, and the schema is current. Before, it answered
+// 503 "key schema not current" until someone ran `agentgate migrate`.
+func TestGatewayReadyAgainAfterFlushAll(t *testing.T) {
+	url := storetest.Redis(t)
+	t.Setenv("AGENTGATE_JWT_SECRET", strings.Repeat("s", minSecretBytes))
+	t.Setenv("AGENTGATE_WORKSPACES", t.TempDir())
+	t.Setenv("AGENTGATE_METRICS_LISTEN", "")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"gateway", "--redis", url, "--listen", addr}, io.Discard, io.Discard)
+	}()
+	t.Cleanup(func() { stopServe(t, cancel, done) })
+	ready := func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	require.Eventually(t, ready, 20*time.Second, 20*time.Millisecond, "ready at start")
+
+	raw := storetest.Client(t, url)
+	require.NoError(t, raw.FlushAll(ctx).Err())
+	require.Eventually(t, ready, 10*time.Second, 20*time.Millisecond, "ready again after FLUSHALL")
+	v, err := raw.Get(ctx, "ag:schema").Int()
+	require.NoError(t, err)
+	require.Positive(t, v)
+}
