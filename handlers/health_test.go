@@ -90,4 +90,3 @@ func TestReadyWithoutMigrateOnlyReports(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, v)
 }
-
