@@ -27,8 +27,16 @@ fi
 # stopped by its PID). Without it they skip (and fail in CI).
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    say "installing nginx (apt-get)"
+    say "installing nginx (apt-get; its service is not started)"
+    # Debian starts a package's service on install, and nginx's stock site
+    # would listen on port 80 of every address: policy-rc.d says no while
+    # the package installs (the tests start nginx themselves).
+    had_policy=""
+    [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+    [ -n "$had_policy" ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    [ -n "$had_policy" ] || rm -f /usr/sbin/policy-rc.d
   else
     say "nginx is missing: the nginx.conf test will be skipped (Debian/Ubuntu: sudo apt-get install nginx)"
   fi
