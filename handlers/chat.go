@@ -272,37 +272,53 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		fail(storeErrorText(err, "No worker available: start `agentgate worker`"))
 		return
 	}
-	plan, err := s.planRun(ctx, c.user, provider, firstNonEmpty(msg.SessionID, opts.SessionID))
-	if err != nil {
-		fail(err.Error())
-		return
-	}
-	// A session keeps the project it started in: the CLIs keep their
-	// conversations per working directory, so another one could not resume.
-	requested := firstNonEmpty(plan.session.ProjectPath, opts.ProjectPath, opts.Cwd)
-	projectPath, err := userProjectDir(s.cfg.Workspaces, plan.session.Owner, requested)
-	if err != nil {
-		fail("Invalid project path: " + strings.TrimPrefix(err.Error(), app.ErrInvalidPath.Error()+": "))
-		return
-	}
-	plan.session.ProjectPath = projectPath
-	job := app.Job{
-		SessionID: plan.session.ID, Owner: plan.session.Owner, Provider: provider,
-		Command: msg.Command, ProjectPath: projectPath, ProviderSessionID: plan.resume,
-		NewSession: plan.isNew, ResumeDenied: plan.resumeDenied, ResumeUnrecorded: plan.resumeUnrecorded,
-		Options: app.RunOptions{
-			Model: opts.Model, PermissionMode: opts.PermissionMode, Tools: opts.ToolsSettings,
-			Images: opts.Images,
-		},
-	}
+	// A command that names an outside conversation another command made a
+	// session of meanwhile is planned again, on that session (busy or not,
+	// or another user's: then as for any id of another user's).
+	var (
+		plan    runPlan
+		w       *watch
+		existed bool
+		res     store.AcceptResult
+	)
+	for attempt := 0; ; attempt++ {
+		plan, err = s.planRun(ctx, c.user, provider, firstNonEmpty(msg.SessionID, opts.SessionID))
+		if err != nil {
+			fail(err.Error())
+			return
+		}
+		// A session keeps the project it started in: the CLIs keep their
+		// conversations per working directory, so another one could not resume.
+		requested := firstNonEmpty(plan.session.ProjectPath, opts.ProjectPath, opts.Cwd)
+		var projectPath string
+		projectPath, err = userProjectDir(s.cfg.Workspaces, plan.session.Owner, requested)
+		if err != nil {
+			fail("Invalid project path: " + strings.TrimPrefix(err.Error(), app.ErrInvalidPath.Error()+": "))
+			return
+		}
+		plan.session.ProjectPath = projectPath
+		job := app.Job{
+			SessionID: plan.session.ID, Owner: plan.session.Owner, Provider: provider,
+			Command: msg.Command, ProjectPath: projectPath, ProviderSessionID: plan.resume,
+			NewSession: plan.isNew, ResumeDenied: plan.resumeDenied, ResumeUnrecorded: plan.resumeUnrecorded,
+			Options: app.RunOptions{
+				Model: opts.Model, PermissionMode: opts.PermissionMode, Tools: opts.ToolsSettings,
+				Images: opts.Images,
+			},
+		}
 
-	w, existed, err := s.hub.attach(c, plan.session.ID)
-	if err != nil {
-		s.log.Warn("subscribe", "session", plan.session.ID, "err", err)
-		fail(followError(err))
-		return
+		w, existed, err = s.hub.attach(c, plan.session.ID)
+		if err != nil {
+			s.log.Warn("subscribe", "session", plan.session.ID, "err", err)
+			fail(followError(err))
+			return
+		}
+		res, err = s.st.Accept(ctx, &store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser, KeepSessions: s.cfg.MaxSessionsPerUser})
+		if !errors.Is(err, store.ErrSessionExists) || attempt > 0 {
+			break
+		}
+		s.hub.abandon(c, w, existed)
 	}
-	res, err := s.st.Accept(ctx, &store.AcceptRequest{Session: plan.session, New: plan.isNew, Job: job, MaxRunning: s.cfg.MaxRunsPerUser, KeepSessions: s.cfg.MaxSessionsPerUser})
 	var busy *store.BusyError
 	var limit *app.LimitError
 	switch {
@@ -395,6 +411,18 @@ func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provid
 			}
 		}
 	}
+	if !foreign && keepsConversationID(provider) {
+		// A conversation started outside the gateway, of a CLI that keeps
+		// its id on resume: the session takes that id, so that its events
+		// name the conversation the client has open (Claude Code UI's
+		// frontend files events under their sessionId, and waits for a
+		// complete of the session it marked busy). Its runs resume the id
+		// as unrecorded until a CLI prints it (existing).
+		return runPlan{
+			session: app.Session{ID: sid, Owner: user.Name, Provider: provider, Unrecorded: true},
+			isNew:   true, resume: sid, resumeUnrecorded: true,
+		}, nil
+	}
 	// The id goes to this first run only, with its flag; the new session
 	// does not keep it. Kept, it would be resumed by the session's next run
 	// with no flag (existing), and index the id as this user's.
@@ -405,12 +433,26 @@ func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provid
 	return plan, nil
 }
 
+// keepsConversationID reports whether provider's CLI keeps a conversation's
+// id when it resumes it, and takes a new one's id from the gateway
+// (--session-id): Claude and Gemini. Codex and Cursor name their
+// conversations themselves.
+func keepsConversationID(provider app.Provider) bool {
+	return provider == app.Claude || provider == app.Gemini
+}
+
 func (s *Server) existing(sess app.Session, provider app.Provider) (runPlan, error) {
 	if sess.Provider != provider {
 		return runPlan{}, app.WireError(fmt.Sprintf("Session %s belongs to provider %s", sess.ID, sess.Provider))
 	}
 	resume := sess.ProviderSessionID
-	if resume == "" && provider == app.Claude {
+	// A session that took an outside conversation's id resumes it as
+	// unrecorded until a CLI of the session printed an id: its first run
+	// may have been refused (a shared account) or have died before the CLI
+	// ran, and resumed without the flag, the id would reach a conversation
+	// no CLI of this user's ran.
+	unrecorded := resume == "" && sess.Unrecorded
+	if resume == "" && (provider == app.Claude || unrecorded) {
 		// Claude runs of a gateway session use the gateway's id.
 		resume = sess.ID
 	}
@@ -418,8 +460,8 @@ func (s *Server) existing(sess app.Session, provider app.Provider) (runPlan, err
 	// admin acting on another user's session).
 	return runPlan{session: app.Session{
 		ID: sess.ID, Owner: sess.Owner, Provider: sess.Provider, ProviderSessionID: sess.ProviderSessionID,
-		ProjectPath: sess.ProjectPath,
-	}, resume: resume}, nil
+		ProjectPath: sess.ProjectPath, Unrecorded: sess.Unrecorded,
+	}, resume: resume, resumeUnrecorded: unrecorded}, nil
 }
 
 // projectDir resolves a project path of a chat or terminal under ws (empty

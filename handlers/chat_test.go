@@ -704,12 +704,14 @@ func TestTrimmedBacklogClosesWith4008(t *testing.T) {
 
 func TestUnknownAndForeignSessionIDs(t *testing.T) {
 	st := newStore(t, storetest.Mini)
-	g := startGateway(t, st)
+	g := startGateway(t, st, func(c *Config) { c.Providers = []app.Provider{app.Claude, app.Codex} })
 	w := newFakeWorker(t, st)
 
-	// A conversation started outside the gateway: resumed by its own id.
+	// A Codex conversation started outside the gateway (Codex names its
+	// conversations itself): resumed by its own id, on a session of the
+	// gateway's (TestOutsideConversationKeepsItsID has Claude's).
 	c := g.dial("alice")
-	c.send(command("continue", map[string]any{"sessionId": "outside-conversation-1"}))
+	c.send(command("continue", map[string]any{"type": "codex-command", "sessionId": "outside-conversation-1"}))
 	acc := c.next()
 	require.Equal(t, "session-accepted", acc["type"])
 	require.Equal(t, true, acc["isNewSession"])
@@ -726,7 +728,7 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 
 	// Its next run carries the id only if a CLI printed it: here none ran,
 	// so nothing unchecked is resumed without the flag.
-	c.send(command("and again", map[string]any{"sessionId": aliceSession}))
+	c.send(command("and again", map[string]any{"type": "codex-command", "sessionId": aliceSession}))
 	c.until(isType("session-accepted"))
 	job, ref = w.take()
 	require.Equal(t, aliceSession, job.SessionID)
@@ -766,6 +768,125 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 	code, body := httpGet(t, g.ts.URL+"/api/sessions/"+aliceSession, token(t, "root", true))
 	require.Equal(t, http.StatusOK, code, "admins see every session")
 	require.Equal(t, "alice", body["owner"])
+}
+
+// TestOutsideConversationKeepsItsID: a command naming a Claude or Gemini
+// conversation started outside the gateway runs on a session of that very
+// id (those CLIs keep a conversation's id when they resume it), so that
+// Claude Code UI's frontend, which marked that id busy and files events
+// under their sessionId, sees the run's events and its complete in the
+// conversation it has open, and its abort and status check find the run.
+// The session resumes the id as unrecorded (the worker decides) until a
+// CLI of the session printed an id; another user naming it gets a session
+// of their own that cannot resume it, as before.
+func TestOutsideConversationKeepsItsID(t *testing.T) {
+	for _, provider := range []app.Provider{app.Claude, app.Gemini} {
+		t.Run(string(provider), func(t *testing.T) {
+			st := newStore(t, storetest.Mini)
+			g := startGateway(t, st, func(c *Config) { c.Providers = []app.Provider{app.Claude, app.Gemini} })
+			w := newFakeWorker(t, st)
+			const outside = "0b7e6a52-5c1d-4f0e-9a3b-6d2f1e8c4a70"
+			cmd := func(text string) map[string]any {
+				return command(text, map[string]any{"type": string(provider) + "-command", "sessionId": outside})
+			}
+			c := g.dial("alice")
+			c.send(cmd("continue"))
+			acc := c.next()
+			require.Equal(t, "session-accepted", acc["type"], "%v", acc)
+			require.Equal(t, outside, acc["sessionId"])
+			require.Equal(t, true, acc["isNewSession"])
+			job, ref := w.take()
+			require.Equal(t, outside, job.SessionID)
+			require.Equal(t, outside, job.ProviderSessionID)
+			require.True(t, job.NewSession)
+			require.True(t, job.ResumeUnrecorded, "the worker decides whether an unrecorded id may be resumed")
+			require.False(t, job.ResumeDenied)
+
+			// Another socket of hers finds the run under the same id.
+			other := g.dial("alice")
+			other.send(map[string]any{"type": "check-session-status", "sessionId": outside})
+			status := other.next()
+			require.Equal(t, "session-status", status["type"])
+			require.Equal(t, true, status["isProcessing"], "%v", status)
+
+			w.emit(ref, app.Text("assistant", "hi"))
+			w.finish(ref, 0)
+			evs := sessionEvents(c.until(func(m map[string]any) bool { return m["kind"] == "complete" }))
+			require.Equal(t, "session_created", evs[1]["kind"])
+			require.Equal(t, outside, evs[1]["newSessionId"])
+			require.Equal(t, outside, evs[1]["providerSessionId"])
+			for _, e := range evs {
+				require.Equal(t, outside, e["sessionId"], "%v", e)
+			}
+
+			// The next command naming the id runs on the same session,
+			// and resumes the id as unrecorded: no CLI printed it.
+			c.send(cmd("again"))
+			acc = c.until(isType("session-accepted"))[0]
+			require.Equal(t, outside, acc["sessionId"])
+			require.Equal(t, false, acc["isNewSession"])
+			job, ref = w.take()
+			require.Equal(t, outside, job.SessionID)
+			require.Equal(t, outside, job.ProviderSessionID)
+			require.True(t, job.ResumeUnrecorded, "a run refused or dead before its CLI ran does not make the id the user's")
+			require.False(t, job.NewSession)
+			// Its CLI prints the id: the conversation is the session's now.
+			_, err := st.Append(context.Background(), ref, nil, map[string]string{"providerSessionId": outside})
+			require.NoError(t, err)
+			w.finish(ref, 0)
+			c.until(func(m map[string]any) bool { return m["kind"] == "complete" })
+
+			c.send(cmd("and again"))
+			c.until(isType("session-accepted"))
+			job, ref = w.take()
+			require.Equal(t, outside, job.SessionID)
+			require.Equal(t, outside, job.ProviderSessionID)
+			require.False(t, job.ResumeUnrecorded)
+
+			// An abort naming the id stops the run.
+			other.send(map[string]any{"type": "abort-session", "sessionId": outside, "provider": string(provider)})
+			// (It watches the session since its check: earlier runs'
+			// completes come first.)
+			done := other.until(func(m map[string]any) bool { return m["kind"] == "complete" && m["runId"] == ref.RunID })
+			require.Equal(t, true, done[len(done)-1]["aborted"])
+			require.Equal(t, outside, done[len(done)-1]["sessionId"])
+
+			// Bob naming it gets a session of his own that cannot resume it.
+			bob := g.dial("bob")
+			bob.send(cmd("steal"))
+			acc = bob.next()
+			require.Equal(t, "session-accepted", acc["type"])
+			require.NotEqual(t, outside, acc["sessionId"])
+			job, _ = w.take()
+			require.True(t, job.ResumeDenied)
+			require.Equal(t, "bob", job.Owner)
+		})
+	}
+}
+
+// TestOutsideConversationRace: commands racing to continue one outside
+// conversation make one session and one run: the others find it busy
+// rather than fail.
+func TestOutsideConversationRace(t *testing.T) {
+	st := newStore(t, storetest.Real)
+	a, b := startGateway(t, st), startGateway(t, st)
+	b.srv.cfg.Workspaces = a.srv.cfg.Workspaces
+	newFakeWorker(t, st)
+	const outside = "5a1d7c3e-2b4f-4e6a-8c9d-0f1e2d3c4b5a"
+	clients := []*client{a.dial("alice"), b.dial("alice"), a.dial("alice"), b.dial("alice")}
+	var wg sync.WaitGroup
+	for _, cl := range clients {
+		wg.Add(1)
+		go func(cl *client) { defer wg.Done(); cl.send(command("race", map[string]any{"sessionId": outside})) }(cl)
+	}
+	wg.Wait()
+	counts := map[string]int{}
+	for _, cl := range clients {
+		m := cl.until(func(m map[string]any) bool { return m["type"] != nil })[0]
+		require.Equal(t, outside, m["sessionId"], "%v", m)
+		counts[m["type"].(string)]++
+	}
+	require.Equal(t, map[string]int{"session-accepted": 1, "session-busy": 3}, counts)
 }
 
 func TestREST(t *testing.T) {

@@ -77,8 +77,9 @@ func (e *BusyError) Error() string { return app.ErrSessionBusy.Error() }
 // Unwrap makes errors.Is(err, app.ErrSessionBusy) hold.
 func (e *BusyError) Unwrap() error { return app.ErrSessionBusy }
 
-// errSessionExists means Accept was asked to create a session id that is taken.
-var errSessionExists = errors.New("session id already exists")
+// ErrSessionExists means Accept was asked to create a session id that is
+// taken: another command made a session of that id meanwhile.
+var ErrSessionExists = errors.New("session id already exists")
 
 // Accept starts a run atomically (run_accept.lua): two gateways racing on
 // one session yield one run and one *BusyError.
@@ -137,7 +138,7 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 	res, err := s.sc.runAccept.Run(ctx, s.rdb, []string{s.k.session(sess.ID), s.k.events(sess.ID), s.k.job(sess.ID)},
 		sess.ID, sess.Owner, string(sess.Provider), sess.ProjectPath, sess.ProviderSessionID, mode,
 		job, createdBody, runningBody, s.limits, s.k.live(sess.ID), s.floors.get(sess.ID),
-		req.ID, s.deadlineMillis(ctx),
+		req.ID, s.deadlineMillis(ctx), flag(sess.Unrecorded),
 	).StringSlice()
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
@@ -162,7 +163,7 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 	case "missing":
 		return AcceptResult{}, app.ErrNotFound
 	case "exists":
-		return AcceptResult{}, errSessionExists
+		return AcceptResult{}, ErrSessionExists
 	case "late":
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, s.late())
 	}
@@ -464,4 +465,12 @@ func scriptError(err error) error {
 		return ErrLate
 	}
 	return err
+}
+
+// flag is a boolean as a script's argument: "1" or "0".
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }

@@ -564,6 +564,7 @@ func sessionFromHash(m map[string]string) app.Session {
 		Provider:          app.Provider(m["provider"]),
 		ProjectPath:       m["projectPath"],
 		ProviderSessionID: m["providerSessionId"],
+		Unrecorded:        m["unrecorded"] == "1",
 		State:             app.State(m["state"]),
 		RunID:             m["runId"],
 		StartedAt:         atoi64(m["startedAt"]),

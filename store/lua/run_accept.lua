@@ -27,6 +27,8 @@
 -- ARGV[14] deadline, Unix ms in Redis's clock (0: none): past it nothing
 --          is written, since the caller stopped waiting and told its user
 --          the command failed.
+-- ARGV[15] "1" when a new session takes the id of a conversation agentgate
+--          has not recorded (app.Session.Unrecorded), else "0" or absent.
 --
 -- Returns {"ok", runId, seq before this run} | {"busy", startedAt, projectPath}
 --       | {"missing"} | {"exists"} | {"late"}.
@@ -59,6 +61,9 @@ else
   local created = int(now_ms())
   redis.call('HSET', hash, 'id', ARGV[1], 'owner', ARGV[2], 'provider', ARGV[3],
     'projectPath', ARGV[4], 'providerSessionId', ARGV[5], 'createdAt', created, 'lastSeq', 0)
+  if ARGV[15] == '1' then
+    redis.call('HSET', hash, 'unrecorded', 1)
+  end
 end
 raise(hash, ARGV[12])
 
