@@ -222,6 +222,9 @@ func storeErrorText(err error, otherwise string) string {
 	return otherwise
 }
 
+// busyText is what a command for a session that is running is told.
+const busyText = "This session is already processing a command; wait for it to complete or abort it."
+
 // command starts a run (PROTOCOL §3.3).
 func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	provider, _ := app.ProviderForCommand(msg.Type)
@@ -336,10 +339,16 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 			Type: "session-busy", Provider: provider, SessionID: plan.session.ID, RequestID: msg.RequestID,
 			RequestType: msg.Type, ProjectPath: busy.ProjectPath, IsProcessing: true,
 			Reason:     "session-already-active",
-			Message:    "This session is already processing a command; wait for it to complete or abort it.",
+			Message:    busyText,
 			ReportedAt: now, StartedAt: busy.StartedAt,
 		})
 		s.followLive(ctx, w, plan.session.ID)
+		// Claude Code UI's frontend drops session-busy: on a paced socket
+		// the prompt it marked sent would vanish without a word. After
+		// followLive, so that a run that ends meanwhile either reaches the
+		// socket with its complete or is found ended here (a complete then
+		// follows the row).
+		s.endRefusedCommand(c, provider, plan.session.ID, busyText)
 		return
 	case err != nil:
 		s.hub.abandon(c, w, existed)

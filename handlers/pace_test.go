@@ -344,3 +344,34 @@ func TestUnpacedReferenceClientGetsRefusalsEnded(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// TestPacedBusyCommandGetsARow: Claude Code UI's frontend drops
+// session-busy (a kind-less frame), so a prompt sent from a second tab to a
+// session that is running vanished without a word. A paced socket gets,
+// after session-busy, an error row with the reason in that session, and no
+// complete of its own: the run's complete, which it now follows, ends it.
+func TestPacedBusyCommandGetsARow(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g, w, _, id, ref := startRun(t, st, func(c *Config) { c.PaceInterval = 2 * time.Millisecond })
+	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
+	next, send := frameReader(t, frames), frameSender(t, ws)
+	send(command("second", map[string]any{"sessionId": id}))
+	busy := next()
+	require.Equal(t, "session-busy", busy["type"], "%v", busy)
+	row := next()
+	require.Equal(t, "error", row["kind"], "%v", row)
+	require.Equal(t, id, row["sessionId"])
+	require.Equal(t, "claude", row["provider"])
+	require.Contains(t, row["content"], "already processing")
+	require.NotContains(t, row, "seq", "a reply, not a session event")
+	select {
+	case f := <-frames:
+		t.Fatalf("unexpected frame %v", f.m)
+	case <-time.After(200 * time.Millisecond):
+	}
+	w.emit(ref, app.Text("assistant", "done"))
+	w.finish(ref, 0)
+	got := readUntilComplete(t, frames)
+	require.Equal(t, "done", got[0].m["content"], "%v", got[0].m)
+	require.Equal(t, id, got[len(got)-1].m["sessionId"])
+}
