@@ -65,7 +65,13 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 		if msg.LastSeq != nil {
 			c.deliverImmediately()
 		}
-		s.checkStatus(ctx, c, msg.SessionID, app.Provider(msg.Provider), msg.LastSeq)
+		// Claude Code UI's frontend checks each session its user opens and
+		// never unsubscribes: its socket follows only what it needs.
+		viewing := c.isLatestOnly()
+		if viewing {
+			s.dropFinishedWatches(ctx, c, msg.SessionID)
+		}
+		s.checkStatus(ctx, c, msg.SessionID, app.Provider(msg.Provider), msg.LastSeq, viewing)
 	case "subscribe":
 		if len(msg.Sessions) > maxSubscribe {
 			c.reply(app.NewErrorReply(fmt.Sprintf("Too many sessions: at most %d per subscribe", maxSubscribe)))
@@ -79,7 +85,7 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 			if e.LastSeq != nil {
 				c.deliverImmediately()
 			}
-			s.checkStatus(ctx, c, e.SessionID, "", e.LastSeq)
+			s.checkStatus(ctx, c, e.SessionID, "", e.LastSeq, false)
 		}
 	case "unsubscribe":
 		s.hub.detach(c, msg.SessionID)
@@ -581,7 +587,14 @@ func abortProvider(msg *app.ClientMessage) app.Provider {
 
 // checkStatus answers check-session-status and subscribe entries (PROTOCOL
 // §3.5): session-status first, then the replay after lastSeq, then live.
-func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, provider app.Provider, lastSeq *int64) {
+// With runningOnly (a status check from Claude Code UI's frontend) a
+// session that is not running is not followed, unless the socket follows
+// it already: that frontend acts on every session event it gets, whatever
+// session it shows (a complete clears its pending new chat and permission
+// prompts and plays its done sound; a permission_request shows in the
+// current view), and the reference rebinds only a running session's
+// output to the socket that checks it.
+func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, provider app.Provider, lastSeq *int64, runningOnly bool) {
 	if !app.ValidSessionID(sessionID) {
 		c.reply(app.UnknownStatus(app.Clip(sessionID, app.MaxSessionIDLen), provider))
 		return
@@ -605,6 +618,14 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	}
 	if err != nil {
 		unavailable(err)
+		return
+	}
+	if runningOnly && !sess.Running() && lastSeq == nil && !c.watching(sessionID) {
+		// A run started after this read goes to the socket that started
+		// it, as in the reference; this one follows it once it checks the
+		// session again.
+		status := app.StatusOf(sess)
+		c.reply(&status)
 		return
 	}
 	w, existed, err := s.hub.attach(c, sessionID)
@@ -651,6 +672,45 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	// Without a lastSeq, a watch the socket had keeps its place: events
 	// published and not yet sent to it are not skipped.
 	s.hub.release(w, next, lastSeq == nil && existed)
+}
+
+// dropFinishedWatches stops c following the sessions other than keep whose
+// runs it has seen to their end: those not running, whose stored events up
+// to the last (the run's complete) were all sent to c. A session that runs,
+// or whose complete c still has to get, stays followed, so that a socket
+// gets the complete of every run it started or checked while it ran. It is
+// for sockets of Claude Code UI's frontend, which check the sessions their
+// user opens and never unsubscribe: without it every session a tab ever
+// opened would go on sending it events. A session that cannot be read
+// stays followed.
+func (s *Server) dropFinishedWatches(ctx context.Context, c *conn, keep string) {
+	c.mu.Lock()
+	watches := make(map[string]*watch, len(c.watches))
+	for id, w := range c.watches {
+		if id != keep {
+			watches[id] = w
+		}
+	}
+	c.mu.Unlock()
+	if len(watches) == 0 {
+		return
+	}
+	ids := make([]string, 0, len(watches))
+	for id := range watches {
+		ids = append(ids, id)
+	}
+	sessions, err := s.st.SessionsByID(ctx, ids)
+	if err != nil {
+		s.log.Warn("read followed sessions", "err", err)
+		return
+	}
+	for id, w := range watches {
+		sess, ok := sessions[id]
+		if ok && (sess.Running() || !w.sentUpTo(sess.LastSeq)) {
+			continue
+		}
+		s.hub.detachWatch(c, id, w)
+	}
 }
 
 // awaitStore runs read and, while it fails because Redis is down or loading,

@@ -113,6 +113,27 @@ func (h *hub) detach(c *conn, sessionID string) {
 	}
 }
 
+// detachWatch stops c watching a session if w is still its watch of it
+// (not one placed again since it was read).
+func (h *hub) detachWatch(c *conn, sessionID string, w *watch) {
+	c.mu.Lock()
+	if c.watches[sessionID] != w {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.watches, sessionID)
+	c.mu.Unlock()
+	h.leave(w)
+}
+
+// sentUpTo reports whether the watch has handed its socket every event up
+// to seq (a catch-up that goes on reads only later ones).
+func (w *watch) sentUpTo(seq int64) bool {
+	w.f.mu.Lock()
+	defer w.f.mu.Unlock()
+	return w.next > seq
+}
+
 // detachAll is called when a socket closes.
 func (h *hub) detachAll(c *conn) {
 	c.mu.Lock()

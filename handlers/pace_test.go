@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
@@ -374,4 +375,122 @@ func TestPacedBusyCommandGetsARow(t *testing.T) {
 	got := readUntilComplete(t, frames)
 	require.Equal(t, "done", got[0].m["content"], "%v", got[0].m)
 	require.Equal(t, id, got[len(got)-1].m["sessionId"])
+}
+
+// TestPacedStatusChecksFollowOnlyRuns: Claude Code UI's frontend checks
+// every session its user opens and never unsubscribes, and acts on every
+// session event it gets whatever it shows (a complete clears its pending
+// new chat and permission prompts). A status check from it follows a
+// session only while it runs: an idle session is not followed, and a
+// check of another session stops it following the sessions whose runs it
+// has seen end. It still gets the complete of a run it started or checked
+// while it ran, and a reconnect's check of a running session follows it.
+// A socket that handles every frame (immediate) is followed as before.
+func TestPacedStatusChecksFollowOnlyRuns(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.PaceInterval = 2 * time.Millisecond })
+	w := newFakeWorker(t, st)
+	driver := g.dial("alice") // another tab, immediate
+	// run starts a run from the driver (on id, or a new session) and
+	// returns its session and ref.
+	run := func(id string) (string, store.RunRef) {
+		t.Helper()
+		extra := map[string]any{}
+		if id != "" {
+			extra["sessionId"] = id
+		}
+		driver.send(command("go", extra))
+		acc := driver.until(isType("session-accepted"))
+		_, ref := w.take()
+		return acc[len(acc)-1]["sessionId"].(string), ref
+	}
+	finish := func(ref store.RunRef) {
+		t.Helper()
+		w.finish(ref, 0)
+		driver.until(func(m map[string]any) bool { return m["kind"] == "complete" && m["runId"] == ref.RunID })
+	}
+	ws, frames := dialTimed(t, g, "token="+token(t, "alice", false))
+	next, send := frameReader(t, frames), frameSender(t, ws)
+	quiet := func() {
+		t.Helper()
+		select {
+		case f := <-frames:
+			t.Fatalf("unexpected frame %v", f.m)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	check := func(id string, processing bool) {
+		t.Helper()
+		send(map[string]any{"type": "check-session-status", "sessionId": id})
+		m := next()
+		require.Equal(t, "session-status", m["type"], "%v", m)
+		require.Equal(t, id, m["sessionId"])
+		require.Equal(t, processing, m["isProcessing"], "%v", m)
+	}
+
+	// An idle session checked is not followed: another tab's run in it
+	// sends this socket nothing.
+	a, ref := run("")
+	finish(ref)
+	check(a, false)
+	_, ref = run(a)
+	w.emit(ref, app.Text("assistant", "elsewhere"))
+	finish(ref)
+	quiet()
+
+	// A running session checked is followed to its complete, also after
+	// a check of another session.
+	b, ref := run("")
+	check(b, true)
+	w.emit(ref, app.Text("assistant", "b-live"))
+	require.Equal(t, "b-live", next()["content"])
+	check(a, false)
+	w.finish(ref, 0)
+	got := readUntilComplete(t, frames)
+	require.Equal(t, b, got[len(got)-1].m["sessionId"])
+	// Seen to its end: the next check of another session lets it go.
+	check(a, false)
+	_, ref = run(b)
+	w.emit(ref, app.Text("assistant", "b-again"))
+	finish(ref)
+	quiet()
+
+	// A run this socket started: its complete comes after checks of
+	// other sessions.
+	send(command("mine", nil))
+	require.Equal(t, "session-accepted", next()["type"])
+	_, ref = w.take()
+	for m := next(); m["kind"] != "session_created"; m = next() {
+	}
+	check(a, false)
+	w.emit(ref, app.Text("assistant", "mine"))
+	w.finish(ref, 0)
+	got = readUntilComplete(t, frames)
+	require.Equal(t, "mine", got[0].m["content"], "%v", got[0].m)
+	require.Equal(t, ref.SessionID, got[len(got)-1].m["sessionId"])
+	check(a, false)
+	quiet()
+
+	// A reconnect's check of a running session follows it.
+	c, ref := run("")
+	ws2, frames2 := dialTimed(t, g, "token="+token(t, "alice", false))
+	next2 := frameReader(t, frames2)
+	frameSender(t, ws2)(map[string]any{"type": "check-session-status", "sessionId": c})
+	require.Equal(t, true, next2()["isProcessing"])
+	w.emit(ref, app.Text("assistant", "resumed"))
+	require.Equal(t, "resumed", next2()["content"])
+	w.finish(ref, 0)
+	got = readUntilComplete(t, frames2)
+	require.Equal(t, c, got[len(got)-1].m["sessionId"])
+
+	// An immediate socket follows what it checks, idle or not, as before.
+	imm := g.dial("alice")
+	imm.send(map[string]any{"type": "check-session-status", "sessionId": a})
+	require.Equal(t, false, imm.next()["isProcessing"])
+	imm.send(map[string]any{"type": "check-session-status", "sessionId": b})
+	require.Equal(t, false, imm.next()["isProcessing"])
+	_, ref = run(a)
+	finish(ref)
+	evs := sessionEvents(imm.until(func(m map[string]any) bool { return m["kind"] == "complete" }))
+	require.Equal(t, a, evs[0]["sessionId"])
 }

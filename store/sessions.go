@@ -521,6 +521,12 @@ func (s *Store) RebuildIndexes(ctx context.Context) error {
 	return s.rebuildShellIndexes(ctx)
 }
 
+// SessionsByID reads several sessions in one round trip, by id; those
+// that do not exist are absent from the map.
+func (s *Store) SessionsByID(ctx context.Context, ids []string) (map[string]app.Session, error) {
+	return s.sessionsByID(ctx, ids)
+}
+
 // sessionsByID reads several session hashes, by id; gone ones are absent.
 func (s *Store) sessionsByID(ctx context.Context, ids []string) (map[string]app.Session, error) {
 	list, err := s.sessions(ctx, ids)
