@@ -57,22 +57,22 @@ type Session struct {
 	Provider          Provider
 	ProjectPath       string
 	ProviderSessionID string
+	State             State
+	RunID             string
+	StartedAt         int64 // ms since the epoch, Redis time
+	StatusText        string
+	CanInterrupt      bool
+	Worker            string
+	LastSeq           int64
+	ExitCode          *int
+	CreatedAt         int64
+	UpdatedAt         int64
 	// Unrecorded marks a session made for a conversation id agentgate had
 	// not recorded (one started outside it), whose id it took: until a
 	// CLI of the session prints its id (ProviderSessionID), its runs
 	// resume that id as unrecorded (Job.ResumeUnrecorded), so that a
 	// worker whose users share an account never resumes it.
-	Unrecorded   bool
-	State        State
-	RunID        string
-	StartedAt    int64 // ms since the epoch, Redis time
-	StatusText   string
-	CanInterrupt bool
-	Worker       string
-	LastSeq      int64
-	ExitCode     *int
-	CreatedAt    int64
-	UpdatedAt    int64
+	Unrecorded bool
 }
 
 // Running reports whether the session has a run in progress.

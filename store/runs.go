@@ -138,7 +138,7 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 	res, err := s.sc.runAccept.Run(ctx, s.rdb, []string{s.k.session(sess.ID), s.k.events(sess.ID), s.k.job(sess.ID)},
 		sess.ID, sess.Owner, string(sess.Provider), sess.ProjectPath, sess.ProviderSessionID, mode,
 		job, createdBody, runningBody, s.limits, s.k.live(sess.ID), s.floors.get(sess.ID),
-		req.ID, s.deadlineMillis(ctx), flag(sess.Unrecorded),
+		req.ID, s.deadlineMillis(ctx), luaFlag(sess.Unrecorded),
 	).StringSlice()
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
@@ -467,8 +467,8 @@ func scriptError(err error) error {
 	return err
 }
 
-// flag is a boolean as a script's argument: "1" or "0".
-func flag(b bool) string {
+// luaFlag is a boolean as a script's argument: "1" or "0".
+func luaFlag(b bool) string {
 	if b {
 		return "1"
 	}
