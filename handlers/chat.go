@@ -398,7 +398,8 @@ type runPlan struct {
 // planRun decides, for a command's session id, whether it runs on one of the
 // caller's sessions, starts a new one, or resumes a conversation started
 // outside the gateway (PROTOCOL §3.3). Another user's session id behaves
-// exactly like an unknown id whose conversation does not exist.
+// like an unknown id whose conversation does not exist, on a session of a
+// new id (a Claude or Gemini one of the id itself is taken).
 func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provider, sid string) (runPlan, error) {
 	if sid == "" {
 		id := app.NewID()
