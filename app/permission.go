@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Reasons of a permission_cancelled event.
@@ -225,9 +227,11 @@ func startsWithWord(command, prefix string) bool {
 	if len(command) == len(prefix) || command[len(prefix)] == ' ' || command[len(prefix)] == '\t' {
 		return true
 	}
-	last := prefix[len(prefix)-1]
-	wordByte := last == '_' || last == '-' || last == '.' || '0' <= last && last <= '9' || 'a' <= last && last <= 'z' || 'A' <= last && last <= 'Z'
-	return !wordByte
+	// A rule's prefix may end in any letter (`./скрипт:*`), not only an
+	// ASCII one: `./скрипт` must not allow `./скриптx`.
+	last, _ := utf8.DecodeLastRuneInString(prefix)
+	wordChar := last == '_' || last == '-' || last == '.' || unicode.IsLetter(last) || unicode.IsDigit(last) || unicode.IsMark(last)
+	return !wordChar
 }
 
 func removeString(list []string, s string) []string {

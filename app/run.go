@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Job is the work a gateway hands to the workers for one accepted run: what
@@ -56,18 +58,24 @@ type Image struct {
 	Name string `json:"name,omitempty"`
 }
 
-// The values of options that reach a CLI's argument list start with a
-// letter or digit (a tool name also with '_'), so that none can be read as a
-// flag (`--yolo`, `--version`), whichever CLI and argument form gets it.
+// A model, the value of an option that reaches a CLI's argument list,
+// starts with a letter or digit, so that none can be read as a flag
+// (`--yolo`, `--version`), whichever CLI and argument form gets it.
 var (
-	// Compiled on first use: their counted repetitions make large
-	// programs, which would cost every process's start.
+	// Compiled on first use: its counted repetition makes a large
+	// program, which would cost every process's start.
 	modelPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/\[\]@-]{0,99}$`) })
-	toolPattern  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:*()/ ,'"=@-]{0,199}$`) })
 )
 
-// maxTools bounds the allowed and disallowed tools of a run together.
-const maxTools = 200
+// Bounds of toolsSettings: maxTools rules in allowedTools and
+// disallowedTools together, each at most maxToolRule bytes, and
+// maxToolBytes in all. Gemini gets its list as one argument, which Linux
+// caps at 128 KiB (MAX_ARG_STRLEN): maxToolBytes keeps it well under.
+const (
+	maxTools     = 200
+	maxToolRule  = 1024
+	maxToolBytes = 64 << 10
+)
 
 // Check refuses options that could reach a CLI's command line as a flag
 // or smuggle an argument, with an error a client is shown: the gateway
@@ -81,16 +89,68 @@ func (o RunOptions) Check() error {
 		return WireError(fmt.Sprintf("Invalid permissionMode: expected one of %s", strings.Join(PermissionModes, ", ")))
 	}
 	if len(o.Tools.AllowedTools)+len(o.Tools.DisallowedTools) > maxTools {
-		return WireError("Too many tools in toolsSettings")
+		return WireError(fmt.Sprintf("Too many tools in toolsSettings: at most %d", maxTools))
 	}
+	total := 0
 	for _, list := range [][]string{o.Tools.AllowedTools, o.Tools.DisallowedTools} {
 		for _, t := range list {
-			if !toolPattern().MatchString(t) {
-				return WireError(fmt.Sprintf("Invalid tool name %q", Clip(t, 60)))
+			if err := checkToolRule(t); err != nil {
+				return err
 			}
+			total += len(t)
 		}
 	}
+	if total > maxToolBytes {
+		return WireError(fmt.Sprintf("toolsSettings too large: at most %d bytes of tool rules", maxToolBytes))
+	}
 	return CheckImages(o.Images)
+}
+
+// checkToolRule checks one allowedTools or disallowedTools entry. Rules
+// are what Claude Code UI's frontend saves for "Allow & remember": a tool
+// name or `Tool(argument)`, whose argument is whatever the tool was given
+// (`Bash(~/bin/deploy.sh:*)`, `Read(~/.zshrc)`, `Bash($HOME/bin/x:*)`,
+// `Bash(./скрипт.sh:*)`). A rule reaches a CLI only as the value of
+// `--allowedTools=RULE` (or of Gemini's `--allowed-tools=`, joined with
+// ','), never through a shell, so any text is safe there but for what an
+// argument cannot hold or a parser could misread: NUL and other control
+// characters, invalid UTF-8, and a first character a CLI could take for a
+// flag's dash or drop as a blank. A ',' outside parentheses is refused
+// too: the CLIs split their tool lists there (Claude also on blanks
+// outside parentheses, which only splits a rule into the names it lists),
+// so `Read,Write` would be two rules to the CLI and none to the worker's
+// own matching.
+func checkToolRule(t string) error {
+	invalid := func(why string) error {
+		return WireError(fmt.Sprintf("Invalid tool name %q%s", Clip(t, 60), why))
+	}
+	if t == "" {
+		return invalid(": empty")
+	}
+	if len(t) > maxToolRule {
+		return invalid(fmt.Sprintf("…: longer than %d bytes", maxToolRule))
+	}
+	if !utf8.ValidString(t) {
+		return invalid(": not UTF-8")
+	}
+	first, _ := utf8.DecodeRuneInString(t)
+	if first == '-' || unicode.Is(unicode.Pd, first) || first == '\u2212' || unicode.IsSpace(first) {
+		return invalid("")
+	}
+	depth := 0
+	for _, r := range t {
+		switch {
+		case unicode.IsControl(r) || r == '\u2028' || r == '\u2029':
+			return invalid(": control characters are not allowed")
+		case r == '(':
+			depth++
+		case r == ')' && depth > 0:
+			depth--
+		case r == ',' && depth == 0:
+			return invalid(": a ',' outside parentheses would split it in two")
+		}
+	}
+	return nil
 }
 
 // Mode is the permission mode a run gets: skipPermissions means

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unicode/utf8"
 )
 
 // Bounds of /shell frames (PROTOCOL §4): what each constant says it does
@@ -226,10 +227,17 @@ func HasSignalKey[T string | []byte](data T) bool {
 }
 
 // Clip cuts s to at most n bytes, for echoing bad input in an error
-// without echoing all of it.
+// without echoing all of it. It cuts before a UTF-8 character that would
+// not fit whole (a cut one would be echoed as \xNN escapes), looking back
+// at most 3 bytes: a string that is not UTF-8 is cut at n.
 func Clip(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for i := n; i > 0 && i > n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(s[i]) {
+			return s[:i]
+		}
 	}
 	return s[:n]
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
@@ -316,25 +318,55 @@ func TestFlagLikeValuesRefused(t *testing.T) {
 	require.Equal(t, "claude-sonnet-4-5", job.Options.Model)
 }
 
+// TestRememberedToolRulesAccepted: the rules Claude Code UI's frontend
+// saves with "Allow & remember" and sends with every later claude-command
+// (a home path, a variable, a bracket, a backslash, a non-ASCII name)
+// start the run and reach the job as sent; before, each such command was
+// refused with "Invalid tool name".
+func TestRememberedToolRulesAccepted(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	allowed := []string{"Read", "Bash(~/bin/deploy.sh:*)", "Read(~/.zshrc)", "Bash($HOME/bin/x:*)", "Bash(./скрипт.sh:*)", "Bash([ -f x ]:*)"}
+	disallowed := []string{`Bash(C:\tools\rm.exe:*)`, "Bash(echo a,b:*)"}
+	c.send(command("hi", map[string]any{"options": map[string]any{"toolsSettings": map[string]any{"allowedTools": allowed, "disallowedTools": disallowed}}}))
+	m := c.next()
+	require.Equal(t, "session-accepted", m["type"], m)
+	job, _ := w.take()
+	require.Equal(t, allowed, job.Options.Tools.AllowedTools)
+	require.Equal(t, disallowed, job.Options.Tools.DisallowedTools)
+}
+
 // FuzzValidateOptions: options that pass hold no value a CLI could read as
-// a flag: the session id, the model and every tool start with a letter, a
-// digit (or '_' for a tool), never with '-', a blank or a non-ASCII dash.
+// a flag: the session id and the model start with a letter or a digit; a
+// tool rule (any text: Claude Code UI remembers `Bash(~/bin/x:*)`) never
+// starts with '-', a blank or a non-ASCII dash, and holds no control
+// character.
 func FuzzValidateOptions(f *testing.F) {
 	f.Add("6f1c0b4e-1b2a-4c3d-9e8f-001122334455", "claude-sonnet-4-5", "Bash(git log:*)")
 	f.Add("--continue", "--yolo", "-c")
 	f.Add("a", "\u2014version", " -x")
+	f.Add("a", "m", "Bash(~/bin/deploy.sh:*)")
+	f.Add("a", "m", "\u2212c")
+	f.Add("a", "m", "Read\n--yolo")
 	f.Fuzz(func(t *testing.T, sid, model, tool string) {
 		o := app.CommandOptions{SessionID: sid, Model: model, ToolsSettings: app.ToolsSettings{AllowedTools: []string{tool}}}
 		if validateOptions(&o) != nil {
 			return
 		}
-		for _, v := range []string{sid, model, tool} {
+		for _, v := range []string{sid, model} {
 			if v == "" {
 				continue
 			}
 			if c := v[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
 				t.Fatalf("%q accepted: it starts with %q", v, c)
 			}
+		}
+		first, _ := utf8.DecodeRuneInString(tool)
+		if !utf8.ValidString(tool) || first == '-' || unicode.IsSpace(first) || unicode.Is(unicode.Pd, first) || first == '\u2212' ||
+			strings.IndexFunc(tool, unicode.IsControl) >= 0 {
+			t.Fatalf("tool %q accepted", tool)
 		}
 		if sid != "" && !app.ValidSessionID(sid) {
 			t.Fatalf("session id %q accepted", sid)

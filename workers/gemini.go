@@ -45,6 +45,9 @@ func (GeminiProvider) Command(job app.Job, _ []string) ([]string, []byte) {
 		args = append(args, "--session-id="+job.SessionID)
 	}
 	args = append(args, geminiPermissionArgs(job.Options)...)
+	// One argument, the rules joined with ',': the gateway refuses a rule
+	// with a ',' outside its parentheses, which would split there, and
+	// bounds the rules' bytes well under an argument's 128 KiB.
 	if tools := job.Options.Tools.AllowedTools; len(tools) > 0 {
 		args = append(args, "--allowed-tools="+strings.Join(tools, ","))
 	}

@@ -31,6 +31,10 @@ func TestGeminiCommand(t *testing.T) {
 		{name: "bypass", job: app.Job{Options: app.RunOptions{PermissionMode: "bypassPermissions"}}, want: append(base, "--yolo")},
 		{name: "skip permissions and allowed tools", job: app.Job{Options: app.RunOptions{Tools: app.ToolsSettings{SkipPermissions: true, AllowedTools: []string{"read_file", "glob"}}}},
 			want: append(base, "--yolo", "--allowed-tools=read_file,glob")},
+		// A ',' may stand inside a rule's parentheses only (app.RunOptions.Check
+		// refuses one outside): the join adds the only ones between rules.
+		{name: "rules with commas in their parentheses", job: app.Job{Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash(echo a,b:*)", "Read(~/.zshrc)"}}}},
+			want: append(base, "--allowed-tools=Bash(echo a,b:*),Read(~/.zshrc)")},
 		// Values no gateway accepts, as a job from the queue could still
 		// hold them: each stays the value of its flag.
 		{name: "flag-like values", job: app.Job{ProviderSessionID: "--yolo", Options: app.RunOptions{Model: "--version", Tools: app.ToolsSettings{AllowedTools: []string{"--yolo"}}}},
