@@ -94,6 +94,7 @@ func ParseClientMessage(data []byte) (*ClientMessage, error) {
 				reqErr.RequestID = head.RequestID
 			}
 			_ = json.Unmarshal(head.SessionID, &reqErr.SessionID)
+			reqErr.SessionID = Clip(reqErr.SessionID, MaxSessionIDLen)
 			return nil, reqErr
 		}
 		return nil, WireError(ErrTextInvalidPayload)

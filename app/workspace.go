@@ -32,6 +32,9 @@ type Links struct {
 	EvalSymlinks func(path string) (string, error) // of the roots only
 }
 
+// MaxEchoedPath bounds the bytes of a project path an error quotes.
+const MaxEchoedPath = 100
+
 // maxLinkHops bounds the symlinks one Resolve follows (a loop ends there).
 const maxLinkHops = 40
 
@@ -58,10 +61,12 @@ const maxWalkSteps = 256
 // the gateway, not the user, may read.) A target such as link/../x is thus
 // read as x, where the kernel would first follow link.
 func (w Workspaces) Resolve(p string, fsys Links) (string, error) {
+	// The errors quote a clip of p: a client is shown them, and its path
+	// (%q escapes a U+0085 to 6 bytes) must not make them grow with it.
 	if p == "" || !filepath.IsAbs(p) || strings.ContainsRune(p, 0) {
-		return "", fmt.Errorf("%w: %q is not an absolute path", ErrInvalidPath, p)
+		return "", fmt.Errorf("%w: %q is not an absolute path", ErrInvalidPath, Clip(p, MaxEchoedPath))
 	}
-	unknown := fmt.Errorf("%w: %q does not exist or is outside the workspaces", ErrInvalidPath, p)
+	unknown := fmt.Errorf("%w: %q does not exist or is outside the workspaces", ErrInvalidPath, Clip(p, MaxEchoedPath))
 	p = filepath.Clean(p)
 	var roots []string // real paths
 	start := ""

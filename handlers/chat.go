@@ -71,7 +71,7 @@ func (s *Server) onChatMessage(ms *melody.Session, data []byte) {
 		if viewing {
 			s.dropFinishedWatches(ctx, c, msg.SessionID)
 		}
-		s.checkStatus(ctx, c, msg.SessionID, app.Provider(msg.Provider), msg.LastSeq, viewing)
+		s.checkStatus(ctx, c, msg.SessionID, statusProvider(msg.Provider), msg.LastSeq, viewing)
 	case "subscribe":
 		if len(msg.Sessions) > maxSubscribe {
 			c.reply(app.NewErrorReply(fmt.Sprintf("Too many sessions: at most %d per subscribe", maxSubscribe)))
@@ -523,8 +523,12 @@ func userProjectDir(ws app.Workspaces, user, p string) (string, error) {
 // validateOptions checks the options that reach a command line: a value a
 // CLI would take for a flag, or one that could smuggle an argument, is
 // refused with a clear error (app.RunOptions.Check, which the worker runs
-// again on the job it takes).
+// again on the job it takes). A project path is bounded as /shell bounds
+// it, before anything reads it.
 func validateOptions(o *app.CommandOptions) error {
+	if len(o.ProjectPath) > app.MaxShellPath || len(o.Cwd) > app.MaxShellPath {
+		return app.WireError(fmt.Sprintf("Invalid project path: longer than %d bytes", app.MaxShellPath))
+	}
 	if o.SessionID != "" && !app.ValidSessionID(o.SessionID) {
 		// Checked even when the message's own sessionId wins over it.
 		return app.WireError("Invalid session ID")
@@ -535,7 +539,7 @@ func validateOptions(o *app.CommandOptions) error {
 // abort handles abort-session (PROTOCOL §3.4).
 func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	noRun := func() {
-		c.reply(app.ErrorReply{Type: "error", Error: app.ErrTextNoActiveRun, SessionID: msg.SessionID})
+		c.reply(app.ErrorReply{Type: "error", Error: app.ErrTextNoActiveRun, SessionID: app.Clip(msg.SessionID, app.MaxSessionIDLen)})
 		c.endAbortWithoutRun(abortProvider(msg), msg.SessionID)
 	}
 	if !app.ValidSessionID(msg.SessionID) {
@@ -584,6 +588,19 @@ func abortProvider(msg *app.ClientMessage) app.Provider {
 		return app.Claude
 	}
 	return app.Provider(app.Clip(msg.Provider, 32))
+}
+
+// statusProvider is the provider a check-session-status names, as the
+// reference reads it: a known one (a chat provider, or OpenCode, whose
+// sessions Claude Code UI's frontend also asks about), else none, which
+// the reply gives as Claude.
+func statusProvider(p string) app.Provider {
+	for _, known := range append(app.Providers[:len(app.Providers):len(app.Providers)], app.OpenCode) {
+		if app.Provider(p) == known {
+			return known
+		}
+	}
+	return ""
 }
 
 // checkStatus answers check-session-status and subscribe entries (PROTOCOL
@@ -739,7 +756,7 @@ func awaitStore(ctx context.Context, st *store.Store, read func() error) error {
 
 // pendingPermissions answers get-pending-permissions from Redis.
 func (s *Server) pendingPermissions(ctx context.Context, c *conn, sessionID string) {
-	out := app.PendingPermissions{Type: "pending-permissions-response", SessionID: sessionID, Data: []json.RawMessage{}}
+	out := app.PendingPermissions{Type: "pending-permissions-response", SessionID: app.Clip(sessionID, app.MaxSessionIDLen), Data: []json.RawMessage{}}
 	if app.ValidSessionID(sessionID) {
 		if sess, err := s.st.Session(ctx, sessionID); err == nil && c.user.CanSee(sess.Owner) {
 			if perms, err := s.st.PendingPermissions(ctx, sessionID); err == nil {

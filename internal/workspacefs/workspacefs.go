@@ -27,7 +27,7 @@ func Dir(ws app.Workspaces, p string) (string, error) {
 	// since would be followed by Stat, whose answer then told whether its
 	// target (outside the user's roots) exists.
 	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, p)
+		return "", fmt.Errorf("%w: %q is not a directory", app.ErrInvalidPath, app.Clip(p, app.MaxEchoedPath))
 	}
 	return dir, nil
 }
