@@ -427,6 +427,34 @@ func TestRESTEventsGapNotRecovered(t *testing.T) {
 	require.Equal(t, true, body["recovered"], "a page before the gap is whole")
 }
 
+// TestRESTEventsAfterLastSeqNotRecovered: a position past the session's
+// lastSeq (one from another store, as after an embedded store restarted)
+// is not "up to date": the REST page says recovered:false, as the
+// socket's check-session-status does for the same lastSeq; the caller's
+// own lastSeq is up to date.
+func TestRESTEventsAfterLastSeqNotRecovered(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g, w, c, id, ref := startRun(t, st)
+	for range 3 {
+		w.emit(ref, app.Text("assistant", "x"))
+	}
+	sess, err := st.Session(context.Background(), id)
+	require.NoError(t, err)
+	alice := token(t, "alice", false)
+	for _, tc := range []struct {
+		after     int64
+		recovered bool
+	}{{sess.LastSeq, true}, {sess.LastSeq + 1, false}, {1000, false}} {
+		code, body := httpGet(t, fmt.Sprintf("%s/api/sessions/%s/events?after=%d", g.ts.URL, id, tc.after), alice)
+		require.Equal(t, http.StatusOK, code)
+		require.Equal(t, tc.recovered, body["recovered"], "after %d of %d: %v", tc.after, sess.LastSeq, body)
+
+		c.send(map[string]any{"type": "check-session-status", "sessionId": id, "lastSeq": tc.after})
+		ms := c.until(func(m map[string]any) bool { return m["type"] == "session-status" })
+		require.Equal(t, tc.recovered, ms[len(ms)-1]["recovered"], "the socket says the same for lastSeq %d", tc.after)
+	}
+}
+
 // TestShellFrameWaitBounded: a /shell frame waits for the rate at most
 // typedWaitMax; one whose wait would be longer (a user's many sockets all
 // over a low rate) is refused as before, with the rate's error, rather

@@ -166,8 +166,10 @@ func (s *Server) sessionEvents(c echo.Context) error {
 	}
 	// Seqs only grow: a page that starts right after the caller's position
 	// and ends as many seqs later skips none (a hole left by trimming, or
-	// by a Redis that lost writes, is not recovered).
-	complete := int64(after) >= sess.LastSeq ||
+	// by a Redis that lost writes, is not recovered). A position past
+	// lastSeq is one this session never reached (another store's): not up
+	// to date, as check-session-status answers it.
+	complete := int64(after) == sess.LastSeq ||
 		(len(evs) > 0 && evs[0].Seq == int64(after)+1 && evs[len(evs)-1].Seq == int64(after+len(evs)))
 	return c.JSON(http.StatusOK, map[string]any{
 		"sessionId": sess.ID, "lastSeq": sess.LastSeq, "events": out, "recovered": complete,
