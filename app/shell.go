@@ -264,10 +264,16 @@ func (m ShellMessage) LoginReset() bool {
 }
 
 // ShellKey names the terminal of an init by owner, resolved project path,
-// what runs (plain shell and a hash of its command, or the provider) and
-// the provider session id, else shellId, else "default". Two users, two
-// tabs with different shellIds, or two providers never share a terminal.
-// The parts are hashed so the key is short, fixed and safe in a Redis key.
+// what runs and the provider session id, else shellId, else "default".
+// Two users, two tabs with different shellIds, or two providers never
+// share a terminal, and neither do two inits that run different commands:
+// what runs is a plain shell and a hash of its command (as Claude Code
+// UI's server keys a plain shell by its initialCommand), or the provider,
+// whether it resumes the session, and a hash of initialCommand, which a
+// provider terminal runs too (claude or opencode without a session to
+// resume, gemini always) where the reference, keying it by path and id
+// only, reattached an init running vim to the htop of another. The parts
+// are hashed so the key is short, fixed and safe in a Redis key.
 func ShellKey(owner, projectPath string, m ShellMessage) string {
 	id := m.SessionID
 	if id == "" {
@@ -276,17 +282,27 @@ func ShellKey(owner, projectPath string, m ShellMessage) string {
 	if id == "" {
 		id = "default"
 	}
-	what := "provider:" + m.Provider
+	parts := []string{owner, projectPath, "", id}
 	if m.Plain() {
-		sum := sha256.Sum256([]byte(m.InitialCommand))
-		what = "plain:" + hex.EncodeToString(sum[:])
+		parts[2] = "plain:" + sha256Hex(m.InitialCommand)
+	} else {
+		// The id part is the session id whenever Command uses one (to
+		// resume), so equal keys then mean the same id.
+		resume := m.HasSession && m.SessionID != ""
+		parts[2] = "provider:" + m.Provider
+		parts = append(parts, fmt.Sprintf("resume:%t", resume), "command:"+sha256Hex(m.InitialCommand))
 	}
 	h := sha256.New()
-	for _, part := range []string{owner, projectPath, what, id} {
+	for _, part := range parts {
 		// Length-prefixed, so no two part lists hash the same input.
 		fmt.Fprintf(h, "%d:%s;", len(part), part)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }
 
 // ShellSpec is what a worker needs to start a terminal.

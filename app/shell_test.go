@@ -133,6 +133,79 @@ func TestShellKey(t *testing.T) {
 	}
 }
 
+// TestShellKeyFollowsTheCommand: inits that run different commands never
+// share a terminal. Claude Code UI's server keys a terminal by path,
+// session id and, for a plain shell only, its initialCommand; but a
+// provider init runs its initialCommand too (claude with hasSession and no
+// sessionId, opencode, gemini), and whether it resumes is not in the id:
+// each pair here shared a key, and the second init reattached to the
+// first's program.
+func TestShellKeyFollowsTheCommand(t *testing.T) {
+	pairs := []struct {
+		name string
+		a, b ShellMessage
+	}{
+		{"claude with a session flag but no id, htop and vim",
+			ShellMessage{Provider: "claude", HasSession: true, InitialCommand: "htop"},
+			ShellMessage{Provider: "claude", HasSession: true, InitialCommand: "vim"}},
+		{"claude with no command and with one",
+			ShellMessage{Provider: "claude", HasSession: true},
+			ShellMessage{Provider: "claude", HasSession: true, InitialCommand: "htop"}},
+		{"opencode with two commands",
+			ShellMessage{Provider: "opencode", HasSession: true, InitialCommand: "opencode -m a"},
+			ShellMessage{Provider: "opencode", HasSession: true, InitialCommand: "opencode -m b"}},
+		{"gemini resumed with two commands",
+			ShellMessage{Provider: "gemini", HasSession: true, SessionID: "g1", InitialCommand: "gemini -m a"},
+			ShellMessage{Provider: "gemini", HasSession: true, SessionID: "g1", InitialCommand: "gemini -m b"}},
+		{"a session resumed and the same id not resumed",
+			ShellMessage{Provider: "claude", HasSession: true, SessionID: "s1"},
+			ShellMessage{Provider: "claude", SessionID: "s1"}},
+		{"a session resumed and a tab's shellId of the same text",
+			ShellMessage{Provider: "claude", HasSession: true, SessionID: "tab1"},
+			ShellMessage{Provider: "claude", ShellID: "tab1"}},
+	}
+	for _, tc := range pairs {
+		require.NotEqual(t, tc.a.Spec("alice", "/w").Command(nil), tc.b.Spec("alice", "/w").Command(nil), tc.name)
+		require.NotEqual(t, ShellKey("alice", "/w", tc.a), ShellKey("alice", "/w", tc.b), tc.name)
+	}
+}
+
+// FuzzShellKey: ShellKey(a) == ShellKey(b) implies that a and b run the
+// same command, whatever the provider binaries. The two inits are built
+// from a shared pool of values (bits choose which), so that equal keys are
+// common and the implication is tested, not only its premise's absence.
+func FuzzShellKey(f *testing.F) {
+	f.Add(uint16(0x0000), uint16(0x0001), "s1", "tab1", "htop")
+	f.Add(uint16(0x0132), uint16(0x0133), "htop", "vim", "")
+	f.Add(uint16(0x0f10), uint16(0x0f20), "default", "g1", "gemini -m pro")
+	f.Add(uint16(0xffff), uint16(0x7fff), "", "", "claude")
+	f.Fuzz(func(t *testing.T, bitsA, bitsB uint16, x, y, z string) {
+		pool := []string{"", x, y, z}
+		providers := []string{"claude", "cursor", "codex", "gemini", "opencode", "plain-shell", "", "claude"}
+		msg := func(bits uint16) ShellMessage {
+			return ShellMessage{
+				Type:           "init",
+				Provider:       providers[bits&7],
+				HasSession:     bits&8 != 0,
+				IsPlainShell:   bits&16 != 0,
+				SessionID:      pool[bits>>5&3],
+				ShellID:        pool[bits>>7&3],
+				InitialCommand: pool[bits>>9&3],
+			}
+		}
+		a, b := msg(bitsA), msg(bitsB)
+		if ShellKey("alice", "/w", a) != ShellKey("alice", "/w", b) {
+			return
+		}
+		for _, bins := range []map[Provider]string{nil, {Claude: "/opt/claude", Gemini: "/opt/gemini", OpenCode: "oc", Cursor: "ca", Codex: "cx"}} {
+			ca, cb := a.Spec("alice", "/w").Command(bins), b.Spec("alice", "/w").Command(bins)
+			if ca != cb {
+				t.Fatalf("one key, two commands: %q (%+v) and %q (%+v)", ca, a, cb, b)
+			}
+		}
+	})
+}
+
 func TestShellCommand(t *testing.T) {
 	bins := map[Provider]string{Claude: "/opt/my bin/claude"}
 	cases := []struct {
