@@ -153,6 +153,38 @@ func checkToolRule(t string) error {
 	return nil
 }
 
+// MaxArgLen is the longest argument Linux passes to a program
+// (MAX_ARG_STRLEN: 128 KiB with its terminating NUL); a longer one fails
+// the exec with E2BIG.
+const MaxArgLen = 128<<10 - 1
+
+// MaxCursorPrompt bounds a Cursor prompt at the gateway: the CLI takes the
+// prompt as one argument, followed there by the paths of the run's images
+// (at most 10), for which 4 KiB is kept.
+const MaxCursorPrompt = MaxArgLen - 4<<10
+
+// CheckPrompt refuses, before a run is accepted, a prompt that provider p
+// could not be started with: a Cursor prompt over MaxCursorPrompt, which
+// would be accepted and then fail at exec.
+func CheckPrompt(p Provider, prompt string) error {
+	if p == Cursor && len(prompt) > MaxCursorPrompt {
+		return WireError(fmt.Sprintf("Prompt too long for Cursor: at most %d bytes (%d sent); its CLI takes the prompt as one command-line argument", MaxCursorPrompt, len(prompt)))
+	}
+	return nil
+}
+
+// CheckArgs refuses a command line of provider p that the kernel would
+// not start: an argument over MaxArgLen (a prompt, with its images'
+// paths, passed as one).
+func CheckArgs(p Provider, args []string) error {
+	for _, a := range args {
+		if len(a) > MaxArgLen {
+			return WireError(fmt.Sprintf("Prompt too long for %s: a command-line argument of %d bytes, over the %d a program can be given", p, len(a), MaxArgLen))
+		}
+	}
+	return nil
+}
+
 // Mode is the permission mode a run gets: skipPermissions means
 // bypassPermissions, except in plan mode, as in the reference.
 func (o RunOptions) Mode() string {

@@ -251,6 +251,10 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		fail(err.Error())
 		return
 	}
+	if err := app.CheckPrompt(provider, msg.Command); err != nil {
+		fail(err.Error())
+		return
+	}
 	began := time.Now()
 	ok, err := s.workerAvailable(ctx)
 	if store.Unavailable(err) || time.Since(began) > store.SlowCall {

@@ -338,6 +338,42 @@ func TestRememberedToolRulesAccepted(t *testing.T) {
 	require.Equal(t, disallowed, job.Options.Tools.DisallowedTools)
 }
 
+// TestCursorPromptTooLong: a Cursor prompt over app.MaxCursorPrompt
+// (the Cursor CLI takes the prompt as one argument, which Linux caps at
+// 128 KiB) is refused before any run, with a clear error; one within it
+// is accepted, and so is a Claude prompt of any length within the frame
+// (it goes on the CLI's stdin). Before, it was accepted and failed at
+// exec.
+func TestCursorPromptTooLong(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.Providers = []app.Provider{app.Claude, app.Cursor} })
+	w := newFakeWorker(t, st)
+	c := g.dial("alice")
+	cursor := func(prompt string) map[string]any {
+		m := command(prompt, nil)
+		m["type"] = "cursor-command"
+		return m
+	}
+	c.send(cursor(strings.Repeat("p", 130<<10)))
+	m := c.next()
+	require.Equal(t, "error", m["type"], m)
+	require.Contains(t, m["error"], "Prompt too long for Cursor")
+	require.Less(t, len(m["error"].(string)), 200)
+	ids, err := st.RunningSessions(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, ids, "no run was started")
+
+	c.send(cursor(strings.Repeat("p", app.MaxCursorPrompt)))
+	require.Equal(t, "session-accepted", c.next()["type"])
+	job, _ := w.take()
+	require.Len(t, job.Command, app.MaxCursorPrompt)
+	c.send(command(strings.Repeat("p", 300<<10), nil))
+	c.until(func(m map[string]any) bool {
+		require.NotEqual(t, "error", m["type"], m)
+		return m["type"] == "session-accepted"
+	})
+}
+
 // FuzzValidateOptions: options that pass hold no value a CLI could read as
 // a flag: the session id and the model start with a letter or a digit; a
 // tool rule (any text: Claude Code UI remembers `Bash(~/bin/x:*)`) never

@@ -281,3 +281,15 @@ func TestCursorTrustRetryIsOnce(t *testing.T) {
 	require.Len(t, c, 1)
 	require.Equal(t, false, c[0]["success"])
 }
+
+// TestCursorPromptTooLongRefused: a Cursor prompt the kernel would not
+// pass as one argument (over 128 KiB; a job the gateway did not check, or
+// one its images' paths made longer) fails the run with a clear error
+// before anything is started, where it failed at exec with E2BIG.
+func TestCursorPromptTooLongRefused(t *testing.T) {
+	h := providerWorker(t, CursorProvider{}, "/bin/true", nil)
+	sess := h.submitAs(app.Cursor, app.Job{Command: strings.Repeat("p", app.MaxArgLen+1)})
+	evs := h.waitDone(sess.ID)
+	requireRefused(t, evs, "Prompt too long for cursor")
+	require.Less(t, len(strings.Join(errorRows(evs), "")), 1024, "the error does not echo the prompt")
+}

@@ -236,6 +236,13 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	if r.retry != nil {
 		args = r.retry
 	}
+	// The gateway refused a prompt too long for a CLI that takes it as an
+	// argument (app.CheckPrompt); a job from elsewhere, or one whose
+	// images' paths made it longer, fails here with a clear error rather
+	// than at exec with E2BIG.
+	if err := app.CheckArgs(job.Provider, args); err != nil {
+		return failed(err.Error())
+	}
 	cmd := exec.Command(r.w.bin(job.Provider), args...)
 	cmd.Dir = dir
 	cmd.Env = env
