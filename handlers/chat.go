@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -379,13 +380,26 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	s.hub.release(w, res.PrevSeq+1, true)
 }
 
-// followLive places a watch after the session's current last event.
+// followLive places a watch after the session's current last event,
+// waiting out an outage within ctx. When the session cannot be read, no
+// position is guessed: seq 1 sent the whole history to a socket that
+// asked for live events only. A watch the socket had keeps its place; a
+// new one is dropped and the socket told, retryable, that it does not
+// follow the session, so that it asks again (check-session-status).
 func (s *Server) followLive(ctx context.Context, w *watch, sessionID string) {
-	next := int64(1)
-	if sess, err := s.st.Session(ctx, sessionID); err == nil {
-		next = sess.LastSeq + 1
+	var sess app.Session
+	err := s.awaitStore(ctx, func() (err error) { sess, err = s.st.Session(ctx, sessionID); return err })
+	if err == nil {
+		s.hub.release(w, sess.LastSeq+1, true)
+		return
 	}
-	s.hub.release(w, next, true)
+	s.log.Warn("follow session", "session", sessionID, "err", err)
+	if s.hub.placed(w) {
+		s.hub.release(w, math.MaxInt64, true)
+		return
+	}
+	s.hub.detach(w.c, sessionID)
+	w.c.reply(&app.ErrorReply{Type: "error", Error: followError(err), SessionID: sessionID, Retryable: true})
 }
 
 // runPlan is which session a command runs on.
@@ -758,14 +772,29 @@ func awaitStore(ctx context.Context, st *store.Store, read func() error) error {
 	}
 }
 
-// pendingPermissions answers get-pending-permissions from Redis.
+// pendingPermissions answers get-pending-permissions from Redis. A session
+// the caller may not see has none; a read Redis did not answer is a
+// retryable error, not an empty list (the page would drop the prompts it
+// shows).
 func (s *Server) pendingPermissions(ctx context.Context, c *conn, sessionID string) {
 	out := app.PendingPermissions{Type: "pending-permissions-response", SessionID: app.Clip(sessionID, app.MaxSessionIDLen), Data: []json.RawMessage{}}
+	failed := func(err error) {
+		s.log.Warn("read pending permissions", "session", sessionID, "err", err)
+		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not read the pending permissions; try again"), SessionID: sessionID, Retryable: true})
+	}
 	if app.ValidSessionID(sessionID) {
-		if sess, err := s.st.Session(ctx, sessionID); err == nil && c.user.CanSee(sess.Owner) {
-			if perms, err := s.st.PendingPermissions(ctx, sessionID); err == nil {
-				out.Data = perms
+		sess, err := s.st.Session(ctx, sessionID)
+		if err != nil && !errors.Is(err, app.ErrNotFound) {
+			failed(err)
+			return
+		}
+		if err == nil && c.user.CanSee(sess.Owner) {
+			perms, err := s.st.PendingPermissions(ctx, sessionID)
+			if err != nil {
+				failed(err)
+				return
 			}
+			out.Data = perms
 		}
 	}
 	c.reply(out)
@@ -827,7 +856,10 @@ func (s *Server) activeSessions(ctx context.Context, c *conn) {
 	}
 	sessions, err := s.st.ListSessions(ctx, store.SessionFilter{Owner: c.user.Name, RunningOnly: true, Limit: 1000})
 	if err != nil {
+		// Empty lists would tell the page that nothing runs.
 		s.log.Warn("list active sessions", "err", err)
+		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not list the active sessions; try again"), Retryable: true})
+		return
 	}
 	for _, sess := range sessions {
 		out.Sessions[sess.Provider] = append(out.Sessions[sess.Provider], sess.ID)

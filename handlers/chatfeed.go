@@ -92,6 +92,14 @@ func (h *hub) release(w *watch, next int64, keep bool) {
 	h.startLocked(w)
 }
 
+// placed reports whether w was given a position before (a watch the
+// socket had before its latest attach).
+func (h *hub) placed(w *watch) bool {
+	w.f.mu.Lock()
+	defer w.f.mu.Unlock()
+	return w.next != 0
+}
+
 // abandon undoes an attach whose request failed: a watch that existed
 // before goes on from where it was, a new one is removed.
 func (h *hub) abandon(c *conn, w *watch, existed bool) {
