@@ -102,3 +102,44 @@ func FuzzBashPrefixRule(f *testing.F) {
 		}
 	})
 }
+
+// FuzzAnswerOf: any claude-permission-response frame either is refused
+// with a short error that echoes none of it, or gives an answer whose
+// request id is valid, whose updatedInput is absent or a JSON object,
+// whose rememberEntry is bounded, and that marshals (it travels to the
+// worker as JSON) back to the same answer.
+func FuzzAnswerOf(f *testing.F) {
+	f.Add(`{"type":"claude-permission-response","requestId":"req-1","allow":true}`)
+	f.Add(`{"type":"claude-permission-response","requestId":"r","allow":false,"message":"no"}`)
+	f.Add(`{"type":"claude-permission-response","requestId":"r","allow":true,"updatedInput":{"command":"ls"},"rememberEntry":"Bash(ls:*)"}`)
+	f.Add(`{"type":"claude-permission-response","requestId":"r","updatedInput":[1],"rememberEntry":5}`)
+	f.Add(`{"type":"claude-permission-response","requestId":12,"allow":null,"updatedInput":null,"rememberEntry":null}`)
+	f.Add(`{"type":"claude-permission-response","requestId":"../../x","allow":"yes"}`)
+	f.Add(`{"type":"claude-permission-response","requestId":"r","updatedInput":"{\"a\":1}"}`)
+	f.Fuzz(func(t *testing.T, frame string) {
+		msg, err := ParseClientMessage([]byte(frame))
+		if err != nil {
+			return
+		}
+		ans, err := AnswerOf(msg)
+		if err != nil {
+			require.Less(t, len(err.Error()), 200, "a short error")
+			return
+		}
+		require.True(t, ValidPermissionID(ans.RequestID), "request id %q", ans.RequestID)
+		if len(ans.UpdatedInput) > 0 {
+			require.Equal(t, byte('{'), ans.UpdatedInput[0])
+			var obj map[string]any
+			require.NoError(t, json.Unmarshal(ans.UpdatedInput, &obj), "updatedInput is an object")
+		}
+		require.LessOrEqual(t, len(ans.RememberEntry), maxRememberEntry)
+		data, err := json.Marshal(ans)
+		require.NoError(t, err)
+		var back PermissionAnswer
+		require.NoError(t, json.Unmarshal(data, &back))
+		require.Equal(t, ans.RequestID, back.RequestID)
+		require.Equal(t, ans.Allow, back.Allow)
+		require.Equal(t, ans.RememberEntry, back.RememberEntry)
+		require.Equal(t, strings.ToValidUTF8(ans.Message, "\uFFFD"), back.Message)
+	})
+}

@@ -33,7 +33,7 @@ type Links struct {
 }
 
 // MaxEchoedPath bounds the bytes of a project path an error quotes.
-const MaxEchoedPath = 100
+const MaxEchoedPath = 64
 
 // maxLinkHops bounds the symlinks one Resolve follows (a loop ends there).
 const maxLinkHops = 40

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,69 @@ func TestOriginPolicy(t *testing.T) {
 		_, err := newOriginPolicy(bad[0], bad[1])
 		require.Error(t, err, bad)
 	}
+}
+
+// FuzzOriginPolicy: whatever Origin and Host a request carries,
+// normalOrigin's answer is a lower-case http or https origin that it
+// gives back unchanged (so two spellings of one origin compare equal),
+// and the default policy lets a request with an Origin through only when
+// that origin is the request's own scheme and host, on a loopback name, an
+// IP address or a configured public host; with listed origins, only when
+// it is one of them.
+func FuzzOriginPolicy(f *testing.F) {
+	f.Add("http://127.0.0.1:8080", "127.0.0.1:8080", false)
+	f.Add("HTTP://localhost:80", "LOCALHOST", false)
+	f.Add("http://rebind.evil.example", "rebind.evil.example", false)
+	f.Add("https://gw.example.com", "gw.example.com", true)
+	f.Add("http://[::1]:8080", "[::1]:8080", false)
+	f.Add("null", "127.0.0.1", false)
+	f.Add("http://user@127.0.0.1", "127.0.0.1", false)
+	f.Add("http://127.0.0.1:8080/", "127.0.0.1:8080", false)
+	f.Add("http://127.0.0.1:8080 ", "127.0.0.1:8080", false)
+	f.Add("http://0x7f.1:8080", "0x7f.1:8080", false)
+	f.Add("http://%6c%6fcalhost", "localhost", false)
+	def, err := newOriginPolicy(nil, []string{"gw.example.com"})
+	require.NoError(f, err)
+	listed, err := newOriginPolicy([]string{"https://app.example.com"}, nil)
+	require.NoError(f, err)
+	f.Fuzz(func(t *testing.T, origin, host string, isTLS bool) {
+		if o, ok := normalOrigin(origin); ok {
+			again, ok := normalOrigin(o)
+			require.True(t, ok, "%q normalised to %q, which is not an origin", origin, o)
+			require.Equal(t, o, again, "normalOrigin(%q) is not stable", origin)
+			require.Equal(t, strings.ToLower(o), o)
+			require.True(t, strings.HasPrefix(o, "http://") || strings.HasPrefix(o, "https://"), o)
+		}
+		r := httptest.NewRequest(http.MethodGet, "/ws", nil)
+		r.Host = host
+		r.Header.Set("Origin", origin)
+		if isTLS {
+			r.TLS = &tls.ConnectionState{}
+		}
+		if origin == "" {
+			require.True(t, def.allows(r), "no Origin: not a browser")
+			return
+		}
+		if def.allows(r) {
+			o, ok := normalOrigin(origin)
+			require.True(t, ok, "%q let through", origin)
+			scheme := "http"
+			if isTLS {
+				scheme = "https"
+			}
+			self, ok := normalOrigin(scheme + "://" + host)
+			require.True(t, ok)
+			require.Equal(t, self, o, "another origin (%q) let through for host %q", origin, host)
+			u, err := url.Parse(o)
+			require.NoError(t, err)
+			h := u.Hostname()
+			require.True(t, h == "localhost" || h == "gw.example.com" || net.ParseIP(h) != nil, "host %q is no loopback name, IP or public host", h)
+		}
+		if listed.allows(r) {
+			o, _ := normalOrigin(origin)
+			require.Equal(t, "https://app.example.com", o, "%q let through", origin)
+		}
+	})
 }
 
 // TestOriginCheckedOnEveryUpgrade: the rebinding request is refused before

@@ -3,6 +3,7 @@ package workspacefs
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -65,4 +66,64 @@ func TestDirSwappedForALink(t *testing.T) {
 		errs = append(errs, err.Error())
 	}
 	require.Equal(t, errs[0], errs[1])
+}
+
+// FuzzDir: whatever path a client sends, a directory Dir returns has no
+// symlinks on its way (it is its own real path) and lies under the real
+// path of a root. The fixture tree has links that stay inside, that leave
+// (absolute and by ".."), that dangle, that loop, and a root reached
+// through a link; the fuzzer's path is taken as is and also under a root.
+func FuzzDir(f *testing.F) {
+	base := f.TempDir()
+	outside := filepath.Join(base, "outside")
+	real := filepath.Join(base, "real")
+	for _, d := range []string{outside, filepath.Join(outside, "secret"), filepath.Join(real, "proj", "sub"), filepath.Join(real, "other")} {
+		require.NoError(f, os.MkdirAll(d, 0o755))
+	}
+	real, err := filepath.EvalSymlinks(real) // the temp folder may be reached through a link
+	require.NoError(f, err)
+	require.NoError(f, os.WriteFile(filepath.Join(real, "file"), nil, 0o644))
+	rootLink := filepath.Join(base, "root") // the workspace root, itself a link
+	require.NoError(f, os.Symlink(real, rootLink))
+	for link, target := range map[string]string{
+		"proj/up":      "..",
+		"proj/in":      "sub",
+		"proj/abs":     filepath.Join(real, "other"),
+		"out":          outside,
+		"outrel":       "../outside/secret",
+		"dangling":     "missing",
+		"loop1":        "loop2",
+		"loop2":        "loop1",
+		"viaroot":      filepath.Join(rootLink, "proj"),
+		"proj/sub/esc": "../../../outside",
+	} {
+		require.NoError(f, os.Symlink(target, filepath.Join(real, link)))
+	}
+	ws := app.Workspaces{Roots: []string{rootLink}}
+	for _, p := range []string{"proj", "proj/up/proj/in", "proj/abs", "out", "outrel", "dangling", "loop1", "viaroot", "proj/sub/esc", "../outside", "proj/../../outside/secret", "file", ""} {
+		f.Add(p)
+	}
+	f.Add(filepath.Join(real, "proj"))
+	f.Add(outside)
+	f.Fuzz(func(t *testing.T, p string) {
+		for _, path := range []string{p, filepath.Join(rootLink, p), filepath.Join(real, p)} {
+			dir, err := Dir(ws, path)
+			if err != nil {
+				require.ErrorIs(t, err, app.ErrInvalidPath)
+				// %q writes a byte that is not UTF-8 as 4: the clip of
+				// app.MaxEchoedPath bytes quoted, and the error's words.
+				require.LessOrEqual(t, len(err.Error()), 4*app.MaxEchoedPath+100, "the error quotes a clip of the path")
+				continue
+			}
+			resolved, err := filepath.EvalSymlinks(dir)
+			require.NoError(t, err)
+			require.Equal(t, resolved, dir, "%q: the result has no links", path)
+			rel, err := filepath.Rel(real, dir)
+			require.NoError(t, err)
+			require.False(t, rel == ".." || strings.HasPrefix(rel, "../"), "%q resolved to %q, outside the root", path, dir)
+			fi, err := os.Lstat(dir)
+			require.NoError(t, err)
+			require.True(t, fi.IsDir())
+		}
+	})
 }
