@@ -41,6 +41,9 @@ type userQuotas struct {
 	maxSockets int
 	rate       int
 	burst      int
+	// now is the clock the frame rate is measured on: time.Now, or one a
+	// test controls (set before the first socket, under mu).
+	now func() time.Time
 
 	mu      sync.Mutex
 	users   map[string]*userQuota
@@ -52,6 +55,7 @@ type userQuota struct {
 	sockets int // guarded by userQuotas.mu
 	reads   int // REST reads under way; guarded by userQuotas.mu
 	frames  *rate.Limiter
+	now     func() time.Time // userQuotas.now when it was made
 	// restarts paces the terminal restarts (an init with forceRestart)
 	// that a user's sockets ask for: each starts a process on a worker
 	// and ends one, which costs the worker far more than a frame.
@@ -101,7 +105,7 @@ func newUserQuotas(maxSockets, frameRate int) *userQuotas {
 	// A subscribe costs a frame per session: the burst takes the largest
 	// one, or it could never pass.
 	burst := max(frameBurstSeconds*frameRate, maxSubscribe)
-	return &userQuotas{maxSockets: maxSockets, rate: frameRate, burst: burst, users: map[string]*userQuota{}}
+	return &userQuotas{maxSockets: maxSockets, rate: frameRate, burst: burst, now: time.Now, users: map[string]*userQuota{}}
 }
 
 // acquire takes one of user's sockets, or returns nil when the user already
@@ -109,7 +113,7 @@ func newUserQuotas(maxSockets, frameRate int) *userQuotas {
 func (q *userQuotas) acquire(user string) *userQuota {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if now := time.Now(); now.Sub(q.sweptAt) >= quotaSweepEvery {
+	if now := q.now(); now.Sub(q.sweptAt) >= quotaSweepEvery {
 		q.sweep(now)
 	}
 	u := q.userLocked(user)
@@ -125,7 +129,7 @@ func (q *userQuotas) userLocked(user string) *userQuota {
 	u := q.users[user]
 	if u == nil {
 		u = &userQuota{frames: rate.NewLimiter(rate.Limit(q.rate), q.burst), restarts: rate.NewLimiter(restartRate, restartBurst),
-			acks: rate.NewLimiter(rate.Limit(acksPerFrame*q.rate), ackBurstRatio*acksPerFrame*q.rate)}
+			acks: rate.NewLimiter(rate.Limit(acksPerFrame*q.rate), ackBurstRatio*acksPerFrame*q.rate), now: q.now}
 		q.users[user] = u
 	}
 	return u
@@ -138,7 +142,7 @@ func (q *userQuotas) admitRequest(user string) bool {
 	q.mu.Lock()
 	u := q.userLocked(user)
 	q.mu.Unlock()
-	if u.frames.Allow() {
+	if u.frames.AllowN(u.now(), 1) {
 		return true
 	}
 	limitRefusals.WithLabelValues("frames").Inc()
@@ -212,7 +216,7 @@ func (c *conn) admit(n int) bool {
 	if c.quota == nil || n <= 0 {
 		return true // (AllowN of a negative n would give tokens back)
 	}
-	now := time.Now()
+	now := c.quota.now()
 	if c.quota.frames.AllowN(now, n) {
 		return true
 	}
@@ -239,9 +243,10 @@ func (c *conn) awaitFrames(n int) bool {
 	if c.quota == nil || n <= 0 {
 		return true
 	}
-	if c.quota.frames.AllowN(time.Now(), n) {
+	if c.quota.frames.AllowN(c.quota.now(), n) {
 		return true
 	}
+	// (WaitN waits on the wall clock, whatever quota.now is.)
 	ctx, cancel := context.WithTimeout(c.ctx, typedWaitMax)
 	defer cancel()
 	err := c.quota.frames.WaitN(ctx, n)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,28 +65,34 @@ func TestSocketsPerUser(t *testing.T) {
 // TestFrameRatePerUser: frames over the rate are not handled; the socket is
 // told the limit at most once a second and stays open. A user's sockets
 // share the rate, a subscribe costs a frame per session, and reconnecting
-// does not refill the budget.
+// does not refill the budget. The rate is measured on a clock the test
+// moves: no frame is answered for time a slow machine took.
 func TestFrameRatePerUser(t *testing.T) {
 	const rate = 5
 	g := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxFrameRate = rate })
+	clock := newTestClock()
+	g.srv.quotas.setClock(clock.now)
 	want := fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)
 	burst := max(frameBurstSeconds*rate, maxSubscribe)
+	refused := limitRefusals.WithLabelValues("frames")
+	refusedBefore := refused.Value()
 
 	c := g.dial("alice")
-	start := time.Now()
 	const sent = 400
 	for range sent {
 		c.send(map[string]any{"type": "get-active-sessions"})
 	}
 	frames := c.until(isType("error"))
 	require.Equal(t, map[string]any{"type": "error", "error": want}, frames[len(frames)-1])
-	c.expectNothing(300 * time.Millisecond) // the rest of the flood: not handled, not answered
-	answered := len(frames) - 1
-	require.GreaterOrEqual(t, answered, burst)
-	require.LessOrEqual(t, float64(answered), float64(burst)+rate*time.Since(start).Seconds()+1)
+	require.Len(t, frames, burst+1, "the burst is answered, then the error")
+	// The rest of the flood: not handled, not answered, once every frame
+	// was read.
+	require.Eventually(t, func() bool { return refused.Value()-refusedBefore >= sent-float64(burst) }, 30*time.Second, 5*time.Millisecond,
+		"the flood's frames over the burst refused")
+	c.expectNothing(300 * time.Millisecond)
 
 	// The socket is open, and handles frames again once the budget refills.
-	time.Sleep(time.Second)
+	clock.advance(time.Second)
 	c.send(map[string]any{"type": "get-active-sessions"})
 	require.Equal(t, "active-sessions", c.next()["type"])
 
@@ -100,9 +107,9 @@ func TestFrameRatePerUser(t *testing.T) {
 		require.Equal(t, want, frames[len(frames)-1]["error"])
 		return len(frames) - 1
 	}
-	require.Less(t, flood(g.dial("alice")), 30)
+	require.Equal(t, rate-1, flood(g.dial("alice")), "what the second refilled, less the frame just answered")
 	require.NoError(t, c.ws.Close())
-	require.Less(t, flood(g.dial("alice")), 30, "reconnecting does not refill the budget")
+	require.Zero(t, flood(g.dial("alice")), "reconnecting does not refill the budget")
 	bob := g.dial("bob")
 	for range 30 {
 		bob.send(map[string]any{"type": "get-active-sessions"})
@@ -498,3 +505,22 @@ func TestShellFrameWaitBounded(t *testing.T) {
 	require.Positive(t, got[fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)], "%v", got)
 	require.Equal(t, socks, got[app.ShellErrNoTerminal]+got[fmt.Sprintf("Rate limit: at most %d frames per second per user", rate)], "%v", got)
 }
+
+// setClock makes the frame rate measured on now; called before any socket.
+func (q *userQuotas) setClock(now func() time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.now = now
+}
+
+// testClock is a clock that moves only when the test says.
+type testClock struct{ ns atomic.Int64 }
+
+func newTestClock() *testClock {
+	c := &testClock{}
+	c.ns.Store(time.Now().UnixNano())
+	return c
+}
+
+func (c *testClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *testClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
