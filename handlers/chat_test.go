@@ -1081,11 +1081,15 @@ func TestConcurrentCommandsOneRun(t *testing.T) {
 
 	clients := []*client{a.dial("alice"), b.dial("alice"), a.dial("alice"), b.dial("alice")}
 	var wg sync.WaitGroup
-	for _, cl := range clients {
+	errs := make([]error, len(clients))
+	for i, cl := range clients {
 		wg.Add(1)
-		go func(cl *client) { defer wg.Done(); cl.send(command("race", map[string]any{"sessionId": id})) }(cl)
+		go func() { defer wg.Done(); errs[i] = cl.trySend(command("race", map[string]any{"sessionId": id})) }()
 	}
 	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "client %d", i)
+	}
 	counts := map[string]int{}
 	for _, cl := range clients {
 		counts[cl.until(func(m map[string]any) bool { return m["type"] != nil })[0]["type"].(string)]++

@@ -122,16 +122,23 @@ func (g *gateway) dialQuery(query string) *client {
 
 func (c *client) send(v any) {
 	c.t.Helper()
+	require.NoError(c.t, c.trySend(v))
+}
+
+// trySend is send returning its error, for goroutines other than the
+// test's (which must not call require).
+func (c *client) trySend(v any) error {
 	var data []byte
 	switch v := v.(type) {
 	case string:
 		data = []byte(v)
 	default:
 		var err error
-		data, err = json.Marshal(v)
-		require.NoError(c.t, err)
+		if data, err = json.Marshal(v); err != nil {
+			return err
+		}
 	}
-	require.NoError(c.t, c.ws.WriteMessage(websocket.TextMessage, data))
+	return c.ws.WriteMessage(websocket.TextMessage, data)
 }
 
 // next returns the next frame, failing after a timeout.
@@ -149,7 +156,9 @@ func (c *client) next() map[string]any {
 	return nil
 }
 
-// expectNothing checks that no frame arrives for a while.
+// expectNothing checks that no frame arrives for a while, and that the
+// socket stays open meanwhile (no caller expects a close: closeCode waits
+// for one).
 func (c *client) expectNothing(d time.Duration) {
 	c.t.Helper()
 	select {
@@ -157,6 +166,7 @@ func (c *client) expectNothing(d time.Duration) {
 		if ok {
 			c.t.Fatalf("unexpected frame %v", m)
 		}
+		c.t.Fatalf("socket closed while nothing was expected: %v", <-c.errc)
 	case <-time.After(d):
 	}
 }
