@@ -671,6 +671,30 @@ func TestSubscriberNotHeldByAStalledMaster(t *testing.T) {
 			}
 		}
 	}
+	// sent has the channels whose SSUBSCRIBE went out (or that were
+	// queued for the mover of a stalled master's channels).
+	sent := make(chan string, 64)
+	sub.SetSending(func(channel string) {
+		select {
+		case sent <- channel:
+		default:
+		}
+	})
+	// inFlight waits until the subscribe of session id is under way.
+	inFlight := func(id string) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case ch := <-sent:
+				if strings.Contains(ch, id) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("the subscribe of %s was not sent", id)
+			}
+		}
+	}
 	subscribe := func(id string) <-chan error {
 		done := make(chan error, 1)
 		go func() {
@@ -682,22 +706,24 @@ func TestSubscriberNotHeldByAStalledMaster(t *testing.T) {
 	}
 	// Picked while every node answers.
 	a, a2, a3, b, d := on(m1), on(m1), on(m1), on(m2), on(m2)
-	// healthy subscribes to s, of m1, while stalled is in flight.
+	// healthy subscribes to s, of m1, while the one on the stalled master
+	// is in flight: it ends, while that one waits (for the master, or its
+	// replica), and the stalled master is resumed only after (a subscribe
+	// held by the stalled one would end with it, after its 30 s).
 	healthy := func(s app.Session) {
 		t.Helper()
-		time.Sleep(200 * time.Millisecond) // the stalled one first
 		began := time.Now()
 		require.NoError(t, sub.Subscribe(ctx, s.ID))
-		took := time.Since(began)
-		t.Logf("a subscribe on a healthy master took %v", took)
-		require.Less(t, took, 2*time.Second, "a subscribe on a healthy master waits for one on the stalled master")
+		t.Logf("a subscribe on a healthy master took %v", time.Since(began))
 	}
 	require.NoError(t, sub.Subscribe(ctx, a.ID))
 
 	// No connection to m2 yet: the Subscribe dials it; a second one of the
 	// same session waits for it.
 	m2.Pause(t)
-	stalled, again := subscribe(b.ID), subscribe(b.ID)
+	stalled := subscribe(b.ID)
+	inFlight(b.ID) // the stalled one first
+	again := subscribe(b.ID)
 	healthy(a2)
 	select {
 	case err := <-stalled:
@@ -724,6 +750,7 @@ func TestSubscriberNotHeldByAStalledMaster(t *testing.T) {
 	}
 	began := time.Now()
 	stalled = subscribe(d.ID)
+	inFlight(d.ID)
 	healthy(a3)
 	require.NoError(t, <-stalled, "subscribed on the replica that took over")
 	t.Logf("the subscribe on the stalled master's slots took %v", time.Since(began))

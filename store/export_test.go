@@ -11,3 +11,12 @@ func (s *Store) ClockMeasured() bool {
 // SetBeforeEvictExit has f run between an eviction's taking of its
 // victim's place and its ending of the victim.
 func (s *Store) SetBeforeEvictExit(f func(victim string)) { s.beforeEvictExit = f }
+
+// SetSending has f told each channel whose SSUBSCRIBE goes out on a
+// cluster, or that is queued for the mover of a stalled master, just
+// before.
+func (sub *Subscriber) SetSending(f func(channel string)) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.sending = f
+}

@@ -75,6 +75,10 @@ type Subscriber struct {
 	unanswered map[string]*stalledMaster
 	runCtx     context.Context
 	wg         sync.WaitGroup
+	// sending, set by tests, is told each channel whose SSUBSCRIBE goes
+	// out on a cluster, or that is queued for the mover of a stalled
+	// master's channels, just before (sub.mu not held).
+	sending func(channel string)
 
 	// listening is closed once Redis first confirms the broadcast
 	// channel: a frame published for a user before then is not heard.

@@ -68,10 +68,14 @@ func (sub *Subscriber) shardSubscribe(ctx context.Context, channel string, c *ch
 			sub.mu.Unlock()
 			return nil // unsubscribed meanwhile
 		}
+		sending := sub.sending
 		if st := sub.unanswered[addr]; st != nil && addr != stalled {
 			st.queued = append(st.queued, channel)
 			c.subscribing = false
 			sub.mu.Unlock()
+			if sending != nil {
+				sending(channel)
+			}
 			return nil
 		}
 		sh := sub.shards[addr]
@@ -83,6 +87,9 @@ func (sub *Subscriber) shardSubscribe(ctx context.Context, channel string, c *ch
 		}
 		sub.mu.Unlock()
 
+		if sending != nil {
+			sending(channel)
+		}
 		err = sh.ps.SSubscribe(ctx, channel)
 
 		sub.mu.Lock()
