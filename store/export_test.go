@@ -1,5 +1,7 @@
 package store
 
+import "github.com/redis/go-redis/v9"
+
 // ClockMeasured reports whether the store has an estimate of Redis's clock,
 // for tests of deadlines Redis checks.
 func (s *Store) ClockMeasured() bool {
@@ -20,3 +22,7 @@ func (sub *Subscriber) SetSending(f func(channel string)) {
 	defer sub.mu.Unlock()
 	sub.sending = f
 }
+
+// PoolStats are the statistics of the store's connection pool (not the
+// heartbeats' own connection).
+func (s *Store) PoolStats() *redis.PoolStats { return s.rdb.PoolStats() }

@@ -26,7 +26,10 @@ func TestHeartbeatBesideAFullPool(t *testing.T) {
 				defer close(held)
 				_, _ = st.ReadInbox(ctx, "w1", "0", 3*time.Second)
 			}()
-			time.Sleep(200 * time.Millisecond) // the read has the pool's one connection
+			require.Eventually(t, func() bool {
+				ps := st.PoolStats()
+				return ps.TotalConns == 1 && ps.IdleConns == 0
+			}, 10*time.Second, time.Millisecond, "the read has the pool's one connection")
 			beatCtx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
 			require.NoError(t, st.Heartbeat(beatCtx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Minute))
