@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/store/storetest"
 )
 
 // proc is one OS process started by a test: its output goes to t.Logf with
@@ -216,13 +217,12 @@ func (w *lineWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// freeAddr returns a free 127.0.0.1 address.
+// freeAddr returns a free 127.0.0.1 address, below the ephemeral port
+// range and given to no other test (storetest.FreeAddr): a gateway stopped
+// and started again on it finds it free.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	return storetest.FreeAddr(t)
 }
 
 // procsWithArg returns the PIDs of live processes whose command line

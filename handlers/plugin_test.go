@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -109,10 +108,7 @@ func TestPluginRelay(t *testing.T) {
 		require.Equal(t, "Plugin not running", ce.Text)
 	})
 	t.Run("upstream down", func(t *testing.T) {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		down := l.Addr().String()
-		l.Close()
+		down := storetest.FreeAddr(t) // nothing listens there
 		require.NoError(t, st.SetPlugin(ctx, "down", down))
 		ws, _, err := g.dialPlugin("down", tok)
 		require.NoError(t, err)

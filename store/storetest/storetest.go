@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -162,7 +163,7 @@ func StartServerWith(t testing.TB, o Options) *Server {
 }
 
 func startServer(bin, dir string, o Options) (*Server, error) {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -290,38 +291,121 @@ func ping(addr, password string) string {
 	return strings.TrimSpace(line)
 }
 
-// portsGiven are the ports freePort handed out in this process.
+// portsGiven are the ports FreePort handed out in this process.
 var (
 	portsMu    sync.Mutex
 	portsGiven = map[int]bool{}
+	// portLocks hold the lock files of the ports given, for the life of
+	// the process (the kernel drops the locks when it exits).
+	portLocks []*os.File
 )
 
-// freePort returns a loopback port that is free and that no server of this
-// process was given before. A test that killed or stopped a server may still
-// run clients of it that retry its address, and a Redis Cluster client
-// re-reads its slot map from any node it reaches: a server of another test
-// on that port drew them into that test's cluster, where a worker took the
-// other test's jobs (same key prefix) and refused their project paths. A
-// cluster node's bus port (its port + 10000) is kept apart the same way.
-func freePort() (int, error) {
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+// The ports tests listen on are drawn from [testPortsLow, the low end of
+// the kernel's ephemeral range - busOffset): the kernel never gives one
+// of them to an outgoing connection as its local port, which it would
+// while a test keeps it free (a Redis stopped to be restarted on the same
+// port, a gateway between two runs), and a cluster node's bus port (its
+// port + busOffset) stays below that range too.
+const (
+	testPortsLow = 10000
+	busOffset    = 10000
+)
+
+// testPortRange returns the range test ports are drawn from, [lo, hi).
+func testPortRange() (lo, hi int) {
+	hi = 32768 // Linux's default ephemeral range starts here
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				hi = n
+			}
+		}
+	}
+	return testPortsLow, hi - busOffset
+}
+
+// FreePort returns a loopback port that is free, below the kernel's
+// ephemeral range, and that no test of this process or of another test
+// process on the host (go test runs packages at once) was given before:
+// each port given, and the bus port a cluster node would use with it, is
+// held by a lock file under os.TempDir() until the process ends. A test
+// that killed or stopped a server may still run clients of it that retry
+// its address, and a Redis Cluster client re-reads its slot map from any
+// node it reaches: a server of another test on that port drew them into
+// that test's cluster, where a worker took the other test's jobs (same key
+// prefix) and refused their project paths.
+func FreePort() (int, error) {
+	lo, hi := testPortRange()
+	if hi-lo < 1000 {
+		return 0, fmt.Errorf("storetest: the ephemeral port range starts at %d: no room below it for test ports", hi+busOffset)
+	}
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("agentgate-test-ports-%d", os.Getuid()))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		port := lo + rand.IntN(hi-lo)
+		if portsGiven[port] || portsGiven[port+busOffset] || portsGiven[port-busOffset] {
+			continue
+		}
+		held, err := lockPort(dir, port)
 		if err != nil {
 			return 0, err
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		if held == nil {
+			continue // another process's
+		}
+		bus, err := lockPort(dir, port+busOffset)
+		if err != nil || bus == nil {
+			held.Close()
+			if err != nil {
+				return 0, err
+			}
+			continue
+		}
+		// Free now: nothing of another user, or outside the tests, holds it.
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			held.Close()
+			bus.Close()
+			continue
+		}
 		l.Close()
-		portsMu.Lock()
-		taken := portsGiven[port] || portsGiven[port+10000] || portsGiven[port-10000]
-		if !taken {
-			portsGiven[port] = true
-		}
-		portsMu.Unlock()
-		if !taken {
-			return port, nil
-		}
+		portsGiven[port] = true
+		portLocks = append(portLocks, held, bus)
+		return port, nil
 	}
-	return 0, errors.New("storetest: every free port tried was given to a server before")
+	return 0, errors.New("storetest: no free test port found in a thousand tries")
+}
+
+// lockPort takes the lock file of port for this process, or returns nil
+// when another process holds it.
+func lockPort(dir string, port int) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// FreeAddr is FreePort as a 127.0.0.1 address, failing the test when no
+// port is free.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	port, err := FreePort()
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
 var prefixSeq atomic.Int64
