@@ -670,12 +670,12 @@ func TestAppendWaitsForRedis(t *testing.T) {
 
 // TestReaperPassThatStalledReapsNothing: a pass whose reads waited out
 // Redis (go-redis retrying through a failover or a restart; here Redis
-// busy with DEBUG SLEEP) may have read heartbeats that expired while no
-// worker could write them: it reaps nothing, and the next passes wait for
-// heartbeats as after an outage. Before, it reaped the runs of every worker
-// whose heartbeat the failover had let expire.
+// stopped with SIGSTOP for 3 s) may have read heartbeats that expired
+// while no worker could write them: it reaps nothing, and the next passes
+// wait for heartbeats as after an outage. Before, it reaped the runs of
+// every worker whose heartbeat the failover had let expire.
 func TestReaperPassThatStalledReapsNothing(t *testing.T) {
-	srv := storetest.StartServerWith(t, storetest.Options{Config: []string{"enable-debug-command yes"}})
+	srv := storetest.StartServer(t)
 	st := storetest.New(t, srv.URL)
 	ctx := context.Background()
 	sess := claimedRun(t, st, "silent", time.Second)
@@ -683,12 +683,15 @@ func TestReaperPassThatStalledReapsNothing(t *testing.T) {
 	r, err := NewReaper(ReaperConfig{Store: st, Interval: 100 * time.Millisecond, HeartbeatTTL: time.Second})
 	require.NoError(t, err)
 
-	rdb := storetest.Client(t, srv.URL)
-	slept := make(chan error, 1)
-	go func() { slept <- rdb.Do(ctx, "DEBUG", "SLEEP", "3").Err() }()
-	time.Sleep(200 * time.Millisecond) // Redis is asleep
+	srv.Pause(t) // stopped before the pass begins, whatever the scheduler does
+	resumed := make(chan struct{})
+	go func() {
+		defer close(resumed)
+		time.Sleep(3 * time.Second) // longer than slowPass: the pass stalls
+		srv.Resume(t)
+	}()
 	require.NoError(t, r.Pass(ctx))
-	require.NoError(t, <-slept)
+	<-resumed
 	got, err := st.Session(ctx, sess.ID)
 	require.NoError(t, err)
 	require.True(t, got.Running(), "a pass that stalled reaps nothing")
