@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentgate/agentgate/app"
 )
 
 // TestUserLimits: one user's burst of commands is refused past their
@@ -168,7 +172,18 @@ func TestShellLimitEndsUnwatched(t *testing.T) {
 	three := sc.dialShell(sc.gw1, "alice")
 	three.send(sc.plainInit("", "sessionId", "session-3"))
 	three.waitText(0, "[Reconnected", 20*time.Second)
-	time.Sleep(200 * time.Millisecond) // its attach is counted
+	// Its attach is counted: the field `attached` of its terminal's hash.
+	var init app.ShellMessage
+	b, err := json.Marshal(sc.plainInit("", "sessionId", "session-3"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &init))
+	hash := keyPrefix + ":shell:{" + app.ShellKey("alice", realPath(t, sc.project), init) + "}"
+	eventually(t, 10*time.Second, "session 3's terminal counted as attached", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, err := sc.rdb.HGet(ctx, hash, "attached").Int()
+		return err == nil && n >= 1
+	})
 	refused := sc.dialShell(sc.gw2, "alice")
 	refused.send(sc.plainInit("", "sessionId", "session-5"))
 	e := refused.waitReplyFrom(0, "error", nil)
