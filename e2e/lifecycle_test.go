@@ -405,8 +405,10 @@ func TestAbortDuringTool(t *testing.T) {
 	// Regression: the worker used to signal only the CLI's process group;
 	// the tool's bash and sleep live in another session and the CLI does not
 	// kill them on SIGTERM, so they outlived the abort.
+	// Up to 15 s for them to go on a slow machine: the tool sleeps 50 s
+	// or more, so one that survived the abort is still there then.
 	t.Run("no tool process survives the abort", func(t *testing.T) {
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := time.Now().Add(15 * time.Second)
 		for len(procsWithArg(nap)) > 0 && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}

@@ -190,6 +190,12 @@ func TestKillGatewayMidRun(t *testing.T) {
 	require.Equal(t, 3, countKind(full, "tool_result"), kinds(full))
 }
 
+// sigtermExit bounds how long a gateway takes to close its sockets and
+// exit after SIGTERM: generous for a slow machine (it takes well under a
+// second), short of the 15 s an idle gateway lingered for (see "idle
+// gateway exits promptly").
+const sigtermExit = 12 * time.Second
+
 // TestGracefulGatewayStop: SIGTERM on a gateway closes its sockets with 1001;
 // the client reconnects to the other gateway and resumes.
 func TestGracefulGatewayStop(t *testing.T) {
@@ -203,7 +209,7 @@ func TestGracefulGatewayStop(t *testing.T) {
 	waitMidRun(t, c1, sid)
 	termAt := time.Now()
 	gwA.signal(syscall.SIGTERM)
-	err := c1.waitClosed(5 * time.Second)
+	err := c1.waitClosed(sigtermExit)
 	if closeCode(err) != 1001 {
 		// Racy product bug, see TestGatewayStopClosesEverySocketWith1001.
 		t.Errorf("the gateway closes its sockets with 1001 (going away), got %v", err)
@@ -223,7 +229,7 @@ func TestGracefulGatewayStop(t *testing.T) {
 	select {
 	case <-gwA.done:
 		require.Equal(t, 0, gwA.cmd.ProcessState.ExitCode(), "a gateway stopped by SIGTERM exits 0")
-	case <-time.After(time.Until(termAt.Add(5 * time.Second))):
+	case <-time.After(time.Until(termAt.Add(sigtermExit))):
 		t.Errorf("gateway A still running %s after SIGTERM", time.Since(termAt).Round(time.Millisecond))
 	}
 
@@ -233,14 +239,14 @@ func TestGracefulGatewayStop(t *testing.T) {
 	t.Run("idle gateway exits promptly", func(t *testing.T) {
 		termAt := time.Now()
 		gwB.signal(syscall.SIGTERM)
-		err := c2.waitClosed(5 * time.Second)
+		err := c2.waitClosed(sigtermExit)
 		if closeCode(err) != 1001 {
 			// Racy product bug, see TestGatewayStopClosesEverySocketWith1001.
 			t.Errorf("the gateway closes its sockets with 1001 (going away), got %v", err)
 		}
 		select {
 		case <-gwB.done:
-		case <-time.After(time.Until(termAt.Add(5 * time.Second))):
+		case <-time.After(time.Until(termAt.Add(sigtermExit))):
 		}
 		require.True(t, gwB.exited(), "idle gateway still running %s after SIGTERM", time.Since(termAt).Round(time.Millisecond))
 		require.Equal(t, 0, gwB.cmd.ProcessState.ExitCode())
@@ -284,8 +290,8 @@ func TestGatewayStopClosesEverySocketWith1001(t *testing.T) {
 		bad += len(clients) - codes[1001]
 		select {
 		case <-gw.done:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s did not exit within 5 s of SIGTERM", gw.name)
+		case <-time.After(sigtermExit):
+			t.Fatalf("%s did not exit within %s of SIGTERM", gw.name, sigtermExit)
 		}
 	}
 	// Regression: the close frames used to be written by goroutines that
