@@ -19,6 +19,13 @@ import (
 func accept(t *testing.T, cl *cluster, c *wsClient, prompt, sessionID, requestID string) string {
 	t.Helper()
 	c.send(cl.command(prompt, sessionID, requestID))
+	return accepted(t, c, requestID)
+}
+
+// accepted waits for the answer to the command requestID sent on c,
+// requires it to be session-accepted and returns its session id.
+func accepted(t *testing.T, c *wsClient, requestID string) string {
+	t.Helper()
 	fs := c.waitFor(15*time.Second, "the answer to "+requestID, func(fs []frame) bool {
 		for _, f := range fs {
 			if f.str("requestId") == requestID {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -379,16 +380,20 @@ func TestCommandRightAfterLongOutage(t *testing.T) {
 
 	cl.redis.Stop()
 	time.Sleep(6 * time.Second)
+	// The worker stopped (SIGSTOP) until the command is sent: its
+	// heartbeat cannot come back before.
+	w.signal(syscall.SIGSTOP)
+	t.Cleanup(func() { _ = syscall.Kill(w.pid(), syscall.SIGCONT) })
 	cl.redis.Restart(t)
 	cl.waitRedis()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	n, err := cl.rdb.Exists(ctx, keyPrefix+":worker:"+w.workerID).Result()
 	cancel()
 	require.NoError(t, err)
-	if n != 0 {
-		t.Skip("the worker's heartbeat came back before the command could be sent: nothing to test")
-	}
-	sid := accept(t, cl, c, "right-after", "", "r1")
+	require.Zero(t, n, "the worker's heartbeat expired during the outage")
+	c.send(cl.command("right-after", "", "r1"))
+	w.signal(syscall.SIGCONT)
+	sid := accepted(t, c, "r1")
 	end := c.waitEnd(sid, 1, 60*time.Second)
 	requireComplete(t, end[len(end)-1], 0, true, false)
 }
