@@ -52,14 +52,18 @@ func TestContainers(t *testing.T) {
 	relay := ctHostIP + ":" + strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
 	dir := composeDir(t, relay)
 	port := strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
-	compose := func(args ...string) string {
-		t.Helper()
+	run := func(args ...string) (string, error) {
 		cmd := exec.Command("podman-compose", append([]string{"-p", ctProject, "-f", filepath.Join(dir, "compose.yaml")}, args...)...)
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), "AGENTGATE_PORT=127.0.0.1:"+port, "AGENTGATE_PUBLIC_HOSTS=127.0.0.1")
 		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	compose := func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
 		require.NoError(t, err, "podman-compose %v: %s", args, out)
-		return string(out)
+		return out
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -68,7 +72,11 @@ func TestContainers(t *testing.T) {
 				t.Logf("--- %s\n%s", c, out)
 			}
 		}
-		compose("down", "-v")
+		// Each step whatever the one before did: a failed down must not
+		// leave the network and its DNS server behind.
+		if out, err := run("down", "-v"); err != nil {
+			t.Logf("podman-compose down -v: %v: %s", err, out)
+		}
 		_ = exec.Command("podman", "network", "rm", ctNetwork).Run()
 		waitNoAardvark(t)
 	})
