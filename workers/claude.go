@@ -356,8 +356,10 @@ func (p *claudeParser) Line(line []byte) Output {
 	case "control_cancel_request":
 		out.Withdrawn = l.RequestID
 	case "result":
-		// The turn is over: closing stdin lets the CLI exit.
-		out.EndInput = true
+		// The turn is over: closing stdin lets the CLI exit. One that
+		// does not (`claude -p` waits for the tasks it ran in the
+		// background) is stopped after lingerGrace.
+		out.EndInput, out.Finished = true, true
 		if l.IsError {
 			p.sawError = true
 			text := resultText(json.RawMessage(l.Result))

@@ -151,11 +151,14 @@ func (p *codexParser) Line(line []byte) Output {
 			out.Events = p.itemCompleted(*l.Item)
 		}
 	case "turn.completed":
+		// The turn ends the run (one turn an exec): a CLI still running
+		// lingerGrace later is stopped.
+		out.Finished = true
 		if l.Usage != nil {
 			out.Events = append(out.Events, codexTokenBudget(*l.Usage))
 		}
 	case "turn.failed":
-		p.failed = true
+		p.failed, out.Finished = true, true
 		msg := codexErrorText(l.Error)
 		if msg == "" {
 			msg = "Codex reported that the turn failed"

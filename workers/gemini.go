@@ -172,7 +172,9 @@ func (p *geminiParser) Line(line []byte) Output {
 			out.Events = append(out.Events, ev)
 		}
 	case "result":
-		out.Events = p.flush()
+		// The last line of a run: a CLI still running lingerGrace later
+		// is stopped.
+		out.Events, out.Finished = p.flush(), true
 		if l.Status == "error" {
 			p.failed = true
 			msg := geminiErrorText(l.Error)

@@ -52,7 +52,9 @@ type Output struct {
 	EndInput bool
 	// Finished says the provider printed its result: a CLI still running
 	// lingerGrace later is stopped (cursor-agent sometimes never exits
-	// after its result, and its run would stay running for good).
+	// after its result, `claude -p` waits for the tasks it ran in the
+	// background, and their runs would stay running for good). A CLI so
+	// stopped counts as exited 0: the run's outcome is its result's.
 	Finished bool
 }
 

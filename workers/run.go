@@ -85,6 +85,10 @@ type run struct {
 	// ending is set once the run records its end: Redis stops confirming
 	// it then (confirmRuns), and that is no news.
 	ending atomic.Bool
+	// lingering is set once the CLI printed its result (pump goroutine),
+	// lingered once the worker then stopped it (stopLingering).
+	lingering bool
+	lingered  atomic.Bool
 
 	// batches numbers the appends (pump goroutine), so that an append
 	// retried after a lost reply is not taken twice.
@@ -370,7 +374,13 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}
 	<-errDone
 	<-watched // it may still be using the pipes
-	final, code := parser.End(exitCode(cmd.ProcessState))
+	code := exitCode(cmd.ProcessState)
+	if r.lingered.Load() {
+		// Stopped by this worker after its result: the result says how
+		// the run went, not the signal.
+		code = 0
+	}
+	final, code := parser.End(code)
 	if again, ok := retryArgs(parser, errBuf.String()); ok && r.retry == nil && r.stopReason() == stopNone {
 		r.retry = again
 		return r.runProvider()
@@ -408,7 +418,8 @@ func (r *run) pump(out io.Reader, parser Parser) {
 				}
 			}
 			o := parseLine(parser, line)
-			if o.Finished {
+			if o.Finished && !r.lingering {
+				r.lingering = true
 				r.stopLingering()
 			}
 			batch = append(batch, o.Events...)
@@ -455,6 +466,7 @@ func (r *run) stopLingering() {
 		case <-p.exited:
 		default:
 			r.log.Warn("the CLI printed its result and did not exit; stopping it")
+			r.lingered.Store(true)
 			p.kill(killGrace)
 		}
 	})

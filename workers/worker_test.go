@@ -929,3 +929,45 @@ func TestCLILingeringAfterItsResultIsStopped(t *testing.T) {
 	require.Equal(t, []string{"finished"}, texts(evs))
 	require.Len(t, completes(evs), 1)
 }
+
+// TestProviderCLIsLingeringAfterTheirResultAreStopped: a Claude, Codex or
+// Gemini CLI that printed the line ending its turn and does not exit
+// (`claude -p` waits for the tasks it ran in the background) is stopped
+// after lingerGrace, and its run completes once, with the outcome the line
+// said. Before, only cursor-agent's result stopped a lingering CLI: the
+// session stayed running, and held a place of the worker, for good.
+func TestProviderCLIsLingeringAfterTheirResultAreStopped(t *testing.T) {
+	st := storetest.New(t, storetest.Redis(t))
+	for _, c := range []struct {
+		name    string
+		prov    Provider
+		line    string
+		success bool
+	}{
+		{"claude", ClaudeProvider{}, `{"type":"result","subtype":"success","is_error":false,"result":"done"}`, true},
+		{"claude error", ClaudeProvider{}, `{"type":"result","subtype":"success","is_error":true,"result":"it broke"}`, false},
+		{"codex", CodexProvider{}, `{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":1}}`, true},
+		{"codex error", CodexProvider{}, `{"type":"turn.failed","error":{"message":"it broke"}}`, false},
+		{"gemini", GeminiProvider{}, `{"type":"result","status":"success","stats":{"total_tokens":2}}`, true},
+		{"gemini error", GeminiProvider{}, `{"type":"result","status":"error","error":{"message":"it broke"}}`, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bin := filepath.Join(t.TempDir(), "cli")
+			require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\nprintf '%s\\n' '"+c.line+"'\nexec sleep 600\n"), 0o755))
+			h := runWorkerTuned(t, st, Config{
+				Providers: map[app.Provider]Provider{c.prov.Name(): c.prov},
+				Bins:      map[app.Provider]string{c.prov.Name(): bin},
+			}, func(w *Worker) { w.lingerGrace = 200 * time.Millisecond })
+			sess := h.submitAs(c.prov.Name(), app.Job{Command: "hello"})
+			require.Eventually(t, func() bool {
+				s, err := st.Session(context.Background(), sess.ID)
+				return err == nil && !s.Running()
+			}, 10*time.Second, 20*time.Millisecond, "the run still runs")
+			evs := h.events(sess.ID)
+			require.Len(t, completes(evs), 1, evs)
+			require.Equal(t, c.success, completes(evs)[0]["success"], evs)
+			time.Sleep(300 * time.Millisecond)
+			require.Len(t, completes(h.events(sess.ID)), 1, "a second complete")
+		})
+	}
+}
