@@ -106,13 +106,18 @@ type run struct {
 	mu      sync.Mutex
 	proc    *process
 	stopped stopReason
+	// stopCtx ends when the run is stopped (stop).
+	stopCtx    context.Context
+	cancelStop context.CancelFunc
 }
 
 func newRun(w *Worker, job app.Job) *run {
-	return &run{
+	r := &run{
 		w: w, job: job, log: w.log.With("session", job.SessionID, "run", job.RunID),
 		ref: store.RunRef{SessionID: job.SessionID, RunID: job.RunID, Provider: job.Provider, Worker: w.cfg.ID},
 	}
+	r.stopCtx, r.cancelStop = context.WithCancel(context.Background())
+	return r
 }
 
 // stop kills the run's process group, once, for reason.
@@ -120,6 +125,7 @@ func (r *run) stop(reason stopReason) {
 	r.mu.Lock()
 	if r.stopped == stopNone {
 		r.stopped = reason
+		r.cancelStop()
 	}
 	p := r.proc
 	r.mu.Unlock()
@@ -579,7 +585,9 @@ func (r *run) flushOne(events []app.Event, set map[string]string) {
 				r.log.Warn("append events: waiting for Redis", "err", err)
 			}
 			r.storeWait.Store(true)
-			wait, cancel := context.WithDeadline(context.Background(), giveUp)
+			// Not past the run's stop (the worker shuts down): what it
+			// would append is dropped then, and its end is recorded.
+			wait, cancel := context.WithDeadline(r.stopCtx, giveUp)
 			r.w.st.WaitRetry(wait, err)
 			cancel()
 			r.storeWait.Store(false)
@@ -598,20 +606,27 @@ func (r *run) flushOne(events []app.Event, set map[string]string) {
 // refuses it. A stale answer means another door (abort, reaper) already
 // completed it. The run keeps its place in the worker meanwhile: its job,
 // reclaimed, is not started again, and the reaper leaves the runs of a
-// live worker alone. Only a stopping worker gives up, leaving the run to
-// the reaper once its heartbeat is gone.
+// live worker alone. Only a stopping worker gives up (Worker.giveUp),
+// leaving the run to the reaper once its heartbeat is gone.
 func (r *run) complete(o app.Outcome, final []app.Event) {
 	deadline, warned := time.Now().Add(r.w.completeRetryFor), false
+	giveUp := r.w.giveUp
 	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
-		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		// A write cut short by giveUp may still be recorded: the
+		// reaper's complete then finds the run ended.
+		ctx, cancel := context.WithTimeout(giveUp, writeTimeout)
 		_, err := r.w.st.Complete(ctx, r.ref, o, final...)
 		cancel()
 		if err == nil || errors.Is(err, app.ErrStaleRun) {
 			return
 		}
+		if giveUp.Err() != nil {
+			r.log.Error("complete run; the worker stops: leaving it to the reaper", "err", err)
+			return
+		}
 		if store.Retryable(err) {
 			// A run's end is recorded whenever Redis can take it.
-			r.w.st.WaitRetry(context.Background(), err)
+			r.w.st.WaitRetry(giveUp, err)
 			continue
 		}
 		if !warned && time.Now().After(deadline) {
@@ -620,9 +635,7 @@ func (r *run) complete(o app.Outcome, final []app.Event) {
 		}
 		select {
 		case <-time.After(backoff):
-		case <-r.w.stopping:
-			r.log.Error("complete run; the worker stops: leaving it to the reaper", "err", err)
-			return
+		case <-giveUp.Done():
 		}
 	}
 }

@@ -34,6 +34,14 @@ const (
 	confirmEvery = 5 * time.Second
 	// lingerGrace is how long a CLI may go on after printing its result.
 	lingerGrace = 5 * time.Second
+	// stopGrace is how long a stopping worker, past its DrainTimeout,
+	// waits for its runs to record their ends (Redis away, or refusing
+	// writes at its maxmemory), and then how long for the runs it left
+	// to the reaper to let go of their processes. Twice it, the drain
+	// timeout and the heartbeat and its removal (2 s and 5 s at most)
+	// stay under Kubernetes' default grace of 30 s before its SIGKILL
+	// with the default DrainTimeout.
+	stopGrace = 5 * time.Second
 )
 
 // Config configures a Worker.
@@ -158,9 +166,16 @@ type Worker struct {
 	completeRetryFor time.Duration
 	// draining is set when Run's context ends: the heartbeat says so.
 	draining atomic.Bool
-	// stopping is closed when drain gives up waiting for the runs: a run
-	// whose end Redis keeps refusing then leaves it to the reaper.
-	stopping chan struct{}
+	// stopGrace is stopGrace. Tests shorten it.
+	stopGrace time.Duration
+	// giveUp ends (abandon) when the stopping worker gave its runs
+	// stopGrace to record their ends and Redis took not all of them: the
+	// runs still trying give up, and the heartbeat stops, so that the
+	// reaper of another worker (or of this one restarted) ends them once
+	// the heartbeat is gone. Redis' runId guard in the complete script
+	// keeps that end the only one, whichever writes first.
+	giveUp  context.Context
+	abandon context.CancelFunc
 }
 
 // New returns a Worker; call Run to start it.
@@ -214,8 +229,9 @@ func New(cfg Config) (*Worker, error) {
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
-		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, lingerGrace: lingerGrace, stopping: make(chan struct{}),
+		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, lingerGrace: lingerGrace, stopGrace: stopGrace,
 	}
+	w.giveUp, w.abandon = context.WithCancel(context.Background())
 	if cfg.Accounts != nil && !canReadOthersFiles() {
 		w.log.Warn("without CAP_SYS_PTRACE the worker cannot read which files the users' processes hold: a job that left its terminal's or run's session (setsid, nohup) is not killed when they end; add the capability to the worker's container (README: Deploying)")
 	}
@@ -241,7 +257,11 @@ func (w *Worker) ID() string { return w.cfg.ID }
 
 // Run serves jobs until ctx ends, then drains: it takes no new job, lets
 // running runs finish for DrainTimeout, kills the rest (completing them as
-// failed) and removes its heartbeat. It returns after all its goroutines.
+// failed) and removes its heartbeat. It returns after all its goroutines,
+// or, when Redis does not take the runs' ends (away, refusing writes) or a
+// process does not die, within DrainTimeout and twice stopGrace (plus a
+// few seconds for the heartbeat's writes), leaving those runs to the
+// reaper.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.beat(ctx); err != nil {
 		return fmt.Errorf("workers: first heartbeat: %w", err)
@@ -259,8 +279,13 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	// The heartbeat stops when the worker gives its runs up, so that the
+	// reaper takes them over.
+	beatCtx, stopBeats := context.WithCancel(loopCtx)
+	defer stopBeats()
+	defer context.AfterFunc(w.giveUp, stopBeats)()
 	loops.Add(3)
-	go func() { defer loops.Done(); w.heartbeatLoop(loopCtx) }()
+	go func() { defer loops.Done(); w.heartbeatLoop(beatCtx) }()
 	loops.Add(1)
 	go func() { defer loops.Done(); w.confirmLoop(loopCtx) }()
 	go func() { defer loops.Done(); w.inboxLoop(loopCtx) }()
@@ -297,24 +322,46 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// drain waits for running runs, then kills what is left.
+// drain waits for running runs, then kills what is left. It is bounded
+// (Run): runs that cannot record their ends in time are given up.
 func (w *Worker) drain() {
-	// Terminals do not finish by themselves: they end with the worker.
-	w.killShells()
 	done := make(chan struct{})
-	go func() { w.wg.Wait(); close(done) }()
+	go func() {
+		// Terminals do not finish by themselves: they end with the
+		// worker, meanwhile the runs finish.
+		w.killShells()
+		w.wg.Wait()
+		close(done)
+	}()
 	select {
 	case <-done:
 		return
 	case <-time.After(w.cfg.DrainTimeout):
 	}
-	close(w.stopping)
 	w.mu.Lock()
 	for _, r := range w.runs {
 		r.stop(stopShutdown)
 	}
 	w.mu.Unlock()
-	<-done
+	select {
+	case <-done:
+		return
+	case <-time.After(w.stopGrace):
+	}
+	w.log.Error("runs did not record their ends in time: leaving them to the reaper, which ends them once this worker's heartbeat is gone", "runs", w.runCount())
+	w.abandon()
+	select {
+	case <-done:
+	case <-time.After(w.stopGrace):
+		w.log.Error("runs or terminals still did not end: stopping without them", "runs", w.runCount(), "terminals", w.shellCount())
+	}
+}
+
+// runCount is how many runs the worker holds.
+func (w *Worker) runCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.runs)
 }
 
 // jobLoop reads jobs until ctx ends. Runs in its own goroutine.
@@ -618,9 +665,7 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 
 func (w *Worker) beat(ctx context.Context) error {
 	host, _ := os.Hostname()
-	w.mu.Lock()
-	n := len(w.runs)
-	w.mu.Unlock()
+	n := w.runCount()
 	return w.st.Heartbeat(ctx, store.WorkerInfo{
 		ID: w.cfg.ID, Host: host, PID: os.Getpid(), StartedAt: w.start, Runs: n,
 		Link: w.linkAddr, LinkToken: w.linkToken, Draining: w.draining.Load(),

@@ -971,3 +971,50 @@ func TestProviderCLIsLingeringAfterTheirResultAreStopped(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownWithoutRedisEnds: a worker told to stop while Redis is down,
+// or refusing writes (a failed save: MISCONF), cannot record the end of
+// the run it kills; it gives the run up within its drain timeout and twice
+// stopGrace, and its heartbeat stops. Once Redis takes writes again, the
+// reaper (of another process) ends the run, once. Before, the run retried
+// its complete for good and the worker never stopped (alive and draining,
+// so nothing reaped its run either).
+func TestShutdownWithoutRedisEnds(t *testing.T) {
+	storetest.RequireRedisServer(t)
+	for _, c := range []struct {
+		name       string
+		fail, heal func(srv *storetest.Server, t testing.TB)
+	}{
+		{"down", func(srv *storetest.Server, _ testing.TB) { srv.Stop() }, (*storetest.Server).Restart},
+		{"refusing writes", (*storetest.Server).FailSnapshot, (*storetest.Server).FixSnapshot},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := storetest.StartServerWith(t, storetest.Options{AOF: true, Config: []string{"appendfsync always"}})
+			st := storetest.New(t, srv.URL)
+			ctx := context.Background()
+			h := scriptWorker(t, st, func(w *Worker) { w.stopGrace = 300 * time.Millisecond })
+			sess, _ := h.submit("echo started; sleep 60")
+			require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+			c.fail(srv, t)
+			h.cancel()
+			select {
+			case <-h.done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the worker's shutdown waits for Redis")
+			}
+			c.heal(srv, t)
+			require.NoError(t, st.WaitAvailable(ctx))
+			reaper, err := NewReaper(ReaperConfig{Store: st, Holder: "other", Interval: 50 * time.Millisecond, HeartbeatTTL: time.Second})
+			require.NoError(t, err)
+			rctx, stopReaper := context.WithCancel(ctx)
+			reaped := make(chan struct{})
+			go func() { defer close(reaped); _ = reaper.Run(rctx) }()
+			defer func() { stopReaper(); <-reaped }()
+			evs := h.waitDone(sess.ID)
+			require.Len(t, completes(evs), 1, evs)
+			require.Equal(t, false, completes(evs)[0]["success"])
+			time.Sleep(500 * time.Millisecond)
+			require.Len(t, completes(h.events(sess.ID)), 1, "a second complete")
+		})
+	}
+}

@@ -40,6 +40,9 @@ Every flag has an environment variable (AGENTGATE_…); run 'agentgate help serv
 func main() {
 	useSmallHostProcs()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// A second signal ends the process at once (the default action): an
+	// operator (or systemd) who asks again does not wait for the drain.
+	go func() { <-ctx.Done(); stop() }()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
