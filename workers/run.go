@@ -562,7 +562,7 @@ func (r *run) flushOne(events []app.Event, set map[string]string) {
 	// While Redis is down or loading, the batch waits (and the provider
 	// with it, once its output pipe is full): the run goes on when Redis
 	// is back, unless that takes longer than outageTolerance.
-	giveUp := time.Now().Add(outageTolerance)
+	giveUp := time.Now().Add(r.w.outageTolerance)
 	r.batches++
 	for attempt := 0; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)

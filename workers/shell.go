@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -56,7 +57,31 @@ type shellSet struct {
 	closing bool                   // the worker is shutting down: no new terminal
 	quit    chan struct{}          // closed when closing is set
 	early   map[string]*earlyInput // input ahead of its open (shellearly.go)
+	// exits are the ends of terminals that Redis did not take within
+	// outageTolerance, retried by retryExits (one goroutine while there
+	// are any: retrying). The worker no longer holds those terminals, and
+	// the reaper leaves a live worker's terminals alone: without them,
+	// the terminals would stay running in Redis for the worker's life.
+	exits    []shellExit
+	retrying bool
 }
+
+// shellExit is the end of a terminal generation, to be recorded.
+type shellExit struct {
+	key  string
+	gen  int64
+	code int
+	sig  string
+}
+
+const (
+	// shellExitsMax bounds the exits a worker keeps for Redis; past it
+	// the oldest is dropped (its terminal then stays running in Redis
+	// until the worker is gone and the reaper ends it).
+	shellExitsMax = 4096
+	// shellExitRetry is how often kept exits are tried again.
+	shellExitRetry = 2 * time.Second
+)
 
 // shell is one terminal generation running on this worker: a PTY whose
 // output goes to Redis and whose input comes from the worker's link or its
@@ -283,7 +308,7 @@ func (w *Worker) openShell(c store.Control) {
 	sh := &shell{
 		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
 		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(w.cfg.ShellWindow),
-		coalesce: shellCoalesce, stallLimit: outageTolerance,
+		coalesce: shellCoalesce, stallLimit: w.outageTolerance,
 	}
 	sh.storeSize = func(ctx context.Context, size store.ShellSize) error {
 		return w.st.ShellSet(ctx, sh.key, sh.gen, "cols", strconv.Itoa(size.Cols), "rows", strconv.Itoa(size.Rows))
@@ -365,15 +390,16 @@ func (sh *shell) run() {
 
 // recordExit records the terminal's exit. Its sockets wait for it (no other
 // process knows the terminal ended), so it is tried again while Redis is
-// away, for as long as a run waits for Redis (outageTolerance); not while
-// the worker shuts down, which waits for its terminals' exits.
+// away, for as long as a run waits for Redis (outageTolerance), and then
+// kept for later (keepExit); not while the worker shuts down, which waits
+// for its terminals' exits (the reaper ends them once it is gone).
 func (sh *shell) recordExit(code int, sig string) {
 	sh.w.shells.mu.Lock()
 	closing := sh.w.shells.closing
 	sh.w.shells.mu.Unlock()
 	giveUp := time.Now()
 	if !closing {
-		giveUp = giveUp.Add(outageTolerance)
+		giveUp = giveUp.Add(sh.w.outageTolerance)
 	}
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -383,12 +409,87 @@ func (sh *shell) recordExit(code int, sig string) {
 			return
 		}
 		if !store.Retryable(err) || !time.Now().Before(giveUp) {
-			sh.log.Warn("record terminal exit", "err", err)
+			if closing {
+				sh.log.Warn("record terminal exit", "err", err)
+				return
+			}
+			sh.log.Warn("record terminal exit; trying again later", "err", err)
+			sh.w.keepExit(shellExit{key: sh.key, gen: sh.gen, code: code, sig: sig})
 			return
 		}
 		wait, cancel := context.WithDeadline(context.Background(), giveUp)
 		sh.w.st.WaitRetry(wait, err)
 		cancel()
+	}
+}
+
+// keepExit keeps e to be recorded once Redis takes it (retryExits).
+func (w *Worker) keepExit(e shellExit) {
+	s := &w.shells
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return // the reaper ends it once the worker is gone
+	}
+	if len(s.exits) >= shellExitsMax {
+		old := s.exits[0]
+		w.log.Error("too many terminal exits wait for Redis: dropping the oldest", "shell", old.key, "max", shellExitsMax)
+		s.exits = slices.Delete(s.exits, 0, 1)
+	}
+	s.exits = append(s.exits, e)
+	if !s.retrying {
+		s.retrying = true
+		// Counted with the terminals: killShells waits for it. The
+		// terminal calling keepExit is counted still, so the count is
+		// not zero here.
+		s.wg.Add(1)
+		go w.retryExits()
+	}
+}
+
+// retryExits tries the kept exits again every shellExitRetry until none is
+// left, or the worker shuts its terminals down. Runs in its own goroutine.
+func (w *Worker) retryExits() {
+	s := &w.shells
+	defer s.wg.Done()
+	quit, _ := s.quitting()
+	t := time.NewTicker(shellExitRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-quit:
+			s.mu.Lock()
+			s.retrying = false
+			s.mu.Unlock()
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		list := slices.Clone(s.exits)
+		s.mu.Unlock()
+		done := map[shellExit]bool{}
+		for _, e := range list {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := w.st.ShellExit(ctx, e.key, e.gen, e.code, e.sig, store.ShellExitNormal)
+			cancel()
+			if store.Retryable(err) {
+				break // Redis does not take it yet: the others wait too
+			}
+			if err != nil {
+				w.log.Warn("record terminal exit", "shell", e.key, "err", err)
+				continue
+			}
+			done[e] = true
+			w.log.Info("terminal exit recorded after Redis came back", "shell", e.key, "gen", e.gen)
+		}
+		s.mu.Lock()
+		s.exits = slices.DeleteFunc(s.exits, func(e shellExit) bool { return done[e] })
+		if len(s.exits) == 0 {
+			s.retrying = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
 	}
 }
 

@@ -168,6 +168,8 @@ type Worker struct {
 	draining atomic.Bool
 	// stopGrace is stopGrace. Tests shorten it.
 	stopGrace time.Duration
+	// outageTolerance is outageTolerance. Tests shorten it.
+	outageTolerance time.Duration
 	// giveUp ends (abandon) when the stopping worker gave its runs
 	// stopGrace to record their ends and Redis took not all of them: the
 	// runs still trying give up, and the heartbeat stops, so that the
@@ -229,7 +231,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg: cfg, st: cfg.Store, log: cfg.Logger.With("worker", cfg.ID), start: time.Now(),
 		env: userEnv(os.Environ(), pass, cfg.Env), accounts: accountSet{cfg: cfg.Accounts, st: cfg.Store},
 		runs: map[string]*run{}, pollBlock: time.Second, appends: newAppender(cfg.Store), ready: make(chan struct{}),
-		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, lingerGrace: lingerGrace, stopGrace: stopGrace,
+		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, lingerGrace: lingerGrace, stopGrace: stopGrace, outageTolerance: outageTolerance,
 	}
 	w.giveUp, w.abandon = context.WithCancel(context.Background())
 	if cfg.Accounts != nil && !canReadOthersFiles() {
