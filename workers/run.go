@@ -109,6 +109,12 @@ type run struct {
 	// stopCtx ends when the run is stopped (stop).
 	stopCtx    context.Context
 	cancelStop context.CancelFunc
+	// halting is set once proc is being halted: a run is stopped again
+	// and again (confirmRuns, every few seconds, while a process in D
+	// state does not die), and one halt is enough. halts counts them
+	// (tests).
+	halting bool
+	halts   atomic.Int32
 }
 
 func newRun(w *Worker, job app.Job) *run {
@@ -128,8 +134,12 @@ func (r *run) stop(reason stopReason) {
 		r.cancelStop()
 	}
 	p := r.proc
+	halt := p != nil && !r.halting
+	if halt {
+		r.halting = true
+	}
 	r.mu.Unlock()
-	if p == nil {
+	if !halt {
 		return
 	}
 	select {
@@ -145,6 +155,7 @@ func (r *run) stop(reason stopReason) {
 // to interrupt its turn (it then stops its tools itself and exits once its
 // input is closed), then by killing whatever is left of its tree.
 func (r *run) halt(p *process) {
+	r.halts.Add(1)
 	if r.interrupt == nil {
 		p.kill(killGrace)
 		return
@@ -306,6 +317,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	r.mu.Lock()
 	r.proc = p
 	already := r.stopped != stopNone
+	r.halting = already // a new process (a retry) is not halted yet
 	r.mu.Unlock()
 	if already {
 		go r.halt(p)

@@ -1018,3 +1018,23 @@ func TestShutdownWithoutRedisEnds(t *testing.T) {
 		})
 	}
 }
+
+// TestStopHaltsOnce: a run stopped again and again (confirmRuns stops a
+// stale run every few seconds while its process does not die, a D state)
+// halts its process once. Before, every stop started a halt goroutine of
+// its own.
+func TestStopHaltsOnce(t *testing.T) {
+	st := storetest.New(t, storetest.Redis(t))
+	h := scriptWorker(t, st, nil)
+	sess, res := h.submit("trap '' TERM; echo a; while :; do sleep 0.1; done")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
+	h.w.mu.Lock()
+	r := h.w.runs[sess.ID]
+	h.w.mu.Unlock()
+	for range 5 {
+		r.stop(stopStale) // all before the process is gone
+	}
+	ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID}
+	require.Eventually(t, func() bool { return !h.w.running(ref) }, 20*time.Second, 20*time.Millisecond)
+	require.EqualValues(t, 1, r.halts.Load())
+}
