@@ -243,7 +243,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		return failed(err.Error())
 	}
 	if len(job.Options.Images) > 0 {
-		files, cleanup, err := writeImages(job.Options.Images, acct)
+		files, cleanup, err := writeImages(job.Options.Images, acct, r.w.imagesPrefix)
 		if err != nil {
 			return failed(err.Error())
 		}

@@ -170,6 +170,8 @@ type Worker struct {
 	stopGrace time.Duration
 	// outageTolerance is outageTolerance. Tests shorten it.
 	outageTolerance time.Duration
+	// imagesPrefix starts the names of the worker's image folders.
+	imagesPrefix string
 	// giveUp ends (abandon) when the stopping worker gave its runs
 	// stopGrace to record their ends and Redis took not all of them: the
 	// runs still trying give up, and the heartbeat stops, so that the
@@ -234,6 +236,7 @@ func New(cfg Config) (*Worker, error) {
 		reclaimIdle: reclaimIdle, completeRetryFor: completeRetryFor, confirmEvery: confirmEvery, lingerGrace: lingerGrace, stopGrace: stopGrace, outageTolerance: outageTolerance,
 	}
 	w.giveUp, w.abandon = context.WithCancel(context.Background())
+	w.imagesPrefix = imagesPrefix(w.st.Scope(), cfg.ID)
 	if cfg.Accounts != nil && !canReadOthersFiles() {
 		w.log.Warn("without CAP_SYS_PTRACE the worker cannot read which files the users' processes hold: a job that left its terminal's or run's session (setsid, nohup) is not killed when they end; add the capability to the worker's container (README: Deploying)")
 	}
@@ -269,6 +272,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("workers: first heartbeat: %w", err)
 	}
 	close(w.ready)
+	// Before the first job: this worker's own id has no folder yet.
+	sweepCtx, stopSweep := context.WithTimeout(ctx, 5*time.Second)
+	w.sweepImages(sweepCtx)
+	stopSweep()
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
 	if w.cfg.Link != nil {
