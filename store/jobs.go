@@ -144,3 +144,29 @@ func (s *Store) JobsWaiting(ctx context.Context) (int64, error) {
 	}
 	return 0, nil
 }
+
+// JobsConsumers returns the names of the jobs group's consumers: one a
+// worker process that ever read a job (each runs under an id of its own).
+func (s *Store) JobsConsumers(ctx context.Context) ([]string, error) {
+	cs, err := s.rdb.XInfoConsumers(ctx, s.k.jobs(), JobsGroup).Result()
+	if err != nil {
+		return nil, fmt.Errorf("store: list the jobs group's consumers: %w", err)
+	}
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = c.Name
+	}
+	return names, nil
+}
+
+// DropJobsConsumer deletes a consumer of the jobs group, a worker gone,
+// if it holds no pending job (those are reclaimed by live workers first).
+// It reports whether it deleted it. A live worker's consumer deleted by
+// mistake is made again by its next read.
+func (s *Store) DropJobsConsumer(ctx context.Context, consumer string) (bool, error) {
+	n, err := s.sc.jobsConsumerDrop.Run(ctx, s.rdb, []string{s.k.jobs()}, JobsGroup, consumer).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: drop jobs consumer %s: %w", consumer, err)
+	}
+	return n == 1, nil
+}

@@ -42,3 +42,32 @@ func TestJobsGroupComesBack(t *testing.T) {
 		})
 	}
 }
+
+// TestDropJobsConsumer: a consumer of the jobs group is deleted only while
+// it holds no pending job (deleting it would drop those).
+func TestDropJobsConsumer(t *testing.T) {
+	st := storetest.New(t, storetest.Redis(t))
+	ctx := context.Background()
+	// A consumer is made by the read that gets it a job.
+	for _, name := range []string{"idle", "holding"} {
+		accept(t, st, newSession("alice"), true)
+		got, err := st.ReadJobs(ctx, name, 10, 10*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		if name == "idle" {
+			require.NoError(t, st.AckJob(ctx, got[0].StreamID))
+		}
+	}
+	names, err := st.JobsConsumers(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"idle", "holding"}, names)
+
+	for name, want := range map[string]bool{"idle": true, "holding": false} {
+		dropped, err := st.DropJobsConsumer(ctx, name)
+		require.NoError(t, err)
+		require.Equal(t, want, dropped, name)
+	}
+	names, err = st.JobsConsumers(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{"holding"}, names)
+}

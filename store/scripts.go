@@ -50,6 +50,10 @@ var (
 	workerRegisterLua string
 	//go:embed lua/inbox_send.lua
 	inboxSendLua string
+	//go:embed lua/worker_forget.lua
+	workerForgetLua string
+	//go:embed lua/jobs_consumer_drop.lua
+	jobsConsumerDropLua string
 )
 
 // scriptSet holds every script of a store. Each script touches the keys of
@@ -64,6 +68,7 @@ type scriptSet struct {
 	shellIdle, shellSet, shellForget, accountUID       *redis.Script
 	sessionForget, eventsWithin                        *redis.Script
 	workerBeat, workerRegister, inboxSend              *redis.Script
+	workerForget, jobsConsumerDrop                     *redis.Script
 	publish                                            string // PUBLISH or SPUBLISH
 }
 
@@ -109,6 +114,8 @@ func newScriptSet(sharded bool) *scriptSet {
 		workerBeat:       mk(workerBeatLua),
 		workerRegister:   mk(workerRegisterLua),
 		inboxSend:        mk(inboxSendLua),
+		workerForget:     mk(workerForgetLua),
+		jobsConsumerDrop: mk(jobsConsumerDropLua),
 		publish:          pub,
 	}
 }

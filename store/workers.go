@@ -130,6 +130,27 @@ func (s *Store) RemoveWorker(ctx context.Context, id string) error {
 	return nil
 }
 
+// ForgetDeadWorker drops from the registry a worker that the reaper found
+// dead at seenDead, unless it beat since: a worker stopped for a while
+// (SIGSTOP, a paused VM) that goes on is alive, and its fresh heartbeat and
+// its inbox, with the controls sent to it meanwhile, stay. Neither is
+// deleted here: a dead worker's heartbeat is gone already, and its inbox
+// expires (inboxTTL). It reports whether the worker was dropped.
+func (s *Store) ForgetDeadWorker(ctx context.Context, id string, seenDead time.Time) (bool, error) {
+	// The heartbeat and the registry lie in different slots on a cluster:
+	// the heartbeat first (a beat writes it before the registry), then
+	// the registry's score under a script.
+	alive, err := s.WorkerAlive(ctx, id)
+	if err != nil || alive {
+		return false, err
+	}
+	n, err := s.sc.workerForget.Run(ctx, s.rdb, []string{s.k.workers()}, seenDead.UnixMilli(), id).Int()
+	if err != nil {
+		return false, fmt.Errorf("store: forget worker %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
 // WorkerAlive reports whether a worker's heartbeat has not expired.
 func (s *Store) WorkerAlive(ctx context.Context, id string) (bool, error) {
 	n, err := s.rdb.Exists(ctx, s.k.worker(id)).Result()

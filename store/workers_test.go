@@ -65,3 +65,43 @@ func TestDrainingWorkerListed(t *testing.T) {
 		})
 	}
 }
+
+// TestForgetDeadWorkerSparesOneThatBeat: the reaper found a worker dead,
+// and before it removed it the worker went on (it had been stopped:
+// SIGSTOP, a paused VM) and beat, and a gateway sent it a control. Its
+// heartbeat, registry entry and inbox stay. Before, the reaper's
+// RemoveWorker deleted them: the live worker looked gone until its next
+// beat, and the control was lost. A worker that did not beat is dropped
+// from the registry.
+func TestForgetDeadWorkerSparesOneThatBeat(t *testing.T) {
+	url := storetest.Redis(t)
+	st := storetest.New(t, url)
+	ctx := context.Background()
+	seenDead := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "resumed", StartedAt: time.Now()}, time.Minute))
+	require.NoError(t, st.SendControl(ctx, "resumed", store.Control{Type: store.ControlAbort, SessionID: "s"}))
+
+	forgot, err := st.ForgetDeadWorker(ctx, "resumed", seenDead)
+	require.NoError(t, err)
+	require.False(t, forgot)
+	alive, err := st.WorkerAlive(ctx, "resumed")
+	require.NoError(t, err)
+	require.True(t, alive, "the fresh heartbeat was deleted")
+	live, err := st.LiveWorkers(ctx)
+	require.NoError(t, err)
+	require.Len(t, live, 1)
+	got, err := st.ReadInbox(ctx, "resumed", "0", 10*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, got, 1, "the control sent to the resumed worker was lost")
+
+	// Gone for good: its heartbeat expired, its last beat before seenDead.
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "gone", StartedAt: time.Now()}, 20*time.Millisecond))
+	time.Sleep(50 * time.Millisecond)
+	forgot, err = st.ForgetDeadWorker(ctx, "gone", time.Now())
+	require.NoError(t, err)
+	require.True(t, forgot)
+	members, err := redisClient(t, url).ZRange(ctx, st.Prefix()+":workers", 0, -1).Result()
+	require.NoError(t, err)
+	require.Equal(t, []string{"resumed"}, members)
+}

@@ -57,7 +57,14 @@ type Reaper struct {
 	outage     bool
 	quietUntil time.Time
 	passStart  time.Time
+	// consumersAt is when the jobs group's consumers were last swept.
+	consumersAt time.Time
 }
+
+// consumerSweepEvery is how often the reaper deletes the jobs consumers of
+// workers gone: each worker process reads under an id of its own, and the
+// group would keep one consumer per process ever started.
+const consumerSweepEvery = time.Minute
 
 // NewReaper returns a Reaper; call Run to start it.
 func NewReaper(cfg ReaperConfig) (*Reaper, error) {
@@ -124,6 +131,10 @@ func (r *Reaper) Pass(ctx context.Context) error {
 		r.log.Debug("waiting for workers to beat after a Redis outage", "for", wait)
 		return nil
 	}
+	if time.Since(r.consumersAt) >= consumerSweepEvery {
+		r.consumersAt = time.Now()
+		r.sweepConsumers(ctx)
+	}
 	running, err := st.Running(ctx)
 	if err != nil {
 		return err
@@ -148,11 +159,42 @@ func (r *Reaper) Pass(ctx context.Context) error {
 	r.check(ctx, running, alive, dead)
 	r.checkShells(ctx, shells, alive, dead)
 	for id := range dead {
-		if err := st.RemoveWorker(ctx, id); err != nil {
+		// Not a worker that beat since this pass began: it was stopped
+		// (SIGSTOP) and went on; its heartbeat and inbox stay.
+		if _, err := st.ForgetDeadWorker(ctx, id, r.passStart); err != nil {
 			r.log.Warn("remove dead worker", "worker", id, "err", err)
 		}
 	}
 	return nil
+}
+
+// sweepConsumers deletes the jobs consumers of workers that are not alive
+// and hold no pending job.
+func (r *Reaper) sweepConsumers(ctx context.Context) {
+	st := r.cfg.Store
+	names, err := st.JobsConsumers(ctx)
+	if err != nil || len(names) == 0 {
+		return
+	}
+	live, err := st.LiveWorkers(ctx)
+	if err != nil || r.stalled() {
+		return
+	}
+	alive := make(map[string]bool, len(live))
+	for _, w := range live {
+		alive[w.ID] = true
+	}
+	for _, name := range names {
+		if alive[name] {
+			continue
+		}
+		if dropped, err := st.DropJobsConsumer(ctx, name); err != nil {
+			r.log.Warn("drop the jobs consumer of a worker gone", "worker", name, "err", err)
+			return
+		} else if dropped {
+			r.log.Debug("dropped the jobs consumer of a worker gone", "worker", name)
+		}
+	}
 }
 
 // check reaps the runs of sessions whose worker is gone (recording it in

@@ -1038,3 +1038,36 @@ func TestStopHaltsOnce(t *testing.T) {
 	require.Eventually(t, func() bool { return !h.w.running(ref) }, 20*time.Second, 20*time.Millisecond)
 	require.EqualValues(t, 1, r.halts.Load())
 }
+
+// TestReaperDropsConsumersOfWorkersGone: the reaper deletes the jobs
+// consumers of workers that are gone and hold no pending job, and keeps
+// live workers' and those holding jobs (reclaimed by live workers first).
+// Before, every worker process ever started stayed a consumer of the
+// group.
+func TestReaperDropsConsumersOfWorkersGone(t *testing.T) {
+	st := storetest.New(t, storetest.Redis(t))
+	ctx := context.Background()
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "alive", StartedAt: time.Now()}, time.Minute))
+	// A consumer is made by the read that gets it a job.
+	for _, name := range []string{"alive", "gone", "gone-holding"} {
+		id := app.NewID()
+		_, err := st.Accept(ctx, &store.AcceptRequest{Session: app.Session{ID: id, Owner: "alice", Provider: app.Claude, ProjectPath: "/tmp"}, New: true, Job: app.Job{SessionID: id}})
+		require.NoError(t, err)
+		got, err := st.ReadJobs(ctx, name, 10, 10*time.Millisecond)
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		if name != "gone-holding" {
+			require.NoError(t, st.AckJob(ctx, got[0].StreamID))
+		}
+	}
+	names, err := st.JobsConsumers(ctx)
+	require.NoError(t, err)
+	require.Len(t, names, 3)
+
+	r, err := NewReaper(ReaperConfig{Store: st, Holder: "r", Interval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, r.Pass(ctx))
+	names, err = st.JobsConsumers(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"alive", "gone-holding"}, names)
+}
