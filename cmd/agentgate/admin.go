@@ -173,6 +173,22 @@ func runSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintf(stdout, "id:          %s\nowner:       %s\nprovider:    %s\nproject:     %s\nstate:       %s\nrun:         %s (started %s)\nworker:      %s\nlast seq:    %d\nprovider id: %s\n",
 			printable(s.ID), printable(s.Owner), printable(string(s.Provider)), printable(s.ProjectPath), printable(string(s.State)),
 			printable(dash(s.RunID)), when(s.StartedAt), printable(dash(s.Worker)), s.LastSeq, printable(dash(s.ProviderSessionID)))
+		exit := "-"
+		if s.ExitCode != nil {
+			exit = fmt.Sprint(*s.ExitCode)
+		}
+		fmt.Fprintf(stdout, "exit code:   %s\nstatus:      %s\ncreated:     %s\nupdated:     %s\n",
+			exit, printable(dash(s.StatusText)), when(s.CreatedAt), when(s.UpdatedAt))
+		perms, err := st.PendingPermissions(ctx, s.ID)
+		if err != nil {
+			return fmt.Errorf("sessions show %s: %w", pos[0], err)
+		}
+		if len(perms) > 0 {
+			fmt.Fprintln(stdout, "waiting for permission:")
+			for _, p := range perms {
+				fmt.Fprintf(stdout, "  %s\n", printable(string(p)))
+			}
+		}
 		evs, err := st.Events(ctx, s.ID, max(0, s.LastSeq-20), 20)
 		if err != nil {
 			return err

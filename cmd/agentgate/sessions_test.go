@@ -49,10 +49,15 @@ func testSessionsAdmin(t *testing.T, url string) {
 	require.NoError(t, run(ctx, append([]string{"migrate"}, flags[:4]...), &migrated, io.Discard))
 	require.Contains(t, migrated.String(), "key schema at version")
 
+	run := store.RunRef{SessionID: sess.ID, RunID: mustSession(t, st, sess.ID).RunID, Provider: app.Claude}
+	require.NoError(t, st.AskPermission(ctx, run, app.PendingPermission{RequestID: "req-1", ToolName: "Bash", SessionID: sess.ID}))
 	out, err = admin("show", sess.ID)
 	require.NoError(t, err)
 	require.Contains(t, out, "/srv/p")
 	require.Contains(t, out, `"kind":"session-state-changed"`)
+	require.Contains(t, out, "exit code:   -")
+	require.Contains(t, out, "waiting for permission:")
+	require.Contains(t, out, `"requestId":"req-1"`)
 
 	out, err = admin("abort", sess.ID)
 	require.NoError(t, err)
@@ -86,4 +91,11 @@ func testSessionsAdmin(t *testing.T, url string) {
 		require.NotContains(t, out, "\u009b", "sessions %s", args[0])
 		require.NotContains(t, out, "\r", "sessions %s", args[0])
 	}
+}
+
+func mustSession(t *testing.T, st *store.Store, id string) app.Session {
+	t.Helper()
+	s, err := st.Session(context.Background(), id)
+	require.NoError(t, err)
+	return s
 }
