@@ -19,7 +19,9 @@ import (
 // other scopes leave it alone. Pdeathsig kills a terminal's shell and a
 // run's CLI with their worker, but not the jobs of an interactive shell
 // (process groups of their own) nor the tools of a CLI (the Claude CLI
-// runs each in a session of its own).
+// runs each in a session of its own). The tag variables beside them
+// (tags.go) name the run or terminal generation, for this worker's own
+// sweeps.
 const (
 	shellOwnerEnv = "AG_TERMINAL_OWNER"
 	runOwnerEnv   = "AG_RUN_OWNER"
@@ -35,8 +37,13 @@ func (w *Worker) ownerVar(name string) string {
 const orphanSweepEvery = 30 * time.Second
 
 // sweepOrphans kills the processes of terminals and runs whose worker is
-// no longer alive, found by the variables above.
+// no longer alive, found by the variables above; and this worker's own
+// processes left by its runs and terminals that ended (their tags, and
+// under Accounts the accounts left with none: tags.go), which needs no
+// Redis.
 func (w *Worker) sweepOrphans(ctx context.Context) {
+	w.sweepStaleTags()
+	w.clearAccounts(nil)
 	// Just after an outage, live workers' heartbeats may not be back.
 	quiet := w.cfg.HeartbeatTTL + 2*w.cfg.HeartbeatInterval
 	if time.Since(time.Unix(0, w.troubleAt.Load())) < quiet {

@@ -103,6 +103,11 @@ type run struct {
 	providerID  string
 	providerIDs int
 
+	// tagUID is the uid the run's processes run as, and tagged whether
+	// its tag is live (beginTag); set once, by the first start.
+	tagUID int
+	tagged bool
+
 	mu      sync.Mutex
 	proc    *process
 	stopped stopReason
@@ -188,6 +193,13 @@ func (r *run) stopReason() stopReason {
 // execute runs the provider to its end and records the run's single
 // complete. It returns when the process group is gone.
 func (r *run) execute() {
+	defer func() {
+		// Last, once the run is recorded: what its tools left running
+		// (daemons in sessions of their own) ends with it, however it ended.
+		if r.tagged {
+			r.w.endTag(runTag(r.job.RunID), r.tagUID)
+		}
+	}()
 	provider := providerLabel(r.job.Provider)
 	runsRunning.WithLabelValues(provider).Inc()
 	start := time.Now()
@@ -251,8 +263,9 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		job.ImageFiles = files
 	}
 	// The owner variable lets the next worker on the host kill what is
-	// left of the run (its CLI's tools) if this one is killed with -9.
-	env := withVars(acct.env(slices.Clip(r.w.env)), r.w.ownerVar(runOwnerEnv))
+	// left of the run (its CLI's tools) if this one is killed with -9; the
+	// tag lets this one kill it when the run ends (tags.go).
+	env := withVars(acct.env(slices.Clip(r.w.env)), r.w.ownerVar(runOwnerEnv), runTag(job.RunID))
 	args, stdin := prov.Command(job, env)
 	if r.retry != nil {
 		args = r.retry
@@ -303,6 +316,10 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 			errW.Close()
 			return failed("start " + string(job.Provider) + ": " + err.Error())
 		}
+	}
+	if !r.tagged {
+		r.tagUID, r.tagged = uidOf(cmd.SysProcAttr.Credential), true
+		r.w.beginTag(runTag(job.RunID), r.tagUID)
 	}
 	err = startCmd(cmd)
 	outW.Close() // the child holds its own copies

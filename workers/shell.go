@@ -299,9 +299,14 @@ func (w *Worker) openShell(c store.Control) {
 	if cmd := spec.Command(w.cfg.Bins); cmd != "" {
 		args = []string{"bash", "-c", cmd}
 	}
-	env := withVars(acct.env(w.env), "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", w.ownerVar(shellOwnerEnv))
+	// The tag finds what the terminal's jobs leave behind when it ends
+	// (tags.go).
+	tag, uid := shellTag(c.Shell, c.Gen), uidOf(acct.credential())
+	env := withVars(acct.env(w.env), "TERM=xterm-256color", "COLORTERM=truecolor", "FORCE_COLOR=3", w.ownerVar(shellOwnerEnv), tag)
+	w.beginTag(tag, uid)
 	p, err := startPTY(ptyConfig{Args: args, Dir: dir, Env: env, Cols: spec.Cols, Rows: spec.Rows, Credential: acct.credential()})
 	if err != nil {
+		w.tags.end(tag, uid) // nothing started: nothing to sweep
 		fail(err.Error())
 		return
 	}
@@ -321,6 +326,7 @@ func (w *Worker) openShell(c store.Control) {
 		w.shells.mu.Unlock()
 		p.kill(shellKillGrace)
 		p.close()
+		w.endTag(tag, uid) // the worker stops: the inbox may wait
 		fail("the worker is shutting down")
 		return
 	}
@@ -346,6 +352,9 @@ func (w *Worker) openShell(c store.Control) {
 			delete(w.shells.m, sh.key)
 		}
 		w.shells.mu.Unlock()
+		// What its jobs left running (daemons) ends with the terminal;
+		// a shutdown waits for it.
+		w.endTag(tag, uid)
 	}()
 }
 

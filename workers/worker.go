@@ -141,6 +141,9 @@ type Worker struct {
 	linkAddr, linkToken string
 
 	shells shellSet // terminals (shell.go)
+	// tags are the runs and terminal generations whose processes are
+	// live here, by the tag in their environment (tags.go).
+	tags tagSet
 
 	// troubleAt (Unix nanoseconds) is when this worker last met Redis
 	// away, slow or refusing writes (heartbeat, terminal checks): for a
@@ -238,7 +241,7 @@ func New(cfg Config) (*Worker, error) {
 	w.giveUp, w.abandon = context.WithCancel(context.Background())
 	w.imagesPrefix = imagesPrefix(w.st.Scope(), cfg.ID)
 	if cfg.Accounts != nil && !canReadOthersFiles() {
-		w.log.Warn("without CAP_SYS_PTRACE the worker cannot read which files the users' processes hold: a job that left its terminal's or run's session (setsid, nohup) is not killed when they end; add the capability to the worker's container (README: Deploying)")
+		w.log.Warn("without CAP_SYS_PTRACE the worker cannot read which files the users' processes hold, nor their environments: a job that left its terminal's or run's session (setsid, nohup) is not killed when they end, only once its user has no run or terminal left on this worker; add the capability to the worker's container (README: Deploying)")
 	}
 	if cfg.Link != nil {
 		token, err := link.NewToken()
