@@ -81,6 +81,37 @@ func TestDetachedDaemonOfARunningRunLives(t *testing.T) {
 		"the daemon outlived its aborted run")
 }
 
+// TestDetachedDaemonsDieWithTheirWorker: a shutdown ends the daemons of
+// the runs it stops and of the terminals it kills before the worker
+// returns: nothing may be left for a next worker that may never come.
+func TestDetachedDaemonsDieWithTheirWorker(t *testing.T) {
+	st := storetest.New(t, storetest.Miniredis(t))
+	h := startWorker(t, st, "/bin/sh")
+	runPID := filepath.Join(h.dir, "run-daemon.pid")
+	sess, _ := h.submit("(" + daemonScript(runPID) + ") ; while [ ! -s " + runPID + " ]; do sleep 0.01; done; echo started; exec sleep 60")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 20*time.Second, 10*time.Millisecond)
+	pid := readPID(t, runPID)
+	killAtCleanup(t, pid)
+
+	spec := app.ShellSpec{Owner: "alice", ProjectPath: h.dir, Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
+	gen, ok, err := st.ShellOpen(context.Background(), "k1", 0, h.w.ID(), "bash", spec, store.ShellLimit{})
+	require.NoError(t, err)
+	require.True(t, ok)
+	// The open reaches the worker through its inbox.
+	require.Eventually(t, func() bool { return h.w.shellOf("k1", gen) != nil }, 20*time.Second, 10*time.Millisecond)
+	shellPID := filepath.Join(h.dir, "shell-daemon.pid")
+	input, _ := json.Marshal(daemonScript(shellPID) + "\r")
+	require.True(t, h.w.shellControl(store.Control{Type: store.ControlShellInput, Shell: "k1", Gen: gen, Data: input}))
+	require.Eventually(t, func() bool { return exists(shellPID) }, 30*time.Second, 20*time.Millisecond)
+	pid2 := readPID(t, shellPID)
+	killAtCleanup(t, pid2)
+
+	h.stop()
+	// Gone when Run returned; the poll only waits for the kernel.
+	require.Eventually(t, func() bool { return !processAlive(pid) && !processAlive(pid2) }, 5*time.Second, 10*time.Millisecond,
+		"a daemon outlived its worker's shutdown")
+}
+
 // TestDetachedDaemonDiesWithItsTerminal: a daemon started in a terminal
 // (setsid, no descriptor on the terminal, its parent gone) is killed
 // when the terminal's shell exits.
