@@ -333,6 +333,22 @@ func (w *Worker) openShell(c store.Control) {
 	if w.shells.m == nil {
 		w.shells.m = map[string]*shell{}
 	}
+	// Another open of this terminal (from the inbox and a link, or two
+	// gateways) may have started one while this started: the newer
+	// generation stays. One left out of the map could be neither killed
+	// nor waited for, and a shutdown would wait on it for good.
+	if old := w.shells.m[c.Shell]; old != nil {
+		if old.gen >= c.Gen {
+			w.shells.mu.Unlock()
+			p.kill(shellKillGrace)
+			p.close()
+			// Not endTag: its sweep would kill the terminal that stays,
+			// which carries the same tag.
+			w.tags.end(tag, uid)
+			return
+		}
+		old.kill()
+	}
 	w.shells.m[c.Shell] = sh
 	w.shells.wg.Add(1)
 	// What came before the open goes first, before any op a link's

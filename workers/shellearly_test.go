@@ -3,9 +3,11 @@ package workers
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -265,4 +267,74 @@ func TestShellOpenWhileDrainingIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, chunks, 1)
 	require.Contains(t, chunks[0].Data, "shutting down")
+}
+
+// TestConcurrentOpensLeaveOneTerminal: the same open reaching the worker
+// twice at once (from a gateway's link and the inbox, or two gateways)
+// starts one terminal that stays, and the other is ended: before, both
+// started and the second replaced the first in the worker's map, so the
+// first could be neither killed nor waited for, and a shutdown waited on
+// it for good.
+func TestConcurrentOpensLeaveOneTerminal(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	open, _ := json.Marshal(spec)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open})
+		}()
+	}
+	wg.Wait()
+	require.Eventually(t, func() bool {
+		chunks, err := st.ShellOutput(context.Background(), "k1", 0, 10)
+		return err == nil && len(chunks) > 0
+	}, 20*time.Second, 10*time.Millisecond, "the prompt")
+	require.Equal(t, 1, w.shellCount())
+	tag := shellTag("k1", gen)
+	require.Eventually(t, func() bool { return len(tagged(t, tag)) == 1 }, 20*time.Second, 20*time.Millisecond,
+		"one shell of the terminal left running: %v", tagged(t, tag))
+	done := make(chan struct{})
+	go func() { w.killShells(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the shutdown waits on a terminal it cannot kill")
+	}
+}
+
+// tagged lists the pids of this process's children whose environment
+// holds tag (NAME=VALUE).
+func tagged(t *testing.T, tag string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	require.NoError(t, err)
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid …: comm may hold spaces, so read after
+		// its closing parenthesis.
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		for _, v := range strings.Split(string(env), "\x00") {
+			if v == tag {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }
