@@ -315,8 +315,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	// Told at once, so that gateways open no terminal here meanwhile.
 	w.draining.Store(true)
-	beatCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if err := w.beat(beatCtx); err != nil {
+	drainBeatCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if err := w.beat(drainBeatCtx); err != nil {
 		w.log.Warn("heartbeat (draining)", "err", err)
 	}
 	cancel()
