@@ -197,7 +197,7 @@ func (r *run) execute() {
 		// Last, once the run is recorded: what its tools left running
 		// (daemons in sessions of their own) ends with it, however it ended.
 		if r.tagged {
-			r.w.endTag(runTag(r.job.RunID), r.tagUID)
+			r.w.endTag(runTag(r.job.SessionID, r.job.RunID), r.tagUID)
 		}
 	}()
 	provider := providerLabel(r.job.Provider)
@@ -265,7 +265,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	// The owner variable lets the next worker on the host kill what is
 	// left of the run (its CLI's tools) if this one is killed with -9; the
 	// tag lets this one kill it when the run ends (tags.go).
-	env := withVars(acct.env(slices.Clip(r.w.env)), r.w.ownerVar(runOwnerEnv), runTag(job.RunID))
+	env := withVars(acct.env(slices.Clip(r.w.env)), r.w.ownerVar(runOwnerEnv), runTag(job.SessionID, job.RunID))
 	args, stdin := prov.Command(job, env)
 	if r.retry != nil {
 		args = r.retry
@@ -319,7 +319,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}
 	if !r.tagged {
 		r.tagUID, r.tagged = uidOf(cmd.SysProcAttr.Credential), true
-		r.w.beginTag(runTag(job.RunID), r.tagUID)
+		r.w.beginTag(runTag(job.SessionID, job.RunID), r.tagUID)
 	}
 	err = startCmd(cmd)
 	outW.Close() // the child holds its own copies

@@ -25,8 +25,10 @@ const (
 	shellTagEnv = "AG_TERMINAL_ID"
 )
 
-// runTag is the tag variable (NAME=VALUE) of a run.
-func runTag(runID string) string { return runTagEnv + "=" + runID }
+// runTag is the tag variable (NAME=VALUE) of a run. A run id is unique
+// within its session only (two sessions accepted in one millisecond get
+// the same), so the session names it too.
+func runTag(sessionID, runID string) string { return runTagEnv + "=" + sessionID + "." + runID }
 
 // shellTag is the tag variable of a terminal generation.
 func shellTag(key string, gen int64) string {

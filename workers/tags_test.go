@@ -161,14 +161,19 @@ func TestStaleTagSweep(t *testing.T) {
 		t.Cleanup(func() { _ = cmd.Process.Kill() })
 		return exited
 	}
-	w.beginTag(runTag("live-run"), os.Getuid())
-	t.Cleanup(func() { w.tags.end(runTag("live-run"), os.Getuid()) })
-	ended := start(w.ownerVar(runOwnerEnv), runTag("ended-run"))
+	w.beginTag(runTag("s1", "live-run"), os.Getuid())
+	t.Cleanup(func() { w.tags.end(runTag("s1", "live-run"), os.Getuid()) })
+	ended := start(w.ownerVar(runOwnerEnv), runTag("s1", "ended-run"))
 	endedShell := start(w.ownerVar(shellOwnerEnv), shellTag("k", 1))
-	live := start(w.ownerVar(runOwnerEnv), runTag("live-run"))
+	live := start(w.ownerVar(runOwnerEnv), runTag("s1", "live-run"))
 	// Of another scope: a dead worker of this one would be an orphan.
-	others := start(runOwnerEnv+"=another-scope/"+w.cfg.ID, runTag("ended-run"))
+	others := start(runOwnerEnv+"=another-scope/"+w.cfg.ID, runTag("s1", "ended-run"))
 	untagged := start(w.ownerVar(runOwnerEnv))
+	// A run of another session with the run id of the ended one: run ids
+	// are unique within a session only.
+	w.beginTag(runTag("s2", "ended-run"), os.Getuid())
+	t.Cleanup(func() { w.tags.end(runTag("s2", "ended-run"), os.Getuid()) })
+	sameID := start(w.ownerVar(runOwnerEnv), runTag("s2", "ended-run"))
 
 	w.sweepStaleTags()
 	for name, exited := range map[string]chan error{"run": ended, "terminal": endedShell} {
@@ -179,7 +184,7 @@ func TestStaleTagSweep(t *testing.T) {
 			t.Fatalf("a process of an ended %s was not killed", name)
 		}
 	}
-	for name, exited := range map[string]chan error{"live": live, "another worker's": others, "untagged": untagged} {
+	for name, exited := range map[string]chan error{"live": live, "another worker's": others, "untagged": untagged, "same run id's": sameID} {
 		select {
 		case err := <-exited:
 			t.Fatalf("the %s process was killed: %v", name, err)
