@@ -15,6 +15,19 @@ export const PENDING_SESSION_ID = "__pending_session__";
 
 const TERMINAL_STATES = new Set(["completed", "failed", "aborted"]);
 
+// DEFAULT_MAX_MESSAGE_SIZE is the gateway's default largest client frame
+// (--max-message-size): a larger one closes the socket with 1009 and is lost.
+export const DEFAULT_MAX_MESSAGE_SIZE = 1 << 20;
+
+// TOKEN_REFUSED is the close code of a /ws or /shell socket whose token
+// expired; a refused upgrade (401) shows in a browser as a close with 1006.
+const TOKEN_REFUSED = 4401;
+
+const encoder = new TextEncoder();
+function byteLength(s) {
+  return encoder.encode(s).length;
+}
+
 // runKey orders runs: a run's id is its start time in milliseconds (Redis
 // TIME), so a larger key is a later run.
 function runKey(runId, startedAt) {
@@ -40,14 +53,21 @@ class SessionRecord {
     this.lastEndedRun = 0; // runKey of the latest complete seen
     this.tokenBudget = null;
     this.resyncing = false;
+    this.resyncAt = 0; // local time resyncing was last asked
+    this.reloading = null; // the history reload under way (recovered:false)
+    this.reloadAgain = false;
   }
 }
 
 export class AgentGate {
   // options: token (JWT, sent as ?token= and as a bearer token), baseUrl
   // (http(s)://host[:port], default the page's origin), wsUrl (default
-  // baseUrl's /ws), backoff {min, max} in ms, and for tests WebSocket,
-  // fetch, now, setTimeout, clearTimeout, random.
+  // baseUrl's /ws), backoff {min, max} in ms, maxMessageSize (the
+  // gateway's --max-message-size, 1 MiB by default: a command larger is
+  // refused here), ackTimeout (ms a command may wait for its answer, 30 s),
+  // maxAhead (events held ahead of a hole before they are dropped and the
+  // session resumed again, 2000), and for tests WebSocket, fetch, now,
+  // setTimeout, clearTimeout, random.
   constructor(options = {}) {
     const loc = globalThis.location;
     this.token = options.token ?? "";
@@ -60,12 +80,20 @@ export class AgentGate {
     this._setTimeout = options.setTimeout ?? ((f, ms) => setTimeout(f, ms));
     this._clearTimeout = options.clearTimeout ?? ((h) => clearTimeout(h));
     this._random = options.random ?? Math.random;
+    this.maxMessageSize = options.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
+    this.ackTimeout = options.ackTimeout ?? 30_000;
+    this.maxAhead = options.maxAhead ?? 2000;
+    this.historyRetry = { min: 1000, max: 30_000, ...options.historyRetry };
 
     // processing is the single source of truth for "this session is
     // working": sessionId -> {statusText, canInterrupt, startedAt, runId}.
     // Entries are replaced, never mutated, so a UI can compare by identity.
     this.processing = new Map();
     this.connected = false;
+    // tokenRefused is set when the gateway refused the token (close 4401, or
+    // an upgrade refused while GET /api/auth/user answers 401): the client
+    // stops reconnecting until setToken gives it another.
+    this.tokenRefused = false;
 
     this._records = new Map();
     this._listeners = new Set();
@@ -74,7 +102,8 @@ export class AgentGate {
     this._timer = null;
     this._stopped = true;
     this._outbox = [];
-    this._requests = new Map(); // requestId -> {sessionId (or PENDING), accepted}
+    this._requests = new Map(); // requestId -> {sessionId (or PENDING), accepted, command, frame, ws, timer}
+    this._answered = new Map(); // requestId of a permission answered here -> local time
     this._pending = null; // {requestId, abort} of the pending new conversation
     this._list = new Map(); // sessionId -> session as GET /api/sessions shows it
     this._seq = 0;
@@ -84,7 +113,8 @@ export class AgentGate {
   // function is called. change.type is one of: connection, processing,
   // event, status, permissions, session-created, run-ended, busy,
   // history-trimmed, error, sessions, frame (any other reply or broadcast,
-  // in change.frame).
+  // in change.frame), send-failed (a command that got no answer: requestId,
+  // sessionId, command, error, reported), token-refused, history-gap.
   subscribe(listener) {
     this._listeners.add(listener);
     return () => this._listeners.delete(listener);
@@ -104,9 +134,21 @@ export class AgentGate {
   // connect opens the socket and keeps it open (reconnecting with backoff)
   // until close.
   connect() {
+    if (this.tokenRefused) return this;
     this._stopped = false;
     if (!this._ws) this._open();
     return this;
+  }
+
+  // setToken replaces the token (a new one from another tab or a login) and
+  // connects again if the old one was refused.
+  setToken(token) {
+    this.token = token ?? "";
+    if (!this.tokenRefused) return;
+    this.tokenRefused = false;
+    this._attempt = 0;
+    this._stopped = false;
+    if (!this._ws) this._open();
   }
 
   close() {
@@ -132,8 +174,10 @@ export class AgentGate {
       return;
     }
     this._ws = ws;
+    let opened = false;
     ws.onopen = () => {
       if (this._ws !== ws) return;
+      opened = true;
       this._attempt = 0;
       this._setConnected(true);
       this._resumeAll();
@@ -148,19 +192,66 @@ export class AgentGate {
       }
       this._receive(frame);
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (this._ws !== ws) return;
       this._ws = null;
+      // A command written to this socket and not answered may or may not
+      // have reached the gateway: it comes back to the user rather than
+      // being sent twice (a copy would start a second run).
+      for (const [id, req] of this._requests) {
+        if (!req.accepted && req.ws === ws) this._fail(id, "Connection lost before the gateway answered: your message is back in the composer (if the session shows it running, it was received)");
+      }
+      if (e?.code === TOKEN_REFUSED) {
+        this._refuse();
+        return;
+      }
       this._setConnected(false);
       this._scheduleReconnect();
+      // A browser does not show why an upgrade failed: a socket that never
+      // opened may have been refused its token, which REST can tell.
+      if (!opened) this._checkToken();
     };
     ws.onerror = () => {}; // onclose follows
+  }
+
+  // _checkToken asks GET /api/auth/user whether the token is still taken
+  // (one question at a time); a 401 stops the reconnects.
+  _checkToken() {
+    if (this._tokenCheck) return;
+    this._tokenCheck = this.user().then(
+      () => {},
+      (err) => {
+        if (err?.status === 401 && !this.connected) this._refuse();
+      },
+    ).finally(() => {
+      this._tokenCheck = null;
+    });
+  }
+
+  // _refuse stops reconnecting with a token the gateway refused, and gives
+  // back every command not answered: none of them will be.
+  _refuse() {
+    if (this.tokenRefused) return;
+    this.tokenRefused = true;
+    this._stopped = true;
+    if (this._timer) this._clearTimeout(this._timer);
+    this._timer = null;
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) ws.close(1000);
+    for (const [id, req] of this._requests) {
+      if (!req.accepted) this._fail(id, "The gateway refused the token (expired?): your message is back in the composer");
+    }
+    this._outbox = [];
+    this.connected = false;
+    this._emit({ type: "connection", connected: false, attempt: this._attempt, tokenRefused: true });
+    this._emit({ type: "token-refused" });
   }
 
   _setConnected(v) {
     if (this.connected === v) return;
     this.connected = v;
-    this._emit({ type: "connection", connected: v, attempt: this._attempt });
+    this._emit({ type: "connection", connected: v, attempt: this._attempt, tokenRefused: this.tokenRefused });
   }
 
   _scheduleReconnect() {
@@ -176,28 +267,34 @@ export class AgentGate {
 
   // _resumeAll runs on every (re)connect: each watched session is resumed
   // from the last seq held, then what was sent while offline goes out.
+  // Answers and aborts queued offline go first: a status reply must not
+  // bring back a permission request answered meanwhile.
   _resumeAll() {
-    if (this._pending && this._pending.sent && !this._pending.sessionId) {
-      // The command went out but its acceptance was lost with the socket:
-      // the session list will show the run if it started.
-      this._markIdle(PENDING_SESSION_ID);
-      this._pending = null;
-      this._emit({ type: "error", error: "Connection lost before the new session was named; see the session list" });
-      this.listSessions().catch(() => {});
-    }
-    for (const rec of this._records.values()) {
-      if (rec.watched) this._checkStatus(rec);
-    }
     const out = this._outbox;
     this._outbox = [];
-    for (const f of out) this._write(f);
-    if (this._pending) this._pending.sent = true;
+    const commands = out.filter((f) => f.requestId && this._requests.has(f.requestId));
+    for (const f of out) if (!commands.includes(f)) this._write(f);
+    for (const rec of this._records.values()) {
+      if (rec.watched) {
+        rec.resyncing = false;
+        this._checkStatus(rec);
+      }
+    }
+    for (const f of commands) this._write(f);
   }
 
+  // _write sends a frame on an open socket (not one closing), and notes on
+  // the command's request which socket carries it.
   _write(frame) {
     const ws = this._ws;
-    if (!ws || !this.connected) return false;
-    ws.send(JSON.stringify(frame));
+    if (!ws || !this.connected || ws.readyState !== 1) return false;
+    try {
+      ws.send(JSON.stringify(frame));
+    } catch {
+      return false;
+    }
+    const req = frame.requestId ? this._requests.get(frame.requestId) : null;
+    if (req && req.frame === frame) req.ws = ws;
     return true;
   }
 
@@ -245,20 +342,68 @@ export class AgentGate {
   // entry is PENDING_SESSION_ID until the gateway names it). options are the
   // command's options (projectPath, model, permissionMode, toolsSettings…).
   // It returns the requestId.
+  //
+  // A command larger than maxMessageSize throws (err.code "too-large")
+  // before anything is sent: the gateway would close the socket (1009) and
+  // lose it. One the gateway does not answer (session-accepted,
+  // session-busy or error) within ackTimeout, or sent on a socket that
+  // closes before its answer, or pending when the token is refused, ends in
+  // a send-failed change with its command, and its processing entry goes.
   send(command, { provider = "claude", sessionId, options = {} } = {}) {
     const requestId = "r" + this._now().toString(36) + "-" + (++this._seq).toString(36);
     const key = sessionId || PENDING_SESSION_ID;
-    if (!sessionId) this._pending = { requestId, abort: false, sent: this.connected, sessionId: null };
-    this._requests.set(requestId, { sessionId: key, accepted: false });
-    this._markProcessing(key, { statusText: null });
     const frame = { type: provider + "-command", command, requestId, options: { ...options } };
     if (sessionId) {
       frame.sessionId = sessionId;
       frame.options.sessionId = sessionId;
-      this._record(sessionId).watched = true; // the gateway subscribes the sender
     }
+    const size = byteLength(JSON.stringify(frame));
+    if (size > this.maxMessageSize) {
+      const err = new Error(`The message is too large to send: ${formatBytes(size)}, and the gateway takes at most ${formatBytes(this.maxMessageSize)} in one message`);
+      err.code = "too-large";
+      err.size = size;
+      throw err;
+    }
+    if (this.tokenRefused) {
+      const err = new Error("The gateway refused the token (expired?): open the address agentgate printed");
+      err.code = "token-refused";
+      throw err;
+    }
+    if (!sessionId) this._pending = { requestId, abort: false, sessionId: null };
+    const req = { sessionId: key, accepted: false, command, frame, ws: null, timer: null };
+    this._requests.set(requestId, req);
+    req.timer = this._setTimeout(() => {
+      req.timer = null;
+      const r = this._requests.get(requestId);
+      if (r && !r.accepted) this._fail(requestId, `No answer from the gateway within ${Math.round(this.ackTimeout / 1000)} s: your message is back in the composer`);
+    }, this.ackTimeout);
+    this._markProcessing(key, { statusText: null });
+    if (sessionId) this._record(sessionId).watched = true; // the gateway subscribes the sender
     this._send(frame);
     return requestId;
+  }
+
+  // _settle marks a command accepted: its timer stops.
+  _settle(requestId) {
+    const req = this._requests.get(requestId);
+    if (!req) return null;
+    if (req.timer) this._clearTimeout(req.timer);
+    req.timer = null;
+    req.accepted = true;
+    req.frame = null;
+    return req;
+  }
+
+  // _fail gives a command back: no answer came, or none will.
+  _fail(requestId, error, { reported = false } = {}) {
+    const req = this._requests.get(requestId);
+    if (!req) return;
+    this._requests.delete(requestId);
+    if (req.timer) this._clearTimeout(req.timer);
+    this._outbox = this._outbox.filter((f) => f !== req.frame);
+    this._markIdle(req.sessionId);
+    if (this._pending?.requestId === requestId) this._pending = null;
+    this._emit({ type: "send-failed", requestId, sessionId: req.sessionId, command: req.command, error, reported });
   }
 
   // abort stops the run of a session. For PENDING_SESSION_ID it stops the
@@ -275,6 +420,7 @@ export class AgentGate {
   // rememberEntry?, updatedInput?}. The request leaves this client at once;
   // other tabs drop it when their session moves on.
   respond(requestId, { allow, message, rememberEntry, updatedInput } = {}) {
+    this._answered.set(requestId, this._now());
     const frame = { type: "claude-permission-response", requestId, allow: !!allow };
     if (message !== undefined) frame.message = message;
     if (rememberEntry !== undefined) frame.rememberEntry = rememberEntry;
@@ -369,7 +515,12 @@ export class AgentGate {
 
   // loadHistory reads the session's stored events over REST
   // (GET /api/sessions/:id/events) and merges them by seq: older ones
-  // before those held, newer ones as if they had arrived live.
+  // before those held, newer ones as if they had arrived live. It reads on
+  // from the last seq it got until the session's lastSeq. Where a page says
+  // recovered:false, the seqs it skips are not stored (trimmed, or lost by a
+  // Redis that lost writes: the session's lostUpTo): nothing can fill them,
+  // so the session goes on after them (history-trimmed for its start,
+  // history-gap for a hole in its middle or end).
   async loadHistory(sessionId) {
     const rec = this._record(sessionId);
     const older = [];
@@ -377,29 +528,88 @@ export class AgentGate {
     for (;;) {
       const body = await this._get(`/api/sessions/${encodeURIComponent(sessionId)}/events?after=${after}&limit=1000`);
       const evs = body.events ?? [];
-      if (body.recovered === false && evs.length && evs[0].seq > rec.lastSeq + 1 && rec.lastSeq >= rec.firstSeq - 1) {
-        // The events in between were trimmed from the store: nothing can
-        // fill that hole, so the session goes on after it.
-        for (const seq of rec.ahead.keys()) if (seq < evs[0].seq) rec.ahead.delete(seq);
-        if (rec.events.length === 0) rec.firstSeq = evs[0].seq;
-        rec.lastSeq = evs[0].seq - 1;
-        this._emit({ type: "history-trimmed", sessionId, firstSeq: evs[0].seq });
-      }
+      const gaps = body.recovered === false;
+      let prev = after;
       for (const ev of evs) {
+        if (typeof ev.seq !== "number") continue;
+        if (gaps && ev.seq > prev + 1) this._skipHole(rec, prev, ev.seq);
         if (ev.seq < rec.firstSeq) older.push(ev);
         else this._ingest(ev, { history: true });
+        prev = Math.max(prev, ev.seq);
+      }
+      const end = Number(body.lastSeq) || 0;
+      if (gaps && evs.length === 0 && end > prev) {
+        // The session's last events are gone: it goes on after them.
+        this._skipHole(rec, prev, end + 1);
       }
       if (evs.length === 0) break;
-      after = evs[evs.length - 1].seq;
-      if (after >= body.lastSeq) break;
+      after = prev;
+      if (after >= end) break;
     }
     if (older.length) {
       const fresh = older.filter((e) => e.seq < rec.firstSeq);
-      rec.events = fresh.concat(rec.events);
-      rec.firstSeq = rec.events[0].seq;
-      this._emit({ type: "event", sessionId, event: null, history: true });
+      if (fresh.length) {
+        rec.events = fresh.concat(rec.events);
+        rec.firstSeq = rec.events[0].seq;
+        this._emit({ type: "event", sessionId, event: null, history: true });
+      }
     }
     return this.events(sessionId);
+  }
+
+  // _skipHole takes the seqs between from and to (both excluded) as missing
+  // for good: if the session waits inside that hole, it goes on at to.
+  _skipHole(rec, from, to) {
+    if (rec.lastSeq >= to - 1 || rec.lastSeq < from) return;
+    const start = rec.events.length === 0 && rec.lastSeq === 0;
+    for (const seq of rec.ahead.keys()) if (seq < to) rec.ahead.delete(seq);
+    if (rec.events.length === 0) rec.firstSeq = to;
+    const missing = { from: rec.lastSeq + 1, to: to - 1 };
+    rec.lastSeq = to - 1;
+    if (start) this._emit({ type: "history-trimmed", sessionId: rec.id, firstSeq: to });
+    else this._emit({ type: "history-gap", sessionId: rec.id, ...missing });
+    this._drain(rec, true);
+  }
+
+  // _reload reads the history after a recovered:false, trying again with
+  // backoff while it fails (a 503 while Redis restarts, 429s), as long as
+  // the session is watched; one reload at a time per session.
+  _reload(rec) {
+    if (rec.reloading) {
+      rec.reloadAgain = true;
+      return;
+    }
+    let attempt = 0;
+    const run = async () => {
+      for (;;) {
+        rec.reloadAgain = false;
+        try {
+          await this.loadHistory(rec.id);
+          if (!rec.reloadAgain) return true;
+        } catch (err) {
+          if (err?.status === 401 || err?.status === 404 || !rec.watched || this._stopped) {
+            this._emit({ type: "error", error: "Could not load the history: " + (err?.message ?? err), sessionId: rec.id });
+            return false;
+          }
+          if (attempt === 0) this._emit({ type: "error", error: "Could not load the history (" + (err?.message ?? err) + "); trying again", sessionId: rec.id });
+          const exp = Math.min(this.historyRetry.max, this.historyRetry.min * 2 ** attempt++);
+          await new Promise((resolve) => this._setTimeout(resolve, Math.round(exp * (0.5 + this._random() / 2))));
+          if (!rec.watched || this._stopped) return false;
+        }
+      }
+    };
+    rec.reloading = run().then((ok) => {
+      rec.reloading = null;
+      if (rec.ahead.size === 0) {
+        rec.resyncing = false;
+      } else if (ok && rec.watched) {
+        // Events held ahead were dropped (the bound) or a hole is left:
+        // the session is resumed from what it holds.
+        rec.resyncing = true;
+        rec.resyncAt = this._now();
+        if (this.connected) this._checkStatus(rec);
+      }
+    });
   }
 
   // _receive handles one frame of the socket.
@@ -425,11 +635,14 @@ export class AgentGate {
   }
 
   _accepted(f) {
-    const req = this._requests.get(f.requestId);
-    if (req) req.accepted = true;
+    const req = this._settle(f.requestId);
     const rec = this._record(f.sessionId);
     rec.watched = true; // the gateway subscribed this socket
+    // Only the accept of the pending command names the new chat (by its
+    // requestId): a session_created, which may come from another session's
+    // history, never does.
     if (req && req.sessionId === PENDING_SESSION_ID) this._named(f.requestId, f.sessionId);
+    this._requests.delete(f.requestId);
     this._markProcessing(f.sessionId, { startedAt: f.startedAt, runId: f.startedAt });
     this._remember(f.sessionId, { provider: f.provider, state: "running", startedAt: f.startedAt });
   }
@@ -437,7 +650,7 @@ export class AgentGate {
   // _named moves the pending entry to the session id the gateway minted.
   _named(requestId, sessionId) {
     const p = this._pending;
-    if (!p || (requestId && p.requestId !== requestId) || (p.sessionId && p.sessionId !== sessionId)) return;
+    if (!p || p.requestId !== requestId || (p.sessionId && p.sessionId !== sessionId)) return;
     const first = !p.sessionId;
     p.sessionId = sessionId;
     if (this._requests.has(p.requestId)) this._requests.get(p.requestId).sessionId = sessionId;
@@ -455,6 +668,8 @@ export class AgentGate {
   }
 
   _busy(f) {
+    const req = this._requests.get(f.requestId);
+    if (req && !req.accepted) this._fail(f.requestId, f.message || "The session is busy", { reported: true });
     this._record(f.sessionId).watched = true;
     this._markProcessing(f.sessionId, { startedAt: f.startedAt, runId: f.startedAt });
     this._emit({ type: "busy", sessionId: f.sessionId, requestId: f.requestId, message: f.message });
@@ -476,8 +691,9 @@ export class AgentGate {
       this._replacePerms(rec, [], null);
     }
     if (f.recovered === false) {
-      // The events after lastSeq were trimmed: what is stored comes over REST.
-      this.loadHistory(f.sessionId).catch((err) => this._emit({ type: "error", error: String(err), sessionId: f.sessionId }));
+      // The events after lastSeq were trimmed or lost: what is stored comes
+      // over REST, and the session goes on past what is not.
+      this._reload(rec);
     }
     this._emit({ type: "status", sessionId: f.sessionId, status: f });
   }
@@ -494,7 +710,11 @@ export class AgentGate {
   _replacePerms(rec, list, askedAt) {
     const next = new Map();
     const now = this._now();
-    for (const p of list) next.set(p.requestId, { ...p, seenAt: rec.perms.get(p.requestId)?.seenAt ?? now });
+    for (const [id, t] of this._answered) if (now - t > 10 * 60_000) this._answered.delete(id);
+    for (const p of list) {
+      if (this._answered.has(p.requestId)) continue; // answered here; the answer may not have landed yet
+      next.set(p.requestId, { ...p, seenAt: rec.perms.get(p.requestId)?.seenAt ?? now });
+    }
     for (const [id, p] of rec.perms) {
       if (!next.has(id) && askedAt != null && p.seenAt > askedAt) next.set(id, p);
     }
@@ -505,13 +725,11 @@ export class AgentGate {
 
   _error(f) {
     const req = f.requestId ? this._requests.get(f.requestId) : null;
-    if (req && !req.accepted) {
-      // The command was refused: no run exists.
-      this._requests.delete(f.requestId);
-      this._markIdle(req.sessionId);
-      if (req.sessionId === PENDING_SESSION_ID || this._pending?.requestId === f.requestId) this._pending = null;
-    }
     this._emit({ type: "error", error: f.error, requestId: f.requestId, sessionId: f.sessionId ?? req?.sessionId, retryable: !!f.retryable });
+    if (req && !req.accepted) {
+      // The command was refused: no run exists, and the user gets it back.
+      this._fail(f.requestId, f.error, { reported: true });
+    }
   }
 
   // _ingest takes one event in: delivered when it is the next seq of its
@@ -522,15 +740,29 @@ export class AgentGate {
     const rec = this._record(sid);
     if (ev.seq <= rec.lastSeq || rec.ahead.has(ev.seq)) return;
     if (ev.seq > rec.lastSeq + 1) {
+      if (rec.ahead.size >= this.maxAhead) {
+        // The hole is not filling (a reload that keeps failing): what is
+        // held goes, and the session is resumed from its lastSeq again.
+        rec.ahead.clear();
+        rec.resyncing = false;
+      }
       rec.ahead.set(ev.seq, ev);
-      if (!history && !rec.resyncing && this.connected) {
-        // A hole on one socket should not happen; ask for it again.
+      const stale = rec.resyncing && this._now() - rec.resyncAt > 15_000;
+      if (!history && (!rec.resyncing || stale) && this.connected && !rec.reloading) {
+        // A hole on one socket should not happen; ask for it again (and
+        // again later, if the answer did not fill it).
         rec.resyncing = true;
+        rec.resyncAt = this._now();
         this._checkStatus(rec);
       }
       return;
     }
     this._deliver(rec, ev, history);
+    this._drain(rec, history);
+  }
+
+  // _drain delivers the events held ahead that are now next in seq.
+  _drain(rec, history) {
     while (rec.ahead.has(rec.lastSeq + 1)) {
       const next = rec.ahead.get(rec.lastSeq + 1);
       rec.ahead.delete(next.seq);
@@ -572,9 +804,6 @@ export class AgentGate {
           this._markProcessing(sid, { canInterrupt: false });
         }
         this._remember(sid, { state: ev.state, startedAt: ev.startedAt, provider: ev.provider });
-        break;
-      case "session_created":
-        this._named(null, ev.newSessionId || sid);
         break;
       case "status":
         if (ev.text === "token_budget") {
@@ -677,4 +906,8 @@ export class AgentGate {
     this._list.set(sid, next);
     if (!prev) this._emit({ type: "sessions" });
   }
+}
+
+function formatBytes(n) {
+  return n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MiB" : Math.ceil(n / 1024) + " KiB";
 }

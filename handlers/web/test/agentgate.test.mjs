@@ -11,6 +11,7 @@ class FakeSocket {
     this.url = url;
     this.sent = [];
     this.closed = false;
+    this.readyState = 0; // CONNECTING
     FakeSocket.last = this;
   }
   send(data) {
@@ -18,15 +19,18 @@ class FakeSocket {
   }
   close() {
     this.closed = true;
+    this.readyState = 2; // CLOSING: onclose follows
   }
   open() {
+    this.readyState = 1;
     this.onopen();
   }
   recv(frame) {
     this.onmessage({ data: JSON.stringify(frame) });
   }
-  drop() {
-    this.onclose({ code: 1006 });
+  drop(code = 1006) {
+    this.readyState = 3;
+    this.onclose({ code });
   }
   sentOf(type) {
     return this.sent.filter((f) => f.type === type);
@@ -35,10 +39,11 @@ class FakeSocket {
 
 // harness returns a connected client on a fake clock, the socket, and the
 // changes it emitted.
-function harness() {
+function harness(options = {}) {
   const clock = { t: 1_000_000 };
   const timers = [];
   const client = new AgentGate({
+    ...options,
     token: "tok", baseUrl: "http://gw", WebSocket: FakeSocket, now: () => clock.t, random: () => 1,
     setTimeout: (f, ms) => { timers.push({ f, ms }); return timers.length; },
     clearTimeout: () => {},
@@ -315,4 +320,194 @@ test("a REST read refused with 429 is tried again after its Retry-After", async 
   await client.loadHistory("s12");
   assert.equal(calls, 3);
   assert.deepEqual(client.events("s12").map((e) => e.seq), [1]);
+});
+
+// settle lets the client's promises (REST reads, reloads) run.
+async function settle() {
+  for (let i = 0; i < 30; i++) await new Promise((r) => setImmediate(r));
+}
+
+// restOf serves GET /api/sessions/:id/events from stored (a Redis that lost
+// some seqs: they are simply absent) with the session's lastSeq, as the
+// gateway computes recovered.
+function restOf(stored, lastSeq) {
+  return async (url) => {
+    const u = new URL(url);
+    const after = Number(u.searchParams.get("after"));
+    const limit = Number(u.searchParams.get("limit") ?? 100);
+    const evs = stored.filter((e) => e.seq > after).slice(0, limit);
+    const recovered = after === lastSeq || (evs.length > 0 && evs[0].seq === after + 1 && evs.at(-1).seq === after + evs.length);
+    return { ok: true, status: 200, json: async () => ({ lastSeq, events: evs, recovered }) };
+  };
+}
+
+test("a hole in the middle of the stored events (lostUpTo) is skipped: the session goes on after it", async () => {
+  seqs = {};
+  const { client, ws, changes } = harness();
+  const all = [];
+  for (let i = 0; i < 8; i++) all.push(ev("g1", "text", { role: "assistant", content: "g" + (i + 1) }));
+  client.watch("g1");
+  ws.recv(all[0]);
+  ws.recv(all[1]);
+  // Redis lost seqs 4 and 5; the page then reconnects and is told so.
+  client._fetch = restOf(all.filter((e) => e.seq !== 4 && e.seq !== 5), 8);
+  ws.recv({ type: "session-status", sessionId: "g1", isProcessing: true, startedAt: 5000, lastSeq: 8, recovered: false });
+  const live9 = ev("g1", "text", { role: "assistant", content: "g9" });
+  ws.recv(live9);
+  await settle();
+  assert.deepEqual(client.events("g1").map((e) => e.seq), [1, 2, 3, 6, 7, 8, 9]);
+  assert.equal(client.lastSeq("g1"), 9);
+  const gap = changes.filter((c) => c.type === "history-gap");
+  assert.equal(gap.length, 1);
+  assert.deepEqual([gap[0].from, gap[0].to], [4, 5]);
+  ws.recv(ev("g1", "text", { role: "assistant", content: "g10" }));
+  assert.equal(client.lastSeq("g1"), 10, "live events go on being delivered");
+});
+
+test("events lost at the end of the stored ones are skipped too", async () => {
+  seqs = {};
+  const { client, ws } = harness();
+  const all = [];
+  for (let i = 0; i < 5; i++) all.push(ev("g2", "text", { role: "assistant", content: "x" + (i + 1) }));
+  client.watch("g2");
+  client._fetch = restOf(all.slice(0, 3), 5); // 4 and 5 lost
+  ws.recv({ type: "session-status", sessionId: "g2", isProcessing: true, startedAt: 5000, lastSeq: 5, recovered: false });
+  ws.recv(ev("g2", "text", { role: "assistant", content: "x6" }));
+  await settle();
+  assert.deepEqual(client.events("g2").map((e) => e.seq), [1, 2, 3, 6]);
+  ws.recv(ev("g2", "text", { role: "assistant", content: "x7" }));
+  assert.equal(client.lastSeq("g2"), 7);
+});
+
+test("a history reload that fails is tried again with backoff; events held ahead are bounded", async () => {
+  seqs = {};
+  const { client, ws, timers } = harness({ maxAhead: 50 });
+  const all = [];
+  for (let i = 0; i < 3; i++) all.push(ev("g3", "text", { role: "assistant", content: "y" + (i + 1) }));
+  client.watch("g3");
+  let down = true;
+  const rest = restOf(all, 3);
+  client._fetch = async (url) => {
+    if (down) return { ok: false, status: 503, headers: { get: () => null }, json: async () => ({ error: "store unavailable" }) };
+    return rest(url);
+  };
+  ws.recv({ type: "session-status", sessionId: "g3", isProcessing: true, startedAt: 5000, lastSeq: 3, recovered: false });
+  await settle();
+  const retry = timers.find((t) => t.ms >= 500 && t.ms <= 30_000 && t.ms !== 30_000);
+  assert.ok(retry, "a retry of the reload is scheduled");
+  for (let i = 0; i < 120; i++) ws.recv(ev("g3", "text", { role: "assistant", content: "live" }));
+  assert.ok(client._records.get("g3").ahead.size <= 50, "events held ahead of the hole are bounded");
+  down = false;
+  retry.f();
+  await settle();
+  assert.deepEqual(client.events("g3").map((e) => e.seq).slice(0, 3), [1, 2, 3]);
+  // What was dropped comes again from the gateway (the resume asked anew).
+  assert.ok(ws.sentOf("check-session-status").length >= 2, "the session was resumed again");
+});
+
+test("a token refused (4401) stops the reconnects and gives back the command not answered", async () => {
+  seqs = {};
+  const { client, ws, timers, changes } = harness();
+  client.send("follow-up", { sessionId: "t1" });
+  ws.drop(4401);
+  assert.equal(client.tokenRefused, true);
+  const opened = FakeSocket.last;
+  for (const t of timers.filter((t) => t.ms < 30_000)) t.f();
+  assert.equal(FakeSocket.last, opened, "no socket is opened with a refused token");
+  assert.equal(client.processing.size, 0, "the prompt does not look running");
+  const failed = changes.filter((c) => c.type === "send-failed");
+  assert.equal(failed.length, 1);
+  assert.equal(failed[0].command, "follow-up");
+  assert.ok(changes.some((c) => c.type === "connection" && c.tokenRefused));
+  client.setToken("fresh");
+  assert.notEqual(FakeSocket.last, opened, "a new token connects again");
+  assert.match(FakeSocket.last.url, /token=fresh/);
+});
+
+test("an upgrade refused while REST answers 401 stops the reconnects too", async () => {
+  seqs = {};
+  const { client, ws, timers } = harness();
+  ws.drop(1001); // the gateway restarted
+  client._fetch = async () => ({ ok: false, status: 401, json: async () => ({ error: "invalid token" }) });
+  timers.at(-1).f();
+  const refused = FakeSocket.last;
+  refused.drop(1006); // never opened: the upgrade got 401
+  await settle();
+  assert.equal(client.tokenRefused, true);
+  for (const t of timers) t.f();
+  assert.equal(FakeSocket.last, refused, "no more upgrades with that token");
+});
+
+test("a command with no answer within ackTimeout, or on a socket that closes first, comes back", async () => {
+  seqs = {};
+  const { client, ws, timers, changes } = harness();
+  const r1 = client.send("lost in a dead socket", { sessionId: "a1" });
+  const ack = timers.find((t) => t.ms === 30_000);
+  assert.ok(ack, "the answer is awaited for 30 s");
+  ack.f();
+  let failed = changes.filter((c) => c.type === "send-failed");
+  assert.deepEqual(failed.map((c) => [c.requestId, c.command]), [[r1, "lost in a dead socket"]]);
+  assert.ok(!client.processing.has("a1"));
+
+  const r2 = client.send("and this one", { sessionId: "a1" });
+  ws.drop();
+  failed = changes.filter((c) => c.type === "send-failed");
+  assert.deepEqual(failed.map((c) => c.requestId), [r1, r2]);
+  timers.filter((t) => t.ms < 30_000).at(-1).f();
+  const ws2 = FakeSocket.last;
+  ws2.open();
+  assert.equal(ws2.sentOf("claude-command").length, 0, "not sent twice: it may have started");
+  assert.ok(!client.processing.has("a1"));
+});
+
+test("a command written while the socket is closing waits for the next socket", () => {
+  seqs = {};
+  const { client, ws, timers } = harness();
+  ws.readyState = 2; // CLOSING: its close event has not come yet
+  client.send("during close", { sessionId: "a2" });
+  assert.equal(ws.sentOf("claude-command").length, 0);
+  ws.drop();
+  timers.filter((t) => t.ms < 30_000).at(-1).f();
+  FakeSocket.last.open();
+  assert.deepEqual(FakeSocket.last.sentOf("claude-command").map((f) => f.command), ["during close"]);
+});
+
+test("a command over the frame limit is refused before it is sent", () => {
+  seqs = {};
+  const { client, ws } = harness();
+  assert.throws(() => client.send("x".repeat(1 << 20), { sessionId: "a3" }), (err) => err.code === "too-large");
+  assert.equal(ws.sentOf("claude-command").length, 0);
+  assert.equal(client.processing.size, 0);
+});
+
+test("a session_created of another session does not name the pending new chat", async () => {
+  seqs = {};
+  const { client, ws, changes } = harness();
+  const requestId = client.send("new chat");
+  // Another session's history, read meanwhile, holds its own session_created.
+  const other = [ev("old", "session-state-changed", { state: "running", runId: "4000", startedAt: 4000 }), ev("old", "session_created", { newSessionId: "old", runId: "4000" })];
+  client._fetch = restOf(other, 2);
+  await client.loadHistory("old");
+  ws.recv(ev("bg", "session_created", { newSessionId: "bg", runId: "4500" })); // a live one of a watched session
+  assert.equal(changes.filter((c) => c.type === "session-created").length, 0);
+  assert.ok(client.processing.has(PENDING_SESSION_ID));
+  startRun(ws, "mine", "5000", { isNew: true, requestId });
+  assert.deepEqual(changes.filter((c) => c.type === "session-created").map((c) => c.sessionId), ["mine"]);
+});
+
+test("a permission answered offline is sent before the status checks and not shown again", () => {
+  seqs = {};
+  const { client, ws, timers } = harness();
+  startRun(ws, "p1", "5000");
+  ws.recv(ev("p1", "permission_request", { requestId: "q1", toolName: "Bash", input: {} }));
+  ws.drop();
+  client.respond("q1", { allow: true });
+  timers.at(-1).f();
+  const ws2 = FakeSocket.last;
+  ws2.open();
+  const types = ws2.sent.map((f) => f.type);
+  assert.ok(types.indexOf("claude-permission-response") < types.indexOf("check-session-status"), types.join(","));
+  ws2.recv({ type: "session-status", sessionId: "p1", isProcessing: true, startedAt: 5000, lastSeq: 4,
+    pendingPermissions: [{ requestId: "q1", toolName: "Bash", input: {}, sessionId: "p1", receivedAt: 1 }] });
+  assert.deepEqual(client.permissions("p1"), [], "the answered request is not shown again");
 });
