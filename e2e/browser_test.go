@@ -28,6 +28,7 @@ var browserTests = []string{
 	"e2e/browser/permissions.test.mjs",
 	"e2e/browser/terminal.test.mjs",
 	"e2e/browser/account.test.mjs",
+	"e2e/browser/resilience.test.mjs",
 	"e2e/browser/failover.test.mjs",
 }
 

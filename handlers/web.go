@@ -1,10 +1,12 @@
 package handlers
 
 import (
+	"bytes"
 	"embed"
 	"io/fs"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -34,7 +36,7 @@ var webTypes = map[string]string{
 // library at /agentgate.js (for any page that wants to speak /ws), and the
 // page's files under /ui/.
 func (s *Server) webRoutes(e *echo.Echo) {
-	e.GET("/", func(c echo.Context) error { return serveWebFile(c, "index.html") })
+	e.GET("/", func(c echo.Context) error { return serveWebPage(c, s.cfg.MaxMessageSize) })
 	e.GET("/agentgate.js", func(c echo.Context) error { return serveWebFile(c, "agentgate.js") })
 	e.GET("/ui/*", func(c echo.Context) error {
 		name := path.Clean(c.Param("*"))
@@ -45,15 +47,38 @@ func (s *Server) webRoutes(e *echo.Echo) {
 	})
 }
 
+// webMaxMessageMeta is the page's meta element that tells its scripts the
+// gateway's largest client frame (--max-message-size), with the default
+// value the file holds: a prompt or paste larger would close the socket
+// with 1009, so the page refuses or splits it first.
+const webMaxMessageMeta = `<meta name="agentgate-max-message-size" content="1048576">`
+
+// serveWebPage serves index.html with this gateway's frame limit.
+func serveWebPage(c echo.Context, maxMessageSize int64) error {
+	b, err := fs.ReadFile(webFiles, "web/index.html")
+	if err != nil {
+		return echo.ErrNotFound
+	}
+	if maxMessageSize > 0 {
+		b = bytes.Replace(b, []byte(webMaxMessageMeta),
+			[]byte(`<meta name="agentgate-max-message-size" content="`+strconv.FormatInt(maxMessageSize, 10)+`">`), 1)
+	}
+	return writeWebFile(c, "index.html", b)
+}
+
 func serveWebFile(c echo.Context, name string) error {
-	ctype, ok := webTypes[path.Ext(name)]
-	if !ok {
+	if _, ok := webTypes[path.Ext(name)]; !ok {
 		return echo.ErrNotFound // LICENSE and VERSIONS are for the repository
 	}
 	b, err := fs.ReadFile(webFiles, "web/"+name)
 	if err != nil {
 		return echo.ErrNotFound
 	}
+	return writeWebFile(c, name, b)
+}
+
+func writeWebFile(c echo.Context, name string, b []byte) error {
+	ctype := webTypes[path.Ext(name)]
 	h := c.Response().Header()
 	h.Set("Content-Security-Policy", webCSP)
 	h.Set("X-Content-Type-Options", "nosniff")

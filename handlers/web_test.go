@@ -40,6 +40,10 @@ func TestWebClient(t *testing.T) {
 	require.NotContains(t, page, "<script>", "no inline script: the CSP would block it")
 	require.Equal(t, "no-referrer", resp.Header.Get("Referrer-Policy"), "the token of /?token= stays out of Referers")
 	require.Equal(t, "no-store", resp.Header.Get("Cache-Control"), "nor is it kept in a cache under that address")
+	require.Contains(t, page, `<meta name="agentgate-max-message-size" content="1048576">`, "the page knows the frame limit")
+	g2 := startGateway(t, newStore(t, storetest.Mini), func(c *Config) { c.MaxMessageSize = 4096 })
+	_, page2 := webGet(t, g2.ts.URL+"/")
+	require.Contains(t, page2, `<meta name="agentgate-max-message-size" content="4096">`, "the configured frame limit")
 
 	// Everything the page links to, and what its modules import.
 	files := []string{"/agentgate.js", "/ui/app.js", "/ui/terminal.js", "/ui/app.css",

@@ -26,23 +26,42 @@ if (offered) {
   const rest = params.toString();
   history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
 }
-const token = localStorage.getItem("agentgate.token") || "";
+let token = localStorage.getItem("agentgate.token") || "";
 
-const client = new AgentGate({ token });
+// The gateway's largest client frame (--max-message-size), which it writes
+// into the page: a larger prompt or terminal frame would close the socket.
+const maxMessageSize = Number(document.querySelector('meta[name="agentgate-max-message-size"]')?.content) || undefined;
+
+const client = new AgentGate({ token, maxMessageSize });
 window.agentgate = client; // for the console and for tests
 
 // Who this page acts as, from the gateway (in platform mode there is no
 // token to read it from).
 // A token the gateway refuses would leave the page "connecting…" for good
-// (a browser does not show a socket's 401): it says so instead.
+// (a browser does not show a socket's 401): it says so instead, at load and
+// when the token expires while the page is open (close 4401, then refused
+// upgrades): the client stops reconnecting with it.
 let tokenRefused = false;
 client.user().then((u) => { $("user").textContent = u.username ? "Signed in as " + u.username : ""; }).catch((e) => {
-  if (e.status !== 401) return;
+  if (e.status === 401) showTokenRefused();
+});
+function showTokenRefused() {
   tokenRefused = true;
   $("connection").dataset.connected = "false";
-  $("connection").textContent = token
+  $("connection").textContent = refusedText(token);
+}
+function refusedText(t) {
+  return t
     ? "token refused (expired, or from another agentgate): open the address agentgate printed"
     : "no token: open the address agentgate printed (…/?token=…)";
+}
+// A token stored by another tab (opened with a new ?token=) is taken here too.
+addEventListener("storage", (e) => {
+  if (e.key !== "agentgate.token" || !e.newValue || e.newValue === token) return;
+  token = e.newValue;
+  tokenRefused = false;
+  client.setToken(token);
+  terminal?.setToken(token);
 });
 
 // tokenUser reads the user a token names (its "sub", else the "username" of
@@ -73,15 +92,77 @@ const loaded = new Set(); // sessions whose history was read
 
 // Prompts the user sent are not session events; they are kept here (and in
 // localStorage, for a reload and the other tabs) with the seq they followed.
+// What is stored is bounded: the prompts of the last PROMPT_SESSIONS
+// sessions written, PROMPT_ENTRIES each; a full storage drops the oldest
+// sessions' prompts, and when it still refuses, the prompts stay in this
+// tab's memory: storage never stops a send.
+const PROMPTS = "agentgate.prompts.";
+const PROMPT_ORDER = "agentgate.promptOrder"; // session ids, the last written last
+const PROMPT_SESSIONS = 50;
+const PROMPT_ENTRIES = 200;
+const memPrompts = new Map(); // sid -> prompts this tab could not store
 function prompts(sid) {
+  if (memPrompts.has(sid)) return memPrompts.get(sid);
   try {
-    return JSON.parse(localStorage.getItem("agentgate.prompts." + sid) || "[]");
+    const list = JSON.parse(localStorage.getItem(PROMPTS + sid) || "[]");
+    return Array.isArray(list) ? list : [];
   } catch {
     return [];
   }
 }
+function promptOrder() {
+  let order = [];
+  try {
+    order = JSON.parse(localStorage.getItem(PROMPT_ORDER) || "[]");
+  } catch {}
+  if (!Array.isArray(order)) order = [];
+  // Sessions stored before the order was kept (or by another tab's race)
+  // come first: the oldest.
+  const known = new Set(order);
+  const stored = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const k = localStorage.key(i);
+    if (k?.startsWith(PROMPTS) && !known.has(k.slice(PROMPTS.length))) stored.push(k.slice(PROMPTS.length));
+  }
+  return [...stored, ...order.filter((sid) => localStorage.getItem(PROMPTS + sid) !== null)];
+}
+function setPrompts(sid, list) {
+  if (list.length > PROMPT_ENTRIES) list = [list[0], ...list.slice(-(PROMPT_ENTRIES - 1))]; // the first names the session
+  const value = JSON.stringify(list);
+  try {
+    let order = promptOrder().filter((x) => x !== sid);
+    for (;;) {
+      try {
+        localStorage.setItem(PROMPTS + sid, value);
+        break;
+      } catch (err) {
+        // Full: the oldest session's prompts make room.
+        const oldest = order.shift();
+        if (oldest === undefined) throw err;
+        localStorage.removeItem(PROMPTS + oldest);
+      }
+    }
+    order.push(sid);
+    while (order.length > PROMPT_SESSIONS) localStorage.removeItem(PROMPTS + order.shift());
+    try {
+      localStorage.setItem(PROMPT_ORDER, JSON.stringify(order));
+    } catch {}
+    memPrompts.delete(sid);
+  } catch {
+    memPrompts.set(sid, list);
+    try {
+      localStorage.removeItem(PROMPTS + sid); // an older copy would hide this one
+    } catch {}
+  }
+}
 function addPrompt(sid, p) {
-  localStorage.setItem("agentgate.prompts." + sid, JSON.stringify([...prompts(sid), p]));
+  setPrompts(sid, [...prompts(sid), p]);
+}
+function removePrompts(sid) {
+  memPrompts.delete(sid);
+  try {
+    localStorage.removeItem(PROMPTS + sid);
+  } catch {}
 }
 function titleOf(s) {
   const first = prompts(s.id)[0];
@@ -321,7 +402,9 @@ function celebrate(sid) {
 client.subscribe((c) => {
   switch (c.type) {
     case "connection":
+      if (c.tokenRefused) showTokenRefused();
       if (tokenRefused && !c.connected) break; // the reason stays on screen
+      if (c.connected) tokenRefused = false;
       $("connection").dataset.connected = String(c.connected);
       $("connection").textContent = c.connected ? "connected" : "reconnecting…";
       // Sessions may have started or ended elsewhere while this tab was away.
@@ -341,8 +424,8 @@ client.subscribe((c) => {
       // A new conversation is named: its prompt moves to its id, and the
       // page shows it there if it still shows the pending chat.
       const ps = prompts(PENDING_SESSION_ID);
-      localStorage.removeItem("agentgate.prompts." + PENDING_SESSION_ID);
-      for (const p of ps) addPrompt(c.sessionId, p);
+      removePrompts(PENDING_SESSION_ID);
+      if (ps.length) setPrompts(c.sessionId, [...prompts(c.sessionId), ...ps]);
       loaded.add(c.sessionId); // every event comes live from seq 1
       if (viewed === PENDING_SESSION_ID) view(c.sessionId);
       renderSessions();
@@ -357,6 +440,21 @@ client.subscribe((c) => {
     case "history-trimmed":
       if (c.sessionId === viewed) notice("The oldest events of this session are no longer stored.");
       break;
+    case "history-gap":
+      if (c.sessionId === viewed) notice(`Some events of this session were lost by the store (${c.from === c.to ? "event " + c.from : "events " + c.from + "–" + c.to}); it goes on after them.`);
+      break;
+    case "send-failed": {
+      // The message comes back: out of the conversation, into the composer.
+      const sid = c.sessionId;
+      const left = prompts(sid).filter((p) => p.requestId !== c.requestId);
+      if (left.length) setPrompts(sid, left);
+      else removePrompts(sid);
+      if (!$("message").value.trim()) $("message").value = c.command;
+      if (sid === PENDING_SESSION_ID && viewed === PENDING_SESSION_ID) view(null);
+      else renderAll();
+      if (!c.reported) notice(c.error);
+      break;
+    }
     case "busy":
       notice(c.message || "The session is busy");
       break;
@@ -381,21 +479,32 @@ $("composer").addEventListener("submit", (e) => {
   const existing = viewed && viewed !== PENDING_SESSION_ID ? viewed : null;
   const info = existing && client.sessions().find((s) => s.id === existing);
   const provider = info?.provider || $("provider").value;
+  const afterSeq = existing ? client.lastSeq(existing) : 0;
+  let requestId;
+  try {
+    // Sent first: nothing stored (or not) here may keep it from going.
+    requestId = client.send(text, { provider, sessionId: existing ?? undefined, options });
+  } catch (err) {
+    // Too large for the gateway's frames, or the token refused: the text
+    // stays in the composer.
+    notice(err.message);
+    return;
+  }
   if (existing) {
-    addPrompt(existing, { afterSeq: client.lastSeq(existing), text });
-    client.send(text, { provider, sessionId: existing, options });
+    addPrompt(existing, { afterSeq, text, requestId });
   } else {
-    localStorage.removeItem("agentgate.prompts." + PENDING_SESSION_ID);
-    addPrompt(PENDING_SESSION_ID, { afterSeq: 0, text });
+    removePrompts(PENDING_SESSION_ID);
+    addPrompt(PENDING_SESSION_ID, { afterSeq: 0, text, requestId });
     viewed = PENDING_SESSION_ID;
-    client.send(text, { provider, options });
   }
   $("message").value = "";
   renderAll();
 });
 
 $("message").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+  // Enter that ends an IME composition is not a send: Safari fires it after
+  // compositionend with isComposing false, and keyCode 229.
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
     e.preventDefault();
     $("composer").requestSubmit();
   }
@@ -414,7 +523,13 @@ function selectTab(which) {
   }
   sessionStorage.setItem("agentgate.tab", which);
   if (which === "tab-terminal") {
-    if (!terminal) terminal = openTerminal($("terminal"), { token, projectPath: () => $("project").value.trim() });
+    if (!terminal) {
+      terminal = openTerminal($("terminal"), {
+        token, maxMessageSize, status: $("terminal-connection"), refusedText,
+        projectPath: () => $("project").value.trim(),
+      });
+      window.agentgateTerminal = terminal; // for tests
+    }
     terminal.focus();
   }
 }

@@ -14,7 +14,30 @@ function shellId() {
   return id;
 }
 
-export function openTerminal(host, { token, projectPath }) {
+// inputPieces cuts an input (a paste) into pieces that each fit in one frame
+// under the gateway's limit (--max-message-size; a larger frame closes the
+// socket with 1009 and is lost). The gateway takes the pieces in order, as
+// keystrokes. A piece is at most a sixteenth of the limit in UTF-16 units,
+// so that its JSON (up to 6 bytes a unit for control characters) fits
+// whatever it holds; a surrogate pair is never cut.
+export function inputPieces(data, maxMessageSize = 1 << 20) {
+  const size = Math.max(256, Math.min(65536, Math.floor(maxMessageSize / 16)));
+  if (data.length <= size) return [data];
+  const out = [];
+  for (let i = 0; i < data.length; ) {
+    let end = Math.min(data.length, i + size);
+    const c = data.charCodeAt(end - 1);
+    if (end < data.length && c >= 0xd800 && c <= 0xdbff) end--;
+    out.push(data.slice(i, end));
+    i = end;
+  }
+  return out;
+}
+
+// openTerminal opens the terminal in host. status (optional) is an element
+// that shows whether the terminal's socket is connected; refusedText(token)
+// the words for a token the gateway refused.
+export function openTerminal(host, { token, projectPath, maxMessageSize, status, refusedText }) {
   const term = new Terminal({ convertEol: false, cursorBlink: true, fontSize: 13, scrollback: 5000 });
   const fit = new FitAddon();
   term.loadAddon(fit);
@@ -27,6 +50,14 @@ export function openTerminal(host, { token, projectPath }) {
   let exited = false;
   let attempt = 0;
   let shownError = null; // the text of an error frame just shown
+  let refused = false; // the gateway refused the token: no reconnect with it
+  let timer = null;
+
+  function setStatus(connected, text) {
+    if (!status) return;
+    status.dataset.connected = String(connected);
+    status.textContent = text;
+  }
 
   // Keystrokes typed while the socket is not open yet (the page just
   // loaded) or is reconnecting wait here, bounded, and go out after the
@@ -56,12 +87,26 @@ export function openTerminal(host, { token, projectPath }) {
     send(frame);
   }
 
+  function refuse() {
+    refused = true;
+    typedAhead = [];
+    typedBytes = 0;
+    const text = refusedText ? refusedText(token) : "token refused";
+    setStatus(false, text);
+    term.write("\r\n\x1b[31m" + text + "\x1b[0m\r\n");
+  }
+
   function connect() {
+    timer = null;
+    if (refused) return;
     const url = location.origin.replace(/^http/, "ws") + "/shell?token=" + encodeURIComponent(token);
     const sock = new WebSocket(url);
     ws = sock;
+    let opened = false;
     sock.onopen = () => {
+      opened = true;
       attempt = 0;
+      setStatus(true, "terminal connected");
       init();
       const ahead = typedAhead;
       typedAhead = [];
@@ -84,7 +129,12 @@ export function openTerminal(host, { token, projectPath }) {
           // A notice with a gen begins that generation's seqs: a reconnect
           // names it, so that a terminal restarted meanwhile (from another
           // tab) is shown from its start, not from this one's lastSeq.
-          if (typeof f.gen === "number") lastGen = f.gen;
+          // Another generation's seqs start again at 1: the last seq shown
+          // (of the old one) must not hide its first chunks.
+          if (typeof f.gen === "number") {
+            if (lastGen !== null && f.gen !== lastGen) lastSeq = null;
+            lastGen = f.gen;
+          }
           if (typeof f.seq !== "number" && shown !== null && f.data.includes(shown)) return;
           if (typeof f.seq === "number") {
             // A chunk already shown (a replay overlapping the screen) is skipped.
@@ -114,12 +164,33 @@ export function openTerminal(host, { token, projectPath }) {
           break;
       }
     };
-    sock.onclose = () => {
+    sock.onclose = async (e) => {
       if (ws !== sock) return;
       ws = null;
+      if (e.code === 4401) return refuse(); // the token expired
+      setStatus(false, "terminal reconnecting…");
+      if (!opened) {
+        // A refused upgrade shows as a plain failure: REST tells a token
+        // refused from a gateway away.
+        try {
+          const resp = await fetch("/api/auth/user", { headers: { Authorization: "Bearer " + token } });
+          if (resp.status === 401) return refuse();
+        } catch {}
+        if (ws || refused || timer) return;
+      }
       const delay = Math.min(8000, 250 * 2 ** attempt++) * (0.5 + Math.random() / 2);
-      setTimeout(connect, delay);
+      timer = setTimeout(connect, delay);
     };
+  }
+
+  // setToken takes a new token (stored by another tab) and connects again
+  // if the old one was refused.
+  function setToken(t) {
+    token = t;
+    if (!refused) return;
+    refused = false;
+    attempt = 0;
+    if (!ws && !timer) connect();
   }
 
   term.onData((data) => {
@@ -130,7 +201,7 @@ export function openTerminal(host, { token, projectPath }) {
       init();
       return;
     }
-    send({ type: "input", data });
+    for (const piece of inputPieces(data, maxMessageSize)) send({ type: "input", data: piece });
   });
   term.onResize(({ cols, rows }) => send({ type: "resize", cols, rows }));
   new ResizeObserver(() => {
@@ -138,5 +209,5 @@ export function openTerminal(host, { token, projectPath }) {
   }).observe(host);
 
   connect();
-  return { focus: () => term.focus(), terminal: term };
+  return { focus: () => term.focus(), terminal: term, setToken };
 }
