@@ -237,17 +237,20 @@ test("the terminal: a new generation's first chunks are shown; disconnected and 
     },
   });
   await ui.terminalTab(page).click();
-  await page.locator("#terminal-connection[data-connected=true]").waitFor({ timeout: WAIT });
   for (const w of ["one", "two", "three"]) {
     await typeLine(page, `echo gen-${w}-$((1+1))`);
     await waitScreen(page, `gen-${w}-2`);
   }
   // The terminal is restarted elsewhere: this socket is told its new
-  // generation, whose chunks start at seq 1.
+  // generation, whose chunks start again at seq 1 (here its first chunk is
+  // no longer stored: the replay starts at seq 2, below this screen's last).
   route.last.send(JSON.stringify({ type: "output", data: "\r\n[Terminal restarted]\r\n", gen: 987654 }));
-  route.last.send(JSON.stringify({ type: "output", seq: 1, data: "new-gen-first\r\n" }));
-  route.last.send(JSON.stringify({ type: "output", seq: 2, data: "new-gen-second\r\n" }));
+  route.last.send(JSON.stringify({ type: "output", data: "[Output trimmed: 1 earlier chunks are no longer stored]\r\n" }));
+  route.last.send(JSON.stringify({ type: "output", seq: 2, data: "new-gen-first\r\n" }));
+  route.last.send(JSON.stringify({ type: "output", seq: 3, data: "new-gen-second\r\n" }));
+  await waitScreen(page, "new-gen-first", SHORT);
   await waitScreen(page, "new-gen-second", SHORT);
+  await page.locator("#terminal-connection[data-connected=true]").waitFor({ timeout: SHORT });
 
   // Disconnected: shown until the socket is back.
   mode = 1013;
