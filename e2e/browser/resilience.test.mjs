@@ -212,7 +212,9 @@ test("a paste over the frame limit reaches the terminal whole", async () => {
   await ui.terminalTab(page).click();
   await typeLine(page, "echo ready-$((1+1))");
   await waitScreen(page, "ready-2");
-  await typeLine(page, "stty -echo; wc -c; stty echo; echo pasted-$((40+2))");
+  // The paste goes to wc once it reads (bash's readline would take it before).
+  await typeLine(page, "stty -echo; echo reading-$((1+2)); wc -c; stty echo; echo pasted-$((40+2))");
+  await waitScreen(page, "reading-3");
   await page.evaluate(() => {
     // As the browser delivers a paste to xterm.js: 1.2 MB of short lines.
     const data = new DataTransfer();
