@@ -64,3 +64,20 @@ test("a token the gateway refuses is said so, not left connecting", async () => 
   await none.locator("#connection", { hasText: "no token" }).waitFor({ timeout: WAIT });
   await context.close();
 });
+
+test("a refused link does not replace a token that works", async () => {
+  const context = await browser.newContext();
+  const page = await openPage(context);
+  await signedInAs(page, "alice");
+  const working = await page.evaluate(() => localStorage.getItem("agentgate.token"));
+  // Names alice, so nothing is asked, but no gateway signed it: the
+  // token it replaced comes back.
+  const forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.c2lnbmF0dXJl";
+  const asked = [];
+  page.on("dialog", (d) => { asked.push(d.message()); d.dismiss(); });
+  await page.goto(`${env.url}/?token=${forged}`);
+  await signedInAs(page, "alice");
+  assert.equal(await page.evaluate(() => localStorage.getItem("agentgate.token")), working);
+  assert.equal(asked.length, 0);
+  await context.close();
+});

@@ -20,6 +20,11 @@ if (offered) {
   const from = tokenUser(current), to = tokenUser(offered);
   if (!current || current === offered || (from !== "" && from === to) ||
       confirm(`This link signs this browser in as "${to || "another user"}" instead of "${from || "the current user"}". Switch?`)) {
+    // The user a token names is read unverified (the page cannot check a
+    // signature): the token it replaces is kept until the gateway takes
+    // the new one, so that a forged link of the same user's name cannot
+    // lock this browser out (see restorePrevious).
+    if (current && current !== offered) localStorage.setItem("agentgate.token.previous", current);
     localStorage.setItem("agentgate.token", offered);
   }
   params.delete("token");
@@ -42,9 +47,22 @@ window.agentgate = client; // for the console and for tests
 // when the token expires while the page is open (close 4401, then refused
 // upgrades): the client stops reconnecting with it.
 let tokenRefused = false;
-client.user().then((u) => { $("user").textContent = u.username ? "Signed in as " + u.username : ""; }).catch((e) => {
-  if (e.status === 401) showTokenRefused();
+client.user().then((u) => {
+  localStorage.removeItem("agentgate.token.previous");
+  $("user").textContent = u.username ? "Signed in as " + u.username : "";
+}).catch((e) => {
+  if (e.status === 401 && !restorePrevious()) showTokenRefused();
 });
+// restorePrevious puts back the token a link replaced, once, when the
+// gateway refuses the link's: it reports whether the page reloads with it.
+function restorePrevious() {
+  const previous = localStorage.getItem("agentgate.token.previous");
+  localStorage.removeItem("agentgate.token.previous");
+  if (!previous || previous === token) return false;
+  localStorage.setItem("agentgate.token", previous);
+  location.reload();
+  return true;
+}
 function showTokenRefused() {
   tokenRefused = true;
   $("connection").dataset.connected = "false";
