@@ -153,12 +153,17 @@ export class AgentGate {
 
   close() {
     this._stopped = true;
+    this._drop();
+    this._setConnected(false);
+  }
+
+  // _drop cancels a pending reconnect and closes the socket, if any.
+  _drop() {
     if (this._timer) this._clearTimeout(this._timer);
     this._timer = null;
     const ws = this._ws;
     this._ws = null;
     if (ws) ws.close(1000);
-    this._setConnected(false);
   }
 
   _open() {
@@ -234,11 +239,7 @@ export class AgentGate {
     if (this.tokenRefused) return;
     this.tokenRefused = true;
     this._stopped = true;
-    if (this._timer) this._clearTimeout(this._timer);
-    this._timer = null;
-    const ws = this._ws;
-    this._ws = null;
-    if (ws) ws.close(1000);
+    this._drop();
     for (const [id, req] of this._requests) {
       if (!req.accepted) this._fail(id, "The gateway refused the token (expired?): your message is back in the composer");
     }
