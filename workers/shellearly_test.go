@@ -3,7 +3,6 @@ package workers
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -293,8 +292,8 @@ func TestConcurrentOpensLeaveOneTerminal(t *testing.T) {
 	}, 20*time.Second, 10*time.Millisecond, "the prompt")
 	require.Equal(t, 1, w.shellCount())
 	tag := shellTag("k1", gen)
-	require.Eventually(t, func() bool { return len(tagged(t, tag)) == 1 }, 20*time.Second, 20*time.Millisecond,
-		"one shell of the terminal left running: %v", tagged(t, tag))
+	require.Eventually(t, func() bool { return len(tagged(tag)) == 1 }, 20*time.Second, 20*time.Millisecond,
+		"one shell of the terminal left running: %v", tagged(tag))
 	done := make(chan struct{})
 	go func() { w.killShells(); close(done) }()
 	select {
@@ -304,37 +303,15 @@ func TestConcurrentOpensLeaveOneTerminal(t *testing.T) {
 	}
 }
 
-// tagged lists the pids of this process's children whose environment
-// holds tag (NAME=VALUE).
-func tagged(t *testing.T, tag string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	require.NoError(t, err)
+// tagged lists the pids of the running processes tagged with tag
+// (NAME=VALUE), as the worker's sweeps find them.
+func tagged(tag string) []int {
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid …: comm may hold spaces, so read after
-		// its closing parenthesis.
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil {
-			continue
-		}
-		for _, v := range strings.Split(string(env), "\x00") {
-			if v == tag {
-				pids = append(pids, pid)
-			}
-		}
+	for _, p := range scanProcs(func(env []byte) bool {
+		_, t := ownerAndTag(env)
+		return string(t) == tag
+	}) {
+		pids = append(pids, p.pid)
 	}
 	return pids
 }
