@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/agentgate/agentgate/store"
 	"github.com/agentgate/agentgate/store/storetest"
 )
 
@@ -34,6 +35,10 @@ func TestShellMemoryBound(t *testing.T) {
 	limits := []string{
 		"AGENTGATE_SHELL_HISTORY=" + strconv.Itoa(budget), "AGENTGATE_MAX_TERMINALS=128",
 		"AGENTGATE_MAX_TERMINALS_PER_USER=0", "AGENTGATE_MAX_SOCKETS_PER_USER=256", "AGENTGATE_MAX_FRAME_RATE=1000",
+		// The other tests' 1 s: a hundred floods beside CI's parallel
+		// tests made a heartbeat late, and the gateway ended terminals
+		// of a live worker as lost. Not what this test is about.
+		"AGENTGATE_HEARTBEAT_TTL=10s",
 	}
 	addr := freeAddr(t)
 	gw := startProc(t, "gw", append(append(cl.baseEnv(), limits...), "AGENTGATE_LISTEN="+addr), "gateway")
@@ -61,37 +66,65 @@ func TestShellMemoryBound(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var tail string
-			retries, frames, size := 0, 0, 0
+			// The output's text, joined from the frames' data: a chunk
+			// may end inside "END-42".
+			var text, notices string
+			retries, frames := 0, 0
 			_ = ws.SetReadDeadline(time.Now().Add(3 * time.Minute))
-			for !strings.Contains(tail, "END-42") {
+			for !strings.Contains(text, "END-42") {
 				_, data, err := ws.ReadMessage()
 				if err != nil {
-					// What it got tells a socket never served from one
-					// that stalled part way (seen once in CI, not
-					// understood).
-					t.Errorf("terminal %d: %v after %d frames, %d bytes; last: %q", i, err, frames, size, tail)
+					t.Errorf("terminal %d: %v after %d frames; notices %q; last: %q", i, err, frames, notices, text)
 					return
 				}
-				frames, size = frames+1, size+len(data)
-				// A refused init (100 of them at once load the machine)
-				// is answered with an error; a user tries again.
-				var m struct{ Type, Message string }
-				if json.Unmarshal(data, &m) == nil && m.Type == "error" {
+				frames++
+				var m struct {
+					Type, Message, Data string
+					Seq                 *int64
+				}
+				if json.Unmarshal(data, &m) != nil {
+					t.Errorf("terminal %d: frame %q", i, data)
+					return
+				}
+				switch {
+				case m.Type == "error":
+					// A refused init (100 of them at once load the
+					// machine) is answered with an error; a user tries
+					// again.
 					retries++
 					t.Logf("terminal %d: %s", i, m.Message)
 					if retries > 3 || ws.WriteJSON(init) != nil {
 						t.Errorf("terminal %d: refused %d times: %s", i, retries, m.Message)
 						return
 					}
-					continue
+				case m.Type == "exit":
+					// Its exit came and its last line did not: lost, or
+					// ended by someone else (the notices say).
+					t.Errorf("terminal %d: exit %s after %d frames without END-42; notices %q; last: %q",
+						i, data, frames, notices, text)
+					return
+				case m.Type == "output" && m.Seq == nil:
+					notices = notices[max(0, len(notices)-512):] + m.Data
+				default:
+					text = text[max(0, len(text)-64):] + m.Data
 				}
-				tail = tail[max(0, len(tail)-64):] + string(data)
 			}
 		}()
 	}
 	wg.Wait()
 	if t.Failed() {
+		// Which terminals did not end as their command did, and how: a
+		// worker taken for dead (lost), its output (seq, outBytes).
+		for _, k := range cl.keys(ctx, keyPrefix+":shell:*") {
+			if !strings.HasSuffix(k, "}") {
+				continue
+			}
+			h := cl.rdb.HGetAll(ctx, k).Val()
+			if h["exitReason"] != store.ShellExitNormal || h["exitCode"] != "0" {
+				t.Logf("%s: state %s, exitReason %s, exitCode %s, seq %s, outBytes %s",
+					k, h["state"], h["exitReason"], h["exitCode"], h["seq"], h["outBytes"])
+			}
+		}
 		// A terminal that never ended: what was the worker doing? (The
 		// cluster pass of CI saw the worker stop starting terminals.)
 		w.dumpGoroutines()

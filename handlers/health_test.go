@@ -18,7 +18,7 @@ import (
 // FLUSHALL on a real redis-server) loses the key-schema version; the
 // gateways' /readyz then applies the migrations again and answers 200
 // within a bounded wait, though probes hammer both gateways at once: each
-// gateway migrates once, not once per probe. Before, /readyz answered 503
+// gateway migrates once at most, not once per probe. Before, /readyz answered 503
 // "key schema not current" for good (every gateway out of the load
 // balancer) until someone ran `agentgate migrate`.
 func TestReadyAfterRedisFlushed(t *testing.T) {
@@ -67,9 +67,15 @@ func TestReadyAfterRedisFlushed(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	// Four probes at once start one migration per gateway at most; a
+	// gateway whose first probe comes after another's migration (a loaded
+	// machine) finds the schema current and starts none.
+	total := int32(0)
 	for i := range gws {
-		require.EqualValues(t, 1, calls[i].Load(), "gateway %d migrated once", i)
+		require.LessOrEqual(t, calls[i].Load(), int32(1), "gateway %d migrated more than once", i)
+		total += calls[i].Load()
 	}
+	require.Positive(t, total, "no gateway migrated")
 	got, err = st.SchemaVersion(ctx)
 	require.NoError(t, err)
 	require.Equal(t, migrations.Current, got)

@@ -757,8 +757,15 @@ func (tm *terminals) run(ctx context.Context) {
 			}
 			if !ok && !outage && !tm.outages.recent() {
 				// Every gateway watching it hears this exit.
-				if _, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost); err != nil && ctx.Err() == nil {
+				ended, err := tm.st.ShellExit(ctx, t.key, t.gen, 1, "", store.ShellExitLost)
+				switch {
+				case err != nil && ctx.Err() == nil:
 					tm.log.Warn("shell end lost terminal", "err", err)
+				case ended:
+					// A worker that is alive but missed its heartbeats (a
+					// loaded machine, a stalled Redis) ends its terminals
+					// at their next append: the operator sees why here.
+					tm.log.Warn("terminal's worker has no heartbeat: ended it as lost", "shell", t.key, "gen", t.gen, "worker", t.worker)
 				}
 			}
 		}

@@ -111,6 +111,10 @@ type shell struct {
 	// a test shortens it); guarded by outMu.
 	coalesce   time.Duration
 	stallLimit time.Duration
+	// drainWait is how long output left in the PTY is waited for after
+	// its program exited (shellDrainWait; a test shortens it); guarded
+	// by outMu.
+	drainWait time.Duration
 
 	inMu    sync.Mutex
 	inQ     []shellOp
@@ -140,6 +144,9 @@ type shell struct {
 	// is logged when it begins and ends, not at every try. flushLoop's.
 	stallSince time.Time
 	dropping   bool
+	// staleSeen is set once an append found the generation ended or
+	// replaced, which is logged once (flushLoop's).
+	staleSeen bool
 
 	urls urlDetector
 
@@ -313,7 +320,7 @@ func (w *Worker) openShell(c store.Control) {
 	sh := &shell{
 		w: w, key: c.Shell, gen: c.Gen, spec: spec, log: log, p: p,
 		inWake: make(chan struct{}, 1), stopped: make(chan struct{}), flow: newShellFlow(w.cfg.ShellWindow),
-		coalesce: shellCoalesce, stallLimit: w.outageTolerance,
+		coalesce: shellCoalesce, stallLimit: w.outageTolerance, drainWait: shellDrainWait,
 	}
 	sh.storeSize = func(ctx context.Context, size store.ShellSize) error {
 		return w.st.ShellSet(ctx, sh.key, sh.gen, "cols", strconv.Itoa(size.Cols), "rows", strconv.Itoa(size.Rows))
@@ -400,7 +407,10 @@ func (sh *shell) run() {
 	sh.p.killSession(nil)
 	// Output still in the PTY is read until EIO (every holder gone) or a
 	// short deadline.
-	_ = sh.p.f.SetReadDeadline(time.Now().Add(shellDrainWait))
+	sh.outMu.Lock()
+	drain := sh.drainWait
+	sh.outMu.Unlock()
+	_ = sh.p.f.SetReadDeadline(time.Now().Add(drain))
 	<-readDone
 	<-flushDone
 	sh.killOnce.Do(func() {})

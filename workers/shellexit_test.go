@@ -2,6 +2,8 @@ package workers
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,4 +56,48 @@ func TestShellExitAfterAShortOutage(t *testing.T) {
 	back := time.Now()
 	require.Eventually(t, func() bool { return shellExited(t, st) }, 30*time.Second, 50*time.Millisecond, "the exit recorded")
 	require.Less(t, time.Since(back), 15*time.Second, "the exit waited for the stall limit")
+}
+
+// TestShellDrainReadsWhatThePTYHolds: the end of a program's output, left
+// in the PTY when it exits, is stored even when the reader comes to it
+// after the drain's deadline (a loaded machine kept it from running). A
+// read past its deadline fails before it looks, and the end was lost: one
+// terminal in a hundred lost its last line in a loaded CI run
+// (e2e/shellmemory_test.go).
+func TestShellDrainReadsWhatThePTYHolds(t *testing.T) {
+	w, st, spec, gen := shellWorker(t)
+	spec.InitialCommand = `sleep 0.3; head -c 8000 /dev/zero | tr '\0' a; echo; echo END-$((6*7))`
+	open, _ := json.Marshal(spec)
+	require.True(t, w.shellControl(store.Control{Type: store.ControlShellOpen, Shell: "k1", Gen: gen, Data: open}))
+	var sh *shell
+	require.Eventually(t, func() bool {
+		w.shells.mu.Lock()
+		defer w.shells.mu.Unlock()
+		sh = w.shells.m["k1"]
+		return sh != nil
+	}, 10*time.Second, time.Millisecond)
+
+	// The reader stops at its first read of the output (it waits for
+	// outMu to hand it on), the rest stays in the PTY, the program ends,
+	// and the drain's deadline passes before the reader goes on.
+	sh.outMu.Lock()
+	select {
+	case <-sh.p.exited:
+	case <-time.After(20 * time.Second):
+		sh.outMu.Unlock()
+		t.Fatal("the program did not end")
+	}
+	require.NoError(t, sh.p.f.SetReadDeadline(time.Now()))
+	sh.drainWait = 0
+	sh.outMu.Unlock()
+
+	require.Eventually(t, func() bool { return shellExited(t, st) }, 20*time.Second, 10*time.Millisecond, "the exit")
+	chunks, err := st.ShellOutput(context.Background(), "k1", 0, 1000)
+	require.NoError(t, err)
+	var out strings.Builder
+	for _, c := range chunks {
+		out.WriteString(c.Data)
+	}
+	require.Equal(t, 8000, strings.Count(out.String(), "a"), "the program's output, whole")
+	require.Contains(t, out.String(), "END-42")
 }

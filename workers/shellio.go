@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/agentgate/agentgate/app"
 	"github.com/agentgate/agentgate/store"
@@ -29,15 +32,13 @@ func (sh *shell) readLoop() {
 		nanosleep(pause)
 		n, err := sh.p.f.Read(buf)
 		pause = pace.after(n)
-		if n > 0 {
-			ptyOut.Add(float64(n))
-			sh.outMu.Lock()
-			for len(sh.pending) >= shellPendingMax {
-				sh.outCond.Wait()
-			}
-			sh.pending = append(sh.pending, buf[:n]...)
-			sh.outCond.Broadcast()
-			sh.outMu.Unlock()
+		sh.took(buf[:n])
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The drain after the exit ran out (shell.run). Its deadline
+			// may have passed before this goroutine ran at all (a loaded
+			// machine): what the PTY holds was written before the exit,
+			// the end of the program's output, and is read now.
+			sh.drainNow(buf)
 		}
 		if err != nil {
 			// EIO once the last holder of the tty is gone (Linux's EOF),
@@ -49,6 +50,52 @@ func (sh *shell) readLoop() {
 	sh.readDone = true
 	sh.outCond.Broadcast()
 	sh.outMu.Unlock()
+}
+
+// took adds output read from the PTY to pending, waiting while pending is
+// full.
+func (sh *shell) took(out []byte) {
+	if len(out) == 0 {
+		return
+	}
+	ptyOut.Add(float64(len(out)))
+	sh.outMu.Lock()
+	for len(sh.pending) >= shellPendingMax {
+		sh.outCond.Wait()
+	}
+	sh.pending = append(sh.pending, out...)
+	sh.outCond.Broadcast()
+	sh.outMu.Unlock()
+}
+
+// shellDrainReads bounds drainNow's reads: the PTY holds at most 64 KiB
+// (the kernel's limit on a tty's buffers), a PTY read gives at most 4 KiB,
+// and a job that escaped the terminal's kill must not keep it going.
+const shellDrainReads = 64
+
+// drainNow reads what the PTY holds without waiting for more, once the
+// drain's deadline passed: a read past its deadline fails before it looks.
+func (sh *shell) drainNow(buf []byte) {
+	if sh.p.f.SetReadDeadline(time.Time{}) != nil {
+		return
+	}
+	raw, err := sh.p.f.SyscallConn()
+	if err != nil {
+		return
+	}
+	for range shellDrainReads {
+		n := 0
+		// The descriptor is non-blocking (the runtime's poller has it),
+		// and the callback answers done: an empty PTY gives EAGAIN, a
+		// PTY with no holder left EIO, and neither waits.
+		if raw.Read(func(fd uintptr) bool {
+			n, _ = unix.Read(int(fd), buf)
+			return true
+		}) != nil || n <= 0 {
+			return
+		}
+		sh.took(buf[:n])
+	}
 }
 
 // flushLoop appends pending output to Redis as soon as there is some:
@@ -172,7 +219,13 @@ func (sh *shell) append(chunks [][]byte) {
 			break
 		}
 		if errors.Is(err, store.ErrStaleShell) {
-			// The key was reopened or deleted: nobody can see this terminal.
+			// The key was reopened or deleted, or the generation ended
+			// elsewhere (a gateway took this worker for dead when its
+			// heartbeats were late): nobody can see this terminal.
+			if !sh.staleSeen {
+				sh.staleSeen = true
+				sh.log.Info("terminal ended or replaced in Redis: its output is dropped and it is killed")
+			}
 			sh.kill()
 			return
 		}
