@@ -156,6 +156,35 @@ func (c *floodClient) requireStored(sc *shellCluster, user string) {
 	}
 }
 
+// requireSeqsBut checks that seqs run from from on, each once and in
+// order, missing no more and no fewer than the chunks the gateway's trim
+// notices (in notices) said were no longer stored when the socket got
+// there: a socket more than --shell-history behind a flood (a loaded
+// machine, a reattach after seconds) skips those, and is told. It returns
+// how many gaps the notices announced, each of which may cut two lines
+// (requireFloodLines).
+func requireSeqsBut(t *testing.T, seqs []int64, from int64, notices string) (gaps int) {
+	t.Helper()
+	require.NotEmpty(t, seqs)
+	trimmed := int64(0)
+	for _, m := range trimNoticeRE.FindAllStringSubmatch(notices, -1) {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		trimmed += n
+		gaps++
+	}
+	missing, want := int64(0), from
+	for i, s := range seqs {
+		require.GreaterOrEqual(t, s, want, "seq %d of %v: repeated or out of order", i, seqs)
+		missing += s - want
+		want = s + 1
+	}
+	require.Equal(t, trimmed, missing, "seqs missing beyond what the trim notices announced (%q)", notices)
+	if gaps > 0 {
+		t.Logf("%d chunks trimmed before the socket got them, in %d gaps", trimmed, gaps)
+	}
+	return gaps
+}
+
 // requireFloodLines checks the flood's lines in text, from its first line
 // to the last whole one before the Ctrl-C's echo: nothing but the loop's
 // bytes, each line the one after the last, except at most maxOdd lines

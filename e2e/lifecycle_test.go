@@ -93,7 +93,7 @@ func TestKillWorkerMidRun(t *testing.T) {
 	require.Equal(t, "worker lost", evs[i].str("content"))
 	require.Equal(t, 1, countKind(evs, "error"), kinds(evs))
 	require.Equal(t, "failed", sum.terminals[0].str("state"))
-	eventually(t, 5*time.Second, "no CLI process of the session", func() bool { return len(procsWithArg(sid)) == 0 })
+	eventually(t, 20*time.Second, "no CLI process of the session", func() bool { return len(procsWithArg(sid)) == 0 })
 
 	// With no worker alive, a command is rejected before start.
 	mark := c.mark()
@@ -144,7 +144,7 @@ func TestWorkerLostBeforeTranscript(t *testing.T) {
 	sum := checkRun(t, evs, 1)
 	requireComplete(t, sum.completes[0], 1, false, false)
 	require.Contains(t, evs[beforeEnd(evs)].Raw, "worker lost")
-	eventually(t, 5*time.Second, "no CLI process of the session", func() bool { return len(procsWithArg(sid)) == 0 })
+	eventually(t, 20*time.Second, "no CLI process of the session", func() bool { return len(procsWithArg(sid)) == 0 })
 
 	cl.startWorker("worker2")
 	c.send(cl.command("continue after-early-kill", sid, "r2"))
@@ -185,7 +185,7 @@ func TestAbortAcrossGateways(t *testing.T) {
 	require.Equal(t, true, st.m["canInterrupt"], st.raw)
 	waitHanging(t, cl, 1)
 	require.NotEmpty(t, procsWithArg(sid), "the CLI of the session runs")
-	eventually(t, 5*time.Second, "the worker's heartbeat to count the run", func() bool { return cl.workerRuns(w) == "1" })
+	eventually(t, 20*time.Second, "the worker's heartbeat to count the run", func() bool { return cl.workerRuns(w) == "1" })
 
 	c2.send(map[string]any{"type": "abort-session", "sessionId": sid, "provider": "claude"})
 	evs1 := c1.waitEnd(sid, 1, 15*time.Second)
@@ -477,5 +477,5 @@ func TestWorkerKillLeavesNoTool(t *testing.T) {
 	require.Len(t, sleepers(marker), 1, "the tool outlives its CLI")
 
 	cl.startWorker("worker2")
-	eventually(t, 10*time.Second, "the dead worker's tool gone", func() bool { return len(sleepers(marker)) == 0 })
+	eventually(t, 45*time.Second, "the dead worker's tool gone", func() bool { return len(sleepers(marker)) == 0 })
 }

@@ -145,7 +145,7 @@ func TestShellLimitEndsUnwatched(t *testing.T) {
 	// exec'd sleep).
 	runs := func(i int) {
 		t.Helper()
-		eventually(t, 5*time.Second, fmt.Sprintf("session %d's job", i), func() bool { return len(sleepers(sleeper(i))) == 1 })
+		eventually(t, 20*time.Second, fmt.Sprintf("session %d's job", i), func() bool { return len(sleepers(sleeper(i))) == 1 })
 	}
 	for i := 1; i <= 3; i++ {
 		open(i).drop() // the tab closes: its terminal is detached

@@ -74,7 +74,10 @@ func TestMetrics(t *testing.T) {
 		return scrape(t, "http://"+metricsAddr+"/metrics").has(`agentgate_jobs_waiting`)
 	})
 	require.Equal(t, 0.0, scrape(t, "http://"+metricsAddr+"/metrics").value(`agentgate_jobs_waiting`))
-	for _, kind := range []string{"reply", "other", "unavailable", "full", "refused"} {
+	// Not "unavailable": a deadline counts as that, and on a loaded
+	// machine the worker's heartbeat (500 ms) or jobs lag read may pass
+	// one though nothing is wrong.
+	for _, kind := range []string{"reply", "other", "full", "refused"} {
 		series := `agentgate_redis_errors_total{kind="` + kind + `"}`
 		require.False(t, g.has(series) || m.has(series), "no Redis error in a clean run (%s)", series)
 	}

@@ -62,7 +62,10 @@ func ptr(n int64) *int64 { return &n }
 // replay from 0 or follow live only (no lastSeq) get what the protocol says.
 func TestResumeOnOtherGateway(t *testing.T) {
 	t.Parallel()
-	cl := newCluster(t, "", longRun("resume", 3, 80*time.Millisecond)...)
+	// Six steps: the checks below, made while the run goes on, take more
+	// than the last step or two on a loaded machine.
+	const steps = 6
+	cl := newCluster(t, "", longRun("resume", steps, 150*time.Millisecond)...)
 	gwA, gwB := cl.startGateway("gwA"), cl.startGateway("gwB")
 	w := cl.startWorker("worker")
 
@@ -115,8 +118,8 @@ func TestResumeOnOtherGateway(t *testing.T) {
 	all := append(append([]event(nil), before...), evs2...)
 	checkRun(t, all, 1)
 	require.GreaterOrEqual(t, len(all), 15, "the long run makes 15+ events: %s", kinds(all))
-	require.Equal(t, 3, countKind(all, "tool_use"), kinds(all))
-	require.Equal(t, 3, countKind(all, "tool_result"), kinds(all))
+	require.Equal(t, steps, countKind(all, "tool_use"), kinds(all))
+	require.Equal(t, steps, countKind(all, "tool_result"), kinds(all))
 
 	evs3 := c3.waitEnd(sid, 1, 30*time.Second)
 	checkRun(t, evs3, 1)

@@ -373,14 +373,14 @@ func TestShellKillLeavesNothing(t *testing.T) {
 	marker := uniqueNumber(4)
 	a.typeLine("sleep 1" + marker + "1 & (trap '' HUP; exec sleep 1" + marker + "2) & setsid sleep 1" + marker + "3 & echo started-$((1+1))")
 	a.waitText(0, "started-2", 10*time.Second)
-	eventually(t, 5*time.Second, "background jobs running", func() bool { return len(sleepersFrom("1"+marker)) == 3 })
+	eventually(t, 20*time.Second, "background jobs running", func() bool { return len(sleepersFrom("1"+marker)) == 3 })
 
 	// The same login command again: a new terminal, the old one killed.
 	mark := a.mark()
 	a.send(login)
 	a.waitText(mark, "Starting terminal in:", 10*time.Second)
 	require.NotContains(t, a.text(mark), "[Reconnected")
-	eventually(t, 5*time.Second, "old terminal's jobs killed", func() bool { return len(sleepersFrom("1"+marker)) == 0 })
+	eventually(t, 20*time.Second, "old terminal's jobs killed", func() bool { return len(sleepersFrom("1"+marker)) == 0 })
 
 	// Killed by a signal: exit code 128+9, signal by name.
 	a.waitText(mark, "auth login please", 10*time.Second)
@@ -388,7 +388,7 @@ func TestShellKillLeavesNothing(t *testing.T) {
 	e := a.waitExit(mark, 10*time.Second)
 	require.Equal(t, float64(137), e.m["exitCode"], string(e.raw))
 	require.Equal(t, "SIGKILL", e.m["signal"], string(e.raw))
-	eventually(t, 5*time.Second, "job of a killed shell killed", func() bool { return len(sleepersFrom("1"+marker)) == 0 })
+	eventually(t, 20*time.Second, "job of a killed shell killed", func() bool { return len(sleepersFrom("1"+marker)) == 0 })
 
 	// Detach timeout: a terminal nobody watches is killed, with its jobs.
 	mark = a.mark()
@@ -700,7 +700,7 @@ func TestShellWorkerLost(t *testing.T) {
 	marker := uniqueNumber(3)
 	a.typeLine("sleep " + marker + "1 & echo up-$((1+6))")
 	a.waitText(0, "up-7", 10*time.Second)
-	eventually(t, 5*time.Second, "the job running", func() bool { return len(sleepers(marker+"1")) == 1 })
+	eventually(t, 20*time.Second, "the job running", func() bool { return len(sleepers(marker+"1")) == 1 })
 
 	sc.worker.kill9()
 	e := a.waitExit(0, 15*time.Second)
@@ -711,7 +711,9 @@ func TestShellWorkerLost(t *testing.T) {
 	// group of its own, is found by the next worker on the host.
 	w2 := startProc(t, "worker2", append(sc.workerEnv(), "AGENTGATE_SHELL_DETACH_TIMEOUT="+shellDetach), "worker")
 	sc.waitWorker(w2)
-	eventually(t, 5*time.Second, "the dead worker's terminal processes gone", func() bool { return len(sleepers(marker+"1")) == 0 })
+	// At its start, or at its periodic sweep (30 s) when the first was
+	// put off (a slow read of the live workers on a loaded machine).
+	eventually(t, 45*time.Second, "the dead worker's terminal processes gone", func() bool { return len(sleepers(marker+"1")) == 0 })
 	mark := a.mark()
 	a.send(sc.plainInit("lost"))
 	a.waitText(mark, "Starting terminal in:", 10*time.Second)
@@ -723,7 +725,8 @@ func TestShellWorkerLost(t *testing.T) {
 	w2.signal(syscall.SIGTERM)
 	e = a.waitExit(mark, 15*time.Second)
 	require.Equal(t, "SIGHUP", e.m["signal"], string(e.raw))
-	require.Empty(t, sleepers(marker+"2"))
+	// Killed: gone once the kernel has run its exit.
+	eventually(t, 10*time.Second, "the job gone", func() bool { return len(sleepers(marker+"2")) == 0 })
 }
 
 // TestShellWorkerPausedPastItsTTL: a worker stalls (SIGSTOP here; a VM
@@ -779,19 +782,21 @@ func TestShellFloodAcrossGatewayKill(t *testing.T) {
 	b := sc.dialFlood(sc.gw2, "alice")
 	b.send(sc.plainInit("across", "lastSeq", last))
 	b.waitMore(512 << 10)
-	_, before, _ := b.snapshot()
+	_, before, noticesBefore := b.snapshot()
 	b.interrupt()
 	textB, seqsB, notices := b.snapshot()
 	t.Logf("%d + %d frames, %d + %d KiB; the second gateway's notices: %q", len(seqsA), len(seqsB), len(textA)>>10, len(textB)>>10, notices)
 	require.Contains(t, notices, "[Reconnected to existing session]")
-	// Up to the key, every seq after the last the first socket got; after
-	// it the typist skips what was stored before the key and not yet sent.
-	requireConsecutive(t, before, last+1)
+	// Up to the key, every seq after the last the first socket got, but
+	// what was trimmed meanwhile (the worker reads on, unwatched, while
+	// the client is away) and said so; after the key the typist skips what
+	// was stored before it and not yet sent.
+	gaps := requireSeqsBut(t, before, last+1, noticesBefore)
 	requireIncreasing(t, seqsB)
 	a.requireStored(sc, "alice")
 	b.requireStored(sc, "alice")
-	// The Ctrl-C's gap alone.
-	requireFloodLines(t, textA+textB, 2)
+	// The Ctrl-C's gap, and the trims'.
+	requireFloodLines(t, textA+textB, 2+2*gaps)
 }
 
 // TestShellFloodThroughPubSubKill: Redis closes the gateway's pub/sub
@@ -799,7 +804,8 @@ func TestShellFloodAcrossGatewayKill(t *testing.T) {
 // cutting the worker's output groups (a header, then its chunks) short.
 // Redis stays up, so every chunk is stored: the socket must get every one,
 // each once and in order, the lines whole, the gateway reading what it
-// missed from the stream after each reconnection.
+// missed from the stream after each reconnection (but a chunk trimmed
+// before it got there, with its notice).
 func TestShellFloodThroughPubSubKill(t *testing.T) {
 	t.Parallel()
 	sc := newShellCluster(t)
@@ -811,13 +817,16 @@ func TestShellFloodThroughPubSubKill(t *testing.T) {
 		t.Logf("kill %d: %d pub/sub connections closed at %d KiB", i+1, n, a.received()>>10)
 		a.waitMore(128 << 10)
 	}
-	_, before, _ := a.snapshot()
+	_, before, noticesBefore := a.snapshot()
 	a.interrupt()
 	text, seqs, notices := a.snapshot()
 	t.Logf("%d frames, %d KiB; notices: %q", len(seqs), len(text)>>10, notices)
-	requireConsecutive(t, before, 1)
+	// Every chunk, but what was trimmed while the gateway was away from
+	// pub/sub for over a second (the worker then reads on unwatched), and
+	// said so.
+	gaps := requireSeqsBut(t, before, 1, noticesBefore)
 	requireIncreasing(t, seqs)
 	a.requireStored(sc, "alice")
-	// Nothing was dropped but at the Ctrl-C.
-	requireFloodLines(t, text, 2)
+	// Nothing else was dropped but at the Ctrl-C.
+	requireFloodLines(t, text, 2+2*gaps)
 }

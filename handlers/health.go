@@ -67,8 +67,6 @@ func (s *Server) remigrate(found int) <-chan struct{} {
 	}
 	done := make(chan struct{})
 	s.remigration = done
-	s.log.Warn("key schema behind (did Redis restart empty?): applying the migrations again",
-		"found", found, "want", s.cfg.SchemaVersion)
 	go func() {
 		defer func() {
 			s.remigrateMu.Lock()
@@ -78,6 +76,13 @@ func (s *Server) remigrate(found int) <-chan struct{} {
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), remigrateTimeout)
 		defer cancel()
+		// A probe that read the old version just before this gateway's
+		// last migration ended starts no second one.
+		if v, err := s.st.SchemaVersion(ctx); err == nil && v >= s.cfg.SchemaVersion {
+			return
+		}
+		s.log.Warn("key schema behind (did Redis restart empty?): applying the migrations again",
+			"found", found, "want", s.cfg.SchemaVersion)
 		v, err := s.cfg.Migrate(ctx)
 		if err != nil {
 			schemaRemigrations.WithLabelValues("failed").Inc()

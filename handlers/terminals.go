@@ -44,6 +44,8 @@ type terminals struct {
 
 	mu    sync.Mutex
 	socks map[*shellSocket]struct{}
+	// holdMax is signalHoldMax (a test on a loaded machine lengthens it).
+	holdMax time.Duration
 
 	acks acker
 	// links carries input, resizes and acks to workers that have a link.
@@ -93,8 +95,8 @@ func newTerminals(h *hub, st *store.Store, log *slog.Logger, ws app.Workspaces, 
 	}
 	tm := &terminals{
 		hub: h, st: st, log: log, ws: ws, socks: map[*shellSocket]struct{}{},
-		refresh: min(max(detach/4, 50*time.Millisecond), 5*time.Second),
-		links:   link.NewClient(st.WorkerLink, log),
+		refresh: min(max(detach/4, 50*time.Millisecond), 5*time.Second), holdMax: signalHoldMax,
+		links: link.NewClient(st.WorkerLink, log),
 	}
 	// A terminal's stream: a chunk trimmed away is reported by a notice
 	// (PROTOCOL §4) and the socket goes on with what remains.
@@ -549,6 +551,9 @@ const signalHoldMax = 50 * time.Millisecond
 // a terminal of its own. Other sockets, and a later reattach, still get
 // every chunk.
 func (tm *terminals) holdForSignal(w *watch) {
+	tm.mu.Lock()
+	holdMax := tm.holdMax
+	tm.mu.Unlock()
 	f := w.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -561,7 +566,7 @@ func (tm *terminals) holdForSignal(w *watch) {
 	w.catching = true
 	w.pos++ // a catch-up under way stops; the release starts another
 	w.c.pause()
-	time.AfterFunc(signalHoldMax, func() {
+	time.AfterFunc(holdMax, func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if w.held > 0 && w.holdID == id {

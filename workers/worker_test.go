@@ -864,9 +864,13 @@ func TestCompleteRefusedKeepsTrying(t *testing.T) {
 	srv := storetest.StartServer(t)
 	st := storetest.New(t, srv.URL)
 	h := scriptWorker(t, st, func(w *Worker) { w.completeRetryFor = 100 * time.Millisecond })
-	sess, res := h.submit("echo a; sleep 0.5")
+	// The CLI ends once the test says so (a file appears), not after a
+	// time a loaded machine may take to deny the scripts.
+	done := filepath.Join(t.TempDir(), "done")
+	sess, res := h.submit("echo a; until [ -e " + done + " ]; do sleep 0.05; done")
 	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
 	allow := denyCommands(t, srv.URL, "evalsha", "eval")
+	require.NoError(t, os.WriteFile(done, nil, 0o600))
 	time.Sleep(1500 * time.Millisecond) // the CLI ended; its complete refused past completeRetryFor
 	got, err := st.Session(context.Background(), sess.ID)
 	require.NoError(t, err)
@@ -902,13 +906,17 @@ func TestRunTakenByAnotherWorkerStops(t *testing.T) {
 	url := storetest.Redis(t)
 	st := storetest.New(t, url)
 	h := scriptWorker(t, st, func(w *Worker) { w.confirmEvery = time.Hour })
-	sess, res := h.submit("echo a; sleep 0.5; echo b; exec sleep 60")
+	// "b" comes once the claim is taken (a file appears), not after a time
+	// a loaded machine may take to take it.
+	taken := filepath.Join(t.TempDir(), "taken")
+	sess, res := h.submit("echo a; until [ -e " + taken + " ]; do sleep 0.05; done; echo b; exec sleep 60")
 	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) == 1 }, 10*time.Second, 10*time.Millisecond)
 	opt, err := redis.ParseURL(url)
 	require.NoError(t, err)
 	raw := redis.NewClient(opt)
 	defer raw.Close()
 	require.NoError(t, raw.HSet(context.Background(), st.Prefix()+":session:{"+sess.ID+"}", "worker", "w2").Err())
+	require.NoError(t, os.WriteFile(taken, nil, 0o600))
 	ref := store.RunRef{SessionID: sess.ID, RunID: res.RunID}
 	require.Eventually(t, func() bool { return !h.w.running(ref) }, 10*time.Second, 20*time.Millisecond)
 	evs := h.events(sess.ID)
