@@ -127,6 +127,11 @@ type watch struct {
 	// attached (store.ShellTouch), so that it is counted once per
 	// generation (terminals only).
 	touched int64
+	// claim names the watch of a socket that took its terminal for
+	// itself (an init without shellId, terminals.attach): a later claim
+	// of the terminal, on any gateway, ends it. "" for a watch that
+	// shares the terminal with the others.
+	claim string
 }
 
 func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte), outage func()) *hub {

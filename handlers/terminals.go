@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -193,7 +194,15 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 					from, quiet = *msg.LastSeq+1, false
 				}
 			}
-			tm.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet)
+			attached := tm.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet, msg.ShellID == "")
+			if attached && msg.Cols > 0 && msg.Rows > 0 && (msg.Cols != info.Cols || msg.Rows != info.Rows) {
+				// The init's size is the one its client has now: Claude
+				// Code UI's frontend sends its resizes before its init
+				// (dropped: no terminal yet) and none after, so a
+				// terminal reattached from a window of another size kept
+				// the old one, and a full-screen program drew for it.
+				tm.control(ctx, sock, store.ControlShellResize, store.ShellSize{Cols: msg.Cols, Rows: msg.Rows})
+			}
 			return
 		}
 		worker, err := pick(ctx)
@@ -235,7 +244,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 			continue // another gateway opened it first: reattach to it
 		}
 		sock.genNotice("info", spec.Welcome(), gen)
-		tm.attach(ctx, sock, key, gen, worker, 1, true)
+		tm.attach(ctx, sock, key, gen, worker, 1, true, msg.ShellID == "")
 		return
 	}
 	tm.refused(sock, "Terminal is being restarted elsewhere: try again")
@@ -257,10 +266,25 @@ func (tm *terminals) fail(sock *shellSocket, what string, err error) {
 	sock.notice("error", "Error: "+storeErrorText(err, what+" failed"))
 }
 
-// attach makes sock follow terminal key from seq from. It subscribes
-// before it reads the stream, so no chunk falls between the two.
-func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, gen int64, worker string, from int64, quiet bool) {
+// attach makes sock follow terminal key from seq from, and reports
+// whether it does. It subscribes before it reads the stream, so no chunk
+// falls between the two.
+//
+// A socket that claims the terminal (an init without shellId: Claude Code
+// UI's frontend) takes it from the sockets that claimed it before, on
+// every gateway, as the reference server gives a terminal's output to the
+// socket of its last init only. That frontend leaves a socket open when
+// it switches sessions quickly (its old socket's close handler lets it
+// open a second new one, and it forgets the first), and both wrote every
+// chunk into one screen. Sockets that name a shellId (two tabs of
+// agentgate's page, or other clients) share the terminal.
+func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, gen int64, worker string, from int64, quiet, claim bool) bool {
+	name := ""
+	if claim {
+		name = rand.Text()
+	}
 	w, err := tm.hub.join(ctx, tm.kind, key, sock.c, func(w *watch) {
+		w.claim = name
 		f := w.f
 		if f.term == nil {
 			f.term = &termFeed{}
@@ -279,7 +303,7 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 	})
 	if err != nil {
 		tm.fail(sock, "subscribe", err)
-		return
+		return false
 	}
 	sock.mu.Lock()
 	sock.w = w
@@ -308,6 +332,34 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 	f.mu.Lock()
 	tm.hub.startLocked(w)
 	f.mu.Unlock()
+	if claim {
+		// Heard by every gateway following the terminal, this one too,
+		// in the order Redis took the claims: the last one wins everywhere.
+		if err := tm.st.ShellTaken(ctx, key, touch, name); err != nil {
+			tm.log.Warn("shell claim", "shell", key, "err", err)
+		}
+	}
+	return true
+}
+
+// displaceLocked ends a watch whose socket's claim of its terminal a
+// later claim took: the socket stays open and gets nothing more of it,
+// not even a notice, since the client writes whatever it gets into the
+// screen of the socket that took it; its terminal no longer counts it as
+// a watcher. f.mu must be held.
+func (tm *terminals) displaceLocked(w *watch) {
+	if w.held > 0 {
+		tm.releaseLocked(w, false) // its socket's paused queue goes out
+	}
+	w.done = true
+	go func() {
+		w.sock.mu.Lock()
+		if w.sock.w == w {
+			w.sock.w = nil
+		}
+		w.sock.mu.Unlock()
+		tm.removeWatch(w)
+	}()
 }
 
 // caughtUpLocked sends the exit of a terminal that ended to a watch that
@@ -512,6 +564,12 @@ func (tm *terminals) message(key string, m store.ShellLive) {
 				tm.sendExitLocked(w)
 			} else {
 				tm.hub.startLocked(w)
+			}
+		}
+	case 't':
+		for w := range f.watches {
+			if w.claim != "" && w.claim != m.Data && !w.done {
+				tm.displaceLocked(w)
 			}
 		}
 	case 'u':

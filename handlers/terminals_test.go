@@ -3,7 +3,9 @@ package handlers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -397,4 +399,118 @@ func TestReattachAfterARestartElsewhere(t *testing.T) {
 	require.Contains(t, got[0]["data"], "[Reconnected to existing session]")
 	require.EqualValues(t, gen2, got[0]["gen"])
 	require.Equal(t, "b4", got[1]["data"])
+}
+
+// TestLastInitTakesTheTerminal: a socket whose init names no shellId
+// (Claude Code UI's frontend) takes its terminal from the sockets that did
+// so before, on any gateway, as the reference server gives a terminal's
+// output to its last init's socket: the frontend, switching sessions
+// quickly, leaves its previous socket open and forgotten, and every chunk
+// reached the screen twice. The socket taken from stays open, gets nothing
+// more and no longer counts as a watcher. Sockets that name a shellId
+// share their terminal. An init's size resizes the terminal it reattaches.
+func TestLastInitTakesTheTerminal(t *testing.T) {
+	st, _ := realStore(t)
+	ctx := context.Background()
+	gwA := startGateway(t, st)
+	gwB := startGateway(t, st, func(c *Config) { c.Workspaces = app.Workspaces{Roots: []string{gwA.dir}} })
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	open := func(g *gateway, init map[string]any) *websocket.Conn {
+		ws, _, err := g.dialPath("/shell", "alice")
+		require.NoError(t, err)
+		t.Cleanup(func() { ws.Close() })
+		init["type"] = "init"
+		require.NoError(t, ws.WriteJSON(init))
+		return ws
+	}
+	// output reads output frames until one carries want, and returns their
+	// text.
+	output := func(ws *websocket.Conn, want string) string {
+		t.Helper()
+		var text strings.Builder
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		for !strings.Contains(text.String(), want) {
+			var m map[string]any
+			require.NoError(t, ws.ReadJSON(&m), "got %q", text.String())
+			if d, ok := m["data"].(string); ok && m["type"] == "output" {
+				text.WriteString(d)
+			}
+		}
+		return text.String()
+	}
+	// opened returns the terminal of the worker's open control for a key
+	// other than except.
+	opened := func(except string) (string, int64) {
+		t.Helper()
+		var c *store.Control
+		require.Eventually(t, func() bool {
+			in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+			require.NoError(t, err)
+			for _, e := range in {
+				if e.Control.Type == store.ControlShellOpen && e.Control.Shell != except {
+					c = &e.Control
+				}
+			}
+			return c != nil
+		}, 10*time.Second, time.Millisecond)
+		return c.Shell, c.Gen
+	}
+	attached := func(key string) int {
+		info, ok, err := st.Shell(ctx, key)
+		require.NoError(t, err)
+		require.True(t, ok)
+		return info.Attached
+	}
+
+	first := open(gwA, map[string]any{"cols": 80, "rows": 24})
+	key, gen := opened("")
+	_, err := st.ShellAppend(ctx, key, gen, []string{"one "})
+	require.NoError(t, err)
+	output(first, "one ")
+	second := open(gwB, map[string]any{"cols": 80, "rows": 24})
+	output(second, "one ")
+	require.Eventually(t, func() bool { return attached(key) == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the first socket no longer counts as a watcher")
+	_, err = st.ShellAppend(ctx, key, gen, []string{"two "})
+	require.NoError(t, err)
+	require.NotContains(t, output(second, "two "), "one ", "the second socket got its replay once")
+	// Nothing more reaches the first socket: a read that finds nothing
+	// ends at its deadline.
+	require.NoError(t, first.SetReadDeadline(time.Now().Add(300*time.Millisecond)))
+	for {
+		var m map[string]any
+		err := first.ReadJSON(&m)
+		if err != nil {
+			var ne net.Error
+			require.True(t, errors.As(err, &ne) && ne.Timeout(), "the first socket stays open: %v", err)
+			break
+		}
+		require.NotContains(t, fmt.Sprint(m["data"]), "two ", "output after the terminal was taken: %v", m)
+	}
+
+	// An init from a window of another size resizes the terminal it
+	// reattaches (its client sent its resizes before it, to no terminal).
+	third := open(gwA, map[string]any{"cols": 120, "rows": 40})
+	output(third, "two ")
+	require.Eventually(t, func() bool {
+		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+		require.NoError(t, err)
+		for _, e := range in {
+			var size store.ShellSize
+			if c := e.Control; c.Type == store.ControlShellResize && c.Shell == key && json.Unmarshal(c.Data, &size) == nil {
+				return size == store.ShellSize{Cols: 120, Rows: 40}
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond, "the reattach resized the terminal")
+
+	// With a shellId both sockets follow their terminal.
+	tabA := open(gwA, map[string]any{"shellId": "tab"})
+	key, gen = opened(key)
+	tabB := open(gwB, map[string]any{"shellId": "tab"})
+	output(tabB, "[Reconnected")
+	_, err = st.ShellAppend(ctx, key, gen, []string{"shared "})
+	require.NoError(t, err)
+	output(tabA, "shared ")
+	output(tabB, "shared ")
 }

@@ -828,15 +828,15 @@ func (s *Store) Scope() string {
 
 // ShellLive is a message published on a terminal's channel.
 type ShellLive struct {
-	// Kind is 'o' (output chunk), 'e' (exit), 'u' (auth URL) or 's' (a
-	// typed signal key handled).
+	// Kind is 'o' (output chunk), 'e' (exit), 'u' (auth URL), 's' (a
+	// typed signal key handled) or 't' (taken by a socket).
 	Kind byte
 	// Gen is the terminal generation the message belongs to.
 	Gen int64
 	// Seq is the chunk's seq (o), the last seq before the exit (e), or the
 	// last seq stored before the signal key was written (s).
 	Seq  int64
-	Data string // the chunk (o) or the URL (u)
+	Data string // the chunk (o), the URL (u) or the claim (t)
 	// ExitCode, Signal and Reason describe an exit.
 	ExitCode int
 	Signal   string
@@ -848,8 +848,8 @@ type ShellLive struct {
 }
 
 // ParseShellLive decodes a terminal channel message:
-// "o GEN SEQ DATA", "e GEN SEQ CODE SIGNAL|- REASON", "u GEN 0|1 URL" or
-// "s GEN SEQ 0|1".
+// "o GEN SEQ DATA", "e GEN SEQ CODE SIGNAL|- REASON", "u GEN 0|1 URL",
+// "s GEN SEQ 0|1" or "t GEN CLAIM".
 func ParseShellLive(payload string) (ShellLive, bool) {
 	if len(payload) < 2 || payload[1] != ' ' {
 		return ShellLive{}, false
@@ -895,8 +895,27 @@ func ParseShellLive(payload string) (ShellLive, bool) {
 			return ShellLive{}, false
 		}
 		return ShellLive{Kind: 's', Gen: gen, Seq: seq, Flushed: flag == "1"}, true
+	case 't':
+		if rest == "" {
+			return ShellLive{}, false
+		}
+		return ShellLive{Kind: 't', Gen: gen, Data: rest}, true
 	}
 	return ShellLive{}, false
+}
+
+// ShellTaken tells a terminal's watchers on every gateway that a socket
+// took it under claim (a random name of that socket's watch): the sockets
+// that took it before, under other claims, no longer get its output. It is
+// how a client that names no shellId (Claude Code UI's frontend) sees its
+// terminal, as the reference server serves it: the socket of the last init
+// of a terminal gets its output, the ones before it nothing more.
+func (s *Store) ShellTaken(ctx context.Context, key string, gen int64, claim string) error {
+	msg := "t " + strconv.FormatInt(gen, 10) + " " + claim
+	if err := s.publish(ctx, s.k.shellLive(key), msg); err != nil {
+		return fmt.Errorf("store: announce the taking of shell %s: %w", key, err)
+	}
+	return nil
 }
 
 // ShellSignal tells a terminal's watchers that a typed signal key (see

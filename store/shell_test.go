@@ -173,7 +173,7 @@ func TestShellOutputLikeAMessage(t *testing.T) {
 }
 
 func TestParseShellLive(t *testing.T) {
-	for _, bad := range []string{"", "o", "o 1", "o x 1 a", "o 1 x a", "e 1 2 3", "u 1", "z 1 2 3", "o1 1 a", "s 1 2", "s 1 2 2", "s 1 x 1", "s 1 2 1 x"} {
+	for _, bad := range []string{"", "o", "o 1", "o x 1 a", "o 1 x a", "e 1 2 3", "u 1", "z 1 2 3", "o1 1 a", "s 1 2", "s 1 2 2", "s 1 x 1", "s 1 2 1 x", "t 1", "t 1 ", "t x c"} {
 		_, ok := store.ParseShellLive(bad)
 		require.False(t, ok, bad)
 	}
@@ -189,6 +189,9 @@ func TestParseShellLive(t *testing.T) {
 	m, ok = store.ParseShellLive("s 4 17 0")
 	require.True(t, ok)
 	require.Equal(t, store.ShellLive{Kind: 's', Gen: 4, Seq: 17}, m)
+	m, ok = store.ParseShellLive("t 5 9f3a")
+	require.True(t, ok)
+	require.Equal(t, store.ShellLive{Kind: 't', Gen: 5, Data: "9f3a"}, m)
 }
 
 // budgetedTerminal opens terminal k1 on backend b, on a store whose
