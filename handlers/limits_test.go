@@ -524,3 +524,20 @@ func newTestClock() *testClock {
 
 func (c *testClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *testClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// TestRefusedShellUpgradeWaits: a refused /shell upgrade (an expired or
+// forged token here) is answered after refusedShellDelay: Claude Code UI's
+// Shell tab opens a new socket as soon as one closes, and without the
+// pause a tab with an expired token asked many times a second. The answer
+// is still the refusal.
+func TestRefusedShellUpgradeWaits(t *testing.T) {
+	g := startGateway(t, newStore(t, storetest.Mini))
+	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/shell?token=forged"
+	start := time.Now()
+	_, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	require.Error(t, err)
+	require.NotNil(t, resp)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	require.GreaterOrEqual(t, time.Since(start), refusedShellDelay)
+}

@@ -391,15 +391,15 @@ func (s *Server) paceInterval(r *http.Request) time.Duration {
 // would otherwise stay for the socket's whole life (about 16 KiB each).
 func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 	if s.draining.Load() {
-		return echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining")
+		return s.refuseUpgrade(c, m, echo.NewHTTPError(http.StatusServiceUnavailable, "gateway is draining"))
 	}
 	user, err := s.cfg.Auth.Authenticate(c.Request())
 	if err != nil {
-		return authFailure(c, err)
+		return s.refuseUpgrade(c, m, authFailure(c, err))
 	}
 	quota := s.quotas.acquire(user.Name)
 	if quota == nil {
-		return s.quotas.tooManySockets()
+		return s.refuseUpgrade(c, m, s.quotas.tooManySockets())
 	}
 	upgraded := make(chan struct{})
 	keys := map[string]any{"user": user, "upgraded": upgraded, "quota": quota}
@@ -421,6 +421,26 @@ func (s *Server) serveUpgrade(c echo.Context, m *melody.Melody) error {
 		// already been answered.
 		return nil
 	}
+}
+
+// refusedShellDelay holds the answer to a refused /shell upgrade. Claude
+// Code UI's Shell tab opens a new socket as soon as its socket closes,
+// with no pause, and a refused upgrade closes it: a tab whose token had
+// expired asked many times a second for as long as it stayed open.
+const refusedShellDelay = time.Second
+
+// refuseUpgrade answers a refused upgrade with err, after
+// refusedShellDelay on /shell (or once its client gave up).
+func (s *Server) refuseUpgrade(c echo.Context, m *melody.Melody, err error) error {
+	if m == s.shellSockets {
+		t := time.NewTimer(refusedShellDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.Request().Context().Done():
+		}
+	}
+	return err
 }
 
 // releaseUpgrade tells serveUpgrade that ms is open, and lets go of what
