@@ -73,6 +73,10 @@ type ShellMessage struct {
 	// init and resize
 	Cols int `json:"cols"`
 	Rows int `json:"rows"`
+	// SizeGiven reports whether the frame gave both cols and rows (not 0):
+	// an init without them opens a terminal of the default size but does
+	// not resize one it reattaches.
+	SizeGiven bool `json:"-"`
 
 	// input
 	Data string `json:"data"`
@@ -128,6 +132,7 @@ func ParseShellMessage(data []byte) (ShellMessage, error) {
 		return ShellMessage{}, err
 	}
 	m.Cols, m.Rows = cols, rows
+	m.SizeGiven = loose.Cols != nil && *loose.Cols != 0 && loose.Rows != nil && *loose.Rows != 0
 	switch typ {
 	case "input":
 		if _, ok := probe["data"]; !ok {

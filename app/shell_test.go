@@ -23,11 +23,14 @@ func TestParseShellMessage(t *testing.T) {
 			require.Equal(t, "claude", m.Provider)
 			require.Equal(t, 80, m.Cols)
 			require.Equal(t, 24, m.Rows)
+			require.False(t, m.SizeGiven, "a new terminal's default size, not the client's")
 			require.Nil(t, m.LastSeq)
 		}},
+		{in: `{"type":"init","cols":120,"rows":0}`, check: func(t *testing.T, m ShellMessage) { require.False(t, m.SizeGiven) }},
 		{in: `{"type":"init","cols":120.0,"rows":40,"lastSeq":7,"shellId":"tab-1"}`, check: func(t *testing.T, m ShellMessage) {
 			require.Equal(t, 120, m.Cols)
 			require.Equal(t, 40, m.Rows)
+			require.True(t, m.SizeGiven)
 			require.Equal(t, int64(7), *m.LastSeq)
 		}},
 		{in: `{"type":"init","cols":80.5}`, wantErr: "Invalid cols: must be a whole number, 1 or more"},

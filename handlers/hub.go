@@ -130,8 +130,11 @@ type watch struct {
 	// claim names the watch of a socket that took its terminal for
 	// itself (an init without shellId, terminals.attach): a later claim
 	// of the terminal, on any gateway, ends it. "" for a watch that
-	// shares the terminal with the others.
-	claim string
+	// shares the terminal with the others. claimHeard is set once its own
+	// claim came back on the terminal's channel (or could not be
+	// published): only claims heard after it are later ones.
+	claim      string
+	claimHeard bool
 }
 
 func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte), outage func()) *hub {
@@ -356,6 +359,9 @@ func (h *hub) resync(kind *streamKind, key string) {
 		if w.done {
 			continue
 		}
+		// Its own claim may have been published while the subscription
+		// was away: the claims heard from now on are later ones.
+		w.claimHeard = w.claimHeard || w.claim != ""
 		if w.catching {
 			w.resynced = true
 			continue
@@ -418,7 +424,11 @@ func (h *hub) catchUp(w *watch, pos int) {
 		w.quietTrim = false
 		f.mu.Unlock()
 
-		if !c.replaySlot() {
+		if !c.replaySlot(func() bool {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return w.pos != pos || w.done
+		}) {
 			return
 		}
 		// Moved or ended while it waited for the slot: read nothing.

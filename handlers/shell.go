@@ -44,7 +44,34 @@ type shellSocket struct {
 	// sentSeq is the seq of the last chunk written to the socket: a client
 	// cannot have rendered more, and an ack past it is taken as it.
 	sentSeq atomic.Int64
+	// taken is set when another socket's init took the socket's terminal
+	// (terminals.displaceLocked), and told when it was last said so to
+	// input that came after (both under mu).
+	taken bool
+	told  time.Time
 }
+
+// tellTaken answers input or a resize of a socket whose terminal another
+// socket took, at most every takenNoticeEvery, and reports whether it was
+// taken. The answer is a notice, not an error frame: Claude Code UI's
+// frontend shows output only, and its user typing into an old window
+// would see nothing happen.
+func (sock *shellSocket) tellTaken() bool {
+	sock.mu.Lock()
+	taken, tell := sock.taken, sock.taken && time.Since(sock.told) >= takenNoticeEvery
+	if tell {
+		sock.told = time.Now()
+	}
+	sock.mu.Unlock()
+	if tell {
+		sock.notice("warn", noticeTaken)
+	}
+	return taken
+}
+
+// takenNoticeEvery spaces the notices of a taken terminal: one per burst
+// of keystrokes, not one per key.
+const takenNoticeEvery = 5 * time.Second
 
 // ackedSeq is how far a client's ack of seq lets its terminal's flow go.
 func (sock *shellSocket) ackedSeq(seq int64) int64 { return min(seq, sock.sentSeq.Load()) }

@@ -25,6 +25,7 @@ const (
 	noticeNotStarted  = "[Terminal lost: no worker started it; try again]"
 	noticeRestarted   = "[Terminal restarted]"
 	noticeEvicted     = "[Terminal closed: it was your least recently watched terminal, and a new one needed its place]"
+	noticeTaken       = "[This terminal is open in another window: reload this one to use it here]"
 )
 
 // terminals connects /shell sockets to terminals: it opens, reattaches,
@@ -195,7 +196,7 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 				}
 			}
 			attached := tm.attach(ctx, sock, key, info.Gen, info.Worker, from, quiet, msg.ShellID == "")
-			if attached && msg.Cols > 0 && msg.Rows > 0 && (msg.Cols != info.Cols || msg.Rows != info.Rows) {
+			if attached && msg.SizeGiven && (msg.Cols != info.Cols || msg.Rows != info.Rows) {
 				// The init's size is the one its client has now: Claude
 				// Code UI's frontend sends its resizes before its init
 				// (dropped: no terminal yet) and none after, so a
@@ -306,7 +307,7 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 		return false
 	}
 	sock.mu.Lock()
-	sock.w = w
+	sock.w, sock.taken = w, false
 	sock.mu.Unlock()
 	f := w.f
 	// A generation that started since join was counted by
@@ -337,6 +338,10 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 		// in the order Redis took the claims: the last one wins everywhere.
 		if err := tm.st.ShellTaken(ctx, key, touch, name); err != nil {
 			tm.log.Warn("shell claim", "shell", key, "err", err)
+			// No one hears it: the watch yields to the next claim heard.
+			f.mu.Lock()
+			w.claimHeard = true
+			f.mu.Unlock()
 		}
 	}
 	return true
@@ -355,7 +360,7 @@ func (tm *terminals) displaceLocked(w *watch) {
 	go func() {
 		w.sock.mu.Lock()
 		if w.sock.w == w {
-			w.sock.w = nil
+			w.sock.w, w.sock.taken = nil, true
 		}
 		w.sock.mu.Unlock()
 		tm.removeWatch(w)
@@ -459,7 +464,9 @@ func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string,
 	w := sock.w
 	sock.mu.Unlock()
 	if w == nil {
-		sock.error(app.ShellErrNoTerminal)
+		if !sock.tellTaken() {
+			sock.error(app.ShellErrNoTerminal)
+		}
 		return false
 	}
 	w.f.mu.Lock()
@@ -567,8 +574,17 @@ func (tm *terminals) message(key string, m store.ShellLive) {
 			}
 		}
 	case 't':
+		// A claim displaces the claimed watches whose own claim was heard
+		// before it: those that claimed later but are still on their way
+		// to publishing (a socket's join comes a few round trips before
+		// its claim) keep theirs, or two inits close together would
+		// each displace the other.
 		for w := range f.watches {
-			if w.claim != "" && w.claim != m.Data && !w.done {
+			switch {
+			case w.claim == "" || w.done:
+			case w.claim == m.Data:
+				w.claimHeard = true
+			case w.claimHeard:
 				tm.displaceLocked(w)
 			}
 		}
@@ -714,7 +730,7 @@ func (tm *terminals) sendExitLocked(w *watch) {
 		w.c.reply(&app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
 		w.sock.mu.Lock()
 		if w.sock.w == w {
-			w.sock.w = nil
+			w.sock.w, w.sock.taken = nil, true
 		}
 		w.sock.mu.Unlock()
 		tm.removeWatch(w)

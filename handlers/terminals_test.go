@@ -474,8 +474,15 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 	_, err = st.ShellAppend(ctx, key, gen, []string{"two "})
 	require.NoError(t, err)
 	require.NotContains(t, output(second, "two "), "one ", "the second socket got its replay once")
-	// Nothing more reaches the first socket: a read that finds nothing
-	// ends at its deadline.
+	// Typing into the first socket's window is answered with a notice
+	// (once for a burst of keys), and nothing of the terminal's output
+	// reaches it: a read that finds nothing more ends at its deadline.
+	for range 3 {
+		require.NoError(t, first.WriteJSON(map[string]any{"type": "input", "data": "x"}))
+	}
+	notice := output(first, "open in another window")
+	require.NotContains(t, notice, "two ", "output after the terminal was taken")
+	require.Equal(t, 1, strings.Count(notice, "open in another window"))
 	require.NoError(t, first.SetReadDeadline(time.Now().Add(300*time.Millisecond)))
 	for {
 		var m map[string]any
@@ -486,6 +493,7 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 			break
 		}
 		require.NotContains(t, fmt.Sprint(m["data"]), "two ", "output after the terminal was taken: %v", m)
+		require.NotContains(t, fmt.Sprint(m["data"]), "another window", "a notice per key: %v", m)
 	}
 
 	// An init from a window of another size resizes the terminal it
@@ -505,7 +513,7 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond, "the reattach resized the terminal")
 
 	// With a shellId both sockets follow their terminal.
-	tabA := open(gwA, map[string]any{"shellId": "tab"})
+	tabA := open(gwA, map[string]any{"shellId": "tab", "cols": 200, "rows": 50})
 	key, gen = opened(key)
 	tabB := open(gwB, map[string]any{"shellId": "tab"})
 	output(tabB, "[Reconnected")
@@ -513,4 +521,142 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 	require.NoError(t, err)
 	output(tabA, "shared ")
 	output(tabB, "shared ")
+	// An init that gives no size leaves the terminal's alone (it would
+	// have been 80x24, the size of a new terminal): the resize the second
+	// tab sends after it is the first to reach the worker.
+	require.NoError(t, tabB.WriteJSON(map[string]any{"type": "resize", "cols": 100, "rows": 30}))
+	var sizes []store.ShellSize // each read takes what it returns
+	require.Eventually(t, func() bool {
+		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+		require.NoError(t, err)
+		for _, e := range in {
+			var size store.ShellSize
+			if c := e.Control; c.Type == store.ControlShellResize && c.Shell == key && json.Unmarshal(c.Data, &size) == nil {
+				sizes = append(sizes, size)
+			}
+		}
+		return len(sizes) > 0 && sizes[len(sizes)-1] == store.ShellSize{Cols: 100, Rows: 30}
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, []store.ShellSize{{Cols: 100, Rows: 30}}, sizes, "the resizes the worker got")
+}
+
+// TestClaimsCloseTogetherLeaveOne: two sockets of Claude Code UI's
+// frontend (inits without shellId) that take a terminal at about the same
+// time, on two gateways, leave it to exactly one of them. A socket's claim
+// is published a few round trips after it joins the terminal, so each
+// heard the other's claim while it waited for its own, and both gave the
+// terminal up (18 rounds of 20 before): a Shell tab that showed nothing.
+func TestClaimsCloseTogetherLeaveOne(t *testing.T) {
+	st, rdb := realStore(t)
+	ctx := context.Background()
+	gwA := startGateway(t, st)
+	gwB := startGateway(t, st, func(c *Config) { c.Workspaces = app.Workspaces{Roots: []string{gwA.dir}} })
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	dial := func(g *gateway) *websocket.Conn {
+		ws, _, err := g.dialPath("/shell", "alice")
+		require.NoError(t, err)
+		t.Cleanup(func() { ws.Close() })
+		return ws
+	}
+	initMsg := map[string]any{"type": "init", "cols": 80, "rows": 24}
+	// gets reports whether ws gets an output frame carrying want within d;
+	// a socket is read to a deadline once only (gorilla's reads end then).
+	gets := func(ws *websocket.Conn, want string, d time.Duration) bool {
+		_ = ws.SetReadDeadline(time.Now().Add(d))
+		var text strings.Builder
+		for !strings.Contains(text.String(), want) {
+			var m map[string]any
+			if err := ws.ReadJSON(&m); err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					t.Errorf("read: %v", err)
+				}
+				return false
+			}
+			if d, ok := m["data"].(string); ok && m["type"] == "output" {
+				text.WriteString(d)
+			}
+		}
+		return true
+	}
+	first := dial(gwA)
+	require.NoError(t, first.WriteJSON(initMsg))
+	var key string
+	var gen int64
+	require.Eventually(t, func() bool {
+		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+		require.NoError(t, err)
+		for _, e := range in {
+			if e.Control.Type == store.ControlShellOpen {
+				key, gen = e.Control.Shell, e.Control.Gen
+			}
+		}
+		return key != ""
+	}, 10*time.Second, time.Millisecond)
+	_, err := st.ShellAppend(ctx, key, gen, []string{"start "})
+	require.NoError(t, err)
+	require.True(t, gets(first, "start ", 10*time.Second))
+	first.Close()
+	psub := rdb.PSubscribe(ctx, "*:shell:{"+key+"}:live")
+	t.Cleanup(func() { psub.Close() })
+	_, err = psub.Receive(ctx)
+	require.NoError(t, err)
+	live := psub.Channel()
+
+	for round := range 10 {
+		a, b := dial(gwA), dial(gwB)
+		errs := make(chan error, 2)
+		for _, ws := range []*websocket.Conn{a, b} {
+			go func() { errs <- ws.WriteJSON(initMsg) }()
+		}
+		require.NoError(t, <-errs)
+		require.NoError(t, <-errs)
+		// Both claims are published (each after its socket joined the
+		// terminal), and heard: one watcher is left.
+		for claims := 0; claims < 2; {
+			select {
+			case m := <-live:
+				if strings.HasPrefix(m.Payload, "t ") {
+					claims++
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: %d claims published", round, claims)
+			}
+		}
+		require.Eventually(t, func() bool {
+			info, ok, err := st.Shell(ctx, key)
+			require.NoError(t, err)
+			return ok && info.Attached == 1
+		}, 10*time.Second, 10*time.Millisecond, "round %d: one socket follows the terminal", round)
+		mark := fmt.Sprintf("mark-%d ", round)
+		_, err := st.ShellAppend(ctx, key, gen, []string{mark})
+		require.NoError(t, err)
+		// Both read at once; once one has the output, the other has
+		// 300 ms more.
+		got := make(chan bool, 2)
+		for i, ws := range []*websocket.Conn{a, b} {
+			other := []*websocket.Conn{b, a}[i]
+			go func() {
+				ok := gets(ws, mark, 10*time.Second)
+				if ok {
+					_ = other.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+				}
+				got <- ok
+			}()
+		}
+		n := 0
+		for range 2 {
+			if <-got {
+				n++
+			}
+		}
+		require.Equal(t, 1, n, "round %d: sockets that got the output", round)
+		a.Close()
+		b.Close()
+		require.Eventually(t, func() bool {
+			info, ok, err := st.Shell(ctx, key)
+			require.NoError(t, err)
+			return ok && info.Attached == 0
+		}, 10*time.Second, 10*time.Millisecond)
+	}
 }
