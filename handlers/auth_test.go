@@ -338,14 +338,18 @@ func TestAuthFailureClosesTheConnection(t *testing.T) {
 }
 
 // TestSocketsCloseWhenTheirTokenExpires: a token is checked when a socket
-// opens; /ws and /shell sockets it opened close with 4401 when it expires,
-// so that a leaked token's reach ends with it.
+// opens; /ws, /shell and /plugin-ws sockets it opened close with 4401 when
+// it expires, so that a leaked token's reach ends with it (a plugin relay
+// outlived its token before).
 func TestSocketsCloseWhenTheirTokenExpires(t *testing.T) {
-	g := startGateway(t, newStore(t, storetest.Mini))
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st)
+	addr, _ := echoPlugin(t)
+	require.NoError(t, st.SetPlugin(context.Background(), "echo", addr))
 	tok, err := IssueToken(testSecret, "alice", false, 4*time.Second) // exp is kept in whole seconds: 3 s at least
 	require.NoError(t, err)
 	long := g.dial("alice")
-	paths := []string{"/ws", "/shell"}
+	paths := []string{"/ws", "/shell", "/plugin-ws/echo"}
 	socks := make([]*websocket.Conn, len(paths))
 	for i, path := range paths {
 		socks[i], _, err = websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(g.ts.URL, "http")+path+"?token="+tok, nil)

@@ -134,6 +134,12 @@ func (s *Server) servePlugin(c echo.Context) error {
 		pingPeriod: s.cfg.PingPeriod}
 	s.plugins.add(r)
 	defer s.plugins.remove(r)
+	if !user.Expires.IsZero() {
+		// As /ws and /shell sockets: past its token's expiry the relay
+		// goes, so that expiry bounds what a leaked token can do.
+		t := time.AfterFunc(time.Until(user.Expires), func() { r.close(app.CloseTokenExpired, "token expired") })
+		defer t.Stop()
+	}
 	if s.drained.Load() {
 		// Drain listed the relays before this one was added.
 		r.close(websocket.CloseGoingAway, "gateway shutting down")
