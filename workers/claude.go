@@ -146,15 +146,28 @@ func claudeControlError(requestID, msg string) []byte {
 // looks at most maxProjectDirs entries, and only stats each candidate
 // without following it: a glob opened every entry, links in a loop made
 // it quadratic, and one swapped for a FIFO blocked it for good.
+//
+// A candidate counts only when it belongs to the owner of the folder the
+// CLI keeps its state in (its home, or $CLAUDE_CONFIG_DIR): the user links
+// what they like in there, and a stat as root through a link into a
+// folder they cannot read would tell them whether a file exists in it.
 func conversationSaved(env []string, id string) bool {
-	dir := lookupEnv(env, "CLAUDE_CONFIG_DIR")
+	dir, base := lookupEnv(env, "CLAUDE_CONFIG_DIR"), ""
 	if dir == "" {
 		home := lookupEnv(env, "HOME")
 		if home == "" {
 			return true // cannot tell: let the CLI decide
 		}
-		dir = filepath.Join(home, ".claude")
+		dir, base = filepath.Join(home, ".claude"), home
+	} else {
+		base = dir
 	}
+	// A worker that is not root sees no more than its CLIs could.
+	var owner unix.Stat_t
+	if unix.Stat(base, &owner) != nil {
+		return false
+	}
+	mine := func(uid uint32) bool { return os.Geteuid() != 0 || uid == owner.Uid }
 	fd, err := unix.Open(filepath.Join(dir, "projects"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
@@ -167,7 +180,7 @@ func conversationSaved(env []string, id string) bool {
 		if unix.Fstatat(fd, name+"/"+id+".jsonl", &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
 			continue
 		}
-		if t := st.Mode & unix.S_IFMT; t == unix.S_IFREG || t == unix.S_IFLNK {
+		if t := st.Mode & unix.S_IFMT; (t == unix.S_IFREG || t == unix.S_IFLNK) && mine(st.Uid) {
 			return true
 		}
 	}

@@ -590,6 +590,28 @@ func TestConversationSaved(t *testing.T) {
 			require.False(t, savedWithin(t, []string{"HOME=" + home}, id))
 		}
 	})
+	t.Run("links into another owner's folders", func(t *testing.T) {
+		// What root can see through a link the user made: another user's
+		// conversation (uid 54321 here) is not the user's, however linked.
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to give a file to another uid")
+		}
+		other := t.TempDir()
+		mkdirs(t, filepath.Join(other, "-srv-p"))
+		writeFile(t, filepath.Join(other, "-srv-p", id+".jsonl"), "{}\n")
+		for _, p := range []string{other, filepath.Join(other, "-srv-p"), filepath.Join(other, "-srv-p", id+".jsonl")} {
+			require.NoError(t, os.Chown(p, 54321, 54321))
+		}
+		home := t.TempDir()
+		projects := filepath.Join(home, ".claude", "projects")
+		mkdirs(t, projects)
+		require.NoError(t, os.Symlink(filepath.Join(other, "-srv-p"), filepath.Join(projects, "-tmp-p")))
+		require.False(t, savedWithin(t, []string{"HOME=" + home}, id), "a project folder linked to another's")
+		home = t.TempDir()
+		mkdirs(t, filepath.Join(home, ".claude"))
+		require.NoError(t, os.Symlink(other, filepath.Join(home, ".claude", "projects")))
+		require.False(t, savedWithin(t, []string{"HOME=" + home}, id), "a projects folder linked to another's")
+	})
 	t.Run("the projects folder is a FIFO", func(t *testing.T) {
 		home := t.TempDir()
 		mkdirs(t, filepath.Join(home, ".claude"))
