@@ -133,8 +133,13 @@ func newConn(s *melody.Session, user app.User, limit int, interval time.Duration
 const maxReplays = 2
 
 // replaySlot waits for one of the socket's replay slots; false when the
-// socket closed first. replayDone gives it back.
-func (c *conn) replaySlot() bool {
+// socket closed first, or when stale reports the catch-up that waits
+// moved on (looked at every replayRecheck). replayDone gives it back.
+//
+// Without the second, a client that held both slots (two long replays,
+// read at a trickle) and subscribed again and again left one goroutine
+// waiting per subscribe, each for a catch-up already superseded.
+func (c *conn) replaySlot(stale func() bool) bool {
 	c.mu.Lock()
 	if c.replays == nil {
 		c.replays = make(chan struct{}, maxReplays)
@@ -144,10 +149,27 @@ func (c *conn) replaySlot() bool {
 	select {
 	case slots <- struct{}{}:
 		return true
-	case <-c.ctx.Done():
-		return false
+	default:
+	}
+	tick := time.NewTicker(replayRecheck)
+	defer tick.Stop()
+	for {
+		select {
+		case slots <- struct{}{}:
+			return true
+		case <-c.ctx.Done():
+			return false
+		case <-tick.C:
+			if stale() {
+				return false
+			}
+		}
 	}
 }
+
+// replayRecheck is how often a catch-up waiting for a replay slot looks
+// whether it is still wanted.
+const replayRecheck = 200 * time.Millisecond
 
 func (c *conn) replayDone() { <-c.replays }
 

@@ -219,6 +219,44 @@ func TestCatchUpStopsWaitingWhenRepositioned(t *testing.T) {
 	}
 }
 
+// TestCatchUpStopsWaitingForASlotWhenRepositioned: catch-ups waiting for
+// one of a socket's replay slots, which two long replays hold, give up
+// once their watch is repositioned: a client that holds both slots and
+// subscribes again and again must not pile up goroutines (one per
+// subscribe waited for good before).
+func TestCatchUpStopsWaitingForASlotWhenRepositioned(t *testing.T) {
+	c, _ := connPair(t, 64)
+	never := func() bool { return false }
+	for range maxReplays {
+		require.True(t, c.replaySlot(never))
+	}
+	h := &hub{}
+	f := &feed{}
+	w := &watch{c: c, f: f, pos: 1, next: 1}
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Add(1)
+		go func() { defer wg.Done(); h.catchUp(w, 1) }()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("a catch-up went on without a slot")
+	case <-time.After(3 * replayRecheck):
+	}
+	f.mu.Lock()
+	w.pos++
+	f.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("catch-ups still wait for a slot after their watch moved")
+	}
+	c.replayDone()
+	require.True(t, c.replaySlot(never), "a slot given back is taken again")
+}
+
 // TestConnBoundsQueuedBytes: a queue of large frames is full at
 // maxQueuedBytes, before its frame count; a frame larger than that is
 // still taken by an empty queue; every frame arrives once the client reads.
