@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -412,9 +413,7 @@ func TestReattachAfterARestartElsewhere(t *testing.T) {
 func TestLastInitTakesTheTerminal(t *testing.T) {
 	st, _ := realStore(t)
 	ctx := context.Background()
-	gwA := startGateway(t, st)
-	gwB := startGateway(t, st, func(c *Config) { c.Workspaces = app.Workspaces{Roots: []string{gwA.dir}} })
-	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	gwA, gwB := twoTerminalGateways(t, st)
 	open := func(g *gateway, init map[string]any) *websocket.Conn {
 		ws, _, err := g.dialPath("/shell", "alice")
 		require.NoError(t, err)
@@ -454,6 +453,20 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 			return c != nil
 		}, 10*time.Second, time.Millisecond)
 		return c.Shell, c.Gen
+	}
+	// resizes returns the resizes of terminal key in the worker's inbox
+	// since the last read (each read takes what it returns).
+	resizes := func(key string) []store.ShellSize {
+		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+		require.NoError(t, err)
+		var sizes []store.ShellSize
+		for _, e := range in {
+			var size store.ShellSize
+			if c := e.Control; c.Type == store.ControlShellResize && c.Shell == key && json.Unmarshal(c.Data, &size) == nil {
+				sizes = append(sizes, size)
+			}
+		}
+		return sizes
 	}
 	attached := func(key string) int {
 		info, ok, err := st.Shell(ctx, key)
@@ -501,15 +514,7 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 	third := open(gwA, map[string]any{"cols": 120, "rows": 40})
 	output(third, "two ")
 	require.Eventually(t, func() bool {
-		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
-		require.NoError(t, err)
-		for _, e := range in {
-			var size store.ShellSize
-			if c := e.Control; c.Type == store.ControlShellResize && c.Shell == key && json.Unmarshal(c.Data, &size) == nil {
-				return size == store.ShellSize{Cols: 120, Rows: 40}
-			}
-		}
-		return false
+		return slices.Contains(resizes(key), store.ShellSize{Cols: 120, Rows: 40})
 	}, 10*time.Second, 10*time.Millisecond, "the reattach resized the terminal")
 
 	// With a shellId both sockets follow their terminal.
@@ -525,19 +530,22 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 	// have been 80x24, the size of a new terminal): the resize the second
 	// tab sends after it is the first to reach the worker.
 	require.NoError(t, tabB.WriteJSON(map[string]any{"type": "resize", "cols": 100, "rows": 30}))
-	var sizes []store.ShellSize // each read takes what it returns
+	var sizes []store.ShellSize
 	require.Eventually(t, func() bool {
-		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
-		require.NoError(t, err)
-		for _, e := range in {
-			var size store.ShellSize
-			if c := e.Control; c.Type == store.ControlShellResize && c.Shell == key && json.Unmarshal(c.Data, &size) == nil {
-				sizes = append(sizes, size)
-			}
-		}
+		sizes = append(sizes, resizes(key)...)
 		return len(sizes) > 0 && sizes[len(sizes)-1] == store.ShellSize{Cols: 100, Rows: 30}
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Equal(t, []store.ShellSize{{Cols: 100, Rows: 30}}, sizes, "the resizes the worker got")
+}
+
+// twoTerminalGateways starts two gateways on st with one workspace, and
+// a worker w1 that only has a heartbeat: its inbox holds what the gateways
+// sent it.
+func twoTerminalGateways(t *testing.T, st *store.Store) (a, b *gateway) {
+	a = startGateway(t, st)
+	b = startGateway(t, st, func(c *Config) { c.Workspaces = app.Workspaces{Roots: []string{a.dir}} })
+	require.NoError(t, st.Heartbeat(context.Background(), store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	return a, b
 }
 
 // TestClaimsCloseTogetherLeaveOne: two sockets of Claude Code UI's
@@ -549,9 +557,7 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 func TestClaimsCloseTogetherLeaveOne(t *testing.T) {
 	st, rdb := realStore(t)
 	ctx := context.Background()
-	gwA := startGateway(t, st)
-	gwB := startGateway(t, st, func(c *Config) { c.Workspaces = app.Workspaces{Roots: []string{gwA.dir}} })
-	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	gwA, gwB := twoTerminalGateways(t, st)
 	dial := func(g *gateway) *websocket.Conn {
 		ws, _, err := g.dialPath("/shell", "alice")
 		require.NoError(t, err)
