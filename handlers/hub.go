@@ -130,11 +130,13 @@ type watch struct {
 	// claim names the watch of a socket that took its terminal for
 	// itself (an init without shellId, terminals.attach): a later claim
 	// of the terminal, on any gateway, ends it. "" for a watch that
-	// shares the terminal with the others. claimHeard is set once its own
-	// claim came back on the terminal's channel (or could not be
-	// published): only claims heard after it are later ones.
-	claim      string
-	claimHeard bool
+	// shares the terminal with the others. claimSent is set just before
+	// its claim is published, claimHeard once the claim came back on the
+	// terminal's channel (or could not be published, or may have come
+	// while the subscription was away): only claims heard after it are
+	// later ones.
+	claim                 string
+	claimSent, claimHeard bool
 }
 
 func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte), outage func()) *hub {
@@ -360,8 +362,9 @@ func (h *hub) resync(kind *streamKind, key string) {
 			continue
 		}
 		// Its own claim may have been published while the subscription
-		// was away: the claims heard from now on are later ones.
-		w.claimHeard = w.claimHeard || w.claim != ""
+		// was away: the claims heard from now on are later ones. (Not
+		// so for a watch still on its way to publishing it.)
+		w.claimHeard = w.claimHeard || w.claimSent
 		if w.catching {
 			w.resynced = true
 			continue

@@ -103,6 +103,27 @@ func errorFrames(t *testing.T, ws *websocket.Conn, quiet time.Duration) []string
 	}
 }
 
+// TestInputAfterExitHasNoTerminal: input after the terminal's exit is
+// answered "No terminal: send init first", not as if another window had
+// taken the terminal.
+func TestInputAfterExitHasNoTerminal(t *testing.T) {
+	term := openInboxTerminal(t)
+	_, err := term.st.ShellExit(context.Background(), term.opened.Shell, term.opened.Gen, 0, "", "exit")
+	require.NoError(t, err)
+	require.NoError(t, term.ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		var m map[string]any
+		require.NoError(t, term.ws.ReadJSON(&m))
+		if m["type"] == "exit" {
+			break
+		}
+	}
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": "x"}))
+	var m map[string]any
+	require.NoError(t, term.ws.ReadJSON(&m))
+	require.Equal(t, map[string]any{"type": "error", "message": app.ShellErrNoTerminal}, m)
+}
+
 // TestTypingOverTheRateIsNotLost: keystrokes over the user's frame rate
 // wait for it instead of being dropped. Claude Code UI's terminal shows
 // no error frame, and a trackpad scrolling a program that has the mouse

@@ -68,7 +68,15 @@ type termFeed struct {
 	// Redis does not answer within its read timeout, and Redis then runs
 	// both: a browser would open the page twice.
 	announced []string
+	// claims holds the last claims heard on the terminal's channel, of
+	// any generation (kept across them), so that one Redis ran twice (a
+	// PUBLISH written again, as above) is heard once: heard again after a
+	// later one, it displaced the later one's socket too.
+	claims []string
 }
+
+// claimsRecalled is how many claims a feed remembers.
+const claimsRecalled = 32
 
 // replayFrames makes the frames of stored output chunks, up to maxBytes of
 // frames (one at least); the chunks after them are read again by the next
@@ -332,6 +340,7 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 	}
 	f.mu.Lock()
 	tm.hub.startLocked(w)
+	w.claimSent = claim
 	f.mu.Unlock()
 	if claim {
 		// Heard by every gateway following the terminal, this one too,
@@ -345,6 +354,33 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 		}
 	}
 	return true
+}
+
+// claimedLocked hears claim on f's channel. A claim displaces the claimed
+// watches whose own claim was heard before it: those that claimed later
+// but are still on their way to publishing (a socket's join comes a few
+// round trips before its claim) keep theirs, or two inits close together
+// would each displace the other. f.mu must be held.
+func (tm *terminals) claimedLocked(f *feed, claim string) {
+	if f.term == nil {
+		f.term = &termFeed{}
+	}
+	if slices.Contains(f.term.claims, claim) {
+		return
+	}
+	if len(f.term.claims) == claimsRecalled {
+		f.term.claims = slices.Delete(f.term.claims, 0, 1)
+	}
+	f.term.claims = append(f.term.claims, claim)
+	for w := range f.watches {
+		switch {
+		case w.claim == "" || w.done:
+		case w.claim == claim:
+			w.claimHeard = true
+		case w.claimHeard:
+			tm.displaceLocked(w)
+		}
+	}
 }
 
 // displaceLocked ends a watch whose socket's claim of its terminal a
@@ -380,7 +416,7 @@ func (tm *terminals) caughtUpLocked(w *watch) {
 // terminal from its first chunk. f.mu must be held.
 func (tm *terminals) switchGenLocked(f *feed, gen int64) {
 	f.gen, f.maxSeen = gen, 0
-	*f.term = termFeed{}
+	*f.term = termFeed{claims: f.term.claims}
 	for w := range f.watches {
 		if w.done {
 			continue
@@ -510,7 +546,7 @@ func (tm *terminals) send(ctx context.Context, worker string, c store.Control) (
 func (tm *terminals) detachSocket(sock *shellSocket) {
 	sock.mu.Lock()
 	w := sock.w
-	sock.w = nil
+	sock.w, sock.taken = nil, false
 	sock.mu.Unlock()
 	if w != nil {
 		tm.removeWatch(w)
@@ -543,6 +579,12 @@ func (tm *terminals) message(key string, m store.ShellLive) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if m.Kind == 't' {
+		// Of the terminal, whatever its generation: a claim published
+		// just before a restart (another tab's) must still be heard.
+		tm.claimedLocked(f, m.Data)
+		return
+	}
 	if m.Gen < f.gen {
 		return
 	}
@@ -571,21 +613,6 @@ func (tm *terminals) message(key string, m store.ShellLive) {
 				tm.sendExitLocked(w)
 			} else {
 				tm.hub.startLocked(w)
-			}
-		}
-	case 't':
-		// A claim displaces the claimed watches whose own claim was heard
-		// before it: those that claimed later but are still on their way
-		// to publishing (a socket's join comes a few round trips before
-		// its claim) keep theirs, or two inits close together would
-		// each displace the other.
-		for w := range f.watches {
-			switch {
-			case w.claim == "" || w.done:
-			case w.claim == m.Data:
-				w.claimHeard = true
-			case w.claimHeard:
-				tm.displaceLocked(w)
 			}
 		}
 	case 'u':
@@ -730,7 +757,7 @@ func (tm *terminals) sendExitLocked(w *watch) {
 		w.c.reply(&app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
 		w.sock.mu.Lock()
 		if w.sock.w == w {
-			w.sock.w, w.sock.taken = nil, true
+			w.sock.w = nil
 		}
 		w.sock.mu.Unlock()
 		tm.removeWatch(w)
