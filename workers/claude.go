@@ -148,9 +148,10 @@ func claudeControlError(requestID, msg string) []byte {
 // it quadratic, and one swapped for a FIFO blocked it for good.
 //
 // A candidate counts only when it belongs to the owner of the folder the
-// CLI keeps its state in (its home, or $CLAUDE_CONFIG_DIR): the user links
-// what they like in there, and a stat as root through a link into a
-// folder they cannot read would tell them whether a file exists in it.
+// CLI keeps its state in (its home, or $CLAUDE_CONFIG_DIR), or to the
+// worker: the user links what they like in there, and a stat as root
+// through a link into another user's folder would tell them whether a
+// file exists in it.
 func conversationSaved(env []string, id string) bool {
 	dir, base := lookupEnv(env, "CLAUDE_CONFIG_DIR"), ""
 	if dir == "" {
@@ -162,12 +163,16 @@ func conversationSaved(env []string, id string) bool {
 	} else {
 		base = dir
 	}
-	// A worker that is not root sees no more than its CLIs could.
+	// The home's owner is the account the CLI runs as under --user-uids;
+	// without accounts the CLI runs as the worker, and its files are the
+	// worker's whoever owns the home (a worker that is not root sees no
+	// more than its CLIs could anyway).
 	var owner unix.Stat_t
 	if unix.Stat(base, &owner) != nil {
 		return false
 	}
-	mine := func(uid uint32) bool { return os.Geteuid() != 0 || uid == owner.Uid }
+	euid := os.Geteuid()
+	mine := func(uid uint32) bool { return euid != 0 || uid == owner.Uid || uid == uint32(euid) }
 	fd, err := unix.Open(filepath.Join(dir, "projects"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false

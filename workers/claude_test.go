@@ -611,6 +611,15 @@ func TestConversationSaved(t *testing.T) {
 		mkdirs(t, filepath.Join(home, ".claude"))
 		require.NoError(t, os.Symlink(other, filepath.Join(home, ".claude", "projects")))
 		require.False(t, savedWithin(t, []string{"HOME=" + home}, id), "a projects folder linked to another's")
+
+		// Without accounts the CLI runs as the worker, whoever owns the
+		// home it is given: its own conversations count.
+		home = t.TempDir()
+		projects = filepath.Join(home, ".claude", "projects")
+		mkdirs(t, filepath.Join(projects, "-tmp-p"))
+		writeFile(t, filepath.Join(projects, "-tmp-p", id+".jsonl"), "{}\n")
+		require.NoError(t, os.Chown(home, 54321, 54321))
+		require.True(t, savedWithin(t, []string{"HOME=" + home}, id), "the worker's own conversation in a home of another owner")
 	})
 	t.Run("the projects folder is a FIFO", func(t *testing.T) {
 		home := t.TempDir()
