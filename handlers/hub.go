@@ -139,6 +139,14 @@ type watch struct {
 	claimSent, claimHeard bool
 }
 
+// at reports whether the watch is still at position pos and not done: a
+// catch-up of an older position stops. It takes the feed's lock.
+func (w *watch) at(pos int) bool {
+	w.f.mu.Lock()
+	defer w.f.mu.Unlock()
+	return w.pos == pos && !w.done
+}
+
 func newHub(st *store.Store, log *slog.Logger, broadcast func([]byte), outage func()) *hub {
 	h := &hub{st: st, log: log, feeds: map[feedKey]*feed{}}
 	h.sub = st.NewSubscriber(store.SubscriberHandlers{
@@ -427,11 +435,7 @@ func (h *hub) catchUp(w *watch, pos int) {
 		w.quietTrim = false
 		f.mu.Unlock()
 
-		if !c.replaySlot(func() bool {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			return w.pos != pos || w.done
-		}) {
+		if !c.replaySlot(func() bool { return !w.at(pos) }) {
 			return
 		}
 		// Moved or ended while it waited for the slot: read nothing.
@@ -511,11 +515,7 @@ func (h *hub) catchUp(w *watch, pos int) {
 // false when the watch was repositioned or the socket is gone.
 func (h *hub) deliver(w *watch, pos int, frames []storedFrame, quiet bool) bool {
 	f, c := w.f, w.c
-	current := func() bool {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return w.pos == pos && !w.done
-	}
+	current := func() bool { return w.at(pos) }
 	for i := 0; i < len(frames); {
 		if !c.waitRoomFor(int64(len(frames[i].frame)), current) {
 			return false

@@ -153,15 +153,14 @@ func claudeControlError(requestID, msg string) []byte {
 // through a link into another user's folder would tell them whether a
 // file exists in it.
 func conversationSaved(env []string, id string) bool {
-	dir, base := lookupEnv(env, "CLAUDE_CONFIG_DIR"), ""
+	dir := lookupEnv(env, "CLAUDE_CONFIG_DIR")
+	base := dir // the folder whose owner the CLI runs as
 	if dir == "" {
-		home := lookupEnv(env, "HOME")
-		if home == "" {
+		base = lookupEnv(env, "HOME")
+		if base == "" {
 			return true // cannot tell: let the CLI decide
 		}
-		dir, base = filepath.Join(home, ".claude"), home
-	} else {
-		base = dir
+		dir = filepath.Join(base, ".claude")
 	}
 	// The home's owner is the account the CLI runs as under --user-uids;
 	// without accounts the CLI runs as the worker, and its files are the
@@ -171,8 +170,8 @@ func conversationSaved(env []string, id string) bool {
 	if unix.Stat(base, &owner) != nil {
 		return false
 	}
-	euid := os.Geteuid()
-	mine := func(uid uint32) bool { return euid != 0 || uid == owner.Uid || uid == uint32(euid) }
+	root := os.Geteuid() == 0
+	mine := func(uid uint32) bool { return !root || uid == owner.Uid || uid == 0 }
 	fd, err := unix.Open(filepath.Join(dir, "projects"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
