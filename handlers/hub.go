@@ -127,16 +127,14 @@ type watch struct {
 	// attached (store.ShellTouch), so that it is counted once per
 	// generation (terminals only).
 	touched int64
-	// claim names the watch of a socket that took its terminal for
-	// itself (an init without shellId, terminals.attach): a later claim
-	// of the terminal, on any gateway, ends it. "" for a watch that
-	// shares the terminal with the others. claimSent is set just before
-	// its claim is published, claimHeard once the claim came back on the
-	// terminal's channel (or could not be published, or may have come
-	// while the subscription was away): only claims heard after it are
-	// later ones.
-	claim                 string
-	claimSent, claimHeard bool
+	// claim is, for the watch of a socket that took its terminal for
+	// itself (an init without shellId, terminals.attach), the number
+	// Redis gave its claim: a claim of a higher number, made on any
+	// gateway, ends the watch. 0 for a watch that shares the terminal;
+	// claimPending while its claim is on its way, claimUnknown when it
+	// could not be made (see terminals.claimedLocked). beaten is the
+	// highest claim heard while its own was on its way.
+	claim, beaten int64
 }
 
 // at reports whether the watch is still at position pos and not done: a
@@ -369,10 +367,6 @@ func (h *hub) resync(kind *streamKind, key string) {
 		if w.done {
 			continue
 		}
-		// Its own claim may have been published while the subscription
-		// was away: the claims heard from now on are later ones. (Not
-		// so for a watch still on its way to publishing it.)
-		w.claimHeard = w.claimHeard || w.claimSent
 		if w.catching {
 			w.resynced = true
 			continue

@@ -2,10 +2,10 @@ package handlers
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -68,15 +68,17 @@ type termFeed struct {
 	// Redis does not answer within its read timeout, and Redis then runs
 	// both: a browser would open the page twice.
 	announced []string
-	// claims holds the last claims heard on the terminal's channel, of
-	// any generation (kept across them), so that one Redis ran twice (a
-	// PUBLISH written again, as above) is heard once: heard again after a
-	// later one, it displaced the later one's socket too.
-	claims []string
 }
 
-// claimsRecalled is how many claims a feed remembers.
-const claimsRecalled = 32
+// A watch's claim while it has no number from Redis (see watch.claim).
+const (
+	// claimPending: on its way; the claims heard meanwhile may be
+	// earlier ones, and are weighed once it has its number (beaten).
+	claimPending = math.MaxInt64
+	// claimUnknown: Redis did not answer (it may have numbered the claim
+	// or not); the next claim heard on the terminal's channel ends it.
+	claimUnknown = -1
+)
 
 // replayFrames makes the frames of stored output chunks, up to maxBytes of
 // frames (one at least); the chunks after them are read again by the next
@@ -288,12 +290,10 @@ func (tm *terminals) fail(sock *shellSocket, what string, err error) {
 // chunk into one screen. Sockets that name a shellId (two tabs of
 // agentgate's page, or other clients) share the terminal.
 func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, gen int64, worker string, from int64, quiet, claim bool) bool {
-	name := ""
-	if claim {
-		name = rand.Text()
-	}
 	w, err := tm.hub.join(ctx, tm.kind, key, sock.c, func(w *watch) {
-		w.claim = name
+		if claim {
+			w.claim = claimPending
+		}
 		f := w.f
 		if f.term == nil {
 			f.term = &termFeed{}
@@ -340,44 +340,48 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 	}
 	f.mu.Lock()
 	tm.hub.startLocked(w)
-	w.claimSent = claim
 	f.mu.Unlock()
 	if claim {
-		// Heard by every gateway following the terminal, this one too,
-		// in the order Redis took the claims: the last one wins everywhere.
-		if err := tm.st.ShellTaken(ctx, key, touch, name); err != nil {
+		// Numbered by Redis and heard by every gateway following the
+		// terminal: the highest number wins everywhere.
+		n, err := tm.st.ShellTaken(ctx, key, touch)
+		if err != nil && !errors.Is(err, store.ErrShellGone) {
 			tm.log.Warn("shell claim", "shell", key, "err", err)
-			// No one hears it: the watch yields to the next claim heard.
-			f.mu.Lock()
-			w.claimHeard = true
-			f.mu.Unlock()
 		}
+		f.mu.Lock()
+		tm.numberedLocked(w, n)
+		f.mu.Unlock()
 	}
 	return true
 }
 
-// claimedLocked hears claim on f's channel. A claim displaces the claimed
-// watches whose own claim was heard before it: those that claimed later
-// but are still on their way to publishing (a socket's join comes a few
-// round trips before its claim) keep theirs, or two inits close together
-// would each displace the other. f.mu must be held.
-func (tm *terminals) claimedLocked(f *feed, claim string) {
-	if f.term == nil {
-		f.term = &termFeed{}
+// numberedLocked gives w its claim's number n from Redis (0: none came).
+// A claim heard meanwhile with a higher number is a later one, and has
+// taken the terminal. f.mu must be held.
+func (tm *terminals) numberedLocked(w *watch, n int64) {
+	switch {
+	case w.done:
+	case n == 0:
+		w.claim = claimUnknown
+	case n < w.beaten:
+		tm.displaceLocked(w)
+	default:
+		w.claim = n
 	}
-	if slices.Contains(f.term.claims, claim) {
-		return
-	}
-	if len(f.term.claims) == claimsRecalled {
-		f.term.claims = slices.Delete(f.term.claims, 0, 1)
-	}
-	f.term.claims = append(f.term.claims, claim)
+}
+
+// claimedLocked hears that claim n of f's terminal was made, on its
+// channel (heard) or read by a refresh: it ends the claimed watches whose
+// numbers are lower, and, for a claim heard, those whose claim Redis did
+// not answer (a claim heard after that is a later one; one a refresh reads
+// may be their own). f.mu must be held.
+func (tm *terminals) claimedLocked(f *feed, n int64, heard bool) {
 	for w := range f.watches {
 		switch {
-		case w.claim == "" || w.done:
-		case w.claim == claim:
-			w.claimHeard = true
-		case w.claimHeard:
+		case w.claim == 0 || w.done:
+		case w.claim == claimPending:
+			w.beaten = max(w.beaten, n)
+		case (w.claim > 0 && w.claim < n) || (heard && w.claim == claimUnknown):
 			tm.displaceLocked(w)
 		}
 	}
@@ -416,7 +420,7 @@ func (tm *terminals) caughtUpLocked(w *watch) {
 // terminal from its first chunk. f.mu must be held.
 func (tm *terminals) switchGenLocked(f *feed, gen int64) {
 	f.gen, f.maxSeen = gen, 0
-	*f.term = termFeed{claims: f.term.claims}
+	*f.term = termFeed{}
 	for w := range f.watches {
 		if w.done {
 			continue
@@ -582,7 +586,7 @@ func (tm *terminals) message(key string, m store.ShellLive) {
 	if m.Kind == 't' {
 		// Of the terminal, whatever its generation: a claim published
 		// just before a restart (another tab's) must still be heard.
-		tm.claimedLocked(f, m.Data)
+		tm.claimedLocked(f, m.Seq, true)
 		return
 	}
 	if m.Gen < f.gen {
@@ -817,9 +821,13 @@ func (tm *terminals) run(ctx context.Context) {
 		alive := map[string]bool{}
 		for _, t := range list {
 			began := time.Now()
-			_, err := tm.st.ShellTouch(ctx, t.key, t.gen, 0)
+			lastClaim, err := tm.st.ShellRefresh(ctx, t.key, t.gen)
 			outage = outage || time.Since(began) > store.SlowCall
 			switch {
+			case err == nil && lastClaim > 0:
+				// A claim published while the subscription was away
+				// was not heard.
+				tm.claimRead(t.key, lastClaim)
 			case errors.Is(err, store.ErrShellGone):
 				// Redis lost it with its data, and no exit can be recorded.
 				// Its worker is told to end it now rather than at its next
@@ -879,6 +887,17 @@ func (tm *terminals) run(ctx context.Context) {
 			tm.outages.saw()
 		}
 	}
+}
+
+// claimRead hears the last claim of a terminal that a refresh read.
+func (tm *terminals) claimRead(key string, n int64) {
+	f := tm.hub.feed(tm.kind, key)
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tm.claimedLocked(f, n, false)
 }
 
 // missedExit tells the sockets of a terminal generation the exit that its

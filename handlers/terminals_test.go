@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strings"
@@ -552,6 +553,23 @@ func TestLastInitTakesTheTerminal(t *testing.T) {
 	require.Equal(t, []store.ShellSize{{Cols: 100, Rows: 30}}, sizes, "the resizes the worker got")
 }
 
+// shellOpened waits for the open control a gateway sent worker w1, and
+// returns its terminal.
+func shellOpened(t *testing.T, st *store.Store) (key string, gen int64) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		in, err := st.ReadInbox(context.Background(), "w1", "0", 10*time.Millisecond)
+		require.NoError(t, err)
+		for _, e := range in {
+			if e.Control.Type == store.ControlShellOpen {
+				key, gen = e.Control.Shell, e.Control.Gen
+			}
+		}
+		return key != ""
+	}, 10*time.Second, time.Millisecond)
+	return key, gen
+}
+
 // twoTerminalGateways starts two gateways on st with one workspace, and
 // a worker w1 that only has a heartbeat: its inbox holds what the gateways
 // sent it.
@@ -565,9 +583,10 @@ func twoTerminalGateways(t *testing.T, st *store.Store) (a, b *gateway) {
 // TestClaimsCloseTogetherLeaveOne: two sockets of Claude Code UI's
 // frontend (inits without shellId) that take a terminal at about the same
 // time, on two gateways, leave it to exactly one of them. A socket's claim
-// is published a few round trips after it joins the terminal, so each
-// heard the other's claim while it waited for its own, and both gave the
-// terminal up (18 rounds of 20 before): a Shell tab that showed nothing.
+// is made a few round trips after it joins the terminal, so each heard
+// the other's claim while it waited for its own; when claims were ordered
+// by when each gateway heard them, both gave the terminal up (18 rounds of
+// 20): a Shell tab that showed nothing.
 func TestClaimsCloseTogetherLeaveOne(t *testing.T) {
 	st, rdb := realStore(t)
 	ctx := context.Background()
@@ -601,18 +620,7 @@ func TestClaimsCloseTogetherLeaveOne(t *testing.T) {
 	}
 	first := dial(gwA)
 	require.NoError(t, first.WriteJSON(initMsg))
-	var key string
-	var gen int64
-	require.Eventually(t, func() bool {
-		in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
-		require.NoError(t, err)
-		for _, e := range in {
-			if e.Control.Type == store.ControlShellOpen {
-				key, gen = e.Control.Shell, e.Control.Gen
-			}
-		}
-		return key != ""
-	}, 10*time.Second, time.Millisecond)
+	key, gen := shellOpened(t, st)
 	_, err := st.ShellAppend(ctx, key, gen, []string{"start "})
 	require.NoError(t, err)
 	require.True(t, gets(first, "start ", 10*time.Second))
@@ -639,9 +647,8 @@ func TestClaimsCloseTogetherLeaveOne(t *testing.T) {
 		return claims
 	}
 	for round := range 11 {
-		// The last round on one gateway, where Redis runs the earlier
-		// claim again (go-redis writes a PUBLISH again when a stalled
-		// Redis does not answer in time): it is heard once.
+		// The last round on one gateway, where the earlier claim is
+		// heard again after the later one: it takes nothing.
 		again := round == 10
 		a, b := dial(gwA), dial(gwB)
 		if again {
@@ -701,16 +708,124 @@ func TestClaimsCloseTogetherLeaveOne(t *testing.T) {
 	// before another tab restarted it) is a claim all the same.
 	last := dial(gwA)
 	require.NoError(t, last.WriteJSON(initMsg))
-	channel := claimsOf(1)[0].Channel
+	claimsOf(1)
 	require.Eventually(t, func() bool {
 		info, ok, err := st.Shell(ctx, key)
 		require.NoError(t, err)
 		return ok && info.Attached == 1
 	}, 10*time.Second, 10*time.Millisecond)
-	require.NoError(t, rdb.Publish(ctx, channel, fmt.Sprintf("t %d elsewhere", gen-1)).Err())
+	_, err = st.ShellTaken(ctx, key, gen-1)
+	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		info, ok, err := st.Shell(ctx, key)
 		require.NoError(t, err)
 		return ok && info.Attached == 0
 	}, 10*time.Second, 10*time.Millisecond, "the socket gave the terminal to the later claim")
+}
+
+// TestClaimOrder: a claimed watch gives its terminal up to claims of
+// higher numbers only, whether it hears them before or after Redis
+// numbered its own, and a watch whose claim Redis did not answer gives it
+// up to the next claim heard on the channel, not to one a refresh reads
+// (which may be its own). A watch that shares its terminal is never ended.
+func TestClaimOrder(t *testing.T) {
+	type step struct {
+		op string // "heard", "read" (by a refresh) or "numbered" (Redis's answer; 0: none)
+		n  int64
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []step
+		ended bool
+	}{
+		{"a higher claim heard before its number", []step{{"heard", 5}, {"numbered", 4}}, true},
+		{"a lower claim heard before its number", []step{{"heard", 3}, {"numbered", 4}}, false},
+		{"its own claim heard before its number", []step{{"heard", 4}, {"numbered", 4}}, false},
+		{"its own claim, and an earlier one heard late", []step{{"numbered", 4}, {"heard", 4}, {"heard", 2}}, false},
+		{"a higher claim heard after its number", []step{{"numbered", 4}, {"heard", 5}}, true},
+		{"a higher claim read by a refresh", []step{{"numbered", 4}, {"read", 6}}, true},
+		{"its own claim read by a refresh", []step{{"numbered", 4}, {"read", 4}}, false},
+		{"no answer, then a refresh", []step{{"numbered", 0}, {"read", 9}}, false},
+		{"no answer, then a claim heard", []step{{"numbered", 0}, {"heard", 9}}, true},
+		{"a claim heard on its way", []step{{"heard", 9}, {"read", 9}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newStore(t, storetest.Mini)
+			log := slog.New(slog.DiscardHandler)
+			tm := newTerminals(newHub(st, log, nil, nil), st, log, app.Workspaces{}, 0)
+			f := &feed{key: "k1", kind: tm.kind, gen: 1, watches: map[*watch]struct{}{}, term: &termFeed{}}
+			claimed := &watch{f: f, sock: &shellSocket{}, claim: claimPending}
+			claimed.sock.w = claimed
+			shared := &watch{f: f, sock: &shellSocket{}}
+			f.watches[claimed], f.watches[shared] = struct{}{}, struct{}{}
+			f.mu.Lock()
+			for _, s := range tc.steps {
+				switch s.op {
+				case "heard", "read":
+					tm.claimedLocked(f, s.n, s.op == "heard")
+				case "numbered":
+					tm.numberedLocked(claimed, s.n)
+				}
+			}
+			ended, sharedEnded := claimed.done, shared.done
+			f.mu.Unlock()
+			require.Equal(t, tc.ended, ended, "the claimed watch ended")
+			require.False(t, sharedEnded, "the shared watch ended")
+			if ended {
+				require.Eventually(t, func() bool {
+					claimed.sock.mu.Lock()
+					defer claimed.sock.mu.Unlock()
+					return claimed.sock.taken
+				}, 5*time.Second, time.Millisecond, "its socket is told its terminal was taken")
+			}
+		})
+	}
+}
+
+// TestRefreshHearsAMissedClaim: a claim made while a gateway's
+// subscription was away (a Redis restart, a failover) is read by its next
+// refresh of the terminal, and the socket it was taken from gets nothing
+// more; the socket's own claim, read back the same way, takes nothing.
+func TestRefreshHearsAMissedClaim(t *testing.T) {
+	st, rdb := realStore(t)
+	ctx := context.Background()
+	// A refresh every 250 ms.
+	g := startGateway(t, st, func(c *Config) { c.ShellDetachTimeout = time.Second })
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	ws, _, err := g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	defer ws.Close()
+	require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "cols": 80, "rows": 24}))
+	key, gen := shellOpened(t, st)
+	hash := st.Prefix() + ":shell:{" + key + "}"
+	require.Eventually(t, func() bool {
+		n, err := rdb.HGet(ctx, hash, "claims").Int()
+		return err == nil && n == 1
+	}, 10*time.Second, 10*time.Millisecond, "the socket's claim is made")
+	attached := func() int {
+		info, ok, err := st.Shell(ctx, key)
+		require.NoError(t, err)
+		require.True(t, ok)
+		return info.Attached
+	}
+	require.Never(t, func() bool { return attached() != 1 }, time.Second, 50*time.Millisecond,
+		"refreshes that read the socket's own claim take the terminal from it")
+	// A claim of another socket, on a gateway that published it while
+	// this one did not listen: counted, never heard.
+	require.NoError(t, rdb.HIncrBy(ctx, hash, "claims", 1).Err())
+	require.Eventually(t, func() bool { return attached() == 0 }, 10*time.Second, 10*time.Millisecond,
+		"the socket no longer counts as a watcher")
+	_, err = st.ShellAppend(ctx, key, gen, []string{"after "})
+	require.NoError(t, err)
+	require.NoError(t, ws.WriteJSON(map[string]any{"type": "input", "data": "x"}))
+	require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	var text strings.Builder
+	for !strings.Contains(text.String(), "open in another window") {
+		var m map[string]any
+		require.NoError(t, ws.ReadJSON(&m), "got %q", text.String())
+		if d, ok := m["data"].(string); ok && m["type"] == "output" {
+			text.WriteString(d)
+		}
+	}
+	require.NotContains(t, text.String(), "after ", "output after the terminal was taken")
 }

@@ -65,7 +65,8 @@ type scriptSet struct {
 	indexReserve, indexForget, indexTouch, indexUnlink *redis.Script
 	indexSwapBack                                      *redis.Script
 	shellOpen, shellAppend, shellExit, shellTouch      *redis.Script
-	shellIdle, shellSet, shellForget, accountUID       *redis.Script
+	shellIdle, shellSet, shellForget, shellClaim       *redis.Script
+	accountUID                                         *redis.Script
 	sessionForget, eventsWithin                        *redis.Script
 	workerBeat, workerRegister, inboxSend              *redis.Script
 	workerForget, jobsConsumerDrop                     *redis.Script
@@ -108,6 +109,7 @@ func newScriptSet(sharded bool) *scriptSet {
 		shellIdle:        mk(shellIdleLua),
 		shellSet:         mk(shellSetLua),
 		shellForget:      mk(shellForgetLua),
+		shellClaim:       mk(shellClaimLua),
 		sessionForget:    mk(sessionForgetLua),
 		eventsWithin:     mk(eventsWithinLua),
 		accountUID:       mk(accountUIDLua),

@@ -123,6 +123,8 @@ var (
 	shellSetLua string
 	//go:embed lua/shell_forget.lua
 	shellForgetLua string
+	//go:embed lua/shell_claim.lua
+	shellClaimLua string
 )
 
 // What a user's ended terminals keep until their retention is over: the
@@ -742,18 +744,40 @@ func (s *Store) keepEnded(ctx context.Context, owner, key string, ended int64) e
 // on a terminal generation. It returns the attached count, ErrStaleShell,
 // ErrShellGone, or (staying only) ErrShellExited.
 func (s *Store) ShellTouch(ctx context.Context, key string, gen int64, delta int) (int, error) {
-	n, err := s.sc.shellTouch.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, delta).Int()
-	switch {
-	case err != nil:
-		return 0, fmt.Errorf("store: touch shell %s: %w", key, err)
-	case n == -2:
-		return 0, ErrShellGone
-	case n == -3:
-		return 0, ErrShellExited
-	case n < 0:
-		return 0, ErrStaleShell
+	n, _, err := s.shellTouch(ctx, key, gen, delta)
+	return n, err
+}
+
+// ShellRefresh records that sockets still watch a terminal generation, as
+// ShellTouch with 0 does, and returns the number of the terminal's last
+// claim (ShellTaken; 0 for none).
+func (s *Store) ShellRefresh(ctx context.Context, key string, gen int64) (int64, error) {
+	_, claims, err := s.shellTouch(ctx, key, gen, 0)
+	return claims, err
+}
+
+// shellTouch runs shell_touch.lua: the attached count and the last claim.
+func (s *Store) shellTouch(ctx context.Context, key string, gen int64, delta int) (int, int64, error) {
+	res, err := s.sc.shellTouch.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, delta).Result()
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: touch shell %s: %w", key, err)
 	}
-	return n, nil
+	if code, ok := res.(int64); ok {
+		switch code {
+		case -2:
+			return 0, 0, ErrShellGone
+		case -3:
+			return 0, 0, ErrShellExited
+		}
+		return 0, 0, ErrStaleShell
+	}
+	pair, ok := res.([]any)
+	if !ok || len(pair) != 2 {
+		return 0, 0, fmt.Errorf("store: touch shell %s: unexpected reply %v", key, res)
+	}
+	n, _ := pair[0].(int64)
+	claims, _ := pair[1].(int64)
+	return int(n), claims, nil
 }
 
 // ShellIdle returns how many milliseconds a terminal generation has gone
@@ -833,10 +857,11 @@ type ShellLive struct {
 	Kind byte
 	// Gen is the terminal generation the message belongs to.
 	Gen int64
-	// Seq is the chunk's seq (o), the last seq before the exit (e), or the
-	// last seq stored before the signal key was written (s).
+	// Seq is the chunk's seq (o), the last seq before the exit (e), the
+	// last seq stored before the signal key was written (s), or the
+	// claim's number (t).
 	Seq  int64
-	Data string // the chunk (o), the URL (u) or the claim (t)
+	Data string // the chunk (o) or the URL (u)
 	// ExitCode, Signal and Reason describe an exit.
 	ExitCode int
 	Signal   string
@@ -849,7 +874,7 @@ type ShellLive struct {
 
 // ParseShellLive decodes a terminal channel message:
 // "o GEN SEQ DATA", "e GEN SEQ CODE SIGNAL|- REASON", "u GEN 0|1 URL",
-// "s GEN SEQ 0|1" or "t GEN CLAIM".
+// "s GEN SEQ 0|1" or "t GEN N".
 func ParseShellLive(payload string) (ShellLive, bool) {
 	if len(payload) < 2 || payload[1] != ' ' {
 		return ShellLive{}, false
@@ -896,26 +921,31 @@ func ParseShellLive(payload string) (ShellLive, bool) {
 		}
 		return ShellLive{Kind: 's', Gen: gen, Seq: seq, Flushed: flag == "1"}, true
 	case 't':
-		if rest == "" {
+		n, err := strconv.ParseInt(rest, 10, 64)
+		if err != nil || n <= 0 {
 			return ShellLive{}, false
 		}
-		return ShellLive{Kind: 't', Gen: gen, Data: rest}, true
+		return ShellLive{Kind: 't', Gen: gen, Seq: n}, true
 	}
 	return ShellLive{}, false
 }
 
-// ShellTaken tells a terminal's watchers on every gateway that a socket
-// took it under claim (a random name of that socket's watch): the sockets
-// that took it before, under other claims, no longer get its output. It is
-// how a client that names no shellId (Claude Code UI's frontend) sees its
-// terminal, as the reference server serves it: the socket of the last init
-// of a terminal gets its output, the ones before it nothing more.
-func (s *Store) ShellTaken(ctx context.Context, key string, gen int64, claim string) error {
-	msg := "t " + strconv.FormatInt(gen, 10) + " " + claim
-	if err := s.publish(ctx, s.k.shellLive(key), msg); err != nil {
-		return fmt.Errorf("store: announce the taking of shell %s: %w", key, err)
+// ShellTaken records that a socket took a terminal (an init without
+// shellId) and tells its watchers on every gateway: the sockets that took
+// it before, whose claims have lower numbers, no longer get its output. It
+// is how a client that names no shellId (Claude Code UI's frontend) sees
+// its terminal, as the reference server serves it: the socket of the last
+// init of a terminal gets its output, the ones before it nothing more. It
+// returns the claim's number, or ErrShellGone.
+func (s *Store) ShellTaken(ctx context.Context, key string, gen int64) (int64, error) {
+	n, err := s.sc.shellClaim.Run(ctx, s.rdb, []string{s.k.shell(key)}, gen, s.k.shellLive(key)).Int64()
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("store: claim shell %s: %w", key, err)
+	case n == 0:
+		return 0, ErrShellGone
 	}
-	return nil
+	return n, nil
 }
 
 // ShellSignal tells a terminal's watchers that a typed signal key (see

@@ -173,7 +173,7 @@ func TestShellOutputLikeAMessage(t *testing.T) {
 }
 
 func TestParseShellLive(t *testing.T) {
-	for _, bad := range []string{"", "o", "o 1", "o x 1 a", "o 1 x a", "e 1 2 3", "u 1", "z 1 2 3", "o1 1 a", "s 1 2", "s 1 2 2", "s 1 x 1", "s 1 2 1 x", "t 1", "t 1 ", "t x c"} {
+	for _, bad := range []string{"", "o", "o 1", "o x 1 a", "o 1 x a", "e 1 2 3", "u 1", "z 1 2 3", "o1 1 a", "s 1 2", "s 1 2 2", "s 1 x 1", "s 1 2 1 x", "t 1", "t 1 ", "t x c", "t 1 9f3a", "t 1 0", "t 1 -2"} {
 		_, ok := store.ParseShellLive(bad)
 		require.False(t, ok, bad)
 	}
@@ -189,9 +189,53 @@ func TestParseShellLive(t *testing.T) {
 	m, ok = store.ParseShellLive("s 4 17 0")
 	require.True(t, ok)
 	require.Equal(t, store.ShellLive{Kind: 's', Gen: 4, Seq: 17}, m)
-	m, ok = store.ParseShellLive("t 5 9f3a")
+	m, ok = store.ParseShellLive("t 5 12")
 	require.True(t, ok)
-	require.Equal(t, store.ShellLive{Kind: 't', Gen: 5, Data: "9f3a"}, m)
+	require.Equal(t, store.ShellLive{Kind: 't', Gen: 5, Seq: 12}, m)
+}
+
+// TestShellTakenNumbersClaims: each claim of a terminal gets the next
+// number, published on its channel with the generation it names, and a
+// refresh reads the last; a terminal Redis lost is ErrShellGone, and
+// nothing is published for it.
+func TestShellTakenNumbersClaims(t *testing.T) {
+	for _, b := range storetest.AllBackends {
+		t.Run(string(b), func(t *testing.T) {
+			st := storetest.New(t, storetest.Start(t, b))
+			ctx := context.Background()
+			messages := storetest.ShellMessages(t, st, "k1")
+			gen, ok, err := st.ShellOpen(ctx, "k1", 0, "w1", "bash", plainSpec, store.ShellLimit{})
+			require.NoError(t, err)
+			require.True(t, ok)
+			last, err := st.ShellRefresh(ctx, "k1", gen)
+			require.NoError(t, err)
+			require.Zero(t, last, "no claim yet")
+			for want := int64(1); want <= 3; want++ {
+				n, err := st.ShellTaken(ctx, "k1", gen)
+				require.NoError(t, err)
+				require.Equal(t, want, n)
+			}
+			require.Eventually(t, func() bool { return len(messages()) == 3 }, 5*time.Second, 5*time.Millisecond)
+			for i, m := range messages()[:3] {
+				require.Equal(t, store.ShellLive{Kind: 't', Gen: gen, Seq: int64(i + 1)}, m)
+			}
+			last, err = st.ShellRefresh(ctx, "k1", gen)
+			require.NoError(t, err)
+			require.EqualValues(t, 3, last)
+			// A new generation (a restart) goes on counting: the
+			// sockets that took the terminal before keep their numbers.
+			gen2, ok, err := st.ShellOpen(ctx, "k1", gen, "w1", "bash", plainSpec, store.ShellLimit{})
+			require.NoError(t, err)
+			require.True(t, ok)
+			n, err := st.ShellTaken(ctx, "k1", gen2)
+			require.NoError(t, err)
+			require.EqualValues(t, 4, n)
+			_, err = st.ShellTaken(ctx, "k2", gen)
+			require.ErrorIs(t, err, store.ErrShellGone)
+			require.Eventually(t, func() bool { return len(messages()) == 4 }, 5*time.Second, 5*time.Millisecond)
+			require.Never(t, func() bool { return len(messages()) > 4 }, 200*time.Millisecond, 20*time.Millisecond)
+		})
+	}
 }
 
 // budgetedTerminal opens terminal k1 on backend b, on a store whose

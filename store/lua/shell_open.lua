@@ -1,7 +1,8 @@
 -- shell_open.lua starts a new terminal generation under a shell key, if the
 -- key is still at the generation the caller read: two gateways opening the
 -- same key at once start one terminal, and the loser reattaches to it. It
--- resets the hash and drops the old output (seq starts again at 1). It
+-- resets the hash (but for its claims' count) and drops the old output
+-- (seq starts again at 1). It
 -- touches the terminal's slot only: the caller reserves the owner's
 -- terminal place before and queues the open control in the worker's inbox
 -- after it.
@@ -14,8 +15,8 @@
 --
 -- Returns 1 when opened, 0 when the generation moved on.
 local hash = KEYS[1]
-local cur = redis.call('HGET', hash, 'gen') or '0'
-if cur ~= ARGV[1] then
+local cur = redis.call('HMGET', hash, 'gen', 'claims')
+if (cur[1] or '0') ~= ARGV[1] then
   return 0
 end
 local t = redis.call('TIME')
@@ -25,5 +26,8 @@ redis.call('HSET', hash,
   'gen', ARGV[2], 'worker', ARGV[3], 'owner', ARGV[4], 'projectPath', ARGV[5],
   'provider', ARGV[6], 'command', ARGV[7], 'cols', ARGV[8], 'rows', ARGV[9],
   'state', 'starting', 'seq', '0', 'attached', '0', 'detachedAt', now,
-  'watchedAt', now, 'createdAt', now)
+  'watchedAt', now, 'createdAt', now,
+  -- Claims are numbered across generations (shell_claim.lua): a socket
+  -- that took the terminal before a restart keeps its number.
+  'claims', cur[2] or '0')
 return 1

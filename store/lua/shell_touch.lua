@@ -8,12 +8,14 @@
 -- KEYS[1] shell hash
 -- ARGV[1] generation   ARGV[2] delta
 --
--- Returns the number of attached sockets, -1 for a stale generation, -2
--- when the terminal has no hash at all (Redis lost it with its data), or,
--- for a refresh (delta 0), -3 when the generation has exited: its exit was
+-- Returns the number of attached sockets and the number of the terminal's
+-- last claim (shell_claim.lua: a refresh hears a claim published while its
+-- gateway's subscription was down), or -1 for a stale generation, -2 when
+-- the terminal has no hash at all (Redis lost it with its data), or, for a
+-- refresh (delta 0), -3 when the generation has exited: its exit was
 -- published while the gateway's subscription was down, and is read here.
 local hash = KEYS[1]
-local cur = redis.call('HMGET', hash, 'gen', 'state')
+local cur = redis.call('HMGET', hash, 'gen', 'state', 'claims')
 if not cur[1] then
   return -2
 end
@@ -45,4 +47,4 @@ if delta ~= 0 then
   end
 end
 redis.call('HSET', hash, 'watchedAt', now)
-return n
+return {n, tonumber(cur[3] or '0')}
