@@ -435,14 +435,11 @@ func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provid
 	}
 	foreign := err == nil
 	if !foreign {
-		// The id may be the provider's id of a session the gateway knows.
-		if id, err := s.st.SessionByProviderID(ctx, provider, sid); err == nil {
-			if known, err := s.st.Session(ctx, id); err == nil {
-				if user.CanSee(known.Owner) {
-					return s.existing(known, provider)
-				}
-				foreign = true
+		if known, ok := s.byProviderID(ctx, provider, sid); ok {
+			if user.CanSee(known.Owner) {
+				return s.existing(known, provider)
 			}
+			foreign = true
 		}
 	}
 	if !foreign && keepsConversationID(provider) {
@@ -465,6 +462,18 @@ func (s *Server) planRun(ctx context.Context, user app.User, provider app.Provid
 		isNew:   true, resume: sid, resumeDenied: foreign, resumeUnrecorded: !foreign,
 	}
 	return plan, nil
+}
+
+// byProviderID returns the session of agentgate's whose provider CLI
+// named its conversation id (Codex and Cursor name theirs; a client that
+// lists conversations by the CLIs' own ids names that one).
+func (s *Server) byProviderID(ctx context.Context, provider app.Provider, id string) (app.Session, bool) {
+	sid, err := s.st.SessionByProviderID(ctx, provider, id)
+	if err != nil {
+		return app.Session{}, false
+	}
+	sess, err := s.st.Session(ctx, sid)
+	return sess, err == nil
 }
 
 // keepsConversationID reports whether provider's CLI keeps a conversation's
@@ -571,6 +580,14 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 		c.reply(&app.ErrorReply{Type: "error", Error: storeErrorText(err, "Could not abort the run; try again"), SessionID: msg.SessionID, Retryable: true})
 	}
 	sess, err := s.st.Session(ctx, msg.SessionID)
+	alias := false
+	if errors.Is(err, app.ErrNotFound) {
+		// The conversation's id as its CLI named it: Stop in a view of
+		// it stops the run of agentgate's session that resumes it.
+		if known, ok := s.byProviderID(ctx, abortProvider(msg), msg.SessionID); ok {
+			sess, err, alias = known, nil, true
+		}
+	}
 	if err != nil && !errors.Is(err, app.ErrNotFound) {
 		failed(err)
 		return
@@ -587,6 +604,11 @@ func (s *Server) abort(ctx context.Context, c *conn, msg *app.ClientMessage) {
 	if err != nil {
 		failed(err)
 		return
+	}
+	if alias {
+		// The view the client stopped is of the id it named, and waits
+		// for that id's complete; the run's carries agentgate's.
+		c.endAbortWithoutRun(abortProvider(msg), msg.SessionID)
 	}
 	if !c.watching(sess.ID) {
 		// A socket that does not follow the session still sees its complete.

@@ -838,6 +838,49 @@ func TestUnknownAndForeignSessionIDs(t *testing.T) {
 	require.Equal(t, "alice", body["owner"])
 }
 
+// TestAbortByTheCLIsID: Stop in a view of a Codex conversation listed
+// under the id Codex gave it (Claude Code UI's sidebar lists the CLIs'
+// own ids) stops the run of the gateway's session that resumes it, and
+// that view gets the complete of the id it named; before, it was told
+// "No active run" and the run went on.
+func TestAbortByTheCLIsID(t *testing.T) {
+	st := newStore(t, storetest.Mini)
+	g := startGateway(t, st, func(c *Config) { c.Providers = []app.Provider{app.Claude, app.Codex} })
+	w := newFakeWorker(t, st)
+	const thread = "019a0000-aaaa-7bbb-8ccc-00000000abcd"
+	c := g.dial("alice")
+	c.send(command("start", map[string]any{"type": "codex-command"}))
+	id := c.next()["sessionId"].(string)
+	_, ref := w.take()
+	// Its CLI names the conversation.
+	_, err := st.Append(context.Background(), ref, nil, map[string]string{"providerSessionId": thread})
+	require.NoError(t, err)
+	w.finish(ref, 0)
+	c.until(func(m map[string]any) bool { return m["kind"] == "complete" })
+
+	// The next prompt, from the conversation's view (a socket of Claude
+	// Code UI's frontend), names the thread.
+	view := g.dialQuery("token=" + token(t, "alice", false))
+	view.send(command("go on", map[string]any{"type": "codex-command", "sessionId": thread}))
+	acc := view.until(isType("session-accepted"))
+	require.Equal(t, id, acc[len(acc)-1]["sessionId"])
+	_, ref = w.take()
+	// Bob naming the thread stops nothing.
+	bob := g.dial("bob")
+	bob.send(map[string]any{"type": "abort-session", "sessionId": thread, "provider": "codex"})
+	require.Equal(t, "No active run", bob.until(isType("error"))[0]["error"])
+
+	view.send(map[string]any{"type": "abort-session", "sessionId": thread, "provider": "codex"})
+	frames := view.until(func(m map[string]any) bool { return m["kind"] == "complete" && m["sessionId"] == thread })
+	done := frames[len(frames)-1]
+	require.Equal(t, true, done["aborted"])
+	sess, err := st.Session(context.Background(), id)
+	require.NoError(t, err)
+	require.Equal(t, app.StateAborted, sess.State, "the run was stopped")
+	_, err = st.Complete(context.Background(), ref, app.Outcome{})
+	require.ErrorIs(t, err, app.ErrStaleRun)
+}
+
 // TestOutsideConversationKeepsItsID: a command naming a Claude or Gemini
 // conversation started outside the gateway runs on a session of that very
 // id (those CLIs keep a conversation's id when they resume it), so that

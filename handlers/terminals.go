@@ -145,6 +145,10 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 	}
 	key := app.ShellKey(user, dir, msg)
 	spec := msg.Spec(user, dir)
+	if err := awaitStore(ctx, tm.st, func() (err error) { spec, err = tm.conversationOf(ctx, spec); return err }); err != nil {
+		tm.fail(sock, "read session", err)
+		return
+	}
 	paidRestart := false
 	waited := false // for Redis, in this request
 	toldEvicted := false
@@ -259,6 +263,34 @@ func (tm *terminals) init(ctx context.Context, sock *shellSocket, msg app.ShellM
 		return
 	}
 	tm.refused(sock, "Terminal is being restarted elsewhere: try again")
+}
+
+// conversationOf gives a terminal that resumes a Codex or Cursor session
+// of agentgate's the id its CLI named the conversation by: those CLIs name
+// their conversations themselves, and Claude Code UI's Shell tab sends the
+// id of the session it shows, agentgate's (session_created). A session
+// whose CLI printed no id yet has nothing to resume: its terminal starts
+// the CLI afresh. An id agentgate does not hold as one of the user's
+// sessions is the CLI's own, and is resumed as it is.
+func (tm *terminals) conversationOf(ctx context.Context, spec app.ShellSpec) (app.ShellSpec, error) {
+	if (spec.Provider != app.Codex && spec.Provider != app.Cursor) || !spec.HasSession || spec.SessionID == "" {
+		return spec, nil
+	}
+	sess, err := tm.st.Session(ctx, spec.SessionID)
+	switch {
+	case errors.Is(err, app.ErrNotFound):
+		return spec, nil
+	case err != nil:
+		return spec, err
+	case sess.Owner != spec.Owner || sess.Provider != spec.Provider:
+		return spec, nil
+	case !app.ValidSessionID(sess.ProviderSessionID):
+		// None printed yet (or one no command line may carry).
+		spec.SessionID, spec.HasSession = "", false
+	default:
+		spec.SessionID = sess.ProviderSessionID
+	}
+	return spec, nil
 }
 
 // refused answers an init that opens no terminal for a reason of the

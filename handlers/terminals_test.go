@@ -829,3 +829,65 @@ func TestRefreshHearsAMissedClaim(t *testing.T) {
 	}
 	require.NotContains(t, text.String(), "after ", "output after the terminal was taken")
 }
+
+// TestShellResumesTheCLIsConversation: Claude Code UI's Shell tab, on a
+// Codex or Cursor chat, asks to resume the id of the session it shows,
+// which is agentgate's (session_created); the terminal resumes the id the
+// CLI gave that conversation, starts the CLI afresh when it gave none yet,
+// and resumes any other id (the CLI's own, another user's session's) as it
+// is.
+func TestShellResumesTheCLIsConversation(t *testing.T) {
+	st, rdb := realStore(t)
+	ctx := context.Background()
+	g := startGateway(t, st)
+	require.NoError(t, st.Heartbeat(ctx, store.WorkerInfo{ID: "w1", StartedAt: time.Now()}, time.Hour))
+	session := func(id, owner string, provider app.Provider, providerID string) {
+		require.NoError(t, rdb.HSet(ctx, st.Prefix()+":session:{"+id+"}", "id", id, "owner", owner,
+			"provider", string(provider), "providerSessionId", providerID, "state", "completed").Err())
+	}
+	const (
+		codexS   = "11111111-1111-4111-8111-111111111111"
+		codexT   = "019a0000-aaaa-7bbb-8ccc-000000000001"
+		cursorS  = "22222222-2222-4222-8222-222222222222"
+		cursorT  = "33333333-3333-4333-8333-333333333333"
+		fresh    = "44444444-4444-4444-8444-444444444444"
+		bobs     = "55555555-5555-4555-8555-555555555555"
+		outsider = "019a0000-aaaa-7bbb-8ccc-000000000002"
+	)
+	session(codexS, "alice", app.Codex, codexT)
+	session(cursorS, "alice", app.Cursor, cursorT)
+	session(fresh, "alice", app.Codex, "")
+	session(bobs, "bob", app.Codex, "019a0000-aaaa-7bbb-8ccc-000000000003")
+	for _, tc := range []struct {
+		provider   app.Provider
+		id         string
+		resumed    string // "" for none
+		commandHas string
+	}{
+		{app.Codex, codexS, codexT, `resume -- "` + codexT + `"`},
+		{app.Cursor, cursorS, cursorT, `--resume="` + cursorT + `"`},
+		{app.Codex, fresh, "", "codex"},
+		{app.Codex, bobs, bobs, `resume -- "` + bobs + `"`},
+		{app.Codex, outsider, outsider, `resume -- "` + outsider + `"`},
+	} {
+		ws, _, err := g.dialPath("/shell", "alice")
+		require.NoError(t, err)
+		require.NoError(t, ws.WriteJSON(map[string]any{"type": "init", "provider": string(tc.provider),
+			"sessionId": tc.id, "hasSession": true, "cols": 80, "rows": 24}))
+		var spec app.ShellSpec
+		require.Eventually(t, func() bool {
+			in, err := st.ReadInbox(ctx, "w1", "0", 10*time.Millisecond)
+			require.NoError(t, err)
+			for _, e := range in {
+				if e.Control.Type == store.ControlShellOpen {
+					require.NoError(t, json.Unmarshal(e.Control.Data, &spec))
+				}
+			}
+			return spec.Owner != ""
+		}, 10*time.Second, time.Millisecond, tc.id)
+		require.Equal(t, tc.resumed, spec.SessionID, tc.id)
+		require.Equal(t, tc.resumed != "", spec.HasSession, tc.id)
+		require.Contains(t, spec.Command(nil), tc.commandHas, tc.id)
+		ws.Close()
+	}
+}
