@@ -23,6 +23,8 @@ const (
 	DenyBySetting = "Tool disallowed by settings"
 	DenyTooMany   = "Too many permission requests are waiting for an answer"
 	DenyTooLarge  = "This tool call is too large to ask permission for (over 1 MiB of input)"
+	// DenyNameTooLong answers a request whose tool name is over 256 bytes.
+	DenyNameTooLong = "This tool's name is too long to ask permission for (over 256 bytes)"
 )
 
 // DefaultPermissionTimeout is how long a tool waits for an answer

@@ -76,7 +76,7 @@ func codexPermissionArgs(o app.RunOptions) []string {
 
 // NewParser implements Provider.
 func (CodexProvider) NewParser(job app.Job) Parser {
-	return &codexParser{job: job, started: map[string]bool{}}
+	return &codexParser{job: job, started: toolsStarted{}}
 }
 
 // codexParser maps `codex exec --json` lines (see
@@ -84,7 +84,7 @@ func (CodexProvider) NewParser(job app.Job) Parser {
 type codexParser struct {
 	job app.Job
 	// started holds the items whose tool_use was sent at item.started.
-	started map[string]bool
+	started toolsStarted
 	// failed is set by turn.failed: the run fails even if the CLI exits 0.
 	failed bool
 	// lastError is the last error row's text: turn.failed repeats the
@@ -188,7 +188,7 @@ func (p *codexParser) itemStarted(item codexItem) []app.Event {
 	// Not web_search: its query is empty until it completes.
 	switch item.Type {
 	case "command_execution", "mcp_tool_call", "file_change":
-		p.started[item.ID] = true
+		p.started.add(item.ID)
 		return []app.Event{p.toolUse(item)}
 	}
 	return nil

@@ -62,7 +62,7 @@ func cursorPermissionArgs(o app.RunOptions) []string {
 
 // NewParser implements Provider.
 func (CursorProvider) NewParser(job app.Job) Parser {
-	return &cursorParser{job: job, started: map[string]bool{}}
+	return &cursorParser{job: job, started: toolsStarted{}}
 }
 
 // cursorTrustPrompt matches the CLI's refusal to run in a folder it does
@@ -92,7 +92,7 @@ type cursorParser struct {
 	job app.Job
 	// result is set once the CLI printed its result line.
 	result  bool
-	started map[string]bool
+	started toolsStarted
 	// thinking collects thinking deltas until their "completed" line.
 	thinking strings.Builder
 	// failed is set by a result line with is_error.
@@ -166,7 +166,7 @@ func (p *cursorParser) Line(line []byte) Output {
 		}
 	case "thinking":
 		p.thinking.WriteString(l.Text)
-		if l.Subtype == "completed" && p.thinking.Len() > 0 {
+		if (l.Subtype == "completed" || p.thinking.Len() >= maxHeldText) && p.thinking.Len() > 0 {
 			out.Events = append(out.Events, app.Thinking(p.thinking.String()))
 			p.thinking.Reset()
 		}
@@ -200,7 +200,7 @@ func (p *cursorParser) toolCall(l cursorLine) []app.Event {
 	if l.Subtype == "started" || !p.started[l.CallID] {
 		name, input := cursorToolName(kind, tool)
 		events = append(events, app.ToolUse(l.CallID, name, input))
-		p.started[l.CallID] = true
+		p.started.add(l.CallID)
 	}
 	if l.Subtype == "completed" {
 		delete(p.started, l.CallID)

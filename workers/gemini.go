@@ -154,6 +154,9 @@ func (p *geminiParser) Line(line []byte) Output {
 	case "message":
 		if l.Role == "assistant" {
 			p.pending.WriteString(l.Content)
+			if p.pending.Len() >= maxHeldText {
+				out.Events = p.flush()
+			}
 		}
 	case "tool_use":
 		out.Events = append(p.flush(), app.ToolUse(l.ToolID, l.ToolName, app.ObjectOrEmpty(l.Parameters)))

@@ -23,7 +23,7 @@ type permissions struct {
 	rules      app.ToolRules
 	pending    map[string]*pendingAsk // by the request id the user sees
 	byProvider map[string]string      // provider's request id -> user's
-	inputBytes int                    // of the pending requests' inputs
+	inputBytes int                    // of the pending requests (askBytes)
 	closed     bool
 }
 
@@ -40,6 +40,15 @@ const (
 	maxAskInput     = 1 << 20 // one request's
 	maxPendingInput = 4 << 20 // all of a run's pending requests'
 )
+
+// maxAskName bounds a request's tool name and the provider's id for it:
+// both are held and listed with its input, and no real tool or id comes
+// near it (a line a user's process forged into the CLI's output could
+// carry megabytes in either).
+const maxAskName = 256
+
+// askBytes is what a request holds of maxPendingInput.
+func askBytes(a ToolAsk) int { return len(a.Input) + len(a.Tool) + len(a.ID) }
 
 type pendingAsk struct {
 	id    string
@@ -68,6 +77,16 @@ func (p *permissions) ask(a ToolAsk) {
 		p.mu.Unlock()
 		return
 	}
+	switch {
+	case len(a.ID) > maxAskName:
+		// No answer: it would carry the id back.
+		p.mu.Unlock()
+		return
+	case len(a.Tool) > maxAskName:
+		p.mu.Unlock()
+		p.in.write(p.prov.Answer(a, false, nil, app.DenyNameTooLong))
+		return
+	}
 	decision := p.rules.Decide(a.Tool, a.Input)
 	if decision != app.Ask {
 		p.mu.Unlock()
@@ -88,7 +107,7 @@ func (p *permissions) ask(a ToolAsk) {
 		p.in.write(p.prov.Answer(a, false, nil, app.DenyTooLarge))
 		return
 	}
-	if len(p.pending) >= maxPendingAsks || p.inputBytes+len(a.Input) > maxPendingInput {
+	if len(p.pending) >= maxPendingAsks || p.inputBytes+askBytes(a) > maxPendingInput {
 		p.mu.Unlock()
 		p.in.write(p.prov.Answer(a, false, nil, app.DenyTooMany))
 		return
@@ -102,7 +121,7 @@ func (p *permissions) ask(a ToolAsk) {
 	// Registered before the request is visible, so a quick answer finds it.
 	p.pending[id] = pa
 	p.byProvider[a.ID] = id
-	p.inputBytes += len(a.Input)
+	p.inputBytes += askBytes(a)
 	if !app.InteractiveTool(a.Tool) {
 		pa.timer = time.AfterFunc(p.timeout, func() { p.expire(id) })
 	}
@@ -235,7 +254,7 @@ func (p *permissions) take(id string) *pendingAsk {
 	}
 	delete(p.pending, id)
 	delete(p.byProvider, pa.ask.ID)
-	p.inputBytes -= len(pa.ask.Input)
+	p.inputBytes -= askBytes(pa.ask)
 	if pa.timer != nil {
 		pa.timer.Stop()
 	}

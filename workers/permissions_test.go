@@ -471,6 +471,25 @@ func TestPendingAsksAreBoundedInBytes(t *testing.T) {
 	require.Contains(t, lines[1], app.DenyTooMany)
 }
 
+// TestLongToolNamesAndIDsAreRefused: a request whose tool name or
+// provider id is over maxAskName (a line forged into the CLI's output by a
+// process of the user's, megabytes each, once took a gigabyte of Redis in
+// 64 pending requests) is held nowhere: a long name is denied, a long id
+// dropped without an answer, which would carry it back.
+func TestLongToolNamesAndIDsAreRefused(t *testing.T) {
+	in := newProviderInput()
+	p := &permissions{prov: ClaudeProvider{}, in: in, pending: map[string]*pendingAsk{}, byProvider: map[string]string{}}
+	long := strings.Repeat("x", maxAskName+1)
+	p.ask(ToolAsk{ID: "r1", Tool: long, Input: json.RawMessage(`{}`)})
+	p.ask(ToolAsk{ID: long, Tool: "Bash", Input: json.RawMessage(`{"command":"ls"}`)})
+	require.Empty(t, p.pending)
+	require.Zero(t, p.inputBytes)
+	lines := written(t, in)
+	require.Len(t, lines, 1)
+	require.Contains(t, lines[0], app.DenyNameTooLong)
+	require.Contains(t, lines[0], `"r1"`)
+}
+
 // written closes in and returns the lines it wrote to the provider.
 func written(t *testing.T, in *providerInput) []string {
 	t.Helper()

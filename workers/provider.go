@@ -68,6 +68,32 @@ func providerSession(id string) map[string]string {
 	return map[string]string{providerSessionField: id}
 }
 
+// What a parser holds across lines is bounded: a CLI's output is the
+// user's (a process of theirs can write into it, and their own model
+// endpoint can make it say anything), and the worker runs everyone's runs.
+const (
+	// maxHeldText is the text of message or thinking deltas held before
+	// it goes out as an event of its own (a stream of deltas with no line
+	// of another kind between them once held half a gigabyte).
+	maxHeldText = 1 << 20
+	// maxToolID and maxToolsStarted bound the tool calls a run remembers
+	// as started (toolsStarted).
+	maxToolID       = 256
+	maxToolsStarted = 4096
+)
+
+// toolsStarted holds the tool calls of a run whose tool_use was sent, so
+// that their completion does not send it again. Past its bounds a call is
+// not remembered, and its completion sends its tool_use once more.
+type toolsStarted map[string]bool
+
+// add remembers id, within the bounds.
+func (t toolsStarted) add(id string) {
+	if len(id) <= maxToolID && len(t) < maxToolsStarted {
+		t[id] = true
+	}
+}
+
 // ToolAsk is a provider's request to use a tool.
 type ToolAsk struct {
 	// ID is the provider's own request id, echoed in the answer.

@@ -340,3 +340,35 @@ func TestParsersCopyTheirLine(t *testing.T) {
 		})
 	}
 }
+
+// TestParsersBoundWhatTheyHold: a stream of message or thinking deltas
+// with no other line between them goes out as an event each maxHeldText
+// (Gemini once held 512 MiB of them, a Cursor run 128 MiB), and a run
+// remembers at most maxToolsStarted started tool calls, none of an id over
+// maxToolID (ids of megabytes each were held for the run's life).
+func TestParsersBoundWhatTheyHold(t *testing.T) {
+	half := strings.Repeat("x", maxHeldText/2+1)
+	deltas := map[Provider]string{
+		GeminiProvider{}: `{"type":"message","role":"assistant","content":"` + half + `","delta":true}`,
+		CursorProvider{}: `{"type":"thinking","subtype":"delta","text":"` + half + `"}`,
+	}
+	for prov, line := range deltas {
+		p := prov.NewParser(app.Job{SessionID: "s"})
+		var events []app.Event
+		for range 5 {
+			events = append(events, p.Line([]byte(line)).Events...)
+		}
+		require.Len(t, events, 2, "%T: two events of two deltas each", prov)
+		for _, e := range events {
+			require.Len(t, e.Fields["content"], 2*len(half), "%T", prov)
+		}
+	}
+
+	started := toolsStarted{}
+	started.add(strings.Repeat("i", maxToolID+1))
+	require.Empty(t, started, "an id over maxToolID")
+	for i := range maxToolsStarted + 10 {
+		started.add(fmt.Sprint("call-", i))
+	}
+	require.Len(t, started, maxToolsStarted)
+}
