@@ -9,10 +9,15 @@ import (
 	"unicode/utf8"
 )
 
-// Reasons of a permission_cancelled event.
+// Reasons of a permission_cancelled event. PermissionAnswered tells the
+// other tabs that show the request that a user answered it: Claude Code
+// UI's frontend removes a prompt on permission_cancelled only, and kept
+// one answered elsewhere until the run ended (its composer hidden, for a
+// question).
 const (
 	PermissionTimeout   = "timeout"
 	PermissionCancelled = "cancelled"
+	PermissionAnswered  = "answered"
 )
 
 // Deny messages the provider receives when no one answered.
@@ -62,7 +67,7 @@ func PermissionRequest(p PendingPermission) Event {
 }
 
 // PermissionCancelledEvent is the `permission_cancelled` event of a request
-// that got no answer, for reason PermissionTimeout or PermissionCancelled.
+// that waits no more, for one of the reasons above.
 func PermissionCancelledEvent(requestID, reason string) Event {
 	return NewEvent(KindPermissionCancelled, map[string]any{"requestId": requestID, "reason": reason})
 }

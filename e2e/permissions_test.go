@@ -50,7 +50,10 @@ func TestPermissionAcrossGateways(t *testing.T) {
 	requireComplete(t, sum.completes[0], 0, true, false)
 	_, err := os.Stat(filepath.Join(cl.project, "approved"))
 	require.NoError(t, err, "the approved tool ran")
-	require.Equal(t, 0, countKind(evs, "permission_cancelled"))
+	// One cancel, telling the first tab (which shows the request) that
+	// it was answered.
+	require.Equal(t, 1, countKind(evs, "permission_cancelled"))
+	require.Equal(t, "answered", evs[indexOf(evs, "permission_cancelled")].str("reason"))
 	// The first tab saw the same run end.
 	c.waitEnd(sid, 1, 10*time.Second)
 }

@@ -727,6 +727,15 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		resumes.WithLabelValues(strconv.FormatBool(recovered)).Inc()
 	}
 	c.reply(&status)
+	if len(status.PendingPermissions) > 0 && c.isLatestOnly() {
+		// Claude Code UI's frontend reads no pendingPermissions in a
+		// status reply: it asks get-pending-permissions as its socket
+		// opens, and checks the session after a REST round trip. A request
+		// made between the two was in neither answer, and its prompt never
+		// showed (a tool denied after the timeout, a question waiting
+		// forever).
+		c.reply(app.PendingPermissions{Type: "pending-permissions-response", SessionID: sessionID, Data: status.PendingPermissions})
+	}
 	// Without a lastSeq, a watch the socket had keeps its place: events
 	// published and not yet sent to it are not skipped.
 	s.hub.release(w, next, lastSeq == nil && existed)

@@ -54,6 +54,18 @@ func TestPermissionAnsweredFromAnotherGateway(t *testing.T) {
 	require.Equal(t, "pending-permissions-response", reply["type"])
 	require.Len(t, reply["data"], 1)
 
+	// A socket of Claude Code UI's frontend, which reads no
+	// pendingPermissions in a status reply, gets them in the form it does
+	// read (it asks for them before it checks the session, and a request
+	// made in between was in neither answer).
+	front := b.dialQuery("token=" + token(t, "alice", false))
+	front.send(map[string]any{"type": "check-session-status", "sessionId": id})
+	require.Equal(t, "session-status", front.next()["type"])
+	reply = front.next()
+	require.Equal(t, "pending-permissions-response", reply["type"])
+	require.Equal(t, id, reply["sessionId"])
+	require.Equal(t, "req-1", reply["data"].([]any)[0].(map[string]any)["requestId"])
+
 	// Bob cannot answer it, and hears nothing back.
 	bob := b.dial("bob")
 	bob.send(map[string]any{"type": "claude-permission-response", "requestId": "req-1", "allow": true})

@@ -55,9 +55,10 @@ func (s *Store) AskPermission(ctx context.Context, run RunRef, p app.PendingPerm
 }
 
 // SettlePermission removes a pending request (permission_settle.lua). With
-// a reason (app.PermissionTimeout, app.PermissionCancelled) it appends the
-// permission_cancelled event too; with "" (an answer) it appends nothing.
-// It reports whether the request was still pending.
+// a reason (app.PermissionTimeout, app.PermissionCancelled,
+// app.PermissionAnswered) it appends the permission_cancelled event too;
+// with "" it appends nothing. It reports whether the request was still
+// pending.
 func (s *Store) SettlePermission(ctx context.Context, run RunRef, requestID, reason string) (bool, error) {
 	var body []byte
 	if reason != "" {

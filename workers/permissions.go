@@ -203,7 +203,7 @@ func (p *permissions) answer(ans app.PermissionAnswer) {
 		}
 		p.in.write(p.prov.Answer(pa.ask, false, nil, msg))
 	}
-	p.settle(pa.id, "")
+	p.settle(pa.id, app.PermissionAnswered)
 }
 
 // expire denies a request nobody answered in time.

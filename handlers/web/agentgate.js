@@ -779,7 +779,8 @@ export class AgentGate {
     this._reduce(rec, ev, history);
     this._emit({ type: "event", sessionId: rec.id, event: ev, history });
     if (!history && rec.perms.size && ev.kind !== "permission_request" && ev.kind !== "permission_cancelled" && ev.kind !== "complete") {
-      // An answer from another tab leaves no event: once the run moves on,
+      // An answer from another tab is told by permission_cancelled; a
+      // worker of an earlier build told nothing: once the run moves on,
       // ask which requests still wait.
       this._askPermissions(rec);
     }
