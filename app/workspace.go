@@ -23,13 +23,28 @@ func ParseWorkspaces(list string) Workspaces {
 	return w
 }
 
-// Links reads the file system for Resolve: os.Lstat, os.Readlink and
-// filepath.EvalSymlinks in production, passed in to keep this package free
-// of I/O.
-type Links struct {
-	Lstat        func(name string) (fs.FileInfo, error)
-	Readlink     func(name string) (string, error)
-	EvalSymlinks func(path string) (string, error) // of the roots only
+// FS opens the directories Resolve walks: workspacefs.FS on this host
+// (file descriptors), passed in to keep this package free of I/O.
+type FS interface {
+	// OpenRoot opens the workspace root at path, a clean absolute path, and
+	// returns it with its real path. It fails for a root that is missing or
+	// not a directory, and for one whose path someone other than root or
+	// this process could redirect (see workspacefs.FS).
+	OpenRoot(path string) (Dir, string, error)
+}
+
+// Dir is an open directory: its names are looked up in it, whatever has
+// since become of the path it was opened by, so that a folder swapped for
+// a symlink while Resolve walks cannot make it look elsewhere.
+type Dir interface {
+	// Lstat returns the mode of name in the directory, not following a link.
+	Lstat(name string) (fs.FileMode, error)
+	// Readlink returns the target of the symlink name in the directory.
+	Readlink(name string) (string, error)
+	// Enter opens the directory name in the directory; it fails when name
+	// is anything else, a symlink included.
+	Enter(name string) (Dir, error)
+	Close() error
 }
 
 // MaxEchoedPath bounds the bytes of a project path an error quotes.
@@ -45,22 +60,27 @@ const maxLinkHops = 40
 // 256 steps is any real project's depth with a few links on the way.
 const maxWalkSteps = 256
 
-// Resolve returns the real path of p if it lies under a root, as written
-// (under a root or under its real path), and stays under one when its
-// symlinks are followed. The result must still be checked to be a directory
-// by the caller that can stat it.
+// Resolve returns the real path of the directory p names if p lies under a
+// root, as written (under a root or under its real path), and stays under
+// one when its symlinks are followed.
 //
-// A path that does not exist and one outside the workspaces get the same
-// error: users must not learn which files exist elsewhere on the host. That
-// holds inside a workspace too, where a symlink (dangling or not) may point
-// outside. So Resolve looks at nothing outside the roots: a symlink's target
-// is joined to its folder and cleaned before it is looked at, and one that
-// leaves every root fails there. (filepath.EvalSymlinks looks at each
-// component of a target before it applies a "..": a link to
-// OTHER/NAME/../../mine told a user whether OTHER/NAME exists, in a folder
-// the gateway, not the user, may read.) A target such as link/../x is thus
-// read as x, where the kernel would first follow link.
-func (w Workspaces) Resolve(p string, fsys Links) (string, error) {
+// A path that does not exist, one that is not a directory and one outside
+// the workspaces get the same error: users must not learn which files
+// exist elsewhere on the host. That holds inside a workspace too, where a
+// symlink (dangling or not) may point outside. So Resolve looks at nothing
+// outside the roots: a symlink's target is joined to its folder and
+// cleaned before it is looked at, and one that leaves every root fails
+// there. (filepath.EvalSymlinks looks at each component of a target before
+// it applies a "..": a link to OTHER/NAME/../../mine told a user whether
+// OTHER/NAME exists, in a folder the gateway, not the user, may read.) A
+// target such as link/../x is thus read as x, where the kernel would first
+// follow link. And it walks open directories, not paths: a user who swaps
+// a folder on the way for a link (to another user's home) between two
+// looks does not get the second one answered from there.
+//
+// The path returned was a directory, without links, when it was walked;
+// one who may change it can make it something else since.
+func (w Workspaces) Resolve(p string, fsys FS) (string, error) {
 	// The errors quote a clip of p: a client is shown them, and its path
 	// (%q escapes a U+0085 to 6 bytes) must not make them grow with it.
 	if p == "" || !filepath.IsAbs(p) || strings.ContainsRune(p, 0) {
@@ -68,19 +88,27 @@ func (w Workspaces) Resolve(p string, fsys Links) (string, error) {
 	}
 	unknown := fmt.Errorf("%w: %q does not exist or is outside the workspaces", ErrInvalidPath, Clip(p, MaxEchoedPath))
 	p = filepath.Clean(p)
-	var roots []string // real paths
+	var roots []root
+	defer func() {
+		for _, r := range roots {
+			r.dir.Close()
+		}
+	}()
 	start := ""
-	for _, root := range w.Roots {
-		real, err := fsys.EvalSymlinks(root)
-		if err != nil {
+	for _, path := range w.Roots {
+		if !filepath.IsAbs(path) {
 			continue
 		}
-		roots = append(roots, real)
+		dir, real, err := fsys.OpenRoot(path)
+		if err != nil {
+			continue // unusable, as a missing root
+		}
+		roots = append(roots, root{real, dir})
 		if start != "" {
 			continue
 		}
-		if within(root, p) {
-			rel, _ := filepath.Rel(root, p)
+		if within(path, p) {
+			rel, _ := filepath.Rel(path, p)
 			start = filepath.Join(real, rel)
 		} else if within(real, p) {
 			start = p
@@ -89,60 +117,116 @@ func (w Workspaces) Resolve(p string, fsys Links) (string, error) {
 	if start == "" {
 		return "", unknown
 	}
-	real, ok := walkWithin(start, roots, fsys)
+	dir, real, ok := walk(start, roots)
 	if !ok {
 		return "", unknown
+	}
+	if dir != nil {
+		dir.Close()
 	}
 	return real, nil
 }
 
-// walkWithin follows the symlinks of p, a clean path under one of roots,
-// one component at a time, and returns the path they lead to; false when
-// a component is missing or a link leads out of every root.
-func walkWithin(p string, roots []string, fsys Links) (string, bool) {
-	root := rootOf(roots, p)
-	done, rest := root, components(root, p)
+// OpenFrom opens the directory p, a clean absolute path, leads to from
+// top, the directory "/", following its links as Resolve does, wherever
+// they point, and returns it with its real path. It is how an FS opens a
+// root: workspacefs.FS walks from a "/" whose directories refuse to be
+// looked in unless they are trusted. It takes over top: the result, which
+// may be top, is the caller's to close.
+func OpenFrom(top Dir, p string) (Dir, string, error) {
+	dir, real, ok := walk(p, []root{{"/", top}})
+	if !ok {
+		top.Close()
+		return nil, "", fmt.Errorf("%w: %q does not exist or is not a directory", ErrInvalidPath, Clip(p, MaxEchoedPath))
+	}
+	if dir == nil {
+		return top, real, nil
+	}
+	top.Close()
+	return dir, real, nil
+}
+
+// root is a workspace root as Resolve walks it: its real path and its open
+// directory.
+type root struct {
+	path string
+	dir  Dir
+}
+
+// walk follows the symlinks of p, a clean path under one of roots, one
+// component at a time from that root's directory, and returns the
+// directory it leads to (nil when that is a root's own, which stays the
+// roots' owner's to close) and its real path; false when a component is
+// missing or not a directory, or a link leads out of every root.
+func walk(p string, roots []root) (Dir, string, bool) {
+	r := rootOf(roots, p)
+	if r == nil {
+		return nil, "", false
+	}
+	done, rest := r.path, components(r.path, p)
+	cur, mine := r.dir, false // mine: cur is walk's to close, not a root's
+	release := func() {
+		if mine {
+			cur.Close()
+		}
+	}
 	for hops, steps := 0, 0; len(rest) > 0; {
 		if steps++; steps > maxWalkSteps {
-			return "", false
+			release()
+			return nil, "", false
 		}
-		next := filepath.Join(done, rest[0])
+		name := rest[0]
 		rest = rest[1:]
-		fi, err := fsys.Lstat(next)
+		mode, err := cur.Lstat(name)
 		if err != nil {
-			return "", false
+			release()
+			return nil, "", false
 		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			done = next
+		if mode.IsDir() {
+			// Entered without following a link: one swapped in since
+			// fails here rather than lead elsewhere.
+			next, err := cur.Enter(name)
+			release()
+			if err != nil {
+				return nil, "", false
+			}
+			cur, mine, done = next, true, filepath.Join(done, name)
 			continue
 		}
-		if hops++; hops > maxLinkHops {
-			return "", false
+		if mode&fs.ModeSymlink == 0 || hops >= maxLinkHops {
+			release() // a file is no folder to go on in or end at
+			return nil, "", false
 		}
-		target, err := fsys.Readlink(next)
+		hops++
+		target, err := cur.Readlink(name)
+		release()
 		if err != nil || target == "" || strings.ContainsRune(target, 0) {
-			return "", false
+			return nil, "", false
 		}
 		if !filepath.IsAbs(target) {
 			target = filepath.Join(done, target)
 		}
 		target = filepath.Clean(target)
-		if root = rootOf(roots, target); root == "" {
-			return "", false
+		if r = rootOf(roots, target); r == nil {
+			return nil, "", false
 		}
-		done, rest = root, append(components(root, target), rest...)
+		cur, mine = r.dir, false
+		done, rest = r.path, append(components(r.path, target), rest...)
 	}
-	return done, true
+	if !mine {
+		return nil, done, true
+	}
+	return cur, done, true
 }
 
-// rootOf returns the root of roots that p lies under, or "".
-func rootOf(roots []string, p string) string {
-	for _, r := range roots {
-		if within(r, p) {
-			return r
+// rootOf returns the root of roots that p lies under, or nil.
+func rootOf(roots []root, p string) *root {
+	for i := range roots {
+		if within(roots[i].path, p) {
+			return &roots[i]
 		}
 	}
-	return ""
+	return nil
 }
 
 // components splits p, under root, into the names that lead to it from root.
