@@ -298,6 +298,7 @@ func (s *Server) routes() *echo.Echo {
 	api.GET("/sessions/:id", s.getSession)
 	api.GET("/sessions/:id/events", s.sessionEvents)
 	api.POST("/sessions/:id/abort", s.abortSession)
+	api.GET("/providers/sessions/:id/messages", s.sessionMessages)
 	api.POST("/broadcast", s.publishBroadcast)
 	s.webRoutes(e)
 	return e

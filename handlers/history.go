@@ -1,0 +1,162 @@
+package handlers
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/agentgate/agentgate/app"
+)
+
+// historyKinds are the events Claude Code UI's frontend shows as a chat's
+// messages; the others (status, session-state-changed, complete,
+// permission requests, session_created) drive its state and are left out,
+// as its own server's history leaves them out.
+var historyKinds = map[string]bool{
+	string(app.KindText): true, string(app.KindThinking): true, string(app.KindToolUse): true,
+	string(app.KindToolResult): true, string(app.KindError): true,
+}
+
+// historyPage bounds the events one read of a history pass asks Redis for.
+const historyPage = 1000
+
+// sessionMessages answers GET /api/providers/sessions/:id/messages
+// [?limit=N&offset=M], the route on which Claude Code UI's frontend loads
+// a chat's history (on every open, reload and reconnect) from its own
+// server, which reads the CLIs' transcripts: the session's stored events
+// of the kinds it shows, oldest first, offset and limit counted from the
+// newest, as `{messages, total, hasMore, offset, limit}` (total leaves
+// tool results out, as that server counts). The id may be the one a
+// Codex or Cursor CLI gave the conversation. At most restEventsBytes of
+// messages are sent: past it the oldest of the page are left out, and
+// hasMore says so.
+func (s *Server) sessionMessages(c echo.Context) error {
+	sess, err := s.historySession(c)
+	if err != nil {
+		return err
+	}
+	limit := -1 // all
+	if c.QueryParam("limit") != "" {
+		if limit, err = queryInt(c, "limit", 0, 0, 1<<30); err != nil {
+			return err
+		}
+	}
+	offset, err := queryInt(c, "offset", 0, 0, 1<<30)
+	if err != nil {
+		return err
+	}
+	if err := s.startRead(c); err != nil {
+		return err
+	}
+	defer s.quotas.endRead(userOf(c).Name)
+	ctx := c.Request().Context()
+
+	// A first pass finds the seqs of the page (counted from the newest, so
+	// the whole stream is read) and keeps nothing else; a second reads them.
+	var seqs []int64 // of the messages at most offset+limit from the newest
+	messages, total := 0, 0
+	for after := int64(0); after < sess.LastSeq; {
+		evs, err := s.st.EventsWithin(ctx, sess.ID, after, historyPage, restEventsBytes)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, e := range evs {
+			after = e.Seq
+			if !historyKinds[e.Kind] {
+				continue
+			}
+			messages++
+			if e.Kind != string(app.KindToolResult) {
+				total++
+			}
+			seqs = append(seqs, e.Seq)
+			if limit >= 0 && len(seqs) > 2*(offset+limit)+historyPage {
+				// Keep the tail only: amortized, not copied per event.
+				seqs = append(seqs[:0], seqs[len(seqs)-(offset+limit):]...)
+			}
+		}
+	}
+	end := max(0, len(seqs)-offset)
+	start := 0
+	if limit >= 0 {
+		start = max(0, end-limit)
+	}
+	seqs = seqs[start:end]
+	hasMore := limit >= 0 && messages-offset-limit > 0
+
+	page := make([][]byte, 0, len(seqs))
+	if len(seqs) > 0 {
+		want := make(map[int64]bool, len(seqs))
+		for _, q := range seqs {
+			want[q] = true
+		}
+		size := 0
+		for after := seqs[0] - 1; after < seqs[len(seqs)-1]; {
+			evs, err := s.st.EventsWithin(ctx, sess.ID, after, historyPage, restEventsBytes)
+			if err != nil {
+				return err
+			}
+			if len(evs) == 0 {
+				break // trimmed since the first pass
+			}
+			for _, e := range evs {
+				after = e.Seq
+				if !want[e.Seq] || e.Seq > seqs[len(seqs)-1] {
+					continue
+				}
+				page = append(page, e.Data)
+				size += len(e.Data)
+				for size > restEventsBytes && len(page) > 1 {
+					// The newest are what a chat shows first.
+					size -= len(page[0])
+					page[0] = nil // not held by the array behind page
+					page, hasMore = page[1:], true
+				}
+			}
+		}
+	}
+	body := make([]byte, 0, 64)
+	body = append(body, `{"messages":[`...)
+	for i, m := range page {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, m...)
+	}
+	body = append(body, `],"total":`...)
+	body = strconv.AppendInt(body, int64(total), 10)
+	body = append(body, `,"hasMore":`...)
+	body = strconv.AppendBool(body, hasMore)
+	body = append(body, `,"offset":`...)
+	body = strconv.AppendInt(body, int64(offset), 10)
+	body = append(body, `,"limit":`...)
+	if limit >= 0 {
+		body = strconv.AppendInt(body, int64(limit), 10)
+	} else {
+		body = append(body, "null"...)
+	}
+	body = append(body, '}')
+	return c.JSONBlob(http.StatusOK, body)
+}
+
+// historySession is the session a history request names: one of the
+// caller's (any for an admin), by agentgate's id or by the id a Codex or
+// Cursor CLI gave its conversation (which Claude Code UI lists).
+func (s *Server) historySession(c echo.Context) (app.Session, error) {
+	sess, err := s.visibleSession(c)
+	var he *echo.HTTPError
+	if err == nil || !errors.As(err, &he) || he.Code != http.StatusNotFound {
+		return sess, err
+	}
+	for _, p := range []app.Provider{app.Codex, app.Cursor} {
+		if known, ok := s.byProviderID(c.Request().Context(), p, c.Param("id")); ok && userOf(c).CanSee(known.Owner) {
+			return known, nil
+		}
+	}
+	return app.Session{}, err
+}
