@@ -130,10 +130,9 @@ type watch struct {
 	// claim is, for the watch of a socket that took its terminal for
 	// itself (an init without shellId, terminals.attach), the number
 	// Redis gave its claim: a claim of a higher number, made on any
-	// gateway, ends the watch. 0 for a watch that shares the terminal;
-	// claimPending while its claim is on its way, claimUnknown when it
-	// could not be made (see terminals.claimedLocked). beaten is the
-	// highest claim heard while its own was on its way.
+	// gateway, ends the watch. 0 for a watch that shares the terminal,
+	// claimPending while its claim is on its way (see terminals.claim).
+	// beaten is the highest claim heard while its own was on its way.
 	claim, beaten int64
 }
 

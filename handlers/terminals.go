@@ -70,15 +70,13 @@ type termFeed struct {
 	announced []string
 }
 
-// A watch's claim while it has no number from Redis (see watch.claim).
-const (
-	// claimPending: on its way; the claims heard meanwhile may be
-	// earlier ones, and are weighed once it has its number (beaten).
-	claimPending = math.MaxInt64
-	// claimUnknown: Redis did not answer (it may have numbered the claim
-	// or not); the next claim heard on the terminal's channel ends it.
-	claimUnknown = -1
-)
+// claimPending is a watch's claim while it has no number from Redis (see
+// watch.claim): the claims heard meanwhile may be earlier ones, and are
+// weighed once it has its number (beaten).
+const claimPending = math.MaxInt64
+
+// claimRetry is how often a claim Redis did not answer is made again.
+const claimRetry = 500 * time.Millisecond
 
 // replayFrames makes the frames of stored output chunks, up to maxBytes of
 // frames (one at least); the chunks after them are read again by the next
@@ -374,27 +372,58 @@ func (tm *terminals) attach(ctx context.Context, sock *shellSocket, key string, 
 	tm.hub.startLocked(w)
 	f.mu.Unlock()
 	if claim {
-		// Numbered by Redis and heard by every gateway following the
-		// terminal: the highest number wins everywhere.
-		n, err := tm.st.ShellTaken(ctx, key, touch)
-		if err != nil && !errors.Is(err, store.ErrShellGone) {
-			tm.log.Warn("shell claim", "shell", key, "err", err)
-		}
-		f.mu.Lock()
-		tm.numberedLocked(w, n)
-		f.mu.Unlock()
+		tm.claim(ctx, w, key, touch)
 	}
 	return true
 }
 
-// numberedLocked gives w its claim's number n from Redis (0: none came).
-// A claim heard meanwhile with a higher number is a later one, and has
-// taken the terminal. f.mu must be held.
+// claim has Redis number w's claim of terminal key, heard by every gateway
+// following it: the highest number wins everywhere. A claim Redis did not
+// answer (it may yet run it: a stalled Redis runs what it was sent) is made
+// again every claimRetry while the watch lasts, and the watch keeps the
+// number of the one answered, a later one.
+func (tm *terminals) claim(ctx context.Context, w *watch, key string, gen int64) {
+	numbered := func(n int64, err error) bool {
+		if err != nil && !errors.Is(err, store.ErrShellGone) {
+			return false
+		}
+		if n > 0 { // none for a terminal Redis lost: it ends anyway
+			w.f.mu.Lock()
+			tm.numberedLocked(w, n)
+			w.f.mu.Unlock()
+		}
+		return true
+	}
+	n, err := tm.st.ShellTaken(ctx, key, gen)
+	if numbered(n, err) {
+		return
+	}
+	tm.log.Warn("shell claim: trying again", "shell", key, "err", err)
+	go func() {
+		for {
+			time.Sleep(claimRetry)
+			w.f.mu.Lock()
+			done := w.done
+			w.f.mu.Unlock()
+			if done {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+			n, err := tm.st.ShellTaken(ctx, key, gen)
+			cancel()
+			if numbered(n, err) {
+				return
+			}
+		}
+	}()
+}
+
+// numberedLocked gives w its claim's number n from Redis. A claim heard
+// meanwhile with a higher number is a later one, and has taken the
+// terminal. f.mu must be held.
 func (tm *terminals) numberedLocked(w *watch, n int64) {
 	switch {
 	case w.done:
-	case n == 0:
-		w.claim = claimUnknown
 	case n < w.beaten:
 		tm.displaceLocked(w)
 	default:
@@ -402,18 +431,16 @@ func (tm *terminals) numberedLocked(w *watch, n int64) {
 	}
 }
 
-// claimedLocked hears that claim n of f's terminal was made, on its
-// channel (heard) or read by a refresh: it ends the claimed watches whose
-// numbers are lower, and, for a claim heard, those whose claim Redis did
-// not answer (a claim heard after that is a later one; one a refresh reads
-// may be their own). f.mu must be held.
-func (tm *terminals) claimedLocked(f *feed, n int64, heard bool) {
+// claimedLocked hears that claim n of f's terminal was made (on its
+// channel, or read by a refresh): it ends the claimed watches whose
+// numbers are lower. f.mu must be held.
+func (tm *terminals) claimedLocked(f *feed, n int64) {
 	for w := range f.watches {
 		switch {
 		case w.claim == 0 || w.done:
 		case w.claim == claimPending:
 			w.beaten = max(w.beaten, n)
-		case (w.claim > 0 && w.claim < n) || (heard && w.claim == claimUnknown):
+		case w.claim < n:
 			tm.displaceLocked(w)
 		}
 	}
@@ -618,7 +645,7 @@ func (tm *terminals) message(key string, m store.ShellLive) {
 	if m.Kind == 't' {
 		// Of the terminal, whatever its generation: a claim published
 		// just before a restart (another tab's) must still be heard.
-		tm.claimedLocked(f, m.Seq, true)
+		tm.claimedLocked(f, m.Seq)
 		return
 	}
 	if m.Gen < f.gen {
@@ -929,7 +956,7 @@ func (tm *terminals) claimRead(key string, n int64) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	tm.claimedLocked(f, n, false)
+	tm.claimedLocked(f, n)
 }
 
 // missedExit tells the sockets of a terminal generation the exit that its
