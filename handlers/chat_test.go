@@ -676,7 +676,7 @@ func TestSubscribeSeveralAndUnsubscribe(t *testing.T) {
 
 // floodClient connects a raw gorilla client (it reads only when told to)
 // and starts a run that the fake worker floods with big events.
-func floodClient(t *testing.T, g *gateway, w *fakeWorker, n int) (*websocket.Conn, string) {
+func floodClient(t *testing.T, g *gateway, w *fakeWorker, n int) (*floodConn, string) {
 	t.Helper()
 	url := "ws" + strings.TrimPrefix(g.ts.URL, "http") + "/ws?delivery=immediate&token=" + token(t, "alice", false)
 	ws, _, err := (&websocket.Dialer{ReadBufferSize: 1024}).Dial(url, nil)
@@ -687,12 +687,45 @@ func floodClient(t *testing.T, g *gateway, w *fakeWorker, n int) (*websocket.Con
 	require.NoError(t, ws.ReadJSON(&acc))
 	_, ref := w.take()
 	big := strings.Repeat("y", 64<<10)
+	fc := &floodConn{Conn: ws}
+	began := time.Now()
 	for i := 0; i < n; i++ {
 		_, err := g.st.Append(context.Background(), ref, []app.Event{app.Text("assistant", big)}, nil)
 		require.NoError(t, err)
+		// One frame read every fourth append: the socket falls far
+		// behind (the kernel holds a hundred frames more), yet the
+		// gateway's writer is never blocked for longer than a few
+		// appends, far from melody's 10 s write timeout.
+		if i%4 == 3 && fc.err == nil {
+			var m map[string]any
+			if fc.err = ws.ReadJSON(&m); fc.err == nil {
+				fc.early = append(fc.early, m)
+			}
+		}
 	}
+	t.Logf("flood of %d events in %s, %d frames read meanwhile", n, time.Since(began), len(fc.early))
 	w.finish(ref, 0)
-	return ws, acc["sessionId"].(string)
+	return fc, acc["sessionId"].(string)
+}
+
+// floodConn is a flood's socket; ReadJSON gives the frames read during
+// the flood first.
+type floodConn struct {
+	*websocket.Conn
+	early []map[string]any
+	err   error // the read that ended the socket during the flood
+}
+
+func (c *floodConn) ReadJSON(v any) error {
+	if len(c.early) > 0 {
+		*v.(*map[string]any) = c.early[0]
+		c.early = c.early[1:]
+		return nil
+	}
+	if c.err != nil {
+		return c.err
+	}
+	return c.Conn.ReadJSON(v)
 }
 
 // TestSlowReaderGetsEverything: a socket that reads slower than events come
@@ -707,7 +740,7 @@ func TestSlowReaderGetsEverything(t *testing.T) {
 
 // readInOrder reads ws until it has had the event of seq last, checking
 // that every seq comes once, in order; each is passed to after.
-func readInOrder(t *testing.T, ws *websocket.Conn, last int64, after func(seq int64)) {
+func readInOrder(t *testing.T, ws interface{ ReadJSON(any) error }, last int64, after func(seq int64)) {
 	t.Helper()
 	var seq int64
 	for seq < last {

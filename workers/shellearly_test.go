@@ -34,7 +34,10 @@ func shellWorkerAt(t *testing.T, url string) (*Worker, *store.Store, app.ShellSp
 	t.Helper()
 	st := storetest.New(t, url)
 	dir := t.TempDir()
-	w, err := New(Config{Store: st, ID: "w1", Workspaces: app.Workspaces{Roots: []string{dir}}, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}}})
+	// A HOME of its own: the terminal's bash reads no ~/.bashrc of the
+	// machine (a pyenv init there took seconds per prompt under load).
+	w, err := New(Config{Store: st, ID: "w1", Workspaces: app.Workspaces{Roots: []string{dir}}, Providers: map[app.Provider]Provider{app.Claude: ClaudeProvider{}},
+		Env: []string{"HOME=" + t.TempDir()}})
 	require.NoError(t, err)
 	t.Cleanup(w.killShells)
 	spec := app.ShellSpec{Owner: "alice", ProjectPath: dir, Provider: app.PlainShell, Plain: true, Cols: 80, Rows: 24}
