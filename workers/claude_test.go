@@ -446,7 +446,7 @@ func TestClaudeCLIRuns(t *testing.T) {
 	t.Run("abort kills the CLI", func(t *testing.T) {
 		api.Add(mockanthropic.Turn{When: "hang", Hang: true})
 		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "hang forever", NewSession: true})
-		require.Eventually(t, func() bool { return api.Hanging() == 1 }, 20*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { return api.Hanging() == 1 }, time.Minute, 20*time.Millisecond)
 		_, err := h.st.Abort(context.Background(), sess.ID, app.Claude)
 		require.NoError(t, err)
 		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 10*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")

@@ -256,7 +256,7 @@ func TestCodexCLIRuns(t *testing.T) {
 	t.Run("abort kills the CLI", func(t *testing.T) {
 		api.Add(mockopenai.Turn{When: "hang", Hang: true, Text: "partial"})
 		sess := h.submitAs(app.Codex, app.Job{Command: "hang forever"})
-		require.Eventually(t, func() bool { return api.Hanging() == 1 }, 20*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { return api.Hanging() == 1 }, time.Minute, 20*time.Millisecond)
 		_, err := h.st.Abort(context.Background(), sess.ID, app.Codex)
 		require.NoError(t, err)
 		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 10*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")

@@ -246,7 +246,7 @@ func TestGeminiCLIRuns(t *testing.T) {
 	t.Run("abort kills the CLI", func(t *testing.T) {
 		api.Add(mockgemini.Turn{When: "hang", Hang: true, Text: "partial"})
 		sess := h.submitAs(app.Gemini, app.Job{Command: "hang forever", Options: model})
-		require.Eventually(t, func() bool { return api.Hanging() == 1 }, 20*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { return api.Hanging() == 1 }, time.Minute, 20*time.Millisecond)
 		_, err := h.st.Abort(context.Background(), sess.ID, app.Gemini)
 		require.NoError(t, err)
 		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 10*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")
