@@ -113,6 +113,18 @@ func StateChanged(state State, reason string) Event {
 	return NewEvent(KindStateChanged, map[string]any{"state": state, "reason": reason})
 }
 
+// RunStarted is the `session-state-changed{running}` that starts a run,
+// with the prompt the run was given: the CLIs do not print it back, and
+// without it a session's stored events hold only the answers (a chat's
+// history after a reload, another tab that follows the run).
+func RunStarted(prompt string) Event {
+	ev := StateChanged(StateRunning, ReasonCommandAccepted)
+	if prompt != "" {
+		ev.Fields["prompt"] = prompt
+	}
+	return ev
+}
+
 // MaxEventBytes bounds an encoded event: a provider line of up to 16 MiB
 // whose characters all need escaping (control bytes, invalid UTF-8) encodes
 // to six times that, more than a session's whole history budget.

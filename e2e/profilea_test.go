@@ -596,6 +596,20 @@ func TestReferenceFrontendReload(t *testing.T) {
 	texts := r.texts()
 	require.Equal(t, "Finished ref-reload.", texts[len(texts)-1], "the rest of the answer is shown: %v", texts)
 	require.Equal(t, sid, r.sessionID())
+
+	// After a reload the frontend shows the chat as this route gives it
+	// (and drops the prompt it had sent): the question with its answer.
+	code, body := restGet(t, gw, "/api/providers/sessions/"+sid+"/messages?limit=50&offset=0", cl.token("alice"))
+	require.Equal(t, http.StatusOK, code, body)
+	var history struct {
+		Messages []map[string]any `json:"messages"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(body), &history))
+	require.NotEmpty(t, history.Messages)
+	first, last := history.Messages[0], history.Messages[len(history.Messages)-1]
+	require.Equal(t, "user", first["role"], "the user's prompt first: %s", body)
+	require.Equal(t, "ref-reload", first["content"])
+	require.Equal(t, "Finished ref-reload.", last["content"])
 }
 
 // TestReferenceFrontendPermission: a tool permission answered Allow; the run

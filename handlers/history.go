@@ -1,13 +1,17 @@
 package handlers
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/agentgate/agentgate/app"
+	"github.com/agentgate/agentgate/store"
 )
 
 // historyKinds are the events Claude Code UI's frontend shows as a chat's
@@ -17,6 +21,37 @@ import (
 var historyKinds = map[string]bool{
 	string(app.KindText): true, string(app.KindThinking): true, string(app.KindToolUse): true,
 	string(app.KindToolResult): true, string(app.KindError): true,
+}
+
+// promptKey marks the session-state-changed that started a run with a
+// prompt (app.RunStarted). Body writes a field's name only as a key: a
+// quote inside the prompt itself is escaped.
+var promptKey = []byte(`,"prompt":`)
+
+// isMessage reports whether e is one of a chat's messages: an event of
+// historyKinds, or the start of a run, which holds the user's prompt.
+func isMessage(e store.StoredEvent) bool {
+	return historyKinds[e.Kind] || (e.Kind == string(app.KindStateChanged) && bytes.Contains(e.Data, promptKey))
+}
+
+// promptMessage is the user's message of a run's start, as the frontend
+// shows a user's text (`text{role:"user"}`); ok is false when data holds
+// no prompt after all.
+func promptMessage(data []byte) (msg []byte, ok bool) {
+	var start struct {
+		ID        string       `json:"id"`
+		SessionID string       `json:"sessionId"`
+		Timestamp time.Time    `json:"timestamp"`
+		Provider  app.Provider `json:"provider"`
+		Prompt    string       `json:"prompt"`
+	}
+	if json.Unmarshal(data, &start) != nil || start.Prompt == "" {
+		return nil, false
+	}
+	ev := app.Text("user", start.Prompt)
+	ev.ID, ev.SessionID, ev.Timestamp, ev.Provider = start.ID+"_prompt", start.SessionID, start.Timestamp, start.Provider
+	msg, err := ev.Body()
+	return msg, err == nil
 }
 
 // historyPage bounds the events one read of a history pass asks Redis for.
@@ -67,7 +102,7 @@ func (s *Server) sessionMessages(c echo.Context) error {
 		}
 		for _, e := range evs {
 			after = e.Seq
-			if !historyKinds[e.Kind] {
+			if !isMessage(e) {
 				continue
 			}
 			messages++
@@ -109,8 +144,15 @@ func (s *Server) sessionMessages(c echo.Context) error {
 				if !want[e.Seq] {
 					continue
 				}
-				page = append(page, e.Data)
-				size += len(e.Data)
+				data := e.Data
+				if e.Kind == string(app.KindStateChanged) {
+					var ok bool
+					if data, ok = promptMessage(data); !ok {
+						continue
+					}
+				}
+				page = append(page, data)
+				size += len(data)
 				for size > restEventsBytes && len(page) > 1 {
 					// The newest are what a chat shows first.
 					size -= len(page[0])

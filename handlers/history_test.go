@@ -28,7 +28,8 @@ func TestSessionMessages(t *testing.T) {
 	id := c.next()["sessionId"].(string)
 	_, ref := w.take()
 	const thread = "019a0000-aaaa-7bbb-8ccc-00000000beef"
-	w.emit(ref, app.Text("user", "hello"), app.Text("assistant", "hi"), app.ToolUse("t1", "Bash", map[string]any{"command": "ls"}),
+	// The CLIs do not print the user's prompt back: the run's start holds it.
+	w.emit(ref, app.Text("assistant", "hi"), app.ToolUse("t1", "Bash", map[string]any{"command": "ls"}),
 		app.ToolResult("t1", "a b", false), app.Thinking("hmm"), app.ErrorRow("oops"))
 	_, err := st.Append(context.Background(), ref, nil, map[string]string{"providerSessionId": thread})
 	require.NoError(t, err)
@@ -73,6 +74,13 @@ func TestSessionMessages(t *testing.T) {
 		require.Equal(t, tc.hasMore, body["hasMore"], "%s%s", tc.path, tc.query)
 		require.EqualValues(t, 5, body["total"], "tool results are not counted, as the reference counts")
 	}
+	_, body := get(id, "?limit=1&offset=5")
+	prompt := body["messages"].([]any)[0].(map[string]any)
+	require.Equal(t, "user", prompt["role"])
+	require.Equal(t, "codex", prompt["provider"])
+	require.True(t, strings.HasSuffix(prompt["id"].(string), "_prompt"), "an id of its own: %v", prompt["id"])
+	require.NotEmpty(t, prompt["timestamp"])
+
 	code, body := get(id, "?limit=2&offset=2")
 	require.Equal(t, http.StatusOK, code)
 	require.EqualValues(t, 2, body["limit"])
@@ -93,6 +101,18 @@ func TestSessionMessages(t *testing.T) {
 	}
 	code, _ = httpGet(t, g.ts.URL+"/api/providers/sessions/"+id+"/messages", "")
 	require.Equal(t, http.StatusUnauthorized, code)
+
+	// A prompt is the user's text as sent, whatever it holds.
+	tricky := `say "hi",` + "\n" + `"prompt":"x" \ <b>&`
+	c.send(command(tricky, map[string]any{"type": "codex-command", "sessionId": id}))
+	c.until(isType("session-accepted"))
+	_, ref = w.take()
+	w.emit(ref, app.Text("assistant", "ok"))
+	w.finish(ref, 0)
+	c.until(func(m map[string]any) bool { return m["kind"] == "complete" })
+	_, body = get(id, "?limit=2")
+	require.Equal(t, "text:"+tricky+" text:ok", kinds(body))
+	require.EqualValues(t, 7, body["total"])
 
 	// One response holds at most restEventsBytes of messages: the newest.
 	c.send(command("more", map[string]any{"type": "codex-command", "sessionId": id}))

@@ -101,7 +101,7 @@ func (s *Store) Accept(ctx context.Context, req *AcceptRequest) (AcceptResult, e
 			return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
 		}
 	}
-	runningBody, err := s.eventBody(sess.ID, sess.Provider, app.StateChanged(app.StateRunning, app.ReasonCommandAccepted))
+	runningBody, err := s.eventBody(sess.ID, sess.Provider, app.RunStarted(req.Job.Command))
 	if err != nil {
 		return AcceptResult{}, fmt.Errorf("store: accept %s: %w", sess.ID, err)
 	}

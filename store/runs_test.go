@@ -101,6 +101,7 @@ func TestAcceptNewSession(t *testing.T) {
 		running := decode(t, evs[0].Data)
 		require.Equal(t, "running", running["state"])
 		require.Equal(t, "command-accepted", running["reason"])
+		require.Equal(t, "hi", running["prompt"], "the run's prompt, which no CLI prints back")
 		require.EqualValues(t, res.StartedAt, running["startedAt"])
 		require.EqualValues(t, res.StartedAt, running["changedAt"])
 
