@@ -112,6 +112,29 @@ test("Stop gives exactly one complete and no success state", async () => {
   await context.close();
 });
 
+test("another device shows a conversation's prompts, each once, before their answers", async () => {
+  const first = await browser.newContext();
+  const page = await openPage(first);
+  const m = marker("device");
+  const sid = await startGated(page, m);
+  open(m);
+  await waitLine(page, `Finished ${m}.`);
+  await ui.indicator(page).waitFor({ state: "detached", timeout: WAIT });
+  assert.equal(await countLines(page, `please ${m}`), 1, "the sending tab shows its prompt once");
+  // A context of its own has none of the first one's storage: another device.
+  const other = await browser.newContext();
+  const page2 = await openPage(other, { hash: `#/s/${encodeURIComponent(sid)}` });
+  await waitLine(page2, `Finished ${m}.`);
+  const lines = await page2.locator("#conversation .line").allInnerTexts();
+  const asked = lines.findIndex((l) => l.includes(`please ${m}`));
+  assert.notEqual(asked, -1, `the prompt comes from the gateway: ${lines.join(" | ")}`);
+  assert.equal(await countLines(page2, `please ${m}`), 1);
+  assert.ok(asked < lines.findIndex((l) => l.includes(`Starting ${m}.`)), "the prompt before its answer");
+  await screenshot(page2, "prompt-on-another-device");
+  await first.close();
+  await other.close();
+});
+
 test("a reload mid-run brings back the indicator and the rest of the answer, no line twice", async () => {
   const context = await browser.newContext();
   const page = await openPage(context);

@@ -108,8 +108,11 @@ for (const id of kept) {
 let viewed = decodeURIComponent((location.hash.match(/^#\/s\/(.+)$/) || [])[1] || "") || null;
 const loaded = new Set(); // sessions whose history was read
 
-// Prompts the user sent are not session events; they are kept here (and in
-// localStorage, for a reload and the other tabs) with the seq they followed.
+// A run's start carries its prompt (session-state-changed{running, prompt}),
+// which every tab and device of the user sees. Prompts this tab sent are
+// also kept here (and in localStorage) with the seq they followed: shown
+// until the run's start comes, and for the runs of before the gateway kept
+// prompts; the first also names the session in the list.
 // What is stored is bounded: the prompts of the last PROMPT_SESSIONS
 // sessions written, PROMPT_ENTRIES each; a full storage drops the oldest
 // sessions' prompts, and when it still refuses, the prompts stay in this
@@ -260,19 +263,30 @@ function renderConversation(full) {
   const log = $("conversation");
   const sid = viewed;
   const events = sid && sid !== PENDING_SESSION_ID ? client.events(sid) : [];
-  const ps = sid ? prompts(sid) : [];
+  const served = events.filter(servedPrompt);
+  // A prompt of this tab's whose run's start came shows as the start.
+  const ps = (sid ? prompts(sid) : []).filter((p) => !served.some((ev) => ev.seq > p.afterSeq && ev.prompt === p.text));
   if (full || renderedFor !== sid || (events.length && events[0].seq > renderedSeq + 1 && renderedSeq > 0)) {
     log.textContent = "";
     renderedSeq = 0;
     renderedFor = sid;
-    for (const p of ps.filter((p) => p.afterSeq <= 0)) log.append(line("user", p.text));
+    for (const p of ps.filter((p) => p.afterSeq <= 0)) log.append(localPrompt(p));
   }
   for (const ev of events) {
     if (ev.seq <= renderedSeq) continue;
+    if (servedPrompt(ev)) {
+      // Drawn before its run's start came: the start takes its place.
+      for (const el of log.querySelectorAll(".line.user[data-after]")) {
+        if (Number(el.dataset.after) < ev.seq && el.textContent === ev.prompt) {
+          el.remove();
+          break;
+        }
+      }
+    }
     const el = renderEvent(ev);
     if (el) log.append(el);
     renderedSeq = ev.seq;
-    for (const p of ps.filter((p) => p.afterSeq === ev.seq)) log.append(line("user", p.text));
+    for (const p of ps.filter((p) => p.afterSeq === ev.seq)) log.append(localPrompt(p));
   }
   if (!log.firstChild) {
     const empty = document.createElement("p");
@@ -291,7 +305,20 @@ function line(cls, text, seq) {
   return d;
 }
 
+// servedPrompt reports whether ev is a run's start with its prompt.
+function servedPrompt(ev) {
+  return ev.kind === "session-state-changed" && ev.state === "running" && typeof ev.prompt === "string" && ev.prompt !== "";
+}
+
+// localPrompt is the line of a prompt this tab sent.
+function localPrompt(p) {
+  const el = line("user", p.text);
+  el.dataset.after = p.afterSeq;
+  return el;
+}
+
 function renderEvent(ev) {
+  if (servedPrompt(ev)) return line("user", ev.prompt, ev.seq);
   switch (ev.kind) {
     case "text":
       return line(ev.role === "user" ? "user" : "assistant", ev.content, ev.seq);
