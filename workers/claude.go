@@ -251,6 +251,51 @@ type claudeLine struct {
 	// control_cancel_request lines.
 	RequestID string         `json:"request_id"`
 	Request   *claudeRequest `json:"request"`
+	// ToolUseResult is the tool's own account of its result, on the user
+	// line that carries it: a JSON object, or a string for an error.
+	ToolUseResult jsontext.Value `json:"tool_use_result"`
+}
+
+// maxResultFiles bounds the file names a tool_result's toolUseResult
+// repeats from its content: the frontend shows the list, and counts by
+// numFiles.
+const maxResultFiles = 1000
+
+// toolUseResult is what a tool_result event keeps of the CLI's
+// tool_use_result: the fields Claude Code UI's frontend reads (a Grep or
+// Glob card's count and file list; a subagent's id). Its other fields
+// repeat the result's content (a Read's whole file), which the event
+// holds already.
+type toolUseResult struct {
+	NumFiles  *int     `json:"numFiles,omitempty"`
+	Filenames []string `json:"filenames,omitempty"`
+	AgentID   string   `json:"agentId,omitempty"`
+}
+
+// toolUseResultOf is the toolUseResult field of raw, or nil when raw holds
+// none of its fields.
+func toolUseResultOf(raw jsontext.Value) *toolUseResult {
+	if len(raw) == 0 || raw.Kind() != '{' {
+		return nil
+	}
+	var r toolUseResult
+	if jsonv2.Unmarshal(raw, &r, claudeLineJSON) != nil {
+		return nil
+	}
+	if r.NumFiles == nil && r.Filenames == nil && r.AgentID == "" {
+		return nil
+	}
+	if len(r.Filenames) > maxResultFiles {
+		if r.NumFiles == nil {
+			n := len(r.Filenames)
+			r.NumFiles = &n
+		}
+		r.Filenames = r.Filenames[:maxResultFiles]
+	}
+	if len(r.AgentID) > 256 {
+		r.AgentID = ""
+	}
+	return &r
 }
 
 type claudeRequest struct {
@@ -451,10 +496,14 @@ func (p *claudeParser) user(l claudeLine) []app.Event {
 		}
 		return events
 	}
+	result := toolUseResultOf(l.ToolUseResult)
 	for i, b := range l.Message.Content.Blocks {
 		switch b.Type {
 		case "tool_result":
 			ev := app.ToolResult(b.ToolUseID, toolResultContent(json.RawMessage(b.Content)), b.IsError)
+			if result != nil {
+				ev.Fields["toolUseResult"] = result
+			}
 			if len(b.ToolUseID) <= 128 {
 				messageID(&ev, l.UUID, "_tr_"+b.ToolUseID)
 			}

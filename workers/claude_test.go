@@ -152,6 +152,30 @@ func TestClaudeParser(t *testing.T) {
 		require.Equal(t, map[string]any{"kind": "tool_result", "toolId": "toolu_01", "content": "hi", "isError": false}, pick(evs[0], "kind", "toolId", "content", "isError"))
 		require.Equal(t, "a\nb", evs[1]["content"])
 		require.Equal(t, true, evs[1]["isError"])
+		require.NotContains(t, evs[0], "toolUseResult", "a Bash result's account repeats its content")
+	})
+	t.Run("a Grep or Glob result keeps its count and files", func(t *testing.T) {
+		// Claude Code UI's frontend titles these cards "Found N files" from
+		// toolUseResult alone, and lists its filenames.
+		many := make([]string, maxResultFiles+5)
+		for i := range many {
+			many[i] = fmt.Sprintf("f%d.go", i)
+		}
+		manyJSON, err := json.Marshal(many)
+		require.NoError(t, err)
+		evs, _, _ := parsed(
+			`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_g","type":"tool_result","content":"Found 2 files\na.go\nb.go"}]},"tool_use_result":{"mode":"files_with_matches","filenames":["a.go","b.go"],"numFiles":2}}`,
+			`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_m","type":"tool_result","content":"many"}]},"tool_use_result":{"filenames":`+string(manyJSON)+`,"durationMs":3}}`,
+			`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_e","type":"tool_result","content":"Error: no","is_error":true}]},"tool_use_result":"Error: no"}`,
+			`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"toolu_r","type":"tool_result","content":"text"}]},"tool_use_result":{"type":"text","file":{"filePath":"/w/a","content":"text"}}}`,
+		)
+		require.Len(t, evs, 4)
+		require.Equal(t, map[string]any{"filenames": []any{"a.go", "b.go"}, "numFiles": float64(2)}, evs[0]["toolUseResult"])
+		got := evs[1]["toolUseResult"].(map[string]any)
+		require.EqualValues(t, maxResultFiles+5, got["numFiles"], "the count stays whole")
+		require.Len(t, got["filenames"], maxResultFiles)
+		require.NotContains(t, evs[2], "toolUseResult")
+		require.NotContains(t, evs[3], "toolUseResult", "a Read's file is in the content already")
 	})
 	t.Run("api error is an error row, once", func(t *testing.T) {
 		evs, _, p := parsed(
@@ -421,6 +445,32 @@ func TestClaudeCLIRuns(t *testing.T) {
 				require.Contains(t, ids, e["id"], "%v", e)
 			}
 		}
+	})
+
+	t.Run("a Glob card's files", func(t *testing.T) {
+		// The real CLI's account of a Glob (tool_use_result) is what
+		// Claude Code UI's frontend counts and lists the files from.
+		for _, name := range []string{"one.globbed", "two.globbed"} {
+			require.NoError(t, os.WriteFile(filepath.Join(h.dir, name), nil, 0o644))
+		}
+		api.Add(
+			mockanthropic.Turn{When: "glob it", Text: "Looking.", ToolUses: []mockanthropic.ToolUse{{ID: "toolu_glob", Name: "Glob", Input: map[string]any{"pattern": "*.globbed"}}}},
+			mockanthropic.Turn{When: "glob it", Text: "Two."},
+		)
+		sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "glob it", NewSession: true,
+			Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Glob"}}}})
+		evs := h.waitDone(sess.ID)
+		var result map[string]any
+		for _, e := range evs {
+			if e["kind"] == "tool_result" {
+				result = e
+			}
+		}
+		require.NotNil(t, result, "%v", evs)
+		tur, ok := result["toolUseResult"].(map[string]any)
+		require.True(t, ok, "%v", result)
+		require.EqualValues(t, 2, tur["numFiles"])
+		require.Len(t, tur["filenames"], 2)
 	})
 
 	t.Run("api error", func(t *testing.T) {

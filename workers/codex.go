@@ -90,7 +90,16 @@ type codexParser struct {
 	// lastError is the last error row's text: turn.failed repeats the
 	// error event before it.
 	lastError string
+	// reconnecting is set by a "Reconnecting..." notice, shown as the
+	// run's status, until the run's next event says the retry worked.
+	reconnecting bool
 }
+
+// codexWorking is the status that replaces a retry's notice once the run
+// goes on: Claude Code UI's frontend keeps a status text until another
+// replaces it (an empty one is ignored), so "Reconnecting... 1/5" stayed
+// on its activity indicator until the run ended.
+const codexWorking = "Working"
 
 type codexLine struct {
 	Type     string          `json:"type"`
@@ -170,10 +179,17 @@ func (p *codexParser) Line(line []byte) Output {
 		if strings.HasPrefix(l.Message, "Reconnecting...") {
 			// A retry in progress, not a failure: turn.failed follows if
 			// the retries run out.
+			p.reconnecting = true
 			out.Events = append(out.Events, app.NewEvent(app.KindStatus, map[string]any{"text": l.Message, "canInterrupt": true}))
+			return out
 		} else if ev, ok := p.errorRow(apiErrorMessage(l.Message)); ok {
 			out.Events = append(out.Events, ev)
 		}
+	}
+	if p.reconnecting && len(out.Events) > 0 && !p.failed && l.Type != "error" {
+		p.reconnecting = false
+		working := app.NewEvent(app.KindStatus, map[string]any{"text": codexWorking, "canInterrupt": true})
+		out.Events = append([]app.Event{working}, out.Events...)
 	}
 	return out
 }

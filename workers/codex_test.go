@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +126,30 @@ func TestCodexParser(t *testing.T) {
 		require.Equal(t, "Reconnecting... 1/5 (stream disconnected before completion)", evs[1]["text"])
 		_, code := p.End(0)
 		require.Equal(t, 1, code, "turn.failed fails the run whatever the exit code")
+	})
+	t.Run("a retry's notice gives way once the run goes on", func(t *testing.T) {
+		// Claude Code UI's frontend keeps a status text until another one
+		// replaces it: the notice stayed on its indicator to the run's end.
+		evs, _, _ := parse(
+			`{"type":"thread.started","thread_id":"t"}`,
+			`{"type":"error","message":"Reconnecting... 1/5 (stream disconnected before completion)"}`,
+			`{"type":"error","message":"Reconnecting... 2/5 (stream disconnected before completion)"}`,
+			`{"type":"item.completed","item":{"id":"item_0","type":"agent_message","text":"Hi"}}`,
+			`{"type":"item.completed","item":{"id":"item_1","type":"agent_message","text":"Again"}}`,
+		)
+		var got []string
+		for _, e := range evs {
+			if e["kind"] == "status" {
+				got = append(got, "status:"+e["text"].(string))
+			} else {
+				got = append(got, fmt.Sprint(e["kind"], ":", e["content"]))
+			}
+		}
+		require.Equal(t, []string{
+			"status:Reconnecting... 1/5 (stream disconnected before completion)",
+			"status:Reconnecting... 2/5 (stream disconnected before completion)",
+			"status:" + codexWorking, "text:Hi", "text:Again",
+		}, got)
 	})
 	t.Run("not json is shown, unknown types are not", func(t *testing.T) {
 		evs, set, _ := parse(`Warning: odd`, ``, `{"type":"turn.started"}`, `{"type":"item.updated","item":{"id":"x","type":"agent_message"}}`, `{"type":"x"}`, `[1]`, `{"type":"item.completed","item":null}`)
