@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -64,9 +65,8 @@ const historyPage = 1000
 // of the kinds it shows, oldest first, offset and limit counted from the
 // newest, as `{messages, total, hasMore, offset, limit}` (total leaves
 // tool results out, as that server counts). The id may be the one a
-// Codex or Cursor CLI gave the conversation. At most restEventsBytes of
-// messages are sent: past it the oldest of the page are left out, and
-// hasMore says so.
+// Codex or Cursor CLI gave the conversation. A page holds every message
+// of its range, however large (a session keeps at most --history-bytes).
 func (s *Server) sessionMessages(c echo.Context) error {
 	sess, err := s.historySession(c)
 	if err != nil {
@@ -124,16 +124,21 @@ func (s *Server) sessionMessages(c echo.Context) error {
 	seqs = seqs[start:end]
 	hasMore := limit >= 0 && messages-offset-limit > 0
 
-	page := make([][]byte, 0, len(seqs))
+	// The page goes out as it is read: a response holds every message of
+	// the range, as that server's does (the frontend reads the whole
+	// history on every reconnect, and a shortened one left it paging from
+	// the wrong offset), while the gateway holds one read at a time.
+	out := newHistoryWriter(c.Response())
 	if len(seqs) > 0 {
 		want := make(map[int64]bool, len(seqs))
 		for _, q := range seqs {
 			want[q] = true
 		}
-		size := 0
 		for after := seqs[0] - 1; after < seqs[len(seqs)-1]; {
 			evs, err := s.st.EventsWithin(ctx, sess.ID, after, historyPage, restEventsBytes)
 			if err != nil {
+				// Once the page has begun, the client gets JSON cut short,
+				// which it cannot parse: an error, not a shorter history.
 				return err
 			}
 			if len(evs) == 0 {
@@ -151,39 +156,68 @@ func (s *Server) sessionMessages(c echo.Context) error {
 						continue
 					}
 				}
-				page = append(page, data)
-				size += len(data)
-				for size > restEventsBytes && len(page) > 1 {
-					// The newest are what a chat shows first.
-					size -= len(page[0])
-					page[0] = nil // not held by the array behind page
-					page, hasMore = page[1:], true
+				if err := out.message(data); err != nil {
+					return err
 				}
 			}
 		}
 	}
-	body := make([]byte, 0, 64)
-	body = append(body, `{"messages":[`...)
-	for i, m := range page {
-		if i > 0 {
-			body = append(body, ',')
-		}
-		body = append(body, m...)
-	}
-	body = append(body, `],"total":`...)
-	body = strconv.AppendInt(body, int64(total), 10)
-	body = append(body, `,"hasMore":`...)
-	body = strconv.AppendBool(body, hasMore)
-	body = append(body, `,"offset":`...)
-	body = strconv.AppendInt(body, int64(offset), 10)
-	body = append(body, `,"limit":`...)
+	tail := make([]byte, 0, 96)
+	tail = append(tail, `],"total":`...)
+	tail = strconv.AppendInt(tail, int64(total), 10)
+	tail = append(tail, `,"hasMore":`...)
+	tail = strconv.AppendBool(tail, hasMore)
+	tail = append(tail, `,"offset":`...)
+	tail = strconv.AppendInt(tail, int64(offset), 10)
+	tail = append(tail, `,"limit":`...)
 	if limit >= 0 {
-		body = strconv.AppendInt(body, int64(limit), 10)
+		tail = strconv.AppendInt(tail, int64(limit), 10)
 	} else {
-		body = append(body, "null"...)
+		tail = append(tail, "null"...)
 	}
-	body = append(body, '}')
-	return c.JSONBlob(http.StatusOK, body)
+	tail = append(tail, '}')
+	return out.end(tail)
+}
+
+// historyWriter writes a history page's JSON as its messages come: the
+// status and the head on the first write, so that an error before any
+// message is still answered as one.
+type historyWriter struct {
+	resp  *echo.Response
+	buf   *bufio.Writer
+	count int
+}
+
+func newHistoryWriter(resp *echo.Response) *historyWriter {
+	return &historyWriter{resp: resp}
+}
+
+func (w *historyWriter) begin() {
+	if w.buf != nil {
+		return
+	}
+	w.resp.Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+	w.resp.WriteHeader(http.StatusOK)
+	w.buf = bufio.NewWriterSize(w.resp, 64<<10)
+	w.buf.WriteString(`{"messages":[`)
+}
+
+// message writes one message of the page.
+func (w *historyWriter) message(data []byte) error {
+	w.begin()
+	if w.count > 0 {
+		w.buf.WriteByte(',')
+	}
+	w.count++
+	_, err := w.buf.Write(data)
+	return err
+}
+
+// end writes what follows the messages and sends what is buffered.
+func (w *historyWriter) end(tail []byte) error {
+	w.begin()
+	w.buf.Write(tail)
+	return w.buf.Flush()
 }
 
 // historySession is the session a history request names: one of the

@@ -114,16 +114,22 @@ func TestSessionMessages(t *testing.T) {
 	require.Equal(t, "text:"+tricky+" text:ok", kinds(body))
 	require.EqualValues(t, 7, body["total"])
 
-	// One response holds at most restEventsBytes of messages: the newest.
+	// A response holds the whole range, past restEventsBytes too: the
+	// frontend reads the whole history on every reconnect, and pages on
+	// from the count it got.
 	c.send(command("more", map[string]any{"type": "codex-command", "sessionId": id}))
 	c.until(isType("session-accepted"))
 	_, ref = w.take()
 	big := strings.Repeat("x", restEventsBytes*3/4)
 	w.emit(ref, app.Text("assistant", "old "+big), app.Text("assistant", "new "+big))
 	w.finish(ref, 0)
-	_, body = get(id, "")
+	_, body = get(id, "?limit=3")
 	msgs := body["messages"].([]any)
-	require.Len(t, msgs, 1)
-	require.True(t, strings.HasPrefix(msgs[0].(map[string]any)["content"].(string), "new "))
+	require.Len(t, msgs, 3)
+	require.Equal(t, "more", msgs[0].(map[string]any)["content"])
+	require.True(t, strings.HasPrefix(msgs[2].(map[string]any)["content"].(string), "new "))
 	require.Equal(t, true, body["hasMore"])
+	_, body = get(id, "")
+	require.Equal(t, 11, len(body["messages"].([]any)), "every message of the session")
+	require.Equal(t, false, body["hasMore"])
 }
