@@ -47,7 +47,7 @@ func accepted(t *testing.T, c *wsClient, requestID string) string {
 // CLI is mid-stream.
 func waitHanging(t *testing.T, cl *cluster, n int) {
 	t.Helper()
-	eventually(t, 30*time.Second, "the CLI's request to hang in the mock", func() bool { return cl.mock.Hanging() >= n })
+	eventually(t, time.Minute, "the CLI's request to hang in the mock", func() bool { return cl.mock.Hanging() >= n })
 }
 
 // indexOf returns the index of the first event of kind, or -1.
@@ -138,7 +138,7 @@ func TestWorkerLostBeforeTranscript(t *testing.T) {
 	w1 := cl.startWorker("worker1")
 	c := cl.dial(gw, "alice")
 	sid := accept(t, cl, c, "please early-kill", "", "r1")
-	eventually(t, 30*time.Second, "the CLI of the session to start", func() bool { return len(procsWithArg(sid)) > 0 })
+	eventually(t, time.Minute, "the CLI of the session to start", func() bool { return len(procsWithArg(sid)) > 0 })
 	w1.kill9()
 	evs := c.waitEnd(sid, 1, 20*time.Second)
 	sum := checkRun(t, evs, 1)
@@ -469,7 +469,7 @@ func TestWorkerKillLeavesNoTool(t *testing.T) {
 	w1 := cl.startWorker("worker1")
 	c := cl.dial(gw, "alice")
 	sid := accept(t, cl, c, "please tool-left", "", "r1")
-	eventually(t, 30*time.Second, "the tool's sleep", func() bool { return len(sleepers(marker)) == 1 })
+	eventually(t, time.Minute, "the tool's sleep", func() bool { return len(sleepers(marker)) == 1 })
 
 	w1.kill9()
 	evs := c.waitEnd(sid, 1, 20*time.Second)

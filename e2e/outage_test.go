@@ -479,7 +479,7 @@ func TestShellInitThroughOutage(t *testing.T) {
 	cl.redis.Stop()
 	a := sc.dialShell(gw, "alice")
 	a.send(sc.plainInit("during"))
-	a.waitText(0, "Error: "+app.StoreUnavailableError, 20*time.Second)
+	a.waitText(0, "Error: "+app.StoreUnavailableError, 30*time.Second)
 	// A chat command meanwhile is told the same, not that no worker runs.
 	c := cl.dial(gw, "alice")
 	c.send(cl.command("hello", "", "r1"))

@@ -31,7 +31,7 @@ func TestPermissionAcrossGateways(t *testing.T) {
 	c.send(cmd)
 	accepted := c.waitReply("session-accepted", nil)
 	sid := accepted.str("sessionId")
-	evs := c.waitEvent(sid, "permission_request", 30*time.Second, func(e event) bool { return e.Kind == "permission_request" })
+	evs := c.waitEvent(sid, "permission_request", time.Minute, func(e event) bool { return e.Kind == "permission_request" })
 	req := evs[indexOf(evs, "permission_request")]
 	requestID := req.str("requestId")
 	require.NotEmpty(t, requestID)
@@ -77,7 +77,7 @@ func TestPrefixRuleAsksForACompoundCommand(t *testing.T) {
 	cmd["options"].(map[string]any)["toolsSettings"] = map[string]any{"allowedTools": []string{"Bash(git log:*)"}}
 	c.send(cmd)
 	sid := c.waitReply("session-accepted", nil).str("sessionId")
-	evs := c.waitEvent(sid, "permission_request", 30*time.Second, func(e event) bool { return e.Kind == "permission_request" })
+	evs := c.waitEvent(sid, "permission_request", time.Minute, func(e event) bool { return e.Kind == "permission_request" })
 	req := evs[indexOf(evs, "permission_request")]
 	require.Equal(t, "Bash", req.str("toolName"))
 

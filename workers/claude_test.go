@@ -499,7 +499,7 @@ func TestClaudeCLIRuns(t *testing.T) {
 		require.Eventually(t, func() bool { return api.Hanging() == 1 }, time.Minute, 20*time.Millisecond)
 		_, err := h.st.Abort(context.Background(), sess.ID, app.Claude)
 		require.NoError(t, err)
-		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 10*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")
+		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 30*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")
 		require.Eventually(t, func() bool {
 			h.w.mu.Lock()
 			defer h.w.mu.Unlock()

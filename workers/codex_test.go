@@ -284,7 +284,7 @@ func TestCodexCLIRuns(t *testing.T) {
 		require.Eventually(t, func() bool { return api.Hanging() == 1 }, time.Minute, 20*time.Millisecond)
 		_, err := h.st.Abort(context.Background(), sess.ID, app.Codex)
 		require.NoError(t, err)
-		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 10*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")
+		require.Eventually(t, func() bool { return api.Hanging() == 0 }, 30*time.Second, 20*time.Millisecond, "the CLI's request ends when it dies")
 		c := completes(h.events(sess.ID))
 		require.Len(t, c, 1)
 		require.Equal(t, true, c[0]["aborted"])

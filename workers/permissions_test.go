@@ -349,7 +349,7 @@ func TestClaudeAbortDuringToolLeavesNothing(t *testing.T) {
 		Input: map[string]any{"command": "sh -c 'echo $$ > " + pidFile + "; exec sleep 300'", "description": "wait"}}}})
 	sess := h.submitJob(app.Job{SessionID: app.NewID(), Command: "long tool", NewSession: true,
 		Options: app.RunOptions{Tools: app.ToolsSettings{AllowedTools: []string{"Bash"}}}})
-	require.Eventually(t, func() bool { return exists(pidFile) }, 30*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return exists(pidFile) }, time.Minute, 20*time.Millisecond)
 	pid := readPID(t, pidFile)
 	require.True(t, processAlive(pid))
 
