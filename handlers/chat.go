@@ -710,6 +710,9 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		}
 	}
 	next := sess.LastSeq + 1
+	if lastSeq == nil && !existed && sess.Running() && c.isLatestOnly() {
+		next = s.recentStart(ctx, sess, time.Now())
+	}
 	if lastSeq != nil {
 		recovered := true
 		switch l := *lastSeq; {
