@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,14 +74,15 @@ type refClient struct {
 	handled    []map[string]any // every frame it acted on, in order
 	wire       []stamped        // every frame read, handled or not
 	statusSent map[string]time.Time
-	stalls     [][2]float64 // when this process did not run (watchStalls), in ms
+	serverIDs  map[string]map[any]bool // ids of the messages read from the history route, by session
+	stalls     [][2]float64            // when this process did not run (watchStalls), in ms
 	done       chan struct{}
 }
 
 func dialRef(t *testing.T, name, url string) *refClient {
 	t.Helper()
 	r := &refClient{t: t, name: name, url: url, processing: map[string]activity{},
-		messages: map[string][]map[string]any{}, statusSent: map[string]time.Time{}}
+		messages: map[string][]map[string]any{}, statusSent: map[string]time.Time{}, serverIDs: map[string]map[any]bool{}}
 	r.connect()
 	t.Cleanup(func() { r.close() })
 	return r
@@ -266,7 +268,11 @@ func (r *refClient) handle(f stamped) {
 	switch kind {
 	case "session_created", "complete", "status", "permission_request", "permission_cancelled":
 	default:
-		r.messages[sid] = append(r.messages[sid], msg)
+		// useSessionStore.ts computeMerged: a live message whose id the
+		// history held is dropped.
+		if !r.serverIDs[sid][msg["id"]] {
+			r.messages[sid] = append(r.messages[sid], msg)
+		}
 	}
 	switch kind {
 	case "session_created":
@@ -399,11 +405,39 @@ func (r *refClient) reload() {
 	r.handled = nil
 	r.mu.Unlock()
 	r.connect()
+	// ChatInterface.tsx handleWebSocketReconnect: the history first
+	// (refreshFromServer: it replaces the messages), then the check.
+	history := r.history(sid)
 	r.mu.Lock()
+	ids := map[any]bool{}
+	for _, m := range history {
+		ids[m["id"]] = true
+	}
+	r.messages[sid], r.serverIDs[sid] = history, ids
 	r.statusSent[sid] = time.Now()
 	r.mu.Unlock()
 	r.sendJSON(map[string]any{"type": "check-session-status", "sessionId": sid, "provider": "claude"})
 	r.sendJSON(map[string]any{"type": "get-pending-permissions", "sessionId": sid})
+}
+
+// history reads a session's messages as useSessionStore.ts
+// refreshFromServer does: GET /api/providers/sessions/ID/messages, no limit.
+func (r *refClient) history(sid string) []map[string]any {
+	r.t.Helper()
+	u, err := url.Parse(r.url)
+	require.NoError(r.t, err)
+	req, err := http.NewRequest(http.MethodGet, "http://"+u.Host+"/api/providers/sessions/"+url.PathEscape(sid)+"/messages", nil)
+	require.NoError(r.t, err)
+	req.Header.Set("Authorization", "Bearer "+u.Query().Get("token"))
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	require.NoError(r.t, err)
+	defer resp.Body.Close()
+	require.Equal(r.t, http.StatusOK, resp.StatusCode)
+	var body struct {
+		Messages []map[string]any `json:"messages"`
+	}
+	require.NoError(r.t, json.NewDecoder(resp.Body).Decode(&body))
+	return body.Messages
 }
 
 // answer is a click on the permission banner: the request leaves the list.
@@ -596,6 +630,12 @@ func TestReferenceFrontendReload(t *testing.T) {
 	texts := r.texts()
 	require.Equal(t, "Finished ref-reload.", texts[len(texts)-1], "the rest of the answer is shown: %v", texts)
 	require.Equal(t, sid, r.sessionID())
+	seen := map[string]bool{}
+	for _, text := range texts {
+		require.False(t, seen[text], "%q shown twice: %v", text, texts)
+		seen[text] = true
+	}
+	require.True(t, seen["Step 1 of ref-reload."] && seen["Step 4 of ref-reload."], "every step shown: %v", texts)
 
 	// After a reload the frontend shows the chat as this route gives it
 	// (and drops the prompt it had sent): the question with its answer.
