@@ -18,13 +18,7 @@ import (
 // earlier run (its complete would end the indicator) and not the run's
 // session_created (which would navigate the page) is replayed.
 func TestPacedCheckReplaysTheRunsLatestEvents(t *testing.T) {
-	st := newStore(t, storetest.Mini)
-	g := startGateway(t, st)
-	w := newFakeWorker(t, st)
-	c := g.dial("alice")
-	c.send(command("first", nil))
-	id := c.next()["sessionId"].(string)
-	_, ref := w.take()
+	g, w, c, id, ref := startRun(t, newStore(t, storetest.Mini))
 	w.emit(ref, app.Text("assistant", "one"))
 	w.finish(ref, 0)
 	c.until(func(m map[string]any) bool { return m["kind"] == "complete" })
@@ -58,12 +52,7 @@ func TestPacedCheckReplaysTheRunsLatestEvents(t *testing.T) {
 // TestRecentStart: only the run's own events of the window are replayed.
 func TestRecentStart(t *testing.T) {
 	st := newStore(t, storetest.Mini)
-	g := startGateway(t, st)
-	w := newFakeWorker(t, st)
-	c := g.dial("alice")
-	c.send(command("first", nil))
-	id := c.next()["sessionId"].(string)
-	_, ref := w.take()
+	g, w, c, id, ref := startRun(t, st)
 	w.emit(ref, app.Text("assistant", "one"), app.Text("assistant", "two"))
 	c.until(func(m map[string]any) bool { return m["content"] == "two" })
 	ctx := context.Background()
