@@ -684,6 +684,10 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		// session again.
 		status := app.StatusOf(sess)
 		c.reply(&status)
+		if c.isLatestOnly() {
+			// A run that ended between its history read and this check.
+			s.sendMissed(ctx, c, sess, sess.LastSeq)
+		}
 		return
 	}
 	w, existed, err := s.hub.attach(c, sessionID)
@@ -710,9 +714,6 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		}
 	}
 	next := sess.LastSeq + 1
-	if lastSeq == nil && !existed && sess.Running() && c.isLatestOnly() {
-		next = s.recentStart(ctx, sess, time.Now())
-	}
 	if lastSeq != nil {
 		recovered := true
 		switch l := *lastSeq; {
@@ -738,6 +739,9 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		// showed (a tool denied after the timeout, a question waiting
 		// forever).
 		c.reply(app.PendingPermissions{Type: "pending-permissions-response", SessionID: sessionID, Data: status.PendingPermissions})
+	}
+	if runningOnly && lastSeq == nil && !existed && c.isLatestOnly() {
+		s.sendMissed(ctx, c, sess, sess.LastSeq)
 	}
 	// Without a lastSeq, a watch the socket had keeps its place: events
 	// published and not yet sent to it are not skipped.

@@ -139,6 +139,7 @@ func (s *Server) sessionMessages(c echo.Context) error {
 			if err != nil {
 				// Once the page has begun, the client gets JSON cut short,
 				// which it cannot parse: an error, not a shorter history.
+				s.log.Warn("read a session's history", "session", sess.ID, "err", err)
 				return err
 			}
 			if len(evs) == 0 {
@@ -176,6 +177,14 @@ func (s *Server) sessionMessages(c echo.Context) error {
 		tail = append(tail, "null"...)
 	}
 	tail = append(tail, '}')
+	if offset == 0 {
+		// The client holds the session up to here once it has the page's
+		// end; its check of the session, which follows, is sent what came
+		// after (sendMissed).
+		if err := s.st.NoteHistoryRead(ctx, sess.ID, userOf(c).Name, sess.LastSeq); err != nil {
+			s.log.Warn("note a history read", "session", sess.ID, "err", err)
+		}
+	}
 	return out.end(tail)
 }
 

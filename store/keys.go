@@ -22,6 +22,10 @@ func (k keys) events(id string) string { return k.session(id) + ":events" }
 // perms is the session's pending permissions hash `ag:session:{ID}:perms`.
 func (k keys) perms(id string) string { return k.session(id) + ":perms" }
 
+// historyRead is the note of how far a user's client read the session's
+// history `ag:session:{ID}:read:USER` (HistoryRead).
+func (k keys) historyRead(id, user string) string { return k.session(id) + ":read:" + user }
+
 // job is the job of the session's current run `ag:session:{ID}:job`, kept
 // until the run ends so that a job the jobs stream lost can be queued again.
 func (k keys) job(id string) string { return k.session(id) + ":job" }

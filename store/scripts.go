@@ -54,6 +54,8 @@ var (
 	workerForgetLua string
 	//go:embed lua/jobs_consumer_drop.lua
 	jobsConsumerDropLua string
+	//go:embed lua/history_read.lua
+	historyReadLua string
 )
 
 // scriptSet holds every script of a store. Each script touches the keys of
@@ -69,7 +71,7 @@ type scriptSet struct {
 	accountUID                                         *redis.Script
 	sessionForget, eventsWithin                        *redis.Script
 	workerBeat, workerRegister, inboxSend              *redis.Script
-	workerForget, jobsConsumerDrop                     *redis.Script
+	workerForget, jobsConsumerDrop, historyRead        *redis.Script
 	publish                                            string // PUBLISH or SPUBLISH
 }
 
@@ -118,6 +120,7 @@ func newScriptSet(sharded bool) *scriptSet {
 		inboxSend:        mk(inboxSendLua),
 		workerForget:     mk(workerForgetLua),
 		jobsConsumerDrop: mk(jobsConsumerDropLua),
+		historyRead:      mk(historyReadLua),
 		publish:          pub,
 	}
 }

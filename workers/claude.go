@@ -267,9 +267,20 @@ const maxResultFiles = 1000
 // repeat the result's content (a Read's whole file), which the event
 // holds already.
 type toolUseResult struct {
-	NumFiles  *int     `json:"numFiles,omitempty"`
+	NumFiles  *float64 `json:"numFiles,omitempty"`
 	Filenames []string `json:"filenames,omitempty"`
 	AgentID   string   `json:"agentId,omitempty"`
+}
+
+// countBlocks is how many of blocks are of type typ.
+func countBlocks(blocks []claudeBlock, typ string) int {
+	n := 0
+	for _, b := range blocks {
+		if b.Type == typ {
+			n++
+		}
+	}
+	return n
 }
 
 // toolUseResultOf is the toolUseResult field of raw, or nil when raw holds
@@ -287,7 +298,7 @@ func toolUseResultOf(raw jsontext.Value) *toolUseResult {
 	}
 	if len(r.Filenames) > maxResultFiles {
 		if r.NumFiles == nil {
-			n := len(r.Filenames)
+			n := float64(len(r.Filenames))
 			r.NumFiles = &n
 		}
 		r.Filenames = r.Filenames[:maxResultFiles]
@@ -496,7 +507,12 @@ func (p *claudeParser) user(l claudeLine) []app.Event {
 		}
 		return events
 	}
-	result := toolUseResultOf(l.ToolUseResult)
+	// The line's account is of its one result: with several, whose it is
+	// is unknown.
+	var result *toolUseResult
+	if n := countBlocks(l.Message.Content.Blocks, "tool_result"); n == 1 {
+		result = toolUseResultOf(l.ToolUseResult)
+	}
 	for i, b := range l.Message.Content.Blocks {
 		switch b.Type {
 		case "tool_result":

@@ -171,6 +171,11 @@ func TestClaudeParser(t *testing.T) {
 		)
 		require.Len(t, evs, 4)
 		require.Equal(t, map[string]any{"filenames": []any{"a.go", "b.go"}, "numFiles": float64(2)}, evs[0]["toolUseResult"])
+		two, _, _ := parsed(`{"type":"user","message":{"role":"user","content":[{"tool_use_id":"a","type":"tool_result","content":"x"},{"tool_use_id":"b","type":"tool_result","content":"y"}]},"tool_use_result":{"numFiles":1,"filenames":["x"]}}`)
+		require.Len(t, two, 2)
+		for _, e := range two {
+			require.NotContains(t, e, "toolUseResult", "whose result the account is of is unknown")
+		}
 		got := evs[1]["toolUseResult"].(map[string]any)
 		require.EqualValues(t, maxResultFiles+5, got["numFiles"], "the count stays whole")
 		require.Len(t, got["filenames"], maxResultFiles)

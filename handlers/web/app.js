@@ -263,9 +263,18 @@ function renderConversation(full) {
   const log = $("conversation");
   const sid = viewed;
   const events = sid && sid !== PENDING_SESSION_ID ? client.events(sid) : [];
-  const served = events.filter(servedPrompt);
-  // A prompt of this tab's whose run's start came shows as the start.
-  const ps = (sid ? prompts(sid) : []).filter((p) => !served.some((ev) => ev.seq > p.afterSeq && ev.prompt === p.text));
+  // A prompt of this tab's whose run's start came shows as the start: each
+  // start stands for one, the last sent before it with its text.
+  const local = sid ? prompts(sid) : [];
+  const taken = new Set();
+  for (const ev of events.filter(servedPrompt)) {
+    let match = -1;
+    local.forEach((p, i) => {
+      if (!taken.has(i) && p.afterSeq < ev.seq && p.text === ev.prompt) match = i;
+    });
+    if (match >= 0) taken.add(match);
+  }
+  const ps = local.filter((_, i) => !taken.has(i));
   if (full || renderedFor !== sid || (events.length && events[0].seq > renderedSeq + 1 && renderedSeq > 0)) {
     log.textContent = "";
     renderedSeq = 0;
@@ -276,12 +285,10 @@ function renderConversation(full) {
     if (ev.seq <= renderedSeq) continue;
     if (servedPrompt(ev)) {
       // Drawn before its run's start came: the start takes its place.
-      for (const el of log.querySelectorAll(".line.user[data-after]")) {
-        if (Number(el.dataset.after) < ev.seq && el.textContent === ev.prompt) {
-          el.remove();
-          break;
-        }
-      }
+      const drawn = [...log.querySelectorAll(".line.user[data-after]")].filter(
+        (el) => Number(el.dataset.after) < ev.seq && el.textContent === ev.prompt,
+      );
+      drawn.at(-1)?.remove();
     }
     const el = renderEvent(ev);
     if (el) log.append(el);
