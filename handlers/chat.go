@@ -685,8 +685,10 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		status := app.StatusOf(sess)
 		c.reply(&status)
 		if c.isLatestOnly() {
-			// A run that ended between its history read and this check.
-			s.sendMissed(ctx, c, sess, sess.LastSeq)
+			// A run that ended between a history read and this check.
+			if from, ok := s.missedFrom(ctx, c, sessionID, sess.LastSeq); ok {
+				go s.sendMissed(c, sessionID, from, sess.LastSeq)
+			}
 		}
 		return
 	}
@@ -741,7 +743,14 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 		c.reply(app.PendingPermissions{Type: "pending-permissions-response", SessionID: sessionID, Data: status.PendingPermissions})
 	}
 	if runningOnly && lastSeq == nil && !existed && c.isLatestOnly() {
-		s.sendMissed(ctx, c, sess, sess.LastSeq)
+		if from, ok := s.missedFrom(ctx, c, sessionID, sess.LastSeq); ok {
+			// The watch starts once they are sent; it stays parked meanwhile.
+			go func() {
+				s.sendMissed(c, sessionID, from, sess.LastSeq)
+				s.hub.release(w, next, true)
+			}()
+			return
+		}
 	}
 	// Without a lastSeq, a watch the socket had keeps its place: events
 	// published and not yet sent to it are not skipped.

@@ -76,6 +76,9 @@ type conn struct {
 
 	mu      sync.Mutex
 	watches map[string]*watch // sessions this socket follows, by id
+	// missedSent are the sessions this socket was sent what its history
+	// read missed (missedFrom), once each.
+	missedSent []string
 	// replays holds a slot for each catch-up of this socket that holds
 	// frames it read (replaySlot); made on the first one.
 	replays chan struct{}

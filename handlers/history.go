@@ -177,10 +177,11 @@ func (s *Server) sessionMessages(c echo.Context) error {
 		tail = append(tail, "null"...)
 	}
 	tail = append(tail, '}')
-	if offset == 0 {
+	if offset == 0 && limit < 0 {
 		// The client holds the session up to here once it has the page's
-		// end; its check of the session, which follows, is sent what came
-		// after (sendMissed).
+		// end: a read of the whole history is Claude Code UI's refresh on a
+		// reconnect, and the check of the session that follows is sent what
+		// came after (missedFrom).
 		if err := s.st.NoteHistoryRead(ctx, sess.ID, userOf(c).Name, sess.LastSeq); err != nil {
 			s.log.Warn("note a history read", "session", sess.ID, "err", err)
 		}

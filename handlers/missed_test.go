@@ -22,6 +22,7 @@ func TestPacedCheckSendsWhatTheHistoryMissed(t *testing.T) {
 	alice := token(t, "alice", false)
 	readHistory := func(id string) {
 		t.Helper()
+		// Claude Code UI's refresh on a reconnect: the whole history.
 		code, _ := httpGet(t, g.ts.URL+"/api/providers/sessions/"+id+"/messages", alice)
 		require.Equal(t, http.StatusOK, code)
 	}
@@ -34,7 +35,10 @@ func TestPacedCheckSendsWhatTheHistoryMissed(t *testing.T) {
 	}
 	texts := func(frames []map[string]any) (out []any) {
 		for _, m := range frames {
-			require.NotContains(t, []any{"complete", "session_created"}, m["kind"], "%v", m)
+			// Only what the history route gives is sent again: a status
+			// or permission request after the status reply would show an
+			// ended run as running.
+			require.NotContains(t, []any{"complete", "session_created", "status", "session-state-changed"}, m["kind"], "%v", m)
 			if m["kind"] == "text" {
 				out = append(out, m["content"])
 			}
@@ -73,14 +77,19 @@ func TestPacedCheckSendsWhatTheHistoryMissed(t *testing.T) {
 	c.until(func(m map[string]any) bool { return m["kind"] == "complete" })
 	late := g.dialQuery("token=" + alice)
 	require.Equal(t, false, check(late, id)["isProcessing"])
-	require.Equal(t, []any{"four"}, texts(late.until(func(m map[string]any) bool { return m["state"] == "completed" })))
+	require.Equal(t, []any{"four"}, texts(late.until(content("four"))))
+	late.expectNothing(300 * time.Millisecond)
+	// Once a session: the socket's later checks have no read before them
+	// (opening a session checks it first), and what it got live would
+	// show twice.
+	require.Equal(t, false, check(late, id)["isProcessing"])
 	late.expectNothing(300 * time.Millisecond)
 
 	// A run ended and the next began between the read and the check.
 	id, ref = newRun()
 	w.emit(ref, app.Text("assistant", "five"))
 	readHistory(id)
-	w.emit(ref, app.Text("assistant", "six"))
+	w.emit(ref, app.Text("assistant", "six"), app.NewEvent(app.KindStatus, map[string]any{"text": "Reconnecting... 1/5"}))
 	w.finish(ref, 0)
 	c.until(func(m map[string]any) bool { return m["kind"] == "complete" })
 	c.send(command("again", map[string]any{"sessionId": id}))
@@ -91,6 +100,18 @@ func TestPacedCheckSendsWhatTheHistoryMissed(t *testing.T) {
 	third := g.dialQuery("token=" + alice)
 	require.Equal(t, true, check(third, id)["isProcessing"])
 	require.Equal(t, []any{"six", "seven"}, texts(third.until(content("seven"))))
+
+	// A page of the history (opening a session: its check came first)
+	// notes nothing.
+	pid, pref := newRun()
+	code, _ := httpGet(t, g.ts.URL+"/api/providers/sessions/"+pid+"/messages?limit=20&offset=0", alice)
+	require.Equal(t, http.StatusOK, code)
+	w.emit(pref, app.Text("assistant", "paged"))
+	c.until(content("paged"))
+	paged := g.dialQuery("token=" + alice)
+	require.Equal(t, true, check(paged, pid)["isProcessing"])
+	paged.expectNothing(300 * time.Millisecond)
+	w.finish(pref, 0)
 
 	// subscribe follows PROTOCOL §3.5: without lastSeq, live events only.
 	readHistory(id)
