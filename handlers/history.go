@@ -3,6 +3,7 @@ package handlers
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -88,80 +89,23 @@ func (s *Server) sessionMessages(c echo.Context) error {
 	defer s.quotas.endRead(userOf(c).Name)
 	ctx := c.Request().Context()
 
-	// A first pass finds the seqs of the page (counted from the newest, so
-	// the whole stream is read) and keeps nothing else; a second reads them.
-	var seqs []int64 // of the messages at most offset+limit from the newest
-	messages, total := 0, 0
-	for after := int64(0); after < sess.LastSeq; {
-		evs, err := s.st.EventsWithin(ctx, sess.ID, after, historyPage, restEventsBytes)
-		if err != nil {
-			return err
-		}
-		if len(evs) == 0 {
-			break
-		}
-		for _, e := range evs {
-			after = e.Seq
-			if !isMessage(e) {
-				continue
-			}
-			messages++
-			if e.Kind != string(app.KindToolResult) {
-				total++
-			}
-			seqs = append(seqs, e.Seq)
-			if limit >= 0 && len(seqs) > 2*(offset+limit)+historyPage {
-				// Keep the tail only: amortized, not copied per event.
-				seqs = append(seqs[:0], seqs[len(seqs)-(offset+limit):]...)
-			}
-		}
-	}
-	end := max(0, len(seqs)-offset)
-	start := 0
-	if limit >= 0 {
-		start = max(0, end-limit)
-	}
-	seqs = seqs[start:end]
-	hasMore := limit >= 0 && messages-offset-limit > 0
-
-	// The page goes out as it is read: a response holds every message of
-	// the range, as that server's does (the frontend reads the whole
-	// history on every reconnect, and a shortened one left it paging from
-	// the wrong offset), while the gateway holds one read at a time.
 	out := newHistoryWriter(c.Response())
-	if len(seqs) > 0 {
-		want := make(map[int64]bool, len(seqs))
-		for _, q := range seqs {
-			want[q] = true
+	var total int
+	var hasMore bool
+	if limit < 0 && offset == 0 {
+		// The whole history (Claude Code UI's refresh on every reconnect):
+		// one pass, each message sent as it is read.
+		total, err = s.historyPass(ctx, sess, 0, sess.LastSeq, func(e store.StoredEvent) error { return out.message(e.Data) })
+	} else {
+		total, hasMore, err = s.historyPage(ctx, sess, limit, offset, out)
+	}
+	if err != nil {
+		if out.buf != nil {
+			// Once the page has begun, the client gets JSON cut short,
+			// which it cannot parse: an error, not a shorter history.
+			s.log.Warn("read a session's history", "session", sess.ID, "err", err)
 		}
-		for after := seqs[0] - 1; after < seqs[len(seqs)-1]; {
-			evs, err := s.st.EventsWithin(ctx, sess.ID, after, historyPage, restEventsBytes)
-			if err != nil {
-				// Once the page has begun, the client gets JSON cut short,
-				// which it cannot parse: an error, not a shorter history.
-				s.log.Warn("read a session's history", "session", sess.ID, "err", err)
-				return err
-			}
-			if len(evs) == 0 {
-				break // trimmed since the first pass
-			}
-			for _, e := range evs {
-				after = e.Seq
-				if !want[e.Seq] {
-					continue
-				}
-				data := e.Data
-				if e.Kind == string(app.KindStateChanged) {
-					var ok bool
-					if data, ok = promptMessage(data); !ok {
-						continue
-					}
-				}
-				if err := out.message(data); err != nil {
-					return err
-				}
-			}
-		}
+		return err
 	}
 	tail := make([]byte, 0, 96)
 	tail = append(tail, `],"total":`...)
@@ -187,6 +131,85 @@ func (s *Server) sessionMessages(c echo.Context) error {
 		}
 	}
 	return out.end(tail)
+}
+
+// historyPass reads the session's messages after seq after, up to seq
+// upTo (and those stored meanwhile in the last read), handing each to
+// send as the route gives it (a run's start as its prompt). It returns how
+// many it read that the frontend counts (tool results are not counted).
+func (s *Server) historyPass(ctx context.Context, sess app.Session, after, upTo int64, send func(store.StoredEvent) error) (total int, err error) {
+	for after < upTo {
+		evs, err := s.st.EventsWithin(ctx, sess.ID, after, historyPage, restEventsBytes)
+		if err != nil {
+			return total, err
+		}
+		if len(evs) == 0 {
+			return total, nil // trimmed meanwhile
+		}
+		for _, e := range evs {
+			after = e.Seq
+			if !isMessage(e) {
+				continue
+			}
+			if e.Kind == string(app.KindStateChanged) {
+				data, ok := promptMessage(e.Data)
+				if !ok {
+					continue
+				}
+				e.Data = data
+			}
+			if e.Kind != string(app.KindToolResult) {
+				total++
+			}
+			if err := send(e); err != nil {
+				return total, err
+			}
+		}
+	}
+	return total, nil
+}
+
+// historyPage writes a page counted from the newest: a first pass finds
+// the seqs of its messages (the whole stream is read, nothing kept but
+// seqs), a second sends them. hasMore says it left older messages out.
+func (s *Server) historyPage(ctx context.Context, sess app.Session, limit, offset int, out *historyWriter) (total int, hasMore bool, err error) {
+	var seqs []int64 // of the messages at most offset+limit from the newest
+	messages := 0
+	total, err = s.historyPass(ctx, sess, 0, sess.LastSeq, func(e store.StoredEvent) error {
+		messages++
+		seqs = append(seqs, e.Seq)
+		if limit >= 0 && len(seqs) > 2*(offset+limit)+historyPage {
+			// Keep the tail only: amortized, not copied per event.
+			seqs = append(seqs[:0], seqs[len(seqs)-(offset+limit):]...)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	end := max(0, len(seqs)-offset)
+	start := 0
+	if limit >= 0 {
+		start = max(0, end-limit)
+		hasMore = messages-offset-limit > 0
+	}
+	seqs = seqs[start:end]
+	if len(seqs) == 0 {
+		return total, hasMore, nil
+	}
+	// Both passes read in seq order: the page's seqs are met in theirs.
+	next := 0
+	_, err = s.historyPass(ctx, sess, seqs[0]-1, seqs[len(seqs)-1], func(e store.StoredEvent) error {
+		for next < len(seqs) && seqs[next] < e.Seq {
+			next++ // trimmed since the first pass
+		}
+		if next == len(seqs) || seqs[next] != e.Seq {
+			return nil
+		}
+		next++
+		return out.message(e.Data)
+	})
+	return total, hasMore, err
 }
 
 // historyWriter writes a history page's JSON as its messages come: the
