@@ -795,8 +795,16 @@ func (tm *terminals) sendExitLocked(w *watch) {
 	e := *w.f.term.exit
 	w.done = true
 	// The frames go out after every chunk already queued; sending may wait
-	// for room, which must not happen under the feed's lock.
+	// for room, which must not happen under the feed's lock. The socket
+	// lets go of the watch before its exit frame goes out: input its
+	// client sends once it has seen exit is answered ShellErrNoTerminal,
+	// never dropped as typed into the ended terminal.
 	go func() {
+		w.sock.mu.Lock()
+		if w.sock.w == w {
+			w.sock.w = nil
+		}
+		w.sock.mu.Unlock()
 		switch e.Reason {
 		case store.ShellExitLost:
 			w.sock.notice("error", noticeLost)
@@ -818,11 +826,6 @@ func (tm *terminals) sendExitLocked(w *watch) {
 			sig = &e.Signal
 		}
 		w.c.reply(&app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
-		w.sock.mu.Lock()
-		if w.sock.w == w {
-			w.sock.w = nil
-		}
-		w.sock.mu.Unlock()
 		tm.removeWatch(w)
 	}()
 }
