@@ -160,9 +160,18 @@ func (s *Server) endRefusedCommand(c *conn, provider app.Provider, sessionID, te
 	if !c.isLatestOnly() {
 		return
 	}
+	s.endRefused(c, provider, sessionID, text, s.runningFor(c, app.Clip(sessionID, app.MaxSessionIDLen)))
+}
+
+// endRefused is endRefusedCommand for a session known to be running or
+// not: a complete follows the row unless it is running.
+func (s *Server) endRefused(c *conn, provider app.Provider, sessionID, text string, running bool) {
+	if !c.isLatestOnly() {
+		return
+	}
 	sessionID = app.Clip(sessionID, app.MaxSessionIDLen)
 	events := []app.Event{app.ErrorRow(text)}
-	if !s.runningFor(c, sessionID) {
+	if !running {
 		events = append(events, app.CompleteEvent(sessionID, app.Outcome{ExitCode: 1}))
 	}
 	for _, e := range events {
@@ -353,13 +362,17 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 			Message:    busyText,
 			ReportedAt: now, StartedAt: busy.StartedAt,
 		})
-		s.followLive(ctx, w, plan.session.ID)
+		running, read := s.followLive(ctx, w, plan.session.ID)
 		// Claude Code UI's frontend drops session-busy: on a paced socket
-		// the prompt it marked sent would vanish without a word. After
-		// followLive, so that a run that ends meanwhile either reaches the
-		// socket with its complete or is found ended here (a complete then
-		// follows the row).
-		s.endRefusedCommand(c, provider, plan.session.ID, busyText)
+		// the prompt it marked sent would vanish without a word. Decided
+		// by the read that placed the watch: a run that ends after it
+		// reaches the socket with its own complete, and one ended before
+		// it gets one here (a second read could find the run ended and
+		// add a complete to the one the watch delivers).
+		if !read {
+			running = s.runningFor(c, plan.session.ID)
+		}
+		s.endRefused(c, provider, plan.session.ID, busyText, running)
 		return
 	case err != nil:
 		s.hub.abandon(c, w, existed)
@@ -386,20 +399,21 @@ func (s *Server) command(ctx context.Context, c *conn, msg *app.ClientMessage) {
 // asked for live events only. A watch the socket had keeps its place; a
 // new one is dropped and the socket told, retryable, that it does not
 // follow the session, so that it asks again (check-session-status).
-func (s *Server) followLive(ctx context.Context, w *watch, sessionID string) {
+func (s *Server) followLive(ctx context.Context, w *watch, sessionID string) (running, read bool) {
 	var sess app.Session
 	err := s.awaitStore(ctx, func() (err error) { sess, err = s.st.Session(ctx, sessionID); return err })
 	if err == nil {
 		s.hub.release(w, sess.LastSeq+1, true)
-		return
+		return sess.Running(), true
 	}
 	s.log.Warn("follow session", "session", sessionID, "err", err)
 	if s.hub.placed(w) {
 		s.hub.release(w, math.MaxInt64, true)
-		return
+		return false, false
 	}
 	s.hub.detach(w.c, sessionID)
 	w.c.reply(&app.ErrorReply{Type: "error", Error: followError(err), SessionID: sessionID, Retryable: true})
+	return false, false
 }
 
 // runPlan is which session a command runs on.
@@ -744,10 +758,17 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	}
 	if runningOnly && lastSeq == nil && !existed && c.isLatestOnly() {
 		if from, ok := s.missedFrom(ctx, c, sessionID, sess.LastSeq); ok {
-			// The watch starts once they are sent; it stays parked meanwhile.
+			// The watch starts once they are sent; it stays parked
+			// meanwhile, through another check of the session too, which
+			// would otherwise start it past them and then see it moved
+			// back (events out of order, then twice).
+			s.hub.deferRelease(w)
 			go func() {
 				s.sendMissed(c, sessionID, from, sess.LastSeq)
-				s.hub.release(w, next, true)
+				if testHookMissedSent != nil {
+					testHookMissedSent()
+				}
+				s.hub.placeDeferred(w, next)
 			}()
 			return
 		}
@@ -756,6 +777,10 @@ func (s *Server) checkStatus(ctx context.Context, c *conn, sessionID string, pro
 	// published and not yet sent to it are not skipped.
 	s.hub.release(w, next, lastSeq == nil && existed)
 }
+
+// testHookMissedSent, when set by a test, is called after a check sent what
+// a history read missed, before its watch starts.
+var testHookMissedSent func()
 
 // dropFinishedWatches stops c following the sessions other than keep whose
 // runs it has seen to their end: those not running, whose stored events up

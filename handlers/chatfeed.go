@@ -83,12 +83,34 @@ func (h *hub) attach(c *conn, sessionID string) (*watch, bool, error) {
 func (h *hub) release(w *watch, next int64, keep bool) {
 	w.f.mu.Lock()
 	defer w.f.mu.Unlock()
-	if w.done {
+	if w.done || (keep && w.deferred) {
 		return
 	}
 	if !keep || w.next == 0 || next < w.next {
 		w.next = next
 	}
+	h.startLocked(w)
+}
+
+// deferRelease keeps a new, parked watch parked until placeDeferred:
+// another check or command of the session meanwhile (a release that
+// keeps positions) neither starts it nor places it.
+func (h *hub) deferRelease(w *watch) {
+	w.f.mu.Lock()
+	w.deferred = true
+	w.f.mu.Unlock()
+}
+
+// placeDeferred ends deferRelease: it places the watch at next and starts
+// it, unless a release without keep placed it meanwhile.
+func (h *hub) placeDeferred(w *watch, next int64) {
+	w.f.mu.Lock()
+	defer w.f.mu.Unlock()
+	w.deferred = false
+	if w.done || w.next != 0 {
+		return
+	}
+	w.next = next
 	h.startLocked(w)
 }
 

@@ -229,13 +229,23 @@ func (c *conn) send(frame []byte) bool {
 		if c.closed.Load() {
 			return false
 		}
-		if !c.waitRoom(func() bool { return time.Now().Before(deadline) }) {
+		if testHookSendRetry != nil {
+			testHookSendRetry()
+		}
+		// Room for this frame, not any room: a frame over half the
+		// queue's bytes found the queue roomy at once, failed to fit,
+		// and spun until the socket closed.
+		if !c.waitRoomFor(int64(len(frame)), func() bool { return time.Now().Before(deadline) }) {
 			c.closeWith(closeSlow)
 			return false
 		}
 	}
 	return true
 }
+
+// testHookSendRetry, when set by a test, is called each time send found no
+// room for its frame.
+var testHookSendRetry func()
 
 // reply encodes and queues a reply frame.
 func (c *conn) reply(v any) bool {

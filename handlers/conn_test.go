@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -314,4 +315,32 @@ func TestConnPauseDropsHeldFrames(t *testing.T) {
 		require.Equal(t, want, seq)
 	}
 	require.Eventually(t, func() bool { return c.queued.Load() == 0 && c.qbytes.Load() == 0 }, 5*time.Second, time.Millisecond)
+}
+
+// TestSendOfALargeFrameWaits: a reply over half the queue's bytes waits
+// for room enough for it, not for any room: it found the queue roomy at
+// once, failed to fit, and spun on a core until the client read.
+func TestSendOfALargeFrameWaits(t *testing.T) {
+	c, ws := pacedPair(t, 64, 200*time.Millisecond, nil)
+	c.byteLimit = 1000
+	var retries atomic.Int64
+	testHookSendRetry = func() { retries.Add(1) }
+	t.Cleanup(func() { testHookSendRetry = nil })
+	for range 3 {
+		require.True(t, c.trySend([]byte(`"`+strings.Repeat("a", 98)+`"`)))
+	}
+	large := []byte(`"` + strings.Repeat("b", 898) + `"`)
+	sent := make(chan bool, 1)
+	go func() { sent <- c.send(large) }()
+	for i := range 4 {
+		require.NoError(t, ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		_, data, err := ws.ReadMessage()
+		require.NoError(t, err)
+		if i == 3 {
+			require.Equal(t, large, data)
+		}
+	}
+	require.True(t, <-sent)
+	// One retry per wake (a frame written, or 50 ms): a few dozen at most.
+	require.Less(t, retries.Load(), int64(100), "send retried without waiting")
 }

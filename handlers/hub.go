@@ -127,6 +127,13 @@ type watch struct {
 	// attached (store.ShellTouch), so that it is counted once per
 	// generation (terminals only).
 	touched int64
+	// deferred keeps a new watch parked while what the socket's history
+	// read missed is sent to it (chat only): a release meanwhile that
+	// keeps positions leaves it to placeDeferred.
+	deferred bool
+	// exited is made when the terminal's exit is sent to the watch, and
+	// closed once its frames are queued (terminals only).
+	exited chan struct{}
 	// claim is, for the watch of a socket that took its terminal for
 	// itself (an init without shellId, terminals.attach), the number
 	// Redis gave its claim: a claim of a higher number, made on any

@@ -124,3 +124,43 @@ func TestPacedCheckSendsWhatTheHistoryMissed(t *testing.T) {
 	w.emit(ref, app.Text("assistant", "nine"))
 	require.Equal(t, []any{"nine"}, texts(sub.until(func(m map[string]any) bool { return m["kind"] == "text" })))
 }
+
+// TestSecondCheckWhileMissedAreSent: a socket that checks a session again
+// while the events its history read missed are being sent to it gets
+// every event once, in order: the second check started the watch past
+// them, and the first then moved it back (later events first, then the
+// earlier ones again).
+func TestSecondCheckWhileMissedAreSent(t *testing.T) {
+	testHookMissedSent = func() { time.Sleep(400 * time.Millisecond) }
+	t.Cleanup(func() { testHookMissedSent = nil })
+	g, w, c, id, ref := startRun(t, newStore(t, storetest.Mini))
+	alice := token(t, "alice", false)
+	content := func(text string) func(map[string]any) bool {
+		return func(m map[string]any) bool { return m["content"] == text }
+	}
+	w.emit(ref, app.Text("assistant", "one"))
+	c.until(content("one"))
+	code, _ := httpGet(t, g.ts.URL+"/api/providers/sessions/"+id+"/messages", alice)
+	require.Equal(t, http.StatusOK, code)
+	w.emit(ref, app.Text("assistant", "two"))
+	c.until(content("two"))
+	front := g.dialQuery("token=" + alice)
+	check := func() {
+		front.send(map[string]any{"type": "check-session-status", "sessionId": id, "provider": "claude"})
+	}
+	check()
+	time.Sleep(100 * time.Millisecond)
+	w.emit(ref, app.Text("assistant", "three"))
+	c.until(content("three"))
+	check()
+	time.Sleep(100 * time.Millisecond)
+	w.emit(ref, app.Text("assistant", "four"))
+	var texts []any
+	for _, m := range front.until(content("four")) {
+		if m["kind"] == "text" {
+			texts = append(texts, m["content"])
+		}
+	}
+	require.Equal(t, []any{"two", "three", "four"}, texts)
+	front.expectNothing(500 * time.Millisecond)
+}

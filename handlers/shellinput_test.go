@@ -228,3 +228,72 @@ func TestTerminalSizeClamped(t *testing.T) {
 	require.NoError(t, json.Unmarshal(resize[0].Data, &size))
 	require.Equal(t, store.ShellSize{Cols: app.MaxShellCols, Rows: 30}, size)
 }
+
+// slowExitSend delays the sending of every terminal exit by d for the
+// test: the gap in which a client may type or init again before it has
+// the exit.
+func slowExitSend(t *testing.T, d time.Duration) {
+	testHookExitSend = func() { time.Sleep(d) }
+	t.Cleanup(func() { testHookExitSend = nil })
+}
+
+// TestInputBeforeTheExitArrives: input typed after the terminal ended but
+// before its exit reached the client is answered ShellErrNoTerminal after
+// the exit, not before it (the client would show an error for a
+// keystroke it typed into a live terminal).
+func TestInputBeforeTheExitArrives(t *testing.T) {
+	slowExitSend(t, 300*time.Millisecond)
+	term := openInboxTerminal(t)
+	_, err := term.st.ShellExit(context.Background(), term.opened.Shell, term.opened.Gen, 0, "", "exit")
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": "x"}))
+	require.NoError(t, term.ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		var m map[string]any
+		require.NoError(t, term.ws.ReadJSON(&m))
+		require.NotEqual(t, "error", m["type"], "an error before the exit: %v", m)
+		if m["type"] == "exit" {
+			break
+		}
+	}
+	var m map[string]any
+	require.NoError(t, term.ws.ReadJSON(&m))
+	require.Equal(t, map[string]any{"type": "error", "message": app.ShellErrNoTerminal}, m)
+}
+
+// TestNoOldExitAfterANewInit: a socket that inits another terminal before
+// the exit of its old one was sent gets that exit first, never after the
+// new terminal's frames (the new one would show as ended).
+func TestNoOldExitAfterANewInit(t *testing.T) {
+	slowExitSend(t, 300*time.Millisecond)
+	term := openInboxTerminal(t)
+	_, err := term.st.ShellExit(context.Background(), term.opened.Shell, term.opened.Gen, 0, "", "exit")
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "init", "shellId": "tab2"}))
+	var frames []string
+	exited, reopened := false, false
+	for !reopened {
+		require.NoError(t, term.ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		var m map[string]any
+		require.NoError(t, term.ws.ReadJSON(&m), "frames: %v", frames)
+		frames = append(frames, fmt.Sprint(m))
+		switch {
+		case m["type"] == "exit":
+			require.False(t, exited, "two exits: %v", frames)
+			exited = true
+		case exited && m["type"] == "output" && m["gen"] != nil:
+			reopened = true
+		}
+	}
+	// Nothing more: the old terminal's exit is not sent again.
+	require.NoError(t, term.ws.SetReadDeadline(time.Now().Add(time.Second)))
+	for {
+		var m map[string]any
+		if term.ws.ReadJSON(&m) != nil {
+			break
+		}
+		require.NotEqual(t, "exit", m["type"], "an exit after the new terminal's frames: %v", frames)
+	}
+}

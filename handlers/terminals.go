@@ -569,10 +569,19 @@ func (tm *terminals) control(ctx context.Context, sock *shellSocket, typ string,
 		return false
 	}
 	w.f.mu.Lock()
-	done, gen := w.done, w.gen
+	done, gen, exited := w.done, w.gen, w.exited
 	w.f.mu.Unlock()
+	if exited != nil {
+		// The terminal ended: the client is sent its exit first.
+		select {
+		case <-exited:
+			sock.error(app.ShellErrNoTerminal)
+		case <-ctx.Done():
+		}
+		return false
+	}
 	if done {
-		return false // the terminal ended: the client saw exit
+		return false // another socket took the terminal (displaceLocked)
 	}
 	// Right after another tab restarted the terminal, its worker may not
 	// be known here yet: read it rather than drop the keystrokes.
@@ -611,9 +620,18 @@ func (tm *terminals) detachSocket(sock *shellSocket) {
 	w := sock.w
 	sock.w, sock.taken = nil, false
 	sock.mu.Unlock()
-	if w != nil {
-		tm.removeWatch(w)
+	if w == nil {
+		return
 	}
+	w.f.mu.Lock()
+	exited := w.exited
+	w.f.mu.Unlock()
+	if exited != nil {
+		// The old terminal's exit goes out before anything of a new one
+		// (its sending is bounded by replyWait, then the socket closes).
+		<-exited
+	}
+	tm.removeWatch(w)
 }
 
 // removeWatch takes a watch out of its feed and records the detach in
@@ -794,17 +812,19 @@ func (tm *terminals) sendExitLocked(w *watch) {
 	}
 	e := *w.f.term.exit
 	w.done = true
+	exited := make(chan struct{})
+	w.exited = exited
 	// The frames go out after every chunk already queued; sending may wait
-	// for room, which must not happen under the feed's lock. The socket
-	// lets go of the watch before its exit frame goes out: input its
-	// client sends once it has seen exit is answered ShellErrNoTerminal,
-	// never dropped as typed into the ended terminal.
+	// for room, which must not happen under the feed's lock. Until they
+	// are queued, input and a new init of the socket wait for them
+	// (control, detachSocket): input sent once the client saw exit is
+	// answered ShellErrNoTerminal after it, not dropped, and a new
+	// terminal's frames never come before the old one's exit.
 	go func() {
-		w.sock.mu.Lock()
-		if w.sock.w == w {
-			w.sock.w = nil
+		defer close(exited)
+		if testHookExitSend != nil {
+			testHookExitSend()
 		}
-		w.sock.mu.Unlock()
 		switch e.Reason {
 		case store.ShellExitLost:
 			w.sock.notice("error", noticeLost)
@@ -826,9 +846,18 @@ func (tm *terminals) sendExitLocked(w *watch) {
 			sig = &e.Signal
 		}
 		w.c.reply(&app.ShellExit{Type: "exit", ExitCode: e.ExitCode, Signal: sig})
+		w.sock.mu.Lock()
+		if w.sock.w == w {
+			w.sock.w = nil
+		}
+		w.sock.mu.Unlock()
 		tm.removeWatch(w)
 	}()
 }
+
+// testHookExitSend, when set by a test, is called before a terminal's exit
+// frames are sent to a socket.
+var testHookExitSend func()
 
 // run refreshes the watch time of every terminal with a socket here, so
 // that its worker does not take it for detached, and ends the terminals
