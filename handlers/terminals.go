@@ -453,7 +453,7 @@ func (tm *terminals) claimedLocked(f *feed, n int64) {
 // a watcher. f.mu must be held.
 func (tm *terminals) displaceLocked(w *watch) {
 	if w.held > 0 {
-		tm.releaseLocked(w, false) // its socket's paused queue goes out
+		tm.endHoldLocked(w) // its socket's paused queue goes out
 	}
 	w.done = true
 	go func() {
@@ -640,6 +640,13 @@ func (tm *terminals) detachSocket(sock *shellSocket) {
 func (tm *terminals) removeWatch(w *watch) {
 	w.f.mu.Lock()
 	gen := w.gen
+	if w.held > 0 {
+		// The socket's queue is paused for this terminal's signal key:
+		// it goes on now, not when the hold's timer ends it, which would
+		// find a new terminal's chunks there and drop those numbered as
+		// this one's flushed output.
+		tm.endHoldLocked(w)
+	}
 	w.f.mu.Unlock()
 	if !tm.hub.leave(w) {
 		return
@@ -781,6 +788,17 @@ func (tm *terminals) signalAnsweredLocked(f *feed, m store.ShellLive) {
 	}
 }
 
+// endHoldLocked resumes the queue of w's socket, dropping the frames of
+// output its signal key threw away. f.mu must be held.
+func (tm *terminals) endHoldLocked(w *watch) {
+	w.held = 0
+	through := w.flushedTo
+	w.c.resume(func(frame []byte) bool {
+		seq, ok := frameSeq(frame)
+		return ok && seq <= through
+	})
+}
+
 // releaseLocked ends w's hold: its queued frames of output thrown away
 // are dropped and the others go out. Then it reads the stream from its
 // position at the socket's pace, as after any catch-up, unless answered
@@ -788,12 +806,7 @@ func (tm *terminals) signalAnsweredLocked(f *feed, m store.ShellLive) {
 // key before any output read after it, so the watch is live at once.
 // f.mu must be held.
 func (tm *terminals) releaseLocked(w *watch, answered bool) {
-	w.held = 0
-	through := w.flushedTo
-	w.c.resume(func(frame []byte) bool {
-		seq, ok := frameSeq(frame)
-		return ok && seq <= through
-	})
+	tm.endHoldLocked(w)
 	switch {
 	case w.done:
 	case answered && w.f.maxSeen < w.next && !w.resynced:

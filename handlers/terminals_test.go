@@ -935,3 +935,53 @@ func TestClaimMadeAgainAfterAStall(t *testing.T) {
 	}
 	require.False(t, w.done, "the watch gave its terminal up to its own claims")
 }
+
+// TestInitDuringASignalHold: a socket that inits another terminal while
+// its output is held for a signal key (typed, not answered yet) gets the
+// new terminal's output: the old hold ends with its watch. Its timer ended
+// it later, and threw away the new terminal's first chunks, whose seqs
+// were at most the old one's last flushed seq.
+func TestInitDuringASignalHold(t *testing.T) {
+	term := openInboxTerminal(t)
+	term.g.srv.shells.mu.Lock()
+	term.g.srv.shells.holdMax = 2 * time.Second
+	term.g.srv.shells.mu.Unlock()
+	ctx := context.Background()
+	key, gen := term.opened.Shell, term.opened.Gen
+	seqs := func(last int64) []int64 {
+		t.Helper()
+		var got []int64
+		require.NoError(t, term.ws.SetReadDeadline(time.Now().Add(10*time.Second)))
+		for {
+			var m map[string]any
+			require.NoError(t, term.ws.ReadJSON(&m), "seqs so far %v", got)
+			if seq, ok := m["seq"].(float64); ok && m["type"] == "output" {
+				got = append(got, int64(seq))
+				if int64(seq) >= last {
+					return got
+				}
+			}
+		}
+	}
+	_, err := term.st.ShellAppend(ctx, key, gen, []string{"a", "b", "c"})
+	require.NoError(t, err)
+	require.Equal(t, []int64{1, 2, 3}, seqs(3))
+	// A Ctrl-C that flushed seqs 4 to 6.
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": "\x03"}))
+	term.typed("\x03")
+	_, err = term.st.ShellAppend(ctx, key, gen, []string{"d", "e", "f"})
+	require.NoError(t, err)
+	require.NoError(t, term.st.ShellSignal(ctx, key, gen, 6, true))
+	_, err = term.st.ShellAppend(ctx, key, gen, []string{"^C"})
+	require.NoError(t, err)
+	require.Equal(t, []int64{7}, seqs(7))
+
+	// Another, not answered, and an init of another terminal at once.
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": "\x03"}))
+	term.typed("\x03")
+	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "init", "shellId": "other"}))
+	opened := term.controls(store.ControlShellOpen, func(c []store.Control) bool { return len(c) > 0 })
+	_, err = term.st.ShellAppend(ctx, opened[0].Shell, opened[0].Gen, []string{"1", "2", "3", "4", "5", "6"})
+	require.NoError(t, err)
+	require.Equal(t, []int64{1, 2, 3, 4, 5, 6}, seqs(6))
+}
