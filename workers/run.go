@@ -89,6 +89,9 @@ type run struct {
 	// lingered once the worker then stopped it (stopLingering).
 	lingering bool
 	lingered  atomic.Bool
+	// endedFirst is set when the CLI's output was read to its end before
+	// anything stopped the run (the run's goroutine).
+	endedFirst bool
 
 	// batches numbers the appends (pump goroutine), so that an append
 	// retried after a lost reply is not taken twice.
@@ -205,6 +208,11 @@ func (r *run) execute() {
 	start := time.Now()
 	outcome, final := r.runProvider()
 	reason := r.stopReason()
+	if reason == stopShutdown && r.endedFirst {
+		// The CLI's output was all read before the worker stopped the
+		// run: it finished, and its outcome is its own.
+		reason = stopNone
+	}
 	defer func() {
 		runsRunning.WithLabelValues(provider).Dec()
 		runsFinished.WithLabelValues(provider, outcomeLabel(reason, outcome)).Inc()
@@ -298,6 +306,13 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}
 	defer errR.Close()
 	cmd.Stdout, cmd.Stderr = outW, errW
+	if r.stopReason() != stopNone {
+		// Aborted (or the worker stopping) while the run was prepared:
+		// its CLI is not started at all.
+		outW.Close()
+		errW.Close()
+		return failed("The run was stopped before its CLI started.")
+	}
 	conv, _ := prov.(Conversational)
 	if conv != nil && stdin != nil {
 		in := newProviderInput()
@@ -380,6 +395,7 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 		// grace starts again until the pump reads on.
 		grace := time.NewTimer(orphanGrace)
 		defer grace.Stop()
+		killed := false
 		for _, done := range []chan struct{}{pumped, errDone} {
 			for waiting := true; waiting; {
 				select {
@@ -390,7 +406,15 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 						grace.Reset(orphanGrace)
 						continue
 					}
-					killHolders(holders, uidOf(cmd.SysProcAttr.Credential))
+					if !killed {
+						// What the orphans wrote is still read to the
+						// end: with them gone the pipes end by
+						// themselves, unless a holder survived.
+						killHolders(holders, uidOf(cmd.SysProcAttr.Credential))
+						killed = true
+						grace.Reset(orphanGrace)
+						continue
+					}
 					_ = outR.Close()
 					_ = errR.Close()
 					return
@@ -401,6 +425,10 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 
 	parser := prov.NewParser(job)
 	r.pump(outR, parser)
+	r.endedFirst = r.stopReason() == stopNone
+	if testHookPumped != nil {
+		testHookPumped()
+	}
 	close(pumped)
 	<-p.exited
 	if conv != nil {
@@ -427,6 +455,10 @@ func (r *run) runProvider() (app.Outcome, []app.Event) {
 	}
 	return app.Outcome{ExitCode: code}, final
 }
+
+// testHookPumped, when set by a test, is called once a run's output was
+// read to its end.
+var testHookPumped func()
 
 func failed(msg string) (app.Outcome, []app.Event) {
 	return app.Outcome{ExitCode: 1}, []app.Event{app.ErrorRow(msg)}
@@ -472,7 +504,12 @@ func (r *run) pump(out io.Reader, parser Parser) {
 					batch = batch[:0]
 					clear(set)
 				}
+				// Asking or withdrawing a permission may wait for Redis:
+				// the CLI's output then waits too, and is not an
+				// orphan's.
+				r.storeWait.Store(true)
 				r.control(o)
+				r.storeWait.Store(false)
 			}
 		}
 		done := err != nil && !errors.Is(err, errLineTooLong)
@@ -620,6 +657,13 @@ func (r *run) flushOne(events []app.Event, set map[string]string) {
 			r.w.st.WaitRetry(wait, err)
 			cancel()
 			r.storeWait.Store(false)
+			if r.stopReason() != stopNone {
+				// Sent again at once until giveUp, the append of a
+				// stopped run kept its end from being recorded (a drain
+				// while Redis refused writes: the run was left to the
+				// reaper, thousands of calls a second).
+				return
+			}
 			continue
 		}
 		if store.Retryable(err) || attempt >= 3 {

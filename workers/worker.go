@@ -133,6 +133,10 @@ type Worker struct {
 
 	mu   sync.Mutex
 	runs map[string]*run // by session id
+	// earlyAborts holds the aborts of runs not started here yet, by
+	// session id and run id, with when they came: one that arrives between
+	// a run's claim and its start stops it before its CLI starts.
+	earlyAborts map[string]time.Time
 
 	wg sync.WaitGroup // one per run
 
@@ -444,6 +448,9 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 	if !ok {
 		return
 	}
+	if testHookClaimed != nil {
+		testHookClaimed(ref)
+	}
 	r := newRun(w, job)
 	r.accepted, _ = streamIDTime(e.StreamID)
 	w.mu.Lock()
@@ -460,7 +467,12 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 		old.stop(stopStale)
 	}
 	w.runs[job.SessionID] = r
+	_, aborted := w.earlyAborts[job.SessionID+" "+job.RunID]
+	delete(w.earlyAborts, job.SessionID+" "+job.RunID)
 	w.mu.Unlock()
+	if aborted {
+		r.stop(stopAbort)
+	}
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -471,6 +483,32 @@ func (w *Worker) take(ctx context.Context, e store.JobEntry) {
 		}
 		w.mu.Unlock()
 	}()
+}
+
+// testHookClaimed, when set by a test, is called once a run is claimed,
+// before it starts.
+var testHookClaimed func(store.RunRef)
+
+// earlyAbortTTL is how long an abort of a run not started here is kept for
+// it: a claim and its start are a round trip apart, a minute with Redis
+// slow at most.
+const earlyAbortTTL = time.Minute
+
+// noteEarlyAbort keeps the abort of run key ("SESSION RUN") for take, which
+// may be starting it; older notes are forgotten.
+func (w *Worker) noteEarlyAbort(key string) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k, at := range w.earlyAborts {
+		if now.Sub(at) > earlyAbortTTL {
+			delete(w.earlyAborts, k)
+		}
+	}
+	if w.earlyAborts == nil {
+		w.earlyAborts = map[string]time.Time{}
+	}
+	w.earlyAborts[key] = now
 }
 
 // claim claims ref's run for this worker, asking again while Redis is
@@ -545,6 +583,8 @@ func (w *Worker) control(c store.Control) {
 		w.mu.Unlock()
 		if r != nil && (c.RunID == "" || c.RunID == r.job.RunID) {
 			r.stop(stopAbort)
+		} else if c.RunID != "" {
+			w.noteEarlyAbort(c.SessionID + " " + c.RunID)
 		}
 	case store.ControlPermission:
 		var ans app.PermissionAnswer

@@ -1079,3 +1079,89 @@ func TestReaperDropsConsumersOfWorkersGone(t *testing.T) {
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"alive", "gone-holding"}, names)
 }
+
+// TestShutdownWhileRedisRefusesWritesRecordsTheEnd: a run stopped by the
+// worker's shutdown while its append waits for a Redis that refuses
+// writes (here: at its maxmemory) is recorded as ended by the worker: the
+// append is dropped once the run is stopped. It was sent again at once,
+// thousands of times a second, until the outage tolerance, and the run
+// was left to the reaper.
+func TestShutdownWhileRedisRefusesWritesRecordsTheEnd(t *testing.T) {
+	storetest.RequireRedisServer(t)
+	srv := storetest.StartServerWith(t, storetest.Options{})
+	st := storetest.New(t, srv.URL)
+	ctx := context.Background()
+	h := scriptWorker(t, st, func(w *Worker) { w.stopGrace = 300 * time.Millisecond })
+	sess, _ := h.submit("echo started; while :; do echo x; sleep 0.05; done")
+	require.Eventually(t, func() bool { return len(texts(h.events(sess.ID))) >= 1 }, time.Minute, 10*time.Millisecond)
+	opt, err := redis.ParseURL(srv.URL)
+	require.NoError(t, err)
+	raw := redis.NewClient(opt)
+	defer raw.Close()
+	require.NoError(t, raw.ConfigSet(ctx, "maxmemory", "1").Err())
+	time.Sleep(300 * time.Millisecond) // an append refused, waiting
+	h.cancel()
+	select {
+	case <-h.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker's shutdown waits for Redis")
+	}
+	s, err := st.Session(ctx, sess.ID)
+	require.NoError(t, err)
+	require.False(t, s.Running(), "the worker did not record the end of the run it stopped")
+}
+
+// TestRunEndedBeforeShutdownKeepsItsOutcome: a run whose output was all
+// read and stored, still ending (waiting for its CLI's exit status, or for
+// a child that left its group and holds its stderr), is recorded with its
+// own outcome when the worker shuts down meanwhile, not as failed by the
+// shutdown.
+func TestRunEndedBeforeShutdownKeepsItsOutcome(t *testing.T) {
+	st := storetest.New(t, storetest.Start(t, storetest.Real))
+	pumped := make(chan struct{}, 1)
+	testHookPumped = func() {
+		pumped <- struct{}{}
+		time.Sleep(time.Second) // the drain's timeout stops the run meanwhile
+	}
+	t.Cleanup(func() { testHookPumped = nil })
+	h := scriptWorker(t, st, nil)
+	sess, _ := h.submit("echo done")
+	select {
+	case <-pumped:
+	case <-time.After(time.Minute):
+		t.Fatal("the run's output was not read")
+	}
+	h.cancel()
+	<-h.done
+	cs := completes(h.events(sess.ID))
+	require.Len(t, cs, 1)
+	require.Equal(t, true, cs[0]["success"], "%v", cs[0])
+}
+
+// TestAbortRightAfterTheClaim: an abort that reaches the worker between a
+// run's claim and its start stops it before its CLI starts (the abort
+// found no run and was dropped, and the CLI ran until a later check).
+func TestAbortRightAfterTheClaim(t *testing.T) {
+	st := storetest.New(t, storetest.Start(t, storetest.Real))
+	ctx := context.Background()
+	h := scriptWorker(t, st, nil)
+	testHookClaimed = func(ref store.RunRef) {
+		_, err := st.AbortRun(ctx, ref)
+		require.NoError(t, err)
+		time.Sleep(500 * time.Millisecond) // the abort reaches the worker
+	}
+	t.Cleanup(func() { testHookClaimed = nil })
+	marker := filepath.Join(h.dir, "started")
+	sess, _ := h.submit("touch " + marker + "; exec sleep 30")
+	require.Eventually(t, func() bool {
+		s, err := st.Session(ctx, sess.ID)
+		return err == nil && !s.Running()
+	}, time.Minute, 10*time.Millisecond)
+	time.Sleep(time.Second)
+	_, err := os.Stat(marker)
+	require.True(t, os.IsNotExist(err), "the CLI of an aborted run was started")
+	h.w.mu.Lock()
+	n := len(h.w.runs)
+	h.w.mu.Unlock()
+	require.Zero(t, n, "the aborted run still runs")
+}
