@@ -18,11 +18,11 @@ test-deps:
 
 test: test-deps
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 	# Allocation counts, which the race detector's sync.Pool does not keep.
 	$(GO) test -count=1 -run Allocates ./handlers/
 	# The end-to-end suite again, every process on a six-node Redis Cluster.
-	AGENTGATE_E2E_REDIS=cluster $(GO) test -race -count=1 -timeout 20m ./e2e/
+	AGENTGATE_E2E_REDIS=cluster $(GO) test -race -count=1 -timeout 30m ./e2e/
 
 lint:
 	gofmt -l . | (! grep .)

@@ -372,8 +372,12 @@ func TestCommandsThroughJobsFailover(t *testing.T) {
 		send(key, 15)
 		cl.rcluster.WaitHealthy(t)
 		killed[cl.rcluster.MasterOf(t, key).Addr] = true
+		// One budget for them all: the worker starts up to fifteen real
+		// CLIs at once on two CPUs, and the first to end waited for the
+		// others' starts (86 s once under load, against 90 s each).
+		deadline := time.Now().Add(4 * time.Minute)
 		for _, r := range accepted {
-			evs := r.c.waitEnd(r.sid, 1, 90*time.Second)
+			evs := r.c.waitEnd(r.sid, 1, time.Until(deadline))
 			checkRun(t, evs, 1)
 			requireComplete(t, evs[len(evs)-1], 0, true, false)
 		}

@@ -236,6 +236,10 @@ func (h *hub) checkChats(ctx context.Context) {
 	}
 }
 
+// testHookJoining, when set by a test, is called in join once the watch is
+// in its feed, before the subscription.
+var testHookJoining func()
+
 // join adds a parked watch of key for c, placed by place (f.mu held), and
 // returns once the gateway is subscribed to the stream's channel, so a
 // stream read after join cannot miss a frame.
@@ -255,6 +259,9 @@ func (h *hub) join(ctx context.Context, kind *streamKind, key string, c *conn, p
 	f.watches[w] = struct{}{}
 	f.mu.Unlock()
 	h.mu.Unlock()
+	if testHookJoining != nil {
+		testHookJoining()
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 	defer cancel()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -296,4 +297,68 @@ func TestNoOldExitAfterANewInit(t *testing.T) {
 		}
 		require.NotEqual(t, "exit", m["type"], "an exit after the new terminal's frames: %v", frames)
 	}
+}
+
+// TestRestartWhileASocketJoins: a terminal restarted elsewhere, and ended
+// again, while a socket's init of it is still joining its feed, sends that
+// socket its exit once the socket holds the watch, and the socket's input
+// after it is answered ShellErrNoTerminal. The restart started the joining
+// watch: its exit went out before the socket held it, and the socket then
+// held an ended watch whose input was dropped.
+func TestRestartWhileASocketJoins(t *testing.T) {
+	term := openInboxTerminal(t)
+	ctx := context.Background()
+	key, gen1 := term.opened.Shell, term.opened.Gen
+	// The first socket's own join is over (the hook is for the second's).
+	require.Eventually(t, func() bool {
+		tm := term.g.srv.shells
+		tm.mu.Lock()
+		defer tm.mu.Unlock()
+		for sock := range tm.socks {
+			sock.mu.Lock()
+			w := sock.w
+			sock.mu.Unlock()
+			if w == nil {
+				return false
+			}
+		}
+		return len(tm.socks) == 1
+	}, 10*time.Second, time.Millisecond)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	testHookJoining = func() {
+		once.Do(func() {
+			close(entered)
+			<-release
+		})
+	}
+	t.Cleanup(func() { testHookJoining = nil })
+	b, _, err := term.g.dialPath("/shell", "alice")
+	require.NoError(t, err)
+	require.NoError(t, b.WriteJSON(map[string]any{"type": "init", "shellId": "tab"}))
+	<-entered
+	// Another tab restarts the terminal; the new one prints and exits.
+	_, err = term.st.ShellExit(ctx, key, gen1, 0, "", "exit")
+	require.NoError(t, err)
+	gen2, opened, err := term.st.ShellOpen(ctx, key, gen1, "w1", "bash", term.spec, store.ShellLimit{})
+	require.NoError(t, err)
+	require.True(t, opened)
+	_, err = term.st.ShellAppend(ctx, key, gen2, []string{"hi "})
+	require.NoError(t, err)
+	_, err = term.st.ShellExit(ctx, key, gen2, 0, "", "exit")
+	require.NoError(t, err)
+	time.Sleep(500 * time.Millisecond) // heard while the socket joins
+	close(release)
+	require.NoError(t, b.SetReadDeadline(time.Now().Add(10*time.Second)))
+	for {
+		var m map[string]any
+		require.NoError(t, b.ReadJSON(&m))
+		if m["type"] == "exit" {
+			break
+		}
+	}
+	require.NoError(t, b.WriteJSON(map[string]any{"type": "input", "data": "x"}))
+	var m map[string]any
+	require.NoError(t, b.ReadJSON(&m), "input after the exit")
+	require.Equal(t, map[string]any{"type": "error", "message": app.ShellErrNoTerminal}, m)
 }

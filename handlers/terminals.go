@@ -496,6 +496,11 @@ func (tm *terminals) switchGenLocked(f *feed, gen int64) {
 			defer cancel()
 			_, _ = tm.st.ShellTouch(ctx, f.key, gen, +1)
 		}()
+		if w.parked {
+			// Still joining (attach): it starts once its socket holds
+			// it; an exit sent before that would not detach the socket.
+			continue
+		}
 		tm.hub.startLocked(w)
 	}
 	if gen > 0 {

@@ -140,9 +140,9 @@ func (h *harness) waitDone(id string) []map[string]any {
 	ok := assert.Eventually(h.t, func() bool {
 		s, err := h.st.Session(context.Background(), id)
 		return err == nil && !s.Running()
-	}, time.Minute, 10*time.Millisecond)
+	}, 2*time.Minute, 10*time.Millisecond) // a real CLI's run of two turns took 52 s under load
 	if !ok {
-		h.t.Fatalf("session %s still running after a minute; its events: %v", id, h.events(id))
+		h.t.Fatalf("session %s still running after two minutes; its events: %v", id, h.events(id))
 	}
 	return h.events(id)
 }
