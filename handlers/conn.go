@@ -379,17 +379,14 @@ func (c *conn) resume(drop func(frame []byte) bool) {
 	}
 }
 
-// waitRoom blocks until the queue is at most half full, so a replay fills
-// it at the pace the client reads. It returns false if the socket closed,
-// or once wanted reports false (looked at every 50 ms at least): a waiter
-// that is no longer wanted must not wait for as long as a client that reads
-// just enough keeps the queue over half.
-func (c *conn) waitRoom(wanted func() bool) bool { return c.waitRoomFor(0, wanted) }
-
-// waitRoomFor is waitRoom for a frame of n bytes, which also waits until
-// the frame fits the queue's bytes (offer takes one past them only into
-// an empty queue): a large stored event otherwise found room at once,
-// failed to fit, and its replay spun.
+// waitRoomFor blocks until the queue is at most half full and a frame of n
+// bytes fits its bytes (offer takes one past them only into an empty
+// queue: a large frame otherwise found room at once, failed to fit, and
+// spun), so a replay fills it at the pace the client reads. It returns
+// false if the socket closed, or once wanted reports false (looked at
+// every 50 ms at least): a waiter that is no longer wanted must not wait
+// for as long as a client that reads just enough keeps the queue over
+// half.
 func (c *conn) waitRoomFor(n int64, wanted func() bool) bool {
 	fits := func() bool {
 		q := c.qbytes.Load()

@@ -230,12 +230,17 @@ func TestTerminalSizeClamped(t *testing.T) {
 	require.Equal(t, store.ShellSize{Cols: app.MaxShellCols, Rows: 30}, size)
 }
 
-// slowExitSend delays the sending of every terminal exit by d for the
-// test: the gap in which a client may type or init again before it has
-// the exit.
-func slowExitSend(t *testing.T, d time.Duration) {
-	testHookExitSend = func() { time.Sleep(d) }
+// endedUnsent opens a terminal whose exit is sent to its socket 300 ms
+// late, ends it, and returns 100 ms later: in the gap in which a client
+// may type or init again before it has the exit.
+func endedUnsent(t *testing.T) *inboxTerminal {
+	testHookExitSend = func() { time.Sleep(300 * time.Millisecond) }
 	t.Cleanup(func() { testHookExitSend = nil })
+	term := openInboxTerminal(t)
+	_, err := term.st.ShellExit(context.Background(), term.opened.Shell, term.opened.Gen, 0, "", "exit")
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond)
+	return term
 }
 
 // TestInputBeforeTheExitArrives: input typed after the terminal ended but
@@ -243,11 +248,7 @@ func slowExitSend(t *testing.T, d time.Duration) {
 // the exit, not before it (the client would show an error for a
 // keystroke it typed into a live terminal).
 func TestInputBeforeTheExitArrives(t *testing.T) {
-	slowExitSend(t, 300*time.Millisecond)
-	term := openInboxTerminal(t)
-	_, err := term.st.ShellExit(context.Background(), term.opened.Shell, term.opened.Gen, 0, "", "exit")
-	require.NoError(t, err)
-	time.Sleep(100 * time.Millisecond)
+	term := endedUnsent(t)
 	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "input", "data": "x"}))
 	require.NoError(t, term.ws.SetReadDeadline(time.Now().Add(10*time.Second)))
 	for {
@@ -267,11 +268,7 @@ func TestInputBeforeTheExitArrives(t *testing.T) {
 // the exit of its old one was sent gets that exit first, never after the
 // new terminal's frames (the new one would show as ended).
 func TestNoOldExitAfterANewInit(t *testing.T) {
-	slowExitSend(t, 300*time.Millisecond)
-	term := openInboxTerminal(t)
-	_, err := term.st.ShellExit(context.Background(), term.opened.Shell, term.opened.Gen, 0, "", "exit")
-	require.NoError(t, err)
-	time.Sleep(100 * time.Millisecond)
+	term := endedUnsent(t)
 	require.NoError(t, term.ws.WriteJSON(map[string]any{"type": "init", "shellId": "tab2"}))
 	var frames []string
 	exited, reopened := false, false
