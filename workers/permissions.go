@@ -162,6 +162,14 @@ func (p *permissions) held() []app.PendingPermission {
 // is settled again, so that the copy written here does not stay.
 func (p *permissions) askAgain(ctx context.Context, lost []app.PendingPermission) {
 	for _, req := range lost {
+		p.mu.Lock()
+		_, waiting := p.pending[req.RequestID]
+		p.mu.Unlock()
+		if !waiting {
+			// Answered since held() read it: the answer's settle is what
+			// Redis lacked, not the request.
+			continue
+		}
 		if err := p.r.w.st.AskPermission(ctx, p.r.ref, req); err != nil {
 			p.r.log.Warn("record permission request again", "request", req.RequestID, "err", err)
 			continue
