@@ -270,8 +270,14 @@ func (h *hub) join(ctx context.Context, kind *streamKind, key string, c *conn, p
 		return nil, err
 	}
 	f.mu.Lock()
-	w.subscribed = true
+	_, still := f.watches[w]
+	w.subscribed = still
 	f.mu.Unlock()
+	if !still {
+		// It left while subscribing (leave found it unsubscribed): the
+		// subscription is given back here, or it would stay for good.
+		kind.unsubscribe(key)
+	}
 	return w, nil
 }
 
