@@ -839,7 +839,6 @@ func (tm *terminals) sendExitLocked(w *watch) {
 	// answered ShellErrNoTerminal after it, not dropped, and a new
 	// terminal's frames never come before the old one's exit.
 	go func() {
-		defer close(exited)
 		if testHookExitSend != nil {
 			testHookExitSend()
 		}
@@ -869,6 +868,9 @@ func (tm *terminals) sendExitLocked(w *watch) {
 			w.sock.w = nil
 		}
 		w.sock.mu.Unlock()
+		// Before removeWatch, whose Redis write may wait out an outage:
+		// what waits for the frames waits for nothing else.
+		close(exited)
 		tm.removeWatch(w)
 	}()
 }
